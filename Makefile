@@ -1,0 +1,103 @@
+# agentd — see README.md. `make` builds build/agentd and build/agentctl.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD ?= build
+SAN ?=
+CC ?= cc
+
+PKGS := libuv libcurl jansson libsystemd mount
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wformat=2 \
+	-Wno-unused-parameter -Wno-missing-field-initializers
+CFLAGS ?= -O2 -g
+CFLAGS += -std=gnu11 -D_GNU_SOURCE -fno-strict-aliasing $(WARN) $(PKG_CFLAGS) -Ilib -Iagent
+ifeq ($(SAN),1)
+CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+LIB_SRCS := $(sort $(wildcard lib/*.c))
+AGENT_SRCS := $(sort $(filter-out agent/main.c agent/agentctl.c,$(wildcard agent/*.c agent/recipes/*.c)))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+AGENT_OBJS := $(AGENT_SRCS:%.c=$(BUILD)/obj/%.o)
+UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all clean deps check demo install unit integration fuzz lint verify-units bench update-golden
+
+all: $(BUILD)/agentd $(BUILD)/agentctl
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libcommon.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libagent.a: $(AGENT_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/agentd: $(BUILD)/obj/agent/main.o $(BUILD)/libagent.a $(BUILD)/libcommon.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+
+$(BUILD)/agentctl: $(BUILD)/obj/agent/agentctl.o $(BUILD)/libcommon.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs jansson 2>/dev/null)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libagent.a $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libagent.a $(BUILD)/libcommon.a $(PKG_LIBS) -lcmocka -lm
+
+unit-build: $(UNIT_BINS)
+
+# Unit tests (cmocka), one binary per module.
+unit: all $(UNIT_BINS)
+	@tests/run-unit $(BUILD)
+
+# Integration tests: the real daemon through its socket (pytest).
+integration: all
+	AGENTD_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+
+fuzz:
+	@tests/fuzz/run $(or $(FUZZ_SECONDS),20)
+
+lint:
+	@tests/lint
+
+verify-units:
+	@tests/verify-units
+
+# Installs every build and test dependency from Debian, skipping what is present.
+deps:
+	@tests/deps
+
+# The one test command: deps, build, every test, the sanitizer run, fuzzing.
+check: deps
+	@tests/check
+
+demo: deps all
+	@conf/demo/run
+
+bench: all
+	@tests/bench/run
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/lib/systemd/system \
+		$(DESTDIR)/etc/agentd $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/agentd/examples
+	install -m 0755 $(BUILD)/agentd $(DESTDIR)$(PREFIX)/sbin/agentd
+	install -m 0755 $(BUILD)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
+	install -m 0644 units/agentd.service units/agentd.socket units/agentd-shutdown.service $(DESTDIR)/lib/systemd/system/
+	install -m 0644 conf/agentd.conf $(DESTDIR)$(PREFIX)/share/agentd/examples/agentd.conf
+	cp -r conf/examples/. $(DESTDIR)$(PREFIX)/share/agentd/examples/
+	test -e $(DESTDIR)/etc/agentd/agentd.conf || install -m 0644 conf/agentd.conf $(DESTDIR)/etc/agentd/agentd.conf
+	install -m 0644 man/agentd.8 $(DESTDIR)$(PREFIX)/share/man/man8/agentd.8
+	install -m 0644 man/agentctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/agentctl.1
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

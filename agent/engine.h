@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The engine: stack versions in, runs out. Trigger queue with coalescing,
+ * one run at a time, history, failed/interrupted states, retry with backoff,
+ * persistence in state_dir (design.md §3, §7). The control server calls the
+ * functions below; every one returns at once (nothing here blocks). */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "event.h"
+
+struct config;
+struct engine;
+struct stack;
+
+int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret);
+/* Loads state (marks an interrupted run and queues it again), starts the source. */
+int engine_start(struct engine *e);
+/* Graceful stop: no new runs; the current step finishes (a child is not
+ * killed), the rest of the run is recorded as interrupted, handles close,
+ * then done() runs. */
+void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata);
+void engine_free(struct engine *e);
+
+/* Read-only views (new references). privileged decides secret redaction. */
+json_t *engine_status(struct engine *e);
+json_t *engine_runs(struct engine *e, long n);
+json_t *engine_run_info(struct engine *e, long id);   /* NULL: no such run */
+json_t *engine_stack_json(struct engine *e, bool privileged); /* NULL: no stack yet */
+long engine_last_run_id(struct engine *e);            /* 0: none */
+/* Path of a run's log file (malloc'd), whether or not it exists yet. */
+char *engine_run_log_path(struct engine *e, long id);
+bool engine_run_is_active(struct engine *e, long id); /* queued or running */
+
+/* Actions. Each returns 0, or a negative errno with a malloc'd message. */
+int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
+		       long *ret_id, char **ret_error);
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, bool privileged,
+		json_t **ret, char **ret_error);
+void engine_reload(struct engine *e);
+int engine_pause(struct engine *e, const char *reason, char **ret_error);
+int engine_resume(struct engine *e, char **ret_error);
+int engine_clear_failed(struct engine *e, char **ret_error);
+int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_error);
+
+/* Streaming: watchers see every run's progress. Events are objects such as
+ *   {"event":"run-started","run":ID,...}   {"event":"step-started","run":ID,"index":N,"kind":..,"target":..}
+ *   {"event":"output","run":ID,"data":"..."}  {"event":"step-finished","run":ID,"index":N,"status":..}
+ *   {"event":"run-finished","run":ID,"status":"success"|"failed"|"interrupted"}
+ * ev is borrowed for the duration of the call. Output is passed to every
+ * watcher; a watcher for unprivileged callers must redact as it sees fit. */
+struct engine_watch {
+	void (*on_event)(void *userdata, const json_t *ev);
+	void *userdata;
+	struct engine_watch *next; /* engine's list, do not touch */
+};
+void engine_watch_add(struct engine *e, struct engine_watch *w);
+void engine_watch_remove(struct engine *e, struct engine_watch *w);

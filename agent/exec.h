@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Child processes through uv_spawn: argv exec'd directly (never a shell),
+ * optional user switch, environment, cwd, stdin data, stdout+stderr captured
+ * through one pipe, and a timeout that sends SIGTERM, then SIGKILL after a
+ * grace period. Never waitpid(), never a SIGCHLD handler of our own. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+struct exec;
+
+struct exec_opts {
+	char *const *argv;      /* argv[0] is looked up in PATH when it has no '/' */
+	char *const *env;       /* "KEY=VALUE", NULL-terminated; NULL: an empty environment */
+	const char *cwd;        /* NULL: inherit */
+	const char *user;       /* NULL: run as ourselves; else switch uid, gid and groups */
+	long timeout_ms;        /* 0: none */
+	long kill_after_ms;     /* grace between SIGTERM and SIGKILL; 0 means 5000 */
+	const char *stdin_data; /* borrowed until done; NULL: /dev/null */
+	size_t stdin_len;
+};
+
+struct exec_result {
+	int exit_status;        /* valid when term_signal == 0 */
+	int term_signal;
+	bool timed_out;
+	int spawn_error;        /* negative errno when the process could not start (bad user, ENOENT, ...) */
+};
+
+/* Output is delivered as it arrives (stdout and stderr interleaved). */
+typedef void (*exec_output_cb)(void *userdata, const char *data, size_t len);
+/* Called once, after the process exited and every byte of output was delivered.
+ * The struct exec is freed by the library after this returns. */
+typedef void (*exec_done_cb)(void *userdata, const struct exec_result *r);
+
+/* Starts the child. On a spawn failure, returns 0 and done_cb runs on the
+ * next loop iteration with spawn_error set, so callers have one path. */
+int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb, exec_done_cb done_cb,
+	       void *userdata, struct exec **ret);
+/* Sends SIGTERM now (and SIGKILL after the grace period). done_cb still runs. */
+void exec_terminate(struct exec *e);
+/* Describes r in words ("exited with status 3", "killed by signal 9 after
+ * timeout of 5 s", "could not start: No such file or directory"). */
+char *exec_result_describe(const struct exec_result *r, long timeout_ms);

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* HTTP client: libcurl's multi interface driven by libuv (one uv_poll per
+ * socket libcurl announces, one uv_timer for its timeout). Used by the http,
+ * imds and (later) etcd sources and by recipes' fetch and supervisor steps. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+struct http;          /* one per loop */
+struct http_request;  /* one transfer */
+
+struct http_options {
+	const char *method;            /* "GET" (default), "PUT", "POST" */
+	const char *url;
+	const char *const *headers;    /* "Name: value", NULL-terminated, may be NULL */
+	const char *body;              /* request body, may be NULL; copied */
+	size_t body_len;
+	long timeout_ms;               /* whole transfer; 0: 30000 */
+	long connect_timeout_ms;       /* 0: 10000 */
+	size_t max_body;               /* response body cap; 0: 16 MiB. Over it: failed, error says so */
+	const char *unix_socket;       /* connect through this unix socket (supervisord), may be NULL */
+	const char *userpwd;           /* "user:password" for basic auth, may be NULL */
+	const char *if_none_match;     /* ETag for a conditional GET, may be NULL */
+	const char *if_modified_since; /* Last-Modified value, may be NULL */
+	const char *output_path;       /* stream the body into this file instead of memory, may be NULL */
+};
+
+struct http_response {
+	long status;                   /* HTTP status, 0 when no response */
+	int curl_code;                 /* CURLcode, 0 on transport success */
+	char *error;                   /* owned: transport error in words, NULL when curl_code == 0 */
+	char *body;                    /* owned: NUL-terminated, NULL when output_path was used */
+	size_t body_len;
+	char *etag;                    /* owned, may be NULL */
+	char *last_modified;           /* owned, may be NULL */
+	bool truncated;                /* body over max_body: transfer aborted */
+};
+
+/* r is valid only during the call. */
+typedef void (*http_done_cb)(void *userdata, const struct http_response *r);
+
+int http_new(uv_loop_t *loop, struct http **ret);
+/* Closes every handle; pending requests complete with an error first. Frees
+ * itself once libuv has closed the handles. */
+void http_free(struct http *h);
+
+int http_request_start(struct http *h, const struct http_options *o, http_done_cb cb, void *userdata,
+		       struct http_request **ret);
+/* Cancels: cb is not called. */
+void http_request_cancel(struct http_request *r);

@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Steps and their executor (design.md §6). Recipes append typed, idempotent
+ * steps to a plan; the executor runs them one after another on the loop and
+ * records each as unchanged, changed, failed or skipped; the same plan can be
+ * described instead of executed (agentctl plan) with unified diffs.
+ *
+ * Step kinds are pluggable: a kind is a struct step_ops. This file provides
+ * file, dir, link, absent, exec and note; later families add mount, service,
+ * fetch... with their own ops. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+enum step_status {
+	STEP_PENDING,
+	STEP_UNCHANGED,
+	STEP_CHANGED,
+	STEP_FAILED,
+	STEP_SKIPPED,
+};
+const char *step_status_to_string(enum step_status s);
+
+struct step;
+struct plan_exec;
+
+/* What the executor offers a step while it runs. */
+struct step_env {
+	uv_loop_t *loop;
+	const char *root;        /* every path in a step is already joined under it */
+	long run_id;
+	size_t output_max;       /* bytes of one step's output kept */
+};
+
+struct step_ops {
+	const char *kind;        /* "file", "exec", ... as shown in plans and runs */
+	/* Dry run: what would happen, without changing anything. Sets *ret_action
+	 * to a static string ("none" when converged, "create", "update", "remove",
+	 * "run", ...) and, for files, *ret_diff to a malloc'd unified diff (or
+	 * NULL). Returns 0 or a negative errno (the step would fail; *ret_error). */
+	int (*describe)(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
+			char **ret_error);
+	/* Does the work. May finish synchronously or later, but must call
+	 * plan_step_done() exactly once. */
+	void (*apply)(struct step *s, struct plan_exec *x);
+	/* Asked to stop soon (SIGTERM to a child); optional. */
+	void (*cancel)(struct step *s);
+	void (*free_data)(void *data);
+};
+
+struct step {
+	const struct step_ops *ops;
+	char *target;            /* owned: what it acts on, as shown to users (a path, a program, a mount point) */
+	char *recipe;            /* owned: the recipe that planned it, may be NULL */
+	char *layer;             /* owned, may be NULL */
+	char *id;                /* owned, may be NULL: a name other steps' guards refer to */
+
+	/* Guards. */
+	char **only_if_changed;  /* owned, NULL-terminated ids: run only if one of these steps changed */
+	char *unless_exists;     /* owned, may be NULL: skip (unchanged) when this path exists */
+	bool secret;             /* content holds secrets: diffs are redacted for unprivileged callers */
+
+	void *data;              /* owned by ops->free_data: the kind's own fields */
+
+	/* Result. */
+	enum step_status status;
+	char *error;             /* owned, set when failed */
+	int64_t duration_us;
+	struct step_env const *env; /* borrowed while running */
+};
+
+struct plan {
+	struct step **steps;     /* owned */
+	size_t n_steps;
+	const char *root;        /* borrowed */
+};
+
+void plan_init(struct plan *p, const char *root);
+void plan_free(struct plan *p);
+
+/* Appends a step; takes ownership. Recipes use the helpers below. The common
+ * fields (recipe, layer) are set by the caller after the call if needed. */
+struct step *plan_add(struct plan *p, const struct step_ops *ops, const char *target, void *data);
+
+/* Built-in kinds. Paths are absolute paths on the managed system; they are
+ * joined under plan->root here (refusing ".."), so recipes never see root.
+ * owner/group of NULL leave ownership alone; mode of (mode_t)-1 likewise.
+ * Each returns the new step, or NULL with *ret_error set when a path is bad. */
+struct step *plan_add_file(struct plan *p, const char *path, const void *content, size_t len, mode_t mode,
+			   const char *owner, const char *group, char **ret_error);
+struct step *plan_add_dir(struct plan *p, const char *path, mode_t mode, const char *owner, const char *group,
+			  char **ret_error);
+struct step *plan_add_link(struct plan *p, const char *path, const char *link_target, char **ret_error);
+struct step *plan_add_absent(struct plan *p, const char *path, bool recursive, char **ret_error);
+
+struct exec_step_opts {
+	char *const *argv;       /* required */
+	char *const *env;        /* NULL-terminated "K=V", may be NULL */
+	const char *user;        /* may be NULL */
+	const char *cwd;         /* absolute path on the managed system (joined under root), may be NULL: root */
+	long timeout_sec;        /* 0: none */
+	const char *stdin_data;  /* copied */
+	size_t stdin_len;
+	/* Change reporting. An exec step that ran and exited 0 is "changed",
+	 * except: when input_key is set and input_hash equals the hash recorded for
+	 * that key after its last success, it is "unchanged"; and a last output line
+	 * of exactly "changed=no" or "changed=yes" overrides both. */
+	const char *input_key;
+	uint64_t input_hash;
+};
+struct step *plan_add_exec(struct plan *p, const char *target, const struct exec_step_opts *o, char **ret_error);
+/* A note: always "skipped" with a message (e.g. a recipe that has nothing to do here). */
+struct step *plan_add_note(struct plan *p, const char *target, const char *message);
+
+/* Adds a guard to s. */
+void step_only_if_changed(struct step *s, const char *id);
+
+/* Executor. */
+struct plan_exec_cbs {
+	void (*on_step_start)(void *userdata, struct step *s, size_t index);
+	void (*on_output)(void *userdata, struct step *s, const char *data, size_t len);
+	void (*on_step_done)(void *userdata, struct step *s, size_t index);
+	/* Called once; failed is true when a step failed (the rest are skipped)
+	 * or the run was cancelled before finishing. */
+	void (*on_done)(void *userdata, bool failed);
+	/* Exec change detection: return true and the recorded hash for key. */
+	bool (*get_input_hash)(void *userdata, const char *key, uint64_t *ret_hash);
+	void (*set_input_hash)(void *userdata, const char *key, uint64_t hash);
+};
+
+int plan_execute(uv_loop_t *loop, struct plan *p, const struct step_env *env, const struct plan_exec_cbs *cbs,
+		 void *userdata, struct plan_exec **ret);
+/* Lets the current step finish, then skips the rest and calls on_done(failed=true).
+ * With hard, also cancels the current step (a child gets SIGTERM). */
+void plan_execute_cancel(struct plan_exec *x, bool hard);
+
+/* For step kinds: report progress and completion. */
+void plan_step_output(struct plan_exec *x, const char *data, size_t len);
+void plan_step_done(struct plan_exec *x, enum step_status status, const char *error_fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+const struct step_env *plan_exec_env(struct plan_exec *x);
+struct step *plan_exec_current(struct plan_exec *x);
+/* Whether a step id has changed in this execution (for guards and kinds). */
+bool plan_exec_step_changed(struct plan_exec *x, const char *id);
+
+/* Dry run of the whole plan: {"steps": [{"kind","target","recipe","layer","action","diff"?,"error"?}]}.
+ * Guards are evaluated as if every step before would do what it says. When
+ * redact is true, diffs of secret steps are replaced by a note. */
+json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact);
+
+/* Unified diff of a and b labelled with path ("--- a/path", "+++ b/path"), 3 lines of
+ * context; NULL when equal. Used by the file kind; exposed for tests. */
+char *diff_unified(const char *path, const char *a, size_t alen, const char *b, size_t blen);

@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The recipe registry. A recipe is a planner: from (stack, this instance,
+ * event, layer, app) to steps appended to a plan. It does no I/O of its own.
+ * A family of recipes is one file under agent/recipes/ exporting a
+ * NULL-terminated table, listed once in registry.c. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "../event.h"
+
+struct config;
+struct plan;
+struct stack;
+struct stack_error;
+
+struct recipe_ctx {
+	const struct stack *stack;
+	const struct config *config;
+	enum event event;
+	const char *layer;       /* the layer this recipe runs for */
+	const char *app;         /* AGENT_APP, NULL for none */
+	long run_id;
+	const char *name;        /* the recipe name as written in the stack */
+};
+
+struct recipe {
+	const char *name;        /* full name, e.g. "plone_buildout::haproxy" or "custom" */
+	/* Appends steps. Returns 0, or a negative errno with *ret_error (malloc'd):
+	 * the run fails at planning with that message. */
+	int (*plan)(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+	/* Optional: type-checks the stack keys this recipe reads; called once per
+	 * stack version for every recipe the stack uses. Returns 0 or -EINVAL with err. */
+	int (*validate)(const struct stack *stack, struct stack_error *err);
+};
+
+/* Finds a recipe by name, with or without the "plone_buildout::" prefix.
+ * Custom recipes (agent.recipes.<name>) are looked up in the stack first. */
+const struct recipe *recipe_find(const struct stack *stack, const char *name);
+/* Whether name is a known recipe for this document: agent.recipes of the
+ * given root JSON, or the built-in table. Used by validation. */
+bool recipe_name_known(const json_t *root, const char *name);
+
+/* Plans one recipe for ctx into plan. */
+int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+
+/* Families. */
+extern const struct recipe recipes_custom[];
+extern const struct recipe recipes_pending[];
+/* Validates agent.recipes.<name> (called by stack validation for each entry). */
+int recipe_custom_validate(const json_t *def, const char *name, struct stack_error *err);

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Stack sources behind one interface: file:// (inotify), http(s):// (polled,
+ * conditional GET), imds: (EC2 IMDSv2 user-data), later etcd://. A source
+ * delivers whole documents; the engine parses and validates them. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct config;
+struct http;
+struct source;
+
+struct source_callbacks {
+	/* A document was fetched (perhaps unchanged: the engine compares). data is
+	 * valid only during the call. */
+	void (*on_document)(void *userdata, const char *data, size_t len);
+	/* A fetch failed; message names the URL or path and the cause. The last
+	 * good stack stays in force. */
+	void (*on_error)(void *userdata, const char *message);
+};
+
+struct source_ops {
+	const char *scheme;       /* "file", "http", "imds", "etcd" */
+	int (*start)(struct source *s);
+	void (*reload)(struct source *s); /* fetch now */
+	void (*stop)(struct source *s);   /* close handles; source_free follows after the loop ran */
+	void (*free_data)(void *data);
+};
+
+struct source {
+	const struct source_ops *ops;
+	uv_loop_t *loop;                  /* borrowed */
+	const struct config *config;      /* borrowed */
+	struct http *http;                /* borrowed */
+	char *url;                        /* owned: as configured */
+	struct source_callbacks cbs;
+	void *userdata;
+	void *data;                       /* the scheme's own state */
+	/* Read by status. */
+	int64_t last_fetch_usec;          /* wall clock of the last attempt that got an answer or error */
+	char *instance_id;                /* owned: imds instance id, may be NULL */
+	char *region;                     /* owned: imds region, may be NULL */
+};
+
+/* Picks the implementation by scheme. Returns -EINVAL with *ret_error for an
+ * unsupported or malformed URL. */
+int source_new(uv_loop_t *loop, const struct config *config, struct http *http, const struct source_callbacks *cbs,
+	       void *userdata, struct source **ret, char **ret_error);
+int source_start(struct source *s);
+void source_reload(struct source *s);
+void source_free(struct source *s);
+
+/* For implementations. */
+void source_deliver(struct source *s, const char *data, size_t len);
+void source_fail(struct source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Poll delay with jitter: interval ± 10%, and on errors capped exponential
+ * backoff: min(interval, 2^failures s) ... shared by polled sources. */
+uint64_t source_next_delay_ms(long interval_sec, unsigned failures);
+
+extern const struct source_ops source_file_ops;
+extern const struct source_ops source_http_ops;
+extern const struct source_ops source_imds_ops;

@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* One logging API for agentd and agentctl. Under systemd (JOURNAL_STREAM set
+ * and matching stderr) lines go to the journal with structured fields;
+ * otherwise to stderr. Every function preserves errno. */
+#pragma once
+
+#include <errno.h>
+#include <stdbool.h>
+
+#include "util.h"
+
+enum log_level { LOG_LEVEL_ERROR = 3, LOG_LEVEL_WARN = 4, LOG_LEVEL_INFO = 6, LOG_LEVEL_DEBUG = 7 };
+
+void log_open(const char *ident, bool verbose);
+void log_set_level(enum log_level level);
+/* Structured context added to every line (RUN_ID=, EVENT=, LAYER=, STEP=);
+ * NULL or 0 clears a field. The strings are copied. */
+void log_set_context(long run_id, const char *event, const char *layer, const char *step);
+
+void log_write(enum log_level level, const char *file, int line, const char *fmt, ...) _printf_(4, 5);
+
+#define log_debug(...) log_write(LOG_LEVEL_DEBUG, __FILE__, __LINE__, __VA_ARGS__)
+#define log_info(...) log_write(LOG_LEVEL_INFO, __FILE__, __LINE__, __VA_ARGS__)
+#define log_warn(...) log_write(LOG_LEVEL_WARN, __FILE__, __LINE__, __VA_ARGS__)
+#define log_error(...) log_write(LOG_LEVEL_ERROR, __FILE__, __LINE__, __VA_ARGS__)
+
+/* Logs with errno set from r (a negative errno, so %m works) and returns r. */
+int log_errno_internal(enum log_level level, int r, const char *file, int line, const char *fmt, ...)
+	_printf_(5, 6);
+#define log_error_errno(r, ...) log_errno_internal(LOG_LEVEL_ERROR, (r), __FILE__, __LINE__, __VA_ARGS__)
+#define log_warn_errno(r, ...) log_errno_internal(LOG_LEVEL_WARN, (r), __FILE__, __LINE__, __VA_ARGS__)

@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The control protocol, defined once for agentd and agentctl.
+ *
+ * Framing: one JSON object per line (NDJSON) in each direction.
+ *   request:  {"method": "status", "params": {...}}
+ *   reply:    {"ok": true, "result": {...}}
+ *             {"ok": false, "error": {"code": "...", "message": "..."}}
+ *   streaming methods (log with follow, run with wait) first send
+ *             {"event": "<kind>", ...} lines, then one final reply line. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
+
+#define PROTO_MAX_REQUEST (64 * 1024)      /* bytes in one request line, newline included */
+#define PROTO_MAX_CLIENTS 256              /* connections open at once */
+#define PROTO_MAX_CLIENTS_PER_UID 32       /* connections open at once per peer uid */
+#define PROTO_IDLE_TIMEOUT_MS 30000        /* a client that sends nothing for this long is dropped */
+#define PROTO_MAX_OUTPUT_QUEUE (4 * 1024 * 1024) /* unsent reply bytes per client before it is dropped */
+
+/* Error codes carried in error.code. */
+#define PROTO_E_PERMISSION "permission-denied"
+#define PROTO_E_BAD_REQUEST "bad-request"      /* not JSON, not an object, too long */
+#define PROTO_E_UNKNOWN_METHOD "unknown-method"
+#define PROTO_E_INVALID_PARAMS "invalid-params"
+#define PROTO_E_NOT_FOUND "not-found"
+#define PROTO_E_BUSY "busy"                    /* e.g. rollback while a run is active */
+#define PROTO_E_FAILED "failed"                /* the run or action failed */
+#define PROTO_E_INTERNAL "internal"
+#define PROTO_E_LIMIT "limit"                  /* too many connections */
+
+enum proto_priv {
+	PROTO_OPEN = 0, /* any local user */
+	PROTO_PRIV = 1, /* root, the daemon's own uid, or admin_group */
+};
+
+struct proto_method {
+	const char *name;
+	enum proto_priv priv;
+	bool streams; /* may send event lines before the final reply */
+};
+
+/* The method table; NULL-name terminated. */
+extern const struct proto_method proto_methods[];
+const struct proto_method *proto_method_find(const char *name);
+
+/* Builds reply objects (new references). */
+json_t *proto_reply_ok(json_t *result /* stolen, may be NULL for {} */);
+json_t *proto_reply_error(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Serialises v (compact, one line, trailing newline) into a malloc'd string. */
+char *proto_encode_line(const json_t *v, size_t *ret_len);
+
+/* Incremental line splitter with a length cap. Feed bytes, then take lines. */
+struct proto_reader {
+	char *buf; /* owned */
+	size_t len, cap;
+	bool overflow; /* the current line exceeded PROTO_MAX_REQUEST (or max); discarding until newline */
+	size_t max;
+};
+void proto_reader_init(struct proto_reader *r, size_t max);
+void proto_reader_free(struct proto_reader *r);
+void proto_reader_feed(struct proto_reader *r, const char *data, size_t len);
+/* Returns 1 and a malloc'd NUL-terminated line (without newline) in *ret_line,
+ * 0 when no complete line is buffered, or -EMSGSIZE once for a line that
+ * was too long (its bytes are discarded). */
+int proto_reader_next(struct proto_reader *r, char **ret_line);
+
+/* Returns a deep copy of v with the value of every object key that
+ * key_is_secret() matches replaced by "***", at any depth. */
+json_t *proto_redact(const json_t *v);

@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Small utilities shared by agentd and agentctl: cleanup attributes, growable
+ * buffers, safe number parsing, time stamps, names and paths under a root,
+ * and atomic file writes. */
+#pragma once
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+#define _unused_ __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
+
+static inline void freep(void *p) { free(*(void **)p); }
+static inline void closep(int *fd);
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _cleanup_free_ _cleanup_(freep)
+#define _cleanup_close_ _cleanup_(closep)
+
+#include <unistd.h>
+static inline void closep(int *fd) {
+	if (*fd >= 0)
+		(void)close(*fd);
+}
+
+/* Allocation failure is not something a 2 MiB daemon can recover from in a
+ * useful way; these abort with a message instead of returning NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t m);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) _printf_(1, 2);
+
+/* A growable byte buffer, always NUL-terminated after its data. */
+struct buf {
+	char *data; /* owned */
+	size_t len;
+	size_t cap;
+};
+void buf_init(struct buf *b);
+void buf_free(struct buf *b);
+void buf_reset(struct buf *b);
+void buf_append(struct buf *b, const void *data, size_t len);
+void buf_puts(struct buf *b, const char *s);
+void buf_printf(struct buf *b, const char *fmt, ...) _printf_(2, 3);
+/* Takes the data out of the buffer; the caller owns it; the buffer is empty. */
+char *buf_steal(struct buf *b);
+
+/* Strict integer parsing: the whole string, in range, else -EINVAL/-ERANGE. */
+int parse_long(const char *s, long min, long max, long *ret);
+
+/* Wall clock as an RFC 3339 UTC string with milliseconds into out (>= 32 bytes). */
+void time_format_rfc3339(int64_t usec, char *out, size_t n);
+int64_t time_now_usec(void);      /* CLOCK_REALTIME */
+int64_t time_monotonic_usec(void); /* CLOCK_MONOTONIC */
+
+/* A name that may become a path component or a user name:
+ * [A-Za-z0-9_.-]+, not "." or "..", no "..", at most 255 bytes. */
+bool name_is_valid(const char *s);
+
+/* An absolute path with no "." or ".." components, no empty components
+ * other than a trailing one, no NUL, at most PATH_MAX bytes. */
+bool path_is_safe_absolute(const char *p);
+
+/* Joins path under root. path may be absolute ("/srv/www" under root
+ * "/tmp/r" gives "/tmp/r/srv/www") or relative; ".." components are refused
+ * with -EINVAL. Symlinks are not resolved here. */
+int path_join_under(const char *root, const char *path, char **ret);
+
+/* Writes data to path atomically: a temporary file in the same directory,
+ * fsync, fchmod/fchown, rename, fsync of the directory. uid/gid of -1 keep
+ * the default. Returns 0 or a negative errno. */
+int file_write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid);
+
+/* Reads a whole file, refusing files over max bytes (-EFBIG). */
+int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len);
+
+/* mkdir -p with mode for the directories it creates. */
+int mkdir_p(const char *path, mode_t mode);
+
+/* 64-bit FNV-1a; used to name stack revisions, not for security. */
+uint64_t hash_fnv1a64(const void *data, size_t len, uint64_t seed);
+#define HASH_FNV_SEED UINT64_C(0xcbf29ce484222325)
+
+/* True if a JSON object key names a secret: matches password|secret|token|key
+ * case-insensitively anywhere in the key. */
+bool key_is_secret(const char *key);
