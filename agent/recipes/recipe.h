@@ -42,6 +42,13 @@ const struct recipe *recipe_find(const struct stack *stack, const char *name);
  * given root JSON, or the built-in table. Used by validation. */
 bool recipe_name_known(const json_t *root, const char *name);
 
+/* The built-in name without the "plone_buildout::" prefix (a static string),
+ * or NULL when name is not built in. */
+const char *recipe_canonical_name(const char *name);
+/* Default recipes of a well-known layer shortname for ev (NULL-terminated,
+ * static), or NULL when the shortname has no default. */
+const char *const *recipe_default_mapping(const char *layer, enum event ev);
+
 /* Plans one recipe for ctx into plan. */
 int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
 
