@@ -27,6 +27,8 @@ struct config {
 /* Fills defaults, then applies the file. On error returns a negative errno
  * and a malloc'd message naming the key in *ret_error. */
 int config_load(const char *path, struct config *ret, char **ret_error);
+/* The same from memory (used by the fuzzer and tests). */
+int config_load_buffer(const char *data, size_t len, struct config *ret, char **ret_error);
 void config_defaults(struct config *c);
 /* The normalised configuration as JSON (new reference). */
 json_t *config_to_json(const struct config *c);

@@ -52,6 +52,9 @@ const char *const *recipe_default_mapping(const char *layer, enum event ev);
 /* Plans one recipe for ctx into plan. */
 int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
 
+/* Runs every family's validate hook over a parsed stack. */
+int recipes_validate(const struct stack *stack, struct stack_error *err);
+
 /* Families. */
 extern const struct recipe recipes_custom[];
 extern const struct recipe recipes_pending[];

@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "util.h"
+
+enum key_type { KEY_STRING, KEY_STRING_OR_NULL, KEY_INT };
+
+struct key {
+	const char *name;
+	enum key_type type;
+	size_t offset;
+	long min, max;    /* KEY_INT */
+	bool path;        /* KEY_STRING: must be an absolute path */
+};
+
+#define S(n, p) { #n, KEY_STRING, offsetof(struct config, n), 0, 0, p }
+#define SN(n) { #n, KEY_STRING_OR_NULL, offsetof(struct config, n), 0, 0, false }
+#define I(n, lo, hi) { #n, KEY_INT, offsetof(struct config, n), lo, hi, false }
+static const struct key keys[] = {
+	S(source, false),
+	SN(instance),
+	I(poll_interval, 1, 86400),
+	S(root, true),
+	S(state_dir, true),
+	S(log_dir, true),
+	S(socket, true),
+	S(admin_group, false),
+	I(run_timeout, 1, 7 * 86400),
+	I(history, 1, 10000),
+	S(supervisor_socket, true),
+	S(supervisor_conf_dir, true),
+	S(imds_endpoint, false),
+	I(retry_min, 1, 86400),
+	I(retry_max, 1, 7 * 86400),
+	I(step_output_max, 1024, 1024L * 1024 * 1024),
+};
+#undef S
+#undef SN
+#undef I
+
+void config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->source = xstrdup("file:///etc/agentd/stack.json");
+	c->instance = NULL;
+	c->poll_interval = 60;
+	c->root = xstrdup("/");
+	c->state_dir = xstrdup("/var/lib/agentd");
+	c->log_dir = xstrdup("/var/log/agentd");
+	c->socket = xstrdup("/run/agentd/agentd.sock");
+	c->admin_group = xstrdup("agentd");
+	c->run_timeout = 3600;
+	c->history = 50;
+	c->supervisor_socket = xstrdup("/var/run/supervisor.sock");
+	c->supervisor_conf_dir = xstrdup("/etc/supervisor/conf.d");
+	c->imds_endpoint = xstrdup("http://169.254.169.254");
+	c->retry_min = 10;
+	c->retry_max = 600;
+	c->step_output_max = 4 * 1024 * 1024;
+}
+
+static int config_apply(struct config *c, json_t *root, char **ret_error)
+{
+	const char *name;
+	json_t *v;
+
+	if (!json_is_object(root)) {
+		*ret_error = xstrdup("the configuration must be a JSON object");
+		return -EINVAL;
+	}
+	json_object_foreach(root, name, v) {
+		const struct key *k = NULL;
+		for (size_t i = 0; i < ELEMENTSOF(keys); i++)
+			if (strcmp(keys[i].name, name) == 0)
+				k = &keys[i];
+		if (!k) {
+			*ret_error = xasprintf("unknown key \"%s\"", name);
+			return -EINVAL;
+		}
+		if (k->type == KEY_INT) {
+			if (!json_is_integer(v)) {
+				*ret_error = xasprintf("key \"%s\" must be an integer", name);
+				return -EINVAL;
+			}
+			json_int_t n = json_integer_value(v);
+			if (n < k->min || n > k->max) {
+				*ret_error = xasprintf("key \"%s\" must be between %ld and %ld, got %lld", name, k->min,
+						       k->max, (long long)n);
+				return -EINVAL;
+			}
+			*(long *)((char *)c + k->offset) = (long)n;
+			continue;
+		}
+		char **field = (char **)((char *)c + k->offset);
+		if (json_is_null(v) && k->type == KEY_STRING_OR_NULL) {
+			free(*field);
+			*field = NULL;
+			continue;
+		}
+		if (!json_is_string(v) || json_string_length(v) == 0 || strlen(json_string_value(v)) != json_string_length(v)) {
+			*ret_error = xasprintf("key \"%s\" must be a non-empty string%s", name,
+					       k->type == KEY_STRING_OR_NULL ? " or null" : "");
+			return -EINVAL;
+		}
+		if (k->path && !path_is_safe_absolute(json_string_value(v))) {
+			*ret_error = xasprintf("key \"%s\" must be an absolute path without \".\" or \"..\" components", name);
+			return -EINVAL;
+		}
+		free(*field);
+		*field = xstrdup(json_string_value(v));
+	}
+	if (c->instance && !name_is_valid(c->instance)) {
+		*ret_error = xasprintf("key \"instance\" must match [A-Za-z0-9_.-]+");
+		return -EINVAL;
+	}
+	if (c->retry_max < c->retry_min) {
+		*ret_error = xstrdup("key \"retry_max\" must not be smaller than \"retry_min\"");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int config_load_buffer(const char *data, size_t len, struct config *ret, char **ret_error)
+{
+	json_error_t jerr;
+	json_t *root;
+	int r;
+
+	config_defaults(ret);
+	root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root) {
+		*ret_error = xasprintf("line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+		return -EINVAL;
+	}
+	r = config_apply(ret, root, ret_error);
+	json_decref(root);
+	return r;
+}
+
+int config_load(const char *path, struct config *ret, char **ret_error)
+{
+	_cleanup_free_ char *data = NULL, *err = NULL;
+	size_t len;
+	int r;
+
+	r = file_read_all(path, 1024 * 1024, &data, &len);
+	if (r < 0) {
+		config_defaults(ret);
+		*ret_error = xasprintf("%s: %s", path, strerror(-r));
+		return r;
+	}
+	r = config_load_buffer(data, len, ret, &err);
+	if (r < 0) {
+		*ret_error = xasprintf("%s: %s", path, err);
+		return r;
+	}
+	return 0;
+}
+
+json_t *config_to_json(const struct config *c)
+{
+	json_t *o = json_object();
+
+	for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+		const struct key *k = &keys[i];
+		if (k->type == KEY_INT)
+			json_object_set_new(o, k->name, json_integer(*(const long *)((const char *)c + k->offset)));
+		else {
+			const char *s = *(char *const *)((const char *)c + k->offset);
+			json_object_set_new(o, k->name, s ? json_string(s) : json_null());
+		}
+	}
+	return o;
+}
+
+void config_free(struct config *c)
+{
+	for (size_t i = 0; i < ELEMENTSOF(keys); i++)
+		if (keys[i].type != KEY_INT) {
+			char **field = (char **)((char *)c + keys[i].offset);
+			free(*field);
+			*field = NULL;
+		}
+}
