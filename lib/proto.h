@@ -19,6 +19,13 @@
 #define PROTO_MAX_CLIENTS_PER_UID 32       /* connections open at once per peer uid */
 #define PROTO_IDLE_TIMEOUT_MS 30000        /* a client that sends nothing for this long is dropped */
 #define PROTO_MAX_OUTPUT_QUEUE (4 * 1024 * 1024) /* unsent reply bytes per client before it is dropped */
+#define PROTO_MAX_LOG_OUTPUT (2 * 1024 * 1024) /* bytes of a run log sent by "log" (its tail) */
+#define PROTO_VERSION 1                    /* "protocol" in the version result */
+#define PROTO_DEFAULT_SOCKET "/run/agentd/agentd.sock"
+
+#ifndef AGENTD_VERSION
+#define AGENTD_VERSION "0.1.0"
+#endif
 
 /* Error codes carried in error.code. */
 #define PROTO_E_PERMISSION "permission-denied"
@@ -53,21 +60,42 @@ json_t *proto_reply_error(const char *code, const char *fmt, ...) __attribute__(
 /* Serialises v (compact, one line, trailing newline) into a malloc'd string. */
 char *proto_encode_line(const json_t *v, size_t *ret_len);
 
-/* Incremental line splitter with a length cap. Feed bytes, then take lines. */
+/* Maps a negative errno from an engine action to an error code:
+ * -ENOENT not-found, -EBUSY busy, -EINVAL invalid-params, -EPERM/-EACCES
+ * permission-denied, anything else failed. */
+const char *proto_error_code_from_errno(int r);
+
+/* Incremental line splitter with a length cap. Feed bytes, then take lines.
+ * Memory stays bounded: an overlong line is never kept beyond max + 1 bytes. */
 struct proto_reader {
-	char *buf; /* owned */
-	size_t len, cap;
+	char *buf; /* owned; unconsumed data is buf[start..len) */
+	size_t start, len, cap;
 	bool overflow; /* the current line exceeded PROTO_MAX_REQUEST (or max); discarding until newline */
 	size_t max;
 };
 void proto_reader_init(struct proto_reader *r, size_t max);
 void proto_reader_free(struct proto_reader *r);
 void proto_reader_feed(struct proto_reader *r, const char *data, size_t len);
-/* Returns 1 and a malloc'd NUL-terminated line (without newline) in *ret_line,
- * 0 when no complete line is buffered, or -EMSGSIZE once for a line that
- * was too long (its bytes are discarded). */
+/* Returns 1 and a malloc'd NUL-terminated line (without newline, and
+ * without a trailing "\r") in *ret_line, 0 when no complete line is
+ * buffered, -EMSGSIZE once for a line that was too long (its bytes are
+ * discarded; reported as soon as the cap is passed, without waiting for its
+ * newline), or -EBADMSG for a line containing a NUL byte (never valid JSON
+ * text). After an error the next line is read normally. */
 int proto_reader_next(struct proto_reader *r, char **ret_line);
+/* Bytes buffered and not yet returned as lines. */
+size_t proto_reader_pending(const struct proto_reader *r);
 
 /* Returns a deep copy of v with the value of every object key that
  * key_is_secret() matches replaced by "***", at any depth. */
 json_t *proto_redact(const json_t *v);
+
+/* Redacts secrets in free text (run output shown to unprivileged callers):
+ * in every "NAME = VALUE" or "NAME: VALUE" where NAME contains password,
+ * secret, token or key (case-insensitively; optionally quoted), VALUE (up to
+ * the next white space) becomes "***". Returns a malloc'd string. */
+char *proto_redact_text(const char *s);
+
+/* A JSON string from arbitrary bytes (process output): invalid UTF-8 and NUL
+ * bytes become U+FFFD. New reference. */
+json_t *proto_string_lossy(const char *data, size_t len);

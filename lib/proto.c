@@ -1,0 +1,436 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The control protocol shared by agentd and agentctl: the method table with
+ * privilege flags, reply builders, NDJSON framing with a size cap, and the
+ * redaction of secrets for unprivileged callers. */
+#include "proto.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "util.h"
+
+/* Read-only methods are open to every local user; anything that changes
+ * state is PROTO_PRIV. A method that is not listed here does not exist, so
+ * it is denied before any handler runs. */
+const struct proto_method proto_methods[] = {
+	{ "version", PROTO_OPEN, false },
+	{ "status", PROTO_OPEN, false },
+	{ "stack", PROTO_OPEN, false },
+	{ "runs", PROTO_OPEN, false },
+	{ "run-info", PROTO_OPEN, false },
+	{ "log", PROTO_OPEN, true },
+	{ "plan", PROTO_OPEN, false },
+	{ "run", PROTO_PRIV, true },
+	{ "reload", PROTO_PRIV, false },
+	{ "pause", PROTO_PRIV, false },
+	{ "resume", PROTO_PRIV, false },
+	{ "clear-failed", PROTO_PRIV, false },
+	{ "rollback", PROTO_PRIV, false },
+	{ NULL, PROTO_PRIV, false },
+};
+
+const struct proto_method *proto_method_find(const char *name)
+{
+	if (!name)
+		return NULL;
+	for (const struct proto_method *m = proto_methods; m->name; m++)
+		if (strcmp(m->name, name) == 0)
+			return m;
+	return NULL;
+}
+
+json_t *proto_reply_ok(json_t *result)
+{
+	if (!result)
+		result = json_object();
+	return json_pack("{s:b, s:o}", "ok", 1, "result", result);
+}
+
+json_t *proto_reply_error(const char *code, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg;
+	json_t *v;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		msg = NULL;
+	v = json_pack("{s:b, s:{s:s, s:o}}", "ok", 0, "error", "code", code, "message",
+		      msg ? proto_string_lossy(msg, strlen(msg)) : json_string("out of memory"));
+	free(msg);
+	return v;
+}
+
+const char *proto_error_code_from_errno(int r)
+{
+	switch (r) {
+	case -ENOENT:
+		return PROTO_E_NOT_FOUND;
+	case -EBUSY:
+		return PROTO_E_BUSY;
+	case -EINVAL:
+		return PROTO_E_INVALID_PARAMS;
+	case -EPERM:
+	case -EACCES:
+		return PROTO_E_PERMISSION;
+	default:
+		return PROTO_E_FAILED;
+	}
+}
+
+char *proto_encode_line(const json_t *v, size_t *ret_len)
+{
+	char *s, *line;
+	size_t n;
+
+	/* Compact output never contains a raw newline: jansson escapes control
+	 * characters inside strings, so one value is exactly one line. */
+	s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+	if (!s)
+		return NULL;
+	n = strlen(s);
+	line = xmalloc(n + 2);
+	memcpy(line, s, n);
+	line[n] = '\n';
+	line[n + 1] = '\0';
+	free(s);
+	if (ret_len)
+		*ret_len = n + 1;
+	return line;
+}
+
+/* ---- framing ---- */
+
+void proto_reader_init(struct proto_reader *r, size_t max)
+{
+	*r = (struct proto_reader){ .max = max ? max : PROTO_MAX_REQUEST };
+}
+
+void proto_reader_free(struct proto_reader *r)
+{
+	if (!r)
+		return;
+	free(r->buf);
+	r->buf = NULL;
+	r->start = r->len = r->cap = 0;
+	r->overflow = false;
+}
+
+size_t proto_reader_pending(const struct proto_reader *r)
+{
+	return r->len - r->start;
+}
+
+static void reader_append(struct proto_reader *r, const char *data, size_t n)
+{
+	if (n == 0)
+		return;
+	/* Compact consumed bytes away before growing, so a long-lived
+	 * connection does not creep. */
+	if (r->start > 0 && r->len + n > r->cap) {
+		memmove(r->buf, r->buf + r->start, r->len - r->start);
+		r->len -= r->start;
+		r->start = 0;
+	}
+	if (r->len + n > r->cap) {
+		size_t cap = r->cap ? r->cap : 4096;
+		while (cap < r->len + n)
+			cap *= 2;
+		r->buf = xrealloc(r->buf, cap);
+		r->cap = cap;
+	}
+	memcpy(r->buf + r->len, data, n);
+	r->len += n;
+}
+
+/* Length of the unterminated line at the end of the buffer. */
+static size_t reader_partial(const struct proto_reader *r)
+{
+	size_t i = r->len;
+
+	while (i > r->start && r->buf[i - 1] != '\n')
+		i--;
+	return r->len - i;
+}
+
+/* An overlong line is kept as its first max + 1 bytes (enough to know that
+ * it is too long) while overflow is set; its newline, when it comes, is
+ * appended so that proto_reader_next() reports it in order with the lines
+ * around it. If next() has already reported it (dropping the bytes), the
+ * newline is dropped too: the buffer then has no partial line. */
+void proto_reader_feed(struct proto_reader *r, const char *data, size_t len)
+{
+	while (len > 0) {
+		const char *nl = memchr(data, '\n', len);
+		size_t chunk = nl ? (size_t)(nl - data) + 1 : len;
+		size_t partial;
+
+		if (r->overflow) {
+			if (!nl)
+				return;
+			if (reader_partial(r) > 0)
+				reader_append(r, "\n", 1);
+			r->overflow = false;
+			data += chunk;
+			len -= chunk;
+			continue;
+		}
+
+		partial = reader_partial(r);
+		if (partial + chunk > r->max) {
+			size_t keep = r->max + 1 > partial ? r->max + 1 - partial : 0;
+			if (keep > chunk)
+				keep = chunk;
+			reader_append(r, data, keep);
+			r->overflow = true;
+			/* Leave data pointing at the rest of this line; the
+			 * overflow branch finds its newline. */
+			data += keep;
+			len -= keep;
+			if (keep == chunk && nl) {
+				/* The newline itself fell within the kept bytes:
+				 * the line is complete (and too long). */
+				r->overflow = false;
+			}
+			continue;
+		}
+		reader_append(r, data, chunk);
+		data += chunk;
+		len -= chunk;
+	}
+}
+
+int proto_reader_next(struct proto_reader *r, char **ret_line)
+{
+	const char *p = r->buf + r->start;
+	size_t avail = r->len - r->start;
+	const char *nl;
+	size_t n;
+
+	*ret_line = NULL;
+	if (avail == 0)
+		return 0;
+	nl = memchr(p, '\n', avail);
+	if (!nl) {
+		if (avail < r->max)
+			return 0;
+		/* Even with its newline this line is already too long:
+		 * report it now and drop the rest of it as it arrives. */
+		r->start = r->len = 0;
+		r->overflow = true;
+		return -EMSGSIZE;
+	}
+	n = (size_t)(nl - p) + 1;
+	r->start += n;
+	if (r->start == r->len)
+		r->start = r->len = 0;
+	if (n > r->max)
+		return -EMSGSIZE;
+	n--; /* the newline */
+	if (memchr(p, '\0', n))
+		return -EBADMSG;
+	if (n > 0 && p[n - 1] == '\r')
+		n--;
+	/* p stays valid: nothing moved the buffer since. */
+	*ret_line = xstrndup(p, n);
+	return 1;
+}
+
+/* ---- redaction ---- */
+
+json_t *proto_redact(const json_t *v)
+{
+	if (!v)
+		return NULL;
+	if (json_is_object(v)) {
+		json_t *o = json_object();
+		const char *k;
+		json_t *x;
+
+		json_object_foreach((json_t *)v, k, x)
+		{
+			json_t *c = key_is_secret(k) ? json_string("***") : proto_redact(x);
+			json_object_set_new(o, k, c);
+		}
+		return o;
+	}
+	if (json_is_array(v)) {
+		json_t *a = json_array();
+		size_t i;
+		json_t *x;
+
+		json_array_foreach(v, i, x) json_array_append_new(a, proto_redact(x));
+		return a;
+	}
+	return json_deep_copy(v);
+}
+
+static bool is_ident(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+	       c == '-' || c == '.';
+}
+
+static bool is_blank(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+static bool is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/* At s[i], a secret word followed by the rest of its name, an optional
+ * closing quote, blanks, '=' or ':', blanks? Returns the index of the value,
+ * or 0 when this is not an assignment. */
+static size_t secret_value_at(const char *s, size_t i)
+{
+	static const char *const words[] = { "password", "secret", "token", "key" };
+	size_t j = 0;
+
+	for (size_t w = 0; w < ELEMENTSOF(words); w++) {
+		size_t m = strlen(words[w]);
+		if (strncasecmp(s + i, words[w], m) == 0) {
+			j = i + m;
+			break;
+		}
+	}
+	if (j == 0)
+		return 0;
+	while (is_ident(s[j]))
+		j++;
+	if (s[j] == '"' || s[j] == '\'')
+		j++;
+	while (is_blank(s[j]))
+		j++;
+	if (s[j] != '=' && s[j] != ':')
+		return 0;
+	j++;
+	while (is_blank(s[j]))
+		j++;
+	if (s[j] == '\0' || is_space(s[j]))
+		return 0;
+	return j;
+}
+
+char *proto_redact_text(const char *s)
+{
+	struct buf b;
+	size_t i = 0, copied = 0;
+
+	buf_init(&b);
+	if (!s)
+		return buf_steal(&b);
+	while (s[i]) {
+		size_t v = secret_value_at(s, i);
+		size_t end;
+
+		if (v == 0) {
+			i++;
+			continue;
+		}
+		if (s[v] == '"' || s[v] == '\'') {
+			/* A quoted value: redact up to its closing quote on this line. */
+			const char q = s[v];
+			end = v + 1;
+			while (s[end] && s[end] != q && s[end] != '\n')
+				end++;
+			if (s[end] == q) {
+				buf_append(&b, s + copied, v + 1 - copied);
+				buf_puts(&b, "***");
+				copied = end;
+				i = end + 1;
+				continue;
+			}
+		}
+		end = v;
+		while (s[end] && !is_space(s[end]))
+			end++;
+		buf_append(&b, s + copied, v - copied);
+		buf_puts(&b, "***");
+		copied = i = end;
+	}
+	buf_append(&b, s + copied, i - copied);
+	return buf_steal(&b);
+}
+
+/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0. Strict
+ * like jansson: no overlong forms, no surrogates, nothing above U+10FFFF. */
+static size_t utf8_valid_len(const unsigned char *p, size_t n)
+{
+	unsigned char c = p[0];
+	size_t len;
+	uint32_t cp;
+
+	if (c == 0)
+		return 0;
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xC2 && c <= 0xDF) {
+		len = 2;
+		cp = c & 0x1F;
+	} else if (c >= 0xE0 && c <= 0xEF) {
+		len = 3;
+		cp = c & 0x0F;
+	} else if (c >= 0xF0 && c <= 0xF4) {
+		len = 4;
+		cp = c & 0x07;
+	} else
+		return 0;
+	if (n < len)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((p[i] & 0xC0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3F);
+	}
+	if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+	    (cp >= 0xD800 && cp <= 0xDFFF))
+		return 0;
+	return len;
+}
+
+json_t *proto_string_lossy(const char *data, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)data;
+	struct buf b;
+	size_t i = 0, good = 0;
+	json_t *v;
+
+	if (!data)
+		return json_string("");
+	/* The common case, valid text, costs one pass and no copy. */
+	while (i < len) {
+		size_t l = utf8_valid_len(p + i, len - i);
+		if (l == 0)
+			break;
+		i += l;
+	}
+	if (i == len)
+		return json_stringn(data, len);
+
+	buf_init(&b);
+	i = 0;
+	while (i < len) {
+		size_t l = utf8_valid_len(p + i, len - i);
+		if (l == 0) {
+			buf_append(&b, data + good, i - good);
+			buf_puts(&b, "\xEF\xBF\xBD");
+			i++;
+			good = i;
+			continue;
+		}
+		i += l;
+	}
+	buf_append(&b, data + good, i - good);
+	v = json_stringn(b.data, b.len);
+	buf_free(&b);
+	return v;
+}

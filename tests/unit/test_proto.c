@@ -1,0 +1,309 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* lib/proto.c: framing, the method table, redaction, reply builders. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "proto.h"
+#include "util.h"
+
+static void expect_line(struct proto_reader *r, const char *want)
+{
+	char *line = NULL;
+	assert_int_equal(proto_reader_next(r, &line), 1);
+	assert_non_null(line);
+	assert_string_equal(line, want);
+	free(line);
+}
+
+static void expect_none(struct proto_reader *r)
+{
+	char *line = (char *)1;
+	assert_int_equal(proto_reader_next(r, &line), 0);
+	assert_null(line);
+}
+
+static void test_reader_partial(void **state)
+{
+	struct proto_reader r;
+
+	proto_reader_init(&r, 0);
+	assert_int_equal(r.max, PROTO_MAX_REQUEST);
+	proto_reader_feed(&r, "{\"meth", 6);
+	expect_none(&r);
+	proto_reader_feed(&r, "od\":\"status\"}", 13);
+	expect_none(&r);
+	proto_reader_feed(&r, "\n", 1);
+	expect_line(&r, "{\"method\":\"status\"}");
+	expect_none(&r);
+	assert_int_equal(proto_reader_pending(&r), 0);
+	proto_reader_free(&r);
+	proto_reader_free(&r); /* idempotent */
+}
+
+static void test_reader_multiple(void **state)
+{
+	struct proto_reader r;
+	const char *in = "a\nbb\r\n\nccc\nddd";
+
+	proto_reader_init(&r, 100);
+	proto_reader_feed(&r, in, strlen(in));
+	expect_line(&r, "a");
+	expect_line(&r, "bb");
+	expect_line(&r, "");
+	expect_line(&r, "ccc");
+	expect_none(&r);
+	assert_int_equal(proto_reader_pending(&r), 3);
+	proto_reader_feed(&r, "\n", 1);
+	expect_line(&r, "ddd");
+	expect_none(&r);
+	proto_reader_free(&r);
+}
+
+static void test_reader_byte_by_byte(void **state)
+{
+	struct proto_reader r;
+	const char *in = "one\ntwo\nthree\n";
+	int got = 0;
+
+	proto_reader_init(&r, 16);
+	for (size_t i = 0; in[i]; i++) {
+		char *line;
+		proto_reader_feed(&r, in + i, 1);
+		while (proto_reader_next(&r, &line) == 1) {
+			got++;
+			free(line);
+		}
+	}
+	assert_int_equal(got, 3);
+	proto_reader_free(&r);
+}
+
+static void test_reader_overlong_then_recovery(void **state)
+{
+	struct proto_reader r;
+	char *big = xmalloc(PROTO_MAX_REQUEST * 3);
+	char *line;
+
+	memset(big, 'x', PROTO_MAX_REQUEST * 3);
+	proto_reader_init(&r, 0);
+	/* A good line, an overlong one and a good one, all in one feed: the
+	 * error comes in order, between the two. */
+	proto_reader_feed(&r, "first\n", 6);
+	proto_reader_feed(&r, big, PROTO_MAX_REQUEST * 3);
+	proto_reader_feed(&r, "\nsecond\n", 8);
+	/* Memory stays bounded by the cap, not by what was sent. */
+	assert_true(r.cap <= 4 * (size_t)PROTO_MAX_REQUEST);
+	expect_line(&r, "first");
+	assert_int_equal(proto_reader_next(&r, &line), -EMSGSIZE);
+	assert_null(line);
+	expect_line(&r, "second");
+	expect_none(&r);
+
+	/* Overlong without its newline yet: reported at once, then the rest of
+	 * it is dropped as it arrives, and the next line is fine. */
+	proto_reader_feed(&r, big, PROTO_MAX_REQUEST + 10);
+	assert_int_equal(proto_reader_next(&r, &line), -EMSGSIZE);
+	expect_none(&r);
+	proto_reader_feed(&r, big, 1000);
+	expect_none(&r);
+	proto_reader_feed(&r, "xx\n{\"method\":\"version\"}\n", 24);
+	expect_line(&r, "{\"method\":\"version\"}");
+	expect_none(&r);
+	proto_reader_free(&r);
+	free(big);
+}
+
+static void test_reader_exact_limit(void **state)
+{
+	struct proto_reader r;
+	char buf[12];
+	char *line;
+
+	proto_reader_init(&r, 10);
+	/* 9 bytes + newline = 10: allowed. */
+	memset(buf, 'a', 9);
+	buf[9] = '\n';
+	proto_reader_feed(&r, buf, 10);
+	expect_line(&r, "aaaaaaaaa");
+	/* 10 bytes + newline = 11: too long. */
+	memset(buf, 'b', 10);
+	buf[10] = '\n';
+	proto_reader_feed(&r, buf, 11);
+	assert_int_equal(proto_reader_next(&r, &line), -EMSGSIZE);
+	expect_none(&r);
+	proto_reader_feed(&r, "ok\n", 3);
+	expect_line(&r, "ok");
+	proto_reader_free(&r);
+}
+
+static void test_reader_nul(void **state)
+{
+	struct proto_reader r;
+	char *line;
+
+	proto_reader_init(&r, 0);
+	proto_reader_feed(&r, "{\"method\":\"status\"}\0junk\nok\n", 28);
+	assert_int_equal(proto_reader_next(&r, &line), -EBADMSG);
+	expect_line(&r, "ok");
+	proto_reader_free(&r);
+}
+
+static void test_methods(void **state)
+{
+	static const char *const open[] = { "version", "status", "stack", "runs", "run-info", "log", "plan" };
+	static const char *const priv[] = { "run", "reload", "pause", "resume", "clear-failed", "rollback" };
+
+	for (size_t i = 0; i < ELEMENTSOF(open); i++) {
+		const struct proto_method *m = proto_method_find(open[i]);
+		assert_non_null(m);
+		assert_string_equal(m->name, open[i]);
+		assert_int_equal(m->priv, PROTO_OPEN);
+	}
+	for (size_t i = 0; i < ELEMENTSOF(priv); i++) {
+		const struct proto_method *m = proto_method_find(priv[i]);
+		assert_non_null(m);
+		assert_int_equal(m->priv, PROTO_PRIV);
+	}
+	assert_true(proto_method_find("log")->streams);
+	assert_true(proto_method_find("run")->streams);
+	assert_false(proto_method_find("status")->streams);
+	assert_null(proto_method_find("Status"));
+	assert_null(proto_method_find("shell"));
+	assert_null(proto_method_find(""));
+	assert_null(proto_method_find(NULL));
+}
+
+static void test_redact_depth(void **state)
+{
+	json_error_t jerr;
+	json_t *in = json_loads("{\"ebs_snapshots\":{\"aws_secret\":\"x\",\"aws_key\":\"y\",\"keep\":3},"
+				"\"list\":[{\"password\":1},{\"deep\":{\"API_TOKEN\":{\"a\":1}}}],"
+				"\"name\":\"plain\",\"n\":null}",
+				0, &jerr);
+	json_t *out;
+
+	assert_non_null(in);
+	out = proto_redact(in);
+	assert_non_null(out);
+	assert_string_equal(json_string_value(json_object_get(json_object_get(out, "ebs_snapshots"), "aws_secret")),
+			    "***");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(out, "ebs_snapshots"), "aws_key")),
+			    "***");
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(out, "ebs_snapshots"), "keep")), 3);
+	assert_string_equal(
+		json_string_value(json_object_get(json_array_get(json_object_get(out, "list"), 0), "password")), "***");
+	assert_string_equal(json_string_value(json_object_get(
+				    json_object_get(json_array_get(json_object_get(out, "list"), 1), "deep"), "API_TOKEN")),
+			    "***");
+	assert_string_equal(json_string_value(json_object_get(out, "name")), "plain");
+	assert_true(json_is_null(json_object_get(out, "n")));
+	/* The input is untouched. */
+	assert_string_equal(json_string_value(json_object_get(json_object_get(in, "ebs_snapshots"), "aws_secret")), "x");
+	assert_null(proto_redact(NULL));
+	json_decref(in);
+	json_decref(out);
+}
+
+static void test_redact_text(void **state)
+{
+	static const struct {
+		const char *in, *want;
+	} cases[] = {
+		{ "password=hunter2 next", "password=*** next" },
+		{ "DB_PASSWORD: s3cret\nok\n", "DB_PASSWORD: ***\nok\n" },
+		{ "aws_secret_access_key = AKIA/xyz end", "aws_secret_access_key = *** end" },
+		{ "{\"token\": \"abc def\"}", "{\"token\": \"***\"}" },
+		{ "nothing to see", "nothing to see" },
+		{ "key:", "key:" },
+		{ "the key is here", "the key is here" },
+		{ "", "" },
+	};
+
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		char *out = proto_redact_text(cases[i].in);
+		assert_string_equal(out, cases[i].want);
+		free(out);
+	}
+}
+
+static void test_replies(void **state)
+{
+	json_t *v;
+	char *line;
+	size_t n;
+
+	v = proto_reply_ok(NULL);
+	line = proto_encode_line(v, &n);
+	assert_string_equal(line, "{\"ok\":true,\"result\":{}}\n");
+	assert_int_equal(n, strlen(line));
+	free(line);
+	json_decref(v);
+
+	v = proto_reply_ok(json_pack("{s:i}", "id", 7));
+	line = proto_encode_line(v, NULL);
+	assert_string_equal(line, "{\"ok\":true,\"result\":{\"id\":7}}\n");
+	free(line);
+	json_decref(v);
+
+	v = proto_reply_error(PROTO_E_BAD_REQUEST, "request longer than %d bytes", PROTO_MAX_REQUEST);
+	line = proto_encode_line(v, NULL);
+	assert_string_equal(line, "{\"ok\":false,\"error\":{\"code\":\"bad-request\",\"message\":\"request longer than "
+				  "65536 bytes\"}}\n");
+	free(line);
+	json_decref(v);
+
+	/* A message with a newline still encodes to one line. */
+	v = proto_reply_error(PROTO_E_FAILED, "a\nb");
+	line = proto_encode_line(v, &n);
+	assert_null(memchr(line, '\n', n - 1));
+	free(line);
+	json_decref(v);
+
+	assert_string_equal(proto_error_code_from_errno(-ENOENT), "not-found");
+	assert_string_equal(proto_error_code_from_errno(-EBUSY), "busy");
+	assert_string_equal(proto_error_code_from_errno(-EINVAL), "invalid-params");
+	assert_string_equal(proto_error_code_from_errno(-EPERM), "permission-denied");
+	assert_string_equal(proto_error_code_from_errno(-EACCES), "permission-denied");
+	assert_string_equal(proto_error_code_from_errno(-EIO), "failed");
+}
+
+static void test_string_lossy(void **state)
+{
+	json_t *v;
+
+	v = proto_string_lossy("h\xc3\xa9llo", 6);
+	assert_string_equal(json_string_value(v), "h\xc3\xa9llo");
+	json_decref(v);
+	v = proto_string_lossy("a\xff" "b\0c\xed\xa0\x80", 8);
+	assert_non_null(v);
+	assert_string_equal(json_string_value(v), "a\xEF\xBF\xBD" "b\xEF\xBF\xBD" "c\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+	json_decref(v);
+	v = proto_string_lossy("\xe2\x82", 2); /* truncated sequence */
+	assert_string_equal(json_string_value(v), "\xEF\xBF\xBD\xEF\xBF\xBD");
+	json_decref(v);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_reader_partial),
+		cmocka_unit_test(test_reader_multiple),
+		cmocka_unit_test(test_reader_byte_by_byte),
+		cmocka_unit_test(test_reader_overlong_then_recovery),
+		cmocka_unit_test(test_reader_exact_limit),
+		cmocka_unit_test(test_reader_nul),
+		cmocka_unit_test(test_methods),
+		cmocka_unit_test(test_redact_depth),
+		cmocka_unit_test(test_redact_text),
+		cmocka_unit_test(test_replies),
+		cmocka_unit_test(test_string_lossy),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
