@@ -116,3 +116,8 @@ int log_errno_internal(enum log_level level, int r, const char *file, int line, 
 	errno = saved;
 	return r;
 }
+
+void log_force_stderr(void)
+{
+	log_journal = false;
+}

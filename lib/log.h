@@ -12,6 +12,8 @@
 enum log_level { LOG_LEVEL_ERROR = 3, LOG_LEVEL_WARN = 4, LOG_LEVEL_INFO = 6, LOG_LEVEL_DEBUG = 7 };
 
 void log_open(const char *ident, bool verbose);
+/* Forces plain stderr even under systemd (agentd -d). */
+void log_force_stderr(void);
 void log_set_level(enum log_level level);
 /* Structured context added to every line (RUN_ID=, EVENT=, LAYER=, STEP=);
  * NULL or 0 clears a field. The strings are copied. */

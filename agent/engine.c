@@ -1,0 +1,1500 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The engine: stack versions in, runs out (design.md §3, §7).
+ *
+ * State lives in state_dir:
+ *   stacks/<revision>.json  every stack a run may still need (content-addressed)
+ *   state.json              one file, written atomically, holding the
+ *                           revision of the current and the applied stack,
+ *                           the run records (queued, running and finished,
+ *                           newest first), failures, exec input hashes
+ *                           and the pause reason.
+ * The queue is simply the records whose status is "queued": a new stack's
+ * triggers and the stack they came from are committed by one rename, so a
+ * crash at any point either loses nothing or repeats a diff whose triggers
+ * coalesce with the ones already queued.
+ *
+ * "applied" is the stack whose triggers have been queued; "current" is the
+ * newest valid stack. They differ only while paused. */
+#include "engine.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "plan.h"
+#include "proto.h"
+#include "recipes/recipe.h"
+#include "source.h"
+#include "stack.h"
+#include "util.h"
+
+#ifndef AGENTD_VERSION
+#define AGENTD_VERSION "0.1.0"
+#endif
+
+#define STATE_VERSION 1
+#define STATE_MAX_BYTES (64 * 1024 * 1024)
+
+struct active {
+	json_t *rec;                /* borrowed from e->runs */
+	long id;
+	struct stack *stack;        /* owned ref: what the run plans against */
+	struct plan plan;
+	struct plan_exec *x;        /* NULL once done */
+	int log_fd;
+	int64_t started_mono;
+	uv_timer_t timeout;
+	bool timed_out;
+	size_t changed;
+};
+
+struct engine {
+	uv_loop_t *loop;               /* borrowed */
+	const struct config *config;   /* borrowed */
+	struct http *http;             /* owned */
+	struct source *source;         /* owned */
+
+	struct stack *current;         /* owned ref, newest valid stack */
+	struct stack *applied;         /* owned ref, the stack whose triggers were queued */
+	char *instance;                /* owned: the configured or system host name */
+	bool first_start;              /* no state: the first valid stack runs setup */
+
+	uint64_t last_raw_hash;        /* of the last document seen, to skip re-parsing */
+	bool have_raw_hash;
+	char *source_error;            /* owned: the last fetch or validation error, NULL when fine */
+	char *source_error_path;       /* owned: its JSON path, when a validation error */
+	int64_t last_change_usec;
+
+	json_t *runs;                  /* owned: array of run records, newest first */
+	long next_id;
+	json_t *failed;                /* owned: object "event/layer/app" -> {run, count, next_retry} */
+	json_t *input_hashes;          /* owned: object key -> hex */
+	json_t *last_success;          /* owned: object "event/layer" -> {revision, run} */
+	char *paused;                  /* owned: reason ("" when none given), NULL when not paused */
+
+	struct active *active;         /* owned, NULL when idle */
+	uv_timer_t kick;               /* starts the next run from a clean stack */
+	uv_timer_t retry;              /* the next retry of a failed change */
+	int64_t start_mono;
+
+	struct engine_watch *watchers;
+	bool stopping;
+	void (*stop_done)(void *userdata);
+	void *stop_userdata;
+	unsigned closing;
+	bool freed_on_close;
+};
+
+static void engine_kick(struct engine *e);
+static void engine_persist(struct engine *e);
+
+/* ---------------------------------------------------------------- helpers */
+
+static const char *str_or_empty(const char *s)
+{
+	return s ? s : "";
+}
+
+static json_t *json_string_or_null(const char *s)
+{
+	return s ? json_string(s) : json_null();
+}
+
+static void now_rfc3339(char *out, size_t n)
+{
+	time_format_rfc3339(time_now_usec(), out, n);
+}
+
+static json_t *json_time(int64_t usec)
+{
+	char buf[40];
+	if (usec <= 0)
+		return json_null();
+	time_format_rfc3339(usec, buf, sizeof(buf));
+	return json_string(buf);
+}
+
+static char *state_path(const struct engine *e, const char *name)
+{
+	return xasprintf("%s/%s", e->config->state_dir, name);
+}
+
+static char *stack_file_path(const struct engine *e, const char *rev)
+{
+	return xasprintf("%s/stacks/%s.json", e->config->state_dir, rev);
+}
+
+static char *fail_key(const char *event, const char *layer, const char *app)
+{
+	return xasprintf("%s/%s/%s", event, str_or_empty(layer), str_or_empty(app));
+}
+
+static void emit(struct engine *e, json_t *ev /* stolen */)
+{
+	struct engine_watch *w, *next;
+
+	for (w = e->watchers; w; w = next) {
+		next = w->next;
+		w->on_event(w->userdata, ev);
+	}
+	json_decref(ev);
+}
+
+void engine_watch_add(struct engine *e, struct engine_watch *w)
+{
+	w->next = e->watchers;
+	e->watchers = w;
+}
+
+void engine_watch_remove(struct engine *e, struct engine_watch *w)
+{
+	for (struct engine_watch **p = &e->watchers; *p; p = &(*p)->next)
+		if (*p == w) {
+			*p = w->next;
+			w->next = NULL;
+			return;
+		}
+}
+
+static void notify_status(struct engine *e)
+{
+	if (e->active)
+		(void)sd_notifyf(0, "STATUS=running %s (run %ld)",
+				 json_string_value(json_object_get(e->active->rec, "event")), e->active->id);
+	else if (e->paused)
+		(void)sd_notifyf(0, "STATUS=paused: %s", e->paused);
+	else if (json_object_size(e->failed) > 0)
+		(void)sd_notify(0, "STATUS=failed (see agentctl status)");
+	else
+		(void)sd_notify(0, "STATUS=idle");
+}
+
+/* ------------------------------------------------------------ persistence */
+
+static int save_stack(struct engine *e, const struct stack *s)
+{
+	_cleanup_free_ char *path = stack_file_path(e, s->revision), *data = NULL;
+	struct stat st;
+	size_t len;
+	int r;
+
+	if (stat(path, &st) == 0)
+		return 0;
+	data = stack_dump(s, &len);
+	r = file_write_atomic(path, data, len, 0600, (uid_t)-1, (gid_t)-1);
+	if (r < 0)
+		return log_error_errno(r, "Failed to save stack %s to %s: %m", s->revision, path);
+	return 0;
+}
+
+static struct stack *load_stack(struct engine *e, const char *rev)
+{
+	_cleanup_free_ char *path = stack_file_path(e, rev), *data = NULL;
+	struct stack_error err = { 0 };
+	struct stack *s = NULL;
+	size_t len;
+	int r;
+
+	r = file_read_all(path, STACK_MAX_BYTES, &data, &len);
+	if (r < 0) {
+		log_warn_errno(r, "Saved stack %s cannot be read: %m", path);
+		return NULL;
+	}
+	r = stack_parse(data, len, e->instance, &s, &err);
+	if (r < 0) {
+		log_warn("Saved stack %s no longer validates at %s: %s", path, err.path, err.message);
+		return NULL;
+	}
+	return s;
+}
+
+/* Removes saved stacks nothing refers to any more. */
+static void gc_stacks(struct engine *e)
+{
+	_cleanup_free_ char *dir = state_path(e, "stacks");
+	DIR *d = opendir(dir);
+	struct dirent *de;
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char rev[17];
+		bool keep = false;
+		size_t i;
+		json_t *rec;
+
+		if (strlen(de->d_name) != 21 || strcmp(de->d_name + 16, ".json") != 0)
+			continue;
+		memcpy(rev, de->d_name, 16);
+		rev[16] = '\0';
+		if ((e->current && strcmp(rev, e->current->revision) == 0) ||
+		    (e->applied && strcmp(rev, e->applied->revision) == 0))
+			keep = true;
+		json_array_foreach(e->runs, i, rec) {
+			const char *st = json_string_value(json_object_get(rec, "status"));
+			const char *r = json_string_value(json_object_get(rec, "_stack"));
+			if (r && strcmp(r, rev) == 0 && (strcmp(st, "queued") == 0 || strcmp(st, "running") == 0))
+				keep = true;
+		}
+		if (!keep)
+			(void)unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
+static void engine_persist(struct engine *e)
+{
+	_cleanup_free_ char *path = state_path(e, "state.json"), *data = NULL;
+	json_t *o = json_object();
+	int r;
+
+	json_object_set_new(o, "version", json_integer(STATE_VERSION));
+	json_object_set_new(o, "instance", json_string(e->instance));
+	json_object_set_new(o, "stack_revision", json_string_or_null(e->current ? e->current->revision : NULL));
+	json_object_set_new(o, "applied_revision", json_string_or_null(e->applied ? e->applied->revision : NULL));
+	json_object_set_new(o, "next_run_id", json_integer(e->next_id));
+	json_object_set(o, "runs", e->runs);
+	json_object_set(o, "failed", e->failed);
+	json_object_set(o, "input_hashes", e->input_hashes);
+	json_object_set(o, "last_success", e->last_success);
+	json_object_set_new(o, "paused", json_string_or_null(e->paused));
+	data = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	r = file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1);
+	if (r < 0)
+		log_error_errno(r, "Failed to write %s: %m", path);
+}
+
+static void engine_load_state(struct engine *e)
+{
+	_cleanup_free_ char *path = state_path(e, "state.json"), *data = NULL;
+	json_error_t jerr;
+	json_t *o, *v;
+	size_t len;
+	int r;
+
+	r = file_read_all(path, STATE_MAX_BYTES, &data, &len);
+	if (r == -ENOENT) {
+		log_info("No saved state in %s: first start on this instance", e->config->state_dir);
+		e->first_start = true;
+		return;
+	}
+	if (r < 0) {
+		log_error_errno(r, "Saved state %s cannot be read (%m): treating this as a first start", path);
+		e->first_start = true;
+		return;
+	}
+	o = json_loadb(data, len, 0, &jerr);
+	if (!o || !json_is_object(o) || json_integer_value(json_object_get(o, "version")) != STATE_VERSION ||
+	    !json_is_array(json_object_get(o, "runs"))) {
+		log_error("Saved state %s is corrupt (%s): treating this as a first start", path,
+			  o ? "unexpected content" : jerr.text);
+		json_decref(o);
+		/* Keep the bad file for a post-mortem instead of overwriting it. */
+		_cleanup_free_ char *bad = state_path(e, "state.json.corrupt");
+		(void)rename(path, bad);
+		e->first_start = true;
+		return;
+	}
+
+	json_decref(e->runs);
+	e->runs = json_incref(json_object_get(o, "runs"));
+	e->next_id = (long)json_integer_value(json_object_get(o, "next_run_id"));
+	if ((v = json_object_get(o, "failed")) && json_is_object(v))
+		json_object_update(e->failed, v);
+	if ((v = json_object_get(o, "input_hashes")) && json_is_object(v))
+		json_object_update(e->input_hashes, v);
+	if ((v = json_object_get(o, "last_success")) && json_is_object(v))
+		json_object_update(e->last_success, v);
+	if ((v = json_object_get(o, "paused")) && json_is_string(v))
+		e->paused = xstrdup(json_string_value(v));
+
+	if ((v = json_object_get(o, "applied_revision")) && json_is_string(v))
+		e->applied = load_stack(e, json_string_value(v));
+	if ((v = json_object_get(o, "stack_revision")) && json_is_string(v)) {
+		if (e->applied && strcmp(e->applied->revision, json_string_value(v)) == 0)
+			e->current = stack_ref(e->applied);
+		else
+			e->current = load_stack(e, json_string_value(v));
+	}
+	/* State without a usable applied stack: the first good document will be
+	 * diffed against nothing, which is a first start. */
+	e->first_start = !e->applied;
+	json_decref(o);
+
+	/* Sanity: ids only grow. */
+	size_t i;
+	json_t *rec;
+	json_array_foreach(e->runs, i, rec) {
+		long id = (long)json_integer_value(json_object_get(rec, "id"));
+		if (id >= e->next_id)
+			e->next_id = id + 1;
+	}
+}
+
+/* --------------------------------------------------------------- history */
+
+static json_t *run_find(struct engine *e, long id)
+{
+	size_t i;
+	json_t *rec;
+
+	json_array_foreach(e->runs, i, rec)
+		if (json_integer_value(json_object_get(rec, "id")) == id)
+			return rec;
+	return NULL;
+}
+
+static bool rec_status_is(const json_t *rec, const char *status)
+{
+	const char *s = json_string_value(json_object_get(rec, "status"));
+	return s && strcmp(s, status) == 0;
+}
+
+/* Drops the oldest finished records beyond the configured history. */
+static void trim_history(struct engine *e)
+{
+	size_t finished = 0;
+
+	for (size_t i = 0; i < json_array_size(e->runs);) {
+		json_t *rec = json_array_get(e->runs, i);
+		if (rec_status_is(rec, "queued") || rec_status_is(rec, "running")) {
+			i++;
+			continue;
+		}
+		if (++finished > (size_t)e->config->history) {
+			long id = (long)json_integer_value(json_object_get(rec, "id"));
+			_cleanup_free_ char *log = engine_run_log_path(e, id);
+			(void)unlink(log);
+			json_array_remove(e->runs, i);
+			continue;
+		}
+		i++;
+	}
+}
+
+static const char *rec_str(const json_t *rec, const char *k)
+{
+	return json_string_value(json_object_get(rec, k));
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+	if (!a || !b)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+/* Queues a run, or returns the id of a queued one that already covers it:
+ * the same event and app, for the same layer or for every layer, planned
+ * against the same stack. A burst of triggers gives one run. */
+static long enqueue(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
+		    const char *stack_rev)
+{
+	const char *evs = event_to_string(ev);
+	size_t i;
+	json_t *rec;
+
+	json_array_foreach(e->runs, i, rec) {
+		if (!rec_status_is(rec, "queued"))
+			continue;
+		if (!str_eq(rec_str(rec, "event"), evs) || !str_eq(rec_str(rec, "app"), app) ||
+		    !str_eq(rec_str(rec, "_stack"), stack_rev))
+			continue;
+		if (rec_str(rec, "layer") && !str_eq(rec_str(rec, "layer"), layer))
+			continue;
+		return (long)json_integer_value(json_object_get(rec, "id"));
+	}
+
+	long id = e->next_id++;
+	rec = json_object();
+	json_object_set_new(rec, "id", json_integer(id));
+	json_object_set_new(rec, "event", json_string(evs));
+	json_object_set_new(rec, "layer", json_string_or_null(layer));
+	json_object_set_new(rec, "app", json_string_or_null(app));
+	json_object_set_new(rec, "trigger", json_string(trigger_to_string(trig)));
+	json_object_set_new(rec, "status", json_string("queued"));
+	json_object_set_new(rec, "queued", json_time(time_now_usec()));
+	json_object_set_new(rec, "started", json_null());
+	json_object_set_new(rec, "finished", json_null());
+	json_object_set_new(rec, "changed", json_integer(0));
+	if (stack_rev)
+		json_object_set_new(rec, "_stack", json_string(stack_rev));
+	json_array_insert_new(e->runs, 0, rec);
+	log_info("Queued run %ld: %s%s%s%s%s (%s)", id, evs, layer ? " layer " : "", str_or_empty(layer),
+		 app ? " app " : "", str_or_empty(app), trigger_to_string(trig));
+	return id;
+}
+
+/* The oldest queued record, or NULL. Retries and stack changes wait while paused. */
+static json_t *next_queued(struct engine *e)
+{
+	json_t *best = NULL;
+	long best_id = 0;
+	size_t i;
+	json_t *rec;
+
+	json_array_foreach(e->runs, i, rec) {
+		if (!rec_status_is(rec, "queued"))
+			continue;
+		if (e->paused && !str_eq(rec_str(rec, "trigger"), "ctl"))
+			continue;
+		long id = (long)json_integer_value(json_object_get(rec, "id"));
+		if (!best || id < best_id) {
+			best = rec;
+			best_id = id;
+		}
+	}
+	return best;
+}
+
+/* ------------------------------------------------------------ failures */
+
+static int64_t retry_delay_usec(struct engine *e, long count)
+{
+	int64_t d = (int64_t)e->config->retry_min * 1000000;
+	for (long i = 1; i < count && d < (int64_t)e->config->retry_max * 1000000; i++)
+		d *= 2;
+	if (d > (int64_t)e->config->retry_max * 1000000)
+		d = (int64_t)e->config->retry_max * 1000000;
+	return d;
+}
+
+static void on_retry(uv_timer_t *t);
+
+static void arm_retry(struct engine *e)
+{
+	int64_t now = time_now_usec(), next = 0;
+	const char *k;
+	json_t *v;
+
+	json_object_foreach(e->failed, k, v) {
+		int64_t at = (int64_t)json_integer_value(json_object_get(v, "next_retry"));
+		if (at > 0 && (next == 0 || at < next))
+			next = at;
+	}
+	if (next == 0 || e->stopping) {
+		(void)uv_timer_stop(&e->retry);
+		return;
+	}
+	(void)uv_timer_start(&e->retry, on_retry, next > now ? (uint64_t)(next - now) / 1000 : 0, 0);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+	int64_t now = time_now_usec();
+	const char *k;
+	json_t *v;
+	bool queued = false;
+
+	json_object_foreach(e->failed, k, v) {
+		int64_t at = (int64_t)json_integer_value(json_object_get(v, "next_retry"));
+		if (at <= 0 || at > now + 1000)
+			continue;
+		enum event ev = event_from_string(json_string_value(json_object_get(v, "event")));
+		if (ev == EVENT_INVALID)
+			continue;
+		enqueue(e, ev, json_string_value(json_object_get(v, "layer")), json_string_value(json_object_get(v, "app")),
+			TRIGGER_RETRY, json_string_value(json_object_get(v, "stack")));
+		json_object_set_new(v, "next_retry", json_integer(0));
+		queued = true;
+	}
+	if (queued) {
+		engine_persist(e);
+		engine_kick(e);
+	}
+	arm_retry(e);
+}
+
+static void record_failure(struct engine *e, const json_t *rec, bool retry)
+{
+	_cleanup_free_ char *key = fail_key(rec_str(rec, "event"), rec_str(rec, "layer"), rec_str(rec, "app"));
+	json_t *f = json_object_get(e->failed, key);
+	long count = f ? (long)json_integer_value(json_object_get(f, "count")) + 1 : 1;
+
+	f = json_object();
+	json_object_set_new(f, "event", json_string(rec_str(rec, "event")));
+	json_object_set_new(f, "layer", json_string_or_null(rec_str(rec, "layer")));
+	json_object_set_new(f, "app", json_string_or_null(rec_str(rec, "app")));
+	json_object_set_new(f, "run", json_integer(json_integer_value(json_object_get(rec, "id"))));
+	json_object_set_new(f, "count", json_integer(count));
+	if (rec_str(rec, "_stack"))
+		json_object_set_new(f, "stack", json_string(rec_str(rec, "_stack")));
+	json_object_set_new(f, "next_retry",
+			    json_integer(retry ? time_now_usec() + retry_delay_usec(e, count) : 0));
+	json_object_set_new(e->failed, key, f);
+	arm_retry(e);
+}
+
+/* A success of an event clears the failures it covers: the same event for
+ * the same app, and for the same layer unless it ran for every layer. */
+static void clear_failures_for(struct engine *e, const json_t *rec)
+{
+	const char *ev = rec_str(rec, "event"), *layer = rec_str(rec, "layer"), *app = rec_str(rec, "app");
+	void *tmp;
+	const char *k;
+	json_t *v;
+
+	json_object_foreach_safe(e->failed, tmp, k, v) {
+		if (!str_eq(json_string_value(json_object_get(v, "event")), ev))
+			continue;
+		if (!str_eq(json_string_value(json_object_get(v, "app")), app))
+			continue;
+		if (layer && !str_eq(json_string_value(json_object_get(v, "layer")), layer))
+			continue;
+		json_object_del(e->failed, k);
+	}
+	arm_retry(e);
+}
+
+/* ----------------------------------------------------------------- runs */
+
+static void active_log(struct active *a, const char *data, size_t len)
+{
+	while (a->log_fd >= 0 && len > 0) {
+		ssize_t w = write(a->log_fd, data, len);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			log_warn_errno(-errno, "Failed to write the log of run %ld: %m", a->id);
+			return;
+		}
+		data += w;
+		len -= (size_t)w;
+	}
+}
+
+static void active_logf(struct active *a, const char *fmt, ...) _printf_(2, 3);
+static void active_logf(struct active *a, const char *fmt, ...)
+{
+	_cleanup_free_ char *s = NULL;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (n >= 0)
+		active_log(a, s, (size_t)n);
+}
+
+static json_t *step_json(const struct step *s, size_t index)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "index", json_integer((json_int_t)index));
+	json_object_set_new(o, "kind", json_string(s->ops->kind));
+	json_object_set_new(o, "target", json_string_or_null(s->target));
+	json_object_set_new(o, "recipe", json_string_or_null(s->recipe));
+	json_object_set_new(o, "layer", json_string_or_null(s->layer));
+	json_object_set_new(o, "status", json_string(step_status_to_string(s->status)));
+	json_object_set_new(o, "duration_ms", json_real((double)s->duration_us / 1000.0));
+	if (s->error)
+		json_object_set_new(o, s->status == STEP_FAILED ? "error" : "note", json_string(s->error));
+	return o;
+}
+
+static void on_step_start(void *userdata, struct step *s, size_t index)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	json_t *ev;
+
+	log_set_context(a->id, rec_str(a->rec, "event"), s->layer, s->target);
+	active_logf(a, "==> [%zu/%zu] %s %s (%s)\n", index + 1, a->plan.n_steps, s->ops->kind, str_or_empty(s->target),
+		    str_or_empty(s->recipe));
+	ev = json_pack("{s:s, s:I, s:I, s:s, s:s?, s:s?}", "event", "step-started", "run", (json_int_t)a->id, "index",
+		       (json_int_t)index, "kind", s->ops->kind, "target", s->target, "recipe", s->recipe);
+	emit(e, ev);
+}
+
+static void on_output(void *userdata, struct step *s, const char *data, size_t len)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+
+	active_log(a, data, len);
+	if (e->watchers) {
+		json_t *ev = json_object();
+		json_object_set_new(ev, "event", json_string("output"));
+		json_object_set_new(ev, "run", json_integer(a->id));
+		json_object_set_new(ev, "data", json_stringn_nocheck(data, len));
+		emit(e, ev);
+	}
+}
+
+static void on_step_done(void *userdata, struct step *s, size_t index)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	json_t *steps = json_object_get(a->rec, "steps"), *ev;
+
+	if (s->status == STEP_CHANGED)
+		a->changed++;
+	json_array_append_new(steps, step_json(s, index));
+	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error ? ": " : "",
+		    str_or_empty(s->error), (double)s->duration_us / 1000.0);
+	if (s->status == STEP_FAILED)
+		log_error("Step %s %s failed: %s", s->ops->kind, str_or_empty(s->target), str_or_empty(s->error));
+	ev = step_json(s, index);
+	json_object_set_new(ev, "event", json_string("step-finished"));
+	json_object_set_new(ev, "run", json_integer(a->id));
+	emit(e, ev);
+}
+
+static bool get_input_hash(void *userdata, const char *key, uint64_t *ret)
+{
+	struct engine *e = userdata;
+	const char *v = json_string_value(json_object_get(e->input_hashes, key));
+	if (!v)
+		return false;
+	*ret = strtoull(v, NULL, 16);
+	return true;
+}
+
+static void set_input_hash(void *userdata, const char *key, uint64_t hash)
+{
+	struct engine *e = userdata;
+	char hex[17];
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hash);
+	json_object_set_new(e->input_hashes, key, json_string(hex));
+}
+
+static void on_timeout_closed(uv_handle_t *h)
+{
+	struct active *a = h->data;
+	free(a);
+}
+
+static void engine_finish_run(struct engine *e, const char *status, const char *error)
+{
+	struct active *a = e->active;
+	json_t *rec = a->rec;
+	bool interrupted = strcmp(status, "interrupted") == 0;
+	bool failed = strcmp(status, "failed") == 0;
+	char ts[40];
+
+	now_rfc3339(ts, sizeof(ts));
+	json_object_set_new(rec, "status", json_string(status));
+	json_object_set_new(rec, "finished", json_string(ts));
+	json_object_set_new(rec, "changed", json_integer((json_int_t)a->changed));
+	json_object_set_new(rec, "duration_ms",
+			    json_real((double)(time_monotonic_usec() - a->started_mono) / 1000.0));
+	if (error)
+		json_object_set_new(rec, "error", json_string(error));
+	active_logf(a, "=== run %ld %s%s%s\n", a->id, status, error ? ": " : "", str_or_empty(error));
+
+	if (failed) {
+		/* Runs asked for by an operator are not retried on their own. */
+		bool retry = !str_eq(rec_str(rec, "trigger"), "ctl");
+		record_failure(e, rec, retry);
+		log_error("Run %ld (%s) failed: %s", a->id, rec_str(rec, "event"), str_or_empty(error));
+	} else if (interrupted) {
+		/* Stopped by SIGTERM: run the event again on the next start. */
+		json_object_set_new(rec, "_requeued", json_true());
+		enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"), rec_str(rec, "app"),
+			TRIGGER_RETRY, rec_str(rec, "_stack"));
+		log_warn("Run %ld (%s) interrupted; queued again", a->id, rec_str(rec, "event"));
+	} else {
+		_cleanup_free_ char *k = xasprintf("%s/%s", rec_str(rec, "event"), str_or_empty(rec_str(rec, "layer")));
+		clear_failures_for(e, rec);
+		json_object_set_new(e->last_success, k,
+				    json_pack("{s:s, s:I, s:s}", "revision", a->stack->revision, "run", (json_int_t)a->id,
+					      "finished", ts));
+		log_info("Run %ld (%s) succeeded: %zu of %zu steps changed", a->id, rec_str(rec, "event"), a->changed,
+			 a->plan.n_steps);
+	}
+	log_set_context(0, NULL, NULL, NULL);
+
+	json_t *ev = json_pack("{s:s, s:I, s:s, s:I}", "event", "run-finished", "run", (json_int_t)a->id, "status",
+			       status, "changed", (json_int_t)a->changed);
+	if (a->log_fd >= 0)
+		(void)close(a->log_fd);
+	a->log_fd = -1;
+	plan_free(&a->plan);
+	stack_unref(a->stack);
+	e->active = NULL;
+	uv_timer_stop(&a->timeout);
+	uv_close((uv_handle_t *)&a->timeout, on_timeout_closed);
+
+	trim_history(e);
+	gc_stacks(e);
+	engine_persist(e);
+	notify_status(e);
+	emit(e, ev);
+
+	if (e->stopping) {
+		if (e->stop_done && !e->closing) {
+			void (*done)(void *) = e->stop_done;
+			e->stop_done = NULL;
+			done(e->stop_userdata);
+		}
+		return;
+	}
+	engine_kick(e);
+}
+
+static void on_plan_done(void *userdata, bool failed)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	_cleanup_free_ char *error = NULL;
+
+	a->x = NULL;
+	if (a->timed_out)
+		error = xasprintf("run timed out after %ld s", e->config->run_timeout);
+	else if (failed) {
+		for (size_t i = 0; i < a->plan.n_steps; i++) {
+			struct step *s = a->plan.steps[i];
+			if (s->status == STEP_FAILED) {
+				error = xasprintf("step %zu (%s %s) failed: %s", i + 1, s->ops->kind, str_or_empty(s->target),
+						  str_or_empty(s->error));
+				break;
+			}
+		}
+	}
+	if (e->stopping && failed && !error)
+		engine_finish_run(e, "interrupted", "agentd was stopped during the run");
+	else
+		engine_finish_run(e, failed || a->timed_out ? "failed" : "success", error);
+}
+
+static void on_run_timeout(uv_timer_t *t)
+{
+	struct active *a = t->data;
+	a->timed_out = true;
+	if (a->x)
+		plan_execute_cancel(a->x, true);
+}
+
+/* Builds the plan for (ev, layer, app) against s into plan. */
+static int build_plan(struct engine *e, struct stack *s, enum event ev, const char *layer, const char *app, long run_id,
+		      struct plan *plan, char **ret_error)
+{
+	const char *const *layers;
+	size_t n_layers;
+	const char *one[1];
+
+	plan_init(plan, e->config->root);
+	if (layer) {
+		if (!stack_has_self_layer(s, layer) && !stack_layer_find(s, layer)) {
+			*ret_error = xasprintf("layer \"%s\" is not in the stack", layer);
+			return -ENOENT;
+		}
+		if (!stack_has_self_layer(s, layer)) {
+			*ret_error = xasprintf("instance \"%s\" is not a member of layer \"%s\"", s->instance, layer);
+			return -ENOENT;
+		}
+		one[0] = layer;
+		layers = one;
+		n_layers = 1;
+	} else {
+		layers = (const char *const *)s->self_layers;
+		n_layers = s->n_self_layers;
+	}
+	if (app && !stack_app_find(s, app)) {
+		*ret_error = xasprintf("app \"%s\" is not in the stack's deploy section", app);
+		return -ENOENT;
+	}
+
+	for (size_t i = 0; i < n_layers; i++) {
+		size_t n_names = 0;
+		_cleanup_free_ const char **names = stack_layer_recipes(s, layers[i], ev, &n_names);
+		for (size_t j = 0; j < n_names; j++) {
+			struct recipe_ctx ctx = {
+				.stack = s,
+				.config = e->config,
+				.event = ev,
+				.layer = layers[i],
+				.app = app,
+				.run_id = run_id,
+				.name = names[j],
+			};
+			_cleanup_free_ char *err = NULL;
+			int r = recipe_plan(&ctx, plan, &err);
+			if (r < 0) {
+				*ret_error = xasprintf("planning recipe %s for layer %s: %s", names[j], layers[i],
+						       err ? err : strerror(-r));
+				return r;
+			}
+		}
+	}
+	return 0;
+}
+
+static void engine_start_run(struct engine *e, json_t *rec)
+{
+	struct active *a = xcalloc(1, sizeof(*a));
+	_cleanup_free_ char *log_path = NULL, *error = NULL;
+	const char *srev = rec_str(rec, "_stack");
+	enum event ev = event_from_string(rec_str(rec, "event"));
+	char ts[40];
+	int r;
+
+	a->rec = rec;
+	a->id = (long)json_integer_value(json_object_get(rec, "id"));
+	a->log_fd = -1;
+	a->started_mono = time_monotonic_usec();
+	if (srev && (!e->applied || strcmp(srev, e->applied->revision) != 0) &&
+	    (!e->current || strcmp(srev, e->current->revision) != 0))
+		a->stack = load_stack(e, srev);
+	else if (srev && e->applied && strcmp(srev, e->applied->revision) == 0)
+		a->stack = stack_ref(e->applied);
+	else
+		a->stack = stack_ref(e->current);
+	(void)uv_timer_init(e->loop, &a->timeout);
+	a->timeout.data = a;
+	e->active = a;
+
+	now_rfc3339(ts, sizeof(ts));
+	json_object_set_new(rec, "status", json_string("running"));
+	json_object_set_new(rec, "started", json_string(ts));
+	json_object_set_new(rec, "steps", json_array());
+
+	log_path = engine_run_log_path(e, a->id);
+	a->log_fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
+	if (a->log_fd < 0)
+		log_warn_errno(-errno, "Failed to open %s: %m", log_path);
+	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s\n", a->id, rec_str(rec, "event"),
+		    rec_str(rec, "layer") ? rec_str(rec, "layer") : "(all)", str_or_empty(rec_str(rec, "app")),
+		    rec_str(rec, "trigger"), a->stack ? a->stack->revision : "-", ts);
+
+	log_set_context(a->id, rec_str(rec, "event"), rec_str(rec, "layer"), NULL);
+	log_info("Run %ld started: %s (%s)", a->id, rec_str(rec, "event"), rec_str(rec, "trigger"));
+	engine_persist(e);
+	notify_status(e);
+	emit(e, json_pack("{s:s, s:I, s:s, s:s?, s:s?, s:s}", "event", "run-started", "run", (json_int_t)a->id, "kind",
+			  rec_str(rec, "event"), "layer", rec_str(rec, "layer"), "app", rec_str(rec, "app"), "trigger",
+			  rec_str(rec, "trigger")));
+
+	if (!a->stack) {
+		plan_init(&a->plan, e->config->root);
+		engine_finish_run(e, "failed", "the stack this run needs is no longer available");
+		return;
+	}
+	json_object_set_new(rec, "stack_revision", json_string(a->stack->revision));
+	r = build_plan(e, a->stack, ev, rec_str(rec, "layer"), rec_str(rec, "app"), a->id, &a->plan, &error);
+	if (r < 0) {
+		engine_finish_run(e, "failed", error);
+		return;
+	}
+
+	struct step_env env = {
+		.loop = e->loop,
+		.root = e->config->root,
+		.run_id = a->id,
+		.output_max = (size_t)e->config->step_output_max,
+	};
+	static const struct plan_exec_cbs cbs = {
+		.on_step_start = on_step_start,
+		.on_output = on_output,
+		.on_step_done = on_step_done,
+		.on_done = on_plan_done,
+		.get_input_hash = get_input_hash,
+		.set_input_hash = set_input_hash,
+	};
+	(void)uv_timer_start(&a->timeout, on_run_timeout, (uint64_t)e->config->run_timeout * 1000, 0);
+	r = plan_execute(e->loop, &a->plan, &env, &cbs, e, &a->x);
+	if (r < 0) {
+		_cleanup_free_ char *msg = xasprintf("cannot execute the plan: %s", strerror(-r));
+		engine_finish_run(e, "failed", msg);
+	}
+}
+
+static void on_kick(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+	json_t *rec;
+
+	if (e->active || e->stopping || !e->current)
+		return;
+	rec = next_queued(e);
+	if (rec)
+		engine_start_run(e, rec);
+}
+
+/* Starts the next run from a fresh loop iteration, never from inside a
+ * callback of the run that just ended. */
+static void engine_kick(struct engine *e)
+{
+	if (!e->stopping)
+		(void)uv_timer_start(&e->kick, on_kick, 0, 0);
+}
+
+/* ---------------------------------------------------------------- stacks */
+
+static void set_source_error(struct engine *e, const char *msg, const char *path)
+{
+	free(e->source_error);
+	free(e->source_error_path);
+	e->source_error = msg ? xstrdup(msg) : NULL;
+	e->source_error_path = path ? xstrdup(path) : NULL;
+}
+
+/* Queues what it takes to go from the applied stack to the current one. */
+static void engine_apply_current(struct engine *e)
+{
+	struct trigger *t = NULL;
+	size_t n = 0;
+	int r;
+
+	if (e->paused || !e->current)
+		return;
+	if (e->applied && strcmp(e->applied->revision, e->current->revision) == 0)
+		return;
+	r = stack_diff(e->first_start ? NULL : e->applied, e->current, &t, &n);
+	if (r < 0) {
+		log_error_errno(r, "Failed to compare stacks: %m");
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		enqueue(e, t[i].event, t[i].layer, t[i].app, e->first_start ? TRIGGER_BOOT : TRIGGER_STACK_CHANGE,
+			t[i].use_old_stack && e->applied ? e->applied->revision : NULL);
+	triggers_free(t, n);
+	stack_unref(e->applied);
+	e->applied = stack_ref(e->current);
+	e->first_start = false;
+	gc_stacks(e);
+	engine_persist(e);
+	engine_kick(e);
+}
+
+static void on_document(void *userdata, const char *data, size_t len)
+{
+	struct engine *e = userdata;
+	struct stack_error err = { 0 };
+	struct stack *s = NULL;
+	uint64_t h = hash_fnv1a64(data, len, HASH_FNV_SEED);
+	int r;
+
+	if (e->have_raw_hash && h == e->last_raw_hash && !e->source_error)
+		return;
+	e->last_raw_hash = h;
+	e->have_raw_hash = true;
+
+	r = stack_parse(data, len, e->instance, &s, &err);
+	if (r == 0)
+		r = recipes_validate(s, &err);
+	if (r < 0) {
+		_cleanup_free_ char *msg = NULL;
+		if (r == -EFBIG)
+			msg = xasprintf("stack rejected: larger than %d bytes", STACK_MAX_BYTES);
+		else
+			msg = xasprintf("stack rejected at %s: %s", err.path[0] ? err.path : "$", err.message);
+		if (!str_eq(e->source_error, msg))
+			log_error("%s (source %s); keeping the last good stack %s", msg, e->config->source,
+				  e->current ? e->current->revision : "(none)");
+		set_source_error(e, msg, err.path[0] ? err.path : "$");
+		stack_unref(s);
+		return;
+	}
+	set_source_error(e, NULL, NULL);
+	if (e->current && strcmp(e->current->revision, s->revision) == 0) {
+		stack_unref(s);
+		return;
+	}
+	if (save_stack(e, s) < 0) {
+		/* Without the stack on disk a restart could not finish what we
+		 * queue; better to wait for the next version. */
+		set_source_error(e, "cannot save the stack in state_dir (see the log)", NULL);
+		stack_unref(s);
+		return;
+	}
+	log_info("New stack %s (%s)", s->revision, str_or_empty(s->name));
+	stack_unref(e->current);
+	e->current = s;
+	e->last_change_usec = time_now_usec();
+	if (e->paused)
+		engine_persist(e);
+	engine_apply_current(e);
+}
+
+static void on_source_error(void *userdata, const char *message)
+{
+	struct engine *e = userdata;
+
+	if (!str_eq(e->source_error, message))
+		log_error("Stack source: %s", message);
+	set_source_error(e, message, NULL);
+	/* The next document is parsed even if it has the same bytes as before:
+	 * the error must clear. */
+	e->have_raw_hash = false;
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret)
+{
+	struct engine *e = xcalloc(1, sizeof(*e));
+	char host[256];
+
+	e->loop = loop;
+	e->config = config;
+	e->runs = json_array();
+	e->failed = json_object();
+	e->input_hashes = json_object();
+	e->last_success = json_object();
+	e->next_id = 1;
+	e->start_mono = time_monotonic_usec();
+	if (config->instance)
+		e->instance = xstrdup(config->instance);
+	else if (gethostname(host, sizeof(host)) == 0) {
+		host[sizeof(host) - 1] = '\0';
+		e->instance = xstrdup(host);
+	} else
+		e->instance = xstrdup("localhost");
+	(void)uv_timer_init(loop, &e->kick);
+	(void)uv_timer_init(loop, &e->retry);
+	e->kick.data = e->retry.data = e;
+	*ret = e;
+	return 0;
+}
+
+int engine_start(struct engine *e)
+{
+	_cleanup_free_ char *stacks = state_path(e, "stacks"), *runs = xasprintf("%s/runs", e->config->log_dir);
+	_cleanup_free_ char *err = NULL;
+	size_t i;
+	json_t *rec;
+	bool changed = false;
+	int r;
+
+	if ((r = mkdir_p(stacks, 0700)) < 0)
+		return log_error_errno(r, "Failed to create %s: %m", stacks);
+	if ((r = mkdir_p(runs, 0750)) < 0)
+		return log_error_errno(r, "Failed to create %s: %m", runs);
+
+	engine_load_state(e);
+
+	/* A run that was running when we died did not finish: say so, and run
+	 * its event again. */
+	json_array_foreach(e->runs, i, rec) {
+		if (!rec_status_is(rec, "running"))
+			continue;
+		char ts[40];
+		now_rfc3339(ts, sizeof(ts));
+		json_object_set_new(rec, "status", json_string("interrupted"));
+		json_object_set_new(rec, "finished", json_string(ts));
+		json_object_set_new(rec, "error", json_string("agentd stopped during the run"));
+		log_warn("Run %lld (%s) was interrupted; queueing it again",
+			 (long long)json_integer_value(json_object_get(rec, "id")), rec_str(rec, "event"));
+		changed = true;
+	}
+	if (changed) {
+		/* enqueue() inserts at the front of e->runs: collect first. */
+		json_t *again = json_array();
+		json_array_foreach(e->runs, i, rec)
+			if (rec_status_is(rec, "interrupted") && !json_object_get(rec, "_requeued")) {
+				json_object_set_new(rec, "_requeued", json_true());
+				json_array_insert(again, 0, rec);
+			}
+		json_array_foreach(again, i, rec)
+			enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"), rec_str(rec, "app"),
+				TRIGGER_RETRY, rec_str(rec, "_stack"));
+		json_decref(again);
+		engine_persist(e);
+	}
+
+	if ((r = http_new(e->loop, &e->http)) < 0)
+		return log_error_errno(r, "Failed to set up the HTTP client: %m");
+	static const struct source_callbacks cbs = { on_document, on_source_error };
+	r = source_new(e->loop, e->config, e->http, &cbs, e, &e->source, &err);
+	if (r < 0) {
+		log_error("%s", err);
+		return r;
+	}
+	arm_retry(e);
+	notify_status(e);
+	r = source_start(e->source);
+	if (r < 0)
+		return log_error_errno(r, "Failed to start the stack source %s: %m", e->config->source);
+	/* Queued work from before a restart goes on with the stack we saved. */
+	engine_kick(e);
+	return 0;
+}
+
+void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
+{
+	e->stopping = true;
+	e->stop_done = done;
+	e->stop_userdata = userdata;
+	(void)uv_timer_stop(&e->kick);
+	(void)uv_timer_stop(&e->retry);
+	if (e->source) {
+		source_free(e->source);
+		e->source = NULL;
+	}
+	if (e->active && e->active->x) {
+		log_info("Stopping: letting the current step of run %ld finish", e->active->id);
+		plan_execute_cancel(e->active->x, false);
+		return;
+	}
+	e->stop_done = NULL;
+	done(userdata);
+}
+
+static void on_engine_closed(uv_handle_t *h)
+{
+	struct engine *e = h->data;
+	if (--e->closing == 0)
+		free(e);
+}
+
+void engine_free(struct engine *e)
+{
+	if (!e)
+		return;
+	if (e->source)
+		source_free(e->source);
+	if (e->http)
+		http_free(e->http);
+	stack_unref(e->current);
+	stack_unref(e->applied);
+	json_decref(e->runs);
+	json_decref(e->failed);
+	json_decref(e->input_hashes);
+	json_decref(e->last_success);
+	free(e->paused);
+	free(e->instance);
+	free(e->source_error);
+	free(e->source_error_path);
+	e->closing = 2;
+	uv_close((uv_handle_t *)&e->kick, on_engine_closed);
+	uv_close((uv_handle_t *)&e->retry, on_engine_closed);
+}
+
+/* ----------------------------------------------------------------- views */
+
+static json_t *rec_public(const json_t *rec, bool with_steps)
+{
+	json_t *o = json_object();
+	const char *k;
+	json_t *v;
+
+	json_object_foreach((json_t *)rec, k, v) {
+		if (k[0] == '_' || (!with_steps && strcmp(k, "steps") == 0))
+			continue;
+		json_object_set(o, k, v);
+	}
+	if (with_steps && !json_object_get(o, "steps"))
+		json_object_set_new(o, "steps", json_array());
+	return o;
+}
+
+json_t *engine_status(struct engine *e)
+{
+	json_t *o = json_object(), *layers = json_array(), *queue = json_array(), *src, *failed = json_array();
+	const struct stack *s = e->current;
+	json_t *last = NULL;
+	size_t i;
+	json_t *rec;
+	const char *state;
+
+	if (s)
+		for (size_t j = 0; j < s->n_self_layers; j++)
+			json_array_append_new(layers, json_string(s->self_layers[j]));
+
+	/* The queue in the order it will run: oldest first. */
+	for (size_t j = json_array_size(e->runs); j-- > 0;) {
+		rec = json_array_get(e->runs, j);
+		if (rec_status_is(rec, "queued"))
+			json_array_append_new(queue, rec_public(rec, false));
+	}
+	json_array_foreach(e->runs, i, rec) {
+		if (!rec_status_is(rec, "queued") && !rec_status_is(rec, "running")) {
+			last = rec;
+			break;
+		}
+	}
+	const char *k;
+	json_t *v;
+	json_object_foreach(e->failed, k, v) {
+		json_t *f = json_deep_copy(v);
+		json_object_del(f, "stack");
+		json_array_append_new(failed, f);
+	}
+
+	if (e->active)
+		state = "running";
+	else if (e->paused)
+		state = "paused";
+	else if (json_object_size(e->failed) > 0)
+		state = "failed";
+	else
+		state = "idle";
+
+	json_object_set_new(o, "instance", json_string(s ? s->instance : e->instance));
+	json_object_set_new(o, "layers", layers);
+	json_object_set_new(o, "state", json_string(state));
+	json_object_set_new(o, "current_run", e->active ? rec_public(e->active->rec, false) : json_null());
+	if (last)
+		json_object_set_new(o, "last_run",
+				    json_pack("{s:O, s:O, s:O, s:O, s:O, s:O, s:O, s:O}", "id", json_object_get(last, "id"),
+					      "event", json_object_get(last, "event"), "layer", json_object_get(last, "layer"),
+					      "app", json_object_get(last, "app"), "status", json_object_get(last, "status"),
+					      "started", json_object_get(last, "started"), "finished",
+					      json_object_get(last, "finished"), "changed", json_object_get(last, "changed")));
+	else
+		json_object_set_new(o, "last_run", json_null());
+
+	src = json_object();
+	json_object_set_new(src, "url", json_string(e->config->source));
+	json_object_set_new(src, "last_fetch", json_time(e->source ? e->source->last_fetch_usec : 0));
+	json_object_set_new(src, "last_change", json_time(e->last_change_usec));
+	json_object_set_new(src, "error", json_string_or_null(e->source_error));
+	json_object_set_new(src, "error_path", json_string_or_null(e->source_error_path));
+	json_object_set_new(src, "stack_revision", json_string_or_null(s ? s->revision : NULL));
+	json_object_set_new(src, "applied_revision", json_string_or_null(e->applied ? e->applied->revision : NULL));
+	if (e->source && e->source->instance_id)
+		json_object_set_new(src, "instance_id", json_string(e->source->instance_id));
+	if (e->source && e->source->region)
+		json_object_set_new(src, "region", json_string(e->source->region));
+	json_object_set_new(o, "source", src);
+	json_object_set_new(o, "queue", queue);
+	json_object_set_new(o, "failed", failed);
+	json_object_set_new(o, "paused", json_string_or_null(e->paused));
+	json_object_set_new(o, "uptime", json_real((double)(time_monotonic_usec() - e->start_mono) / 1e6));
+	json_object_set_new(o, "version", json_string(AGENTD_VERSION));
+	json_object_set_new(o, "pid", json_integer(getpid()));
+	return o;
+}
+
+json_t *engine_runs(struct engine *e, long n)
+{
+	json_t *list = json_array();
+	size_t i;
+	json_t *rec;
+
+	json_array_foreach(e->runs, i, rec) {
+		if (n > 0 && (long)i >= n)
+			break;
+		json_array_append_new(list, rec_public(rec, false));
+	}
+	return json_pack("{s:o}", "runs", list);
+}
+
+json_t *engine_run_info(struct engine *e, long id)
+{
+	json_t *rec = run_find(e, id);
+	return rec ? rec_public(rec, true) : NULL;
+}
+
+json_t *engine_stack_json(struct engine *e, bool privileged)
+{
+	if (!e->current)
+		return NULL;
+	return privileged ? json_deep_copy(e->current->root) : proto_redact(e->current->root);
+}
+
+long engine_last_run_id(struct engine *e)
+{
+	size_t i;
+	json_t *rec;
+
+	/* The newest run that has started. */
+	json_array_foreach(e->runs, i, rec)
+		if (!rec_status_is(rec, "queued"))
+			return (long)json_integer_value(json_object_get(rec, "id"));
+	return 0;
+}
+
+char *engine_run_log_path(struct engine *e, long id)
+{
+	return xasprintf("%s/runs/%ld.log", e->config->log_dir, id);
+}
+
+bool engine_run_is_active(struct engine *e, long id)
+{
+	json_t *rec = run_find(e, id);
+	return rec && (rec_status_is(rec, "queued") || rec_status_is(rec, "running"));
+}
+
+/* --------------------------------------------------------------- actions */
+
+int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
+		       long *ret_id, char **ret_error)
+{
+	if (e->stopping) {
+		*ret_error = xstrdup("agentd is stopping");
+		return -EBUSY;
+	}
+	if (!e->current) {
+		*ret_error = xstrdup("no valid stack yet: nothing to run");
+		return -ENOENT;
+	}
+	if (layer && !stack_has_self_layer(e->current, layer)) {
+		*ret_error = xasprintf("instance \"%s\" is not a member of layer \"%s\"", e->current->instance, layer);
+		return -ENOENT;
+	}
+	if (app && !stack_app_find(e->current, app)) {
+		*ret_error = xasprintf("app \"%s\" is not in the stack's deploy section", app);
+		return -ENOENT;
+	}
+	*ret_id = enqueue(e, ev, layer, app, trig, NULL);
+	engine_persist(e);
+	engine_kick(e);
+	return 0;
+}
+
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, bool privileged, json_t **ret,
+		char **ret_error)
+{
+	struct plan plan;
+	int r;
+
+	if (!e->current) {
+		*ret_error = xstrdup("no valid stack yet: nothing to plan");
+		return -ENOENT;
+	}
+	r = build_plan(e, e->current, ev, layer, app, 0, &plan, ret_error);
+	if (r < 0) {
+		plan_free(&plan);
+		return r;
+	}
+	struct step_env env = {
+		.loop = e->loop,
+		.root = e->config->root,
+		.run_id = 0,
+		.output_max = (size_t)e->config->step_output_max,
+	};
+	json_t *o = plan_describe(&plan, &env, !privileged);
+	json_object_set_new(o, "event", json_string(event_to_string(ev)));
+	json_object_set_new(o, "layer", json_string_or_null(layer));
+	json_object_set_new(o, "app", json_string_or_null(app));
+	json_object_set_new(o, "stack_revision", json_string(e->current->revision));
+	plan_free(&plan);
+	*ret = o;
+	return 0;
+}
+
+void engine_reload(struct engine *e)
+{
+	e->have_raw_hash = false;
+	if (e->source)
+		source_reload(e->source);
+}
+
+int engine_pause(struct engine *e, const char *reason, char **ret_error)
+{
+	free(e->paused);
+	e->paused = xstrdup(reason ? reason : "");
+	log_info("Paused%s%s", reason && *reason ? ": " : "", reason ? reason : "");
+	engine_persist(e);
+	notify_status(e);
+	return 0;
+}
+
+int engine_resume(struct engine *e, char **ret_error)
+{
+	if (!e->paused) {
+		*ret_error = xstrdup("not paused");
+		return -EINVAL;
+	}
+	free(e->paused);
+	e->paused = NULL;
+	log_info("Resumed");
+	engine_persist(e);
+	engine_apply_current(e);
+	engine_kick(e);
+	notify_status(e);
+	return 0;
+}
+
+int engine_clear_failed(struct engine *e, char **ret_error)
+{
+	json_object_clear(e->failed);
+	arm_retry(e);
+	engine_persist(e);
+	notify_status(e);
+	return 0;
+}
+
+static int release_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_error)
+{
+	const struct stack_app *a;
+	_cleanup_free_ char *deploy_to = NULL, *releases = NULL, *current = NULL, *tmp = NULL, *target = NULL;
+	char cur[4096];
+	char **names = NULL;
+	size_t n = 0;
+	ssize_t len;
+	DIR *d;
+	struct dirent *de;
+	int r = 0;
+
+	if (!e->current || !(a = stack_app_find(e->current, app))) {
+		*ret_error = xasprintf("app \"%s\" is not in the stack's deploy section", app);
+		return -ENOENT;
+	}
+	if (e->active) {
+		*ret_error = xstrdup("a run is in progress; try again when it has finished");
+		return -EBUSY;
+	}
+	r = path_join_under(e->config->root, a->deploy_to, &deploy_to);
+	if (r < 0) {
+		*ret_error = xstrdup("bad deploy_to");
+		return r;
+	}
+	releases = xasprintf("%s/releases", deploy_to);
+	current = xasprintf("%s/current", deploy_to);
+	len = readlink(current, cur, sizeof(cur) - 1);
+	if (len < 0) {
+		*ret_error = xasprintf("%s has no current release", app);
+		return -ENOENT;
+	}
+	cur[len] = '\0';
+	d = opendir(releases);
+	if (!d) {
+		*ret_error = xasprintf("%s has no releases directory", app);
+		return -ENOENT;
+	}
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.') {
+			names = xrealloc(names, (n + 1) * sizeof(char *));
+			names[n++] = xstrdup(de->d_name);
+		}
+	closedir(d);
+	qsort(names, n, sizeof(char *), release_cmp);
+
+	/* Release names are timestamps: the previous one sorts just before the current. */
+	const char *cur_name = strrchr(cur, '/') ? strrchr(cur, '/') + 1 : cur;
+	ssize_t idx = -1;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(names[i], cur_name) == 0)
+			idx = (ssize_t)i;
+	if (idx <= 0) {
+		*ret_error = xasprintf("%s has no release before %s", app, cur_name);
+		r = -ENOENT;
+		goto out;
+	}
+	target = xasprintf("%s/%s", releases, names[idx - 1]);
+	tmp = xasprintf("%s/.current.rollback", deploy_to);
+	(void)unlink(tmp);
+	if (symlink(target, tmp) < 0 || rename(tmp, current) < 0) {
+		r = -errno;
+		*ret_error = xasprintf("cannot switch %s: %s", current, strerror(errno));
+		(void)unlink(tmp);
+		goto out;
+	}
+	log_info("Rolled back %s from %s to %s", app, cur_name, names[idx - 1]);
+	*ret = json_pack("{s:s, s:s, s:s}", "app", app, "from", cur_name, "to", names[idx - 1]);
+	/* The app's services are restarted by its family's restart recipe. */
+out:
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return r;
+}

@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* agentd: options, configuration, the loop, signals, sd_notify and the
+ * watchdog. Everything else hangs off the engine and the control server. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <systemd/sd-daemon.h>
+#include <uv.h>
+
+#include "config.h"
+#include "control.h"
+#include "engine.h"
+#include "log.h"
+#include "proto.h"
+#include "util.h"
+
+#ifndef AGENTD_VERSION
+#define AGENTD_VERSION "0.1.0"
+#endif
+
+struct daemon {
+	uv_loop_t loop;
+	struct config config;
+	struct engine *engine;
+	struct control *control;
+	uv_signal_t sigterm, sigint, sighup;
+	uv_timer_t watchdog;
+	bool watchdog_on;
+	bool stopping;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: agentd [OPTIONS]\n"
+		"\n"
+		"Runs the recipes of this instance's layers when the stack changes.\n"
+		"\n"
+		"  -c, --config FILE    configuration (default /etc/agentd/agentd.conf)\n"
+		"      --check-config   print the normalised configuration and exit\n"
+		"  -d, --debug          debug logging to stderr, even under systemd\n"
+		"      --version        print the version and exit\n"
+		"  -h, --help           this text\n");
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	(void)h;
+}
+
+static void on_stopped(void *userdata)
+{
+	struct daemon *d = userdata;
+
+	control_free(d->control);
+	d->control = NULL;
+	engine_free(d->engine);
+	d->engine = NULL;
+	uv_close((uv_handle_t *)&d->sigterm, on_handle_closed);
+	uv_close((uv_handle_t *)&d->sigint, on_handle_closed);
+	uv_close((uv_handle_t *)&d->sighup, on_handle_closed);
+	uv_close((uv_handle_t *)&d->watchdog, on_handle_closed);
+}
+
+static void on_terminate(uv_signal_t *s, int signum)
+{
+	struct daemon *d = s->data;
+
+	if (d->stopping) {
+		log_warn("Second %s: stopping now", strsignal(signum));
+		return;
+	}
+	d->stopping = true;
+	log_info("Received %s: stopping", strsignal(signum));
+	(void)sd_notify(0, "STOPPING=1");
+	engine_stop(d->engine, on_stopped, d);
+}
+
+static void on_hangup(uv_signal_t *s, int signum)
+{
+	struct daemon *d = s->data;
+	log_info("Received SIGHUP: fetching the stack now");
+	engine_reload(d->engine);
+}
+
+static void on_watchdog(uv_timer_t *t)
+{
+	(void)sd_notify(0, "WATCHDOG=1");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, 'C' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config_path = "/etc/agentd/agentd.conf";
+	bool check = false, debug = false;
+	_cleanup_free_ char *err = NULL;
+	struct daemon d = { 0 };
+	uint64_t wd_usec = 0;
+	int listen_fd = -1, c, r;
+
+	while ((c = getopt_long(argc, argv, "c:dh", options, NULL)) >= 0) {
+		switch (c) {
+		case 'c':
+			config_path = optarg;
+			break;
+		case 'C':
+			check = true;
+			break;
+		case 'd':
+			debug = true;
+			break;
+		case 'V':
+			printf("agentd %s\n", AGENTD_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "agentd: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+
+	log_open("agentd", debug);
+	if (debug)
+		log_force_stderr();
+
+	r = config_load(config_path, &d.config, &err);
+	if (check) {
+		if (r < 0) {
+			fprintf(stderr, "agentd: %s\n", err);
+			config_free(&d.config);
+			return 1;
+		}
+		json_t *j = config_to_json(&d.config);
+		char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		printf("%s\n", s);
+		free(s);
+		json_decref(j);
+		config_free(&d.config);
+		return 0;
+	}
+	if (r < 0) {
+		log_error("Bad configuration: %s", err);
+		config_free(&d.config);
+		return 1;
+	}
+
+	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+	signal(SIGPIPE, SIG_IGN);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+		log_error("Failed to initialise libcurl");
+		return 1;
+	}
+	uv_loop_init(&d.loop);
+
+	if (sd_listen_fds(1) == 1)
+		listen_fd = SD_LISTEN_FDS_START;
+
+	r = engine_new(&d.loop, &d.config, &d.engine);
+	if (r >= 0)
+		r = engine_start(d.engine);
+	if (r >= 0)
+		r = control_new(&d.loop, &d.config, d.engine, listen_fd, &d.control);
+	if (r < 0) {
+		log_error_errno(r, "Failed to start: %m");
+		(void)sd_notifyf(0, "STATUS=failed to start: %s", strerror(-r));
+		return 1;
+	}
+
+	uv_signal_init(&d.loop, &d.sigterm);
+	uv_signal_init(&d.loop, &d.sigint);
+	uv_signal_init(&d.loop, &d.sighup);
+	uv_timer_init(&d.loop, &d.watchdog);
+	d.sigterm.data = d.sigint.data = d.sighup.data = d.watchdog.data = &d;
+	uv_signal_start(&d.sigterm, on_terminate, SIGTERM);
+	uv_signal_start(&d.sigint, on_terminate, SIGINT);
+	uv_signal_start(&d.sighup, on_hangup, SIGHUP);
+	/* The watchdog is fed from the loop itself: a stuck loop stops feeding it. */
+	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
+		uv_timer_start(&d.watchdog, on_watchdog, 0, wd_usec / 2000 ? wd_usec / 2000 : 1);
+		d.watchdog_on = true;
+	}
+
+	log_info("agentd %s started (instance %s, source %s, socket %s)", AGENTD_VERSION,
+		 d.config.instance ? d.config.instance : "(host name)", d.config.source, d.config.socket);
+	(void)sd_notify(0, "READY=1");
+
+	uv_run(&d.loop, UV_RUN_DEFAULT);
+
+	r = uv_loop_close(&d.loop);
+	if (r < 0)
+		log_warn("Handles left open at exit: %s", uv_strerror(r));
+	config_free(&d.config);
+	curl_global_cleanup();
+	log_info("Stopped");
+	return 0;
+}
