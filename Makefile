@@ -13,6 +13,10 @@ WARN := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-prototypes 
 	-Wno-unused-parameter -Wno-missing-field-initializers
 CFLAGS ?= -O2 -g
 CFLAGS += -std=gnu11 -D_GNU_SOURCE -fno-strict-aliasing $(WARN) $(PKG_CFLAGS) -Ilib -Iagent
+ifeq ($(SAN),fuzz)
+CFLAGS += -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -Wno-unknown-warning-option
+LDFLAGS += -fsanitize=address,undefined
+endif
 ifeq ($(SAN),1)
 CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
@@ -25,7 +29,7 @@ AGENT_OBJS := $(AGENT_SRCS:%.c=$(BUILD)/obj/%.o)
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all clean deps check demo install unit integration fuzz lint verify-units bench update-golden
+.PHONY: all clean deps check demo install unit unit-build integration fuzz fuzz-build lint verify-units bench update-golden
 
 all: $(BUILD)/agentd $(BUILD)/agentctl
 
@@ -61,8 +65,19 @@ unit: all $(UNIT_BINS)
 integration: all
 	AGENTD_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/libagent.a $(BUILD)/libcommon.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(BUILD)/libagent.a $(BUILD)/libcommon.a $(PKG_LIBS) -lm
+
+fuzz-build: $(FUZZ_BINS)
+
+# Bounded fuzzing of every parser (clang's libFuzzer), FUZZ_SECONDS each.
 fuzz:
-	@tests/fuzz/run $(or $(FUZZ_SECONDS),20)
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang SAN=fuzz fuzz-build
+	@tests/fuzz/run build-fuzz $(or $(FUZZ_SECONDS),20)
 
 lint:
 	@tests/lint
