@@ -101,3 +101,15 @@ void triggers_free(struct trigger *t, size_t n);
 
 /* The JSON handed to custom recipes on stdin: the document as is. */
 char *stack_dump(const struct stack *s, size_t *ret_len);
+
+/* Helpers for validators (stack.c, recipe validate hooks): JSON paths and
+ * error messages in one style. A key made only of [A-Za-z0-9_-] is appended
+ * as ".key", any other as "[\"key\"]" (JSON-quoted), so paths stay
+ * unambiguous. Output is truncated to size. */
+void stack_path_key(char *out, size_t size, const char *parent, const char *key);
+void stack_path_index(char *out, size_t size, const char *parent, size_t i);
+/* s JSON-quoted and shortened to about 80 bytes, for messages; returns out. */
+const char *stack_quote(char *out, size_t size, const char *s);
+/* Fills err (when non-NULL) and returns -EINVAL. */
+int stack_error_set(struct stack_error *err, const char *path, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));

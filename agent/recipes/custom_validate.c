@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Validation of a custom recipe definition, agent.recipes.<name>
+ * (design.md §2). The argv is exec'd directly, never through a shell, so the
+ * checks are about what execve and the executor can take: bounded sizes, no
+ * control characters, and paths that cannot climb out with "..". Argument
+ * and environment values may hold secrets and are never quoted back. */
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+
+#include "recipe.h"
+#include "../stack.h"
+#include "util.h"
+
+#define CUSTOM_MAX_ARGS 256
+#define CUSTOM_MAX_ARG_BYTES 4096
+#define CUSTOM_MAX_ENV_KEY 128
+#define CUSTOM_MAX_TIMEOUT 86400
+
+static const char *const custom_keys[] = {
+	"command", "user", "group", "cwd", "environment", "timeout", "creates", "description", NULL,
+};
+
+static bool has_control(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return true;
+	return false;
+}
+
+static bool env_key_is_valid(const char *k)
+{
+	size_t n = strlen(k);
+
+	if (n == 0 || n > CUSTOM_MAX_ENV_KEY)
+		return false;
+	if (!isalpha((unsigned char)k[0]) && k[0] != '_')
+		return false;
+	for (size_t i = 1; i < n; i++)
+		if (!isalnum((unsigned char)k[i]) && k[i] != '_')
+			return false;
+	/* isalpha is locale-dependent; keep to ASCII. */
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)k[i] >= 0x80)
+			return false;
+	return true;
+}
+
+static int check_command(const json_t *cmd, const char *path, struct stack_error *err)
+{
+	char epath[512], q[256];
+	const char *argv0;
+	size_t i;
+	json_t *e;
+
+	if (!cmd)
+		return stack_error_set(err, path, "is required");
+	if (!json_is_array(cmd))
+		return stack_error_set(err, path, "must be an array of strings (the argv)");
+	if (json_array_size(cmd) == 0)
+		return stack_error_set(err, path, "must not be empty");
+	if (json_array_size(cmd) > CUSTOM_MAX_ARGS)
+		return stack_error_set(err, path, "has %zu arguments, at most %d are allowed", json_array_size(cmd),
+				       CUSTOM_MAX_ARGS);
+	json_array_foreach(cmd, i, e) {
+		stack_path_index(epath, sizeof(epath), path, i);
+		if (!json_is_string(e))
+			return stack_error_set(err, epath, "must be a string");
+		if (json_string_length(e) > CUSTOM_MAX_ARG_BYTES)
+			return stack_error_set(err, epath, "is %zu bytes, at most %d are allowed", json_string_length(e),
+					       CUSTOM_MAX_ARG_BYTES);
+		if (has_control(json_string_value(e), json_string_length(e)) ||
+		    strlen(json_string_value(e)) != json_string_length(e))
+			return stack_error_set(err, epath, "must not contain control characters");
+	}
+
+	argv0 = json_string_value(json_array_get(cmd, 0));
+	stack_path_index(epath, sizeof(epath), path, 0);
+	if (argv0[0] == '\0')
+		return stack_error_set(err, epath, "must not be empty");
+	if (argv0[0] == '/' ? !path_is_safe_absolute(argv0) : strchr(argv0, '/') != NULL)
+		return stack_error_set(err, epath,
+				       "must be an absolute path without \"..\" or a program name without \"/\", got %s",
+				       stack_quote(q, sizeof(q), argv0));
+	return 0;
+}
+
+static int check_name_field(const json_t *def, const char *key, const char *parent, struct stack_error *err)
+{
+	const json_t *v = json_object_get(def, key);
+	char path[512], q[256];
+
+	if (!v)
+		return 0;
+	stack_path_key(path, sizeof(path), parent, key);
+	if (!json_is_string(v))
+		return stack_error_set(err, path, "must be a string");
+	if (!name_is_valid(json_string_value(v)))
+		return stack_error_set(err, path, "must be a name of [A-Za-z0-9_.-] without \"..\", got %s",
+				       stack_quote(q, sizeof(q), json_string_value(v)));
+	return 0;
+}
+
+static int check_path_field(const json_t *def, const char *key, const char *parent, struct stack_error *err)
+{
+	const json_t *v = json_object_get(def, key);
+	char path[512], q[256];
+
+	if (!v)
+		return 0;
+	stack_path_key(path, sizeof(path), parent, key);
+	if (!json_is_string(v))
+		return stack_error_set(err, path, "must be a string");
+	if (!path_is_safe_absolute(json_string_value(v)))
+		return stack_error_set(err, path, "must be an absolute path without \"..\" components, got %s",
+				       stack_quote(q, sizeof(q), json_string_value(v)));
+	return 0;
+}
+
+static int check_environment(const json_t *env, const char *path, struct stack_error *err)
+{
+	char vpath[512], q[256];
+	const char *k;
+	json_t *v;
+
+	if (!json_is_object(env))
+		return stack_error_set(err, path, "must be an object of strings");
+	json_object_foreach((json_t *)env, k, v) {
+		if (!env_key_is_valid(k))
+			return stack_error_set(err, path,
+					       "invalid variable name %s: must match [A-Za-z_][A-Za-z0-9_]*, at most %d bytes",
+					       stack_quote(q, sizeof(q), k), CUSTOM_MAX_ENV_KEY);
+		stack_path_key(vpath, sizeof(vpath), path, k);
+		if (!json_is_string(v))
+			return stack_error_set(err, vpath, "must be a string");
+		if (strlen(json_string_value(v)) != json_string_length(v))
+			return stack_error_set(err, vpath, "must not contain NUL");
+	}
+	return 0;
+}
+
+int recipe_custom_validate(const json_t *def, const char *name, struct stack_error *err)
+{
+	char base[512], path[512], q[256];
+	const char *k;
+	json_t *v;
+	int r;
+
+	stack_path_key(base, sizeof(base), "$.agent.recipes", name);
+	if (!json_is_object(def))
+		return stack_error_set(err, base, "must be an object with at least \"command\"");
+	json_object_foreach((json_t *)def, k, v) {
+		size_t i;
+
+		for (i = 0; custom_keys[i]; i++)
+			if (strcmp(custom_keys[i], k) == 0)
+				break;
+		if (!custom_keys[i])
+			return stack_error_set(err, base,
+					       "unknown key %s, expected command, user, group, cwd, environment, timeout, "
+					       "creates or description",
+					       stack_quote(q, sizeof(q), k));
+	}
+
+	stack_path_key(path, sizeof(path), base, "command");
+	r = check_command(json_object_get(def, "command"), path, err);
+	if (r < 0)
+		return r;
+	if ((r = check_name_field(def, "user", base, err)) < 0 || (r = check_name_field(def, "group", base, err)) < 0 ||
+	    (r = check_path_field(def, "cwd", base, err)) < 0 || (r = check_path_field(def, "creates", base, err)) < 0)
+		return r;
+	if ((v = json_object_get(def, "environment"))) {
+		stack_path_key(path, sizeof(path), base, "environment");
+		r = check_environment(v, path, err);
+		if (r < 0)
+			return r;
+	}
+	if ((v = json_object_get(def, "timeout"))) {
+		stack_path_key(path, sizeof(path), base, "timeout");
+		if (!json_is_integer(v))
+			return stack_error_set(err, path, "must be an integer number of seconds");
+		if (json_integer_value(v) < 1 || json_integer_value(v) > CUSTOM_MAX_TIMEOUT)
+			return stack_error_set(err, path, "must be between 1 and %d seconds, got %" JSON_INTEGER_FORMAT,
+					       CUSTOM_MAX_TIMEOUT, json_integer_value(v));
+	}
+	if ((v = json_object_get(def, "description")) && !json_is_string(v)) {
+		stack_path_key(path, sizeof(path), base, "description");
+		return stack_error_set(err, path, "must be a string");
+	}
+	return 0;
+}

@@ -1,0 +1,880 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Unit tests of agent/stack.c and agent/recipes/custom_validate.c: the model,
+ * validation errors with their JSON paths, revisions, and the diff rules of
+ * design.md §3. JSON is written with single quotes for readability and turned
+ * into double quotes by sq(). */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "stack.h"
+#include "util.h"
+
+static const char *const base_doc =
+	"{'opsworks': {'stack': {'name': 'prod'}, 'activity': 'configure',"
+	" 'layers': {"
+	"  'plone_instances': {'name': 'Plone', 'instances': {"
+	"    'app1': {'private_ip': '10.0.0.1', 'private_dns_name': 'app1.internal', 'public_dns_name': 'ec2-1',"
+	"             'ip': '1.1.1.1', 'status': 'online', 'backends': 4},"
+	"    'app2': {'private_ip': '10.0.0.2', 'status': 'online', 'backends': 2},"
+	"    'app3': {'private_ip': '10.0.0.3', 'status': 'stopped', 'ip': null}}},"
+	"  'lb': {'name': 'LB', 'instances': {'lb1': {'private_ip': '10.0.1.1', 'status': 'online'}}},"
+	"  'zeoserver': {'name': 'ZEO', 'instances': {'db1': {'private_ip': '10.0.2.1', 'status': 'online'}}}}},"
+	" 'deploy': {"
+	"  'plone_instances': {'scm': {'scm_type': 'git', 'repository': 'https://example.com/x.git',"
+	"                              'revision': 'main', 'ssh_key': null}, 'keep_releases': 3,"
+	"                      'environment': {'A': 'b'}, 'buildout_extends': ['prod.cfg'],"
+	"                      'buildout_init_commands': [{'name': 'client1', 'cmd': 'bin/client1'}],"
+	"                      'always_build_on_deploy': false},"
+	"  'zeoserver': {}},"
+	" 'plone_instances': {'app_name': 'plone_instances'},"
+	" 'varnish_purge_urls': ['/']}";
+
+/* Single quotes to double quotes; the tests never need a literal quote. */
+static char *sq(const char *s)
+{
+	char *d = xstrdup(s);
+
+	for (char *p = d; *p; p++)
+		if (*p == '\'')
+			*p = '"';
+	return d;
+}
+
+static int parse_sq(const char *doc, const char *instance, struct stack **ret, struct stack_error *err)
+{
+	char *d = sq(doc);
+	int r = stack_parse(d, strlen(d), instance, ret, err);
+
+	free(d);
+	return r;
+}
+
+static struct stack *parse_ok(const char *doc, const char *instance)
+{
+	struct stack_error err;
+	struct stack *s = NULL;
+	int r = parse_sq(doc, instance, &s, &err);
+
+	if (r < 0)
+		fail_msg("parse failed: %d at %s: %s", r, err.path, err.message);
+	return s;
+}
+
+static json_t *load_sq(const char *doc)
+{
+	char *d = sq(doc);
+	json_t *j = json_loads(d, 0, NULL);
+
+	free(d);
+	assert_non_null(j);
+	return j;
+}
+
+/* Sets (or with value NULL removes) a dotted path of object keys in root,
+ * creating objects on the way. value is single-quoted JSON. */
+static void set_path(json_t *root, const char *path, const char *value)
+{
+	char *p = xstrdup(path), *k = p, *dot;
+	json_t *o = root;
+
+	while ((dot = strchr(k, '.'))) {
+		json_t *c;
+
+		*dot = '\0';
+		c = json_object_get(o, k);
+		if (!c) {
+			c = json_object();
+			json_object_set_new(o, k, c);
+		}
+		o = c;
+		k = dot + 1;
+	}
+	if (value) {
+		char *v = sq(value);
+		json_t *j = json_loads(v, JSON_DECODE_ANY, NULL);
+
+		assert_non_null(j);
+		json_object_set_new(o, k, j);
+		free(v);
+	} else {
+		json_object_del(o, k);
+	}
+	free(p);
+}
+
+static struct stack *parse_json(json_t *j, const char *instance)
+{
+	struct stack_error err;
+	struct stack *s = NULL;
+	char *d = json_dumps(j, JSON_COMPACT);
+	int r = stack_parse(d, strlen(d), instance, &s, &err);
+
+	free(d);
+	if (r < 0)
+		fail_msg("parse failed: %d at %s: %s", r, err.path, err.message);
+	return s;
+}
+
+/* Expects parsing to fail with -EINVAL at path; returns the message in msg. */
+static void expect_error(const char *doc, const char *path, const char *msg_part)
+{
+	struct stack_error err;
+	struct stack *s = (struct stack *)0x1;
+	int r = parse_sq(doc, "app1", &s, &err);
+
+	if (r != -EINVAL)
+		fail_msg("expected -EINVAL at %s, got %d (%s: %s)", path, r, err.path, err.message);
+	assert_null(s);
+	if (strcmp(err.path, path) != 0)
+		fail_msg("expected path %s, got %s (%s)", path, err.path, err.message);
+	if (msg_part && !strstr(err.message, msg_part))
+		fail_msg("message \"%s\" lacks \"%s\"", err.message, msg_part);
+}
+
+/* "event/layer/app" per trigger, "-" for NULL, "!" when planned against the
+ * old stack, joined by spaces. */
+static char *render(const struct trigger *t, size_t n)
+{
+	struct buf b;
+
+	buf_init(&b);
+	for (size_t i = 0; i < n; i++)
+		buf_printf(&b, "%s%s/%s/%s%s", i ? " " : "", event_to_string(t[i].event), t[i].layer ? t[i].layer : "-",
+			   t[i].app ? t[i].app : "-", t[i].use_old_stack ? "!" : "");
+	return buf_steal(&b);
+}
+
+static void expect_diff(const struct stack *old, const struct stack *new, const char *want)
+{
+	struct trigger *t = NULL;
+	size_t n = 0;
+	char *got;
+
+	assert_int_equal(stack_diff(old, new, &t, &n), 0);
+	got = render(t, n);
+	if (strcmp(got, want) != 0)
+		fail_msg("triggers \"%s\", expected \"%s\"", got, want);
+	free(got);
+	triggers_free(t, n);
+}
+
+/* Diff of the base document (as instance) against a changed copy. */
+static void expect_diff_change(const char *instance, const char *set, const char *value, const char *want)
+{
+	json_t *j = load_sq(base_doc);
+	struct stack *a = parse_json(j, instance), *b;
+
+	set_path(j, set, value);
+	b = parse_json(j, instance);
+	expect_diff(a, b, want);
+	stack_unref(a);
+	stack_unref(b);
+	json_decref(j);
+}
+
+/* ---- parsing ------------------------------------------------------------- */
+
+static void test_parse_model(void **state)
+{
+	struct stack *s = parse_ok(base_doc, "app1");
+	const struct stack_layer *l;
+	const struct stack_app *a;
+
+	assert_int_equal(s->refcount, 1);
+	assert_string_equal(s->name, "prod");
+	assert_string_equal(s->instance, "app1");
+	assert_int_equal(strlen(s->revision), 16);
+	assert_int_equal(s->n_layers, 3);
+	assert_string_equal(s->layers[0].shortname, "plone_instances");
+	assert_string_equal(s->layers[1].shortname, "lb");
+	assert_string_equal(s->layers[2].shortname, "zeoserver");
+
+	l = stack_layer_find(s, "plone_instances");
+	assert_ptr_equal(l, &s->layers[0]);
+	assert_string_equal(l->name, "Plone");
+	assert_true(l->has_self);
+	assert_int_equal(l->n_members, 3);
+	assert_string_equal(l->members[0].hostname, "app1");
+	assert_string_equal(l->members[0].private_ip, "10.0.0.1");
+	assert_string_equal(l->members[0].private_dns_name, "app1.internal");
+	assert_string_equal(l->members[0].public_dns_name, "ec2-1");
+	assert_string_equal(l->members[0].ip, "1.1.1.1");
+	assert_int_equal(l->members[0].backends, 4);
+	assert_true(l->members[0].online);
+	assert_true(l->members[0].self);
+	assert_false(l->members[1].self);
+	assert_int_equal(l->members[2].backends, -1);
+	assert_false(l->members[2].online);
+	assert_string_equal(l->members[2].status, "stopped");
+	assert_null(l->members[2].ip);
+	assert_false(stack_layer_find(s, "lb")->has_self);
+	assert_null(stack_layer_find(s, "nope"));
+
+	assert_int_equal(s->n_self_layers, 1);
+	assert_string_equal(s->self_layers[0], "plone_instances");
+	assert_true(stack_has_self_layer(s, "plone_instances"));
+	assert_false(stack_has_self_layer(s, "lb"));
+	/* Without opsworks.instance, self is our member entry. */
+	assert_ptr_equal(s->self, json_object_get(json_object_get(json_object_get(json_object_get(
+								    json_object_get(s->root, "opsworks"), "layers"),
+								    "plone_instances"),
+							    "instances"),
+				  "app1"));
+
+	assert_int_equal(s->n_apps, 2);
+	a = stack_app_find(s, "plone_instances");
+	assert_ptr_equal(a, &s->apps[0]);
+	assert_string_equal(a->deploy_to, "/srv/www/plone_instances");
+	assert_string_equal(a->user, "deploy");
+	assert_string_equal(a->group, "www-data");
+	assert_int_equal(a->keep_releases, 3);
+	assert_ptr_equal(a->json, json_object_get(json_object_get(s->root, "deploy"), "plone_instances"));
+	a = stack_app_find(s, "zeoserver");
+	assert_string_equal(a->deploy_to, "/srv/www/zeoserver");
+	assert_int_equal(a->keep_releases, 5);
+	assert_null(stack_app_find(s, "solr"));
+
+	assert_ptr_equal(stack_ref(s), s);
+	assert_int_equal(s->refcount, 2);
+	stack_unref(s);
+	stack_unref(s);
+	stack_unref(NULL);
+}
+
+static void test_parse_app_fields(void **state)
+{
+	struct stack *s = parse_ok("{'deploy': {'site': {'deploy_to': '/opt/site', 'user': 'zope', 'group': 'zope',"
+				   " 'keep_releases': 100, 'scm': {'scm_type': 'archive', 'revision': null}}}}",
+				   "h");
+
+	assert_int_equal(s->n_layers, 0);
+	assert_int_equal(s->n_self_layers, 0);
+	assert_null(s->self);
+	assert_null(s->name);
+	assert_string_equal(s->apps[0].deploy_to, "/opt/site");
+	assert_string_equal(s->apps[0].user, "zope");
+	assert_string_equal(s->apps[0].group, "zope");
+	assert_int_equal(s->apps[0].keep_releases, 100);
+	stack_unref(s);
+}
+
+static void test_self_from_membership(void **state)
+{
+	/* Any status counts for ourselves; document order of layers. */
+	struct stack *s = parse_ok("{'opsworks': {'layers': {"
+				   " 'a': {'instances': {'x': {'status': 'online'}}},"
+				   " 'b': {'instances': {'me': {'status': 'booting'}}},"
+				   " 'c': {'instances': {}},"
+				   " 'd': {'instances': {'me': {'status': 'online', 'private_ip': '10.1.1.1'}}}}}}",
+				   "me");
+
+	assert_int_equal(s->n_self_layers, 2);
+	assert_string_equal(s->self_layers[0], "b");
+	assert_string_equal(s->self_layers[1], "d");
+	assert_false(stack_layer_find(s, "a")->has_self);
+	assert_true(stack_layer_find(s, "b")->has_self);
+	assert_true(stack_layer_find(s, "b")->members[0].self);
+	assert_false(stack_layer_find(s, "b")->members[0].online);
+	/* self is the first member entry. */
+	assert_string_equal(json_string_value(json_object_get(s->self, "status")), "booting");
+	stack_unref(s);
+}
+
+static void test_self_from_opsworks_instance(void **state)
+{
+	struct stack *s = parse_ok("{'opsworks': {'instance': {'hostname': 'lb1', 'layers': ['lb', 'solr', 'lb'],"
+				   " 'private_ip': '10.0.1.1', 'backends': 3},"
+				   " 'layers': {'plone_instances': {'instances': {'lb1': {'status': 'online'}}},"
+				   "            'lb': {'instances': {'lb1': {'status': 'online'}}}}}}",
+				   "configured-name");
+
+	assert_string_equal(s->instance, "lb1");
+	/* OpsWorks' own list wins over membership; a layer not in the document
+	 * still counts; duplicates collapse. */
+	assert_int_equal(s->n_self_layers, 2);
+	assert_string_equal(s->self_layers[0], "lb");
+	assert_string_equal(s->self_layers[1], "solr");
+	assert_true(stack_has_self_layer(s, "solr"));
+	assert_false(stack_has_self_layer(s, "plone_instances"));
+	assert_true(stack_layer_find(s, "lb")->has_self);
+	assert_false(stack_layer_find(s, "plone_instances")->has_self);
+	assert_true(stack_layer_find(s, "lb")->members[0].self);
+	assert_ptr_equal(s->self, json_object_get(json_object_get(s->root, "opsworks"), "instance"));
+	stack_unref(s);
+
+	/* Without hostname, the configured name is used. */
+	s = parse_ok("{'opsworks': {'instance': {'layers': []}, 'layers': {'lb': {'instances': {'me': {}}}}}}", "me");
+	assert_string_equal(s->instance, "me");
+	assert_int_equal(s->n_self_layers, 0);
+	stack_unref(s);
+}
+
+static void test_syntax_error(void **state)
+{
+	struct stack_error err;
+	struct stack *s = NULL;
+
+	assert_int_equal(stack_parse("{\"a\": ", 6, "h", &s, &err), -EINVAL);
+	assert_null(s);
+	assert_string_equal(err.path, "$");
+	assert_non_null(strstr(err.message, "line 1"));
+	assert_non_null(strstr(err.message, "column"));
+
+	assert_int_equal(stack_parse("", 0, "h", &s, NULL), -EINVAL);
+	assert_int_equal(stack_parse(NULL, 0, "h", &s, &err), -EINVAL);
+	expect_error("{'a': 1, 'a': 2}", "$", "duplicate");
+	expect_error("[]", "$", "must be an object, got an array");
+	expect_error("\"x\"", "$", "must be an object");
+}
+
+static void test_too_big(void **state)
+{
+	size_t n = 20 * 1024 * 1024;
+	char *d = xmalloc(n);
+	struct stack_error err;
+	struct stack *s = NULL;
+
+	memset(d, ' ', n);
+	d[0] = '{';
+	d[n - 1] = '}';
+	assert_int_equal(stack_parse(d, n, "h", &s, &err), -EFBIG);
+	assert_null(s);
+	assert_string_equal(err.path, "$");
+	free(d);
+	/* Just over the limit too. */
+	d = xmalloc(STACK_MAX_BYTES + 1);
+	assert_int_equal(stack_parse(d, STACK_MAX_BYTES + 1, "h", &s, NULL), -EFBIG);
+	free(d);
+}
+
+static void test_wrong_types(void **state)
+{
+	expect_error("{'opsworks': {'layers': []}}", "$.opsworks.layers", "must be an object, got an array");
+	expect_error("{'opsworks': 3}", "$.opsworks", "an object");
+	expect_error("{'opsworks': {'stack': {'name': 7}}}", "$.opsworks.stack.name", "a string");
+	expect_error("{'opsworks': {'layers': {'web': []}}}", "$.opsworks.layers.web", "an object");
+	expect_error("{'opsworks': {'layers': {'web': {'instances': {'h1': {'status': 1}}}}}}",
+		     "$.opsworks.layers.web.instances.h1.status", "a string");
+	expect_error("{'opsworks': {'layers': {'web': {'instances': {'h1.example.com': {'backends': -1}}}}}}",
+		     "$.opsworks.layers.web.instances[\"h1.example.com\"].backends", "at least 0");
+	expect_error("{'opsworks': {'instance': {'layers': 'web'}}}", "$.opsworks.instance.layers", "array");
+	expect_error("{'opsworks': {'instance': {'layers': ['web', 3]}}}", "$.opsworks.instance.layers[1]", "string");
+	expect_error("{'opsworks': {'instance': {'layers': ['a/b']}}}", "$.opsworks.instance.layers[0]", "a/b");
+	expect_error("{'opsworks': {'instance': {'hostname': '../x'}}}", "$.opsworks.instance.hostname", "../x");
+	expect_error("{'deploy': []}", "$.deploy", "an object");
+	expect_error("{'deploy': {'x': 'y'}}", "$.deploy.x", "an object");
+	expect_error("{'deploy': {'x': {'keep_releases': '5'}}}", "$.deploy.x.keep_releases",
+		     "must be an integer, got a string");
+	expect_error("{'deploy': {'x': {'keep_releases': 0}}}", "$.deploy.x.keep_releases", "between 1 and 100");
+	expect_error("{'deploy': {'x': {'keep_releases': 101}}}", "$.deploy.x.keep_releases", "between 1 and 100");
+	expect_error("{'deploy': {'x': {'keep_releases': 2.5}}}", "$.deploy.x.keep_releases", "a number");
+	expect_error("{'deploy': {'x': {'user': 'a b'}}}", "$.deploy.x.user", "\"a b\"");
+	expect_error("{'deploy': {'x': {'group': '..'}}}", "$.deploy.x.group", NULL);
+	expect_error("{'deploy': {'x': {'scm': 'git'}}}", "$.deploy.x.scm", "an object");
+	expect_error("{'deploy': {'x': {'scm': {'scm_type': 'svn'}}}}", "$.deploy.x.scm.scm_type", "\"svn\"");
+	expect_error("{'deploy': {'x': {'scm': {'revision': '-f'}}}}", "$.deploy.x.scm.revision", NULL);
+	expect_error("{'deploy': {'x': {'scm': {'revision': 'a b'}}}}", "$.deploy.x.scm.revision", "whitespace");
+	expect_error("{'deploy': {'x': {'environment': {'A': 1}}}}", "$.deploy.x.environment.A", "a string");
+	expect_error("{'deploy': {'x': {'environment': []}}}", "$.deploy.x.environment", "an object");
+	expect_error("{'deploy': {'x': {'os_packages': ['a', 1]}}}", "$.deploy.x.os_packages[1]", "a string");
+	expect_error("{'deploy': {'x': {'buildout_extends': 'a.cfg'}}}", "$.deploy.x.buildout_extends", "array");
+	expect_error("{'deploy': {'x': {'buildout_parts_to_include': [1]}}}", "$.deploy.x.buildout_parts_to_include[0]",
+		     NULL);
+	expect_error("{'deploy': {'x': {'buildout_init_commands': ['client1']}}}",
+		     "$.deploy.x.buildout_init_commands[0]", "an object");
+	expect_error("{'deploy': {'x': {'buildout_cache_archives': {}}}}", "$.deploy.x.buildout_cache_archives",
+		     "array of objects");
+	expect_error("{'deploy': {'x': {'buildout_additional_config': []}}}", "$.deploy.x.buildout_additional_config",
+		     "a string");
+	expect_error("{'deploy': {'x': {'always_build_on_deploy': 'yes'}}}", "$.deploy.x.always_build_on_deploy",
+		     "a boolean");
+	expect_error("{'deploy': {'x': {'application': 1}}}", "$.deploy.x.application", "a string");
+	expect_error("{'plone_instances': 'x'}", "$.plone_instances", "an object");
+	expect_error("{'apt': []}", "$.apt", "an object");
+	expect_error("{'ebs_snapshots': 1}", "$.ebs_snapshots", "an object");
+	/* Custom JSON nobody type-checks passes through; null counts as absent. */
+	stack_unref(parse_ok("{'anything': [1, {'x': null}], 'plone_solr': null, 'ssh_users': {}}", "h"));
+}
+
+static void test_secret_not_echoed(void **state)
+{
+	struct stack_error err;
+	struct stack *s = NULL;
+
+	/* A repository URL may carry a password. */
+	assert_int_equal(parse_sq("{'deploy': {'x': {'scm': {'repository': '--upload-pack=hunter2'}}}}", "h", &s, &err),
+			 -EINVAL);
+	assert_string_equal(err.path, "$.deploy.x.scm.repository");
+	assert_null(strstr(err.message, "hunter2"));
+	assert_int_equal(parse_sq("{'agent': {'recipes': {'r': {'command': ['x'], 'environment': {'API_TOKEN': 7}}}}}",
+				  "h", &s, &err),
+			 -EINVAL);
+	assert_string_equal(err.path, "$.agent.recipes.r.environment.API_TOKEN");
+	assert_null(strstr(err.message, "7"));
+	assert_int_equal(parse_sq("{'agent': {'recipes': {'r': {'command': ['x', '--pass=hunter2\\n']}}}}", "h", &s,
+				  &err),
+			 -EINVAL);
+	assert_string_equal(err.path, "$.agent.recipes.r.command[1]");
+	assert_null(strstr(err.message, "hunter2"));
+}
+
+static void test_bad_paths(void **state)
+{
+	expect_error("{'deploy': {'myapp': {'deploy_to': '../../etc'}}}", "$.deploy.myapp.deploy_to",
+		     "must be an absolute path without \"..\" components, got \"../../etc\"");
+	expect_error("{'deploy': {'myapp': {'deploy_to': 'srv/www/x'}}}", "$.deploy.myapp.deploy_to", "absolute");
+	expect_error("{'deploy': {'myapp': {'deploy_to': '/srv/www/../../etc'}}}", "$.deploy.myapp.deploy_to", NULL);
+	expect_error("{'deploy': {'myapp': {'deploy_to': ''}}}", "$.deploy.myapp.deploy_to", NULL);
+	expect_error("{'deploy': {'myapp': {'deploy_to': 5}}}", "$.deploy.myapp.deploy_to", "a string");
+	expect_error("{'ebs': {'devices': {'sdf': {'mount_point': '/data'}}}}", "$.ebs.devices", "\"sdf\"");
+	expect_error("{'ebs': {'devices': {'/dev/sdf': {'mount_point': 'data'}}}}",
+		     "$.ebs.devices[\"/dev/sdf\"].mount_point", "absolute");
+	expect_error("{'ebs': {'devices': {'/dev/sdf': {}}}}", "$.ebs.devices[\"/dev/sdf\"].mount_point", "required");
+	expect_error("{'ebs': []}", "$.ebs", "an object");
+	stack_unref(parse_ok("{'ebs': {'devices': {'/dev/sdf': {'mount_point': '/data', 'fstype': 'xfs'}},"
+			     " 'raids': {}}}",
+			     "h"));
+}
+
+static void test_bad_names(void **state)
+{
+	expect_error("{'opsworks': {'layers': {'a/b': {}}}}", "$.opsworks.layers", "\"a/b\"");
+	expect_error("{'opsworks': {'layers': {'..': {}}}}", "$.opsworks.layers", NULL);
+	expect_error("{'opsworks': {'layers': {'': {}}}}", "$.opsworks.layers", NULL);
+	expect_error("{'deploy': {'x/y': {}}}", "$.deploy", "\"x/y\"");
+	expect_error("{'deploy': {'a..b': {}}}", "$.deploy", NULL);
+	expect_error("{'opsworks': {'layers': {'web': {'instances': {'h 1': {}}}}}}", "$.opsworks.layers.web.instances",
+		     "\"h 1\"");
+	/* Keys outside [A-Za-z0-9_-] are quoted in paths. */
+	expect_error("{'opsworks': {'layers': {'web.v2': {'name': 1}}}}", "$.opsworks.layers[\"web.v2\"].name", NULL);
+}
+
+static void test_agent_layers(void **state)
+{
+	struct stack *s;
+	const char **v;
+	size_t n;
+
+	expect_error("{'agent': {'layers': {'web': {'setup': ['nope']}}}}", "$.agent.layers.web.setup[0]",
+		     "unknown recipe \"nope\"");
+	expect_error("{'agent': {'layers': {'web': {'setup': ['haproxy', 'varnish', 'x::y']}}}}",
+		     "$.agent.layers.web.setup[2]", "unknown recipe \"x::y\"");
+	expect_error("{'agent': {'layers': {'web': {'boot': []}}}}", "$.agent.layers.web", "unknown event \"boot\"");
+	expect_error("{'agent': {'layers': {'web': {'setup': 'haproxy'}}}}", "$.agent.layers.web.setup", "array");
+	expect_error("{'agent': {'layers': {'web': {'setup': [1]}}}}", "$.agent.layers.web.setup[0]", NULL);
+	expect_error("{'agent': {'layers': {'web': []}}}", "$.agent.layers.web", "an object");
+	expect_error("{'agent': {'layers': {'a/b': {}}}}", "$.agent.layers", "\"a/b\"");
+	expect_error("{'agent': {'layers': []}}", "$.agent.layers", "an object");
+	expect_error("{'agent': {'colour': 'blue'}}", "$.agent", "unknown key \"colour\"");
+	expect_error("{'agent': []}", "$.agent", "an object");
+
+	s = parse_ok("{'opsworks': {'layers': {'lb': {}, 'plone_instances': {}, 'web': {}}},"
+		     " 'agent': {'files': ['anything', 1],"
+		     "  'layers': {'lb': {'setup': ['plone_buildout::haproxy', 'mine'], 'configure': null},"
+		     "             'web': {'deploy': []}},"
+		     "  'recipes': {'mine': {'command': ['/usr/local/bin/mine']}}}}",
+		     "h");
+	v = stack_layer_recipes(s, "lb", EVENT_SETUP, &n);
+	assert_int_equal(n, 2);
+	assert_string_equal(v[0], "plone_buildout::haproxy");
+	assert_string_equal(v[1], "mine");
+	assert_null(v[2]);
+	free(v);
+	/* An entry without the event (or with null) has no recipes, no default. */
+	v = stack_layer_recipes(s, "lb", EVENT_CONFIGURE, &n);
+	assert_int_equal(n, 0);
+	free(v);
+	v = stack_layer_recipes(s, "lb", EVENT_DEPLOY, &n);
+	assert_int_equal(n, 0);
+	free(v);
+	v = stack_layer_recipes(s, "plone_instances", EVENT_SHUTDOWN, &n);
+	assert_int_equal(n, 1);
+	assert_string_equal(v[0], "instances-stop");
+	free(v);
+	v = stack_layer_recipes(s, "web", EVENT_SETUP, &n);
+	assert_int_equal(n, 0);
+	free(v);
+	v = stack_layer_recipes(s, "unknown_layer", EVENT_SETUP, &n);
+	assert_int_equal(n, 0);
+	free(v);
+	assert_non_null(stack_custom_recipe(s, "mine"));
+	assert_null(stack_custom_recipe(s, "haproxy"));
+	stack_unref(s);
+
+	s = parse_ok("{}", "h");
+	v = stack_layer_recipes(s, "lb", EVENT_SETUP, &n);
+	assert_int_equal(n, 3);
+	assert_string_equal(v[0], "haproxy");
+	assert_string_equal(v[2], "nginx");
+	free(v);
+	assert_null(stack_custom_recipe(s, "mine"));
+	stack_unref(s);
+}
+
+static void test_custom_recipes(void **state)
+{
+	char big[4200], doc[8192];
+	struct buf b;
+
+	expect_error("{'agent': {'recipes': {'haproxy': {'command': ['x']}}}}", "$.agent.recipes",
+		     "shadows a built-in recipe");
+	expect_error("{'agent': {'recipes': {'instances-setup': {'command': ['x']}}}}", "$.agent.recipes", "shadows");
+	expect_error("{'agent': {'recipes': {'a/b': {'command': ['x']}}}}", "$.agent.recipes", "\"a/b\"");
+	expect_error("{'agent': {'recipes': []}}", "$.agent.recipes", "an object");
+	expect_error("{'agent': {'recipes': {'r': ['x']}}}", "$.agent.recipes.r", "must be an object");
+	expect_error("{'agent': {'recipes': {'r': {}}}}", "$.agent.recipes.r.command", "required");
+	expect_error("{'agent': {'recipes': {'r': {'command': []}}}}", "$.agent.recipes.r.command", "empty");
+	expect_error("{'agent': {'recipes': {'r': {'command': 'ls -l'}}}}", "$.agent.recipes.r.command", "array");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['']}}}}", "$.agent.recipes.r.command[0]", "empty");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['bin/run']}}}}", "$.agent.recipes.r.command[0]",
+		     "\"bin/run\"");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['/usr/../bin/sh']}}}}", "$.agent.recipes.r.command[0]",
+		     NULL);
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run', 1]}}}}", "$.agent.recipes.r.command[1]",
+		     "a string");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run', 'a\\tb']}}}}", "$.agent.recipes.r.command[1]",
+		     "control");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'shell': true}}}}", "$.agent.recipes.r",
+		     "unknown key \"shell\"");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'user': 'a/b'}}}}", "$.agent.recipes.r.user",
+		     NULL);
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'group': 1}}}}", "$.agent.recipes.r.group",
+		     "string");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'cwd': 'tmp'}}}}", "$.agent.recipes.r.cwd",
+		     "absolute");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'creates': '/a/../b'}}}}",
+		     "$.agent.recipes.r.creates", "absolute");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'timeout': 0}}}}", "$.agent.recipes.r.timeout",
+		     "between 1 and 86400");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'timeout': 86401}}}}",
+		     "$.agent.recipes.r.timeout", NULL);
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'timeout': '60'}}}}",
+		     "$.agent.recipes.r.timeout", "integer");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'environment': []}}}}",
+		     "$.agent.recipes.r.environment", "object");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'environment': {'1X': 'a'}}}}}",
+		     "$.agent.recipes.r.environment", "\"1X\"");
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'environment': {'A-B': 'a'}}}}}",
+		     "$.agent.recipes.r.environment", NULL);
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'description': []}}}}",
+		     "$.agent.recipes.r.description", "string");
+	expect_error("{'agent': {'recipes': {'r.x': {'command': ['run'], 'timeout': -1}}}}",
+		     "$.agent.recipes[\"r.x\"].timeout", NULL);
+
+	/* Size limits: 257 arguments, one argument over 4096 bytes, a long
+	 * variable name. */
+	buf_init(&b);
+	buf_puts(&b, "{'agent': {'recipes': {'r': {'command': ['run'");
+	for (int i = 0; i < 256; i++)
+		buf_puts(&b, ", 'a'");
+	buf_puts(&b, "]}}}}");
+	expect_error(b.data, "$.agent.recipes.r.command", "at most 256");
+	buf_free(&b);
+	memset(big, 'a', sizeof(big));
+	big[4097] = '\0';
+	(void)snprintf(doc, sizeof(doc), "{'agent': {'recipes': {'r': {'command': ['run', '%s']}}}}", big);
+	expect_error(doc, "$.agent.recipes.r.command[1]", "4096");
+	big[129] = '\0';
+	(void)snprintf(doc, sizeof(doc), "{'agent': {'recipes': {'r': {'command': ['run'], 'environment': {'%s': ''}}}}}",
+		       big);
+	expect_error(doc, "$.agent.recipes.r.environment", "128");
+	big[4096] = '\0';
+	memset(big, 'a', 4096);
+	(void)snprintf(doc, sizeof(doc), "{'agent': {'recipes': {'r': {'command': ['run', '%s']}}}}", big);
+	stack_unref(parse_ok(doc, "h"));
+
+	stack_unref(parse_ok("{'agent': {'recipes': {'deploy-hook': {'command': ['/usr/local/bin/hook', '--x', ''],"
+			     " 'user': 'deploy', 'group': 'www-data', 'cwd': '/srv/www', 'timeout': 86400,"
+			     " 'environment': {'_A1': 'v', 'B': ''}, 'creates': '/var/lib/done',"
+			     " 'description': 'runs the hook'}},"
+			     " 'layers': {'web': {'deploy': ['deploy-hook', 'haproxy']}}}}",
+			     "h"));
+}
+
+static void test_volumes(void **state)
+{
+	stack_unref(parse_ok("{'agent': {'volumes': {'db1': [{'volume_id': 'vol-0123456789abcdef0', 'device': '/dev/sdf',"
+			     " 'mount_point': '/mnt/shared', 'fstype': 'xfs', 'mkfs': true, 'options': 'noatime,nofail',"
+			     " 'force': false}, {'volume_id': 'vol-01234567', 'mount_point': '/srv/exports'},"
+			     " {'device': '/dev/xvdg', 'mount_point': '/x', 'fstype': 'ext4'}]}}}",
+			     "h"));
+	expect_error("{'agent': {'volumes': {'db1': [{'volume_id': 'vol-xyz12345', 'mount_point': '/m'}]}}}",
+		     "$.agent.volumes.db1[0].volume_id", "\"vol-xyz12345\"");
+	expect_error("{'agent': {'volumes': {'db1': [{'volume_id': 'vol-0123456', 'mount_point': '/m'}]}}}",
+		     "$.agent.volumes.db1[0].volume_id", NULL);
+	expect_error("{'agent': {'volumes': {'db1': [{'volume_id': 'vol-0123456789abcdef01', 'mount_point': '/m'}]}}}",
+		     "$.agent.volumes.db1[0].volume_id", NULL);
+	expect_error("{'agent': {'volumes': {'db1': [{'device': '/dev/sdf', 'mount_point': '/m', 'fstype': 'btrfs'}]}}}",
+		     "$.agent.volumes.db1[0].fstype", "\"btrfs\"");
+	expect_error("{'agent': {'volumes': {'db1': [{'device': '/dev/sdf', 'mount_point': '/m', 'options': 'a b'}]}}}",
+		     "$.agent.volumes.db1[0].options", "whitespace");
+	expect_error("{'agent': {'volumes': {'db1': [{'device': '/dev/sdf', 'mount_point': '/m', 'mkfs': 'yes'}]}}}",
+		     "$.agent.volumes.db1[0].mkfs", "boolean");
+	expect_error("{'agent': {'volumes': {'db1': [{'device': 'sdf', 'mount_point': '/m'}]}}}",
+		     "$.agent.volumes.db1[0].device", "absolute");
+	expect_error("{'agent': {'volumes': {'db1': [{'device': '/dev/sdf'}]}}}", "$.agent.volumes.db1[0].mount_point",
+		     "required");
+	expect_error("{'agent': {'volumes': {'db1': [{'mount_point': '/m'}]}}}", "$.agent.volumes.db1[0]",
+		     "\"volume_id\"");
+	expect_error("{'agent': {'volumes': {'db1': [{'mount_point': '/m', 'device': '/d', 'size': 5}]}}}",
+		     "$.agent.volumes.db1[0]", "unknown key \"size\"");
+	expect_error("{'agent': {'volumes': {'db1': {}}}}", "$.agent.volumes.db1", "array");
+	expect_error("{'agent': {'volumes': {'db1': ['x']}}}", "$.agent.volumes.db1[0]", "object");
+	expect_error("{'agent': {'volumes': {'../x': []}}}", "$.agent.volumes", "\"../x\"");
+}
+
+static void test_revision_and_dump(void **state)
+{
+	struct stack *a = parse_ok("{'b': [1, 2], 'a': {'y': 1, 'x': 'z'}, 'deploy': {'p': {}, 'q': {}}}", "h");
+	struct stack *b = parse_ok("{'deploy': {'q': {}, 'p': {}}, 'a': {'x': 'z', 'y': 1}, 'b': [1, 2]}", "h");
+	struct stack *c = parse_ok("{'b': [2, 1], 'a': {'y': 1, 'x': 'z'}, 'deploy': {'p': {}, 'q': {}}}", "h");
+	char *d;
+	size_t n;
+
+	assert_string_equal(a->revision, b->revision);
+	assert_string_not_equal(a->revision, c->revision);
+	/* Document order is kept in the model and the dump. */
+	assert_string_equal(a->apps[0].name, "p");
+	assert_string_equal(b->apps[0].name, "q");
+	d = stack_dump(a, &n);
+	assert_int_equal(n, strlen(d));
+	assert_string_equal(d, "{\"b\":[1,2],\"a\":{\"y\":1,\"x\":\"z\"},\"deploy\":{\"p\":{},\"q\":{}}}");
+	free(d);
+	/* Identical content, different order: nothing to do. */
+	expect_diff(a, b, "");
+	stack_unref(a);
+	stack_unref(b);
+	stack_unref(c);
+}
+
+/* ---- diff ----------------------------------------------------------------- */
+
+static void test_diff_first_start(void **state)
+{
+	struct stack *s = parse_ok(base_doc, "app1");
+
+	expect_diff(NULL, s, "setup/-/- configure/-/- deploy/-/plone_instances deploy/-/zeoserver");
+	stack_unref(s);
+	s = parse_ok("{'opsworks': {'layers': {'lb': {'instances': {'app1': {}}}}}}", "app1");
+	expect_diff(NULL, s, "setup/-/- configure/-/- deploy/-/-");
+	stack_unref(s);
+	s = parse_ok("{'deploy': {}}", "app1");
+	expect_diff(NULL, s, "setup/-/- configure/-/- deploy/-/-");
+	stack_unref(s);
+}
+
+static void test_diff_identical(void **state)
+{
+	struct stack *a = parse_ok(base_doc, "app1"), *b = parse_ok(base_doc, "app1");
+
+	expect_diff(a, b, "");
+	expect_diff(a, a, "");
+	stack_unref(a);
+	stack_unref(b);
+}
+
+static void test_diff_membership(void **state)
+{
+	json_t *j = load_sq(base_doc);
+	struct stack *a, *b;
+
+	/* A new online peer. */
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app4",
+			   "{'private_ip': '10.0.0.4', 'status': 'online'}", "configure/-/-");
+	/* A peer of another layer goes away. */
+	expect_diff_change("app1", "opsworks.layers.zeoserver.instances.db1", NULL, "configure/-/-");
+	/* Address and capacity changes of online members. */
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app2.private_ip", "'10.0.0.22'",
+			   "configure/-/-");
+	expect_diff_change("app1", "opsworks.layers.lb.instances.lb1.public_dns_name", "'ec2-9'", "configure/-/-");
+	expect_diff_change("app1", "opsworks.layers.lb.instances.lb1.ip", "'2.2.2.2'", "configure/-/-");
+	expect_diff_change("app1", "opsworks.layers.lb.instances.lb1.private_dns_name", "'x'", "configure/-/-");
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app2.backends", "8", "configure/-/-");
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app1.private_ip", "'10.9.9.9'",
+			   "configure/-/-");
+	/* A member going offline, or an offline one coming online. */
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app2.status", "'stopping'",
+			   "configure/-/-");
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app3.status", "'online'",
+			   "configure/-/-");
+	/* A layer appearing or disappearing. */
+	expect_diff_change("app1", "opsworks.layers.solr", "{'name': 'Solr', 'instances': {}}", "configure/-/-");
+	expect_diff_change("app1", "opsworks.layers.lb", NULL, "configure/-/-");
+
+	/* Changes that do not touch the online membership. */
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app3.private_ip", "'10.0.0.33'", "");
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app3.status", "'terminated'", "");
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app5", "{'status': 'booting'}", "");
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app2.availability_zone", "'eu-west-1a'",
+			   "");
+	expect_diff_change("app1", "opsworks.layers.plone_instances.name", "'Plone 6'", "");
+	expect_diff_change("app1", "opsworks.activity", "'deploy'", "");
+	expect_diff_change("app1", "opsworks.sent_at", "1700000000", "");
+	/* Our own status does not matter for ourselves. */
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app1.status", "'booting'", "");
+
+	/* Several membership changes and a Custom JSON change: exactly one configure. */
+	a = parse_json(j, "app1");
+	set_path(j, "opsworks.layers.lb.instances.lb2", "{'status': 'online'}");
+	set_path(j, "opsworks.layers.zeoserver.instances.db1.private_ip", "'10.0.2.9'");
+	set_path(j, "opsworks.layers.plone_instances.instances.app2", NULL);
+	set_path(j, "plone_instances.instance_count", "4");
+	b = parse_json(j, "app1");
+	expect_diff(a, b, "configure/-/-");
+	stack_unref(a);
+	stack_unref(b);
+	json_decref(j);
+}
+
+static void test_diff_opsworks_instance(void **state)
+{
+	json_t *j = load_sq(base_doc);
+	struct stack *a, *b;
+
+	set_path(j, "opsworks.instance", "{'hostname': 'app1', 'layers': ['plone_instances'], 'backends': 4}");
+	a = parse_json(j, "x");
+	set_path(j, "opsworks.instance.backends", "6");
+	b = parse_json(j, "x");
+	expect_diff(a, b, "configure/-/-");
+	stack_unref(a);
+	stack_unref(b);
+
+	/* Listed in a new layer through opsworks.instance.layers. */
+	a = parse_json(j, "x");
+	set_path(j, "opsworks.instance.layers", "['plone_instances', 'solr']");
+	b = parse_json(j, "x");
+	expect_diff(a, b,
+		    "setup/solr/- configure/solr/- deploy/solr/plone_instances deploy/solr/zeoserver configure/-/-");
+	stack_unref(a);
+	stack_unref(b);
+	json_decref(j);
+}
+
+static void test_diff_layer_added(void **state)
+{
+	json_t *j = load_sq(base_doc);
+	struct stack *a, *b;
+
+	/* The instance joins lb and stays in plone_instances: lb's lifecycle,
+	 * then configure for every layer, as lb's membership changed. */
+	expect_diff_change("app1", "opsworks.layers.lb.instances.app1", "{'status': 'online'}",
+			   "setup/lb/- configure/lb/- deploy/lb/plone_instances deploy/lb/zeoserver configure/-/-");
+
+	/* Joining a first layer: only that layer's lifecycle. */
+	a = parse_json(j, "newhost");
+	set_path(j, "opsworks.layers.zeoserver.instances.newhost", "{'status': 'online'}");
+	set_path(j, "plone_instances.x", "1");
+	b = parse_json(j, "newhost");
+	expect_diff(a, b,
+		    "setup/zeoserver/- configure/zeoserver/- deploy/zeoserver/plone_instances deploy/zeoserver/zeoserver");
+	stack_unref(a);
+	stack_unref(b);
+
+	/* Without apps, one deploy without app. */
+	set_path(j, "deploy", NULL);
+	a = parse_json(j, "newhost");
+	set_path(j, "opsworks.layers.lb.instances.newhost", "{'status': 'online'}");
+	b = parse_json(j, "newhost");
+	expect_diff(a, b, "setup/lb/- configure/lb/- deploy/lb/- configure/-/-");
+	stack_unref(a);
+	stack_unref(b);
+	json_decref(j);
+}
+
+static void test_diff_layer_removed(void **state)
+{
+	json_t *j = load_sq(base_doc);
+	struct stack *a, *b;
+
+	set_path(j, "opsworks.layers.lb.instances.app1", "{'status': 'online'}");
+	a = parse_json(j, "app1");
+	set_path(j, "opsworks.layers.lb.instances.app1", NULL);
+	b = parse_json(j, "app1");
+	expect_diff(a, b, "undeploy/lb/-! shutdown/lb/-! configure/-/-");
+	stack_unref(b);
+
+	/* The layer itself is deleted, with the instance in it. */
+	set_path(j, "opsworks.layers.lb", NULL);
+	b = parse_json(j, "app1");
+	expect_diff(a, b, "undeploy/lb/-! shutdown/lb/-! configure/-/-");
+	stack_unref(b);
+	stack_unref(a);
+
+	/* Removed from its last layer: teardown only, nothing for "every layer". */
+	expect_diff_change("app1", "opsworks.layers.plone_instances.instances.app1", NULL,
+			   "undeploy/plone_instances/-! shutdown/plone_instances/-!");
+	json_decref(j);
+}
+
+static void test_diff_deploy(void **state)
+{
+	json_t *j = load_sq(base_doc);
+	struct stack *a, *b;
+
+	expect_diff_change("app1", "deploy.plone_instances.scm.revision", "'v2'", "deploy/-/plone_instances");
+	expect_diff_change("app1", "deploy.zeoserver.environment", "{'X': '1'}", "deploy/-/zeoserver");
+	expect_diff_change("app1", "deploy.solr", "{}", "deploy/-/solr");
+	expect_diff_change("app1", "deploy.zeoserver", NULL, "undeploy/-/zeoserver!");
+
+	/* Two apps change and Custom JSON changes: configure first, then the deploys. */
+	a = parse_json(j, "app1");
+	set_path(j, "deploy.plone_instances.keep_releases", "4");
+	set_path(j, "deploy.zeoserver.user", "'zope'");
+	set_path(j, "deploy.plone_instances", NULL);
+	set_path(j, "deploy.plone_instances", "{'keep_releases': 4}");
+	set_path(j, "varnish_purge_urls", "['/', '/x']");
+	b = parse_json(j, "app1");
+	expect_diff(a, b, "configure/-/- deploy/-/zeoserver deploy/-/plone_instances");
+	stack_unref(a);
+	stack_unref(b);
+	json_decref(j);
+}
+
+static void test_diff_custom_json(void **state)
+{
+	expect_diff_change("app1", "plone_instances.instance_count", "3", "configure/-/-");
+	expect_diff_change("app1", "plone_zeoserver", "{'app_name': 'zeo'}", "configure/-/-");
+	expect_diff_change("app1", "varnish_purge_urls", NULL, "configure/-/-");
+	expect_diff_change("app1", "opsworks.stack.name", "'staging'", "configure/-/-");
+	expect_diff_change("app1", "agent.layers.lb", "{'setup': ['haproxy']}", "configure/-/-");
+	expect_diff_change("app1", "ebs.devices", "{'/dev/sdf': {'mount_point': '/data'}}", "configure/-/-");
+	/* Not in any layer: nothing to configure. */
+	expect_diff_change("nobody", "plone_instances.instance_count", "3", "");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_parse_model),
+		cmocka_unit_test(test_parse_app_fields),
+		cmocka_unit_test(test_self_from_membership),
+		cmocka_unit_test(test_self_from_opsworks_instance),
+		cmocka_unit_test(test_syntax_error),
+		cmocka_unit_test(test_too_big),
+		cmocka_unit_test(test_wrong_types),
+		cmocka_unit_test(test_secret_not_echoed),
+		cmocka_unit_test(test_bad_paths),
+		cmocka_unit_test(test_bad_names),
+		cmocka_unit_test(test_agent_layers),
+		cmocka_unit_test(test_custom_recipes),
+		cmocka_unit_test(test_volumes),
+		cmocka_unit_test(test_revision_and_dump),
+		cmocka_unit_test(test_diff_first_start),
+		cmocka_unit_test(test_diff_identical),
+		cmocka_unit_test(test_diff_membership),
+		cmocka_unit_test(test_diff_opsworks_instance),
+		cmocka_unit_test(test_diff_layer_added),
+		cmocka_unit_test(test_diff_layer_removed),
+		cmocka_unit_test(test_diff_deploy),
+		cmocka_unit_test(test_diff_custom_json),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
