@@ -1,0 +1,1196 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The control socket server (design.md §5), in the shape of OpenBGPD's
+ * control.c: we accept ourselves (so that EMFILE pauses accepting instead of
+ * spinning), take the peer's identity from the kernel at accept time, read
+ * NDJSON requests through a capped reader, check privilege once in the
+ * dispatcher against the method table in lib/proto.c, and write every reply
+ * through uv_write with a bounded queue per client.
+ *
+ * Choices the design leaves open:
+ * - An overlong request gets a bad-request reply as soon as the cap is
+ *   passed; the rest of that line is discarded and the connection stays
+ *   usable after its newline.
+ * - Requests on one connection are answered in order. While a stream
+ *   (log with follow, run with wait) is active, later requests wait in the
+ *   reader (reading stops once a full request's worth is buffered) and are
+ *   answered after the stream's final reply.
+ * - EOF with no stream active: the requests already received are answered,
+ *   then the connection is closed. EOF during a stream means the client went
+ *   away: the stream and its engine watch end at once.
+ * - Beyond PROTO_MAX_CLIENTS (or PROTO_MAX_CLIENTS_PER_UID for one uid) a
+ *   new connection gets one "limit" error line and is closed.
+ * - Run output shown to unprivileged callers (log) goes through
+ *   proto_redact_text(): the value of NAME=VALUE / NAME: VALUE pairs whose
+ *   name looks secret is replaced by "***". */
+#include "control.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "engine.h"
+#include "event.h"
+#include "log.h"
+#include "proto.h"
+#include "util.h"
+
+#define CONTROL_ACCEPT_PAUSE_MS 1000 /* accepting resumes this long after EMFILE */
+#define CONTROL_ACCEPT_BURST 64      /* connections accepted per wake-up */
+#define CONTROL_MAX_REASON 1024      /* bytes in a pause reason */
+
+enum client_stream {
+	STREAM_NONE,
+	STREAM_LOG, /* log with follow: output of one run, then its status */
+	STREAM_RUN, /* run with wait: every event of one run, then its run-info */
+};
+
+struct control;
+
+struct client {
+	struct control *ctl; /* borrowed */
+	struct client *next, *prev;
+	uv_pipe_t pipe;
+	uv_timer_t timer; /* idle timeout, or (deferred) work after a stream ends */
+	uv_shutdown_t shutdown_req;
+	int open_handles;
+
+	uid_t uid; /* from SO_PEERCRED at accept time */
+	gid_t gid;
+	pid_t pid;
+	int privileged; /* -1 not yet known */
+
+	struct proto_reader reader;
+	struct engine_watch watch;
+	bool watching; /* watch is on the engine's list */
+	enum client_stream stream;
+	long stream_run;
+
+	bool reading;
+	bool eof;
+	bool deferred; /* the timer is due at once: remove the watch, answer queued requests */
+	bool finishing;
+	bool closing;
+};
+
+struct control {
+	uv_loop_t *loop;             /* borrowed */
+	const struct config *config; /* borrowed */
+	struct engine *engine;       /* borrowed */
+	int listen_fd;               /* owned; closed after the poll handle */
+	char *socket_path;           /* owned; set when we created the socket, unlinked at free */
+	uv_poll_t listener;
+	uv_timer_t accept_timer;
+	int open_handles;
+	struct client *clients;
+	size_t nclients;
+	uid_t euid;
+	int in_engine_cb; /* inside engine_watch callbacks: do not touch the engine's list */
+	bool freeing;
+	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
+};
+
+static void client_close(struct client *c);
+static void client_process(struct client *c);
+static void client_arm_timer(struct client *c);
+static void on_listener(uv_poll_t *p, int status, int events);
+
+/* ---- lifetime ---- */
+
+static void control_maybe_free(struct control *ctl)
+{
+	if (!ctl->freeing || ctl->open_handles > 0 || ctl->clients)
+		return;
+	free(ctl->socket_path);
+	free(ctl);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+	struct control *ctl = h->data;
+
+	if (h == (uv_handle_t *)&ctl->listener && ctl->listen_fd >= 0) {
+		(void)close(ctl->listen_fd);
+		ctl->listen_fd = -1;
+	}
+	ctl->open_handles--;
+	control_maybe_free(ctl);
+}
+
+static void on_client_closed(uv_handle_t *h)
+{
+	struct client *c = h->data;
+	struct control *ctl = c->ctl;
+
+	if (--c->open_handles > 0)
+		return;
+	if (c->watching)
+		engine_watch_remove(ctl->engine, &c->watch);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ctl->clients = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	ctl->nclients--;
+	proto_reader_free(&c->reader);
+	free(c);
+	control_maybe_free(ctl);
+}
+
+static void client_close(struct client *c)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	c->stream = STREAM_NONE;
+	/* Inside an engine callback the engine may be walking its watch list;
+	 * the close callback removes the watch then. */
+	if (c->watching && c->ctl->in_engine_cb == 0) {
+		engine_watch_remove(c->ctl->engine, &c->watch);
+		c->watching = false;
+	}
+	uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+	uv_close((uv_handle_t *)&c->timer, on_client_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+	client_close(req->data);
+}
+
+/* Closes once every queued reply has been written. */
+static void client_finish(struct client *c)
+{
+	if (c->closing || c->finishing)
+		return;
+	c->finishing = true;
+	uv_timer_stop(&c->timer);
+	c->shutdown_req.data = c;
+	if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->pipe, on_shutdown) < 0)
+		client_close(c);
+}
+
+/* ---- output ---- */
+
+struct write_req {
+	uv_write_t req;
+	struct client *client;
+	size_t len;
+	char data[];
+};
+
+static void on_write(uv_write_t *req, int status)
+{
+	struct write_req *w = (struct write_req *)req;
+	struct client *c = w->client;
+
+	free(w);
+	if (status < 0 && status != UV_ECANCELED && !c->closing) {
+		log_debug("control: write to pid %d failed: %s", (int)c->pid, uv_strerror(status));
+		client_close(c);
+	}
+}
+
+static void client_send(struct client *c, const json_t *msg)
+{
+	struct write_req *w;
+	size_t queued, len;
+	char *line;
+	uv_buf_t b;
+	int r;
+
+	if (c->closing || c->finishing || !msg)
+		return;
+	/* A client that does not read its replies is dropped rather than
+	 * buffered without bound. */
+	queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+	if (queued > PROTO_MAX_OUTPUT_QUEUE) {
+		log_warn("control: dropping client pid %d uid %u: %zu bytes of replies unread", (int)c->pid,
+			 (unsigned)c->uid, queued);
+		client_close(c);
+		return;
+	}
+	line = proto_encode_line(msg, &len);
+	if (!line) {
+		log_error("control: cannot encode a reply");
+		client_close(c);
+		return;
+	}
+	w = xmalloc(sizeof(*w) + len);
+	w->client = c;
+	w->len = len;
+	memcpy(w->data, line, len);
+	free(line);
+	b = uv_buf_init(w->data, (unsigned)len);
+	r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
+	if (r < 0) {
+		free(w);
+		log_debug("control: write to pid %d failed: %s", (int)c->pid, uv_strerror(r));
+		client_close(c);
+	}
+}
+
+/* Sends and releases msg. */
+static void client_send_new(struct client *c, json_t *msg)
+{
+	client_send(c, msg);
+	json_decref(msg);
+}
+
+/* ---- identity ---- */
+
+static bool gid_in_list(gid_t g, const gid_t *list, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (list[i] == g)
+			return true;
+	return false;
+}
+
+/* Resolved on use, so that a group created after startup counts; lookups
+ * go to NSS, which for local files is quick. */
+static bool uid_in_admin_group(struct control *ctl, uid_t uid, gid_t primary)
+{
+	const char *name = ctl->config ? ctl->config->admin_group : NULL;
+	struct group grp, *gr = NULL;
+	struct passwd pwd, *pw = NULL;
+	_cleanup_free_ char *gbuf = NULL, *pbuf = NULL;
+	_cleanup_free_ gid_t *groups = NULL;
+	size_t gsize = 4096, psize = 4096;
+	int ngroups = 64, r;
+
+	if (!name || !*name)
+		return false;
+	for (;;) {
+		gbuf = xrealloc(gbuf, gsize);
+		r = getgrnam_r(name, &grp, gbuf, gsize, &gr);
+		if (r != ERANGE || gsize >= 1024 * 1024)
+			break;
+		gsize *= 2;
+	}
+	if (r != 0 || !gr)
+		return false;
+	if (gr->gr_gid == primary)
+		return true;
+	for (;;) {
+		pbuf = xrealloc(pbuf, psize);
+		r = getpwuid_r(uid, &pwd, pbuf, psize, &pw);
+		if (r != ERANGE || psize >= 1024 * 1024)
+			break;
+		psize *= 2;
+	}
+	if (r != 0 || !pw)
+		return false;
+	for (int tries = 0; tries < 4; tries++) {
+		int n = ngroups;
+		groups = xrealloc(groups, sizeof(gid_t) * (size_t)n);
+		if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) >= 0)
+			return gid_in_list(gr->gr_gid, groups, n);
+		if (n <= ngroups)
+			break;
+		ngroups = n;
+	}
+	return false;
+}
+
+static bool client_privileged(struct client *c)
+{
+	if (c->privileged < 0)
+		c->privileged = c->uid == 0 || c->uid == c->ctl->euid || uid_in_admin_group(c->ctl, c->uid, c->gid);
+	return c->privileged > 0;
+}
+
+/* ---- parameters ---- */
+
+/* Each getter returns NULL, or an error reply for the caller to send. */
+
+static json_t *params_only(json_t *params, const char *const *allowed)
+{
+	const char *k;
+	json_t *v;
+
+	json_object_foreach(params, k, v)
+	{
+		bool ok = false;
+		for (size_t i = 0; allowed && allowed[i]; i++)
+			if (strcmp(allowed[i], k) == 0)
+				ok = true;
+		if (!ok)
+			return proto_reply_error(PROTO_E_INVALID_PARAMS, "unknown parameter \"%.64s\"", k);
+	}
+	return NULL;
+}
+
+static json_t *param_bool(json_t *params, const char *key, bool *ret)
+{
+	json_t *v = json_object_get(params, key);
+
+	*ret = false;
+	if (!v || json_is_null(v))
+		return NULL;
+	if (!json_is_boolean(v))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"%s\" must be a boolean", key);
+	*ret = json_is_true(v);
+	return NULL;
+}
+
+/* A layer or app name, optional unless required. */
+static json_t *param_name(json_t *params, const char *key, bool required, const char **ret)
+{
+	json_t *v = json_object_get(params, key);
+
+	*ret = NULL;
+	if (!v || json_is_null(v))
+		return required ? proto_reply_error(PROTO_E_INVALID_PARAMS, "\"%s\" is required", key) : NULL;
+	if (!json_is_string(v))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"%s\" must be a string", key);
+	if (!name_is_valid(json_string_value(v)))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"%s\" is not a valid name", key);
+	*ret = json_string_value(v);
+	return NULL;
+}
+
+static json_t *param_event(json_t *params, enum event *ret)
+{
+	json_t *v = json_object_get(params, "event");
+
+	*ret = EVENT_INVALID;
+	if (!v || json_is_null(v))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"event\" is required");
+	if (!json_is_string(v))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"event\" must be a string");
+	*ret = event_from_string(json_string_value(v));
+	if (*ret == EVENT_INVALID)
+		return proto_reply_error(PROTO_E_INVALID_PARAMS,
+					 "unknown event \"%.64s\" (setup, configure, deploy, undeploy, shutdown)",
+					 json_string_value(v));
+	return NULL;
+}
+
+/* A run id: a positive integer, or "last". */
+static json_t *param_run_id(struct client *c, json_t *params, long *ret)
+{
+	json_t *v = json_object_get(params, "id");
+
+	*ret = 0;
+	if (!v || json_is_null(v))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"id\" is required");
+	if (json_is_string(v) && strcmp(json_string_value(v), "last") == 0) {
+		*ret = engine_last_run_id(c->ctl->engine);
+		if (*ret <= 0)
+			return proto_reply_error(PROTO_E_NOT_FOUND, "no runs yet");
+		return NULL;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > LONG_MAX)
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"id\" must be a positive integer or \"last\"");
+	*ret = (long)json_integer_value(v);
+	return NULL;
+}
+
+static json_t *reply_engine_error(int r, char *msg /* freed */)
+{
+	json_t *reply = proto_reply_error(proto_error_code_from_errno(r), "%s", msg ? msg : strerror(-r));
+	free(msg);
+	return reply;
+}
+
+/* ---- streams ---- */
+
+static void on_watch_event(void *userdata, const json_t *ev);
+
+static void client_stream_start(struct client *c, enum client_stream kind, long run)
+{
+	c->stream = kind;
+	c->stream_run = run;
+	if (!c->watching) {
+		c->watch = (struct engine_watch){ .on_event = on_watch_event, .userdata = c };
+		engine_watch_add(c->ctl->engine, &c->watch);
+		c->watching = true;
+	}
+	client_arm_timer(c);
+}
+
+/* The watch is removed, and requests that queued up meanwhile are answered,
+ * from the timer: we are inside the engine's callback here. */
+static void client_stream_end(struct client *c)
+{
+	c->stream = STREAM_NONE;
+	c->stream_run = 0;
+	c->deferred = true;
+	client_arm_timer(c);
+}
+
+static void on_watch_event(void *userdata, const json_t *ev)
+{
+	struct client *c = userdata;
+	struct control *ctl = c->ctl;
+	const char *name = json_string_value(json_object_get(ev, "event"));
+	json_t *run = json_object_get(ev, "run");
+
+	if (c->closing || c->stream == STREAM_NONE || !name || !json_is_integer(run) ||
+	    json_integer_value(run) != c->stream_run)
+		return;
+
+	ctl->in_engine_cb++;
+	if (c->stream == STREAM_LOG) {
+		if (strcmp(name, "output") == 0) {
+			const char *data = json_string_value(json_object_get(ev, "data"));
+			json_t *out;
+
+			if (!client_privileged(c)) {
+				_cleanup_free_ char *red = proto_redact_text(data ? data : "");
+				out = json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)c->stream_run,
+						"data", red);
+			} else
+				out = json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)c->stream_run,
+						"data", data ? data : "");
+			client_send_new(c, out);
+		} else if (strcmp(name, "run-finished") == 0) {
+			json_t *status = json_object_get(ev, "status");
+			client_send_new(c, proto_reply_ok(json_pack("{s:I, s:O}", "id", (json_int_t)c->stream_run,
+								     "status", status ? status : json_null())));
+			client_stream_end(c);
+		}
+	} else if (c->stream == STREAM_RUN) {
+		client_send(c, ev);
+		if (strcmp(name, "run-finished") == 0) {
+			json_t *info = engine_run_info(ctl->engine, c->stream_run);
+			if (!info) {
+				json_t *status = json_object_get(ev, "status");
+				info = json_pack("{s:I, s:O}", "id", (json_int_t)c->stream_run, "status",
+						 status ? status : json_null());
+			}
+			client_send_new(c, proto_reply_ok(info));
+			client_stream_end(c);
+		}
+	}
+	ctl->in_engine_cb--;
+}
+
+/* ---- methods ---- */
+
+typedef json_t *(*ctl_handler)(struct client *c, json_t *params);
+
+static json_t *ctl_version(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+	if (err)
+		return err;
+	return proto_reply_ok(
+		json_pack("{s:s, s:i}", "version", AGENTD_VERSION, "protocol", PROTO_VERSION));
+}
+
+static json_t *ctl_status(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+	json_t *st;
+
+	if (err)
+		return err;
+	st = engine_status(c->ctl->engine);
+	if (!st)
+		return proto_reply_error(PROTO_E_INTERNAL, "no status");
+	return proto_reply_ok(st);
+}
+
+static json_t *ctl_stack(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+	bool priv = client_privileged(c);
+	json_t *stack;
+
+	if (err)
+		return err;
+	stack = engine_stack_json(c->ctl->engine, priv);
+	if (stack && !priv) {
+		/* The engine redacts too; this is the one place that guarantees
+		 * it for every document we hand out. */
+		json_t *red = proto_redact(stack);
+		json_decref(stack);
+		stack = red;
+	}
+	return proto_reply_ok(json_pack("{s:o}", "stack", stack ? stack : json_null()));
+}
+
+static json_t *ctl_runs(struct client *c, json_t *params)
+{
+	static const char *const allowed[] = { "n", NULL };
+	json_t *err = params_only(params, allowed);
+	json_t *n = json_object_get(params, "n");
+	json_t *runs;
+	long count = 20;
+
+	if (err)
+		return err;
+	if (n && !json_is_null(n)) {
+		if (!json_is_integer(n) || json_integer_value(n) < 1 || json_integer_value(n) > 1000)
+			return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"n\" must be an integer from 1 to 1000");
+		count = (long)json_integer_value(n);
+	}
+	runs = engine_runs(c->ctl->engine, count);
+	if (!runs)
+		runs = json_pack("{s:[]}", "runs");
+	return proto_reply_ok(runs);
+}
+
+static json_t *ctl_run_info(struct client *c, json_t *params)
+{
+	static const char *const allowed[] = { "id", NULL };
+	json_t *err = params_only(params, allowed);
+	json_t *info;
+	long id;
+
+	if (err || (err = param_run_id(c, params, &id)))
+		return err;
+	info = engine_run_info(c->ctl->engine, id);
+	if (!info)
+		return proto_reply_error(PROTO_E_NOT_FOUND, "no run %ld", id);
+	return proto_reply_ok(info);
+}
+
+/* Reads at most max bytes from the end of a run log, starting at a line
+ * boundary when it had to cut. Synchronous, but bounded and local. */
+static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_len, bool *ret_truncated)
+{
+	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *data = NULL;
+	struct stat st;
+	size_t want, got = 0;
+	off_t off;
+
+	*ret = NULL;
+	*ret_len = 0;
+	*ret_truncated = false;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	want = (size_t)st.st_size > max ? max : (size_t)st.st_size;
+	off = st.st_size - (off_t)want;
+	data = xmalloc(want + 1);
+	while (got < want) {
+		ssize_t n = pread(fd, data + got, want - got, off + (off_t)got);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	if (off > 0) {
+		char *nl = memchr(data, '\n', got);
+		if (nl) {
+			size_t skip = (size_t)(nl - data) + 1;
+			memmove(data, data + skip, got - skip);
+			got -= skip;
+		}
+		*ret_truncated = true;
+	}
+	data[got] = '\0';
+	*ret = data;
+	*ret_len = got;
+	data = NULL;
+	return 0;
+}
+
+static json_t *ctl_log(struct client *c, json_t *params)
+{
+	static const char *const allowed[] = { "id", "follow", NULL };
+	struct engine *e = c->ctl->engine;
+	json_t *err = params_only(params, allowed);
+	_cleanup_free_ char *path = NULL, *data = NULL;
+	json_t *text, *info, *status, *result;
+	bool follow, truncated = false;
+	size_t len = 0;
+	long id;
+	int r;
+
+	if (err || (err = param_run_id(c, params, &id)) || (err = param_bool(params, "follow", &follow)))
+		return err;
+	info = engine_run_info(e, id);
+	path = engine_run_log_path(e, id);
+	r = path ? read_log_tail(path, PROTO_MAX_LOG_OUTPUT, &data, &len, &truncated) : -ENOENT;
+	if (r == -ENOENT && info)
+		r = 0; /* the run exists and has written nothing yet */
+	if (r < 0) {
+		json_decref(info);
+		if (r == -ENOENT)
+			return proto_reply_error(PROTO_E_NOT_FOUND, "no run %ld", id);
+		return proto_reply_error(PROTO_E_FAILED, "cannot read the log of run %ld: %s", id, strerror(-r));
+	}
+	text = proto_string_lossy(data ? data : "", len);
+	if (!client_privileged(c)) {
+		_cleanup_free_ char *red = proto_redact_text(json_string_value(text));
+		json_decref(text);
+		text = json_string(red);
+	}
+
+	if (follow && engine_run_is_active(e, id)) {
+		json_decref(info);
+		client_send_new(c, json_pack("{s:s, s:I, s:o}", "event", "output", "run", (json_int_t)id, "data", text));
+		if (!c->closing)
+			client_stream_start(c, STREAM_LOG, id);
+		return NULL;
+	}
+	status = info ? json_object_get(info, "status") : NULL;
+	result = json_pack("{s:I, s:o, s:O, s:b}", "id", (json_int_t)id, "output", text, "status",
+			   status ? status : json_null(), "truncated", truncated);
+	json_decref(info);
+	return proto_reply_ok(result);
+}
+
+static json_t *ctl_plan(struct client *c, json_t *params)
+{
+	static const char *const allowed[] = { "event", "layer", "app", NULL };
+	json_t *err = params_only(params, allowed);
+	const char *layer, *app;
+	char *msg = NULL;
+	json_t *result = NULL;
+	enum event ev;
+	int r;
+
+	if (err || (err = param_event(params, &ev)) || (err = param_name(params, "layer", false, &layer)) ||
+	    (err = param_name(params, "app", false, &app)))
+		return err;
+	r = engine_plan(c->ctl->engine, ev, layer, app, client_privileged(c), &result, &msg);
+	if (r < 0)
+		return reply_engine_error(r, msg);
+	free(msg);
+	return proto_reply_ok(result);
+}
+
+static json_t *ctl_run(struct client *c, json_t *params)
+{
+	static const char *const allowed[] = { "event", "layer", "app", "wait", NULL };
+	struct engine *e = c->ctl->engine;
+	json_t *err = params_only(params, allowed);
+	const char *layer, *app;
+	char *msg = NULL;
+	enum event ev;
+	bool wait;
+	long id = 0;
+	int r;
+
+	if (err || (err = param_event(params, &ev)) || (err = param_name(params, "layer", false, &layer)) ||
+	    (err = param_name(params, "app", false, &app)) || (err = param_bool(params, "wait", &wait)))
+		return err;
+	r = engine_request_run(e, ev, layer, app, TRIGGER_CTL, &id, &msg);
+	if (r < 0)
+		return reply_engine_error(r, msg);
+	free(msg);
+	log_info("control: run %ld (%s%s%s%s%s) requested by uid %u pid %d", id, event_to_string(ev),
+		 layer ? " layer " : "", layer ? layer : "", app ? " app " : "", app ? app : "", (unsigned)c->uid,
+		 (int)c->pid);
+	if (!wait)
+		return proto_reply_ok(json_pack("{s:I, s:b}", "id", (json_int_t)id, "queued", 1));
+	if (!engine_run_is_active(e, id)) {
+		json_t *info = engine_run_info(e, id);
+		return proto_reply_ok(info ? info : json_pack("{s:I}", "id", (json_int_t)id));
+	}
+	client_send_new(c, json_pack("{s:s, s:I}", "event", "run-queued", "run", (json_int_t)id));
+	if (!c->closing)
+		client_stream_start(c, STREAM_RUN, id);
+	return NULL;
+}
+
+static json_t *ctl_reload(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+	if (err)
+		return err;
+	engine_reload(c->ctl->engine);
+	return proto_reply_ok(NULL);
+}
+
+static json_t *ctl_pause(struct client *c, json_t *params)
+{
+	static const char *const allowed[] = { "reason", NULL };
+	json_t *err = params_only(params, allowed);
+	json_t *v = json_object_get(params, "reason");
+	const char *reason = NULL;
+	char *msg = NULL;
+	int r;
+
+	if (err)
+		return err;
+	if (v && !json_is_null(v)) {
+		if (!json_is_string(v))
+			return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"reason\" must be a string");
+		if (json_string_length(v) > CONTROL_MAX_REASON)
+			return proto_reply_error(PROTO_E_INVALID_PARAMS, "\"reason\" is longer than %d bytes",
+						 CONTROL_MAX_REASON);
+		reason = json_string_value(v);
+	}
+	r = engine_pause(c->ctl->engine, reason, &msg);
+	if (r < 0)
+		return reply_engine_error(r, msg);
+	free(msg);
+	log_info("control: paused by uid %u%s%s", (unsigned)c->uid, reason ? ": " : "", reason ? reason : "");
+	return proto_reply_ok(NULL);
+}
+
+static json_t *ctl_resume(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+	char *msg = NULL;
+	int r;
+
+	if (err)
+		return err;
+	r = engine_resume(c->ctl->engine, &msg);
+	if (r < 0)
+		return reply_engine_error(r, msg);
+	free(msg);
+	return proto_reply_ok(NULL);
+}
+
+static json_t *ctl_clear_failed(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+	char *msg = NULL;
+	int r;
+
+	if (err)
+		return err;
+	r = engine_clear_failed(c->ctl->engine, &msg);
+	if (r < 0)
+		return reply_engine_error(r, msg);
+	free(msg);
+	return proto_reply_ok(NULL);
+}
+
+static json_t *ctl_rollback(struct client *c, json_t *params)
+{
+	static const char *const allowed[] = { "app", NULL };
+	json_t *err = params_only(params, allowed);
+	json_t *result = NULL;
+	const char *app;
+	char *msg = NULL;
+	int r;
+
+	if (err || (err = param_name(params, "app", true, &app)))
+		return err;
+	r = engine_rollback(c->ctl->engine, app, &result, &msg);
+	if (r < 0)
+		return reply_engine_error(r, msg);
+	free(msg);
+	log_info("control: rollback of %s requested by uid %u", app, (unsigned)c->uid);
+	return proto_reply_ok(result);
+}
+
+/* Handlers by method name. Privilege is not here: it comes from
+ * proto_methods[] and is checked once, in client_dispatch(). */
+static const struct {
+	const char *name;
+	ctl_handler handler;
+} ctl_handlers[] = {
+	{ "version", ctl_version },	 { "status", ctl_status },	 { "stack", ctl_stack },
+	{ "runs", ctl_runs },		 { "run-info", ctl_run_info },	 { "log", ctl_log },
+	{ "plan", ctl_plan },		 { "run", ctl_run },		 { "reload", ctl_reload },
+	{ "pause", ctl_pause },		 { "resume", ctl_resume },	 { "clear-failed", ctl_clear_failed },
+	{ "rollback", ctl_rollback },
+};
+
+static json_t *client_dispatch(struct client *c, const char *line)
+{
+	const struct proto_method *m;
+	json_t *params, *method, *reply;
+	ctl_handler handler = NULL;
+	json_error_t jerr;
+	json_auto_t *req = NULL;
+	json_auto_t *empty = NULL;
+
+	req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+	if (!req)
+		return proto_reply_error(PROTO_E_BAD_REQUEST, "invalid JSON: %s", jerr.text);
+	if (!json_is_object(req))
+		return proto_reply_error(PROTO_E_BAD_REQUEST, "a request must be a JSON object");
+	method = json_object_get(req, "method");
+	if (!json_is_string(method))
+		return proto_reply_error(PROTO_E_BAD_REQUEST, "\"method\" must be a string");
+	params = json_object_get(req, "params");
+	if (!params || json_is_null(params))
+		params = empty = json_object();
+	else if (!json_is_object(params))
+		return proto_reply_error(PROTO_E_BAD_REQUEST, "\"params\" must be an object");
+
+	m = proto_method_find(json_string_value(method));
+	for (size_t i = 0; m && i < ELEMENTSOF(ctl_handlers); i++)
+		if (strcmp(ctl_handlers[i].name, m->name) == 0)
+			handler = ctl_handlers[i].handler;
+	if (!m || !handler)
+		return proto_reply_error(PROTO_E_UNKNOWN_METHOD, "unknown method \"%.64s\"",
+					 json_string_value(method));
+	if (m->priv != PROTO_OPEN && !client_privileged(c)) {
+		log_info("control: %s denied to uid %u pid %d", m->name, (unsigned)c->uid, (int)c->pid);
+		return proto_reply_error(PROTO_E_PERMISSION, "%s needs root, uid %u or membership of group %s",
+					 m->name, (unsigned)c->ctl->euid,
+					 c->ctl->config && c->ctl->config->admin_group ? c->ctl->config->admin_group
+										      : "(none)");
+	}
+	reply = handler(c, params);
+	return reply;
+}
+
+/* ---- input ---- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct client *c = h->data;
+
+	*buf = uv_buf_init(c->ctl->readbuf, sizeof(c->ctl->readbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct client *c = s->data;
+
+	if (c->closing)
+		return;
+	if (nread > 0) {
+		proto_reader_feed(&c->reader, buf->base, (size_t)nread);
+		client_process(c);
+	} else if (nread < 0) {
+		if (nread != UV_EOF || c->stream != STREAM_NONE) {
+			client_close(c);
+			return;
+		}
+		c->eof = true;
+		uv_read_stop(s);
+		c->reading = false;
+		client_process(c);
+	}
+}
+
+/* Answers every complete request buffered, in order, until a stream starts. */
+static void client_process(struct client *c)
+{
+	while (!c->closing && !c->finishing && c->stream == STREAM_NONE && !c->deferred) {
+		char *line = NULL;
+		json_t *reply;
+		int r = proto_reader_next(&c->reader, &line);
+
+		if (r == 0)
+			break;
+		if (r == -EMSGSIZE)
+			reply = proto_reply_error(PROTO_E_BAD_REQUEST, "request longer than %d bytes",
+						  PROTO_MAX_REQUEST);
+		else if (r < 0)
+			reply = proto_reply_error(PROTO_E_BAD_REQUEST, "request contains a NUL byte");
+		else
+			reply = client_dispatch(c, line);
+		free(line);
+		if (reply)
+			client_send_new(c, reply);
+	}
+	if (c->closing || c->finishing)
+		return;
+
+	if (c->stream != STREAM_NONE || c->deferred) {
+		/* Back-pressure on a client that pipelines behind a stream. */
+		if (c->reading && proto_reader_pending(&c->reader) >= PROTO_MAX_REQUEST) {
+			uv_read_stop((uv_stream_t *)&c->pipe);
+			c->reading = false;
+		}
+	} else if (c->eof) {
+		client_finish(c);
+		return;
+	} else if (!c->reading) {
+		if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) < 0) {
+			client_close(c);
+			return;
+		}
+		c->reading = true;
+	}
+	client_arm_timer(c);
+}
+
+static void on_client_timer(uv_timer_t *t)
+{
+	struct client *c = t->data;
+
+	if (c->closing)
+		return;
+	if (c->deferred) {
+		c->deferred = false;
+		if (c->watching && c->stream == STREAM_NONE) {
+			engine_watch_remove(c->ctl->engine, &c->watch);
+			c->watching = false;
+		}
+		client_process(c);
+		return;
+	}
+	log_debug("control: closing idle client pid %d uid %u", (int)c->pid, (unsigned)c->uid);
+	client_close(c);
+}
+
+static void client_arm_timer(struct client *c)
+{
+	if (c->closing || c->finishing)
+		return;
+	if (c->deferred)
+		uv_timer_start(&c->timer, on_client_timer, 0, 0);
+	else if (c->stream != STREAM_NONE)
+		uv_timer_stop(&c->timer); /* a stream may be quiet for a long time */
+	else
+		uv_timer_start(&c->timer, on_client_timer, PROTO_IDLE_TIMEOUT_MS, 0);
+}
+
+/* ---- accepting ---- */
+
+/* Best effort, never blocking: one line on a fresh socket fits its buffer. */
+static void reject_fd(int fd, const char *msg)
+{
+	json_auto_t *reply = proto_reply_error(PROTO_E_LIMIT, "%s", msg);
+	_cleanup_free_ char *line = NULL;
+	size_t len;
+
+	line = proto_encode_line(reply, &len);
+	if (line)
+		(void)!send(fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)close(fd);
+}
+
+static void control_add_client(struct control *ctl, int fd)
+{
+	struct ucred cred;
+	socklen_t sl = sizeof(cred);
+	struct client *c;
+	size_t same_uid = 0;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &sl) < 0) {
+		log_warn_errno(-errno, "control: SO_PEERCRED: %m");
+		(void)close(fd);
+		return;
+	}
+	if (ctl->nclients >= PROTO_MAX_CLIENTS) {
+		log_warn("control: refusing pid %d uid %u: %d connections open", (int)cred.pid, (unsigned)cred.uid,
+			 PROTO_MAX_CLIENTS);
+		reject_fd(fd, "too many connections");
+		return;
+	}
+	for (c = ctl->clients; c; c = c->next)
+		if (c->uid == cred.uid && !c->closing)
+			same_uid++;
+	if (same_uid >= PROTO_MAX_CLIENTS_PER_UID) {
+		log_warn("control: refusing pid %d uid %u: %zu connections open for that uid", (int)cred.pid,
+			 (unsigned)cred.uid, same_uid);
+		reject_fd(fd, "too many connections for this user");
+		return;
+	}
+
+	c = xcalloc(1, sizeof(*c));
+	c->ctl = ctl;
+	c->uid = cred.uid;
+	c->gid = cred.gid;
+	c->pid = cred.pid;
+	c->privileged = -1;
+	proto_reader_init(&c->reader, PROTO_MAX_REQUEST);
+	uv_pipe_init(ctl->loop, &c->pipe, 0);
+	uv_timer_init(ctl->loop, &c->timer);
+	c->pipe.data = c;
+	c->timer.data = c;
+	c->open_handles = 2;
+	c->next = ctl->clients;
+	if (ctl->clients)
+		ctl->clients->prev = c;
+	ctl->clients = c;
+	ctl->nclients++;
+
+	if (uv_pipe_open(&c->pipe, fd) < 0) {
+		(void)close(fd);
+		client_close(c);
+		return;
+	}
+	log_debug("control: client pid %d uid %u connected", (int)c->pid, (unsigned)c->uid);
+	client_process(c); /* starts reading and the idle timer */
+}
+
+static void on_accept_timer(uv_timer_t *t)
+{
+	struct control *ctl = t->data;
+
+	if (ctl->freeing)
+		return;
+	log_info("control: accepting connections again");
+	(void)uv_poll_start(&ctl->listener, UV_READABLE, on_listener);
+}
+
+static void on_listener(uv_poll_t *p, int status, int events)
+{
+	struct control *ctl = p->data;
+
+	if (status < 0) {
+		log_warn("control: listener: %s", uv_strerror(status));
+		return;
+	}
+	for (int i = 0; i < CONTROL_ACCEPT_BURST && !ctl->freeing; i++) {
+		int fd = accept4(ctl->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* Waiting connections stay in the backlog; polling
+				 * again now would only spin. */
+				log_warn_errno(-errno, "control: accept: %m; pausing for %d ms", CONTROL_ACCEPT_PAUSE_MS);
+				uv_poll_stop(&ctl->listener);
+				uv_timer_start(&ctl->accept_timer, on_accept_timer, CONTROL_ACCEPT_PAUSE_MS, 0);
+				return;
+			}
+			log_warn_errno(-errno, "control: accept: %m");
+			return;
+		}
+		control_add_client(ctl, fd);
+	}
+}
+
+/* ---- setup ---- */
+
+static int control_listen_path(const char *path, int *ret_fd)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	_cleanup_free_ char *dir = NULL;
+	_cleanup_close_ int fd = -1;
+	struct stat st;
+	char *slash;
+	int r;
+
+	if (!path || !*path)
+		return log_error_errno(-EINVAL, "control: no socket path configured");
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return log_error_errno(-ENAMETOOLONG, "control: socket path %s is too long", path);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+
+	dir = xstrdup(path);
+	slash = strrchr(dir, '/');
+	if (slash && slash != dir) {
+		*slash = '\0';
+		r = mkdir_p(dir, 0755);
+		if (r < 0)
+			return log_error_errno(r, "control: cannot create %s: %m", dir);
+	}
+
+	if (lstat(path, &st) == 0) {
+		_cleanup_close_ int probe = -1;
+
+		if (!S_ISSOCK(st.st_mode))
+			return log_error_errno(-EEXIST, "control: %s exists and is not a socket", path);
+		/* A live daemon answers; a stale socket refuses. */
+		probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (probe < 0)
+			return log_error_errno(-errno, "control: socket: %m");
+		if (connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN)
+			return log_error_errno(-EADDRINUSE, "control: another daemon is listening on %s", path);
+		if (unlink(path) < 0 && errno != ENOENT)
+			return log_error_errno(-errno, "control: cannot remove stale socket %s: %m", path);
+	}
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return log_error_errno(-errno, "control: socket: %m");
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return log_error_errno(-errno, "control: bind %s: %m", path);
+	/* Every local user may connect: read-only methods are open, and each
+	 * privileged one is checked against the peer's uid. */
+	if (chmod(path, 0666) < 0) {
+		r = log_error_errno(-errno, "control: chmod %s: %m", path);
+		(void)unlink(path);
+		return r;
+	}
+	if (listen(fd, SOMAXCONN) < 0) {
+		r = log_error_errno(-errno, "control: listen %s: %m", path);
+		(void)unlink(path);
+		return r;
+	}
+	*ret_fd = fd;
+	fd = -1;
+	return 0;
+}
+
+int control_new(uv_loop_t *loop, const struct config *config, struct engine *engine, int listen_fd,
+		struct control **ret)
+{
+	struct control *ctl;
+	int fd = -1, r;
+
+	*ret = NULL;
+	if (listen_fd >= 0) {
+		int fl = fcntl(listen_fd, F_GETFL);
+		if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+			return log_error_errno(-errno, "control: passed socket %d: %m", listen_fd);
+		(void)fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
+		fd = listen_fd;
+	} else {
+		r = control_listen_path(config ? config->socket : NULL, &fd);
+		if (r < 0)
+			return r;
+	}
+
+	ctl = xcalloc(1, sizeof(*ctl));
+	ctl->loop = loop;
+	ctl->config = config;
+	ctl->engine = engine;
+	ctl->listen_fd = fd;
+	ctl->euid = geteuid();
+	if (listen_fd < 0)
+		ctl->socket_path = xstrdup(config->socket);
+
+	r = uv_poll_init(loop, &ctl->listener, fd);
+	if (r < 0) {
+		log_error("control: cannot poll the listening socket: %s", uv_strerror(r));
+		if (ctl->socket_path)
+			(void)unlink(ctl->socket_path);
+		(void)close(fd);
+		free(ctl->socket_path);
+		free(ctl);
+		return -EINVAL;
+	}
+	ctl->listener.data = ctl;
+	ctl->open_handles++;
+	uv_timer_init(loop, &ctl->accept_timer);
+	ctl->accept_timer.data = ctl;
+	ctl->open_handles++;
+	r = uv_poll_start(&ctl->listener, UV_READABLE, on_listener);
+	if (r < 0) {
+		log_error("control: cannot poll the listening socket: %s", uv_strerror(r));
+		control_free(ctl);
+		return -EINVAL;
+	}
+	log_debug("control: listening on %s", ctl->socket_path ? ctl->socket_path : "a passed socket");
+	*ret = ctl;
+	return 0;
+}
+
+void control_free(struct control *ctl)
+{
+	struct client *c, *next;
+
+	if (!ctl || ctl->freeing)
+		return;
+	ctl->freeing = true;
+	if (ctl->socket_path)
+		(void)unlink(ctl->socket_path);
+	for (c = ctl->clients; c; c = next) {
+		next = c->next;
+		client_close(c);
+	}
+	uv_close((uv_handle_t *)&ctl->listener, on_listener_closed);
+	uv_close((uv_handle_t *)&ctl->accept_timer, on_listener_closed);
+}

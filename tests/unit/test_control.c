@@ -1,0 +1,726 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* agent/control.c against a fake engine defined here (every engine_*
+ * function, so that engine.o is never pulled from libagent.a). The server
+ * runs on a real loop and a real socket; the test is its client. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "config.h"
+#include "control.h"
+#include "engine.h"
+#include "proto.h"
+#include "util.h"
+
+/* ---- the fake engine ---- */
+
+struct engine {
+	uv_loop_t *loop;
+	struct engine_watch *watches;
+	long last_id;
+	long active_id; /* 0: none */
+	bool fail_next;
+	bool paused;
+	char dir[64];
+	uv_timer_t timer;
+	int phase;
+};
+
+static void fake_emit(struct engine *e, json_t *ev)
+{
+	struct engine_watch *w, *next;
+
+	for (w = e->watches; w; w = next) {
+		next = w->next;
+		w->on_event(w->userdata, ev);
+	}
+	json_decref(ev);
+}
+
+static void fake_append_log(struct engine *e, long id, const char *s)
+{
+	char *path = engine_run_log_path(e, id);
+	FILE *f = fopen(path, "a");
+	assert_non_null(f);
+	fputs(s, f);
+	fclose(f);
+	free(path);
+}
+
+/* Steps a run forward one event per timer tick, like the real executor. */
+static void on_fake_timer(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+	long id = e->active_id;
+
+	switch (e->phase++) {
+	case 0:
+		fake_emit(e, json_pack("{s:s, s:I, s:s}", "event", "run-started", "run", (json_int_t)id, "event_name",
+				       "configure"));
+		break;
+	case 1:
+		fake_emit(e, json_pack("{s:s, s:I, s:i, s:s, s:s}", "event", "step-started", "run", (json_int_t)id,
+				       "index", 0, "kind", "exec", "target", "touch"));
+		break;
+	case 2:
+		fake_append_log(e, id, "db_password=hunter2\n");
+		fake_emit(e, json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)id, "data",
+				       "db_password=hunter2\n"));
+		break;
+	case 3:
+		fake_emit(e, json_pack("{s:s, s:I, s:i, s:s}", "event", "step-finished", "run", (json_int_t)id, "index",
+				       0, "status", e->fail_next ? "failed" : "changed"));
+		break;
+	default:
+		e->active_id = 0;
+		fake_emit(e, json_pack("{s:s, s:I, s:s}", "event", "run-finished", "run", (json_int_t)id, "status",
+				       e->fail_next ? "failed" : "success"));
+		e->fail_next = false;
+		uv_timer_stop(t);
+		return;
+	}
+}
+
+static void on_fake_closed(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret)
+{
+	struct engine *e = xcalloc(1, sizeof(*e));
+
+	e->loop = loop;
+	snprintf(e->dir, sizeof(e->dir), "/tmp/test-control-XXXXXX");
+	assert_non_null(mkdtemp(e->dir));
+	uv_timer_init(loop, &e->timer);
+	e->timer.data = e;
+	*ret = e;
+	return 0;
+}
+
+int engine_start(struct engine *e)
+{
+	return 0;
+}
+
+void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
+{
+	done(userdata);
+}
+
+void engine_free(struct engine *e)
+{
+	char cmd[128];
+
+	if (!e)
+		return;
+	snprintf(cmd, sizeof(cmd), "%s", e->dir);
+	for (long i = 1; i <= e->last_id; i++) {
+		char *p = engine_run_log_path(e, i);
+		(void)unlink(p);
+		free(p);
+	}
+	(void)rmdir(cmd);
+	uv_close((uv_handle_t *)&e->timer, on_fake_closed);
+}
+
+json_t *engine_status(struct engine *e)
+{
+	return json_pack("{s:s, s:[s], s:s, s:n, s:n, s:[], s:i, s:s}", "instance", "app1", "layers", "web", "state",
+			 e->paused ? "paused" : "idle", "current_run", "last_run", "queue", "uptime", 5, "version",
+			 "test");
+}
+
+json_t *engine_runs(struct engine *e, long n)
+{
+	json_t *runs = json_array();
+
+	for (long i = e->last_id; i >= 1 && (long)json_array_size(runs) < n; i--)
+		json_array_append_new(runs, json_pack("{s:I}", "id", (json_int_t)i));
+	return json_pack("{s:o}", "runs", runs);
+}
+
+json_t *engine_run_info(struct engine *e, long id)
+{
+	if (id < 1 || id > e->last_id)
+		return NULL;
+	return json_pack("{s:I, s:s, s:[]}", "id", (json_int_t)id, "status",
+			 id == e->active_id ? "running" : "success", "steps");
+}
+
+/* Deliberately unredacted: control.c must redact for unprivileged callers. */
+json_t *engine_stack_json(struct engine *e, bool privileged)
+{
+	return json_pack("{s:{s:s, s:s}, s:s}", "ebs_snapshots", "aws_secret", "s3cr3t", "aws_key", "AKIA", "name",
+			 "stack");
+}
+
+long engine_last_run_id(struct engine *e)
+{
+	return e->last_id;
+}
+
+char *engine_run_log_path(struct engine *e, long id)
+{
+	return xasprintf("%s/%ld.log", e->dir, id);
+}
+
+bool engine_run_is_active(struct engine *e, long id)
+{
+	return id != 0 && id == e->active_id;
+}
+
+int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
+		       long *ret_id, char **ret_error)
+{
+	if (e->active_id) {
+		*ret_error = xstrdup("a run is active");
+		return -EBUSY;
+	}
+	e->active_id = *ret_id = ++e->last_id;
+	e->phase = 0;
+	fake_append_log(e, e->active_id, "");
+	uv_timer_start(&e->timer, on_fake_timer, 1, 1);
+	return 0;
+}
+
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, bool privileged, json_t **ret,
+		char **ret_error)
+{
+	if (layer && strcmp(layer, "nope") == 0) {
+		*ret_error = xstrdup("no layer nope");
+		return -ENOENT;
+	}
+	*ret = json_pack("{s:[]}", "steps");
+	return 0;
+}
+
+void engine_reload(struct engine *e)
+{
+}
+
+int engine_pause(struct engine *e, const char *reason, char **ret_error)
+{
+	e->paused = true;
+	return 0;
+}
+
+int engine_resume(struct engine *e, char **ret_error)
+{
+	e->paused = false;
+	return 0;
+}
+
+int engine_clear_failed(struct engine *e, char **ret_error)
+{
+	return 0;
+}
+
+int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_error)
+{
+	*ret_error = xasprintf("app %s has no previous release", app);
+	return -ENOENT;
+}
+
+void engine_watch_add(struct engine *e, struct engine_watch *w)
+{
+	w->next = e->watches;
+	e->watches = w;
+}
+
+void engine_watch_remove(struct engine *e, struct engine_watch *w)
+{
+	for (struct engine_watch **p = &e->watches; *p; p = &(*p)->next)
+		if (*p == w) {
+			*p = w->next;
+			return;
+		}
+	fail_msg("removing a watch that is not there");
+}
+
+/* ---- fixture ---- */
+
+struct fx {
+	uv_loop_t loop;
+	struct config config;
+	struct engine *engine;
+	struct control *control;
+	char dir[64];
+	char sock[100];
+};
+
+static int setup(void **state)
+{
+	struct fx *f = xcalloc(1, sizeof(*f));
+
+	signal(SIGPIPE, SIG_IGN);
+	assert_int_equal(uv_loop_init(&f->loop), 0);
+	snprintf(f->dir, sizeof(f->dir), "/tmp/test-control-sock-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	assert_int_equal(chmod(f->dir, 0755), 0);
+	snprintf(f->sock, sizeof(f->sock), "%s/run/agentd.sock", f->dir);
+	f->config.socket = f->sock;
+	f->config.admin_group = xstrdup("agentd-test-no-such-group");
+	assert_int_equal(engine_new(&f->loop, &f->config, &f->engine), 0);
+	assert_int_equal(control_new(&f->loop, &f->config, f->engine, -1, &f->control), 0);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	char path[192];
+
+	control_free(f->control);
+	engine_free(f->engine);
+	/* The loop ends with nothing left behind: every handle closed. */
+	assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(uv_loop_close(&f->loop), 0);
+	assert_int_equal(access(f->sock, F_OK), -1);
+	snprintf(path, sizeof(path), "%s/run", f->dir);
+	(void)rmdir(path);
+	(void)rmdir(f->dir);
+	free(f->config.admin_group);
+	free(f);
+	return 0;
+}
+
+static int client_connect(struct fx *f)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", f->sock);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+static void client_write(int fd, const char *data, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = send(fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EAGAIN)
+			continue; /* only in tests that write more than the buffer; see pump_write */
+		assert_true(n > 0);
+		data += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Writes while running the loop, for data larger than the socket buffer. */
+static void pump_write(struct fx *f, int fd, const char *data, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = send(fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			assert_int_equal(errno, EAGAIN);
+			uv_run(&f->loop, UV_RUN_NOWAIT);
+			continue;
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+}
+
+static void client_send(int fd, const char *line)
+{
+	client_write(fd, line, strlen(line));
+}
+
+/* Runs the loop until one line arrives on fd; a safety deadline only. */
+static json_t *pump_line(struct fx *f, int fd)
+{
+	static char buf[1 << 20];
+	size_t len = 0;
+	int64_t deadline = time_monotonic_usec() + 10 * 1000000;
+
+	for (;;) {
+		ssize_t n = recv(fd, buf + len, 1, MSG_DONTWAIT);
+		if (n == 1) {
+			if (buf[len] == '\n') {
+				json_error_t jerr;
+				json_t *v = json_loadb(buf, len, 0, &jerr);
+				if (!v)
+					fail_msg("bad reply line: %.*s", (int)len, buf);
+				return v;
+			}
+			len++;
+			assert_true(len < sizeof(buf));
+			continue;
+		}
+		if (n == 0)
+			return NULL; /* EOF */
+		assert_true(errno == EAGAIN);
+		assert_true(time_monotonic_usec() < deadline);
+		uv_run(&f->loop, UV_RUN_ONCE);
+	}
+}
+
+static json_t *call(struct fx *f, int fd, const char *line)
+{
+	client_send(fd, line);
+	return pump_line(f, fd);
+}
+
+static const char *err_code(json_t *reply)
+{
+	assert_non_null(reply);
+	assert_true(json_is_false(json_object_get(reply, "ok")));
+	return json_string_value(json_object_get(json_object_get(reply, "error"), "code"));
+}
+
+static json_t *ok_result(json_t *reply)
+{
+	assert_non_null(reply);
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		char *s = json_dumps(reply, 0);
+		fail_msg("not ok: %s", s);
+	}
+	return json_object_get(reply, "result");
+}
+
+/* ---- tests ---- */
+
+static void test_version_status(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	r = call(f, fd, "{\"method\":\"version\"}\n");
+	assert_string_equal(json_string_value(json_object_get(ok_result(r), "version")), AGENTD_VERSION);
+	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "protocol")), 1);
+	json_decref(r);
+	r = call(f, fd, "{\"method\":\"status\",\"params\":{}}\n");
+	assert_string_equal(json_string_value(json_object_get(ok_result(r), "state")), "idle");
+	json_decref(r);
+	r = call(f, fd, "{\"method\":\"status\",\"params\":{\"x\":1}}\n");
+	assert_string_equal(err_code(r), "invalid-params");
+	json_decref(r);
+	close(fd);
+}
+
+static void test_bad_requests(void **state)
+{
+	struct fx *f = *state;
+	static const struct {
+		const char *line, *code;
+	} cases[] = {
+		{ "garbage\n", "bad-request" },
+		{ "[1,2]\n", "bad-request" },
+		{ "\"status\"\n", "bad-request" },
+		{ "{}\n", "bad-request" },
+		{ "{\"method\":5}\n", "bad-request" },
+		{ "{\"method\":\"status\",\"params\":[]}\n", "bad-request" },
+		{ "{\"method\":\"status\",\"method\":\"run\"}\n", "bad-request" },
+		{ "{\"method\":\"shell\"}\n", "unknown-method" },
+		{ "{\"method\":\"runs\",\"params\":{\"n\":\"5\"}}\n", "invalid-params" },
+		{ "{\"method\":\"runs\",\"params\":{\"n\":0}}\n", "invalid-params" },
+		{ "{\"method\":\"run-info\",\"params\":{\"id\":-1}}\n", "invalid-params" },
+		{ "{\"method\":\"run-info\",\"params\":{\"id\":99}}\n", "not-found" },
+		{ "{\"method\":\"log\",\"params\":{\"id\":\"last\"}}\n", "not-found" },
+		{ "{\"method\":\"plan\",\"params\":{\"event\":\"explode\"}}\n", "invalid-params" },
+		{ "{\"method\":\"plan\",\"params\":{\"event\":\"configure\",\"layer\":\"../x\"}}\n", "invalid-params" },
+		{ "{\"method\":\"plan\",\"params\":{\"event\":\"configure\",\"layer\":\"nope\"}}\n", "not-found" },
+		{ "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":1}}\n", "invalid-params" },
+		{ "{\"method\":\"rollback\",\"params\":{}}\n", "invalid-params" },
+		{ "{\"method\":\"rollback\",\"params\":{\"app\":\"x\"}}\n", "not-found" },
+		{ "{\"method\":\"pause\",\"params\":{\"reason\":3}}\n", "invalid-params" },
+	};
+	int fd = client_connect(f);
+	char *big;
+	json_t *r;
+
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		r = call(f, fd, cases[i].line);
+		if (strcmp(err_code(r), cases[i].code) != 0)
+			fail_msg("%s: got %s", cases[i].line, err_code(r));
+		json_decref(r);
+	}
+
+	/* 100 KB in one line: one error, and the connection still works. */
+	big = xmalloc(100 * 1024 + 1);
+	memset(big, 'x', 100 * 1024);
+	big[100 * 1024] = '\n';
+	pump_write(f, fd, big, 100 * 1024 + 1);
+	free(big);
+	r = pump_line(f, fd);
+	assert_string_equal(err_code(r), "bad-request");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(r, "error"), "message")),
+			    "request longer than 65536 bytes");
+	json_decref(r);
+	r = call(f, fd, "{\"method\":\"version\"}\n");
+	ok_result(r);
+	json_decref(r);
+	close(fd);
+}
+
+static void test_pipelined(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	client_send(fd, "{\"method\":\"version\"}\n{\"method\":\"nope\"}\n{\"method\":\"status\"}\n");
+	r = pump_line(f, fd);
+	assert_non_null(json_object_get(ok_result(r), "version"));
+	json_decref(r);
+	r = pump_line(f, fd);
+	assert_string_equal(err_code(r), "unknown-method");
+	json_decref(r);
+	r = pump_line(f, fd);
+	assert_non_null(json_object_get(ok_result(r), "state"));
+	json_decref(r);
+	/* EOF after requests: answered, then closed. */
+	client_send(fd, "{\"method\":\"version\"}\n");
+	shutdown(fd, SHUT_WR);
+	r = pump_line(f, fd);
+	ok_result(r);
+	json_decref(r);
+	assert_null(pump_line(f, fd));
+	close(fd);
+}
+
+static void test_run_wait_and_log(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f), fd2;
+	json_t *r;
+	bool saw_output = false;
+
+	/* A request pipelined behind the stream is answered after it. */
+	client_send(fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n"
+			"{\"method\":\"version\"}\n");
+	for (;;) {
+		r = pump_line(f, fd);
+		assert_non_null(r);
+		if (json_object_get(r, "ok"))
+			break;
+		assert_int_equal(json_integer_value(json_object_get(r, "run")), 1);
+		if (strcmp(json_string_value(json_object_get(r, "event")), "output") == 0) {
+			/* Privileged: output as is. */
+			assert_string_equal(json_string_value(json_object_get(r, "data")), "db_password=hunter2\n");
+			saw_output = true;
+		}
+		json_decref(r);
+	}
+	assert_true(saw_output);
+	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "id")), 1);
+	assert_string_equal(json_string_value(json_object_get(ok_result(r), "status")), "success");
+	json_decref(r);
+	r = pump_line(f, fd);
+	assert_non_null(json_object_get(ok_result(r), "version"));
+	json_decref(r);
+
+	/* log of a finished run: its content. */
+	r = call(f, fd, "{\"method\":\"log\",\"params\":{\"id\":\"last\",\"follow\":true}}\n");
+	assert_string_equal(json_string_value(json_object_get(ok_result(r), "output")), "db_password=hunter2\n");
+	json_decref(r);
+
+	/* log -f of an active run: existing output, new output, final status. */
+	r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"deploy\"}}\n");
+	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "id")), 2);
+	assert_true(json_is_true(json_object_get(ok_result(r), "queued")));
+	json_decref(r);
+	fd2 = client_connect(f);
+	r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"deploy\"}}\n");
+	assert_string_equal(err_code(r), "busy");
+	json_decref(r);
+	r = call(f, fd2, "{\"method\":\"log\",\"params\":{\"id\":2,\"follow\":true}}\n");
+	assert_string_equal(json_string_value(json_object_get(r, "event")), "output");
+	json_decref(r);
+	for (;;) {
+		r = pump_line(f, fd2);
+		assert_non_null(r);
+		if (json_object_get(r, "ok"))
+			break;
+		json_decref(r);
+	}
+	assert_string_equal(json_string_value(json_object_get(ok_result(r), "status")), "success");
+	json_decref(r);
+	close(fd2);
+	close(fd);
+}
+
+static void test_disconnect_mid_stream(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
+	assert_string_equal(json_string_value(json_object_get(r, "event")), "run-queued");
+	json_decref(r);
+	assert_non_null(f->engine->watches);
+	close(fd);
+	/* The watch goes with the client. */
+	while (f->engine->watches)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	while (f->engine->active_id)
+		uv_run(&f->loop, UV_RUN_ONCE);
+}
+
+static void test_idle_client_does_not_block(void **state)
+{
+	struct fx *f = *state;
+	int idle = client_connect(f), fd = client_connect(f);
+	json_t *r;
+
+	client_send(idle, "{\"method\":\"sta"); /* half a request, then silence */
+	r = call(f, fd, "{\"method\":\"status\"}\n");
+	ok_result(r);
+	json_decref(r);
+	close(idle);
+	close(fd);
+}
+
+static void test_per_uid_limit(void **state)
+{
+	struct fx *f = *state;
+	int fds[PROTO_MAX_CLIENTS_PER_UID + 1];
+	json_t *r;
+
+	for (int i = 0; i < PROTO_MAX_CLIENTS_PER_UID; i++) {
+		fds[i] = client_connect(f);
+		r = call(f, fds[i], "{\"method\":\"version\"}\n");
+		ok_result(r);
+		json_decref(r);
+	}
+	fds[PROTO_MAX_CLIENTS_PER_UID] = client_connect(f);
+	r = pump_line(f, fds[PROTO_MAX_CLIENTS_PER_UID]);
+	assert_string_equal(err_code(r), "limit");
+	json_decref(r);
+	assert_null(pump_line(f, fds[PROTO_MAX_CLIENTS_PER_UID]));
+	for (int i = 0; i <= PROTO_MAX_CLIENTS_PER_UID; i++)
+		close(fds[i]);
+	/* Slots free up once the server sees the closes. */
+	for (;;) {
+		int fd = client_connect(f);
+		r = call(f, fd, "{\"method\":\"version\"}\n");
+		close(fd);
+		if (json_is_true(json_object_get(r, "ok"))) {
+			json_decref(r);
+			break;
+		}
+		json_decref(r);
+	}
+}
+
+/* As nobody, in a child: privileged methods are refused, secrets hidden. */
+static int unprivileged_child(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char buf[8192];
+	size_t len = 0;
+	int fd;
+	const char *req = "{\"method\":\"run\",\"params\":{\"event\":\"configure\"}}\n"
+			  "{\"method\":\"pause\"}\n"
+			  "{\"method\":\"stack\"}\n"
+			  "{\"method\":\"log\",\"params\":{\"id\":1}}\n"
+			  "{\"method\":\"status\"}\n";
+
+	if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+		return 10;
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return 11;
+	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req))
+		return 12;
+	shutdown(fd, SHUT_WR);
+	for (;;) {
+		ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	if (!strstr(buf, "{\"ok\":false,\"error\":{\"code\":\"permission-denied\""))
+		return 13;
+	if (strstr(buf, "s3cr3t") || strstr(buf, "AKIA") || !strstr(buf, "\"aws_secret\":\"***\""))
+		return 14;
+	if (strstr(buf, "hunter2") || !strstr(buf, "db_password=***"))
+		return 15;
+	if (!strstr(buf, "\"state\":\"idle\""))
+		return 16;
+	return 0;
+}
+
+static void test_unprivileged(void **state)
+{
+	struct fx *f = *state;
+	int fd, status = 0;
+	json_t *r;
+	pid_t pid;
+
+	if (geteuid() != 0)
+		skip();
+	/* A finished run with a secret in its log. */
+	fd = client_connect(f);
+	r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
+	while (!json_object_get(r, "ok")) {
+		json_decref(r);
+		r = pump_line(f, fd);
+	}
+	json_decref(r);
+	close(fd);
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(unprivileged_child(f->sock));
+	for (;;) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			break;
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static void test_stale_socket_and_in_use(void **state)
+{
+	struct fx *f = *state;
+	struct control *second = NULL;
+
+	/* A live server on the path: a second one refuses to take it over. */
+	assert_int_equal(control_new(&f->loop, &f->config, f->engine, -1, &second), -EADDRINUSE);
+	assert_null(second);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_version_status, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_run_wait_and_log, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_disconnect_mid_stream, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_client_does_not_block, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_per_uid_limit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unprivileged, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stale_socket_and_in_use, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
