@@ -78,16 +78,22 @@ class Agent:
             f.write(data)
         os.rename(tmp, self.stack_path)
 
-    def start(self, wait=True, env=None):
+    def start(self, wait=True, env=None, valgrind=False):
         self.stderr = open(self.stderr_path, "ab")
         e = dict(os.environ)
         e.pop("NOTIFY_SOCKET", None)
         if env:
             e.update(env)
-        self.proc = subprocess.Popen([AGENTD, "-d", "--config", self.conf_path], stdout=self.stderr,
-                                     stderr=self.stderr, env=e)
+        cmd = [AGENTD, "-d", "--config", self.conf_path]
+        if valgrind:
+            # Exit status 99 when valgrind found errors or definite leaks.
+            cmd = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
+                   "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
+                   "--track-fds=no"] + cmd
+        self.proc = subprocess.Popen(cmd, stdout=self.stderr, stderr=self.stderr, env=e)
         if wait:
-            wait_for(lambda: self.ctl_ok("status"), what="agentd to answer on its socket")
+            wait_for(lambda: self.ctl_ok("status"), timeout=60 if valgrind else 10,
+                     what="agentd to answer on its socket")
         return self
 
     def ctl(self, *args, user=None, timeout=30, check=None):
@@ -114,14 +120,14 @@ class Agent:
     def runs(self):
         return self.ctl_json("runs", "-n", "100")["runs"]
 
-    def wait_idle(self, timeout=20):
+    def wait_idle(self, timeout=30):
         """Waits until nothing is running or queued."""
         def idle():
             s = self.status()
             return s["current_run"] is None and not s["queue"] and s
         return wait_for(idle, timeout, "agentd to be idle")
 
-    def wait_runs(self, n, timeout=20):
+    def wait_runs(self, n, timeout=30):
         return wait_for(lambda: len(self.finished_runs()) >= n and self.finished_runs(), timeout,
                         f"{n} finished runs")
 
