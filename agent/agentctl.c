@@ -113,6 +113,23 @@ static void format_duration(char *out, size_t n, long long s)
 		(void)snprintf(out, n, "%llds", s);
 }
 
+/* Steps are numbered from 1 for people, as in the run log. */
+static const char *step_number(const json_t *index)
+{
+	static char num[32];
+
+	if (!json_is_integer(index))
+		return "-";
+	(void)snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(index) + 1);
+	return num;
+}
+
+/* Milliseconds with one decimal, the way the run log shows them. */
+static char *ms_cell(const json_t *v)
+{
+	return json_is_number(v) ? xasprintf("%.1f", json_number_value(v)) : xstrdup("-");
+}
+
 /* "12 configure success", plus the layer and app when set. */
 static void run_summary(struct buf *b, const json_t *run)
 {
@@ -314,11 +331,11 @@ static int print_show(const json_t *r)
 	json_array_foreach(steps, i, step)
 	{
 		json_t *idx = json_object_get(step, "index");
-		cells[i * 6] = json_is_integer(idx) ? cell(idx) : xasprintf("%zu", i + 1);
+		cells[i * 6] = json_is_integer(idx) ? xstrdup(step_number(idx)) : xasprintf("%zu", i + 1);
 		cells[i * 6 + 1] = cell(json_object_get(step, "kind"));
 		cells[i * 6 + 2] = cell(json_object_get(step, "target"));
 		cells[i * 6 + 3] = cell(json_object_get(step, "status"));
-		cells[i * 6 + 4] = cell(json_object_get(step, "duration_ms"));
+		cells[i * 6 + 4] = ms_cell(json_object_get(step, "duration_ms"));
 		cells[i * 6 + 5] = json_object_get(step, "error") ? cell(json_object_get(step, "error")) : xstrdup("");
 	}
 	print_table(header, 6, cells, n);
@@ -437,15 +454,15 @@ static void print_event(const json_t *ev)
 	else if (strcmp(name, "run-started") == 0)
 		printf("Run %s started.\n", str_or_dash(run));
 	else if (strcmp(name, "step-started") == 0) {
-		printf("[%s] %s", str_or_dash(json_object_get(ev, "index")), str_or_dash(json_object_get(ev, "kind")));
+		printf("[%s] %s", step_number(json_object_get(ev, "index")), str_or_dash(json_object_get(ev, "kind")));
 		printf(" %s\n", str_or_dash(json_object_get(ev, "target")));
 	} else if (strcmp(name, "step-finished") == 0) {
 		const json_t *ms = json_object_get(ev, "duration_ms");
 		const json_t *err = json_object_get(ev, "error");
 
-		printf("[%s] %s", str_or_dash(json_object_get(ev, "index")), str_or_dash(json_object_get(ev, "status")));
+		printf("[%s] %s", step_number(json_object_get(ev, "index")), str_or_dash(json_object_get(ev, "status")));
 		if (json_is_number(ms))
-			printf(" (%s ms)", str_or_dash(ms));
+			printf(" (%.1f ms)", json_number_value(ms));
 		if (json_is_string(err))
 			printf(": %s", json_string_value(err));
 		printf("\n");

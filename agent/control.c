@@ -429,49 +429,59 @@ static void client_stream_end(struct client *c)
 	client_arm_timer(c);
 }
 
+/* Output events carry raw process output, which need not be UTF-8 (and the
+ * engine may build them without checking): rebuilt here as valid JSON text,
+ * and redacted for callers that are not privileged. */
+static json_t *output_event(struct client *c, const json_t *ev)
+{
+	json_t *data = json_object_get(ev, "data");
+	json_t *text = proto_string_lossy(json_string_value(data), json_string_length(data));
+	json_t *out;
+
+	if (!client_privileged(c)) {
+		_cleanup_free_ char *red = proto_redact_text(json_string_value(text));
+		json_decref(text);
+		text = json_string(red);
+	}
+	out = json_deep_copy(ev);
+	json_object_set_new(out, "data", text ? text : json_string(""));
+	return out;
+}
+
 static void on_watch_event(void *userdata, const json_t *ev)
 {
 	struct client *c = userdata;
 	struct control *ctl = c->ctl;
 	const char *name = json_string_value(json_object_get(ev, "event"));
 	json_t *run = json_object_get(ev, "run");
+	bool output, finished;
 
 	if (c->closing || c->stream == STREAM_NONE || !name || !json_is_integer(run) ||
 	    json_integer_value(run) != c->stream_run)
 		return;
+	output = strcmp(name, "output") == 0;
+	finished = strcmp(name, "run-finished") == 0;
 
 	ctl->in_engine_cb++;
-	if (c->stream == STREAM_LOG) {
-		if (strcmp(name, "output") == 0) {
-			const char *data = json_string_value(json_object_get(ev, "data"));
-			json_t *out;
-
-			if (!client_privileged(c)) {
-				_cleanup_free_ char *red = proto_redact_text(data ? data : "");
-				out = json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)c->stream_run,
-						"data", red);
-			} else
-				out = json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)c->stream_run,
-						"data", data ? data : "");
-			client_send_new(c, out);
-		} else if (strcmp(name, "run-finished") == 0) {
-			json_t *status = json_object_get(ev, "status");
-			client_send_new(c, proto_reply_ok(json_pack("{s:I, s:O}", "id", (json_int_t)c->stream_run,
-								     "status", status ? status : json_null())));
-			client_stream_end(c);
-		}
-	} else if (c->stream == STREAM_RUN) {
+	if (output)
+		client_send_new(c, output_event(c, ev));
+	else if (c->stream == STREAM_RUN)
 		client_send(c, ev);
-		if (strcmp(name, "run-finished") == 0) {
-			json_t *info = engine_run_info(ctl->engine, c->stream_run);
-			if (!info) {
-				json_t *status = json_object_get(ev, "status");
-				info = json_pack("{s:I, s:O}", "id", (json_int_t)c->stream_run, "status",
-						 status ? status : json_null());
-			}
-			client_send_new(c, proto_reply_ok(info));
-			client_stream_end(c);
+
+	if (finished && c->stream == STREAM_LOG) {
+		json_t *status = json_object_get(ev, "status");
+		client_send_new(c, proto_reply_ok(json_pack("{s:I, s:O}", "id", (json_int_t)c->stream_run, "status",
+							     status ? status : json_null())));
+		client_stream_end(c);
+	} else if (finished && c->stream == STREAM_RUN) {
+		json_t *info = engine_run_info(ctl->engine, c->stream_run);
+		if (!info) {
+			json_t *status = json_object_get(ev, "status");
+			info = json_pack("{s:I, s:O}", "id", (json_int_t)c->stream_run, "status",
+					 status ? status : json_null());
 		}
+		client_send_new(c, proto_reply_ok(info));
+		client_stream_end(c);
 	}
 	ctl->in_engine_cb--;
 }

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* libFuzzer target for the control protocol as the server sees it: bytes
+ * arrive in arbitrary chunks through proto_reader, each line is parsed as a
+ * request, redacted, re-encoded, and run output is redacted as text. Checks
+ * that lines stay within the cap, that a redacted document keeps no value
+ * under a secret key, and that every encoded reply is one line. */
+#include <assert.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto.h"
+#include "util.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void check_redacted(const json_t *v)
+{
+	const char *k;
+	json_t *x;
+	size_t i;
+
+	if (json_is_object(v)) {
+		json_object_foreach((json_t *)v, k, x)
+		{
+			if (key_is_secret(k))
+				assert(json_is_string(x) && strcmp(json_string_value(x), "***") == 0);
+			else
+				check_redacted(x);
+		}
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, x) check_redacted(x);
+	}
+}
+
+static void check_one_line(const json_t *v)
+{
+	size_t len = 0;
+	char *line = proto_encode_line(v, &len);
+
+	assert(line);
+	assert(len > 0 && line[len - 1] == '\n');
+	assert(memchr(line, '\n', len - 1) == NULL);
+	free(line);
+}
+
+static void handle_line(const char *line)
+{
+	json_error_t jerr;
+	json_t *req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr), *red, *reply;
+	char *text;
+
+	if (req && json_is_object(req)) {
+		const struct proto_method *m = proto_method_find(json_string_value(json_object_get(req, "method")));
+		if (m)
+			assert(m->priv == PROTO_OPEN || m->priv == PROTO_PRIV);
+		red = proto_redact(req);
+		assert(red);
+		check_redacted(red);
+		check_one_line(red);
+		json_decref(red);
+	}
+	json_decref(req);
+
+	/* The line as if it were run output shown to an unprivileged caller. */
+	text = proto_redact_text(line);
+	assert(text);
+	reply = proto_reply_ok(json_pack("{s:s, s:o}", "output", text, "raw", proto_string_lossy(line, strlen(line))));
+	assert(reply);
+	check_one_line(reply);
+	json_decref(reply);
+	free(text);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct proto_reader r;
+	size_t off = 0;
+	/* A small cap so that overlong lines are exercised with small inputs. */
+	size_t max = size > 0 ? 16 + data[0] * 4 : 64;
+
+	proto_reader_init(&r, max);
+	while (off < size) {
+		/* Chunk sizes from the input itself: 1..16 bytes. */
+		size_t chunk = (size_t)(data[off] % 16) + 1;
+		char *line = NULL;
+		int ret;
+
+		if (chunk > size - off)
+			chunk = size - off;
+		proto_reader_feed(&r, (const char *)data + off, chunk);
+		off += chunk;
+		assert(r.cap <= 2 * (max + 1) + 4096 + 16 * 2);
+		while ((ret = proto_reader_next(&r, &line)) != 0) {
+			assert(ret == 1 || ret == -EMSGSIZE || ret == -EBADMSG);
+			if (ret == 1) {
+				assert(strlen(line) < max);
+				handle_line(line);
+				free(line);
+			}
+		}
+	}
+	proto_reader_free(&r);
+	return 0;
+}
