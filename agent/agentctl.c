@@ -937,7 +937,7 @@ static int run_verb(const struct verb *v, struct request *req, const char *socke
 
 int main(int argc, char **argv)
 {
-	char **rest;
+	_cleanup_free_ char **rest = NULL;
 	int nrest = 0, r;
 	const struct verb *verb = NULL;
 	struct request req = { 0 };
@@ -991,6 +991,5 @@ int main(int argc, char **argv)
 	(void)verb->parse(nrest, rest, &req);
 	r = run_verb(verb, &req, arg_socket);
 	json_decref(req.params);
-	free(rest);
 	return r;
 }

@@ -14,9 +14,10 @@
  *   (log with follow, run with wait) is active, later requests wait in the
  *   reader (reading stops once a full request's worth is buffered) and are
  *   answered after the stream's final reply.
- * - EOF with no stream active: the requests already received are answered,
- *   then the connection is closed. EOF during a stream means the client went
- *   away: the stream and its engine watch end at once.
+ * - EOF: the requests already received are answered, then the connection is
+ *   closed. A client that only shut down its sending side (socat, nc -N)
+ *   still gets a stream it asked for; one that closed the socket (POLLHUP)
+ *   is gone, and its stream and engine watch end at once.
  * - Beyond PROTO_MAX_CLIENTS (or PROTO_MAX_CLIENTS_PER_UID for one uid) a
  *   new connection gets one "limit" error line and is closed.
  * - Run output shown to unprivileged callers (log) goes through
@@ -28,6 +29,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
@@ -865,6 +867,20 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init(c->ctl->readbuf, sizeof(c->ctl->readbuf));
 }
 
+/* After EOF: did the peer close the socket, or only shut down its side? */
+static bool client_peer_gone(struct client *c)
+{
+	struct pollfd p = { .events = POLLOUT };
+	uv_os_fd_t fd;
+
+	if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+		return true;
+	p.fd = fd;
+	if (poll(&p, 1, 0) < 0)
+		return true;
+	return (p.revents & (POLLHUP | POLLERR)) != 0;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
 	struct client *c = s->data;
@@ -875,7 +891,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		proto_reader_feed(&c->reader, buf->base, (size_t)nread);
 		client_process(c);
 	} else if (nread < 0) {
-		if (nread != UV_EOF || c->stream != STREAM_NONE) {
+		if (nread != UV_EOF || (c->stream != STREAM_NONE && client_peer_gone(c))) {
 			client_close(c);
 			return;
 		}

@@ -579,6 +579,29 @@ static void test_disconnect_mid_stream(void **state)
 		uv_run(&f->loop, UV_RUN_ONCE);
 }
 
+static void test_half_close_keeps_the_stream(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	/* Like socat: the request, then shutdown of the sending side only. */
+	client_send(fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
+	shutdown(fd, SHUT_WR);
+	for (;;) {
+		r = pump_line(f, fd);
+		assert_non_null(r);
+		if (json_object_get(r, "ok"))
+			break;
+		json_decref(r);
+	}
+	assert_string_equal(json_string_value(json_object_get(ok_result(r), "status")), "success");
+	json_decref(r);
+	assert_null(pump_line(f, fd));
+	assert_null(f->engine->watches);
+	close(fd);
+}
+
 static void test_idle_client_does_not_block(void **state)
 {
 	struct fx *f = *state;
@@ -717,6 +740,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_run_wait_and_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_disconnect_mid_stream, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_half_close_keeps_the_stream, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idle_client_does_not_block, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_per_uid_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unprivileged, setup, teardown),
