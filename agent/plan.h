@@ -71,6 +71,9 @@ struct step {
 	char *error;             /* owned, set when failed */
 	int64_t duration_us;
 	struct step_env const *env; /* borrowed while running */
+
+	/* Added after the first version of this header. */
+	char *message;           /* owned, may be NULL: what a note says (notes are "skipped", not failed) */
 };
 
 struct plan {
@@ -94,7 +97,14 @@ struct step *plan_add_file(struct plan *p, const char *path, const void *content
 			   const char *owner, const char *group, char **ret_error);
 struct step *plan_add_dir(struct plan *p, const char *path, mode_t mode, const char *owner, const char *group,
 			  char **ret_error);
+/* link_target is the symlink's content. An absolute target is joined under
+ * root too (refusing ".."), so that links resolve inside a test root; a
+ * relative one is stored as given. An existing link pointing elsewhere, or
+ * a file, is replaced atomically (new link + rename); a directory in the
+ * way is an error. */
 struct step *plan_add_link(struct plan *p, const char *path, const char *link_target, char **ret_error);
+/* Removes a file or link; a directory only when recursive (the tree is
+ * removed without following symlinks and without crossing file systems). */
 struct step *plan_add_absent(struct plan *p, const char *path, bool recursive, char **ret_error);
 
 struct exec_step_opts {
@@ -116,7 +126,9 @@ struct step *plan_add_exec(struct plan *p, const char *target, const struct exec
 /* A note: always "skipped" with a message (e.g. a recipe that has nothing to do here). */
 struct step *plan_add_note(struct plan *p, const char *target, const char *message);
 
-/* Adds a guard to s. */
+/* Adds a guard to s. When none of the named steps changed in this
+ * execution, s is not applied and its status is "skipped" (it was not
+ * needed); an unless_exists path that exists gives "unchanged". */
 void step_only_if_changed(struct step *s, const char *id);
 
 /* Executor. */
@@ -132,6 +144,12 @@ struct plan_exec_cbs {
 	void (*set_input_hash)(void *userdata, const char *key, uint64_t hash);
 };
 
+/* Starts executing p on loop; nothing runs before the next loop iteration.
+ * Every step gets on_step_done, also the ones skipped after a failure or a
+ * cancel (those get no on_step_start). Steps that finish synchronously run
+ * back to back in one iteration. on_done is always called from the loop,
+ * never from inside plan_execute(); the struct plan_exec is freed after it
+ * returns. p and env->root must stay valid until then. */
 int plan_execute(uv_loop_t *loop, struct plan *p, const struct step_env *env, const struct plan_exec_cbs *cbs,
 		 void *userdata, struct plan_exec **ret);
 /* Lets the current step finish, then skips the rest and calls on_done(failed=true).
@@ -147,11 +165,17 @@ struct step *plan_exec_current(struct plan_exec *x);
 /* Whether a step id has changed in this execution (for guards and kinds). */
 bool plan_exec_step_changed(struct plan_exec *x, const char *id);
 
-/* Dry run of the whole plan: {"steps": [{"kind","target","recipe","layer","action","diff"?,"error"?}]}.
- * Guards are evaluated as if every step before would do what it says. When
- * redact is true, diffs of secret steps are replaced by a note. */
+/* Dry run of the whole plan: {"steps": [{"kind","target","recipe","layer","action","diff"?,"error"?,
+ * "message"?}]}; recipe and layer are null when unset, message is a note's.
+ * A step whose describe fails has its error and action "fail". Guards are
+ * evaluated as if every step before would do what it says (an action other
+ * than "none" counts as a change); a guard that would stop a step gives
+ * action "none". When redact is true, diffs of secret steps are replaced by
+ * "(diff hidden: contains secrets)". */
 json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact);
 
-/* Unified diff of a and b labelled with path ("--- a/path", "+++ b/path"), 3 lines of
- * context; NULL when equal. Used by the file kind; exposed for tests. */
+/* Unified diff of a and b labelled with path ("--- path", "+++ path"), 3 lines of
+ * context, as `diff -u` prints it; NULL when equal. Content with a NUL byte
+ * gives "Binary files path differ"; inputs over 4 MiB or 50000 lines give
+ * one hunk replacing everything. Used by the file kind; exposed for tests. */
 char *diff_unified(const char *path, const char *a, size_t alen, const char *b, size_t blen);

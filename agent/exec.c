@@ -1,0 +1,416 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Child processes through uv_spawn (see exec.h).
+ *
+ * Lifetime of a struct exec: it owns a uv_process_t, the uv_pipe_t its
+ * output arrives on, a uv_pipe_t for stdin when there is stdin data, and two
+ * timers (the timeout, and a shared one for "SIGKILL after the grace period"
+ * and "EOF did not come after the exit"). done_cb runs once, when the child
+ * has exited and its output pipe has reached EOF; then every handle is
+ * closed and the struct is freed in the last close callback.
+ *
+ * The child runs in its own session (UV_PROCESS_DETACHED, so setsid()), which
+ * makes its pid the process group id of everything it starts: a timeout or a
+ * terminate signals the whole group, so a recipe's grandchildren die too. The
+ * group id cannot be reused by another process while any member is alive,
+ * so signalling it after the child itself was reaped is safe. */
+#include "exec.h"
+
+#include <errno.h>
+#include <pwd.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+/* How long we wait for EOF on the output pipe after the child exited: a
+ * grandchild that daemonised without closing its stdout must not hold the
+ * step open forever. */
+#define EXEC_EOF_WAIT_MS 2000
+#define EXEC_KILL_AFTER_DEFAULT_MS 5000
+
+struct exec {
+	uv_loop_t *loop;            /* borrowed */
+	uv_process_t proc;
+	uv_pipe_t out;              /* stdout and stderr of the child, read end */
+	uv_pipe_t in;               /* stdin of the child, when there is data */
+	uv_timer_t timeout;         /* the timeout; also "run done_cb next iteration" after a spawn failure */
+	uv_timer_t kill;            /* SIGKILL after the grace period, and the wait for EOF after the exit */
+	uv_write_t write_req;
+
+	exec_output_cb output_cb;
+	exec_done_cb done_cb;
+	void *userdata;
+
+	long timeout_ms;
+	long kill_after_ms;
+	pid_t pgid;                 /* 0 when not started */
+
+	bool proc_init, out_init, in_init, timeout_init, kill_init;
+	bool in_closed;             /* stdin pipe closed (after the write, or never opened) */
+	bool exited;                /* exit_cb fired */
+	bool eof;                   /* output pipe reached EOF (or was given up on) */
+	bool terminating;           /* SIGTERM sent: SIGKILL follows after the grace */
+	bool killed;                /* SIGKILL sent */
+	bool done;                  /* done_cb called */
+	bool freeing;               /* exec_free() ran: free when the last close completes */
+	unsigned pending_closes;
+
+	struct exec_result result;
+};
+
+static void exec_maybe_done(struct exec *e);
+
+static void on_close(uv_handle_t *h)
+{
+	struct exec *e = h->data;
+
+	/* The stdin pipe closes early, while the child runs: only the last
+	 * close after exec_free() frees the struct. */
+	if (--e->pending_closes == 0 && e->freeing)
+		free(e);
+}
+
+static void exec_close_handle(struct exec *e, uv_handle_t *h, bool *initialised)
+{
+	if (!*initialised)
+		return;
+	*initialised = false;
+	if (uv_is_closing(h))
+		return;
+	e->pending_closes++;
+	uv_close(h, on_close);
+}
+
+/* Closes everything; the struct is freed once the last handle is closed
+ * (close callbacks never run synchronously inside uv_close()). */
+static void exec_free(struct exec *e)
+{
+	e->freeing = true;
+	exec_close_handle(e, (uv_handle_t *)&e->proc, &e->proc_init);
+	exec_close_handle(e, (uv_handle_t *)&e->out, &e->out_init);
+	exec_close_handle(e, (uv_handle_t *)&e->in, &e->in_init);
+	exec_close_handle(e, (uv_handle_t *)&e->timeout, &e->timeout_init);
+	exec_close_handle(e, (uv_handle_t *)&e->kill, &e->kill_init);
+	if (e->pending_closes == 0)
+		free(e);
+}
+
+static void exec_signal_group(struct exec *e, int sig)
+{
+	if (e->pgid <= 0)
+		return;
+	/* ESRCH: the whole group is gone already, which is what we wanted. */
+	if (kill(-e->pgid, sig) < 0 && errno != ESRCH)
+		log_warn("Failed to send signal %d to process group %d: %m", sig, (int)e->pgid);
+}
+
+static void on_kill_timer(uv_timer_t *t)
+{
+	struct exec *e = t->data;
+
+	if (e->exited && !e->eof) {
+		/* The EOF wait ran out: some grandchild still holds the output
+		 * pipe. If we are killing the group anyway, finish the job. */
+		if (e->terminating && !e->killed) {
+			e->killed = true;
+			exec_signal_group(e, SIGKILL);
+		}
+		(void)uv_read_stop((uv_stream_t *)&e->out);
+		e->eof = true;
+		exec_maybe_done(e);
+		return;
+	}
+	if (e->terminating && !e->killed) {
+		e->killed = true;
+		exec_signal_group(e, SIGKILL);
+	}
+}
+
+static void exec_start_terminate(struct exec *e, int sig)
+{
+	if (e->terminating || e->done || e->pgid <= 0)
+		return;
+	e->terminating = true;
+	exec_signal_group(e, sig);
+	/* When the child already exited, the kill timer is busy waiting for EOF;
+	 * on_kill_timer sends the SIGKILL then. */
+	if (!e->exited && e->kill_init)
+		(void)uv_timer_start(&e->kill, on_kill_timer, (uint64_t)e->kill_after_ms, 0);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+	struct exec *e = t->data;
+
+	if (e->exited)
+		return;
+	e->result.timed_out = true;
+	exec_start_terminate(e, SIGTERM);
+}
+
+/* After a spawn failure: done_cb runs from here, on the next loop iteration. */
+static void on_spawn_failed(uv_timer_t *t)
+{
+	struct exec *e = t->data;
+
+	e->exited = true;
+	e->eof = true;
+	exec_maybe_done(e);
+}
+
+static void exec_maybe_done(struct exec *e)
+{
+	if (e->done || !e->exited || !e->eof)
+		return;
+	e->done = true;
+	if (e->done_cb)
+		e->done_cb(e->userdata, &e->result);
+	exec_free(e);
+}
+
+static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
+{
+	struct exec *e = p->data;
+
+	e->exited = true;
+	e->result.exit_status = (int)exit_status;
+	e->result.term_signal = term_signal;
+	(void)uv_timer_stop(&e->timeout);
+	(void)uv_timer_stop(&e->kill);
+	if (!e->eof)
+		(void)uv_timer_start(&e->kill, on_kill_timer, EXEC_EOF_WAIT_MS, 0);
+	exec_maybe_done(e);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+	static char slab[65536];
+
+	/* Reads are delivered synchronously to output_cb before the next read,
+	 * so one static slab serves every child. */
+	b->base = slab;
+	b->len = sizeof(slab);
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+	struct exec *e = s->data;
+
+	if (n > 0) {
+		if (e->output_cb)
+			e->output_cb(e->userdata, b->base, (size_t)n);
+		return;
+	}
+	if (n == 0)
+		return;
+	if (n != UV_EOF)
+		log_warn("Failed to read child output: %s", uv_strerror((int)n));
+	(void)uv_read_stop(s);
+	e->eof = true;
+	if (e->exited)
+		(void)uv_timer_stop(&e->kill);
+	exec_maybe_done(e);
+}
+
+static void on_stdin_written(uv_write_t *req, int status)
+{
+	struct exec *e = req->data;
+
+	/* A child that does not read its stdin (EPIPE, ECONNRESET) is fine. */
+	if (status < 0 && status != UV_EPIPE && status != UV_ECONNRESET && status != UV_ECANCELED)
+		log_debug("Failed to write child stdin: %s", uv_strerror(status));
+	exec_close_handle(e, (uv_handle_t *)&e->in, &e->in_init);
+}
+
+static int exec_resolve_user(const char *user, uid_t *ret_uid, gid_t *ret_gid)
+{
+	struct passwd pw, *res = NULL;
+	char stackbuf[1024];
+	long sz = sysconf(_SC_GETPW_R_SIZE_MAX);
+	size_t n = sz > 0 ? (size_t)sz : 16384;
+	char *heapbuf = NULL;
+	int r;
+
+	for (;;) {
+		char *b = n <= sizeof(stackbuf) ? stackbuf : (heapbuf = xrealloc(heapbuf, n));
+		r = getpwnam_r(user, &pw, b, n, &res);
+		if (r != ERANGE || n > (1u << 20))
+			break;
+		n *= 2;
+	}
+	if (r == 0 && res) {
+		*ret_uid = pw.pw_uid;
+		*ret_gid = pw.pw_gid;
+	}
+	free(heapbuf);
+	if (r != 0)
+		return -r;
+	return res ? 0 : -ENOENT;
+}
+
+/* Writes to a child's stdin pipe must not kill the daemon when the child
+ * does not read it: we want EPIPE from the write, not SIGPIPE. The main
+ * program ignores SIGPIPE too; this also covers tests and other embedders.
+ * Children get default dispositions back from libuv. */
+static void exec_ignore_sigpipe(void)
+{
+	static bool done;
+	struct sigaction sa;
+
+	if (done)
+		return;
+	done = true;
+	if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+		(void)signal(SIGPIPE, SIG_IGN);
+}
+
+int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb, exec_done_cb done_cb,
+	       void *userdata, struct exec **ret)
+{
+	static char *const empty_env[] = { NULL };
+	uv_process_options_t po = { 0 };
+	uv_stdio_container_t stdio[3];
+	uv_file fds[2] = { -1, -1 };
+	struct exec *e;
+	int r;
+
+	if (!opts || !opts->argv || !opts->argv[0])
+		return -EINVAL;
+
+	exec_ignore_sigpipe();
+
+	e = xcalloc(1, sizeof(*e));
+	e->loop = loop;
+	e->output_cb = output_cb;
+	e->done_cb = done_cb;
+	e->userdata = userdata;
+	e->timeout_ms = opts->timeout_ms;
+	e->kill_after_ms = opts->kill_after_ms > 0 ? opts->kill_after_ms : EXEC_KILL_AFTER_DEFAULT_MS;
+	e->proc.data = e->out.data = e->in.data = e->timeout.data = e->kill.data = e;
+	e->write_req.data = e;
+
+	(void)uv_timer_init(loop, &e->timeout);
+	e->timeout_init = true;
+	(void)uv_timer_init(loop, &e->kill);
+	e->kill_init = true;
+
+	po.exit_cb = on_exit_cb;
+	po.file = opts->argv[0];
+	po.args = (char **)opts->argv;
+	po.env = (char **)(opts->env ? opts->env : empty_env);
+	po.cwd = opts->cwd;
+	po.flags = UV_PROCESS_DETACHED;
+	if (opts->user) {
+		uid_t uid = 0;
+		gid_t gid = 0;
+
+		r = exec_resolve_user(opts->user, &uid, &gid);
+		if (r < 0) {
+			e->result.spawn_error = r;
+			goto spawn_failed;
+		}
+		po.uid = uid;
+		po.gid = gid;
+		po.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
+	}
+
+	/* One pipe for stdout and stderr: libuv cannot hand the same
+	 * UV_CREATE_PIPE to two slots, so we make the pipe ourselves and let
+	 * the child inherit its write end twice. Both ends are O_CLOEXEC, so
+	 * other children never inherit them. */
+	r = uv_pipe(fds, UV_NONBLOCK_PIPE, 0);
+	if (r < 0) {
+		e->result.spawn_error = r;
+		goto spawn_failed;
+	}
+	(void)uv_pipe_init(loop, &e->out, 0);
+	e->out_init = true;
+	r = uv_pipe_open(&e->out, fds[0]);
+	if (r < 0) {
+		(void)close(fds[0]);
+		(void)close(fds[1]);
+		e->result.spawn_error = r;
+		goto spawn_failed;
+	}
+
+	if (opts->stdin_data) {
+		(void)uv_pipe_init(loop, &e->in, 0);
+		e->in_init = true;
+		stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
+		stdio[0].data.stream = (uv_stream_t *)&e->in;
+	} else {
+		stdio[0].flags = UV_IGNORE;
+	}
+	stdio[1].flags = UV_INHERIT_FD;
+	stdio[1].data.fd = fds[1];
+	stdio[2].flags = UV_INHERIT_FD;
+	stdio[2].data.fd = fds[1];
+	po.stdio = stdio;
+	po.stdio_count = 3;
+
+	e->proc_init = true;
+	r = uv_spawn(loop, &e->proc, &po);
+	(void)close(fds[1]);
+	if (r < 0) {
+		e->result.spawn_error = r;
+		goto spawn_failed;
+	}
+	e->pgid = e->proc.pid;
+
+	r = uv_read_start((uv_stream_t *)&e->out, on_alloc, on_read);
+	if (r < 0) {
+		/* Should not happen on a fresh pipe; without a reader we would
+		 * never see EOF, so stop waiting for it. */
+		log_warn("Failed to read child output: %s", uv_strerror(r));
+		e->eof = true;
+	}
+	if (opts->stdin_data) {
+		uv_buf_t b = uv_buf_init((char *)opts->stdin_data, (unsigned)opts->stdin_len);
+
+		r = uv_write(&e->write_req, (uv_stream_t *)&e->in, &b, 1, on_stdin_written);
+		if (r < 0)
+			exec_close_handle(e, (uv_handle_t *)&e->in, &e->in_init);
+	}
+	if (e->timeout_ms > 0)
+		(void)uv_timer_start(&e->timeout, on_timeout, (uint64_t)e->timeout_ms, 0);
+	if (ret)
+		*ret = e;
+	return 0;
+
+spawn_failed:
+	/* One path for callers: done_cb on the next loop iteration. */
+	(void)uv_timer_start(&e->timeout, on_spawn_failed, 0, 0);
+	if (ret)
+		*ret = e;
+	return 0;
+}
+
+void exec_terminate(struct exec *e)
+{
+	/* Also after the exit while we wait for EOF: then the group is what is
+	 * left, and it is what we want gone. */
+	if (!e || e->done)
+		return;
+	exec_start_terminate(e, SIGTERM);
+}
+
+char *exec_result_describe(const struct exec_result *r, long timeout_ms)
+{
+	if (r->spawn_error)
+		return xasprintf("could not start: %s", strerror(-r->spawn_error));
+	if (r->timed_out) {
+		if (timeout_ms % 1000 == 0)
+			return xasprintf("timed out after %ld s and was killed", timeout_ms / 1000);
+		return xasprintf("timed out after %ld ms and was killed", timeout_ms);
+	}
+	if (r->term_signal) {
+		const char *abbrev = sigabbrev_np(r->term_signal);
+
+		if (abbrev)
+			return xasprintf("killed by signal %d (SIG%s)", r->term_signal, abbrev);
+		return xasprintf("killed by signal %d", r->term_signal);
+	}
+	return xasprintf("exited with status %d", r->exit_status);
+}
