@@ -435,7 +435,17 @@ static long enqueue(struct engine *e, enum event ev, const char *layer, const ch
 	return id;
 }
 
-/* The oldest queued record, or NULL. Retries and stack changes wait while paused. */
+/* Marks a queued run to go before the others: an interrupted event runs
+ * again before what was queued after it (setup before configure). */
+static void queue_to_front(struct engine *e, long id)
+{
+	json_t *rec = run_find(e, id);
+	if (rec)
+		json_object_set_new(rec, "_front", json_true());
+}
+
+/* The next queued record: interrupted events first, then the oldest, or
+ * NULL. Retries and stack changes wait while paused. */
 static json_t *next_queued(struct engine *e)
 {
 	json_t *best = NULL;
@@ -449,7 +459,9 @@ static json_t *next_queued(struct engine *e)
 		if (e->paused && !str_eq(rec_str(rec, "trigger"), "ctl"))
 			continue;
 		long id = (long)json_integer_value(json_object_get(rec, "id"));
-		if (!best || id < best_id) {
+		bool front = json_is_true(json_object_get(rec, "_front"));
+		bool best_front = best && json_is_true(json_object_get(best, "_front"));
+		if (!best || (front && !best_front) || (front == best_front && id < best_id)) {
 			best = rec;
 			best_id = id;
 		}
@@ -701,8 +713,8 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	} else if (interrupted) {
 		/* Stopped by SIGTERM: run the event again on the next start. */
 		json_object_set_new(rec, "_requeued", json_true());
-		enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"), rec_str(rec, "app"),
-			TRIGGER_RETRY, rec_str(rec, "_stack"));
+		queue_to_front(e, enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"),
+					  rec_str(rec, "app"), TRIGGER_RETRY, rec_str(rec, "_stack")));
 		log_warn("Run %ld (%s) interrupted; queued again", a->id, rec_str(rec, "event"));
 	} else {
 		_cleanup_free_ char *k = xasprintf("%s/%s", rec_str(rec, "event"), str_or_empty(rec_str(rec, "layer")));
@@ -1098,8 +1110,8 @@ int engine_start(struct engine *e)
 				json_array_insert(again, 0, rec);
 			}
 		json_array_foreach(again, i, rec)
-			enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"), rec_str(rec, "app"),
-				TRIGGER_RETRY, rec_str(rec, "_stack"));
+			queue_to_front(e, enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"),
+						  rec_str(rec, "app"), TRIGGER_RETRY, rec_str(rec, "_stack")));
 		json_decref(again);
 		engine_persist(e);
 	}

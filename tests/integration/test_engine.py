@@ -233,7 +233,9 @@ def test_sigterm_lets_the_step_finish(make_agent):
     runs = list(reversed(a.runs()))
     assert runs[0]["event"] == "setup" and runs[0]["status"] == "interrupted"
     a.wait_runs(4)
-    assert [r["event"] for r in reversed(a.runs()) if r["status"] == "success"][:1] == ["setup"]
+    # The interrupted setup runs again before the configure queued after it.
+    done = sorted((r for r in a.runs() if r["status"] == "success"), key=lambda r: r["started"])
+    assert [r["event"] for r in done] == ["setup", "configure", "deploy"]
 
 
 def test_failed_run_is_retried_with_backoff_and_cleared(make_agent):
@@ -266,7 +268,8 @@ def test_clear_failed_and_pause(make_agent):
     a = make_agent(stack).start()
     a.wait_runs(3)
     a.ctl("run", "configure", "--layer", "web", "--wait", check=0)
-    stack["agent"]["layers"]["web"]["deploy"] = ["bad"]
+    # Changing the agent key is a Custom JSON change: a configure, which fails.
+    stack["agent"]["layers"]["web"]["configure"] = ["bad"]
     a.write_stack(stack)
     wait_for(lambda: a.status()["state"] == "failed", what="state failed")
     a.ctl("clear-failed", check=0)
@@ -277,7 +280,7 @@ def test_clear_failed_and_pause(make_agent):
     assert st["state"] == "paused" and st["paused"] == "maintenance window"
     n = len(a.runs())
     stack["opsworks"]["layers"]["web"]["instances"]["app5"] = {"private_ip": "10.0.0.5", "status": "online"}
-    stack["agent"]["layers"]["web"]["deploy"] = ["touch"]
+    stack["agent"]["layers"]["web"]["configure"] = ["touch"]
     a.write_stack(stack)
     wait_for(lambda: a.status()["source"]["stack_revision"] != st["source"]["stack_revision"], what="new stack seen")
     assert len(a.runs()) == n
