@@ -165,14 +165,20 @@ static void print_table(const char *const *header, size_t ncols, char **cells, s
 			if (l > width[c])
 				width[c] = l;
 		}
-	for (size_t r = 0; r <= nrows; r++)
-		for (size_t c = 0; c < ncols; c++) {
-			const char *s = r == 0 ? header[c] : cells[(r - 1) * ncols + c];
-			if (c + 1 < ncols)
-				printf("%-*s  ", (int)width[c], s);
+	for (size_t r = 0; r <= nrows; r++) {
+		const char *const *row = r == 0 ? header : (const char *const *)cells + (r - 1) * ncols;
+		size_t last = ncols;
+
+		/* No trailing blanks when the last cells are empty. */
+		while (last > 1 && !*row[last - 1])
+			last--;
+		for (size_t c = 0; c < last; c++) {
+			if (c + 1 < last)
+				printf("%-*s  ", (int)width[c], row[c]);
 			else
-				printf("%s\n", s);
+				printf("%s\n", row[c]);
 		}
+	}
 }
 
 static char *cell(const json_t *v)

@@ -1200,6 +1200,15 @@ int control_new(uv_loop_t *loop, const struct config *config, struct engine *eng
 		return -EINVAL;
 	}
 	log_debug("control: listening on %s", ctl->socket_path ? ctl->socket_path : "a passed socket");
+	if (config && config->admin_group && *config->admin_group) {
+		char buf[16384];
+		struct group grp, *gr = NULL;
+
+		/* Only a hint at startup: membership is resolved again on use. */
+		if (getgrnam_r(config->admin_group, &grp, buf, sizeof(buf), &gr) != 0 || !gr)
+			log_info("control: admin group %s does not exist; privileged methods are for root and uid %u",
+				 config->admin_group, (unsigned)ctl->euid);
+	}
 	*ret = ctl;
 	return 0;
 }

@@ -722,6 +722,66 @@ static void test_unprivileged(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* nobody's primary group is the admin group: privileged. */
+static int admin_group_child(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char buf[8192];
+	size_t len = 0;
+	int fd;
+	const char *req = "{\"method\":\"pause\",\"params\":{\"reason\":\"test\"}}\n"
+			  "{\"method\":\"stack\"}\n";
+
+	if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+		return 10;
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return 11;
+	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req))
+		return 12;
+	shutdown(fd, SHUT_WR);
+	for (;;) {
+		ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	if (strncmp(buf, "{\"ok\":true,\"result\":{}}\n", strlen("{\"ok\":true,\"result\":{}}\n")) != 0)
+		return 13;
+	if (!strstr(buf, "s3cr3t"))
+		return 14;
+	return 0;
+}
+
+static void test_admin_group(void **state)
+{
+	struct fx *f = *state;
+	struct group *gr = getgrgid(65534);
+	int status = 0;
+	pid_t pid;
+
+	if (geteuid() != 0 || !gr)
+		skip();
+	free(f->config.admin_group);
+	f->config.admin_group = xstrdup(gr->gr_name);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(admin_group_child(f->sock));
+	for (;;) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			break;
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_true(f->engine->paused);
+}
+
 static void test_stale_socket_and_in_use(void **state)
 {
 	struct fx *f = *state;
@@ -744,6 +804,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_idle_client_does_not_block, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_per_uid_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unprivileged, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_admin_group, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_socket_and_in_use, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
