@@ -611,7 +611,9 @@ static json_t *step_json(const struct step *s, size_t index)
 	json_object_set_new(o, "status", json_string(step_status_to_string(s->status)));
 	json_object_set_new(o, "duration_ms", json_real((double)s->duration_us / 1000.0));
 	if (s->error)
-		json_object_set_new(o, s->status == STEP_FAILED ? "error" : "note", json_string(s->error));
+		json_object_set_new(o, "error", json_string(s->error));
+	if (s->message)
+		json_object_set_new(o, "message", json_string(s->message));
 	return o;
 }
 
@@ -653,8 +655,8 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	if (s->status == STEP_CHANGED)
 		a->changed++;
 	json_array_append_new(steps, step_json(s, index));
-	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error ? ": " : "",
-		    str_or_empty(s->error), (double)s->duration_us / 1000.0);
+	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error || s->message ? ": " : "",
+		    s->error ? s->error : str_or_empty(s->message), (double)s->duration_us / 1000.0);
 	if (s->status == STEP_FAILED)
 		log_error("Step %s %s failed: %s", s->ops->kind, str_or_empty(s->target), str_or_empty(s->error));
 	ev = step_json(s, index);
