@@ -490,6 +490,24 @@ static void on_watch_event(void *userdata, const json_t *ev)
 
 /* ---- methods ---- */
 
+/* Free text that may quote a file or a command's output (plan diffs, step
+ * errors) goes through proto_redact_text() for unprivileged callers, on top
+ * of whatever the engine redacted. */
+static void redact_step_texts(json_t *doc, const char *key)
+{
+	json_t *steps = json_object_get(doc, "steps"), *step;
+	size_t i;
+
+	json_array_foreach(steps, i, step)
+	{
+		const char *text = json_string_value(json_object_get(step, key));
+		if (text) {
+			_cleanup_free_ char *red = proto_redact_text(text);
+			json_object_set_new(step, key, json_string(red));
+		}
+	}
+}
+
 typedef json_t *(*ctl_handler)(struct client *c, json_t *params);
 
 static json_t *ctl_version(struct client *c, json_t *params)
@@ -566,6 +584,8 @@ static json_t *ctl_run_info(struct client *c, json_t *params)
 	info = engine_run_info(c->ctl->engine, id);
 	if (!info)
 		return proto_reply_error(PROTO_E_NOT_FOUND, "no run %ld", id);
+	if (!client_privileged(c))
+		redact_step_texts(info, "error");
 	return proto_reply_ok(info);
 }
 
@@ -682,6 +702,8 @@ static json_t *ctl_plan(struct client *c, json_t *params)
 	if (r < 0)
 		return reply_engine_error(r, msg);
 	free(msg);
+	if (result && !client_privileged(c))
+		redact_step_texts(result, "diff");
 	return proto_reply_ok(result);
 }
 
