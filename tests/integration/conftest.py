@@ -99,7 +99,9 @@ class Agent:
     def ctl(self, *args, user=None, timeout=30, check=None):
         cmd = [AGENTCTL, "--socket", self.sock] + [str(a) for a in args]
         if user:
-            cmd = ["setpriv", "--reuid=" + user, "--regid=" + user, "--clear-groups"] + cmd
+            import pwd
+            pw = pwd.getpwnam(user)
+            cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"] + cmd
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check is not None and p.returncode != check:
             raise AssertionError(f"{cmd} exited {p.returncode}, expected {check}: {p.stdout}{p.stderr}")
