@@ -641,7 +641,7 @@ static void on_output(void *userdata, struct step *s, const char *data, size_t l
 		json_t *ev = json_object();
 		json_object_set_new(ev, "event", json_string("output"));
 		json_object_set_new(ev, "run", json_integer(a->id));
-		json_object_set_new(ev, "data", json_stringn_nocheck(data, len));
+		json_object_set_new(ev, "data", proto_string_lossy(data, len));
 		emit(e, ev);
 	}
 }
