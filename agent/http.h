@@ -24,13 +24,16 @@ struct http_options {
 	const char *userpwd;           /* "user:password" for basic auth, may be NULL */
 	const char *if_none_match;     /* ETag for a conditional GET, may be NULL */
 	const char *if_modified_since; /* Last-Modified value, may be NULL */
-	const char *output_path;       /* stream the body into this file instead of memory, may be NULL */
+	bool no_proxy;                 /* ignore http_proxy and friends from the environment (IMDS must
+	                                * never go through a proxy: it would add X-Forwarded-For) */
+	const char *output_path;       /* stream the body into this file (O_TRUNC, 0600) instead of memory, may be NULL;
+	                                * on failure it holds what arrived */
 };
 
 struct http_response {
 	long status;                   /* HTTP status, 0 when no response */
 	int curl_code;                 /* CURLcode, 0 on transport success */
-	char *error;                   /* owned: transport error in words, NULL when curl_code == 0 */
+	char *error;                   /* owned: "<url>: <cause>" (credentials in the URL hidden), NULL when curl_code == 0 */
 	char *body;                    /* owned: NUL-terminated, NULL when output_path was used */
 	size_t body_len;
 	char *etag;                    /* owned, may be NULL */
@@ -38,15 +41,27 @@ struct http_response {
 	bool truncated;                /* body over max_body: transfer aborted */
 };
 
-/* r is valid only during the call. */
+/* r is valid only during the call; so is the request handle, which is freed
+ * right after (do not cancel it from here). A non-2xx status is not an error:
+ * error is set only for transport failures (refused, timeout, short body,
+ * body over max_body, output file not writable). */
 typedef void (*http_done_cb)(void *userdata, const struct http_response *r);
 
 int http_new(uv_loop_t *loop, struct http **ret);
-/* Closes every handle; pending requests complete with an error first. Frees
- * itself once libuv has closed the handles. */
+/* Cancels pending requests (their callbacks are not called), closes every
+ * handle and frees itself once libuv has run the close callbacks, so the loop
+ * must run once more. May be called from a done callback. */
 void http_free(struct http *h);
 
+/* Starts a transfer; cb runs later, from the loop, never from in here.
+ * Returns 0, -EINVAL (no URL, a header value with CR or LF, h being freed)
+ * or the negative errno of opening output_path. TLS peers are always
+ * verified, redirects are not followed, only http and https are allowed. */
 int http_request_start(struct http *h, const struct http_options *o, http_done_cb cb, void *userdata,
 		       struct http_request **ret);
 /* Cancels: cb is not called. */
 void http_request_cancel(struct http_request *r);
+
+/* A malloc'd copy of url with any "user:password@" replaced by "***@", for
+ * messages and logs. */
+char *http_url_redact(const char *url);
