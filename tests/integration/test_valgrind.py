@@ -24,7 +24,7 @@ def test_daemon_is_valgrind_clean(make_agent):
     for verb in (["status"], ["runs"], ["stack"], ["show", "1"], ["log", "last"], ["plan", "configure"]):
         assert a.ctl(*verb, timeout=60).returncode == 0, verb
     assert a.ctl("run", "deploy", "--app", "shop", "--wait", timeout=120).returncode == 0
-    stack["agent"]["layers"]["db"]["deploy"] = ["bad"]
+    stack["agent"]["layers"]["db"]["configure"] = ["bad"]
     a.write_stack(stack)
     wait_for(lambda: a.status()["state"] == "failed", timeout=120, what="the failed run")
     a.wait_idle(timeout=120)
