@@ -133,6 +133,12 @@ static char *stack_file_path(const struct engine *e, const char *rev)
 	return xasprintf("%s/stacks/%s.json", e->config->state_dir, rev);
 }
 
+/* A finished run's steps live in their own file, not in memory or state.json. */
+static char *run_file_path(const struct engine *e, long id)
+{
+	return xasprintf("%s/runs/%ld.json", e->config->state_dir, id);
+}
+
 static char *fail_key(const char *event, const char *layer, const char *app)
 {
 	return xasprintf("%s/%s/%s", event, str_or_empty(layer), str_or_empty(app));
@@ -373,8 +379,9 @@ static void trim_history(struct engine *e)
 		}
 		if (++finished > (size_t)e->config->history) {
 			long id = (long)json_integer_value(json_object_get(rec, "id"));
-			_cleanup_free_ char *log = engine_run_log_path(e, id);
+			_cleanup_free_ char *log = engine_run_log_path(e, id), *steps = run_file_path(e, id);
 			(void)unlink(log);
+			(void)unlink(steps);
 			json_array_remove(e->runs, i);
 			continue;
 		}
@@ -740,6 +747,21 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	uv_timer_stop(&a->timeout);
 	uv_close((uv_handle_t *)&a->timeout, on_timeout_closed);
 
+	/* The steps go to the run's own file: memory and state.json stay
+	 * small however many runs the history keeps. */
+	{
+		_cleanup_free_ char *path = run_file_path(e, json_integer_value(json_object_get(rec, "id")));
+		json_t *full = json_deep_copy(rec);
+		json_object_del(full, "_requeued");
+		char *data = json_dumps(full, JSON_COMPACT);
+		int r2 = data ? file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1) : -ENOMEM;
+		if (r2 < 0)
+			log_warn_errno(r2, "Failed to save the steps of run %s: %m", path);
+		else
+			json_object_del(rec, "steps");
+		free(data);
+		json_decref(full);
+	}
 	trim_history(e);
 	gc_stacks(e);
 	engine_persist(e);
@@ -1076,6 +1098,7 @@ int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret
 int engine_start(struct engine *e)
 {
 	_cleanup_free_ char *stacks = state_path(e, "stacks"), *runs = xasprintf("%s/runs", e->config->log_dir);
+	_cleanup_free_ char *run_files = state_path(e, "runs");
 	_cleanup_free_ char *err = NULL;
 	size_t i;
 	json_t *rec;
@@ -1086,6 +1109,8 @@ int engine_start(struct engine *e)
 		return log_error_errno(r, "Failed to create %s: %m", stacks);
 	if ((r = mkdir_p(runs, 0750)) < 0)
 		return log_error_errno(r, "Failed to create %s: %m", runs);
+	if ((r = mkdir_p(run_files, 0700)) < 0)
+		return log_error_errno(r, "Failed to create %s: %m", run_files);
 
 	engine_load_state(e);
 
@@ -1298,8 +1323,24 @@ json_t *engine_runs(struct engine *e, long n)
 
 json_t *engine_run_info(struct engine *e, long id)
 {
-	json_t *rec = run_find(e, id);
-	return rec ? rec_public(rec, true) : NULL;
+	json_t *rec = run_find(e, id), *o;
+
+	if (!rec)
+		return NULL;
+	o = rec_public(rec, true);
+	if (!json_object_get(rec, "steps") && !rec_status_is(rec, "queued")) {
+		/* A finished run: its steps are in its file. Reading a small local
+		 * file here is bounded and does not wait on anything remote. */
+		_cleanup_free_ char *path = run_file_path(e, id), *data = NULL;
+		size_t len;
+		json_t *full = NULL;
+		if (file_read_all(path, STATE_MAX_BYTES, &data, &len) == 0)
+			full = json_loadb(data, len, 0, NULL);
+		if (json_is_array(json_object_get(full, "steps")))
+			json_object_set(o, "steps", json_object_get(full, "steps"));
+		json_decref(full);
+	}
+	return o;
 }
 
 json_t *engine_stack_json(struct engine *e, bool privileged)
