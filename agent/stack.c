@@ -991,7 +991,14 @@ int stack_parse(const char *data, size_t len, const char *instance, struct stack
 	root = json_loadb(data ? data : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 	if (!root) {
 		r = json_error_code(&jerr) == json_error_out_of_memory ? -ENOMEM : -EINVAL;
-		(void)stack_error_set(err, "$", "%s at line %d, column %d", jerr.text, jerr.line, jerr.column);
+		/* jansson quotes the input near the error ("invalid escape near
+		 * '\"hunter2\q'"), which may be a secret: keep only its words. */
+		char text[JSON_ERROR_TEXT_LENGTH];
+		char *near;
+		snprintf(text, sizeof(text), "%s", jerr.text);
+		if ((near = strstr(text, " near ")))
+			*near = '\0';
+		(void)stack_error_set(err, "$", "%s at line %d, column %d", text, jerr.line, jerr.column);
 		return r;
 	}
 	if (!json_is_object(root)) {

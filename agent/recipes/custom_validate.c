@@ -18,7 +18,7 @@
 #define CUSTOM_MAX_TIMEOUT 86400
 
 static const char *const custom_keys[] = {
-	"command", "user", "group", "cwd", "environment", "timeout", "creates", "description", NULL,
+	"command", "user", "cwd", "environment", "timeout", "creates", "description", NULL,
 };
 
 static bool has_control(const char *s, size_t n)
@@ -158,7 +158,7 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 				break;
 		if (!custom_keys[i])
 			return stack_error_set(err, base,
-					       "unknown key %s, expected command, user, group, cwd, environment, timeout, "
+					       "unknown key %s, expected command, user, cwd, environment, timeout, "
 					       "creates or description",
 					       stack_quote(q, sizeof(q), k));
 	}
@@ -167,7 +167,7 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 	r = check_command(json_object_get(def, "command"), path, err);
 	if (r < 0)
 		return r;
-	if ((r = check_name_field(def, "user", base, err)) < 0 || (r = check_name_field(def, "group", base, err)) < 0 ||
+	if ((r = check_name_field(def, "user", base, err)) < 0 ||
 	    (r = check_path_field(def, "cwd", base, err)) < 0 || (r = check_path_field(def, "creates", base, err)) < 0)
 		return r;
 	if ((v = json_object_get(def, "environment"))) {

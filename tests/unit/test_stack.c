@@ -518,6 +518,18 @@ static void test_agent_layers(void **state)
 	stack_unref(s);
 }
 
+static void test_syntax_error_does_not_quote_input(void **state)
+{
+	struct stack_error err;
+	struct stack *s = NULL;
+	const char *doc = "{\"ebs_snapshots\": {\"aws_secret\": \"hunter2\\q\"}}";
+
+	assert_int_equal(stack_parse(doc, strlen(doc), "h", &s, &err), -EINVAL);
+	assert_string_equal(err.path, "$");
+	assert_null(strstr(err.message, "hunter2"));
+	assert_non_null(strstr(err.message, "line 1"));
+}
+
 static void test_custom_recipes(void **state)
 {
 	char big[4200], doc[8192];
@@ -545,8 +557,9 @@ static void test_custom_recipes(void **state)
 		     "unknown key \"shell\"");
 	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'user': 'a/b'}}}}", "$.agent.recipes.r.user",
 		     NULL);
-	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'group': 1}}}}", "$.agent.recipes.r.group",
-		     "string");
+	/* A recipe runs as its user's primary group; "group" is not a key. */
+	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'group': 'x'}}}}", "$.agent.recipes.r",
+		     "unknown key \"group\"");
 	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'cwd': 'tmp'}}}}", "$.agent.recipes.r.cwd",
 		     "absolute");
 	expect_error("{'agent': {'recipes': {'r': {'command': ['run'], 'creates': '/a/../b'}}}}",
@@ -591,7 +604,7 @@ static void test_custom_recipes(void **state)
 	stack_unref(parse_ok(doc, "h"));
 
 	stack_unref(parse_ok("{'agent': {'recipes': {'deploy-hook': {'command': ['/usr/local/bin/hook', '--x', ''],"
-			     " 'user': 'deploy', 'group': 'www-data', 'cwd': '/srv/www', 'timeout': 86400,"
+			     " 'user': 'deploy', 'cwd': '/srv/www', 'timeout': 86400,"
 			     " 'environment': {'_A1': 'v', 'B': ''}, 'creates': '/var/lib/done',"
 			     " 'description': 'runs the hook'}},"
 			     " 'layers': {'web': {'deploy': ['deploy-hook', 'haproxy']}}}}",
@@ -864,6 +877,7 @@ int main(void)
 		cmocka_unit_test(test_bad_names),
 		cmocka_unit_test(test_agent_layers),
 		cmocka_unit_test(test_custom_recipes),
+		cmocka_unit_test(test_syntax_error_does_not_quote_input),
 		cmocka_unit_test(test_volumes),
 		cmocka_unit_test(test_revision_and_dump),
 		cmocka_unit_test(test_diff_first_start),
