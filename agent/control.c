@@ -134,8 +134,11 @@ static void on_client_closed(uv_handle_t *h)
 
 	if (--c->open_handles > 0)
 		return;
-	if (c->watching)
+	/* control_free() took every watch off the engine's list: the engine may
+	 * be gone by now (main frees it before the loop runs close callbacks). */
+	if (c->watching && !ctl->freeing)
 		engine_watch_remove(ctl->engine, &c->watch);
+	c->watching = false;
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -154,8 +157,10 @@ static void client_close(struct client *c)
 		return;
 	c->closing = true;
 	c->stream = STREAM_NONE;
-	/* Inside an engine callback the engine may be walking its watch list;
-	 * the close callback removes the watch then. */
+	/* Inside an engine callback the engine is walking its watch list, and
+	 * only the watch being called may leave it (this client's, or another
+	 * client's dropped meanwhile, e.g. for the global output cap): the close
+	 * callback, or control_free(), removes the watch then. */
 	if (c->watching && c->ctl->in_engine_cb == 0) {
 		engine_watch_remove(c->ctl->engine, &c->watch);
 		c->watching = false;
@@ -1244,8 +1249,16 @@ void control_free(struct control *ctl)
 	ctl->freeing = true;
 	if (ctl->socket_path)
 		(void)unlink(ctl->socket_path);
+	/* The engine is freed right after us, before the loop runs the close
+	 * callbacks: every watch leaves its list now, including those of
+	 * clients already closing. Never called from inside an engine
+	 * callback (main calls us from engine_stop's completion). */
 	for (c = ctl->clients; c; c = next) {
 		next = c->next;
+		if (c->watching) {
+			engine_watch_remove(ctl->engine, &c->watch);
+			c->watching = false;
+		}
 		client_close(c);
 	}
 	uv_close((uv_handle_t *)&ctl->listener, on_listener_closed);

@@ -40,6 +40,9 @@ struct engine {
 	char dir[64];
 	uv_timer_t timer;
 	int phase;
+	size_t big_output; /* phase 2 emits big_count output events of this many bytes */
+	int big_count;
+	void (*after_output)(struct engine *e); /* called last in phase 2; may free e */
 };
 
 static void fake_emit(struct engine *e, json_t *ev)
@@ -79,9 +82,21 @@ static void on_fake_timer(uv_timer_t *t)
 				       "index", 0, "kind", "exec", "target", "touch"));
 		break;
 	case 2:
-		fake_append_log(e, id, "db_password=hunter2\n");
-		fake_emit(e, json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)id, "data",
-				       "db_password=hunter2\n"));
+		if (e->big_output) {
+			char *data = xmalloc(e->big_output + 1);
+			memset(data, 'o', e->big_output);
+			data[e->big_output] = '\0';
+			for (int i = 0; i < e->big_count; i++)
+				fake_emit(e, json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)id,
+						       "data", data));
+			free(data);
+		} else {
+			fake_append_log(e, id, "db_password=hunter2\n");
+			fake_emit(e, json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)id, "data",
+					       "db_password=hunter2\n"));
+		}
+		if (e->after_output)
+			e->after_output(e); /* last: e may be gone */
 		break;
 	case 3:
 		fake_emit(e, json_pack("{s:s, s:I, s:i, s:s}", "event", "step-finished", "run", (json_int_t)id, "index",
@@ -131,6 +146,8 @@ void engine_free(struct engine *e)
 
 	if (!e)
 		return;
+	/* Like the real engine: a watch left on the list would dangle. */
+	assert_null(e->watches);
 	snprintf(cmd, sizeof(cmd), "%s", e->dir);
 	for (long i = 1; i <= e->last_id; i++) {
 		char *p = engine_run_log_path(e, i);
@@ -782,6 +799,46 @@ static void test_admin_group(void **state)
 	assert_true(f->engine->paused);
 }
 
+/* Shutdown as main does it, from inside the loop: the control server, then
+ * the engine, before libuv runs the close callbacks. */
+static struct fx *free_fx;
+
+static void free_control_and_engine(struct engine *e)
+{
+	control_free(free_fx->control);
+	free_fx->control = NULL;
+	engine_free(free_fx->engine); /* asserts that no watch is left */
+	free_fx->engine = NULL;
+}
+
+/* A stream client that does not read is dropped for its output queue from
+ * inside the engine's callback, then the server and the engine are freed
+ * before its close callback runs: that callback must not touch the engine. */
+static void test_free_after_a_dropped_stream_client(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f), small = 4096;
+	json_t *r;
+
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	/* Some other client stays connected with its own stream. */
+	int other = client_connect(f);
+	r = call(f, other, "{\"method\":\"version\"}\n");
+	ok_result(r);
+	json_decref(r);
+
+	f->engine->big_output = 1024 * 1024;
+	f->engine->big_count = 8;
+	f->engine->after_output = free_control_and_engine;
+	free_fx = f;
+	client_send(fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
+	while (f->engine)
+		assert_true(uv_run(&f->loop, UV_RUN_ONCE) != 0);
+	/* teardown runs the loop to the end: every close callback. */
+	close(fd);
+	close(other);
+}
+
 static void test_stale_socket_and_in_use(void **state)
 {
 	struct fx *f = *state;
@@ -805,6 +862,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_per_uid_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unprivileged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_admin_group, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_free_after_a_dropped_stream_client, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_socket_and_in_use, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
