@@ -2,8 +2,10 @@
 /* The control socket server (design.md §5), in the shape of OpenBGPD's
  * control.c: we accept ourselves (so that EMFILE pauses accepting instead of
  * spinning), take the peer's identity from the kernel at accept time, read
- * NDJSON requests through a capped reader, check privilege once in the
- * dispatcher against the method table in lib/proto.c, and write every reply
+ * NDJSON requests through a capped reader, decide the peer's privilege once
+ * at accept time (its uid, or membership of admin_group, whose gid and
+ * answers are cached for a while), check it in the dispatcher against the
+ * method table in lib/proto.c, and write every reply
  * through uv_write with a bounded queue per client.
  *
  * Choices the design leaves open:
@@ -48,6 +50,7 @@
 #define CONTROL_ACCEPT_PAUSE_MS 1000 /* accepting resumes this long after EMFILE */
 #define CONTROL_ACCEPT_BURST 64      /* connections accepted per wake-up */
 #define CONTROL_MAX_REASON 1024      /* bytes in a pause reason */
+#define CONTROL_NSS_CACHE_MS 10000   /* admin group gid and membership answers are reused this long */
 
 enum client_stream {
 	STREAM_NONE,
@@ -68,7 +71,7 @@ struct client {
 	uid_t uid; /* from SO_PEERCRED at accept time */
 	gid_t gid;
 	pid_t pid;
-	int privileged; /* -1 not yet known */
+	bool privileged; /* root, the daemon's uid or admin_group: decided at accept time */
 
 	struct proto_reader reader;
 	struct engine_watch watch;
@@ -95,6 +98,17 @@ struct control {
 	struct client *clients;
 	size_t nclients;
 	uid_t euid;
+	char *admin_name; /* owned; the admin_group name last resolved */
+	gid_t admin_gid;
+	bool admin_found;
+	uint64_t admin_checked; /* uv_now() of that lookup */
+	struct priv_cache_entry {
+		bool used, privileged;
+		uid_t uid;
+		gid_t gid;
+		uint64_t at;
+	} priv_cache[8];
+	size_t priv_next;
 	int in_engine_cb; /* inside engine_watch callbacks: do not touch the engine's list */
 	bool freeing;
 	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
@@ -112,6 +126,7 @@ static void control_maybe_free(struct control *ctl)
 	if (!ctl->freeing || ctl->open_handles > 0 || ctl->clients)
 		return;
 	free(ctl->socket_path);
+	free(ctl->admin_name);
 	free(ctl);
 }
 
@@ -263,20 +278,24 @@ static bool gid_in_list(gid_t g, const gid_t *list, int n)
 	return false;
 }
 
-/* Resolved on use, so that a group created after startup counts; lookups
- * go to NSS, which for local files is quick. */
-static bool uid_in_admin_group(struct control *ctl, uid_t uid, gid_t primary)
+/* The admin group's gid, resolved when the name changes or the last lookup
+ * is older than CONTROL_NSS_CACHE_MS (so that a group created after startup
+ * counts soon enough), not on every connection. */
+static bool control_admin_gid(struct control *ctl, gid_t *ret)
 {
 	const char *name = ctl->config ? ctl->config->admin_group : NULL;
+	uint64_t now = uv_now(ctl->loop);
 	struct group grp, *gr = NULL;
-	struct passwd pwd, *pw = NULL;
-	_cleanup_free_ char *gbuf = NULL, *pbuf = NULL;
-	_cleanup_free_ gid_t *groups = NULL;
-	size_t gsize = 4096, psize = 4096;
-	int ngroups = 64, r;
+	_cleanup_free_ char *gbuf = NULL;
+	size_t gsize = 4096;
+	int r;
 
 	if (!name || !*name)
 		return false;
+	if (ctl->admin_name && strcmp(ctl->admin_name, name) == 0 && now - ctl->admin_checked < CONTROL_NSS_CACHE_MS) {
+		*ret = ctl->admin_gid;
+		return ctl->admin_found;
+	}
 	for (;;) {
 		gbuf = xrealloc(gbuf, gsize);
 		r = getgrnam_r(name, &grp, gbuf, gsize, &gr);
@@ -284,10 +303,40 @@ static bool uid_in_admin_group(struct control *ctl, uid_t uid, gid_t primary)
 			break;
 		gsize *= 2;
 	}
-	if (r != 0 || !gr)
+	if (!ctl->admin_name || strcmp(ctl->admin_name, name) != 0 || ctl->admin_found != (r == 0 && gr) ||
+	    (gr && ctl->admin_gid != gr->gr_gid))
+		memset(ctl->priv_cache, 0, sizeof(ctl->priv_cache)); /* decisions about another group */
+	free(ctl->admin_name);
+	ctl->admin_name = xstrdup(name);
+	ctl->admin_found = r == 0 && gr;
+	ctl->admin_gid = ctl->admin_found ? gr->gr_gid : (gid_t)-1;
+	ctl->admin_checked = now;
+	*ret = ctl->admin_gid;
+	return ctl->admin_found;
+}
+
+/* NSS lookups, on the loop: once per connection at most, and not again
+ * for the same uid and gid within CONTROL_NSS_CACHE_MS. */
+static bool uid_in_admin_group(struct control *ctl, uid_t uid, gid_t primary)
+{
+	struct passwd pwd, *pw = NULL;
+	_cleanup_free_ char *pbuf = NULL;
+	_cleanup_free_ gid_t *groups = NULL;
+	uint64_t now = uv_now(ctl->loop);
+	size_t psize = 4096;
+	int ngroups = 64, r;
+	bool found = false;
+	gid_t admin;
+
+	if (!control_admin_gid(ctl, &admin))
 		return false;
-	if (gr->gr_gid == primary)
+	if (admin == primary)
 		return true;
+	for (size_t i = 0; i < ELEMENTSOF(ctl->priv_cache); i++) {
+		const struct priv_cache_entry *e = &ctl->priv_cache[i];
+		if (e->used && e->uid == uid && e->gid == primary && now - e->at < CONTROL_NSS_CACHE_MS)
+			return e->privileged;
+	}
 	for (;;) {
 		pbuf = xrealloc(pbuf, psize);
 		r = getpwuid_r(uid, &pwd, pbuf, psize, &pw);
@@ -295,25 +344,41 @@ static bool uid_in_admin_group(struct control *ctl, uid_t uid, gid_t primary)
 			break;
 		psize *= 2;
 	}
-	if (r != 0 || !pw)
-		return false;
-	for (int tries = 0; tries < 4; tries++) {
-		int n = ngroups;
-		groups = xrealloc(groups, sizeof(gid_t) * (size_t)n);
-		if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) >= 0)
-			return gid_in_list(gr->gr_gid, groups, n);
-		if (n <= ngroups)
-			break;
-		ngroups = n;
+	if (r == 0 && pw) {
+		for (int tries = 0; tries < 4; tries++) {
+			int n = ngroups;
+			groups = xrealloc(groups, sizeof(gid_t) * (size_t)n);
+			if (getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) >= 0) {
+				found = gid_in_list(admin, groups, n);
+				break;
+			}
+			if (n <= ngroups)
+				break;
+			ngroups = n;
+		}
 	}
-	return false;
+	ctl->priv_cache[ctl->priv_next] = (struct priv_cache_entry){
+		.used = true, .uid = uid, .gid = primary, .privileged = found, .at = now
+	};
+	ctl->priv_next = (ctl->priv_next + 1) % ELEMENTSOF(ctl->priv_cache);
+	return found;
+}
+
+/* Root and the daemon's own uid, without any lookup. */
+static bool uid_is_exempt(const struct control *ctl, uid_t uid)
+{
+	return uid == 0 || uid == ctl->euid;
+}
+
+/* Decided once, at accept time. */
+static bool peer_privileged(struct control *ctl, uid_t uid, gid_t gid)
+{
+	return uid_is_exempt(ctl, uid) || uid_in_admin_group(ctl, uid, gid);
 }
 
 static bool client_privileged(struct client *c)
 {
-	if (c->privileged < 0)
-		c->privileged = c->uid == 0 || c->uid == c->ctl->euid || uid_in_admin_group(c->ctl, c->uid, c->gid);
-	return c->privileged > 0;
+	return c->privileged;
 }
 
 /* ---- parameters ---- */
@@ -1051,7 +1116,7 @@ static void control_add_client(struct control *ctl, int fd)
 	c->uid = cred.uid;
 	c->gid = cred.gid;
 	c->pid = cred.pid;
-	c->privileged = -1;
+	c->privileged = peer_privileged(ctl, cred.uid, cred.gid);
 	proto_reader_init(&c->reader, PROTO_MAX_REQUEST);
 	uv_pipe_init(ctl->loop, &c->pipe, 0);
 	uv_timer_init(ctl->loop, &c->timer);
@@ -1228,11 +1293,10 @@ int control_new(uv_loop_t *loop, const struct config *config, struct engine *eng
 	}
 	log_debug("control: listening on %s", ctl->socket_path ? ctl->socket_path : "a passed socket");
 	if (config && config->admin_group && *config->admin_group) {
-		char buf[16384];
-		struct group grp, *gr = NULL;
+		gid_t gid;
 
-		/* Only a hint at startup: membership is resolved again on use. */
-		if (getgrnam_r(config->admin_group, &grp, buf, sizeof(buf), &gr) != 0 || !gr)
+		/* Looked up again every CONTROL_NSS_CACHE_MS while clients connect. */
+		if (!control_admin_gid(ctl, &gid))
 			log_info("control: admin group %s does not exist; privileged methods are for root and uid %u",
 				 config->admin_group, (unsigned)ctl->euid);
 	}
