@@ -46,6 +46,7 @@ struct plan_exec {
 	bool done_sync;            /* plan_step_done() was called inside apply */
 	bool waiting;              /* an asynchronous step is in flight */
 	bool cancelled;
+	bool skipped_by_cancel;    /* a step did not run because of the cancel */
 	bool failed;
 	bool finishing;            /* on_done is scheduled */
 };
@@ -1146,7 +1147,7 @@ static void on_finish(uv_timer_t *t)
 	for (size_t i = 0; i < x->p->n_steps; i++)
 		x->p->steps[i]->env = NULL;
 	if (x->cbs.on_done)
-		x->cbs.on_done(x->userdata, x->failed || x->cancelled);
+		x->cbs.on_done(x->userdata, x->failed || x->skipped_by_cancel);
 	uv_close((uv_handle_t *)&x->timer, on_done_timer_closed);
 }
 
@@ -1179,6 +1180,10 @@ static void plan_run(struct plan_exec *x)
 
 		x->step_start = time_monotonic_usec();
 		if (x->failed || x->cancelled) {
+			/* After a failure the run failed anyway; after a cancel,
+			 * the run is incomplete only if a step is left out. */
+			if (!x->failed)
+				x->skipped_by_cancel = true;
 			s->status = STEP_SKIPPED;
 			step_finish(x);
 			continue;

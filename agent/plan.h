@@ -137,7 +137,9 @@ struct plan_exec_cbs {
 	void (*on_output)(void *userdata, struct step *s, const char *data, size_t len);
 	void (*on_step_done)(void *userdata, struct step *s, size_t index);
 	/* Called once; failed is true when a step failed (the rest are skipped)
-	 * or the run was cancelled before finishing. */
+	 * or when a cancel made at least one step be skipped. A cancel that
+	 * arrives during the last step, which then succeeds, is not a failure:
+	 * every step ran. */
 	void (*on_done)(void *userdata, bool failed);
 	/* Exec change detection: return true and the recorded hash for key. */
 	bool (*get_input_hash)(void *userdata, const char *key, uint64_t *ret_hash);
@@ -152,8 +154,10 @@ struct plan_exec_cbs {
  * returns. p and env->root must stay valid until then. */
 int plan_execute(uv_loop_t *loop, struct plan *p, const struct step_env *env, const struct plan_exec_cbs *cbs,
 		 void *userdata, struct plan_exec **ret);
-/* Lets the current step finish, then skips the rest and calls on_done(failed=true).
- * With hard, also cancels the current step (a child gets SIGTERM). */
+/* Lets the current step finish, then skips the rest and calls on_done(failed=true)
+ * if there was a rest to skip (on_done(false) when the current step was the
+ * last one and did not fail). With hard, also cancels the current step (a
+ * child gets SIGTERM, which normally fails it). */
 void plan_execute_cancel(struct plan_exec *x, bool hard);
 
 /* For step kinds: report progress and completion. */

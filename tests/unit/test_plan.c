@@ -815,6 +815,47 @@ static void test_cancel(void **state)
 	plan_free(&p);
 }
 
+/* A soft cancel is only a failure when it made a step be left out. */
+static void test_cancel_last_step(void **state)
+{
+	struct ctx *c = *state;
+	struct plan p;
+	char *err = NULL, *after = P(c, "/after2");
+
+	/* During the last (here: only) step: everything ran, not failed. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/before", "x", 1, 0644, NULL, NULL, &err));
+	add_sh(&p, "sleep 0.3; echo finished", NULL, 0);
+	c->cancel_hard = false;
+	run_plan_full(c, &p, 0, 50);
+	assert_false(c->failed);
+	assert_int_equal(p.steps[0]->status, STEP_CHANGED);
+	assert_int_equal(p.steps[1]->status, STEP_CHANGED);
+	assert_string_equal(c->output.data, "finished\n");
+	plan_free(&p);
+
+	/* During step 1 of 2: step 2 is skipped, the run is failed. */
+	plan_init(&p, c->root);
+	add_sh(&p, "sleep 0.3", NULL, 0);
+	assert_non_null(plan_add_file(&p, "/after2", "x", 1, 0644, NULL, NULL, &err));
+	run_plan_full(c, &p, 0, 50);
+	assert_true(c->failed);
+	assert_int_equal(p.steps[0]->status, STEP_CHANGED);
+	assert_int_equal(p.steps[1]->status, STEP_SKIPPED);
+	assert_int_equal(c->n_start, 1);
+	assert_false(exists(after));
+	plan_free(&p);
+
+	/* The last step is a note after the cancelled one: still skipped by the cancel. */
+	plan_init(&p, c->root);
+	add_sh(&p, "sleep 0.3", NULL, 0);
+	plan_add_note(&p, "n", "nothing");
+	run_plan_full(c, &p, 0, 50);
+	assert_true(c->failed);
+	plan_free(&p);
+	free(after);
+}
+
 static void test_note_and_empty(void **state)
 {
 	struct ctx *c = *state;
@@ -945,6 +986,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_guard_unless_exists, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failure_stops_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_last_step, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_note_and_empty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_describe_json, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noop_speed, setup, teardown),
