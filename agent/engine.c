@@ -54,6 +54,8 @@ struct active {
 	int64_t started_mono;
 	uv_timer_t timeout;
 	bool timed_out;
+	bool no_retry;              /* retrying cannot help: the run's stack, layer or app is gone */
+	bool killed;                /* its step was terminated by a second SIGTERM */
 	size_t changed;
 };
 
@@ -66,6 +68,7 @@ struct engine {
 	struct stack *current;         /* owned ref, newest valid stack */
 	struct stack *applied;         /* owned ref, the stack whose triggers were queued */
 	char *instance;                /* owned: the configured or system host name */
+	char *source_url;              /* owned: config->source with credentials hidden, for status and logs */
 	bool first_start;              /* no state: the first valid stack runs setup */
 
 	uint64_t last_raw_hash;        /* of the last document seen, to skip re-parsing */
@@ -96,6 +99,9 @@ struct engine {
 
 static void engine_kick(struct engine *e);
 static void engine_persist(struct engine *e);
+static bool rec_status_is(const json_t *rec, const char *status);
+static bool str_eq(const char *a, const char *b);
+static const char *rec_str(const json_t *rec, const char *k);
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -246,11 +252,16 @@ static void gc_stacks(struct engine *e)
 		    (e->applied && strcmp(rev, e->applied->revision) == 0))
 			keep = true;
 		json_array_foreach(e->runs, i, rec) {
-			const char *st = json_string_value(json_object_get(rec, "status"));
 			const char *r = json_string_value(json_object_get(rec, "_stack"));
-			if (r && strcmp(r, rev) == 0 && (strcmp(st, "queued") == 0 || strcmp(st, "running") == 0))
+			if (r && strcmp(r, rev) == 0 && (rec_status_is(rec, "queued") || rec_status_is(rec, "running")))
 				keep = true;
 		}
+		/* A failed run tied to an old stack is retried against it. */
+		const char *k;
+		json_t *f;
+		json_object_foreach(e->failed, k, f)
+			if (str_eq(json_string_value(json_object_get(f, "stack")), rev))
+				keep = true;
 		if (!keep)
 			(void)unlinkat(dirfd(d), de->d_name, 0);
 	}
@@ -313,12 +324,44 @@ static void engine_load_state(struct engine *e)
 	}
 
 	json_decref(e->runs);
-	e->runs = json_incref(json_object_get(o, "runs"));
+	e->runs = json_array();
+	/* Records we cannot make sense of are dropped, not trusted: a state
+	 * file edited by hand or by another version must not crash us. */
+	size_t i;
+	json_t *rec;
+	json_array_foreach(json_object_get(o, "runs"), i, rec) {
+		static const char *const statuses[] = { "queued", "running", "success", "failed", "interrupted" };
+		bool ok = json_is_object(rec) && json_is_integer(json_object_get(rec, "id")) &&
+			  json_integer_value(json_object_get(rec, "id")) > 0 &&
+			  event_from_string(rec_str(rec, "event")) != EVENT_INVALID &&
+			  trigger_from_string(rec_str(rec, "trigger")) != TRIGGER_INVALID && rec_str(rec, "status");
+		bool known = false;
+		for (size_t j = 0; ok && j < ELEMENTSOF(statuses); j++)
+			known |= strcmp(rec_str(rec, "status"), statuses[j]) == 0;
+		const json_t *layer = json_object_get(rec, "layer"), *app = json_object_get(rec, "app");
+		ok = ok && known && (json_is_null(layer) || (json_is_string(layer) && name_is_valid(json_string_value(layer)))) &&
+		     (json_is_null(app) || (json_is_string(app) && name_is_valid(json_string_value(app))));
+		if (ok)
+			json_array_append(e->runs, rec);
+		else
+			log_warn("Dropping an unreadable run record from %s", path);
+	}
 	e->next_id = (long)json_integer_value(json_object_get(o, "next_run_id"));
-	if ((v = json_object_get(o, "failed")) && json_is_object(v))
-		json_object_update(e->failed, v);
-	if ((v = json_object_get(o, "input_hashes")) && json_is_object(v))
-		json_object_update(e->input_hashes, v);
+	if ((v = json_object_get(o, "failed")) && json_is_object(v)) {
+		const char *k;
+		json_t *f;
+		json_object_foreach(v, k, f)
+			if (json_is_object(f) &&
+			    event_from_string(json_string_value(json_object_get(f, "event"))) != EVENT_INVALID)
+				json_object_set(e->failed, k, f);
+	}
+	if ((v = json_object_get(o, "input_hashes")) && json_is_object(v)) {
+		const char *k;
+		json_t *h;
+		json_object_foreach(v, k, h)
+			if (json_is_string(h))
+				json_object_set(e->input_hashes, k, h);
+	}
 	if ((v = json_object_get(o, "last_success")) && json_is_object(v))
 		json_object_update(e->last_success, v);
 	if ((v = json_object_get(o, "paused")) && json_is_string(v))
@@ -338,8 +381,6 @@ static void engine_load_state(struct engine *e)
 	json_decref(o);
 
 	/* Sanity: ids only grow. */
-	size_t i;
-	json_t *rec;
 	json_array_foreach(e->runs, i, rec) {
 		long id = (long)json_integer_value(json_object_get(rec, "id"));
 		if (id >= e->next_id)
@@ -418,6 +459,11 @@ static long enqueue(struct engine *e, enum event ev, const char *layer, const ch
 		    !str_eq(rec_str(rec, "_stack"), stack_rev))
 			continue;
 		if (rec_str(rec, "layer") && !str_eq(rec_str(rec, "layer"), layer))
+			continue;
+		/* An operator's request joins only another operator's request: a
+		 * queued boot or retry run waits while paused, and a retry would
+		 * make the operator's run retry on its own. */
+		if ((trig == TRIGGER_CTL) != str_eq(rec_str(rec, "trigger"), "ctl"))
 			continue;
 		return (long)json_integer_value(json_object_get(rec, "id"));
 	}
@@ -716,7 +762,7 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 
 	if (failed) {
 		/* Runs asked for by an operator are not retried on their own. */
-		bool retry = !str_eq(rec_str(rec, "trigger"), "ctl");
+		bool retry = !str_eq(rec_str(rec, "trigger"), "ctl") && !a->no_retry;
 		record_failure(e, rec, retry);
 		log_error("Run %ld (%s) failed: %s", a->id, rec_str(rec, "event"), str_or_empty(error));
 	} else if (interrupted) {
@@ -798,8 +844,9 @@ static void on_plan_done(void *userdata, bool failed)
 			}
 		}
 	}
-	if (e->stopping && failed && !error)
-		engine_finish_run(e, "interrupted", "agentd was stopped during the run");
+	if (e->stopping && failed && (!error || a->killed))
+		engine_finish_run(e, "interrupted", a->killed ? "agentd was stopped during the run; its step was terminated"
+							      : "agentd was stopped during the run");
 	else
 		engine_finish_run(e, failed || a->timed_out ? "failed" : "success", error);
 }
@@ -914,12 +961,15 @@ static void engine_start_run(struct engine *e, json_t *rec)
 
 	if (!a->stack) {
 		plan_init(&a->plan, e->config->root);
+		a->no_retry = true;
 		engine_finish_run(e, "failed", "the stack this run needs is no longer available");
 		return;
 	}
 	json_object_set_new(rec, "stack_revision", json_string(a->stack->revision));
 	r = build_plan(e, a->stack, ev, rec_str(rec, "layer"), rec_str(rec, "app"), a->id, &a->plan, &error);
 	if (r < 0) {
+		/* A layer or app that is not in the stack will not appear by retrying. */
+		a->no_retry = r == -ENOENT;
 		engine_finish_run(e, "failed", error);
 		return;
 	}
@@ -976,6 +1026,47 @@ static void set_source_error(struct engine *e, const char *msg, const char *path
 	e->source_error_path = path ? xstrdup(path) : NULL;
 }
 
+/* Whether a queued run or a failure names a layer or app the current stack
+ * no longer has (runs tied to an older stack keep theirs). */
+static bool vanished(const struct engine *e, const json_t *o)
+{
+	const char *layer = json_string_value(json_object_get(o, "layer"));
+	const char *app = json_string_value(json_object_get(o, "app"));
+
+	if (json_object_get(o, "_stack") || json_object_get(o, "stack"))
+		return false;
+	return (layer && !stack_has_self_layer(e->current, layer)) || (app && !stack_app_find(e->current, app));
+}
+
+/* Queued runs for a layer or app that is gone cannot run: they end here as
+ * cancelled (status failed, not retried), and failures of such runs are
+ * forgotten, so that nothing retries forever. */
+static void drop_vanished(struct engine *e)
+{
+	size_t i;
+	json_t *rec;
+	void *tmp;
+	const char *k;
+
+	json_array_foreach(e->runs, i, rec) {
+		char ts[40];
+		if (!rec_status_is(rec, "queued") || !vanished(e, rec))
+			continue;
+		now_rfc3339(ts, sizeof(ts));
+		json_object_set_new(rec, "status", json_string("failed"));
+		json_object_set_new(rec, "finished", json_string(ts));
+		json_object_set_new(rec, "error", json_string("cancelled: its layer or app is no longer in the stack"));
+		log_info("Run %lld cancelled: its layer or app is no longer in the stack",
+			 (long long)json_integer_value(json_object_get(rec, "id")));
+		emit(e, json_pack("{s:s, s:O, s:s, s:i}", "event", "run-finished", "run", json_object_get(rec, "id"),
+				  "status", "failed", "changed", 0));
+	}
+	json_object_foreach_safe(e->failed, tmp, k, rec)
+		if (vanished(e, rec))
+			json_object_del(e->failed, k);
+	arm_retry(e);
+}
+
 /* Queues what it takes to go from the applied stack to the current one. */
 static void engine_apply_current(struct engine *e)
 {
@@ -996,6 +1087,7 @@ static void engine_apply_current(struct engine *e)
 		enqueue(e, t[i].event, t[i].layer, t[i].app, e->first_start ? TRIGGER_BOOT : TRIGGER_STACK_CHANGE,
 			t[i].use_old_stack && e->applied ? e->applied->revision : NULL);
 	triggers_free(t, n);
+	drop_vanished(e);
 	stack_unref(e->applied);
 	e->applied = stack_ref(e->current);
 	e->first_start = false;
@@ -1027,7 +1119,7 @@ static void on_document(void *userdata, const char *data, size_t len)
 		else
 			msg = xasprintf("stack rejected at %s: %s", err.path[0] ? err.path : "$", err.message);
 		if (!str_eq(e->source_error, msg))
-			log_error("%s (source %s); keeping the last good stack %s", msg, e->config->source,
+			log_error("%s (source %s); keeping the last good stack %s", msg, e->source_url,
 				  e->current ? e->current->revision : "(none)");
 		set_source_error(e, msg, err.path[0] ? err.path : "$");
 		stack_unref(s);
@@ -1075,6 +1167,7 @@ int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret
 
 	e->loop = loop;
 	e->config = config;
+	e->source_url = source_url_redact(config->source);
 	e->runs = json_array();
 	e->failed = json_object();
 	e->input_hashes = json_object();
@@ -1155,10 +1248,19 @@ int engine_start(struct engine *e)
 	notify_status(e);
 	r = source_start(e->source);
 	if (r < 0)
-		return log_error_errno(r, "Failed to start the stack source %s: %m", e->config->source);
+		return log_error_errno(r, "Failed to start the stack source %s: %m", e->source_url);
 	/* Queued work from before a restart goes on with the stack we saved. */
 	engine_kick(e);
 	return 0;
+}
+
+void engine_stop_now(struct engine *e)
+{
+	if (e->stopping && e->active && e->active->x) {
+		log_warn("Stopping now: terminating the current step of run %ld", e->active->id);
+		e->active->killed = true;
+		plan_execute_cancel(e->active->x, true);
+	}
 }
 
 void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
@@ -1204,6 +1306,7 @@ void engine_free(struct engine *e)
 	json_decref(e->last_success);
 	free(e->paused);
 	free(e->instance);
+	free(e->source_url);
 	free(e->source_error);
 	free(e->source_error_path);
 	e->closing = 2;
@@ -1286,7 +1389,7 @@ json_t *engine_status(struct engine *e)
 		json_object_set_new(o, "last_run", json_null());
 
 	src = json_object();
-	json_object_set_new(src, "url", json_string(e->config->source));
+	json_object_set_new(src, "url", json_string(e->source_url));
 	json_object_set_new(src, "last_fetch", json_time(e->source ? e->source->last_fetch_usec : 0));
 	json_object_set_new(src, "last_change", json_time(e->last_change_usec));
 	json_object_set_new(src, "error", json_string_or_null(e->source_error));

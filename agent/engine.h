@@ -22,6 +22,8 @@ int engine_start(struct engine *e);
  * killed), the rest of the run is recorded as interrupted, handles close,
  * then done() runs. */
 void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata);
+/* After engine_stop: also terminate the current step (a second SIGTERM). */
+void engine_stop_now(struct engine *e);
 void engine_free(struct engine *e);
 
 /* Read-only views (new references). privileged decides secret redaction. */

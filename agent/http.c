@@ -67,19 +67,55 @@ struct http {
 
 static void on_poll(uv_poll_t *p, int status, int events);
 
-/* The "user:password@" part of a URL becomes "***@", so that
- * credentials never reach a log line or a status reply. */
+/* The "user:password@" part of a URL becomes "***@", and the value of a
+ * query parameter whose name looks secret (token=, api_key=, ...) becomes
+ * "***", so that credentials never reach a log line or a status reply. */
 char *http_url_redact(const char *url)
 {
 	const char *start = strstr(url, "://");
-	if (!start)
-		return xstrdup(url);
-	start += 3;
-	size_t auth_len = strcspn(start, "/?#");
-	const char *at = memchr(start, '@', auth_len);
-	if (!at)
-		return xstrdup(url);
-	return xasprintf("%.*s***%s", (int)(start - url), url, at);
+	struct buf b;
+	const char *q;
+
+	buf_init(&b);
+	if (start) {
+		start += 3;
+		size_t auth_len = strcspn(start, "/?#");
+		const char *at = memchr(start, '@', auth_len);
+		if (at) {
+			buf_append(&b, url, (size_t)(start - url));
+			buf_puts(&b, "***");
+			url = at;
+		}
+	}
+	q = strchr(url, '?');
+	if (!q) {
+		buf_puts(&b, url);
+		return buf_steal(&b);
+	}
+	buf_append(&b, url, (size_t)(q - url) + 1);
+	for (const char *p = q + 1; *p;) {
+		size_t n = strcspn(p, "&#");
+		const char *eq = memchr(p, '=', n);
+		if (eq) {
+			_cleanup_free_ char *name = xstrndup(p, (size_t)(eq - p));
+			buf_append(&b, p, (size_t)(eq - p) + 1);
+			if (key_is_secret(name))
+				buf_puts(&b, "***");
+			else
+				buf_append(&b, eq + 1, n - (size_t)(eq - p) - 1);
+		} else
+			buf_append(&b, p, n);
+		p += n;
+		if (*p == '#') {
+			buf_puts(&b, p);
+			break;
+		}
+		if (*p == '&') {
+			buf_puts(&b, "&");
+			p++;
+		}
+	}
+	return buf_steal(&b);
 }
 
 static void http_maybe_free(struct http *h)

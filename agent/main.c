@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "log.h"
 #include "proto.h"
+#include "source.h"
 #include "util.h"
 
 #ifndef AGENTD_VERSION
@@ -73,7 +74,8 @@ static void on_terminate(uv_signal_t *s, int signum)
 	struct daemon *d = s->data;
 
 	if (d->stopping) {
-		log_warn("Second %s: stopping now", strsignal(signum));
+		log_warn("Second %s: terminating the current step", strsignal(signum));
+		engine_stop_now(d->engine);
 		return;
 	}
 	d->stopping = true;
@@ -199,8 +201,9 @@ int main(int argc, char **argv)
 		d.watchdog_on = true;
 	}
 
+	_cleanup_free_ char *shown = source_url_redact(d.config.source);
 	log_info("agentd %s started (instance %s, source %s, socket %s)", AGENTD_VERSION,
-		 d.config.instance ? d.config.instance : "(host name)", d.config.source, d.config.socket);
+		 d.config.instance ? d.config.instance : "(host name)", shown, d.config.socket);
 	(void)sd_notify(0, "READY=1");
 
 	uv_run(&d.loop, UV_RUN_DEFAULT);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "util.h"
 
@@ -30,8 +31,8 @@ int source_new(uv_loop_t *loop, const struct config *config, struct http *http, 
 		if (strncmp(config->source, schemes[i].prefix, strlen(schemes[i].prefix)) == 0)
 			ops = schemes[i].ops;
 	if (!ops) {
-		*ret_error = xasprintf("source \"%s\": unsupported scheme (file://, http://, https://, imds:)",
-				       config->source);
+		_cleanup_free_ char *shown = source_url_redact(config->source);
+		*ret_error = xasprintf("source \"%s\": unsupported scheme (file://, http://, https://, imds:)", shown);
 		return -EINVAL;
 	}
 	if (ops == &source_file_ops && !path_is_safe_absolute(config->source + strlen("file://"))) {
@@ -49,6 +50,11 @@ int source_new(uv_loop_t *loop, const struct config *config, struct http *http, 
 	s->userdata = userdata;
 	*ret = s;
 	return 0;
+}
+
+char *source_url_redact(const char *url)
+{
+	return http_url_redact(url);
 }
 
 int source_start(struct source *s)

@@ -50,6 +50,9 @@ struct source {
 int source_new(uv_loop_t *loop, const struct config *config, struct http *http, const struct source_callbacks *cbs,
 	       void *userdata, struct source **ret, char **ret_error);
 int source_start(struct source *s);
+/* The URL with credentials (user:password@, secret-looking query values)
+ * replaced by "***" (malloc'd): the form shown in status and logs. */
+char *source_url_redact(const char *url);
 void source_reload(struct source *s);
 void source_free(struct source *s);
 
