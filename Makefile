@@ -105,7 +105,10 @@ install: all
 		$(DESTDIR)$(PREFIX)/share/agentd/examples
 	install -m 0755 $(BUILD)/agentd $(DESTDIR)$(PREFIX)/sbin/agentd
 	install -m 0755 $(BUILD)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
-	install -m 0644 units/agentd.service units/agentd.socket units/agentd-shutdown.service $(DESTDIR)/lib/systemd/system/
+	for u in agentd.service agentd.socket agentd-shutdown.service; do \
+		sed 's|/usr/local/|$(PREFIX)/|g' units/$$u > $(DESTDIR)/lib/systemd/system/$$u; \
+		chmod 0644 $(DESTDIR)/lib/systemd/system/$$u; \
+	done
 	install -m 0644 conf/agentd.conf $(DESTDIR)$(PREFIX)/share/agentd/examples/agentd.conf
 	cp -r conf/examples/. $(DESTDIR)$(PREFIX)/share/agentd/examples/
 	test -e $(DESTDIR)/etc/agentd/agentd.conf || install -m 0644 conf/agentd.conf $(DESTDIR)/etc/agentd/agentd.conf
