@@ -118,3 +118,33 @@ def test_second_sigterm_terminates_the_step(make_agent):
     a.proc = None
     a.start()
     assert [r["status"] for r in a.runs() if r["id"] == 1] == ["interrupted"]
+
+
+def test_hanging_recipe_is_killed_at_its_timeout(make_agent):
+    stack = simple_stack()
+    stack["agent"]["recipes"]["hang"] = {
+        "command": ["/bin/sh", "-c", 'sleep 300 & echo $! > "$AGENT_ROOT/child.pid"; wait'], "timeout": 1}
+    stack["agent"]["layers"]["web"]["setup"] = ["hang"]
+    a = make_agent(stack).start()
+    run = wait_for(lambda: [r for r in a.runs() if r["event"] == "setup" and r["status"] == "failed"],
+                   what="the setup to fail at its timeout", timeout=20)[0]
+    step = a.ctl_json("show", run["id"])["steps"][0]
+    assert step["status"] == "failed" and "timed out after 1 s" in step["error"], step
+    # The recipe's own child went with it (its process group was signalled).
+    pid = int(open(os.path.join(a.root, "child.pid")).read())
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+             what="the recipe's child to be gone")
+    # The rest of the boot events still run.
+    wait_for(lambda: {r["event"] for r in a.runs() if r["status"] == "success"} >= {"configure", "deploy"},
+             what="configure and deploy")
+
+
+def test_recipe_output_is_capped_in_the_log(make_agent):
+    stack = simple_stack()
+    stack["agent"]["recipes"]["loud"] = {"command": ["/bin/sh", "-c", "head -c 3000000 /dev/zero | tr '\\\\0' x; echo"]}
+    stack["agent"]["layers"]["web"]["setup"] = ["loud"]
+    a = make_agent(stack, conf_extra={"step_output_max": 4096}).start()
+    a.wait_runs(3)
+    log = open(os.path.join(a.logs, "runs", "1.log")).read()
+    assert "truncated" in log and len(log) < 64 * 1024
+    assert a.runs()[-1]["status"] == "success"
