@@ -16,7 +16,6 @@
 #include "exec.h"
 
 #include <errno.h>
-#include <pwd.h>
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
@@ -226,28 +225,7 @@ static void on_stdin_written(uv_write_t *req, int status)
 
 static int exec_resolve_user(const char *user, uid_t *ret_uid, gid_t *ret_gid)
 {
-	struct passwd pw, *res = NULL;
-	char stackbuf[1024];
-	long sz = sysconf(_SC_GETPW_R_SIZE_MAX);
-	size_t n = sz > 0 ? (size_t)sz : 16384;
-	char *heapbuf = NULL;
-	int r;
-
-	for (;;) {
-		char *b = n <= sizeof(stackbuf) ? stackbuf : (heapbuf = xrealloc(heapbuf, n));
-		r = getpwnam_r(user, &pw, b, n, &res);
-		if (r != ERANGE || n > (1u << 20))
-			break;
-		n *= 2;
-	}
-	if (r == 0 && res) {
-		*ret_uid = pw.pw_uid;
-		*ret_gid = pw.pw_gid;
-	}
-	free(heapbuf);
-	if (r != 0)
-		return -r;
-	return res ? 0 : -ENOENT;
+	return user_lookup(user, ret_uid, ret_gid);
 }
 
 /* Writes to a child's stdin pipe must not kill the daemon when the child

@@ -11,9 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <limits.h>
-#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -126,13 +124,6 @@ static bool name_is_number(const char *s, unsigned long *ret)
 	return true;
 }
 
-static size_t pw_buf_size(int name)
-{
-	long sz = sysconf(name);
-
-	return sz > 0 ? (size_t)sz : 16384;
-}
-
 /* Resolves owner and group names (or numbers) to ids; NULL gives -1. */
 static int resolve_owner(const char *owner, const char *group, uid_t *ret_uid, gid_t *ret_gid, char **ret_error)
 {
@@ -144,41 +135,19 @@ static int resolve_owner(const char *owner, const char *group, uid_t *ret_uid, g
 	if (owner) {
 		if (name_is_number(owner, &num)) {
 			*ret_uid = (uid_t)num;
-		} else {
-			size_t n = pw_buf_size(_SC_GETPW_R_SIZE_MAX);
-			_cleanup_free_ char *b = xmalloc(n);
-			struct passwd pw, *res = NULL;
-
-			while ((r = getpwnam_r(owner, &pw, b, n, &res)) == ERANGE && n < (1u << 20)) {
-				n *= 2;
-				b = xrealloc(b, n);
-			}
-			if (r != 0 || !res) {
-				*ret_error = r ? xasprintf("cannot look up user %s: %s", owner, strerror(r))
-					       : xasprintf("unknown user %s", owner);
-				return r ? -r : -ENOENT;
-			}
-			*ret_uid = pw.pw_uid;
+		} else if ((r = user_lookup(owner, ret_uid, NULL)) < 0) {
+			*ret_error = r == -ENOENT ? xasprintf("unknown user %s", owner)
+						  : xasprintf("cannot look up user %s: %s", owner, strerror(-r));
+			return r;
 		}
 	}
 	if (group) {
 		if (name_is_number(group, &num)) {
 			*ret_gid = (gid_t)num;
-		} else {
-			size_t n = pw_buf_size(_SC_GETGR_R_SIZE_MAX);
-			_cleanup_free_ char *b = xmalloc(n);
-			struct group gr, *res = NULL;
-
-			while ((r = getgrnam_r(group, &gr, b, n, &res)) == ERANGE && n < (1u << 20)) {
-				n *= 2;
-				b = xrealloc(b, n);
-			}
-			if (r != 0 || !res) {
-				*ret_error = r ? xasprintf("cannot look up group %s: %s", group, strerror(r))
-					       : xasprintf("unknown group %s", group);
-				return r ? -r : -ENOENT;
-			}
-			*ret_gid = gr.gr_gid;
+		} else if ((r = group_lookup(group, ret_gid)) < 0) {
+			*ret_error = r == -ENOENT ? xasprintf("unknown group %s", group)
+						  : xasprintf("cannot look up group %s: %s", group, strerror(-r));
+			return r;
 		}
 	}
 	return 0;
@@ -249,36 +218,6 @@ static int file_open_existing(const char *path, struct stat *st)
 		return -ELOOP;
 	}
 	return fd;
-}
-
-/* Reads up to max bytes of fd; -EFBIG when there is more. */
-static int fd_read_all(int fd, size_t max, char **ret, size_t *ret_len)
-{
-	struct buf b;
-	char chunk[65536];
-
-	buf_init(&b);
-	for (;;) {
-		ssize_t n = read(fd, chunk, sizeof(chunk));
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			int r = -errno;
-			buf_free(&b);
-			return r;
-		}
-		if (n == 0)
-			break;
-		if (b.len + (size_t)n > max) {
-			buf_free(&b);
-			return -EFBIG;
-		}
-		buf_append(&b, chunk, (size_t)n);
-	}
-	*ret_len = b.len;
-	*ret = b.len ? buf_steal(&b) : (buf_free(&b), xstrdup(""));
-	return 0;
 }
 
 /* Whether the open file's content equals want; reads at most len + 1 bytes. */

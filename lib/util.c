@@ -4,7 +4,9 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -349,15 +351,11 @@ fail:
 	return r;
 }
 
-int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len)
+int fd_read_all(int fd, size_t max, char **ret_data, size_t *ret_len)
 {
-	_cleanup_close_ int fd = -1;
 	struct buf b;
 	char chunk[65536];
 
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
 	buf_init(&b);
 	for (;;) {
 		ssize_t n = read(fd, chunk, sizeof(chunk));
@@ -379,6 +377,69 @@ int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len
 	if (ret_len)
 		*ret_len = b.len;
 	*ret_data = buf_steal(&b);
+	return 0;
+}
+
+int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len)
+{
+	_cleanup_close_ int fd = -1;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	return fd_read_all(fd, max, ret_data, ret_len);
+}
+
+static size_t pw_buf_size(int name)
+{
+	long sz = sysconf(name);
+
+	return sz > 0 ? (size_t)sz : 16384;
+}
+
+int user_lookup(const char *name, uid_t *ret_uid, gid_t *ret_gid)
+{
+	size_t n = pw_buf_size(_SC_GETPW_R_SIZE_MAX);
+	_cleanup_free_ char *b = xmalloc(n);
+	struct passwd pw, *res = NULL;
+	int r;
+
+	if (!name || !*name)
+		return -EINVAL;
+	while ((r = getpwnam_r(name, &pw, b, n, &res)) == ERANGE && n < (1u << 20)) {
+		n *= 2;
+		b = xrealloc(b, n);
+	}
+	if (r != 0)
+		return -r;
+	if (!res)
+		return -ENOENT;
+	if (ret_uid)
+		*ret_uid = pw.pw_uid;
+	if (ret_gid)
+		*ret_gid = pw.pw_gid;
+	return 0;
+}
+
+int group_lookup(const char *name, gid_t *ret_gid)
+{
+	size_t n = pw_buf_size(_SC_GETGR_R_SIZE_MAX);
+	_cleanup_free_ char *b = xmalloc(n);
+	struct group gr, *res = NULL;
+	int r;
+
+	if (!name || !*name)
+		return -EINVAL;
+	while ((r = getgrnam_r(name, &gr, b, n, &res)) == ERANGE && n < (1u << 20)) {
+		n *= 2;
+		b = xrealloc(b, n);
+	}
+	if (r != 0)
+		return -r;
+	if (!res)
+		return -ENOENT;
+	if (ret_gid)
+		*ret_gid = gr.gr_gid;
 	return 0;
 }
 

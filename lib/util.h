@@ -77,8 +77,17 @@ int path_join_under(const char *root, const char *path, char **ret);
  * the default. Returns 0 or a negative errno. */
 int file_write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid);
 
+/* Reads all of fd (to EOF), refusing more than max bytes (-EFBIG). *ret_data
+ * is NUL-terminated and never NULL on success; ret_len may be NULL. */
+int fd_read_all(int fd, size_t max, char **ret_data, size_t *ret_len);
 /* Reads a whole file, refusing files over max bytes (-EFBIG). */
 int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len);
+
+/* User and group names to ids (getpwnam_r/getgrnam_r, growing the buffer
+ * as needed). Returns 0, -ENOENT for an unknown name, or another negative
+ * errno when the lookup itself failed. ret_* may be NULL. */
+int user_lookup(const char *name, uid_t *ret_uid, gid_t *ret_gid);
+int group_lookup(const char *name, gid_t *ret_gid);
 
 /* mkdir -p with mode for the directories it creates. */
 int mkdir_p(const char *path, mode_t mode);
