@@ -5,11 +5,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -299,22 +301,45 @@ int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
-int file_write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid)
+void tmp_name_random(const char *name, char *out, size_t n)
 {
-	_cleanup_free_ char *tmp = NULL, *dir = NULL;
-	_cleanup_close_ int fd = -1, dfd = -1;
-	const char *slash;
+	uint64_t rnd;
+	ssize_t got;
+
+	do
+		got = getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK);
+	while (got < 0 && errno == EINTR);
+	if (got != (ssize_t)sizeof(rnd)) {
+		/* No entropy yet (early boot): still unpredictable enough to
+		 * avoid collisions; O_EXCL keeps it safe either way. */
+		rnd = (uint64_t)time_monotonic_usec() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)out;
+		rnd *= UINT64_C(0x9e3779b97f4a7c15);
+	}
+	(void)snprintf(out, n, ".#%.200s.%016" PRIx64, name, rnd);
+}
+
+int file_write_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode, uid_t uid,
+			 gid_t gid)
+{
+	_cleanup_close_ int fd = -1, sfd = -1;
+	char tmp[NAME_MAX + 1];
 	const char *p = data;
 	size_t left = len;
 	int r;
 
-	slash = strrchr(path, '/');
-	dir = slash ? (slash == path ? xstrdup("/") : xstrndup(path, (size_t)(slash - path))) : xstrdup(".");
-	tmp = xasprintf("%s/.#%s.%ld.tmp", dir, slash ? slash + 1 : path, (long)getpid());
-
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode & 07777);
-	if (fd < 0)
-		return -errno;
+	if (!name || !*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return -EINVAL;
+	/* A fresh name, created exclusively: whatever another user planted
+	 * under a name (a file, a symlink, a hard link) makes us pick another
+	 * name, never write through it. */
+	for (int attempt = 0;; attempt++) {
+		tmp_name_random(name, tmp, sizeof(tmp));
+		fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
+		if (fd >= 0)
+			break;
+		if (errno != EEXIST || attempt >= 16)
+			return -errno;
+	}
 	while (left > 0) {
 		ssize_t w = write(fd, p, left);
 		if (w < 0) {
@@ -334,21 +359,42 @@ int file_write_atomic(const char *path, const void *data, size_t len, mode_t mod
 		r = -errno;
 		goto fail;
 	}
+	/* fchown() clears set-user-ID and set-group-ID bits: put them back. */
+	if ((mode & 06000) && (uid != (uid_t)-1 || gid != (gid_t)-1) && fchmod(fd, mode & 07777) < 0) {
+		r = -errno;
+		goto fail;
+	}
 	if (fsync(fd) < 0) {
 		r = -errno;
 		goto fail;
 	}
-	if (rename(tmp, path) < 0) {
+	if (renameat(dirfd, tmp, dirfd, name) < 0) {
 		r = -errno;
 		goto fail;
 	}
-	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0)
-		(void)fsync(dfd);
+	/* dirfd may be an O_PATH descriptor, which fsync() refuses. */
+	sfd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sfd >= 0)
+		(void)fsync(sfd);
 	return 0;
 fail:
-	(void)unlink(tmp);
+	(void)unlinkat(dirfd, tmp, 0);
 	return r;
+}
+
+int file_write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid)
+{
+	_cleanup_free_ char *dir = NULL;
+	_cleanup_close_ int dfd = -1;
+	const char *slash, *name;
+
+	slash = strrchr(path, '/');
+	dir = slash ? (slash == path ? xstrdup("/") : xstrndup(path, (size_t)(slash - path))) : xstrdup(".");
+	name = slash ? slash + 1 : path;
+	dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	return file_write_atomic_at(dfd, name, data, len, mode, uid, gid);
 }
 
 int fd_read_all(int fd, size_t max, char **ret_data, size_t *ret_len)

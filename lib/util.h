@@ -72,10 +72,22 @@ bool path_is_safe_absolute(const char *p);
  * with -EINVAL. Symlinks are not resolved here. */
 int path_join_under(const char *root, const char *path, char **ret);
 
-/* Writes data to path atomically: a temporary file in the same directory,
- * fsync, fchmod/fchown, rename, fsync of the directory. uid/gid of -1 keep
- * the default. Returns 0 or a negative errno. */
+/* Writes data to name in the directory dirfd (which may be an O_PATH
+ * descriptor) atomically: a new temporary file with a random name in the
+ * same directory, created with O_CREAT|O_EXCL|O_NOFOLLOW (so nothing
+ * planted there can be written through), write, fchmod/fchown, fsync,
+ * renameat over name, fsync of the directory. name is one path component.
+ * uid/gid of -1 keep the default. Returns 0 or a negative errno. */
+int file_write_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode, uid_t uid,
+			 gid_t gid);
+/* The same for a path: its directory is opened (following symlinks: for
+ * agentd's own files, not for paths under a managed root). */
 int file_write_atomic(const char *path, const void *data, size_t len, mode_t mode, uid_t uid, gid_t gid);
+
+/* A temporary name for name in its directory: ".#<name>.<16 random hex
+ * digits>" (name cut to 200 bytes), into out (>= NAME_MAX + 1 bytes).
+ * Create it exclusively and pick another on EEXIST. */
+void tmp_name_random(const char *name, char *out, size_t n);
 
 /* Reads all of fd (to EOF), refusing more than max bytes (-EFBIG). *ret_data
  * is NUL-terminated and never NULL on success; ret_len may be NULL. */

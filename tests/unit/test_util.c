@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* lib/util.c: atomic writes, fd_read_all, user and group look-ups. */
+/* lib/util.c: atomic writes (no predictable temporary name to plant things
+ * under), fd_read_all, user and group look-ups. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -111,6 +112,99 @@ static void test_write_atomic(void **state)
 
 /* What an attacker could plant under the old predictable name
  * ".#<name>.<pid>.tmp": a symlink and a hard link to files elsewhere. */
+static void test_write_atomic_planted(void **state)
+{
+	struct ctx *c = *state;
+	char *sub = xasprintf("%s/d", c->dir), *victim = xasprintf("%s/victim", c->dir),
+	     *victim2 = xasprintf("%s/victim2", c->dir);
+	char *planted = xasprintf("%s/.#f.%ld.tmp", sub, (long)getpid());
+	char *planted2 = xasprintf("%s/.#g.%ld.tmp", sub, (long)getpid());
+	char *f = xasprintf("%s/f", sub), *g = xasprintf("%s/g", sub), *got;
+	struct stat st;
+
+	assert_int_equal(mkdir(sub, 0755), 0);
+	spit(victim, "victim\n");
+	spit(victim2, "victim2\n");
+	assert_int_equal(symlink(victim, planted), 0);
+	assert_int_equal(link(victim2, planted2), 0);
+
+	assert_int_equal(file_write_atomic(f, "new\n", 4, 0600, (uid_t)-1, (gid_t)-1), 0);
+	assert_int_equal(file_write_atomic(g, "new\n", 4, 0600, (uid_t)-1, (gid_t)-1), 0);
+	got = slurp(victim);
+	assert_string_equal(got, "victim\n");
+	free(got);
+	got = slurp(victim2);
+	assert_string_equal(got, "victim2\n");
+	free(got);
+	assert_int_equal(stat(victim, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0644);
+	assert_int_equal(stat(victim2, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0644);
+	assert_int_equal(st.st_nlink, 2);
+	got = slurp(f);
+	assert_string_equal(got, "new\n");
+	free(got);
+	/* The planted names are untouched; the new files are separate inodes. */
+	assert_int_equal(lstat(planted, &st), 0);
+	assert_true(S_ISLNK(st.st_mode));
+	assert_int_equal(lstat(g, &st), 0);
+	assert_int_equal(st.st_nlink, 1);
+	assert_int_equal(count_entries(sub), 4);
+
+	free(sub);
+	free(victim);
+	free(victim2);
+	free(planted);
+	free(planted2);
+	free(f);
+	free(g);
+}
+
+static void test_write_atomic_at(void **state)
+{
+	struct ctx *c = *state;
+	int dfd = open(c->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	char *path = xasprintf("%s/at", c->dir), *got;
+
+	assert_true(dfd >= 0);
+	assert_int_equal(file_write_atomic_at(dfd, "at", "at\n", 3, 0644, (uid_t)-1, (gid_t)-1), 0);
+	got = slurp(path);
+	assert_string_equal(got, "at\n");
+	free(got);
+	assert_int_equal(file_write_atomic_at(dfd, "a/b", "x", 1, 0644, (uid_t)-1, (gid_t)-1), -EINVAL);
+	assert_int_equal(file_write_atomic_at(dfd, "..", "x", 1, 0644, (uid_t)-1, (gid_t)-1), -EINVAL);
+	assert_int_equal(file_write_atomic_at(dfd, "", "x", 1, 0644, (uid_t)-1, (gid_t)-1), -EINVAL);
+	/* A directory in the way: the rename fails, the temporary file goes. */
+	char *d = xasprintf("%s/dir", c->dir);
+	assert_int_equal(mkdir(d, 0755), 0);
+	assert_true(file_write_atomic_at(dfd, "dir", "x", 1, 0644, (uid_t)-1, (gid_t)-1) < 0);
+	assert_int_equal(count_entries(c->dir), 2);
+	/* A long name still gets a temporary name within NAME_MAX. */
+	char name[256];
+	memset(name, 'n', 255);
+	name[255] = '\0';
+	assert_int_equal(file_write_atomic_at(dfd, name, "x", 1, 0644, (uid_t)-1, (gid_t)-1), 0);
+	assert_int_equal(count_entries(c->dir), 3);
+	close(dfd);
+	free(d);
+	free(path);
+}
+
+static void test_tmp_name_random(void **state)
+{
+	char a[NAME_MAX + 1], b[NAME_MAX + 1], name[256];
+
+	tmp_name_random("x.conf", a, sizeof(a));
+	tmp_name_random("x.conf", b, sizeof(b));
+	assert_true(strncmp(a, ".#x.conf.", 9) == 0);
+	assert_int_equal(strlen(a), 9 + 16);
+	assert_string_not_equal(a, b);
+	memset(name, 'n', 255);
+	name[255] = '\0';
+	tmp_name_random(name, a, sizeof(a));
+	assert_true(strlen(a) <= NAME_MAX);
+}
+
 static void test_fd_read_all(void **state)
 {
 	struct ctx *c = *state;
@@ -163,6 +257,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_write_atomic, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_atomic_planted, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_atomic_at, setup, teardown),
+		cmocka_unit_test(test_tmp_name_random),
 		cmocka_unit_test_setup_teardown(test_fd_read_all, setup, teardown),
 		cmocka_unit_test(test_user_group_lookup),
 	};
