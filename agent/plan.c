@@ -5,7 +5,14 @@
  * (file, dir, link, absent, note) or later (exec): in both cases it calls
  * plan_step_done() exactly once. Synchronous steps are run back to back in
  * a loop within one loop iteration, without recursion; an asynchronous step
- * resumes the loop from its completion callback. */
+ * resumes the loop from its completion callback.
+ *
+ * Paths: file, dir, link and absent steps (and exec's cwd and unless_exists)
+ * never use a path joined under root as a string. They open the parent of
+ * their path inside root (rootfs_open_parent: every symlink resolved as if
+ * root were "/") and act relative to that fd on the final component only,
+ * with calls that do not follow it; metadata is changed through an fd of the
+ * object itself, never by path. */
 #include "plan.h"
 
 #include <dirent.h>
@@ -20,6 +27,7 @@
 
 #include "exec.h"
 #include "log.h"
+#include "rootfs.h"
 #include "util.h"
 
 /* Existing files larger than this are not read for a diff (they are
@@ -163,21 +171,50 @@ static bool meta_owner_differs(const struct stat *st, uid_t uid, gid_t gid)
 	return (uid != (uid_t)-1 && st->st_uid != uid) || (gid != (gid_t)-1 && st->st_gid != gid);
 }
 
-static int mkdir_parent(const char *path)
+/* Checks that path is an absolute path of the managed system without "..";
+ * the step keeps it as given, with a copy of the root, and resolves it
+ * inside the root (rootfs.h) each time it runs. */
+static int plan_check_path(const struct plan *p, const char *path, char **ret_error)
 {
-	_cleanup_free_ char *dir = xstrdup(path);
-	char *slash = strrchr(dir, '/');
+	_cleanup_free_ char *joined = NULL;
 
-	if (!slash || slash == dir)
-		return 0;
-	*slash = '\0';
-	return mkdir_p(dir, 0755);
+	return plan_join(p, path, &joined, ret_error);
+}
+
+/* Whether path names the root itself: only "/" and "." components. */
+static bool path_is_root(const char *path)
+{
+	for (const char *c = path; *c;) {
+		size_t n;
+
+		c += strspn(c, "/");
+		n = strcspn(c, "/");
+		if (n > 1 || (n == 1 && c[0] != '.'))
+			return false;
+		c += n;
+	}
+	return true;
+}
+
+static char *plan_root(const struct plan *p)
+{
+	return xstrdup(p->root ? p->root : "/");
+}
+
+/* The parent directory of path inside root, as an O_PATH fd, and the final
+ * component; with create, missing parents are made (0755). */
+static int open_parent(const char *root, const char *path, bool create, int *ret_dirfd, char **ret_name)
+{
+	*ret_dirfd = -1;
+	*ret_name = NULL;
+	return rootfs_open_parent_path(root, path, create, 0755, ret_dirfd, ret_name);
 }
 
 /* --- file --- */
 
 struct file_data {
-	char *path;    /* joined under root */
+	char *root;
+	char *path;    /* on the managed system, resolved inside root */
 	char *content;
 	size_t len;
 	mode_t mode;
@@ -190,6 +227,7 @@ static void file_free(void *data)
 
 	if (!d)
 		return;
+	free(d->root);
 	free(d->path);
 	free(d->content);
 	free(d->owner);
@@ -197,20 +235,22 @@ static void file_free(void *data)
 	free(d);
 }
 
-/* Opens the existing regular file at path without following a symlink at
- * the last component. Returns the fd, -ENOENT when missing, -ELOOP when
- * something other than a regular file is there (with st filled). */
-static int file_open_existing(const char *path, struct stat *st)
+/* Opens the existing regular file name in dirfd without following a symlink
+ * there. Returns the fd, -ENOENT when missing, -EISDIR for a directory,
+ * -ELOOP when something other than a regular file is there (with st
+ * filled). */
+static int file_open_existing_at(int dirfd, const char *name, struct stat *st)
 {
 	int fd;
 
-	if (lstat(path, st) < 0)
+	if (fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW) < 0)
 		return -errno;
 	if (S_ISDIR(st->st_mode))
 		return -EISDIR;
 	if (!S_ISREG(st->st_mode))
 		return -ELOOP;
-	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO swapped in meanwhile must not block us. */
+	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENXIO ? -ELOOP : -errno;
 	if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
@@ -248,7 +288,8 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 			 char **ret_error)
 {
 	struct file_data *d = s->data;
-	_cleanup_close_ int fd = -1;
+	_cleanup_close_ int fd = -1, dfd = -1;
+	_cleanup_free_ char *name = NULL;
 	struct stat st;
 	uid_t uid;
 	gid_t gid;
@@ -257,7 +298,12 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 	r = resolve_owner(d->owner, d->group, &uid, &gid, ret_error);
 	if (r < 0)
 		return r;
-	fd = file_open_existing(d->path, &st);
+	r = open_parent(d->root, d->path, false, &dfd, &name);
+	if (r < 0 && r != -ENOENT) {
+		*ret_error = xasprintf("cannot open the directory of %s: %s", s->target, strerror(-r));
+		return r;
+	}
+	fd = r < 0 ? r : file_open_existing_at(dfd, name, &st);
 	if (fd == -ENOENT) {
 		*ret_action = "create";
 		*ret_diff = diff_unified(s->target, "", 0, d->content, d->len);
@@ -297,8 +343,8 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 static void file_apply(struct step *s, struct plan_exec *x)
 {
 	struct file_data *d = s->data;
-	_cleanup_free_ char *err = NULL;
-	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *err = NULL, *name = NULL;
+	_cleanup_close_ int fd = -1, dfd = -1;
 	mode_t mode = d->mode;
 	struct stat st;
 	uid_t uid;
@@ -308,7 +354,12 @@ static void file_apply(struct step *s, struct plan_exec *x)
 	if (resolve_owner(d->owner, d->group, &uid, &gid, &err) < 0)
 		return plan_step_done(x, STEP_FAILED, "%s", err);
 
-	fd = file_open_existing(d->path, &st);
+	/* When a parent is missing, so is the file: it is written below. */
+	r = open_parent(d->root, d->path, true, &dfd, &name);
+	if (r < 0)
+		return plan_step_done(x, STEP_FAILED, "cannot create the directory of %s: %s", s->target,
+				      strerror(-r));
+	fd = file_open_existing_at(dfd, name, &st);
 	if (fd == -EISDIR)
 		return plan_step_done(x, STEP_FAILED, "%s is a directory", s->target);
 	if (fd < 0 && fd != -ENOENT && fd != -ELOOP)
@@ -321,15 +372,16 @@ static void file_apply(struct step *s, struct plan_exec *x)
 			bool changed = false;
 
 			/* Same content: only the metadata may need fixing, on
-			 * the file we opened (never through a symlink). */
+			 * the file we opened (never through a symlink). The
+			 * owner first: a chown clears set-id bits. */
+			if (meta_owner_differs(&st, uid, gid)) {
+				if (fchown(fd, uid, gid) < 0 || fstat(fd, &st) < 0)
+					return plan_step_done(x, STEP_FAILED, "cannot chown %s: %m", s->target);
+				changed = true;
+			}
 			if (meta_mode_differs(&st, mode)) {
 				if (fchmod(fd, mode & 07777) < 0)
 					return plan_step_done(x, STEP_FAILED, "cannot chmod %s: %m", s->target);
-				changed = true;
-			}
-			if (meta_owner_differs(&st, uid, gid)) {
-				if (fchown(fd, uid, gid) < 0)
-					return plan_step_done(x, STEP_FAILED, "cannot chown %s: %m", s->target);
 				changed = true;
 			}
 			return plan_step_done(x, changed ? STEP_CHANGED : STEP_UNCHANGED, NULL);
@@ -341,15 +393,10 @@ static void file_apply(struct step *s, struct plan_exec *x)
 			uid = st.st_uid;
 		if (gid == (gid_t)-1 && st.st_gid != getegid())
 			gid = st.st_gid;
-	} else if (fd == -ENOENT) {
-		r = mkdir_parent(d->path);
-		if (r < 0)
-			return plan_step_done(x, STEP_FAILED, "cannot create the directory of %s: %s", s->target,
-					      strerror(-r));
 	}
 	if (mode == (mode_t)-1)
 		mode = 0644;
-	r = file_write_atomic(d->path, d->content, d->len, mode, uid, gid);
+	r = file_write_atomic_at(dfd, name, d->content, d->len, mode, uid, gid);
 	if (r < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot write %s: %s", s->target, strerror(-r));
 	plan_step_done(x, STEP_CHANGED, NULL);
@@ -366,12 +413,12 @@ struct step *plan_add_file(struct plan *p, const char *path, const void *content
 			   const char *owner, const char *group, char **ret_error)
 {
 	struct file_data *d;
-	char *joined;
 
-	if (plan_join(p, path, &joined, ret_error) < 0)
+	if (plan_check_path(p, path, ret_error) < 0)
 		return NULL;
 	d = xcalloc(1, sizeof(*d));
-	d->path = joined;
+	d->root = plan_root(p);
+	d->path = xstrdup(path);
 	d->content = xmalloc(len + 1);
 	if (len)
 		memcpy(d->content, content, len);
@@ -386,6 +433,7 @@ struct step *plan_add_file(struct plan *p, const char *path, const void *content
 /* --- dir --- */
 
 struct dir_data {
+	char *root;
 	char *path;
 	mode_t mode;
 	char *owner, *group;
@@ -397,21 +445,54 @@ static void dir_free(void *data)
 
 	if (!d)
 		return;
+	free(d->root);
 	free(d->path);
 	free(d->owner);
 	free(d->group);
 	free(d);
 }
 
-/* 1: a directory, 2: a symlink to a directory (left alone), 0: missing, <0 error. */
-static int dir_state(const char *path, struct stat *st)
+enum dir_state {
+	DIR_MISSING,
+	DIR_PRESENT,
+	DIR_LINK_OK,     /* a symlink resolving (inside root) to a directory, and nothing to enforce */
+};
+
+/* What is at the final component: a directory, nothing, or a symlink. A
+ * symlink is accepted (left alone, unchanged) only when it resolves inside
+ * the root to a directory and the step has no mode or owner to enforce on
+ * it: enforcing them would mean following the link, and a dir step must not
+ * chmod or chown whatever a link points at. Otherwise, as for anything else
+ * that is not a directory, *ret_error says why. */
+static int dir_state_at(const struct dir_data *d, const char *target, int dfd, const char *name, struct stat *st,
+			char **ret_error)
 {
-	if (lstat(path, st) < 0)
-		return errno == ENOENT ? 0 : -errno;
+	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (errno == ENOENT)
+			return DIR_MISSING;
+		*ret_error = xasprintf("cannot stat %s: %m", target);
+		return -errno;
+	}
 	if (S_ISDIR(st->st_mode))
-		return 1;
-	if (S_ISLNK(st->st_mode) && stat(path, st) == 0 && S_ISDIR(st->st_mode))
-		return 2;
+		return DIR_PRESENT;
+	if (S_ISLNK(st->st_mode)) {
+		_cleanup_close_ int rootfd = -1, fd = -1;
+
+		if (d->mode != (mode_t)-1 || d->owner || d->group) {
+			*ret_error = xasprintf("%s is a symlink, not a directory (its mode and owner are not "
+					       "enforced through a link)",
+					       target);
+			return -ENOTDIR;
+		}
+		rootfd = rootfs_open(d->root);
+		fd = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, d->path, true);
+		if (fd < 0) {
+			*ret_error = xasprintf("%s is a symlink, not a directory", target);
+			return -ENOTDIR;
+		}
+		return DIR_LINK_OK;
+	}
+	*ret_error = xasprintf("%s exists and is not a directory", target);
 	return -ENOTDIR;
 }
 
@@ -419,6 +500,8 @@ static int dir_describe(struct step *s, const struct step_env *env, const char *
 			char **ret_error)
 {
 	struct dir_data *d = s->data;
+	_cleanup_close_ int dfd = -1;
+	_cleanup_free_ char *name = NULL;
 	struct stat st;
 	uid_t uid;
 	gid_t gid;
@@ -427,17 +510,23 @@ static int dir_describe(struct step *s, const struct step_env *env, const char *
 	r = resolve_owner(d->owner, d->group, &uid, &gid, ret_error);
 	if (r < 0)
 		return r;
-	r = dir_state(d->path, &st);
+	r = open_parent(d->root, d->path, false, &dfd, &name);
+	if (r == -ENOENT) {
+		*ret_action = "create";
+		return 0;
+	}
 	if (r < 0) {
-		*ret_error = r == -ENOTDIR ? xasprintf("%s exists and is not a directory", s->target)
-					   : xasprintf("cannot stat %s: %s", s->target, strerror(-r));
+		*ret_error = xasprintf("cannot open the parent of %s: %s", s->target, strerror(-r));
 		return r;
 	}
-	if (r == 0)
+	r = dir_state_at(d, s->target, dfd, name, &st, ret_error);
+	if (r < 0)
+		return r;
+	if (r == DIR_MISSING)
 		*ret_action = "create";
-	else if (r == 1 && meta_owner_differs(&st, uid, gid))
+	else if (r == DIR_PRESENT && meta_owner_differs(&st, uid, gid))
 		*ret_action = "chown";
-	else if (r == 1 && meta_mode_differs(&st, d->mode))
+	else if (r == DIR_PRESENT && meta_mode_differs(&st, d->mode))
 		*ret_action = "chmod";
 	else
 		*ret_action = "none";
@@ -447,7 +536,8 @@ static int dir_describe(struct step *s, const struct step_env *env, const char *
 static void dir_apply(struct step *s, struct plan_exec *x)
 {
 	struct dir_data *d = s->data;
-	_cleanup_free_ char *err = NULL;
+	_cleanup_free_ char *err = NULL, *name = NULL;
+	_cleanup_close_ int dfd = -1, fd = -1;
 	mode_t mode = d->mode == (mode_t)-1 ? 0755 : d->mode & 07777;
 	bool changed = false;
 	struct stat st;
@@ -457,37 +547,37 @@ static void dir_apply(struct step *s, struct plan_exec *x)
 
 	if (resolve_owner(d->owner, d->group, &uid, &gid, &err) < 0)
 		return plan_step_done(x, STEP_FAILED, "%s", err);
-	r = dir_state(d->path, &st);
-	if (r == -ENOTDIR)
-		return plan_step_done(x, STEP_FAILED, "%s exists and is not a directory", s->target);
+	r = open_parent(d->root, d->path, true, &dfd, &name);
 	if (r < 0)
-		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %s", s->target, strerror(-r));
-	if (r == 2)
+		return plan_step_done(x, STEP_FAILED, "cannot create the parents of %s: %s", s->target, strerror(-r));
+	r = dir_state_at(d, s->target, dfd, name, &st, &err);
+	if (r < 0)
+		return plan_step_done(x, STEP_FAILED, "%s", err);
+	if (r == DIR_LINK_OK)
 		return plan_step_done(x, STEP_UNCHANGED, NULL);
-	if (r == 0) {
-		r = mkdir_parent(d->path);
-		if (r < 0)
-			return plan_step_done(x, STEP_FAILED, "cannot create the parents of %s: %s", s->target,
-					      strerror(-r));
-		if (mkdir(d->path, mode) < 0)
+	if (r == DIR_MISSING) {
+		if (mkdirat(dfd, name, mode) < 0)
 			return plan_step_done(x, STEP_FAILED, "cannot create %s: %m", s->target);
 		changed = true;
-		if (lstat(d->path, &st) < 0)
-			return plan_step_done(x, STEP_FAILED, "cannot stat %s: %m", s->target);
-		/* mkdir() honours the umask; an explicit mode is meant exactly. */
-		if (d->mode == (mode_t)-1)
-			mode = (mode_t)-1;
-	} else if (d->mode == (mode_t)-1) {
-		mode = (mode_t)-1;
 	}
-	if (meta_mode_differs(&st, mode)) {
-		if (chmod(d->path, mode) < 0)
-			return plan_step_done(x, STEP_FAILED, "cannot chmod %s: %m", s->target);
+	/* mkdir() honours the umask; an explicit mode is meant exactly. */
+	if (d->mode == (mode_t)-1)
+		mode = (mode_t)-1;
+	/* Metadata through an fd of the directory itself, never a path. */
+	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return plan_step_done(x, STEP_FAILED, "cannot open %s: %s", s->target,
+				      errno == ELOOP || errno == ENOTDIR ? "not a directory" : strerror(errno));
+	if (fstat(fd, &st) < 0)
+		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %m", s->target);
+	if (meta_owner_differs(&st, uid, gid)) {
+		if (fchown(fd, uid, gid) < 0 || fstat(fd, &st) < 0)
+			return plan_step_done(x, STEP_FAILED, "cannot chown %s: %m", s->target);
 		changed = true;
 	}
-	if (meta_owner_differs(&st, uid, gid)) {
-		if (lchown(d->path, uid, gid) < 0)
-			return plan_step_done(x, STEP_FAILED, "cannot chown %s: %m", s->target);
+	if (meta_mode_differs(&st, mode)) {
+		if (fchmod(fd, mode) < 0)
+			return plan_step_done(x, STEP_FAILED, "cannot chmod %s: %m", s->target);
 		changed = true;
 	}
 	plan_step_done(x, changed ? STEP_CHANGED : STEP_UNCHANGED, NULL);
@@ -504,12 +594,12 @@ struct step *plan_add_dir(struct plan *p, const char *path, mode_t mode, const c
 			  char **ret_error)
 {
 	struct dir_data *d;
-	char *joined;
 
-	if (plan_join(p, path, &joined, ret_error) < 0)
+	if (plan_check_path(p, path, ret_error) < 0)
 		return NULL;
 	d = xcalloc(1, sizeof(*d));
-	d->path = joined;
+	d->root = plan_root(p);
+	d->path = xstrdup(path);
 	d->mode = mode;
 	d->owner = xstrdup_or_null(owner);
 	d->group = xstrdup_or_null(group);
@@ -519,7 +609,8 @@ struct step *plan_add_dir(struct plan *p, const char *path, mode_t mode, const c
 /* --- link --- */
 
 struct link_data {
-	char *path;   /* joined under root */
+	char *root;
+	char *path;
 	char *target; /* the link's content */
 };
 
@@ -529,25 +620,26 @@ static void link_free(void *data)
 
 	if (!d)
 		return;
+	free(d->root);
 	free(d->path);
 	free(d->target);
 	free(d);
 }
 
 /* 0: missing, 1: the right link, 2: another link or a file (replaced), <0 error. */
-static int link_state(const struct link_data *d)
+static int link_state_at(const struct link_data *d, int dfd, const char *name)
 {
 	struct stat st;
 	char buf[PATH_MAX + 1];
 	ssize_t n;
 
-	if (lstat(d->path, &st) < 0)
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;
 	if (S_ISDIR(st.st_mode))
 		return -EISDIR;
 	if (!S_ISLNK(st.st_mode))
 		return 2;
-	n = readlink(d->path, buf, sizeof(buf) - 1);
+	n = readlinkat(dfd, name, buf, sizeof(buf) - 1);
 	if (n < 0)
 		return -errno;
 	buf[n] = '\0';
@@ -557,8 +649,16 @@ static int link_state(const struct link_data *d)
 static int link_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
 			 char **ret_error)
 {
-	int r = link_state(s->data);
+	struct link_data *d = s->data;
+	_cleanup_close_ int dfd = -1;
+	_cleanup_free_ char *name = NULL;
+	int r;
 
+	r = open_parent(d->root, d->path, false, &dfd, &name);
+	if (r >= 0)
+		r = link_state_at(d, dfd, name);
+	else if (r == -ENOENT)
+		r = 0;
 	if (r < 0) {
 		*ret_error = r == -EISDIR ? xasprintf("%s is a directory", s->target)
 					  : xasprintf("cannot stat %s: %s", s->target, strerror(-r));
@@ -571,9 +671,16 @@ static int link_describe(struct step *s, const struct step_env *env, const char 
 static void link_apply(struct step *s, struct plan_exec *x)
 {
 	struct link_data *d = s->data;
-	_cleanup_free_ char *tmp = NULL;
-	int r = link_state(d);
+	_cleanup_close_ int dfd = -1;
+	_cleanup_free_ char *name = NULL;
+	char tmp[NAME_MAX + 1];
+	int r;
 
+	r = open_parent(d->root, d->path, true, &dfd, &name);
+	if (r < 0)
+		return plan_step_done(x, STEP_FAILED, "cannot create the directory of %s: %s", s->target,
+				      strerror(-r));
+	r = link_state_at(d, dfd, name);
 	if (r == -EISDIR)
 		return plan_step_done(x, STEP_FAILED, "%s is a directory", s->target);
 	if (r < 0)
@@ -581,23 +688,22 @@ static void link_apply(struct step *s, struct plan_exec *x)
 	if (r == 1)
 		return plan_step_done(x, STEP_UNCHANGED, NULL);
 	if (r == 0) {
-		r = mkdir_parent(d->path);
-		if (r < 0)
-			return plan_step_done(x, STEP_FAILED, "cannot create the directory of %s: %s", s->target,
-					      strerror(-r));
-		if (symlink(d->target, d->path) < 0)
+		if (symlinkat(d->target, dfd, name) < 0)
 			return plan_step_done(x, STEP_FAILED, "cannot create link %s: %m", s->target);
 		return plan_step_done(x, STEP_CHANGED, NULL);
 	}
-	/* Replace atomically: readers see the old link or the new one. */
-	const char *slash = strrchr(d->path, '/');
-	tmp = xasprintf("%.*s/.#%s.%ld.lnk", (int)(slash - d->path), d->path, slash + 1, (long)getpid());
-	(void)unlink(tmp);
-	if (symlink(d->target, tmp) < 0)
-		return plan_step_done(x, STEP_FAILED, "cannot create link %s: %m", s->target);
-	if (rename(tmp, d->path) < 0) {
+	/* Replace atomically: readers see the old link or the new one. The
+	 * new link gets a fresh random name, created exclusively. */
+	for (int attempt = 0;; attempt++) {
+		tmp_name_random(name, tmp, sizeof(tmp));
+		if (symlinkat(d->target, dfd, tmp) == 0)
+			break;
+		if (errno != EEXIST || attempt >= 16)
+			return plan_step_done(x, STEP_FAILED, "cannot create link %s: %m", s->target);
+	}
+	if (renameat(dfd, tmp, dfd, name) < 0) {
 		int e = errno;
-		(void)unlink(tmp);
+		(void)unlinkat(dfd, tmp, 0);
 		return plan_step_done(x, STEP_FAILED, "cannot replace %s: %s", s->target, strerror(e));
 	}
 	plan_step_done(x, STEP_CHANGED, NULL);
@@ -613,25 +719,24 @@ static const struct step_ops link_ops = {
 struct step *plan_add_link(struct plan *p, const char *path, const char *link_target, char **ret_error)
 {
 	struct link_data *d;
-	char *joined, *target;
+	char *target;
 
 	if (!link_target || !*link_target) {
 		if (ret_error)
 			*ret_error = xasprintf("empty link target for %s", path ? path : "(null)");
 		return NULL;
 	}
-	if (plan_join(p, path, &joined, ret_error) < 0)
+	if (plan_check_path(p, path, ret_error) < 0)
 		return NULL;
 	if (link_target[0] == '/') {
-		if (plan_join(p, link_target, &target, ret_error) < 0) {
-			free(joined);
+		if (plan_join(p, link_target, &target, ret_error) < 0)
 			return NULL;
-		}
 	} else {
 		target = xstrdup(link_target);
 	}
 	d = xcalloc(1, sizeof(*d));
-	d->path = joined;
+	d->root = plan_root(p);
+	d->path = xstrdup(path);
 	d->target = target;
 	return plan_add(p, &link_ops, path, d);
 }
@@ -639,6 +744,7 @@ struct step *plan_add_link(struct plan *p, const char *path, const char *link_ta
 /* --- absent --- */
 
 struct absent_data {
+	char *root;
 	char *path;
 	bool recursive;
 };
@@ -649,13 +755,26 @@ static void absent_free(void *data)
 
 	if (!d)
 		return;
+	free(d->root);
 	free(d->path);
 	free(d);
 }
 
+/* Whether name in dfd (not followed; "" for dfd itself) is on the mount
+ * with id mnt. True when the kernel cannot tell (st_dev is checked too). */
+static bool same_mount(int dfd, const char *name, bool have_mnt, uint64_t mnt)
+{
+	uint64_t id;
+
+	if (!have_mnt || rootfs_mount_id(dfd, name, &id) < 0)
+		return true;
+	return id == mnt;
+}
+
 /* Removes everything inside the directory dfd (which it closes), never
- * following symlinks and never crossing into another file system. */
-static int rm_children(int dfd, dev_t dev)
+ * following symlinks and never crossing into another mount: neither another
+ * file system (st_dev) nor a bind mount of the same one (the mount id). */
+static int rm_children(int dfd, dev_t dev, bool have_mnt, uint64_t mnt)
 {
 	DIR *dir = fdopendir(dfd);
 	struct dirent *de;
@@ -680,7 +799,7 @@ static int rm_children(int dfd, dev_t dev)
 		if (S_ISDIR(st.st_mode)) {
 			int cfd;
 
-			if (st.st_dev != dev) {
+			if (st.st_dev != dev || !same_mount(dirfd(dir), de->d_name, have_mnt, mnt)) {
 				r = -EXDEV;
 				break;
 			}
@@ -689,7 +808,7 @@ static int rm_children(int dfd, dev_t dev)
 				r = -errno;
 				break;
 			}
-			r = rm_children(cfd, dev);
+			r = rm_children(cfd, dev, have_mnt, mnt);
 			if (r < 0)
 				break;
 			if (unlinkat(dirfd(dir), de->d_name, AT_REMOVEDIR) < 0 && errno != ENOENT) {
@@ -711,15 +830,19 @@ static int absent_describe(struct step *s, const struct step_env *env, const cha
 			   char **ret_error)
 {
 	struct absent_data *d = s->data;
+	_cleanup_close_ int dfd = -1;
+	_cleanup_free_ char *name = NULL;
 	struct stat st;
+	int r;
 
-	if (lstat(d->path, &st) < 0) {
-		int r = -errno;
-
-		if (r == -ENOENT) {
-			*ret_action = "none";
-			return 0;
-		}
+	r = open_parent(d->root, d->path, false, &dfd, &name);
+	if (r >= 0 && fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		r = -errno;
+	if (r == -ENOENT) {
+		*ret_action = "none";
+		return 0;
+	}
+	if (r < 0) {
 		*ret_error = xasprintf("cannot stat %s: %s", s->target, strerror(-r));
 		return r;
 	}
@@ -734,29 +857,44 @@ static int absent_describe(struct step *s, const struct step_env *env, const cha
 static void absent_apply(struct step *s, struct plan_exec *x)
 {
 	struct absent_data *d = s->data;
+	_cleanup_close_ int dfd = -1;
+	_cleanup_free_ char *name = NULL;
+	uint64_t mnt = 0, parent_mnt = 0;
+	bool have_mnt;
 	struct stat st;
 	int fd, r;
 
-	if (lstat(d->path, &st) < 0) {
-		if (errno == ENOENT)
-			return plan_step_done(x, STEP_UNCHANGED, NULL);
-		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %m", s->target);
-	}
+	r = open_parent(d->root, d->path, false, &dfd, &name);
+	if (r >= 0 && fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		r = -errno;
+	if (r == -ENOENT)
+		return plan_step_done(x, STEP_UNCHANGED, NULL);
+	if (r < 0)
+		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %s", s->target, strerror(-r));
+	if (strcmp(name, ".") == 0)
+		return plan_step_done(x, STEP_FAILED, "refusing to remove the root directory");
 	if (!S_ISDIR(st.st_mode)) {
-		if (unlink(d->path) < 0)
+		if (unlinkat(dfd, name, 0) < 0)
 			return plan_step_done(x, STEP_FAILED, "cannot remove %s: %m", s->target);
 		return plan_step_done(x, STEP_CHANGED, NULL);
 	}
 	if (!d->recursive)
 		return plan_step_done(x, STEP_FAILED, "%s is a directory (not removed without recursive)", s->target);
-	fd = open(d->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot open %s: %m", s->target);
-	r = rm_children(fd, st.st_dev);
+	/* The directory itself must not be a mount point either: its
+	 * content would be another file system's. */
+	have_mnt = rootfs_mount_id(fd, "", &mnt) == 0 && rootfs_mount_id(dfd, "", &parent_mnt) == 0;
+	if (fstat(fd, &st) < 0 || (have_mnt && mnt != parent_mnt)) {
+		(void)close(fd);
+		return plan_step_done(x, STEP_FAILED, "cannot remove %s: it is a mount point", s->target);
+	}
+	r = rm_children(fd, st.st_dev, have_mnt, mnt);
 	if (r < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot remove %s: %s", s->target,
 				      r == -EXDEV ? "it contains a mount point" : strerror(-r));
-	if (rmdir(d->path) < 0)
+	if (unlinkat(dfd, name, AT_REMOVEDIR) < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot remove %s: %m", s->target);
 	plan_step_done(x, STEP_CHANGED, NULL);
 }
@@ -771,19 +909,18 @@ static const struct step_ops absent_ops = {
 struct step *plan_add_absent(struct plan *p, const char *path, bool recursive, char **ret_error)
 {
 	struct absent_data *d;
-	char *joined;
 
-	if (plan_join(p, path, &joined, ret_error) < 0)
+	if (plan_check_path(p, path, ret_error) < 0)
 		return NULL;
-	/* Removing root itself is never what a recipe meant. */
-	if (strcmp(path + strspn(path, "/"), "") == 0) {
+	/* Removing root itself is never what a recipe meant ("/", "/.", "//./"). */
+	if (path_is_root(path)) {
 		if (ret_error)
 			*ret_error = xasprintf("refusing to remove the root directory");
-		free(joined);
 		return NULL;
 	}
 	d = xcalloc(1, sizeof(*d));
-	d->path = joined;
+	d->root = plan_root(p);
+	d->path = xstrdup(path);
 	d->recursive = recursive;
 	return plan_add(p, &absent_ops, path, d);
 }
@@ -797,7 +934,8 @@ struct exec_data {
 	char **argv;
 	char **env;
 	char *user;
-	char *cwd;           /* joined under root, or NULL for root itself */
+	char *root;
+	char *cwd;           /* on the managed system (resolved inside root when it runs), or NULL for root itself */
 	long timeout_sec;
 	char *stdin_data;
 	size_t stdin_len;
@@ -822,6 +960,7 @@ static void exec_data_free(void *data)
 	strv_free(d->argv);
 	strv_free(d->env);
 	free(d->user);
+	free(d->root);
 	free(d->cwd);
 	free(d->stdin_data);
 	free(d->input_key);
@@ -897,14 +1036,44 @@ static int exec_describe(struct step *s, const struct step_env *env, const char 
 	return 0;
 }
 
+/* Resolves the working directory inside root to an O_PATH fd (>= 3, so the
+ * child's stdio set-up cannot replace it) and names it for uv_spawn as
+ * /proc/self/fd/N: libuv's child does chdir() before it switches user and
+ * before exec, while it still has the fd (O_CLOEXEC only closes it at the
+ * exec), so it enters exactly the directory resolved here, with no window
+ * for a symlink swapped into the path between resolution and chdir(). */
+static int exec_open_cwd(const struct exec_data *d, int *ret_fd, char *buf, size_t n, char **ret_error)
+{
+	_cleanup_close_ int rootfd = rootfs_open(d->root);
+	int fd;
+
+	fd = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, d->cwd, true);
+	if (fd < 0) {
+		*ret_error = xasprintf("cannot enter the working directory %s: %s", d->cwd, strerror(-fd));
+		return fd;
+	}
+	*ret_fd = fd;
+	(void)snprintf(buf, n, "/proc/self/fd/%d", fd);
+	if (access(buf, F_OK) < 0) {
+		int r = -errno;
+
+		*ret_error = xasprintf("cannot enter the working directory %s: %s is not available: %s", d->cwd, buf,
+				       strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
 static void exec_apply(struct step *s, struct plan_exec *x)
 {
 	struct exec_data *d = s->data;
 	_cleanup_free_ char *err = NULL;
+	_cleanup_close_ int cwdfd = -1;
+	char cwd[64];
 	struct exec_opts o = {
 		.argv = d->argv,
 		.env = d->env,
-		.cwd = d->cwd ? d->cwd : x->env.root,
+		.cwd = d->root,
 		.user = d->user,
 		.timeout_ms = d->timeout_sec * 1000,
 		.stdin_data = d->stdin_data,
@@ -917,9 +1086,15 @@ static void exec_apply(struct step *s, struct plan_exec *x)
 	/* exec.c can only say ENOENT for an unknown user; say it clearly. */
 	if (d->user && resolve_owner(d->user, NULL, &uid, &gid, &err) < 0)
 		return plan_step_done(x, STEP_FAILED, "could not start: %s", err);
+	if (d->cwd) {
+		if (exec_open_cwd(d, &cwdfd, cwd, sizeof(cwd), &err) < 0)
+			return plan_step_done(x, STEP_FAILED, "could not start: %s", err);
+		o.cwd = cwd;
+	}
 
 	d->cur_len = d->last_len = 0;
 	d->x = x;
+	/* The spawn itself is synchronous: cwdfd may close after this. */
 	r = exec_start(x->loop, &o, cb_exec_output, cb_exec_done, d, &d->proc);
 	if (r < 0) {
 		d->x = NULL;
@@ -954,12 +1129,16 @@ struct step *plan_add_exec(struct plan *p, const char *target, const struct exec
 			*ret_error = xasprintf("no command for %s", target ? target : "exec step");
 		return NULL;
 	}
-	if (o->cwd && plan_join(p, o->cwd, &cwd, ret_error) < 0)
-		return NULL;
+	if (o->cwd) {
+		if (plan_check_path(p, o->cwd, ret_error) < 0)
+			return NULL;
+		cwd = xstrdup(o->cwd);
+	}
 	d = xcalloc(1, sizeof(*d));
 	d->argv = strv_dup(o->argv);
 	d->env = strv_dup(o->env);
 	d->user = xstrdup_or_null(o->user);
+	d->root = plan_root(p);
 	d->cwd = cwd;
 	d->timeout_sec = o->timeout_sec;
 	if (o->stdin_data) {
@@ -1062,16 +1241,6 @@ void step_only_if_changed(struct step *s, const char *id)
 	s->only_if_changed[n + 1] = NULL;
 }
 
-static bool path_exists_under(const char *root, const char *path)
-{
-	_cleanup_free_ char *joined = NULL;
-	struct stat st;
-
-	if (path_join_under(root ? root : "/", path, &joined) < 0)
-		return false;
-	return lstat(joined, &st) == 0;
-}
-
 /* --- executor --- */
 
 static void on_done_timer_closed(uv_handle_t *h)
@@ -1133,7 +1302,7 @@ static void plan_run(struct plan_exec *x)
 		x->out_last_nl = true;
 		if (x->cbs.on_step_start)
 			x->cbs.on_step_start(x->userdata, s, x->cur);
-		if (s->unless_exists && path_exists_under(x->env.root, s->unless_exists)) {
+		if (s->unless_exists && rootfs_exists(x->env.root, s->unless_exists)) {
 			s->status = STEP_UNCHANGED;
 			step_finish(x);
 			continue;
@@ -1336,7 +1505,7 @@ json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
 		json_t *o;
 		int r = 0;
 
-		if (s->unless_exists && path_exists_under(root, s->unless_exists))
+		if (s->unless_exists && rootfs_exists(root, s->unless_exists))
 			guarded = true;
 		if (!guarded && s->only_if_changed && s->only_if_changed[0]) {
 			bool any = false;

@@ -31,7 +31,7 @@ struct plan_exec;
 /* What the executor offers a step while it runs. */
 struct step_env {
 	uv_loop_t *loop;
-	const char *root;        /* every path in a step is already joined under it */
+	const char *root;        /* the managed system's "/" (steps keep their own copy of the plan's root) */
 	long run_id;
 	size_t output_max;       /* bytes of one step's output kept */
 };
@@ -89,29 +89,50 @@ void plan_free(struct plan *p);
  * fields (recipe, layer) are set by the caller after the call if needed. */
 struct step *plan_add(struct plan *p, const struct step_ops *ops, const char *target, void *data);
 
-/* Built-in kinds. Paths are absolute paths on the managed system; they are
- * joined under plan->root here (refusing ".."), so recipes never see root.
- * owner/group of NULL leave ownership alone; mode of (mode_t)-1 likewise.
- * Each returns the new step, or NULL with *ret_error set when a path is bad. */
+/* Built-in kinds. Paths are absolute paths on the managed system, checked
+ * here (refusing ".."), so recipes never see root. The steps keep them as
+ * given with a copy of plan->root and resolve them inside root each time they
+ * run or are described (lib/rootfs.h): every symlink in a parent directory,
+ * absolute or relative, resolves as if root were "/" (openat2
+ * RESOLVE_IN_ROOT), so no step can create, write, chmod, chown or remove
+ * anything outside root; missing parents are created one at a time, relative
+ * to the resolved parent; the final component is never followed (a symlink
+ * there is replaced by file and link, removed by absent, and refused by dir,
+ * see below). owner/group of NULL leave ownership alone; mode of (mode_t)-1
+ * likewise. Each returns the new step, or NULL with *ret_error set when a
+ * path is bad. */
 struct step *plan_add_file(struct plan *p, const char *path, const void *content, size_t len, mode_t mode,
 			   const char *owner, const char *group, char **ret_error);
+/* A symlink at path fails the step ("... is a symlink, not a directory"),
+ * except when the step has nothing to enforce (mode (mode_t)-1, no owner,
+ * no group) and the link resolves inside root to a directory: then it is
+ * left alone, "unchanged" (e.g. /var/www -> /srv/www). A mode or an owner is
+ * never applied through a link. */
 struct step *plan_add_dir(struct plan *p, const char *path, mode_t mode, const char *owner, const char *group,
 			  char **ret_error);
 /* link_target is the symlink's content. An absolute target is joined under
- * root too (refusing ".."), so that links resolve inside a test root; a
- * relative one is stored as given. An existing link pointing elsewhere, or
+ * root too (refusing ".."), so that the kernel resolves such links inside a
+ * test root; a relative one is stored as given. (Steps themselves resolve
+ * links as if root were "/": under a root other than "/", a later step whose
+ * path goes through a link with an absolute, root-joined target does not
+ * find the target. Relative targets work both ways.) An existing link pointing elsewhere, or
  * a file, is replaced atomically (new link + rename); a directory in the
  * way is an error. */
 struct step *plan_add_link(struct plan *p, const char *path, const char *link_target, char **ret_error);
 /* Removes a file or link; a directory only when recursive (the tree is
- * removed without following symlinks and without crossing file systems). */
+ * removed with openat(O_NOFOLLOW|O_DIRECTORY) and unlinkat, without following
+ * symlinks and without crossing mount points: another file system, or a bind
+ * mount of the same one, by statx's mount id; a directory that is itself a
+ * mount point is refused). The root itself ("/", "/.") is refused. */
 struct step *plan_add_absent(struct plan *p, const char *path, bool recursive, char **ret_error);
 
 struct exec_step_opts {
 	char *const *argv;       /* required */
 	char *const *env;        /* NULL-terminated "K=V", may be NULL */
 	const char *user;        /* may be NULL */
-	const char *cwd;         /* absolute path on the managed system (joined under root), may be NULL: root */
+	const char *cwd;         /* absolute path on the managed system, may be NULL: root. Resolved
+				  * inside root when the step runs; the child enters it through
+				  * /proc/self/fd/N of the resolved directory (so /proc is needed) */
 	long timeout_sec;        /* 0: none */
 	const char *stdin_data;  /* copied */
 	size_t stdin_len;
@@ -128,7 +149,8 @@ struct step *plan_add_note(struct plan *p, const char *target, const char *messa
 
 /* Adds a guard to s. When none of the named steps changed in this
  * execution, s is not applied and its status is "skipped" (it was not
- * needed); an unless_exists path that exists gives "unchanged". */
+ * needed); an unless_exists path that exists (resolved inside root, the
+ * final component not followed) gives "unchanged". */
 void step_only_if_changed(struct step *s, const char *id);
 
 /* Executor. */

@@ -2,6 +2,7 @@
 /* plan.c: the built-in step kinds against a temporary root, the executor on
  * a private loop (every test ends with the loop closing cleanly), guards,
  * cancel, and the dry run. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -13,12 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "plan.h"
+#include "rootfs.h"
 #include "util.h"
 
 struct ctx {
@@ -648,6 +651,26 @@ static void test_exec_env_cwd_user(void **state)
 	free(expect);
 	plan_free(&p);
 
+	/* cwd and a user switch together (the child enters the directory
+	 * through /proc/self/fd before it drops privileges). */
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() == 0 && pw) {
+		char *id[] = { "/bin/sh", "-c", "pwd; id -u", NULL };
+		struct exec_step_opts ou = { .argv = id, .cwd = "/srv/app", .user = "nobody" };
+		char *d = P(c, "/srv/app");
+
+		assert_int_equal(chmod(c->root, 0755), 0);
+		plan_init(&p, c->root);
+		assert_non_null(plan_add_exec(&p, "id", &ou, &err));
+		run_plan(c, &p);
+		assert_int_equal(p.steps[0]->status, STEP_CHANGED);
+		expect = xasprintf("%s\n%u\n", d, (unsigned)pw->pw_uid);
+		assert_string_equal(c->output.data, expect);
+		free(expect);
+		free(d);
+		plan_free(&p);
+	}
+
 	/* Unknown user: a clear error. */
 	plan_init(&p, c->root);
 	o.user = "no-such-user-xyz";
@@ -856,6 +879,350 @@ static void test_cancel_last_step(void **state)
 	free(after);
 }
 
+/* --- escapes through symlinks (every operation resolves inside root) --- */
+
+struct outside {
+	char dir[64];
+};
+
+static void outside_init(struct outside *o)
+{
+	char *p;
+	int fd;
+
+	snprintf(o->dir, sizeof(o->dir), "/tmp/test_plan_out.XXXXXX");
+	assert_non_null(mkdtemp(o->dir));
+	assert_int_equal(chmod(o->dir, 0755), 0);
+	p = xasprintf("%s/keep", o->dir);
+	fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "keep\n", 5), 5);
+	close(fd);
+	assert_int_equal(chmod(p, 0644), 0);
+	free(p);
+	p = xasprintf("%s/dir", o->dir);
+	assert_int_equal(mkdir(p, 0755), 0);
+	assert_int_equal(chmod(p, 0755), 0);
+	free(p);
+	p = xasprintf("%s/dir/inner", o->dir);
+	fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	close(fd);
+	free(p);
+}
+
+/* Nothing in the outside directory was created, removed, written or chmod'ed. */
+static void outside_check(struct outside *o)
+{
+	struct stat st;
+	char *p, *got;
+	int n = 0;
+	DIR *d = opendir(o->dir);
+	struct dirent *de;
+
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		n++;
+	closedir(d);
+	assert_int_equal(n, 4); /* ., .., keep, dir */
+	assert_int_equal(stat(o->dir, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0755);
+	p = xasprintf("%s/keep", o->dir);
+	got = read_file(p);
+	assert_non_null(got);
+	assert_string_equal(got, "keep\n");
+	free(got);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0644);
+	assert_int_equal(st.st_uid, getuid());
+	free(p);
+	p = xasprintf("%s/dir", o->dir);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0755);
+	assert_int_equal(st.st_uid, getuid());
+	free(p);
+	p = xasprintf("%s/dir/inner", o->dir);
+	assert_true(exists(p));
+	free(p);
+}
+
+static void outside_free(struct outside *o)
+{
+	(void)nftw(o->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void plant_link(struct ctx *c, const char *target, const char *path)
+{
+	char *p = P(c, path);
+
+	assert_int_equal(symlink(target, p), 0);
+	free(p);
+}
+
+static void check_no_escape(struct ctx *c)
+{
+	struct outside o;
+	struct plan p;
+	char *err = NULL, *rel, *q;
+	json_t *j;
+
+	outside_init(&o);
+	mkdir_under(c, "/srv");
+	mkdir_under(c, "/var/lib");
+	/* Absolute, relative (climbing far above root), and a chain. */
+	plant_link(c, o.dir, "/srv/abs");
+	rel = xasprintf("../../../../../../../../..%s", o.dir);
+	plant_link(c, rel, "/srv/rel");
+	plant_link(c, "/srv/abs", "/srv/chain");
+	plant_link(c, "loop2", "/srv/loop1");
+	plant_link(c, "loop1", "/srv/loop2");
+	/* Final components that are links to outside things. */
+	q = xasprintf("%s/keep", o.dir);
+	plant_link(c, q, "/srv/keeplink");
+	free(q);
+	q = xasprintf("%s/dir", o.dir);
+	plant_link(c, q, "/srv/dirlink");
+	free(q);
+
+	const char *parents[] = { "/srv/abs", "/srv/rel", "/srv/chain" };
+	for (size_t i = 0; i < ELEMENTSOF(parents); i++) {
+		char path[256], path2[256];
+
+		/* The dry run reads nothing outside: the files are "missing". */
+		plan_init(&p, c->root);
+		snprintf(path, sizeof(path), "%s/keep", parents[i]);
+		assert_non_null(plan_add_file(&p, path, "new\n", 4, 0600, NULL, NULL, &err));
+		snprintf(path2, sizeof(path2), "%s/conf/x.cfg", parents[i]);
+		assert_non_null(plan_add_file(&p, path2, "x\n", 2, 0600, NULL, NULL, &err));
+		j = plan_describe(&p, NULL, false);
+		json_t *s0 = json_array_get(json_object_get(j, "steps"), 0);
+		assert_string_equal(json_string_value(json_object_get(s0, "action")), "create");
+		assert_null(strstr(json_string_value(json_object_get(s0, "diff")), "\n-keep"));
+		json_decref(j);
+		/* Written, but inside root: the links dangle there, so the
+		 * parents cannot be made; nothing happens outside either way. */
+		run_plan(c, &p);
+		assert_int_equal(p.steps[0]->status, STEP_FAILED);
+		outside_check(&o);
+		plan_free(&p);
+
+		plan_init(&p, c->root);
+		snprintf(path, sizeof(path), "%s/dir", parents[i]);
+		assert_non_null(plan_add_dir(&p, path, 0700, NULL, NULL, &err));
+		snprintf(path, sizeof(path), "%s/dir/inner", parents[i]);
+		assert_non_null(plan_add_absent(&p, path, false, &err));
+		snprintf(path, sizeof(path), "%s/dir", parents[i]);
+		assert_non_null(plan_add_absent(&p, path, true, &err));
+		snprintf(path, sizeof(path), "%s/keep", parents[i]);
+		assert_non_null(plan_add_absent(&p, path, false, &err));
+		snprintf(path, sizeof(path), "%s/l", parents[i]);
+		assert_non_null(plan_add_link(&p, path, "/x", &err));
+		j = plan_describe(&p, NULL, false);
+		json_decref(j);
+		for (size_t k = 0; k < p.n_steps; k++) {
+			struct plan one = { .steps = &p.steps[k], .n_steps = 1, .root = c->root };
+			run_plan(c, &one);
+			outside_check(&o);
+		}
+		plan_free(&p);
+	}
+
+	/* Now what the absolute link names exists inside root: the same
+	 * steps work, inside root. */
+	q = P(c, o.dir);
+	assert_int_equal(mkdir_p(q, 0755), 0);
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/srv/abs/conf/x.cfg", "x\n", 2, 0600, NULL, NULL, &err));
+	assert_non_null(plan_add_file(&p, "/srv/chain/keep", "new\n", 4, 0600, NULL, NULL, &err));
+	assert_non_null(plan_add_dir(&p, "/srv/abs/dir", 0700, NULL, NULL, &err));
+	assert_non_null(plan_add_link(&p, "/srv/chain/l", "target", &err));
+	run_plan(c, &p);
+	for (size_t k = 0; k < p.n_steps; k++)
+		assert_int_equal(p.steps[k]->status, STEP_CHANGED);
+	plan_free(&p);
+	outside_check(&o);
+	char *in = xasprintf("%s/conf/x.cfg", q), *got = read_file(in);
+	assert_non_null(got);
+	assert_string_equal(got, "x\n");
+	free(got);
+	free(in);
+	in = xasprintf("%s/keep", q);
+	got = read_file(in);
+	assert_string_equal(got, "new\n");
+	free(got);
+	free(in);
+	/* And removed there. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_absent(&p, "/srv/rel/keep", false, &err));
+	assert_non_null(plan_add_absent(&p, "/srv/abs/dir", true, &err));
+	run_plan(c, &p);
+	plan_free(&p);
+	outside_check(&o);
+	free(q);
+
+	/* Final components that are links: replaced (file, link), removed
+	 * (absent), refused (dir): never followed. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_dir(&p, "/srv/dirlink", 0700, NULL, NULL, &err));
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "is a symlink, not a directory"));
+	plan_free(&p);
+	outside_check(&o);
+	/* Without a mode to enforce, a link that leads nowhere inside root is still refused. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_dir(&p, "/srv/dirlink", (mode_t)-1, NULL, NULL, &err));
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "is a symlink, not a directory"));
+	plan_free(&p);
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/srv/keeplink", "new\n", 4, 0600, NULL, NULL, &err));
+	assert_non_null(plan_add_absent(&p, "/srv/dirlink", true, &err));
+	assert_non_null(plan_add_link(&p, "/srv/loop1", "x", &err));
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_CHANGED);
+	assert_int_equal(p.steps[1]->status, STEP_CHANGED);
+	assert_int_equal(p.steps[2]->status, STEP_CHANGED);
+	plan_free(&p);
+	outside_check(&o);
+	q = P(c, "/srv/dirlink");
+	assert_false(exists(q));
+	free(q);
+
+	/* A loop in a parent: a clear failure. */
+	plant_link(c, "loopB", "/srv/loopA");
+	plant_link(c, "/srv/loopA", "/srv/loopB");
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/srv/loopB/x", "x", 1, 0644, NULL, NULL, &err));
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "Too many levels of symbolic links"));
+	plan_free(&p);
+
+	/* exec: cwd and unless_exists resolve inside root too. */
+	char *argv[] = { "/bin/sh", "-c", "pwd", NULL };
+	struct exec_step_opts eo = { .argv = argv, .cwd = "/srv/abs" };
+	plan_init(&p, c->root);
+	struct step *e = plan_add_exec(&p, "pwd", &eo, &err);
+	assert_non_null(e);
+	run_plan(c, &p);
+	assert_int_equal(e->status, STEP_CHANGED);
+	q = xasprintf("%s%s\n", c->root, o.dir);
+	assert_string_equal(c->output.data, q);
+	free(q);
+	plan_free(&p);
+	eo.cwd = "/srv/rel/dir";
+	plan_init(&p, c->root);
+	e = plan_add_exec(&p, "pwd", &eo, &err);
+	run_plan(c, &p);
+	assert_int_equal(e->status, STEP_FAILED);
+	assert_non_null(strstr(e->error, "could not start: cannot enter the working directory /srv/rel/dir"));
+	plan_free(&p);
+	plan_init(&p, c->root);
+	e = add_sh(&p, "echo ran", NULL, 0);
+	e->unless_exists = xstrdup("/srv/rel/dir/inner");
+	j = plan_describe(&p, NULL, false);
+	assert_string_equal(
+		json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")), "run");
+	json_decref(j);
+	run_plan(c, &p);
+	assert_int_equal(e->status, STEP_CHANGED);
+	plan_free(&p);
+	outside_check(&o);
+
+	free(rel);
+	outside_free(&o);
+}
+
+static void test_no_escape(void **state)
+{
+	rootfs_force_fallback(false);
+	check_no_escape(*state);
+}
+
+static void test_no_escape_fallback(void **state)
+{
+	rootfs_force_fallback(true);
+	check_no_escape(*state);
+	rootfs_force_fallback(false);
+}
+
+/* A dir step on a symlink to a directory inside root: accepted when it has
+ * nothing to enforce, refused with a mode or an owner. */
+static void test_dir_symlink(void **state)
+{
+	struct ctx *c = *state;
+	struct plan p;
+	char *err = NULL, *real = P(c, "/srv/www");
+	json_t *j;
+
+	mkdir_under(c, "/srv/www");
+	assert_int_equal(chmod(real, 0755), 0);
+	plant_link(c, "/srv/www", "/var-www");
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_dir(&p, "/var-www", (mode_t)-1, NULL, NULL, &err));
+	j = plan_describe(&p, NULL, false);
+	assert_string_equal(
+		json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")), "none");
+	json_decref(j);
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_UNCHANGED);
+	plan_free(&p);
+
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_dir(&p, "/var-www", 0700, NULL, NULL, &err));
+	j = plan_describe(&p, NULL, false);
+	json_t *s0 = json_array_get(json_object_get(j, "steps"), 0);
+	assert_string_equal(json_string_value(json_object_get(s0, "action")), "fail");
+	assert_non_null(strstr(json_string_value(json_object_get(s0, "error")), "is a symlink, not a directory"));
+	json_decref(j);
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_int_equal(mode_of(real), 0755);
+	plan_free(&p);
+	free(real);
+}
+
+/* absent never crosses a mount point, also a bind mount of the same file
+ * system (same st_dev); skipped without the privilege to mount. */
+static void test_absent_mount_point(void **state)
+{
+	struct ctx *c = *state;
+	char *src = P(c, "/data"), *mnt = P(c, "/srv/tree/sub/m"), *keep = P(c, "/data/keep");
+	struct plan p;
+	char *err = NULL;
+
+	mkdir_under(c, "/data");
+	mkdir_under(c, "/srv/tree/sub/m");
+	write_file(keep, "keep");
+	if (mount(src, mnt, "none", MS_BIND, NULL) < 0) {
+		free(src);
+		free(mnt);
+		free(keep);
+		skip();
+	}
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_absent(&p, "/srv/tree", true, &err));
+	assert_non_null(plan_add_absent(&p, "/srv/tree/sub/m", true, &err));
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "contains a mount point"));
+	plan_free(&p);
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_absent(&p, "/srv/tree/sub/m", true, &err));
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "is a mount point"));
+	plan_free(&p);
+	assert_int_equal(umount2(mnt, MNT_DETACH), 0);
+	assert_true(exists(keep));
+	free(src);
+	free(mnt);
+	free(keep);
+}
+
+
 static void test_note_and_empty(void **state)
 {
 	struct ctx *c = *state;
@@ -987,6 +1354,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_failure_stops_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_last_step, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_escape, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_escape_fallback, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dir_symlink, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_absent_mount_point, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_note_and_empty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_describe_json, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noop_speed, setup, teardown),

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* lib/util.c: atomic writes (no predictable temporary name to plant things
- * under), fd_read_all, user and group look-ups. */
+ * under), fd_read_all, user and group look-ups; lib/rootfs.c: resolution
+ * inside a root, with symlinks planted to get out of it (absolute, relative,
+ * chains, loops), through openat2 and through the user-space fallback. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "rootfs.h"
 #include "util.h"
 
 struct ctx {
@@ -253,6 +256,322 @@ static void test_user_group_lookup(void **state)
 	assert_int_equal(group_lookup("no-such-group-xyz", &gid), -ENOENT);
 }
 
+/* --- rootfs --- */
+
+struct rctx {
+	char dir[64];
+	char *root, *outside;
+};
+
+static int rsetup(void **state)
+{
+	struct rctx *c = xcalloc(1, sizeof(*c));
+
+	snprintf(c->dir, sizeof(c->dir), "/tmp/test_rootfs.XXXXXX");
+	assert_non_null(mkdtemp(c->dir));
+	c->root = xasprintf("%s/root", c->dir);
+	c->outside = xasprintf("%s/outside", c->dir);
+	assert_int_equal(mkdir(c->root, 0755), 0);
+	assert_int_equal(mkdir(c->outside, 0755), 0);
+	*state = c;
+	return 0;
+}
+
+static int rteardown(void **state)
+{
+	struct rctx *c = *state;
+
+	rootfs_force_fallback(false);
+	(void)nftw(c->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	free(c->root);
+	free(c->outside);
+	free(c);
+	return 0;
+}
+
+static char *R(struct rctx *c, const char *path)
+{
+	return xasprintf("%s%s", c->root, path);
+}
+
+static char *O(struct rctx *c, const char *path)
+{
+	return xasprintf("%s%s", c->outside, path);
+}
+
+static void plant(struct rctx *c, const char *target, const char *path)
+{
+	char *p = R(c, path);
+
+	assert_int_equal(symlink(target, p), 0);
+	free(p);
+}
+
+static bool lexists(const char *path)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0;
+}
+
+/* The fd refers to the same inode as path. */
+static void assert_fd_is(int fd, const char *path)
+{
+	struct stat a, b;
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &a), 0);
+	assert_int_equal(stat(path, &b), 0);
+	assert_true(a.st_dev == b.st_dev && a.st_ino == b.st_ino);
+}
+
+/* Everything outside root: its entries, and keep's content and mode. */
+static void assert_outside_untouched(struct rctx *c)
+{
+	char *keep = O(c, "/keep"), *got;
+	struct stat st;
+
+	assert_int_equal(count_entries(c->outside), 2);
+	got = slurp(keep);
+	assert_string_equal(got, "keep\n");
+	free(got);
+	assert_int_equal(stat(keep, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0644);
+	free(keep);
+	keep = O(c, "/dir");
+	assert_int_equal(stat(keep, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0755);
+	assert_int_equal(count_entries(keep), 0);
+	free(keep);
+}
+
+static void plant_all(struct rctx *c)
+{
+	char *keep = O(c, "/keep"), *dir = O(c, "/dir"), *rel;
+
+	spit(keep, "keep\n");
+	assert_int_equal(chmod(keep, 0644), 0);
+	assert_int_equal(mkdir(dir, 0755), 0);
+	assert_int_equal(chmod(dir, 0755), 0);
+	free(keep);
+	free(dir);
+	/* root/abs -> the real outside directory, by its absolute path. */
+	plant(c, c->outside, "/abs");
+	/* root/rel -> ../outside, which from root is the outside directory. */
+	plant(c, "../outside", "/rel");
+	/* Deeper and with more "..": root/a/b/up -> ../../../../../outside. */
+	char *ab = R(c, "/a/b");
+	assert_int_equal(mkdir_p(ab, 0755), 0);
+	free(ab);
+	plant(c, "../../../../../../../../outside", "/a/b/up");
+	/* A chain ending outside: c1 -> c2 -> /abs (absolute inside root) -> outside. */
+	plant(c, "c2", "/c1");
+	plant(c, "/abs", "/c2");
+	/* Loops. */
+	plant(c, "loop2", "/loop1");
+	plant(c, "/loop1", "/loop2");
+	plant(c, "self", "/self");
+	/* A magic-link-like absolute path. */
+	plant(c, "/proc/self/root", "/proc_root");
+	/* A file, to go through. */
+	char *f = R(c, "/file");
+	spit(f, "f");
+	free(f);
+	char *etc = R(c, "/etc");
+	assert_int_equal(mkdir(etc, 0755), 0);
+	free(etc);
+	(void)rel;
+}
+
+static void check_resolution(struct rctx *c)
+{
+	int rootfd = rootfs_open(c->root), fd, dfd;
+	char *name = NULL, *p, *q;
+
+	assert_true(rootfd >= 0);
+	plant_all(c);
+
+	/* Plain paths. */
+	fd = rootfs_resolve(rootfd, "/etc", true);
+	p = R(c, "/etc");
+	assert_fd_is(fd, p);
+	free(p);
+	close(fd);
+	fd = rootfs_resolve(rootfd, "etc/", true);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = rootfs_resolve(rootfd, "/", true);
+	assert_fd_is(fd, c->root);
+	close(fd);
+	fd = rootfs_resolve(rootfd, "", true);
+	assert_fd_is(fd, c->root);
+	close(fd);
+	/* ".." never leaves the root. */
+	fd = rootfs_resolve(rootfd, "/../../..", true);
+	assert_fd_is(fd, c->root);
+	close(fd);
+	fd = rootfs_resolve(rootfd, "/../outside", true);
+	assert_int_equal(fd, -ENOENT);
+
+	/* Every escape resolves inside the root, where there is nothing. */
+	assert_int_equal(rootfs_resolve(rootfd, "/abs", true), -ENOENT);
+	assert_int_equal(rootfs_resolve(rootfd, "/abs/keep", false), -ENOENT);
+	assert_int_equal(rootfs_resolve(rootfd, "/rel/keep", false), -ENOENT);
+	assert_int_equal(rootfs_resolve(rootfd, "/a/b/up/keep", false), -ENOENT);
+	assert_int_equal(rootfs_resolve(rootfd, "/c1/keep", false), -ENOENT);
+	assert_int_equal(rootfs_resolve(rootfd, "/loop1", false), -ELOOP);
+	assert_int_equal(rootfs_resolve(rootfd, "/self/x", false), -ELOOP);
+	assert_int_equal(rootfs_resolve(rootfd, "/file/x", false), -ENOTDIR);
+	assert_int_equal(rootfs_resolve(rootfd, "/file", true), -ENOTDIR);
+	fd = rootfs_resolve(rootfd, "/file", false);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = rootfs_resolve(rootfd, "/proc_root", false);
+	assert_true(fd < 0);
+
+	/* rel -> ../outside is root/outside once it exists: inside. */
+	p = R(c, "/outside");
+	assert_int_equal(mkdir(p, 0755), 0);
+	fd = rootfs_resolve(rootfd, "/rel", true);
+	assert_fd_is(fd, p);
+	close(fd);
+	fd = rootfs_resolve(rootfd, "/a/b/up", true);
+	assert_fd_is(fd, p);
+	close(fd);
+	free(p);
+
+	/* open_parent: the final component is not resolved. */
+	assert_int_equal(rootfs_open_parent(rootfd, "/abs", false, 0755, &dfd, &name), 0);
+	assert_string_equal(name, "abs");
+	assert_fd_is(dfd, c->root);
+	free(name);
+	close(dfd);
+	assert_int_equal(rootfs_open_parent(rootfd, "/", false, 0755, &dfd, &name), 0);
+	assert_string_equal(name, ".");
+	assert_fd_is(dfd, c->root);
+	free(name);
+	close(dfd);
+	assert_int_equal(rootfs_open_parent(rootfd, "/etc/../x", false, 0755, &dfd, &name), -EINVAL);
+	assert_int_equal(rootfs_open_parent(rootfd, "/abs/keep", false, 0755, &dfd, &name), -ENOENT);
+	assert_int_equal(rootfs_open_parent(rootfd, "/file/x/y", true, 0755, &dfd, &name), -ENOTDIR);
+	assert_int_equal(rootfs_open_parent(rootfd, "/loop1/x", true, 0755, &dfd, &name), -ELOOP);
+
+	/* /abs and /c1 dangle inside the root: no parent is made through them. */
+	assert_int_equal(rootfs_open_parent(rootfd, "/abs/new/x", true, 0755, &dfd, &name), -ENOENT);
+	assert_int_equal(rootfs_open_parent(rootfd, "/c1/new2/x", true, 0755, &dfd, &name), -ENOENT);
+	assert_outside_untouched(c);
+	/* Once what they name exists inside the root, they lead there. */
+	p = xasprintf("%s%s", c->root, c->outside);
+	assert_int_equal(mkdir_p(p, 0755), 0);
+	free(p);
+
+	/* Creating parents through every planted link: made inside the root. */
+	const char *via[] = { "/abs/new/x", "/c1/new2/x", "/a/b/up/new3/x", "/rel/new4/x" };
+	for (size_t i = 0; i < ELEMENTSOF(via); i++) {
+		assert_int_equal(rootfs_open_parent(rootfd, via[i], true, 0755, &dfd, &name), 0);
+		assert_string_equal(name, "x");
+		free(name);
+		close(dfd);
+	}
+	/* /abs is <outside's absolute path> inside the root. */
+	p = xasprintf("%s%s/new", c->root, c->outside);
+	q = xasprintf("%s%s/new2", c->root, c->outside);
+	assert_true(lexists(p));
+	assert_true(lexists(q));
+	free(p);
+	free(q);
+	p = R(c, "/outside/new3");
+	assert_true(lexists(p));
+	free(p);
+	p = R(c, "/outside/new4");
+	assert_true(lexists(p));
+	free(p);
+	assert_outside_untouched(c);
+
+	/* A dangling link in the middle is not made into a directory. */
+	plant(c, "/nowhere", "/dangling");
+	assert_int_equal(rootfs_open_parent(rootfd, "/dangling/x/y", true, 0755, &dfd, &name), -ENOENT);
+	p = R(c, "/nowhere");
+	assert_false(lexists(p));
+	free(p);
+
+	/* exists: lstat semantics, inside the root. */
+	assert_true(rootfs_exists(c->root, "/abs"));
+	assert_true(rootfs_exists(c->root, "/dangling"));
+	assert_false(rootfs_exists(c->root, "/abs/keep"));
+	assert_false(rootfs_exists(c->root, "/rel/keep"));
+	assert_false(rootfs_exists(c->root, "/c1/keep"));
+	assert_false(rootfs_exists(c->root, "/../outside/keep"));
+	assert_true(rootfs_exists(c->root, "/"));
+	assert_outside_untouched(c);
+	close(rootfd);
+}
+
+static void test_rootfs_openat2(void **state)
+{
+	rootfs_force_fallback(false);
+	check_resolution(*state);
+}
+
+static void test_rootfs_fallback(void **state)
+{
+	rootfs_force_fallback(true);
+	check_resolution(*state);
+}
+
+/* The same answers from both implementations for a set of paths. */
+static void test_rootfs_same_answers(void **state)
+{
+	struct rctx *c = *state;
+	const char *paths[] = { "/", "/etc", "/abs", "/abs/keep", "/rel", "/rel/", "/a/b/up", "/c1", "/loop1",
+				"/file", "/file/", "/file/x", "/missing", "/etc/../etc", "/./etc/.", "/a/b/../b/up",
+				"//etc//", "/proc_root" };
+	int rootfd = rootfs_open(c->root);
+	char *inside = R(c, "/outside");
+
+	plant_all(c);
+	assert_int_equal(mkdir(inside, 0755), 0);
+	free(inside);
+	for (size_t i = 0; i < ELEMENTSOF(paths); i++)
+		for (int want_dir = 0; want_dir < 2; want_dir++) {
+			struct stat a, b;
+			int fa, fb;
+
+			rootfs_force_fallback(false);
+			fa = rootfs_resolve(rootfd, paths[i], want_dir);
+			rootfs_force_fallback(true);
+			fb = rootfs_resolve(rootfd, paths[i], want_dir);
+			if (fa < 0 || fb < 0) {
+				/* openat2 says ELOOP for a magic link, the fallback
+				 * resolves its text inside the root. */
+				if (strcmp(paths[i], "/proc_root") != 0)
+					assert_int_equal(fa, fb);
+			} else {
+				assert_int_equal(fstat(fa, &a), 0);
+				assert_int_equal(fstat(fb, &b), 0);
+				assert_true(a.st_ino == b.st_ino && a.st_dev == b.st_dev);
+			}
+			if (fa >= 0)
+				close(fa);
+			if (fb >= 0)
+				close(fb);
+		}
+	close(rootfd);
+}
+
+static void test_rootfs_mount_id(void **state)
+{
+	struct rctx *c = *state;
+	int fd = open(c->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	uint64_t a = 0, b = 0;
+
+	assert_true(fd >= 0);
+	assert_int_equal(rootfs_mount_id(fd, "", &a), 0);
+	assert_int_equal(rootfs_mount_id(AT_FDCWD, c->dir, &b), 0);
+	assert_true(a == b);
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -262,6 +581,10 @@ int main(void)
 		cmocka_unit_test(test_tmp_name_random),
 		cmocka_unit_test_setup_teardown(test_fd_read_all, setup, teardown),
 		cmocka_unit_test(test_user_group_lookup),
+		cmocka_unit_test_setup_teardown(test_rootfs_openat2, rsetup, rteardown),
+		cmocka_unit_test_setup_teardown(test_rootfs_fallback, rsetup, rteardown),
+		cmocka_unit_test_setup_teardown(test_rootfs_same_answers, rsetup, rteardown),
+		cmocka_unit_test_setup_teardown(test_rootfs_mount_id, rsetup, rteardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
