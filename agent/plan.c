@@ -307,6 +307,7 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 	if (fd == -ENOENT) {
 		*ret_action = "create";
 		*ret_diff = diff_unified(s->target, "", 0, d->content, d->len);
+		s->diff_private = !((d->mode == (mode_t)-1 ? 0644 : d->mode) & S_IROTH);
 		return 0;
 	}
 	if (fd == -EISDIR) {
@@ -327,6 +328,9 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 		size_t old_len = 0;
 
 		*ret_action = "update";
+		/* The old content is on disk, the new one will be with the
+		 * step's mode (or the old mode, when the step keeps it). */
+		s->diff_private = !(st.st_mode & S_IROTH) || (d->mode != (mode_t)-1 && !(d->mode & S_IROTH));
 		if (lseek(fd, 0, SEEK_SET) == 0 && fd_read_all(fd, PLAN_DIFF_READ_MAX, &old, &old_len) == 0)
 			*ret_diff = diff_unified(s->target, old, old_len, d->content, d->len);
 		return 0;
@@ -1516,6 +1520,7 @@ json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
 					      strcmp(p->steps[j]->id, s->only_if_changed[k]) == 0;
 			guarded = !any;
 		}
+		s->diff_private = false;
 		if (guarded)
 			action = "none";
 		else if (s->ops->describe)
@@ -1533,9 +1538,15 @@ json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
 			      s->layer ? json_string(s->layer) : json_null(), "action", action);
 		if (!o)
 			continue;
-		if (diff)
-			json_object_set_new(o, "diff",
-					    json_string_lossy(redact && s->secret ? "(diff hidden: contains secrets)" : diff));
+		if (diff) {
+			const char *shown = diff;
+
+			if (redact && s->secret)
+				shown = "(diff hidden: contains secrets)";
+			else if (redact && s->diff_private)
+				shown = "(diff hidden: the file is not world-readable)";
+			json_object_set_new(o, "diff", json_string_lossy(shown));
+		}
 		if (r < 0)
 			json_object_set_new(o, "error", json_string_lossy(error ? error : strerror(-r)));
 		if (s->message)

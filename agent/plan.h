@@ -74,6 +74,10 @@ struct step {
 
 	/* Added after the first version of this header. */
 	char *message;           /* owned, may be NULL: what a note says (notes are "skipped", not failed) */
+	/* Set by describe when its diff shows content that not everyone may
+	 * read: the file on disk or the file it would become is not
+	 * world-readable. Cleared by plan_describe() before each describe. */
+	bool diff_private;
 };
 
 struct plan {
@@ -196,8 +200,11 @@ bool plan_exec_step_changed(struct plan_exec *x, const char *id);
  * A step whose describe fails has its error and action "fail". Guards are
  * evaluated as if every step before would do what it says (an action other
  * than "none" counts as a change); a guard that would stop a step gives
- * action "none". When redact is true, diffs of secret steps are replaced by
- * "(diff hidden: contains secrets)". */
+ * action "none". When redact is true (an unprivileged caller), diffs of
+ * secret steps are replaced by "(diff hidden: contains secrets)", and diffs
+ * of files that are not world-readable, on disk now or with the step's
+ * mode, by "(diff hidden: the file is not world-readable)": the caller must
+ * not learn through a diff what it could not read itself. */
 json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact);
 
 /* Unified diff of a and b labelled with path ("--- path", "+++ path"), 3 lines of

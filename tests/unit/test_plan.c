@@ -339,6 +339,88 @@ static void test_file_describe_diff(void **state)
 	free(path);
 }
 
+/* Unprivileged callers (redact) never see content of files they could not
+ * read: the file on disk or the step's mode not world-readable. */
+static void test_describe_redacts_private(void **state)
+{
+	struct ctx *c = *state;
+	static const char *hidden = "(diff hidden: the file is not world-readable)";
+	char *path = P(c, "/etc/shadowish"), *err = NULL;
+	struct plan p;
+	json_t *j;
+	const char *d;
+
+	mkdir_under(c, "/etc");
+	write_file(path, "root:secret-hash\n");
+	assert_int_equal(chmod(path, 0600), 0);
+
+	/* On disk 0600, step keeps the mode. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, (mode_t)-1, NULL, NULL, &err));
+	j = plan_describe(&p, NULL, true);
+	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
+	assert_string_equal(d, hidden);
+	json_decref(j);
+	/* Privileged: the diff. */
+	j = plan_describe(&p, NULL, false);
+	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
+	assert_non_null(strstr(d, "-root:secret-hash"));
+	json_decref(j);
+	plan_free(&p);
+
+	/* On disk 0600, the step would make it 0644: still hidden (the old content). */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, 0644, NULL, NULL, &err));
+	j = plan_describe(&p, NULL, true);
+	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
+	assert_string_equal(d, hidden);
+	json_decref(j);
+	plan_free(&p);
+
+	/* On disk 0644, the step's mode is 0640: hidden (the new content). */
+	assert_int_equal(chmod(path, 0644), 0);
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, 0640, NULL, NULL, &err));
+	j = plan_describe(&p, NULL, true);
+	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
+	assert_string_equal(d, hidden);
+	json_decref(j);
+	plan_free(&p);
+
+	/* Both world-readable: shown. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, 0644, NULL, NULL, &err));
+	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, (mode_t)-1, NULL, NULL, &err));
+	j = plan_describe(&p, NULL, true);
+	for (size_t i = 0; i < 2; i++) {
+		d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), i), "diff"));
+		assert_non_null(strstr(d, "-root:secret-hash"));
+	}
+	json_decref(j);
+	plan_free(&p);
+
+	/* New files: hidden when created private, shown otherwise; a secret
+	 * step says so first. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/etc/new-private", "k\n", 2, 0600, NULL, NULL, &err));
+	assert_non_null(plan_add_file(&p, "/etc/new-public", "k\n", 2, (mode_t)-1, NULL, NULL, &err));
+	struct step *sec = plan_add_file(&p, "/etc/new-secret", "k\n", 2, 0600, NULL, NULL, &err);
+	sec->secret = true;
+	j = plan_describe(&p, NULL, true);
+	json_t *steps = json_object_get(j, "steps");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "diff")), hidden);
+	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(steps, 1), "diff")), "+k"));
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 2), "diff")),
+			    "(diff hidden: contains secrets)");
+	json_decref(j);
+	j = plan_describe(&p, NULL, false);
+	steps = json_object_get(j, "steps");
+	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(steps, 0), "diff")), "+k"));
+	json_decref(j);
+	plan_free(&p);
+	free(path);
+}
+
 static void test_file_over_symlink(void **state)
 {
 	struct ctx *c = *state;
@@ -1339,6 +1421,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_file_create_and_converge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_describe_diff, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_describe_redacts_private, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_over_symlink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_owner, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dir, setup, teardown),
