@@ -939,7 +939,7 @@ struct exec_data {
 	char **env;
 	char *user;
 	char *root;
-	char *cwd;           /* on the managed system (resolved inside root when it runs), or NULL for root itself */
+	char *cwd;           /* a path of the managed system, resolved inside root when it runs; NULL: root itself */
 	long timeout_sec;
 	char *stdin_data;
 	size_t stdin_len;
@@ -1055,6 +1055,16 @@ static int exec_open_cwd(const struct exec_data *d, int *ret_fd, char *buf, size
 	if (fd < 0) {
 		*ret_error = xasprintf("cannot enter the working directory %s: %s", d->cwd, strerror(-fd));
 		return fd;
+	}
+	if (fd < 3) {
+		int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3), e = errno;
+
+		(void)close(fd);
+		if (moved < 0) {
+			*ret_error = xasprintf("cannot enter the working directory %s: %s", d->cwd, strerror(e));
+			return -e;
+		}
+		fd = moved;
 	}
 	*ret_fd = fd;
 	(void)snprintf(buf, n, "/proc/self/fd/%d", fd);
