@@ -472,10 +472,12 @@ static int dir_state_at(const struct dir_data *d, const char *target, int dfd, c
 			char **ret_error)
 {
 	if (fstatat(dfd, name, st, AT_SYMLINK_NOFOLLOW) < 0) {
-		if (errno == ENOENT)
+		int r = -errno;
+
+		if (r == -ENOENT)
 			return DIR_MISSING;
-		*ret_error = xasprintf("cannot stat %s: %m", target);
-		return -errno;
+		*ret_error = xasprintf("cannot stat %s: %s", target, strerror(-r));
+		return r;
 	}
 	if (S_ISDIR(st->st_mode))
 		return DIR_PRESENT;
@@ -890,7 +892,12 @@ static void absent_apply(struct step *s, struct plan_exec *x)
 	/* The directory itself must not be a mount point either: its
 	 * content would be another file system's. */
 	have_mnt = rootfs_mount_id(fd, "", &mnt) == 0 && rootfs_mount_id(dfd, "", &parent_mnt) == 0;
-	if (fstat(fd, &st) < 0 || (have_mnt && mnt != parent_mnt)) {
+	if (fstat(fd, &st) < 0) {
+		int e = errno;
+		(void)close(fd);
+		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %s", s->target, strerror(e));
+	}
+	if (have_mnt && mnt != parent_mnt) {
 		(void)close(fd);
 		return plan_step_done(x, STEP_FAILED, "cannot remove %s: it is a mount point", s->target);
 	}
