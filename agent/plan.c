@@ -722,6 +722,62 @@ static const struct step_ops link_ops = {
 	.free_data = link_free,
 };
 
+/* Splits an absolute path into its components (no empty ones). */
+static size_t path_split(const char *p, char ***ret)
+{
+	size_t n = 0;
+	char **v = NULL;
+
+	for (const char *c = p; *c;) {
+		size_t len;
+		while (*c == '/')
+			c++;
+		if (!*c)
+			break;
+		len = strcspn(c, "/");
+		if (!(len == 1 && c[0] == '.')) {
+			v = xrealloc(v, (n + 1) * sizeof(char *));
+			v[n++] = xstrndup(c, len);
+		}
+		c += len;
+	}
+	*ret = v;
+	return n;
+}
+
+/* The path from the directory holding link to target, both absolute and
+ * free of "..": "/a/b/link", "/a/c/d" gives "../c/d". */
+static char *path_relative(const char *link, const char *target)
+{
+	char **l, **t;
+	size_t nl = path_split(link, &l), nt = path_split(target, &t), common = 0;
+	struct buf b;
+
+	/* The link's own name is not a directory to leave. */
+	size_t ndir = nl > 0 ? nl - 1 : 0;
+	while (common < ndir && common < nt && strcmp(l[common], t[common]) == 0)
+		common++;
+	buf_init(&b);
+	for (size_t i = common; i < ndir; i++)
+		buf_puts(&b, "../");
+	for (size_t i = common; i < nt; i++) {
+		buf_puts(&b, t[i]);
+		if (i + 1 < nt)
+			buf_puts(&b, "/");
+	}
+	if (b.len == 0)
+		buf_puts(&b, ".");
+	else if (b.data[b.len - 1] == '/')
+		b.data[--b.len] = '\0';
+	for (size_t i = 0; i < nl; i++)
+		free(l[i]);
+	for (size_t i = 0; i < nt; i++)
+		free(t[i]);
+	free(l);
+	free(t);
+	return buf_steal(&b);
+}
+
 struct step *plan_add_link(struct plan *p, const char *path, const char *link_target, char **ret_error)
 {
 	struct link_data *d;
@@ -735,8 +791,16 @@ struct step *plan_add_link(struct plan *p, const char *path, const char *link_ta
 	if (plan_check_path(p, path, ret_error) < 0)
 		return NULL;
 	if (link_target[0] == '/') {
-		if (plan_join(p, link_target, &target, ret_error) < 0)
+		/* An absolute target is stored relative to the link's directory
+		 * ("/srv/a/current" -> "/srv/a/releases/1" becomes "releases/1"):
+		 * the link then means the same thing whether it is followed on the
+		 * host, under a test root, or by our own in-root resolution. */
+		if (!path_is_safe_absolute(link_target)) {
+			if (ret_error)
+				*ret_error = xasprintf("link target %s must be an absolute path without \"..\"", link_target);
 			return NULL;
+		}
+		target = path_relative(path, link_target);
 	} else {
 		target = xstrdup(link_target);
 	}
