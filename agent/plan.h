@@ -114,14 +114,13 @@ struct step *plan_add_file(struct plan *p, const char *path, const void *content
  * never applied through a link. */
 struct step *plan_add_dir(struct plan *p, const char *path, mode_t mode, const char *owner, const char *group,
 			  char **ret_error);
-/* link_target is the symlink's content. An absolute target is joined under
- * root too (refusing ".."), so that the kernel resolves such links inside a
- * test root; a relative one is stored as given. (Steps themselves resolve
- * links as if root were "/": under a root other than "/", a later step whose
- * path goes through a link with an absolute, root-joined target does not
- * find the target. Relative targets work both ways.) An existing link pointing elsewhere, or
- * a file, is replaced atomically (new link + rename); a directory in the
- * way is an error. */
+/* link_target is where the symlink points, as on the managed system. An
+ * absolute target (without "..") is stored relative to the link's directory
+ * ("/srv/a/current" -> "/srv/a/releases/1" is written as "releases/1"), so
+ * the link means the same on the host, under a test root, and to the
+ * in-root resolution of later steps; a relative one is stored as given. An
+ * existing link pointing elsewhere, or a file, is replaced atomically (new
+ * link + rename); a directory in the way is an error. */
 struct step *plan_add_link(struct plan *p, const char *path, const char *link_target, char **ret_error);
 /* Removes a file or link; a directory only when recursive (the tree is
  * removed with openat(O_NOFOLLOW|O_DIRECTORY) and unlinkat, without following
