@@ -19,9 +19,18 @@
  * - EOF: the requests already received are answered, then the connection is
  *   closed. A client that only shut down its sending side (socat, nc -N)
  *   still gets a stream it asked for; one that closed the socket (POLLHUP)
- *   is gone, and its stream and engine watch end at once.
- * - Beyond PROTO_MAX_CLIENTS (or PROTO_MAX_CLIENTS_PER_UID for one uid) a
- *   new connection gets one "limit" error line and is closed.
+ *   is gone, and its stream and engine watch end at once (or within
+ *   CONTROL_PEER_CHECK_MS when it closes after a half-close, as we no
+ *   longer read then).
+ * - Beyond PROTO_MAX_CLIENTS (PROTO_MAX_CLIENTS_PER_UID for one uid other
+ *   than root and the daemon's, PROTO_MAX_CLIENTS - PROTO_RESERVED_CLIENTS
+ *   for peers that are not privileged) a new connection gets one "limit"
+ *   error line and is closed.
+ * - Output: a request is answered only once the previous replies are out;
+ *   a client whose unsent output (stream events) would pass
+ *   PROTO_MAX_OUTPUT_QUEUE is dropped, and so are the biggest queues when
+ *   all clients' together would pass PROTO_MAX_OUTPUT_TOTAL. After EOF the
+ *   replies must keep making progress (PROTO_FINISH_TIMEOUT_MS).
  * - Run output shown to unprivileged callers (log) goes through
  *   proto_redact_text(): the value of NAME=VALUE / NAME: VALUE pairs whose
  *   name looks secret is replaced by "***". */
@@ -50,6 +59,7 @@
 #define CONTROL_ACCEPT_PAUSE_MS 1000 /* accepting resumes this long after EMFILE */
 #define CONTROL_ACCEPT_BURST 64      /* connections accepted per wake-up */
 #define CONTROL_MAX_REASON 1024      /* bytes in a pause reason */
+#define CONTROL_PEER_CHECK_MS 1000   /* a stream whose client no longer reads: is it still there? */
 #define CONTROL_NSS_CACHE_MS 10000   /* admin group gid and membership answers are reused this long */
 
 enum client_stream {
@@ -64,7 +74,7 @@ struct client {
 	struct control *ctl; /* borrowed */
 	struct client *next, *prev;
 	uv_pipe_t pipe;
-	uv_timer_t timer; /* idle timeout, or (deferred) work after a stream ends */
+	uv_timer_t timer; /* see client_arm_timer() */
 	uv_shutdown_t shutdown_req;
 	int open_handles;
 
@@ -189,13 +199,15 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 	client_close(req->data);
 }
 
-/* Closes once every queued reply has been written. */
+/* Closes once every queued reply has been written, or when they stop
+ * making progress (PROTO_FINISH_TIMEOUT_MS): the shutdown never completes
+ * for a peer that does not read. */
 static void client_finish(struct client *c)
 {
 	if (c->closing || c->finishing)
 		return;
 	c->finishing = true;
-	uv_timer_stop(&c->timer);
+	client_arm_timer(c);
 	c->shutdown_req.data = c;
 	if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->pipe, on_shutdown) < 0)
 		client_close(c);
@@ -206,19 +218,66 @@ static void client_finish(struct client *c)
 struct write_req {
 	uv_write_t req;
 	struct client *client;
-	size_t len;
-	char data[];
+	char *line; /* owned */
 };
+
+static size_t client_output_pending(struct client *c)
+{
+	return uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+}
 
 static void on_write(uv_write_t *req, int status)
 {
 	struct write_req *w = (struct write_req *)req;
 	struct client *c = w->client;
 
+	free(w->line);
 	free(w);
-	if (status < 0 && status != UV_ECANCELED && !c->closing) {
-		log_debug("control: write to pid %d failed: %s", (int)c->pid, uv_strerror(status));
+	if (c->closing)
+		return;
+	if (status < 0) {
+		if (status != UV_ECANCELED)
+			log_debug("control: write to pid %d failed: %s", (int)c->pid, uv_strerror(status));
 		client_close(c);
+		return;
+	}
+	/* Progress: the timers count from here, and requests held back while
+	 * replies were unsent are answered once they are all out. */
+	if (client_output_pending(c) == 0)
+		client_process(c);
+	else
+		client_arm_timer(c);
+}
+
+/* Keeps the bytes queued over all clients under PROTO_MAX_OUTPUT_TOTAL
+ * (len more are about to be queued for self) by dropping the clients with
+ * the biggest queues. A single reply larger than the cap on its own still
+ * goes out. Returns false when self was dropped. */
+static bool control_make_room(struct control *ctl, struct client *self, size_t len)
+{
+	for (;;) {
+		struct client *big = NULL;
+		size_t total = 0, most = 0;
+
+		for (struct client *o = ctl->clients; o; o = o->next) {
+			size_t q;
+
+			if (o->closing)
+				continue; /* its queue goes with its handle */
+			q = client_output_pending(o);
+			total += q;
+			if (q > most) {
+				most = q;
+				big = o;
+			}
+		}
+		if (!big || total + len <= PROTO_MAX_OUTPUT_TOTAL)
+			return true;
+		log_warn("control: dropping client pid %d uid %u: %zu bytes of replies unread, %zu for all clients",
+			 (int)big->pid, (unsigned)big->uid, most, total);
+		client_close(big);
+		if (big == self)
+			return false;
 	}
 }
 
@@ -232,29 +291,36 @@ static void client_send(struct client *c, const json_t *msg)
 
 	if (c->closing || c->finishing || !msg)
 		return;
-	/* A client that does not read its replies is dropped rather than
-	 * buffered without bound. */
-	queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
-	if (queued > PROTO_MAX_OUTPUT_QUEUE) {
-		log_warn("control: dropping client pid %d uid %u: %zu bytes of replies unread", (int)c->pid,
-			 (unsigned)c->uid, queued);
-		client_close(c);
-		return;
-	}
 	line = proto_encode_line(msg, &len);
 	if (!line) {
 		log_error("control: cannot encode a reply");
 		client_close(c);
 		return;
 	}
-	w = xmalloc(sizeof(*w) + len);
+	/* A client that does not read its replies is dropped rather than
+	 * buffered without bound: what is queued plus this message must fit
+	 * the cap, unless nothing is queued (a reply may be bigger than the cap
+	 * on its own; requests are not answered while replies are unsent, so
+	 * only streams queue behind one). */
+	queued = client_output_pending(c);
+	if (queued > 0 && queued + len > PROTO_MAX_OUTPUT_QUEUE) {
+		log_warn("control: dropping client pid %d uid %u: %zu bytes of replies unread", (int)c->pid,
+			 (unsigned)c->uid, queued);
+		free(line);
+		client_close(c);
+		return;
+	}
+	if (!control_make_room(c->ctl, c, len)) {
+		free(line);
+		return;
+	}
+	w = xmalloc(sizeof(*w));
 	w->client = c;
-	w->len = len;
-	memcpy(w->data, line, len);
-	free(line);
-	b = uv_buf_init(w->data, (unsigned)len);
+	w->line = line;
+	b = uv_buf_init(line, (unsigned)len);
 	r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
 	if (r < 0) {
+		free(line);
 		free(w);
 		log_debug("control: write to pid %d failed: %s", (int)c->pid, uv_strerror(r));
 		client_close(c);
@@ -994,10 +1060,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	}
 }
 
-/* Answers every complete request buffered, in order, until a stream starts. */
+/* Answers every complete request buffered, in order, until a stream starts
+ * or a reply is left unsent (the next request waits for it to go out). */
 static void client_process(struct client *c)
 {
-	while (!c->closing && !c->finishing && c->stream == STREAM_NONE && !c->deferred) {
+	bool held;
+
+	while (!c->closing && !c->finishing && c->stream == STREAM_NONE && !c->deferred &&
+	       client_output_pending(c) == 0) {
 		char *line = NULL;
 		json_t *reply;
 		int r = proto_reader_next(&c->reader, &line);
@@ -1018,8 +1088,11 @@ static void client_process(struct client *c)
 	if (c->closing || c->finishing)
 		return;
 
-	if (c->stream != STREAM_NONE || c->deferred) {
-		/* Back-pressure on a client that pipelines behind a stream. */
+	held = c->stream != STREAM_NONE || c->deferred ||
+	       (client_output_pending(c) > 0 && proto_reader_ready(&c->reader));
+	if (held) {
+		/* Back-pressure on a client that pipelines behind a stream or
+		 * behind replies it has not read. */
 		if (c->reading && proto_reader_pending(&c->reader) >= PROTO_MAX_REQUEST) {
 			uv_read_stop((uv_stream_t *)&c->pipe);
 			c->reading = false;
@@ -1043,6 +1116,12 @@ static void on_client_timer(uv_timer_t *t)
 
 	if (c->closing)
 		return;
+	if (c->finishing) {
+		log_debug("control: closing client pid %d uid %u: its replies are not being read", (int)c->pid,
+			  (unsigned)c->uid);
+		client_close(c);
+		return;
+	}
 	if (c->deferred) {
 		c->deferred = false;
 		if (c->watching && c->stream == STREAM_NONE) {
@@ -1052,18 +1131,38 @@ static void on_client_timer(uv_timer_t *t)
 		client_process(c);
 		return;
 	}
+	if (c->stream != STREAM_NONE) {
+		if (client_peer_gone(c)) {
+			log_debug("control: client pid %d uid %u left its stream", (int)c->pid, (unsigned)c->uid);
+			client_close(c);
+		}
+		return;
+	}
 	log_debug("control: closing idle client pid %d uid %u", (int)c->pid, (unsigned)c->uid);
 	client_close(c);
 }
 
+/* One timer per client, for whichever applies:
+ * - finishing: PROTO_FINISH_TIMEOUT_MS from the last progress of replies;
+ * - deferred: at once;
+ * - stream: none while we read (EOF or an error tells us the client went
+ *   away, and a client that stops reading the stream's output meets the
+ *   output cap); once we stopped reading (half-close, or back-pressure), a
+ *   check every CONTROL_PEER_CHECK_MS that the peer is still there;
+ * - otherwise: PROTO_IDLE_TIMEOUT_MS from the last request or progress of
+ *   replies. */
 static void client_arm_timer(struct client *c)
 {
-	if (c->closing || c->finishing)
+	if (c->closing)
 		return;
-	if (c->deferred)
+	if (c->finishing)
+		uv_timer_start(&c->timer, on_client_timer, PROTO_FINISH_TIMEOUT_MS, 0);
+	else if (c->deferred)
 		uv_timer_start(&c->timer, on_client_timer, 0, 0);
-	else if (c->stream != STREAM_NONE)
+	else if (c->stream != STREAM_NONE && c->reading)
 		uv_timer_stop(&c->timer); /* a stream may be quiet for a long time */
+	else if (c->stream != STREAM_NONE)
+		uv_timer_start(&c->timer, on_client_timer, CONTROL_PEER_CHECK_MS, CONTROL_PEER_CHECK_MS);
 	else
 		uv_timer_start(&c->timer, on_client_timer, PROTO_IDLE_TIMEOUT_MS, 0);
 }
@@ -1089,6 +1188,7 @@ static void control_add_client(struct control *ctl, int fd)
 	socklen_t sl = sizeof(cred);
 	struct client *c;
 	size_t same_uid = 0;
+	bool privileged;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &sl) < 0) {
 		log_warn_errno(-errno, "control: SO_PEERCRED: %m");
@@ -1101,13 +1201,24 @@ static void control_add_client(struct control *ctl, int fd)
 		reject_fd(fd, "too many connections");
 		return;
 	}
-	for (c = ctl->clients; c; c = c->next)
-		if (c->uid == cred.uid && !c->closing)
-			same_uid++;
-	if (same_uid >= PROTO_MAX_CLIENTS_PER_UID) {
-		log_warn("control: refusing pid %d uid %u: %zu connections open for that uid", (int)cred.pid,
-			 (unsigned)cred.uid, same_uid);
-		reject_fd(fd, "too many connections for this user");
+	/* Root and the daemon's uid are not limited per uid, so that other
+	 * users cannot lock them out; every other uid is, before any lookup. */
+	if (!uid_is_exempt(ctl, cred.uid)) {
+		for (c = ctl->clients; c; c = c->next)
+			if (c->uid == cred.uid && !c->closing)
+				same_uid++;
+		if (same_uid >= PROTO_MAX_CLIENTS_PER_UID) {
+			log_warn("control: refusing pid %d uid %u: %zu connections open for that uid", (int)cred.pid,
+				 (unsigned)cred.uid, same_uid);
+			reject_fd(fd, "too many connections for this user");
+			return;
+		}
+	}
+	privileged = peer_privileged(ctl, cred.uid, cred.gid);
+	if (!privileged && ctl->nclients >= PROTO_MAX_CLIENTS - PROTO_RESERVED_CLIENTS) {
+		log_warn("control: refusing pid %d uid %u: %zu connections open, the rest are for privileged users",
+			 (int)cred.pid, (unsigned)cred.uid, ctl->nclients);
+		reject_fd(fd, "too many connections");
 		return;
 	}
 
@@ -1116,7 +1227,7 @@ static void control_add_client(struct control *ctl, int fd)
 	c->uid = cred.uid;
 	c->gid = cred.gid;
 	c->pid = cred.pid;
-	c->privileged = peer_privileged(ctl, cred.uid, cred.gid);
+	c->privileged = privileged;
 	proto_reader_init(&c->reader, PROTO_MAX_REQUEST);
 	uv_pipe_init(ctl->loop, &c->pipe, 0);
 	uv_timer_init(ctl->loop, &c->timer);

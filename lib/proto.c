@@ -127,6 +127,13 @@ size_t proto_reader_pending(const struct proto_reader *r)
 	return r->len - r->start;
 }
 
+bool proto_reader_ready(const struct proto_reader *r)
+{
+	size_t avail = r->len - r->start;
+
+	return avail > 0 && (avail >= r->max || memchr(r->buf + r->start, '\n', avail));
+}
+
 static void reader_append(struct proto_reader *r, const char *data, size_t n)
 {
 	if (n == 0)

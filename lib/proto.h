@@ -16,9 +16,12 @@
 
 #define PROTO_MAX_REQUEST (64 * 1024)      /* bytes in one request line, newline included */
 #define PROTO_MAX_CLIENTS 256              /* connections open at once */
-#define PROTO_MAX_CLIENTS_PER_UID 32       /* connections open at once per peer uid */
-#define PROTO_IDLE_TIMEOUT_MS 30000        /* a client that sends nothing for this long is dropped */
-#define PROTO_MAX_OUTPUT_QUEUE (4 * 1024 * 1024) /* unsent reply bytes per client before it is dropped */
+#define PROTO_MAX_CLIENTS_PER_UID 32       /* per peer uid, except root and the daemon's own uid */
+#define PROTO_RESERVED_CLIENTS 16          /* the last of PROTO_MAX_CLIENTS: privileged peers only */
+#define PROTO_IDLE_TIMEOUT_MS 30000        /* no request and no reply progress for this long: dropped */
+#define PROTO_MAX_OUTPUT_QUEUE (4 * 1024 * 1024) /* unsent bytes per client (beyond one reply) before it is dropped */
+#define PROTO_MAX_OUTPUT_TOTAL (32 * 1024 * 1024) /* unsent bytes over all clients: the biggest queue goes first */
+#define PROTO_FINISH_TIMEOUT_MS 5000       /* after EOF: no reply progress for this long: closed */
 #define PROTO_MAX_LOG_OUTPUT (2 * 1024 * 1024) /* bytes of a run log sent by "log" (its tail) */
 #define PROTO_VERSION 1                    /* "protocol" in the version result */
 #define PROTO_DEFAULT_SOCKET "/run/agentd/agentd.sock"
@@ -85,6 +88,8 @@ void proto_reader_feed(struct proto_reader *r, const char *data, size_t len);
 int proto_reader_next(struct proto_reader *r, char **ret_line);
 /* Bytes buffered and not yet returned as lines. */
 size_t proto_reader_pending(const struct proto_reader *r);
+/* Whether proto_reader_next() would return something other than 0. */
+bool proto_reader_ready(const struct proto_reader *r);
 
 /* Returns a deep copy of v with the value of every object key that
  * key_is_secret() matches replaced by "***", at any depth. */

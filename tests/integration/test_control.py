@@ -1,6 +1,7 @@
 # The control socket and agentctl against the real daemon (design.md §5):
 # privilege by uid, redaction, limits, hostile input, streaming, exit codes.
 import json
+import os
 import pwd
 import random
 import select
@@ -401,3 +402,119 @@ def test_human_output(agent):
     assert "#" in p.stdout and "KIND" in p.stdout and "TARGET" in p.stdout
     p = agent.ctl("plan", "configure", check=0)
     assert p.stdout
+
+
+# ---- clients that hold on ----
+
+def daemon_fds(agent):
+    return len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+
+
+def test_clients_that_never_read_after_eof_are_closed(make_agent):
+    # A stack reply far bigger than the socket buffers: the daemon's
+    # shutdown after the reply can never complete while nobody reads it.
+    blob = {f"k{i}": "v" * 1000 for i in range(2000)}
+    a = make_agent(simple_stack(extra={"blob": blob})).start()
+    a.wait_idle()
+    baseline = daemon_fds(a)
+    socks = []
+    try:
+        for _ in range(10):
+            s = connect(a)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b'{"method":"stack"}\n')
+            s.shutdown(socket.SHUT_WR)
+            socks.append(s)
+        wait_for(lambda: daemon_fds(a) >= baseline + 10, what="the connections to be accepted")
+        assert a.ctl("status").returncode == 0
+        # Closed after PROTO_FINISH_TIMEOUT_MS (5 s) without progress, well
+        # before the 30 s idle timeout.
+        wait_for(lambda: daemon_fds(a) <= baseline, timeout=20, what="the daemon to drop the non-readers")
+    finally:
+        for s in socks:
+            s.close()
+    assert a.ctl("status").returncode == 0
+
+
+HOLDER = r"""
+import json, socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+held, ok, limit = [], 0, 0
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    try:
+        # A refused connection gets its "limit" line and is closed at once.
+        s.sendall(b'{"method":"version"}\n')
+    except OSError:
+        pass
+    f = s.makefile("rb")
+    try:
+        line = f.readline()
+    except OSError:
+        line = b""
+    r = json.loads(line) if line else {}
+    if r.get("ok"):
+        ok += 1
+        held.append((s, f))
+    else:
+        assert not r or r["error"]["code"] == "limit", r
+        limit += 1
+        s.close()
+print(json.dumps({"ok": ok, "limit": limit}), flush=True)
+sys.stdin.read()
+"""
+
+
+class Holder:
+    """A process as uid that opens n connections and holds the accepted ones
+    until it is closed."""
+
+    def __init__(self, agent, uid, n):
+        gid = pwd.getpwnam("nobody").pw_gid if uid == pwd.getpwnam("nobody").pw_uid else uid
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "/usr/bin/python3", "-c", HOLDER,
+             agent.sock, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        r, _, _ = select.select([self.proc.stdout], [], [], 30)
+        assert r, "the holder did not report"
+        self.result = json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def test_unprivileged_users_cannot_lock_root_out(agent):
+    nobody = pwd.getpwnam("nobody").pw_uid
+    holders = []
+    try:
+        # nobody at its per-uid maximum: one more is refused.
+        h = Holder(agent, nobody, 33)
+        holders.append(h)
+        assert h.result == {"ok": 32, "limit": 1}
+        p = agent.ctl("status")
+        assert p.returncode == 0, p.stderr
+        # Root is not limited per uid.
+        socks = [connect(agent) for _ in range(40)]
+        try:
+            for s in socks:
+                s.sendall(b'{"method":"version"}\n')
+            for s in socks:
+                assert read_lines(s, 1)[0]["ok"] is True
+        finally:
+            for s in socks:
+                s.close()
+        # Seven more uids at their maximum: the last 16 of the 256
+        # connections stay for privileged callers.
+        for uid in range(61001, 61008):
+            holders.append(Holder(agent, uid, 32))
+        total = sum(h.result["ok"] for h in holders)
+        assert 200 <= total <= 240, [h.result for h in holders]
+        assert sum(h.result["limit"] for h in holders) >= 256 - 240 + 1
+        p = agent.ctl("status")
+        assert p.returncode == 0, p.stderr
+        assert agent.ctl_json("version")["protocol"] == 1
+    finally:
+        for h in holders:
+            h.close()
+    wait_for(lambda: as_nobody(agent, "status").returncode == 0, what="nobody to connect again")

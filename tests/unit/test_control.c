@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -43,6 +44,7 @@ struct engine {
 	size_t big_output; /* phase 2 emits big_count output events of this many bytes */
 	int big_count;
 	void (*after_output)(struct engine *e); /* called last in phase 2; may free e */
+	bool stall; /* a requested run does not start until the test starts e->timer */
 };
 
 static void fake_emit(struct engine *e, json_t *ev)
@@ -214,7 +216,8 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 	e->active_id = *ret_id = ++e->last_id;
 	e->phase = 0;
 	fake_append_log(e, e->active_id, "");
-	uv_timer_start(&e->timer, on_fake_timer, 1, 1);
+	if (!e->stall)
+		uv_timer_start(&e->timer, on_fake_timer, 1, 1);
 	return 0;
 }
 
@@ -633,36 +636,97 @@ static void test_idle_client_does_not_block(void **state)
 	close(fd);
 }
 
+/* Reads one line (blocking); returns its length, 0 at EOF. */
+static size_t child_read_line(int fd, char *buf, size_t size)
+{
+	size_t len = 0;
+
+	while (len + 1 < size) {
+		ssize_t n = read(fd, buf + len, 1);
+		if (n <= 0)
+			break;
+		if (buf[len++] == '\n')
+			break;
+	}
+	buf[len] = '\0';
+	return len;
+}
+
+static int child_connect(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return -1;
+	return fd;
+}
+
+/* As nobody: PROTO_MAX_CLIENTS_PER_UID connections, then a refused one. */
+static int per_uid_child(const char *sock)
+{
+	const char *req = "{\"method\":\"version\"}\n";
+	char buf[512];
+
+	if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+		return 10;
+	for (int i = 0; i <= PROTO_MAX_CLIENTS_PER_UID; i++) {
+		int fd = child_connect(sock); /* left open */
+		if (fd < 0)
+			return 11;
+		if (write(fd, req, strlen(req)) != (ssize_t)strlen(req))
+			return 12;
+		if (child_read_line(fd, buf, sizeof(buf)) == 0)
+			return 13;
+		if (i < PROTO_MAX_CLIENTS_PER_UID && !strstr(buf, "\"ok\":true"))
+			return 14;
+		if (i == PROTO_MAX_CLIENTS_PER_UID && !strstr(buf, "\"code\":\"limit\""))
+			return 15;
+	}
+	return 0;
+}
+
+static void wait_child(struct fx *f, pid_t pid)
+{
+	int status = 0;
+
+	for (;;) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			break;
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 static void test_per_uid_limit(void **state)
 {
 	struct fx *f = *state;
-	int fds[PROTO_MAX_CLIENTS_PER_UID + 1];
+	enum { N = PROTO_MAX_CLIENTS_PER_UID + 8 };
+	int fds[N];
 	json_t *r;
+	pid_t pid;
 
-	for (int i = 0; i < PROTO_MAX_CLIENTS_PER_UID; i++) {
+	if (geteuid() != 0)
+		skip();
+	/* Root is not limited per uid. */
+	for (int i = 0; i < N; i++) {
 		fds[i] = client_connect(f);
 		r = call(f, fds[i], "{\"method\":\"version\"}\n");
 		ok_result(r);
 		json_decref(r);
 	}
-	fds[PROTO_MAX_CLIENTS_PER_UID] = client_connect(f);
-	r = pump_line(f, fds[PROTO_MAX_CLIENTS_PER_UID]);
-	assert_string_equal(err_code(r), "limit");
-	json_decref(r);
-	assert_null(pump_line(f, fds[PROTO_MAX_CLIENTS_PER_UID]));
-	for (int i = 0; i <= PROTO_MAX_CLIENTS_PER_UID; i++)
+	/* Another uid is, while root holds its connections. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(per_uid_child(f->sock));
+	wait_child(f, pid);
+	for (int i = 0; i < N; i++)
 		close(fds[i]);
-	/* Slots free up once the server sees the closes. */
-	for (;;) {
-		int fd = client_connect(f);
-		r = call(f, fd, "{\"method\":\"version\"}\n");
-		close(fd);
-		if (json_is_true(json_object_get(r, "ok"))) {
-			json_decref(r);
-			break;
-		}
-		json_decref(r);
-	}
 }
 
 /* As nobody, in a child: privileged methods are refused, secrets hidden. */
@@ -833,10 +897,195 @@ static void test_free_after_a_dropped_stream_client(void **state)
 	free_fx = f;
 	client_send(fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
 	while (f->engine)
-		assert_true(uv_run(&f->loop, UV_RUN_ONCE) != 0);
+		uv_run(&f->loop, UV_RUN_ONCE);
 	/* teardown runs the loop to the end: every close callback. */
 	close(fd);
 	close(other);
+}
+
+/* Runs the loop until the server has closed its end of fd (which the
+ * client shut down for writing): a safety deadline only. */
+static void pump_until_hup(struct fx *f, int fd, int seconds)
+{
+	int64_t deadline = time_monotonic_usec() + (int64_t)seconds * 1000000;
+
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		assert_true(poll(&p, 1, 0) >= 0);
+		if (p.revents & POLLHUP)
+			return;
+		assert_true(time_monotonic_usec() < deadline);
+		uv_run(&f->loop, UV_RUN_NOWAIT); /* never blocks for good */
+		usleep(1000);
+	}
+}
+
+static bool peer_closed(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	assert_true(poll(&p, 1, 0) >= 0);
+	return (p.revents & POLLHUP) != 0;
+}
+
+static void write_big_log(struct fx *f, long id, size_t size)
+{
+	char *path = engine_run_log_path(f->engine, id);
+	char *data = xmalloc(size);
+	FILE *file = fopen(path, "w");
+
+	assert_non_null(file);
+	memset(data, 'l', size);
+	for (size_t i = 99; i < size; i += 100)
+		data[i] = '\n';
+	assert_int_equal(fwrite(data, 1, size, file), size);
+	fclose(file);
+	free(data);
+	free(path);
+}
+
+static void finish_run(struct fx *f, int fd)
+{
+	json_t *r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
+	while (!json_object_get(r, "ok")) {
+		json_decref(r);
+		r = pump_line(f, fd);
+		assert_non_null(r);
+	}
+	json_decref(r);
+}
+
+/* A request, then EOF, and the reply is never read: the connection closes
+ * once the reply stops making progress, instead of waiting for a shutdown
+ * that never completes. Takes PROTO_FINISH_TIMEOUT_MS. */
+static void test_finish_deadline(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f), small = 4096;
+
+	finish_run(f, fd);
+	close(fd);
+	write_big_log(f, 1, PROTO_MAX_LOG_OUTPUT);
+	fd = client_connect(f);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+	client_send(fd, "{\"method\":\"log\",\"params\":{\"id\":1}}\n");
+	shutdown(fd, SHUT_WR);
+	pump_until_hup(f, fd, PROTO_FINISH_TIMEOUT_MS / 1000 + 5);
+	close(fd);
+}
+
+/* Requests pipelined behind a big reply are answered once it is out, in
+ * order: at most one reply is queued per request-driven client. */
+static void test_requests_wait_for_unsent_replies(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	finish_run(f, fd);
+	write_big_log(f, 1, 512 * 1024); /* more than the socket buffers take */
+	client_send(fd, "{\"method\":\"log\",\"params\":{\"id\":1}}\n"
+			"{\"method\":\"log\",\"params\":{\"id\":1}}\n"
+			"{\"method\":\"version\"}\n");
+	for (int i = 0; i < 2; i++) {
+		r = pump_line(f, fd);
+		assert_non_null(json_object_get(ok_result(r), "output"));
+		json_decref(r);
+	}
+	r = pump_line(f, fd);
+	assert_non_null(json_object_get(ok_result(r), "version"));
+	json_decref(r);
+
+	/* More requests than PROTO_MAX_OUTPUT_QUEUE worth of replies, from a
+	 * client that reads late: not dropped, every reply comes. */
+	enum { N = 12 };
+	for (int i = 0; i < N; i++)
+		client_send(fd, "{\"method\":\"log\",\"params\":{\"id\":1}}\n");
+	for (int i = 0; i < 50; i++)
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+	int lines = 0;
+	int64_t deadline = time_monotonic_usec() + 20 * 1000000;
+	while (lines < N) {
+		static char buf[65536];
+		ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n < 0) {
+			assert_int_equal(errno, EAGAIN);
+			assert_true(time_monotonic_usec() < deadline);
+			uv_run(&f->loop, UV_RUN_ONCE);
+			continue;
+		}
+		assert_true(n > 0); /* not dropped */
+		for (ssize_t i = 0; i < n; i++)
+			lines += buf[i] == '\n';
+	}
+	close(fd);
+}
+
+/* A stream client that closes after a half-close, while the stream is
+ * quiet: the stream and its watch end anyway. */
+static void test_stream_ends_when_a_half_closed_client_leaves(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	f->engine->stall = true;
+	client_send(fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
+	shutdown(fd, SHUT_WR);
+	r = pump_line(f, fd);
+	assert_string_equal(json_string_value(json_object_get(r, "event")), "run-queued");
+	json_decref(r);
+	assert_non_null(f->engine->watches);
+	/* The server sees the half-close first, and stops reading. */
+	for (int i = 0; i < 20; i++)
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+	assert_non_null(f->engine->watches);
+	close(fd);
+	int64_t deadline = time_monotonic_usec() + 10 * 1000000;
+	while (f->engine->watches) {
+		assert_true(time_monotonic_usec() < deadline);
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+}
+
+/* Many stream clients that do not read, each under the per-client cap:
+ * the biggest queues are dropped to keep the total under
+ * PROTO_MAX_OUTPUT_TOTAL. */
+static void test_global_output_cap(void **state)
+{
+	struct fx *f = *state;
+	enum { N = 14 };
+	int fds[N], small = 4096, dropped = 0;
+	json_t *r;
+
+	f->engine->stall = true;
+	fds[0] = client_connect(f);
+	r = call(f, fds[0], "{\"method\":\"run\",\"params\":{\"event\":\"configure\"}}\n");
+	ok_result(r);
+	json_decref(r);
+	for (int i = 0; i < N; i++) {
+		if (i > 0)
+			fds[i] = client_connect(f);
+		assert_int_equal(setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+		r = call(f, fds[i], "{\"method\":\"log\",\"params\":{\"id\":1,\"follow\":true}}\n");
+		assert_string_equal(json_string_value(json_object_get(r, "event")), "output");
+		json_decref(r);
+	}
+	/* 3 MiB for each: under PROTO_MAX_OUTPUT_QUEUE, over the total. */
+	f->engine->big_output = 1024 * 1024;
+	f->engine->big_count = 3;
+	f->engine->phase = 2;
+	on_fake_timer(&f->engine->timer);
+	for (int i = 0; i < 10; i++)
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+	for (int i = 0; i < N; i++)
+		dropped += peer_closed(fds[i]);
+	assert_true(dropped >= 1);
+	assert_true(dropped < N);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	f->engine->active_id = 0;
 }
 
 static void test_stale_socket_and_in_use(void **state)
@@ -863,6 +1112,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unprivileged, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_admin_group, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_free_after_a_dropped_stream_client, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_finish_deadline, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_requests_wait_for_unsent_replies, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_ends_when_a_half_closed_client_leaves, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_global_output_cap, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_socket_and_in_use, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -16,6 +16,7 @@
 static void expect_line(struct proto_reader *r, const char *want)
 {
 	char *line = NULL;
+	assert_true(proto_reader_ready(r));
 	assert_int_equal(proto_reader_next(r, &line), 1);
 	assert_non_null(line);
 	assert_string_equal(line, want);
@@ -25,6 +26,7 @@ static void expect_line(struct proto_reader *r, const char *want)
 static void expect_none(struct proto_reader *r)
 {
 	char *line = (char *)1;
+	assert_false(proto_reader_ready(r));
 	assert_int_equal(proto_reader_next(r, &line), 0);
 	assert_null(line);
 }
@@ -101,6 +103,7 @@ static void test_reader_overlong_then_recovery(void **state)
 	/* Memory stays bounded by the cap, not by what was sent. */
 	assert_true(r.cap <= 4 * (size_t)PROTO_MAX_REQUEST);
 	expect_line(&r, "first");
+	assert_true(proto_reader_ready(&r));
 	assert_int_equal(proto_reader_next(&r, &line), -EMSGSIZE);
 	assert_null(line);
 	expect_line(&r, "second");
@@ -109,6 +112,7 @@ static void test_reader_overlong_then_recovery(void **state)
 	/* Overlong without its newline yet: reported at once, then the rest of
 	 * it is dropped as it arrives, and the next line is fine. */
 	proto_reader_feed(&r, big, PROTO_MAX_REQUEST + 10);
+	assert_true(proto_reader_ready(&r));
 	assert_int_equal(proto_reader_next(&r, &line), -EMSGSIZE);
 	expect_none(&r);
 	proto_reader_feed(&r, big, 1000);
@@ -136,6 +140,7 @@ static void test_reader_exact_limit(void **state)
 	memset(buf, 'b', 10);
 	buf[10] = '\n';
 	proto_reader_feed(&r, buf, 11);
+	assert_true(proto_reader_ready(&r));
 	assert_int_equal(proto_reader_next(&r, &line), -EMSGSIZE);
 	expect_none(&r);
 	proto_reader_feed(&r, "ok\n", 3);
@@ -150,6 +155,7 @@ static void test_reader_nul(void **state)
 
 	proto_reader_init(&r, 0);
 	proto_reader_feed(&r, "{\"method\":\"status\"}\0junk\nok\n", 28);
+	assert_true(proto_reader_ready(&r));
 	assert_int_equal(proto_reader_next(&r, &line), -EBADMSG);
 	expect_line(&r, "ok");
 	proto_reader_free(&r);
