@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -705,6 +706,8 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	struct active *a = e->active;
 	json_t *steps = json_object_get(a->rec, "steps"), *ev;
 
+	json_object_del(a->rec, "_pgid");
+	json_object_del(a->rec, "_pgid_start");
 	if (s->status == STEP_CHANGED)
 		a->changed++;
 	json_array_append_new(steps, step_json(s, index));
@@ -716,6 +719,62 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	json_object_set_new(ev, "event", json_string("step-finished"));
 	json_object_set_new(ev, "run", json_integer(a->id));
 	emit(e, ev);
+}
+
+/* The start time of a process (field 22 of /proc/PID/stat, clock ticks
+ * since boot), to tell a process from a later one that reused its pid. */
+static int proc_start_time(int pid, unsigned long long *ret)
+{
+	_cleanup_free_ char *path = xasprintf("/proc/%d/stat", pid), *data = NULL;
+	const char *p;
+	size_t len;
+	int r;
+
+	r = file_read_all(path, 4096, &data, &len);
+	if (r < 0)
+		return r;
+	/* The command name may hold spaces and parentheses: fields count from
+	 * the last ')'. */
+	p = strrchr(data, ')');
+	if (!p)
+		return -EINVAL;
+	for (int field = 2; field < 22; field++) {
+		p = strchr(p + 1, ' ');
+		if (!p)
+			return -EINVAL;
+	}
+	return sscanf(p + 1, "%llu", ret) == 1 ? 0 : -EINVAL;
+}
+
+static void on_spawn(void *userdata, struct step *s, int pgid)
+{
+	struct engine *e = userdata;
+	unsigned long long start;
+
+	if (proc_start_time(pgid, &start) < 0)
+		return;
+	json_object_set_new(e->active->rec, "_pgid", json_integer(pgid));
+	json_object_set_new(e->active->rec, "_pgid_start", json_integer((json_int_t)start));
+	/* If we are killed now, the next start ends this process group. */
+	engine_persist(e);
+}
+
+/* A run found "running" at start had a step's process group perhaps still
+ * alive, orphaned by our death: end it before the event runs again, so two
+ * copies of a recipe never run at once. The start time guards against a
+ * reused pid. */
+static void kill_orphan(const json_t *rec)
+{
+	json_int_t pgid = json_integer_value(json_object_get(rec, "_pgid"));
+	unsigned long long start;
+
+	if (pgid <= 1 || proc_start_time((int)pgid, &start) < 0)
+		return;
+	if ((json_int_t)start != json_integer_value(json_object_get(rec, "_pgid_start")))
+		return;
+	if (kill(-(pid_t)pgid, SIGKILL) == 0)
+		log_warn("Killed process group %lld left running by the interrupted run %lld", (long long)pgid,
+			 (long long)json_integer_value(json_object_get(rec, "id")));
 }
 
 static bool get_input_hash(void *userdata, const char *key, uint64_t *ret)
@@ -987,6 +1046,7 @@ static void engine_start_run(struct engine *e, json_t *rec)
 		.on_done = on_plan_done,
 		.get_input_hash = get_input_hash,
 		.set_input_hash = set_input_hash,
+		.on_spawn = on_spawn,
 	};
 	(void)uv_timer_start(&a->timeout, on_run_timeout, (uint64_t)e->config->run_timeout * 1000, 0);
 	r = plan_execute(e->loop, &a->plan, &env, &cbs, e, &a->x);
@@ -1213,6 +1273,9 @@ int engine_start(struct engine *e)
 		if (!rec_status_is(rec, "running"))
 			continue;
 		char ts[40];
+		kill_orphan(rec);
+		json_object_del(rec, "_pgid");
+		json_object_del(rec, "_pgid_start");
 		now_rfc3339(ts, sizeof(ts));
 		json_object_set_new(rec, "status", json_string("interrupted"));
 		json_object_set_new(rec, "finished", json_string(ts));

@@ -96,6 +96,11 @@ static void exec_free(struct exec *e)
 		free(e);
 }
 
+int exec_pgid(const struct exec *e)
+{
+	return e ? (int)e->pgid : 0;
+}
+
 static void exec_signal_group(struct exec *e, int sig)
 {
 	if (e->pgid <= 0)

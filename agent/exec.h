@@ -40,6 +40,9 @@ typedef void (*exec_done_cb)(void *userdata, const struct exec_result *r);
  * next loop iteration with spawn_error set, so callers have one path. */
 int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb, exec_done_cb done_cb,
 	       void *userdata, struct exec **ret);
+/* The child's process group id (its pid; the child leads its own group), or
+ * 0 when it did not start. */
+int exec_pgid(const struct exec *e);
 /* Sends SIGTERM now (and SIGKILL after the grace period). done_cb still runs. */
 void exec_terminate(struct exec *e);
 /* Describes r in words ("exited with status 3", "killed by signal 9 after

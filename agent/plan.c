@@ -1186,6 +1186,8 @@ static void exec_apply(struct step *s, struct plan_exec *x)
 		d->proc = NULL;
 		return plan_step_done(x, STEP_FAILED, "could not start: %s", strerror(-r));
 	}
+	if (x->cbs.on_spawn && exec_pgid(d->proc) > 0)
+		x->cbs.on_spawn(x->userdata, s, exec_pgid(d->proc));
 }
 
 static void exec_cancel(struct step *s)

@@ -169,6 +169,9 @@ struct plan_exec_cbs {
 	/* Exec change detection: return true and the recorded hash for key. */
 	bool (*get_input_hash)(void *userdata, const char *key, uint64_t *ret_hash);
 	void (*set_input_hash)(void *userdata, const char *key, uint64_t hash);
+	/* Optional: an exec step's process started, leading process group pgid
+	 * (so that a restarted daemon can end what a killed one left running). */
+	void (*on_spawn)(void *userdata, struct step *s, int pgid);
 };
 
 /* Starts executing p on loop; nothing runs before the next loop iteration.

@@ -183,6 +183,8 @@ def test_kill_9_mid_run_marks_interrupted_and_runs_again(make_agent):
     a.kill9()
     # Every state file parses after the kill.
     state_files_parse(a)
+    orphan = int(open(os.path.join(a.root, f"slow.{run['id']}")).read())
+    assert os.path.exists(f"/proc/{orphan}"), "the recipe outlived the killed agent (its own process group)"
     # Fix the recipe so that the re-run completes.
     stack["agent"]["recipes"]["slow"]["command"] = ["/bin/true"]
     a.write_stack(stack)
@@ -190,16 +192,16 @@ def test_kill_9_mid_run_marks_interrupted_and_runs_again(make_agent):
     runs = a.runs()
     old = [r for r in runs if r["id"] == run["id"]][0]
     assert old["status"] == "interrupted"
+    # The restarted agent ended the orphaned recipe before running the event again.
+    wait_for(lambda: not os.path.exists(f"/proc/{orphan}") or
+             open(f"/proc/{orphan}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+             what="the orphaned recipe to be killed")
+    assert f"Killed process group {orphan}" in a.stderr_text()
     wait_for(lambda: any(r["event"] == "configure" and r["id"] > run["id"] and r["status"] in ("success", "failed")
                          for r in a.runs()), what="the interrupted event to run again", timeout=90)
     again = [r for r in a.runs() if r["id"] > run["id"] and r["event"] == "configure"]
     assert again[-1]["trigger"] == "retry"
     state_files_parse(a)
-    # The killed agent's recipe was in its own process group: not ours to leave behind.
-    try:
-        os.kill(int(open(os.path.join(a.root, f"slow.{run['id']}")).read()), signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_restart_reruns_nothing(make_agent):
