@@ -180,6 +180,10 @@ def test_kill_9_mid_run_marks_interrupted_and_runs_again(make_agent):
     a.write_stack(stack)
     run = wait_for(lambda: a.status()["current_run"], what="the slow run to start")
     wait_for(lambda: os.path.exists(os.path.join(a.root, f"slow.{run['id']}")), what="the slow recipe to run")
+    # The agent records the step's process group right after the spawn;
+    # the recipe can be faster than that write.
+    wait_for(lambda: '"_pgid"' in open(os.path.join(a.state, "state.json")).read(),
+             what="the step's process group to be saved")
     a.kill9()
     # Every state file parses after the kill.
     state_files_parse(a)
