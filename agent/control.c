@@ -351,10 +351,8 @@ static bool control_admin_gid(struct control *ctl, gid_t *ret)
 {
 	const char *name = ctl->config ? ctl->config->admin_group : NULL;
 	uint64_t now = uv_now(ctl->loop);
-	struct group grp, *gr = NULL;
-	_cleanup_free_ char *gbuf = NULL;
-	size_t gsize = 4096;
-	int r;
+	gid_t gid = (gid_t)-1;
+	bool found;
 
 	if (!name || !*name)
 		return false;
@@ -362,20 +360,14 @@ static bool control_admin_gid(struct control *ctl, gid_t *ret)
 		*ret = ctl->admin_gid;
 		return ctl->admin_found;
 	}
-	for (;;) {
-		gbuf = xrealloc(gbuf, gsize);
-		r = getgrnam_r(name, &grp, gbuf, gsize, &gr);
-		if (r != ERANGE || gsize >= 1024 * 1024)
-			break;
-		gsize *= 2;
-	}
-	if (!ctl->admin_name || strcmp(ctl->admin_name, name) != 0 || ctl->admin_found != (r == 0 && gr) ||
-	    (gr && ctl->admin_gid != gr->gr_gid))
+	found = group_lookup(name, &gid) == 0;
+	if (!ctl->admin_name || strcmp(ctl->admin_name, name) != 0 || ctl->admin_found != found ||
+	    (found && ctl->admin_gid != gid))
 		memset(ctl->priv_cache, 0, sizeof(ctl->priv_cache)); /* decisions about another group */
 	free(ctl->admin_name);
 	ctl->admin_name = xstrdup(name);
-	ctl->admin_found = r == 0 && gr;
-	ctl->admin_gid = ctl->admin_found ? gr->gr_gid : (gid_t)-1;
+	ctl->admin_found = found;
+	ctl->admin_gid = found ? gid : (gid_t)-1;
 	ctl->admin_checked = now;
 	*ret = ctl->admin_gid;
 	return ctl->admin_found;
