@@ -34,6 +34,7 @@
 #include "plan.h"
 #include "proto.h"
 #include "recipes/recipe.h"
+#include "rootfs.h"
 #include "source.h"
 #include "stack.h"
 #include "util.h"
@@ -1647,7 +1648,8 @@ static int release_cmp(const void *a, const void *b)
 int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_error)
 {
 	const struct stack_app *a;
-	_cleanup_free_ char *deploy_to = NULL, *releases = NULL, *current = NULL, *tmp = NULL, *target = NULL;
+	_cleanup_close_ int rootfd = -1, dfd = -1, rfd = -1;
+	_cleanup_free_ char *tmp = NULL, *target = NULL;
 	char cur[4096];
 	char **names = NULL;
 	size_t n = 0;
@@ -1664,24 +1666,29 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 		*ret_error = xstrdup("a run is in progress; try again when it has finished");
 		return -EBUSY;
 	}
-	r = path_join_under(e->config->root, a->deploy_to, &deploy_to);
-	if (r < 0) {
-		*ret_error = xstrdup("bad deploy_to");
-		return r;
+	/* deploy_to is resolved inside root like every step's path: a symlink
+	 * planted in it cannot take the switch elsewhere. */
+	rootfd = rootfs_open(e->config->root);
+	if (rootfd >= 0)
+		dfd = rootfs_resolve(rootfd, a->deploy_to, true);
+	if (dfd >= 0)
+		rfd = openat(dfd, "releases", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (rfd < 0) {
+		*ret_error = xasprintf("%s has no releases directory under %s", app, a->deploy_to);
+		return -ENOENT;
 	}
-	releases = xasprintf("%s/releases", deploy_to);
-	current = xasprintf("%s/current", deploy_to);
-	len = readlink(current, cur, sizeof(cur) - 1);
+	len = readlinkat(dfd, "current", cur, sizeof(cur) - 1);
 	if (len < 0) {
 		*ret_error = xasprintf("%s has no current release", app);
 		return -ENOENT;
 	}
 	cur[len] = '\0';
-	d = opendir(releases);
+	d = fdopendir(rfd);
 	if (!d) {
-		*ret_error = xasprintf("%s has no releases directory", app);
-		return -ENOENT;
+		*ret_error = xasprintf("cannot list the releases of %s: %s", app, strerror(errno));
+		return -errno;
 	}
+	rfd = -1; /* owned by d now */
 	while ((de = readdir(d)))
 		if (de->d_name[0] != '.') {
 			names = xrealloc(names, (n + 1) * sizeof(char *));
@@ -1701,18 +1708,19 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 		r = -ENOENT;
 		goto out;
 	}
-	target = xasprintf("%s/%s", releases, names[idx - 1]);
-	tmp = xasprintf("%s/.current.rollback", deploy_to);
-	(void)unlink(tmp);
-	if (symlink(target, tmp) < 0 || rename(tmp, current) < 0) {
+	/* Relative, as the link step writes it: the same on the host and under a test root. */
+	target = xasprintf("releases/%s", names[idx - 1]);
+	tmp = xasprintf(".current.rollback.%ld", (long)getpid());
+	(void)unlinkat(dfd, tmp, 0);
+	if (symlinkat(target, dfd, tmp) < 0 || renameat(dfd, tmp, dfd, "current") < 0) {
 		r = -errno;
-		*ret_error = xasprintf("cannot switch %s: %s", current, strerror(errno));
-		(void)unlink(tmp);
+		*ret_error = xasprintf("cannot switch %s/current: %s", a->deploy_to, strerror(errno));
+		(void)unlinkat(dfd, tmp, 0);
 		goto out;
 	}
 	log_info("Rolled back %s from %s to %s", app, cur_name, names[idx - 1]);
 	*ret = json_pack("{s:s, s:s, s:s}", "app", app, "from", cur_name, "to", names[idx - 1]);
-	/* The app's services are restarted by its family's restart recipe. */
+	/* Restarting the app's services belongs to its recipe family (issue 3). */
 out:
 	for (size_t i = 0; i < n; i++)
 		free(names[i]);

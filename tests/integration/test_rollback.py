@@ -1,0 +1,40 @@
+# agentctl rollback APP: current goes back one release, inside root only.
+import os
+
+from conftest import simple_stack
+
+
+def releases(root, base, names, current):
+    d = os.path.join(root, base.lstrip("/"))
+    for n in names:
+        os.makedirs(os.path.join(d, "releases", n), exist_ok=True)
+    os.symlink(f"releases/{current}", os.path.join(d, "current"))
+    return d
+
+
+def test_rollback_switches_current_to_the_previous_release(make_agent):
+    a = make_agent(simple_stack(extra={"deploy": {"shop": {}}})).start()
+    a.wait_runs(3)
+    d = releases(a.root, "/srv/www/shop", ["20261101000000", "20261102000000", "20261103000000"],
+                 "20261103000000")
+    assert a.ctl("rollback", "shop", user="nobody").returncode == 4
+    r = a.ctl_json("rollback", "shop")
+    assert r == {"app": "shop", "from": "20261103000000", "to": "20261102000000"}
+    assert os.readlink(os.path.join(d, "current")) == "releases/20261102000000"
+    a.ctl("rollback", "shop", check=0)
+    assert os.readlink(os.path.join(d, "current")) == "releases/20261101000000"
+    p = a.ctl("rollback", "shop")
+    assert p.returncode == 1 and "no release before" in p.stderr
+    assert a.ctl("rollback", "nosuchapp").returncode == 1
+
+
+def test_rollback_does_not_follow_a_symlink_out_of_root(make_agent):
+    a = make_agent(simple_stack(extra={"deploy": {"shop": {}}})).start()
+    a.wait_runs(3)
+    outside = os.path.join(a.tmp, "outside")
+    releases(outside, "/", ["1", "2"], "2")
+    os.makedirs(os.path.join(a.root, "srv/www"), exist_ok=True)
+    # deploy_to is a symlink to a directory outside root (absolute target).
+    os.symlink(outside, os.path.join(a.root, "srv/www/shop"))
+    assert a.ctl("rollback", "shop").returncode == 1
+    assert os.readlink(os.path.join(outside, "current")) == "releases/2"
