@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "log.h"
 #include "util.h"
 
 enum key_type { KEY_STRING, KEY_STRING_OR_NULL, KEY_INT };
@@ -41,6 +42,126 @@ static const struct key keys[] = {
 #undef SN
 #undef I
 
+/* The recipe families' keys. Each family keeps its own block; values are
+ * read with config_string() / config_int() / config_argv(). */
+struct family_key {
+	const char *name;
+	enum config_type type;
+	const char *def;          /* JSON text of the default */
+	long min, max;            /* CONFIG_INT */
+};
+
+static const struct family_key family_keys[] = {
+	/* Shared by several families. */
+	{ "ephemeral_mount_point", CONFIG_PATH, "\"/mnt\"" },
+	{ "package_query_command", CONFIG_ARGV, "[\"dpkg-query\", \"-W\", \"-f=${Package} ${db:Status-Status}\\n\"]" },
+	{ "package_install_command", CONFIG_ARGV,
+	  "[\"apt-get\", \"install\", \"-y\", \"-q\", \"--no-install-recommends\"]" },
+
+	/* Apps: buildout, supervisord (agent/recipes/apps*.c). */
+	{ "buildout_command", CONFIG_ARGV_OR_NULL, "null" },
+	{ "supervisor_timeout", CONFIG_INT, "30", 1, 3600 },
+
+	/* Storage: EBS volumes, NFS, GlusterFS (agent/recipes/storage*.c). */
+	{ "device_timeout", CONFIG_INT, "60", 0, 3600 },
+	{ "exportfs_command", CONFIG_ARGV, "[\"exportfs\", \"-ra\"]" },
+	{ "gluster_command", CONFIG_ARGV, "[\"gluster\", \"--mode=script\"]" },
+
+	/* Front end: haproxy, varnish, nginx (agent/recipes/front*.c). */
+	{ "haproxy_command", CONFIG_ARGV, "[\"haproxy\"]" },
+	{ "haproxy_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload\", \"haproxy\"]" },
+	{ "varnishd_command", CONFIG_ARGV, "[\"varnishd\"]" },
+	{ "varnishadm_command", CONFIG_ARGV, "[\"varnishadm\"]" },
+	{ "varnish_restart_command", CONFIG_ARGV, "[\"systemctl\", \"restart\", \"varnish\"]" },
+	{ "nginx_command", CONFIG_ARGV, "[\"nginx\"]" },
+	{ "nginx_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload\", \"nginx\"]" },
+};
+
+static const struct family_key *family_key_find(const char *name)
+{
+	for (size_t i = 0; i < ELEMENTSOF(family_keys); i++)
+		if (strcmp(family_keys[i].name, name) == 0)
+			return &family_keys[i];
+	return NULL;
+}
+
+static bool string_ok(const json_t *v)
+{
+	return json_is_string(v) && json_string_length(v) > 0 &&
+	       strlen(json_string_value(v)) == json_string_length(v);
+}
+
+/* Checks v against k; returns NULL or a static description of what it must be. */
+static const char *family_value_check(const struct family_key *k, const json_t *v)
+{
+	switch (k->type) {
+	case CONFIG_STRING_OR_NULL:
+		if (json_is_null(v))
+			return NULL;
+		/* fall through */
+	case CONFIG_STRING:
+		return string_ok(v) ? NULL : "a non-empty string";
+	case CONFIG_PATH:
+		return string_ok(v) && path_is_safe_absolute(json_string_value(v))
+			       ? NULL
+			       : "an absolute path without \".\" or \"..\" components";
+	case CONFIG_INT:
+		return json_is_integer(v) && json_integer_value(v) >= k->min && json_integer_value(v) <= k->max
+			       ? NULL
+			       : "an integer in range";
+	case CONFIG_ARGV_OR_NULL:
+		if (json_is_null(v))
+			return NULL;
+		/* fall through */
+	case CONFIG_ARGV: {
+		size_t i;
+		json_t *e;
+		if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 256)
+			return "a command: a non-empty array of non-empty strings";
+		json_array_foreach(v, i, e) if (!string_ok(e)) return "a command: a non-empty array of non-empty strings";
+		return NULL;
+	}
+	}
+	return "valid";
+}
+
+static const json_t *family_value(const struct config *c, const char *key)
+{
+	const struct family_key *k = family_key_find(key);
+	const json_t *v;
+
+	if (!k) {
+		log_error("BUG: configuration key \"%s\" is not declared", key);
+		abort();
+	}
+	v = c->extra ? json_object_get(c->extra, key) : NULL;
+	return v;
+}
+
+const char *config_string(const struct config *c, const char *key)
+{
+	return json_string_value(family_value(c, key));
+}
+
+long config_int(const struct config *c, const char *key)
+{
+	return (long)json_integer_value(family_value(c, key));
+}
+
+const char **config_argv(const struct config *c, const char *key)
+{
+	const json_t *v = family_value(c, key);
+	const char **argv;
+	size_t i;
+	json_t *e;
+
+	if (!json_is_array(v))
+		return NULL;
+	argv = xcalloc(json_array_size(v) + 1, sizeof(char *));
+	json_array_foreach(v, i, e) argv[i] = json_string_value(e);
+	return argv;
+}
+
 void config_defaults(struct config *c)
 {
 	memset(c, 0, sizeof(*c));
@@ -60,6 +181,15 @@ void config_defaults(struct config *c)
 	c->retry_min = 10;
 	c->retry_max = 600;
 	c->step_output_max = 4 * 1024 * 1024;
+	c->extra = json_object();
+	for (size_t i = 0; i < ELEMENTSOF(family_keys); i++) {
+		json_t *v = json_loads(family_keys[i].def, JSON_DECODE_ANY, NULL);
+		if (!v) {
+			log_error("BUG: bad default for configuration key \"%s\"", family_keys[i].name);
+			abort();
+		}
+		json_object_set_new(c->extra, family_keys[i].name, v);
+	}
 }
 
 static int config_apply(struct config *c, json_t *root, char **ret_error)
@@ -77,8 +207,27 @@ static int config_apply(struct config *c, json_t *root, char **ret_error)
 			if (strcmp(keys[i].name, name) == 0)
 				k = &keys[i];
 		if (!k) {
-			*ret_error = xasprintf("unknown key \"%s\"", name);
-			return -EINVAL;
+			const struct family_key *fk = family_key_find(name);
+			const char *want;
+			if (!fk) {
+				*ret_error = xasprintf("unknown key \"%s\"", name);
+				return -EINVAL;
+			}
+			want = family_value_check(fk, v);
+			if (want) {
+				if (fk->type == CONFIG_INT)
+					*ret_error = xasprintf("key \"%s\" must be an integer between %ld and %ld", name,
+							       fk->min, fk->max);
+				else
+					*ret_error = xasprintf("key \"%s\" must be %s%s", name, want,
+							       fk->type == CONFIG_STRING_OR_NULL ||
+									       fk->type == CONFIG_ARGV_OR_NULL
+								       ? " or null"
+								       : "");
+				return -EINVAL;
+			}
+			json_object_set(c->extra, name, v);
+			continue;
 		}
 		if (k->type == KEY_INT) {
 			if (!json_is_integer(v)) {
@@ -173,6 +322,8 @@ json_t *config_to_json(const struct config *c)
 			json_object_set_new(o, k->name, s ? json_string(s) : json_null());
 		}
 	}
+	if (c->extra)
+		json_object_update(o, c->extra);
 	return o;
 }
 
@@ -184,4 +335,6 @@ void config_free(struct config *c)
 			free(*field);
 			*field = NULL;
 		}
+	json_decref(c->extra);
+	c->extra = NULL;
 }

@@ -22,7 +22,30 @@ struct config {
 	long retry_min;          /* seconds, first retry of a failed change */
 	long retry_max;          /* seconds, backoff cap */
 	long step_output_max;    /* bytes of one step's output kept in the run log */
+	/* The recipe families' keys (tools, paths, timeouts), kept by name
+	 * with their defaults filled in: see config_keys in config.c and the
+	 * accessors below. Owned. */
+	json_t *extra;
 };
+
+/* A recipe family's key: declared once in config.c's family table, read with
+ * the accessors below. */
+enum config_type {
+	CONFIG_STRING,      /* non-empty string */
+	CONFIG_PATH,        /* absolute path without "." or ".." components */
+	CONFIG_INT,
+	CONFIG_ARGV,        /* non-empty array of non-empty strings: a command, never run through a shell */
+	CONFIG_STRING_OR_NULL,
+	CONFIG_ARGV_OR_NULL,
+};
+
+/* The value of a family key; the key must be declared (abort otherwise: a
+ * programming error). Strings are borrowed from c. */
+const char *config_string(const struct config *c, const char *key);
+long config_int(const struct config *c, const char *key);
+/* A NULL-terminated malloc'd array of borrowed strings (free the array
+ * only), or NULL when the key is null. */
+const char **config_argv(const struct config *c, const char *key);
 
 /* Fills defaults, then applies the file. On error returns a negative errno
  * and a malloc'd message naming the key in *ret_error. */

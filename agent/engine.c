@@ -949,6 +949,19 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 		return -ENOENT;
 	}
 
+	/* Family hooks before the layers (EBS volumes at setup and configure). */
+	{
+		struct recipe_ctx ctx = {
+			.stack = s, .config = e->config, .event = ev, .layer = NULL, .app = app, .run_id = run_id,
+		};
+		_cleanup_free_ char *err = NULL;
+		int r = recipes_plan_before(&ctx, plan, &err);
+		if (r < 0) {
+			*ret_error = xasprintf("planning %s: %s", event_to_string(ev), err ? err : strerror(-r));
+			return r;
+		}
+	}
+
 	for (size_t i = 0; i < n_layers; i++) {
 		size_t n_names = 0;
 		_cleanup_free_ const char **names = stack_layer_recipes(s, layers[i], ev, &n_names);
@@ -969,6 +982,16 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 						       err ? err : strerror(-r));
 				return r;
 			}
+		}
+		/* Family hooks after the layer's recipes (unmounts at shutdown). */
+		struct recipe_ctx ctx = {
+			.stack = s, .config = e->config, .event = ev, .layer = layers[i], .app = app, .run_id = run_id,
+		};
+		_cleanup_free_ char *err = NULL;
+		int r = recipes_plan_after_layer(&ctx, plan, &err);
+		if (r < 0) {
+			*ret_error = xasprintf("planning layer %s: %s", layers[i], err ? err : strerror(-r));
+			return r;
 		}
 	}
 	return 0;

@@ -138,7 +138,9 @@ static int files_plan(const struct recipe_ctx *ctx, struct plan *plan, char **re
 	return 0;
 }
 
-const struct recipe recipes_files[] = {
+static const struct recipe recipes_files[] = {
 	{ "files", files_plan, files_validate },
 	{ NULL, NULL, NULL },
 };
+
+const struct recipe_family family_files = { .name = "files", .recipes = recipes_files };

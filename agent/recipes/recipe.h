@@ -55,7 +55,28 @@ int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_erro
 /* Runs every family's validate hook over a parsed stack. */
 int recipes_validate(const struct stack *stack, struct stack_error *err);
 
+/* A family: its recipes (a NULL-terminated table) and optional hooks the
+ * engine calls around the layers' recipes. Families are listed once in
+ * registry.c. */
+struct recipe_family {
+	const char *name;
+	const struct recipe *recipes;
+	/* Steps planned once per run before any layer's recipes; ctx->layer is
+	 * NULL and ctx->name is the family name (e.g. EBS volumes at setup and
+	 * configure). */
+	int (*plan_before)(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+	/* Steps planned after all recipes of one layer (ctx->layer), e.g.
+	 * unmounting what the layer mounted once its services stopped at
+	 * shutdown. ctx->name is the family name. */
+	int (*plan_after_layer)(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+};
+
+/* Runs every family's plan_before / plan_after_layer hook. */
+int recipes_plan_before(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+int recipes_plan_after_layer(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+
 /* Families. */
+extern const struct recipe_family family_files, family_apps, family_storage, family_front;
 extern const struct recipe recipes_custom[];
 extern const struct recipe recipes_pending[];
 /* Validates agent.recipes.<name> (called by stack validation for each entry). */

@@ -9,10 +9,11 @@
 #include "../stack.h"
 #include "util.h"
 
-extern const struct recipe recipes_files[];
-
-static const struct recipe *const families[] = {
-	recipes_files,
+static const struct recipe_family *const families[] = {
+	&family_files,
+	&family_apps,
+	&family_storage,
+	&family_front,
 };
 
 static int pending_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
@@ -35,10 +36,52 @@ const struct recipe *recipe_find(const struct stack *stack, const char *name)
 	if (!canonical)
 		return NULL;
 	for (size_t f = 0; f < ELEMENTSOF(families); f++)
-		for (const struct recipe *r = families[f]; r->name; r++)
+		for (const struct recipe *r = families[f]->recipes; r && r->name; r++)
 			if (strcmp(r->name, canonical) == 0)
 				return r;
 	return &pending_recipe;
+}
+
+/* Sets recipe and layer on the steps planned since first. */
+static void label_steps(struct plan *plan, size_t first, const char *recipe, const char *layer)
+{
+	for (size_t i = first; i < plan->n_steps; i++) {
+		struct step *s = plan->steps[i];
+		if (!s->recipe && recipe)
+			s->recipe = xstrdup(recipe);
+		if (!s->layer && layer)
+			s->layer = xstrdup(layer);
+	}
+}
+
+static int run_hooks(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error, bool after_layer)
+{
+	for (size_t f = 0; f < ELEMENTSOF(families); f++) {
+		int (*hook)(const struct recipe_ctx *, struct plan *, char **) =
+			after_layer ? families[f]->plan_after_layer : families[f]->plan_before;
+		struct recipe_ctx c = *ctx;
+		size_t first = plan->n_steps;
+		int r;
+
+		if (!hook)
+			continue;
+		c.name = families[f]->name;
+		r = hook(&c, plan, ret_error);
+		label_steps(plan, first, c.name, ctx->layer);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int recipes_plan_before(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	return run_hooks(ctx, plan, ret_error, false);
+}
+
+int recipes_plan_after_layer(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	return run_hooks(ctx, plan, ret_error, true);
 }
 
 int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
@@ -53,13 +96,7 @@ int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_erro
 	}
 	ret = r->plan(ctx, plan, ret_error);
 	/* Every step says which recipe and layer planned it. */
-	for (size_t i = first; i < plan->n_steps; i++) {
-		struct step *s = plan->steps[i];
-		if (!s->recipe)
-			s->recipe = xstrdup(ctx->name);
-		if (!s->layer && ctx->layer)
-			s->layer = xstrdup(ctx->layer);
-	}
+	label_steps(plan, first, ctx->name, ctx->layer);
 	return ret;
 }
 
@@ -69,7 +106,7 @@ int recipes_validate(const struct stack *stack, struct stack_error *err)
 	 * not this instance's layers use it: a bad value is an error for the
 	 * whole stack, found before anything runs. */
 	for (size_t f = 0; f < ELEMENTSOF(families); f++)
-		for (const struct recipe *r = families[f]; r->name; r++)
+		for (const struct recipe *r = families[f]->recipes; r && r->name; r++)
 			if (r->validate) {
 				int ret = r->validate(stack, err);
 				if (ret < 0)
