@@ -50,3 +50,25 @@ def test_daemon_refuses_a_bad_config(tmp_path):
     p.write_text(json.dumps({"bogus": 1}))
     r = subprocess.run([AGENTD, "--config", str(p)], capture_output=True, text=True, timeout=10)
     assert r.returncode == 1 and "bogus" in r.stderr
+
+
+def test_family_keys_have_defaults_and_are_checked(tmp_path):
+    # Keys the recipe families read (commands are argv arrays, never shell text).
+    r = check(tmp_path, {"device_timeout": 5, "haproxy_command": ["/opt/haproxy/sbin/haproxy", "-q"]})
+    assert r.returncode == 0, r.stderr
+    c = json.loads(r.stdout)
+    assert c["device_timeout"] == 5
+    assert c["haproxy_command"] == ["/opt/haproxy/sbin/haproxy", "-q"]
+    assert c["ephemeral_mount_point"] == "/mnt"
+    assert c["buildout_command"] is None
+    for bad, key in [({"haproxy_command": "haproxy -c"}, "haproxy_command"),
+                     ({"haproxy_command": []}, "haproxy_command"),
+                     ({"haproxy_command": ["haproxy", ""]}, "haproxy_command"),
+                     ({"device_timeout": -1}, "device_timeout"),
+                     ({"device_timeout": "5"}, "device_timeout"),
+                     ({"ephemeral_mount_point": "mnt"}, "ephemeral_mount_point"),
+                     ({"ephemeral_mount_point": "/mnt/../etc"}, "ephemeral_mount_point")]:
+        r = check(tmp_path, bad)
+        assert r.returncode == 1 and key in r.stderr, (bad, r.stderr)
+    r = check(tmp_path, {"buildout_command": ["/usr/local/bin/buildout-py311"]})
+    assert r.returncode == 0 and json.loads(r.stdout)["buildout_command"] == ["/usr/local/bin/buildout-py311"]
