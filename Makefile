@@ -96,8 +96,10 @@ check: deps
 demo: deps all
 	@conf/demo/run
 
+# The spine's figures, then each recipe family's bench script (tests/bench/bench_*.py).
 bench: all
 	@tests/bench/run
+	@for b in tests/bench/bench_*.py; do [ -x "$$b" ] || continue; echo "== $$b"; AGENTD_BUILD=$(abspath $(BUILD)) "$$b" || exit 1; done
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/lib/systemd/system \
