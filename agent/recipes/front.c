@@ -259,7 +259,7 @@ static int front_validate(const struct stack *s, struct stack_error *err)
 		const char *a = plone_member_address(m);
 		char path[512], p2[512];
 
-		if (address_ok(a) && (!m->ip || address_ok(m->ip)))
+		if (address_ok(a) && (!m->ip || !*m->ip || address_ok(m->ip)))
 			continue;
 		stack_path_key(path, sizeof(path), "$.opsworks.layers." FRONT_APP_LAYER ".instances", m->hostname);
 		stack_path_key(p2, sizeof(p2), path, address_ok(a) ? "ip" : "private_ip");
@@ -370,7 +370,7 @@ char *front_render_vcl(const struct stack *s, const struct front_render_opts *o)
 		/* Private and public addresses (reference §8); names are
 		 * resolved by the VCL compiler. */
 		buf_printf(&b, "\t\"%s\";\n", plone_member_address(m));
-		if (m->ip && strcmp(m->ip, plone_member_address(m)) != 0)
+		if (m->ip && *m->ip && strcmp(m->ip, plone_member_address(m)) != 0)
 			buf_printf(&b, "\t\"%s\";\n", m->ip);
 	}
 	buf_puts(&b, "}\n\n");
