@@ -171,8 +171,10 @@ static bool purge_re_ok(const char *s)
 {
 	if (!s || !*s || strlen(s) > 1024)
 		return false;
+	/* varnishd splits a ban argument again at spaces and quotes, so an
+	 * expression with them cannot be passed whole; URLs have neither. */
 	for (const char *p = s; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == '"')
 			return false;
 	return true;
 }
@@ -249,7 +251,8 @@ static int front_validate(const struct stack *s, struct stack_error *err)
 			if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
 			    !purge_re_ok(json_string_value(v)))
 				return stack_error_set(err, path,
-						       "must be a regular expression without control characters");
+						       "must be a regular expression without spaces, quotes or control "
+						       "characters");
 		}
 	}
 	/* Member addresses go into haproxy.cfg and the VCL. */
@@ -524,7 +527,7 @@ static struct step *front_exec(const struct recipe_ctx *ctx, struct plan *plan, 
 
 static int front_plan_checked(const struct recipe_ctx *ctx, struct plan *plan, const char *id, const char *path,
 			      char *content, const char *cmd_key, const char *const *check_extra, const char *wrapper,
-			      char **ret_error)
+			      bool secret, char **ret_error)
 {
 	_cleanup_free_ const char **cmd = config_argv(ctx->config, cmd_key);
 	_cleanup_free_ char **argv = argv_concat(cmd, check_extra);
@@ -532,7 +535,10 @@ static int front_plan_checked(const struct recipe_ctx *ctx, struct plan *plan, c
 		.path = path,
 		.content = content,
 		.len = strlen(content),
-		.mode = 0644,
+		/* A config with a password is readable by root only (the
+		 * services read their configs as root before they drop
+		 * privileges). */
+		.mode = secret ? 0600 : 0644,
 		.check_argv = argv,
 		.wrapper = wrapper,
 		.timeout_sec = config_int(ctx->config, "front_check_timeout"),
@@ -543,6 +549,7 @@ static int front_plan_checked(const struct recipe_ctx *ctx, struct plan *plan, c
 	if (!s)
 		return -EINVAL;
 	s->id = xstrdup(id);
+	s->secret = secret;
 	return 0;
 }
 
@@ -566,13 +573,16 @@ static int front_plan_reload(const struct recipe_ctx *ctx, struct plan *plan, co
 static int haproxy_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
 {
 	struct front_render_opts o;
+	struct front_settings fs;
 	static const char *const check[] = { "-c", "-f", "{}", NULL };
 	static const char *const guards[] = { "front-haproxy-cfg", NULL };
 	int r;
 
 	front_render_opts_from_config(ctx->config, &o);
+	front_settings_get(ctx->stack, &fs);
 	r = front_plan_checked(ctx, plan, "front-haproxy-cfg", config_string(ctx->config, "haproxy_config"),
-			       front_render_haproxy(ctx->stack, &o), "haproxy_command", check, NULL, ret_error);
+			       front_render_haproxy(ctx->stack, &o), "haproxy_command", check, NULL,
+			       fs.enable_stats && fs.stats_password, ret_error);
 	if (r < 0)
 		return r;
 	return front_plan_reload(ctx, plan, "reload haproxy", "haproxy_reload_command", guards, ret_error);
@@ -596,7 +606,7 @@ static int varnish_plan(const struct recipe_ctx *ctx, struct plan *plan, char **
 	name = xasprintf(FRONT_VCL_PREFIX "%ld_%016llx", ctx->run_id,
 			 (unsigned long long)hash_fnv1a64(content, strlen(content), HASH_FNV_SEED));
 	r = front_plan_checked(ctx, plan, "front-varnish-vcl", vcl, xstrdup(content), "varnishd_command", check, NULL,
-			       ret_error);
+			       false, ret_error);
 	if (r < 0)
 		return r;
 	adm = config_argv(ctx->config, "varnishadm_command");
@@ -632,7 +642,7 @@ static int nginx_plan(const struct recipe_ctx *ctx, struct plan *plan, char **re
 
 	front_render_opts_from_config(ctx->config, &o);
 	r = front_plan_checked(ctx, plan, "front-nginx-site", site, front_render_nginx(ctx->stack, &o), "nginx_command",
-			       check, nginx_wrapper, ret_error);
+			       check, nginx_wrapper, false, ret_error);
 	if (r < 0)
 		return r;
 	link = xasprintf("%s/instances", enabled);
@@ -675,11 +685,9 @@ static int varnish_purge_plan(const struct recipe_ctx *ctx, struct plan *plan, c
 {
 	const json_t *urls = json_object_get(ctx->stack->root, "varnish_purge_urls");
 	_cleanup_free_ const char **adm = config_argv(ctx->config, "varnishadm_command");
-	static const json_t *dflt;
 	size_t i;
 	json_t *v;
 
-	(void)dflt;
 	if (!json_is_array(urls) || json_array_size(urls) == 0) {
 		static const char *const all[] = { "ban", "req.url", "~", "\".*\"", NULL };
 		_cleanup_free_ char **argv = argv_concat(adm, all);

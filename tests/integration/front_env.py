@@ -135,6 +135,10 @@ class Front:
         open(self.reload_log, "w").close()
         reload_script(os.path.join(t, "reload-haproxy"), os.path.join(t, "haproxy.pid"), "USR2", self.reload_log)
         reload_script(os.path.join(t, "reload-nginx"), os.path.join(t, "nginx.pid"), "HUP", self.reload_log)
+        self.restart_log = os.path.join(t, "restarts.log")
+        with open(os.path.join(t, "restart-varnish"), "w") as f:
+            f.write(f"#!/bin/sh\necho restart >> '{self.restart_log}'\n")
+        os.chmod(os.path.join(t, "restart-varnish"), 0o755)
         self.varnishadm = ["varnishadm", "-T", f"{ip}:{self.vadm}", "-S", self.secret]
         self.conf = {
             "instance": "lb1",
@@ -146,6 +150,7 @@ class Front:
             "haproxy_stats_socket": os.path.join(t, "haproxy.sock"),
             "varnishd_command": ["varnishd", "-n", os.path.join(t, "varnish-check")],
             "varnishadm_command": self.varnishadm,
+            "varnish_restart_command": [os.path.join(t, "restart-varnish")],
             "varnish_address": self.varnish_addr,
             "nginx_command": ["nginx"],
             "nginx_reload_command": [os.path.join(t, "reload-nginx")],

@@ -2,6 +2,7 @@
 # membership, with real haproxy, varnishd and nginx on 127.0.0.2-127.0.0.4.
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -138,3 +139,23 @@ def test_config_the_checker_rejects_keeps_the_old_one_serving(front):
     assert loop.failed == [], loop.failed[:5]
     # Back to a good stack so the fixture ends clean.
     a.write_stack(stack_doc(["app2", "app3"]))
+
+
+def test_varnish_purge_bans_the_listed_urls_and_restart_runs_its_command(front):
+    a = front.agent
+    a.wait_idle()
+    lb = ["haproxy", "varnish", "nginx"]
+    doc = stack_doc(["app2", "app3"], extra={
+        "varnish_purge_urls": ["^/news/.*", "\\.css$"],
+        "agent": {"layers": {"lb": {"setup": lb, "configure": lb, "deploy": ["varnish-purge", "varnish-restart"]}}},
+    })
+    n = len(a.finished_runs())
+    a.write_stack(doc)
+    wait_new_run(a, n)
+    p = a.ctl("run", "deploy", "--layer", "lb", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    bans = subprocess.run(front.varnishadm + ["ban.list"], capture_output=True, text=True, check=True).stdout
+    assert "req.url ~ ^/news/.*" in bans, bans
+    assert "req.url ~ \\.css$" in bans, bans
+    with open(front.restart_log) as f:
+        assert f.read().splitlines() == ["restart"]

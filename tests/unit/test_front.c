@@ -159,6 +159,7 @@ static void test_validation(void **state)
 	expect_invalid("'10.0.0.1'", ", 'haproxy': {'enable_stats': 1}", "$.haproxy.enable_stats");
 	expect_invalid("'10.0.0.1'", ", 'varnish_purge_urls': ['a\\nb']", "$.varnish_purge_urls[0]");
 	expect_invalid("'10.0.0.1'", ", 'varnish_purge_urls': 'x'", "$.varnish_purge_urls");
+	expect_invalid("'10.0.0.1'", ", 'varnish_purge_urls': ['/', 'a b']", "$.varnish_purge_urls[1]");
 	expect_invalid("'10.0.0.1;'", "", "$.opsworks.layers.plone_instances.instances.a1.private_ip");
 	expect_invalid("'10.0.0.1\\n'", "", "$.opsworks.layers.plone_instances.instances.a1.private_ip");
 
