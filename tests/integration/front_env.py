@@ -221,8 +221,11 @@ class Front:
             return len(f.read().splitlines())
 
     def close(self):
+        """Stops everything; returns agentd's exit status and stderr."""
+        rc, err = None, ""
         if self.agent:
-            self.agent.stop()
+            rc = self.agent.stop()
+            err = self.agent.stderr_text()
         for p in reversed(self.procs):
             if p.poll() is None:
                 try:
@@ -236,6 +239,7 @@ class Front:
                     p.wait()
         self.backends.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        return rc, err
 
 
 class Loop:
