@@ -69,12 +69,12 @@ static const struct family_key family_keys[] = {
 
 	/* Front end: haproxy, varnish, nginx (agent/recipes/front*.c). */
 	{ "haproxy_command", CONFIG_ARGV, "[\"haproxy\"]" },
-	{ "haproxy_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload\", \"haproxy\"]" },
+	{ "haproxy_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload-or-restart\", \"haproxy\"]" },
 	{ "varnishd_command", CONFIG_ARGV, "[\"varnishd\"]" },
 	{ "varnishadm_command", CONFIG_ARGV, "[\"varnishadm\"]" },
 	{ "varnish_restart_command", CONFIG_ARGV, "[\"systemctl\", \"restart\", \"varnish\"]" },
 	{ "nginx_command", CONFIG_ARGV, "[\"nginx\"]" },
-	{ "nginx_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload\", \"nginx\"]" },
+	{ "nginx_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload-or-restart\", \"nginx\"]" },
 	{ "haproxy_config", CONFIG_PATH, "\"/etc/haproxy/haproxy.cfg\"" },
 	{ "haproxy_bind", CONFIG_STRING, "\":8080\"" },
 	{ "haproxy_address", CONFIG_STRING, "\"127.0.0.1:8080\"" },
