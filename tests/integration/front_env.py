@@ -48,7 +48,7 @@ class Backends:
                 def do_GET(self):
                     with outer.lock:
                         outer.hits[self.who] = outer.hits.get(self.who, 0) + 1
-                    body = (self.who + "\n").encode()
+                    body = (self.who + " " + self.path + "\n").encode()
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(body)))
                     self.send_header("Cache-Control", "private")

@@ -97,6 +97,45 @@ def test_second_configure_changes_nothing_and_reloads_nothing(front):
     assert front.reloads() == reloads
 
 
+def test_site_change_reloads_nginx_under_load(front):
+    a = front.agent
+    a.wait_idle()
+    reloads = front.reloads()
+    site = os.path.join(a.root, "etc/nginx/sites-available/instances")
+    with Loop(front) as loop:
+        loop.wait_more(20)
+        n = len(a.finished_runs())
+        doc = stack_doc(["app2", "app3"])
+        doc["plone_instances"]["subsites"] = {"www.example.test": "Plone/sub"}
+        a.write_stack(doc)
+        run = wait_new_run(a, n)
+        assert run["status"] == "success", run
+        with open(site) as f:
+            assert "server_name www.example.test;" in f.read()
+        # Only nginx's config changed: one reload (nginx HUP).
+        assert front.reloads() == reloads + 1
+        # A request for the subsite goes through the new server block once
+        # nginx's master has handled the HUP (asynchronous).
+        import http.client
+
+        def subsite_body():
+            c = http.client.HTTPConnection(*front.nginx_addr, timeout=10)
+            try:
+                c.request("GET", "/x", headers={"Host": "www.example.test"})
+                r = c.getresponse()
+                body = r.read().decode()
+                assert r.status == 200, body
+                return body
+            finally:
+                c.close()
+        want = f"/VirtualHostBase/http/www.example.test:{front.np}/Plone/sub/VirtualHostRoot/x"
+        body = wait_for(lambda: want in subsite_body() and subsite_body(), timeout=20,
+                        what="nginx serving the new subsite block")
+        assert body.startswith(("app2/", "app3/")), body
+        loop.wait_more(50)
+    assert loop.failed == [], loop.failed[:5]
+
+
 def test_bad_health_check_url_is_rejected_at_validation(front):
     a = front.agent
     a.wait_idle()

@@ -74,7 +74,7 @@ static void golden_one(const char *example, const char *kind, char *got)
 
 static void test_golden(void **state)
 {
-	static const char *const examples[] = { "plone-full", "front-sticky" };
+	static const char *const examples[] = { "plone-full", "seed-compat", "front-sticky" };
 
 	for (size_t i = 0; i < ELEMENTSOF(examples); i++) {
 		_cleanup_free_ char *path = xasprintf("conf/examples/%s.json", examples[i]);
