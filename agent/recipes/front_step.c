@@ -456,8 +456,11 @@ size_t front_vcl_list_parse(const char *out, size_t len, const char *prefix, con
 			tlen[nt] = (size_t)(q - tok[nt]);
 			nt++;
 		}
-		/* "status state temperature busy name [...]" */
-		if (nt >= 5 && !(tlen[0] == 6 && memcmp(tok[0], "active", 6) == 0) && tlen[4] >= plen &&
+		/* "status state temperature busy name [...]". Only "available"
+		 * ones: "active" is in use, and "discarded" ones (still busy)
+		 * are on their way out; naming them would fail the whole
+		 * vcl.discard command. */
+		if (nt >= 5 && tlen[0] == 9 && memcmp(tok[0], "available", 9) == 0 && tlen[4] >= plen &&
 		    memcmp(tok[4], prefix, plen) == 0 && !(strlen(keep) == tlen[4] && memcmp(tok[4], keep, tlen[4]) == 0) &&
 		    memchr(tok[4], '\0', tlen[4]) == NULL)
 			names[n++] = xstrndup(tok[4], tlen[4]);

@@ -45,7 +45,8 @@ struct step *front_add_varnish_vcl(struct plan *p, char *const *varnishadm, cons
 				   const char *prefix, long timeout_sec, char **ret_error);
 
 /* Parses `varnishadm vcl.list` output: the names of VCLs that start with
- * prefix, are not "active" and are not keep. Returns the count and a
+ * prefix, are "available" (not active, not already discarded) and are not
+ * keep. Returns the count and a
  * malloc'd NULL-terminated array of malloc'd names (free with
  * front_strv_free), at most 64. Exposed for tests and the fuzzer. */
 size_t front_vcl_list_parse(const char *out, size_t len, const char *prefix, const char *keep, char ***ret_names);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* libFuzzer target for front_vcl_list_parse (the output of `varnishadm
  * vcl.list`, which decides which VCLs agentd discards). Checks that it
- * never returns the name to keep, an active VCL, a name without the prefix,
+ * never returns the name to keep, a name without the prefix,
  * or more than 64 names, and that the array is NULL-terminated. */
 #include <stddef.h>
 #include <stdint.h>

@@ -95,6 +95,11 @@ def test_second_configure_changes_nothing_and_reloads_nothing(front):
     assert run["event"] == "configure" and run["status"] == "success"
     assert run["changed"] == 0, a.ctl_json("show", str(run["id"]))
     assert front.reloads() == reloads
+    # Several VCLs were loaded so far; all but the active one were
+    # discarded (varnishd may keep a discarded one while it is busy).
+    vcls = subprocess.run(front.varnishadm + ["vcl.list"], capture_output=True, text=True, check=True).stdout
+    ours = [line.split() for line in vcls.splitlines() if "agentd_" in line]
+    assert [v[0] for v in ours if v[0] != "discarded"] == ["active"], vcls
 
 
 def test_site_change_reloads_nginx_under_load(front):

@@ -189,6 +189,7 @@ static void test_vcl_list_parse(void **state)
 				  "active      auto    warm         0    agentd_2_bb\n"
 				  "available   auto    cold         0    agentd_3_cc\n"
 				  "available   auto    warm         0    other\n"
+				  "discarded   cold    busy         1    agentd_0_ee\n"
 				  "short line\n"
 				  "available   auto    warm         0    agentd_4_dd";
 	char **names = NULL;
