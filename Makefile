@@ -117,6 +117,11 @@ install: all
 	install -m 0644 man/agentd.8 $(DESTDIR)$(PREFIX)/share/man/man8/agentd.8
 	install -m 0644 man/agentctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/agentctl.1
 
+# Rewrites the golden files of rendered configs (tests/golden/) from the
+# example stacks; review the diff before committing it.
+update-golden: all $(BUILD)/tests/test_front
+	AGENTD_UPDATE_GOLDEN=1 $(BUILD)/tests/test_front
+
 clean:
 	rm -rf build build-asan build-fuzz
 

@@ -69,12 +69,23 @@ static const struct family_key family_keys[] = {
 
 	/* Front end: haproxy, varnish, nginx (agent/recipes/front*.c). */
 	{ "haproxy_command", CONFIG_ARGV, "[\"haproxy\"]" },
-	{ "haproxy_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload\", \"haproxy\"]" },
+	{ "haproxy_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload-or-restart\", \"haproxy\"]" },
 	{ "varnishd_command", CONFIG_ARGV, "[\"varnishd\"]" },
 	{ "varnishadm_command", CONFIG_ARGV, "[\"varnishadm\"]" },
 	{ "varnish_restart_command", CONFIG_ARGV, "[\"systemctl\", \"restart\", \"varnish\"]" },
 	{ "nginx_command", CONFIG_ARGV, "[\"nginx\"]" },
-	{ "nginx_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload\", \"nginx\"]" },
+	{ "nginx_reload_command", CONFIG_ARGV, "[\"systemctl\", \"reload-or-restart\", \"nginx\"]" },
+	{ "haproxy_config", CONFIG_PATH, "\"/etc/haproxy/haproxy.cfg\"" },
+	{ "haproxy_bind", CONFIG_STRING, "\":8080\"" },
+	{ "haproxy_address", CONFIG_STRING, "\"127.0.0.1:8080\"" },
+	{ "haproxy_maxconn", CONFIG_INT, "80000", 1, 10000000 },
+	{ "haproxy_stats_socket", CONFIG_STRING_OR_NULL, "\"/run/haproxy/admin.sock\"" },
+	{ "varnish_vcl", CONFIG_PATH, "\"/etc/varnish/default.vcl\"" },
+	{ "varnish_address", CONFIG_STRING, "\"127.0.0.1:6081\"" },
+	{ "nginx_site", CONFIG_PATH, "\"/etc/nginx/sites-available/instances\"" },
+	{ "nginx_sites_enabled", CONFIG_PATH, "\"/etc/nginx/sites-enabled\"" },
+	{ "nginx_listen", CONFIG_STRING, "\"80\"" },
+	{ "front_check_timeout", CONFIG_INT, "60", 1, 3600 },
 };
 
 static const struct family_key *family_key_find(const char *name)
