@@ -284,8 +284,12 @@ static int unmount_do(const char *root, const char *target, bool drop_fstab, boo
 	else if (fd < 0) {
 		*ret_error = xasprintf("cannot open the mount point %s: %s", target, strerror(-fd));
 		return fd;
-	} else
+	} else {
+		/* An fd of the mount point would keep it busy. */
+		close(fd);
+		fd = -1;
 		r = mountinfo_find(path, NULL, NULL);
+	}
 	if (r < 0) {
 		*ret_error = xasprintf("cannot read /proc/self/mountinfo: %s", strerror(-r));
 		return r;

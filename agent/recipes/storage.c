@@ -236,6 +236,13 @@ int storage_plan_blob_mounts(const struct recipe_ctx *ctx, const struct stack_ap
 	return r;
 }
 
+/* The section blob_mounts reads for a layer: plone_zeoserver for the
+ * zeoserver layer, else plone_instances. */
+static const char *blob_mounts_section(const char *layer)
+{
+	return layer && strcmp(layer, "zeoserver") == 0 ? "plone_zeoserver" : "plone_instances";
+}
+
 /* Which section (plone_instances, plone_zeoserver) a layer's recipes use,
  * from the recipes it runs at setup. */
 static const char *layer_blob_section(const struct stack *s, const char *layer)
@@ -251,8 +258,41 @@ static const char *layer_blob_section(const struct stack *s, const char *layer)
 			section = "plone_instances";
 		else if (c && strncmp(c, "zeoserver-", 10) == 0)
 			section = "plone_zeoserver";
+		else if (c && strcmp(c, "blob_mounts") == 0)
+			section = blob_mounts_section(layer);
 	}
 	return section;
+}
+
+/* The recipe blob_mounts on its own (the cookbook's included recipe): for
+ * layers that do not run the instances or zeoserver recipes of agentd, e.g.
+ * an app deployed by custom recipes that still wants the shared blobs. */
+static int blob_mounts_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	const char *name = blob_mounts_section(ctx->layer);
+	const json_t *section = plone_section(ctx->stack, name);
+	const json_t *app_name = json_object_get(section, "app_name");
+	const char *app = json_is_string(app_name) ? json_string_value(app_name)
+			  : strcmp(name, "plone_zeoserver") == 0 ? "zeoserver"
+								 : "plone_instances";
+	const struct stack_app *a = stack_app_find(ctx->stack, app);
+
+	if (ctx->event != EVENT_SETUP && ctx->event != EVENT_CONFIGURE && ctx->event != EVENT_DEPLOY) {
+		plan_add_note(plan, "blob_mounts", "nothing to do for this event");
+		return 0;
+	}
+	if (!(json_is_true(json_object_get(section, "nfs_blobs")) ||
+	      json_is_true(json_object_get(section, "gluster_blobs")))) {
+		plan_add_note(plan, "blob_mounts", "neither nfs_blobs nor gluster_blobs is set");
+		return 0;
+	}
+	if (!a) {
+		_cleanup_free_ char *m = xasprintf("no app deploy.%s: nowhere to link the blobs", app);
+
+		plan_add_note(plan, "blob_mounts", m);
+		return 0;
+	}
+	return storage_plan_blob_mounts(ctx, a, section, plan, ret_error);
 }
 
 /* At shutdown, after the layer's services stopped: unmount the shared
@@ -476,6 +516,7 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 static const struct recipe recipes_storage[] = {
 	{ "nfs_blobs", nfs_blobs_plan, storage_validate },
 	{ "gluster", gluster_plan, NULL },
+	{ "blob_mounts", blob_mounts_plan, NULL },
 	{ NULL, NULL, NULL },
 };
 
