@@ -399,7 +399,8 @@ static int gluster_plan(const struct recipe_ctx *ctx, struct plan *plan, char **
 		goto out;
 	}
 	if (!plan_add_dir(plan, brick_dir, 0755, NULL, NULL, ret_error) ||
-	    !plan_add_dir(plan, brick, 0755, NULL, NULL, ret_error)) {
+	    /* Its mode is the volume root's: clients set it (blob_mounts makes it 0750). */
+	    !plan_add_dir(plan, brick, (mode_t)-1, NULL, NULL, ret_error)) {
 		r = -EINVAL;
 		goto out;
 	}
