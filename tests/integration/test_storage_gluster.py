@@ -72,7 +72,15 @@ end-volume
         cmd = ["gluster", "--mode=script", "--glusterd-sock=" + sock, "--log-file=" + os.path.join(d, "log/cli.log")]
         yield cmd
     finally:
+        sockets = []
         for pid in pids_mentioning(tmpdir_agent):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+                if "-S" in argv and argv.index("-S") + 1 < len(argv):
+                    sockets.append(argv[argv.index("-S") + 1])  # the brick's socket in /var/run/gluster
+            except OSError:
+                pass
             if pid != os.getpid():
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -80,6 +88,9 @@ end-volume
                     pass
         for log in glob.glob("/var/log/glusterfs/bricks/*" + tmpdir_agent.strip("/").replace("/", "-") + "*"):
             os.unlink(log)
+        for sock_path in sockets:
+            if sock_path.startswith("/var/run/gluster/") and os.path.exists(sock_path):
+                os.unlink(sock_path)
         subprocess.run(["ip", "link", "del", "agst0"], capture_output=True)
 
 
