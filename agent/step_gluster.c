@@ -187,7 +187,7 @@ static void plan_rest(struct gluster_step *g, bool exists)
 	if (k > 5) {
 		/* Removed peers are never pruned (reference §6): a replica
 		 * count below the bricks present is not asked for. */
-		if ((size_t)atol(replica) < info.n_bricks + (k - 5)) {
+		if (n < info.n_bricks + (k - 5)) {
 			free(add[4]);
 			add[4] = xasprintf("%zu", info.n_bricks + (k - 5));
 		}
