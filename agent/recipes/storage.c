@@ -92,7 +92,7 @@ static int plan_volumes(const struct recipe_ctx *ctx, struct plan *plan, char **
 	const json_t *vols = json_object_get(json_object_get(json_object_get(root, "agent"), "volumes"),
 					     ctx->stack->instance);
 	const json_t *devices = json_object_get(json_object_get(root, "ebs"), "devices");
-	const char *const *mkfs = config_argv(ctx->config, "mkfs_command");
+	_cleanup_free_ const char **mkfs = config_argv(ctx->config, "mkfs_command");
 	long timeout_ms = config_int(ctx->config, "device_timeout") * 1000;
 	const json_t *v;
 	const char *dev;
@@ -333,7 +333,7 @@ static int nfs_blobs_plan(const struct recipe_ctx *ctx, struct plan *plan, char 
 					 "NEED_STATD=yes\n";
 	const char *network = blobs_string(ctx->stack, "network"), *ip;
 	_cleanup_free_ char *net = NULL, *exports = NULL;
-	const char *const *exportfs = config_argv(ctx->config, "exportfs_command");
+	_cleanup_free_ const char **exportfs = config_argv(ctx->config, "exportfs_command");
 	struct exec_step_opts o = { .argv = (char *const *)exportfs, .timeout_sec = 60 };
 	struct step *s;
 
@@ -411,11 +411,12 @@ static int gluster_plan(const struct recipe_ctx *ctx, struct plan *plan, char **
 		goto out;
 	}
 	{
+		_cleanup_free_ const char **command = config_argv(ctx->config, "gluster_command");
 		struct gluster_spec spec = {
 			.volume = GLUSTER_VOLUME,
 			.brick = brick,
 			.peers = peers,
-			.command = config_argv(ctx->config, "gluster_command"),
+			.command = command,
 		};
 		if (!plan_add_gluster(plan, &spec, ret_error))
 			r = -EINVAL;

@@ -76,6 +76,7 @@ def test_blank_volume_is_formatted_mounted_and_converges(ns_agent, loops, fstype
     assert loop.blkid("UUID") == uuid
     plan = a.ctl_json("plan", "configure")
     assert [s["action"] for s in plan["steps"] if s["kind"] == "volume"] == ["none"]
+    assert a.stop() == 0, a.stderr_text()[-3000:]  # a clean exit (no leak under ASan)
 
 
 def test_volume_with_files_is_mounted_never_formatted(ns_agent, loops, tmpdir_agent):
@@ -131,6 +132,8 @@ def test_refuses_non_empty_mount_point_unless_forced(ns_agent, loops):
     assert mounted_at(a, "/data") is None
     a.write_stack(volume_stack([dict(vol, force=True)]))
     wait_for(lambda: mounted_at(a, "/data"), what="the forced mount")
+    a.wait_idle()
+    assert a.stop() == 0, a.stderr_text()[-3000:]
 
 
 def test_device_that_never_appears_times_out(ns_agent):
@@ -174,6 +177,7 @@ def test_killed_between_mkfs_and_mount_recovers(ns_agent, loops, tmpdir_agent):
     assert loop.blkid("UUID") == uuid  # not formatted again
     assert [l.split()[0] for l in fstab_lines(a.root)] == ["UUID=" + uuid]
     assert any(r["status"] == "interrupted" for r in a.runs()), a.runs()
+    assert a.stop() == 0, a.stderr_text()[-3000:]
 
 
 BAD = [

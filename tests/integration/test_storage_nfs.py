@@ -83,6 +83,7 @@ def test_nfs_client_mounts_server_export_with_reference_options(nfs_agent):
     (un,) = step_of(a, a.runs()[0]["id"], "unmount")
     assert un["status"] == "changed" and un["target"] == BLOBS
     assert target not in mounts_of(a.proc.pid)
+    assert a.stop() == 0, a.stderr_text()[-3000:]
 
 
 def test_failing_helper_fails_the_step(nfs_agent):
@@ -155,3 +156,5 @@ def test_nfs_server_exports(make_agent, tmpdir_agent):
     wait_for(lambda: open(log).read().count("-ra") == 2, what="exportfs after the change")
     text = open(os.path.join(a.root, "etc/exports.d/agentd-blobs.exports")).read()
     assert "/srv/exports 10.213.0.0/16(" in text
+    a.wait_idle()
+    assert a.stop() == 0, a.stderr_text()[-3000:]
