@@ -27,6 +27,8 @@
 #define NFS_MOUNT_OPTIONS "rw,noatime,nodiratime,_netdev"
 #define GLUSTER_MOUNT_OPTIONS "rw,direct-io-mode=disable"
 
+static bool host_is_valid(const char *s);
+
 static const json_t *blobs_section(const struct stack *s)
 {
 	return plone_section(s, "plone_blobs");
@@ -394,6 +396,13 @@ static int gluster_plan(const struct recipe_ctx *ctx, struct plan *plan, char **
 				peers[n++] = plone_member_address(&l->members[i]);
 			}
 	peers[n] = NULL;
+	for (i = 0; i < n; i++)
+		if (!peers[i] || !host_is_valid(peers[i])) {
+			*ret_error = xasprintf("GlusterFS peer %zu of layer %s has no valid address", i + 1,
+					       ctx->layer ? ctx->layer : "?");
+			r = -EINVAL;
+			goto out;
+		}
 	if (!self || n == 0) {
 		plan_add_note(plan, "gluster", "this instance has no private_ip in the layer: no GlusterFS peer");
 		goto out;
@@ -469,6 +478,33 @@ static bool layer_name_is_valid(const char *s)
 	return name_is_valid(s);
 }
 
+/* The addresses of the blob layer's members become mount sources and
+ * gluster CLI arguments: they must look like host names or addresses (no
+ * leading '-', no spaces), so that no stack value can pass for an option. */
+static int validate_blob_layer(const struct stack *s, struct stack_error *err)
+{
+	static const char *const keys[] = { "private_ip", "private_dns_name", "ip", "public_dns_name" };
+	const struct stack_layer *l = stack_layer_find(s, blobs_layer(s));
+	char path[512], lpath[256], ipath[384];
+
+	for (size_t i = 0; l && i < l->n_members; i++) {
+		const struct stack_member *m = &l->members[i];
+		const char *v[] = { m->private_ip, m->private_dns_name, m->ip, m->public_dns_name };
+
+		for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+			if (!v[k] || !*v[k] || host_is_valid(v[k])) /* OpsWorks writes "" for none */
+				continue;
+			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
+			stack_path_key(ipath, sizeof(ipath), lpath, "instances");
+			stack_path_key(lpath, sizeof(lpath), ipath, m->hostname);
+			stack_path_key(path, sizeof(path), lpath, keys[k]);
+			return stack_error_set(err, path, "must be a host name or address (layer %s holds the shared blobs)",
+					       l->shortname);
+		}
+	}
+	return 0;
+}
+
 static int storage_validate(const struct stack *s, struct stack_error *err)
 {
 	static const char *const sections[] = { "plone_instances", "plone_zeoserver" };
@@ -495,7 +531,7 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 		}
 	}
 	if (!b)
-		return 0;
+		return validate_blob_layer(s, err);
 	if (!json_is_object(b))
 		return stack_error_set(err, "$.plone_blobs", "must be an object");
 	if ((r = validate_string(err, "$.plone_blobs", b, "host", host_is_valid, "a host name or address")) < 0 ||
@@ -512,7 +548,7 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 		if (!json_is_string(b) || !host_is_valid(json_string_value(b)))
 			return stack_error_set(err, path, "must be a host name or address");
 	}
-	return 0;
+	return validate_blob_layer(s, err);
 }
 
 static const struct recipe recipes_storage[] = {

@@ -130,6 +130,16 @@ def test_bad_plone_blobs_is_rejected_with_its_path(nfs_agent):
     assert nfs_agent.calls() == []
 
 
+def test_blob_server_address_that_could_pass_for_an_option_is_rejected(nfs_agent):
+    stack = blob_stack()
+    stack["opsworks"]["layers"]["shared_blobs"]["instances"]["nfs1"]["private_ip"] = "-oexec=/tmp/x"
+    a = nfs_agent(stack)
+    a.start()
+    st = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the error in status")
+    assert st["source"]["error_path"] == "$.opsworks.layers.shared_blobs.instances.nfs1.private_ip", st["source"]
+    assert nfs_agent.calls() == [] and a.runs() == []
+
+
 def test_nfs_server_exports(make_agent, tmpdir_agent):
     log = os.path.join(tmpdir_agent, "exportfs.log")
     rec = os.path.join(tmpdir_agent, "exportfs")
