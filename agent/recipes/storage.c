@@ -238,6 +238,20 @@ int storage_plan_blob_mounts(const struct recipe_ctx *ctx, const struct stack_ap
 	return r;
 }
 
+int storage_plan_filestorage(const struct recipe_ctx *ctx, const struct stack_app *app, const json_t *section,
+			     struct plan *plan, char **ret_error)
+{
+	const json_t *d = json_object_get(section, "filestorage_dir");
+	_cleanup_free_ char *dir = json_is_string(d) ? xstrdup(json_string_value(d))
+						    : eph_path(ctx, "/shared/zodb/filestorage");
+	_cleanup_free_ char *link = xasprintf("%s/shared/var/filestorage", app->deploy_to);
+
+	if (!plan_add_dir(plan, dir, 0700, app->user, app->group, ret_error) ||
+	    !plan_add_link(plan, link, dir, ret_error))
+		return -EINVAL;
+	return 0;
+}
+
 /* The section blob_mounts reads for a layer: plone_zeoserver for the
  * zeoserver layer, else plone_instances. */
 static const char *blob_mounts_section(const char *layer)
@@ -282,6 +296,12 @@ static int blob_mounts_plan(const struct recipe_ctx *ctx, struct plan *plan, cha
 	if (ctx->event != EVENT_SETUP && ctx->event != EVENT_CONFIGURE && ctx->event != EVENT_DEPLOY) {
 		plan_add_note(plan, "blob_mounts", "nothing to do for this event");
 		return 0;
+	}
+	if (a && strcmp(name, "plone_zeoserver") == 0) {
+		int r = storage_plan_filestorage(ctx, a, section, plan, ret_error);
+
+		if (r < 0)
+			return r;
 	}
 	if (!(json_is_true(json_object_get(section, "nfs_blobs")) ||
 	      json_is_true(json_object_get(section, "gluster_blobs")))) {
@@ -516,9 +536,18 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 	for (size_t k = 0; k < ELEMENTSOF(sections); k++) {
 		const json_t *sec = json_object_get(s->root, sections[k]);
 		static const char *const flags[] = { "nfs_blobs", "gluster_blobs" };
+		const json_t *fs;
 
 		if (!json_is_object(sec))
 			continue;
+		fs = json_object_get(sec, "filestorage_dir");
+		if (fs && (!json_is_string(fs) || !path_is_safe_absolute(json_string_value(fs)))) {
+			char parent[64];
+
+			snprintf(parent, sizeof(parent), "$.%s", sections[k]);
+			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
+			return stack_error_set(err, path, "must be an absolute path without \"..\"");
+		}
 		for (size_t f = 0; f < ELEMENTSOF(flags); f++) {
 			v = json_object_get(sec, flags[f]);
 			if (v && !json_is_boolean(v)) {

@@ -86,6 +86,48 @@ def test_nfs_client_mounts_server_export_with_reference_options(nfs_agent):
     assert a.stop() == 0, a.stderr_text()[-3000:]
 
 
+def test_zeoserver_blobs_and_filestorage_links(nfs_agent):
+    stack = blob_stack()
+    stack["opsworks"]["layers"]["zeoserver"] = stack["opsworks"]["layers"].pop("plone_instances")
+    stack["agent"]["layers"] = {"zeoserver": stack["agent"]["layers"].pop("plone_instances")}
+    stack["deploy"] = {"zeoserver": {"user": "root", "group": "root"}}
+    stack["plone_zeoserver"] = {"nfs_blobs": True}
+    del stack["plone_instances"]
+    a = nfs_agent(stack)
+    a.start()
+    a.wait_runs(3)
+    a.wait_idle()
+    assert all(r["status"] == "success" for r in a.runs()), a.ctl_json("show", a.runs()[0]["id"])
+    fs = os.path.join(a.root, "mnt/shared/zodb/filestorage")
+    assert oct(os.stat(fs).st_mode & 0o7777) == "0o700"
+    var = os.path.join(a.root, "srv/www/zeoserver/shared/var")
+    assert os.path.realpath(os.path.join(var, "filestorage")) == fs
+    assert os.readlink(os.path.join(var, "blobstorage")) == os.path.relpath(BLOBS + "/blobstorage",
+                                                                             "/srv/www/zeoserver/shared/var")
+    assert nfs_agent.calls()[0][:2] == [f"{SERVER}:/srv/exports", os.path.join(a.root, BLOBS.lstrip("/"))]
+    assert a.stop() == 0, a.stderr_text()[-3000:]
+
+
+def test_shutdown_leaves_mounts_that_are_not_agentds(nfs_agent):
+    a = nfs_agent(blob_stack())
+    a.start()
+    a.wait_runs(3)
+    a.wait_idle()
+    target = os.path.join(a.root, BLOBS.lstrip("/"))
+    assert target in mounts_of(a.proc.pid)
+    # An operator takes the line over (drops agentd's marker): shutdown must
+    # leave the mount alone.
+    path = os.path.join(a.root, "etc/fstab")
+    text = open(path).read().replace(",x-agentd", "")
+    open(path, "w").write(text)
+    p = a.ctl("run", "shutdown", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    (un,) = step_of(a, a.runs()[0]["id"], "unmount")
+    assert un["status"] == "unchanged", un
+    assert target in mounts_of(a.proc.pid)
+    assert a.stop() == 0, a.stderr_text()[-3000:]
+
+
 def test_failing_helper_fails_the_step(nfs_agent):
     open(nfs_agent.fail, "w").close()
     a = nfs_agent(blob_stack())
