@@ -104,6 +104,25 @@ def test_volume_with_files_is_mounted_never_formatted(ns_agent, loops, tmpdir_ag
     assert [l.split()[:3] for l in fstab_lines(a.root)] == [["UUID=" + uuid, "/srv/data", "ext4"]]
 
 
+def test_volume_found_by_nvme_serial_in_sysfs(ns_agent, loops):
+    # No by-id link: the NVMe serial (volume id without its dash, space-padded)
+    # under root/sys/block names the device.
+    loop = loops()
+    subprocess.run(["mkfs.xfs", "-q", "-f", loop.dev], check=True)
+    a = ns_agent(volume_stack([{"volume_id": VOLID, "mount_point": "/data"}]))
+    os.makedirs(os.path.join(a.root, "dev"))
+    os.mknod(os.path.join(a.root, "dev/nvme3n1"), stat.S_IFBLK | 0o600, os.stat(loop.dev).st_rdev)
+    os.makedirs(os.path.join(a.root, "sys/block/nvme3n1/device"))
+    with open(os.path.join(a.root, "sys/block/nvme3n1/device/serial"), "w") as f:
+        f.write("vol" + VOLID[4:] + "     \n")
+    a.start()
+    a.wait_runs(3)
+    a.wait_idle()
+    assert all(r["status"] == "success" for r in a.runs()), a.runs()
+    assert mounted_at(a, "/data")[1] == "xfs"
+    assert a.stop() == 0, a.stderr_text()[-3000:]
+
+
 def test_blank_volume_without_mkfs_fails_clearly(ns_agent, loops):
     loop = loops()
     a = ns_agent(volume_stack([{"volume_id": VOLID, "mount_point": "/data", "fstype": "ext4"}]))
