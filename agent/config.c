@@ -66,6 +66,7 @@ static const struct family_key family_keys[] = {
 	{ "device_timeout", CONFIG_INT, "60", 0, 3600 },
 	{ "exportfs_command", CONFIG_ARGV, "[\"exportfs\", \"-ra\"]" },
 	{ "gluster_command", CONFIG_ARGV, "[\"gluster\", \"--mode=script\"]" },
+	{ "mkfs_command", CONFIG_ARGV, "[\"mkfs\"]" },
 
 	/* Front end: haproxy, varnish, nginx (agent/recipes/front*.c). */
 	{ "haproxy_command", CONFIG_ARGV, "[\"haproxy\"]" },

@@ -18,7 +18,7 @@ static const char *const builtin_names[] = {
 	"instances-celerybeat", "zeoserver-setup", "zeoserver-configure", "zeoserver-deploy",
 	"zeoserver-undeploy", "zeoserver-stop", "zeoserver-start", "zeoserver-restart", "solr-setup",
 	"solr-configure", "solr-deploy", "solr-undeploy", "solr-stop", "solr-start", "solr-restart",
-	"nfs_blobs", "gluster", "haproxy", "varnish", "nginx", "nginx-ssl", "varnish-restart", "varnish-purge",
+	"nfs_blobs", "gluster", "blob_mounts", "haproxy", "varnish", "nginx", "nginx-ssl", "varnish-restart", "varnish-purge",
 	"ebs_snapshots", "enable_pack", "certonly-webroot", "files", NULL,
 };
 

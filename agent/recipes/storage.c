@@ -1,17 +1,595 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* Storage: EBS volumes, NFS and GlusterFS shared blobs. Issue 4. */
-#include "recipe.h"
+/* Storage: EBS data volumes, NFS and GlusterFS shared blobs (issue 4;
+ * reference §6, design.md §2). Planners only: the work is done by the
+ * "volume", "mount", "unmount" and "gluster" steps. */
+#include "storage.h"
 
-static const struct recipe recipes_storage[] = {
-	{ NULL, NULL, NULL },
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../config.h"
+#include "../plan.h"
+#include "../stack.h"
+#include "../step_gluster.h"
+#include "../step_mount.h"
+#include "../step_volume.h"
+#include "plone.h"
+#include "recipe.h"
+#include "util.h"
+
+#define NFS_EXPORT_DIR "/srv/exports"
+#define NFS_EXPORTS_FILE "/etc/exports.d/agentd-blobs.exports"
+#define GLUSTER_VOLUME "blobs"
+/* What the cookbook mounted with (reference §6), less the fstab-only words:
+ * "auto" is the default and Ubuntu's "nobootwait" is spelled "nofail" in
+ * the fstab line. */
+#define NFS_MOUNT_OPTIONS "rw,noatime,nodiratime,_netdev"
+#define GLUSTER_MOUNT_OPTIONS "rw,direct-io-mode=disable"
+
+static bool host_is_valid(const char *s);
+
+static const json_t *blobs_section(const struct stack *s)
+{
+	return plone_section(s, "plone_blobs");
+}
+
+static const char *blobs_string(const struct stack *s, const char *key)
+{
+	const json_t *v = json_object_get(blobs_section(s), key);
+
+	return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static const char *blobs_layer(const struct stack *s)
+{
+	const char *l = blobs_string(s, "layer");
+
+	return l ? l : "shared_blobs";
+}
+
+/* The n-th online member of the blob layer (document order), or NULL. */
+static const struct stack_member *blobs_online_member(const struct stack *s, size_t n)
+{
+	const struct stack_layer *l = stack_layer_find(s, blobs_layer(s));
+
+	for (size_t i = 0; l && i < l->n_members; i++)
+		if (l->members[i].online && n-- == 0)
+			return &l->members[i];
+	return NULL;
+}
+
+/* plone_blobs.servers[i], or NULL. */
+static const char *blobs_server(const struct stack *s, size_t i)
+{
+	const json_t *v = json_array_get(json_object_get(blobs_section(s), "servers"), i);
+
+	return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static char *eph_path(const struct recipe_ctx *ctx, const char *sub)
+{
+	const char *eph = config_string(ctx->config, "ephemeral_mount_point");
+
+	if (!eph || strcmp(eph, "/") == 0)
+		eph = "";
+	return xasprintf("%s%s", eph, sub);
+}
+
+/* EBS volumes. */
+
+static int plan_one_volume(const struct recipe_ctx *ctx, struct plan *plan, const struct volume_spec *spec,
+			   char **ret_error)
+{
+	if (!plan_add_dir(plan, spec->mount_point, (mode_t)-1, NULL, NULL, ret_error))
+		return -EINVAL;
+	if (!plan_add_volume(plan, spec, ret_error))
+		return -EINVAL;
+	return 0;
+}
+
+static int plan_volumes(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	const json_t *root = ctx->stack->root;
+	const json_t *vols = json_object_get(json_object_get(json_object_get(root, "agent"), "volumes"),
+					     ctx->stack->instance);
+	const json_t *devices = json_object_get(json_object_get(root, "ebs"), "devices");
+	_cleanup_free_ const char **mkfs = config_argv(ctx->config, "mkfs_command");
+	long timeout_ms = config_int(ctx->config, "device_timeout") * 1000;
+	const json_t *v;
+	const char *dev;
+	size_t i;
+	int r;
+
+	json_array_foreach(vols, i, v) {
+		struct volume_spec spec = {
+			.volume_id = json_string_value(json_object_get(v, "volume_id")),
+			.device = json_string_value(json_object_get(v, "device")),
+			.mount_point = json_string_value(json_object_get(v, "mount_point")),
+			.fstype = json_string_value(json_object_get(v, "fstype")),
+			.options = json_string_value(json_object_get(v, "options")),
+			.mkfs = json_is_true(json_object_get(v, "mkfs")),
+			.force = json_is_true(json_object_get(v, "force")),
+			.timeout_ms = timeout_ms,
+			.mkfs_argv = mkfs,
+		};
+
+		if ((r = plan_one_volume(ctx, plan, &spec, ret_error)) < 0)
+			return r;
+	}
+	/* OpsWorks' own form: this instance's volumes by mapping name. OpsWorks
+	 * formatted a blank volume with xfs; so do we, and never one that has a
+	 * filesystem. agent.volumes wins for the same mount point. */
+	json_object_foreach((json_t *)devices, dev, v) {
+		const char *mp = json_string_value(json_object_get(v, "mount_point"));
+		const json_t *o;
+		bool dup = false;
+
+		json_array_foreach(vols, i, o)
+			dup = dup || (mp && json_is_string(json_object_get(o, "mount_point")) &&
+				      strcmp(mp, json_string_value(json_object_get(o, "mount_point"))) == 0);
+		if (dup)
+			continue;
+		struct volume_spec spec = {
+			.device = dev,
+			.mount_point = mp,
+			.fstype = json_is_string(json_object_get(v, "fstype")) ? json_string_value(json_object_get(v, "fstype"))
+										 : "xfs",
+			.mkfs = true,
+			.timeout_ms = timeout_ms,
+			.mkfs_argv = mkfs,
+		};
+		if ((r = plan_one_volume(ctx, plan, &spec, ret_error)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int storage_plan_before(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	if (ctx->event != EVENT_SETUP && ctx->event != EVENT_CONFIGURE)
+		return 0;
+	return plan_volumes(ctx, plan, ret_error);
+}
+
+/* Shared blobs, client side. */
+
+struct blob_mount {
+	bool gluster;
+	char *source;  /* owned, NULL: no server known */
+	char *options; /* owned */
+	char *why;     /* owned, when source is NULL */
 };
 
-const struct recipe_family family_storage = { .name = "storage", .recipes = recipes_storage };
+static void blob_mount_done(struct blob_mount *b)
+{
+	free(b->source);
+	free(b->options);
+	free(b->why);
+}
 
-#include "storage.h"
+static void blob_mount_find(const struct stack *s, const json_t *section, struct blob_mount *ret)
+{
+	const char *host = blobs_string(s, "host"), *backup = NULL;
+	const struct stack_member *m;
+
+	*ret = (struct blob_mount){ .gluster = !json_is_true(json_object_get(section, "nfs_blobs")) };
+	if (ret->gluster) {
+		/* host, else servers[0], else the first online member; the backup
+		 * volfile server is the next one. */
+		if (!host && (host = blobs_server(s, 0)))
+			backup = blobs_server(s, 1);
+		if (!host && (m = blobs_online_member(s, 0))) {
+			host = plone_member_address(m);
+			backup = (m = blobs_online_member(s, 1)) ? plone_member_address(m) : NULL;
+		} else if (host && !backup) {
+			backup = blobs_server(s, 1);
+			if (!backup && (m = blobs_online_member(s, 0)) && strcmp(plone_member_address(m), host) != 0)
+				backup = plone_member_address(m);
+		}
+	} else if (!host && (m = blobs_online_member(s, 0)))
+		host = plone_member_address(m);
+	if (!host) {
+		ret->why = xasprintf("no online member in layer %s and no plone_blobs.host: shared blobs are not "
+				     "mounted yet; the next configure mounts them",
+				     blobs_layer(s));
+		return;
+	}
+	if (ret->gluster) {
+		ret->source = xasprintf("%s:/%s", host, GLUSTER_VOLUME);
+		ret->options = backup ? xasprintf("%s,backupvolfile-server=%s", GLUSTER_MOUNT_OPTIONS, backup)
+				      : xstrdup(GLUSTER_MOUNT_OPTIONS);
+	} else {
+		ret->source = xasprintf("%s:%s", host, NFS_EXPORT_DIR);
+		ret->options = xstrdup(NFS_MOUNT_OPTIONS);
+	}
+}
 
 int storage_plan_blob_mounts(const struct recipe_ctx *ctx, const struct stack_app *app, const json_t *section,
 			     struct plan *plan, char **ret_error)
 {
+	_cleanup_free_ char *blobs = eph_path(ctx, "/shared/blobs");
+	_cleanup_free_ char *store = eph_path(ctx, "/shared/blobs/blobstorage");
+	_cleanup_free_ char *link = xasprintf("%s/shared/var/blobstorage", app->deploy_to);
+	_cleanup_free_ char *fstab_opts = NULL;
+	struct blob_mount b;
+	struct mount_spec spec;
+	int r = -EINVAL;
+
+	blob_mount_find(ctx->stack, section, &b);
+	if (!b.source) {
+		plan_add_note(plan, blobs, b.why);
+		blob_mount_done(&b);
+		return 0;
+	}
+	fstab_opts = xasprintf("%s,nofail", b.options);
+	spec = (struct mount_spec){
+		.source = b.source,
+		.target = blobs,
+		.fstype = b.gluster ? "glusterfs" : "nfs",
+		.options = b.options,
+		.fstab_options = fstab_opts,
+		.fstab_pass = 0,
+	};
+	if (plan_add_dir(plan, blobs, 0750, NULL, NULL, ret_error) && plan_add_mount(plan, &spec, ret_error) &&
+	    plan_add_dir(plan, store, 0750, NULL, NULL, ret_error) && plan_add_link(plan, link, store, ret_error))
+		r = 0;
+	blob_mount_done(&b);
+	return r;
+}
+
+int storage_plan_filestorage(const struct recipe_ctx *ctx, const struct stack_app *app, const json_t *section,
+			     struct plan *plan, char **ret_error)
+{
+	const json_t *d = json_object_get(section, "filestorage_dir");
+	_cleanup_free_ char *dir = json_is_string(d) ? xstrdup(json_string_value(d))
+						    : eph_path(ctx, "/shared/zodb/filestorage");
+	_cleanup_free_ char *link = xasprintf("%s/shared/var/filestorage", app->deploy_to);
+
+	if (!plan_add_dir(plan, dir, 0700, app->user, app->group, ret_error) ||
+	    !plan_add_link(plan, link, dir, ret_error))
+		return -EINVAL;
 	return 0;
 }
+
+/* The section blob_mounts reads for a layer: plone_zeoserver for the
+ * zeoserver layer, else plone_instances. */
+static const char *blob_mounts_section(const char *layer)
+{
+	return layer && strcmp(layer, "zeoserver") == 0 ? "plone_zeoserver" : "plone_instances";
+}
+
+/* Which section (plone_instances, plone_zeoserver) a layer's recipes use,
+ * from the recipes it runs at setup. */
+static const char *layer_blob_section(const struct stack *s, const char *layer)
+{
+	size_t n = 0;
+	_cleanup_free_ const char **names = stack_layer_recipes(s, layer, EVENT_SETUP, &n);
+	const char *section = NULL;
+
+	for (size_t i = 0; i < n && !section; i++) {
+		const char *c = recipe_canonical_name(names[i]);
+
+		if (c && strncmp(c, "instances-", 10) == 0)
+			section = "plone_instances";
+		else if (c && strncmp(c, "zeoserver-", 10) == 0)
+			section = "plone_zeoserver";
+		else if (c && strcmp(c, "blob_mounts") == 0)
+			section = blob_mounts_section(layer);
+	}
+	return section;
+}
+
+/* The recipe blob_mounts on its own (the cookbook's included recipe): for
+ * layers that do not run the instances or zeoserver recipes of agentd, e.g.
+ * an app deployed by custom recipes that still wants the shared blobs. */
+static int blob_mounts_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	const char *name = blob_mounts_section(ctx->layer);
+	const json_t *section = plone_section(ctx->stack, name);
+	const json_t *app_name = json_object_get(section, "app_name");
+	const char *app = json_is_string(app_name) ? json_string_value(app_name)
+			  : strcmp(name, "plone_zeoserver") == 0 ? "zeoserver"
+								 : "plone_instances";
+	const struct stack_app *a = stack_app_find(ctx->stack, app);
+
+	if (ctx->event != EVENT_SETUP && ctx->event != EVENT_CONFIGURE && ctx->event != EVENT_DEPLOY) {
+		plan_add_note(plan, "blob_mounts", "nothing to do for this event");
+		return 0;
+	}
+	if (a && strcmp(name, "plone_zeoserver") == 0) {
+		int r = storage_plan_filestorage(ctx, a, section, plan, ret_error);
+
+		if (r < 0)
+			return r;
+	}
+	if (!(json_is_true(json_object_get(section, "nfs_blobs")) ||
+	      json_is_true(json_object_get(section, "gluster_blobs")))) {
+		plan_add_note(plan, "blob_mounts", "neither nfs_blobs nor gluster_blobs is set");
+		return 0;
+	}
+	if (!a) {
+		_cleanup_free_ char *m = xasprintf("no app deploy.%s: nowhere to link the blobs", app);
+
+		plan_add_note(plan, "blob_mounts", m);
+		return 0;
+	}
+	return storage_plan_blob_mounts(ctx, a, section, plan, ret_error);
+}
+
+/* At shutdown, after the layer's services stopped: unmount the shared
+ * blobs the layer's recipes mounted (only when the fstab line is agentd's). */
+static int storage_plan_after_layer(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	const char *name;
+	const json_t *section;
+	_cleanup_free_ char *blobs = NULL;
+
+	if (ctx->event != EVENT_SHUTDOWN || !ctx->layer)
+		return 0;
+	name = layer_blob_section(ctx->stack, ctx->layer);
+	section = name ? plone_section(ctx->stack, name) : NULL;
+	if (!section || !(json_is_true(json_object_get(section, "nfs_blobs")) ||
+			  json_is_true(json_object_get(section, "gluster_blobs"))))
+		return 0;
+	blobs = eph_path(ctx, "/shared/blobs");
+	return plan_add_unmount(plan, blobs, false, ret_error) ? 0 : -EINVAL;
+}
+
+/* Shared blobs, server side: NFS. */
+
+static const char *self_private_ip(const struct recipe_ctx *ctx)
+{
+	const struct stack_member *m = ctx->layer ? plone_self_member(ctx->stack, ctx->layer) : NULL;
+	const json_t *ip = json_object_get(ctx->stack->self, "private_ip");
+
+	if (m && m->private_ip)
+		return m->private_ip;
+	return json_is_string(ip) ? json_string_value(ip) : NULL;
+}
+
+static int nfs_blobs_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	static const char nfs_common[] = "# Written by agentd (nfs_blobs): fixed ports for statd.\n"
+					 "STATDOPTS=\"--port 32765 --outgoing-port 32766\"\n"
+					 "NEED_STATD=yes\n";
+	const char *network = blobs_string(ctx->stack, "network"), *ip;
+	_cleanup_free_ char *net = NULL, *exports = NULL;
+	_cleanup_free_ const char **exportfs = config_argv(ctx->config, "exportfs_command");
+	struct exec_step_opts o = { .argv = (char *const *)exportfs, .timeout_sec = 60 };
+	struct step *s;
+
+	if (!network) {
+		ip = self_private_ip(ctx);
+		if (!ip) {
+			*ret_error = xasprintf("no plone_blobs.network and no private_ip for this instance: cannot "
+					       "say whom to export %s to",
+					       NFS_EXPORT_DIR);
+			return -EINVAL;
+		}
+		network = net = xasprintf("%s/8", ip);
+	}
+	exports = xasprintf("# Written by agentd (nfs_blobs).\n%s %s(rw,sync,no_subtree_check,no_root_squash)\n",
+			    NFS_EXPORT_DIR, network);
+	if (!plan_add_dir(plan, NFS_EXPORT_DIR, 0750, NULL, NULL, ret_error) ||
+	    !plan_add_dir(plan, NFS_EXPORT_DIR "/blobstorage", 0750, NULL, NULL, ret_error) ||
+	    !plan_add_dir(plan, NFS_EXPORT_DIR "/tmp", 01777, NULL, NULL, ret_error) ||
+	    !plan_add_file(plan, "/etc/default/nfs-common", nfs_common, strlen(nfs_common), 0644, NULL, NULL,
+			   ret_error) ||
+	    !(s = plan_add_file(plan, NFS_EXPORTS_FILE, exports, strlen(exports), 0644, NULL, NULL, ret_error)))
+		return -EINVAL;
+	s->id = xstrdup("storage-exports");
+	if (!(s = plan_add_exec(plan, "exportfs", &o, ret_error)))
+		return -EINVAL;
+	step_only_if_changed(s, "storage-exports");
+	return 0;
+}
+
+/* Shared blobs, server side: GlusterFS. */
+
+static int gluster_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	_cleanup_free_ char *brick_dir = eph_path(ctx, "/gluster-exports");
+	_cleanup_free_ char *brick = eph_path(ctx, "/gluster-exports/brick");
+	const struct stack_layer *l = ctx->layer ? stack_layer_find(ctx->stack, ctx->layer) : NULL;
+	const char *self = self_private_ip(ctx);
+	const char **peers;
+	size_t n = 0, cap = 8;
+	const json_t *servers = json_object_get(blobs_section(ctx->stack), "servers"), *v;
+	size_t i;
+	int r = 0;
+
+	peers = xcalloc(cap + 1, sizeof(char *));
+	/* Peers: plone_blobs.servers, or the layer's online members plus this
+	 * instance, in document order. */
+	if (json_array_size(servers) > 0) {
+		json_array_foreach(servers, i, v) {
+			if (n == cap)
+				peers = xrealloc(peers, ((cap *= 2) + 1) * sizeof(char *));
+			peers[n++] = json_string_value(v);
+		}
+	} else
+		for (i = 0; l && i < l->n_members; i++)
+			if (l->members[i].online || l->members[i].self) {
+				if (n == cap)
+					peers = xrealloc(peers, ((cap *= 2) + 1) * sizeof(char *));
+				peers[n++] = plone_member_address(&l->members[i]);
+			}
+	peers[n] = NULL;
+	for (i = 0; i < n; i++)
+		if (!peers[i] || !host_is_valid(peers[i])) {
+			*ret_error = xasprintf("GlusterFS peer %zu of layer %s has no valid address", i + 1,
+					       ctx->layer ? ctx->layer : "?");
+			r = -EINVAL;
+			goto out;
+		}
+	if (!self || n == 0) {
+		plan_add_note(plan, "gluster", "this instance has no private_ip in the layer: no GlusterFS peer");
+		goto out;
+	}
+	if (!plan_add_dir(plan, brick_dir, 0755, NULL, NULL, ret_error) ||
+	    /* Its mode is the volume root's: clients set it (blob_mounts makes it 0750). */
+	    !plan_add_dir(plan, brick, (mode_t)-1, NULL, NULL, ret_error)) {
+		r = -EINVAL;
+		goto out;
+	}
+	/* Only the first peer configures the volume, as the cookbook did; the
+	 * others only provide their brick directory. */
+	if (strcmp(peers[0], self) != 0) {
+		plan_add_note(plan, "gluster", "not the first GlusterFS peer: the first one manages the volume");
+		goto out;
+	}
+	{
+		_cleanup_free_ const char **command = config_argv(ctx->config, "gluster_command");
+		struct gluster_spec spec = {
+			.volume = GLUSTER_VOLUME,
+			.brick = brick,
+			.peers = peers,
+			.command = command,
+		};
+		if (!plan_add_gluster(plan, &spec, ret_error))
+			r = -EINVAL;
+	}
+out:
+	free(peers);
+	return r;
+}
+
+/* Validation of the keys these recipes read. */
+
+static bool host_is_valid(const char *s)
+{
+	if (!*s || *s == '-' || strlen(s) > 253)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' ||
+		      *s == '-' || *s == ':' || *s == '_'))
+			return false;
+	return true;
+}
+
+static int validate_string(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
+			   bool (*ok)(const char *), const char *what)
+{
+	const json_t *v = json_object_get(obj, key);
+	char path[512];
+
+	if (!v)
+		return 0;
+	stack_path_key(path, sizeof(path), parent, key);
+	if (!json_is_string(v) || !ok(json_string_value(v)))
+		return stack_error_set(err, path, "must be %s", what);
+	return 0;
+}
+
+static bool network_is_valid(const char *s)
+{
+	if (!*s || *s == '-' || strlen(s) > 253)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' ||
+		      *s == '-' || *s == ':' || *s == '/' || *s == '*' || *s == '_'))
+			return false;
+	return true;
+}
+
+static bool layer_name_is_valid(const char *s)
+{
+	return name_is_valid(s);
+}
+
+/* The addresses of the blob layer's members become mount sources and
+ * gluster CLI arguments: they must look like host names or addresses (no
+ * leading '-', no spaces), so that no stack value can pass for an option. */
+static int validate_blob_layer(const struct stack *s, struct stack_error *err)
+{
+	static const char *const keys[] = { "private_ip", "private_dns_name", "ip", "public_dns_name" };
+	const struct stack_layer *l = stack_layer_find(s, blobs_layer(s));
+	char path[512], lpath[256], ipath[384];
+
+	for (size_t i = 0; l && i < l->n_members; i++) {
+		const struct stack_member *m = &l->members[i];
+		const char *v[] = { m->private_ip, m->private_dns_name, m->ip, m->public_dns_name };
+
+		for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+			if (!v[k] || !*v[k] || host_is_valid(v[k])) /* OpsWorks writes "" for none */
+				continue;
+			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
+			stack_path_key(ipath, sizeof(ipath), lpath, "instances");
+			stack_path_key(lpath, sizeof(lpath), ipath, m->hostname);
+			stack_path_key(path, sizeof(path), lpath, keys[k]);
+			return stack_error_set(err, path, "must be a host name or address (layer %s holds the shared blobs)",
+					       l->shortname);
+		}
+	}
+	return 0;
+}
+
+static int storage_validate(const struct stack *s, struct stack_error *err)
+{
+	static const char *const sections[] = { "plone_instances", "plone_zeoserver" };
+	const json_t *b = json_object_get(s->root, "plone_blobs"), *v;
+	char path[512];
+	size_t i;
+	int r;
+
+	for (size_t k = 0; k < ELEMENTSOF(sections); k++) {
+		const json_t *sec = json_object_get(s->root, sections[k]);
+		static const char *const flags[] = { "nfs_blobs", "gluster_blobs" };
+		const json_t *fs;
+
+		if (!json_is_object(sec))
+			continue;
+		fs = json_object_get(sec, "filestorage_dir");
+		if (fs && (!json_is_string(fs) || !path_is_safe_absolute(json_string_value(fs)))) {
+			char parent[64];
+
+			snprintf(parent, sizeof(parent), "$.%s", sections[k]);
+			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
+			return stack_error_set(err, path, "must be an absolute path without \"..\"");
+		}
+		for (size_t f = 0; f < ELEMENTSOF(flags); f++) {
+			v = json_object_get(sec, flags[f]);
+			if (v && !json_is_boolean(v)) {
+				char parent[64];
+
+				snprintf(parent, sizeof(parent), "$.%s", sections[k]);
+				stack_path_key(path, sizeof(path), parent, flags[f]);
+				return stack_error_set(err, path, "must be true or false");
+			}
+		}
+	}
+	if (!b)
+		return validate_blob_layer(s, err);
+	if (!json_is_object(b))
+		return stack_error_set(err, "$.plone_blobs", "must be an object");
+	if ((r = validate_string(err, "$.plone_blobs", b, "host", host_is_valid, "a host name or address")) < 0 ||
+	    (r = validate_string(err, "$.plone_blobs", b, "network", network_is_valid,
+				 "an exports(5) client: address, network/prefix or host name")) < 0 ||
+	    (r = validate_string(err, "$.plone_blobs", b, "layer", layer_name_is_valid,
+				 "a layer shortname ([A-Za-z0-9_.-])")) < 0)
+		return r;
+	v = json_object_get(b, "servers");
+	if (v && !json_is_array(v))
+		return stack_error_set(err, "$.plone_blobs.servers", "must be an array of host names or addresses");
+	json_array_foreach(v, i, b) {
+		stack_path_index(path, sizeof(path), "$.plone_blobs.servers", i);
+		if (!json_is_string(b) || !host_is_valid(json_string_value(b)))
+			return stack_error_set(err, path, "must be a host name or address");
+	}
+	return validate_blob_layer(s, err);
+}
+
+static const struct recipe recipes_storage[] = {
+	{ "nfs_blobs", nfs_blobs_plan, storage_validate },
+	{ "gluster", gluster_plan, NULL },
+	{ "blob_mounts", blob_mounts_plan, NULL },
+	{ NULL, NULL, NULL },
+};
+
+const struct recipe_family family_storage = {
+	.name = "storage",
+	.recipes = recipes_storage,
+	.plan_before = storage_plan_before,
+	.plan_after_layer = storage_plan_after_layer,
+};
