@@ -124,10 +124,10 @@ static int open_dirs(struct rel_data *d, char **ret_error)
 
 	if (r >= 0)
 		r = d->dfd = rootfs_resolve(rootfd, d->deploy_to, true);
-	if (r >= 0)
-		r = d->rfd = openat(d->dfd, "releases", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) < 0 ? -errno : d->rfd;
-	if (r >= 0 && d->rfd < 0)
-		r = -ENOENT;
+	if (r >= 0) {
+		d->rfd = openat(d->dfd, "releases", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		r = d->rfd < 0 ? -errno : 0;
+	}
 	if (r < 0)
 		*ret_error = xasprintf("cannot open %s/releases: %s", d->deploy_to, strerror(-r));
 	return r;

@@ -42,3 +42,15 @@ class Client:
         return [self.path]
 
     update = install
+
+
+class Noop:
+    """A part that installs nothing (stands in for backup, cron jobs...)."""
+
+    def __init__(self, buildout, name, options):
+        pass
+
+    def install(self):
+        return []
+
+    update = install

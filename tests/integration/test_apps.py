@@ -1,0 +1,64 @@
+# Plone apps end to end (issue 3): real git, real buildout (Debian's
+# zc.buildout through conf/demo/bin/buildout), a real private supervisord.
+import json
+import os
+
+from apps_fixtures import answers, apps_env, apps_stack, commit, http_get, last_run, run_steps  # noqa: F401
+from conftest import wait_for
+
+DEPLOY_TO = "srv/www/plone_instances"
+
+
+def wait_clients(ports, zeo=None, timeout=30):
+    def ok():
+        got = [answers(p) for p in ports]
+        return all(g and (zeo is None or g["zeo"] == zeo) for g in got) and got
+    return wait_for(ok, timeout=timeout, what=f"clients on {ports}")
+
+
+def test_deploy_from_git_then_noop_then_zeo_change(apps_env):
+    make, repo = apps_env
+    a, sup = make(apps_stack(repo))
+    a.wait_runs(3, timeout=120)
+    a.wait_idle(timeout=120)
+    runs = a.runs()
+    assert all(r["status"] == "success" for r in runs), [r.get("error") for r in runs]
+    got = wait_clients([8081, 8082], zeo="10.9.0.1:8001")
+    assert [g["part"] for g in got] == ["client1", "client2"]
+    assert answers(8083) is None  # instance_count is 2
+    cur = os.readlink(os.path.join(a.root, DEPLOY_TO, "current"))
+    assert cur.startswith("releases/")
+    for d in ("eggs", "downloads", "extends", "var", "parts", "log"):
+        assert os.readlink(os.path.join(a.root, DEPLOY_TO, "current", d)) == f"../../shared/{d}"
+    pids = sup.pids("plone_instances-")
+    assert set(pids) == {"plone_instances-client1", "plone_instances-client2"}
+    conf = open(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).read()
+    assert "bin/client1 console" in conf and 'ZOPE_MODE="test"' in conf and "RAILS_ENV" not in conf
+
+    # Deploy again with nothing changed: nothing changes, nothing is built or restarted.
+    p = a.ctl("--json", "run", "deploy", "--app", "plone_instances", "--wait", check=0)
+    r = last_run(a, event="deploy")
+    assert r["status"] == "success" and r["changed"] == 0, r
+    steps = run_steps(a, r["id"])
+    build = [s for s in steps if s["target"] == "buildout"]
+    assert build and all(s["status"] == "skipped" for s in build), build
+    assert sup.pids("plone_instances-") == pids
+    assert os.readlink(os.path.join(a.root, DEPLOY_TO, "current")) == cur
+
+    # The ZEO member moves: configure re-renders deploy.cfg, builds once and
+    # restarts the clients one after another.
+    n = len(a.finished_runs())
+    a.write_stack(apps_stack(repo, zeo_ip="10.9.0.2"))
+    a.wait_runs(n + 1, timeout=120)
+    a.wait_idle(timeout=120)
+    r = last_run(a, event="configure")
+    assert r["status"] == "success", r
+    steps = run_steps(a, r["id"])
+    assert [s["status"] for s in steps if s["target"] == "buildout"] == ["changed"]
+    restarts = [s for s in steps if s["kind"] == "service" and s["target"].startswith("supervisor:plone_instances-")]
+    assert [s["status"] for s in restarts] == ["changed", "changed"], restarts
+    cfg = open(os.path.join(a.root, DEPLOY_TO, "current", "deploy.cfg")).read()
+    assert "address = 10.9.0.2:8001" in cfg
+    wait_clients([8081, 8082], zeo="10.9.0.2:8001")
+    new = sup.pids("plone_instances-")
+    assert all(new[k] != pids[k] for k in pids), (pids, new)
