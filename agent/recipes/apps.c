@@ -470,3 +470,34 @@ static const struct recipe recipes_apps[] = {
 #undef R
 
 const struct recipe_family family_apps = { .name = "apps", .recipes = recipes_apps };
+
+bool apps_is_family_app(const struct stack *s, const char *app)
+{
+	static const enum app_kind kinds[] = { APP_INSTANCES, APP_ZEOSERVER, APP_SOLR };
+
+	for (size_t i = 0; i < ELEMENTSOF(kinds); i++)
+		if (strcmp(apps_app_name(s, kinds[i]), app) == 0 && stack_app_find(s, app))
+			return true;
+	return false;
+}
+
+int apps_plan_restart(const struct stack *s, const struct config *c, const char *app, struct plan *plan,
+		      char **ret_error)
+{
+	static const enum app_kind kinds[] = { APP_INSTANCES, APP_ZEOSERVER, APP_SOLR };
+	static const char *const names[] = { "instances-restart", "zeoserver-restart", "solr-restart" };
+	int r = 0;
+
+	for (size_t i = 0; i < ELEMENTSOF(kinds) && r >= 0; i++) {
+		struct recipe_ctx ctx = { .stack = s, .config = c, .event = EVENT_DEPLOY, .app = app, .name = names[i] };
+		size_t first = plan->n_steps;
+
+		if (strcmp(apps_app_name(s, kinds[i]), app) != 0)
+			continue;
+		r = apps_plan(&ctx, plan, ret_error);
+		for (size_t j = first; j < plan->n_steps; j++)
+			if (!plan->steps[j]->recipe)
+				plan->steps[j]->recipe = xstrdup(names[i]);
+	}
+	return r;
+}

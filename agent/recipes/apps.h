@@ -44,3 +44,14 @@ json_t *apps_environment(const struct stack_app *app, const char *host_deploy_to
 
 /* The stack validation of everything this family reads. */
 int apps_validate(const struct stack *s, struct stack_error *err);
+
+struct config;
+struct plan;
+
+/* Whether app is served by one of this family's kinds (instances, zeoserver, solr). */
+bool apps_is_family_app(const struct stack *s, const char *app);
+/* The restart steps of every service of app (rolling, with their delays),
+ * used after `agentctl rollback APP`. Returns 0 or a negative errno with
+ * *ret_error. */
+int apps_plan_restart(const struct stack *s, const struct config *c, const char *app, struct plan *plan,
+		      char **ret_error);

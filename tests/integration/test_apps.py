@@ -62,3 +62,72 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env):
     wait_clients([8081, 8082], zeo="10.9.0.2:8001")
     new = sup.pids("plone_instances-")
     assert all(new[k] != pids[k] for k in pids), (pids, new)
+
+
+def releases(a):
+    return sorted(os.listdir(os.path.join(a.root, DEPLOY_TO, "releases")))
+
+
+def current(a):
+    return os.readlink(os.path.join(a.root, DEPLOY_TO, "current")).split("/")[-1]
+
+
+def deploy_and_wait(a, stack):
+    n = len(a.finished_runs())
+    a.write_stack(stack)
+    a.wait_runs(n + 1, timeout=120)
+    a.wait_idle(timeout=120)
+    return last_run(a, event="deploy")
+
+
+def test_new_revisions_prune_rollback_and_failed_build(apps_env):
+    make, repo = apps_env
+    a, sup = make(apps_stack(repo))
+    a.wait_runs(3, timeout=120)
+    a.wait_idle(timeout=120)
+    wait_clients([8081, 8082])
+    first = current(a)
+
+    commit(repo, "v2")
+    r = deploy_and_wait(a, apps_stack(repo, revision="v2"))
+    assert r["status"] == "success", r
+    second = current(a)
+    assert second != first and releases(a) == [first, second]
+    assert open(os.path.join(a.root, DEPLOY_TO, "current", "VERSION")).read() == "v2\n"
+    pids = sup.pids("plone_instances-")
+
+    commit(repo, "v3")
+    r = deploy_and_wait(a, apps_stack(repo, revision="v3"))
+    assert r["status"] == "success", r
+    third = current(a)
+    # keep_releases is 2: the oldest went.
+    assert releases(a) == [second, third]
+    # A new release restarts the clients.
+    wait_clients([8081, 8082])
+    assert all(sup.pids("plone_instances-")[k] != pids[k] for k in pids)
+
+    # Rollback goes back to the previous release and restarts the services.
+    pids = sup.pids("plone_instances-")
+    out = a.ctl_json("rollback", "plone_instances")
+    assert out["from"] == third and out["to"] == second and out["restart_run"]
+    assert current(a) == second
+    wait_for(lambda: a.ctl_json("show", out["restart_run"])["status"] == "success", timeout=60,
+             what="the restart after the rollback")
+    wait_clients([8081, 8082])
+    assert all(sup.pids("plone_instances-")[k] != pids[k] for k in pids)
+
+    # A revision whose buildout fails: the run fails with buildout's output in
+    # its log, current and the running clients stay as they were.
+    commit(repo, "v4", path="cfg/base.cfg",
+           content=open(os.path.join(repo, "cfg/base.cfg")).read().replace(
+               "recipe = demo_recipe\nhttp-address = 8081", "recipe = no_such_recipe_egg\nhttp-address = 8081"))
+    pids = sup.pids("plone_instances-")
+    r = deploy_and_wait(a, apps_stack(repo, revision="v4"))
+    assert r["status"] == "failed", r
+    log = a.ctl("log", r["id"]).stdout
+    assert "no_such_recipe_egg" in log, log
+    assert "buildout of release" in r["error"], r
+    assert current(a) == second
+    assert releases(a) == [second, third]  # the failed release was removed
+    assert sup.pids("plone_instances-") == pids
+    assert http_get(8081)["part"] == "client1"
