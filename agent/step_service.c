@@ -5,12 +5,16 @@
  * not errors: the step is then unchanged. */
 #include "step_service.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "http.h"
 #include "log.h"
 #include "plan.h"
+#include "rootfs.h"
 #include "supervisor.h"
 #include "util.h"
 
@@ -32,6 +36,8 @@ struct svc_data {
 	const struct step *update;
 	char **programs;   /* owned, NULL-terminated */
 	char *app;
+	char *conf_dir;
+	char *root;
 
 	/* While running. */
 	struct plan_exec *x;
@@ -67,6 +73,8 @@ static void svc_free(void *data)
 	free(d->socket);
 	free(d->name);
 	free(d->app);
+	free(d->conf_dir);
+	free(d->root);
 	for (char **p = d->programs; p && *p; p++)
 		free(*p);
 	free(d->programs);
@@ -261,6 +269,47 @@ static bool json_strv_has(const json_t *a, const char *s)
 	return false;
 }
 
+/* Removes the app's program files that are no longer wanted. Returns the
+ * number removed or a negative errno (a missing directory is 0). */
+static int remove_stale_confs(struct svc_data *d, char **ret_error)
+{
+	_cleanup_close_ int rootfd = rootfs_open(d->root);
+	_cleanup_close_ int dfd = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, d->conf_dir, true);
+	int fd, n = 0;
+	DIR *dir;
+	struct dirent *de;
+
+	if (dfd == -ENOENT)
+		return 0;
+	fd = dfd < 0 ? dfd : openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(dir = fdopendir(fd))) {
+		int r = fd < 0 ? (dfd < 0 ? dfd : -errno) : -errno;
+		if (fd >= 0)
+			(void)close(fd);
+		*ret_error = xasprintf("cannot list %s: %s", d->conf_dir, strerror(-r));
+		return r;
+	}
+	while ((de = readdir(dir))) {
+		size_t len = strlen(de->d_name);
+		_cleanup_free_ char *prog = NULL;
+
+		if (len <= 5 || strcmp(de->d_name + len - 5, ".conf") != 0)
+			continue;
+		prog = xstrndup(de->d_name, len - 5);
+		if (!owned_by_app(d->app, prog) || strv_has(d->programs, prog))
+			continue;
+		if (unlinkat(dirfd(dir), de->d_name, 0) < 0) {
+			int r = -errno;
+			*ret_error = xasprintf("cannot remove %s/%s: %s", d->conf_dir, de->d_name, strerror(-r));
+			closedir(dir);
+			return r;
+		}
+		n++;
+	}
+	closedir(dir);
+	return n;
+}
+
 static void svc_apply(struct step *s, struct plan_exec *x)
 {
 	struct svc_data *d = s->data;
@@ -279,6 +328,17 @@ static void svc_apply(struct step *s, struct plan_exec *x)
 	d->added = json_array();
 	switch (d->action) {
 	case SERVICE_UPDATE:
+		if (d->conf_dir) {
+			_cleanup_free_ char *err = NULL;
+			r = remove_stale_confs(d, &err);
+			if (r < 0) {
+				http_free(d->http);
+				d->http = NULL;
+				d->x = NULL;
+				return plan_step_done(x, STEP_FAILED, "%s", err);
+			}
+			d->changed = r > 0;
+		}
 		svc_queue(d, "supervisor.reloadConfig", json_array(), 0, 0, false);
 		break;
 	case SERVICE_START:
@@ -348,6 +408,8 @@ struct step *plan_add_service(struct plan *p, const struct service_step_opts *o,
 	d->delay_sec = o->delay_sec;
 	d->update = o->update;
 	d->app = o->app ? xstrdup(o->app) : NULL;
+	d->conf_dir = o->conf_dir ? xstrdup(o->conf_dir) : NULL;
+	d->root = xstrdup(p->root);
 	while (o->programs && o->programs[n])
 		n++;
 	d->programs = xcalloc(n + 1, sizeof(char *));

@@ -27,6 +27,8 @@ struct service_step_opts {
 	/* update: */
 	const char *const *programs; /* NULL-terminated: the app's programs that must exist and run */
 	const char *app;             /* groups "<app>" and "<app>-*" belong to the app; others are never touched */
+	const char *conf_dir;        /* may be NULL: program files "<app>[-*].conf" here (inside root) that are
+				      * not in programs are removed first (a client count that went down) */
 };
 
 struct step *plan_add_service(struct plan *p, const struct service_step_opts *o, char **ret_error);

@@ -262,7 +262,8 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 	names = service_names(&a->sv);
 	{
 		struct service_step_opts o = { .action = SERVICE_UPDATE, .socket = c->supervisor_socket,
-					       .timeout_ms = rpc_timeout_ms(a), .programs = names, .app = a->app->name };
+					       .timeout_ms = rpc_timeout_ms(a), .programs = names, .app = a->app->name,
+					       .conf_dir = c->supervisor_conf_dir };
 		update = plan_add_service(a->plan, &o, a->ret_error);
 		if (!update)
 			goto out;

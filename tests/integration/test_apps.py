@@ -131,3 +131,133 @@ def test_new_revisions_prune_rollback_and_failed_build(apps_env):
     assert releases(a) == [second, third]  # the failed release was removed
     assert sup.pids("plone_instances-") == pids
     assert http_get(8081)["part"] == "client1"
+
+
+def two_apps_stack(repo):
+    app = {"scm": {"scm_type": "git", "repository": repo, "revision": "v1"}, "user": "root", "group": "root"}
+    stack = apps_stack(repo, apps={
+        "plone_instances": dict(app, deploy_to="/srv/www/plone_instances"),
+        "zeoserver": dict(app, deploy_to="/srv/www/zeoserver"),
+    })
+    stack["opsworks"]["layers"]["zeoserver"]["instances"] = {"app1": {"private_ip": "127.0.0.1", "status": "online"}}
+    stack["plone_zeoserver"] = {"enable_pack": False}
+    return stack
+
+
+def test_undeploy_of_one_app_leaves_the_other_alone(apps_env):
+    make, repo = apps_env
+    a, sup = make(two_apps_stack(repo))
+    a.wait_runs(4, timeout=180)
+    a.wait_idle(timeout=180)
+    assert all(r["status"] == "success" for r in a.runs()), [r.get("error") for r in a.runs()]
+    # The clients found the ZEO server on this instance (its private address).
+    wait_clients([8081, 8082], zeo="127.0.0.1:8001")
+    assert wait_for(lambda: answers(8001), what="the zeoserver stand-in")["part"] == "zeoserver"
+    zeo_pid = sup.pids("zeoserver")["zeoserver"]
+    zeo_files = sorted(os.listdir(os.path.join(a.root, "srv/www/zeoserver")))
+
+    p = a.ctl("run", "undeploy", "--layer", "plone_instances", "--app", "plone_instances", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not os.path.exists(os.path.join(a.root, "srv/www/plone_instances"))
+    assert not [f for f in os.listdir(os.path.join(a.root, "etc/supervisor/conf.d")) if f.startswith("plone_instances")]
+    assert set(sup.info()) == {"zeoserver"}
+    assert wait_for(lambda: answers(8081) is None and answers(8082) is None, what="the clients to stop")
+    # The other app: same files, same process, still answering.
+    assert sorted(os.listdir(os.path.join(a.root, "srv/www/zeoserver"))) == zeo_files
+    assert sup.pids("zeoserver")["zeoserver"] == zeo_pid
+    assert answers(8001)["part"] == "zeoserver"
+
+
+def test_client_count_follows_backends_then_cpus(apps_env):
+    make, repo = apps_env
+    stack = apps_stack(repo)
+    stack["plone_instances"] = {"per_cpu": 2}
+    stack["opsworks"]["layers"]["plone_instances"]["instances"]["app1"]["backends"] = 12  # ceil(12*2/8) = 3
+    a, sup = make(stack)
+    a.wait_runs(3, timeout=120)
+    a.wait_idle(timeout=120)
+    wait_clients([8081, 8082, 8083])
+    assert set(sup.pids("plone_instances-")) == {f"plone_instances-client{i}" for i in (1, 2, 3)}
+
+    # No instance_count, no backends: ceil(CPUs x per_cpu), CPUs as agentd may use them.
+    cpus = len(os.sched_getaffinity(0))
+    n = len(a.finished_runs())
+    del stack["opsworks"]["layers"]["plone_instances"]["instances"]["app1"]["backends"]
+    stack["plone_instances"] = {"per_cpu": 1}
+    a.write_stack(stack)
+    a.wait_runs(n + 1, timeout=120)
+    a.wait_idle(timeout=120)
+    want = {f"plone_instances-client{i}" for i in range(1, cpus + 1)}
+    assert set(sup.pids("plone_instances-")) == want
+    assert sorted(f for f in os.listdir(os.path.join(a.root, "etc/supervisor/conf.d"))) == sorted(
+        w + ".conf" for w in want)
+    wait_clients([8080 + i for i in range(1, cpus + 1)])
+    if cpus < 3:
+        assert wait_for(lambda: answers(8083) is None, what="client3 to stop")
+    # instance_count wins over both.
+    plan = a.ctl_json("plan", "configure", "--layer", "plone_instances")
+    confs = [s for s in plan["steps"] if s["kind"] == "file" and s["target"].endswith(".conf")]
+    assert len(confs) == cpus
+    stack["plone_instances"] = {"per_cpu": 1, "instance_count": 4}
+    stack["opsworks"]["layers"]["plone_instances"]["instances"]["app1"]["backends"] = 40
+    n = len(a.finished_runs())
+    a.write_stack(stack)
+    a.wait_runs(n + 1, timeout=120)
+    a.wait_idle(timeout=120)
+    assert len(sup.pids("plone_instances-")) == 4
+    wait_clients([8081, 8082, 8083, 8084])
+
+
+BAD = [
+    # (what to change, JSON path the error must name)
+    (lambda s: s["deploy"]["plone_instances"]["scm"].update(repository="/tmp/r;touch /tmp/agentd-pwned"),
+     "$.deploy.plone_instances.scm.repository"),
+    (lambda s: s["deploy"]["plone_instances"]["scm"].update(repository="ext::sh"),
+     "$.deploy.plone_instances.scm.repository"),
+    (lambda s: s["deploy"]["plone_instances"]["scm"].update(revision="v1;id"),
+     "$.deploy.plone_instances.scm.revision"),
+    (lambda s: s["deploy"]["plone_instances"]["scm"].update(revision="$(id)"),
+     "$.deploy.plone_instances.scm.revision"),
+    (lambda s: s["deploy"].update({"bad;name": {}}), "$.deploy"),
+    (lambda s: s["deploy"]["plone_instances"].update(
+        buildout_init_commands=[{"name": "x", "cmd": "../../../bin/sh"}]),
+     "$.deploy.plone_instances.buildout_init_commands[0]"),
+    (lambda s: s["deploy"]["plone_instances"].update(
+        buildout_init_commands=[{"name": "x", "cmd": "bin/x", "args": "a; rm -rf /"}]),
+     "$.deploy.plone_instances.buildout_init_commands[0]"),
+    (lambda s: s["deploy"]["plone_instances"].update(
+        buildout_init_commands=[{"name": "x", "cmd": "/bin/sh"}]),
+     "$.deploy.plone_instances.buildout_init_commands[0]"),
+    (lambda s: s["deploy"]["plone_instances"].update(deploy_to="/srv/www/../../etc"),
+     "$.deploy.plone_instances.deploy_to"),
+    (lambda s: s["deploy"]["plone_instances"].update(
+        buildout_cache_archives=[{"url": "http://x/a.tar.gz", "path": "../../etc"}]),
+     "$.deploy.plone_instances.buildout_cache_archives[0]"),
+    (lambda s: s["deploy"]["plone_instances"].update(environment={"A": "x\"; rm -rf /"}),
+     "$.deploy.plone_instances.environment.A"),
+]
+
+
+def test_hostile_values_are_rejected_at_validation(make_agent, tmpdir_agent):
+    from apps_fixtures import make_repo
+    repo = make_repo(tmpdir_agent)
+    good = apps_stack(repo)
+    a = make_agent(None, conf_extra={"supervisor_socket": os.path.join(tmpdir_agent, "none.sock")})
+    bad = json.loads(json.dumps(good))
+    BAD[0][0](bad)
+    a.write_stack(bad)
+    a.start()
+    sentinel = json.loads(json.dumps(good))
+    sentinel["plone_instances"]["instance_count"] = "many"
+    for i, (change, path) in enumerate(BAD):
+        # Between cases, a document failing elsewhere: each case's error is its own.
+        a.write_stack(sentinel)
+        wait_for(lambda: (a.status()["source"]["error_path"] or "").startswith("$.plone_instances.instance_count"),
+                 what="the sentinel error")
+        bad = json.loads(json.dumps(good))
+        change(bad)
+        a.write_stack(bad)
+        wait_for(lambda: (a.status()["source"]["error_path"] or "").startswith(path), timeout=10,
+                 what=f"case {i}: error at {path} (status {a.status()['source']})")
+    assert a.runs() == []
+    assert not os.path.exists("/tmp/agentd-pwned")
