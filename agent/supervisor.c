@@ -178,6 +178,11 @@ int xmlrpc_parse_response(const char *body, size_t len, json_t **ret_value, int 
 		return -EBADMSG;
 	}
 	root = xmlDocGetRootElement(doc);
+	if (doc->intSubset || doc->extSubset) {
+		/* supervisord never sends a DTD; one could define entities that expand without bound. */
+		*ret_error = xstrdup("XML-RPC reply has a DTD");
+		goto out;
+	}
 	if (!is(root, "methodResponse")) {
 		*ret_error = xstrdup("XML-RPC reply has no methodResponse");
 		goto out;
