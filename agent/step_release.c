@@ -346,7 +346,8 @@ static void rel_stage(struct rel_data *d)
 				err = xasprintf("cannot pass release %s to cp: %s", d->name, strerror(errno));
 				return rel_fail(d, err);
 			}
-			fd_name(inherit, dest, sizeof(dest));
+			/* "/." so that cp follows the magic link to the directory. */
+			(void)snprintf(dest, sizeof(dest), "/proc/self/fd/%d/.", inherit);
 			d->stage = ST_CHECKOUT; /* cp is the whole checkout */
 			rel_spawn(d, src, argv, false);
 			(void)close(inherit);
