@@ -23,6 +23,8 @@
 
 #define SOURCE_FILE ".agentd-source"
 #define SOURCE_MAX 8192
+#define ARCHIVE_FILE ".agentd-archive.tar.gz"
+#define ARCHIVE_MAX (1024L * 1024 * 1024)
 
 /* Each stage may start one child; when it exits 0 the next stage runs. */
 enum rel_stage { ST_CLONE, ST_CHECKOUT, ST_PREPARE, ST_BUILD, ST_SWITCH, ST_FINISHED, ST_CLEANUP };
@@ -39,6 +41,7 @@ struct rel_data {
 	struct plan_exec *x;
 	struct exec *proc;
 	struct http *http;
+	struct http_request *req;
 	int dfd, rfd, relfd; /* deploy_to, releases, the new release (O_PATH) */
 	char name[32];       /* the new release */
 	enum rel_stage stage;
@@ -158,6 +161,7 @@ static void rel_done(struct rel_data *d, enum step_status st, const char *err)
 
 static void rel_stage(struct rel_data *d);
 static void rel_fail(struct rel_data *d, const char *msg);
+static void rel_fetch(struct rel_data *d);
 
 static void cb_output(void *userdata, const char *data, size_t len)
 {
@@ -169,13 +173,18 @@ static void cb_child_done(void *userdata, const struct exec_result *r)
 {
 	struct rel_data *d = userdata;
 
+	const char *what_override = NULL;
+
 	d->proc = NULL;
 	if (d->stage == ST_CLEANUP)
 		return rel_done(d, STEP_FAILED, d->failure);
 	if (r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0) {
 		static const char *const what[] = { "checkout", "checkout", "bootstrap", "buildout", "pruning" };
+		if (d->scm == RELEASE_ARCHIVE && d->stage == ST_CHECKOUT)
+			what_override = "unpacking";
 		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
-		_cleanup_free_ char *msg = xasprintf("%s of release %s failed: %s", what[d->stage], d->name, why);
+		_cleanup_free_ char *msg = xasprintf("%s of release %s failed: %s",
+						     what_override ? what_override : what[d->stage], d->name, why);
 		if (d->stage != ST_SWITCH)
 			return rel_fail(d, msg);
 		/* Pruning is best effort: the deploy itself worked. */
@@ -316,6 +325,50 @@ static char **prune_argv(struct rel_data *d)
 	return argv;
 }
 
+static void cb_fetched(void *userdata, const struct http_response *resp)
+{
+	struct rel_data *d = userdata;
+	_cleanup_free_ char *url = http_url_redact(d->repository);
+	_cleanup_free_ char *err = NULL;
+
+	d->req = NULL;
+	if (resp->error)
+		err = xasprintf("fetch of release %s failed: %s", d->name, resp->error);
+	else if (resp->status != 200)
+		err = xasprintf("fetch of release %s failed: %s answered HTTP %ld", d->name, url, resp->status);
+	if (err)
+		return rel_fail(d, err);
+	{
+		_cleanup_free_ char *msg = xasprintf("fetched %s\n", url);
+		plan_step_output(d->x, msg, strlen(msg));
+	}
+	d->stage = ST_CHECKOUT;
+	rel_stage(d);
+}
+
+/* The archive goes into the new release through our own descriptor of it. */
+static void rel_fetch(struct rel_data *d)
+{
+	char out[96];
+	struct http_options o = {
+		.url = d->repository,
+		.userpwd = d->userpwd,
+		.output_path = out,
+		.timeout_ms = d->timeout_sec * 1000,
+		.max_body = ARCHIVE_MAX,
+	};
+	int r;
+
+	(void)snprintf(out, sizeof(out), "/proc/self/fd/%d/" ARCHIVE_FILE, d->relfd);
+	r = http_new(plan_exec_env(d->x)->loop, &d->http);
+	if (r >= 0)
+		r = http_request_start(d->http, &o, cb_fetched, d, &d->req);
+	if (r < 0) {
+		_cleanup_free_ char *err = xasprintf("cannot fetch release %s: %s", d->name, strerror(-r));
+		rel_fail(d, err);
+	}
+}
+
 static void rel_stage(struct rel_data *d)
 {
 	_cleanup_free_ char *err = NULL;
@@ -353,9 +406,16 @@ static void rel_stage(struct rel_data *d)
 			(void)close(inherit);
 			return;
 		}
+		if (d->scm == RELEASE_ARCHIVE)
+			return rel_fetch(d);
 		d->stage = ST_CHECKOUT;
 		/* fall through */
 	case ST_CHECKOUT:
+		if (d->scm == RELEASE_ARCHIVE) {
+			/* GNU tar refuses members with ".." and strips leading "/". */
+			char *argv[] = { "tar", "-xzf", ARCHIVE_FILE, "--no-same-owner", "--no-same-permissions", NULL };
+			return rel_spawn(d, d->relfd, argv, true);
+		}
 		if (d->scm == RELEASE_GIT) {
 			/* A branch, tag or commit; a remote branch gets a local tracking branch. */
 			char *argv[] = { "git", "-c", "advice.detachedHead=false", "checkout", "--quiet",
@@ -365,6 +425,8 @@ static void rel_stage(struct rel_data *d)
 		d->stage = ST_PREPARE;
 		/* fall through */
 	case ST_PREPARE:
+		if (d->scm == RELEASE_ARCHIVE)
+			(void)unlinkat(d->relfd, ARCHIVE_FILE, 0);
 		/* The code is there: shared dirs and deploy.cfg go in before the build. */
 		if (link_shared(d, &err) < 0)
 			return rel_fail(d, err);
@@ -467,6 +529,11 @@ static void rel_cancel(struct step *s)
 
 	if (d->proc)
 		exec_terminate(d->proc);
+	if (d->req) {
+		http_request_cancel(d->req);
+		d->req = NULL;
+		rel_fail(d, "cancelled");
+	}
 }
 
 static int rel_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,

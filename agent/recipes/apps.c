@@ -293,9 +293,16 @@ static int plan_release(struct app_plan *a)
 	const char *type = json_string_value(json_object_get(scm, "scm_type"));
 	json_auto_t *env = apps_environment(a->app, a->host_deploy_to);
 	_cleanup_free_ char *cfg = apps_render_deploy_cfg(a->ctx->stack, a->kind, a->app, a->host_deploy_to);
-	_cleanup_free_ char *key = json_dumps(scm, JSON_SORT_KEYS | JSON_COMPACT);
-	char **envv = env_strv(env), **argv = build_argv(c);
+	json_auto_t *scm_public = json_deep_copy(scm);
+	_cleanup_free_ char *key = NULL;
+	char **envv, **argv;
 	const char *boot[] = { "python3", "bootstrap.py", "-c", "deploy.cfg", NULL };
+	/* What identifies the source, recorded in the release: without secrets. */
+	json_object_del(scm_public, "password");
+	json_object_del(scm_public, "ssh_key");
+	key = json_dumps(scm_public, JSON_SORT_KEYS | JSON_COMPACT);
+	envv = env_strv(env);
+	argv = build_argv(c);
 	struct release_step_opts o = {
 		.deploy_to = a->app->deploy_to,
 		.scm = !type || strcmp(type, "git") == 0 ? RELEASE_GIT
@@ -317,16 +324,18 @@ static int plan_release(struct app_plan *a)
 	struct step *s;
 	int r = 0;
 
-	if (o.scm == RELEASE_ARCHIVE) {
-		s = plan_add_note(a->plan, a->app->name, "scm_type \"archive\" is not built into this version yet");
-	} else {
-		s = plan_add_release(a->plan, &o, a->ret_error);
-		if (s) {
-			s->id = xasprintf("release:%s", a->app->name);
-			s->secret = true; /* the repository URL may carry credentials */
-		} else
-			r = -EINVAL;
-	}
+	_cleanup_free_ char *userpwd = NULL;
+	const char *u = json_string_value(json_object_get(scm, "user"));
+	const char *pw = json_string_value(json_object_get(scm, "password"));
+
+	if (o.scm == RELEASE_ARCHIVE && u && pw)
+		o.userpwd = userpwd = xasprintf("%s:%s", u, pw);
+	s = plan_add_release(a->plan, &o, a->ret_error);
+	if (s) {
+		s->id = xasprintf("release:%s", a->app->name);
+		s->secret = true; /* the repository URL may carry credentials */
+	} else
+		r = -EINVAL;
 	strv_free(envv);
 	strv_free(argv);
 	return r;

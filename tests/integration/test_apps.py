@@ -261,3 +261,61 @@ def test_hostile_values_are_rejected_at_validation(make_agent, tmpdir_agent):
                  what=f"case {i}: error at {path} (status {a.status()['source']})")
     assert a.runs() == []
     assert not os.path.exists("/tmp/agentd-pwned")
+
+
+def test_archive_over_http_with_basic_auth(apps_env, tmpdir_agent):
+    import base64
+    import http.server
+    import tarfile
+    import threading
+    make, repo = apps_env
+    tgz = os.path.join(tmpdir_agent, "app.tar.gz")
+    with tarfile.open(tgz, "w:gz") as t:
+        for name in os.listdir(repo):
+            if name != ".git":
+                t.add(os.path.join(repo, name), arcname=name)
+    data = open(tgz, "rb").read()
+    want = "Basic " + base64.b64encode(b"ci:s3cret").decode()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.headers.get("Authorization") != want:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="x"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/app.tar.gz"
+        stack = apps_stack(repo)
+        stack["deploy"]["plone_instances"]["scm"] = {"scm_type": "archive", "repository": url,
+                                                      "user": "ci", "password": "wrong"}
+        a, sup = make(stack)
+        a.wait_runs(3, timeout=120)
+        a.wait_idle(timeout=120)
+        r = last_run(a, event="deploy")
+        assert r["status"] == "failed" and "HTTP 401" in r["error"], r
+        assert os.listdir(os.path.join(a.root, DEPLOY_TO, "releases")) == []
+
+        stack["deploy"]["plone_instances"]["scm"]["password"] = "s3cret"
+        a.write_stack(stack)
+        # Retries of the failed deploy may run in between: wait for a success.
+        wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), timeout=120,
+                 what="a successful deploy")
+        wait_clients([8081, 8082])
+        src = open(os.path.join(a.root, DEPLOY_TO, "current", ".agentd-source")).read()
+        assert "s3cret" not in src and url in src
+        assert not os.path.exists(os.path.join(a.root, DEPLOY_TO, "current", ".agentd-archive.tar.gz"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
