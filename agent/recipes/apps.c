@@ -15,6 +15,7 @@
 #include "../plan.h"
 #include "../stack.h"
 #include "../step_release.h"
+#include "../step_fetch.h"
 #include "../step_service.h"
 #include "rootfs.h"
 
@@ -110,6 +111,40 @@ static int plan_dirs(struct app_plan *a)
 			if ((r = add_dir(a, dir, 0700, true)) < 0 || (r = add_link(a, p, dir)) < 0)
 				return r;
 		}
+	}
+	return 0;
+}
+
+/* buildout_cache_archives: each {url, path, user, password, purge} unpacked
+ * once into deploy_to/<path> (reference §3 buildout_setup step 6). */
+static int plan_cache_archives(struct app_plan *a)
+{
+	const json_t *list = json_object_get(a->app->json, "buildout_cache_archives");
+	size_t i;
+	json_t *v;
+
+	json_array_foreach((json_t *)list, i, v) {
+		const char *u = json_string_value(json_object_get(v, "user"));
+		const char *pw = json_string_value(json_object_get(v, "password"));
+		_cleanup_free_ char *dir = xasprintf("%s/%s", a->app->deploy_to,
+						     json_string_value(json_object_get(v, "path")));
+		_cleanup_free_ char *userpwd = u && pw ? xasprintf("%s:%s", u, pw) : NULL;
+		struct fetch_step_opts o = {
+			.url = json_string_value(json_object_get(v, "url")),
+			.dir = dir,
+			.userpwd = userpwd,
+			.user = a->app->user,
+			.purge = json_is_true(json_object_get(v, "purge")),
+			.timeout_sec = config_int(a->ctx->config, "buildout_timeout"),
+		};
+		struct step *s;
+
+		if (add_dir(a, dir, 0750, true) < 0)
+			return -EINVAL;
+		s = plan_add_fetch(a->plan, &o, a->ret_error);
+		if (!s)
+			return -EINVAL;
+		s->secret = userpwd != NULL;
 	}
 	return 0;
 }
@@ -421,6 +456,8 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	switch (op) {
 	case OP_SETUP:
 		r = plan_dirs(&a);
+		if (r >= 0)
+			r = plan_cache_archives(&a);
 		break;
 	case OP_CONFIGURE:
 	case OP_REBUILD:
@@ -430,6 +467,8 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 		}
 		r = plan_dirs(&a);
 		if (r >= 0)
+			r = plan_cache_archives(&a);
+		if (r >= 0)
 			r = plan_configure(&a, op == OP_REBUILD, false);
 		break;
 	case OP_DEPLOY:
@@ -438,6 +477,8 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 			break;
 		}
 		r = plan_dirs(&a);
+		if (r >= 0)
+			r = plan_cache_archives(&a);
 		if (r >= 0)
 			r = plan_release(&a);
 		if (r >= 0)

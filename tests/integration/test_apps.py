@@ -275,10 +275,22 @@ def test_archive_over_http_with_basic_auth(apps_env, tmpdir_agent):
             if name != ".git":
                 t.add(os.path.join(repo, name), arcname=name)
     data = open(tgz, "rb").read()
+    cache = os.path.join(tmpdir_agent, "cache.tar.gz")
+    with tarfile.open(cache, "w:gz") as t:
+        t.add(os.path.join(repo, "cfg", "base.cfg"), arcname="cached/base.cfg")
+    cache_data = open(cache, "rb").read()
     want = "Basic " + base64.b64encode(b"ci:s3cret").decode()
+    gets = []
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            gets.append(self.path)
+            if self.path == "/cache.tar.gz":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(cache_data)))
+                self.end_headers()
+                self.wfile.write(cache_data)
+                return
             if self.headers.get("Authorization") != want:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="x"')
@@ -300,6 +312,8 @@ def test_archive_over_http_with_basic_auth(apps_env, tmpdir_agent):
         stack = apps_stack(repo)
         stack["deploy"]["plone_instances"]["scm"] = {"scm_type": "archive", "repository": url,
                                                       "user": "ci", "password": "wrong"}
+        stack["deploy"]["plone_instances"]["buildout_cache_archives"] = [
+            {"url": url.replace("app.tar.gz", "cache.tar.gz"), "path": "shared/downloads/dist"}]
         a, sup = make(stack)
         a.wait_runs(3, timeout=120)
         a.wait_idle(timeout=120)
@@ -316,6 +330,9 @@ def test_archive_over_http_with_basic_auth(apps_env, tmpdir_agent):
         src = open(os.path.join(a.root, DEPLOY_TO, "current", ".agentd-source")).read()
         assert "s3cret" not in src and url in src
         assert not os.path.exists(os.path.join(a.root, DEPLOY_TO, "current", ".agentd-archive.tar.gz"))
+        # The cache archive was unpacked once, whatever ran since.
+        assert os.path.isfile(os.path.join(a.root, DEPLOY_TO, "shared/downloads/dist/cached/base.cfg"))
+        assert gets.count("/cache.tar.gz") == 1, gets
     finally:
         srv.shutdown()
         srv.server_close()
