@@ -16,6 +16,7 @@
 #include "../stack.h"
 #include "../step_release.h"
 #include "../step_fetch.h"
+#include "../step_packages.h"
 #include "../step_service.h"
 #include "rootfs.h"
 
@@ -111,6 +112,74 @@ static int plan_dirs(struct app_plan *a)
 			if ((r = add_dir(a, dir, 0700, true)) < 0 || (r = add_link(a, p, dir)) < 0)
 				return r;
 		}
+	}
+	return 0;
+}
+
+/* os_packages (reference §4.2 instances-setup step 3, §7): the kind's
+ * build dependencies, then the stack's; installed only when missing. */
+static int plan_packages(struct app_plan *a)
+{
+	static const char *const dev[] = { "libjpeg-dev", "libpng-dev", "libxml2-dev", "libxslt-dev", NULL };
+	const json_t *pi = plone_section(a->ctx->stack, "plone_instances");
+	const json_t *rs = json_object_get(pi, "relstorage");
+	const json_t *extra = json_object_get(a->app->json, "os_packages");
+	_cleanup_free_ const char **query = config_argv(a->ctx->config, "package_query_command");
+	_cleanup_free_ const char **install = config_argv(a->ctx->config, "package_install_command");
+	const char *names[64];
+	size_t n = 0, i;
+	json_t *v;
+
+	if (a->kind == APP_SOLR)
+		names[n++] = "default-jre-headless"; /* the cookbook's openjdk-7 is long gone */
+	else
+		for (i = 0; dev[i]; i++)
+			names[n++] = dev[i];
+	if (a->kind == APP_INSTANCES && json_is_true(json_object_get(pi, "enable_relstorage")) &&
+	    !json_is_false(json_object_get(rs, "enable_cache"))) {
+		const char *adapter = json_string_value(json_object_get(json_object_get(rs, "db"), "adapter"));
+		names[n++] = "libmemcached-dev";
+		names[n++] = adapter && strcmp(adapter, "mysql") == 0 ? "libmysqlclient-dev" : "libpq-dev";
+	}
+	json_array_foreach((json_t *)extra, i, v)
+		if (n < ELEMENTSOF(names) - 1)
+			names[n++] = json_string_value(v);
+	names[n] = NULL;
+	{
+		struct packages_step_opts o = { .names = names, .query_argv = query, .install_argv = install,
+						.timeout_sec = config_int(a->ctx->config, "buildout_timeout") };
+		return plan_add_packages(a->plan, &o, a->ret_error) ? 0 : -EINVAL;
+	}
+}
+
+/* The deploy user and group (reference §3 buildout_setup step 3), created
+ * when missing. Planning looks them up (a read of the user database). Under
+ * a test root they are not created: the host's database is not the
+ * managed system's. */
+static int plan_user(struct app_plan *a)
+{
+	bool have_group = group_lookup(a->app->group, NULL) == 0;
+
+	if (have_group && user_lookup(a->app->user, NULL, NULL) == 0)
+		return 0;
+	if (strcmp(a->root, "/") != 0) {
+		_cleanup_free_ char *msg = xasprintf("user %s or group %s is missing; not created under root %s",
+						     a->app->user, a->app->group, a->root);
+		plan_add_note(a->plan, a->app->user, msg);
+		return 0;
+	}
+	if (!have_group) {
+		char *argv[] = { "groupadd", "--system", a->app->group, NULL };
+		struct exec_step_opts o = { .argv = argv, .timeout_sec = 60 };
+		if (!plan_add_exec(a->plan, "groupadd", &o, a->ret_error))
+			return -EINVAL;
+	}
+	if (user_lookup(a->app->user, NULL, NULL) != 0) {
+		char *argv[] = { "useradd", "--system", "--gid", a->app->group, "--home-dir", a->app->deploy_to,
+				 "--no-create-home", "--shell", "/usr/sbin/nologin", a->app->user, NULL };
+		struct exec_step_opts o = { .argv = argv, .timeout_sec = 60 };
+		if (!plan_add_exec(a->plan, "useradd", &o, a->ret_error))
+			return -EINVAL;
 	}
 	return 0;
 }
@@ -455,7 +524,11 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	}
 	switch (op) {
 	case OP_SETUP:
-		r = plan_dirs(&a);
+		r = plan_packages(&a);
+		if (r >= 0)
+			r = plan_user(&a);
+		if (r >= 0)
+			r = plan_dirs(&a);
 		if (r >= 0)
 			r = plan_cache_archives(&a);
 		break;

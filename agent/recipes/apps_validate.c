@@ -129,6 +129,21 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		if (!rel_path_ok(e) && !((strncmp(e, "http://", 7) == 0 || strncmp(e, "https://", 8) == 0) && !has_meta(e)))
 			return stack_error_set(err, p2, "must be a path inside the release or an http(s) URL");
 	}
+	list = json_object_get(app->json, "os_packages");
+	json_array_foreach((json_t *)list, i, v) {
+		const char *n = json_string_value(v);
+		bool ok = n && (islower((unsigned char)n[0]) || isdigit((unsigned char)n[0])) && strlen(n) < 128;
+		for (const char *c = n; ok && *c; c++)
+			ok = islower((unsigned char)*c) || isdigit((unsigned char)*c) || strchr("+.-:", *c);
+		stack_path_key(path, sizeof(path), base, "os_packages");
+		stack_path_index(p2, sizeof(p2), path, i);
+		if (!ok)
+			return stack_error_set(err, p2, "must be a Debian package name ([a-z0-9][a-z0-9+.-]*, optional :arch)");
+	}
+	if (json_array_size(list) > 32) {
+		stack_path_key(path, sizeof(path), base, "os_packages");
+		return stack_error_set(err, path, "at most 32 packages");
+	}
 	list = json_object_get(app->json, "buildout_parts_to_include");
 	json_array_foreach((json_t *)list, i, v) {
 		stack_path_key(path, sizeof(path), base, "buildout_parts_to_include");

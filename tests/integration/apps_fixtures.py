@@ -156,11 +156,18 @@ def apps_env(make_agent, tmpdir_agent):
     made = {}
     repo = make_repo(tmpdir_agent)
 
+    # No network here: packages dpkg says are missing are recorded, not installed.
+    recorder = os.path.join(tmpdir_agent, "install-packages")
+    with open(recorder, "w") as f:
+        f.write(f"#!/bin/sh\necho \"$@\" >> {tmpdir_agent}/installed-packages\n")
+    os.chmod(recorder, 0o755)
+
     def make(stack, **kw):
         a = make_agent(None, conf_extra={
             "supervisor_socket": os.path.join(tmpdir_agent, "supervisor.sock"),
             "supervisor_conf_dir": CONF_DIR,
             "buildout_command": [BUILDOUT],
+            "package_install_command": [recorder],
         }, **kw)
         made["sup"] = Supervisord(tmpdir_agent, a.root)
         a.write_stack(stack)

@@ -16,13 +16,27 @@ def wait_clients(ports, zeo=None, timeout=30):
     return wait_for(ok, timeout=timeout, what=f"clients on {ports}")
 
 
-def test_deploy_from_git_then_noop_then_zeo_change(apps_env):
+def dpkg_missing(names):
+    import subprocess
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *names],
+                         capture_output=True, text=True).stdout
+    installed = {l.split()[0] for l in out.splitlines() if l.endswith(" installed")}
+    return [n for n in names if n not in installed]
+
+
+def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     make, repo = apps_env
-    a, sup = make(apps_stack(repo))
+    stack = apps_stack(repo)
+    stack["deploy"]["plone_instances"]["os_packages"] = ["coreutils", "agentd-test-no-such-package"]
+    a, sup = make(stack)
     a.wait_runs(3, timeout=120)
     a.wait_idle(timeout=120)
     runs = a.runs()
     assert all(r["status"] == "success" for r in runs), [r.get("error") for r in runs]
+    # Setup asked to install only what dpkg says is missing.
+    want = dpkg_missing(["libjpeg-dev", "libpng-dev", "libxml2-dev", "libxslt-dev", "coreutils",
+                         "agentd-test-no-such-package"])
+    assert open(os.path.join(tmpdir_agent, "installed-packages")).read().split() == want
     got = wait_clients([8081, 8082], zeo="10.9.0.1:8001")
     assert [g["part"] for g in got] == ["client1", "client2"]
     assert answers(8083) is None  # instance_count is 2
@@ -48,7 +62,9 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env):
     # The ZEO member moves: configure re-renders deploy.cfg, builds once and
     # restarts the clients one after another.
     n = len(a.finished_runs())
-    a.write_stack(apps_stack(repo, zeo_ip="10.9.0.2"))
+    stack = apps_stack(repo, zeo_ip="10.9.0.2")
+    stack["deploy"]["plone_instances"]["os_packages"] = ["coreutils", "agentd-test-no-such-package"]
+    a.write_stack(stack)
     a.wait_runs(n + 1, timeout=120)
     a.wait_idle(timeout=120)
     r = last_run(a, event="configure")

@@ -15,6 +15,7 @@
 #include "recipes/apps.h"
 #include "recipes/plone.h"
 #include "stack.h"
+#include "step_packages.h"
 #include "supervisor.h"
 #include "util.h"
 
@@ -210,6 +211,20 @@ static void test_validation_paths(void **state)
 	}
 }
 
+static void test_packages_missing(void **state)
+{
+	static const char *const wanted[] = { "libxml2-dev", "libxslt-dev", "libc6:amd64", "nosuch", "installed", NULL };
+	const char *out = "libxml2-dev installed\nlibxslt-dev not-installed\n"
+			  "dpkg-query: no packages found matching nosuch\nlibc6 installed\ninstalled";
+	const char **m = packages_missing(out, strlen(out), wanted);
+
+	assert_string_equal(m[0], "libxslt-dev");
+	assert_string_equal(m[1], "nosuch");
+	assert_string_equal(m[2], "installed");
+	assert_null(m[3]);
+	free(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -217,6 +232,7 @@ int main(void)
 		cmocka_unit_test(test_parse_fault),	 cmocka_unit_test(test_parse_rejects),
 		cmocka_unit_test(test_render_instances), cmocka_unit_test(test_client_count),
 		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
+		cmocka_unit_test(test_packages_missing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
