@@ -197,10 +197,14 @@ static void cb_child_done(void *userdata, const struct exec_result *r)
 /* Spawns argv in the directory fd dirfd, as the app user when as_user. */
 static void rel_spawn(struct rel_data *d, int dirfd, char *const *argv, bool as_user)
 {
+	/* Commands agentd runs as itself (cp, rm) never get the app's
+	 * environment: LD_PRELOAD and friends come from the stack. */
+	static char *const plain_env[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+					   "LC_ALL=C", NULL };
 	char cwd[64];
 	struct exec_opts o = {
 		.argv = argv,
-		.env = d->env,
+		.env = as_user ? d->env : plain_env,
 		.user = as_user ? d->user : NULL,
 		.timeout_ms = d->timeout_sec * 1000,
 	};
