@@ -78,11 +78,32 @@ static int plan_dirs(struct app_plan *a)
 	}
 	for (const char *const *s = shared_dirs; *s; s++) {
 		_cleanup_free_ char *p = xasprintf("%s/shared/%s", d, *s);
+		if (strcmp(*s, "log") == 0 || (a->kind == APP_SOLR && strcmp(*s, "var") == 0))
+			continue; /* links, below */
 		if ((r = add_dir(a, p, 0750, true)) < 0)
 			return r;
 	}
-	if (a->kind == APP_SOLR)
-		return 0;
+	if (a->kind == APP_SOLR) {
+		/* Solr keeps its index in data_dir (reference §7), its logs in its part. */
+		const json_t *dd = json_object_get(sec, "data_dir");
+		_cleanup_free_ char *def = xasprintf("%s/shared/solr", config_string(a->ctx->config, "ephemeral_mount_point"));
+		_cleanup_free_ char *var = xasprintf("%s/shared/var", d), *log = xasprintf("%s/shared/log", d);
+		const char *data = json_is_string(dd) ? json_string_value(dd) : def;
+		if ((r = add_dir(a, data, 0750, true)) < 0 || (r = add_link(a, var, data)) < 0)
+			return r;
+		return add_link(a, log, "parts/solr-instance/logs");
+	}
+	{
+		/* shared/log -> shared/var/log, so that one rotation covers Zope's logs (reference §3). */
+		_cleanup_free_ char *vl = xasprintf("%s/shared/var/log", d), *log = xasprintf("%s/shared/log", d);
+		if ((r = add_dir(a, vl, 0750, true)) < 0 || (r = add_link(a, log, "var/log")) < 0)
+			return r;
+	}
+	if (json_is_true(json_object_get(json_object_get(a->ctx->stack->root, "tmpdir"), "global_tmp"))) {
+		_cleanup_free_ char *t = xasprintf("%s/shared/var/tmp", d);
+		if ((r = add_link(a, t, "/tmp")) < 0)
+			return r;
+	}
 	if (json_is_true(json_object_get(sec, "nfs_blobs")) || json_is_true(json_object_get(sec, "gluster_blobs")))
 		return storage_plan_blob_mounts(a->ctx, a->app, sec, a->plan, a->ret_error);
 	{
@@ -525,6 +546,15 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	switch (op) {
 	case OP_SETUP:
 		r = plan_packages(&a);
+		if (r >= 0 && kind == APP_INSTANCES) {
+			static const char rotate[] = "# Written by agentd: supervisor's program logs (reference §4.2).\n"
+						     "/var/log/supervisor/*.log /tmp/*.log {\n"
+						     "\tdaily\n\trotate 7\n\tcopytruncate\n\tmissingok\n\tnotifempty\n"
+						     "\tcompress\n\tdelaycompress\n}\n";
+			if (!plan_add_file(plan, "/etc/logrotate.d/supervisor", rotate, strlen(rotate), 0644, NULL, NULL,
+					   ret_error))
+				r = -EINVAL;
+		}
 		if (r >= 0)
 			r = plan_user(&a);
 		if (r >= 0)

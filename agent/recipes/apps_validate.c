@@ -225,6 +225,9 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		const json_t *bd = json_object_get(plone_section(s, "plone_blobs"), "blob_dir");
 		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
 			return stack_error_set(err, "$.plone_blobs.blob_dir", "must be an absolute path without \"..\"");
+		bd = json_object_get(plone_section(s, "plone_solr"), "data_dir");
+		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
+			return stack_error_set(err, "$.plone_solr.data_dir", "must be an absolute path without \"..\"");
 		bd = json_object_get(plone_section(s, "plone_zeoserver"), "filestorage_dir");
 		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
 			return stack_error_set(err, "$.plone_zeoserver.filestorage_dir",
