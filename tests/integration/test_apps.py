@@ -46,6 +46,9 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
         assert os.readlink(os.path.join(a.root, DEPLOY_TO, "current", d)) == f"../../shared/{d}"
     pids = sup.pids("plone_instances-")
     assert set(pids) == {"plone_instances-client1", "plone_instances-client2"}
+    # The first deploy added and started the programs: they were not restarted a second time.
+    first = run_steps(a, last_run(a, event="deploy")["id"])
+    assert [s["status"] for s in first if s["kind"] == "service"] == ["changed", "unchanged", "unchanged"]
     conf = open(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).read()
     assert "bin/client1 console" in conf and 'ZOPE_MODE="test"' in conf and "RAILS_ENV" not in conf
 
@@ -62,7 +65,7 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     # The ZEO member moves: configure re-renders deploy.cfg, builds once and
     # restarts the clients one after another.
     n = len(a.finished_runs())
-    stack = apps_stack(repo, zeo_ip="10.9.0.2")
+    stack = apps_stack(repo, zeo_ip="10.9.0.2", pi={"restart_delay": 1})
     stack["deploy"]["plone_instances"]["os_packages"] = ["coreutils", "agentd-test-no-such-package"]
     a.write_stack(stack)
     a.wait_runs(n + 1, timeout=120)
@@ -73,6 +76,9 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     assert [s["status"] for s in steps if s["target"] == "buildout"] == ["changed"]
     restarts = [s for s in steps if s["kind"] == "service" and s["target"].startswith("supervisor:plone_instances-")]
     assert [s["status"] for s in restarts] == ["changed", "changed"], restarts
+    # Rolling: each running client waited its delay (1 s) before its restart,
+    # one after the other (steps run in order).
+    assert all(s["duration_ms"] >= 1000 for s in restarts), restarts
     cfg = open(os.path.join(a.root, DEPLOY_TO, "current", "deploy.cfg")).read()
     assert "address = 10.9.0.2:8001" in cfg
     wait_clients([8081, 8082], zeo="10.9.0.2:8001")
