@@ -141,7 +141,7 @@ static int plan_dirs(struct app_plan *a)
  * build dependencies, then the stack's; installed only when missing. */
 static int plan_packages(struct app_plan *a)
 {
-	static const char *const dev[] = { "libjpeg-dev", "libpng-dev", "libxml2-dev", "libxslt-dev", NULL };
+	static const char *const dev[] = { "libjpeg-dev", "libpng-dev", "libxml2-dev", "libxslt1-dev", NULL };
 	const json_t *pi = plone_section(a->ctx->stack, "plone_instances");
 	const json_t *rs = json_object_get(pi, "relstorage");
 	const json_t *extra = json_object_get(a->app->json, "os_packages");

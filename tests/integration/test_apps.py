@@ -34,7 +34,7 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     runs = a.runs()
     assert all(r["status"] == "success" for r in runs), [r.get("error") for r in runs]
     # Setup asked to install only what dpkg says is missing.
-    want = dpkg_missing(["libjpeg-dev", "libpng-dev", "libxml2-dev", "libxslt-dev", "coreutils",
+    want = dpkg_missing(["libjpeg-dev", "libpng-dev", "libxml2-dev", "libxslt1-dev", "coreutils",
                          "agentd-test-no-such-package"])
     assert open(os.path.join(tmpdir_agent, "installed-packages")).read().split() == want
     got = wait_clients([8081, 8082], zeo="10.9.0.1:8001")
