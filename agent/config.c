@@ -61,6 +61,7 @@ static const struct family_key family_keys[] = {
 	/* Apps: buildout, supervisord (agent/recipes/apps*.c). */
 	{ "buildout_command", CONFIG_ARGV_OR_NULL, "null" },
 	{ "supervisor_timeout", CONFIG_INT, "30", 1, 3600 },
+	{ "buildout_timeout", CONFIG_INT, "3600", 1, 86400 },
 
 	/* Storage: EBS volumes, NFS, GlusterFS (agent/recipes/storage*.c). */
 	{ "device_timeout", CONFIG_INT, "60", 0, 3600 },

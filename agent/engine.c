@@ -34,6 +34,7 @@
 #include "plan.h"
 #include "proto.h"
 #include "recipes/recipe.h"
+#include "recipes/apps.h"
 #include "rootfs.h"
 #include "source.h"
 #include "stack.h"
@@ -1049,7 +1050,12 @@ static void engine_start_run(struct engine *e, json_t *rec)
 		return;
 	}
 	json_object_set_new(rec, "stack_revision", json_string(a->stack->revision));
-	r = build_plan(e, a->stack, ev, rec_str(rec, "layer"), rec_str(rec, "app"), a->id, &a->plan, &error);
+	if (json_is_true(json_object_get(rec, "_rollback_restart"))) {
+		/* The restart that follows `agentctl rollback APP`: only the app's services. */
+		plan_init(&a->plan, e->config->root);
+		r = apps_plan_restart(a->stack, e->config, rec_str(rec, "app"), &a->plan, &error);
+	} else
+		r = build_plan(e, a->stack, ev, rec_str(rec, "layer"), rec_str(rec, "app"), a->id, &a->plan, &error);
 	if (r < 0) {
 		/* A layer or app that is not in the stack will not appear by retrying. */
 		a->no_retry = r == -ENOENT;
@@ -1743,7 +1749,16 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 	}
 	log_info("Rolled back %s from %s to %s", app, cur_name, names[idx - 1]);
 	*ret = json_pack("{s:s, s:s, s:s}", "app", app, "from", cur_name, "to", names[idx - 1]);
-	/* Restarting the app's services belongs to its recipe family (issue 3). */
+	/* A Plone app's services run the code of current: restart them, in a
+	 * run of their own (recorded as a deploy of the app, trigger ctl, with
+	 * only the restart steps), so the restart is in the history and log. */
+	if (apps_is_family_app(e->current, app)) {
+		long id = enqueue(e, EVENT_DEPLOY, NULL, app, TRIGGER_CTL, e->current->revision);
+		json_object_set_new(run_find(e, id), "_rollback_restart", json_true());
+		json_object_set_new(*ret, "restart_run", json_integer(id));
+		engine_persist(e);
+		engine_kick(e);
+	}
 out:
 	for (size_t i = 0; i < n; i++)
 		free(names[i]);

@@ -1,0 +1,237 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Validation of what the apps family reads (design.md §2): nothing from
+ * the stack reaches a command line, a supervisor program or a path unless
+ * it is plainly data. Commands are argv (no shell) anyway; these checks make
+ * a hostile or mistyped value an error with its JSON path before anything
+ * runs, instead of an odd failure later. */
+#include <ctype.h>
+#include <errno.h>
+#include <string.h>
+
+#include "apps.h"
+#include "plone.h"
+#include "../stack.h"
+
+/* Characters that mean something to a shell, to supervisord's config
+ * parser (%, ;) or to buildout's (${, newlines). */
+static bool has_meta(const char *s)
+{
+	for (; *s; s++)
+		if (iscntrl((unsigned char)*s) || strchr(";|&$`<>(){}[]'\"\\*?!#~%^ \t", *s))
+			return true;
+	return false;
+}
+
+/* A relative path inside the release: safe components, no "..", not absolute. */
+static bool rel_path_ok(const char *p)
+{
+	if (!*p || *p == '/' || has_meta(p))
+		return false;
+	for (const char *c = p; *c;) {
+		size_t n = strcspn(c, "/");
+		if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+			return false;
+		c += n;
+		if (*c == '/')
+			c++;
+	}
+	return true;
+}
+
+static bool git_url_ok(const char *u)
+{
+	/* git runs commands for ext:: and fd:: "transports"; a leading '-' would be an option. */
+	if (!*u || u[0] == '-' || has_meta(u) || strncmp(u, "ext::", 5) == 0 || strncmp(u, "fd::", 4) == 0 ||
+	    strstr(u, "::"))
+		return false;
+	return true;
+}
+
+static bool revision_ok(const char *r)
+{
+	if (!*r || r[0] == '-' || strstr(r, "..") || strlen(r) > 255)
+		return false;
+	for (; *r; r++)
+		if (!isalnum((unsigned char)*r) && !strchr("_./-", *r))
+			return false;
+	return true;
+}
+
+static bool args_ok(const char *a)
+{
+	for (; *a; a++)
+		if (!isalnum((unsigned char)*a) && !strchr("_./:=,@+- ", *a))
+			return false;
+	return true;
+}
+
+static bool env_key_ok(const char *k)
+{
+	if (!*k || isdigit((unsigned char)*k))
+		return false;
+	for (; *k; k++)
+		if (!isalnum((unsigned char)*k) && *k != '_')
+			return false;
+	return true;
+}
+
+static int check_app(const struct stack_app *app, struct stack_error *err)
+{
+	char base[600], path[700], p2[800], q[128];
+	const json_t *scm = json_object_get(app->json, "scm");
+	const char *type = json_string_value(json_object_get(scm, "scm_type"));
+	const char *repo = json_string_value(json_object_get(scm, "repository"));
+	const char *rev = json_string_value(json_object_get(scm, "revision"));
+	const json_t *v, *list;
+	const char *k;
+	size_t i;
+
+	stack_path_key(base, sizeof(base), "$.deploy", app->name);
+	stack_path_key(path, sizeof(path), base, "scm");
+	if (repo) {
+		stack_path_key(p2, sizeof(p2), path, "repository");
+		if ((!type || strcmp(type, "git") == 0) && !git_url_ok(repo))
+			return stack_error_set(err, p2, "is not a git repository URL agentd accepts (no whitespace, "
+						       "shell metacharacters, leading \"-\" or \"::\" transports)");
+		if (type && strcmp(type, "local") == 0 && !path_is_safe_absolute(repo))
+			return stack_error_set(err, p2, "must be an absolute directory without \"..\"");
+		if (type && strcmp(type, "archive") == 0 &&
+		    ((strncmp(repo, "http://", 7) != 0 && strncmp(repo, "https://", 8) != 0) || has_meta(repo)))
+			return stack_error_set(err, p2, "must be an http:// or https:// URL of a .tar.gz");
+	}
+	if (rev && !revision_ok(rev)) {
+		stack_path_key(p2, sizeof(p2), path, "revision");
+		return stack_error_set(err, p2, "must be a branch, tag or commit: [A-Za-z0-9_./-], no \"..\", got %s",
+				       stack_quote(q, sizeof(q), rev));
+	}
+	list = json_object_get(app->json, "buildout_init_commands");
+	json_array_foreach((json_t *)list, i, v) {
+		const char *name = json_string_value(json_object_get(v, "name"));
+		const char *cmd = json_string_value(json_object_get(v, "cmd"));
+		const json_t *args = json_object_get(v, "args"), *delay = json_object_get(v, "delay");
+		stack_path_key(path, sizeof(path), base, "buildout_init_commands");
+		stack_path_index(p2, sizeof(p2), path, i);
+		if (!name || !name_is_valid(name))
+			return stack_error_set(err, p2, "needs a \"name\" made of [A-Za-z0-9_.-]");
+		if (!cmd || !rel_path_ok(cmd))
+			return stack_error_set(err, p2, "\"cmd\" must be a path inside the release, like \"bin/celery\", "
+						       "without \"..\" or shell metacharacters");
+		if (args && (!json_is_string(args) || !args_ok(json_string_value(args))))
+			return stack_error_set(err, p2, "\"args\" may hold only [A-Za-z0-9_./:=,@+-] and spaces");
+		if (delay && (!json_is_integer(delay) || json_integer_value(delay) < 0 || json_integer_value(delay) > 3600))
+			return stack_error_set(err, p2, "\"delay\" must be seconds, 0 to 3600");
+	}
+	list = json_object_get(app->json, "buildout_extends");
+	json_array_foreach((json_t *)list, i, v) {
+		const char *e = json_string_value(v);
+		stack_path_key(path, sizeof(path), base, "buildout_extends");
+		stack_path_index(p2, sizeof(p2), path, i);
+		if (!rel_path_ok(e) && !((strncmp(e, "http://", 7) == 0 || strncmp(e, "https://", 8) == 0) && !has_meta(e)))
+			return stack_error_set(err, p2, "must be a path inside the release or an http(s) URL");
+	}
+	list = json_object_get(app->json, "os_packages");
+	json_array_foreach((json_t *)list, i, v) {
+		const char *n = json_string_value(v);
+		bool ok = n && (islower((unsigned char)n[0]) || isdigit((unsigned char)n[0])) && strlen(n) < 128;
+		for (const char *c = n; ok && *c; c++)
+			ok = islower((unsigned char)*c) || isdigit((unsigned char)*c) || strchr("+.-:", *c);
+		stack_path_key(path, sizeof(path), base, "os_packages");
+		stack_path_index(p2, sizeof(p2), path, i);
+		if (!ok)
+			return stack_error_set(err, p2, "must be a Debian package name ([a-z0-9][a-z0-9+.-]*, optional :arch)");
+	}
+	if (json_array_size(list) > 32) {
+		stack_path_key(path, sizeof(path), base, "os_packages");
+		return stack_error_set(err, path, "at most 32 packages");
+	}
+	list = json_object_get(app->json, "buildout_parts_to_include");
+	json_array_foreach((json_t *)list, i, v) {
+		stack_path_key(path, sizeof(path), base, "buildout_parts_to_include");
+		stack_path_index(p2, sizeof(p2), path, i);
+		if (!name_is_valid(json_string_value(v)))
+			return stack_error_set(err, p2, "must be a part name made of [A-Za-z0-9_.-]");
+	}
+	list = json_object_get(app->json, "buildout_cache_archives");
+	json_array_foreach((json_t *)list, i, v) {
+		const char *p = json_string_value(json_object_get(v, "path"));
+		const char *url = json_string_value(json_object_get(v, "url"));
+		stack_path_key(path, sizeof(path), base, "buildout_cache_archives");
+		stack_path_index(p2, sizeof(p2), path, i);
+		if (!p || !rel_path_ok(p))
+			return stack_error_set(err, p2, "\"path\" must be a directory inside deploy_to, without \"..\"");
+		if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) || has_meta(url))
+			return stack_error_set(err, p2, "\"url\" must be an http:// or https:// URL");
+	}
+	json_object_foreach((json_t *)json_object_get(app->json, "environment"), k, v) {
+		const char *s = json_string_value(v);
+		stack_path_key(path, sizeof(path), base, "environment");
+		stack_path_key(p2, sizeof(p2), path, k);
+		if (!env_key_ok(k))
+			return stack_error_set(err, p2, "environment names are [A-Za-z_][A-Za-z0-9_]*");
+		if (s && (strpbrk(s, "\"\n\r%\\") != NULL))
+			return stack_error_set(err, p2, "must not contain quotes, backslashes, %% or newlines");
+	}
+	return 0;
+}
+
+int apps_validate(const struct stack *s, struct stack_error *err)
+{
+	static const enum app_kind kinds[] = { APP_INSTANCES, APP_ZEOSERVER, APP_SOLR };
+	int r;
+
+	for (size_t i = 0; i < s->n_apps; i++)
+		if ((r = check_app(&s->apps[i], err)) < 0)
+			return r;
+	for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
+		const json_t *sec = plone_section(s, apps_section_name(kinds[i]));
+		const json_t *v;
+		char base[128], p[256];
+
+		(void)snprintf(base, sizeof(base), "$.%s", apps_section_name(kinds[i]));
+		if (!sec)
+			continue;
+		v = json_object_get(sec, "app_name");
+		stack_path_key(p, sizeof(p), base, "app_name");
+		if (v && (!json_is_string(v) || !name_is_valid(json_string_value(v))))
+			return stack_error_set(err, p, "must be an app name made of [A-Za-z0-9_.-]");
+		v = json_object_get(sec, "instance_count");
+		stack_path_key(p, sizeof(p), base, "instance_count");
+		if (v && !json_is_null(v) &&
+		    (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > PLONE_CLIENTS_MAX))
+			return stack_error_set(err, p, "must be an integer from 1 to %d", PLONE_CLIENTS_MAX);
+		v = json_object_get(sec, "per_cpu");
+		stack_path_key(p, sizeof(p), base, "per_cpu");
+		if (v && (!json_is_number(v) || json_number_value(v) <= 0 || json_number_value(v) > PLONE_CLIENTS_MAX))
+			return stack_error_set(err, p, "must be a positive number");
+		v = json_object_get(sec, "restart_delay");
+		stack_path_key(p, sizeof(p), base, "restart_delay");
+		if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600))
+			return stack_error_set(err, p, "must be seconds, 0 to 3600");
+		v = json_object_get(json_object_get(sec, "zeo"), "address");
+		stack_path_key(p, sizeof(p), base, "zeo");
+		stack_path_key(p, sizeof(p), p, "address");
+		if (v && (!json_is_string(v) || has_meta(json_string_value(v))))
+			return stack_error_set(err, p, "must be a host:port");
+		for (const char *const *key = (const char *const[]){ "solr_host", "zeo_layer", "solr_layer", "broker_layer",
+								       NULL };
+		     *key; key++) {
+			v = json_object_get(sec, *key);
+			stack_path_key(p, sizeof(p), base, *key);
+			if (v && (!json_is_string(v) || has_meta(json_string_value(v))))
+				return stack_error_set(err, p, "must be a host or layer name");
+		}
+	}
+	{
+		const json_t *bd = json_object_get(plone_section(s, "plone_blobs"), "blob_dir");
+		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
+			return stack_error_set(err, "$.plone_blobs.blob_dir", "must be an absolute path without \"..\"");
+		bd = json_object_get(plone_section(s, "plone_solr"), "data_dir");
+		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
+			return stack_error_set(err, "$.plone_solr.data_dir", "must be an absolute path without \"..\"");
+		bd = json_object_get(plone_section(s, "plone_zeoserver"), "filestorage_dir");
+		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
+			return stack_error_set(err, "$.plone_zeoserver.filestorage_dir",
+					       "must be an absolute path without \"..\"");
+	}
+	return 0;
+}

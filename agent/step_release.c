@@ -1,0 +1,590 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The release step (step_release.h). Paths are resolved inside root with
+ * lib/rootfs.h; children enter their directories through /proc/self/fd/N
+ * (as plan.c's exec does) and never see a path built from the stack as a
+ * string outside root. Commands are argv, never a shell. */
+#include "step_release.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "exec.h"
+#include "http.h"
+#include "log.h"
+#include "plan.h"
+#include "rootfs.h"
+#include "util.h"
+
+#define SOURCE_FILE ".agentd-source"
+#define SOURCE_MAX 8192
+#define ARCHIVE_FILE ".agentd-archive.tar.gz"
+#define ARCHIVE_MAX (1024L * 1024 * 1024)
+
+/* Each stage may start one child; when it exits 0 the next stage runs. */
+enum rel_stage { ST_CLONE, ST_CHECKOUT, ST_PREPARE, ST_BUILD, ST_SWITCH, ST_FINISHED, ST_CLEANUP };
+
+struct rel_data {
+	char *deploy_to;
+	enum release_scm scm;
+	char *repository, *revision, *userpwd, *source_key, *user, *group, *deploy_cfg;
+	char **shared, **bootstrap_argv, **build_argv, **env;
+	long keep, timeout_sec;
+	char *root; /* copy of the plan's root */
+
+	/* While running. */
+	struct plan_exec *x;
+	struct exec *proc;
+	struct http *http;
+	struct http_request *req;
+	int dfd, rfd, relfd; /* deploy_to, releases, the new release (O_PATH) */
+	char name[32];       /* the new release */
+	enum rel_stage stage;
+	char *failure;       /* set when cleaning up after a failure */
+	uid_t uid;
+	gid_t gid;
+};
+
+static char **strv_copy(const char *const *v)
+{
+	size_t n = 0;
+	char **r;
+
+	while (v && v[n])
+		n++;
+	if (!v)
+		return NULL;
+	r = xcalloc(n + 1, sizeof(char *));
+	for (size_t i = 0; i < n; i++)
+		r[i] = xstrdup(v[i]);
+	return r;
+}
+
+static void strv_free(char **v)
+{
+	for (char **p = v; p && *p; p++)
+		free(*p);
+	free(v);
+}
+
+static void close_fds(struct rel_data *d)
+{
+	if (d->dfd >= 0)
+		(void)close(d->dfd);
+	if (d->rfd >= 0)
+		(void)close(d->rfd);
+	if (d->relfd >= 0)
+		(void)close(d->relfd);
+	d->dfd = d->rfd = d->relfd = -1;
+}
+
+static void rel_free(void *data)
+{
+	struct rel_data *d = data;
+
+	if (!d)
+		return;
+	close_fds(d);
+	free(d->deploy_to);
+	free(d->repository);
+	free(d->revision);
+	free(d->userpwd);
+	free(d->source_key);
+	free(d->user);
+	free(d->group);
+	free(d->deploy_cfg);
+	free(d->root);
+	free(d->failure);
+	strv_free(d->shared);
+	strv_free(d->bootstrap_argv);
+	strv_free(d->build_argv);
+	strv_free(d->env);
+	free(d);
+}
+
+/* The source recorded in the current release, or NULL. */
+static char *current_source(int dfd)
+{
+	_cleanup_close_ int fd = -1;
+	char *data = NULL;
+
+	/* "current" is a symlink inside deploy_to: follow it only within root. */
+	fd = openat(dfd, "current/" SOURCE_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 || fd_read_all(fd, SOURCE_MAX, &data, NULL) < 0)
+		return NULL;
+	return data;
+}
+
+static int open_dirs(struct rel_data *d, char **ret_error)
+{
+	_cleanup_close_ int rootfd = rootfs_open(d->root);
+	int r = rootfd;
+
+	if (r >= 0)
+		r = d->dfd = rootfs_resolve(rootfd, d->deploy_to, true);
+	if (r >= 0) {
+		d->rfd = openat(d->dfd, "releases", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		r = d->rfd < 0 ? -errno : 0;
+	}
+	if (r < 0)
+		*ret_error = xasprintf("cannot open %s/releases: %s", d->deploy_to, strerror(-r));
+	return r;
+}
+
+/* A directory fd moved above the stdio numbers and named for a child. */
+static int fd_name(int fd, char *buf, size_t n)
+{
+	(void)snprintf(buf, n, "/proc/self/fd/%d", fd);
+	return 0;
+}
+
+static void rel_done(struct rel_data *d, enum step_status st, const char *err)
+{
+	struct plan_exec *x = d->x;
+
+	d->x = NULL;
+	close_fds(d);
+	if (d->http) {
+		http_free(d->http);
+		d->http = NULL;
+	}
+	if (err)
+		plan_step_done(x, STEP_FAILED, "%s", err);
+	else
+		plan_step_done(x, st, NULL);
+}
+
+static void rel_stage(struct rel_data *d);
+static void rel_fail(struct rel_data *d, const char *msg);
+static void rel_fetch(struct rel_data *d);
+
+static void cb_output(void *userdata, const char *data, size_t len)
+{
+	struct rel_data *d = userdata;
+	plan_step_output(d->x, data, len);
+}
+
+static void cb_child_done(void *userdata, const struct exec_result *r)
+{
+	struct rel_data *d = userdata;
+
+	const char *what_override = NULL;
+
+	d->proc = NULL;
+	if (d->stage == ST_CLEANUP)
+		return rel_done(d, STEP_FAILED, d->failure);
+	if (r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0) {
+		static const char *const what[] = { "checkout", "checkout", "bootstrap", "buildout", "pruning" };
+		if (d->scm == RELEASE_ARCHIVE && d->stage == ST_CHECKOUT)
+			what_override = "unpacking";
+		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
+		_cleanup_free_ char *msg = xasprintf("%s of release %s failed: %s",
+						     what_override ? what_override : what[d->stage], d->name, why);
+		if (d->stage != ST_SWITCH)
+			return rel_fail(d, msg);
+		/* Pruning is best effort: the deploy itself worked. */
+		log_warn("%s", msg);
+	}
+	d->stage++;
+	rel_stage(d);
+}
+
+/* Spawns argv in the directory fd dirfd, as the app user when as_user. */
+static void rel_spawn(struct rel_data *d, int dirfd, char *const *argv, bool as_user)
+{
+	/* Commands agentd runs as itself (cp, rm) never get the app's
+	 * environment: LD_PRELOAD and friends come from the stack. */
+	static char *const plain_env[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+					   "LC_ALL=C", NULL };
+	char cwd[64];
+	struct exec_opts o = {
+		.argv = argv,
+		.env = as_user ? d->env : plain_env,
+		.user = as_user ? d->user : NULL,
+		.timeout_ms = d->timeout_sec * 1000,
+	};
+	int r;
+
+	fd_name(dirfd, cwd, sizeof(cwd));
+	o.cwd = cwd;
+	r = exec_start(plan_exec_env(d->x)->loop, &o, cb_output, cb_child_done, d, &d->proc);
+	if (r < 0) {
+		_cleanup_free_ char *msg = xasprintf("could not start %s: %s", argv[0], strerror(-r));
+		rel_fail(d, msg);
+	}
+}
+
+static void rel_fail(struct rel_data *d, const char *msg)
+{
+	char *argv[] = { "rm", "-rf", "--one-file-system", "--", d->name, NULL };
+
+	if (d->stage == ST_SWITCH || d->stage == ST_CLEANUP) /* current was switched already, or cleanup failed */
+		return rel_done(d, STEP_FAILED, d->failure ? d->failure : msg);
+	d->failure = xstrdup(msg);
+	if (d->relfd >= 0) {
+		(void)close(d->relfd);
+		d->relfd = -1;
+	}
+	/* The half-made release goes; current and the services were never touched. */
+	d->stage = ST_CLEANUP;
+	rel_spawn(d, d->rfd, argv, false);
+}
+
+static int link_shared(struct rel_data *d, char **ret_error)
+{
+	for (char **s = d->shared; s && *s; s++) {
+		_cleanup_free_ char *target = xasprintf("../../shared/%s", *s);
+		struct stat st;
+
+		if (fstatat(d->relfd, *s, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+			int flags = S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0;
+			if (unlinkat(d->relfd, *s, flags) < 0) {
+				int e = errno;
+				*ret_error = xasprintf("release %s has its own %s (%s); shared dirs must not be in the "
+						       "code: remove it from the repository",
+						       d->name, *s, strerror(e));
+				return -e;
+			}
+		}
+		if (symlinkat(target, d->relfd, *s) < 0) {
+			int e = errno;
+			*ret_error = xasprintf("cannot link %s into release %s: %s", *s, d->name, strerror(e));
+			return -e;
+		}
+		(void)fchownat(d->relfd, *s, d->uid, d->gid, AT_SYMLINK_NOFOLLOW);
+	}
+	return 0;
+}
+
+static int switch_current(struct rel_data *d, char **ret_error)
+{
+	_cleanup_free_ char *target = xasprintf("releases/%s", d->name);
+	char tmp[NAME_MAX + 1];
+	int r;
+
+	r = file_write_atomic_at(d->relfd, SOURCE_FILE, d->source_key, strlen(d->source_key), 0644, d->uid, d->gid);
+	if (r < 0) {
+		*ret_error = xasprintf("cannot record the source of release %s: %s", d->name, strerror(-r));
+		return r;
+	}
+	tmp_name_random("current", tmp, sizeof(tmp));
+	if (symlinkat(target, d->dfd, tmp) < 0 || renameat(d->dfd, tmp, d->dfd, "current") < 0) {
+		r = -errno;
+		(void)unlinkat(d->dfd, tmp, 0);
+		*ret_error = xasprintf("cannot switch %s/current: %s", d->deploy_to, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* argv for rm of the oldest releases beyond keep (never the new one), or NULL. */
+static char **prune_argv(struct rel_data *d)
+{
+	int fd = openat(d->rfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+	char **names = NULL, **argv;
+	size_t n = 0, k = 0;
+	struct dirent *de;
+
+	if (!dir) {
+		if (fd >= 0)
+			(void)close(fd);
+		return NULL;
+	}
+	while ((de = readdir(dir)))
+		if (de->d_name[0] != '.' && strcmp(de->d_name, d->name) != 0) {
+			names = xrealloc(names, (n + 1) * sizeof(char *));
+			names[n++] = xstrdup(de->d_name);
+		}
+	closedir(dir);
+	if ((long)n < d->keep) {
+		for (size_t i = 0; i < n; i++)
+			free(names[i]);
+		free(names);
+		return NULL;
+	}
+	qsort(names, n, sizeof(char *), name_cmp);
+	argv = xcalloc(n + 5, sizeof(char *));
+	argv[k++] = xstrdup("rm");
+	argv[k++] = xstrdup("-rf");
+	argv[k++] = xstrdup("--one-file-system");
+	argv[k++] = xstrdup("--");
+	for (size_t i = 0; i < n; i++) {
+		if ((long)(n - i) > d->keep - 1)
+			argv[k++] = names[i];
+		else
+			free(names[i]);
+	}
+	free(names);
+	return argv;
+}
+
+static void cb_fetched(void *userdata, const struct http_response *resp)
+{
+	struct rel_data *d = userdata;
+	_cleanup_free_ char *url = http_url_redact(d->repository);
+	_cleanup_free_ char *err = NULL;
+
+	d->req = NULL;
+	if (resp->error)
+		err = xasprintf("fetch of release %s failed: %s", d->name, resp->error);
+	else if (resp->status != 200)
+		err = xasprintf("fetch of release %s failed: %s answered HTTP %ld", d->name, url, resp->status);
+	if (err)
+		return rel_fail(d, err);
+	{
+		_cleanup_free_ char *msg = xasprintf("fetched %s\n", url);
+		plan_step_output(d->x, msg, strlen(msg));
+	}
+	d->stage = ST_CHECKOUT;
+	rel_stage(d);
+}
+
+/* The archive goes into the new release through our own descriptor of it. */
+static void rel_fetch(struct rel_data *d)
+{
+	char out[96];
+	struct http_options o = {
+		.url = d->repository,
+		.userpwd = d->userpwd,
+		.output_path = out,
+		.timeout_ms = d->timeout_sec * 1000,
+		.max_body = ARCHIVE_MAX,
+	};
+	int r;
+
+	(void)snprintf(out, sizeof(out), "/proc/self/fd/%d/" ARCHIVE_FILE, d->relfd);
+	r = http_new(plan_exec_env(d->x)->loop, &d->http);
+	if (r >= 0)
+		r = http_request_start(d->http, &o, cb_fetched, d, &d->req);
+	if (r < 0) {
+		_cleanup_free_ char *err = xasprintf("cannot fetch release %s: %s", d->name, strerror(-r));
+		rel_fail(d, err);
+	}
+}
+
+static void rel_stage(struct rel_data *d)
+{
+	_cleanup_free_ char *err = NULL;
+	struct stat st;
+	char dest[64];
+	int r;
+
+	switch (d->stage) {
+	case ST_CLONE:
+		if (d->scm == RELEASE_GIT) {
+			char *argv[] = { "git", "clone", "--quiet", "--no-checkout", "--", d->repository, ".", NULL };
+			return rel_spawn(d, d->relfd, argv, true);
+		}
+		if (d->scm == RELEASE_LOCAL) {
+			_cleanup_close_ int rootfd = rootfs_open(d->root);
+			_cleanup_close_ int src = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, d->repository, true);
+			int inherit;
+			char *argv[] = { "cp", "-a", "-T", "--", ".", dest, NULL };
+
+			if (src < 0) {
+				err = xasprintf("cannot open the source directory %s: %s", d->repository, strerror(-src));
+				return rel_fail(d, err);
+			}
+			/* The child reaches the new release through an inherited
+			 * descriptor (not close-on-exec), never a path string. */
+			inherit = fcntl(d->relfd, F_DUPFD, 3);
+			if (inherit < 0) {
+				err = xasprintf("cannot pass release %s to cp: %s", d->name, strerror(errno));
+				return rel_fail(d, err);
+			}
+			/* "/." so that cp follows the magic link to the directory. */
+			(void)snprintf(dest, sizeof(dest), "/proc/self/fd/%d/.", inherit);
+			d->stage = ST_CHECKOUT; /* cp is the whole checkout */
+			rel_spawn(d, src, argv, false);
+			(void)close(inherit);
+			return;
+		}
+		if (d->scm == RELEASE_ARCHIVE)
+			return rel_fetch(d);
+		d->stage = ST_CHECKOUT;
+		/* fall through */
+	case ST_CHECKOUT:
+		if (d->scm == RELEASE_ARCHIVE) {
+			/* GNU tar refuses members with ".." and strips leading "/". */
+			char *argv[] = { "tar", "-xzf", ARCHIVE_FILE, "--no-same-owner", "--no-same-permissions", NULL };
+			return rel_spawn(d, d->relfd, argv, true);
+		}
+		if (d->scm == RELEASE_GIT) {
+			/* A branch, tag or commit; a remote branch gets a local tracking branch. */
+			char *argv[] = { "git", "-c", "advice.detachedHead=false", "checkout", "--quiet",
+					 d->revision ? d->revision : "HEAD", "--", NULL };
+			return rel_spawn(d, d->relfd, argv, true);
+		}
+		d->stage = ST_PREPARE;
+		/* fall through */
+	case ST_PREPARE:
+		if (d->scm == RELEASE_ARCHIVE)
+			(void)unlinkat(d->relfd, ARCHIVE_FILE, 0);
+		/* The code is there: shared dirs and deploy.cfg go in before the build. */
+		if (link_shared(d, &err) < 0)
+			return rel_fail(d, err);
+		r = file_write_atomic_at(d->relfd, "deploy.cfg", d->deploy_cfg, strlen(d->deploy_cfg), 0600, d->uid,
+					 d->gid);
+		if (r < 0) {
+			err = xasprintf("cannot write deploy.cfg in release %s: %s", d->name, strerror(-r));
+			return rel_fail(d, err);
+		}
+		if (d->bootstrap_argv && fstatat(d->relfd, "bin/buildout", &st, 0) < 0)
+			return rel_spawn(d, d->relfd, d->bootstrap_argv, true);
+		d->stage = ST_BUILD;
+		/* fall through */
+	case ST_BUILD:
+		if (d->build_argv)
+			return rel_spawn(d, d->relfd, d->build_argv, true);
+		d->stage = ST_SWITCH;
+		/* fall through */
+	case ST_SWITCH: {
+		char **argv;
+
+		if (switch_current(d, &err) < 0)
+			return rel_fail(d, err);
+		argv = prune_argv(d);
+		if (argv) {
+			rel_spawn(d, d->rfd, argv, false);
+			strv_free(argv);
+			return;
+		}
+		d->stage = ST_FINISHED;
+	}
+		/* fall through */
+	case ST_FINISHED:
+		return rel_done(d, STEP_CHANGED, NULL);
+	case ST_CLEANUP:
+		return rel_done(d, STEP_FAILED, d->failure);
+	}
+}
+
+static void release_name(int rfd, char *out, size_t n)
+{
+	time_t t = time(NULL);
+	struct tm tm;
+	struct stat st;
+
+	/* UTC timestamps sort by time; two deploys in one second get the next second. */
+	for (int i = 0; i < 3600; i++, t++) {
+		gmtime_r(&t, &tm);
+		(void)strftime(out, n, "%Y%m%d%H%M%S", &tm);
+		if (fstatat(rfd, out, &st, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
+			return;
+	}
+}
+
+static void rel_apply(struct step *s, struct plan_exec *x)
+{
+	struct rel_data *d = s->data;
+	_cleanup_free_ char *err = NULL, *cur = NULL;
+	int r;
+
+	d->x = x;
+	free(d->failure);
+	d->failure = NULL;
+	d->dfd = d->rfd = d->relfd = -1;
+	if (open_dirs(d, &err) < 0)
+		return rel_done(d, STEP_FAILED, err);
+	cur = current_source(d->dfd);
+	if (cur && strcmp(cur, d->source_key) == 0)
+		return rel_done(d, STEP_UNCHANGED, NULL);
+	r = user_lookup(d->user, &d->uid, NULL);
+	if (r >= 0)
+		r = group_lookup(d->group, &d->gid);
+	if (r < 0) {
+		err = xasprintf("unknown user %s or group %s", d->user, d->group);
+		return rel_done(d, STEP_FAILED, err);
+	}
+	release_name(d->rfd, d->name, sizeof(d->name));
+	if (mkdirat(d->rfd, d->name, 0755) < 0) {
+		err = xasprintf("cannot create release %s/releases/%s: %s", d->deploy_to, d->name, strerror(errno));
+		return rel_done(d, STEP_FAILED, err);
+	}
+	d->relfd = openat(d->rfd, d->name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->relfd < 0) {
+		err = xasprintf("cannot open release %s: %s", d->name, strerror(errno));
+		return rel_done(d, STEP_FAILED, err);
+	}
+	if (fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
+		log_warn("cannot give release %s to %s: %m", d->name, d->user);
+	{
+		_cleanup_free_ char *msg = xasprintf("new release %s/releases/%s\n", d->deploy_to, d->name);
+		plan_step_output(x, msg, strlen(msg));
+	}
+	d->stage = ST_CLONE;
+	rel_stage(d);
+}
+
+static void rel_cancel(struct step *s)
+{
+	struct rel_data *d = s->data;
+
+	if (d->proc)
+		exec_terminate(d->proc);
+	if (d->req) {
+		http_request_cancel(d->req);
+		d->req = NULL;
+		rel_fail(d, "cancelled");
+	}
+}
+
+static int rel_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
+			char **ret_error)
+{
+	struct rel_data *d = s->data;
+	_cleanup_close_ int rootfd = rootfs_open(d->root);
+	_cleanup_close_ int dfd = rootfd < 0 ? -1 : rootfs_resolve(rootfd, d->deploy_to, true);
+	_cleanup_free_ char *cur = dfd < 0 ? NULL : current_source(dfd);
+
+	*ret_action = cur && strcmp(cur, d->source_key) == 0 ? "none" : "deploy";
+	return 0;
+}
+
+static const struct step_ops release_ops = {
+	.kind = "release",
+	.describe = rel_describe,
+	.apply = rel_apply,
+	.cancel = rel_cancel,
+	.free_data = rel_free,
+};
+
+struct step *plan_add_release(struct plan *p, const struct release_step_opts *o, char **ret_error)
+{
+	struct rel_data *d;
+
+	if (!o->deploy_to || !path_is_safe_absolute(o->deploy_to) || !o->repository || !o->source_key) {
+		*ret_error = xstrdup("release step without a deploy_to, repository or source");
+		return NULL;
+	}
+	d = xcalloc(1, sizeof(*d));
+	d->deploy_to = xstrdup(o->deploy_to);
+	d->scm = o->scm;
+	d->repository = xstrdup(o->repository);
+	d->revision = o->revision ? xstrdup(o->revision) : NULL;
+	d->userpwd = o->userpwd ? xstrdup(o->userpwd) : NULL;
+	d->source_key = xstrdup(o->source_key);
+	d->user = xstrdup(o->user);
+	d->group = xstrdup(o->group);
+	d->deploy_cfg = xstrdup(o->deploy_cfg ? o->deploy_cfg : "");
+	d->shared = strv_copy(o->shared);
+	d->bootstrap_argv = strv_copy(o->bootstrap_argv);
+	d->build_argv = strv_copy(o->build_argv);
+	d->env = strv_copy(o->env);
+	d->keep = o->keep > 0 ? o->keep : 5;
+	d->timeout_sec = o->timeout_sec;
+	d->root = xstrdup(p->root);
+	d->dfd = d->rfd = d->relfd = -1;
+	return plan_add(p, &release_ops, o->deploy_to, d);
+}

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The "service" step: a supervisord program driven over XML-RPC
+ * (agent/supervisor.h). Never supervisorctl, never a fork. */
+#pragma once
+
+#include <stdbool.h>
+
+struct plan;
+struct step;
+
+enum service_action {
+	SERVICE_UPDATE,  /* reloadConfig; add/replace/remove the app's groups; start what is not running */
+	SERVICE_START,
+	SERVICE_STOP,
+	SERVICE_RESTART, /* wait delay when it was running, then stop + start */
+};
+
+struct service_step_opts {
+	enum service_action action;
+	const char *socket;          /* supervisord's unix socket (a host path) */
+	long timeout_ms;             /* per XML-RPC call */
+	/* start, stop, restart: */
+	const char *name;            /* the program (= its group) */
+	long delay_sec;              /* restart: rolling-restart delay */
+	const struct step *update;   /* restart: borrowed (same plan); a program that step just added is not
+				      * restarted a second time */
+	/* update: */
+	const char *const *programs; /* NULL-terminated: the app's programs that must exist and run */
+	const char *app;             /* groups "<app>" and "<app>-*" belong to the app; others are never touched */
+	const char *conf_dir;        /* may be NULL: program files "<app>[-*].conf" here (inside root) that are
+				      * not in programs are removed first (a client count that went down) */
+};
+
+struct step *plan_add_service(struct plan *p, const struct service_step_opts *o, char **ret_error);

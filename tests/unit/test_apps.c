@@ -1,0 +1,238 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Unit tests of the apps family: XML-RPC building and parsing
+ * (agent/supervisor.c), deploy.cfg rendering, services and validation
+ * (agent/recipes/apps*.c). */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "recipes/apps.h"
+#include "recipes/plone.h"
+#include "stack.h"
+#include "step_packages.h"
+#include "supervisor.h"
+#include "util.h"
+
+static void test_build_call_escapes(void **state)
+{
+	json_t *p = json_pack("[s, b, i]", "a<b>&\"c", 1, 42);
+	char *x = xmlrpc_build_call("supervisor.startProcess", p);
+
+	assert_non_null(strstr(x, "<methodName>supervisor.startProcess</methodName>"));
+	assert_non_null(strstr(x, "<string>a&lt;b&gt;&amp;&quot;c</string>"));
+	assert_non_null(strstr(x, "<boolean>1</boolean>"));
+	assert_non_null(strstr(x, "<int>42</int>"));
+	free(x);
+	json_decref(p);
+}
+
+static void parse_ok(const char *xml, const char *want_json)
+{
+	json_t *v = NULL, *want = json_loads(want_json, JSON_DECODE_ANY, NULL);
+	int fault = -1;
+	char *err = NULL;
+
+	assert_int_equal(xmlrpc_parse_response(xml, strlen(xml), &v, &fault, &err), 0);
+	assert_int_equal(fault, 0);
+	assert_null(err);
+	assert_non_null(want);
+	assert_true(json_equal(v, want));
+	json_decref(v);
+	json_decref(want);
+}
+
+static void test_parse_values(void **state)
+{
+	parse_ok("<?xml version='1.0'?><methodResponse><params><param><value><array><data><value><array><data>"
+		 "<value><string>a</string></value></data></array></value><value><array><data></data></array></value>"
+		 "</data></array></value></param></params></methodResponse>",
+		 "[[\"a\"], []]");
+	parse_ok("<methodResponse><params><param><value><struct><member><name>pid</name><value><int>12</int></value>"
+		 "</member><member><name>statename</name><value><string>RUNNING</string></value></member>"
+		 "<member><name>x</name><value>bare &amp; text</value></member></struct></value></param></params>"
+		 "</methodResponse>",
+		 "{\"pid\": 12, \"statename\": \"RUNNING\", \"x\": \"bare & text\"}");
+	parse_ok("<methodResponse><params><param><value><boolean>1</boolean></value></param></params></methodResponse>",
+		 "true");
+}
+
+static void test_parse_fault(void **state)
+{
+	const char *xml = "<methodResponse><fault><value><struct><member><name>faultCode</name><value><int>70</int>"
+			  "</value></member><member><name>faultString</name><value><string>NOT_RUNNING: x</string>"
+			  "</value></member></struct></value></fault></methodResponse>";
+	json_t *v = NULL;
+	int fault = 0;
+	char *err = NULL;
+
+	assert_int_equal(xmlrpc_parse_response(xml, strlen(xml), &v, &fault, &err), 0);
+	assert_int_equal(fault, SUPERVISOR_NOT_RUNNING);
+	assert_string_equal(err, "NOT_RUNNING: x");
+	assert_null(v);
+	free(err);
+}
+
+static void test_parse_rejects(void **state)
+{
+	static const char *const bad[] = {
+		"",
+		"not xml",
+		"<methodResponse></methodResponse>",
+		"<other><params/></other>",
+		"<methodResponse><params><param><value><int>x</int></value></param></params></methodResponse>",
+		"<methodResponse><params><param><value><boolean>2</boolean></value></param></params></methodResponse>",
+		"<?xml version='1.0'?><!DOCTYPE m [<!ENTITY a 'aaaa'>]><methodResponse><params><param><value>"
+		"<string>&a;</string></value></param></params></methodResponse>",
+		"<methodResponse><fault><value><string>x</string></value></fault></methodResponse>",
+	};
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+		json_t *v = NULL;
+		int fault = 0;
+		char *err = NULL;
+		assert_true(xmlrpc_parse_response(bad[i], strlen(bad[i]), &v, &fault, &err) < 0);
+		assert_null(v);
+		assert_non_null(err);
+		free(err);
+	}
+}
+
+static struct stack *parse(const char *doc)
+{
+	struct stack *s = NULL;
+	struct stack_error err;
+	int r = stack_parse(doc, strlen(doc), "app1", &s, &err);
+	if (r < 0)
+		fail_msg("stack_parse: %s: %s", err.path, err.message);
+	return s;
+}
+
+static const char doc_fmt[] =
+	"{\"opsworks\":{\"layers\":{"
+	"\"plone_instances\":{\"instances\":{\"app1\":{\"private_ip\":\"10.0.0.1\",\"status\":\"online\"%s}}},"
+	"\"zeoserver\":{\"instances\":{"
+	"\"zeo0\":{\"private_ip\":\"10.0.2.9\",\"status\":\"stopped\"},"
+	"\"zeo1\":{\"private_ip\":\"10.0.2.1\",\"public_dns_name\":\"ec2-zeo\",\"status\":\"online\"}}}}},"
+	"\"deploy\":{\"plone_instances\":{\"scm\":{\"scm_type\":\"git\",\"repository\":\"/r\"},"
+	"\"environment\":{\"ZED\":\"1\",\"ALPHA\":\"2\",\"RAILS_ENV\":\"x\",\"TMPDIR\":\"/t\"}%s}},"
+	"\"plone_instances\":{%s}}";
+
+static struct stack *parse_fmt(const char *member, const char *app, const char *pi)
+{
+	char buf[4096];
+	(void)snprintf(buf, sizeof(buf), doc_fmt, member, app, pi);
+	return parse(buf);
+}
+
+static void test_render_instances(void **state)
+{
+	struct stack *s = parse_fmt("", ",\"buildout_extends\":[\"cfg/prod.cfg\"],\"buildout_parts_to_include\":[\"x\"]",
+				    "\"instance_count\":3");
+	char *cfg = apps_render_deploy_cfg(s, APP_INSTANCES, stack_app_find(s, "plone_instances"), "/srv/www/p");
+
+	/* extends, then parts: the clients first, then the stack's. */
+	assert_non_null(strstr(cfg, "extends =\n    cfg/base.cfg\n    cfg/prod.cfg\n"));
+	assert_non_null(strstr(cfg, "parts +=\n    client1\n    client2\n    client3\n    x\n"));
+	/* The ZEO server: the first online member, by its private address. */
+	assert_non_null(strstr(cfg, "[zeo-host]\naddress = 10.0.2.1:8001\n"));
+	assert_non_null(strstr(cfg, "[zeoserver]\naddress = ${zeo-host:address}\n"));
+	/* Sorted environment, without RAILS and TMP keys, with the egg cache. */
+	assert_non_null(strstr(cfg, "environment-vars +=\n    ALPHA 2\n    PYTHON_EGG_CACHE /srv/www/p/shared/eggs\n"
+				    "    ZED 1\n"));
+	assert_null(strstr(cfg, "RAILS_ENV"));
+	assert_null(strstr(cfg, "TMPDIR"));
+	assert_non_null(strstr(cfg, "[client3]\n<= client1\nhttp-address = 8083\n"));
+	assert_null(strstr(cfg, "[client4]"));
+	free(cfg);
+	stack_unref(s);
+}
+
+static void test_client_count(void **state)
+{
+	struct stack *s = parse_fmt(",\"backends\":12", "", "\"per_cpu\":2");
+	assert_int_equal(plone_client_count(s, NULL), 3); /* ceil(12 × 2 ÷ 8) */
+	stack_unref(s);
+	s = parse_fmt(",\"backends\":12", "", "\"per_cpu\":2,\"instance_count\":5");
+	assert_int_equal(plone_client_count(s, NULL), 5);
+	stack_unref(s);
+	s = parse_fmt("", "", "\"per_cpu\":0.5");
+	assert_int_equal(plone_client_count(s, NULL), (plone_cpu_count() + 1) / 2);
+	stack_unref(s);
+}
+
+static void test_services(void **state)
+{
+	struct stack *s = parse_fmt("", ",\"buildout_init_commands\":[{\"name\":\"celery\",\"cmd\":\"bin/celery\","
+					"\"args\":\"worker\",\"delay\":3}]",
+				    "\"instance_count\":2,\"restart_delay\":7");
+	struct app_services sv;
+
+	apps_services(s, APP_INSTANCES, stack_app_find(s, "plone_instances"), &sv);
+	assert_int_equal(sv.n, 3);
+	assert_string_equal(sv.v[0].name, "plone_instances-celery");
+	assert_string_equal(sv.v[0].command, "bin/celery worker");
+	assert_int_equal(sv.v[0].delay, 3);
+	assert_string_equal(sv.v[2].name, "plone_instances-client2");
+	assert_string_equal(sv.v[2].command, "bin/client2 console");
+	assert_int_equal(sv.v[2].delay, 7);
+	apps_services_free(&sv);
+	stack_unref(s);
+}
+
+static void test_validation_paths(void **state)
+{
+	static const struct {
+		const char *app, *path;
+	} cases[] = {
+		{ ",\"buildout_init_commands\":[{\"name\":\"x\",\"cmd\":\"../bin/sh\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[0]" },
+		{ ",\"buildout_extends\":[\"/etc/passwd\"]", "$.deploy.plone_instances.buildout_extends[0]" },
+		{ ",\"buildout_parts_to_include\":[\"a b\"]", "$.deploy.plone_instances.buildout_parts_to_include[0]" },
+		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"../x\"}]",
+		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+	};
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		char buf[4096];
+		struct stack *s = NULL;
+		struct stack_error err;
+
+		(void)snprintf(buf, sizeof(buf), doc_fmt, "", cases[i].app, "");
+		/* stack.c checks types; the family's validator checks the values. */
+		if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
+			fail_msg("case %zu: %s: %s", i, err.path, err.message);
+		assert_int_equal(apps_validate(s, &err), -EINVAL);
+		assert_string_equal(err.path, cases[i].path);
+		stack_unref(s);
+	}
+}
+
+static void test_packages_missing(void **state)
+{
+	static const char *const wanted[] = { "libxml2-dev", "libxslt-dev", "libc6:amd64", "nosuch", "installed", NULL };
+	const char *out = "libxml2-dev installed\nlibxslt-dev not-installed\n"
+			  "dpkg-query: no packages found matching nosuch\nlibc6 installed\ninstalled";
+	const char **m = packages_missing(out, strlen(out), wanted);
+
+	assert_string_equal(m[0], "libxslt-dev");
+	assert_string_equal(m[1], "nosuch");
+	assert_string_equal(m[2], "installed");
+	assert_null(m[3]);
+	free(m);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_build_call_escapes), cmocka_unit_test(test_parse_values),
+		cmocka_unit_test(test_parse_fault),	 cmocka_unit_test(test_parse_rejects),
+		cmocka_unit_test(test_render_instances), cmocka_unit_test(test_client_count),
+		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
+		cmocka_unit_test(test_packages_missing),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
