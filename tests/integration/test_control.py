@@ -425,7 +425,9 @@ def test_clients_that_never_read_after_eof_are_closed(make_agent):
             s.sendall(b'{"method":"stack"}\n')
             s.shutdown(socket.SHUT_WR)
             socks.append(s)
-        wait_for(lambda: daemon_fds(a) >= baseline + 10, what="the connections to be accepted")
+        # At least one held: on a loaded machine the first ones may already
+        # have reached their 5 s limit before the last is accepted.
+        wait_for(lambda: daemon_fds(a) > baseline, what="the connections to be accepted")
         assert a.ctl("status").returncode == 0
         # Closed after PROTO_FINISH_TIMEOUT_MS (5 s) without progress, well
         # before the 30 s idle timeout.
