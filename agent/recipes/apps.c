@@ -104,9 +104,10 @@ static int plan_dirs(struct app_plan *a)
 		if ((r = add_link(a, t, "/tmp")) < 0)
 			return r;
 	}
-	if (json_is_true(json_object_get(sec, "nfs_blobs")) || json_is_true(json_object_get(sec, "gluster_blobs")))
-		return storage_plan_blob_mounts(a->ctx, a->app, sec, a->plan, a->ret_error);
-	{
+	if (json_is_true(json_object_get(sec, "nfs_blobs")) || json_is_true(json_object_get(sec, "gluster_blobs"))) {
+		if ((r = storage_plan_blob_mounts(a->ctx, a->app, sec, a->plan, a->ret_error)) < 0)
+			return r;
+	} else {
 		const char *blob_dir = json_string_value(json_object_get(plone_section(a->ctx->stack, "plone_blobs"),
 									 "blob_dir"));
 		if (blob_dir) {
@@ -116,7 +117,8 @@ static int plan_dirs(struct app_plan *a)
 		}
 	}
 	{
-		/* Filestorage: the zeoserver, or a single box whose parts include zeoserver. */
+		/* Filestorage: the zeoserver, or a single box whose parts include
+		 * zeoserver; also when the blobs are shared (the file storage never is). */
 		const json_t *parts = json_object_get(a->app->json, "buildout_parts_to_include");
 		bool zeo_part = false;
 		size_t i;
@@ -125,12 +127,9 @@ static int plan_dirs(struct app_plan *a)
 		json_array_foreach((json_t *)parts, i, v)
 			zeo_part |= json_is_string(v) && strcmp(json_string_value(v), "zeoserver") == 0;
 		if (a->kind == APP_ZEOSERVER || zeo_part) {
-			const json_t *fs = json_object_get(plone_section(a->ctx->stack, "plone_zeoserver"), "filestorage_dir");
-			_cleanup_free_ char *def = xasprintf("%s/shared/zodb/filestorage",
-							    config_string(a->ctx->config, "ephemeral_mount_point"));
-			const char *dir = json_is_string(fs) ? json_string_value(fs) : def;
-			_cleanup_free_ char *p = xasprintf("%s/shared/var/filestorage", d);
-			if ((r = add_dir(a, dir, 0700, true)) < 0 || (r = add_link(a, p, dir)) < 0)
+			r = storage_plan_filestorage(a->ctx, a->app, plone_section(a->ctx->stack, "plone_zeoserver"),
+						     a->plan, a->ret_error);
+			if (r < 0)
 				return r;
 		}
 	}
