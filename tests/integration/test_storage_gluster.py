@@ -65,6 +65,10 @@ def glusterd(tmpdir_agent):
     for sub in ("wd", "run", "log"):
         os.makedirs(os.path.join(d, sub))
     sock = os.path.join(d, "glusterd.sock")
+    # A run that was killed (not failed: failures clean up below) leaves its
+    # pair and namespace behind; they are this test's own names.
+    subprocess.run(["ip", "link", "del", "agst0"], capture_output=True)
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
     subprocess.run(["ip", "link", "add", "agst0", "type", "veth", "peer", "name", "agst1"], check=True)
     try:
         subprocess.run(["ip", "addr", "add", ADDR + "/24", "dev", "agst0"], check=True)
