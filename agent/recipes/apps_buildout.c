@@ -153,6 +153,19 @@ static void render_instances(struct buf *b, const struct stack *s, const struct 
 			buf_puts(b, "\n");
 		}
 		buf_puts(b, "\n");
+		if (json_is_true(json_object_get(rs, "enable_pack"))) {
+			/* Packing (reference §4.1 item 3): the parts after the clients. */
+			const json_t *days = json_object_get(rs, "pack_days");
+			buf_puts(parts, "pack-config\n");
+			buf_puts(parts, json_is_true(json_object_get(rs, "two_stage_pack")) ? "zodbpack-prepack\nzodbpack-pack\n"
+											      : "zodbpack\n");
+			if (json_is_integer(days))
+				buf_printf(b, "[zodbpack]\npack-days = %lld\n\n", (long long)json_integer_value(days));
+			if (json_is_false(json_object_get(rs, "pack_gc")))
+				buf_puts(b, "[pack-config]\nenable-gc = false\n\n");
+			else if (json_is_true(json_object_get(rs, "truncate_refs")))
+				buf_puts(parts, "zodb-clear-refs\n");
+		}
 	} else {
 		const json_t *zeo = json_object_get(pi, "zeo");
 		const char *addr = json_string_value(json_object_get(zeo, "address"));

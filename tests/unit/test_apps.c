@@ -152,6 +152,43 @@ static void test_render_instances(void **state)
 	stack_unref(s);
 }
 
+static void test_render_relstorage_solr_celery(void **state)
+{
+	struct stack *s = parse(
+		"{\"opsworks\":{\"layers\":{"
+		"\"plone_instances\":{\"instances\":{\"app1\":{\"private_ip\":\"10.0.0.1\",\"status\":\"online\"}}},"
+		"\"memcached\":{\"instances\":{\"m1\":{\"private_ip\":\"10.0.5.1\",\"status\":\"online\"},"
+		"\"m2\":{\"private_ip\":\"10.0.5.2\",\"status\":\"stopped\"},"
+		"\"m3\":{\"private_dns_name\":\"m3.internal\",\"status\":\"online\"}}},"
+		"\"solr\":{\"instances\":{\"s1\":{\"private_ip\":\"10.0.6.1\",\"status\":\"online\"}}},"
+		"\"celery_broker\":{\"instances\":{\"b1\":{\"private_ip\":\"10.0.7.1\",\"status\":\"online\"}}}}},"
+		"\"deploy\":{\"plone_instances\":{\"scm\":{\"scm_type\":\"git\",\"repository\":\"/r\"},"
+		"\"buildout_parts_to_include\":[\"extra\"]}},"
+		"\"plone_instances\":{\"instance_count\":2,\"enable_relstorage\":true,\"solr_enabled\":true,"
+		"\"enable_celery\":true,\"broker\":{\"port\":6380},"
+		"\"relstorage\":{\"db\":{\"name\":\"zodb\",\"host\":\"db.internal\",\"user\":\"z\",\"password\":\"pw\","
+		"\"adapter\":\"postgresql\"},\"enable_pack\":true,\"two_stage_pack\":true,\"pack_days\":3,"
+		"\"truncate_refs\":true}}}");
+	char *cfg = apps_render_deploy_cfg(s, APP_INSTANCES, stack_app_find(s, "plone_instances"), "/srv/www/p");
+
+	assert_non_null(strstr(cfg, "extends =\n    cfg/base.cfg\n    cfg/relstorage.cfg\n"));
+	/* Clients, then the pack parts, then celery, then the stack's parts. */
+	assert_non_null(strstr(cfg, "parts +=\n    client1\n    client2\n    pack-config\n    zodbpack-prepack\n"
+				    "    zodbpack-pack\n    zodb-clear-refs\n    celery\n    extra\n"));
+	assert_non_null(strstr(cfg, "eggs +=\n    psycopg2\n    pylibmc\n"));
+	/* The port is never written (reference §4.1). */
+	assert_non_null(strstr(cfg, "[relstorage]\ndbname = zodb\nhost = db.internal\nuser = z\npassword = pw\n"));
+	/* Online (or self) memcached members, private addresses first. */
+	assert_non_null(strstr(cfg, "[memcached]\nservers = 10.0.5.1:11211 m3.internal:11211\n"));
+	assert_non_null(strstr(cfg, "[zodbpack]\npack-days = 3\n"));
+	assert_null(strstr(cfg, "[zeo-host]"));
+	assert_non_null(strstr(cfg, "[solr-host]\nhost = 10.0.6.1\n"));
+	assert_non_null(strstr(cfg, "[celery-broker]\nhost = 10.0.7.1\nport = 6380\n"));
+	assert_non_null(strstr(cfg, "[celery]\nbroker-host = 10.0.7.1\nbroker-port = 6380\n"));
+	free(cfg);
+	stack_unref(s);
+}
+
 static void test_client_count(void **state)
 {
 	struct stack *s = parse_fmt(",\"backends\":12", "", "\"per_cpu\":2");
@@ -230,7 +267,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_build_call_escapes), cmocka_unit_test(test_parse_values),
 		cmocka_unit_test(test_parse_fault),	 cmocka_unit_test(test_parse_rejects),
-		cmocka_unit_test(test_render_instances), cmocka_unit_test(test_client_count),
+		cmocka_unit_test(test_render_instances), cmocka_unit_test(test_render_relstorage_solr_celery),
+		cmocka_unit_test(test_client_count),
 		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
 		cmocka_unit_test(test_packages_missing),
 	};
