@@ -27,7 +27,8 @@
 #define ARCHIVE_MAX (1024L * 1024 * 1024)
 
 /* Each stage may start one child; when it exits 0 the next stage runs. */
-enum rel_stage { ST_CLONE, ST_CHECKOUT, ST_PREPARE, ST_BUILD, ST_SWITCH, ST_FINISHED, ST_CLEANUP };
+enum rel_stage { ST_RESOLVE, ST_CLONE, ST_CHECKOUT, ST_PREPARE, ST_BUILD, ST_SWITCH, ST_FINISHED, ST_CLEANUP };
+#define RESOLVE_MAX (64 * 1024)
 
 struct rel_data {
 	char *deploy_to;
@@ -46,6 +47,8 @@ struct rel_data {
 	char name[32];       /* the new release */
 	enum rel_stage stage;
 	char *failure;       /* set when cleaning up after a failure */
+	char *commit;        /* git: the commit the revision names now (ls-remote), or NULL */
+	struct buf resolved; /* git ls-remote's output */
 	uid_t uid;
 	gid_t gid;
 };
@@ -100,6 +103,8 @@ static void rel_free(void *data)
 	free(d->deploy_cfg);
 	free(d->root);
 	free(d->failure);
+	free(d->commit);
+	buf_free(&d->resolved);
 	strv_free(d->shared);
 	strv_free(d->bootstrap_argv);
 	strv_free(d->build_argv);
@@ -166,8 +171,16 @@ static void rel_fetch(struct rel_data *d);
 static void cb_output(void *userdata, const char *data, size_t len)
 {
 	struct rel_data *d = userdata;
+
+	if (d->stage == ST_RESOLVE) {
+		if (d->resolved.len + len <= RESOLVE_MAX)
+			buf_append(&d->resolved, data, len);
+		return;
+	}
 	plan_step_output(d->x, data, len);
 }
+
+static void resolve_done(struct rel_data *d, const struct exec_result *r);
 
 static void cb_child_done(void *userdata, const struct exec_result *r)
 {
@@ -178,8 +191,10 @@ static void cb_child_done(void *userdata, const struct exec_result *r)
 	d->proc = NULL;
 	if (d->stage == ST_CLEANUP)
 		return rel_done(d, STEP_FAILED, d->failure);
+	if (d->stage == ST_RESOLVE)
+		return resolve_done(d, r);
 	if (r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0) {
-		static const char *const what[] = { "checkout", "checkout", "bootstrap", "buildout", "pruning" };
+		static const char *const what[] = { "resolving", "checkout", "checkout", "bootstrap", "buildout", "pruning" };
 		if (d->scm == RELEASE_ARCHIVE && d->stage == ST_CHECKOUT)
 			what_override = "unpacking";
 		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
@@ -381,6 +396,8 @@ static void rel_stage(struct rel_data *d)
 	int r;
 
 	switch (d->stage) {
+	case ST_RESOLVE: /* handled by resolve_done() */
+		return rel_done(d, STEP_FAILED, "internal error: release stage");
 	case ST_CLONE:
 		if (d->scm == RELEASE_GIT) {
 			char *argv[] = { "git", "clone", "--quiet", "--no-checkout", "--", d->repository, ".", NULL };
@@ -423,7 +440,7 @@ static void rel_stage(struct rel_data *d)
 		if (d->scm == RELEASE_GIT) {
 			/* A branch, tag or commit; a remote branch gets a local tracking branch. */
 			char *argv[] = { "git", "-c", "advice.detachedHead=false", "checkout", "--quiet",
-					 d->revision ? d->revision : "HEAD", "--", NULL };
+					 d->commit ? d->commit : d->revision ? d->revision : "HEAD", "--", NULL };
 			return rel_spawn(d, d->relfd, argv, true);
 		}
 		d->stage = ST_PREPARE;
@@ -485,18 +502,47 @@ static void release_name(int rfd, char *out, size_t n)
 	}
 }
 
-static void rel_apply(struct step *s, struct plan_exec *x)
+/* A full commit id needs no resolving; a branch, a tag or nothing (HEAD) does. */
+static bool needs_resolve(const struct rel_data *d)
 {
-	struct rel_data *d = s->data;
+	size_t n = d->revision ? strlen(d->revision) : 0;
+
+	if (d->scm != RELEASE_GIT)
+		return false;
+	if (n == 40 && strspn(d->revision, "0123456789abcdef") == 40)
+		return false;
+	return true;
+}
+
+/* The commit of ref in ls-remote output ("<sha>\t<ref>\n"...): a branch
+ * first, then a tag, then HEAD; NULL when nothing matches (an abbreviated
+ * commit id, which the checkout resolves itself). */
+static char *pick_commit(const char *out, const char *rev)
+{
+	static const char *const prefixes[] = { "refs/heads/", "refs/tags/", "" };
+
+	for (size_t p = 0; p < ELEMENTSOF(prefixes); p++)
+		for (const char *line = out; line && *line;) {
+			const char *nl = strchr(line, '\n');
+			size_t len = nl ? (size_t)(nl - line) : strlen(line);
+			const char *tab = memchr(line, '\t', len);
+
+			if (tab && tab - line == 40 && strspn(line, "0123456789abcdef") >= 40) {
+				_cleanup_free_ char *want = xasprintf("%s%s", prefixes[p], rev);
+				size_t rl = len - (size_t)(tab + 1 - line);
+				if (rl == strlen(want) && memcmp(tab + 1, want, rl) == 0)
+					return xstrndup(line, 40);
+			}
+			line = nl ? nl + 1 : NULL;
+		}
+	return NULL;
+}
+
+static void apply_continue(struct rel_data *d)
+{
 	_cleanup_free_ char *err = NULL, *cur = NULL;
 	int r;
 
-	d->x = x;
-	free(d->failure);
-	d->failure = NULL;
-	d->dfd = d->rfd = d->relfd = -1;
-	if (open_dirs(d, &err) < 0)
-		return rel_done(d, STEP_FAILED, err);
 	cur = current_source(d->dfd);
 	if (cur && strcmp(cur, d->source_key) == 0)
 		return rel_done(d, STEP_UNCHANGED, NULL);
@@ -520,11 +566,57 @@ static void rel_apply(struct step *s, struct plan_exec *x)
 	if (fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
 		log_warn("cannot give release %s to %s: %m", d->name, d->user);
 	{
-		_cleanup_free_ char *msg = xasprintf("new release %s/releases/%s\n", d->deploy_to, d->name);
-		plan_step_output(x, msg, strlen(msg));
+		_cleanup_free_ char *msg = d->commit ? xasprintf("new release %s/releases/%s (commit %s)\n", d->deploy_to,
+								 d->name, d->commit)
+						     : xasprintf("new release %s/releases/%s\n", d->deploy_to, d->name);
+		plan_step_output(d->x, msg, strlen(msg));
 	}
 	d->stage = ST_CLONE;
 	rel_stage(d);
+}
+
+static void resolve_done(struct rel_data *d, const struct exec_result *r)
+{
+	const char *rev = d->revision ? d->revision : "HEAD";
+
+	if (r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0) {
+		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
+		_cleanup_free_ char *msg = xasprintf("cannot look up revision %s in the repository: %s", rev, why);
+		if (d->resolved.len) /* git's own message */
+			plan_step_output(d->x, d->resolved.data, d->resolved.len);
+		return rel_done(d, STEP_FAILED, msg);
+	}
+	d->commit = pick_commit(d->resolved.data ? d->resolved.data : "", rev);
+	if (d->commit) {
+		/* The recorded source names the commit, so a branch that moved
+		 * is a new release and one that did not is no change. */
+		char *key = xasprintf("%s\ncommit %s\n", d->source_key, d->commit);
+		free(d->source_key);
+		d->source_key = key;
+	}
+	apply_continue(d);
+}
+
+static void rel_apply(struct step *s, struct plan_exec *x)
+{
+	struct rel_data *d = s->data;
+	_cleanup_free_ char *err = NULL;
+
+	d->x = x;
+	free(d->failure);
+	d->failure = NULL;
+	d->dfd = d->rfd = d->relfd = -1;
+	if (open_dirs(d, &err) < 0)
+		return rel_done(d, STEP_FAILED, err);
+	if (needs_resolve(d)) {
+		/* Where the branch or tag points now: stdout only, no progress. */
+		char *argv[] = { "git", "ls-remote", "--", d->repository, d->revision ? d->revision : "HEAD", NULL };
+		d->stage = ST_RESOLVE;
+		buf_free(&d->resolved);
+		buf_init(&d->resolved);
+		return rel_spawn(d, d->dfd, argv, true);
+	}
+	apply_continue(d);
 }
 
 static void rel_cancel(struct step *s)
@@ -548,7 +640,13 @@ static int rel_describe(struct step *s, const struct step_env *env, const char *
 	_cleanup_close_ int dfd = rootfd < 0 ? -1 : rootfs_resolve(rootfd, d->deploy_to, true);
 	_cleanup_free_ char *cur = dfd < 0 ? NULL : current_source(dfd);
 
-	*ret_action = cur && strcmp(cur, d->source_key) == 0 ? "none" : "deploy";
+	/* For git the recorded source also names the commit, which only the
+	 * run looks up (a fork): the same scm counts as converged here. */
+	*ret_action = cur && strncmp(cur, d->source_key, strlen(d->source_key)) == 0 &&
+				      (cur[strlen(d->source_key)] == '\0' ||
+				       strncmp(cur + strlen(d->source_key), "\ncommit ", 8) == 0)
+			      ? "none"
+			      : "deploy";
 	return 0;
 }
 

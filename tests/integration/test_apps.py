@@ -2,6 +2,8 @@
 # zc.buildout through conf/demo/bin/buildout), a real private supervisord.
 import json
 import os
+import shutil
+import subprocess
 
 from apps_fixtures import answers, apps_env, apps_stack, commit, http_get, last_run, run_steps  # noqa: F401
 from conftest import wait_for
@@ -153,6 +155,44 @@ def test_new_revisions_prune_rollback_and_failed_build(apps_env):
     assert releases(a) == [second, third]  # the failed release was removed
     assert sup.pids("plone_instances-") == pids
     assert http_get(8081)["part"] == "client1"
+
+
+def test_branch_that_moved_is_a_new_release_on_deploy(apps_env):
+    # revision "main" is a branch: a deploy asks git where it points now, so
+    # a new commit is a new release and an unmoved branch is no change.
+    make, repo = apps_env
+    a, sup = make(apps_stack(repo, revision="main"))
+    a.wait_runs(3, timeout=120)
+    a.wait_idle(timeout=120)
+    wait_clients([8081, 8082])
+    first = current(a)
+
+    def deploy():
+        p = a.ctl("run", "deploy", "--app", "plone_instances", "--wait")
+        r = last_run(a, event="deploy")
+        assert (p.returncode == 0) == (r["status"] == "success"), (p, r)
+        return r
+
+    r = deploy()
+    assert r["status"] == "success" and r["changed"] == 0, r
+    assert current(a) == first
+
+    commit(repo, "v2")
+    r = deploy()
+    assert r["status"] == "success" and r["changed"] > 0, r
+    second = current(a)
+    assert second != first
+    assert open(os.path.join(a.root, DEPLOY_TO, "current", "VERSION")).read() == "v2\n"
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert ("commit " + head) in a.ctl("log", str(r["id"])).stdout
+
+    # A repository that is gone: the lookup fails the step, current stays.
+    shutil.rmtree(os.path.join(repo, ".git"))
+    r = deploy()
+    assert r["status"] == "failed", r
+    steps = run_steps(a, r["id"])
+    assert any("cannot look up revision main" in (st.get("error") or "") for st in steps), steps
+    assert current(a) == second
 
 
 def two_apps_stack(repo):
