@@ -1190,6 +1190,14 @@ static void exec_apply(struct step *s, struct plan_exec *x)
 		x->cbs.on_spawn(x->userdata, s, exec_pgid(d->proc));
 }
 
+void plan_step_spawned(struct plan_exec *x, const struct exec *proc)
+{
+	struct step *s = plan_exec_current(x);
+
+	if (s && proc && x->cbs.on_spawn && exec_pgid(proc) > 0)
+		x->cbs.on_spawn(x->userdata, s, exec_pgid(proc));
+}
+
 static void exec_cancel(struct step *s)
 {
 	struct exec_data *d = s->data;

@@ -193,6 +193,11 @@ void plan_step_output(struct plan_exec *x, const char *data, size_t len);
 void plan_step_done(struct plan_exec *x, enum step_status status, const char *error_fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 const struct step_env *plan_exec_env(struct plan_exec *x);
+/* For step kinds that start children of their own (exec_start): reports the
+ * child's process group, so that a restarted agentd ends what a killed one
+ * left running (the exec kind does this itself). */
+struct exec;
+void plan_step_spawned(struct plan_exec *x, const struct exec *proc);
 struct step *plan_exec_current(struct plan_exec *x);
 /* Whether a step id has changed in this execution (for guards and kinds). */
 bool plan_exec_step_changed(struct plan_exec *x, const char *id);

@@ -163,7 +163,8 @@ static void spawn_in_dir(struct fetch_data *d, char *const *argv, const char *us
 	if (r < 0) {
 		_cleanup_free_ char *msg = xasprintf("could not start %s: %s", argv[0], strerror(-r));
 		fetch_done(d, STEP_FAILED, msg);
-	}
+	} else
+		plan_step_spawned(d->x, d->proc);
 }
 
 static void cb_fetched(void *userdata, const struct http_response *resp)

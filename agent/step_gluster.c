@@ -250,6 +250,8 @@ static void spawn(struct gluster_step *g, char **suffix)
 	free(argv);
 	if (r < 0)
 		plan_step_done(g->x, STEP_FAILED, "cannot run gluster: %s", strerror(-r));
+	else
+		plan_step_spawned(g->x, g->exec);
 }
 
 static void run_next(struct gluster_step *g)

@@ -138,7 +138,8 @@ static void pkg_spawn(struct pkg_data *d, char **argv)
 		struct plan_exec *x = d->x;
 		d->x = NULL;
 		plan_step_done(x, STEP_FAILED, "could not start %s: %s", argv[0], strerror(-r));
-	}
+	} else
+		plan_step_spawned(d->x, d->proc);
 }
 
 /* argv + names, NULL-terminated (malloc'd array of borrowed strings). */

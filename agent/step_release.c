@@ -231,7 +231,8 @@ static void rel_spawn(struct rel_data *d, int dirfd, char *const *argv, bool as_
 	if (r < 0) {
 		_cleanup_free_ char *msg = xasprintf("could not start %s: %s", argv[0], strerror(-r));
 		rel_fail(d, msg);
-	}
+	} else
+		plan_step_spawned(d->x, d->proc);
 }
 
 static void rel_fail(struct rel_data *d, const char *msg)

@@ -351,6 +351,8 @@ static void start_mkfs(struct volume_step *v)
 	free(argv);
 	if (r < 0)
 		plan_step_done(v->x, STEP_FAILED, "cannot run mkfs: %s", strerror(-r));
+	else
+		plan_step_spawned(v->x, v->exec);
 }
 
 static void on_work_done(uv_work_t *w, int status)

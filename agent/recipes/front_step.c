@@ -343,6 +343,7 @@ static void cf_apply(struct step *s, struct plan_exec *x)
 		cf_cleanup_run(d);
 		return plan_step_done(x, STEP_FAILED, "could not start %s: %s", d->check_argv[0], strerror(-r));
 	}
+	plan_step_spawned(x, d->proc);
 }
 
 static void cf_cancel(struct step *s)
@@ -573,6 +574,7 @@ static void vcl_next(struct vcl_data *d)
 		d->proc = NULL;
 		return plan_step_done(x, STEP_FAILED, "could not start %s: %s", d->adm[0], strerror(-r));
 	}
+	plan_step_spawned(d->x, d->proc);
 }
 
 static void vcl_apply(struct step *s, struct plan_exec *x)
