@@ -211,6 +211,47 @@ bool name_is_valid(const char *s)
 	return true;
 }
 
+bool path_is_system_dir(const char *p)
+{
+	static const char *const trees[] = { "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+					     "/proc", "/root", "/run", "/sbin", "/sys", "/usr" };
+	static const char *const exact[] = { "/var", "/home", "/srv", "/mnt", "/opt", "/tmp", "/var/lib", "/var/log" };
+	char buf[PATH_MAX];
+	size_t n;
+
+	if (!p || !*p)
+		return true;
+	/* Without trailing and doubled slashes. */
+	n = 0;
+	for (const char *c = p; *c && n < sizeof(buf) - 1; c++)
+		if (!(*c == '/' && n > 0 && buf[n - 1] == '/'))
+			buf[n++] = *c;
+	while (n > 1 && buf[n - 1] == '/')
+		n--;
+	buf[n] = '\0';
+	if (strcmp(buf, "/") == 0)
+		return true;
+	for (size_t i = 0; i < ELEMENTSOF(exact); i++)
+		if (strcmp(buf, exact[i]) == 0)
+			return true;
+	for (size_t i = 0; i < ELEMENTSOF(trees); i++) {
+		size_t l = strlen(trees[i]);
+		if (strncmp(buf, trees[i], l) == 0 && (buf[l] == '\0' || buf[l] == '/'))
+			return true;
+	}
+	return false;
+}
+
+bool path_is_plain(const char *p)
+{
+	if (!p || !*p)
+		return false;
+	for (const char *c = p; *c; c++)
+		if (!isalnum((unsigned char)*c) && *c != '_' && *c != '.' && *c != '/' && *c != '-')
+			return false;
+	return true;
+}
+
 bool path_is_safe_absolute(const char *p)
 {
 	const char *c;

@@ -67,6 +67,17 @@ bool name_is_valid(const char *s);
  * other than a trailing one, no NUL, at most PATH_MAX bytes. */
 bool path_is_safe_absolute(const char *p);
 
+/* Whether p (a safe absolute path) is a directory of the operating system
+ * that a recipe must never own, chmod, mount over or remove: "/" itself, or
+ * /bin, /boot, /dev, /etc, /lib*, /proc, /root, /run, /sbin, /sys, /usr,
+ * /var and /home themselves or anything under the first eleven. Paths
+ * under /var (e.g. /var/www) and /home are allowed, /var and /home not. */
+bool path_is_system_dir(const char *p);
+
+/* Characters that are safe in a path written into a config file line
+ * (supervisor programs, fstab, buildout): [A-Za-z0-9_./-]. */
+bool path_is_plain(const char *p);
+
 /* Joins path under root. path may be absolute ("/srv/www" under root
  * "/tmp/r" gives "/tmp/r/srv/www") or relative; ".." components are refused
  * with -EINVAL. Symlinks are not resolved here. */

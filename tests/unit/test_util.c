@@ -572,6 +572,26 @@ static void test_rootfs_mount_id(void **state)
 	close(fd);
 }
 
+static void test_path_is_system_dir(void **state)
+{
+	/* The system itself: never owned, chmodded, mounted over or removed by a recipe. */
+	for (const char *const *p = (const char *const[]){ "/", "//", "/etc", "/etc/", "/etc/ssh", "/usr", "/usr/lib",
+							   "/var", "/var/", "/home", "/srv", "/mnt", "/tmp", "/var/lib",
+							   "/lib64/x", "/root/.ssh", "/boot", "/dev/sda", "//usr//", NULL };
+	     *p; p++)
+		assert_true(path_is_system_dir(*p));
+	/* What recipes are for. */
+	for (const char *const *p = (const char *const[]){ "/srv/www/app", "/var/www", "/mnt/shared/zodb", "/data",
+							   "/home/deploy", "/opt/app", "/etcetera", "/usrdata", NULL };
+	     *p; p++)
+		assert_false(path_is_system_dir(*p));
+	assert_true(path_is_plain("/srv/www/app-1_x.y"));
+	assert_false(path_is_plain("/srv/50%"));
+	assert_false(path_is_plain("/srv/a b"));
+	assert_false(path_is_plain("/srv/a\"b"));
+	assert_false(path_is_plain(""));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -581,6 +601,7 @@ int main(void)
 		cmocka_unit_test(test_tmp_name_random),
 		cmocka_unit_test_setup_teardown(test_fd_read_all, setup, teardown),
 		cmocka_unit_test(test_user_group_lookup),
+		cmocka_unit_test(test_path_is_system_dir),
 		cmocka_unit_test_setup_teardown(test_rootfs_openat2, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_fallback, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_same_answers, rsetup, rteardown),
