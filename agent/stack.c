@@ -439,10 +439,25 @@ static void self_layer_add(struct stack *s, const char *shortname, size_t cap)
 	s->self_layers[s->n_self_layers++] = xstrdup(shortname);
 }
 
+/* The first four are addresses (see parse_member). */
 static const char *const member_string_keys[] = {
 	"private_ip", "private_dns_name", "public_dns_name", "ip", "status", "aws_instance_id",
 	"availability_zone", "instance_type", "elastic_ip", NULL,
 };
+
+/* A host name or an IPv4/IPv6 address: [A-Za-z0-9.:-], not starting with '-'
+ * (it would read as an option), at most 253 bytes. */
+static bool address_is_plain(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 253 || s[0] == '-')
+		return false;
+	for (const char *c = s; *c; c++)
+		if (!isalnum((unsigned char)*c) && *c != '.' && *c != ':' && *c != '-')
+			return false;
+	return true;
+}
 
 static int parse_member(struct stack_error *err, const char *path, const char *hostname, json_t *m,
 			struct stack_member *ret)
@@ -452,9 +467,18 @@ static int parse_member(struct stack_error *err, const char *path, const char *h
 	if (!json_is_object(m))
 		return type_error(err, path, "an object", m);
 	for (size_t i = 0; member_string_keys[i]; i++) {
-		r = check_string(err, path, m, member_string_keys[i], NULL);
+		const char *v = NULL;
+		r = check_string(err, path, m, member_string_keys[i], &v);
 		if (r < 0)
 			return r;
+		/* Addresses become hosts in configs (haproxy, deploy.cfg, fstab)
+		 * and arguments of tools (mount, gluster): nothing but a host. */
+		if (v && *v && i < 4 && !address_is_plain(v)) {
+			char apath[PATH_SIZE], q[256];
+			stack_path_key(apath, sizeof(apath), path, member_string_keys[i]);
+			return stack_error_set(err, apath, "must be a host name or an IP address, got %s",
+					       stack_quote(q, sizeof(q), v));
+		}
 	}
 	ret->backends = -1;
 	r = check_int(err, path, m, "backends", 0, LONG_MAX, &ret->backends);
@@ -705,6 +729,16 @@ static int parse_app(struct stack_error *err, const char *path, const char *name
 	    (r = check_array_of(err, path, app, "buildout_cache_archives", JSON_OBJECT)) < 0 ||
 	    (r = check_bool(err, path, app, "always_build_on_deploy")) < 0)
 		return r;
+	if (deploy_to && (!path_is_plain(deploy_to) || path_is_system_dir(deploy_to))) {
+		char dpath[PATH_SIZE], q[256];
+		/* It is owned, chmodded and, at undeploy, removed; and it is
+		 * written into supervisor program files and deploy.cfg. */
+		stack_path_key(dpath, sizeof(dpath), path, "deploy_to");
+		return stack_error_set(err, dpath,
+				       "must be a directory of its own made of [A-Za-z0-9_./-], not a system directory "
+				       "such as /, /etc, /usr, /var or /srv, got %s",
+				       stack_quote(q, sizeof(q), deploy_to));
+	}
 	ret->deploy_to = deploy_to ? xstrdup(deploy_to) : xasprintf("/srv/www/%s", name);
 	ret->user = xstrdup(user ? user : "deploy");
 	ret->group = xstrdup(group ? group : "www-data");
@@ -732,6 +766,19 @@ static int parse_deploy(struct stack *s, struct stack_error *err)
 		if (r < 0)
 			return r;
 	}
+	/* An app's tree is removed at its undeploy: it must not hold another's. */
+	for (size_t i = 0; i < s->n_apps; i++)
+		for (size_t j = 0; j < s->n_apps; j++) {
+			const char *a = s->apps[i].deploy_to, *b = s->apps[j].deploy_to;
+			size_t la = strlen(a);
+			if (i == j || strncmp(a, b, la) != 0 || (b[la] != '\0' && b[la] != '/'))
+				continue;
+			char apath[PATH_SIZE];
+			stack_path_key(apath, sizeof(apath), "$.deploy", s->apps[j].name);
+			stack_path_key(path, sizeof(path), apath, "deploy_to");
+			return stack_error_set(err, path, "%s is %s the deploy_to of app %s", b,
+					       b[la] ? "inside" : "the same as", s->apps[i].name);
+		}
 	return 0;
 }
 

@@ -862,6 +862,33 @@ static void test_diff_custom_json(void **state)
 	expect_diff_change("nobody", "plone_instances.instance_count", "3", "");
 }
 
+static void test_deploy_to_and_addresses_are_checked(void **state)
+{
+	struct stack *s;
+
+	/* deploy_to is owned, chmodded and removed at undeploy. */
+	expect_error("{'deploy': {'a': {'deploy_to': '/usr'}}}", "$.deploy.a.deploy_to", "system directory");
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv'}}}", "$.deploy.a.deploy_to", "system directory");
+	expect_error("{'deploy': {'a': {'deploy_to': '/etc/app'}}}", "$.deploy.a.deploy_to", NULL);
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/50%'}}}", "$.deploy.a.deploy_to", NULL);
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/a b'}}}", "$.deploy.a.deploy_to", NULL);
+	/* One app's tree must not hold another's. */
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/www'}, 'b': {}}}", "$.deploy.b.deploy_to", "inside");
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/x'}, 'b': {'deploy_to': '/srv/x/'}}}",
+		     "$.deploy.b.deploy_to", NULL);
+	s = parse_ok("{'deploy': {'a': {'deploy_to': '/srv/www/a'}, 'ab': {'deploy_to': '/srv/www/ab'}}}", "app1");
+	stack_unref(s);
+	/* Member addresses become hosts in configs and tool arguments. */
+	expect_error("{'opsworks': {'layers': {'l': {'instances': {'m': {'private_ip': '10.0.0.1\\n[x]'}}}}}}",
+		     "$.opsworks.layers.l.instances.m.private_ip", "host name or an IP address");
+	expect_error("{'opsworks': {'layers': {'l': {'instances': {'m': {'private_dns_name': '-V'}}}}}}",
+		     "$.opsworks.layers.l.instances.m.private_dns_name", NULL);
+	s = parse_ok("{'opsworks': {'layers': {'l': {'instances': {'m': {'private_ip': 'fd00::1', 'ip': '',"
+		     " 'public_dns_name': 'ec2-1-2-3-4.compute-1.amazonaws.com'}}}}}}",
+		     "app1");
+	stack_unref(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -888,6 +915,7 @@ int main(void)
 		cmocka_unit_test(test_diff_layer_removed),
 		cmocka_unit_test(test_diff_deploy),
 		cmocka_unit_test(test_diff_custom_json),
+		cmocka_unit_test(test_deploy_to_and_addresses_are_checked),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
