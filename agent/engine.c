@@ -793,6 +793,16 @@ static void set_input_hash(void *userdata, const char *key, uint64_t hash)
 {
 	struct engine *e = userdata;
 	char hex[17];
+	if (strncmp(key, "pending:", 8) == 0) {
+		/* Work owed by guarded steps: kept only while owed, and saved
+		 * at once, so that a kill before the reload does not lose it. */
+		if (hash)
+			json_object_set_new(e->input_hashes, key, json_string("0000000000000001"));
+		else
+			json_object_del(e->input_hashes, key);
+		engine_persist(e);
+		return;
+	}
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hash);
 	json_object_set_new(e->input_hashes, key, json_string(hex));
 }

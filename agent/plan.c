@@ -1354,6 +1354,35 @@ static void on_finish(uv_timer_t *t)
 	uv_close((uv_handle_t *)&x->timer, on_done_timer_closed);
 }
 
+/* The key under which a guarded step's unfinished work is remembered
+ * (see step_finish). */
+static char *pending_key(const struct step *s)
+{
+	return xasprintf("pending:%s/%s/%s/%s", s->layer ? s->layer : "", s->recipe ? s->recipe : "", s->ops->kind,
+			 s->target ? s->target : "");
+}
+
+static bool pending_get(struct plan_exec *x, const struct step *s)
+{
+	_cleanup_free_ char *key = NULL;
+	uint64_t v = 0;
+
+	if (!x->cbs.get_input_hash)
+		return false;
+	key = pending_key(s);
+	return x->cbs.get_input_hash(x->userdata, key, &v) && v == 1;
+}
+
+static void pending_set(struct plan_exec *x, const struct step *s, bool on)
+{
+	_cleanup_free_ char *key = NULL;
+
+	if (!x->cbs.set_input_hash || (!on && !pending_get(x, s)))
+		return;
+	key = pending_key(s);
+	x->cbs.set_input_hash(x->userdata, key, on ? 1 : 0);
+}
+
 static void step_finish(struct plan_exec *x)
 {
 	struct step *s = x->p->steps[x->cur];
@@ -1361,6 +1390,22 @@ static void step_finish(struct plan_exec *x)
 	s->duration_us = time_monotonic_usec() - x->step_start;
 	if (s->status == STEP_FAILED)
 		x->failed = true;
+	/* A change owes the steps guarded on it their work (a reload after a
+	 * config was replaced) until they succeed: remembered outside this
+	 * execution, so that a reload that failed, or never ran because the
+	 * run failed or agentd was killed, runs at the next execution even
+	 * though the config no longer changes then. */
+	if (s->status == STEP_CHANGED && s->id)
+		for (size_t i = x->cur + 1; i < x->p->n_steps; i++) {
+			const struct step *t = x->p->steps[i];
+			for (size_t k = 0; t->only_if_changed && t->only_if_changed[k]; k++)
+				if (strcmp(t->only_if_changed[k], s->id) == 0) {
+					pending_set(x, t, true);
+					break;
+				}
+		}
+	if ((s->status == STEP_CHANGED || s->status == STEP_UNCHANGED) && s->only_if_changed && s->only_if_changed[0])
+		pending_set(x, s, false);
 	if (x->cbs.on_step_done)
 		x->cbs.on_step_done(x->userdata, s, x->cur);
 	x->cur++;
@@ -1402,7 +1447,7 @@ static void plan_run(struct plan_exec *x)
 			step_finish(x);
 			continue;
 		}
-		if (s->only_if_changed && s->only_if_changed[0] && !guard_only_if_changed(x, s)) {
+		if (s->only_if_changed && s->only_if_changed[0] && !guard_only_if_changed(x, s) && !pending_get(x, s)) {
 			s->status = STEP_SKIPPED;
 			step_finish(x);
 			continue;

@@ -856,6 +856,47 @@ static void test_guard_only_if_changed(void **state)
 	free(marker);
 }
 
+static void test_guard_owed_after_failure(void **state)
+{
+	/* The config changed but its reload failed: the next execution reloads
+	 * although the config no longer changes; after a success it is quiet. */
+	struct ctx *c = *state;
+	char *ok = P(c, "/reload-works"), *marker = P(c, "/reloaded");
+	char *script = xasprintf("test -e %s && touch %s", ok, marker);
+	struct plan p;
+	char *err = NULL;
+
+	for (int round = 0; round < 3; round++) {
+		plan_init(&p, c->root);
+		struct step *f = plan_add_file(&p, "/etc/haproxy.cfg", "listen\n", 7, 0644, NULL, NULL, &err);
+		f->id = xstrdup("haproxy-cfg");
+		f->recipe = xstrdup("haproxy");
+		struct step *e = add_sh(&p, script, NULL, 0);
+		e->recipe = xstrdup("haproxy");
+		step_only_if_changed(e, "haproxy-cfg");
+		run_plan(c, &p);
+		if (round == 0) {
+			assert_int_equal(f->status, STEP_CHANGED);
+			assert_int_equal(e->status, STEP_FAILED);
+			assert_true(c->has_hash && c->hash == 1 && strncmp(c->hash_key, "pending:", 8) == 0);
+			write_file(ok, "");
+		} else if (round == 1) {
+			assert_int_equal(f->status, STEP_UNCHANGED);
+			assert_int_equal(e->status, STEP_CHANGED);
+			assert_true(exists(marker));
+			assert_int_equal(c->hash, 0);
+			unlink(marker);
+		} else {
+			assert_int_equal(e->status, STEP_SKIPPED);
+			assert_false(exists(marker));
+		}
+		plan_free(&p);
+	}
+	free(script);
+	free(ok);
+	free(marker);
+}
+
 static void test_guard_unless_exists(void **state)
 {
 	struct ctx *c = *state;
@@ -1454,6 +1495,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_exec_env_cwd_user, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_exec_output_cap, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_only_if_changed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_guard_owed_after_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_unless_exists, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failure_stops_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
