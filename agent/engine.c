@@ -448,15 +448,18 @@ static bool str_eq(const char *a, const char *b)
 /* Queues a run, or returns the id of a queued one that already covers it:
  * the same event and app, for the same layer or for every layer, planned
  * against the same stack. A burst of triggers gives one run. */
-static long enqueue(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
-		    const char *stack_rev)
+static long enqueue_ex(struct engine *e, enum event ev, const char *layer, const char *app,
+		       enum trigger_kind trig, const char *stack_rev, bool fresh)
 {
 	const char *evs = event_to_string(ev);
 	size_t i;
 	json_t *rec;
 
 	json_array_foreach(e->runs, i, rec) {
-		if (!rec_status_is(rec, "queued"))
+		if (fresh || !rec_status_is(rec, "queued"))
+			continue;
+		/* The restart after a rollback is not a deploy: nothing joins it. */
+		if (json_is_true(json_object_get(rec, "_rollback_restart")))
 			continue;
 		if (!str_eq(rec_str(rec, "event"), evs) || !str_eq(rec_str(rec, "app"), app) ||
 		    !str_eq(rec_str(rec, "_stack"), stack_rev))
@@ -491,6 +494,13 @@ static long enqueue(struct engine *e, enum event ev, const char *layer, const ch
 	return id;
 }
 
+static long enqueue(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
+		    const char *stack_rev)
+{
+	return enqueue_ex(e, ev, layer, app, trig, stack_rev, false);
+}
+
+
 /* Marks a queued run to go before the others: an interrupted event runs
  * again before what was queued after it (setup before configure). */
 static void queue_to_front(struct engine *e, long id)
@@ -498,6 +508,20 @@ static void queue_to_front(struct engine *e, long id)
 	json_t *rec = run_find(e, id);
 	if (rec)
 		json_object_set_new(rec, "_front", json_true());
+}
+
+/* Queues an interrupted run again, ahead of the others; a restart after a
+ * rollback stays one (queued as a full deploy it would deploy the stack's
+ * source again and undo the rollback). */
+static void requeue_interrupted(struct engine *e, json_t *rec)
+{
+	bool restart = json_is_true(json_object_get(rec, "_rollback_restart"));
+	long id = enqueue_ex(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"), rec_str(rec, "app"),
+			     restart ? TRIGGER_CTL : TRIGGER_RETRY, rec_str(rec, "_stack"), restart);
+
+	if (restart)
+		json_object_set_new(run_find(e, id), "_rollback_restart", json_true());
+	queue_to_front(e, id);
 }
 
 /* The next queued record: interrupted events first, then the oldest, or
@@ -839,9 +863,12 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	} else if (interrupted) {
 		/* Stopped by SIGTERM: run the event again on the next start. */
 		json_object_set_new(rec, "_requeued", json_true());
-		queue_to_front(e, enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"),
-					  rec_str(rec, "app"), TRIGGER_RETRY, rec_str(rec, "_stack")));
+		requeue_interrupted(e, rec);
 		log_warn("Run %ld (%s) interrupted; queued again", a->id, rec_str(rec, "event"));
+	} else if (json_is_true(json_object_get(rec, "_rollback_restart"))) {
+		/* Only the services restarted: no deploy succeeded, and a failed
+		 * one the operator rolled back from stays failed. */
+		log_info("Run %ld (restart after rollback) succeeded", a->id);
 	} else {
 		_cleanup_free_ char *k = xasprintf("%s/%s", rec_str(rec, "event"), str_or_empty(rec_str(rec, "layer")));
 		clear_failures_for(e, rec);
@@ -1333,8 +1360,7 @@ int engine_start(struct engine *e)
 				json_array_insert(again, 0, rec);
 			}
 		json_array_foreach(again, i, rec)
-			queue_to_front(e, enqueue(e, event_from_string(rec_str(rec, "event")), rec_str(rec, "layer"),
-						  rec_str(rec, "app"), TRIGGER_RETRY, rec_str(rec, "_stack")));
+			requeue_interrupted(e, rec);
 		json_decref(again);
 		engine_persist(e);
 	}
@@ -1763,7 +1789,7 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 	 * run of their own (recorded as a deploy of the app, trigger ctl, with
 	 * only the restart steps), so the restart is in the history and log. */
 	if (apps_is_family_app(e->current, app)) {
-		long id = enqueue(e, EVENT_DEPLOY, NULL, app, TRIGGER_CTL, e->current->revision);
+		long id = enqueue_ex(e, EVENT_DEPLOY, NULL, app, TRIGGER_CTL, e->current->revision, true);
 		json_object_set_new(run_find(e, id), "_rollback_restart", json_true());
 		json_object_set_new(*ret, "restart_run", json_integer(id));
 		engine_persist(e);
