@@ -46,6 +46,8 @@ struct volume_step {
 	/* Worker results. */
 	int r;
 	char *fs_type, *uuid, *pt_type; /* owned */
+	bool bad_csum;           /* the superblock found has a bad checksum */
+	bool not_zero;           /* no signature, but the first MiB is not all zeroes */
 	bool changed;
 	char *error;             /* owned */
 };
@@ -203,17 +205,53 @@ static int volume_find(struct volume_step *v)
 	return r;
 }
 
+#define BLANK_CHECK_BYTES (1024 * 1024)
+
+/* Worker thread: whether the first MiB of the device (or all of it, when
+ * smaller) is zeroes. A device mkfs may run on must be: libblkid does not
+ * know every filesystem, and data it cannot name is still data. */
+static int head_is_zero(const char *path, bool *ret_zero)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_free_ char *buf = NULL;
+	size_t got = 0;
+
+	if (fd < 0)
+		return -errno;
+	buf = xmalloc(BLANK_CHECK_BYTES);
+	while (got < BLANK_CHECK_BYTES) {
+		ssize_t n = read(fd, buf + got, BLANK_CHECK_BYTES - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	*ret_zero = true;
+	for (size_t i = 0; i < got; i++)
+		if (buf[i] != 0) {
+			*ret_zero = false;
+			break;
+		}
+	return 0;
+}
+
 /* Worker thread: libblkid probe of the device. */
 static void probe(struct volume_step *v)
 {
 	blkid_probe pr;
 	const char *val;
+	bool zero = false;
 	int r;
 
 	free(v->fs_type);
 	free(v->uuid);
 	free(v->pt_type);
 	v->fs_type = v->uuid = v->pt_type = NULL;
+	v->bad_csum = v->not_zero = false;
 	pr = blkid_new_probe_from_filename(v->dev_path);
 	if (!pr) {
 		v->r = errno ? -errno : -EIO;
@@ -221,7 +259,9 @@ static void probe(struct volume_step *v)
 		return;
 	}
 	(void)blkid_probe_enable_superblocks(pr, 1);
-	(void)blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID);
+	/* BADCSUM: a superblock whose checksum is wrong is still a filesystem
+	 * (damaged, maybe repairable), never a blank device to format. */
+	(void)blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID | BLKID_SUBLKS_BADCSUM);
 	(void)blkid_probe_enable_partitions(pr, 1);
 	r = blkid_do_safeprobe(pr);
 	if (r == -2) {
@@ -237,8 +277,21 @@ static void probe(struct volume_step *v)
 			v->uuid = xstrdup(val);
 		if (blkid_probe_lookup_value(pr, "PTTYPE", &val, NULL) == 0)
 			v->pt_type = xstrdup(val);
+		if (blkid_probe_lookup_value(pr, "SBBADCSUM", &val, NULL) == 0) {
+			v->bad_csum = true;
+			if (!v->fs_type)
+				v->fs_type = xstrdup("unknown");
+		}
 	}
 	blkid_free_probe(pr);
+	if (v->r == 0 && !v->fs_type && !v->pt_type) {
+		r = head_is_zero(v->dev_path, &zero);
+		if (r < 0) {
+			v->r = r;
+			v->error = xasprintf("cannot read %s: %s", v->dev_path, strerror(-r));
+		} else
+			v->not_zero = !zero;
+	}
 }
 
 static void volume_mount(struct volume_step *v)
@@ -366,6 +419,9 @@ static void on_work_done(uv_work_t *w, int status)
 	case PHASE_PROBE:
 	case PHASE_REPROBE:
 		if (v->fs_type) {
+			if (v->bad_csum)
+				output(v, "%s (%s): the %s superblock has a bad checksum: it is never formatted", v->found_as,
+				       v->dev_path, v->fs_type);
 			if (v->phase == PHASE_PROBE)
 				output(v, "%s (%s) has a %s filesystem: mounting it as is", v->found_as, v->dev_path,
 				       v->fs_type);
@@ -382,6 +438,11 @@ static void on_work_done(uv_work_t *w, int status)
 			return plan_step_done(v->x, STEP_FAILED,
 					      "%s has no filesystem and this volume does not allow mkfs (\"mkfs\": true)",
 					      v->found_as);
+		if (v->not_zero)
+			return plan_step_done(v->x, STEP_FAILED,
+					      "%s (%s) is not blank but no filesystem found: refusing mkfs "
+					      "(its first MiB is not all zeroes)",
+					      v->found_as, v->dev_path);
 		if (v->cancelled)
 			return plan_step_done(v->x, STEP_FAILED, "cancelled before mkfs");
 		return start_mkfs(v);

@@ -241,3 +241,21 @@ def test_symlinks_cannot_lead_a_mount_out_of_root(ns_agent, loops, tmpdir_agent)
     m = mounts_of(a.proc.pid)
     assert outside not in m and not any(v[3] == "%d:%d" % (os.major(os.stat(loop.dev).st_rdev),
                                                           os.minor(os.stat(loop.dev).st_rdev)) for v in m.values())
+
+
+def test_device_with_unknown_data_is_never_formatted(ns_agent, loops):
+    # No signature libblkid knows, but data: mkfs allowed, still refused.
+    loop = loops()
+    data = os.urandom(1 << 20)
+    with open(loop.file, "r+b") as f:
+        f.write(data)
+    a = ns_agent(volume_stack([{"volume_id": VOLID, "mount_point": "/data", "fstype": "ext4", "mkfs": True}]))
+    loop.node_in(a.root, BY_ID)
+    a.start()
+    failed = wait_for(lambda: [r for r in a.finished_runs() if r["status"] == "failed"], what="a failed run")
+    vol = step_of(a, failed[0]["id"], "volume")[0]
+    assert vol["status"] == "failed" and "not blank but no filesystem found: refusing mkfs" in vol["error"], vol
+    with open(loop.dev, "rb") as f:
+        assert f.read(1 << 20) == data
+    assert loop.blkid("TYPE") == "" and mounted_at(a, "/data") is None
+
