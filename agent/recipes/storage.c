@@ -195,6 +195,15 @@ static void blob_mount_find(const struct stack *s, const json_t *section, struct
 				     blobs_layer(s));
 		return;
 	}
+	/* A member's address may fall back to its hostname, which validation
+	 * cannot always vouch for: never build a mount source or option from a
+	 * word that could pass for an option. */
+	if (!host_is_valid(host) || (backup && !host_is_valid(backup))) {
+		ret->why = xasprintf("the shared blobs server address in layer %s is not a valid host name or "
+				     "address: shared blobs are not mounted",
+				     blobs_layer(s));
+		return;
+	}
 	if (ret->gluster) {
 		ret->source = xasprintf("%s:/%s", host, GLUSTER_VOLUME);
 		ret->options = backup ? xasprintf("%s,backupvolfile-server=%s", GLUSTER_MOUNT_OPTIONS, backup)
@@ -511,7 +520,10 @@ static int validate_blob_layer(const struct stack *s, struct stack_error *err)
 		const struct stack_member *m = &l->members[i];
 		const char *v[] = { m->private_ip, m->private_dns_name, m->ip, m->public_dns_name };
 
+		bool any = false;
+
 		for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+			any = any || (v[k] && *v[k]);
 			if (!v[k] || !*v[k] || host_is_valid(v[k])) /* OpsWorks writes "" for none */
 				continue;
 			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
@@ -519,6 +531,16 @@ static int validate_blob_layer(const struct stack *s, struct stack_error *err)
 			stack_path_key(lpath, sizeof(lpath), ipath, m->hostname);
 			stack_path_key(path, sizeof(path), lpath, keys[k]);
 			return stack_error_set(err, path, "must be a host name or address (layer %s holds the shared blobs)",
+					       l->shortname);
+		}
+		/* No address at all: its hostname is the address used. */
+		if (!any && (!m->hostname || !host_is_valid(m->hostname))) {
+			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
+			stack_path_key(ipath, sizeof(ipath), lpath, "instances");
+			stack_path_key(path, sizeof(path), ipath, m->hostname ? m->hostname : "");
+			return stack_error_set(err, path,
+					       "has no address and its hostname is not a valid host name, which would "
+					       "be used instead (layer %s holds the shared blobs)",
 					       l->shortname);
 		}
 	}
