@@ -259,3 +259,27 @@ def test_device_with_unknown_data_is_never_formatted(ns_agent, loops):
         assert f.read(1 << 20) == data
     assert loop.blkid("TYPE") == "" and mounted_at(a, "/data") is None
 
+
+
+def test_fstab_line_of_someone_else_is_kept_unless_forced(ns_agent, loops):
+    loop = loops()
+    subprocess.run(["mkfs.ext4", "-q", "-F", loop.dev], check=True)
+    uuid = loop.blkid("UUID")
+    vol = {"volume_id": VOLID, "mount_point": "/data", "fstype": "ext4"}
+    a = ns_agent(volume_stack([vol]))
+    loop.node_in(a.root, BY_ID)
+    os.makedirs(os.path.join(a.root, "etc"))
+    theirs = ["LABEL=theirs /data ext4 defaults 0 2", "proc /proc proc defaults 0 0"]
+    with open(os.path.join(a.root, "etc/fstab"), "w") as f:
+        f.write("\n".join(theirs) + "\n")
+    a.start()
+    failed = wait_for(lambda: [r for r in a.finished_runs() if r["status"] == "failed"], what="a failed run")
+    step = step_of(a, failed[0]["id"], "volume")[0]
+    assert "fstab line for /data is not agentd's" in step["error"] and "force" in step["error"], step
+    assert fstab_lines(a.root) == theirs and mounted_at(a, "/data") is None
+    a.write_stack(volume_stack([dict(vol, force=True)]))
+    wait_for(lambda: mounted_at(a, "/data"), what="the forced mount")
+    a.wait_idle()
+    lines = fstab_lines(a.root)
+    assert [l.split()[:2] for l in lines] == [["UUID=" + uuid, "/data"], ["proc", "/proc"]], lines
+    assert a.stop() == 0, a.stderr_text()[-3000:]
