@@ -121,6 +121,29 @@ static void test_gluster_info(void **state)
 	gluster_info_done(&i);
 }
 
+static void test_gluster_info_absent(void **state)
+{
+	static const char *const absent[] = {
+		"Volume blobs does not exist\n",
+		"volume info: failed: Volume blobs does not exist\n",
+		"\nVolume blobs does not exist \r\n",
+	};
+	static const char *const other[] = {
+		"Connection failed. Please check if gluster daemon is operational.\n",
+		"Volume blobsx does not exist\n",
+		"Volume other does not exist\n",
+		"Error : Request timed out\n",
+		"xVolume blobs does not exist\n",
+		"",
+	};
+
+	(void)state;
+	for (size_t k = 0; k < ELEMENTSOF(absent); k++)
+		assert_true(gluster_info_says_absent(absent[k], strlen(absent[k]), "blobs"));
+	for (size_t k = 0; k < ELEMENTSOF(other); k++)
+		assert_false(gluster_info_says_absent(other[k], strlen(other[k]), "blobs"));
+}
+
 static void test_volume_candidates(void **state)
 {
 	char **c;
@@ -151,6 +174,7 @@ int main(void)
 		cmocka_unit_test(test_fstab_keeps_lines_that_are_not_agentds),
 		cmocka_unit_test(test_fstab_parse_and_escape),
 		cmocka_unit_test(test_gluster_info),
+		cmocka_unit_test(test_gluster_info_absent),
 		cmocka_unit_test(test_volume_candidates),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
