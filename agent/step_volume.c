@@ -550,6 +550,10 @@ struct step *plan_add_volume(struct plan *p, const struct volume_spec *spec, cha
 				       spec->mount_point ? spec->mount_point : "(null)");
 		return NULL;
 	}
+	if (path_is_system_dir(spec->mount_point)) {
+		*ret_error = xasprintf("mount point %s is a system directory", spec->mount_point);
+		return NULL;
+	}
 	if (spec->device && !path_is_safe_absolute(spec->device)) {
 		*ret_error = xasprintf("device %s is not a safe absolute path", spec->device);
 		return NULL;

@@ -203,6 +203,10 @@ BAD = [
     ("mount point", {"volume_id": VOLID, "mount_point": "/data/../../etc"}, "$.agent.volumes.app1[0].mount_point"),
     ("device", {"device": "/dev/../../etc/passwd", "mount_point": "/data"}, "$.agent.volumes.app1[0].device"),
     ("relative", {"device": "dev/sdf", "mount_point": "/data"}, "$.agent.volumes.app1[0].device"),
+    ("system dir", {"volume_id": VOLID, "mount_point": "/etc"}, "$.agent.volumes.app1[0].mount_point"),
+    ("var", {"volume_id": VOLID, "mount_point": "/var/"}, "$.agent.volumes.app1[0].mount_point"),
+    ("root", {"volume_id": VOLID, "mount_point": "/"}, "$.agent.volumes.app1[0].mount_point"),
+    ("under usr", {"volume_id": VOLID, "mount_point": "/usr/local/data"}, "$.agent.volumes.app1[0].mount_point"),
 ]
 
 
@@ -220,6 +224,23 @@ def test_ebs_devices_path_escaping_root_is_rejected(ns_agent):
     a.start()
     st = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the error in status")
     assert st["source"]["error_path"].startswith("$.ebs.devices"), st["source"]
+
+
+EBS_BAD = [
+    ("system dir", {"mount_point": "/usr"}, "mount_point"),
+    ("opt", {"mount_point": "/opt"}, "mount_point"),
+    ("fstype", {"mount_point": "/data", "fstype": "btrfs"}, "fstype"),
+]
+
+
+@pytest.mark.parametrize("what,dev,key", EBS_BAD, ids=[b[0] for b in EBS_BAD])
+def test_ebs_devices_system_dir_or_other_fstype_is_rejected(ns_agent, what, dev, key):
+    a = ns_agent(conftest.simple_stack(extra={"ebs": {"devices": {"/dev/sdf": dev}}}))
+    a.start()
+    st = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the error in status")
+    path = st["source"]["error_path"]
+    assert path.startswith("$.ebs.devices") and "sdf" in path and path.endswith("." + key), st["source"]
+    assert a.runs() == []
 
 
 def test_symlinks_cannot_lead_a_mount_out_of_root(ns_agent, loops, tmpdir_agent):
