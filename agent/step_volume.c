@@ -39,6 +39,7 @@ struct volume_step {
 	int64_t deadline;
 	char *dev_path;          /* owned: the device node as the kernel knows it */
 	char *found_as;          /* owned: the name it was found under */
+	bool found_by_name;      /* a volume id was given, but only the mapping name found it */
 	dev_t rdev;
 	uv_work_t work;
 	struct exec *exec;       /* borrowed while mkfs runs */
@@ -130,19 +131,61 @@ static int block_device_at(int rootfd, const char *path, char **ret_path, dev_t 
 	return 0;
 }
 
+/* The serial of the block device kname (root/sys/block/<kname>/device/serial,
+ * trailing spaces, newlines and NULs cut): a malloc'd string, or NULL when
+ * there is none. */
+static char *serial_of(int rootfd, const char *kname)
+{
+	_cleanup_free_ char *p = NULL;
+	char proc[64], *data = NULL;
+	size_t len;
+	int sfd, rfd;
+
+	if (!name_is_valid(kname))
+		return NULL;
+	p = xasprintf("/sys/block/%s/device/serial", kname);
+	sfd = rootfs_resolve(rootfd, p, false);
+	if (sfd < 0)
+		return NULL;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", sfd);
+	rfd = open(proc, O_RDONLY | O_CLOEXEC);
+	close(sfd);
+	if (rfd < 0)
+		return NULL;
+	if (fd_read_all(rfd, 256, &data, &len) < 0)
+		data = NULL;
+	close(rfd);
+	if (!data)
+		return NULL;
+	while (len > 0 && (data[len - 1] == ' ' || data[len - 1] == '\n' || data[len - 1] == '\0'))
+		data[--len] = '\0';
+	if (len == 0) {
+		free(data);
+		return NULL;
+	}
+	return data;
+}
+
+/* The serial an EBS volume's NVMe device carries: its id without the dash. */
+static char *volume_serial(const char *volume_id)
+{
+	if (!volume_id || strncmp(volume_id, "vol-", 4) != 0)
+		return NULL;
+	return xasprintf("vol%s", volume_id + 4);
+}
+
 /* The NVMe serial of an EBS volume is its id without the dash: look for it
  * in root/sys/block/<name>/device/serial (space-padded). */
 static char *serial_scan(int rootfd, const char *volume_id)
 {
-	_cleanup_free_ char *want = NULL;
+	_cleanup_free_ char *want = volume_serial(volume_id);
 	char proc[64], *found = NULL;
 	struct dirent *de;
 	DIR *d;
 	int fd, dfd;
 
-	if (!volume_id || strncmp(volume_id, "vol-", 4) != 0)
+	if (!want)
 		return NULL;
-	want = xasprintf("vol%s", volume_id + 4);
 	fd = rootfs_resolve(rootfd, "/sys/block", true);
 	if (fd < 0)
 		return NULL;
@@ -155,53 +198,79 @@ static char *serial_scan(int rootfd, const char *volume_id)
 		return NULL;
 	}
 	while (!found && (de = readdir(d))) {
-		_cleanup_free_ char *p = NULL, *data = NULL;
-		int sfd, rfd;
-		size_t len;
+		_cleanup_free_ char *serial = NULL;
 
 		if (de->d_name[0] == '.' || strncmp(de->d_name, "nvme", 4) != 0)
 			continue;
-		p = xasprintf("/sys/block/%s/device/serial", de->d_name);
-		sfd = rootfs_resolve(rootfd, p, false);
-		if (sfd < 0)
-			continue;
-		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", sfd);
-		rfd = open(proc, O_RDONLY | O_CLOEXEC);
-		close(sfd);
-		if (rfd < 0)
-			continue;
-		if (fd_read_all(rfd, 256, &data, &len) == 0) {
-			while (len > 0 && (data[len - 1] == ' ' || data[len - 1] == '\n' || data[len - 1] == '\0'))
-				data[--len] = '\0';
-			if (strcmp(data, want) == 0 && name_is_valid(de->d_name))
-				found = xasprintf("/dev/%s", de->d_name);
-		}
-		close(rfd);
+		serial = serial_of(rootfd, de->d_name);
+		if (serial && strcmp(serial, want) == 0 && name_is_valid(de->d_name))
+			found = xasprintf("/dev/%s", de->d_name);
 	}
 	closedir(d);
 	return found;
 }
 
+static void found_clear(struct volume_step *v)
+{
+	free(v->dev_path);
+	free(v->found_as);
+	v->dev_path = v->found_as = NULL;
+}
+
+/* With a volume id, the device is looked for by what identifies the volume
+ * first (by-id links, then the NVMe serial); its mapping name (/dev/sdf,
+ * /dev/xvdf) only counts when that device has no serial at all (Xen), and a
+ * device found that way is never formatted (found_by_name). Without a volume
+ * id, the mapping name is all there is. */
 static int volume_find(struct volume_step *v)
 {
 	_cleanup_close_ int rootfd = rootfs_open(v->root);
+	_cleanup_free_ char *want = volume_serial(v->volume_id);
 	char **cands;
 	int r = -ENOENT;
 
 	if (rootfd < 0)
 		return rootfd;
+	found_clear(v);
+	v->found_by_name = false;
 	cands = volume_candidates(v->volume_id, v->device);
-	for (char **c = cands; *c && r < 0; c++)
+	/* The by-id links come first in cands (when there is a vol- id). */
+	for (char **c = cands; *c && r < 0 && strncmp(*c, "/dev/disk/by-id/", 16) == 0; c++)
 		if ((r = block_device_at(rootfd, *c, &v->dev_path, &v->rdev)) == 0)
 			v->found_as = xstrdup(*c);
-	strv_free(cands);
-	if (r < 0) {
+	if (r < 0 && want) {
 		char *dev = serial_scan(rootfd, v->volume_id);
 
 		if (dev && (r = block_device_at(rootfd, dev, &v->dev_path, &v->rdev)) == 0)
 			v->found_as = xstrdup(dev);
 		free(dev);
 	}
+	for (char **c = cands; *c && r < 0; c++) {
+		_cleanup_free_ char *serial = NULL;
+		const char *kname;
+
+		if (strncmp(*c, "/dev/disk/by-id/", 16) == 0)
+			continue;
+		if ((r = block_device_at(rootfd, *c, &v->dev_path, &v->rdev)) < 0)
+			continue;
+		if (!v->volume_id) {
+			v->found_as = xstrdup(*c);
+			break;
+		}
+		kname = strrchr(v->dev_path, '/');
+		kname = kname ? kname + 1 : v->dev_path;
+		serial = serial_of(rootfd, kname);
+		if (serial) {
+			/* It has a serial, and not this volume's (else the scan
+			 * had found it): another volume under that name. */
+			found_clear(v);
+			r = -ENOENT;
+			continue;
+		}
+		v->found_as = xstrdup(*c);
+		v->found_by_name = true;
+	}
+	strv_free(cands);
 	return r;
 }
 
@@ -438,6 +507,11 @@ static void on_work_done(uv_work_t *w, int status)
 			return plan_step_done(v->x, STEP_FAILED,
 					      "%s has no filesystem and this volume does not allow mkfs (\"mkfs\": true)",
 					      v->found_as);
+		if (v->found_by_name)
+			return plan_step_done(v->x, STEP_FAILED,
+					      "%s has no filesystem and was found only by its name, not by the volume id %s: "
+					      "refusing mkfs (an existing filesystem would be mounted)",
+					      v->found_as, v->volume_id);
 		if (v->not_zero)
 			return plan_step_done(v->x, STEP_FAILED,
 					      "%s (%s) is not blank but no filesystem found: refusing mkfs "

@@ -304,3 +304,38 @@ def test_fstab_line_of_someone_else_is_kept_unless_forced(ns_agent, loops):
     lines = fstab_lines(a.root)
     assert [l.split()[:2] for l in lines] == [["UUID=" + uuid, "/data"], ["proc", "/proc"]], lines
     assert a.stop() == 0, a.stderr_text()[-3000:]
+
+
+def test_volume_id_wins_over_a_mapping_name_that_is_another_volume(ns_agent, loops):
+    # /dev/sdf is there and has a file system, but its serial says it is
+    # another volume; the volume asked for is found by its serial.
+    other, ours = loops(), loops()
+    subprocess.run(["mkfs.ext4", "-q", "-F", other.dev], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-f", ours.dev], check=True)
+    a = ns_agent(volume_stack([{"volume_id": VOLID, "device": "/dev/sdf", "mount_point": "/data"}]))
+    os.makedirs(os.path.join(a.root, "dev"))
+    for name, loop, serial in (("sdf", other, "vol0aaaaaaaaaaaaaaaa"), ("nvme2n1", ours, "vol" + VOLID[4:])):
+        os.mknod(os.path.join(a.root, "dev", name), stat.S_IFBLK | 0o600, os.stat(loop.dev).st_rdev)
+        os.makedirs(os.path.join(a.root, "sys/block", name, "device"))
+        with open(os.path.join(a.root, "sys/block", name, "device/serial"), "w") as f:
+            f.write(serial + "  \n")
+    a.start()
+    a.wait_runs(3)
+    a.wait_idle()
+    assert all(r["status"] == "success" for r in a.runs()), a.runs()
+    m = mounted_at(a, "/data")
+    st = os.stat(ours.dev)
+    assert m[1] == "xfs" and m[3] == f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}", m
+    assert a.stop() == 0, a.stderr_text()[-3000:]
+
+
+def test_blank_device_found_only_by_name_is_never_formatted_when_a_volume_id_is_given(ns_agent, loops):
+    loop = loops()
+    a = ns_agent(volume_stack([{"volume_id": VOLID, "device": "/dev/sdf", "mount_point": "/data", "mkfs": True}]))
+    os.makedirs(os.path.join(a.root, "dev"))
+    os.mknod(os.path.join(a.root, "dev/sdf"), stat.S_IFBLK | 0o600, os.stat(loop.dev).st_rdev)
+    a.start()
+    failed = wait_for(lambda: [r for r in a.finished_runs() if r["status"] == "failed"], what="a failed run")
+    vol = step_of(a, failed[0]["id"], "volume")[0]
+    assert "found only by its name" in vol["error"] and "refusing mkfs" in vol["error"], vol
+    assert loop.blkid("TYPE") == "" and mounted_at(a, "/data") is None
