@@ -134,9 +134,40 @@ int fstab_find(const char *text, size_t len, const char *target, struct fstab_en
 	return for_each_line(text, len, find_line, &c);
 }
 
+struct foreign_ctx {
+	const char *target;
+	char **ret_source;
+};
+
+static int foreign_line(void *u, const char *l, size_t n, bool nl)
+{
+	struct foreign_ctx *c = u;
+	struct fstab_entry e;
+	int r = 0;
+
+	(void)nl;
+	if (fstab_parse_line(l, n, &e) <= 0)
+		return 0;
+	if (strcmp(e.target, c->target) == 0 && !fstab_has_option(e.options, FSTAB_OWNER_OPTION)) {
+		if (c->ret_source)
+			*c->ret_source = xstrdup(e.source);
+		r = 1;
+	}
+	fstab_entry_done(&e);
+	return r;
+}
+
+int fstab_find_foreign(const char *text, size_t len, const char *target, char **ret_source)
+{
+	struct foreign_ctx c = { target, ret_source };
+
+	return for_each_line(text, len, foreign_line, &c);
+}
+
 struct set_ctx {
 	const char *target;
 	const char *line;
+	bool take_foreign;
 	struct buf out;
 	bool replaced;
 };
@@ -149,7 +180,8 @@ static int set_line(void *u, const char *l, size_t n, bool nl)
 
 	(void)nl;
 	if (fstab_parse_line(l, n, &e) > 0) {
-		match = strcmp(e.target, c->target) == 0;
+		match = strcmp(e.target, c->target) == 0 &&
+			(c->take_foreign || fstab_has_option(e.options, FSTAB_OWNER_OPTION));
 		fstab_entry_done(&e);
 	}
 	if (!match) {
@@ -163,9 +195,10 @@ static int set_line(void *u, const char *l, size_t n, bool nl)
 	return 0;
 }
 
-char *fstab_set(const char *text, size_t len, const char *target, const char *line, bool *ret_changed)
+char *fstab_set(const char *text, size_t len, const char *target, const char *line, bool take_foreign,
+		bool *ret_changed)
 {
-	struct set_ctx c = { .target = target, .line = line };
+	struct set_ctx c = { .target = target, .line = line, .take_foreign = take_foreign };
 	char *out;
 	size_t out_len;
 

@@ -36,11 +36,19 @@ char *fstab_escape(const char *s);
  * or 0. */
 int fstab_find(const char *text, size_t len, const char *target, struct fstab_entry *ret);
 
-/* text with the line for target replaced by line (which has no newline):
- * the first line for target is replaced, later ones are dropped, and line is
- * appended when there was none. *ret_changed says whether the result differs.
- * Returns a malloc'd NUL-terminated string. */
-char *fstab_set(const char *text, size_t len, const char *target, const char *line, bool *ret_changed);
+/* Whether text has a line for target without FSTAB_OWNER_OPTION (someone
+ * else's): 1 and its source in *ret_source (malloc'd, when non-NULL), or 0. */
+int fstab_find_foreign(const char *text, size_t len, const char *target, char **ret_source);
+
+/* text with agentd's line for target replaced by line (which has no
+ * newline): the first line for target that carries FSTAB_OWNER_OPTION is
+ * replaced, later ones of agentd's are dropped, and line is appended when
+ * there was none. Lines for target without the marker are someone else's
+ * and kept as they are, unless take_foreign (then they are treated as
+ * agentd's). *ret_changed says whether the result differs. Returns a
+ * malloc'd NUL-terminated string. */
+char *fstab_set(const char *text, size_t len, const char *target, const char *line, bool take_foreign,
+		bool *ret_changed);
 
 /* Whether the comma-separated list opts has option name (exactly). */
 bool fstab_has_option(const char *opts, const char *name);

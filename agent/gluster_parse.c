@@ -81,3 +81,23 @@ int gluster_info_parse(const char *text, size_t len, struct gluster_info *ret)
 	}
 	return 0;
 }
+
+bool gluster_info_says_absent(const char *text, size_t len, const char *volume)
+{
+	_cleanup_free_ char *want = xasprintf("Volume %s does not exist", volume);
+	size_t i = 0, w = strlen(want);
+
+	while (i < len) {
+		const char *l = text + i, *nl = memchr(l, '\n', len - i);
+		size_t n = nl ? (size_t)(nl - l) : len - i;
+
+		i += n + (nl ? 1 : 0);
+		while (n > 0 && (l[n - 1] == ' ' || l[n - 1] == '\t' || l[n - 1] == '\r'))
+			n--;
+		/* The whole line, or its end after "...: " (the CLI's prefix). */
+		if (n >= w && memcmp(l + n - w, want, w) == 0 &&
+		    (n == w || (n >= w + 2 && l[n - w - 1] == ' ' && l[n - w - 2] == ':')))
+			return true;
+	}
+	return false;
+}

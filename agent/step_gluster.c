@@ -210,11 +210,21 @@ static void on_done(void *userdata, const struct exec_result *res)
 
 	g->exec = NULL;
 	if (g->info_phase) {
+		bool absent = false;
+
 		g->info_phase = false;
-		if (res->spawn_error) {
+		if (!ok && !res->spawn_error && !res->term_signal && !res->timed_out) {
+			buf_append(&g->out, "", 1);
+			absent = gluster_info_says_absent(g->out.data, strlen(g->out.data), g->volume);
+		}
+		/* Only "does not exist" means absent: glusterd down, a timeout or
+		 * any other failure must never lead to peer probe + volume create. */
+		if (!ok && !absent) {
 			_cleanup_free_ char *how = exec_result_describe(res, GLUSTER_TIMEOUT_MS);
 
-			return plan_step_done(g->x, STEP_FAILED, "gluster: %s", how);
+			return plan_step_done(g->x, STEP_FAILED,
+					      "gluster volume info %s: %s (not an answer that the volume does not exist)",
+					      g->volume, how);
 		}
 		plan_rest(g, ok);
 	} else if (!ok) {

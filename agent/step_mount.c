@@ -160,7 +160,7 @@ static int fstab_keep(const char *root, const struct mount_spec *spec, bool *ret
 	line = xasprintf("%s %s %s %s%s%s 0 %d", src, tgt, spec->fstype, opts,
 			 fstab_has_option(opts, FSTAB_OWNER_OPTION) ? "" : ",",
 			 fstab_has_option(opts, FSTAB_OWNER_OPTION) ? "" : FSTAB_OWNER_OPTION, spec->fstab_pass);
-	out = fstab_set(text, len, spec->target, line, &changed);
+	out = fstab_set(text, len, spec->target, line, spec->force, &changed);
 	if (!changed)
 		return 0;
 	r = file_write_atomic_at(dirfd, name, out, strlen(out), 0644, (uid_t)-1, (gid_t)-1);
@@ -207,6 +207,25 @@ int mount_ensure(const char *root, const struct mount_spec *spec, bool *ret_chan
 	if (fd < 0) {
 		*ret_error = xasprintf("cannot open the mount point %s: %s", spec->target, strerror(-fd));
 		return fd;
+	}
+	/* Someone else's fstab line for this mount point: not ours to replace
+	 * (nor to mount over what it describes) unless forced. */
+	if (!spec->force) {
+		_cleanup_free_ char *name = NULL, *text = NULL, *other = NULL;
+		_cleanup_close_ int dirfd = -1;
+		size_t len;
+
+		r = fstab_read(root, &dirfd, &name, &text, &len);
+		if (r < 0) {
+			*ret_error = xasprintf("cannot read /etc/fstab: %s", strerror(-r));
+			return r;
+		}
+		if (fstab_find_foreign(text, len, spec->target, &other) > 0) {
+			*ret_error = xasprintf("fstab line for %s is not agentd's (source %s, no %s option): "
+					       "refusing to replace it (\"force\": true allows it)",
+					       spec->target, other, FSTAB_OWNER_OPTION);
+			return -EEXIST;
+		}
 	}
 	r = mountinfo_find(path, &cur_source, &cur_dev);
 	if (r < 0) {
@@ -309,7 +328,7 @@ static int unmount_do(const char *root, const char *target, bool drop_fstab, boo
 	}
 	if (drop_fstab) {
 		bool changed = false;
-		_cleanup_free_ char *out = fstab_set(text, len, target, "", &changed);
+		_cleanup_free_ char *out = fstab_set(text, len, target, "", false, &changed);
 		struct buf b;
 		size_t i = 0;
 

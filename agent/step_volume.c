@@ -39,6 +39,7 @@ struct volume_step {
 	int64_t deadline;
 	char *dev_path;          /* owned: the device node as the kernel knows it */
 	char *found_as;          /* owned: the name it was found under */
+	bool found_by_name;      /* a volume id was given, but only the mapping name found it */
 	dev_t rdev;
 	uv_work_t work;
 	struct exec *exec;       /* borrowed while mkfs runs */
@@ -46,6 +47,8 @@ struct volume_step {
 	/* Worker results. */
 	int r;
 	char *fs_type, *uuid, *pt_type; /* owned */
+	bool bad_csum;           /* the superblock found has a bad checksum */
+	bool not_zero;           /* no signature, but the first MiB is not all zeroes */
 	bool changed;
 	char *error;             /* owned */
 };
@@ -128,19 +131,61 @@ static int block_device_at(int rootfd, const char *path, char **ret_path, dev_t 
 	return 0;
 }
 
+/* The serial of the block device kname (root/sys/block/<kname>/device/serial,
+ * trailing spaces, newlines and NULs cut): a malloc'd string, or NULL when
+ * there is none. */
+static char *serial_of(int rootfd, const char *kname)
+{
+	_cleanup_free_ char *p = NULL;
+	char proc[64], *data = NULL;
+	size_t len;
+	int sfd, rfd;
+
+	if (!name_is_valid(kname))
+		return NULL;
+	p = xasprintf("/sys/block/%s/device/serial", kname);
+	sfd = rootfs_resolve(rootfd, p, false);
+	if (sfd < 0)
+		return NULL;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", sfd);
+	rfd = open(proc, O_RDONLY | O_CLOEXEC);
+	close(sfd);
+	if (rfd < 0)
+		return NULL;
+	if (fd_read_all(rfd, 256, &data, &len) < 0)
+		data = NULL;
+	close(rfd);
+	if (!data)
+		return NULL;
+	while (len > 0 && (data[len - 1] == ' ' || data[len - 1] == '\n' || data[len - 1] == '\0'))
+		data[--len] = '\0';
+	if (len == 0) {
+		free(data);
+		return NULL;
+	}
+	return data;
+}
+
+/* The serial an EBS volume's NVMe device carries: its id without the dash. */
+static char *volume_serial(const char *volume_id)
+{
+	if (!volume_id || strncmp(volume_id, "vol-", 4) != 0)
+		return NULL;
+	return xasprintf("vol%s", volume_id + 4);
+}
+
 /* The NVMe serial of an EBS volume is its id without the dash: look for it
  * in root/sys/block/<name>/device/serial (space-padded). */
 static char *serial_scan(int rootfd, const char *volume_id)
 {
-	_cleanup_free_ char *want = NULL;
+	_cleanup_free_ char *want = volume_serial(volume_id);
 	char proc[64], *found = NULL;
 	struct dirent *de;
 	DIR *d;
 	int fd, dfd;
 
-	if (!volume_id || strncmp(volume_id, "vol-", 4) != 0)
+	if (!want)
 		return NULL;
-	want = xasprintf("vol%s", volume_id + 4);
 	fd = rootfs_resolve(rootfd, "/sys/block", true);
 	if (fd < 0)
 		return NULL;
@@ -153,54 +198,114 @@ static char *serial_scan(int rootfd, const char *volume_id)
 		return NULL;
 	}
 	while (!found && (de = readdir(d))) {
-		_cleanup_free_ char *p = NULL, *data = NULL;
-		int sfd, rfd;
-		size_t len;
+		_cleanup_free_ char *serial = NULL;
 
 		if (de->d_name[0] == '.' || strncmp(de->d_name, "nvme", 4) != 0)
 			continue;
-		p = xasprintf("/sys/block/%s/device/serial", de->d_name);
-		sfd = rootfs_resolve(rootfd, p, false);
-		if (sfd < 0)
-			continue;
-		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", sfd);
-		rfd = open(proc, O_RDONLY | O_CLOEXEC);
-		close(sfd);
-		if (rfd < 0)
-			continue;
-		if (fd_read_all(rfd, 256, &data, &len) == 0) {
-			while (len > 0 && (data[len - 1] == ' ' || data[len - 1] == '\n' || data[len - 1] == '\0'))
-				data[--len] = '\0';
-			if (strcmp(data, want) == 0 && name_is_valid(de->d_name))
-				found = xasprintf("/dev/%s", de->d_name);
-		}
-		close(rfd);
+		serial = serial_of(rootfd, de->d_name);
+		if (serial && strcmp(serial, want) == 0 && name_is_valid(de->d_name))
+			found = xasprintf("/dev/%s", de->d_name);
 	}
 	closedir(d);
 	return found;
 }
 
+static void found_clear(struct volume_step *v)
+{
+	free(v->dev_path);
+	free(v->found_as);
+	v->dev_path = v->found_as = NULL;
+}
+
+/* With a volume id, the device is looked for by what identifies the volume
+ * first (by-id links, then the NVMe serial); its mapping name (/dev/sdf,
+ * /dev/xvdf) only counts when that device has no serial at all (Xen), and a
+ * device found that way is never formatted (found_by_name). Without a volume
+ * id, the mapping name is all there is. */
 static int volume_find(struct volume_step *v)
 {
 	_cleanup_close_ int rootfd = rootfs_open(v->root);
+	_cleanup_free_ char *want = volume_serial(v->volume_id);
 	char **cands;
 	int r = -ENOENT;
 
 	if (rootfd < 0)
 		return rootfd;
+	found_clear(v);
+	v->found_by_name = false;
 	cands = volume_candidates(v->volume_id, v->device);
-	for (char **c = cands; *c && r < 0; c++)
+	/* The by-id links come first in cands (when there is a vol- id). */
+	for (char **c = cands; *c && r < 0 && strncmp(*c, "/dev/disk/by-id/", 16) == 0; c++)
 		if ((r = block_device_at(rootfd, *c, &v->dev_path, &v->rdev)) == 0)
 			v->found_as = xstrdup(*c);
-	strv_free(cands);
-	if (r < 0) {
+	if (r < 0 && want) {
 		char *dev = serial_scan(rootfd, v->volume_id);
 
 		if (dev && (r = block_device_at(rootfd, dev, &v->dev_path, &v->rdev)) == 0)
 			v->found_as = xstrdup(dev);
 		free(dev);
 	}
+	for (char **c = cands; *c && r < 0; c++) {
+		_cleanup_free_ char *serial = NULL;
+		const char *kname;
+
+		if (strncmp(*c, "/dev/disk/by-id/", 16) == 0)
+			continue;
+		if ((r = block_device_at(rootfd, *c, &v->dev_path, &v->rdev)) < 0)
+			continue;
+		if (!v->volume_id) {
+			v->found_as = xstrdup(*c);
+			break;
+		}
+		kname = strrchr(v->dev_path, '/');
+		kname = kname ? kname + 1 : v->dev_path;
+		serial = serial_of(rootfd, kname);
+		if (serial) {
+			/* It has a serial, and not this volume's (else the scan
+			 * had found it): another volume under that name. */
+			found_clear(v);
+			r = -ENOENT;
+			continue;
+		}
+		v->found_as = xstrdup(*c);
+		v->found_by_name = true;
+	}
+	strv_free(cands);
 	return r;
+}
+
+#define BLANK_CHECK_BYTES (1024 * 1024)
+
+/* Worker thread: whether the first MiB of the device (or all of it, when
+ * smaller) is zeroes. A device mkfs may run on must be: libblkid does not
+ * know every filesystem, and data it cannot name is still data. */
+static int head_is_zero(const char *path, bool *ret_zero)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_free_ char *buf = NULL;
+	size_t got = 0;
+
+	if (fd < 0)
+		return -errno;
+	buf = xmalloc(BLANK_CHECK_BYTES);
+	while (got < BLANK_CHECK_BYTES) {
+		ssize_t n = read(fd, buf + got, BLANK_CHECK_BYTES - got);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	*ret_zero = true;
+	for (size_t i = 0; i < got; i++)
+		if (buf[i] != 0) {
+			*ret_zero = false;
+			break;
+		}
+	return 0;
 }
 
 /* Worker thread: libblkid probe of the device. */
@@ -208,12 +313,14 @@ static void probe(struct volume_step *v)
 {
 	blkid_probe pr;
 	const char *val;
+	bool zero = false;
 	int r;
 
 	free(v->fs_type);
 	free(v->uuid);
 	free(v->pt_type);
 	v->fs_type = v->uuid = v->pt_type = NULL;
+	v->bad_csum = v->not_zero = false;
 	pr = blkid_new_probe_from_filename(v->dev_path);
 	if (!pr) {
 		v->r = errno ? -errno : -EIO;
@@ -221,7 +328,9 @@ static void probe(struct volume_step *v)
 		return;
 	}
 	(void)blkid_probe_enable_superblocks(pr, 1);
-	(void)blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID);
+	/* BADCSUM: a superblock whose checksum is wrong is still a filesystem
+	 * (damaged, maybe repairable), never a blank device to format. */
+	(void)blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID | BLKID_SUBLKS_BADCSUM);
 	(void)blkid_probe_enable_partitions(pr, 1);
 	r = blkid_do_safeprobe(pr);
 	if (r == -2) {
@@ -237,8 +346,21 @@ static void probe(struct volume_step *v)
 			v->uuid = xstrdup(val);
 		if (blkid_probe_lookup_value(pr, "PTTYPE", &val, NULL) == 0)
 			v->pt_type = xstrdup(val);
+		if (blkid_probe_lookup_value(pr, "SBBADCSUM", &val, NULL) == 0) {
+			v->bad_csum = true;
+			if (!v->fs_type)
+				v->fs_type = xstrdup("unknown");
+		}
 	}
 	blkid_free_probe(pr);
+	if (v->r == 0 && !v->fs_type && !v->pt_type) {
+		r = head_is_zero(v->dev_path, &zero);
+		if (r < 0) {
+			v->r = r;
+			v->error = xasprintf("cannot read %s: %s", v->dev_path, strerror(-r));
+		} else
+			v->not_zero = !zero;
+	}
 }
 
 static void volume_mount(struct volume_step *v)
@@ -366,6 +488,9 @@ static void on_work_done(uv_work_t *w, int status)
 	case PHASE_PROBE:
 	case PHASE_REPROBE:
 		if (v->fs_type) {
+			if (v->bad_csum)
+				output(v, "%s (%s): the %s superblock has a bad checksum: it is never formatted", v->found_as,
+				       v->dev_path, v->fs_type);
 			if (v->phase == PHASE_PROBE)
 				output(v, "%s (%s) has a %s filesystem: mounting it as is", v->found_as, v->dev_path,
 				       v->fs_type);
@@ -382,6 +507,16 @@ static void on_work_done(uv_work_t *w, int status)
 			return plan_step_done(v->x, STEP_FAILED,
 					      "%s has no filesystem and this volume does not allow mkfs (\"mkfs\": true)",
 					      v->found_as);
+		if (v->found_by_name)
+			return plan_step_done(v->x, STEP_FAILED,
+					      "%s has no filesystem and was found only by its name, not by the volume id %s: "
+					      "refusing mkfs (an existing filesystem would be mounted)",
+					      v->found_as, v->volume_id);
+		if (v->not_zero)
+			return plan_step_done(v->x, STEP_FAILED,
+					      "%s (%s) is not blank but no filesystem found: refusing mkfs "
+					      "(its first MiB is not all zeroes)",
+					      v->found_as, v->dev_path);
 		if (v->cancelled)
 			return plan_step_done(v->x, STEP_FAILED, "cancelled before mkfs");
 		return start_mkfs(v);
@@ -487,6 +622,10 @@ struct step *plan_add_volume(struct plan *p, const struct volume_spec *spec, cha
 	if (!spec->mount_point || !path_is_safe_absolute(spec->mount_point)) {
 		*ret_error = xasprintf("mount point %s is not a safe absolute path",
 				       spec->mount_point ? spec->mount_point : "(null)");
+		return NULL;
+	}
+	if (path_is_system_dir(spec->mount_point)) {
+		*ret_error = xasprintf("mount point %s is a system directory", spec->mount_point);
 		return NULL;
 	}
 	if (spec->device && !path_is_safe_absolute(spec->device)) {

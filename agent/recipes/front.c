@@ -469,8 +469,12 @@ char *front_render_nginx(const struct stack *s, const struct front_render_opts *
 	buf_printf(&b, "server {\n\tlisten %s default_server;\n\tserver_name _;\n\tclient_max_body_size 128m;\n\n",
 		   o->nginx_listen);
 	buf_puts(&b, "\tlocation = /_main_status_ {\n\t\tallow 127.0.0.1;\n\t\tdeny all;\n\t\treturn 200 \"ok\\n\";\n\t}\n\n");
+	/* nginx matches a location against the path only (no query string):
+	 * "/haproxy?stats" is served at "= /haproxy", and proxy_pass without a
+	 * URI passes the request, query included, as it came. */
 	if (fs.enable_stats && fs.stats_password)
-		buf_printf(&b, "\tlocation = %s {\n\t\tproxy_pass http://balancer;\n\t}\n\n", fs.stats_url);
+		buf_printf(&b, "\tlocation = %.*s {\n\t\tproxy_pass http://balancer;\n\t}\n\n",
+			   (int)strcspn(fs.stats_url, "?"), fs.stats_url);
 	buf_puts(&b, "\t# Trailing slashes: one URL per page for crawlers.\n"
 		     "\tif ($agentd_is_bot) {\n\t\trewrite ^(.+)/$ $1 permanent;\n\t}\n\n");
 	nginx_proxy_block(&b, fs.site_id);

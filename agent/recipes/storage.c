@@ -195,6 +195,15 @@ static void blob_mount_find(const struct stack *s, const json_t *section, struct
 				     blobs_layer(s));
 		return;
 	}
+	/* A member's address may fall back to its hostname, which validation
+	 * cannot always vouch for: never build a mount source or option from a
+	 * word that could pass for an option. */
+	if (!host_is_valid(host) || (backup && !host_is_valid(backup))) {
+		ret->why = xasprintf("the shared blobs server address in layer %s is not a valid host name or "
+				     "address: shared blobs are not mounted",
+				     blobs_layer(s));
+		return;
+	}
 	if (ret->gluster) {
 		ret->source = xasprintf("%s:/%s", host, GLUSTER_VOLUME);
 		ret->options = backup ? xasprintf("%s,backupvolfile-server=%s", GLUSTER_MOUNT_OPTIONS, backup)
@@ -511,7 +520,10 @@ static int validate_blob_layer(const struct stack *s, struct stack_error *err)
 		const struct stack_member *m = &l->members[i];
 		const char *v[] = { m->private_ip, m->private_dns_name, m->ip, m->public_dns_name };
 
+		bool any = false;
+
 		for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+			any = any || (v[k] && *v[k]);
 			if (!v[k] || !*v[k] || host_is_valid(v[k])) /* OpsWorks writes "" for none */
 				continue;
 			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
@@ -521,7 +533,72 @@ static int validate_blob_layer(const struct stack *s, struct stack_error *err)
 			return stack_error_set(err, path, "must be a host name or address (layer %s holds the shared blobs)",
 					       l->shortname);
 		}
+		/* No address at all: its hostname is the address used. */
+		if (!any && (!m->hostname || !host_is_valid(m->hostname))) {
+			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
+			stack_path_key(ipath, sizeof(ipath), lpath, "instances");
+			stack_path_key(path, sizeof(path), ipath, m->hostname ? m->hostname : "");
+			return stack_error_set(err, path,
+					       "has no address and its hostname is not a valid host name, which would "
+					       "be used instead (layer %s holds the shared blobs)",
+					       l->shortname);
+		}
 	}
+	return 0;
+}
+
+/* Directories the storage recipes create, chmod or mount over must never
+ * be the system's own (/, /etc, /usr, /var, ...). */
+static int validate_not_system(struct stack_error *err, const char *path, const char *dir)
+{
+	if (path_is_system_dir(dir))
+		return stack_error_set(err, path, "must not be a system directory (%s)", dir);
+	return 0;
+}
+
+/* agent.volumes and ebs.devices: their shape is checked in stack.c; here,
+ * what the volume recipes make of them. */
+static int validate_volumes(const struct stack *s, struct stack_error *err)
+{
+	const json_t *agent = json_object_get(s->root, "agent");
+	const json_t *vols = json_is_object(agent) ? json_object_get(agent, "volumes") : NULL;
+	const json_t *ebs = json_object_get(s->root, "ebs");
+	const json_t *devices = json_is_object(ebs) ? json_object_get(ebs, "devices") : NULL;
+	const json_t *list, *v, *mp, *fs;
+	const char *key;
+	char hpath[512], vpath[640], path[768];
+	size_t i;
+	int r;
+
+	if (json_is_object(vols))
+		json_object_foreach((json_t *)vols, key, list) {
+			stack_path_key(hpath, sizeof(hpath), "$.agent.volumes", key);
+			json_array_foreach(list, i, v) {
+				mp = json_object_get(v, "mount_point");
+				if (!json_is_string(mp))
+					continue;
+				stack_path_index(vpath, sizeof(vpath), hpath, i);
+				stack_path_key(path, sizeof(path), vpath, "mount_point");
+				if ((r = validate_not_system(err, path, json_string_value(mp))) < 0)
+					return r;
+			}
+		}
+	if (json_is_object(devices))
+		json_object_foreach((json_t *)devices, key, v) {
+			stack_path_key(vpath, sizeof(vpath), "$.ebs.devices", key);
+			mp = json_object_get(v, "mount_point");
+			if (json_is_string(mp)) {
+				stack_path_key(path, sizeof(path), vpath, "mount_point");
+				if ((r = validate_not_system(err, path, json_string_value(mp))) < 0)
+					return r;
+			}
+			fs = json_object_get(v, "fstype");
+			if (fs && (!json_is_string(fs) || (strcmp(json_string_value(fs), "xfs") != 0 &&
+							   strcmp(json_string_value(fs), "ext4") != 0))) {
+				stack_path_key(path, sizeof(path), vpath, "fstype");
+				return stack_error_set(err, path, "must be \"xfs\" or \"ext4\"");
+			}
+		}
 	return 0;
 }
 
@@ -548,6 +625,14 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
 			return stack_error_set(err, path, "must be an absolute path without \"..\"");
 		}
+		if (fs) {
+			char parent[64];
+
+			snprintf(parent, sizeof(parent), "$.%s", sections[k]);
+			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
+			if ((r = validate_not_system(err, path, json_string_value(fs))) < 0)
+				return r;
+		}
 		for (size_t f = 0; f < ELEMENTSOF(flags); f++) {
 			v = json_object_get(sec, flags[f]);
 			if (v && !json_is_boolean(v)) {
@@ -559,10 +644,17 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 			}
 		}
 	}
+	if ((r = validate_volumes(s, err)) < 0)
+		return r;
 	if (!b)
 		return validate_blob_layer(s, err);
 	if (!json_is_object(b))
 		return stack_error_set(err, "$.plone_blobs", "must be an object");
+	v = json_object_get(b, "blob_dir");
+	if (v && (!json_is_string(v) || !path_is_safe_absolute(json_string_value(v))))
+		return stack_error_set(err, "$.plone_blobs.blob_dir", "must be an absolute path without \"..\"");
+	if (v && (r = validate_not_system(err, "$.plone_blobs.blob_dir", json_string_value(v))) < 0)
+		return r;
 	if ((r = validate_string(err, "$.plone_blobs", b, "host", host_is_valid, "a host name or address")) < 0 ||
 	    (r = validate_string(err, "$.plone_blobs", b, "network", network_is_valid,
 				 "an exports(5) client: address, network/prefix or host name")) < 0 ||

@@ -21,12 +21,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size > FSTAB_MAX || memchr(data, '\0', size))
 		return 0;
-	out = fstab_set(text, size, "/fuzz me", line, &changed);
+	out = fstab_set(text, size, "/fuzz me", line, true, &changed);
 	if (fstab_find(out, strlen(out), "/fuzz me", &e) != 1 || strcmp(e.source, "UUID=1") != 0 ||
 	    !fstab_has_option(e.options, "x-agentd"))
 		abort();
 	fstab_entry_done(&e);
-	again = fstab_set(out, strlen(out), "/fuzz me", line, &changed);
+	again = fstab_set(out, strlen(out), "/fuzz me", line, true, &changed);
 	if (changed || strcmp(again, out) != 0)
 		abort();
 	free(again);

@@ -203,6 +203,10 @@ BAD = [
     ("mount point", {"volume_id": VOLID, "mount_point": "/data/../../etc"}, "$.agent.volumes.app1[0].mount_point"),
     ("device", {"device": "/dev/../../etc/passwd", "mount_point": "/data"}, "$.agent.volumes.app1[0].device"),
     ("relative", {"device": "dev/sdf", "mount_point": "/data"}, "$.agent.volumes.app1[0].device"),
+    ("system dir", {"volume_id": VOLID, "mount_point": "/etc"}, "$.agent.volumes.app1[0].mount_point"),
+    ("var", {"volume_id": VOLID, "mount_point": "/var/"}, "$.agent.volumes.app1[0].mount_point"),
+    ("root", {"volume_id": VOLID, "mount_point": "/"}, "$.agent.volumes.app1[0].mount_point"),
+    ("under usr", {"volume_id": VOLID, "mount_point": "/usr/local/data"}, "$.agent.volumes.app1[0].mount_point"),
 ]
 
 
@@ -220,6 +224,23 @@ def test_ebs_devices_path_escaping_root_is_rejected(ns_agent):
     a.start()
     st = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the error in status")
     assert st["source"]["error_path"].startswith("$.ebs.devices"), st["source"]
+
+
+EBS_BAD = [
+    ("system dir", {"mount_point": "/usr"}, "mount_point"),
+    ("opt", {"mount_point": "/opt"}, "mount_point"),
+    ("fstype", {"mount_point": "/data", "fstype": "btrfs"}, "fstype"),
+]
+
+
+@pytest.mark.parametrize("what,dev,key", EBS_BAD, ids=[b[0] for b in EBS_BAD])
+def test_ebs_devices_system_dir_or_other_fstype_is_rejected(ns_agent, what, dev, key):
+    a = ns_agent(conftest.simple_stack(extra={"ebs": {"devices": {"/dev/sdf": dev}}}))
+    a.start()
+    st = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the error in status")
+    path = st["source"]["error_path"]
+    assert path.startswith("$.ebs.devices") and "sdf" in path and path.endswith("." + key), st["source"]
+    assert a.runs() == []
 
 
 def test_symlinks_cannot_lead_a_mount_out_of_root(ns_agent, loops, tmpdir_agent):
@@ -241,3 +262,80 @@ def test_symlinks_cannot_lead_a_mount_out_of_root(ns_agent, loops, tmpdir_agent)
     m = mounts_of(a.proc.pid)
     assert outside not in m and not any(v[3] == "%d:%d" % (os.major(os.stat(loop.dev).st_rdev),
                                                           os.minor(os.stat(loop.dev).st_rdev)) for v in m.values())
+
+
+def test_device_with_unknown_data_is_never_formatted(ns_agent, loops):
+    # No signature libblkid knows, but data: mkfs allowed, still refused.
+    loop = loops()
+    data = os.urandom(1 << 20)
+    with open(loop.file, "r+b") as f:
+        f.write(data)
+    a = ns_agent(volume_stack([{"volume_id": VOLID, "mount_point": "/data", "fstype": "ext4", "mkfs": True}]))
+    loop.node_in(a.root, BY_ID)
+    a.start()
+    failed = wait_for(lambda: [r for r in a.finished_runs() if r["status"] == "failed"], what="a failed run")
+    vol = step_of(a, failed[0]["id"], "volume")[0]
+    assert vol["status"] == "failed" and "not blank but no filesystem found: refusing mkfs" in vol["error"], vol
+    with open(loop.dev, "rb") as f:
+        assert f.read(1 << 20) == data
+    assert loop.blkid("TYPE") == "" and mounted_at(a, "/data") is None
+
+
+
+def test_fstab_line_of_someone_else_is_kept_unless_forced(ns_agent, loops):
+    loop = loops()
+    subprocess.run(["mkfs.ext4", "-q", "-F", loop.dev], check=True)
+    uuid = loop.blkid("UUID")
+    vol = {"volume_id": VOLID, "mount_point": "/data", "fstype": "ext4"}
+    a = ns_agent(volume_stack([vol]))
+    loop.node_in(a.root, BY_ID)
+    os.makedirs(os.path.join(a.root, "etc"))
+    theirs = ["LABEL=theirs /data ext4 defaults 0 2", "proc /proc proc defaults 0 0"]
+    with open(os.path.join(a.root, "etc/fstab"), "w") as f:
+        f.write("\n".join(theirs) + "\n")
+    a.start()
+    failed = wait_for(lambda: [r for r in a.finished_runs() if r["status"] == "failed"], what="a failed run")
+    step = step_of(a, failed[0]["id"], "volume")[0]
+    assert "fstab line for /data is not agentd's" in step["error"] and "force" in step["error"], step
+    assert fstab_lines(a.root) == theirs and mounted_at(a, "/data") is None
+    a.write_stack(volume_stack([dict(vol, force=True)]))
+    wait_for(lambda: mounted_at(a, "/data"), what="the forced mount")
+    a.wait_idle()
+    lines = fstab_lines(a.root)
+    assert [l.split()[:2] for l in lines] == [["UUID=" + uuid, "/data"], ["proc", "/proc"]], lines
+    assert a.stop() == 0, a.stderr_text()[-3000:]
+
+
+def test_volume_id_wins_over_a_mapping_name_that_is_another_volume(ns_agent, loops):
+    # /dev/sdf is there and has a file system, but its serial says it is
+    # another volume; the volume asked for is found by its serial.
+    other, ours = loops(), loops()
+    subprocess.run(["mkfs.ext4", "-q", "-F", other.dev], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-f", ours.dev], check=True)
+    a = ns_agent(volume_stack([{"volume_id": VOLID, "device": "/dev/sdf", "mount_point": "/data"}]))
+    os.makedirs(os.path.join(a.root, "dev"))
+    for name, loop, serial in (("sdf", other, "vol0aaaaaaaaaaaaaaaa"), ("nvme2n1", ours, "vol" + VOLID[4:])):
+        os.mknod(os.path.join(a.root, "dev", name), stat.S_IFBLK | 0o600, os.stat(loop.dev).st_rdev)
+        os.makedirs(os.path.join(a.root, "sys/block", name, "device"))
+        with open(os.path.join(a.root, "sys/block", name, "device/serial"), "w") as f:
+            f.write(serial + "  \n")
+    a.start()
+    a.wait_runs(3)
+    a.wait_idle()
+    assert all(r["status"] == "success" for r in a.runs()), a.runs()
+    m = mounted_at(a, "/data")
+    st = os.stat(ours.dev)
+    assert m[1] == "xfs" and m[3] == f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}", m
+    assert a.stop() == 0, a.stderr_text()[-3000:]
+
+
+def test_blank_device_found_only_by_name_is_never_formatted_when_a_volume_id_is_given(ns_agent, loops):
+    loop = loops()
+    a = ns_agent(volume_stack([{"volume_id": VOLID, "device": "/dev/sdf", "mount_point": "/data", "mkfs": True}]))
+    os.makedirs(os.path.join(a.root, "dev"))
+    os.mknod(os.path.join(a.root, "dev/sdf"), stat.S_IFBLK | 0o600, os.stat(loop.dev).st_rdev)
+    a.start()
+    failed = wait_for(lambda: [r for r in a.finished_runs() if r["status"] == "failed"], what="a failed run")
+    vol = step_of(a, failed[0]["id"], "volume")[0]
+    assert "found only by its name" in vol["error"] and "refusing mkfs" in vol["error"], vol
+    assert loop.blkid("TYPE") == "" and mounted_at(a, "/data") is None

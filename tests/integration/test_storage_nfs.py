@@ -182,6 +182,38 @@ def test_blob_server_address_that_could_pass_for_an_option_is_rejected(nfs_agent
     assert nfs_agent.calls() == [] and a.runs() == []
 
 
+
+def test_blob_member_hostname_fallback_that_could_pass_for_an_option_is_rejected(nfs_agent):
+    # No address at all: the hostname would be the mount source's host.
+    stack = blob_stack()
+    stack["opsworks"]["layers"]["shared_blobs"]["instances"] = {
+        "-V": {"private_ip": "", "private_dns_name": "", "ip": "", "public_dns_name": "", "status": "online"}}
+    a = nfs_agent(stack)
+    a.start()
+    st = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the error in status")
+    path = st["source"]["error_path"]
+    assert path.startswith("$.opsworks.layers.shared_blobs.instances") and "-V" in path, st["source"]
+    assert nfs_agent.calls() == [] and a.runs() == []
+
+
+SYSTEM_DIRS = [
+    ("filestorage_dir", "plone_zeoserver", {"filestorage_dir": "/etc"}, "$.plone_zeoserver.filestorage_dir"),
+    ("filestorage_dir var", "plone_instances", {"filestorage_dir": "/var"}, "$.plone_instances.filestorage_dir"),
+    ("blob_dir", "plone_blobs", {"blob_dir": "/usr/share"}, "$.plone_blobs.blob_dir"),
+    ("blob_dir root", "plone_blobs", {"blob_dir": "/"}, "$.plone_blobs.blob_dir"),
+]
+
+
+@pytest.mark.parametrize("what,section,value,path", SYSTEM_DIRS, ids=[d[0] for d in SYSTEM_DIRS])
+def test_system_directories_are_rejected_with_their_path(nfs_agent, what, section, value, path):
+    stack = blob_stack()
+    stack[section] = dict(stack.get(section) or {}, **value)
+    a = nfs_agent(stack)
+    a.start()
+    st = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the error in status")
+    assert st["source"]["error_path"] == path, st["source"]
+    assert nfs_agent.calls() == [] and a.runs() == []
+
 def test_nfs_server_exports(make_agent, tmpdir_agent):
     log = os.path.join(tmpdir_agent, "exportfs.log")
     rec = os.path.join(tmpdir_agent, "exportfs")

@@ -134,6 +134,24 @@ static void test_render_membership(void **state)
 	stack_unref(s);
 }
 
+static void test_nginx_stats_location_is_the_path(void **state)
+{
+	struct stack_error err = { 0 };
+	struct stack *s = load_fmt("'10.0.0.1'", ", 'haproxy': {'enable_stats': true, 'stats_password': 'pw'}", &err);
+	_cleanup_free_ char *ngx = NULL, *cfg = NULL;
+
+	(void)state;
+	assert_non_null(s);
+	/* The default stats_url "/haproxy?stats": haproxy gets it whole, nginx
+	 * matches locations without the query string. */
+	cfg = front_render_haproxy(s, &defaults);
+	assert_non_null(strstr(cfg, "\tstats uri /haproxy?stats\n"));
+	ngx = front_render_nginx(s, &defaults);
+	assert_non_null(strstr(ngx, "\tlocation = /haproxy {\n\t\tproxy_pass http://balancer;\n"));
+	assert_null(strstr(ngx, "?stats"));
+	stack_unref(s);
+}
+
 static void expect_invalid(const char *addr, const char *extra, const char *path)
 {
 	struct stack_error err = { 0 };
@@ -216,6 +234,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_golden),
+		cmocka_unit_test(test_nginx_stats_location_is_the_path),
 		cmocka_unit_test(test_render_membership),
 		cmocka_unit_test(test_validation),
 		cmocka_unit_test(test_vcl_list_parse),

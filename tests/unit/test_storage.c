@@ -18,32 +18,57 @@
 
 static void test_fstab_append_replace_dedupe(void **state)
 {
-	const char *text = "# static\nUUID=a / ext4 defaults 0 1\n\n/dev/x /data ext4 old 0 2\n"
-			   "/dev/y /data xfs older 0 0\nproc /proc proc defaults 0 0\n";
+	const char *text = "# static\nUUID=a / ext4 defaults 0 1\n\n/dev/x /data ext4 old,x-agentd 0 2\n"
+			   "/dev/y /data xfs older,x-agentd 0 0\nproc /proc proc defaults 0 0\n";
 	bool changed = false;
 	char *out;
 
 	(void)state;
-	out = fstab_set(text, strlen(text), "/data", "UUID=b /data ext4 new,x-agentd 0 2", &changed);
+	out = fstab_set(text, strlen(text), "/data", "UUID=b /data ext4 new,x-agentd 0 2", false, &changed);
 	assert_true(changed);
 	assert_string_equal(out, "# static\nUUID=a / ext4 defaults 0 1\n\nUUID=b /data ext4 new,x-agentd 0 2\n"
 				 "proc /proc proc defaults 0 0\n");
 	/* Setting the same line again changes nothing. */
 	{
-		char *again = fstab_set(out, strlen(out), "/data", "UUID=b /data ext4 new,x-agentd 0 2", &changed);
+		char *again = fstab_set(out, strlen(out), "/data", "UUID=b /data ext4 new,x-agentd 0 2", false, &changed);
 
 		assert_false(changed);
 		assert_string_equal(again, out);
 		free(again);
 	}
 	free(out);
-	out = fstab_set("", 0, "/srv/a b", "x /srv/a\\040b nfs rw 0 0", &changed);
+	out = fstab_set("", 0, "/srv/a b", "x /srv/a\\040b nfs rw 0 0", false, &changed);
 	assert_true(changed);
 	assert_string_equal(out, "x /srv/a\\040b nfs rw 0 0\n");
 	free(out);
 	/* A last line without a newline is kept, and gets one. */
-	out = fstab_set("a /b c d", 8, "/z", "n /z t o 0 0", &changed);
+	out = fstab_set("a /b c d", 8, "/z", "n /z t o 0 0", false, &changed);
 	assert_string_equal(out, "a /b c d\nn /z t o 0 0\n");
+	free(out);
+}
+
+static void test_fstab_keeps_lines_that_are_not_agentds(void **state)
+{
+	const char *text = "/dev/x /data ext4 defaults 0 2\nUUID=o /data ext4 old,x-agentd 0 2\n"
+			   "/dev/y /data xfs user 0 0\nUUID=p /data ext4 older,x-agentd 0 2\n";
+	bool changed = false;
+	char *out, *src = NULL;
+
+	(void)state;
+	assert_int_equal(fstab_find_foreign(text, strlen(text), "/data", &src), 1);
+	assert_string_equal(src, "/dev/x");
+	free(src);
+	assert_int_equal(fstab_find_foreign(text, strlen(text), "/other", NULL), 0);
+	assert_int_equal(fstab_find_foreign("U /data e a,x-agentd 0 0\n", 25, "/data", NULL), 0);
+	/* agentd's first line is replaced, its later one dropped; the others stay. */
+	out = fstab_set(text, strlen(text), "/data", "UUID=b /data ext4 new,x-agentd 0 2", false, &changed);
+	assert_true(changed);
+	assert_string_equal(out, "/dev/x /data ext4 defaults 0 2\nUUID=b /data ext4 new,x-agentd 0 2\n"
+				 "/dev/y /data xfs user 0 0\n");
+	free(out);
+	/* Forced: every line for the mount point is agentd's to replace. */
+	out = fstab_set(text, strlen(text), "/data", "UUID=b /data ext4 new,x-agentd 0 2", true, &changed);
+	assert_string_equal(out, "UUID=b /data ext4 new,x-agentd 0 2\n");
 	free(out);
 }
 
@@ -96,6 +121,29 @@ static void test_gluster_info(void **state)
 	gluster_info_done(&i);
 }
 
+static void test_gluster_info_absent(void **state)
+{
+	static const char *const absent[] = {
+		"Volume blobs does not exist\n",
+		"volume info: failed: Volume blobs does not exist\n",
+		"\nVolume blobs does not exist \r\n",
+	};
+	static const char *const other[] = {
+		"Connection failed. Please check if gluster daemon is operational.\n",
+		"Volume blobsx does not exist\n",
+		"Volume other does not exist\n",
+		"Error : Request timed out\n",
+		"xVolume blobs does not exist\n",
+		"",
+	};
+
+	(void)state;
+	for (size_t k = 0; k < ELEMENTSOF(absent); k++)
+		assert_true(gluster_info_says_absent(absent[k], strlen(absent[k]), "blobs"));
+	for (size_t k = 0; k < ELEMENTSOF(other); k++)
+		assert_false(gluster_info_says_absent(other[k], strlen(other[k]), "blobs"));
+}
+
 static void test_volume_candidates(void **state)
 {
 	char **c;
@@ -123,8 +171,10 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fstab_append_replace_dedupe),
+		cmocka_unit_test(test_fstab_keeps_lines_that_are_not_agentds),
 		cmocka_unit_test(test_fstab_parse_and_escape),
 		cmocka_unit_test(test_gluster_info),
+		cmocka_unit_test(test_gluster_info_absent),
 		cmocka_unit_test(test_volume_candidates),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
