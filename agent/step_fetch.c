@@ -269,7 +269,10 @@ static void fetch_apply(struct step *s, struct plan_exec *x)
 	if (r > 0) {
 		char **argv = purge_argv(d->dfd);
 		d->stage = 0;
-		spawn_in_dir(d, argv, NULL);
+		/* As the app user: the directory's entries are the app's, and a
+		 * symlink among them (shared/eggs -> /etc) must not let root's
+		 * rm empty what it points to. */
+		spawn_in_dir(d, argv, d->user);
 		for (char **p = argv; *p; p++)
 			free(*p);
 		free(argv);

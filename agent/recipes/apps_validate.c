@@ -38,6 +38,18 @@ static bool rel_path_ok(const char *p)
 	return true;
 }
 
+/* A cache archive's directory under deploy_to: not agentd's release tree
+ * (current, releases) nor shared itself, whose entries are links agentd
+ * makes and a purge would empty. */
+static bool cache_path_ok(const char *p)
+{
+	size_t n = strcspn(p, "/");
+
+	if ((n == 7 && strncmp(p, "current", 7) == 0) || (n == 8 && strncmp(p, "releases", 8) == 0))
+		return false;
+	return strcmp(p, "shared") != 0 && strcmp(p, "shared/") != 0;
+}
+
 static bool git_url_ok(const char *u)
 {
 	/* git runs commands for ext:: and fd:: "transports"; a leading '-' would be an option. */
@@ -159,6 +171,10 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		stack_path_index(p2, sizeof(p2), path, i);
 		if (!p || !rel_path_ok(p))
 			return stack_error_set(err, p2, "\"path\" must be a directory inside deploy_to, without \"..\"");
+		if (!cache_path_ok(p))
+			return stack_error_set(err, p2, "\"path\" must not be shared itself nor under current or releases "
+						       "(agentd's own links and releases), got %s",
+					       stack_quote(q, sizeof(q), p));
 		if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) || has_meta(url))
 			return stack_error_set(err, p2, "\"url\" must be an http:// or https:// URL");
 	}

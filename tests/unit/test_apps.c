@@ -232,6 +232,13 @@ static void test_validation_paths(void **state)
 		{ ",\"buildout_parts_to_include\":[\"a b\"]", "$.deploy.plone_instances.buildout_parts_to_include[0]" },
 		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"../x\"}]",
 		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		/* agentd's own links and releases: a purge would empty what they point to. */
+		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"current/eggs\"}]",
+		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"releases\"}]",
+		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"shared\"}]",
+		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
 	};
 	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
 		char buf[4096];
