@@ -356,6 +356,9 @@ static void cb_fetched(void *userdata, const struct http_response *resp)
 		err = xasprintf("fetch of release %s failed: %s", d->name, resp->error);
 	else if (resp->status != 200)
 		err = xasprintf("fetch of release %s failed: %s answered HTTP %ld", d->name, url, resp->status);
+	/* Written by us (root, 0600); tar reads it as the app user. */
+	if (!err && fchownat(d->relfd, ARCHIVE_FILE, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+		err = xasprintf("cannot give the archive of release %s to its user: %s", d->name, strerror(errno));
 	if (err)
 		return rel_fail(d, err);
 	{
