@@ -283,7 +283,7 @@ static int switch_current(struct rel_data *d, char **ret_error)
 	char tmp[NAME_MAX + 1];
 	int r;
 
-	r = file_write_atomic_at(d->relfd, SOURCE_FILE, d->source_key, strlen(d->source_key), 0644, d->uid, d->gid);
+	r = file_write_atomic_at(d->relfd, SOURCE_FILE, d->source_key, strlen(d->source_key), 0600, d->uid, d->gid);
 	if (r < 0) {
 		*ret_error = xasprintf("cannot record the source of release %s: %s", d->name, strerror(-r));
 		return r;

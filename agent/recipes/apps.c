@@ -379,9 +379,11 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 	for (size_t i = 0; i < a->sv.n; i++) {
 		_cleanup_free_ char *conf = program_conf(a, &a->sv.v[i], env);
 		_cleanup_free_ char *path = xasprintf("%s/%s.conf", c->supervisor_conf_dir, a->sv.v[i].name);
-		s = plan_add_file(a->plan, path, conf, strlen(conf), 0644, NULL, NULL, a->ret_error);
+		/* The whole app environment is in it: root's only, and never in a diff. */
+		s = plan_add_file(a->plan, path, conf, strlen(conf), 0600, NULL, NULL, a->ret_error);
 		if (!s)
 			goto out;
+		s->secret = true;
 	}
 	names = service_names(&a->sv);
 	{

@@ -53,6 +53,9 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     assert [s["status"] for s in first if s["kind"] == "service"] == ["changed", "unchanged", "unchanged"]
     conf = open(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).read()
     assert "bin/client1 console" in conf and 'ZOPE_MODE="test"' in conf and "RAILS_ENV" not in conf
+    # The program files hold the environment, .agentd-source the repository URL (maybe with a token).
+    assert os.stat(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.join(a.root, DEPLOY_TO, "current", ".agentd-source")).st_mode & 0o777 == 0o600
 
     # Deploy again with nothing changed: nothing changes, nothing is built or restarted.
     p = a.ctl("--json", "run", "deploy", "--app", "plone_instances", "--wait", check=0)
