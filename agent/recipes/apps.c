@@ -470,8 +470,10 @@ static int plan_release(struct app_plan *a)
 static int plan_action_all(struct app_plan *a, enum service_action act)
 {
 	for (size_t i = 0; i < a->sv.n; i++) {
+		/* A restart is rolling, as after a deploy: each running service waits its delay. */
 		struct service_step_opts o = { .action = act, .socket = a->ctx->config->supervisor_socket,
-					       .timeout_ms = rpc_timeout_ms(a), .name = a->sv.v[i].name };
+					       .timeout_ms = rpc_timeout_ms(a), .name = a->sv.v[i].name,
+					       .delay_sec = act == SERVICE_RESTART ? a->sv.v[i].delay : 0 };
 		if (!plan_add_service(a->plan, &o, a->ret_error))
 			return -EINVAL;
 	}

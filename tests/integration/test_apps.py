@@ -124,7 +124,7 @@ def test_new_revisions_prune_rollback_and_failed_build(apps_env):
     pids = sup.pids("plone_instances-")
 
     commit(repo, "v3")
-    r = deploy_and_wait(a, apps_stack(repo, revision="v3"))
+    r = deploy_and_wait(a, apps_stack(repo, revision="v3", pi={"restart_delay": 1}))
     assert r["status"] == "success", r
     third = current(a)
     # keep_releases is 2: the oldest went.
@@ -142,6 +142,9 @@ def test_new_revisions_prune_rollback_and_failed_build(apps_env):
              what="the restart after the rollback")
     wait_clients([8081, 8082])
     assert all(sup.pids("plone_instances-")[k] != pids[k] for k in pids)
+    # Rolling: each running client waited its restart_delay (1 s) first.
+    restarts = [s for s in run_steps(a, out["restart_run"]) if s["kind"] == "service"]
+    assert len(restarts) == 2 and all(s["duration_ms"] >= 1000 for s in restarts), restarts
 
     # A revision whose buildout fails: the run fails with buildout's output in
     # its log, current and the running clients stay as they were.
