@@ -87,7 +87,28 @@ static bool env_key_ok(const char *k)
 	return true;
 }
 
-static int check_app(const struct stack_app *app, struct stack_error *err)
+#define APPS_LIST_MAX 64
+#define APPS_NAME_MAX 64
+
+/* Whether an init command's name is one of the services the kinds serving
+ * app add themselves (apps_services()): the two would be one program. */
+static bool name_is_kinds_own(const struct stack *s, const char *app, const char *name)
+{
+	if (strcmp(apps_app_name(s, APP_INSTANCES), app) == 0) {
+		const json_t *pi = plone_section(s, "plone_instances");
+		size_t n = strspn(name + (strncmp(name, "client", 6) == 0 ? 6 : 0), "0123456789");
+		if (strncmp(name, "client", 6) == 0 && n > 0 && name[6 + n] == '\0')
+			return true;
+		if (json_is_true(json_object_get(pi, "enable_celery")) &&
+		    (strcmp(name, "celery") == 0 || strcmp(name, "celerybeat") == 0))
+			return true;
+	}
+	if (strcmp(apps_app_name(s, APP_ZEOSERVER), app) == 0 && strcmp(name, "zeoserver") == 0)
+		return true;
+	return strcmp(apps_app_name(s, APP_SOLR), app) == 0 && strcmp(name, "solr") == 0;
+}
+
+static int check_app(const struct stack *st, const struct stack_app *app, struct stack_error *err)
 {
 	char base[600], path[700], p2[800], q[128];
 	const json_t *scm = json_object_get(app->json, "scm");
@@ -116,6 +137,15 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		return stack_error_set(err, p2, "must be a branch, tag or commit: [A-Za-z0-9_./-], no \"..\", got %s",
 				       stack_quote(q, sizeof(q), rev));
 	}
+	for (const char *const *key = (const char *const[]){ "buildout_init_commands", "buildout_cache_archives",
+							       "environment", NULL };
+	     *key; key++) {
+		const json_t *l = json_object_get(app->json, *key);
+		if ((json_is_array(l) ? json_array_size(l) : json_object_size(l)) > APPS_LIST_MAX) {
+			stack_path_key(path, sizeof(path), base, *key);
+			return stack_error_set(err, path, "at most %d entries", APPS_LIST_MAX);
+		}
+	}
 	list = json_object_get(app->json, "buildout_init_commands");
 	json_array_foreach((json_t *)list, i, v) {
 		const char *name = json_string_value(json_object_get(v, "name"));
@@ -123,8 +153,16 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		const json_t *args = json_object_get(v, "args"), *delay = json_object_get(v, "delay");
 		stack_path_key(path, sizeof(path), base, "buildout_init_commands");
 		stack_path_index(p2, sizeof(p2), path, i);
-		if (!name || !name_is_valid(name))
-			return stack_error_set(err, p2, "needs a \"name\" made of [A-Za-z0-9_.-]");
+		if (!name || !name_is_valid(name) || strlen(name) > APPS_NAME_MAX)
+			return stack_error_set(err, p2, "needs a \"name\" made of [A-Za-z0-9_.-], at most %d bytes",
+					       APPS_NAME_MAX);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(name, json_string_value(json_object_get(json_array_get(list, j), "name"))) == 0)
+				return stack_error_set(err, p2, "has the same name as init command %zu: %s", j,
+						       stack_quote(q, sizeof(q), name));
+		if (name_is_kinds_own(st, app->name, name))
+			return stack_error_set(err, p2, "is named like a service of the app's own: %s",
+					       stack_quote(q, sizeof(q), name));
 		if (!cmd || !rel_path_ok(cmd))
 			return stack_error_set(err, p2, "\"cmd\" must be a path inside the release, like \"bin/celery\", "
 						       "without \"..\" or shell metacharacters");
@@ -196,7 +234,7 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 	int r;
 
 	for (size_t i = 0; i < s->n_apps; i++)
-		if ((r = check_app(&s->apps[i], err)) < 0)
+		if ((r = check_app(s, &s->apps[i], err)) < 0)
 			return r;
 	for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
 		const json_t *sec = plone_section(s, apps_section_name(kinds[i]));

@@ -224,7 +224,7 @@ static void test_services(void **state)
 static void test_validation_paths(void **state)
 {
 	static const struct {
-		const char *app, *path;
+		const char *app, *path, *pi;
 	} cases[] = {
 		{ ",\"buildout_init_commands\":[{\"name\":\"x\",\"cmd\":\"../bin/sh\"}]",
 		  "$.deploy.plone_instances.buildout_init_commands[0]" },
@@ -239,13 +239,23 @@ static void test_validation_paths(void **state)
 		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
 		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"shared\"}]",
 		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		/* Two programs of one name, or one named like the kind's own. */
+		{ ",\"buildout_init_commands\":[{\"name\":\"w\",\"cmd\":\"bin/a\"},{\"name\":\"w\",\"cmd\":\"bin/b\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[1]" },
+		{ ",\"buildout_init_commands\":[{\"name\":\"client2\",\"cmd\":\"bin/a\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[0]" },
+		{ ",\"buildout_init_commands\":[{\"name\":\"celery\",\"cmd\":\"bin/a\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[0]", "\"enable_celery\":true" },
+		{ ",\"buildout_init_commands\":[{\"name\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\","
+		  "\"cmd\":\"bin/a\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[0]" },
 	};
 	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
 		char buf[4096];
 		struct stack *s = NULL;
 		struct stack_error err;
 
-		(void)snprintf(buf, sizeof(buf), doc_fmt, "", cases[i].app, "");
+		(void)snprintf(buf, sizeof(buf), doc_fmt, "", cases[i].app, cases[i].pi ? cases[i].pi : "");
 		/* stack.c checks types; the family's validator checks the values. */
 		if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
 			fail_msg("case %zu: %s: %s", i, err.path, err.message);
@@ -253,6 +263,28 @@ static void test_validation_paths(void **state)
 		assert_string_equal(err.path, cases[i].path);
 		stack_unref(s);
 	}
+}
+
+/* Lists are capped at 64 entries. */
+static void test_validation_caps(void **state)
+{
+	struct buf app;
+	char buf[16384];
+	struct stack *s = NULL;
+	struct stack_error err;
+
+	buf_init(&app);
+	buf_puts(&app, ",\"buildout_init_commands\":[");
+	for (int i = 0; i < 65; i++)
+		buf_printf(&app, "%s{\"name\":\"c%d\",\"cmd\":\"bin/c\"}", i ? "," : "", i);
+	buf_puts(&app, "]");
+	(void)snprintf(buf, sizeof(buf), doc_fmt, "", app.data, "");
+	buf_free(&app);
+	if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
+		fail_msg("%s: %s", err.path, err.message);
+	assert_int_equal(apps_validate(s, &err), -EINVAL);
+	assert_string_equal(err.path, "$.deploy.plone_instances.buildout_init_commands");
+	stack_unref(s);
 }
 
 static void test_packages_missing(void **state)
@@ -277,6 +309,7 @@ int main(void)
 		cmocka_unit_test(test_render_instances), cmocka_unit_test(test_render_relstorage_solr_celery),
 		cmocka_unit_test(test_client_count),
 		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
+		cmocka_unit_test(test_validation_caps),
 		cmocka_unit_test(test_packages_missing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
