@@ -287,6 +287,19 @@ static bool has_buildout_command(const struct config *c)
 	return cmd != NULL;
 }
 
+/* The buffer's text with every % doubled (supervisord expands %(name)s
+ * everywhere in a program section); frees b. */
+static char *pct_escape(struct buf *b)
+{
+	struct buf o;
+
+	buf_init(&o);
+	for (const char *c = b->data; c && *c; c++)
+		buf_puts(&o, *c == '%' ? "%%" : (char[]){ *c, '\0' });
+	buf_free(b);
+	return buf_steal(&o);
+}
+
 static char *program_conf(struct app_plan *a, const struct app_service *s, const json_t *env)
 {
 	struct buf b;
@@ -308,12 +321,12 @@ static char *program_conf(struct app_plan *a, const struct app_service *s, const
 	buf_puts(&b, "stderr_logfile_maxbytes = 50MB\nstderr_logfile_backups = 10\n");
 	buf_puts(&b, "environment = ");
 	json_object_foreach((json_t *)env, k, v) {
-		/* Validation refused quotes, backslashes, % and newlines in values. */
+		/* Validation refused quotes, backslashes and control characters in values. */
 		buf_printf(&b, "%s%s=\"%s\"", first ? "" : ",", k, json_string_value(v));
 		first = false;
 	}
 	buf_puts(&b, "\n");
-	return buf_steal(&b);
+	return pct_escape(&b);
 }
 
 static const char **service_names(const struct app_services *sv)

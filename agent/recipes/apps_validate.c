@@ -22,6 +22,41 @@ static bool has_meta(const char *s)
 	return false;
 }
 
+static bool has_cntrl(const char *s)
+{
+	for (; *s; s++)
+		if (iscntrl((unsigned char)*s))
+			return true;
+	return false;
+}
+
+/* A host, host:port or (with space) a list of them, as written into
+ * deploy.cfg: [A-Za-z0-9.:_-]. */
+static bool host_ok(const char *h, bool list)
+{
+	if (!*h)
+		return false;
+	for (; *h; h++)
+		if (!isalnum((unsigned char)*h) && !strchr(".:_-", *h) && !(list && *h == ' '))
+			return false;
+	return true;
+}
+
+/* Every string member of obj (a database section) is one line of deploy.cfg. */
+static int check_lines(const json_t *obj, const char *base, struct stack_error *err)
+{
+	const char *k;
+	json_t *v;
+	char p[800];
+
+	json_object_foreach((json_t *)obj, k, v)
+		if (json_is_string(v) && has_cntrl(json_string_value(v))) {
+			stack_path_key(p, sizeof(p), base, k);
+			return stack_error_set(err, p, "must not contain control characters (newlines)");
+		}
+	return 0;
+}
+
 /* A relative path inside the release: safe components, no "..", not absolute. */
 static bool rel_path_ok(const char *p)
 {
@@ -120,6 +155,14 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 	size_t i;
 
 	stack_path_key(base, sizeof(base), "$.deploy", app->name);
+	if (apps_is_family_app(st, app->name) && app->deploy_to && !path_is_plain(app->deploy_to)) {
+		/* Written into supervisor programs and deploy.cfg. */
+		stack_path_key(path, sizeof(path), base, "deploy_to");
+		return stack_error_set(err, path, "may hold only [A-Za-z0-9_./-] here");
+	}
+	stack_path_key(path, sizeof(path), base, "database");
+	if (check_lines(json_object_get(app->json, "database"), path, err) < 0)
+		return -EINVAL;
 	stack_path_key(path, sizeof(path), base, "scm");
 	if (repo) {
 		stack_path_key(p2, sizeof(p2), path, "repository");
@@ -222,8 +265,10 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 		stack_path_key(p2, sizeof(p2), path, k);
 		if (!env_key_ok(k))
 			return stack_error_set(err, p2, "environment names are [A-Za-z_][A-Za-z0-9_]*");
-		if (s && (strpbrk(s, "\"\n\r%\\") != NULL))
-			return stack_error_set(err, p2, "must not contain quotes, backslashes, %% or newlines");
+		/* A value is KEY="value" in a supervisor program (a % is written
+		 * %%) and a line of deploy.cfg. */
+		if (s && (strpbrk(s, "\"\\") != NULL || has_cntrl(s)))
+			return stack_error_set(err, p2, "must not contain quotes, backslashes or control characters");
 	}
 	return 0;
 }
@@ -239,7 +284,7 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 	for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
 		const json_t *sec = plone_section(s, apps_section_name(kinds[i]));
 		const json_t *v;
-		char base[128], p[256];
+		char base[128], p[256], q[256];
 
 		(void)snprintf(base, sizeof(base), "$.%s", apps_section_name(kinds[i]));
 		if (!sec)
@@ -262,18 +307,39 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600))
 			return stack_error_set(err, p, "must be seconds, 0 to 3600");
 		v = json_object_get(json_object_get(sec, "zeo"), "address");
-		stack_path_key(p, sizeof(p), base, "zeo");
-		stack_path_key(p, sizeof(p), p, "address");
-		if (v && (!json_is_string(v) || has_meta(json_string_value(v))))
-			return stack_error_set(err, p, "must be a host:port");
-		for (const char *const *key = (const char *const[]){ "solr_host", "zeo_layer", "solr_layer", "broker_layer",
-								       NULL };
+		stack_path_key(q, sizeof(q), base, "zeo");
+		stack_path_key(p, sizeof(p), q, "address");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
+			return stack_error_set(err, p, "must be a host:port ([A-Za-z0-9.:_-])");
+		v = json_object_get(sec, "solr_host");
+		stack_path_key(p, sizeof(p), base, "solr_host");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
+			return stack_error_set(err, p, "must be a host ([A-Za-z0-9.:_-])");
+		v = json_object_get(json_object_get(sec, "broker"), "host");
+		stack_path_key(q, sizeof(q), base, "broker");
+		stack_path_key(p, sizeof(p), q, "host");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
+			return stack_error_set(err, p, "must be a host ([A-Za-z0-9.:_-])");
+		for (const char *const *key = (const char *const[]){ "zeo_layer", "solr_layer", "broker_layer", NULL };
 		     *key; key++) {
 			v = json_object_get(sec, *key);
 			stack_path_key(p, sizeof(p), base, *key);
 			if (v && (!json_is_string(v) || has_meta(json_string_value(v))))
 				return stack_error_set(err, p, "must be a host or layer name");
 		}
+	}
+	{
+		const json_t *rs = json_object_get(plone_section(s, "plone_instances"), "relstorage");
+		const json_t *v = json_object_get(rs, "dsn");
+		if (v && (!json_is_string(v) || has_cntrl(json_string_value(v))))
+			return stack_error_set(err, "$.plone_instances.relstorage.dsn",
+					       "must not contain control characters (newlines)");
+		v = json_object_get(rs, "cache_servers");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), true)))
+			return stack_error_set(err, "$.plone_instances.relstorage.cache_servers",
+					       "must be host:port entries separated by spaces ([A-Za-z0-9.:_-])");
+		if (check_lines(json_object_get(rs, "db"), "$.plone_instances.relstorage.db", err) < 0)
+			return -EINVAL;
 	}
 	{
 		const json_t *bd = json_object_get(plone_section(s, "plone_blobs"), "blob_dir");

@@ -30,6 +30,8 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     make, repo = apps_env
     stack = apps_stack(repo)
     stack["deploy"]["plone_instances"]["os_packages"] = ["coreutils", "agentd-test-no-such-package"]
+    # supervisord expands %(...)s: a % is written %%.
+    stack["deploy"]["plone_instances"]["environment"]["PCT"] = "50%(x)s"
     a, sup = make(stack)
     a.wait_runs(3, timeout=120)
     a.wait_idle(timeout=120)
@@ -53,6 +55,7 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     assert [s["status"] for s in first if s["kind"] == "service"] == ["changed", "unchanged", "unchanged"]
     conf = open(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).read()
     assert "bin/client1 console" in conf and 'ZOPE_MODE="test"' in conf and "RAILS_ENV" not in conf
+    assert 'PCT="50%%(x)s"' in conf
     # The program files hold the environment, .agentd-source the repository URL (maybe with a token).
     assert os.stat(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).st_mode & 0o777 == 0o600
     assert os.stat(os.path.join(a.root, DEPLOY_TO, "current", ".agentd-source")).st_mode & 0o777 == 0o600
@@ -72,6 +75,7 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     n = len(a.finished_runs())
     stack = apps_stack(repo, zeo_ip="10.9.0.2", pi={"restart_delay": 1})
     stack["deploy"]["plone_instances"]["os_packages"] = ["coreutils", "agentd-test-no-such-package"]
+    stack["deploy"]["plone_instances"]["environment"]["PCT"] = "50%(x)s"
     a.write_stack(stack)
     a.wait_runs(n + 1, timeout=120)
     a.wait_idle(timeout=120)
@@ -303,6 +307,19 @@ BAD = [
      "$.deploy.plone_instances.buildout_cache_archives[0]"),
     (lambda s: s["deploy"]["plone_instances"].update(environment={"A": "x\"; rm -rf /"}),
      "$.deploy.plone_instances.environment.A"),
+    # Newlines would add lines (sections, programs) to deploy.cfg or a supervisor program.
+    (lambda s: s["deploy"]["plone_instances"].update(environment={"A": "x\n[program:evil]\ncommand=/bin/sh"}),
+     "$.deploy.plone_instances.environment.A"),
+    (lambda s: s["deploy"]["plone_instances"].update(environment={"A\nB": "x"}),
+     "$.deploy.plone_instances.environment"),
+    (lambda s: s["plone_instances"].update(enable_relstorage=True,
+                                           relstorage={"db": {"password": "pw\n[buildout]\nparts = evil"}}),
+     "$.plone_instances.relstorage.db.password"),
+    (lambda s: s["plone_instances"].update(enable_celery=True, broker={"host": "b\n[celery]"}),
+     "$.plone_instances.broker.host"),
+    (lambda s: s["deploy"]["plone_instances"].update(
+        buildout_init_commands=[{"name": "client1", "cmd": "bin/x"}]),
+     "$.deploy.plone_instances.buildout_init_commands[0]"),
 ]
 
 

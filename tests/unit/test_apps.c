@@ -239,6 +239,16 @@ static void test_validation_paths(void **state)
 		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
 		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"shared\"}]",
 		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		/* Lines of deploy.cfg and supervisor programs: no control characters, plain hosts. */
+		{ "", "$.plone_instances.relstorage.dsn", "\"relstorage\":{\"dsn\":\"dbname=z\\n[buildout]\"}" },
+		{ "", "$.plone_instances.relstorage.db.password", "\"relstorage\":{\"db\":{\"password\":\"pw\\nx = y\"}}" },
+		{ "", "$.plone_instances.relstorage.cache_servers", "\"relstorage\":{\"cache_servers\":\"a:1 b;c\"}" },
+		{ ",\"database\":{\"host\":\"db\\n[x]\"}", "$.deploy.plone_instances.database.host" },
+		{ "", "$.plone_instances.broker.host", "\"broker\":{\"host\":\"b\\nx\"}" },
+		{ "", "$.plone_instances.zeo.address", "\"zeo\":{\"address\":\"z/x:8100\"}" },
+		{ "", "$.plone_instances.solr_host", "\"solr_host\":\"s\\tx\"" },
+		{ ",\"deploy_to\":\"/srv/www/a%b\"", "$.deploy.plone_instances.deploy_to" },
+		{ "", "$.plone_instances.broker.host", "\"enable_celery\":true,\"broker\":{\"host\":\"b\\n[celery]\"}" },
 		/* Two programs of one name, or one named like the kind's own. */
 		{ ",\"buildout_init_commands\":[{\"name\":\"w\",\"cmd\":\"bin/a\"},{\"name\":\"w\",\"cmd\":\"bin/b\"}]",
 		  "$.deploy.plone_instances.buildout_init_commands[1]" },
