@@ -309,8 +309,10 @@ static char *program_conf(struct app_plan *a, const struct app_service *s, const
 	bool first = true;
 
 	buf_init(&b);
-	buf_printf(&b, "; Written by agentd for %s: changes here are overwritten.\n[program:%s]\n", a->app->name,
-		   s->name);
+	/* The first line names the app: the service update treats as the app's
+	 * only the files (and groups) that say so (step_service.c). */
+	buf_printf(&b, "; agentd app=%s\n; Written by agentd: changes here are overwritten.\n[program:%s]\n",
+		   a->app->name, s->name);
 	buf_printf(&b, "command = %s/current/%s\n", a->host_deploy_to, s->command);
 	buf_printf(&b, "directory = %s/current\n", a->host_deploy_to);
 	buf_printf(&b, "user = %s\n", a->app->user);
@@ -498,15 +500,11 @@ static int plan_undeploy(struct app_plan *a)
 	const struct config *c = a->ctx->config;
 	const char *none[] = { NULL };
 	struct service_step_opts o = { .action = SERVICE_UPDATE, .socket = c->supervisor_socket,
-				       .timeout_ms = rpc_timeout_ms(a), .programs = none, .app = a->app->name };
+				       .timeout_ms = rpc_timeout_ms(a), .programs = none, .app = a->app->name,
+				       .conf_dir = c->supervisor_conf_dir };
 
-	/* Only this app: its programs go (the update stops and removes their
-	 * groups once their files are gone), then its deploy_to. */
-	for (size_t i = 0; i < a->sv.n; i++) {
-		_cleanup_free_ char *path = xasprintf("%s/%s.conf", c->supervisor_conf_dir, a->sv.v[i].name);
-		if (!plan_add_absent(a->plan, path, false, a->ret_error))
-			return -EINVAL;
-	}
+	/* Only this app: the update removes the program files that name it
+	 * (wanting none), then stops and removes their groups; then its deploy_to. */
 	if (!plan_add_service(a->plan, &o, a->ret_error))
 		return -EINVAL;
 	return plan_add_absent(a->plan, a->app->deploy_to, true, a->ret_error) ? 0 : -EINVAL;

@@ -421,3 +421,32 @@ def test_archive_over_http_with_basic_auth(apps_env, tmpdir_agent):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_an_app_whose_name_prefixes_another_leaves_its_programs_alone(apps_env):
+    # "plone" is a prefix of "plone-zeo": the program files say whose they are.
+    make, repo = apps_env
+    app = {"scm": {"scm_type": "git", "repository": repo, "revision": "v1"}, "user": "root", "group": "root"}
+    stack = apps_stack(repo, apps={
+        "plone": dict(app, deploy_to="/srv/www/plone"),
+        "plone-zeo": dict(app, deploy_to="/srv/www/plone-zeo"),
+    })
+    stack["opsworks"]["layers"]["zeoserver"]["instances"] = {"app1": {"private_ip": "127.0.0.1", "status": "online"}}
+    stack["plone_instances"]["app_name"] = "plone"
+    stack["plone_zeoserver"] = {"enable_pack": False, "app_name": "plone-zeo"}
+    a, sup = make(stack)
+    a.wait_runs(4, timeout=180)
+    a.wait_idle(timeout=180)
+    assert all(r["status"] == "success" for r in a.runs()), [r.get("error") for r in a.runs()]
+    confd = os.path.join(a.root, "etc/supervisor/conf.d")
+    assert open(os.path.join(confd, "plone-zeo-zeoserver.conf")).readline() == "; agentd app=plone-zeo\n"
+    zeo_pid = sup.pids("plone-zeo-")["plone-zeo-zeoserver"]
+
+    p = a.ctl("run", "deploy", "--layer", "plone_instances", "--app", "plone", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = a.ctl("run", "undeploy", "--layer", "plone_instances", "--app", "plone", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(os.listdir(confd)) == ["plone-zeo-zeoserver.conf"]
+    assert set(sup.info()) == {"plone-zeo-zeoserver"}
+    assert sup.pids("plone-zeo-")["plone-zeo-zeoserver"] == zeo_pid
+    assert answers(8001)["part"] == "zeoserver"
