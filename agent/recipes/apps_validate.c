@@ -311,6 +311,12 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		stack_path_key(p, sizeof(p), q, "address");
 		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
 			return stack_error_set(err, p, "must be a host:port ([A-Za-z0-9.:_-])");
+		for (const char *const *key = (const char *const[]){ "celery_args", "beat_args", NULL }; *key; key++) {
+			v = json_object_get(sec, *key);
+			stack_path_key(p, sizeof(p), base, *key);
+			if (v && (!json_is_string(v) || !args_ok(json_string_value(v))))
+				return stack_error_set(err, p, "may hold only [A-Za-z0-9_./:=,@+-] and spaces");
+		}
 		v = json_object_get(sec, "solr_host");
 		stack_path_key(p, sizeof(p), base, "solr_host");
 		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))

@@ -221,6 +221,32 @@ static void test_services(void **state)
 	stack_unref(s);
 }
 
+/* With enable_celery and a broker: the worker and (celerybeat) the scheduler, after the clients. */
+static void test_services_celery(void **state)
+{
+	struct stack *s = parse_fmt("", "",
+				    "\"instance_count\":1,\"enable_celery\":true,\"broker\":{\"host\":\"10.0.7.1\"},"
+				    "\"celery_args\":\"-A app -l info\",\"celerybeat\":true,\"beat_args\":\"-A app\"");
+	struct app_services sv;
+
+	apps_services(s, APP_INSTANCES, stack_app_find(s, "plone_instances"), &sv);
+	assert_int_equal(sv.n, 3);
+	assert_string_equal(sv.v[0].name, "plone_instances-client1");
+	assert_string_equal(sv.v[1].name, "plone_instances-celery");
+	assert_string_equal(sv.v[1].command, "bin/celery worker -A app -l info");
+	assert_string_equal(sv.v[2].name, "plone_instances-celerybeat");
+	assert_string_equal(sv.v[2].command, "bin/celery beat -A app");
+	apps_services_free(&sv);
+	stack_unref(s);
+
+	/* No broker host found: no celery programs. */
+	s = parse_fmt("", "", "\"instance_count\":1,\"enable_celery\":true,\"celerybeat\":true");
+	apps_services(s, APP_INSTANCES, stack_app_find(s, "plone_instances"), &sv);
+	assert_int_equal(sv.n, 1);
+	apps_services_free(&sv);
+	stack_unref(s);
+}
+
 static void test_validation_paths(void **state)
 {
 	static const struct {
@@ -249,6 +275,7 @@ static void test_validation_paths(void **state)
 		{ "", "$.plone_instances.solr_host", "\"solr_host\":\"s\\tx\"" },
 		{ ",\"deploy_to\":\"/srv/www/a%b\"", "$.deploy.plone_instances.deploy_to" },
 		{ "", "$.plone_instances.broker.host", "\"enable_celery\":true,\"broker\":{\"host\":\"b\\n[celery]\"}" },
+		{ "", "$.plone_instances.celery_args", "\"celery_args\":\"-A app; rm -rf /\"" },
 		/* Two programs of one name, or one named like the kind's own. */
 		{ ",\"buildout_init_commands\":[{\"name\":\"w\",\"cmd\":\"bin/a\"},{\"name\":\"w\",\"cmd\":\"bin/b\"}]",
 		  "$.deploy.plone_instances.buildout_init_commands[1]" },
@@ -320,6 +347,7 @@ int main(void)
 		cmocka_unit_test(test_client_count),
 		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
 		cmocka_unit_test(test_validation_caps),
+		cmocka_unit_test(test_services_celery),
 		cmocka_unit_test(test_packages_missing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
