@@ -450,3 +450,45 @@ def test_an_app_whose_name_prefixes_another_leaves_its_programs_alone(apps_env):
     assert set(sup.info()) == {"plone-zeo-zeoserver"}
     assert sup.pids("plone-zeo-")["plone-zeo-zeoserver"] == zeo_pid
     assert answers(8001)["part"] == "zeoserver"
+
+
+def test_cache_archive_for_an_app_user_that_is_not_root(apps_env, tmpdir_agent):
+    # agentd downloads as root (0600); tar runs as the app user: the file is given to that user first.
+    import http.server
+    import pwd
+    import tarfile
+    import threading
+    make, repo = apps_env
+    nobody = pwd.getpwnam("nobody")
+    cache = os.path.join(tmpdir_agent, "cache.tar.gz")
+    with tarfile.open(cache, "w:gz") as t:
+        t.add(os.path.join(repo, "cfg", "base.cfg"), arcname="cached/base.cfg")
+    data = open(cache, "rb").read()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        stack = apps_stack(repo)
+        stack["deploy"]["plone_instances"].update(user="nobody", group="nogroup", buildout_cache_archives=[
+            {"url": f"http://127.0.0.1:{srv.server_address[1]}/cache.tar.gz", "path": "shared/downloads/dist"}])
+        a, sup = make(stack)
+        wait_for(lambda: last_run(a, event="setup") and last_run(a, event="setup")["status"] in ("success", "failed"),
+                 timeout=120, what="the setup run")
+        r = last_run(a, event="setup")
+        assert r["status"] == "success", (r, run_steps(a, r["id"]))
+        dist = os.path.join(a.root, DEPLOY_TO, "shared/downloads/dist")
+        assert os.stat(os.path.join(dist, "cached/base.cfg")).st_uid == nobody.pw_uid
+        assert not os.path.exists(os.path.join(dist, ".agentd-fetch.tar.gz"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
