@@ -35,6 +35,8 @@ struct fetch_data {
 	struct exec *proc;
 	int dfd;
 	int stage; /* 0 purge, 1 fetch, 2 unpack */
+	uid_t uid; /* of user, or -1 without one */
+	gid_t gid;
 };
 
 static void fetch_free(void *data)
@@ -96,8 +98,14 @@ static int open_dir(struct fetch_data *d, bool create, char **ret_error)
 		_cleanup_close_ int pfd = -1;
 		_cleanup_free_ char *name = NULL;
 		r = rootfs_open_parent(rootfd, d->dir, true, 0755, &pfd, &name);
-		if (r >= 0 && mkdirat(pfd, name, 0755) < 0 && errno != EEXIST)
-			r = -errno;
+		if (r >= 0) {
+			if (mkdirat(pfd, name, 0755) == 0) {
+				/* tar runs as the app user: the directory is theirs. */
+				if (fchownat(pfd, name, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+					r = -errno;
+			} else if (errno != EEXIST)
+				r = -errno;
+		}
 		if (r < 0) {
 			*ret_error = xasprintf("cannot create %s: %s", d->dir, strerror(-r));
 			return r;
@@ -178,6 +186,9 @@ static void cb_fetched(void *userdata, const struct http_response *resp)
 		err = xasprintf("fetch into %s failed: %s", d->dir, resp->error);
 	else if (resp->status != 200)
 		err = xasprintf("fetch into %s failed: %s answered HTTP %ld", d->dir, url, resp->status);
+	/* Written by us (root, 0600); tar reads it as the app user. */
+	else if (fchownat(d->dfd, FETCH_FILE, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+		err = xasprintf("cannot give the archive in %s to %s: %s", d->dir, d->user, strerror(errno));
 	if (err) {
 		(void)unlinkat(d->dfd, FETCH_FILE, 0);
 		return fetch_done(d, STEP_FAILED, err);
@@ -256,6 +267,12 @@ static void fetch_apply(struct step *s, struct plan_exec *x)
 	int r;
 
 	d->x = x;
+	d->uid = (uid_t)-1;
+	d->gid = (gid_t)-1;
+	if (d->user && (r = user_lookup(d->user, &d->uid, &d->gid)) < 0) {
+		err = xasprintf("cannot look up user %s: %s", d->user, strerror(-r));
+		return fetch_done(d, STEP_FAILED, err);
+	}
 	d->dfd = open_dir(d, true, &err);
 	if (d->dfd < 0)
 		return fetch_done(d, STEP_FAILED, err);
@@ -269,7 +286,10 @@ static void fetch_apply(struct step *s, struct plan_exec *x)
 	if (r > 0) {
 		char **argv = purge_argv(d->dfd);
 		d->stage = 0;
-		spawn_in_dir(d, argv, NULL);
+		/* As the app user: the directory's entries are the app's, and a
+		 * symlink among them (shared/eggs -> /etc) must not let root's
+		 * rm empty what it points to. */
+		spawn_in_dir(d, argv, d->user);
 		for (char **p = argv; *p; p++)
 			free(*p);
 		free(argv);

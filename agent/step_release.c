@@ -283,7 +283,7 @@ static int switch_current(struct rel_data *d, char **ret_error)
 	char tmp[NAME_MAX + 1];
 	int r;
 
-	r = file_write_atomic_at(d->relfd, SOURCE_FILE, d->source_key, strlen(d->source_key), 0644, d->uid, d->gid);
+	r = file_write_atomic_at(d->relfd, SOURCE_FILE, d->source_key, strlen(d->source_key), 0600, d->uid, d->gid);
 	if (r < 0) {
 		*ret_error = xasprintf("cannot record the source of release %s: %s", d->name, strerror(-r));
 		return r;
@@ -356,6 +356,9 @@ static void cb_fetched(void *userdata, const struct http_response *resp)
 		err = xasprintf("fetch of release %s failed: %s", d->name, resp->error);
 	else if (resp->status != 200)
 		err = xasprintf("fetch of release %s failed: %s answered HTTP %ld", d->name, url, resp->status);
+	/* Written by us (root, 0600); tar reads it as the app user. */
+	if (!err && fchownat(d->relfd, ARCHIVE_FILE, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+		err = xasprintf("cannot give the archive of release %s to its user: %s", d->name, strerror(errno));
 	if (err)
 		return rel_fail(d, err);
 	{

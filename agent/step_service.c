@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -48,13 +49,13 @@ struct svc_data {
 	int phase;
 	bool changed;
 	json_t *added;     /* update: names added in this run (array of strings) */
+	json_t *marked;    /* update: programs whose files name the app (read, or removed, in this run) */
 };
 
-static bool owned_by_app(const char *app, const char *name)
-{
-	size_t n = strlen(app);
-	return strncmp(name, app, n) == 0 && (name[n] == '\0' || name[n] == '-');
-}
+/* The first line of each program file agentd writes names its app (apps.c
+ * program_conf()); files of agentd before it start with the second form. */
+#define APP_MARKER "; agentd app="
+#define APP_MARKER_OLD "; Written by agentd for "
 
 static bool strv_has(char *const *v, const char *s)
 {
@@ -62,6 +63,47 @@ static bool strv_has(char *const *v, const char *s)
 		if (strcmp(*v, s) == 0)
 			return true;
 	return false;
+}
+
+static bool json_strv_has(const json_t *a, const char *s)
+{
+	size_t i;
+	json_t *v;
+
+	json_array_foreach((json_t *)a, i, v)
+		if (json_is_string(v) && strcmp(json_string_value(v), s) == 0)
+			return true;
+	return false;
+}
+
+/* Whether the program file's first line names app: "; agentd app=<app>" or
+ * "; Written by agentd for <app>: ...". A prefix of the name is not enough:
+ * app "plone" does not own "plone-zeo"'s programs. */
+static bool conf_names_app(int dfd, const char *file, const char *app)
+{
+	_cleanup_close_ int fd = openat(dfd, file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	char line[512];
+	struct stat st;
+	size_t n = strlen(app);
+	ssize_t len;
+
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return false;
+	len = read(fd, line, sizeof(line) - 1);
+	if (len <= 0)
+		return false;
+	line[len] = '\0';
+	line[strcspn(line, "\n")] = '\0';
+	if (strncmp(line, APP_MARKER, strlen(APP_MARKER)) == 0)
+		return strcmp(line + strlen(APP_MARKER), app) == 0;
+	return strncmp(line, APP_MARKER_OLD, strlen(APP_MARKER_OLD)) == 0 &&
+	       strncmp(line + strlen(APP_MARKER_OLD), app, n) == 0 && line[strlen(APP_MARKER_OLD) + n] == ':';
+}
+
+/* A group of the app: one it wants, or one whose program file names it. */
+static bool owned_by_app(const struct svc_data *d, const char *name)
+{
+	return strv_has(d->programs, name) || json_strv_has(d->marked, name);
 }
 
 static void svc_free(void *data)
@@ -80,6 +122,7 @@ static void svc_free(void *data)
 	free(d->programs);
 	json_decref(d->queue);
 	json_decref(d->added);
+	json_decref(d->marked);
 	free(d);
 }
 
@@ -187,7 +230,7 @@ static void svc_phase(struct svc_data *d, const json_t *result)
 
 			json_array_foreach((json_t *)removed, i, v) {
 				const char *n = json_string_value(v);
-				if (!n || !owned_by_app(d->app, n))
+				if (!n || !owned_by_app(d, n))
 					continue;
 				svc_queue(d, "supervisor.stopProcessGroup", json_pack("[s, b]", n, 1), SUPERVISOR_BAD_NAME, 0,
 					  true);
@@ -196,7 +239,7 @@ static void svc_phase(struct svc_data *d, const json_t *result)
 			}
 			json_array_foreach((json_t *)changed, i, v) {
 				const char *n = json_string_value(v);
-				if (!n || !owned_by_app(d->app, n))
+				if (!n || !owned_by_app(d, n))
 					continue;
 				svc_queue(d, "supervisor.stopProcessGroup", json_pack("[s, b]", n, 1), SUPERVISOR_BAD_NAME, 0,
 					  true);
@@ -207,7 +250,7 @@ static void svc_phase(struct svc_data *d, const json_t *result)
 			}
 			json_array_foreach((json_t *)added, i, v) {
 				const char *n = json_string_value(v);
-				if (!n || !owned_by_app(d->app, n))
+				if (!n || !owned_by_app(d, n))
 					continue;
 				svc_queue(d, "supervisor.addProcessGroup", json_pack("[s]", n), SUPERVISOR_ALREADY_ADDED, 0,
 					  true);
@@ -258,17 +301,6 @@ static void svc_phase(struct svc_data *d, const json_t *result)
 	svc_finish(d, d->changed ? STEP_CHANGED : STEP_UNCHANGED, NULL);
 }
 
-static bool json_strv_has(const json_t *a, const char *s)
-{
-	size_t i;
-	json_t *v;
-
-	json_array_foreach((json_t *)a, i, v)
-		if (json_is_string(v) && strcmp(json_string_value(v), s) == 0)
-			return true;
-	return false;
-}
-
 /* Removes the app's program files that are no longer wanted. Returns the
  * number removed or a negative errno (a missing directory is 0). */
 static int remove_stale_confs(struct svc_data *d, char **ret_error)
@@ -296,7 +328,10 @@ static int remove_stale_confs(struct svc_data *d, char **ret_error)
 		if (len <= 5 || strcmp(de->d_name + len - 5, ".conf") != 0)
 			continue;
 		prog = xstrndup(de->d_name, len - 5);
-		if (!owned_by_app(d->app, prog) || strv_has(d->programs, prog))
+		if (!conf_names_app(dirfd(dir), de->d_name, d->app))
+			continue;
+		json_array_append_new(d->marked, json_string(prog));
+		if (strv_has(d->programs, prog))
 			continue;
 		if (unlinkat(dirfd(dir), de->d_name, 0) < 0) {
 			int r = -errno;
@@ -326,6 +361,8 @@ static void svc_apply(struct step *s, struct plan_exec *x)
 	d->changed = false;
 	json_decref(d->added);
 	d->added = json_array();
+	json_decref(d->marked);
+	d->marked = json_array();
 	switch (d->action) {
 	case SERVICE_UPDATE:
 		if (d->conf_dir) {

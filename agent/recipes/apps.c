@@ -287,6 +287,19 @@ static bool has_buildout_command(const struct config *c)
 	return cmd != NULL;
 }
 
+/* The buffer's text with every % doubled (supervisord expands %(name)s
+ * everywhere in a program section); frees b. */
+static char *pct_escape(struct buf *b)
+{
+	struct buf o;
+
+	buf_init(&o);
+	for (const char *c = b->data; c && *c; c++)
+		buf_puts(&o, *c == '%' ? "%%" : (char[]){ *c, '\0' });
+	buf_free(b);
+	return buf_steal(&o);
+}
+
 static char *program_conf(struct app_plan *a, const struct app_service *s, const json_t *env)
 {
 	struct buf b;
@@ -296,8 +309,10 @@ static char *program_conf(struct app_plan *a, const struct app_service *s, const
 	bool first = true;
 
 	buf_init(&b);
-	buf_printf(&b, "; Written by agentd for %s: changes here are overwritten.\n[program:%s]\n", a->app->name,
-		   s->name);
+	/* The first line names the app: the service update treats as the app's
+	 * only the files (and groups) that say so (step_service.c). */
+	buf_printf(&b, "; agentd app=%s\n; Written by agentd: changes here are overwritten.\n[program:%s]\n",
+		   a->app->name, s->name);
 	buf_printf(&b, "command = %s/current/%s\n", a->host_deploy_to, s->command);
 	buf_printf(&b, "directory = %s/current\n", a->host_deploy_to);
 	buf_printf(&b, "user = %s\n", a->app->user);
@@ -308,12 +323,12 @@ static char *program_conf(struct app_plan *a, const struct app_service *s, const
 	buf_puts(&b, "stderr_logfile_maxbytes = 50MB\nstderr_logfile_backups = 10\n");
 	buf_puts(&b, "environment = ");
 	json_object_foreach((json_t *)env, k, v) {
-		/* Validation refused quotes, backslashes, % and newlines in values. */
+		/* Validation refused quotes, backslashes and control characters in values. */
 		buf_printf(&b, "%s%s=\"%s\"", first ? "" : ",", k, json_string_value(v));
 		first = false;
 	}
 	buf_puts(&b, "\n");
-	return buf_steal(&b);
+	return pct_escape(&b);
 }
 
 static const char **service_names(const struct app_services *sv)
@@ -379,9 +394,11 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 	for (size_t i = 0; i < a->sv.n; i++) {
 		_cleanup_free_ char *conf = program_conf(a, &a->sv.v[i], env);
 		_cleanup_free_ char *path = xasprintf("%s/%s.conf", c->supervisor_conf_dir, a->sv.v[i].name);
-		s = plan_add_file(a->plan, path, conf, strlen(conf), 0644, NULL, NULL, a->ret_error);
+		/* The whole app environment is in it: root's only, and never in a diff. */
+		s = plan_add_file(a->plan, path, conf, strlen(conf), 0600, NULL, NULL, a->ret_error);
 		if (!s)
 			goto out;
+		s->secret = true;
 	}
 	names = service_names(&a->sv);
 	{
@@ -468,8 +485,10 @@ static int plan_release(struct app_plan *a)
 static int plan_action_all(struct app_plan *a, enum service_action act)
 {
 	for (size_t i = 0; i < a->sv.n; i++) {
+		/* A restart is rolling, as after a deploy: each running service waits its delay. */
 		struct service_step_opts o = { .action = act, .socket = a->ctx->config->supervisor_socket,
-					       .timeout_ms = rpc_timeout_ms(a), .name = a->sv.v[i].name };
+					       .timeout_ms = rpc_timeout_ms(a), .name = a->sv.v[i].name,
+					       .delay_sec = act == SERVICE_RESTART ? a->sv.v[i].delay : 0 };
 		if (!plan_add_service(a->plan, &o, a->ret_error))
 			return -EINVAL;
 	}
@@ -481,15 +500,11 @@ static int plan_undeploy(struct app_plan *a)
 	const struct config *c = a->ctx->config;
 	const char *none[] = { NULL };
 	struct service_step_opts o = { .action = SERVICE_UPDATE, .socket = c->supervisor_socket,
-				       .timeout_ms = rpc_timeout_ms(a), .programs = none, .app = a->app->name };
+				       .timeout_ms = rpc_timeout_ms(a), .programs = none, .app = a->app->name,
+				       .conf_dir = c->supervisor_conf_dir };
 
-	/* Only this app: its programs go (the update stops and removes their
-	 * groups once their files are gone), then its deploy_to. */
-	for (size_t i = 0; i < a->sv.n; i++) {
-		_cleanup_free_ char *path = xasprintf("%s/%s.conf", c->supervisor_conf_dir, a->sv.v[i].name);
-		if (!plan_add_absent(a->plan, path, false, a->ret_error))
-			return -EINVAL;
-	}
+	/* Only this app: the update removes the program files that name it
+	 * (wanting none), then stops and removes their groups; then its deploy_to. */
 	if (!plan_add_service(a->plan, &o, a->ret_error))
 		return -EINVAL;
 	return plan_add_absent(a->plan, a->app->deploy_to, true, a->ret_error) ? 0 : -EINVAL;

@@ -88,6 +88,20 @@ static const char *discover(const struct stack *s, const char *layer)
 	return m ? plone_member_address(m) : NULL;
 }
 
+/* The celery broker's host (reference §4.1 item 6): broker.host, or the
+ * first online-or-self member of broker_layer (celery_broker); NULL
+ * without enable_celery or a host. */
+static const char *celery_broker_host(const struct stack *s)
+{
+	const json_t *pi = plone_section(s, "plone_instances");
+	const char *host = json_string_value(json_object_get(json_object_get(pi, "broker"), "host"));
+	const char *layer = json_string_value(json_object_get(pi, "broker_layer"));
+
+	if (!json_is_true(json_object_get(pi, "enable_celery")))
+		return NULL;
+	return host ? host : discover(s, layer ? layer : "celery_broker");
+}
+
 static void render_list(struct buf *b, const char *head, const json_t *list, const char *const *first)
 {
 	size_t i, n = 0;
@@ -188,14 +202,10 @@ static void render_instances(struct buf *b, const struct stack *s, const struct 
 		if (host)
 			buf_printf(b, "[solr-host]\nhost = %s\n\n", host);
 	}
-	if (json_is_true(json_object_get(pi, "enable_celery"))) {
-		const json_t *broker = json_object_get(pi, "broker");
-		const char *host = json_string_value(json_object_get(broker, "host"));
-		const char *layer = json_string_value(json_object_get(pi, "broker_layer"));
-		const json_t *port = json_object_get(broker, "port");
+	{
+		const json_t *port = json_object_get(json_object_get(pi, "broker"), "port");
 		long p = json_is_integer(port) ? (long)json_integer_value(port) : 6379;
-		if (!host)
-			host = discover(s, layer ? layer : "celery_broker");
+		const char *host = celery_broker_host(s);
 		if (host) {
 			buf_puts(parts, "celery\n");
 			buf_printf(b, "[celery-broker]\nhost = %s\nport = %ld\n\n[celery]\nbroker-host = %s\nbroker-port = %ld\n\n",
@@ -361,6 +371,18 @@ void apps_services(const struct stack *s, enum app_kind k, const struct stack_ap
 			(void)snprintf(name, sizeof(name), "client%ld", j);
 			(void)snprintf(cmd, sizeof(cmd), "bin/client%ld console", j);
 			add_service(ret, app->name, name, cmd, d);
+		}
+		/* Celery with its broker (reference §4.1 items 6 and 10): the
+		 * worker, and with celerybeat the scheduler. */
+		if (celery_broker_host(s)) {
+			const char *wa = sect_string(s, k, "celery_args", "");
+			const char *ba = sect_string(s, k, "beat_args", "");
+			_cleanup_free_ char *worker = *wa ? xasprintf("bin/celery worker %s", wa) : xstrdup("bin/celery worker");
+			add_service(ret, app->name, "celery", worker, 0);
+			if (sect_bool(s, k, "celerybeat", false)) {
+				_cleanup_free_ char *beat = *ba ? xasprintf("bin/celery beat %s", ba) : xstrdup("bin/celery beat");
+				add_service(ret, app->name, "celerybeat", beat, 0);
+			}
 		}
 	} else if (k == APP_ZEOSERVER)
 		add_service(ret, app->name, "zeoserver", "bin/zeoserver fg", d);

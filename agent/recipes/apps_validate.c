@@ -22,6 +22,41 @@ static bool has_meta(const char *s)
 	return false;
 }
 
+static bool has_cntrl(const char *s)
+{
+	for (; *s; s++)
+		if (iscntrl((unsigned char)*s))
+			return true;
+	return false;
+}
+
+/* A host, host:port or (with space) a list of them, as written into
+ * deploy.cfg: [A-Za-z0-9.:_-]. */
+static bool host_ok(const char *h, bool list)
+{
+	if (!*h)
+		return false;
+	for (; *h; h++)
+		if (!isalnum((unsigned char)*h) && !strchr(".:_-", *h) && !(list && *h == ' '))
+			return false;
+	return true;
+}
+
+/* Every string member of obj (a database section) is one line of deploy.cfg. */
+static int check_lines(const json_t *obj, const char *base, struct stack_error *err)
+{
+	const char *k;
+	json_t *v;
+	char p[800];
+
+	json_object_foreach((json_t *)obj, k, v)
+		if (json_is_string(v) && has_cntrl(json_string_value(v))) {
+			stack_path_key(p, sizeof(p), base, k);
+			return stack_error_set(err, p, "must not contain control characters (newlines)");
+		}
+	return 0;
+}
+
 /* A relative path inside the release: safe components, no "..", not absolute. */
 static bool rel_path_ok(const char *p)
 {
@@ -36,6 +71,18 @@ static bool rel_path_ok(const char *p)
 			c++;
 	}
 	return true;
+}
+
+/* A cache archive's directory under deploy_to: not agentd's release tree
+ * (current, releases) nor shared itself, whose entries are links agentd
+ * makes and a purge would empty. */
+static bool cache_path_ok(const char *p)
+{
+	size_t n = strcspn(p, "/");
+
+	if ((n == 7 && strncmp(p, "current", 7) == 0) || (n == 8 && strncmp(p, "releases", 8) == 0))
+		return false;
+	return strcmp(p, "shared") != 0 && strcmp(p, "shared/") != 0;
 }
 
 static bool git_url_ok(const char *u)
@@ -75,7 +122,28 @@ static bool env_key_ok(const char *k)
 	return true;
 }
 
-static int check_app(const struct stack_app *app, struct stack_error *err)
+#define APPS_LIST_MAX 64
+#define APPS_NAME_MAX 64
+
+/* Whether an init command's name is one of the services the kinds serving
+ * app add themselves (apps_services()): the two would be one program. */
+static bool name_is_kinds_own(const struct stack *s, const char *app, const char *name)
+{
+	if (strcmp(apps_app_name(s, APP_INSTANCES), app) == 0) {
+		const json_t *pi = plone_section(s, "plone_instances");
+		size_t n = strspn(name + (strncmp(name, "client", 6) == 0 ? 6 : 0), "0123456789");
+		if (strncmp(name, "client", 6) == 0 && n > 0 && name[6 + n] == '\0')
+			return true;
+		if (json_is_true(json_object_get(pi, "enable_celery")) &&
+		    (strcmp(name, "celery") == 0 || strcmp(name, "celerybeat") == 0))
+			return true;
+	}
+	if (strcmp(apps_app_name(s, APP_ZEOSERVER), app) == 0 && strcmp(name, "zeoserver") == 0)
+		return true;
+	return strcmp(apps_app_name(s, APP_SOLR), app) == 0 && strcmp(name, "solr") == 0;
+}
+
+static int check_app(const struct stack *st, const struct stack_app *app, struct stack_error *err)
 {
 	char base[600], path[700], p2[800], q[128];
 	const json_t *scm = json_object_get(app->json, "scm");
@@ -87,6 +155,14 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 	size_t i;
 
 	stack_path_key(base, sizeof(base), "$.deploy", app->name);
+	if (apps_is_family_app(st, app->name) && app->deploy_to && !path_is_plain(app->deploy_to)) {
+		/* Written into supervisor programs and deploy.cfg. */
+		stack_path_key(path, sizeof(path), base, "deploy_to");
+		return stack_error_set(err, path, "may hold only [A-Za-z0-9_./-] here");
+	}
+	stack_path_key(path, sizeof(path), base, "database");
+	if (check_lines(json_object_get(app->json, "database"), path, err) < 0)
+		return -EINVAL;
 	stack_path_key(path, sizeof(path), base, "scm");
 	if (repo) {
 		stack_path_key(p2, sizeof(p2), path, "repository");
@@ -104,6 +180,15 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		return stack_error_set(err, p2, "must be a branch, tag or commit: [A-Za-z0-9_./-], no \"..\", got %s",
 				       stack_quote(q, sizeof(q), rev));
 	}
+	for (const char *const *key = (const char *const[]){ "buildout_init_commands", "buildout_cache_archives",
+							       "environment", NULL };
+	     *key; key++) {
+		const json_t *l = json_object_get(app->json, *key);
+		if ((json_is_array(l) ? json_array_size(l) : json_object_size(l)) > APPS_LIST_MAX) {
+			stack_path_key(path, sizeof(path), base, *key);
+			return stack_error_set(err, path, "at most %d entries", APPS_LIST_MAX);
+		}
+	}
 	list = json_object_get(app->json, "buildout_init_commands");
 	json_array_foreach((json_t *)list, i, v) {
 		const char *name = json_string_value(json_object_get(v, "name"));
@@ -111,8 +196,16 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		const json_t *args = json_object_get(v, "args"), *delay = json_object_get(v, "delay");
 		stack_path_key(path, sizeof(path), base, "buildout_init_commands");
 		stack_path_index(p2, sizeof(p2), path, i);
-		if (!name || !name_is_valid(name))
-			return stack_error_set(err, p2, "needs a \"name\" made of [A-Za-z0-9_.-]");
+		if (!name || !name_is_valid(name) || strlen(name) > APPS_NAME_MAX)
+			return stack_error_set(err, p2, "needs a \"name\" made of [A-Za-z0-9_.-], at most %d bytes",
+					       APPS_NAME_MAX);
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(name, json_string_value(json_object_get(json_array_get(list, j), "name"))) == 0)
+				return stack_error_set(err, p2, "has the same name as init command %zu: %s", j,
+						       stack_quote(q, sizeof(q), name));
+		if (name_is_kinds_own(st, app->name, name))
+			return stack_error_set(err, p2, "is named like a service of the app's own: %s",
+					       stack_quote(q, sizeof(q), name));
 		if (!cmd || !rel_path_ok(cmd))
 			return stack_error_set(err, p2, "\"cmd\" must be a path inside the release, like \"bin/celery\", "
 						       "without \"..\" or shell metacharacters");
@@ -159,6 +252,10 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		stack_path_index(p2, sizeof(p2), path, i);
 		if (!p || !rel_path_ok(p))
 			return stack_error_set(err, p2, "\"path\" must be a directory inside deploy_to, without \"..\"");
+		if (!cache_path_ok(p))
+			return stack_error_set(err, p2, "\"path\" must not be shared itself nor under current or releases "
+						       "(agentd's own links and releases), got %s",
+					       stack_quote(q, sizeof(q), p));
 		if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) || has_meta(url))
 			return stack_error_set(err, p2, "\"url\" must be an http:// or https:// URL");
 	}
@@ -168,8 +265,10 @@ static int check_app(const struct stack_app *app, struct stack_error *err)
 		stack_path_key(p2, sizeof(p2), path, k);
 		if (!env_key_ok(k))
 			return stack_error_set(err, p2, "environment names are [A-Za-z_][A-Za-z0-9_]*");
-		if (s && (strpbrk(s, "\"\n\r%\\") != NULL))
-			return stack_error_set(err, p2, "must not contain quotes, backslashes, %% or newlines");
+		/* A value is KEY="value" in a supervisor program (a % is written
+		 * %%) and a line of deploy.cfg. */
+		if (s && (strpbrk(s, "\"\\") != NULL || has_cntrl(s)))
+			return stack_error_set(err, p2, "must not contain quotes, backslashes or control characters");
 	}
 	return 0;
 }
@@ -180,12 +279,12 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 	int r;
 
 	for (size_t i = 0; i < s->n_apps; i++)
-		if ((r = check_app(&s->apps[i], err)) < 0)
+		if ((r = check_app(s, &s->apps[i], err)) < 0)
 			return r;
 	for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
 		const json_t *sec = plone_section(s, apps_section_name(kinds[i]));
 		const json_t *v;
-		char base[128], p[256];
+		char base[128], p[256], q[256];
 
 		(void)snprintf(base, sizeof(base), "$.%s", apps_section_name(kinds[i]));
 		if (!sec)
@@ -208,18 +307,45 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600))
 			return stack_error_set(err, p, "must be seconds, 0 to 3600");
 		v = json_object_get(json_object_get(sec, "zeo"), "address");
-		stack_path_key(p, sizeof(p), base, "zeo");
-		stack_path_key(p, sizeof(p), p, "address");
-		if (v && (!json_is_string(v) || has_meta(json_string_value(v))))
-			return stack_error_set(err, p, "must be a host:port");
-		for (const char *const *key = (const char *const[]){ "solr_host", "zeo_layer", "solr_layer", "broker_layer",
-								       NULL };
+		stack_path_key(q, sizeof(q), base, "zeo");
+		stack_path_key(p, sizeof(p), q, "address");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
+			return stack_error_set(err, p, "must be a host:port ([A-Za-z0-9.:_-])");
+		for (const char *const *key = (const char *const[]){ "celery_args", "beat_args", NULL }; *key; key++) {
+			v = json_object_get(sec, *key);
+			stack_path_key(p, sizeof(p), base, *key);
+			if (v && (!json_is_string(v) || !args_ok(json_string_value(v))))
+				return stack_error_set(err, p, "may hold only [A-Za-z0-9_./:=,@+-] and spaces");
+		}
+		v = json_object_get(sec, "solr_host");
+		stack_path_key(p, sizeof(p), base, "solr_host");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
+			return stack_error_set(err, p, "must be a host ([A-Za-z0-9.:_-])");
+		v = json_object_get(json_object_get(sec, "broker"), "host");
+		stack_path_key(q, sizeof(q), base, "broker");
+		stack_path_key(p, sizeof(p), q, "host");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
+			return stack_error_set(err, p, "must be a host ([A-Za-z0-9.:_-])");
+		for (const char *const *key = (const char *const[]){ "zeo_layer", "solr_layer", "broker_layer", NULL };
 		     *key; key++) {
 			v = json_object_get(sec, *key);
 			stack_path_key(p, sizeof(p), base, *key);
 			if (v && (!json_is_string(v) || has_meta(json_string_value(v))))
 				return stack_error_set(err, p, "must be a host or layer name");
 		}
+	}
+	{
+		const json_t *rs = json_object_get(plone_section(s, "plone_instances"), "relstorage");
+		const json_t *v = json_object_get(rs, "dsn");
+		if (v && (!json_is_string(v) || has_cntrl(json_string_value(v))))
+			return stack_error_set(err, "$.plone_instances.relstorage.dsn",
+					       "must not contain control characters (newlines)");
+		v = json_object_get(rs, "cache_servers");
+		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), true)))
+			return stack_error_set(err, "$.plone_instances.relstorage.cache_servers",
+					       "must be host:port entries separated by spaces ([A-Za-z0-9.:_-])");
+		if (check_lines(json_object_get(rs, "db"), "$.plone_instances.relstorage.db", err) < 0)
+			return -EINVAL;
 	}
 	{
 		const json_t *bd = json_object_get(plone_section(s, "plone_blobs"), "blob_dir");

@@ -30,6 +30,8 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     make, repo = apps_env
     stack = apps_stack(repo)
     stack["deploy"]["plone_instances"]["os_packages"] = ["coreutils", "agentd-test-no-such-package"]
+    # supervisord expands %(...)s: a % is written %%.
+    stack["deploy"]["plone_instances"]["environment"]["PCT"] = "50%(x)s"
     a, sup = make(stack)
     a.wait_runs(3, timeout=120)
     a.wait_idle(timeout=120)
@@ -53,6 +55,10 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     assert [s["status"] for s in first if s["kind"] == "service"] == ["changed", "unchanged", "unchanged"]
     conf = open(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).read()
     assert "bin/client1 console" in conf and 'ZOPE_MODE="test"' in conf and "RAILS_ENV" not in conf
+    assert 'PCT="50%%(x)s"' in conf
+    # The program files hold the environment, .agentd-source the repository URL (maybe with a token).
+    assert os.stat(os.path.join(a.root, "etc/supervisor/conf.d/plone_instances-client1.conf")).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.join(a.root, DEPLOY_TO, "current", ".agentd-source")).st_mode & 0o777 == 0o600
 
     # Deploy again with nothing changed: nothing changes, nothing is built or restarted.
     p = a.ctl("--json", "run", "deploy", "--app", "plone_instances", "--wait", check=0)
@@ -69,6 +75,7 @@ def test_deploy_from_git_then_noop_then_zeo_change(apps_env, tmpdir_agent):
     n = len(a.finished_runs())
     stack = apps_stack(repo, zeo_ip="10.9.0.2", pi={"restart_delay": 1})
     stack["deploy"]["plone_instances"]["os_packages"] = ["coreutils", "agentd-test-no-such-package"]
+    stack["deploy"]["plone_instances"]["environment"]["PCT"] = "50%(x)s"
     a.write_stack(stack)
     a.wait_runs(n + 1, timeout=120)
     a.wait_idle(timeout=120)
@@ -121,7 +128,7 @@ def test_new_revisions_prune_rollback_and_failed_build(apps_env):
     pids = sup.pids("plone_instances-")
 
     commit(repo, "v3")
-    r = deploy_and_wait(a, apps_stack(repo, revision="v3"))
+    r = deploy_and_wait(a, apps_stack(repo, revision="v3", pi={"restart_delay": 1}))
     assert r["status"] == "success", r
     third = current(a)
     # keep_releases is 2: the oldest went.
@@ -139,6 +146,9 @@ def test_new_revisions_prune_rollback_and_failed_build(apps_env):
              what="the restart after the rollback")
     wait_clients([8081, 8082])
     assert all(sup.pids("plone_instances-")[k] != pids[k] for k in pids)
+    # Rolling: each running client waited its restart_delay (1 s) first.
+    restarts = [s for s in run_steps(a, out["restart_run"]) if s["kind"] == "service"]
+    assert len(restarts) == 2 and all(s["duration_ms"] >= 1000 for s in restarts), restarts
 
     # A revision whose buildout fails: the run fails with buildout's output in
     # its log, current and the running clients stay as they were.
@@ -297,6 +307,19 @@ BAD = [
      "$.deploy.plone_instances.buildout_cache_archives[0]"),
     (lambda s: s["deploy"]["plone_instances"].update(environment={"A": "x\"; rm -rf /"}),
      "$.deploy.plone_instances.environment.A"),
+    # Newlines would add lines (sections, programs) to deploy.cfg or a supervisor program.
+    (lambda s: s["deploy"]["plone_instances"].update(environment={"A": "x\n[program:evil]\ncommand=/bin/sh"}),
+     "$.deploy.plone_instances.environment.A"),
+    (lambda s: s["deploy"]["plone_instances"].update(environment={"A\nB": "x"}),
+     "$.deploy.plone_instances.environment"),
+    (lambda s: s["plone_instances"].update(enable_relstorage=True,
+                                           relstorage={"db": {"password": "pw\n[buildout]\nparts = evil"}}),
+     "$.plone_instances.relstorage.db.password"),
+    (lambda s: s["plone_instances"].update(enable_celery=True, broker={"host": "b\n[celery]"}),
+     "$.plone_instances.broker.host"),
+    (lambda s: s["deploy"]["plone_instances"].update(
+        buildout_init_commands=[{"name": "client1", "cmd": "bin/x"}]),
+     "$.deploy.plone_instances.buildout_init_commands[0]"),
 ]
 
 
@@ -395,6 +418,77 @@ def test_archive_over_http_with_basic_auth(apps_env, tmpdir_agent):
         # The cache archive was unpacked once, whatever ran since.
         assert os.path.isfile(os.path.join(a.root, DEPLOY_TO, "shared/downloads/dist/cached/base.cfg"))
         assert gets.count("/cache.tar.gz") == 1, gets
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_an_app_whose_name_prefixes_another_leaves_its_programs_alone(apps_env):
+    # "plone" is a prefix of "plone-zeo": the program files say whose they are.
+    make, repo = apps_env
+    app = {"scm": {"scm_type": "git", "repository": repo, "revision": "v1"}, "user": "root", "group": "root"}
+    stack = apps_stack(repo, apps={
+        "plone": dict(app, deploy_to="/srv/www/plone"),
+        "plone-zeo": dict(app, deploy_to="/srv/www/plone-zeo"),
+    })
+    stack["opsworks"]["layers"]["zeoserver"]["instances"] = {"app1": {"private_ip": "127.0.0.1", "status": "online"}}
+    stack["plone_instances"]["app_name"] = "plone"
+    stack["plone_zeoserver"] = {"enable_pack": False, "app_name": "plone-zeo"}
+    a, sup = make(stack)
+    a.wait_runs(4, timeout=180)
+    a.wait_idle(timeout=180)
+    assert all(r["status"] == "success" for r in a.runs()), [r.get("error") for r in a.runs()]
+    confd = os.path.join(a.root, "etc/supervisor/conf.d")
+    assert open(os.path.join(confd, "plone-zeo-zeoserver.conf")).readline() == "; agentd app=plone-zeo\n"
+    zeo_pid = sup.pids("plone-zeo-")["plone-zeo-zeoserver"]
+
+    p = a.ctl("run", "deploy", "--layer", "plone_instances", "--app", "plone", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = a.ctl("run", "undeploy", "--layer", "plone_instances", "--app", "plone", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(os.listdir(confd)) == ["plone-zeo-zeoserver.conf"]
+    assert set(sup.info()) == {"plone-zeo-zeoserver"}
+    assert sup.pids("plone-zeo-")["plone-zeo-zeoserver"] == zeo_pid
+    assert answers(8001)["part"] == "zeoserver"
+
+
+def test_cache_archive_for_an_app_user_that_is_not_root(apps_env, tmpdir_agent):
+    # agentd downloads as root (0600); tar runs as the app user: the file is given to that user first.
+    import http.server
+    import pwd
+    import tarfile
+    import threading
+    make, repo = apps_env
+    nobody = pwd.getpwnam("nobody")
+    cache = os.path.join(tmpdir_agent, "cache.tar.gz")
+    with tarfile.open(cache, "w:gz") as t:
+        t.add(os.path.join(repo, "cfg", "base.cfg"), arcname="cached/base.cfg")
+    data = open(cache, "rb").read()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        stack = apps_stack(repo)
+        stack["deploy"]["plone_instances"].update(user="nobody", group="nogroup", buildout_cache_archives=[
+            {"url": f"http://127.0.0.1:{srv.server_address[1]}/cache.tar.gz", "path": "shared/downloads/dist"}])
+        a, sup = make(stack)
+        wait_for(lambda: last_run(a, event="setup") and last_run(a, event="setup")["status"] in ("success", "failed"),
+                 timeout=120, what="the setup run")
+        r = last_run(a, event="setup")
+        assert r["status"] == "success", (r, run_steps(a, r["id"]))
+        dist = os.path.join(a.root, DEPLOY_TO, "shared/downloads/dist")
+        assert os.stat(os.path.join(dist, "cached/base.cfg")).st_uid == nobody.pw_uid
+        assert not os.path.exists(os.path.join(dist, ".agentd-fetch.tar.gz"))
     finally:
         srv.shutdown()
         srv.server_close()

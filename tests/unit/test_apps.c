@@ -221,10 +221,36 @@ static void test_services(void **state)
 	stack_unref(s);
 }
 
+/* With enable_celery and a broker: the worker and (celerybeat) the scheduler, after the clients. */
+static void test_services_celery(void **state)
+{
+	struct stack *s = parse_fmt("", "",
+				    "\"instance_count\":1,\"enable_celery\":true,\"broker\":{\"host\":\"10.0.7.1\"},"
+				    "\"celery_args\":\"-A app -l info\",\"celerybeat\":true,\"beat_args\":\"-A app\"");
+	struct app_services sv;
+
+	apps_services(s, APP_INSTANCES, stack_app_find(s, "plone_instances"), &sv);
+	assert_int_equal(sv.n, 3);
+	assert_string_equal(sv.v[0].name, "plone_instances-client1");
+	assert_string_equal(sv.v[1].name, "plone_instances-celery");
+	assert_string_equal(sv.v[1].command, "bin/celery worker -A app -l info");
+	assert_string_equal(sv.v[2].name, "plone_instances-celerybeat");
+	assert_string_equal(sv.v[2].command, "bin/celery beat -A app");
+	apps_services_free(&sv);
+	stack_unref(s);
+
+	/* No broker host found: no celery programs. */
+	s = parse_fmt("", "", "\"instance_count\":1,\"enable_celery\":true,\"celerybeat\":true");
+	apps_services(s, APP_INSTANCES, stack_app_find(s, "plone_instances"), &sv);
+	assert_int_equal(sv.n, 1);
+	apps_services_free(&sv);
+	stack_unref(s);
+}
+
 static void test_validation_paths(void **state)
 {
 	static const struct {
-		const char *app, *path;
+		const char *app, *path, *pi;
 	} cases[] = {
 		{ ",\"buildout_init_commands\":[{\"name\":\"x\",\"cmd\":\"../bin/sh\"}]",
 		  "$.deploy.plone_instances.buildout_init_commands[0]" },
@@ -232,13 +258,41 @@ static void test_validation_paths(void **state)
 		{ ",\"buildout_parts_to_include\":[\"a b\"]", "$.deploy.plone_instances.buildout_parts_to_include[0]" },
 		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"../x\"}]",
 		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		/* agentd's own links and releases: a purge would empty what they point to. */
+		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"current/eggs\"}]",
+		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"releases\"}]",
+		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		{ ",\"buildout_cache_archives\":[{\"url\":\"http://x/a.tgz\",\"path\":\"shared\"}]",
+		  "$.deploy.plone_instances.buildout_cache_archives[0]" },
+		/* Lines of deploy.cfg and supervisor programs: no control characters, plain hosts. */
+		{ "", "$.plone_instances.relstorage.dsn", "\"relstorage\":{\"dsn\":\"dbname=z\\n[buildout]\"}" },
+		{ "", "$.plone_instances.relstorage.db.password", "\"relstorage\":{\"db\":{\"password\":\"pw\\nx = y\"}}" },
+		{ "", "$.plone_instances.relstorage.cache_servers", "\"relstorage\":{\"cache_servers\":\"a:1 b;c\"}" },
+		{ ",\"database\":{\"host\":\"db\\n[x]\"}", "$.deploy.plone_instances.database.host" },
+		{ "", "$.plone_instances.broker.host", "\"broker\":{\"host\":\"b\\nx\"}" },
+		{ "", "$.plone_instances.zeo.address", "\"zeo\":{\"address\":\"z/x:8100\"}" },
+		{ "", "$.plone_instances.solr_host", "\"solr_host\":\"s\\tx\"" },
+		{ ",\"deploy_to\":\"/srv/www/a%b\"", "$.deploy.plone_instances.deploy_to" },
+		{ "", "$.plone_instances.broker.host", "\"enable_celery\":true,\"broker\":{\"host\":\"b\\n[celery]\"}" },
+		{ "", "$.plone_instances.celery_args", "\"celery_args\":\"-A app; rm -rf /\"" },
+		/* Two programs of one name, or one named like the kind's own. */
+		{ ",\"buildout_init_commands\":[{\"name\":\"w\",\"cmd\":\"bin/a\"},{\"name\":\"w\",\"cmd\":\"bin/b\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[1]" },
+		{ ",\"buildout_init_commands\":[{\"name\":\"client2\",\"cmd\":\"bin/a\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[0]" },
+		{ ",\"buildout_init_commands\":[{\"name\":\"celery\",\"cmd\":\"bin/a\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[0]", "\"enable_celery\":true" },
+		{ ",\"buildout_init_commands\":[{\"name\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\","
+		  "\"cmd\":\"bin/a\"}]",
+		  "$.deploy.plone_instances.buildout_init_commands[0]" },
 	};
 	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
 		char buf[4096];
 		struct stack *s = NULL;
 		struct stack_error err;
 
-		(void)snprintf(buf, sizeof(buf), doc_fmt, "", cases[i].app, "");
+		(void)snprintf(buf, sizeof(buf), doc_fmt, "", cases[i].app, cases[i].pi ? cases[i].pi : "");
 		/* stack.c checks types; the family's validator checks the values. */
 		if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
 			fail_msg("case %zu: %s: %s", i, err.path, err.message);
@@ -246,6 +300,28 @@ static void test_validation_paths(void **state)
 		assert_string_equal(err.path, cases[i].path);
 		stack_unref(s);
 	}
+}
+
+/* Lists are capped at 64 entries. */
+static void test_validation_caps(void **state)
+{
+	struct buf app;
+	char buf[16384];
+	struct stack *s = NULL;
+	struct stack_error err;
+
+	buf_init(&app);
+	buf_puts(&app, ",\"buildout_init_commands\":[");
+	for (int i = 0; i < 65; i++)
+		buf_printf(&app, "%s{\"name\":\"c%d\",\"cmd\":\"bin/c\"}", i ? "," : "", i);
+	buf_puts(&app, "]");
+	(void)snprintf(buf, sizeof(buf), doc_fmt, "", app.data, "");
+	buf_free(&app);
+	if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
+		fail_msg("%s: %s", err.path, err.message);
+	assert_int_equal(apps_validate(s, &err), -EINVAL);
+	assert_string_equal(err.path, "$.deploy.plone_instances.buildout_init_commands");
+	stack_unref(s);
 }
 
 static void test_packages_missing(void **state)
@@ -270,6 +346,8 @@ int main(void)
 		cmocka_unit_test(test_render_instances), cmocka_unit_test(test_render_relstorage_solr_celery),
 		cmocka_unit_test(test_client_count),
 		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
+		cmocka_unit_test(test_validation_caps),
+		cmocka_unit_test(test_services_celery),
 		cmocka_unit_test(test_packages_missing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
