@@ -26,9 +26,12 @@ struct service_step_opts {
 				      * restarted a second time */
 	/* update: */
 	const char *const *programs; /* NULL-terminated: the app's programs that must exist and run */
-	const char *app;             /* groups "<app>" and "<app>-*" belong to the app; others are never touched */
-	const char *conf_dir;        /* may be NULL: program files "<app>[-*].conf" here (inside root) that are
-				      * not in programs are removed first (a client count that went down) */
+	const char *app;             /* the app's groups: those in programs, and those whose program file
+				      * starts with the marker line "; agentd app=<app>"; others (another
+				      * app whose name starts the same, an admin's own) are never touched */
+	const char *conf_dir;        /* may be NULL: program files here (inside root) marked as the app's
+				      * that are not in programs are removed first (a client count that
+				      * went down) */
 };
 
 struct step *plan_add_service(struct plan *p, const struct service_step_opts *o, char **ret_error);

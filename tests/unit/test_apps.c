@@ -273,7 +273,6 @@ static void test_validation_paths(void **state)
 		{ "", "$.plone_instances.broker.host", "\"broker\":{\"host\":\"b\\nx\"}" },
 		{ "", "$.plone_instances.zeo.address", "\"zeo\":{\"address\":\"z/x:8100\"}" },
 		{ "", "$.plone_instances.solr_host", "\"solr_host\":\"s\\tx\"" },
-		{ ",\"deploy_to\":\"/srv/www/a%b\"", "$.deploy.plone_instances.deploy_to" },
 		{ "", "$.plone_instances.broker.host", "\"enable_celery\":true,\"broker\":{\"host\":\"b\\n[celery]\"}" },
 		{ "", "$.plone_instances.celery_args", "\"celery_args\":\"-A app; rm -rf /\"" },
 		/* Two programs of one name, or one named like the kind's own. */
