@@ -439,11 +439,10 @@ static json_t *state_clean_run(const json_t *rec)
 			keep = json_is_array(v);
 		else if (!strcmp(k, "_front") || !strcmp(k, "_rollback_restart") || !strcmp(k, "_requeued"))
 			keep = json_is_boolean(v);
-		else if (!strcmp(k, "_pgid"))
-			/* Range-checked again where it is used (exec_kill_recorded_group). */
-			keep = json_int_in(v, 2, INT32_MAX, NULL);
-		else if (!strcmp(k, "_pgid_start"))
-			keep = json_int_in(v, 1, INT64_MAX, NULL);
+		else if (!strcmp(k, "_pgid") || !strcmp(k, "_pgid_start"))
+			/* Range-checked where it is used, by exec_kill_recorded_group,
+			 * which also says why it signals nothing. */
+			keep = json_is_integer(v);
 		else
 			keep = false;
 		if (keep)
