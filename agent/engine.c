@@ -212,7 +212,9 @@ static int save_stack(struct engine *e, const struct stack *s)
 	size_t len;
 	int r;
 
-	if (stat(path, &st) == 0)
+	/* Content-addressed: a regular file by that name is this stack. Anything
+	 * else there (a FIFO, a link) is replaced by the write below. */
+	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
 		return 0;
 	data = stack_dump(s, &len);
 	r = file_write_atomic(path, data, len, 0600, (uid_t)-1, (gid_t)-1);
@@ -600,9 +602,18 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 	}
 	json_object_set_new(o, "last_success", last);
 
-	if ((v = json_object_get(in, "paused")) && json_is_string(v))
-		json_object_set_new(o, "paused", json_stringn(json_string_value(v),
-							       json_string_length(v) > 1024 ? 1024 : json_string_length(v)));
+	if ((v = json_object_get(in, "paused")) && json_is_string(v)) {
+		/* A reason is a line for status: cut a long one at a character
+		 * boundary (never inside a UTF-8 sequence). */
+		const char *p = json_string_value(v);
+		size_t n = json_string_length(v);
+		if (n > 1024) {
+			n = 1024;
+			while (n > 0 && ((unsigned char)p[n] & 0xc0) == 0x80)
+				n--;
+		}
+		json_object_set_new(o, "paused", json_stringn(p, n));
+	}
 	if ((v = json_object_get(in, "applied_revision")) && json_revision_is_valid(v))
 		json_object_set(o, "applied_revision", v);
 	if ((v = json_object_get(in, "stack_revision")) && json_revision_is_valid(v))
@@ -1780,6 +1791,8 @@ int engine_start(struct engine *e)
 
 	engine_load_state(e);
 	engine_fix_next_id(e);
+	/* A state file may hold more finished runs than history allows. */
+	trim_history(e);
 
 	/* A run that was running when we died did not finish: say so, and run
 	 * its event again. */

@@ -497,3 +497,30 @@ def test_restart_while_state_dir_is_full_keeps_ids(make_agent):
         assert max(ids) > run
     finally:
         small.close()
+
+
+def test_stack_change_while_state_dir_is_full_is_applied_once_it_has_room(make_agent):
+    stack = simple_stack()
+    a = make_agent(stack)
+    small = SmallStateDir(a)
+    try:
+        small.start()
+        a.wait_runs(3)
+        a.wait_idle()
+        rev = a.status()["source"]["stack_revision"]
+        small.fill()
+        stack["opsworks"]["stack"]["name"] = "changed"
+        a.write_stack(stack)
+        s = wait_for(lambda: a.status()["source"]["error"] and a.status(), what="the save error")
+        assert "cannot save the stack" in s["source"]["error"] and s["state_error"], s
+        assert s["source"]["stack_revision"] == rev
+        small.free()
+        # Nothing touches the stack file again: agentd fetches it once
+        # state_dir takes writes, and the change runs.
+        wait_for(lambda: a.status()["source"]["stack_revision"] != rev, timeout=30, what="the new stack")
+        a.wait_runs(4)
+        a.wait_idle()
+        s = a.status()
+        assert s["source"]["error"] is None and s["state_error"] is None, s
+    finally:
+        small.close()

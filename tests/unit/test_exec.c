@@ -459,6 +459,42 @@ static void test_kill_recorded_group(void **state)
 	assert_int_equal(exec_proc_stat(0, NULL, NULL), -EINVAL);
 }
 
+/* A process that does not lead its group (a recipe's grandchild whose pid
+ * was recorded, or a reused pid) is not taken for the group. */
+static void test_kill_recorded_group_not_leader(void **state)
+{
+	char *argv[] = { "/bin/sh", "-c", "sleep 100 & echo $!; wait", NULL };
+	struct exec_opts o = { .argv = argv, .timeout_ms = 20000 };
+	struct run run;
+	uv_loop_t loop;
+	struct exec *e = NULL;
+	uint64_t start = 0, leader_start = 0;
+	int64_t pgrp = 0;
+	long child;
+	int pgid;
+
+	memset(&run, 0, sizeof(run));
+	buf_init(&run.out);
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(exec_start(&loop, &o, cb_output, cb_done, &run, &e), 0);
+	pgid = exec_pgid(e);
+	while (!strchr(OUT(run), '\n'))
+		assert_int_equal(uv_run(&loop, UV_RUN_ONCE) >= 0, 1);
+	*strchr(run.out.data, '\n') = '\0';
+	assert_int_equal(parse_long(run.out.data, 2, INT32_MAX, &child), 0);
+	assert_int_equal(exec_proc_stat(child, &pgrp, &start), 0);
+	assert_int_equal(pgrp, pgid);
+	assert_int_equal(exec_kill_recorded_group(child, (int64_t)start, SIGKILL), -ESRCH);
+	assert_int_equal(kill((pid_t)child, 0), 0);
+	assert_int_equal(exec_proc_stat(pgid, NULL, &leader_start), 0);
+	assert_int_equal(exec_kill_recorded_group(pgid, (int64_t)leader_start, SIGKILL), 0);
+	assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(run.n_done, 1);
+	assert_int_equal(run.r.term_signal, SIGKILL);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	buf_free(&run.out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -475,6 +511,7 @@ int main(void)
 		cmocka_unit_test(test_describe),
 		cmocka_unit_test(test_bad_args),
 		cmocka_unit_test(test_kill_recorded_group),
+		cmocka_unit_test(test_kill_recorded_group_not_leader),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
