@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 
 #include "log.h"
@@ -308,10 +309,12 @@ int config_load(const char *path, struct config *ret, char **ret_error)
 	size_t len;
 	int r;
 
-	r = file_read_all(path, 1024 * 1024, &data, &len);
+	/* The configuration may be a symlink (to a managed copy), but it must
+	 * end at a regular file: a FIFO or a device would hang or flood us. */
+	r = file_read_regular(AT_FDCWD, path, FILE_READ_FOLLOW, 1024 * 1024, &data, &len);
 	if (r < 0) {
 		config_defaults(ret);
-		*ret_error = xasprintf("%s: %s", path, strerror(-r));
+		*ret_error = xasprintf("%s: %s", path, file_read_strerror(r));
 		return r;
 	}
 	r = config_load_buffer(data, len, ret, &err);

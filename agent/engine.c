@@ -29,6 +29,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
+#include "exec.h"
 #include "http.h"
 #include "log.h"
 #include "plan.h"
@@ -46,6 +47,10 @@
 
 #define STATE_VERSION 1
 #define STATE_MAX_BYTES (64 * 1024 * 1024)
+/* Bounds of what state.json may hold (see engine_state_parse). */
+#define ENGINE_RUNS_MAX 100000
+#define ENGINE_FAIL_COUNT_MAX 1000000
+#define ENGINE_TIME_USEC_MAX INT64_C(253402300799000000) /* 9999-12-31 */
 
 struct active {
 	json_t *rec;                /* borrowed from e->runs */
@@ -90,6 +95,10 @@ struct engine {
 	struct active *active;         /* owned, NULL when idle */
 	uv_timer_t kick;               /* starts the next run from a clean stack */
 	uv_timer_t retry;              /* the next retry of a failed change */
+	uv_timer_t state_retry;        /* the next try to write state_dir after a failure */
+	char *state_error;             /* owned: why state_dir cannot be written, NULL when fine */
+	unsigned state_failures;       /* writes failed in a row, for the backoff */
+	bool stack_save_failed;        /* a new stack could not be saved: fetch it again once state_dir takes writes */
 	int64_t start_mono;
 
 	struct engine_watch *watchers;
@@ -101,7 +110,8 @@ struct engine {
 };
 
 static void engine_kick(struct engine *e);
-static void engine_persist(struct engine *e);
+static bool revision_is_valid(const char *r);
+static int engine_persist(struct engine *e);
 static bool rec_status_is(const json_t *rec, const char *status);
 static bool str_eq(const char *a, const char *b);
 static const char *rec_str(const json_t *rec, const char *k);
@@ -202,12 +212,14 @@ static int save_stack(struct engine *e, const struct stack *s)
 	size_t len;
 	int r;
 
-	if (stat(path, &st) == 0)
+	/* Content-addressed: a regular file by that name is this stack. Anything
+	 * else there (a FIFO, a link) is replaced by the write below. */
+	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
 		return 0;
 	data = stack_dump(s, &len);
 	r = file_write_atomic(path, data, len, 0600, (uid_t)-1, (gid_t)-1);
 	if (r < 0)
-		return log_error_errno(r, "Failed to save stack %s to %s: %m", s->revision, path);
+		return r; /* logged by the caller, once */
 	return 0;
 }
 
@@ -219,9 +231,11 @@ static struct stack *load_stack(struct engine *e, const char *rev)
 	size_t len;
 	int r;
 
-	r = file_read_all(path, STACK_MAX_BYTES, &data, &len);
+	if (!revision_is_valid(rev))
+		return NULL;
+	r = file_read_regular(AT_FDCWD, path, 0, STACK_MAX_BYTES, &data, &len);
 	if (r < 0) {
-		log_warn_errno(r, "Saved stack %s cannot be read: %m", path);
+		log_warn("Saved stack %s cannot be read: %s", path, file_read_strerror(r));
 		return NULL;
 	}
 	r = stack_parse(data, len, e->instance, &s, &err);
@@ -271,7 +285,34 @@ static void gc_stacks(struct engine *e)
 	closedir(d);
 }
 
-static void engine_persist(struct engine *e)
+static void on_state_retry(uv_timer_t *t);
+
+/* state_dir could not be written: say so in status and try again later,
+ * with a backoff (1 s doubling to 10 s). Nothing is lost meanwhile: the
+ * records stay in memory, and runs wait (see engine_start_run). */
+static void state_write_failed(struct engine *e, const char *what, int r)
+{
+	char *msg = xasprintf("cannot write %s: %s", what, strerror(-r));
+	uint64_t delay = 1000;
+
+	if (!str_eq(e->state_error, msg))
+		log_error("%s; keeping it in memory and trying again", msg);
+	free(e->state_error);
+	e->state_error = msg;
+	for (unsigned i = 0; i < e->state_failures && delay < 10000; i++)
+		delay *= 2;
+	if (delay > 10000)
+		delay = 10000;
+	if (e->state_failures < 100)
+		e->state_failures++;
+	if (!e->stopping && !uv_is_active((uv_handle_t *)&e->state_retry))
+		(void)uv_timer_start(&e->state_retry, on_state_retry, delay, 0);
+}
+
+/* Writes state.json. On failure the state stays dirty in memory and the
+ * write is tried again on a timer (and at every later transition, which
+ * writes the whole state anyway). Returns 0 or a negative errno. */
+static int engine_persist(struct engine *e)
 {
 	_cleanup_free_ char *path = state_path(e, "state.json"), *data = NULL;
 	json_t *o = json_object();
@@ -289,22 +330,359 @@ static void engine_persist(struct engine *e)
 	json_object_set_new(o, "paused", json_string_or_null(e->paused));
 	data = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
-	r = file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1);
-	if (r < 0)
-		log_error_errno(r, "Failed to write %s: %m", path);
+	r = data ? file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1) : -ENOMEM;
+	if (r < 0) {
+		state_write_failed(e, path, r);
+		return r;
+	}
+	if (e->state_error && !e->stack_save_failed) {
+		log_info("State written to %s again", path);
+		free(e->state_error);
+		e->state_error = NULL;
+		e->state_failures = 0;
+		(void)uv_timer_stop(&e->state_retry);
+	}
+	return 0;
+}
+
+static void on_state_retry(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+
+	if (e->stopping || engine_persist(e) < 0)
+		return;
+	if (e->stack_save_failed) {
+		/* Fetch the document again: its stack is saved this time, or
+		 * the failure re-arms this timer. */
+		e->stack_save_failed = false;
+		free(e->state_error);
+		e->state_error = NULL;
+		e->state_failures = 0;
+		engine_reload(e);
+	}
+	/* A run that waited for its start to be recorded can start now. */
+	engine_kick(e);
+}
+
+/* A stack revision as stack.c makes it: 16 lowercase hex digits. It names a
+ * file in state_dir/stacks, so nothing else may pass. */
+static bool revision_is_valid(const char *r)
+{
+	if (!r || strlen(r) != 16)
+		return false;
+	for (size_t i = 0; i < 16; i++)
+		if (!((r[i] >= '0' && r[i] <= '9') || (r[i] >= 'a' && r[i] <= 'f')))
+			return false;
+	return true;
+}
+
+static bool json_revision_is_valid(const json_t *v)
+{
+	return json_is_string(v) && revision_is_valid(json_string_value(v));
+}
+
+/* An integer member in [min, max], else false. */
+static bool json_int_in(const json_t *v, json_int_t min, json_int_t max, json_int_t *ret)
+{
+	if (!json_is_integer(v))
+		return false;
+	json_int_t x = json_integer_value(v);
+	if (x < min || x > max)
+		return false;
+	if (ret)
+		*ret = x;
+	return true;
+}
+
+static bool json_name_or_null(const json_t *v)
+{
+	return json_is_null(v) || (json_is_string(v) && name_is_valid(json_string_value(v)));
+}
+
+/* A run record from disk, checked member by member: what a step, a path or
+ * a kill() will use must be in range; what is only shown is dropped when it
+ * has the wrong type. Returns a new record, or NULL to drop it. */
+static json_t *state_clean_run(const json_t *rec)
+{
+	static const char *const statuses[] = { "queued", "running", "success", "failed", "interrupted" };
+	json_t *o;
+	const char *k;
+	json_t *v;
+	bool known = false;
+
+	if (!json_is_object(rec) || !json_int_in(json_object_get(rec, "id"), 1, ENGINE_RUN_ID_MAX, NULL) ||
+	    event_from_string(rec_str(rec, "event")) == EVENT_INVALID ||
+	    trigger_from_string(rec_str(rec, "trigger")) == TRIGGER_INVALID || !rec_str(rec, "status") ||
+	    !json_name_or_null(json_object_get(rec, "layer")) || !json_name_or_null(json_object_get(rec, "app")))
+		return NULL;
+	for (size_t j = 0; j < ELEMENTSOF(statuses); j++)
+		known |= strcmp(rec_str(rec, "status"), statuses[j]) == 0;
+	if (!known)
+		return NULL;
+	/* _stack names a file to load: a bad one makes the record useless. */
+	if (json_object_get(rec, "_stack") && !json_revision_is_valid(json_object_get(rec, "_stack")))
+		return NULL;
+
+	o = json_object();
+	json_object_foreach((json_t *)rec, k, v) {
+		bool keep;
+		if (!strcmp(k, "id") || !strcmp(k, "event") || !strcmp(k, "trigger") || !strcmp(k, "status") ||
+		    !strcmp(k, "layer") || !strcmp(k, "app") || !strcmp(k, "_stack"))
+			keep = true;
+		else if (!strcmp(k, "changed"))
+			keep = json_int_in(v, 0, INT32_MAX, NULL);
+		else if (!strcmp(k, "duration_ms"))
+			keep = json_is_number(v) && json_number_value(v) >= 0;
+		else if (!strcmp(k, "queued") || !strcmp(k, "started") || !strcmp(k, "finished"))
+			keep = json_is_string(v) || json_is_null(v);
+		else if (!strcmp(k, "error") || !strcmp(k, "stack_revision"))
+			keep = json_is_string(v);
+		else if (!strcmp(k, "steps"))
+			keep = json_is_array(v);
+		else if (!strcmp(k, "_front") || !strcmp(k, "_rollback_restart") || !strcmp(k, "_requeued"))
+			keep = json_is_boolean(v);
+		else if (!strcmp(k, "_pgid") || !strcmp(k, "_pgid_start"))
+			/* Range-checked where it is used, by exec_kill_recorded_group,
+			 * which also says why it signals nothing. */
+			keep = json_is_integer(v);
+		else
+			keep = false;
+		if (keep)
+			json_object_set(o, k, v);
+	}
+	if (!json_object_get(o, "changed"))
+		json_object_set_new(o, "changed", json_integer(0));
+	return o;
+}
+
+/* An entry of "failed", or NULL to drop it. Its key is made again from its
+ * members, which the engine matches on. */
+static json_t *state_clean_failure(const json_t *f, char **ret_key)
+{
+	json_t *o, *v;
+	json_int_t x;
+
+	if (!json_is_object(f) || event_from_string(json_string_value(json_object_get(f, "event"))) == EVENT_INVALID ||
+	    !json_name_or_null(json_object_get(f, "layer")) || !json_name_or_null(json_object_get(f, "app")))
+		return NULL;
+	if ((v = json_object_get(f, "stack")) && !json_revision_is_valid(v))
+		return NULL;
+	o = json_object();
+	json_object_set(o, "event", json_object_get(f, "event"));
+	json_object_set_new(o, "layer", json_string_or_null(json_string_value(json_object_get(f, "layer"))));
+	json_object_set_new(o, "app", json_string_or_null(json_string_value(json_object_get(f, "app"))));
+	if (v)
+		json_object_set(o, "stack", v);
+	if (json_int_in(json_object_get(f, "run"), 1, ENGINE_RUN_ID_MAX, &x))
+		json_object_set_new(o, "run", json_integer(x));
+	/* count drives the backoff: a huge one only means "at the maximum". */
+	x = 1;
+	if (json_is_integer(json_object_get(f, "count")))
+		x = json_integer_value(json_object_get(f, "count"));
+	json_object_set_new(o, "count", json_integer(x < 1 ? 1 : x > ENGINE_FAIL_COUNT_MAX ? ENGINE_FAIL_COUNT_MAX : x));
+	/* A time in microseconds; 0 means no retry. The engine also pulls a
+	 * far-future retry in to retry_max from now. */
+	x = 0;
+	if (json_is_integer(json_object_get(f, "next_retry")))
+		x = json_integer_value(json_object_get(f, "next_retry"));
+	json_object_set_new(o, "next_retry", json_integer(x < 0 ? 0 : x > ENGINE_TIME_USEC_MAX ? ENGINE_TIME_USEC_MAX : x));
+	*ret_key = fail_key(json_string_value(json_object_get(o, "event")), json_string_value(json_object_get(o, "layer")),
+			    json_string_value(json_object_get(o, "app")));
+	return o;
+}
+
+static bool hex16_is_valid(const char *h)
+{
+	if (!h || strlen(h) != 16)
+		return false;
+	for (size_t i = 0; i < 16; i++)
+		if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f') || (h[i] >= 'A' && h[i] <= 'F')))
+			return false;
+	return true;
+}
+
+int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_error)
+{
+	json_error_t jerr;
+	json_t *in, *o, *v, *runs, *seen;
+	json_int_t x;
+	size_t i;
+	json_t *rec;
+	const char *k;
+	size_t dropped = 0;
+
+	*ret = NULL;
+	if (len > STATE_MAX_BYTES) {
+		*ret_error = xasprintf("larger than %d bytes", STATE_MAX_BYTES);
+		return -EFBIG;
+	}
+	in = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!in) {
+		*ret_error = xasprintf("line %d: %s", jerr.line, jerr.text);
+		return -EINVAL;
+	}
+	if (!json_is_object(in) || !json_int_in(json_object_get(in, "version"), STATE_VERSION, STATE_VERSION, NULL) ||
+	    !json_is_array(json_object_get(in, "runs"))) {
+		json_decref(in);
+		*ret_error = xstrdup("unexpected content");
+		return -EINVAL;
+	}
+
+	o = json_object();
+	/* Records we cannot make sense of are dropped, not trusted: a state
+	 * file edited by hand or by another version must not crash us, and
+	 * none of its numbers may reach a kill(), a path or an id unchecked. */
+	runs = json_array();
+	seen = json_object();
+	json_array_foreach(json_object_get(in, "runs"), i, rec) {
+		json_t *c = json_array_size(runs) < ENGINE_RUNS_MAX ? state_clean_run(rec) : NULL;
+		char idk[24];
+		if (c) {
+			/* Ids are unique: a second record with an id is dropped. */
+			snprintf(idk, sizeof(idk), "%lld", (long long)json_integer_value(json_object_get(c, "id")));
+			if (json_object_get(seen, idk)) {
+				json_decref(c);
+				c = NULL;
+			} else
+				json_object_set_new(seen, idk, json_true());
+		}
+		if (c)
+			json_array_append_new(runs, c);
+		else
+			dropped++;
+	}
+	json_decref(seen);
+	json_object_set_new(o, "runs", runs);
+	json_object_set_new(o, "dropped_runs", json_integer((json_int_t)dropped));
+
+	/* 0: absent or out of range; the engine then takes the highest id it
+	 * can find on disk, plus one. */
+	x = 0;
+	if (!json_int_in(json_object_get(in, "next_run_id"), 1, ENGINE_RUN_ID_MAX, &x))
+		x = 0;
+	json_object_set_new(o, "next_run_id", json_integer(x));
+
+	json_t *failed = json_object();
+	if ((v = json_object_get(in, "failed")) && json_is_object(v)) {
+		json_t *f;
+		json_object_foreach(v, k, f) {
+			_cleanup_free_ char *key = NULL;
+			json_t *c = json_object_size(failed) < ENGINE_RUNS_MAX ? state_clean_failure(f, &key) : NULL;
+			if (c)
+				json_object_set_new(failed, key, c);
+		}
+	}
+	json_object_set_new(o, "failed", failed);
+
+	json_t *hashes = json_object();
+	if ((v = json_object_get(in, "input_hashes")) && json_is_object(v)) {
+		json_t *h;
+		json_object_foreach(v, k, h)
+			if (json_is_string(h) && hex16_is_valid(json_string_value(h)) &&
+			    json_object_size(hashes) < ENGINE_RUNS_MAX)
+				json_object_set(hashes, k, h);
+	}
+	json_object_set_new(o, "input_hashes", hashes);
+
+	json_t *last = json_object();
+	if ((v = json_object_get(in, "last_success")) && json_is_object(v)) {
+		json_t *l;
+		json_object_foreach(v, k, l) {
+			if (!json_is_object(l) || !json_revision_is_valid(json_object_get(l, "revision")) ||
+			    json_object_size(last) >= ENGINE_RUNS_MAX)
+				continue;
+			json_t *c = json_object();
+			json_object_set(c, "revision", json_object_get(l, "revision"));
+			if (json_int_in(json_object_get(l, "run"), 1, ENGINE_RUN_ID_MAX, &x))
+				json_object_set_new(c, "run", json_integer(x));
+			if (json_is_string(json_object_get(l, "finished")))
+				json_object_set(c, "finished", json_object_get(l, "finished"));
+			json_object_set_new(last, k, c);
+		}
+	}
+	json_object_set_new(o, "last_success", last);
+
+	if ((v = json_object_get(in, "paused")) && json_is_string(v)) {
+		/* A reason is a line for status: cut a long one at a character
+		 * boundary (never inside a UTF-8 sequence). */
+		const char *p = json_string_value(v);
+		size_t n = json_string_length(v);
+		if (n > 1024) {
+			n = 1024;
+			while (n > 0 && ((unsigned char)p[n] & 0xc0) == 0x80)
+				n--;
+		}
+		json_object_set_new(o, "paused", json_stringn(p, n));
+	}
+	if ((v = json_object_get(in, "applied_revision")) && json_revision_is_valid(v))
+		json_object_set(o, "applied_revision", v);
+	if ((v = json_object_get(in, "stack_revision")) && json_revision_is_valid(v))
+		json_object_set(o, "stack_revision", v);
+	json_decref(in);
+	*ret = o;
+	return 0;
+}
+
+/* The highest run id named by a file "<id><suffix>" in dir, or 0. Logs and
+ * step files outlive a state.json that was lost or could not be written:
+ * their ids are taken, too. */
+static long max_id_in_dir(const char *dir, const char *suffix)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	size_t sl = strlen(suffix);
+	long best = 0;
+
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		size_t n = strlen(de->d_name);
+		char num[32];
+		long id;
+		if (n <= sl || n - sl >= sizeof(num) || strcmp(de->d_name + n - sl, suffix) != 0)
+			continue;
+		memcpy(num, de->d_name, n - sl);
+		num[n - sl] = '\0';
+		if (parse_long(num, 1, ENGINE_RUN_ID_MAX, &id) == 0 && id > best)
+			best = id;
+	}
+	closedir(d);
+	return best;
+}
+
+/* Moves an unusable state.json aside, for a post-mortem and so that the
+ * next write can replace it (a directory there would block every write). */
+static void state_move_aside(struct engine *e, const char *path)
+{
+	_cleanup_free_ char *bad = state_path(e, "state.json.corrupt");
+
+	if (rename(path, bad) == 0)
+		return;
+	free(bad);
+	bad = xasprintf("%s/state.json.corrupt.%lld", e->config->state_dir, (long long)time_now_usec());
+	if (rename(path, bad) < 0)
+		log_error_errno(-errno, "Failed to move %s aside: %m", path);
 }
 
 static void engine_load_state(struct engine *e)
 {
-	_cleanup_free_ char *path = state_path(e, "state.json"), *data = NULL;
-	json_error_t jerr;
+	_cleanup_free_ char *path = state_path(e, "state.json"), *data = NULL, *err = NULL;
 	json_t *o, *v;
 	size_t len;
 	int r;
 
-	r = file_read_all(path, STATE_MAX_BYTES, &data, &len);
+	r = file_read_regular(AT_FDCWD, path, 0, STATE_MAX_BYTES, &data, &len);
 	if (r == -ENOENT) {
 		log_info("No saved state in %s: first start on this instance", e->config->state_dir);
+		e->first_start = true;
+		return;
+	}
+	if (r == -EBADFD || r == -EISDIR || r == -ELOOP || r == -EFBIG) {
+		/* A FIFO, device, directory or symlink is not our file, and
+		 * was read without waiting on it: report, keep it for a look,
+		 * and start as on a first start. */
+		log_error("Saved state %s is %s: treating this as a first start", path, file_read_strerror(r));
+		state_move_aside(e, path);
 		e->first_start = true;
 		return;
 	}
@@ -313,66 +691,42 @@ static void engine_load_state(struct engine *e)
 		e->first_start = true;
 		return;
 	}
-	o = json_loadb(data, len, 0, &jerr);
-	if (!o || !json_is_object(o) || json_integer_value(json_object_get(o, "version")) != STATE_VERSION ||
-	    !json_is_array(json_object_get(o, "runs"))) {
-		log_error("Saved state %s is corrupt (%s): treating this as a first start", path,
-			  o ? "unexpected content" : jerr.text);
-		json_decref(o);
+	r = engine_state_parse(data, len, &o, &err);
+	if (r < 0) {
+		log_error("Saved state %s is corrupt (%s): treating this as a first start", path, err);
 		/* Keep the bad file for a post-mortem instead of overwriting it. */
-		_cleanup_free_ char *bad = state_path(e, "state.json.corrupt");
-		(void)rename(path, bad);
+		state_move_aside(e, path);
 		e->first_start = true;
 		return;
 	}
 
+	if (json_integer_value(json_object_get(o, "dropped_runs")) > 0)
+		log_warn("Dropped %lld unreadable run records from %s",
+			 (long long)json_integer_value(json_object_get(o, "dropped_runs")), path);
 	json_decref(e->runs);
-	e->runs = json_array();
-	/* Records we cannot make sense of are dropped, not trusted: a state
-	 * file edited by hand or by another version must not crash us. */
-	size_t i;
-	json_t *rec;
-	json_array_foreach(json_object_get(o, "runs"), i, rec) {
-		static const char *const statuses[] = { "queued", "running", "success", "failed", "interrupted" };
-		bool ok = json_is_object(rec) && json_is_integer(json_object_get(rec, "id")) &&
-			  json_integer_value(json_object_get(rec, "id")) > 0 &&
-			  event_from_string(rec_str(rec, "event")) != EVENT_INVALID &&
-			  trigger_from_string(rec_str(rec, "trigger")) != TRIGGER_INVALID && rec_str(rec, "status");
-		bool known = false;
-		for (size_t j = 0; ok && j < ELEMENTSOF(statuses); j++)
-			known |= strcmp(rec_str(rec, "status"), statuses[j]) == 0;
-		const json_t *layer = json_object_get(rec, "layer"), *app = json_object_get(rec, "app");
-		ok = ok && known && (json_is_null(layer) || (json_is_string(layer) && name_is_valid(json_string_value(layer)))) &&
-		     (json_is_null(app) || (json_is_string(app) && name_is_valid(json_string_value(app))));
-		if (ok)
-			json_array_append(e->runs, rec);
-		else
-			log_warn("Dropping an unreadable run record from %s", path);
-	}
+	e->runs = json_incref(json_object_get(o, "runs"));
 	e->next_id = (long)json_integer_value(json_object_get(o, "next_run_id"));
-	if ((v = json_object_get(o, "failed")) && json_is_object(v)) {
+	if (e->next_id == 0)
+		log_warn("%s has no usable next_run_id: continuing after the highest run id found", path);
+	json_object_update(e->failed, json_object_get(o, "failed"));
+	{
+		/* A retry time far in the future (a clock that jumped, or an
+		 * edit) would never come: retry_max from now at the latest. */
+		int64_t latest = time_now_usec() + (int64_t)e->config->retry_max * 1000000;
 		const char *k;
 		json_t *f;
-		json_object_foreach(v, k, f)
-			if (json_is_object(f) &&
-			    event_from_string(json_string_value(json_object_get(f, "event"))) != EVENT_INVALID)
-				json_object_set(e->failed, k, f);
+		json_object_foreach(e->failed, k, f)
+			if (json_integer_value(json_object_get(f, "next_retry")) > latest)
+				json_object_set_new(f, "next_retry", json_integer(latest));
 	}
-	if ((v = json_object_get(o, "input_hashes")) && json_is_object(v)) {
-		const char *k;
-		json_t *h;
-		json_object_foreach(v, k, h)
-			if (json_is_string(h))
-				json_object_set(e->input_hashes, k, h);
-	}
-	if ((v = json_object_get(o, "last_success")) && json_is_object(v))
-		json_object_update(e->last_success, v);
-	if ((v = json_object_get(o, "paused")) && json_is_string(v))
+	json_object_update(e->input_hashes, json_object_get(o, "input_hashes"));
+	json_object_update(e->last_success, json_object_get(o, "last_success"));
+	if ((v = json_object_get(o, "paused")))
 		e->paused = xstrdup(json_string_value(v));
 
-	if ((v = json_object_get(o, "applied_revision")) && json_is_string(v))
+	if ((v = json_object_get(o, "applied_revision")))
 		e->applied = load_stack(e, json_string_value(v));
-	if ((v = json_object_get(o, "stack_revision")) && json_is_string(v)) {
+	if ((v = json_object_get(o, "stack_revision"))) {
 		if (e->applied && strcmp(e->applied->revision, json_string_value(v)) == 0)
 			e->current = stack_ref(e->applied);
 		else
@@ -382,13 +736,28 @@ static void engine_load_state(struct engine *e)
 	 * diffed against nothing, which is a first start. */
 	e->first_start = !e->applied;
 	json_decref(o);
+}
 
-	/* Sanity: ids only grow. */
+/* Ids only grow, and are never given twice: past every id in state.json,
+ * every run log in log_dir and every step file in state_dir. */
+static void engine_fix_next_id(struct engine *e)
+{
+	_cleanup_free_ char *logs = xasprintf("%s/runs", e->config->log_dir), *files = state_path(e, "runs");
+	long m;
+	size_t i;
+	json_t *rec;
+
+	if (e->next_id < 1)
+		e->next_id = 1;
 	json_array_foreach(e->runs, i, rec) {
 		long id = (long)json_integer_value(json_object_get(rec, "id"));
 		if (id >= e->next_id)
 			e->next_id = id + 1;
 	}
+	if ((m = max_id_in_dir(logs, ".log")) >= e->next_id)
+		e->next_id = m + 1;
+	if ((m = max_id_in_dir(files, ".json")) >= e->next_id)
+		e->next_id = m + 1;
 }
 
 /* --------------------------------------------------------------- history */
@@ -474,6 +843,12 @@ static long enqueue_ex(struct engine *e, enum event ev, const char *layer, const
 		return (long)json_integer_value(json_object_get(rec, "id"));
 	}
 
+	/* Ids are never given twice and never wrap: when they run out (only a
+	 * doctored state could get here), nothing more is queued. */
+	if (e->next_id < 1 || e->next_id > ENGINE_RUN_ID_MAX) {
+		log_error("No run id left (next would be %ld): not queueing %s", e->next_id, evs);
+		return 0;
+	}
 	long id = e->next_id++;
 	rec = json_object();
 	json_object_set_new(rec, "id", json_integer(id));
@@ -747,60 +1122,46 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	emit(e, ev);
 }
 
-/* The start time of a process (field 22 of /proc/PID/stat, clock ticks
- * since boot), to tell a process from a later one that reused its pid. */
-static int proc_start_time(int pid, unsigned long long *ret)
-{
-	_cleanup_free_ char *path = xasprintf("/proc/%d/stat", pid), *data = NULL;
-	const char *p;
-	size_t len;
-	int r;
-
-	r = file_read_all(path, 4096, &data, &len);
-	if (r < 0)
-		return r;
-	/* The command name may hold spaces and parentheses: fields count from
-	 * the last ')'. */
-	p = strrchr(data, ')');
-	if (!p)
-		return -EINVAL;
-	for (int field = 2; field < 22; field++) {
-		p = strchr(p + 1, ' ');
-		if (!p)
-			return -EINVAL;
-	}
-	return sscanf(p + 1, "%llu", ret) == 1 ? 0 : -EINVAL;
-}
-
 static void on_spawn(void *userdata, struct step *s, int pgid)
 {
 	struct engine *e = userdata;
-	unsigned long long start;
+	uint64_t start;
 
-	if (proc_start_time(pgid, &start) < 0)
+	/* The start time (field 22 of /proc/PID/stat) tells this group's
+	 * leader from a later process that reused its pid. */
+	if (exec_proc_stat(pgid, NULL, &start) < 0 || start == 0 || start > INT64_MAX)
 		return;
 	json_object_set_new(e->active->rec, "_pgid", json_integer(pgid));
 	json_object_set_new(e->active->rec, "_pgid_start", json_integer((json_int_t)start));
 	/* If we are killed now, the next start ends this process group. */
-	engine_persist(e);
+	(void)engine_persist(e);
 }
 
 /* A run found "running" at start had a step's process group perhaps still
  * alive, orphaned by our death: end it before the event runs again, so two
- * copies of a recipe never run at once. The start time guards against a
- * reused pid. */
+ * copies of a recipe never run at once. The numbers come from state.json:
+ * exec_kill_recorded_group checks them (range, not our group, same leader). */
 static void kill_orphan(const json_t *rec)
 {
-	json_int_t pgid = json_integer_value(json_object_get(rec, "_pgid"));
-	unsigned long long start;
+	json_t *pg = json_object_get(rec, "_pgid"), *st = json_object_get(rec, "_pgid_start");
+	long long id = (long long)json_integer_value(json_object_get(rec, "id"));
+	int r;
 
-	if (pgid <= 1 || proc_start_time((int)pgid, &start) < 0)
+	if (!pg)
 		return;
-	if ((json_int_t)start != json_integer_value(json_object_get(rec, "_pgid_start")))
+	if (!json_is_integer(pg) || !json_is_integer(st)) {
+		log_warn("Run %lld: the recorded process group is not a number; not signalling anything", id);
 		return;
-	if (kill(-(pid_t)pgid, SIGKILL) == 0)
-		log_warn("Killed process group %lld left running by the interrupted run %lld", (long long)pgid,
-			 (long long)json_integer_value(json_object_get(rec, "id")));
+	}
+	r = exec_kill_recorded_group(json_integer_value(pg), json_integer_value(st), SIGKILL);
+	if (r == 0)
+		log_warn("Killed process group %lld left running by the interrupted run %lld",
+			 (long long)json_integer_value(pg), id);
+	else if (r == -EINVAL || r == -EPERM)
+		log_warn("Run %lld: recorded process group %lld is %s; not signalling it", id,
+			 (long long)json_integer_value(pg), r == -EPERM ? "agentd's own" : "out of range");
+	else if (r != -ESRCH)
+		log_warn_errno(r, "Failed to kill process group %lld of run %lld: %m", (long long)json_integer_value(pg), id);
 }
 
 static bool get_input_hash(void *userdata, const char *key, uint64_t *ret)
@@ -1035,15 +1396,52 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 	return 0;
 }
 
+/* Opens a run's log for writing: never through a symlink, never blocking on
+ * a FIFO or device planted in its place (O_NONBLOCK), a regular file only.
+ * Returns the fd or -1 (logged: the run goes on without its log file). */
+static int run_log_open(const char *path)
+{
+	struct stat st;
+	int fd;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0640);
+	if (fd < 0) {
+		log_warn_errno(-errno, "Failed to open %s: %m", path);
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		log_warn("Not writing the run log %s: not a regular file", path);
+		(void)close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 static void engine_start_run(struct engine *e, json_t *rec)
 {
-	struct active *a = xcalloc(1, sizeof(*a));
+	struct active *a;
 	_cleanup_free_ char *log_path = NULL, *error = NULL;
 	const char *srev = rec_str(rec, "_stack");
 	enum event ev = event_from_string(rec_str(rec, "event"));
 	char ts[40];
 	int r;
 
+	/* The run is on disk as "running" (with next_run_id past it) before
+	 * anything runs: its id is taken for good, and a restart knows it ran.
+	 * While state_dir takes no writes, the run waits in the queue; the
+	 * retry of the write starts it (on_state_retry). */
+	now_rfc3339(ts, sizeof(ts));
+	json_object_set_new(rec, "status", json_string("running"));
+	json_object_set_new(rec, "started", json_string(ts));
+	if (engine_persist(e) < 0) {
+		json_object_set_new(rec, "status", json_string("queued"));
+		json_object_set_new(rec, "started", json_null());
+		log_warn("Run %lld waits: its start cannot be recorded in %s",
+			 (long long)json_integer_value(json_object_get(rec, "id")), e->config->state_dir);
+		return;
+	}
+
+	a = xcalloc(1, sizeof(*a));
 	a->rec = rec;
 	a->id = (long)json_integer_value(json_object_get(rec, "id"));
 	a->log_fd = -1;
@@ -1059,22 +1457,16 @@ static void engine_start_run(struct engine *e, json_t *rec)
 	a->timeout.data = a;
 	e->active = a;
 
-	now_rfc3339(ts, sizeof(ts));
-	json_object_set_new(rec, "status", json_string("running"));
-	json_object_set_new(rec, "started", json_string(ts));
 	json_object_set_new(rec, "steps", json_array());
 
 	log_path = engine_run_log_path(e, a->id);
-	a->log_fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0640);
-	if (a->log_fd < 0)
-		log_warn_errno(-errno, "Failed to open %s: %m", log_path);
+	a->log_fd = run_log_open(log_path);
 	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s\n", a->id, rec_str(rec, "event"),
 		    rec_str(rec, "layer") ? rec_str(rec, "layer") : "(all)", str_or_empty(rec_str(rec, "app")),
 		    rec_str(rec, "trigger"), a->stack ? a->stack->revision : "-", ts);
 
 	log_set_context(a->id, rec_str(rec, "event"), rec_str(rec, "layer"), NULL);
 	log_info("Run %ld started: %s (%s)", a->id, rec_str(rec, "event"), rec_str(rec, "trigger"));
-	engine_persist(e);
 	notify_status(e);
 	emit(e, json_pack("{s:s, s:I, s:s, s:s?, s:s?, s:s}", "event", "run-started", "run", (json_int_t)a->id, "kind",
 			  rec_str(rec, "event"), "layer", rec_str(rec, "layer"), "app", rec_str(rec, "app"), "trigger",
@@ -1257,10 +1649,14 @@ static void on_document(void *userdata, const char *data, size_t len)
 		stack_unref(s);
 		return;
 	}
-	if (save_stack(e, s) < 0) {
+	if ((r = save_stack(e, s)) < 0) {
 		/* Without the stack on disk a restart could not finish what we
-		 * queue; better to wait for the next version. */
+		 * queue; better to wait until state_dir takes writes again, and
+		 * then fetch the document again (on_state_retry). */
+		_cleanup_free_ char *what = stack_file_path(e, s->revision);
 		set_source_error(e, "cannot save the stack in state_dir (see the log)", NULL);
+		e->stack_save_failed = true;
+		state_write_failed(e, what, r);
 		stack_unref(s);
 		return;
 	}
@@ -1287,6 +1683,66 @@ static void on_source_error(void *userdata, const char *message)
 
 /* ------------------------------------------------------------- lifecycle */
 
+int engine_lock_state_dir(const char *state_dir, char **ret_error)
+{
+	_cleanup_free_ char *path = xasprintf("%s/lock", state_dir);
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	char buf[32];
+	struct stat st;
+	ssize_t n;
+	int fd, r;
+
+	if ((r = mkdir_p(state_dir, 0700)) < 0) {
+		*ret_error = xasprintf("cannot create %s: %s", state_dir, strerror(-r));
+		return r;
+	}
+	/* O_NONBLOCK and the regular-file check: a FIFO planted as the lock
+	 * must not hang us. No O_TRUNC: the holder's pid is read from it. */
+	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
+	if (fd < 0) {
+		r = -errno;
+		*ret_error = xasprintf("cannot open %s: %s", path, strerror(-r));
+		return r;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		(void)close(fd);
+		*ret_error = xasprintf("%s is not a regular file", path);
+		return -EBADFD;
+	}
+	/* An open file description lock: it belongs to this descriptor alone
+	 * (closing another descriptor of the file does not drop it, unlike a
+	 * POSIX lock), it is not inherited across exec (O_CLOEXEC), and the
+	 * kernel drops it when we exit, however we exit. */
+	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+		r = -errno;
+		if (r == -EAGAIN || r == -EACCES) {
+			long pid = 0;
+			n = pread(fd, buf, sizeof(buf) - 1, 0);
+			if (n > 0) {
+				buf[n] = '\0';
+				buf[strcspn(buf, "\n")] = '\0';
+				if (parse_long(buf, 1, INT32_MAX, &pid) < 0)
+					pid = 0;
+			}
+			if (pid > 0)
+				*ret_error = xasprintf("%s is in use by another agentd (pid %ld, holding %s)", state_dir, pid,
+						       path);
+			else
+				*ret_error = xasprintf("%s is in use by another agentd (holding %s)", state_dir, path);
+			r = -EBUSY;
+		} else
+			*ret_error = xasprintf("cannot lock %s: %s", path, strerror(-r));
+		(void)close(fd);
+		return r;
+	}
+	/* Ours: say who holds it. A full disk does not stop us (the lock is
+	 * what counts; the pid is for the message of a second agentd). */
+	n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+		log_warn_errno(-errno, "Failed to write our pid into %s: %m", path);
+	return fd;
+}
+
 int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret)
 {
 	struct engine *e = xcalloc(1, sizeof(*e));
@@ -1310,7 +1766,8 @@ int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret
 		e->instance = xstrdup("localhost");
 	(void)uv_timer_init(loop, &e->kick);
 	(void)uv_timer_init(loop, &e->retry);
-	e->kick.data = e->retry.data = e;
+	(void)uv_timer_init(loop, &e->state_retry);
+	e->kick.data = e->retry.data = e->state_retry.data = e;
 	*ret = e;
 	return 0;
 }
@@ -1333,6 +1790,9 @@ int engine_start(struct engine *e)
 		return log_error_errno(r, "Failed to create %s: %m", run_files);
 
 	engine_load_state(e);
+	engine_fix_next_id(e);
+	/* A state file may hold more finished runs than history allows. */
+	trim_history(e);
 
 	/* A run that was running when we died did not finish: say so, and run
 	 * its event again. */
@@ -1399,6 +1859,7 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 	e->stop_userdata = userdata;
 	(void)uv_timer_stop(&e->kick);
 	(void)uv_timer_stop(&e->retry);
+	(void)uv_timer_stop(&e->state_retry);
 	if (e->source) {
 		source_free(e->source);
 		e->source = NULL;
@@ -1438,9 +1899,11 @@ void engine_free(struct engine *e)
 	free(e->source_url);
 	free(e->source_error);
 	free(e->source_error_path);
-	e->closing = 2;
+	free(e->state_error);
+	e->closing = 3;
 	uv_close((uv_handle_t *)&e->kick, on_engine_closed);
 	uv_close((uv_handle_t *)&e->retry, on_engine_closed);
+	uv_close((uv_handle_t *)&e->state_retry, on_engine_closed);
 }
 
 /* ----------------------------------------------------------------- views */
@@ -1533,6 +1996,8 @@ json_t *engine_status(struct engine *e)
 	json_object_set_new(o, "queue", queue);
 	json_object_set_new(o, "failed", failed);
 	json_object_set_new(o, "paused", json_string_or_null(e->paused));
+	/* Why state_dir cannot be written (runs wait meanwhile), or null. */
+	json_object_set_new(o, "state_error", json_string_or_null(e->state_error));
 	json_object_set_new(o, "uptime", json_real((double)(time_monotonic_usec() - e->start_mono) / 1e6));
 	json_object_set_new(o, "version", json_string(AGENTD_VERSION));
 	json_object_set_new(o, "pid", json_integer(getpid()));
@@ -1566,7 +2031,7 @@ json_t *engine_run_info(struct engine *e, long id)
 		_cleanup_free_ char *path = run_file_path(e, id), *data = NULL;
 		size_t len;
 		json_t *full = NULL;
-		if (file_read_all(path, STATE_MAX_BYTES, &data, &len) == 0)
+		if (file_read_regular(AT_FDCWD, path, 0, STATE_MAX_BYTES, &data, &len) == 0)
 			full = json_loadb(data, len, 0, NULL);
 		if (json_is_array(json_object_get(full, "steps")))
 			json_object_set(o, "steps", json_object_get(full, "steps"));
@@ -1626,8 +2091,26 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 		*ret_error = xasprintf("app \"%s\" is not in the stack's deploy section", app);
 		return -ENOENT;
 	}
+	long first_new = e->next_id;
 	*ret_id = enqueue(e, ev, layer, app, trig, NULL);
-	engine_persist(e);
+	if (*ret_id == 0) {
+		*ret_error = xstrdup("no run id left");
+		return -ERANGE;
+	}
+	if (engine_persist(e) < 0 && *ret_id >= first_new) {
+		/* The operator learns now that the run is not recorded, rather
+		 * than find it gone after a restart. Its id stays spent. */
+		json_t *rec;
+		size_t i;
+		json_array_foreach(e->runs, i, rec)
+			if (json_integer_value(json_object_get(rec, "id")) == *ret_id) {
+				json_array_remove(e->runs, i);
+				break;
+			}
+		*ret_error = xasprintf("the run cannot be recorded: %s", e->state_error);
+		*ret_id = 0;
+		return -EIO;
+	}
 	engine_kick(e);
 	return 0;
 }

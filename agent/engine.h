@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "event.h"
@@ -14,6 +15,28 @@
 struct config;
 struct engine;
 struct stack;
+
+/* Run ids are 1 .. ENGINE_RUN_ID_MAX (2^53 - 1: exact in any JSON reader).
+ * An id is never given twice; when none is left, runs are refused. */
+#define ENGINE_RUN_ID_MAX ((long)((INT64_C(1) << 53) - 1))
+
+/* Takes the lock that makes one agentd per state_dir (design.md §3): an
+ * exclusive OFD lock on state_dir/lock (created 0600, and state_dir with it
+ * when missing), holding our pid as text. Call it first, before reading any
+ * state or touching any process. The descriptor is close-on-exec and kept
+ * for the life of the process (exit releases the lock). Returns the fd, or
+ * a negative errno with a malloc'd message: -EBUSY when another process
+ * holds the lock (the message names its pid when it is known). */
+int engine_lock_state_dir(const char *state_dir, char **ret_error);
+
+/* Parses a state.json document from memory into a checked, normalised
+ * object (every number range-checked, unknown members dropped):
+ *   {"runs":[...], "dropped_runs":N, "next_run_id":N (0: none usable),
+ *    "failed":{...}, "input_hashes":{...}, "last_success":{...},
+ *    "paused":"..."?, "applied_revision":"hex16"?, "stack_revision":"hex16"?}
+ * Returns 0 with *ret (a new reference), or -EINVAL / -EFBIG with a malloc'd
+ * message. Used by engine_start, and by the fuzz target. */
+int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_error);
 
 int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret);
 /* Loads state (marks an interrupted run and queues it again), starts the source. */

@@ -16,7 +16,10 @@
 #include "exec.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -28,6 +31,8 @@
  * step open forever. */
 #define EXEC_EOF_WAIT_MS 2000
 #define EXEC_KILL_AFTER_DEFAULT_MS 5000
+/* The kernel's PID_MAX_LIMIT on 64-bit hosts: no pid is larger. */
+#define EXEC_PID_MAX_LIMIT (INT64_C(1) << 22)
 
 struct exec {
 	uv_loop_t *loop;            /* borrowed */
@@ -103,7 +108,9 @@ int exec_pgid(const struct exec *e)
 
 static void exec_signal_group(struct exec *e, int sig)
 {
-	if (e->pgid <= 0)
+	/* kill(-1) and kill(-our group) would reach far more than the child:
+	 * never, whatever pgid holds. */
+	if (e->pgid <= 1 || e->pgid == getpgrp())
 		return;
 	/* ESRCH: the whole group is gone already, which is what we wanted. */
 	if (kill(-e->pgid, sig) < 0 && errno != ESRCH)
@@ -396,4 +403,68 @@ char *exec_result_describe(const struct exec_result *r, long timeout_ms)
 		return xasprintf("killed by signal %d", r->term_signal);
 	}
 	return xasprintf("exited with status %d", r->exit_status);
+}
+
+int exec_proc_stat(int64_t pid, int64_t *ret_pgrp, uint64_t *ret_start)
+{
+	_cleanup_free_ char *path = NULL, *data = NULL;
+	unsigned long long start;
+	long long pgrp;
+	const char *p;
+	int r;
+
+	if (pid <= 0 || pid > EXEC_PID_MAX_LIMIT)
+		return -EINVAL;
+	path = xasprintf("/proc/%" PRId64 "/stat", pid);
+	r = file_read_regular(AT_FDCWD, path, 0, 4096, &data, NULL);
+	if (r == -ENOENT)
+		return -ESRCH;
+	if (r < 0)
+		return r;
+	/* The command name may hold spaces and parentheses: fields count from
+	 * the last ')'. Field 3 (the state) follows it. */
+	p = strrchr(data, ')');
+	if (!p)
+		return -EINVAL;
+	for (int field = 2; field < 22; field++) {
+		p = strchr(p + 1, ' ');
+		if (!p)
+			return -EINVAL;
+		if (field == 4) {
+			if (sscanf(p + 1, "%lld", &pgrp) != 1)
+				return -EINVAL;
+		}
+	}
+	if (sscanf(p + 1, "%llu", &start) != 1)
+		return -EINVAL;
+	if (ret_pgrp)
+		*ret_pgrp = pgrp;
+	if (ret_start)
+		*ret_start = start;
+	return 0;
+}
+
+int exec_kill_recorded_group(int64_t pgid, int64_t start, int sig)
+{
+	uint64_t now_start;
+	int64_t pgrp;
+	int r;
+
+	/* kill(0) and kill(-1) mean "our group" and "every process": a pgid of
+	 * 0, 1 or a value that does not fit a pid_t (4294967297 would become 1
+	 * in an int) is refused before anything is cast. */
+	if (pgid <= 1 || pgid > EXEC_PID_MAX_LIMIT || start <= 0)
+		return -EINVAL;
+	if ((pid_t)pgid == getpgrp() || (pid_t)pgid == getpid())
+		return -EPERM;
+	r = exec_proc_stat(pgid, &pgrp, &now_start);
+	if (r < 0)
+		return r == -EINVAL ? -ESRCH : r;
+	/* The leader must be the very process we started (same start time) and
+	 * still lead its group: otherwise the pid was reused by someone else. */
+	if (pgrp != pgid || now_start != (uint64_t)start)
+		return -ESRCH;
+	if (kill(-(pid_t)pgid, sig) < 0)
+		return -errno;
+	return 0;
 }

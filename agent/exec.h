@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -48,3 +49,20 @@ void exec_terminate(struct exec *e);
 /* Describes r in words ("exited with status 3", "killed by signal 9 after
  * timeout of 5 s", "could not start: No such file or directory"). */
 char *exec_result_describe(const struct exec_result *r, long timeout_ms);
+
+/* Reads field 5 (the process group) and field 22 (the start time, in clock
+ * ticks since boot) of /proc/PID/stat. Together they
+ * tell a process group leader from a later process that reused its pid.
+ * Returns 0, -ESRCH when there is no such process, or -EINVAL when the file
+ * cannot be parsed. ret_* may be NULL. */
+int exec_proc_stat(int64_t pid, int64_t *ret_pgrp, uint64_t *ret_start);
+
+/* Sends sig to a process group that an earlier agentd recorded (a value from
+ * state_dir, hence not trusted): pgid must be > 1 and a valid pid, must not
+ * be agentd's own group, and its leader must still exist, still lead the
+ * group pgid and have the recorded start time (clock ticks, > 0). Anything
+ * else is left alone: kill(-1) or our own group is never signalled.
+ * Returns 0 when the signal was sent, -EINVAL for a value out of range,
+ * -EPERM for agentd's own group, -ESRCH when the leader is gone or is
+ * another process now, or the errno of kill(). */
+int exec_kill_recorded_group(int64_t pgid, int64_t start, int sig);

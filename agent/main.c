@@ -111,7 +111,7 @@ int main(int argc, char **argv)
 	_cleanup_free_ char *err = NULL;
 	struct daemon d = { 0 };
 	uint64_t wd_usec = 0;
-	int listen_fd = -1, c, r;
+	int listen_fd = -1, lock_fd = -1, c, r;
 
 	while ((c = getopt_long(argc, argv, "c:dh", options, NULL)) >= 0) {
 		switch (c) {
@@ -165,6 +165,17 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
+	/* One agentd per state_dir (design.md §3): the lock comes first,
+	 * before any state is read or any process is touched. A second agentd
+	 * leaves with the holder's pid, having changed nothing. */
+	lock_fd = engine_lock_state_dir(d.config.state_dir, &err);
+	if (lock_fd < 0) {
+		log_error("Not starting: %s", err);
+		(void)sd_notifyf(0, "STATUS=not starting: %s", err);
+		config_free(&d.config);
+		return 1;
+	}
+
 	srandom((unsigned)time(NULL) ^ (unsigned)getpid());
 	signal(SIGPIPE, SIG_IGN);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
@@ -214,5 +225,7 @@ int main(int argc, char **argv)
 	config_free(&d.config);
 	curl_global_cleanup();
 	log_info("Stopped");
+	/* Last: the next agentd may start once we are done with state_dir. */
+	(void)close(lock_fd);
 	return 0;
 }

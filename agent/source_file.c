@@ -6,6 +6,7 @@
  * (poll_interval) catches anything a watch could miss. The file is read
  * synchronously: it is local and capped at 16 MiB. */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -39,12 +40,15 @@ static void file_read_now(struct file_source *f)
 	size_t len = 0;
 	int r;
 
-	r = file_read_all(f->path, STACK_MAX_BYTES, &data, &len);
+	/* The path may be a symlink (a ConfigMap's ..data swap), followed; but
+	 * what it names must be a regular file, opened without waiting (a
+	 * FIFO would block the loop in open() for good) and read with a cap. */
+	r = file_read_regular(AT_FDCWD, f->path, FILE_READ_FOLLOW, STACK_MAX_BYTES, &data, &len);
 	if (r < 0) {
 		if (r == -EFBIG)
 			source_fail(f->s, "%s: larger than %d bytes", f->s->url, STACK_MAX_BYTES);
 		else if (r != f->last_errno)
-			source_fail(f->s, "%s: %s", f->s->url, strerror(-r));
+			source_fail(f->s, "%s: %s", f->s->url, file_read_strerror(r));
 		else
 			f->s->last_fetch_usec = time_now_usec();
 		f->last_errno = r;

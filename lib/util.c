@@ -557,3 +557,41 @@ bool key_is_secret(const char *key)
 	}
 	return false;
 }
+
+int file_read_regular(int dirfd, const char *path, int flags, size_t max, char **ret_data, size_t *ret_len)
+{
+	_cleanup_close_ int fd = -1;
+	struct stat st;
+
+	/* O_NONBLOCK: opening a FIFO for reading must not wait for a writer,
+	 * and opening a device must not wait for carrier or the like. It does
+	 * not change how a regular file is read. */
+	fd = openat(dirfd, path,
+		    O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | ((flags & FILE_READ_FOLLOW) ? 0 : O_NOFOLLOW));
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (S_ISDIR(st.st_mode))
+		return -EISDIR;
+	if (!S_ISREG(st.st_mode))
+		return -EBADFD;
+	/* st_size is 0 for /proc files, which are read to EOF under the same cap. */
+	if (st.st_size < 0 || (uint64_t)st.st_size > max)
+		return -EFBIG;
+	return fd_read_all(fd, max, ret_data, ret_len);
+}
+
+const char *file_read_strerror(int r)
+{
+	switch (r) {
+	case -EBADFD:
+		return "not a regular file";
+	case -ELOOP:
+		return "a symbolic link (not followed here)";
+	case -EFBIG:
+		return "too large";
+	default:
+		return strerror(r < 0 ? -r : r);
+	}
+}

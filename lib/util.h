@@ -122,3 +122,18 @@ uint64_t hash_fnv1a64(const void *data, size_t len, uint64_t seed);
 /* True if a JSON object key names a secret: matches password|secret|token|key
  * case-insensitively anywhere in the key. */
 bool key_is_secret(const char *key);
+
+/* Reads a whole regular file without ever blocking on it: path (relative
+ * to dirfd, or absolute; dirfd may be AT_FDCWD) is opened with
+ * O_NONBLOCK|O_NOCTTY|O_CLOEXEC, and O_NOFOLLOW unless flags has
+ * FILE_READ_FOLLOW (for paths an operator may legitimately make a symlink:
+ * the configuration, a file:// stack). It must be a regular file and at most
+ * max bytes. Returns 0, -EISDIR (a directory), -EBADFD (a FIFO, socket or
+ * device: anything else that is not a regular file), -ELOOP (a symlink
+ * without FILE_READ_FOLLOW), -EFBIG (over max), or another negative errno
+ * from open/read. *ret_data is NUL-terminated; ret_len may be NULL. */
+#define FILE_READ_FOLLOW 0x1
+int file_read_regular(int dirfd, const char *path, int flags, size_t max, char **ret_data, size_t *ret_len);
+/* Words for an error of file_read_regular ("not a regular file" for
+ * -EBADFD, ...; strerror otherwise). Static string. */
+const char *file_read_strerror(int r);

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -411,6 +412,89 @@ static void test_bad_args(void **state)
 	assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* A group recorded by an earlier agentd (numbers from state.json): only a
+ * real group, not ours, led by the same process, is signalled. */
+static void test_kill_recorded_group(void **state)
+{
+	char *argv[] = { "sleep", "100", NULL };
+	struct exec_opts o = { .argv = argv };
+	struct run run;
+	uv_loop_t loop;
+	struct exec *e = NULL;
+	uint64_t start = 0;
+	int64_t pgrp = 0;
+	int pgid;
+
+	/* Never kill(-1), kill(0), our own group or a value that is no pid:
+	 * 4294967297 is 1 once cast to an int. */
+	static const int64_t bad[] = { 4294967297LL, 1, 0, -1, -5, INT64_MIN, INT64_MAX, (1LL << 22) + 1 };
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+		assert_int_equal(exec_kill_recorded_group(bad[i], 1, 0), -EINVAL);
+	assert_int_equal(exec_kill_recorded_group(getpgrp(), 1, 0), -EPERM);
+	assert_int_equal(exec_kill_recorded_group(getpid(), 1, 0) < 0, 1);
+
+	memset(&run, 0, sizeof(run));
+	buf_init(&run.out);
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(exec_start(&loop, &o, cb_output, cb_done, &run, &e), 0);
+	pgid = exec_pgid(e);
+	assert_true(pgid > 1);
+	assert_int_equal(exec_proc_stat(pgid, &pgrp, &start), 0);
+	assert_int_equal(pgrp, pgid);
+	assert_true(start > 0);
+	/* Another start time: a later process that reused the pid. */
+	assert_int_equal(exec_kill_recorded_group(pgid, (int64_t)start + 1, SIGKILL), -ESRCH);
+	assert_int_equal(exec_kill_recorded_group(pgid, 0, SIGKILL), -EINVAL);
+	assert_int_equal(exec_kill_recorded_group(pgid, -1, SIGKILL), -EINVAL);
+	assert_int_equal(kill(pgid, 0), 0);
+	/* The very process: killed. */
+	assert_int_equal(exec_kill_recorded_group(pgid, (int64_t)start, SIGKILL), 0);
+	assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(run.n_done, 1);
+	assert_int_equal(run.r.term_signal, SIGKILL);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	buf_free(&run.out);
+	/* Gone now. */
+	assert_int_equal(exec_kill_recorded_group(pgid, (int64_t)start, SIGKILL), -ESRCH);
+	assert_int_equal(exec_proc_stat(0, NULL, NULL), -EINVAL);
+}
+
+/* A process that does not lead its group (a recipe's grandchild whose pid
+ * was recorded, or a reused pid) is not taken for the group. */
+static void test_kill_recorded_group_not_leader(void **state)
+{
+	char *argv[] = { "/bin/sh", "-c", "sleep 100 & echo $!; wait", NULL };
+	struct exec_opts o = { .argv = argv, .timeout_ms = 20000 };
+	struct run run;
+	uv_loop_t loop;
+	struct exec *e = NULL;
+	uint64_t start = 0, leader_start = 0;
+	int64_t pgrp = 0;
+	long child;
+	int pgid;
+
+	memset(&run, 0, sizeof(run));
+	buf_init(&run.out);
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(exec_start(&loop, &o, cb_output, cb_done, &run, &e), 0);
+	pgid = exec_pgid(e);
+	while (!strchr(OUT(run), '\n'))
+		assert_int_equal(uv_run(&loop, UV_RUN_ONCE) >= 0, 1);
+	*strchr(run.out.data, '\n') = '\0';
+	assert_int_equal(parse_long(run.out.data, 2, INT32_MAX, &child), 0);
+	assert_int_equal(exec_proc_stat(child, &pgrp, &start), 0);
+	assert_int_equal(pgrp, pgid);
+	assert_int_equal(exec_kill_recorded_group(child, (int64_t)start, SIGKILL), -ESRCH);
+	assert_int_equal(kill((pid_t)child, 0), 0);
+	assert_int_equal(exec_proc_stat(pgid, NULL, &leader_start), 0);
+	assert_int_equal(exec_kill_recorded_group(pgid, (int64_t)leader_start, SIGKILL), 0);
+	assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+	assert_int_equal(run.n_done, 1);
+	assert_int_equal(run.r.term_signal, SIGKILL);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	buf_free(&run.out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -426,6 +510,8 @@ int main(void)
 		cmocka_unit_test(test_user_switch),
 		cmocka_unit_test(test_describe),
 		cmocka_unit_test(test_bad_args),
+		cmocka_unit_test(test_kill_recorded_group),
+		cmocka_unit_test(test_kill_recorded_group_not_leader),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
