@@ -965,6 +965,8 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 	size_t n_layers;
 	const char *one[1];
 
+	const struct stack *other = s != e->current ? e->current : e->applied;
+
 	plan_init(plan, e->config->root);
 	if (layer) {
 		if (!stack_has_self_layer(s, layer) && !stack_layer_find(s, layer)) {
@@ -991,6 +993,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 	{
 		struct recipe_ctx ctx = {
 			.stack = s, .config = e->config, .event = ev, .layer = NULL, .app = app, .run_id = run_id,
+			.other_stack = other,
 		};
 		_cleanup_free_ char *err = NULL;
 		int r = recipes_plan_before(&ctx, plan, &err);
@@ -1012,6 +1015,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 				.app = app,
 				.run_id = run_id,
 				.name = names[j],
+				.other_stack = other,
 			};
 			_cleanup_free_ char *err = NULL;
 			int r = recipe_plan(&ctx, plan, &err);
@@ -1024,6 +1028,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 		/* Family hooks after the layer's recipes (unmounts at shutdown). */
 		struct recipe_ctx ctx = {
 			.stack = s, .config = e->config, .event = ev, .layer = layers[i], .app = app, .run_id = run_id,
+			.other_stack = other,
 		};
 		_cleanup_free_ char *err = NULL;
 		int r = recipes_plan_after_layer(&ctx, plan, &err);
