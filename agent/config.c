@@ -17,6 +17,10 @@ struct key {
 	bool path;        /* KEY_STRING: must be an absolute path */
 };
 
+/* Bounds on agentd.conf's JSON (json_bounds_check): far above any real config. */
+#define CONFIG_MAX_ELEMENTS 10000
+#define CONFIG_MAX_DEPTH 16
+
 #define S(n, p) { #n, KEY_STRING, offsetof(struct config, n), 0, 0, p }
 #define SN(n) { #n, KEY_STRING_OR_NULL, offsetof(struct config, n), 0, 0, false }
 #define I(n, lo, hi) { #n, KEY_INT, offsetof(struct config, n), lo, hi, false }
@@ -292,6 +296,14 @@ int config_load_buffer(const char *data, size_t len, struct config *ret, char **
 	int r;
 
 	config_defaults(ret);
+	/* A config is a few dozen keys: its tree is bounded before it is built
+	 * (1 MiB of small integers would be half a million values). */
+	r = json_bounds_check(data, len, CONFIG_MAX_ELEMENTS, CONFIG_MAX_DEPTH);
+	if (r < 0) {
+		*ret_error = r == -E2BIG ? xasprintf("more than %d elements (values and keys)", CONFIG_MAX_ELEMENTS)
+					 : xasprintf("arrays and objects nested deeper than %d levels", CONFIG_MAX_DEPTH);
+		return -EINVAL;
+	}
 	root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
 		*ret_error = xasprintf("line %d, column %d: %s", jerr.line, jerr.column, jerr.text);

@@ -940,7 +940,7 @@ static int absent_check_protected(const struct absent_data *d, const char *targe
 	}
 	mp = mount_below(real);
 	if (mp) {
-		*ret_error = xasprintf("refusing to remove %s: the mount point %s lies in it", target, mp);
+		*ret_error = xasprintf("cannot remove %s: it contains a mount point (%s); nothing was removed", target, mp);
 		return -EBUSY;
 	}
 	return 0;
