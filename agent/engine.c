@@ -964,7 +964,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 	const char *const *layers;
 	size_t n_layers;
 	const char *one[1];
-
+	/* For an undeploy: what the stack not planned against still places here. */
 	const struct stack *other = s != e->current ? e->current : e->applied;
 
 	plan_init(plan, e->config->root);

@@ -503,7 +503,7 @@ static void protect_from(struct step *st, const struct stack_app *app, const str
 						    { "plone_zeoserver", "filestorage_dir" },
 						    { "plone_instances", "filestorage_dir" },
 						    { "plone_solr", "data_dir" } };
-	const json_t *agent, *list, *v;
+	const json_t *mine, *v;
 	const char *k;
 	size_t i;
 
@@ -520,11 +520,11 @@ static void protect_from(struct step *st, const struct stack_app *app, const str
 									  data_dirs[i][1])),
 				    what);
 	}
-	agent = json_object_get(s->root, "agent");
-	json_object_foreach((json_t *)json_object_get(agent, "volumes"), k, list)
-		json_array_foreach(list, i, v)
-			plan_absent_protect(st, json_string_value(json_object_get(v, "mount_point")),
-					    "a mount point of agent.volumes");
+	/* This instance's volumes; ebs.devices lists only this instance's. */
+	mine = json_object_get(json_object_get(json_object_get(s->root, "agent"), "volumes"), s->instance);
+	json_array_foreach(mine, i, v)
+		plan_absent_protect(st, json_string_value(json_object_get(v, "mount_point")),
+				    "a mount point of agent.volumes");
 	json_object_foreach((json_t *)json_object_get(json_object_get(s->root, "ebs"), "devices"), k, v)
 		plan_absent_protect(st, json_string_value(json_object_get(v, "mount_point")),
 				    "a mount point of ebs.devices");

@@ -20,7 +20,10 @@
 
 #include <cmocka.h>
 
+#include "config.h"
 #include "plan.h"
+#include "recipes/recipe.h"
+#include "stack.h"
 #include "rootfs.h"
 #include "util.h"
 
@@ -1437,6 +1440,67 @@ static void test_absent_protected(void **state)
 	free(target);
 }
 
+/* The undeploy of an app that left the stack (planned against the old one)
+ * is given what the current stack places in its tree: another app's
+ * deploy_to, this instance's declared mount points, the data directories. */
+static void test_undeploy_protects_what_the_stacks_place(void **state)
+{
+	struct ctx *c = *state;
+	const char *old_doc = "{\"opsworks\": {\"layers\": {\"zeoserver\": {\"instances\": {\"app1\": {}}}}},"
+			      " \"deploy\": {\"zeoserver\": {\"deploy_to\": \"/srv/www/a\"}}}";
+	const char *cur_docs[][2] = {
+		{ "{\"deploy\": {\"plone_instances\": {\"deploy_to\": \"/srv/www//a/b/\"}}}",
+		  "the deploy_to of app plone_instances" },
+		{ "{\"agent\": {\"volumes\": {\"app1\": [{\"device\": \"/dev/xvdf\", \"mount_point\": \"/srv/www/a/v\"}]}}}",
+		  "a mount point of agent.volumes" },
+		{ "{\"ebs\": {\"devices\": {\"/dev/sdf\": {\"mount_point\": \"/srv/www/a/e\"}}}}",
+		  "a mount point of ebs.devices" },
+		{ "{\"plone_zeoserver\": {\"filestorage_dir\": \"/srv/www/a/var/filestorage\"}}",
+		  "plone_zeoserver.filestorage_dir" },
+		{ "{\"deploy\": {\"zeoserver\": {\"deploy_to\": \"/srv/www/a\"}}}", NULL },
+		{ "{\"agent\": {\"volumes\": {\"other\": [{\"device\": \"/dev/xvdf\", \"mount_point\": \"/srv/www/a/v\"}]}},"
+		  " \"deploy\": {\"ab\": {\"deploy_to\": \"/srv/www/ab\"}}}",
+		  NULL },
+	};
+	struct stack *old = NULL;
+	struct config cfg;
+	struct stack_error serr;
+
+	config_defaults(&cfg);
+	mkdir_under(c, "/srv/www/a/b");
+	assert_int_equal(stack_parse(old_doc, strlen(old_doc), "app1", &old, &serr), 0);
+	for (size_t i = 0; i < ELEMENTSOF(cur_docs); i++) {
+		struct stack *cur = NULL;
+		struct recipe_ctx rc = { .stack = old, .config = &cfg, .event = EVENT_UNDEPLOY, .layer = "zeoserver",
+					 .app = "zeoserver", .name = "zeoserver-undeploy" };
+		struct plan p;
+		char *err = NULL;
+		json_t *j, *st, *absent = NULL;
+		size_t k;
+
+		assert_int_equal(stack_parse(cur_docs[i][0], strlen(cur_docs[i][0]), "app1", &cur, &serr), 0);
+		rc.other_stack = cur;
+		plan_init(&p, c->root);
+		assert_int_equal(recipe_plan(&rc, &p, &err), 0);
+		j = plan_describe(&p, NULL, false);
+		json_array_foreach(json_object_get(j, "steps"), k, st)
+			if (strcmp(json_string_value(json_object_get(st, "kind")), "absent") == 0)
+				absent = st;
+		assert_non_null(absent);
+		if (cur_docs[i][1]) {
+			const char *e = json_string_value(json_object_get(absent, "error"));
+			if (!e || !strstr(e, cur_docs[i][1]))
+				fail_msg("case %zu: error %s lacks %s", i, e ? e : "(none)", cur_docs[i][1]);
+		} else
+			assert_string_equal(json_string_value(json_object_get(absent, "action")), "remove");
+		json_decref(j);
+		plan_free(&p);
+		stack_unref(cur);
+	}
+	stack_unref(old);
+	config_free(&cfg);
+}
+
 /* A mount below the tree: refused before anything is removed (rm_children
  * alone stops at the mount, after removing what it met first). */
 static void test_absent_mount_below_removes_nothing(void **state)
@@ -1615,6 +1679,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dir_symlink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent_mount_point, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent_protected, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_undeploy_protects_what_the_stacks_place, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent_mount_below_removes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_note_and_empty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_describe_json, setup, teardown),
