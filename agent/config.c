@@ -243,6 +243,14 @@ static int config_apply(struct config *c, json_t *root, char **ret_error)
 								       : "");
 				return -EINVAL;
 			}
+			if (fk->type == CONFIG_PATH) {
+				/* Kept in normal form, like the stack's paths: "/mnt/" is "/mnt". */
+				_cleanup_free_ char *n = NULL;
+				if (path_normalize(json_string_value(v), &n) == 0) {
+					json_object_set_new(c->extra, name, json_string(n));
+					continue;
+				}
+			}
 			json_object_set(c->extra, name, v);
 			continue;
 		}
@@ -276,7 +284,11 @@ static int config_apply(struct config *c, json_t *root, char **ret_error)
 			return -EINVAL;
 		}
 		free(*field);
-		*field = xstrdup(json_string_value(v));
+		*field = NULL;
+		if (k->path)
+			(void)path_normalize(json_string_value(v), field);
+		if (!*field)
+			*field = xstrdup(json_string_value(v));
 	}
 	if (c->instance && !name_is_valid(c->instance)) {
 		*ret_error = xasprintf("key \"instance\" must match [A-Za-z0-9_.-]+");

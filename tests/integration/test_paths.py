@@ -204,3 +204,24 @@ def test_16_mib_of_small_integers_is_refused(make_agent):
     # Too deep, too.
     a.write_stack(json.dumps(good)[:-1] + ', "deep": ' + "[" * 100 + "]" * 100 + "}")
     rejected_at(a, "$", rev, "deeper than 64 levels")
+
+
+def check_config(tmp_path, conf):
+    from conftest import AGENTD
+    p = tmp_path / "agentd.conf"
+    p.write_text(conf if isinstance(conf, str) else json.dumps(conf))
+    return subprocess.run([AGENTD, "--check-config", "--config", str(p)], capture_output=True, text=True)
+
+
+def test_config_paths_in_normal_form_and_bounded(tmp_path):
+    r = check_config(tmp_path, {"state_dir": "/var/lib//agentd/", "root": "//", "ephemeral_mount_point": "/mnt//eph/"})
+    assert r.returncode == 0, r.stderr
+    c = json.loads(r.stdout)
+    assert c["state_dir"] == "/var/lib/agentd" and c["root"] == "/" and c["ephemeral_mount_point"] == "/mnt/eph"
+    r = check_config(tmp_path, {"root": "/srv/./x"})
+    assert r.returncode == 1 and "root" in r.stderr
+    # A config is a few dozen keys: 1 MiB of integers is refused before it is built.
+    r = check_config(tmp_path, '{"instance": "web1", "x": [' + "1," * 500000 + "1]}")
+    assert r.returncode == 1 and "more than 10000 elements" in r.stderr, r.stderr
+    r = check_config(tmp_path, '{"x": ' + "[" * 40 + "]" * 40 + "}")
+    assert r.returncode == 1 and "deeper than 16 levels" in r.stderr, r.stderr
