@@ -1048,6 +1048,22 @@ static void test_files_no_duplicates(void **state)
 			  " 'lb': [{'path': '/etc/motd', 'content': 'b'}]}}}");
 }
 
+/* Data directories of different kinds are apart, in any spelling. */
+static void test_data_dirs_apart(void **state)
+{
+	expect_recipes_error("{'plone_blobs': {'blob_dir': '/data/blobs'},"
+			     " 'plone_zeoserver': {'filestorage_dir': '/data/blobs//fs/'}}",
+			     "$.plone_zeoserver.filestorage_dir", "is inside plone_blobs.blob_dir");
+	expect_recipes_error("{'plone_blobs': {'blob_dir': '/data/x/'}, 'plone_solr': {'data_dir': '/data//x'}}",
+			     "$.plone_solr.data_dir", "is the same directory as plone_blobs.blob_dir");
+	expect_recipes_error("{'plone_instances': {'filestorage_dir': '/data/fs/blobs'},"
+			     " 'plone_blobs': {'blob_dir': '/data/fs'}}",
+			     "$.plone_instances.filestorage_dir", "is inside plone_blobs.blob_dir");
+	expect_recipes_ok("{'plone_blobs': {'blob_dir': '/data/blobs'}, 'plone_solr': {'data_dir': '/data/blobs2'},"
+			  " 'plone_zeoserver': {'filestorage_dir': '/data/fs'},"
+			  " 'plone_instances': {'filestorage_dir': '/data/fs/'}}");
+}
+
 /* Issue 9 kind 7: a document's elements and depth are bounded before a tree is built. */
 static void test_element_and_depth_bounds(void **state)
 {
@@ -1140,6 +1156,7 @@ int main(void)
 		cmocka_unit_test(test_paths_one_spelling),
 		cmocka_unit_test(test_paths_no_duplicates),
 		cmocka_unit_test(test_files_no_duplicates),
+		cmocka_unit_test(test_data_dirs_apart),
 		cmocka_unit_test(test_element_and_depth_bounds),
 	};
 
