@@ -631,6 +631,14 @@ static int validate_data_dirs_apart(const struct stack *s, struct stack_error *e
 										   : "holds",
 						       dirs[j][2] + 2, v[j]);
 		}
+	/* Nor may one be, or hold, an app's tree: it would be chowned to the
+	 * data's owner, exported with the blobs, and removed at its undeploy. */
+	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
+		for (size_t k = 0; v[i] && k < s->n_apps; k++)
+			if (path_is_under(s->apps[k].deploy_to, v[i]))
+				return stack_error_set(err, dirs[i][2], "%s %s the deploy_to of app %s (%s)", v[i],
+						       strcmp(v[i], s->apps[k].deploy_to) == 0 ? "is" : "holds",
+						       s->apps[k].name, s->apps[k].deploy_to);
 	return 0;
 }
 

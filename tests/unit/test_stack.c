@@ -1059,6 +1059,11 @@ static void test_data_dirs_apart(void **state)
 	expect_recipes_error("{'plone_instances': {'filestorage_dir': '/data/fs/blobs'},"
 			     " 'plone_blobs': {'blob_dir': '/data/fs'}}",
 			     "$.plone_instances.filestorage_dir", "is inside plone_blobs.blob_dir");
+	expect_recipes_error("{'deploy': {'a': {'deploy_to': '/data/fs/a'}}, 'plone_zeoserver': {'filestorage_dir': "
+			     "'/data//fs/'}}",
+			     "$.plone_zeoserver.filestorage_dir", "holds the deploy_to of app a");
+	expect_recipes_error("{'deploy': {'a': {}}, 'plone_blobs': {'blob_dir': '/srv/www/a/'}}",
+			     "$.plone_blobs.blob_dir", "is the deploy_to of app a");
 	expect_recipes_ok("{'plone_blobs': {'blob_dir': '/data/blobs'}, 'plone_solr': {'data_dir': '/data/blobs2'},"
 			  " 'plone_zeoserver': {'filestorage_dir': '/data/fs'},"
 			  " 'plone_instances': {'filestorage_dir': '/data/fs/'}}");
