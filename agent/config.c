@@ -18,6 +18,10 @@ struct key {
 	bool path;        /* KEY_STRING: must be an absolute path */
 };
 
+/* Bounds on agentd.conf's JSON (json_bounds_check): far above any real config. */
+#define CONFIG_MAX_ELEMENTS 10000
+#define CONFIG_MAX_DEPTH 16
+
 #define S(n, p) { #n, KEY_STRING, offsetof(struct config, n), 0, 0, p }
 #define SN(n) { #n, KEY_STRING_OR_NULL, offsetof(struct config, n), 0, 0, false }
 #define I(n, lo, hi) { #n, KEY_INT, offsetof(struct config, n), lo, hi, false }
@@ -240,6 +244,14 @@ static int config_apply(struct config *c, json_t *root, char **ret_error)
 								       : "");
 				return -EINVAL;
 			}
+			if (fk->type == CONFIG_PATH) {
+				/* Kept in normal form, like the stack's paths: "/mnt/" is "/mnt". */
+				_cleanup_free_ char *n = NULL;
+				if (path_normalize(json_string_value(v), &n) == 0) {
+					json_object_set_new(c->extra, name, json_string(n));
+					continue;
+				}
+			}
 			json_object_set(c->extra, name, v);
 			continue;
 		}
@@ -273,7 +285,11 @@ static int config_apply(struct config *c, json_t *root, char **ret_error)
 			return -EINVAL;
 		}
 		free(*field);
-		*field = xstrdup(json_string_value(v));
+		*field = NULL;
+		if (k->path)
+			(void)path_normalize(json_string_value(v), field);
+		if (!*field)
+			*field = xstrdup(json_string_value(v));
 	}
 	if (c->instance && !name_is_valid(c->instance)) {
 		*ret_error = xasprintf("key \"instance\" must match [A-Za-z0-9_.-]+");
@@ -293,6 +309,14 @@ int config_load_buffer(const char *data, size_t len, struct config *ret, char **
 	int r;
 
 	config_defaults(ret);
+	/* A config is a few dozen keys: its tree is bounded before it is built
+	 * (1 MiB of small integers would be half a million values). */
+	r = json_bounds_check(data, len, CONFIG_MAX_ELEMENTS, CONFIG_MAX_DEPTH);
+	if (r < 0) {
+		*ret_error = r == -E2BIG ? xasprintf("more than %d elements (values and keys)", CONFIG_MAX_ELEMENTS)
+					 : xasprintf("arrays and objects nested deeper than %d levels", CONFIG_MAX_DEPTH);
+		return -EINVAL;
+	}
 	root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!root) {
 		*ret_error = xasprintf("line %d, column %d: %s", jerr.line, jerr.column, jerr.text);

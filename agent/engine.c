@@ -1325,6 +1325,8 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 	const char *const *layers;
 	size_t n_layers;
 	const char *one[1];
+	/* For an undeploy: what the stack not planned against still places here. */
+	const struct stack *other = s != e->current ? e->current : e->applied;
 
 	plan_init(plan, e->config->root);
 	if (layer) {
@@ -1352,6 +1354,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 	{
 		struct recipe_ctx ctx = {
 			.stack = s, .config = e->config, .event = ev, .layer = NULL, .app = app, .run_id = run_id,
+			.other_stack = other,
 		};
 		_cleanup_free_ char *err = NULL;
 		int r = recipes_plan_before(&ctx, plan, &err);
@@ -1373,6 +1376,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 				.app = app,
 				.run_id = run_id,
 				.name = names[j],
+				.other_stack = other,
 			};
 			_cleanup_free_ char *err = NULL;
 			int r = recipe_plan(&ctx, plan, &err);
@@ -1385,6 +1389,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 		/* Family hooks after the layer's recipes (unmounts at shutdown). */
 		struct recipe_ctx ctx = {
 			.stack = s, .config = e->config, .event = ev, .layer = layers[i], .app = app, .run_id = run_id,
+			.other_stack = other,
 		};
 		_cleanup_free_ char *err = NULL;
 		int r = recipes_plan_after_layer(&ctx, plan, &err);

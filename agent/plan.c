@@ -817,6 +817,9 @@ struct absent_data {
 	char *root;
 	char *path;
 	bool recursive;
+	char **protect;      /* owned: paths that must outlive the removal (plan_absent_protect) */
+	char **protect_what; /* owned: what each one is, for the message */
+	size_t n_protect;
 };
 
 static void absent_free(void *data)
@@ -825,9 +828,122 @@ static void absent_free(void *data)
 
 	if (!d)
 		return;
+	for (size_t i = 0; i < d->n_protect; i++) {
+		free(d->protect[i]);
+		free(d->protect_what[i]);
+	}
+	free(d->protect);
+	free(d->protect_what);
 	free(d->root);
 	free(d->path);
 	free(d);
+}
+
+/* Where fd (any kind, O_PATH too) is in this process's tree, from
+ * /proc/self/fd: whatever symlinks led to it. Returns 0 or a negative errno. */
+static int fd_real_path(int fd, char **ret)
+{
+	char link[64], buf[PATH_MAX + 1];
+	ssize_t n;
+
+	(void)snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return -errno;
+	if ((size_t)n >= sizeof(buf) - 1 || buf[0] != '/')
+		return -ENAMETOOLONG;
+	buf[n] = '\0';
+	*ret = xstrdup(buf);
+	return 0;
+}
+
+/* Undoes mountinfo's octal escapes (\040 for a space, \011, \012, \134) in place. */
+static void mountinfo_unescape(char *s)
+{
+	char *w = s;
+
+	for (char *r = s; *r; r++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' && r[3] >= '0' &&
+		    r[3] <= '7') {
+			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+			r += 3;
+		} else
+			*w++ = *r;
+	}
+	*w = '\0';
+}
+
+/* A mount point strictly below the directory whose real path is real, from
+ * /proc/self/mountinfo (malloc'd), or NULL when there is none or the table
+ * cannot be read (rm_children still refuses to cross a mount). The
+ * directory itself being a mount point is absent_apply's own check. */
+static char *mount_below(const char *real)
+{
+	_cleanup_free_ char *data = NULL;
+	char *line, *next;
+
+	if (file_read_all("/proc/self/mountinfo", 64u << 20, &data, NULL) < 0)
+		return NULL;
+	for (line = data; line && *line; line = next) {
+		char *f = line, *mp;
+
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		/* id parent major:minor root mount-point ... */
+		for (int i = 0; i < 4 && f; i++) {
+			f = strchr(f, ' ');
+			if (f)
+				f++;
+		}
+		if (!f)
+			continue;
+		mp = f;
+		f = strchr(mp, ' ');
+		if (f)
+			*f = '\0';
+		mountinfo_unescape(mp);
+		if (strcmp(mp, real) != 0 && path_is_under(mp, real))
+			return xstrdup(mp);
+	}
+	return NULL;
+}
+
+/* Refuses to remove the directory d->path (opened as fd) when something that
+ * must outlive it lies in it: a protected path (another app's deploy_to, a
+ * mount point of the stack), compared as written (normal forms) and, when
+ * it exists, by where it really is; or a mount point in the mount table.
+ * Returns 0, or -EBUSY with *ret_error. */
+static int absent_check_protected(const struct absent_data *d, const char *target, int fd, char **ret_error)
+{
+	_cleanup_free_ char *real = NULL, *mp = NULL;
+	_cleanup_close_ int rootfd = -1;
+
+	for (size_t i = 0; i < d->n_protect; i++)
+		if (path_is_under(d->protect[i], d->path)) {
+			*ret_error = xasprintf("refusing to remove %s: %s (%s) lies in it", target, d->protect[i],
+					       d->protect_what[i]);
+			return -EBUSY;
+		}
+	if (fd_real_path(fd, &real) < 0)
+		return 0;
+	rootfd = d->n_protect > 0 ? rootfs_open(d->root ? d->root : "/") : -1;
+	for (size_t i = 0; rootfd >= 0 && i < d->n_protect; i++) {
+		_cleanup_close_ int pfd = rootfs_resolve(rootfd, d->protect[i], false);
+		_cleanup_free_ char *preal = NULL;
+
+		if (pfd >= 0 && fd_real_path(pfd, &preal) == 0 && path_is_under(preal, real)) {
+			*ret_error = xasprintf("refusing to remove %s: %s (%s) lies in it, at %s", target,
+					       d->protect[i], d->protect_what[i], preal);
+			return -EBUSY;
+		}
+	}
+	mp = mount_below(real);
+	if (mp) {
+		*ret_error = xasprintf("cannot remove %s: it contains a mount point (%s); nothing was removed", target, mp);
+		return -EBUSY;
+	}
+	return 0;
 }
 
 /* Whether name in dfd (not followed; "" for dfd itself) is on the mount
@@ -920,6 +1036,12 @@ static int absent_describe(struct step *s, const struct step_env *env, const cha
 		*ret_error = xasprintf("%s is a directory (not removed without recursive)", s->target);
 		return -EISDIR;
 	}
+	if (S_ISDIR(st.st_mode)) {
+		_cleanup_close_ int fd = openat(dfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+		if (fd >= 0 && (r = absent_check_protected(d, s->target, fd, ret_error)) < 0)
+			return r;
+	}
 	*ret_action = "remove";
 	return 0;
 }
@@ -965,6 +1087,16 @@ static void absent_apply(struct step *s, struct plan_exec *x)
 		(void)close(fd);
 		return plan_step_done(x, STEP_FAILED, "cannot remove %s: it is a mount point", s->target);
 	}
+	{
+		/* Before the first unlink: rm_children stops at a mount, but only
+		 * after removing what it met before it. */
+		_cleanup_free_ char *why = NULL;
+
+		if (absent_check_protected(d, s->target, fd, &why) < 0) {
+			(void)close(fd);
+			return plan_step_done(x, STEP_FAILED, "%s", why);
+		}
+	}
 	r = rm_children(fd, st.st_dev, have_mnt, mnt);
 	if (r < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot remove %s: %s", s->target,
@@ -998,6 +1130,22 @@ struct step *plan_add_absent(struct plan *p, const char *path, bool recursive, c
 	d->path = xstrdup(path);
 	d->recursive = recursive;
 	return plan_add(p, &absent_ops, path, d);
+}
+
+void plan_absent_protect(struct step *s, const char *path, const char *what)
+{
+	struct absent_data *d;
+	_cleanup_free_ char *n = NULL;
+
+	if (!s || s->ops != &absent_ops || !path || path_normalize(path, &n) < 0)
+		return;
+	d = s->data;
+	d->protect = xrealloc(d->protect, (d->n_protect + 1) * sizeof(char *));
+	d->protect_what = xrealloc(d->protect_what, (d->n_protect + 1) * sizeof(char *));
+	d->protect[d->n_protect] = n;
+	d->protect_what[d->n_protect] = xstrdup(what ? what : "protected");
+	d->n_protect++;
+	n = NULL;
 }
 
 /* --- exec --- */

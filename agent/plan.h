@@ -128,6 +128,13 @@ struct step *plan_add_link(struct plan *p, const char *path, const char *link_ta
  * mount of the same one, by statx's mount id; a directory that is itself a
  * mount point is refused). The root itself ("/", "/.") is refused. */
 struct step *plan_add_absent(struct plan *p, const char *path, bool recursive, char **ret_error);
+/* Adds to the absent step s a path that must outlive it (another app's
+ * deploy_to, a mount point; what says which, for the message): when path
+ * lies in the directory s removes (component-wise, in normal form, or where
+ * it really is once resolved inside root), the step fails before it removes
+ * anything. So does a mount point below the directory in the mount table,
+ * with or without protected paths. Paths that are not absolute are ignored. */
+void plan_absent_protect(struct step *s, const char *path, const char *what);
 
 struct exec_step_opts {
 	char *const *argv;       /* required */

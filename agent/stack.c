@@ -284,6 +284,23 @@ static int check_name(struct stack_error *err, const char *parent, const json_t 
 	return 0;
 }
 
+/* Whether the path s has the component c ("." or ".."). */
+static bool has_component(const char *s, const char *c)
+{
+	size_t l = strlen(c);
+
+	for (const char *p = s; *p;) {
+		size_t n;
+
+		p += strspn(p, "/");
+		n = strcspn(p, "/");
+		if (n == l && strncmp(p, c, l) == 0)
+			return true;
+		p += n;
+	}
+	return false;
+}
+
 static int check_abs_path(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
 			  const char **ret)
 {
@@ -296,7 +313,10 @@ static int check_abs_path(struct stack_error *err, const char *parent, const jso
 		return r;
 	if (s && !path_is_safe_absolute(s)) {
 		stack_path_key(path, sizeof(path), parent, key);
-		return stack_error_set(err, path, "must be an absolute path without \"..\" components%s",
+		return stack_error_set(err, path,
+				       s[0] == '/' && has_component(s, ".") && !has_component(s, "..")
+					       ? "must be an absolute path in normal form, without \".\" components%s"
+					       : "must be an absolute path without \"..\" components%s",
 				       got(g, sizeof(g), key, s));
 	}
 	if (ret)
@@ -379,6 +399,129 @@ static int check_known_keys(struct stack_error *err, const char *path, const jso
 			return stack_error_set(err, path, "unknown key %s", stack_quote(q, sizeof(q), k));
 	}
 	return 0;
+}
+
+/* ---- normal forms of paths ------------------------------------------------ */
+
+/* Two spellings of one directory ("/srv/www/a/", "/srv/www//a") must be one
+ * directory wherever paths are compared: the overlap of two apps' deploy_to,
+ * the absent step's protected paths, "agent.volumes wins for the same mount
+ * point", mount tables, fstab, exports. So every path-valued field is
+ * rewritten to its normal form here, once, before validation reads it, and
+ * the revision, the saved stack and every recipe see only that form. A value
+ * that has none (relative, "." or "..", not a string) is left alone for its
+ * validator to refuse with its JSON path. */
+
+static void norm_path_value(json_t *v)
+{
+	_cleanup_free_ char *n = NULL;
+
+	if (!json_is_string(v) || path_normalize(json_string_value(v), &n) < 0)
+		return;
+	if (strcmp(n, json_string_value(v)) != 0)
+		(void)json_string_set(v, n);
+}
+
+static void norm_path_key(json_t *obj, const char *key)
+{
+	norm_path_value(json_object_get(obj, key));
+}
+
+/* A path relative to deploy_to: without its trailing slashes ("var/cache/"
+ * is "var/cache"); doubled slashes and dot components are the validator's. */
+static void norm_rel_path_key(json_t *obj, const char *key)
+{
+	json_t *v = json_object_get(obj, key);
+	const char *s = json_string_value(v);
+	size_t n;
+
+	if (!s || s[0] == '/')
+		return;
+	n = strlen(s);
+	while (n > 0 && s[n - 1] == '/')
+		n--;
+	if (n > 0 && n < strlen(s)) {
+		_cleanup_free_ char *t = xstrndup(s, n);
+		(void)json_string_set(v, t);
+	}
+}
+
+/* ebs.devices is keyed by device path: the keys are rewritten too (in their
+ * order), and two spellings of one device are one device listed twice. */
+static int norm_ebs_devices(json_t *root, struct stack_error *err)
+{
+	json_t *ebs = json_object_get(root, "ebs");
+	json_t *devices = json_object_get(ebs, "devices"), *v, *n;
+	bool all_normal = true;
+	const char *k;
+	char q[256], q2[256];
+
+	if (!json_is_object(devices))
+		return 0;
+	json_object_foreach(devices, k, v) {
+		norm_path_key(v, "mount_point");
+		if (path_is_safe_absolute(k) && !path_is_normal(k))
+			all_normal = false;
+	}
+	if (all_normal)
+		return 0;
+	n = json_object();
+	json_object_foreach(devices, k, v) {
+		_cleanup_free_ char *nk = NULL;
+		const char *key = path_normalize(k, &nk) == 0 ? nk : k;
+
+		if (json_object_get(n, key)) {
+			json_decref(n);
+			return stack_error_set(err, "$.ebs.devices", "device %s is listed twice (also as %s)",
+					       stack_quote(q, sizeof(q), k), stack_quote(q2, sizeof(q2), key));
+		}
+		(void)json_object_set(n, key, v);
+	}
+	(void)json_object_set_new(ebs, "devices", n);
+	return 0;
+}
+
+static int normalize_paths(json_t *root, struct stack_error *err)
+{
+	static const char *const data_dirs[][2] = {
+		{ "plone_blobs", "blob_dir" },
+		{ "plone_solr", "data_dir" },
+		{ "plone_zeoserver", "filestorage_dir" },
+		{ "plone_instances", "filestorage_dir" },
+	};
+	json_t *agent = json_object_get(root, "agent"), *v, *e, *list;
+	const char *k;
+	size_t i;
+
+	json_object_foreach(json_object_get(root, "deploy"), k, v) {
+		json_t *scm = json_object_get(v, "scm");
+		const char *type = json_string_value(json_object_get(scm, "scm_type"));
+
+		norm_path_key(v, "deploy_to");
+		if (type && strcmp(type, "local") == 0)
+			norm_path_key(scm, "repository");
+		json_array_foreach(json_object_get(v, "buildout_cache_archives"), i, e)
+			norm_rel_path_key(e, "path");
+	}
+	json_object_foreach(json_object_get(agent, "recipes"), k, v) {
+		json_t *argv0 = json_array_get(json_object_get(v, "command"), 0);
+
+		norm_path_key(v, "cwd");
+		norm_path_key(v, "creates");
+		if (json_is_string(argv0) && json_string_value(argv0)[0] == '/')
+			norm_path_value(argv0);
+	}
+	json_object_foreach(json_object_get(agent, "volumes"), k, list)
+		json_array_foreach(list, i, e) {
+			norm_path_key(e, "device");
+			norm_path_key(e, "mount_point");
+		}
+	json_object_foreach(json_object_get(agent, "files"), k, list)
+		json_array_foreach(list, i, e)
+			norm_path_key(e, "path");
+	for (i = 0; i < ELEMENTSOF(data_dirs); i++)
+		norm_path_key(json_object_get(root, data_dirs[i][0]), data_dirs[i][1]);
+	return norm_ebs_devices(root, err);
 }
 
 /* ---- the model ------------------------------------------------------------ */
@@ -766,18 +909,18 @@ static int parse_deploy(struct stack *s, struct stack_error *err)
 		if (r < 0)
 			return r;
 	}
-	/* An app's tree is removed at its undeploy: it must not hold another's. */
+	/* An app's tree is removed at its undeploy: it must not hold another's.
+	 * Both are in normal form, compared a whole component at a time. */
 	for (size_t i = 0; i < s->n_apps; i++)
 		for (size_t j = 0; j < s->n_apps; j++) {
 			const char *a = s->apps[i].deploy_to, *b = s->apps[j].deploy_to;
-			size_t la = strlen(a);
-			if (i == j || strncmp(a, b, la) != 0 || (b[la] != '\0' && b[la] != '/'))
+			if (i == j || !path_is_under(b, a))
 				continue;
 			char apath[PATH_SIZE];
 			stack_path_key(apath, sizeof(apath), "$.deploy", s->apps[j].name);
 			stack_path_key(path, sizeof(path), apath, "deploy_to");
 			return stack_error_set(err, path, "%s is %s the deploy_to of app %s", b,
-					       b[la] ? "inside" : "the same as", s->apps[i].name);
+					       strcmp(a, b) != 0 ? "inside" : "the same as", s->apps[i].name);
 		}
 	return 0;
 }
@@ -904,6 +1047,29 @@ static int parse_volume(struct stack_error *err, const char *path, json_t *v)
 	return 0;
 }
 
+/* Two volumes of one host on one mount point, or one device (or volume id)
+ * twice, would fight each run: the second mount hides the first, or mkfs runs
+ * on a device that is mounted. Paths are in normal form here. */
+static int check_volume_unique(struct stack_error *err, const char *path, const json_t *list, size_t i)
+{
+	static const char *const keys[] = { "mount_point", "device", "volume_id" };
+	const json_t *v = json_array_get(list, i);
+	char fpath[PATH_SIZE], q[256];
+
+	for (size_t j = 0; j < i; j++)
+		for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+			const char *a = json_string_value(json_object_get(v, keys[k]));
+			const char *b = json_string_value(json_object_get(json_array_get(list, j), keys[k]));
+
+			if (!a || !b || strcmp(a, b) != 0)
+				continue;
+			stack_path_key(fpath, sizeof(fpath), path, keys[k]);
+			return stack_error_set(err, fpath, "%s is also the %s of volume %zu of this host",
+					       stack_quote(q, sizeof(q), a), keys[k], j);
+		}
+	return 0;
+}
+
 static int parse_agent_volumes(struct stack_error *err, json_t *volumes)
 {
 	char hpath[PATH_SIZE], vpath[PATH_SIZE], q[256];
@@ -925,6 +1091,9 @@ static int parse_agent_volumes(struct stack_error *err, json_t *volumes)
 		json_array_foreach(list, i, v) {
 			stack_path_index(vpath, sizeof(vpath), hpath, i);
 			r = parse_volume(err, vpath, v);
+			if (r < 0)
+				return r;
+			r = check_volume_unique(err, vpath, list, i);
 			if (r < 0)
 				return r;
 		}
@@ -956,9 +1125,9 @@ static int parse_agent(struct stack *s, struct stack_error *err)
 
 static int parse_ebs(struct stack *s, struct stack_error *err)
 {
-	char dpath[PATH_SIZE], q[256];
-	json_t *ebs, *devices, *d;
-	const char *dev, *mount_point = NULL;
+	char dpath[PATH_SIZE], q[256], q2[256];
+	json_t *ebs, *devices, *d, *o;
+	const char *dev, *other, *mount_point = NULL;
 	int r;
 
 	r = check_object(err, "$", s->root, "ebs", &ebs);
@@ -970,7 +1139,7 @@ static int parse_ebs(struct stack *s, struct stack_error *err)
 	json_object_foreach(devices, dev, d) {
 		if (!path_is_safe_absolute(dev))
 			return stack_error_set(err, "$.ebs.devices",
-					       "device %s must be an absolute path without \"..\" components",
+					       "device %s must be an absolute path without \"..\" or \".\" components",
 					       stack_quote(q, sizeof(q), dev));
 		stack_path_key(dpath, sizeof(dpath), "$.ebs.devices", dev);
 		if (!json_is_object(d))
@@ -983,6 +1152,19 @@ static int parse_ebs(struct stack *s, struct stack_error *err)
 
 			stack_path_key(mpath, sizeof(mpath), dpath, "mount_point");
 			return stack_error_set(err, mpath, "is required");
+		}
+		/* One mount point for two devices: the second hides the first. */
+		json_object_foreach(devices, other, o) {
+			char mpath[PATH_SIZE];
+
+			if (o == d)
+				break;
+			if (!json_is_string(json_object_get(o, "mount_point")) ||
+			    strcmp(json_string_value(json_object_get(o, "mount_point")), mount_point) != 0)
+				continue;
+			stack_path_key(mpath, sizeof(mpath), dpath, "mount_point");
+			return stack_error_set(err, mpath, "%s is also the mount point of device %s",
+					       stack_quote(q, sizeof(q), mount_point), stack_quote(q2, sizeof(q2), other));
 		}
 	}
 	return 0;
@@ -1035,6 +1217,19 @@ int stack_parse(const char *data, size_t len, const char *instance, struct stack
 				      STACK_MAX_BYTES);
 		return -EFBIG;
 	}
+	/* Bounded before jansson builds anything: a tree costs some 40 bytes a
+	 * value, so bytes alone do not bound memory. */
+	r = json_bounds_check(data ? data : "", len, STACK_MAX_ELEMENTS, STACK_MAX_DEPTH);
+	if (r == -E2BIG) {
+		(void)stack_error_set(err, "$", "document has more than %d elements (values and keys), the limit",
+				      STACK_MAX_ELEMENTS);
+		return r;
+	}
+	if (r == -ELOOP) {
+		(void)stack_error_set(err, "$", "document nests arrays and objects deeper than %d levels, the limit",
+				      STACK_MAX_DEPTH);
+		return -E2BIG;
+	}
 	root = json_loadb(data ? data : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
 	if (!root) {
 		r = json_error_code(&jerr) == json_error_out_of_memory ? -ENOMEM : -EINVAL;
@@ -1050,6 +1245,12 @@ int stack_parse(const char *data, size_t len, const char *instance, struct stack
 	}
 	if (!json_is_object(root)) {
 		r = type_error(err, "$", "an object", root);
+		json_decref(root);
+		return r;
+	}
+
+	r = normalize_paths(root, err);
+	if (r < 0) {
 		json_decref(root);
 		return r;
 	}

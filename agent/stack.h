@@ -12,6 +12,13 @@
 #include "event.h"
 
 #define STACK_MAX_BYTES (16 * 1024 * 1024)
+/* Bounds on the work one document may cause (design.md §2), checked on the
+ * bytes before the JSON tree is built: every value and every object key is
+ * an element, every array or object a level. A real stack (100 instances,
+ * 10000 agent.files entries) stays well below both; 16 MiB of small
+ * integers (8 million values, some 340 MB as a tree) does not. */
+#define STACK_MAX_ELEMENTS 200000
+#define STACK_MAX_DEPTH 64
 
 /* Where validation failed: a JSON path like "$.deploy.myapp.deploy_to" or
  * "$.agent.layers.web.setup[2]", and a sentence saying what is wrong. */
@@ -66,8 +73,12 @@ struct stack {
 
 /* Parses and validates data. instance is this instance's hostname (from the
  * config or gethostname()); opsworks.instance.hostname wins when present.
- * Returns 0 and a model with refcount 1, or -EINVAL/-EFBIG/-ENOMEM and fills
- * err (when non-NULL). */
+ * Every path-valued field is stored in its normal form (path_normalize():
+ * no "//", no trailing "/"), in the model and in root, so that later code
+ * compares paths with strcmp() and path_is_under() only; "." and ".."
+ * components are refused. Returns 0 and a model with refcount 1, or
+ * -EINVAL/-EFBIG/-E2BIG (over STACK_MAX_ELEMENTS or STACK_MAX_DEPTH)/-ENOMEM
+ * and fills err (when non-NULL). */
 int stack_parse(const char *data, size_t len, const char *instance, struct stack **ret, struct stack_error *err);
 struct stack *stack_ref(struct stack *s);
 void stack_unref(struct stack *s);

@@ -279,6 +279,128 @@ bool path_is_safe_absolute(const char *p)
 	return true;
 }
 
+int path_normalize(const char *p, char **ret)
+{
+	struct buf b;
+	const char *c;
+
+	*ret = NULL;
+	if (!p || p[0] != '/')
+		return -EINVAL;
+	if (strlen(p) >= PATH_MAX)
+		return -ENAMETOOLONG;
+	if (!path_is_safe_absolute(p))
+		return -EINVAL;
+	buf_init(&b);
+	for (c = p; *c;) {
+		size_t n;
+
+		c += strspn(c, "/");
+		n = strcspn(c, "/");
+		if (n == 0)
+			break;
+		buf_puts(&b, "/");
+		buf_append(&b, c, n);
+		c += n;
+	}
+	if (b.len == 0)
+		buf_puts(&b, "/");
+	*ret = buf_steal(&b);
+	return 0;
+}
+
+bool path_is_normal(const char *p)
+{
+	size_t n;
+
+	if (!path_is_safe_absolute(p))
+		return false;
+	n = strlen(p);
+	return strstr(p, "//") == NULL && (n == 1 || p[n - 1] != '/');
+}
+
+bool path_is_under(const char *path, const char *dir)
+{
+	const char *a = path, *d = dir;
+
+	if (!path || !dir || path[0] != '/' || dir[0] != '/')
+		return false;
+	/* Walk both a component at a time: every component of dir must equal
+	 * the same component of path. */
+	for (;;) {
+		size_t na, nd;
+
+		d += strspn(d, "/");
+		a += strspn(a, "/");
+		nd = strcspn(d, "/");
+		if (nd == 0)
+			return true;
+		na = strcspn(a, "/");
+		if (na != nd || memcmp(a, d, nd) != 0)
+			return false;
+		a += na;
+		d += nd;
+	}
+}
+
+int json_bounds_check(const char *data, size_t len, size_t max_elements, size_t max_depth)
+{
+	size_t elements = 0, depth = 0;
+	bool in_string = false, escaped = false, value_may_start = true;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = data[i];
+
+		if (in_string) {
+			if (escaped)
+				escaped = false;
+			else if (c == '\\')
+				escaped = true;
+			else if (c == '"')
+				in_string = false;
+			continue;
+		}
+		switch (c) {
+		case ' ':
+		case '\t':
+		case '\n':
+		case '\r':
+			continue;
+		case '[':
+		case '{':
+			if (++depth > max_depth)
+				return -ELOOP;
+			elements++;
+			value_may_start = true;
+			break;
+		case ']':
+		case '}':
+			if (depth > 0)
+				depth--;
+			value_may_start = false;
+			break;
+		case ',':
+		case ':':
+			value_may_start = true;
+			break;
+		case '"':
+			in_string = true;
+			elements++;
+			value_may_start = false;
+			break;
+		default:
+			/* The first byte of a number, true, false or null. */
+			if (value_may_start)
+				elements++;
+			value_may_start = false;
+			break;
+		}
+		if (elements > max_elements)
+			return -E2BIG;
+	}
+	return 0;
+}
+
 int path_join_under(const char *root, const char *path, char **ret)
 {
 	struct buf b;

@@ -67,6 +67,23 @@ bool name_is_valid(const char *s);
  * other than a trailing one, no NUL, at most PATH_MAX bytes. */
 bool path_is_safe_absolute(const char *p);
 
+/* The normal form of an absolute path (design.md §2): doubled slashes
+ * collapsed, a trailing slash dropped ("/" stays "/"). Paths are compared in
+ * this form only, so two spellings of one directory are one directory.
+ * Returns 0 and a malloc'd string, or -EINVAL when p is not absolute, has a
+ * "." or ".." component or a control character, or -ENAMETOOLONG at PATH_MAX
+ * bytes or more. */
+int path_normalize(const char *p, char **ret);
+/* Whether p is already in that form (and valid). */
+bool path_is_normal(const char *p);
+
+/* Whether path lies in dir, comparing whole components: dir itself or
+ * anything below it ("/srv/www/a" holds "/srv/www/a/b", not "/srv/www/ab";
+ * "/" holds everything). Doubled and trailing slashes are ignored, so either
+ * argument may be any spelling; "." and ".." are not resolved (normalise and
+ * refuse them first). */
+bool path_is_under(const char *path, const char *dir);
+
 /* Whether p (a safe absolute path) is a directory of the operating system
  * that a recipe must never own, chmod, mount over or remove: "/" itself, or
  * /bin, /boot, /dev, /etc, /lib*, /proc, /root, /run, /sbin, /sys, /usr,
@@ -77,6 +94,15 @@ bool path_is_system_dir(const char *p);
 /* Characters that are safe in a path written into a config file line
  * (supervisor programs, fstab, buildout): [A-Za-z0-9_./-]. */
 bool path_is_plain(const char *p);
+
+/* A cheap pass over a JSON text before a parser builds its tree, so that a
+ * document's memory is bounded by what it holds, not only by its bytes (a
+ * 16 MiB array of small integers is 8 million values). Counts, outside
+ * strings, every value and every object key (an element), and the nesting
+ * of arrays and objects. Returns 0, -E2BIG when there are more than
+ * max_elements elements, or -ELOOP when nesting goes deeper than max_depth.
+ * It does not validate: the parser still does. */
+int json_bounds_check(const char *data, size_t len, size_t max_elements, size_t max_depth);
 
 /* Joins path under root. path may be absolute ("/srv/www" under root
  * "/tmp/r" gives "/tmp/r/srv/www") or relative; ".." components are refused

@@ -495,6 +495,41 @@ static int plan_action_all(struct app_plan *a, enum service_action act)
 	return 0;
 }
 
+/* What an undeploy's absent step must not take with it, from one stack: the
+ * other apps' trees, the data directories and the mount points it names. */
+static void protect_from(struct step *st, const struct stack_app *app, const struct stack *s)
+{
+	static const char *const data_dirs[][2] = { { "plone_blobs", "blob_dir" },
+						    { "plone_zeoserver", "filestorage_dir" },
+						    { "plone_instances", "filestorage_dir" },
+						    { "plone_solr", "data_dir" } };
+	const json_t *mine, *v;
+	const char *k;
+	size_t i;
+
+	if (!s)
+		return;
+	for (i = 0; i < s->n_apps; i++) {
+		_cleanup_free_ char *what = xasprintf("the deploy_to of app %s", s->apps[i].name);
+		if (strcmp(s->apps[i].name, app->name) != 0 || strcmp(s->apps[i].deploy_to, app->deploy_to) != 0)
+			plan_absent_protect(st, s->apps[i].deploy_to, what);
+	}
+	for (i = 0; i < ELEMENTSOF(data_dirs); i++) {
+		_cleanup_free_ char *what = xasprintf("%s.%s", data_dirs[i][0], data_dirs[i][1]);
+		plan_absent_protect(st, json_string_value(json_object_get(plone_section(s, data_dirs[i][0]),
+									  data_dirs[i][1])),
+				    what);
+	}
+	/* This instance's volumes; ebs.devices lists only this instance's. */
+	mine = json_object_get(json_object_get(json_object_get(s->root, "agent"), "volumes"), s->instance);
+	json_array_foreach(mine, i, v)
+		plan_absent_protect(st, json_string_value(json_object_get(v, "mount_point")),
+				    "a mount point of agent.volumes");
+	json_object_foreach((json_t *)json_object_get(json_object_get(s->root, "ebs"), "devices"), k, v)
+		plan_absent_protect(st, json_string_value(json_object_get(v, "mount_point")),
+				    "a mount point of ebs.devices");
+}
+
 static int plan_undeploy(struct app_plan *a)
 {
 	const struct config *c = a->ctx->config;
@@ -507,7 +542,14 @@ static int plan_undeploy(struct app_plan *a)
 	 * (wanting none), then stops and removes their groups; then its deploy_to. */
 	if (!plan_add_service(a->plan, &o, a->ret_error))
 		return -EINVAL;
-	return plan_add_absent(a->plan, a->app->deploy_to, true, a->ret_error) ? 0 : -EINVAL;
+	struct step *st = plan_add_absent(a->plan, a->app->deploy_to, true, a->ret_error);
+	if (!st)
+		return -EINVAL;
+	/* Two spellings of one tree, or a tree placed inside this one by the
+	 * current stack: the step fails rather than delete another's data. */
+	protect_from(st, a->app, a->ctx->stack);
+	protect_from(st, a->app, a->ctx->other_stack);
+	return 0;
 }
 
 static enum app_op op_of(const char *name)

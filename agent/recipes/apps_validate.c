@@ -170,7 +170,7 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 			return stack_error_set(err, p2, "is not a git repository URL agentd accepts (no whitespace, "
 						       "shell metacharacters, leading \"-\" or \"::\" transports)");
 		if (type && strcmp(type, "local") == 0 && !path_is_safe_absolute(repo))
-			return stack_error_set(err, p2, "must be an absolute directory without \"..\"");
+			return stack_error_set(err, p2, "must be an absolute directory without \"..\" or \".\" components");
 		if (type && strcmp(type, "archive") == 0 &&
 		    ((strncmp(repo, "http://", 7) != 0 && strncmp(repo, "https://", 8) != 0) || has_meta(repo)))
 			return stack_error_set(err, p2, "must be an http:// or https:// URL of a .tar.gz");
@@ -258,6 +258,18 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 					       stack_quote(q, sizeof(q), p));
 		if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) || has_meta(url))
 			return stack_error_set(err, p2, "\"url\" must be an http:// or https:// URL");
+		/* Two archives in one directory (or one inside the other's) would
+		 * unpack over each other; stack.c dropped trailing slashes, and the
+		 * comparison is a whole component at a time. */
+		for (size_t j = 0; j < i; j++) {
+			const char *o = json_string_value(json_object_get(json_array_get(list, j), "path"));
+			_cleanup_free_ char *a = xasprintf("/%s", p), *b = xasprintf("/%s", o ? o : "");
+			if (o && (path_is_under(a, b) || path_is_under(b, a)))
+				return stack_error_set(err, p2, "\"path\" %s %s that of cache archive %zu",
+						       stack_quote(q, sizeof(q), p),
+						       strcmp(a, b) == 0 ? "is the same as"
+						       : path_is_under(a, b) ? "is inside" : "holds", j);
+		}
 	}
 	json_object_foreach((json_t *)json_object_get(app->json, "environment"), k, v) {
 		const char *s = json_string_value(v);

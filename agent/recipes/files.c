@@ -6,6 +6,7 @@
  * without writing a recipe. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "recipe.h"
@@ -52,6 +53,84 @@ static int parse_mode(const json_t *v, mode_t *ret)
 	return 0;
 }
 
+/* One file entry, for the conflict check below. */
+struct file_ref {
+	const char *path;  /* normal form (stack.c normalised it) */
+	const char *layer;
+	size_t index;      /* in its layer's list */
+	size_t order;      /* in the document */
+};
+
+/* Orders paths so that a directory's descendants follow it at once: as
+ * strcmp, but with '/' before every other byte ("/a", "/a/b", "/a-b"). */
+static int file_ref_cmp(const void *x, const void *y)
+{
+	const struct file_ref *a = x, *b = y;
+	const unsigned char *p = (const unsigned char *)a->path, *q = (const unsigned char *)b->path;
+
+	for (; *p && *p == *q; p++, q++)
+		;
+	if (*p != *q) {
+		int cp = *p == '/' ? 1 : *p ? *p + 1 : 0, cq = *q == '/' ? 1 : *q ? *q + 1 : 0;
+		return cp - cq;
+	}
+	return a->order < b->order ? -1 : a->order > b->order;
+}
+
+/* Whether one instance may run the files recipe of both layers: the same
+ * layer, a member listed in both, or this instance in both. */
+static bool layers_meet(const struct stack *s, const char *a, const char *b)
+{
+	const struct stack_layer *la, *lb;
+
+	if (strcmp(a, b) == 0 || (stack_has_self_layer(s, a) && stack_has_self_layer(s, b)))
+		return true;
+	la = stack_layer_find(s, a);
+	lb = stack_layer_find(s, b);
+	for (size_t i = 0; la && lb && i < la->n_members; i++)
+		for (size_t j = 0; j < lb->n_members; j++)
+			if (strcmp(la->members[i].hostname, lb->members[j].hostname) == 0)
+				return true;
+	return false;
+}
+
+/* The same file twice (any spelling: paths are in normal form here), or a
+ * file below another file, for one instance: each run would write one
+ * content then the other, report changed=2 and never settle, or fail. */
+static int files_check_conflicts(const struct stack *stack, const json_t *files, size_t total,
+				 struct stack_error *err)
+{
+	struct file_ref *v = xcalloc(total + 1, sizeof(*v));
+	const char *layer;
+	json_t *list, *f;
+	size_t n = 0, i;
+	int r = 0;
+
+	json_object_foreach((json_t *)files, layer, list)
+		json_array_foreach(list, i, f) {
+			v[n] = (struct file_ref){ .path = json_string_value(json_object_get(f, "path")),
+						  .layer = layer, .index = i, .order = n };
+			n++;
+		}
+	qsort(v, n, sizeof(*v), file_ref_cmp);
+	for (i = 0; i < n && r == 0; i++)
+		for (size_t j = i + 1; j < n && path_is_under(v[j].path, v[i].path); j++) {
+			char path[600], msg[sizeof(err->message)];
+
+			if (!layers_meet(stack, v[i].layer, v[j].layer))
+				continue;
+			snprintf(path, sizeof(path), "$.agent.files.%s[%zu].path", v[j].layer, v[j].index);
+			snprintf(msg, sizeof(msg), "%s %s $.agent.files.%s[%zu]%s", v[j].path,
+				 strcmp(v[i].path, v[j].path) == 0 ? "is the same file as" : "is inside the file of",
+				 v[i].layer, v[i].index,
+				 strcmp(v[i].layer, v[j].layer) == 0 ? "" : " (an instance may be in both layers)");
+			r = files_error(err, path, msg);
+			break;
+		}
+	free(v);
+	return r;
+}
+
 static int files_validate(const struct stack *stack, struct stack_error *err)
 {
 	const json_t *files = json_object_get(json_object_get(stack->root, "agent"), "files");
@@ -89,6 +168,11 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 				if (strcmp(k, "path") == 0) {
 					if (!json_is_string(v) || !path_is_safe_absolute(json_string_value(v)))
 						return files_error(err, kp, "must be an absolute path without \"..\"");
+					if (!path_is_normal(json_string_value(v)))
+						return files_error(err, kp, "must be an absolute path in normal form, "
+									    "without \".\" components");
+					if (strcmp(json_string_value(v), "/") == 0)
+						return files_error(err, kp, "must be a file, not \"/\"");
 				} else if (strcmp(k, "content") == 0) {
 					if (!json_is_string(v))
 						return files_error(err, kp, "must be a string");
@@ -108,7 +192,7 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 				return files_error(err, path, "needs \"path\" and \"content\"");
 		}
 	}
-	return 0;
+	return files_check_conflicts(stack, files, total, err);
 }
 
 static int files_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)

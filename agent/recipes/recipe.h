@@ -23,6 +23,11 @@ struct recipe_ctx {
 	const char *app;         /* AGENT_APP, NULL for none */
 	long run_id;
 	const char *name;        /* the recipe name as written in the stack */
+	/* The engine's other stack, may be NULL or stack itself: its current one
+	 * when the plan is made against an older stack (an undeploy after an app
+	 * or layer left it), else the one applied before. An undeploy must not
+	 * remove what either of them still places on this instance. */
+	const struct stack *other_stack;
 };
 
 struct recipe {

@@ -602,6 +602,46 @@ static int validate_volumes(const struct stack *s, struct stack_error *err)
 	return 0;
 }
 
+/* The data directories are one thing each: blobs (exported over NFS when
+ * shared), the file storage (Data.fs, never shared) and Solr's index. One
+ * inside another would export Data.fs with the blobs or chown one to the
+ * other's owner. Paths are in normal form (stack.c), compared a whole
+ * component at a time; the two filestorage_dir may be one directory. */
+static int validate_data_dirs_apart(const struct stack *s, struct stack_error *err)
+{
+	static const char *const dirs[][3] = {
+		{ "plone_blobs", "blob_dir", "$.plone_blobs.blob_dir" },
+		{ "plone_zeoserver", "filestorage_dir", "$.plone_zeoserver.filestorage_dir" },
+		{ "plone_instances", "filestorage_dir", "$.plone_instances.filestorage_dir" },
+		{ "plone_solr", "data_dir", "$.plone_solr.data_dir" },
+	};
+	const char *v[ELEMENTSOF(dirs)];
+
+	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
+		v[i] = json_string_value(json_object_get(json_object_get(s->root, dirs[i][0]), dirs[i][1]));
+	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
+		for (size_t j = 0; j < i; j++) {
+			if (!v[i] || !v[j] || (strcmp(dirs[i][1], "filestorage_dir") == 0 &&
+					       strcmp(dirs[j][1], "filestorage_dir") == 0))
+				continue;
+			if (path_is_under(v[i], v[j]) || path_is_under(v[j], v[i]))
+				return stack_error_set(err, dirs[i][2], "%s %s %s (%s)", v[i],
+						       strcmp(v[i], v[j]) == 0 ? "is the same directory as"
+						       : path_is_under(v[i], v[j]) ? "is inside"
+										   : "holds",
+						       dirs[j][2] + 2, v[j]);
+		}
+	/* Nor may one be, or hold, an app's tree: it would be chowned to the
+	 * data's owner, exported with the blobs, and removed at its undeploy. */
+	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
+		for (size_t k = 0; v[i] && k < s->n_apps; k++)
+			if (path_is_under(s->apps[k].deploy_to, v[i]))
+				return stack_error_set(err, dirs[i][2], "%s %s the deploy_to of app %s (%s)", v[i],
+						       strcmp(v[i], s->apps[k].deploy_to) == 0 ? "is" : "holds",
+						       s->apps[k].name, s->apps[k].deploy_to);
+	return 0;
+}
+
 static int storage_validate(const struct stack *s, struct stack_error *err)
 {
 	static const char *const sections[] = { "plone_instances", "plone_zeoserver" };
@@ -645,6 +685,8 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 		}
 	}
 	if ((r = validate_volumes(s, err)) < 0)
+		return r;
+	if ((r = validate_data_dirs_apart(s, err)) < 0)
 		return r;
 	if (!b)
 		return validate_blob_layer(s, err);

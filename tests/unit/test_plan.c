@@ -20,7 +20,10 @@
 
 #include <cmocka.h>
 
+#include "config.h"
 #include "plan.h"
+#include "recipes/recipe.h"
+#include "stack.h"
 #include "rootfs.h"
 #include "util.h"
 
@@ -1367,6 +1370,177 @@ static void test_absent_mount_point(void **state)
 }
 
 
+/* Issue 9 kind 2: an absent step does not remove a tree that holds another
+ * app's tree (however spelled, or reached through a symlink), and stops
+ * before removing anything when a mount lies in it. */
+static void test_absent_protected(void **state)
+{
+	struct ctx *c = *state;
+	char *data = P(c, "/srv/www/a/b/var/Data.fs"), *tree = P(c, "/srv/www/a"), *link = P(c, "/srv/www/c");
+	char *target = P(c, "/srv/www/a/x");
+	struct plan p;
+	struct step *st;
+	char *err = NULL;
+
+	mkdir_under(c, "/srv/www/a/b/var");
+	mkdir_under(c, "/srv/www/a/x");
+	write_file(data, "zodb");
+
+	/* Another spelling of a directory inside it. */
+	plan_init(&p, c->root);
+	assert_non_null(st = plan_add_absent(&p, "/srv/www/a", true, &err));
+	plan_absent_protect(st, "/srv/www//a/b/", "the deploy_to of app b");
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "refusing to remove /srv/www/a"));
+	assert_non_null(strstr(p.steps[0]->error, "the deploy_to of app b"));
+	assert_true(exists(data));
+	/* The plan says so too. */
+	json_t *j = plan_describe(&p, NULL, false);
+	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0),
+								 "error")),
+			       "the deploy_to of app b"));
+	json_decref(j);
+	plan_free(&p);
+
+	/* The same directory, spelled with a trailing slash. */
+	plan_init(&p, c->root);
+	assert_non_null(st = plan_add_absent(&p, "/srv/www/a", true, &err));
+	plan_absent_protect(st, "/srv/www/a/", "the deploy_to of app a2");
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_true(exists(data));
+	plan_free(&p);
+
+	/* Reached through a symlink: where it really is counts. */
+	assert_int_equal(symlink("a/x", link), 0);
+	plan_init(&p, c->root);
+	assert_non_null(st = plan_add_absent(&p, "/srv/www/a", true, &err));
+	plan_absent_protect(st, "/srv/www/c", "the deploy_to of app c");
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "app c"));
+	assert_true(exists(data));
+	plan_free(&p);
+	assert_int_equal(unlink(link), 0);
+
+	/* A prefix that is not a whole component protects nothing here. */
+	plan_init(&p, c->root);
+	assert_non_null(st = plan_add_absent(&p, "/srv/www/a", true, &err));
+	plan_absent_protect(st, "/srv/www/ab", "the deploy_to of app ab");
+	plan_absent_protect(st, "/srv/www", "not inside");
+	plan_absent_protect(st, "relative", "ignored");
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_CHANGED);
+	assert_false(exists(tree));
+	plan_free(&p);
+	free(data);
+	free(tree);
+	free(link);
+	free(target);
+}
+
+/* The undeploy of an app that left the stack (planned against the old one)
+ * is given what the current stack places in its tree: another app's
+ * deploy_to, this instance's declared mount points, the data directories. */
+static void test_undeploy_protects_what_the_stacks_place(void **state)
+{
+	struct ctx *c = *state;
+	const char *old_doc = "{\"opsworks\": {\"layers\": {\"zeoserver\": {\"instances\": {\"app1\": {}}}}},"
+			      " \"deploy\": {\"zeoserver\": {\"deploy_to\": \"/srv/www/a\"}}}";
+	const char *cur_docs[][2] = {
+		{ "{\"deploy\": {\"plone_instances\": {\"deploy_to\": \"/srv/www//a/b/\"}}}",
+		  "the deploy_to of app plone_instances" },
+		{ "{\"agent\": {\"volumes\": {\"app1\": [{\"device\": \"/dev/xvdf\", \"mount_point\": \"/srv/www/a/v\"}]}}}",
+		  "a mount point of agent.volumes" },
+		{ "{\"ebs\": {\"devices\": {\"/dev/sdf\": {\"mount_point\": \"/srv/www/a/e\"}}}}",
+		  "a mount point of ebs.devices" },
+		{ "{\"plone_zeoserver\": {\"filestorage_dir\": \"/srv/www/a/var/filestorage\"}}",
+		  "plone_zeoserver.filestorage_dir" },
+		{ "{\"deploy\": {\"zeoserver\": {\"deploy_to\": \"/srv/www/a\"}}}", NULL },
+		{ "{\"agent\": {\"volumes\": {\"other\": [{\"device\": \"/dev/xvdf\", \"mount_point\": \"/srv/www/a/v\"}]}},"
+		  " \"deploy\": {\"ab\": {\"deploy_to\": \"/srv/www/ab\"}}}",
+		  NULL },
+	};
+	struct stack *old = NULL;
+	struct config cfg;
+	struct stack_error serr;
+
+	config_defaults(&cfg);
+	mkdir_under(c, "/srv/www/a/b");
+	assert_int_equal(stack_parse(old_doc, strlen(old_doc), "app1", &old, &serr), 0);
+	for (size_t i = 0; i < ELEMENTSOF(cur_docs); i++) {
+		struct stack *cur = NULL;
+		struct recipe_ctx rc = { .stack = old, .config = &cfg, .event = EVENT_UNDEPLOY, .layer = "zeoserver",
+					 .app = "zeoserver", .name = "zeoserver-undeploy" };
+		struct plan p;
+		char *err = NULL;
+		json_t *j, *st, *absent = NULL;
+		size_t k;
+
+		assert_int_equal(stack_parse(cur_docs[i][0], strlen(cur_docs[i][0]), "app1", &cur, &serr), 0);
+		rc.other_stack = cur;
+		plan_init(&p, c->root);
+		assert_int_equal(recipe_plan(&rc, &p, &err), 0);
+		j = plan_describe(&p, NULL, false);
+		json_array_foreach(json_object_get(j, "steps"), k, st)
+			if (strcmp(json_string_value(json_object_get(st, "kind")), "absent") == 0)
+				absent = st;
+		assert_non_null(absent);
+		if (cur_docs[i][1]) {
+			const char *e = json_string_value(json_object_get(absent, "error"));
+			if (!e || !strstr(e, cur_docs[i][1]))
+				fail_msg("case %zu: error %s lacks %s", i, e ? e : "(none)", cur_docs[i][1]);
+		} else
+			assert_string_equal(json_string_value(json_object_get(absent, "action")), "remove");
+		json_decref(j);
+		plan_free(&p);
+		stack_unref(cur);
+	}
+	stack_unref(old);
+	config_free(&cfg);
+}
+
+/* A mount below the tree: refused before anything is removed (rm_children
+ * alone stops at the mount, after removing what it met first). */
+static void test_absent_mount_below_removes_nothing(void **state)
+{
+	struct ctx *c = *state;
+	char *src = P(c, "/data"), *mnt = P(c, "/srv/tree/m/n"), *keep[3];
+	const char *names[3] = { "/srv/tree/a", "/srv/tree/z/Data.fs", "/srv/tree/m/k" };
+	struct plan p;
+	char *err = NULL;
+
+	mkdir_under(c, "/data");
+	mkdir_under(c, "/srv/tree/m/n");
+	mkdir_under(c, "/srv/tree/z");
+	for (size_t i = 0; i < 3; i++) {
+		keep[i] = P(c, names[i]);
+		write_file(keep[i], "keep");
+	}
+	if (mount(src, mnt, "none", MS_BIND, NULL) < 0) {
+		for (size_t i = 0; i < 3; i++)
+			free(keep[i]);
+		free(src);
+		free(mnt);
+		skip();
+	}
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_absent(&p, "/srv/tree", true, &err));
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_FAILED);
+	assert_non_null(strstr(p.steps[0]->error, "contains a mount point"));
+	assert_non_null(strstr(p.steps[0]->error, mnt));
+	for (size_t i = 0; i < 3; i++)
+		assert_true(exists(keep[i]));
+	plan_free(&p);
+	assert_int_equal(umount2(mnt, MNT_DETACH), 0);
+	for (size_t i = 0; i < 3; i++)
+		free(keep[i]);
+	free(src);
+	free(mnt);
+}
+
 static void test_note_and_empty(void **state)
 {
 	struct ctx *c = *state;
@@ -1504,6 +1678,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_no_escape_fallback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dir_symlink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent_mount_point, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_absent_protected, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_undeploy_protects_what_the_stacks_place, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_absent_mount_below_removes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_note_and_empty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_describe_json, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_noop_speed, setup, teardown),

@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "recipes/recipe.h"
 #include "stack.h"
 #include "util.h"
 
@@ -889,6 +890,247 @@ static void test_deploy_to_and_addresses_are_checked(void **state)
 	stack_unref(s);
 }
 
+/* Issue 9 kind 2: two spellings of one directory are one directory. */
+static void test_paths_one_spelling(void **state)
+{
+	struct stack *s, *t;
+	const json_t *v;
+
+	/* The issue's two cases: refused, naming the second app's deploy_to. */
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/www/shared'}, 'b': {'deploy_to': '/srv/www//shared'}}}",
+		     "$.deploy.b.deploy_to", "/srv/www/shared is the same as the deploy_to of app a");
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/www/a/'}, 'b': {'deploy_to': '/srv/www/a/b'}}}",
+		     "$.deploy.b.deploy_to", "/srv/www/a/b is inside the deploy_to of app a");
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/www/a/b//'}, 'b': {'deploy_to': '/srv//www/a'}}}",
+		     "$.deploy.a.deploy_to", "inside the deploy_to of app b");
+	/* The default deploy_to is a spelling too. */
+	expect_error("{'deploy': {'a': {}, 'b': {'deploy_to': '/srv/www/a//'}}}", "$.deploy.b.deploy_to",
+		     "the same as the deploy_to of app a");
+	/* "." is refused, with its path; a prefix that is not a component is no overlap. */
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/www/./a'}}}", "$.deploy.a.deploy_to", "\".\"");
+	expect_error("{'deploy': {'a': {'deploy_to': '/srv/www/a/.'}}}", "$.deploy.a.deploy_to", NULL);
+	s = parse_ok("{'deploy': {'a': {'deploy_to': '/srv/www/a'}, 'ab': {'deploy_to': '/srv/www/ab'}}}", "h");
+	stack_unref(s);
+
+	/* What is kept is the normal form, in the model and in the document. */
+	s = parse_ok("{'deploy': {'a': {'deploy_to': '//srv/www//a/', 'scm': {'scm_type': 'local',"
+		     "  'repository': '/src//a/'}}},"
+		     " 'agent': {'volumes': {'h': [{'device': '/dev//xvdf', 'mount_point': '/data/'}]},"
+		     "  'files': {'web': [{'path': '/etc//motd', 'content': 'x'}]},"
+		     "  'recipes': {'r': {'command': ['/usr//bin/true'], 'cwd': '/tmp/', 'creates': '/tmp//x'}}},"
+		     " 'ebs': {'devices': {'/dev//sdg': {'mount_point': '/vol//g/'}, '/dev/sdh': {'mount_point': '/h'}}},"
+		     " 'plone_blobs': {'blob_dir': '/blobs/'}, 'plone_solr': {'data_dir': '/solr//data'},"
+		     " 'plone_zeoserver': {'filestorage_dir': '/fs/'}, 'plone_instances': {'filestorage_dir': '/fs2//'}}",
+		     "h");
+	assert_string_equal(s->apps[0].deploy_to, "/srv/www/a");
+	v = json_object_get(s->root, "deploy");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(v, "a"), "deploy_to")), "/srv/www/a");
+	assert_string_equal(
+		json_string_value(json_object_get(json_object_get(json_object_get(v, "a"), "scm"), "repository")),
+		"/src/a");
+	v = json_array_get(json_object_get(json_object_get(json_object_get(s->root, "agent"), "volumes"), "h"), 0);
+	assert_string_equal(json_string_value(json_object_get(v, "device")), "/dev/xvdf");
+	assert_string_equal(json_string_value(json_object_get(v, "mount_point")), "/data");
+	v = json_array_get(json_object_get(json_object_get(json_object_get(s->root, "agent"), "files"), "web"), 0);
+	assert_string_equal(json_string_value(json_object_get(v, "path")), "/etc/motd");
+	v = stack_custom_recipe(s, "r");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(v, "command"), 0)), "/usr/bin/true");
+	assert_string_equal(json_string_value(json_object_get(v, "cwd")), "/tmp");
+	assert_string_equal(json_string_value(json_object_get(v, "creates")), "/tmp/x");
+	v = json_object_get(json_object_get(s->root, "ebs"), "devices");
+	assert_null(json_object_get(v, "/dev//sdg"));
+	assert_string_equal(json_string_value(json_object_get(json_object_get(v, "/dev/sdg"), "mount_point")), "/vol/g");
+	/* In their order. */
+	assert_string_equal(json_object_iter_key(json_object_iter((json_t *)v)), "/dev/sdg");
+	assert_non_null(json_object_get(v, "/dev/sdh"));
+	assert_string_equal(json_string_value(json_object_get(json_object_get(s->root, "plone_blobs"), "blob_dir")),
+			    "/blobs");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(s->root, "plone_solr"), "data_dir")),
+			    "/solr/data");
+	assert_string_equal(
+		json_string_value(json_object_get(json_object_get(s->root, "plone_zeoserver"), "filestorage_dir")), "/fs");
+	assert_string_equal(
+		json_string_value(json_object_get(json_object_get(s->root, "plone_instances"), "filestorage_dir")),
+		"/fs2");
+	/* One stack, two spellings: one revision. */
+	t = parse_ok("{'deploy': {'a': {'deploy_to': '/srv/www/a', 'scm': {'scm_type': 'local',"
+		     "  'repository': '/src/a'}}},"
+		     " 'agent': {'volumes': {'h': [{'device': '/dev/xvdf', 'mount_point': '/data'}]},"
+		     "  'files': {'web': [{'path': '/etc/motd', 'content': 'x'}]},"
+		     "  'recipes': {'r': {'command': ['/usr/bin/true'], 'cwd': '/tmp', 'creates': '/tmp/x'}}},"
+		     " 'ebs': {'devices': {'/dev/sdg': {'mount_point': '/vol/g'}, '/dev/sdh': {'mount_point': '/h'}}},"
+		     " 'plone_blobs': {'blob_dir': '/blobs'}, 'plone_solr': {'data_dir': '/solr/data'},"
+		     " 'plone_zeoserver': {'filestorage_dir': '/fs'}, 'plone_instances': {'filestorage_dir': '/fs2'}}",
+		     "h");
+	assert_string_equal(s->revision, t->revision);
+	stack_unref(s);
+	stack_unref(t);
+}
+
+/* Lists whose entries name one mount point, device or file: one entry each. */
+static void test_paths_no_duplicates(void **state)
+{
+	expect_error("{'agent': {'volumes': {'h': [{'device': '/dev/xvdf', 'mount_point': '/data'},"
+		     " {'device': '/dev/xvdg', 'mount_point': '/data/'}]}}}",
+		     "$.agent.volumes.h[1].mount_point", "also the mount_point of volume 0");
+	expect_error("{'agent': {'volumes': {'h': [{'device': '/dev/xvdf', 'mount_point': '/a'},"
+		     " {'device': '/dev//xvdf', 'mount_point': '/b'}]}}}",
+		     "$.agent.volumes.h[1].device", "also the device of volume 0");
+	expect_error("{'agent': {'volumes': {'h': [{'volume_id': 'vol-0123456789abcdef0', 'mount_point': '/a'},"
+		     " {'volume_id': 'vol-0123456789abcdef0', 'mount_point': '/b'}]}}}",
+		     "$.agent.volumes.h[1].volume_id", NULL);
+	expect_error("{'ebs': {'devices': {'/dev/sdf': {'mount_point': '/a'}, '/dev//sdf': {'mount_point': '/b'}}}}",
+		     "$.ebs.devices", "listed twice");
+	expect_error("{'ebs': {'devices': {'/dev/sdf': {'mount_point': '/a'}, '/dev/sdg': {'mount_point': '/a/'}}}}",
+		     "$.ebs.devices[\"/dev/sdg\"].mount_point", "also the mount point of device \"/dev/sdf\"");
+	/* Different hosts may use one mount point each. */
+	stack_unref(parse_ok("{'agent': {'volumes': {'h1': [{'device': '/dev/xvdf', 'mount_point': '/data'}],"
+			     " 'h2': [{'device': '/dev/xvdf', 'mount_point': '/data'}]}}}",
+			     "h"));
+}
+
+/* Parses and runs the recipes' validate hooks (agent.files is the files recipe's). */
+static void expect_recipes_error(const char *doc, const char *path, const char *msg_part)
+{
+	struct stack_error err;
+	struct stack *s = NULL;
+	int r = parse_sq(doc, "app1", &s, &err);
+
+	if (r < 0)
+		fail_msg("parse failed: %d at %s: %s", r, err.path, err.message);
+	r = recipes_validate(s, &err);
+	stack_unref(s);
+	if (r != -EINVAL)
+		fail_msg("expected -EINVAL at %s, got %d", path, r);
+	if (strcmp(err.path, path) != 0)
+		fail_msg("expected path %s, got %s (%s)", path, err.path, err.message);
+	if (msg_part && !strstr(err.message, msg_part))
+		fail_msg("message \"%s\" lacks \"%s\"", err.message, msg_part);
+}
+
+static void expect_recipes_ok(const char *doc)
+{
+	struct stack_error err;
+	struct stack *s = parse_ok(doc, "app1");
+
+	if (recipes_validate(s, &err) < 0)
+		fail_msg("validate failed at %s: %s", err.path, err.message);
+	stack_unref(s);
+}
+
+/* The same file twice made every run write both contents (changed=2). */
+static void test_files_no_duplicates(void **state)
+{
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/motd', 'content': 'a'},"
+			     " {'path': '/etc/motd', 'content': 'b'}]}}}",
+			     "$.agent.files.web[1].path", "is the same file as $.agent.files.web[0]");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/motd', 'content': 'a'},"
+			     " {'path': '/etc//motd/', 'content': 'b'}]}}}",
+			     "$.agent.files.web[1].path", "the same file");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/x', 'content': 'a'},"
+			     " {'path': '/etc/x/y', 'content': 'b'}]}}}",
+			     "$.agent.files.web[1].path", "inside the file of $.agent.files.web[0]");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/', 'content': 'a'}]}}}",
+			     "$.agent.files.web[0].path", "\"/\"");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '//', 'content': 'a'}]}}}",
+			     "$.agent.files.web[0].path", "\"/\"");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/./motd', 'content': 'a'}]}}}",
+			     "$.agent.files.web[0].path", NULL);
+	/* Two layers this instance is in. */
+	expect_recipes_error("{'opsworks': {'layers': {'web': {'instances': {'app1': {}}}, 'lb': {'instances': {"
+			     " 'app1': {}}}}}, 'agent': {'files': {'web': [{'path': '/etc/motd', 'content': 'a'}],"
+			     " 'lb': [{'path': '/etc/motd', 'content': 'b'}]}}}",
+			     "$.agent.files.lb[0].path", "in both layers");
+	/* Two layers no instance is in at once; names that share a prefix only. */
+	expect_recipes_ok("{'opsworks': {'layers': {'web': {'instances': {'app1': {}}}, 'lb': {'instances': {"
+			  " 'lb1': {}}}}}, 'agent': {'files': {'web': [{'path': '/etc/motd', 'content': 'a'},"
+			  " {'path': '/etc/motd2', 'content': 'c'}, {'path': '/etc/motd-x/y', 'content': 'd'}],"
+			  " 'lb': [{'path': '/etc/motd', 'content': 'b'}]}}}");
+}
+
+/* Data directories of different kinds are apart, in any spelling. */
+static void test_data_dirs_apart(void **state)
+{
+	expect_recipes_error("{'plone_blobs': {'blob_dir': '/data/blobs'},"
+			     " 'plone_zeoserver': {'filestorage_dir': '/data/blobs//fs/'}}",
+			     "$.plone_zeoserver.filestorage_dir", "is inside plone_blobs.blob_dir");
+	expect_recipes_error("{'plone_blobs': {'blob_dir': '/data/x/'}, 'plone_solr': {'data_dir': '/data//x'}}",
+			     "$.plone_solr.data_dir", "is the same directory as plone_blobs.blob_dir");
+	expect_recipes_error("{'plone_instances': {'filestorage_dir': '/data/fs/blobs'},"
+			     " 'plone_blobs': {'blob_dir': '/data/fs'}}",
+			     "$.plone_instances.filestorage_dir", "is inside plone_blobs.blob_dir");
+	expect_recipes_error("{'deploy': {'a': {'deploy_to': '/data/fs/a'}}, 'plone_zeoserver': {'filestorage_dir': "
+			     "'/data//fs/'}}",
+			     "$.plone_zeoserver.filestorage_dir", "holds the deploy_to of app a");
+	expect_recipes_error("{'deploy': {'a': {}}, 'plone_blobs': {'blob_dir': '/srv/www/a/'}}",
+			     "$.plone_blobs.blob_dir", "is the deploy_to of app a");
+	expect_recipes_ok("{'plone_blobs': {'blob_dir': '/data/blobs'}, 'plone_solr': {'data_dir': '/data/blobs2'},"
+			  " 'plone_zeoserver': {'filestorage_dir': '/data/fs'},"
+			  " 'plone_instances': {'filestorage_dir': '/data/fs/'}}");
+}
+
+/* Issue 9 kind 7: a document's elements and depth are bounded before a tree is built. */
+static void test_element_and_depth_bounds(void **state)
+{
+	size_t n = 16u << 20, len;
+	char *d = xmalloc(n);
+	struct stack_error err;
+	struct stack *s = NULL;
+
+	/* The issue's document: 16 MiB of small integers. */
+	len = (size_t)snprintf(d, n, "{\"x\": [");
+	while (len + 4 < n) {
+		d[len++] = '1';
+		d[len++] = ',';
+	}
+	d[len - 1] = ']';
+	d[len++] = '}';
+	assert_true(len <= STACK_MAX_BYTES);
+	assert_int_equal(stack_parse(d, len, "h", &s, &err), -E2BIG);
+	assert_null(s);
+	assert_string_equal(err.path, "$");
+	assert_non_null(strstr(err.message, "more than 200000 elements"));
+
+	/* Just at the limit: {"x": [1,...]} is 3 + (STACK_MAX_ELEMENTS - 3) elements. */
+	len = (size_t)snprintf(d, n, "{\"x\": [");
+	for (int i = 0; i < STACK_MAX_ELEMENTS - 3; i++) {
+		d[len++] = '1';
+		d[len++] = ',';
+	}
+	d[len - 1] = ']';
+	d[len++] = '}';
+	assert_int_equal(stack_parse(d, len, "h", &s, &err), 0);
+	stack_unref(s);
+	s = NULL;
+
+	/* Depth: 64 levels pass, 65 do not. */
+	for (int depth = STACK_MAX_DEPTH; depth <= STACK_MAX_DEPTH + 1; depth++) {
+		len = (size_t)snprintf(d, n, "{\"x\": ");
+		for (int i = 1; i < depth; i++)
+			d[len++] = '[';
+		for (int i = 1; i < depth; i++)
+			d[len++] = ']';
+		d[len++] = '}';
+		if (depth == STACK_MAX_DEPTH) {
+			assert_int_equal(stack_parse(d, len, "h", &s, &err), 0);
+			stack_unref(s);
+			s = NULL;
+		} else {
+			assert_int_equal(stack_parse(d, len, "h", &s, &err), -E2BIG);
+			assert_non_null(strstr(err.message, "deeper than 64 levels"));
+		}
+	}
+	/* Brackets, commas and colons inside strings are not structure. */
+	len = (size_t)snprintf(d, n, "{\"x\": \"");
+	while (len + 3 < n / 2)
+		d[len++] = '[';
+	d[len++] = '"';
+	d[len++] = '}';
+	assert_int_equal(stack_parse(d, len, "h", &s, &err), 0);
+	stack_unref(s);
+	free(d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -916,6 +1158,11 @@ int main(void)
 		cmocka_unit_test(test_diff_deploy),
 		cmocka_unit_test(test_diff_custom_json),
 		cmocka_unit_test(test_deploy_to_and_addresses_are_checked),
+		cmocka_unit_test(test_paths_one_spelling),
+		cmocka_unit_test(test_paths_no_duplicates),
+		cmocka_unit_test(test_files_no_duplicates),
+		cmocka_unit_test(test_data_dirs_apart),
+		cmocka_unit_test(test_element_and_depth_bounds),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

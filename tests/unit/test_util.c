@@ -592,6 +592,95 @@ static void test_path_is_system_dir(void **state)
 	assert_false(path_is_plain(""));
 }
 
+static void expect_normal(const char *in, const char *want)
+{
+	char *n = NULL;
+
+	assert_int_equal(path_normalize(in, &n), 0);
+	assert_string_equal(n, want);
+	assert_true(path_is_normal(n));
+	free(n);
+}
+
+/* Two spellings of one directory are one directory (design.md §2). */
+static void test_path_normalize(void **state)
+{
+	char *n = (char *)0x1;
+
+	expect_normal("/srv/www/shared", "/srv/www/shared");
+	expect_normal("/srv/www//shared", "/srv/www/shared");
+	expect_normal("/srv/www/a/", "/srv/www/a");
+	expect_normal("//srv///www//a//", "/srv/www/a");
+	expect_normal("/", "/");
+	expect_normal("///", "/");
+	expect_normal("/a.b/..c/c..", "/a.b/..c/c..");
+	assert_int_equal(path_normalize("/srv/./www", &n), -EINVAL);
+	assert_null(n);
+	assert_int_equal(path_normalize("/srv/www/.", &n), -EINVAL);
+	assert_int_equal(path_normalize("/srv/../etc", &n), -EINVAL);
+	assert_int_equal(path_normalize("srv/www", &n), -EINVAL);
+	assert_int_equal(path_normalize("", &n), -EINVAL);
+	assert_int_equal(path_normalize(NULL, &n), -EINVAL);
+	assert_int_equal(path_normalize("/a\nb", &n), -EINVAL);
+
+	assert_true(path_is_normal("/srv/www"));
+	assert_true(path_is_normal("/"));
+	assert_false(path_is_normal("/srv/www/"));
+	assert_false(path_is_normal("/srv//www"));
+	assert_false(path_is_normal("//"));
+	assert_false(path_is_normal("/srv/./www"));
+	assert_false(path_is_normal("srv"));
+}
+
+/* A prefix is a whole component: /srv/www/a holds /srv/www/a/b, not /srv/www/ab. */
+static void test_path_is_under(void **state)
+{
+	assert_true(path_is_under("/srv/www/a", "/srv/www/a"));
+	assert_true(path_is_under("/srv/www/a/b", "/srv/www/a"));
+	assert_true(path_is_under("/srv/www/a/b", "/srv/www/a/"));
+	assert_true(path_is_under("/srv/www//a/b/", "/srv//www/a"));
+	assert_true(path_is_under("/srv/www/a", "/"));
+	assert_true(path_is_under("/", "/"));
+	assert_false(path_is_under("/srv/www/ab", "/srv/www/a"));
+	assert_false(path_is_under("/srv/www/a", "/srv/www/ab"));
+	assert_false(path_is_under("/srv/www", "/srv/www/a"));
+	assert_false(path_is_under("/", "/srv"));
+	assert_false(path_is_under("/srv/www-a", "/srv/www"));
+	assert_false(path_is_under("srv/www/a", "srv/www"));
+	assert_false(path_is_under(NULL, "/"));
+}
+
+/* Elements and depth are counted on the bytes, outside strings. */
+static void test_json_bounds_check(void **state)
+{
+	static const char ok[] = "{\"a\": [1, 2, {\"b\": null}], \"c\": \"[[[[{{{{,,,\\\"]]\", \"d\": -1.5e3, "
+				 "\"e\": true}";
+	size_t n = 1000;
+	char *big = xmalloc(2 * n + 2);
+
+	/* {, a, [, 1, 2, {, b, null, c, "..", d, -1.5e3, e, true: 14. */
+	assert_int_equal(json_bounds_check(ok, strlen(ok), 14, 3), 0);
+	assert_int_equal(json_bounds_check(ok, strlen(ok), 13, 3), -E2BIG);
+	assert_int_equal(json_bounds_check(ok, strlen(ok), 100, 2), -ELOOP);
+	assert_int_equal(json_bounds_check("", 0, 0, 0), 0);
+	assert_int_equal(json_bounds_check("7", 1, 1, 0), 0);
+	assert_int_equal(json_bounds_check("7", 1, 0, 0), -E2BIG);
+
+	/* [1,1,1,...]: n + 1 elements. */
+	big[0] = '[';
+	for (size_t i = 0; i < n; i++) {
+		big[1 + 2 * i] = '1';
+		big[2 + 2 * i] = i + 1 < n ? ',' : ']';
+	}
+	assert_int_equal(json_bounds_check(big, 2 * n + 1, n + 1, 1), 0);
+	assert_int_equal(json_bounds_check(big, 2 * n + 1, n, 1), -E2BIG);
+	/* [[[[...: depth n. */
+	memset(big, '[', n);
+	assert_int_equal(json_bounds_check(big, n, SIZE_MAX, n), 0);
+	assert_int_equal(json_bounds_check(big, n, SIZE_MAX, 64), -ELOOP);
+	free(big);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -602,6 +691,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fd_read_all, setup, teardown),
 		cmocka_unit_test(test_user_group_lookup),
 		cmocka_unit_test(test_path_is_system_dir),
+		cmocka_unit_test(test_path_normalize),
+		cmocka_unit_test(test_path_is_under),
+		cmocka_unit_test(test_json_bounds_check),
 		cmocka_unit_test_setup_teardown(test_rootfs_openat2, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_fallback, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_same_answers, rsetup, rteardown),
