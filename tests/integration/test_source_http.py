@@ -282,7 +282,7 @@ def test_http_4xx_forgets_validators(make_agent, fx):
 
 def test_imds_granted_token_ttl_is_used(make_agent, imds):
     """A token TTL shorter than asked: renewed in time, no 401 on every poll."""
-    imds.set(token_ttl_max=3)
+    imds.set(token_ttl_max=4)
     a = imds_agent(make_agent, imds).start()
     a.wait_runs(3)
     wait_for(lambda: sum(r["path"] == "/latest/user-data" for r in imds.log()) >= 6, timeout=20,

@@ -1496,7 +1496,7 @@ static void test_imds_granted_ttl(void **state)
 	struct t *t = *state;
 	struct events ev = { 0 };
 
-	fixture_set("{\"token_ttl_max\": 3}");
+	fixture_set("{\"token_ttl_max\": 4}");
 	(void)imds_open(t, &ev);
 	assert_true(RUN_UNTIL(&t->loop, ev.docs == 6, 15000));
 	assert_int_equal(ev.errors, 0);
