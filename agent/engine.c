@@ -81,6 +81,8 @@ struct engine {
 
 	uint64_t last_raw_hash;        /* of the last document seen, to skip re-parsing */
 	bool have_raw_hash;
+	bool source_error_fetch;       /* source_error is an error of fetching (on_source_error) */
+	bool raw_ok;                   /* the last document was accepted (kept across fetch errors, for a 304 after them) */
 	char *source_error;            /* owned: the last fetch or validation error, NULL when fine */
 	char *source_error_path;       /* owned: its JSON path, when a validation error */
 	int64_t last_change_usec;
@@ -1548,6 +1550,7 @@ static void set_source_error(struct engine *e, const char *msg, const char *path
 	free(e->source_error_path);
 	e->source_error = msg ? xstrdup(msg) : NULL;
 	e->source_error_path = path ? xstrdup(path) : NULL;
+	e->source_error_fetch = false;
 }
 
 /* Whether a queued run or a failure names a layer or app the current stack
@@ -1678,12 +1681,33 @@ static void on_source_error(void *userdata, const char *message)
 {
 	struct engine *e = userdata;
 
+	/* The first fetch error after a document hides how that document
+	 * fared: remember it for a 304 that confirms the document later. */
+	if (!e->source_error_fetch)
+		e->raw_ok = !e->source_error;
 	if (!str_eq(e->source_error, message))
 		log_error("Stack source: %s", message);
 	set_source_error(e, message, NULL);
+	e->source_error_fetch = true;
 	/* The next document is parsed even if it has the same bytes as before:
 	 * the error must clear. */
 	e->have_raw_hash = false;
+}
+
+/* The source's last document is still current (HTTP 304). An error of
+ * fetching is over if that document was accepted; a rejected one must be
+ * parsed again to say why (returns false: the source sends it again). */
+static bool on_source_unchanged(void *userdata)
+{
+	struct engine *e = userdata;
+
+	if (!e->source_error_fetch)
+		return true; /* no error, or the verdict on that very document */
+	if (!e->raw_ok)
+		return false;
+	log_info("Stack source: answering again; the stack is unchanged");
+	set_source_error(e, NULL, NULL);
+	return true;
 }
 
 /* ------------------------------------------------------------- lifecycle */
@@ -1832,7 +1856,7 @@ int engine_start(struct engine *e)
 
 	if ((r = http_new(e->loop, &e->http)) < 0)
 		return log_error_errno(r, "Failed to set up the HTTP client: %m");
-	static const struct source_callbacks cbs = { on_document, on_source_error };
+	static const struct source_callbacks cbs = { on_document, on_source_error, on_source_unchanged };
 	r = source_new(e->loop, e->config, e->http, &cbs, e, &e->source, &err);
 	if (r < 0) {
 		log_error("%s", err);

@@ -26,6 +26,12 @@
 #define HTTP_DEFAULT_TIMEOUT_MS 30000L
 #define HTTP_DEFAULT_CONNECT_TIMEOUT_MS 10000L
 #define HTTP_DEFAULT_MAX_BODY ((size_t)STACK_MAX_BYTES)
+/* Response header budget. libcurl takes header lines of up to 100 KiB and
+ * (depending on its version) unbounded sums of them; a server that sends
+ * more than a real one ever would gets its transfer failed, and a line longer
+ * than a real one ever is gets ignored, never stored or sent back. */
+#define HTTP_HEADERS_MAX (256 * 1024)
+#define HTTP_HEADER_LINE_MAX 8192
 
 struct http_sock {
 	uv_poll_t poll;           /* data points back here */
@@ -51,6 +57,10 @@ struct http_request {
 	int write_errno;          /* writing output_path failed with this */
 	char *etag;               /* owned, may be NULL */
 	char *last_modified;      /* owned, may be NULL */
+	char *capture_name;       /* owned: http_options.capture_header, may be NULL */
+	char *captured;           /* owned: its value, may be NULL */
+	size_t header_bytes;      /* response header bytes so far, all responses of the transfer */
+	bool headers_too_large;
 	bool truncated;
 	char errbuf[CURL_ERROR_SIZE];
 };
@@ -182,6 +192,8 @@ static void request_free(struct http_request *r)
 	free(r->output_path);
 	free(r->etag);
 	free(r->last_modified);
+	free(r->capture_name);
+	free(r->captured);
 	free(r);
 }
 
@@ -215,7 +227,9 @@ static void request_finish(struct http_request *r, CURLcode code)
 		r->truncated = true;
 
 	if (code != CURLE_OK) {
-		if (r->truncated)
+		if (r->headers_too_large)
+			error = xasprintf("%s: response headers larger than %d bytes", r->shown_url, HTTP_HEADERS_MAX);
+		else if (r->truncated)
 			error = xasprintf("%s: body larger than %zu bytes", r->shown_url, r->max_body);
 		else if (r->write_errno)
 			error = xasprintf("%s: writing %s: %s", r->shown_url, r->output_path, strerror(r->write_errno));
@@ -245,6 +259,7 @@ static void request_finish(struct http_request *r, CURLcode code)
 	}
 	resp.etag = r->etag;
 	resp.last_modified = r->last_modified;
+	resp.captured = r->captured;
 	resp.truncated = r->truncated;
 
 	r->cb(r->userdata, &resp);
@@ -403,31 +418,121 @@ static char *header_value(const char *line, size_t len, const char *name)
 	return xstrndup(v, (size_t)(end - v));
 }
 
+/* No control character (NUL, CR, LF, DEL, ...) in s[0..len): what may be
+ * written back into a request header line. */
+static bool bytes_are_field_safe(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x20 || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+bool http_etag_is_valid(const char *v)
+{
+	size_t n = v ? strlen(v) : 0;
+
+	if (n == 0 || n > HTTP_VALIDATOR_MAX || !bytes_are_field_safe(v, n))
+		return false;
+	if (strncmp(v, "W/", 2) == 0) {
+		v += 2;
+		n -= 2;
+	}
+	if (n == 0)
+		return false;
+	if (v[0] != '"') {
+		/* Unquoted, as some servers send it: one token, sent back as is. */
+		for (size_t i = 0; i < n; i++)
+			if (v[i] == ' ' || v[i] == '"' || v[i] == ',')
+				return false;
+		return true;
+	}
+	/* RFC 9110 entity-tag: DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E / obs-text. */
+	if (n < 2 || v[n - 1] != '"')
+		return false;
+	for (size_t i = 1; i + 1 < n; i++)
+		if (v[i] == '"' || v[i] == ' ')
+			return false;
+	return true;
+}
+
+bool http_date_is_valid(const char *v)
+{
+	size_t n = v ? strlen(v) : 0;
+
+	/* An IMF-fixdate is 29 bytes; the obsolete formats are no longer. */
+	if (n == 0 || n > 64 || !bytes_are_field_safe(v, n))
+		return false;
+	return curl_getdate(v, NULL) != -1;
+}
+
 static size_t cb_header(char *buffer, size_t size, size_t nitems, void *userdata)
 {
 	struct http_request *r = userdata;
 	size_t n = size * nitems;
 	char *v;
 
+	if (n > HTTP_HEADERS_MAX - r->header_bytes) {
+		r->headers_too_large = true;
+		return 0; /* aborts the transfer */
+	}
+	r->header_bytes += n;
+	/* Longer than any header a real server sends: not looked at, so it can
+	 * never be stored or sent back (a 90 KB ETag echoed in If-None-Match
+	 * would make every later request fail with 431). */
+	if (n > HTTP_HEADER_LINE_MAX)
+		return n;
+
 	/* A new status line starts a new response (after "100 Continue"):
-	 * only the final response's validators count. */
+	 * only the final response's headers count. */
 	if (n >= 5 && strncmp(buffer, "HTTP/", 5) == 0) {
 		free(r->etag);
 		free(r->last_modified);
-		r->etag = r->last_modified = NULL;
-	} else if ((v = header_value(buffer, n, "ETag"))) {
+		free(r->captured);
+		r->etag = r->last_modified = r->captured = NULL;
+		return n;
+	}
+	/* A header with a NUL in it would be cut short by the string copy and
+	 * then look well-formed; one with another control character must not
+	 * be echoed either. Such values are dropped (the next request is
+	 * unconditional), the response itself is still good. */
+	if ((v = header_value(buffer, n, "ETag"))) {
 		free(r->etag);
-		r->etag = v;
+		r->etag = NULL;
+		if (!memchr(buffer, '\0', n) && http_etag_is_valid(v))
+			r->etag = v;
+		else
+			free(v);
 	} else if ((v = header_value(buffer, n, "Last-Modified"))) {
 		free(r->last_modified);
-		r->last_modified = v;
+		r->last_modified = NULL;
+		if (!memchr(buffer, '\0', n) && http_date_is_valid(v))
+			r->last_modified = v;
+		else
+			free(v);
+	} else if (r->capture_name && (v = header_value(buffer, n, r->capture_name))) {
+		free(r->captured);
+		r->captured = NULL;
+		if (!memchr(buffer, '\0', n) && bytes_are_field_safe(v, strlen(v)))
+			r->captured = v;
+		else
+			free(v);
 	}
 	return n;
 }
 
+/* A request header line we build: no control character but HTAB, so that
+ * nothing can end the line early or smuggle another one in. */
 static bool header_is_safe(const char *s)
 {
-	return s && !strpbrk(s, "\r\n");
+	if (!s)
+		return false;
+	for (; *s; s++)
+		if (((unsigned char)*s < 0x20 && *s != '\t') || *s == 0x7f)
+			return false;
+	return true;
 }
 
 static int request_add_header(struct http_request *r, const char *fmt, ...) _printf_(2, 3);
@@ -504,10 +609,20 @@ static int request_setup(struct http_request *r, const struct http_options *o)
 		for (const char *const *hd = o->headers; *hd; hd++)
 			if ((k = request_add_header(r, "%s", *hd)) < 0)
 				return k;
-	if (o->if_none_match && (k = request_add_header(r, "If-None-Match: %s", o->if_none_match)) < 0)
-		return k;
-	if (o->if_modified_since && (k = request_add_header(r, "If-Modified-Since: %s", o->if_modified_since)) < 0)
-		return k;
+	/* Validators come from a server: only well-formed, short ones are
+	 * sent back. */
+	if (o->if_none_match) {
+		if (!http_etag_is_valid(o->if_none_match))
+			return -EINVAL;
+		if ((k = request_add_header(r, "If-None-Match: %s", o->if_none_match)) < 0)
+			return k;
+	}
+	if (o->if_modified_since) {
+		if (!http_date_is_valid(o->if_modified_since))
+			return -EINVAL;
+		if ((k = request_add_header(r, "If-Modified-Since: %s", o->if_modified_since)) < 0)
+			return k;
+	}
 	/* No "Expect: 100-continue" round trip for request bodies. */
 	if (r->req_body && (k = request_add_header(r, "Expect:")) < 0)
 		return k;
@@ -541,6 +656,7 @@ int http_request_start(struct http *h, const struct http_options *o, http_done_c
 	r->fd = -1;
 	r->max_body = o->max_body ? o->max_body : HTTP_DEFAULT_MAX_BODY;
 	r->shown_url = http_url_redact(o->url);
+	r->capture_name = o->capture_header ? xstrdup(o->capture_header) : NULL;
 	buf_init(&r->body);
 
 	r->easy = curl_easy_init();

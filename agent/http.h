@@ -28,7 +28,12 @@ struct http_options {
 	                                * never go through a proxy: it would add X-Forwarded-For) */
 	const char *output_path;       /* stream the body into this file (O_TRUNC, 0600) instead of memory, may be NULL;
 	                                * on failure it holds what arrived */
+	const char *capture_header;    /* a response header name whose value to return in http_response.captured, may be NULL */
 };
+
+/* Longest ETag or Last-Modified value a response reports or a request sends
+ * back, in bytes. */
+#define HTTP_VALIDATOR_MAX 1024
 
 struct http_response {
 	long status;                   /* HTTP status, 0 when no response */
@@ -36,8 +41,13 @@ struct http_response {
 	char *error;                   /* owned: "<url>: <cause>" (credentials in the URL hidden), NULL when curl_code == 0 */
 	char *body;                    /* owned: NUL-terminated, NULL when output_path was used */
 	size_t body_len;
+	/* Validators, only when safe to send back: at most HTTP_VALIDATOR_MAX
+	 * bytes, no control characters, an ETag shaped as one (RFC 9110, or a
+	 * bare token), a Last-Modified that parses as an HTTP date. Otherwise
+	 * NULL, and the response is still good. */
 	char *etag;                    /* owned, may be NULL */
 	char *last_modified;           /* owned, may be NULL */
+	char *captured;                /* owned: value of http_options.capture_header (no control characters), may be NULL */
 	bool truncated;                /* body over max_body: transfer aborted */
 };
 
@@ -53,8 +63,16 @@ int http_new(uv_loop_t *loop, struct http **ret);
  * must run once more. May be called from a done callback. */
 void http_free(struct http *h);
 
+/* Whether v may be stored and sent back as If-None-Match / If-Modified-Since
+ * (see struct http_response). */
+bool http_etag_is_valid(const char *v);
+bool http_date_is_valid(const char *v);
+
 /* Starts a transfer; cb runs later, from the loop, never from in here.
- * Returns 0, -EINVAL (no URL, a header value with CR or LF, h being freed)
+ * Response header lines over 8 KiB are ignored; more than 256 KiB of
+ * response headers fail the transfer (error says so).
+ * Returns 0, -EINVAL (no URL, a header value with a control character, an
+ * invalid if_none_match / if_modified_since, h being freed)
  * or the negative errno of opening output_path. TLS peers are always
  * verified, redirects are not followed, only http and https are allowed. */
 int http_request_start(struct http *h, const struct http_options *o, http_done_cb cb, void *userdata,

@@ -86,6 +86,12 @@ void source_deliver(struct source *s, const char *data, size_t len)
 	s->cbs.on_document(s->userdata, data, len);
 }
 
+bool source_unchanged(struct source *s)
+{
+	s->last_fetch_usec = time_now_usec();
+	return s->cbs.on_unchanged ? s->cbs.on_unchanged(s->userdata) : true;
+}
+
 void source_fail(struct source *s, const char *fmt, ...)
 {
 	char msg[1024];

@@ -20,6 +20,12 @@ struct source_callbacks {
 	/* A fetch failed; message names the URL or path and the cause. The last
 	 * good stack stays in force. */
 	void (*on_error)(void *userdata, const char *message);
+	/* The source confirmed that the document it delivered last is still
+	 * current (an HTTP 304 to a conditional GET): an error of fetching is
+	 * over. Returns false when the receiver needs that document again (it
+	 * no longer knows how it fared); the source then fetches it
+	 * unconditionally at once. May be NULL: nothing to clear. */
+	bool (*on_unchanged)(void *userdata);
 };
 
 struct source_ops {
@@ -59,6 +65,8 @@ void source_free(struct source *s);
 /* For implementations. */
 void source_deliver(struct source *s, const char *data, size_t len);
 void source_fail(struct source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Calls on_unchanged (see struct source_callbacks); true when it is absent. */
+bool source_unchanged(struct source *s);
 
 /* Poll delay with jitter: interval ± 10%, and on errors capped exponential
  * backoff: min(interval, 2^failures s) ... shared by polled sources. */

@@ -3,9 +3,17 @@
  *
  * - http:// and https://: a conditional GET (If-None-Match/If-Modified-Since
  *   from the last 200) every poll_interval seconds with jitter; 304 is a
- *   successful fetch with nothing new.
+ *   successful fetch with nothing new, and ends an error of fetching. The
+ *   validators come from the server and go back to it, so they are only kept
+ *   when short and well-formed (http.c checks), and forgotten after any 4xx
+ *   (the server may be refusing them) and on reload (a reload starts from
+ *   scratch). A 304 to a request that carried none has nothing to refer to:
+ *   it is an error, and the next GET is unconditional again.
  * - imds: EC2 IMDSv2 (reference/protocols.md): a session token from
- *   PUT /latest/api/token, cached and renewed a minute before it expires;
+ *   PUT /latest/api/token, cached for the TTL the answer grants (1..21600 s,
+ *   else the TTL asked for) and renewed a minute (at most half the TTL)
+ *   before it expires; the token and meta-data are short and plain (they
+ *   are sent back in a header or shown in status);
  *   instance id and region read once per process; then
  *   GET /latest/user-data on every poll. 401 drops the token and retries
  *   that GET once with a new one; 403 means IMDS is disabled, so polling
@@ -36,6 +44,9 @@
 #define IMDS_TOKEN_TIMEOUT_MS 2000
 #define IMDS_GET_TIMEOUT_MS 5000
 #define IMDS_VALUE_MAX 255 /* instance id, region */
+#define IMDS_TOKEN_MAX 1024 /* real tokens are about 60 bytes; it goes back in a header */
+#define IMDS_SMALL_BODY_MAX 4096 /* token and meta-data answers */
+#define IMDS_TTL_HEADER "X-aws-ec2-metadata-token-ttl-seconds"
 
 enum imds_step {
 	IMDS_TOKEN,
@@ -53,6 +64,7 @@ struct poller {
 	bool busy;                 /* a fetch (perhaps several requests) is under way */
 	bool again;                /* reloaded while busy: fetch once more right after */
 	bool halted;               /* IMDS answered 403: wait for a reload */
+	bool reloaded;             /* reload asked: the next fetch starts from scratch */
 	bool stopped;
 	bool timer_closed;
 	bool free_pending;         /* free_data ran before the timer's close callback */
@@ -61,11 +73,13 @@ struct poller {
 	/* http */
 	char *etag;                /* owned, from the last 200 */
 	char *last_modified;       /* owned, from the last 200 */
+	bool conditional;          /* the request in flight carried a validator */
 
 	/* imds */
 	char *base;                /* owned: endpoint without trailing slash */
 	char *token;               /* owned, NULL when none or dropped */
 	int64_t token_expiry_usec; /* monotonic */
+	int64_t token_renew_usec;  /* monotonic: ask for a new one from then on */
 	enum imds_step step;       /* of the request in flight */
 	bool retried;              /* the current GET already got a fresh token after a 401 */
 	bool meta_id_done, meta_region_done;
@@ -190,6 +204,7 @@ static void poller_reload(struct source *s)
 
 	if (!p || p->stopped)
 		return;
+	p->reloaded = true;
 	if (p->busy) {
 		p->again = true;
 		return;
@@ -231,6 +246,13 @@ static void poller_free_data(void *data)
 
 /* ---- http:// and https:// ---- */
 
+static void http_forget_validators(struct poller *p)
+{
+	free(p->etag);
+	free(p->last_modified);
+	p->etag = p->last_modified = NULL;
+}
+
 static void http_source_done(void *userdata, const struct http_response *r)
 {
 	struct poller *p = userdata;
@@ -240,18 +262,43 @@ static void http_source_done(void *userdata, const struct http_response *r)
 		poller_fail(p, true, "GET %s", r->error);
 		return;
 	}
-	if (r->status == 304) {
-		poller_succeed(p, NULL, 0);
+	if (r->status == 304 && !p->conditional) {
+		/* We sent no validator (first fetch, after a reload or a 4xx):
+		 * there is no document this answer could refer to, and keeping
+		 * quiet would leave no stack and no error. */
+		http_forget_validators(p);
+		poller_fail(p, true,
+			    "GET %s: HTTP 304 Not Modified to a request without If-None-Match or "
+			    "If-Modified-Since (no document to keep); asking again",
+			    p->shown_url);
 		return;
 	}
+	if (r->status == 304) {
+		p->s->last_fetch_usec = time_now_usec();
+		p->failures = 0;
+		poller_rest(p);
+		/* The document we delivered last is current: an error of
+		 * fetching is over. If the engine lost track of how that
+		 * document fared, it gets the bytes again. */
+		if (!source_unchanged(p->s) && !p->stopped) {
+			http_forget_validators(p);
+			if (!p->busy)
+				(void)uv_timer_start(&p->timer, on_poll_timer, 0, 0);
+		}
+		return;
+	}
+	if (r->status >= 400 && r->status < 500)
+		/* The server may be refusing what we sent back (431, 400, 412):
+		 * the next request is unconditional. */
+		http_forget_validators(p);
 	if (r->status != 200) {
 		poller_fail(p, true, "GET %s: HTTP %ld", p->shown_url, r->status);
 		return;
 	}
 	/* Validators belong to the document last delivered: a 200 without
-	 * them means the next GET is unconditional. */
-	free(p->etag);
-	free(p->last_modified);
+	 * them (or with ones http.c found unfit to send back) means the next
+	 * GET is unconditional. */
+	http_forget_validators(p);
 	p->etag = r->etag ? xstrdup(r->etag) : NULL;
 	p->last_modified = r->last_modified ? xstrdup(r->last_modified) : NULL;
 	poller_succeed(p, r->body, r->body_len);
@@ -264,14 +311,23 @@ static void http_source_fetch(struct poller *p)
 		.url = p->s->url,
 		.timeout_ms = request_timeout_ms(p, 30000),
 		.max_body = STACK_MAX_BYTES,
-		.if_none_match = p->etag,
-		.if_modified_since = p->last_modified,
 	};
 	int r;
 
+	if (p->reloaded) {
+		/* An operator's reload starts from scratch: the whole document,
+		 * whatever the validators we hold. */
+		p->reloaded = false;
+		http_forget_validators(p);
+	}
+	o.if_none_match = p->etag;
+	o.if_modified_since = p->last_modified;
+	p->conditional = p->etag || p->last_modified;
 	r = http_request_start(p->s->http, &o, http_source_done, p, &p->req);
 	if (r < 0) {
 		p->req = NULL;
+		/* Whatever in them was refused, the next attempt goes without. */
+		http_forget_validators(p);
 		poller_fail(p, true, "GET %s: %s", p->shown_url, strerror(-r));
 	}
 }
@@ -310,20 +366,55 @@ static const char *imds_path(enum imds_step step)
 	return "/";
 }
 
-/* A short metadata value or a token: printable ASCII, no blanks. */
-static char *imds_value(const char *body, size_t len)
+static bool imds_token_char(char c)
 {
+	return c > ' ' && c <= '~';
+}
+
+/* Instance ids and region names: letters, digits, '-', '_', '.'. */
+static bool imds_meta_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+	       c == '.';
+}
+
+/* A token or a meta-data value: the body without trailing blanks, 1..max
+ * bytes, each one accepted by ok; else NULL. */
+static char *imds_value(const char *body, size_t len, size_t max, bool (*ok)(char c))
+{
+	if (!body)
+		return NULL;
 	while (len > 0 && (body[len - 1] == '\n' || body[len - 1] == '\r' || body[len - 1] == ' '))
 		len--;
-	if (len == 0 || len > 4096)
+	if (len == 0 || len > max)
 		return NULL;
 	for (size_t i = 0; i < len; i++)
-		if (body[i] <= ' ' || body[i] > '~')
+		if (!ok(body[i]))
 			return NULL;
 	return xstrndup(body, len);
 }
 
 static void imds_done(void *userdata, const struct http_response *r);
+
+/* Sets the new token's expiry from the TTL IMDS granted (granted: the value
+ * of its TTL header, may be NULL). A granted TTL outside 1..21600 s, or
+ * none, counts as the one asked for: a token that expires sooner only costs
+ * a 401 and a new token. */
+static void imds_token_times(struct poller *p, const char *granted, const char *url)
+{
+	int64_t now = time_monotonic_usec(), ttl_usec, margin;
+	long ttl = IMDS_TOKEN_TTL_SEC;
+
+	if (granted && parse_long(granted, 1, IMDS_TOKEN_TTL_SEC, &ttl) < 0) {
+		log_warn("imds: PUT %s: the answer grants a token TTL of \"%.32s\" s, not in 1..%d; assuming %d",
+			 url, granted, IMDS_TOKEN_TTL_SEC, IMDS_TOKEN_TTL_SEC);
+		ttl = IMDS_TOKEN_TTL_SEC;
+	}
+	ttl_usec = (int64_t)ttl * 1000000;
+	margin = ttl_usec / 2 < IMDS_TOKEN_REFRESH_USEC ? ttl_usec / 2 : IMDS_TOKEN_REFRESH_USEC;
+	p->token_expiry_usec = now + ttl_usec;
+	p->token_renew_usec = p->token_expiry_usec - margin;
+}
 
 static void imds_next(struct poller *p)
 {
@@ -336,7 +427,7 @@ static void imds_next(struct poller *p)
 	int64_t now = time_monotonic_usec();
 	int r;
 
-	if (!p->token || now + IMDS_TOKEN_REFRESH_USEC >= p->token_expiry_usec) {
+	if (!p->token || now >= p->token_renew_usec) {
 		free(p->token);
 		p->token = NULL;
 		p->step = IMDS_TOKEN;
@@ -353,12 +444,16 @@ static void imds_next(struct poller *p)
 		o.method = "PUT";
 		o.headers = ttl_header;
 		o.timeout_ms = IMDS_TOKEN_TIMEOUT_MS;
+		o.max_body = IMDS_SMALL_BODY_MAX;
+		o.capture_header = IMDS_TTL_HEADER;
 	} else {
 		token_header = xasprintf("X-aws-ec2-metadata-token: %s", p->token);
 		get_headers[0] = token_header;
 		o.method = "GET";
 		o.headers = get_headers;
 		o.timeout_ms = request_timeout_ms(p, IMDS_GET_TIMEOUT_MS);
+		if (p->step != IMDS_USER_DATA)
+			o.max_body = IMDS_SMALL_BODY_MAX;
 	}
 
 	r = http_request_start(p->s->http, &o, imds_done, p, &p->req);
@@ -370,6 +465,7 @@ static void imds_next(struct poller *p)
 
 static void imds_fetch(struct poller *p)
 {
+	p->reloaded = false; /* nothing is conditional here */
 	p->retried = false;
 	imds_next(p);
 }
@@ -406,14 +502,16 @@ static void imds_done(void *userdata, const struct http_response *r)
 			poller_fail(p, true, "PUT %s: HTTP %ld", url, r->status);
 			return;
 		}
-		v = imds_value(r->body, r->body_len);
+		v = imds_value(r->body, r->body_len, IMDS_TOKEN_MAX, imds_token_char);
 		if (!v) {
-			poller_fail(p, true, "PUT %s: the token in the answer is empty or malformed", url);
+			poller_fail(p, true,
+				    "PUT %s: the token in the answer is empty, longer than %d bytes or not printable ASCII",
+				    url, IMDS_TOKEN_MAX);
 			return;
 		}
 		free(p->token);
 		p->token = v;
-		p->token_expiry_usec = time_monotonic_usec() + (int64_t)IMDS_TOKEN_TTL_SEC * 1000000;
+		imds_token_times(p, r->captured, url);
 		imds_next(p);
 		return;
 
@@ -454,10 +552,12 @@ static void imds_done(void *userdata, const struct http_response *r)
 	/* Meta-data, read once per process: they do not change while the
 	 * instance runs, and IMDS is rate limited. */
 	if (r->status == 200) {
-		v = imds_value(r->body, r->body_len);
-		if (!v || strlen(v) > IMDS_VALUE_MAX) {
-			free(v);
-			poller_fail(p, true, "GET %s: malformed value", url);
+		v = imds_value(r->body, r->body_len, IMDS_VALUE_MAX, imds_meta_char);
+		if (!v) {
+			poller_fail(p, true,
+				    "GET %s: malformed value (empty, longer than %d bytes, or not letters, digits, "
+				    "'-', '_', '.')",
+				    url, IMDS_VALUE_MAX);
 			return;
 		}
 		if (p->step == IMDS_INSTANCE_ID) {

@@ -35,6 +35,8 @@ Modes (for every path outside /_ctl/):
     big-stream  the same without Content-Length (delimited by closing), so a
                 client only sees the size while reading.
     close       close the connection without answering.
+    304         every request: 304 Not Modified with the validators, whether
+                or not it was conditional (a broken cache or server).
     imds        EC2 IMDSv2 (reference/protocols.md):
                 PUT /latest/api/token needs X-aws-ec2-metadata-token-ttl-seconds
                   in 1..21600 (else 400); a PUT with X-Forwarded-For gets 403;
@@ -61,7 +63,19 @@ Control endpoints (never recorded in the log):
                             "user_data" (string or null), "instance_id",
                             "region", "expire_tokens" (true: every token issued
                             so far is expired at once), "token_ttl_max" (int,
-                            caps the TTL granted).
+                            caps the TTL granted),
+                            and, to serve hostile answers:
+                            "etag", "last_modified" (string: served instead
+                            of the real validator, any bytes, CR/LF/NUL
+                            included; null: the real one), "headers" (list of
+                            [name, value] added to every answer), "token"
+                            (string: the body of every token PUT answer),
+                            "token_ttl_header" (string: the TTL header of the
+                            token answer), "max_header_bytes" (int: a request
+                            header line longer than this gets 431, as real
+                            servers do; default 8192).
+
+Every request's log entry also has "status", the status answered.
 """
 
 import argparse
@@ -76,7 +90,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("stack", "500", "hang", "truncate", "big", "big-stream", "close", "imds")
+MODES = ("stack", "500", "hang", "truncate", "big", "big-stream", "close", "imds", "304")
+DEFAULT_MAX_HEADER_BYTES = 8192  # nginx's and Apache's default for one request header line
 DEFAULT_STACK = b'{"opsworks": {"stack": {"name": "fixture"}, "layers": {}}}\n'
 DEFAULT_BIG_SIZE = 17 * 1024 * 1024
 IMDS_PATHS = {
@@ -109,6 +124,12 @@ class State:
             self.instance_id = i["instance_id"]
             self.region = i["region"]
             self.token_ttl_max = 21600
+            self.etag_override = None
+            self.last_modified_override = None
+            self.extra_headers = []
+            self.token_override = None
+            self.token_ttl_header = None
+            self.max_header_bytes = DEFAULT_MAX_HEADER_BYTES
             self.tokens = {}
             self.log = []
             self._release_hanging()
@@ -148,6 +169,18 @@ class State:
                         self.tokens = {t: 0 for t in self.tokens}
                 elif k == "token_ttl_max":
                     self.token_ttl_max = int(v)
+                elif k == "etag":
+                    self.etag_override = v
+                elif k == "last_modified":
+                    self.last_modified_override = v
+                elif k == "headers":
+                    self.extra_headers = [(str(n), str(x)) for n, x in (v or [])]
+                elif k == "token":
+                    self.token_override = v
+                elif k == "token_ttl_header":
+                    self.token_ttl_header = v
+                elif k == "max_header_bytes":
+                    self.max_header_bytes = int(v)
                 else:
                     raise ValueError("unknown setting %r" % k)
 
@@ -182,33 +215,54 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n > 0 else b""
 
     def _send(self, code, body=b"", headers=(), content_type="text/plain"):
+        if getattr(self, "_entry", None) is not None:
+            with self.st.lock:
+                self._entry["status"] = code
         self.send_response(code)
         if body or code not in (204, 304):
             self.send_header("Content-Type", content_type)
-        for k, v in headers:
-            self.send_header(k, v)
+        with self.st.lock:
+            extra = list(self.st.extra_headers) if not self.path.startswith("/_ctl/") else []
+        for k, v in list(headers) + extra:
+            self._raw_header(k, v)
         if code != 304:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if body and self.command != "HEAD":
             self.wfile.write(body)
 
+    def _raw_header(self, name, value):
+        # Any bytes, CR, LF and NUL included: hostile answers are the point.
+        if not hasattr(self, "_headers_buffer"):
+            self._headers_buffer = []
+        if isinstance(value, str):
+            value = value.encode("latin-1", "replace")
+        self._headers_buffer.append(name.encode("latin-1") + b": " + value + b"\r\n")
+
     def _record(self, body):
         entry = {
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
+            "header_bytes": max((len(k) + 2 + len(v) for k, v in self.headers.items()), default=0),
             "body_len": len(body),
             "time": time.time(),
+            "status": None,
         }
         with self.st.lock:
             self.st.log.append(entry)
+        self._entry = entry
 
     def _handle(self):
+        self._entry = None
         body = self._body()
         if self.path.startswith("/_ctl/"):
             return self._control(body)
         self._record(body)
+        with self.st.lock:
+            limit = self.st.max_header_bytes
+        if self._entry["header_bytes"] > limit:
+            return self._send(431, b"Request Header Fields Too Large\n")
         with self.st.lock:
             mode = self.st.mode
         try:
@@ -256,7 +310,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(405, b"method not allowed\n")
         with self.st.lock:
             doc, etag, lm, mtime = self.st.stack, self.st.etag, self.st.last_modified, self.st.mtime
-        validators = [("ETag", etag), ("Last-Modified", lm)]
+            served_etag = self.st.etag_override if self.st.etag_override is not None else etag
+            served_lm = self.st.last_modified_override if self.st.last_modified_override is not None else lm
+        validators = [("ETag", served_etag), ("Last-Modified", served_lm)]
         inm = self.headers.get("If-None-Match")
         ims = self.headers.get("If-Modified-Since")
         if inm is not None:
@@ -271,6 +327,11 @@ class Handler(BaseHTTPRequestHandler):
             if when is not None and mtime <= when:
                 return self._send(304, headers=validators)
         self._send(200, doc, headers=validators, content_type="application/json")
+
+    def _mode_304(self, body):
+        with self.st.lock:
+            validators = [("ETag", self.st.etag), ("Last-Modified", self.st.last_modified)]
+        self._send(304, headers=validators)
 
     def _mode_500(self, body):
         self._send(500, b"internal server error (fixture)\n")
@@ -342,10 +403,13 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(400, b"Bad Request\n")
             token = secrets.token_urlsafe(32)
             with st.lock:
+                if st.token_override is not None:
+                    token = st.token_override
                 ttl = min(ttl, st.token_ttl_max)
                 st.tokens[token] = time.monotonic() + ttl
-            return self._send(200, token.encode(),
-                              headers=[("X-aws-ec2-metadata-token-ttl-seconds", str(ttl))])
+                ttl_header = st.token_ttl_header if st.token_ttl_header is not None else str(ttl)
+            return self._send(200, token.encode("latin-1", "replace"),
+                              headers=[("X-aws-ec2-metadata-token-ttl-seconds", ttl_header)])
         if self.command not in ("GET", "HEAD"):
             return self._send(405, b"Method Not Allowed\n")
         token = self.headers.get("X-aws-ec2-metadata-token")

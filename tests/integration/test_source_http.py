@@ -151,3 +151,183 @@ def test_imds_404_no_user_data(make_agent, imds):
     assert a.runs() == []
     imds.set(user_data=json.dumps(simple_stack()))
     a.wait_runs(3, timeout=30)
+
+
+# ---- issue 9, kind 5: a source poisoned by what a server sent, or left with a stale error ----
+
+def statuses(fx):
+    return [r.get("status") for r in fx.log()]
+
+
+def test_http_huge_etag_no_431_loop(make_agent, fx):
+    """One 200 with a 90 KB ETag made every later request fail with 431, reload included."""
+    fx.set(etag='"' + "e" * 90000 + '"')
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    n = len(fx.log())
+    wait_for(lambda: len(fx.log()) >= n + 2, what="two more polls")
+    assert error_of(a) is None
+    assert 431 not in statuses(fx)
+    assert all("if-none-match" not in r["headers"] for r in fx.log())
+    # The server comes to its senses: the next document is picked up, on a
+    # poll and on a reload.
+    fx.set(etag=None)
+    fx.set_stack(doc(simple_stack(extra={"v": 2})))
+    a.wait_runs(4)
+    fx.set_stack(doc(simple_stack(extra={"v": 3})))
+    a.ctl("reload", check=0)
+    a.wait_runs(5)
+    assert error_of(a) is None and 431 not in statuses(fx)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("etag", '"a\rb"'),
+    ("etag", '"a\x01b"'),
+    ("last_modified", "Mon, 30 Nov 2026 12:00:00 GMT " + "x" * 20000),
+    ("last_modified", "Mon, 30 Nov 2026\r 12:00:00 GMT"),
+], ids=["etag-cr", "etag-ctl", "last-modified-20k", "last-modified-cr"])
+def test_http_hostile_validator_not_sent_back(make_agent, fx, key, value):
+    fx.set(**{key: value})
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    n = len(fx.log())
+    wait_for(lambda: len(fx.log()) >= n + 2, what="two more polls")
+    assert error_of(a) is None
+    for r in fx.log():
+        h = r["headers"]
+        assert "\r" not in h.get("if-none-match", "") and "\x01" not in h.get("if-none-match", "")
+        assert len(h.get("if-modified-since", "")) < 64
+    assert 431 not in statuses(fx)
+    fx.set(**{key: None})
+    fx.set_stack(doc(simple_stack(extra={"v": 2})))
+    a.wait_runs(4)
+
+
+@pytest.mark.parametrize("value", ['"a\nb"', '"a\x00b"'], ids=["etag-lf", "etag-nul"])
+def test_http_etag_lf_nul_is_an_error_then_recovers(make_agent, fx, value):
+    """libcurl refuses such a header line: the answer is an error, never a stored validator."""
+    fx.set(etag=value)
+    a = http_agent(make_agent, fx.url()).start()
+    wait_for(lambda: error_of(a), what="the error")
+    assert fx.url() in error_of(a)
+    fx.set(etag=None)
+    a.wait_runs(3)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+    assert all("if-none-match" not in r["headers"] or r["headers"]["if-none-match"].endswith('"')
+               for r in fx.log())
+
+
+@pytest.mark.parametrize("then", ["stack", "304"])
+def test_http_500_then_304s_clears_error(make_agent, fx, then):
+    """A 500 followed by endless 304s left 'HTTP 500' in status for good."""
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    rev = a.status()["source"]["stack_revision"]
+    fx.set(mode="500")
+    wait_for(lambda: error_of(a) and "HTTP 500" in error_of(a), what="the 500 in status")
+    fx.set(mode=then)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+    assert 304 in statuses(fx)
+    st = a.status()
+    assert st["source"]["stack_revision"] == rev and len(a.runs()) == 3
+
+
+def test_http_304_to_first_request_is_an_error(make_agent, fx):
+    """A 304 to the first, unconditional request left no stack and no error."""
+    fx.set(mode="304")
+    a = http_agent(make_agent, fx.url()).start()
+    wait_for(lambda: error_of(a) and "304" in error_of(a), what="the 304 error")
+    assert fx.url() in error_of(a)
+    assert a.status()["source"]["stack_revision"] is None and a.runs() == []
+    # Asked again without validators, and a later 200 is applied.
+    wait_for(lambda: len(fx.log()) >= 2, what="another request")
+    assert all("if-none-match" not in r["headers"] for r in fx.log())
+    fx.set(mode="stack")
+    a.wait_runs(3)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+
+
+def test_http_rejected_stack_stays_rejected_after_500_and_304(make_agent, fx):
+    """A 304 confirms the document we have; if that one was rejected, status keeps saying why."""
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    fx.set_stack(b'{"opsworks": 1}')
+    wait_for(lambda: error_of(a) and "stack rejected" in error_of(a), what="the rejection")
+    fx.set(mode="500")
+    wait_for(lambda: error_of(a) and "HTTP 500" in error_of(a), what="the 500 in status")
+    fx.set(mode="stack")
+    wait_for(lambda: error_of(a) and "stack rejected" in error_of(a), what="the rejection again")
+    fx.set_stack(doc(simple_stack(extra={"v": 2})))
+    a.wait_runs(4)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+
+
+def test_http_4xx_forgets_validators(make_agent, fx):
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    # The conditional GET's If-Modified-Since line is longer than 30 bytes.
+    fx.set(max_header_bytes=30)
+    wait_for(lambda: 431 in statuses(fx), what="a 431")
+    log = fx.log()
+    i = statuses(fx).index(431)
+    wait_for(lambda: len(fx.log()) > i + 1, what="the next request")
+    nxt = fx.log()[i + 1]
+    assert "if-none-match" not in nxt["headers"] and "if-modified-since" not in nxt["headers"]
+    assert nxt["status"] == 200
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+    assert log
+
+
+# ---- imds: the same kind ----
+
+def test_imds_granted_token_ttl_is_used(make_agent, imds):
+    """A token TTL shorter than asked: renewed in time, no 401 on every poll."""
+    imds.set(token_ttl_max=4)
+    a = imds_agent(make_agent, imds).start()
+    a.wait_runs(3)
+    wait_for(lambda: sum(r["path"] == "/latest/user-data" for r in imds.log()) >= 6, timeout=20,
+             what="six polls")
+    assert 401 not in statuses(imds)
+    assert sum(r["method"] == "PUT" for r in imds.log()) >= 2
+    assert error_of(a) is None
+
+
+@pytest.mark.parametrize("ttl", ["99999999999999999999999", "-1", "0", "abc"])
+def test_imds_hostile_token_ttl(make_agent, imds, ttl):
+    imds.set(token_ttl_header=ttl)
+    a = imds_agent(make_agent, imds).start()
+    a.wait_runs(3)
+    wait_for(lambda: sum(r["path"] == "/latest/user-data" for r in imds.log()) >= 2, what="two polls")
+    assert error_of(a) is None
+    assert sum(r["method"] == "PUT" for r in imds.log()) == 1
+
+
+def test_imds_oversized_token_refused_then_recovers(make_agent, imds):
+    imds.set(token="t" * 2000)
+    a = imds_agent(make_agent, imds).start()
+    wait_for(lambda: error_of(a) and "/latest/api/token" in error_of(a), what="the token error")
+    assert not any(r["path"] == "/latest/user-data" for r in imds.log())
+    assert a.runs() == []
+    imds.set(token=None)
+    a.wait_runs(3)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+
+
+def test_imds_hostile_metadata_refused(make_agent, imds):
+    imds.set(instance_id='i-0abc"\\/x', region="r" * 300)
+    a = imds_agent(make_agent, imds).start()
+    wait_for(lambda: error_of(a) and "malformed" in error_of(a), what="the error")
+    assert "instance_id" not in a.status()["source"]
+    imds.set(instance_id="i-0abc")
+    wait_for(lambda: error_of(a) and "region" in error_of(a), what="the region error")
+    imds.set(region="eu-west-1")
+    a.wait_runs(3)
+    st = a.status()["source"]
+    assert st["instance_id"] == "i-0abc" and st["region"] == "eu-west-1" and st["error"] is None
+
+
+def test_imds_huge_header_ignored(make_agent, imds):
+    imds.set(headers=[["X-Junk", "j" * 90000]])
+    a = imds_agent(make_agent, imds).start()
+    a.wait_runs(3)
+    assert error_of(a) is None

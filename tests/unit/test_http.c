@@ -275,6 +275,7 @@ struct result {
 	size_t body_len;
 	char *etag;
 	char *last_modified;
+	char *captured;
 	bool truncated;
 	int64_t done_usec;
 };
@@ -285,6 +286,7 @@ static void result_clear(struct result *res)
 	free(res->body);
 	free(res->etag);
 	free(res->last_modified);
+	free(res->captured);
 	*res = (struct result){ 0 };
 }
 
@@ -301,6 +303,7 @@ static void on_result(void *userdata, const struct http_response *r)
 	res->body_len = r->body_len;
 	res->etag = r->etag ? xstrdup(r->etag) : NULL;
 	res->last_modified = r->last_modified ? xstrdup(r->last_modified) : NULL;
+	res->captured = r->captured ? xstrdup(r->captured) : NULL;
 	res->truncated = r->truncated;
 	res->done_usec = time_monotonic_usec();
 	if (r->error)
@@ -459,6 +462,187 @@ static void test_http_body_cap(void **state)
 	assert_false(res.truncated);
 	assert_int_equal(res.body_len, 1000);
 	result_clear(&res);
+}
+
+/* fixture_set() with one setting whose value is a string of any bytes
+ * (len of them), or JSON null when value is NULL. */
+static void fixture_set_bytes(const char *key, const char *value, size_t len)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, key, value ? json_stringn(value, len) : json_null());
+	_cleanup_free_ char *body = json_dumps(o, 0);
+	json_decref(o);
+	assert_non_null(body);
+	fixture_set(body);
+}
+
+static void fixture_set_str(const char *key, const char *value)
+{
+	fixture_set_bytes(key, value, value ? strlen(value) : 0);
+}
+
+/* '"' + n times c + '"' */
+static char *quoted_run(size_t n, char c)
+{
+	char *v = xmalloc(n + 3);
+	v[0] = '"';
+	memset(v + 1, c, n);
+	v[n + 1] = '"';
+	v[n + 2] = '\0';
+	return v;
+}
+
+static void test_http_hostile_validators_dropped(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	_cleanup_free_ char *huge = quoted_run(90 * 1000, 'e'), *just_over = quoted_run(HTTP_VALIDATOR_MAX - 1, 'e'),
+			     *at_cap = quoted_run(HTTP_VALIDATOR_MAX - 2, 'e');
+	static const struct {
+		const char *etag;
+		size_t len;
+	} bad[] = {
+		{ "\"a\rb\"", 5 }, { "\"a\nb\"", 5 }, { "\"a\0b\"", 5 }, { "\"a\x01" "b\"", 5 }, { "\"a\x7f" "b\"", 5 },
+		{ "\"open", 5 },   { "\"a\"b\"", 5 }, { "W/", 2 },       { "a b", 3 },
+	};
+	struct result res = { 0 };
+
+	/* The body of such an answer is still good; only the validator goes. */
+	fixture_set_str("etag", huge);
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_null(res.error);
+	assert_int_equal(res.status, 200);
+	assert_string_equal(res.body, STACK_DOC);
+	assert_null(res.etag);
+	assert_non_null(res.last_modified); /* the real one */
+
+	fixture_set_str("etag", just_over);
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_null(res.etag);
+	fixture_set_str("etag", at_cap);
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_string_equal(res.etag, at_cap);
+
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+		fixture_set_bytes("etag", bad[i].etag, bad[i].len);
+		fetch(t, &(struct http_options){ .url = url }, &res);
+		/* libcurl itself refuses a header line split by a bare LF or
+		 * holding a NUL; whatever it lets through, we drop. */
+		if (!res.error)
+			assert_int_equal(res.status, 200);
+		if (res.etag)
+			fail_msg("ETag %zu kept as \"%s\"", i, res.etag);
+	}
+	fixture_set_str("etag", "W/\"weak-1\"");
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_string_equal(res.etag, "W/\"weak-1\"");
+	fixture_set_str("etag", "bare-token");
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_string_equal(res.etag, "bare-token");
+
+	/* Last-Modified: a date, short, clean. */
+	fixture_set_str("last_modified", "Mon, 30 Nov 2026 12:00:00 GMT");
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_string_equal(res.last_modified, "Mon, 30 Nov 2026 12:00:00 GMT");
+	static const char *bad_dates[] = { "yesterday", "Mon, 30 Nov 2026 12:00:00 GMT\x01", "Mon, 30 Nov\r 2026 12:00:00 GMT" };
+	for (size_t i = 0; i < ELEMENTSOF(bad_dates); i++) {
+		fixture_set_str("last_modified", bad_dates[i]);
+		fetch(t, &(struct http_options){ .url = url }, &res);
+		assert_int_equal(res.status, 200);
+		assert_null(res.last_modified);
+	}
+	_cleanup_free_ char *long_date = xmalloc(20000 + 1);
+	memset(long_date, 'x', 20000);
+	memcpy(long_date, "Mon, 30 Nov 2026 12:00:00 GMT ", 30);
+	long_date[20000] = '\0';
+	fixture_set_str("last_modified", long_date);
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_int_equal(res.status, 200);
+	assert_null(res.last_modified);
+	result_clear(&res);
+}
+
+static void test_http_response_header_caps(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	_cleanup_free_ char *want = xasprintf("%s: response headers larger than 262144 bytes", url);
+	struct result res = { 0 };
+	json_t *headers = json_array();
+	char *line = xmalloc(7001);
+
+	/* One 90 KB line is ignored, the answer is good. */
+	char *huge = xmalloc(90001);
+	memset(huge, 'j', 90000);
+	huge[90000] = '\0';
+	json_t *o = json_pack("{s:[[s,s]]}", "headers", "X-Junk", huge);
+	free(huge);
+	_cleanup_free_ char *body = json_dumps(o, 0);
+	json_decref(o);
+	fixture_set(body);
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_null(res.error);
+	assert_int_equal(res.status, 200);
+	assert_string_equal(res.body, STACK_DOC);
+	assert_non_null(res.etag);
+
+	/* 40 lines of 7 KB: more than any real server sends, less than
+	 * libcurl's own limit. */
+	memset(line, 'k', 7000);
+	line[7000] = '\0';
+	for (int i = 0; i < 40; i++)
+		json_array_append_new(headers, json_pack("[s,s]", "X-Junk", line));
+	free(line);
+	o = json_pack("{s:o}", "headers", headers);
+	free(body);
+	body = json_dumps(o, 0);
+	json_decref(o);
+	fixture_set(body);
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_string_equal(res.error, want);
+	result_clear(&res);
+}
+
+static void test_http_captured_header(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	struct result res = { 0 };
+
+	/* Any case in the name; the value trimmed. */
+	fixture_set("{\"headers\": [[\"X-Ttl\", \"300 \"]]}");
+	fetch(t, &(struct http_options){ .url = url, .capture_header = "x-ttl" }, &res);
+	assert_string_equal(res.captured, "300");
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_null(res.captured);
+	/* Nothing with a control character in it. */
+	fixture_set("{\"headers\": [[\"X-Ttl\", \"3\\u00010\"]]}");
+	fetch(t, &(struct http_options){ .url = url, .capture_header = "X-Ttl" }, &res);
+	assert_null(res.captured);
+	result_clear(&res);
+}
+
+static void test_http_unsafe_validators_refused(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	_cleanup_free_ char *big = quoted_run(HTTP_VALIDATOR_MAX, 'e');
+	struct http_request *req = NULL;
+
+	assert_int_equal(http_request_start(t->http, &(struct http_options){ .url = url, .if_none_match = big },
+					    on_result, NULL, &req),
+			 -EINVAL);
+	assert_int_equal(http_request_start(t->http, &(struct http_options){ .url = url, .if_none_match = "\"a\x01\"" },
+					    on_result, NULL, &req),
+			 -EINVAL);
+	assert_int_equal(http_request_start(t->http,
+					    &(struct http_options){ .url = url, .if_modified_since = "not a date" },
+					    on_result, NULL, &req),
+			 -EINVAL);
+	static const char *hdr[] = { "X-A: b\x01", NULL };
+	assert_int_equal(http_request_start(t->http, &(struct http_options){ .url = url, .headers = hdr }, on_result,
+					    NULL, &req),
+			 -EINVAL);
 }
 
 static int closed_port(void)
@@ -679,10 +863,20 @@ static void test_http_free_from_callback(void **state)
 struct events {
 	int docs;
 	int errors;
+	int unchanged;   /* on_unchanged calls */
+	bool need_again; /* what on_unchanged answers: the document again, please */
 	char *doc;       /* the last */
 	char *error;     /* the last */
 	char *first_error;
 };
+
+static bool on_unchanged(void *userdata)
+{
+	struct events *ev = userdata;
+	ev->unchanged++;
+	uv_stop(test_loop);
+	return !ev->need_again;
+}
 
 static void on_document(void *userdata, const char *data, size_t len)
 {
@@ -714,7 +908,9 @@ static void events_clear(struct events *ev)
 
 static struct source *source_open(struct t *t, const char *url, struct events *ev)
 {
-	static const struct source_callbacks cbs = { .on_document = on_document, .on_error = on_error };
+	static const struct source_callbacks cbs = { .on_document = on_document,
+						     .on_error = on_error,
+						     .on_unchanged = on_unchanged };
 	_cleanup_free_ char *error = NULL;
 	struct source *s = NULL;
 
@@ -908,6 +1104,226 @@ static void test_source_http_stop_in_flight(void **state)
 	events_clear(&ev);
 }
 
+static bool log_has_status(json_t *log, long status)
+{
+	for (size_t i = 0; i < json_array_size(log); i++)
+		if (json_integer_value(json_object_get(json_array_get(log, i), "status")) == status)
+			return true;
+	return false;
+}
+
+/* Runs the loop until the source has made n more fetches. */
+static void wait_fetches(struct t *t, struct source *s, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int64_t last = s->last_fetch_usec;
+		assert_true(RUN_UNTIL(&t->loop, s->last_fetch_usec > last, 5000));
+	}
+}
+
+/* issue 9: one 200 with a 90 KB ETag made every later GET fail with 431. */
+static void test_source_http_huge_etag_no_431(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	_cleanup_free_ char *huge = quoted_run(90 * 1000, 'e');
+	struct events ev = { 0 };
+	struct source *s;
+
+	fixture_set_str("etag", huge);
+	s = source_open(t, url, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 3000));
+	wait_fetches(t, s, 2);
+	assert_int_equal(ev.errors, 0);
+	json_t *log = fixture_log();
+	assert_false(log_has_status(log, 431));
+	for (size_t i = 0; i < json_array_size(log); i++)
+		assert_null(log_header(log, i, "if-none-match"));
+	json_decref(log);
+
+	/* A normal document is picked up on the next poll. */
+	fixture_set_str("etag", NULL);
+	assert_int_equal(ctl("POST", "/_ctl/stack", "{\"v\": 7}", NULL), 200);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 2, 3000));
+	assert_string_equal(ev.doc, "{\"v\": 7}");
+	assert_int_equal(ev.errors, 0);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
+/* Validators that must not be sent back: polling goes on without errors. */
+static void test_source_http_hostile_validators(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	_cleanup_free_ char *long_lm = xmalloc(20001);
+	static const struct {
+		const char *key, *value;
+	} cases[] = {
+		{ "etag", "\"a\rb\"" },
+		{ "etag", "\"a\x01" "b\"" },
+		{ "last_modified", NULL }, /* long_lm */
+		{ "last_modified", "Mon, 30 Nov 2026\r 12:00:00 GMT" },
+	};
+
+	memset(long_lm, 'x', 20000);
+	memcpy(long_lm, "Mon, 30 Nov 2026 12:00:00 GMT ", 30);
+	long_lm[20000] = '\0';
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		struct events ev = { 0 };
+		struct source *s;
+
+		assert_int_equal(ctl("POST", "/_ctl/reset", "", NULL), 200);
+		fixture_set_str(cases[i].key, cases[i].value ? cases[i].value : long_lm);
+		s = source_open(t, url, &ev);
+		assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 3000));
+		wait_fetches(t, s, 2);
+		if (ev.errors)
+			fail_msg("case %zu: %s", i, ev.error);
+		json_t *log = fixture_log();
+		assert_false(log_has_status(log, 431));
+		for (size_t j = 0; j < json_array_size(log); j++) {
+			const char *inm = log_header(log, j, "if-none-match");
+			const char *ims = log_header(log, j, "if-modified-since");
+			assert_true(!inm || !strpbrk(inm, "\r\n\x01"));
+			assert_true(!ims || strlen(ims) < 64);
+		}
+		json_decref(log);
+		source_close(t);
+		events_clear(&ev);
+	}
+}
+
+/* A 4xx may be the server refusing what we sent back: the next GET is
+ * unconditional. */
+static void test_source_http_4xx_forgets_validators(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	struct events ev = { 0 };
+	size_t i;
+
+	(void)source_open(t, url, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 3000));
+	/* If-Modified-Since lines are longer than 30 bytes, the others not. */
+	fixture_set("{\"max_header_bytes\": 30}");
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 2, 5000));
+	assert_int_equal(ev.errors, 1);
+	assert_non_null(strstr(ev.first_error, "HTTP 431"));
+	json_t *log = fixture_log();
+	for (i = 0; i < json_array_size(log); i++)
+		if (json_integer_value(json_object_get(json_array_get(log, i), "status")) == 431)
+			break;
+	assert_true(i + 1 < json_array_size(log));
+	assert_non_null(log_header(log, i, "if-none-match"));
+	assert_null(log_header(log, i + 1, "if-none-match"));
+	assert_null(log_header(log, i + 1, "if-modified-since"));
+	json_decref(log);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
+/* issue 9: a 500 then endless 304s left the 500 in status for good. */
+static void test_source_http_500_then_304_clears(void **state)
+{
+	static const char *modes[] = { "stack", "304" };
+
+	for (size_t i = 0; i < ELEMENTSOF(modes); i++) {
+		struct t *t = *state;
+		_cleanup_free_ char *url = fixture_url("/stack.json");
+		struct events ev = { 0 };
+
+		assert_int_equal(ctl("POST", "/_ctl/reset", "", NULL), 200);
+		(void)source_open(t, url, &ev);
+		assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 3000));
+		fixture_mode("500");
+		assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
+		ev.unchanged = 0;
+		fixture_mode(modes[i]);
+		assert_true(RUN_UNTIL(&t->loop, ev.unchanged == 1, 5000));
+		assert_int_equal(ev.docs, 1);
+		assert_int_equal(ev.errors, 1);
+		source_close(t);
+		events_clear(&ev);
+	}
+}
+
+/* When the receiver lost track of the document, a 304 makes the source
+ * fetch it whole at once. */
+static void test_source_http_304_need_again(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	struct events ev = { 0 };
+
+	(void)source_open(t, url, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 3000));
+	ev.need_again = true;
+	assert_true(RUN_UNTIL(&t->loop, ev.unchanged == 1, 3000));
+	ev.need_again = false;
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 2, 3000));
+	assert_string_equal(ev.doc, STACK_DOC);
+	json_t *log = fixture_log();
+	size_t n = json_array_size(log);
+	assert_int_equal(json_integer_value(json_object_get(json_array_get(log, n - 2), "status")), 304);
+	assert_null(log_header(log, n - 1, "if-none-match"));
+	json_decref(log);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
+/* issue 9: a 304 to the first, unconditional GET left no stack and no error. */
+static void test_source_http_304_without_base(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	_cleanup_free_ char *want = xasprintf("GET %s: HTTP 304", url);
+	struct events ev = { 0 };
+
+	fixture_mode("304");
+	(void)source_open(t, url, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.errors == 2, 5000));
+	assert_true(strncmp(ev.error, want, strlen(want)) == 0);
+	assert_int_equal(ev.docs, 0);
+	assert_int_equal(ev.unchanged, 0);
+	json_t *log = fixture_log();
+	for (size_t i = 0; i < json_array_size(log); i++)
+		assert_null(log_header(log, i, "if-none-match"));
+	json_decref(log);
+
+	fixture_mode("stack");
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
+	assert_string_equal(ev.doc, STACK_DOC);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
+/* A reload fetches the whole document, whatever validators we hold. */
+static void test_source_http_reload_unconditional(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	struct events ev = { 0 };
+	struct source *s;
+
+	t->config.poll_interval = 3600;
+	s = source_open(t, url, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 3000));
+	source_reload(s);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 2, 3000));
+	json_t *log = fixture_log();
+	assert_int_equal(json_array_size(log), 2);
+	assert_null(log_header(log, 1, "if-none-match"));
+	json_decref(log);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
 /* ---- imds: ---- */
 
 static struct source *imds_open(struct t *t, struct events *ev)
@@ -1074,6 +1490,93 @@ static void test_imds_unreachable(void **state)
 	events_clear(&ev);
 }
 
+/* The TTL IMDS grants is the one used: no 401 once a short token expires. */
+static void test_imds_granted_ttl(void **state)
+{
+	struct t *t = *state;
+	struct events ev = { 0 };
+
+	fixture_set("{\"token_ttl_max\": 4}");
+	(void)imds_open(t, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 6, 15000));
+	assert_int_equal(ev.errors, 0);
+	json_t *log = fixture_log();
+	assert_false(log_has_status(log, 401));
+	assert_true(log_count(log, "PUT", "/latest/api/token") >= 2);
+	json_decref(log);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
+/* A TTL outside 1..21600 s, or not a number, counts as the one asked for. */
+static void test_imds_hostile_ttl_header(void **state)
+{
+	static const char *ttls[] = { "99999999999999999999999", "-5", "0", "21601", "12abc", "" };
+
+	for (size_t i = 0; i < ELEMENTSOF(ttls); i++) {
+		struct t *t = *state;
+		struct events ev = { 0 };
+
+		assert_int_equal(ctl("POST", "/_ctl/reset", "", NULL), 200);
+		fixture_set_str("token_ttl_header", ttls[i]);
+		(void)imds_open(t, &ev);
+		assert_true(RUN_UNTIL(&t->loop, ev.docs == 2, 5000));
+		assert_int_equal(ev.errors, 0);
+		json_t *log = fixture_log();
+		assert_int_equal(log_count(log, "PUT", "/latest/api/token"), 1);
+		json_decref(log);
+		source_close(t);
+		events_clear(&ev);
+	}
+}
+
+/* The token goes back in a header: a long one is refused, not echoed. */
+static void test_imds_oversized_token(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *token = xmalloc(2001);
+	struct events ev = { 0 };
+
+	memset(token, 'a', 2000);
+	token[2000] = '\0';
+	fixture_set_str("token", token);
+	(void)imds_open(t, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
+	assert_non_null(strstr(ev.error, "/latest/api/token"));
+	assert_non_null(strstr(ev.error, "token"));
+	assert_int_equal(ev.docs, 0);
+	json_t *log = fixture_log();
+	assert_int_equal(log_count(log, "GET", "/latest/user-data"), 0);
+	json_decref(log);
+
+	fixture_set_str("token", NULL);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
+
+	source_close(t);
+	events_clear(&ev);
+}
+
+/* Instance id and region are shown in status: plain names only. */
+static void test_imds_hostile_metadata(void **state)
+{
+	struct t *t = *state;
+	struct events ev = { 0 };
+	struct source *s;
+
+	fixture_set_str("instance_id", "i-abc/../\"x\"");
+	s = imds_open(t, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
+	assert_non_null(strstr(ev.error, "/latest/meta-data/instance-id: malformed value"));
+	assert_null(s->instance_id);
+	fixture_set_str("instance_id", "i-0abc");
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
+	assert_string_equal(s->instance_id, "i-0abc");
+
+	source_close(t);
+	events_clear(&ev);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1092,6 +1595,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_http_parallel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_free_from_callback, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_hostile_validators_dropped, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_response_header_caps, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_captured_header, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_unsafe_validators_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_200_then_304, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_500_then_recovers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_hang, setup, teardown),
@@ -1105,6 +1612,17 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_imds_403_stops_polling, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_imds_404_no_user_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_imds_unreachable, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_huge_etag_no_431, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_hostile_validators, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_4xx_forgets_validators, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_500_then_304_clears, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_304_need_again, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_304_without_base, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_reload_unconditional, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_imds_granted_ttl, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_imds_hostile_ttl_header, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_imds_oversized_token, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_imds_hostile_metadata, setup, teardown),
 	};
 
 	/* Broken pipes from the fixture must not kill the test. */
