@@ -150,12 +150,20 @@ static void level_set(struct level *l, int fd, const struct stat *st, const stru
 	l->shared_mode = parent && parent->shared ? parent->shared_mode : st->st_mode & 07777;
 }
 
-static int refuse(const char *path, const char *name, const struct level *l)
+static int refuse(const char *path, const char *name, const struct level *l, const struct stat *link)
 {
-	(void)snprintf(refusal, sizeof(refusal),
-		       "refusing to follow the symlink \"%s\" on the way to %s%s: it is in a directory that a user "
-		       "other than root can write, or below one (owner uid %u, mode %04o)",
-		       name, path[0] == '/' ? "" : "/", path, (unsigned)l->shared_uid, (unsigned)l->shared_mode);
+	const char *slash = path[0] == '/' ? "" : "/";
+
+	if (l->shared)
+		(void)snprintf(refusal, sizeof(refusal),
+			       "refusing to follow the symlink \"%s\" on the way to %s%s: it is in a directory that a "
+			       "user other than root can write, or below one (owner uid %u, mode %04o)",
+			       name, slash, path, (unsigned)l->shared_uid, (unsigned)l->shared_mode);
+	else
+		(void)snprintf(refusal, sizeof(refusal),
+			       "refusing to follow the symlink \"%s\" on the way to %s%s: uid %u put it in a sticky "
+			       "directory that others can write (owner uid %u)",
+			       name, slash, path, (unsigned)link->st_uid, (unsigned)l->uid);
 	log_warn("rootfs: %s", refusal);
 	return -ELOOP;
 }
@@ -247,13 +255,13 @@ static int resolve_walk(int rootfd, const char *path, bool want_dir)
 				 * is followed; what it names is then walked
 				 * without following anything. */
 				if (strcmp(name, ROOTFS_MANAGED_LINK) != 0 || !managed_link_text(target)) {
-					r = refuse(path, name, cur);
+					r = refuse(path, name, cur, &st);
 					goto fail;
 				}
 			} else if (cur->sticky && !uid_trusted(st.st_uid) && st.st_uid != cur->uid) {
 				/* /tmp: a link someone else put there (the
 				 * kernel's protected_symlinks rule). */
-				r = refuse(path, name, cur);
+				r = refuse(path, name, cur, &st);
 				goto fail;
 			}
 			if (target[0] == '/')
@@ -462,6 +470,20 @@ bool rootfs_exists(const char *root, const char *path)
 	if (rootfs_open_parent_path(root, path, false, 0, &dfd, &name) < 0)
 		return false;
 	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+int rootfs_create_file_at(int dirfd, const char *name, mode_t mode)
+{
+	struct stat st;
+	int fd;
+
+	if (!name || !*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return -EINVAL;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) &&
+	    unlinkat(dirfd, name, 0) < 0 && errno != ENOENT)
+		return -errno;
+	fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
+	return fd < 0 ? -errno : fd;
 }
 
 int rootfs_mount_id(int dirfd, const char *name, uint64_t *ret)

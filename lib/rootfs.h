@@ -82,6 +82,15 @@ int rootfs_open_parent_path(const char *root, const char *path, bool create_pare
  * (lstat semantics: a dangling symlink exists). Errors count as missing. */
 bool rootfs_exists(const char *root, const char *path);
 
+/* Creates name in dirfd as a new regular file: whatever is there and is
+ * not a directory (a file, a symlink planted by another user) is removed,
+ * not followed, and the file is made with O_CREAT|O_EXCL|O_NOFOLLOW, so the
+ * fd returned is a file this call made. Write the content through that fd
+ * (or /proc/self/fd/N), never the name. Returns a writable fd or a negative
+ * errno (-EEXIST when something raced in between, -EISDIR for a
+ * directory... as openat). */
+int rootfs_create_file_at(int dirfd, const char *name, mode_t mode);
+
 /* The id of the mount that name in dirfd (not followed) is on, from statx's
  * STATX_MNT_ID; name "" means dirfd itself. -EOPNOTSUPP when the kernel does
  * not report it. */
