@@ -590,9 +590,17 @@ static void dir_apply(struct step *s, struct plan_exec *x)
 		mode = (mode_t)-1;
 	/* Metadata through an fd of the directory itself, never a path. */
 	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
+	if (fd < 0) {
+		int e = errno;
+
+		/* Swapped for something else since we looked: a symlink in a
+		 * directory another user can write, typically. */
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+			return plan_step_done(x, STEP_FAILED, "cannot open %s: it is a symlink now (not followed)",
+					      s->target);
 		return plan_step_done(x, STEP_FAILED, "cannot open %s: %s", s->target,
-				      errno == ELOOP || errno == ENOTDIR ? "not a directory" : strerror(errno));
+				      e == ELOOP || e == ENOTDIR ? "not a directory" : strerror(e));
+	}
 	if (fstat(fd, &st) < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %m", s->target);
 	if (meta_owner_differs(&st, uid, gid)) {
