@@ -267,7 +267,9 @@ static int resolve_walk(int rootfd, const char *path, bool want_dir)
 			if (target[0] == '/')
 				while (n > 0)
 					(void)close(stack[--n].fd);
-			next = xasprintf("%s/%s", target, p);
+			/* "link" at the end stays at the end: no "/" after the
+			 * target, which would ask for a directory. */
+			next = *p ? xasprintf("%s%s", target, p) : xstrdup(target);
 			free(todo);
 			todo = next;
 			p = todo;

@@ -627,6 +627,13 @@ static void check_shared_dirs(struct rctx *c)
 	mkdir_owned(c, "/trusted", 0755, 0);
 	plant(c, "/etc", "/trusted/etc");
 	assert_resolves_to(rootfd, c, "/trusted/etc/sudoers.d", "/etc/sudoers.d");
+	/* A link to a file, last in the path (a /dev/disk/by-id link). */
+	p = R(c, "/etc/node");
+	spit(p, "x");
+	free(p);
+	plant(c, "../etc/node", "/trusted/node");
+	assert_resolves_to(rootfd, c, "/trusted/node", "/etc/node");
+	assert_int_equal(rootfs_resolve(rootfd, "/trusted/node/", false), -ENOTDIR);
 	/* deploy_to, the app user's. */
 	mkdir_owned(c, "/app", 0755, OTHER_UID);
 	mkdir_owned(c, "/app/releases", 0755, OTHER_UID);
