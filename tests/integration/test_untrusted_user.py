@@ -91,6 +91,9 @@ def as_user(pw, fn, *args):
             os.setuid(pw.pw_uid)
             fn(*args)
             code = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
         finally:
             os._exit(code)
     return pid
@@ -318,3 +321,57 @@ def test_shared_swapped_for_a_link_during_setups(env):
     p, r = run_event(a, "setup")
     assert r["status"] == "success", (r, run_steps(a, r["id"]))
     assert os.stat(shared).st_uid == pw.pw_uid
+
+
+def test_planted_archive_name_in_a_cache_dir(env, tmpdir_agent):
+    # agentd downloads a cache archive, as root, into a directory of the
+    # app user's: a link planted under the download's name is not written
+    # through (it was opened O_TRUNC, following it).
+    import http.server
+    import io
+    import tarfile
+    import threading
+    a, pw, outside = env
+    dt = os.path.join(a.root, DEPLOY_TO)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        info = tarfile.TarInfo("cached/base.cfg")
+        info.size = 4
+        t.addfile(info, io.BytesIO(b"x=1\n"))
+    data = buf.getvalue()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        dist = os.path.join(dt, "shared/downloads/agtest-cache")
+
+        def plant():
+            os.mkdir(dist, 0o750)
+            os.symlink(os.path.join(outside, "etc/passwd"), os.path.join(dist, ".agentd-fetch.tar.gz"))
+        run_as_user(pw, plant)
+        before = host_snapshot(a, outside)
+        stack = json.load(open(a.stack_path))
+        stack["deploy"]["plone_instances"]["buildout_cache_archives"] = [
+            {"url": f"http://127.0.0.1:{srv.server_address[1]}/cache.tar.gz", "path": "shared/downloads/agtest-cache"}]
+        a.write_stack(stack)
+        wait_for(lambda: len(a.finished_runs()) > 3 and a.wait_idle(timeout=120), timeout=180,
+                 what="the run after the stack change")
+        p, r = run_event(a, "setup")
+        assert r["status"] == "success", (r, run_steps(a, r["id"]))
+        assert_unchanged(before, host_snapshot(a, outside))
+        st = os.stat(os.path.join(dist, "cached/base.cfg"))
+        assert st.st_uid == pw.pw_uid
+        assert not os.path.lexists(os.path.join(dist, ".agentd-fetch.tar.gz"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
