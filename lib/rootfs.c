@@ -33,7 +33,7 @@ void rootfs_force_fallback(bool on)
 
 const char *rootfs_strerror(int r)
 {
-	if (r == -ELOOP && refusal[0])
+	if ((r == -ELOOP || r == -EPERM) && refusal[0])
 		return refusal;
 	return strerror(r < 0 ? -r : r);
 }
@@ -176,7 +176,7 @@ static int refuse(const char *path, const char *name, const struct level *l, con
  * walked, never above the root. No lookup ever goes through the kernel's
  * own "..", symlink or magic-link following, so nothing leaves rootfd, and
  * no link that another user could have planted or swapped in is followed. */
-static int resolve_walk(int rootfd, const char *path, bool want_dir)
+static int resolve_walk(int rootfd, const char *path, bool want_dir, bool private)
 {
 	struct level stack[ROOTFS_MAX_DEPTH];
 	struct level top;
@@ -216,6 +216,18 @@ static int resolve_walk(int rootfd, const char *path, bool want_dir)
 			if (n > 0)
 				(void)close(stack[--n].fd);
 			continue;
+		}
+		if (private && cur->shared) {
+			/* The caller will use the path as a string (mount(2)):
+			 * a name in a shared directory could be swapped under it. */
+			(void)snprintf(refusal, sizeof(refusal),
+				       "refusing %s%s: \"%s\" is looked up in a directory that a user other than root "
+				       "can write, or below one (owner uid %u, mode %04o)",
+				       path[0] == '/' ? "" : "/", path, name, (unsigned)cur->shared_uid,
+				       (unsigned)cur->shared_mode);
+			log_warn("rootfs: %s", refusal);
+			r = -EPERM;
+			goto fail;
 		}
 		fd = open_component(cur->fd, name);
 		if (fd < 0) {
@@ -318,7 +330,7 @@ fail:
 	return r;
 }
 
-int rootfs_resolve(int rootfd, const char *path, bool want_dir)
+static int resolve(int rootfd, const char *path, bool want_dir, bool private)
 {
 	const char *rel;
 
@@ -330,7 +342,17 @@ int rootfs_resolve(int rootfd, const char *path, bool want_dir)
 	rel = path + strspn(path, "/");
 	if (!*rel)
 		rel = ".";
-	return resolve_walk(rootfd, rel, want_dir);
+	return resolve_walk(rootfd, rel, want_dir, private);
+}
+
+int rootfs_resolve(int rootfd, const char *path, bool want_dir)
+{
+	return resolve(rootfd, path, want_dir, false);
+}
+
+int rootfs_resolve_private(int rootfd, const char *path, bool want_dir)
+{
+	return resolve(rootfd, path, want_dir, true);
 }
 
 /* Splits path into its components (no empty ones, no "."); -EINVAL for "..". */

@@ -64,6 +64,13 @@ int rootfs_open(const char *root);
  * the fd or a negative errno (-ENOENT, -ENOTDIR, -ELOOP, ...). */
 int rootfs_resolve(int rootfd, const char *path, bool want_dir);
 
+/* The same, for a caller that must then use the path as a string (mount(2)
+ * and umount(2) through libmount and its helpers take a path): fails with
+ * -EPERM (rootfs_strerror() says why) when any name of it is looked up in a
+ * shared directory, where another user could swap it between this
+ * resolution and that use. The final directory itself may be anyone's. */
+int rootfs_resolve_private(int rootfd, const char *path, bool want_dir);
+
 /* Resolves the parent directory of path inside rootfd (as rootfs_resolve)
  * and returns it as an O_PATH directory fd in *ret_dirfd, with the final
  * component, which is not resolved, in *ret_name (malloc'd). With
@@ -97,8 +104,9 @@ int rootfs_create_file_at(int dirfd, const char *name, mode_t mode);
 int rootfs_mount_id(int dirfd, const char *name, uint64_t *ret);
 
 /* strerror(-r), except for the -ELOOP of a refused symlink (the rule
- * above): then a sentence naming the link, the path and the shared
- * directory's owner and mode. Valid until the next resolution. */
+ * above) or the -EPERM of rootfs_resolve_private(): then a sentence naming
+ * the link or name, the path and the shared directory's owner and mode.
+ * Valid until the next resolution. */
 const char *rootfs_strerror(int r);
 
 /* Whether a user other than root (or agentd) can change the entries of the

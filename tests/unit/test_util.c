@@ -720,6 +720,19 @@ static void check_shared_dirs(struct rctx *c)
 	assert_int_equal(rootfs_open_parent(rootfd, "/app/shared/new/x", true, 0755, &dfd, &name), 0);
 	free(name);
 	close(dfd);
+	/* For a path used as a string later (mount): no name may be looked
+	 * up in a shared directory; the final directory may be anyone's. */
+	fd = rootfs_resolve_private(rootfd, "/app", true);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = rootfs_resolve_private(rootfd, "/trusted/etc/sudoers.d", true);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = rootfs_resolve_private(rootfd, "/app/releases/r1", true);
+	assert_int_equal(fd, -EPERM);
+	assert_non_null(strstr(rootfs_strerror(fd), "releases"));
+	assert_int_equal(rootfs_resolve_private(rootfd, "/trusted/app/shared", true), -EPERM);
+	assert_int_equal(rootfs_resolve_private(rootfd, "/gw/x", true), -EPERM);
 	/* Existence checks see the link, never what it points at. */
 	assert_true(rootfs_exists(c->root, "/app/evil"));
 	assert_false(rootfs_exists(c->root, "/app/evil/README"));
