@@ -9,10 +9,12 @@
  *
  * Paths: file, dir, link and absent steps (and exec's cwd and unless_exists)
  * never use a path joined under root as a string. They open the parent of
- * their path inside root (rootfs_open_parent: every symlink resolved as if
- * root were "/") and act relative to that fd on the final component only,
- * with calls that do not follow it; metadata is changed through an fd of the
- * object itself, never by path. */
+ * their path inside root (rootfs_open_parent: a symlink resolved as if root
+ * were "/", and none followed in or below a directory another user can
+ * write, see rootfs.h) and act relative to that fd on the final component
+ * only, with calls that do not follow it; metadata is changed through an fd
+ * of the object itself, never by path, and in a directory another user can
+ * write a file is never adopted as it is: it is written anew. */
 #include "plan.h"
 
 #include <dirent.h>
