@@ -115,6 +115,6 @@ const char *rootfs_strerror(int r);
  * shared. */
 bool rootfs_dir_shared(int dirfd);
 
-/* For tests: force the openat(O_NOFOLLOW) resolution (true) or go back to openat2
- * when the kernel has it (false). */
+/* For tests: force the openat(O_NOFOLLOW) resolution (true) or go back to
+ * openat2 when the kernel has it (false). */
 void rootfs_force_fallback(bool on);
