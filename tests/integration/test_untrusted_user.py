@@ -30,8 +30,8 @@ def app_user():
                     "/usr/sbin/nologin", name], check=True)
     pw = pwd.getpwnam(name)
     yield pw
-    # Whatever still runs as the user (a swapper, a program) goes first.
-    subprocess.run(["pkill", "-KILL", "-u", str(pw.pw_uid)], check=False)
+    # The swappers are killed by their tests, the programs with supervisord
+    # (the env fixture, torn down before this one).
     subprocess.run(["userdel", name], check=False)
     subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
 
