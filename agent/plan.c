@@ -9,10 +9,12 @@
  *
  * Paths: file, dir, link and absent steps (and exec's cwd and unless_exists)
  * never use a path joined under root as a string. They open the parent of
- * their path inside root (rootfs_open_parent: every symlink resolved as if
- * root were "/") and act relative to that fd on the final component only,
- * with calls that do not follow it; metadata is changed through an fd of the
- * object itself, never by path. */
+ * their path inside root (rootfs_open_parent: a symlink resolved as if root
+ * were "/", and none followed in or below a directory another user can
+ * write, see rootfs.h) and act relative to that fd on the final component
+ * only, with calls that do not follow it; metadata is changed through an fd
+ * of the object itself, never by path, and in a directory another user can
+ * write a file is never adopted as it is: it is written anew. */
 #include "plan.h"
 
 #include <dirent.h>
@@ -300,7 +302,7 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 		return r;
 	r = open_parent(d->root, d->path, false, &dfd, &name);
 	if (r < 0 && r != -ENOENT) {
-		*ret_error = xasprintf("cannot open the directory of %s: %s", s->target, strerror(-r));
+		*ret_error = xasprintf("cannot open the directory of %s: %s", s->target, rootfs_strerror(r));
 		return r;
 	}
 	fd = r < 0 ? r : file_open_existing_at(dfd, name, &st);
@@ -351,6 +353,7 @@ static void file_apply(struct step *s, struct plan_exec *x)
 	_cleanup_close_ int fd = -1, dfd = -1;
 	mode_t mode = d->mode;
 	struct stat st;
+	bool shared;
 	uid_t uid;
 	gid_t gid;
 	int r;
@@ -362,7 +365,8 @@ static void file_apply(struct step *s, struct plan_exec *x)
 	r = open_parent(d->root, d->path, true, &dfd, &name);
 	if (r < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot create the directory of %s: %s", s->target,
-				      strerror(-r));
+				      rootfs_strerror(r));
+	shared = rootfs_dir_shared(dfd);
 	fd = file_open_existing_at(dfd, name, &st);
 	if (fd == -EISDIR)
 		return plan_step_done(x, STEP_FAILED, "%s is a directory", s->target);
@@ -372,6 +376,19 @@ static void file_apply(struct step *s, struct plan_exec *x)
 		r = file_content_equal(fd, &st, d->content, d->len);
 		if (r < 0)
 			return plan_step_done(x, STEP_FAILED, "cannot read %s: %s", s->target, strerror(-r));
+		/* In a directory another user can write, a file with our
+		 * content is not adopted by changing its owner or mode in
+		 * place: they may hold it open for writing, or it may be
+		 * another file's second name (a hard link). It is written
+		 * anew, under a name created exclusively, and renamed over. */
+		if (r == 1 && shared) {
+			uid_t want_uid = uid == (uid_t)-1 ? geteuid() : uid;
+			gid_t want_gid = gid == (gid_t)-1 ? getegid() : gid;
+
+			if (meta_owner_differs(&st, want_uid, want_gid) ||
+			    meta_mode_differs(&st, mode == (mode_t)-1 ? 0644 : mode) || st.st_nlink > 1)
+				r = 0;
+		}
 		if (r == 1) {
 			bool changed = false;
 
@@ -390,12 +407,13 @@ static void file_apply(struct step *s, struct plan_exec *x)
 			}
 			return plan_step_done(x, changed ? STEP_CHANGED : STEP_UNCHANGED, NULL);
 		}
-		/* Keep what the step does not manage: the old mode and owner. */
-		if (mode == (mode_t)-1)
+		/* Keep what the step does not manage: the old mode and owner;
+		 * not where another user could have planted the old file. */
+		if (!shared && mode == (mode_t)-1)
 			mode = st.st_mode & 07777;
-		if (uid == (uid_t)-1 && st.st_uid != geteuid())
+		if (!shared && uid == (uid_t)-1 && st.st_uid != geteuid())
 			uid = st.st_uid;
-		if (gid == (gid_t)-1 && st.st_gid != getegid())
+		if (!shared && gid == (gid_t)-1 && st.st_gid != getegid())
 			gid = st.st_gid;
 	}
 	if (mode == (mode_t)-1)
@@ -493,7 +511,9 @@ static int dir_state_at(const struct dir_data *d, const char *target, int dfd, c
 		rootfd = rootfs_open(d->root);
 		fd = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, d->path, true);
 		if (fd < 0) {
-			*ret_error = xasprintf("%s is a symlink, not a directory", target);
+			*ret_error = fd == -ELOOP ? xasprintf("%s is a symlink, not a directory: %s", target,
+							      rootfs_strerror(fd))
+						  : xasprintf("%s is a symlink, not a directory", target);
 			return -ENOTDIR;
 		}
 		return DIR_LINK_OK;
@@ -522,7 +542,7 @@ static int dir_describe(struct step *s, const struct step_env *env, const char *
 		return 0;
 	}
 	if (r < 0) {
-		*ret_error = xasprintf("cannot open the parent of %s: %s", s->target, strerror(-r));
+		*ret_error = xasprintf("cannot open the parent of %s: %s", s->target, rootfs_strerror(r));
 		return r;
 	}
 	r = dir_state_at(d, s->target, dfd, name, &st, ret_error);
@@ -555,7 +575,8 @@ static void dir_apply(struct step *s, struct plan_exec *x)
 		return plan_step_done(x, STEP_FAILED, "%s", err);
 	r = open_parent(d->root, d->path, true, &dfd, &name);
 	if (r < 0)
-		return plan_step_done(x, STEP_FAILED, "cannot create the parents of %s: %s", s->target, strerror(-r));
+		return plan_step_done(x, STEP_FAILED, "cannot create the parents of %s: %s", s->target,
+				      rootfs_strerror(r));
 	r = dir_state_at(d, s->target, dfd, name, &st, &err);
 	if (r < 0)
 		return plan_step_done(x, STEP_FAILED, "%s", err);
@@ -571,9 +592,17 @@ static void dir_apply(struct step *s, struct plan_exec *x)
 		mode = (mode_t)-1;
 	/* Metadata through an fd of the directory itself, never a path. */
 	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
+	if (fd < 0) {
+		int e = errno;
+
+		/* Swapped for something else since we looked: a symlink in a
+		 * directory another user can write, typically. */
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+			return plan_step_done(x, STEP_FAILED, "cannot open %s: it is a symlink now (not followed)",
+					      s->target);
 		return plan_step_done(x, STEP_FAILED, "cannot open %s: %s", s->target,
-				      errno == ELOOP || errno == ENOTDIR ? "not a directory" : strerror(errno));
+				      e == ELOOP || e == ENOTDIR ? "not a directory" : strerror(e));
+	}
 	if (fstat(fd, &st) < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %m", s->target);
 	if (meta_owner_differs(&st, uid, gid)) {
@@ -667,7 +696,7 @@ static int link_describe(struct step *s, const struct step_env *env, const char 
 		r = 0;
 	if (r < 0) {
 		*ret_error = r == -EISDIR ? xasprintf("%s is a directory", s->target)
-					  : xasprintf("cannot stat %s: %s", s->target, strerror(-r));
+					  : xasprintf("cannot stat %s: %s", s->target, rootfs_strerror(r));
 		return r;
 	}
 	*ret_action = r == 0 ? "create" : r == 1 ? "none" : "update";
@@ -685,7 +714,7 @@ static void link_apply(struct step *s, struct plan_exec *x)
 	r = open_parent(d->root, d->path, true, &dfd, &name);
 	if (r < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot create the directory of %s: %s", s->target,
-				      strerror(-r));
+				      rootfs_strerror(r));
 	r = link_state_at(d, dfd, name);
 	if (r == -EISDIR)
 		return plan_step_done(x, STEP_FAILED, "%s is a directory", s->target);
@@ -1272,7 +1301,7 @@ static int exec_open_cwd(const struct exec_data *d, int *ret_fd, char *buf, size
 
 	fd = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, d->cwd, true);
 	if (fd < 0) {
-		*ret_error = xasprintf("cannot enter the working directory %s: %s", d->cwd, strerror(-fd));
+		*ret_error = xasprintf("cannot enter the working directory %s: %s", d->cwd, rootfs_strerror(fd));
 		return fd;
 	}
 	if (fd < 3) {

@@ -96,11 +96,14 @@ struct step *plan_add(struct plan *p, const struct step_ops *ops, const char *ta
 /* Built-in kinds. Paths are absolute paths on the managed system, checked
  * here (refusing ".."), so recipes never see root. The steps keep them as
  * given with a copy of plan->root and resolve them inside root each time they
- * run or are described (lib/rootfs.h): every symlink in a parent directory,
- * absolute or relative, resolves as if root were "/" (openat2
- * RESOLVE_IN_ROOT), so no step can create, write, chmod, chown or remove
- * anything outside root; missing parents are created one at a time, relative
- * to the resolved parent; the final component is never followed (a symlink
+ * run or are described (lib/rootfs.h): a symlink in a parent directory,
+ * absolute or relative, resolves as if root were "/", so no step can create,
+ * write, chmod, chown or remove anything outside root; and no symlink is
+ * followed at all in or below a directory that a user other than root can
+ * write (the app user's deploy_to and shared/), except the current ->
+ * releases/<name> link agentd manages there. Missing parents are created one
+ * at a time, relative to the resolved parent; the final component is never
+ * followed (a symlink
  * there is replaced by file and link, removed by absent, and refused by dir,
  * see below). owner/group of NULL leave ownership alone; mode of (mode_t)-1
  * likewise. Each returns the new step, or NULL with *ret_error set when a

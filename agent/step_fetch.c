@@ -34,6 +34,7 @@ struct fetch_data {
 	struct http_request *req;
 	struct exec *proc;
 	int dfd;
+	int archive_fd; /* the archive we created, while it is fetched */
 	int stage; /* 0 purge, 1 fetch, 2 unpack */
 	uid_t uid; /* of user, or -1 without one */
 	gid_t gid;
@@ -47,6 +48,8 @@ static void fetch_free(void *data)
 		return;
 	if (d->dfd >= 0)
 		(void)close(d->dfd);
+	if (d->archive_fd >= 0)
+		(void)close(d->archive_fd);
 	free(d->url);
 	free(d->dir);
 	free(d->userpwd);
@@ -77,7 +80,7 @@ static int dir_state(int dfd, const char *url, bool *ret_same)
 			r = 1;
 	closedir(dir);
 	{
-		_cleanup_close_ int sfd = openat(dfd, FETCH_SOURCE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		_cleanup_close_ int sfd = openat(dfd, FETCH_SOURCE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 		_cleanup_free_ char *rec = NULL;
 		if (sfd >= 0 && fd_read_all(sfd, 8192, &rec, NULL) >= 0)
 			*ret_same = strcmp(rec, url) == 0;
@@ -95,25 +98,28 @@ static int open_dir(struct fetch_data *d, bool create, char **ret_error)
 		return rootfd;
 	}
 	if (create) {
-		_cleanup_close_ int pfd = -1;
+		_cleanup_close_ int pfd = -1, fd = -1;
 		_cleanup_free_ char *name = NULL;
 		r = rootfs_open_parent(rootfd, d->dir, true, 0755, &pfd, &name);
 		if (r >= 0) {
 			if (mkdirat(pfd, name, 0755) == 0) {
-				/* tar runs as the app user: the directory is theirs. */
-				if (fchownat(pfd, name, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+				/* tar runs as the app user: the directory is
+				 * theirs, given through an fd of the directory
+				 * we find there, never followed. */
+				fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+				if (fd < 0 || fchown(fd, d->uid, d->gid) < 0)
 					r = -errno;
 			} else if (errno != EEXIST)
 				r = -errno;
 		}
 		if (r < 0) {
-			*ret_error = xasprintf("cannot create %s: %s", d->dir, strerror(-r));
+			*ret_error = xasprintf("cannot create %s: %s", d->dir, rootfs_strerror(r));
 			return r;
 		}
 	}
 	r = rootfs_resolve(rootfd, d->dir, true);
 	if (r < 0) {
-		*ret_error = xasprintf("cannot open %s: %s", d->dir, strerror(-r));
+		*ret_error = xasprintf("cannot open %s: %s", d->dir, rootfs_strerror(r));
 		return r;
 	}
 	return r;
@@ -127,6 +133,9 @@ static void fetch_done(struct fetch_data *d, enum step_status st, const char *er
 	if (d->dfd >= 0)
 		(void)close(d->dfd);
 	d->dfd = -1;
+	if (d->archive_fd >= 0)
+		(void)close(d->archive_fd);
+	d->archive_fd = -1;
 	if (d->http) {
 		http_free(d->http);
 		d->http = NULL;
@@ -186,9 +195,12 @@ static void cb_fetched(void *userdata, const struct http_response *resp)
 		err = xasprintf("fetch into %s failed: %s", d->dir, resp->error);
 	else if (resp->status != 200)
 		err = xasprintf("fetch into %s failed: %s answered HTTP %ld", d->dir, url, resp->status);
-	/* Written by us (root, 0600); tar reads it as the app user. */
-	else if (fchownat(d->dfd, FETCH_FILE, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+	/* Written by us (root, 0600) into the file we created; tar reads it
+	 * as the app user. The owner changes through our fd of it. */
+	else if (fchown(d->archive_fd, d->uid, d->gid) < 0)
 		err = xasprintf("cannot give the archive in %s to %s: %s", d->dir, d->user, strerror(errno));
+	(void)close(d->archive_fd);
+	d->archive_fd = -1;
 	if (err) {
 		(void)unlinkat(d->dfd, FETCH_FILE, 0);
 		return fetch_done(d, STEP_FAILED, err);
@@ -205,7 +217,16 @@ static void fetch_next(struct fetch_data *d)
 					  .timeout_ms = d->timeout_sec * 1000, .max_body = FETCH_MAX };
 		int r;
 
-		(void)snprintf(out, sizeof(out), "/proc/self/fd/%d/" FETCH_FILE, d->dfd);
+		/* The directory is the app user's: whatever they put under the
+		 * archive's name is removed, the file is created exclusively,
+		 * and the download reopens that file through its fd. */
+		r = rootfs_create_file_at(d->dfd, FETCH_FILE, 0600);
+		if (r < 0) {
+			_cleanup_free_ char *err = xasprintf("cannot create the archive in %s: %s", d->dir, strerror(-r));
+			return fetch_done(d, STEP_FAILED, err);
+		}
+		d->archive_fd = r;
+		(void)snprintf(out, sizeof(out), "/proc/self/fd/%d", d->archive_fd);
 		r = http_new(plan_exec_env(d->x)->loop, &d->http);
 		if (r >= 0)
 			r = http_request_start(d->http, &o, cb_fetched, d, &d->req);
@@ -352,6 +373,7 @@ struct step *plan_add_fetch(struct plan *p, const struct fetch_step_opts *o, cha
 	d->purge = o->purge;
 	d->timeout_sec = o->timeout_sec;
 	d->dfd = -1;
+	d->archive_fd = -1;
 	{
 		_cleanup_free_ char *target = http_url_redact(o->url);
 		_cleanup_free_ char *t = xasprintf("%s <- %s", o->dir, target);

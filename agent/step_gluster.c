@@ -284,10 +284,12 @@ static void gluster_apply(struct step *s, struct plan_exec *x)
 	g->changed = g->cancelled = false;
 	cmds_clear(g);
 	rootfd = rootfs_open(plan_exec_env(x)->root);
-	fd = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, g->brick, true);
+	/* glusterd gets the brick as a path string: no name of it may be in a
+	 * directory another user can write (rootfs.h). */
+	fd = rootfd < 0 ? rootfd : rootfs_resolve_private(rootfd, g->brick, true);
 	if (fd < 0)
 		return plan_step_done(x, STEP_FAILED, "cannot open the brick directory %s: %s", g->brick,
-				      strerror(-fd));
+				      rootfs_strerror(fd));
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
 	n = readlink(proc, buf, sizeof(buf) - 1);
 	close(fd);

@@ -30,7 +30,9 @@ static int target_resolve(const char *root, const char *target, char **ret_path)
 	rootfd = rootfs_open(root);
 	if (rootfd < 0)
 		return rootfd;
-	fd = rootfs_resolve(rootfd, target, true);
+	/* libmount and mount helpers take the path as a string: no name of
+	 * it may be in a directory another user can write (rootfs.h). */
+	fd = rootfs_resolve_private(rootfd, target, true);
 	if (fd < 0)
 		return fd;
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
@@ -205,7 +207,7 @@ int mount_ensure(const char *root, const struct mount_spec *spec, bool *ret_chan
 
 	fd = target_resolve(root, spec->target, &path);
 	if (fd < 0) {
-		*ret_error = xasprintf("cannot open the mount point %s: %s", spec->target, strerror(-fd));
+		*ret_error = xasprintf("cannot open the mount point %s: %s", spec->target, rootfs_strerror(fd));
 		return fd;
 	}
 	/* Someone else's fstab line for this mount point: not ours to replace
@@ -301,7 +303,7 @@ static int unmount_do(const char *root, const char *target, bool drop_fstab, boo
 	if (fd == -ENOENT || fd == -ENOTDIR)
 		r = 0;
 	else if (fd < 0) {
-		*ret_error = xasprintf("cannot open the mount point %s: %s", target, strerror(-fd));
+		*ret_error = xasprintf("cannot open the mount point %s: %s", target, rootfs_strerror(fd));
 		return fd;
 	} else {
 		/* An fd of the mount point would keep it busy. */

@@ -44,6 +44,7 @@ struct rel_data {
 	struct http *http;
 	struct http_request *req;
 	int dfd, rfd, relfd; /* deploy_to, releases, the new release (O_PATH) */
+	int archive_fd;      /* the archive we create in the new release, while it is fetched */
 	char name[32];       /* the new release */
 	enum rel_stage stage;
 	char *failure;       /* set when cleaning up after a failure */
@@ -83,7 +84,9 @@ static void close_fds(struct rel_data *d)
 		(void)close(d->rfd);
 	if (d->relfd >= 0)
 		(void)close(d->relfd);
-	d->dfd = d->rfd = d->relfd = -1;
+	if (d->archive_fd >= 0)
+		(void)close(d->archive_fd);
+	d->dfd = d->rfd = d->relfd = d->archive_fd = -1;
 }
 
 static void rel_free(void *data)
@@ -112,14 +115,19 @@ static void rel_free(void *data)
 	free(d);
 }
 
-/* The source recorded in the current release, or NULL. */
+/* The source recorded in the current release, or NULL. "current" is read
+ * by the rootfs rule with deploy_to as the root: followed only when it
+ * names releases/<name>, a real directory (rootfs.h), so a planted link
+ * makes root read nothing of another user's choosing. */
 static char *current_source(int dfd)
 {
-	_cleanup_close_ int fd = -1;
+	_cleanup_close_ int fd = -1, pfd = -1;
+	_cleanup_free_ char *name = NULL;
 	char *data = NULL;
 
-	/* "current" is a symlink inside deploy_to: follow it only within root. */
-	fd = openat(dfd, "current/" SOURCE_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (rootfs_open_parent(dfd, ROOTFS_MANAGED_LINK "/" SOURCE_FILE, false, 0, &pfd, &name) < 0)
+		return NULL;
+	fd = openat(pfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0 || fd_read_all(fd, SOURCE_MAX, &data, NULL) < 0)
 		return NULL;
 	return data;
@@ -137,7 +145,7 @@ static int open_dirs(struct rel_data *d, char **ret_error)
 		r = d->rfd < 0 ? -errno : 0;
 	}
 	if (r < 0)
-		*ret_error = xasprintf("cannot open %s/releases: %s", d->deploy_to, strerror(-r));
+		*ret_error = xasprintf("cannot open %s/releases: %s", d->deploy_to, rootfs_strerror(r));
 	return r;
 }
 
@@ -272,7 +280,15 @@ static int link_shared(struct rel_data *d, char **ret_error)
 			*ret_error = xasprintf("cannot link %s into release %s: %s", *s, d->name, strerror(e));
 			return -e;
 		}
-		(void)fchownat(d->relfd, *s, d->uid, d->gid, AT_SYMLINK_NOFOLLOW);
+		/* The link is given to the user through an fd of the link we
+		 * find there: the release is theirs, and the name may no longer
+		 * be our link (a chown by name could land on a hard link). */
+		{
+			_cleanup_close_ int lfd = openat(d->relfd, *s, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+			if (lfd >= 0 && fstat(lfd, &st) == 0 && S_ISLNK(st.st_mode))
+				(void)fchownat(lfd, "", d->uid, d->gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+		}
 	}
 	return 0;
 }
@@ -356,9 +372,14 @@ static void cb_fetched(void *userdata, const struct http_response *resp)
 		err = xasprintf("fetch of release %s failed: %s", d->name, resp->error);
 	else if (resp->status != 200)
 		err = xasprintf("fetch of release %s failed: %s answered HTTP %ld", d->name, url, resp->status);
-	/* Written by us (root, 0600); tar reads it as the app user. */
-	if (!err && fchownat(d->relfd, ARCHIVE_FILE, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0)
+	/* Written by us (root, 0600) into the file we created; tar reads it
+	 * as the app user. The owner changes through our fd of it. */
+	if (!err && fchown(d->archive_fd, d->uid, d->gid) < 0)
 		err = xasprintf("cannot give the archive of release %s to its user: %s", d->name, strerror(errno));
+	if (d->archive_fd >= 0) {
+		(void)close(d->archive_fd);
+		d->archive_fd = -1;
+	}
 	if (err)
 		return rel_fail(d, err);
 	{
@@ -382,7 +403,18 @@ static void rel_fetch(struct rel_data *d)
 	};
 	int r;
 
-	(void)snprintf(out, sizeof(out), "/proc/self/fd/%d/" ARCHIVE_FILE, d->relfd);
+	/* The release is the app user's already: whatever they put under
+	 * the archive's name (a symlink to /etc/shadow) is removed, the
+	 * file is created exclusively, and the download reopens exactly
+	 * that file through its fd, never the name. */
+	r = rootfs_create_file_at(d->relfd, ARCHIVE_FILE, 0600);
+	if (r < 0) {
+		_cleanup_free_ char *err = xasprintf("cannot create the archive of release %s: %s", d->name,
+						     strerror(-r));
+		return rel_fail(d, err);
+	}
+	d->archive_fd = r;
+	(void)snprintf(out, sizeof(out), "/proc/self/fd/%d", d->archive_fd);
 	r = http_new(plan_exec_env(d->x)->loop, &d->http);
 	if (r >= 0)
 		r = http_request_start(d->http, &o, cb_fetched, d, &d->req);
@@ -452,6 +484,9 @@ static void rel_stage(struct rel_data *d)
 	case ST_PREPARE:
 		if (d->scm == RELEASE_ARCHIVE)
 			(void)unlinkat(d->relfd, ARCHIVE_FILE, 0);
+		/* cp ran as root: the release became the user's only now. */
+		if (d->scm == RELEASE_LOCAL && fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
+			log_warn("cannot give release %s to %s: %m", d->name, d->user);
 		/* The code is there: shared dirs and deploy.cfg go in before the build. */
 		if (link_shared(d, &err) < 0)
 			return rel_fail(d, err);
@@ -567,7 +602,10 @@ static void apply_continue(struct rel_data *d)
 		err = xasprintf("cannot open release %s: %s", d->name, strerror(errno));
 		return rel_done(d, STEP_FAILED, err);
 	}
-	if (fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
+	/* git and tar run as the app user, in the release: it is theirs from
+	 * the start. cp (local) runs as root and must not write into a
+	 * directory the user can plant links in: that one is given after. */
+	if (d->scm != RELEASE_LOCAL && fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
 		log_warn("cannot give release %s to %s: %m", d->name, d->user);
 	{
 		_cleanup_free_ char *msg = d->commit ? xasprintf("new release %s/releases/%s (commit %s)\n", d->deploy_to,
@@ -609,7 +647,7 @@ static void rel_apply(struct step *s, struct plan_exec *x)
 	d->x = x;
 	free(d->failure);
 	d->failure = NULL;
-	d->dfd = d->rfd = d->relfd = -1;
+	d->dfd = d->rfd = d->relfd = d->archive_fd = -1;
 	if (open_dirs(d, &err) < 0)
 		return rel_done(d, STEP_FAILED, err);
 	if (needs_resolve(d)) {
@@ -687,6 +725,6 @@ struct step *plan_add_release(struct plan *p, const struct release_step_opts *o,
 	d->keep = o->keep > 0 ? o->keep : 5;
 	d->timeout_sec = o->timeout_sec;
 	d->root = xstrdup(p->root);
-	d->dfd = d->rfd = d->relfd = -1;
+	d->dfd = d->rfd = d->relfd = d->archive_fd = -1;
 	return plan_add(p, &release_ops, o->deploy_to, d);
 }

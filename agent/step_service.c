@@ -318,7 +318,7 @@ static int remove_stale_confs(struct svc_data *d, char **ret_error)
 		int r = fd < 0 ? (dfd < 0 ? dfd : -errno) : -errno;
 		if (fd >= 0)
 			(void)close(fd);
-		*ret_error = xasprintf("cannot list %s: %s", d->conf_dir, strerror(-r));
+		*ret_error = xasprintf("cannot list %s: %s", d->conf_dir, rootfs_strerror(r));
 		return r;
 	}
 	while ((de = readdir(dir))) {

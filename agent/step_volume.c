@@ -113,7 +113,9 @@ static int block_device_at(int rootfd, const char *path, char **ret_path, dev_t 
 	ssize_t n;
 	int fd;
 
-	fd = rootfs_resolve(rootfd, path, false);
+	/* mkfs and blkid get the device as a path string: no name of it may be
+	 * in a directory another user can write (rootfs.h). */
+	fd = rootfs_resolve_private(rootfd, path, false);
 	if (fd < 0)
 		return fd;
 	if (fstat(fd, &st) < 0 || !S_ISBLK(st.st_mode)) {

@@ -6,25 +6,36 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/openat2.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "util.h"
 
 /* Like the kernel's MAXSYMLINKS. */
 #define ROOTFS_MAX_SYMLINKS 40
-/* Directories the user-space resolution keeps open at once (one per level). */
+/* Directories the resolution keeps open at once (one per level). */
 #define ROOTFS_MAX_DEPTH 256
 
-/* 0: not tried yet, 1: openat2 works, -1: use the user-space resolution. */
+/* 0: not tried yet, 1: openat2 works, -1: use openat(O_NOFOLLOW). */
 static int have_openat2;
 static bool force_fallback;
+/* Why the last resolution refused a symlink; "" when it did not. */
+static char refusal[PATH_MAX + 256];
 
 void rootfs_force_fallback(bool on)
 {
 	force_fallback = on;
+}
+
+const char *rootfs_strerror(int r)
+{
+	if ((r == -ELOOP || r == -EPERM) && refusal[0])
+		return refusal;
+	return strerror(r < 0 ? -r : r);
 }
 
 int rootfs_open(const char *root)
@@ -44,48 +55,147 @@ static int fd_dup(int fd)
 	return r < 0 ? -errno : r;
 }
 
-/* openat2 with RESOLVE_IN_ROOT; -ENOSYS when the kernel lacks it. */
-static int resolve_openat2(int rootfd, const char *rel, bool want_dir)
+/* An owner whose directories we may follow links in: root, or ourselves
+ * (agentd is root in production; tests and tools may run as themselves). */
+static bool uid_trusted(uid_t uid)
 {
-	struct open_how how = {
-		.flags = O_PATH | O_CLOEXEC | (want_dir ? O_DIRECTORY : 0),
-		.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-	};
+	return uid == 0 || uid == geteuid();
+}
 
-	for (int attempt = 0;; attempt++) {
-		long fd = syscall(SYS_openat2, rootfd, rel, &how, sizeof(how));
+/* Whether a user other than root can change the entries of a directory:
+ * it is theirs, or group- or world-writable without the sticky bit (with
+ * it, as in /tmp, others can add entries but not replace root's). */
+static bool stat_dir_shared(const struct stat *st)
+{
+	if (!uid_trusted(st->st_uid))
+		return true;
+	if (st->st_mode & S_ISVTX)
+		return false;
+	return (st->st_mode & (S_IWGRP | S_IWOTH)) != 0;
+}
 
-		if (fd >= 0)
-			return (int)fd;
-		/* EAGAIN: a rename raced with a ".." lookup; try again. */
-		if ((errno == EAGAIN || errno == EINTR) && attempt < 64)
-			continue;
-		return -errno;
+bool rootfs_dir_shared(int dirfd)
+{
+	struct stat st;
+
+	return fstat(dirfd, &st) < 0 || stat_dir_shared(&st);
+}
+
+/* One component, never followed: an O_PATH fd of name in dirfd, of the
+ * symlink itself when it is one. openat2 with RESOLVE_NO_SYMLINKS (the
+ * kernel refuses any link on the way, magic ones included) and
+ * RESOLVE_BENEATH; where the kernel lacks it, openat with O_NOFOLLOW,
+ * which is the same for a single component. */
+static int open_component(int dirfd, const char *name)
+{
+	if (!force_fallback && have_openat2 >= 0) {
+		struct open_how how = {
+			.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC,
+			.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH,
+		};
+
+		for (int attempt = 0;; attempt++) {
+			long fd = syscall(SYS_openat2, dirfd, name, &how, sizeof(how));
+
+			if (fd >= 0) {
+				have_openat2 = 1;
+				return (int)fd;
+			}
+			if ((errno == EAGAIN || errno == EINTR) && attempt < 64)
+				continue;
+			if (errno != ENOSYS)
+				return -errno;
+			have_openat2 = -1;
+			break;
+		}
+	}
+	{
+		int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+
+		return fd < 0 ? -errno : fd;
 	}
 }
 
-/* The same resolution in user space: every component opened with
- * O_PATH|O_NOFOLLOW relative to the directory before it; a symlink's text is
- * put in front of the rest of the path, an absolute one restarting from the
- * root; ".." pops a level of the stack of directories walked, never above
- * the root. No lookup ever goes through the kernel's own "..", symlink or
- * magic-link following, so nothing can leave rootfd. (A /proc magic link
- * inside the root is read as text and resolved inside the root, where
- * openat2 would fail with ELOOP.) */
-static int resolve_user(int rootfd, const char *path, bool want_dir)
+/* Whether a link's text is what agentd writes for "current":
+ * "releases/<name>", name a plain file name. */
+static bool managed_link_text(const char *t)
 {
-	int stack[ROOTFS_MAX_DEPTH];
+	const char *name;
+
+	if (strncmp(t, ROOTFS_MANAGED_LINK_DIR "/", strlen(ROOTFS_MANAGED_LINK_DIR) + 1) != 0)
+		return false;
+	name = t + strlen(ROOTFS_MANAGED_LINK_DIR) + 1;
+	return *name && !strchr(name, '/') && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+}
+
+/* A directory walked: its fd and what decides whether links in it are
+ * followed. */
+struct level {
+	int fd;
+	bool shared;  /* this directory or one above it (walked through) is shared */
+	bool sticky;  /* writable by others, but sticky */
+	uid_t uid;    /* its owner */
+	/* The first shared directory of the walk, for messages. */
+	uid_t shared_uid;
+	mode_t shared_mode;
+};
+
+static void level_set(struct level *l, int fd, const struct stat *st, const struct level *parent)
+{
+	l->fd = fd;
+	l->shared = (parent && parent->shared) || stat_dir_shared(st);
+	l->sticky = (st->st_mode & S_ISVTX) && (st->st_mode & (S_IWGRP | S_IWOTH));
+	l->uid = st->st_uid;
+	l->shared_uid = parent && parent->shared ? parent->shared_uid : st->st_uid;
+	l->shared_mode = parent && parent->shared ? parent->shared_mode : st->st_mode & 07777;
+}
+
+static int refuse(const char *path, const char *name, const struct level *l, const struct stat *link)
+{
+	const char *slash = path[0] == '/' ? "" : "/";
+
+	if (l->shared)
+		(void)snprintf(refusal, sizeof(refusal),
+			       "refusing to follow the symlink \"%s\" on the way to %s%s: it is in a directory that a "
+			       "user other than root can write, or below one (owner uid %u, mode %04o)",
+			       name, slash, path, (unsigned)l->shared_uid, (unsigned)l->shared_mode);
+	else
+		(void)snprintf(refusal, sizeof(refusal),
+			       "refusing to follow the symlink \"%s\" on the way to %s%s: uid %u put it in a sticky "
+			       "directory that others can write (owner uid %u)",
+			       name, slash, path, (unsigned)link->st_uid, (unsigned)l->uid);
+	log_warn("rootfs: %s", refusal);
+	return -ELOOP;
+}
+
+/* The resolution (rootfs.h): every component opened with open_component()
+ * relative to the directory before it. A symlink is followed only in a
+ * directory that no other user can write, nor any directory walked to reach
+ * it; its text is put in front of the rest of the path, an absolute one
+ * restarting from the root; ".." pops a level of the stack of directories
+ * walked, never above the root. No lookup ever goes through the kernel's
+ * own "..", symlink or magic-link following, so nothing leaves rootfd, and
+ * no link that another user could have planted or swapped in is followed. */
+static int resolve_walk(int rootfd, const char *path, bool want_dir, bool private)
+{
+	struct level stack[ROOTFS_MAX_DEPTH];
+	struct level top;
+	struct stat st;
 	size_t n = 0;
 	char *todo = xstrdup(path);
 	const char *p = todo;
 	int links = 0, fd = -1, r;
 
+	if (fstat(rootfd, &st) < 0) {
+		free(todo);
+		return -errno;
+	}
+	level_set(&top, rootfd, &st, NULL);
 	for (;;) {
 		char name[NAME_MAX + 1];
 		const char *e;
 		size_t len;
-		struct stat st;
-		int cur = n ? stack[n - 1] : rootfd;
+		const struct level *cur = n ? &stack[n - 1] : &top;
 
 		while (*p == '/')
 			p++;
@@ -104,12 +214,25 @@ static int resolve_user(int rootfd, const char *path, bool want_dir)
 			continue;
 		if (strcmp(name, "..") == 0) {
 			if (n > 0)
-				(void)close(stack[--n]);
+				(void)close(stack[--n].fd);
 			continue;
 		}
-		fd = openat(cur, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (private && cur->shared) {
+			/* The caller will use the path as a string (mount(2)):
+			 * a name in a shared directory could be swapped under it. */
+			(void)snprintf(refusal, sizeof(refusal),
+				       "refusing %s%s: \"%s\" is looked up in a directory that a user other than root "
+				       "can write, or below one (owner uid %u, mode %04o)",
+				       path[0] == '/' ? "" : "/", path, name, (unsigned)cur->shared_uid,
+				       (unsigned)cur->shared_mode);
+			log_warn("rootfs: %s", refusal);
+			r = -EPERM;
+			goto fail;
+		}
+		fd = open_component(cur->fd, name);
 		if (fd < 0) {
-			r = -errno;
+			r = fd;
+			fd = -1;
 			goto fail;
 		}
 		if (fstat(fd, &st) < 0) {
@@ -137,10 +260,28 @@ static int resolve_user(int rootfd, const char *path, bool want_dir)
 				r = -ENOENT;
 				goto fail;
 			}
+			if (cur->shared) {
+				/* Another user could have planted or swapped
+				 * it in. Only the link agentd manages there,
+				 * naming a release below the same directory,
+				 * is followed; what it names is then walked
+				 * without following anything. */
+				if (strcmp(name, ROOTFS_MANAGED_LINK) != 0 || !managed_link_text(target)) {
+					r = refuse(path, name, cur, &st);
+					goto fail;
+				}
+			} else if (cur->sticky && !uid_trusted(st.st_uid) && st.st_uid != cur->uid) {
+				/* /tmp: a link someone else put there (the
+				 * kernel's protected_symlinks rule). */
+				r = refuse(path, name, cur, &st);
+				goto fail;
+			}
 			if (target[0] == '/')
 				while (n > 0)
-					(void)close(stack[--n]);
-			next = xasprintf("%s/%s", target, p);
+					(void)close(stack[--n].fd);
+			/* "link" at the end stays at the end: no "/" after the
+			 * target, which would ask for a directory. */
+			next = *p ? xasprintf("%s%s", target, p) : xstrdup(target);
 			free(todo);
 			todo = next;
 			p = todo;
@@ -155,13 +296,14 @@ static int resolve_user(int rootfd, const char *path, bool want_dir)
 			r = -ENAMETOOLONG;
 			goto fail;
 		}
-		stack[n++] = fd;
+		level_set(&stack[n], fd, &st, cur);
+		n++;
 		fd = -1;
 	}
 	free(todo);
 	todo = NULL;
 	if (n > 0) {
-		fd = stack[--n];
+		fd = stack[--n].fd;
 	} else {
 		fd = fd_dup(rootfd);
 		if (fd < 0) {
@@ -171,10 +313,8 @@ static int resolve_user(int rootfd, const char *path, bool want_dir)
 		}
 	}
 	while (n > 0)
-		(void)close(stack[--n]);
+		(void)close(stack[--n].fd);
 	if (want_dir) {
-		struct stat st;
-
 		if (fstat(fd, &st) < 0 || !S_ISDIR(st.st_mode)) {
 			(void)close(fd);
 			return -ENOTDIR;
@@ -185,16 +325,16 @@ fail:
 	if (fd >= 0)
 		(void)close(fd);
 	while (n > 0)
-		(void)close(stack[--n]);
+		(void)close(stack[--n].fd);
 	free(todo);
 	return r;
 }
 
-int rootfs_resolve(int rootfd, const char *path, bool want_dir)
+static int resolve(int rootfd, const char *path, bool want_dir, bool private)
 {
 	const char *rel;
-	int r;
 
+	refusal[0] = '\0';
 	if (rootfd < 0 || !path)
 		return -EINVAL;
 	if (strlen(path) >= PATH_MAX)
@@ -202,15 +342,17 @@ int rootfs_resolve(int rootfd, const char *path, bool want_dir)
 	rel = path + strspn(path, "/");
 	if (!*rel)
 		rel = ".";
-	if (!force_fallback && have_openat2 >= 0) {
-		r = resolve_openat2(rootfd, rel, want_dir);
-		if (r != -ENOSYS) {
-			have_openat2 = 1;
-			return r;
-		}
-		have_openat2 = -1;
-	}
-	return resolve_user(rootfd, rel, want_dir);
+	return resolve_walk(rootfd, rel, want_dir, private);
+}
+
+int rootfs_resolve(int rootfd, const char *path, bool want_dir)
+{
+	return resolve(rootfd, path, want_dir, false);
+}
+
+int rootfs_resolve_private(int rootfd, const char *path, bool want_dir)
+{
+	return resolve(rootfd, path, want_dir, true);
 }
 
 /* Splits path into its components (no empty ones, no "."); -EINVAL for "..". */
@@ -352,6 +494,20 @@ bool rootfs_exists(const char *root, const char *path)
 	if (rootfs_open_parent_path(root, path, false, 0, &dfd, &name) < 0)
 		return false;
 	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+int rootfs_create_file_at(int dirfd, const char *name, mode_t mode)
+{
+	struct stat st;
+	int fd;
+
+	if (!name || !*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return -EINVAL;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) &&
+	    unlinkat(dirfd, name, 0) < 0 && errno != ENOENT)
+		return -errno;
+	fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode & 07777);
+	return fd < 0 ? -errno : fd;
 }
 
 int rootfs_mount_id(int dirfd, const char *name, uint64_t *ret)

@@ -572,6 +572,219 @@ static void test_rootfs_mount_id(void **state)
 	close(fd);
 }
 
+/* --- rootfs: links in directories other users can write --- */
+
+#define OTHER_UID 65534 /* nobody: any uid that is not root */
+
+static void mkdir_owned(struct rctx *c, const char *path, mode_t mode, uid_t uid)
+{
+	char *p = R(c, path);
+
+	assert_int_equal(mkdir(p, mode), 0);
+	assert_int_equal(chmod(p, mode), 0);
+	assert_int_equal(chown(p, uid, (gid_t)-1), 0);
+	free(p);
+}
+
+static void plant_owned(struct rctx *c, const char *target, const char *path, uid_t uid)
+{
+	char *p = R(c, path);
+
+	assert_int_equal(symlink(target, p), 0);
+	assert_int_equal(lchown(p, uid, (gid_t)-1), 0);
+	free(p);
+}
+
+static void assert_resolves_to(int rootfd, struct rctx *c, const char *path, const char *want)
+{
+	char *w = R(c, want);
+	int fd = rootfs_resolve(rootfd, path, false);
+
+	assert_fd_is(fd, w);
+	close(fd);
+	free(w);
+}
+
+static void assert_refused(int rootfd, const char *path, const char *link)
+{
+	int fd = rootfs_resolve(rootfd, path, false);
+
+	assert_int_equal(fd, -ELOOP);
+	/* The message names the link that was not followed. */
+	assert_non_null(strstr(rootfs_strerror(fd), link));
+	assert_non_null(strstr(rootfs_strerror(fd), "refusing"));
+}
+
+static void check_shared_dirs(struct rctx *c)
+{
+	int rootfd = rootfs_open(c->root), dfd, fd;
+	char *name = NULL, *p;
+
+	assert_true(rootfd >= 0);
+	mkdir_owned(c, "/etc", 0755, 0);
+	mkdir_owned(c, "/etc/sudoers.d", 0750, 0);
+	/* Root's own directory: its links are followed (inside root). */
+	mkdir_owned(c, "/trusted", 0755, 0);
+	plant(c, "/etc", "/trusted/etc");
+	assert_resolves_to(rootfd, c, "/trusted/etc/sudoers.d", "/etc/sudoers.d");
+	/* A link to a file, last in the path (a /dev/disk/by-id link). */
+	p = R(c, "/etc/node");
+	spit(p, "x");
+	free(p);
+	plant(c, "../etc/node", "/trusted/node");
+	assert_resolves_to(rootfd, c, "/trusted/node", "/etc/node");
+	assert_int_equal(rootfs_resolve(rootfd, "/trusted/node/", false), -ENOTDIR);
+	/* deploy_to, the app user's. */
+	mkdir_owned(c, "/app", 0755, OTHER_UID);
+	mkdir_owned(c, "/app/releases", 0755, OTHER_UID);
+	mkdir_owned(c, "/app/releases/r1", 0755, OTHER_UID);
+	mkdir_owned(c, "/app/shared", 0770, OTHER_UID);
+	plant_owned(c, "/etc/sudoers.d", "/app/evil", OTHER_UID);
+	plant_owned(c, "../etc", "/app/rel", OTHER_UID);
+	plant_owned(c, "/", "/app/shared/var", OTHER_UID);
+	assert_refused(rootfd, "/app/evil", "evil");
+	assert_refused(rootfd, "/app/evil/x", "evil");
+	assert_refused(rootfd, "/app/rel/sudoers.d", "rel");
+	assert_refused(rootfd, "/app/shared/var/etc", "var");
+	/* A link of root's in a root-owned directory below the user's:
+	 * still not followed (from the first shared directory on). */
+	mkdir_owned(c, "/app/rootsub", 0755, 0);
+	plant(c, "/etc", "/app/rootsub/etc");
+	assert_refused(rootfd, "/app/rootsub/etc/sudoers.d", "etc");
+	/* A trusted link into a shared directory, then a link there. */
+	plant(c, "/app", "/trusted/app");
+	assert_refused(rootfd, "/trusted/app/evil", "evil");
+	/* Plain directories below a shared one are fine. */
+	assert_resolves_to(rootfd, c, "/app/releases/r1", "/app/releases/r1");
+	assert_resolves_to(rootfd, c, "/trusted/app/releases/r1", "/app/releases/r1");
+
+	/* current -> releases/<name>, the link agentd manages: followed to a
+	 * real directory below the same deploy_to. */
+	plant_owned(c, "releases/r1", "/app/current", 0);
+	assert_resolves_to(rootfd, c, "/app/current", "/app/releases/r1");
+	assert_int_equal(rootfs_open_parent(rootfd, "/app/current/deploy.cfg", false, 0755, &dfd, &name), 0);
+	assert_string_equal(name, "deploy.cfg");
+	p = R(c, "/app/releases/r1");
+	assert_fd_is(dfd, p);
+	free(p);
+	free(name);
+	close(dfd);
+	/* ... but no other text, and nothing but real directories. */
+	p = R(c, "/app/current");
+	const char *bad[] = { "/etc/sudoers.d", "../etc", "releases/../../etc", "releases/r1/../..", "releases/",
+			      "releases/link", "./releases/r1", "shared" };
+	plant_owned(c, "/etc", "/app/releases/link", OTHER_UID);
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+		assert_int_equal(unlink(p), 0);
+		plant_owned(c, bad[i], "/app/current", OTHER_UID);
+		fd = rootfs_resolve(rootfd, "/app/current/deploy.cfg", false);
+		assert_true(fd == -ELOOP || fd == -ENOENT);
+		assert_int_equal(rootfs_open_parent(rootfd, "/app/current/deploy.cfg", true, 0755, &dfd, &name),
+				 fd);
+	}
+	/* releases itself swapped for a link. */
+	assert_int_equal(unlink(p), 0);
+	plant_owned(c, "releases/r1", "/app/current", OTHER_UID);
+	{
+		char *rel = R(c, "/app/releases"), *moved = R(c, "/app/releases.real");
+
+		assert_int_equal(rename(rel, moved), 0);
+		plant_owned(c, "/etc", "/app/releases", OTHER_UID);
+		assert_refused(rootfd, "/app/current/sudoers.d", "releases");
+		assert_int_equal(unlink(rel), 0);
+		assert_int_equal(rename(moved, rel), 0);
+		free(rel);
+		free(moved);
+	}
+	free(p);
+	/* A name that is not "current" gets no exception. */
+	plant_owned(c, "releases/r1", "/app/previous", OTHER_UID);
+	assert_refused(rootfd, "/app/previous", "previous");
+
+	/* Group- or world-writable without the sticky bit: shared too. */
+	mkdir_owned(c, "/gw", 0777, 0);
+	plant(c, "/etc", "/gw/etc");
+	assert_refused(rootfd, "/gw/etc/sudoers.d", "etc");
+	/* /tmp-like: root's links and the owner's are followed, others' not. */
+	mkdir_owned(c, "/tmp", 01777, 0);
+	plant(c, "/etc", "/tmp/root-link");
+	plant_owned(c, "/etc", "/tmp/user-link", OTHER_UID);
+	assert_resolves_to(rootfd, c, "/tmp/root-link/sudoers.d", "/etc/sudoers.d");
+	assert_refused(rootfd, "/tmp/user-link/sudoers.d", "user-link");
+
+	/* Parents are created without following anything either. */
+	assert_int_equal(rootfs_open_parent(rootfd, "/app/shared/var/log/x", true, 0755, &dfd, &name), -ELOOP);
+	p = R(c, "/log");
+	assert_false(lexists(p));
+	free(p);
+	assert_int_equal(rootfs_open_parent(rootfd, "/app/shared/new/x", true, 0755, &dfd, &name), 0);
+	free(name);
+	close(dfd);
+	/* For a path used as a string later (mount): no name may be looked
+	 * up in a shared directory; the final directory may be anyone's. */
+	fd = rootfs_resolve_private(rootfd, "/app", true);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = rootfs_resolve_private(rootfd, "/trusted/etc/sudoers.d", true);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = rootfs_resolve_private(rootfd, "/app/releases/r1", true);
+	assert_int_equal(fd, -EPERM);
+	assert_non_null(strstr(rootfs_strerror(fd), "releases"));
+	assert_int_equal(rootfs_resolve_private(rootfd, "/trusted/app/shared", true), -EPERM);
+	assert_int_equal(rootfs_resolve_private(rootfd, "/gw/x", true), -EPERM);
+	/* Existence checks see the link, never what it points at. */
+	assert_true(rootfs_exists(c->root, "/app/evil"));
+	assert_false(rootfs_exists(c->root, "/app/evil/README"));
+	fd = rootfs_resolve(rootfd, "/app", true);
+	assert_true(rootfs_dir_shared(fd));
+	close(fd);
+	fd = rootfs_resolve(rootfd, "/trusted", true);
+	assert_false(rootfs_dir_shared(fd));
+	close(fd);
+	close(rootfd);
+}
+
+static void test_rootfs_shared_openat2(void **state)
+{
+	rootfs_force_fallback(false);
+	check_shared_dirs(*state);
+}
+
+static void test_rootfs_shared_fallback(void **state)
+{
+	rootfs_force_fallback(true);
+	check_shared_dirs(*state);
+}
+
+/* rootfs_create_file_at: a planted symlink or file under the name is
+ * replaced, never written through. */
+static void test_rootfs_create_file_at(void **state)
+{
+	struct rctx *c = *state;
+	int dfd = open(c->root, O_PATH | O_DIRECTORY | O_CLOEXEC), fd;
+	char *keep = O(c, "/keep"), *got;
+	struct stat st;
+
+	spit(keep, "keep\n");
+	plant(c, keep, "/name");
+	fd = rootfs_create_file_at(dfd, "name", 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "new", 3), 3);
+	close(fd);
+	got = slurp(keep);
+	assert_string_equal(got, "keep\n");
+	free(got);
+	got = R(c, "/name");
+	assert_int_equal(lstat(got, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(st.st_mode & 07777, 0600);
+	free(got);
+	assert_int_equal(rootfs_create_file_at(dfd, "../x", 0600), -EINVAL);
+	free(keep);
+	close(dfd);
+}
+
 static void test_path_is_system_dir(void **state)
 {
 	/* The system itself: never owned, chmodded, mounted over or removed by a recipe. */
@@ -698,6 +911,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rootfs_fallback, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_same_answers, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_mount_id, rsetup, rteardown),
+		cmocka_unit_test_setup_teardown(test_rootfs_shared_openat2, rsetup, rteardown),
+		cmocka_unit_test_setup_teardown(test_rootfs_shared_fallback, rsetup, rteardown),
+		cmocka_unit_test_setup_teardown(test_rootfs_create_file_at, rsetup, rteardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
