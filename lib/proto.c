@@ -271,6 +271,8 @@ bool proto_object_is_secret(const json_t *v)
 /* Whether member k (of an object marked secret or not) is shown as "***". */
 static bool member_hidden(const char *k, bool secret_object)
 {
+	if (secret_object && strcmp(k, "secret") == 0)
+		return false; /* the mark itself: it says why the rest is hidden */
 	return key_is_secret(k) || (secret_object && !key_is_descriptive(k));
 }
 
