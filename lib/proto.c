@@ -268,11 +268,13 @@ bool proto_object_is_secret(const json_t *v)
 	return json_is_object(v) && json_is_true(json_object_get(v, "secret"));
 }
 
-/* Whether member k (of an object marked secret or not) is shown as "***". */
-static bool member_hidden(const char *k, bool secret_object)
+/* Whether member k = v (of an object marked secret or not) is shown as
+ * "***". The mark itself, "secret": true or false, is shown: it is the
+ * operator's flag, not a value, and says why the rest is hidden. */
+static bool member_hidden(const char *k, const json_t *v, bool secret_object)
 {
-	if (secret_object && strcmp(k, "secret") == 0)
-		return false; /* the mark itself: it says why the rest is hidden */
+	if (strcmp(k, "secret") == 0 && json_is_boolean(v))
+		return false;
 	return key_is_secret(k) || (secret_object && !key_is_descriptive(k));
 }
 
@@ -288,7 +290,7 @@ json_t *proto_redact(const json_t *v)
 
 		json_object_foreach((json_t *)v, k, x)
 		{
-			json_t *c = member_hidden(k, secret) ? json_string("***") : proto_redact(x);
+			json_t *c = member_hidden(k, x, secret) ? json_string("***") : proto_redact(x);
 			json_object_set_new(o, k, c);
 		}
 		return o;
@@ -318,7 +320,7 @@ static json_t *redact_shared_inner(json_t *v)
 
 		json_object_foreach(v, k, x)
 		{
-			c = member_hidden(k, secret) ? json_string("***") : redact_shared_inner(x);
+			c = member_hidden(k, x, secret) ? json_string("***") : redact_shared_inner(x);
 			if (c && !out) {
 				const char *k2;
 				json_t *x2;
