@@ -1388,6 +1388,10 @@ static json_t *client_dispatch(struct client *c, const char *line)
 	json_auto_t *empty = NULL;
 
 	req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+	/* JSON numbers have no range, ours do: a number beyond 64 bits is a
+	 * parameter out of range, not malformed JSON. */
+	if (!req && (strstr(jerr.text, "too big integer") || strstr(jerr.text, "real number overflow")))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "a number is out of range: %s", jerr.text);
 	if (!req)
 		return proto_reply_error(PROTO_E_BAD_REQUEST, "invalid JSON: %s", jerr.text);
 	if (!json_is_object(req))
