@@ -67,6 +67,9 @@
 #define CONTROL_STACK_CACHE_MS 10000 /* a serialised stack nobody reads is dropped after this long */
 #define CONTROL_TRIM_BYTES (1024 * 1024) /* freeing this much at once is worth a malloc_trim() */
 #define CONTROL_MAX_HELD_LINE (1024 * 1024) /* an output line held for redaction; longer ones are hidden */
+#define CONTROL_MAX_NEEDLES 64   /* lines of secret files looked for in free text */
+#define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not worth hiding */
+#define CONTROL_MAX_NEEDLE 4096
 
 enum client_stream {
 	STREAM_NONE,
@@ -160,6 +163,13 @@ struct control {
 	long held_run;
 	struct buf held;
 	bool held_overflow; /* the line passed CONTROL_MAX_HELD_LINE: hidden until its newline */
+
+	/* Lines of the secret files of stack revision needles_rev (the first
+	 * CONTROL_MAX_NEEDLES): free text shown to unprivileged callers has
+	 * them replaced by "***" too, e.g. a recipe that prints the file. */
+	char **needles;
+	size_t n_needles;
+	char needles_rev[32];
 	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
 };
 
@@ -177,6 +187,9 @@ static void control_maybe_free(struct control *ctl)
 	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
 		free(ctl->stack_cache[i]);
 	buf_free(&ctl->held);
+	for (size_t i = 0; i < ctl->n_needles; i++)
+		free(ctl->needles[i]);
+	free(ctl->needles);
 	free(ctl->socket_path);
 	free(ctl->admin_name);
 	free(ctl);
@@ -689,11 +702,79 @@ static void client_stream_end(struct client *c)
 	client_arm_timer(c);
 }
 
+static void needle_add(const char *s, size_t len, void *userdata)
+{
+	struct control *ctl = userdata;
+	const char *end = s + len;
+
+	while (s < end && ctl->n_needles < CONTROL_MAX_NEEDLES) {
+		const char *nl = memchr(s, '\n', (size_t)(end - s));
+		const char *a = s, *b = nl ? nl : end;
+
+		s = nl ? nl + 1 : end;
+		while (a < b && (*a == ' ' || *a == '\t'))
+			a++;
+		while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r'))
+			b--;
+		if (b - a < CONTROL_MIN_NEEDLE || b - a > CONTROL_MAX_NEEDLE || memchr(a, '\0', (size_t)(b - a)))
+			continue;
+		ctl->needles = xrealloc(ctl->needles, sizeof(char *) * (ctl->n_needles + 1));
+		ctl->needles[ctl->n_needles++] = xstrndup(a, (size_t)(b - a));
+	}
+}
+
+/* The needles of the current stack, found again when its revision changes. */
+static void needles_update(struct control *ctl)
+{
+	const char *rev = engine_stack_revision(ctl->engine);
+	json_t *doc;
+
+	if (!rev)
+		rev = "";
+	if (strcmp(rev, ctl->needles_rev) == 0 && ctl->needles_rev[0])
+		return;
+	for (size_t i = 0; i < ctl->n_needles; i++)
+		free(ctl->needles[i]);
+	free(ctl->needles);
+	ctl->needles = NULL;
+	ctl->n_needles = 0;
+	snprintf(ctl->needles_rev, sizeof(ctl->needles_rev), "%s", rev[0] ? rev : "-");
+	doc = engine_stack_json(ctl->engine, true);
+	proto_secret_strings(doc, needle_add, ctl);
+	json_decref(doc);
+}
+
+/* Text for an unprivileged caller: lines of secret files, then the values
+ * of secret-looking assignments, become "***". Returns a malloc'd string. */
+static char *control_redact_text(struct control *ctl, const char *text)
+{
+	_cleanup_free_ char *scrubbed = NULL;
+
+	needles_update(ctl);
+	for (size_t i = 0; i < ctl->n_needles; i++) {
+		const char *cur = scrubbed ? scrubbed : text, *p, *hit;
+		size_t n = strlen(ctl->needles[i]);
+		struct buf b;
+
+		if (!strstr(cur, ctl->needles[i]))
+			continue;
+		buf_init(&b);
+		for (p = cur; (hit = strstr(p, ctl->needles[i])); p = hit + n) {
+			buf_append(&b, p, (size_t)(hit - p));
+			buf_puts(&b, "***");
+		}
+		buf_puts(&b, p);
+		free(scrubbed);
+		scrubbed = buf_steal(&b);
+	}
+	return proto_redact_text(scrubbed ? scrubbed : text);
+}
+
 /* Free text that may quote a file, a command's output or a secret (step
  * errors and messages, plan diffs, a pause reason) goes through
- * proto_redact_text() for unprivileged callers, at any depth of doc, on top
- * of whatever the engine redacted. */
-static void redact_texts(json_t *doc)
+ * control_redact_text() for unprivileged callers, at any depth of doc, on
+ * top of whatever the engine redacted. */
+static void redact_texts(struct control *ctl, json_t *doc)
 {
 	static const char *const keys[] = { "error", "message", "diff", "reason" };
 	const char *k;
@@ -708,13 +789,13 @@ static void redact_texts(json_t *doc)
 			for (size_t j = 0; j < ELEMENTSOF(keys); j++)
 				text = text || strcmp(k, keys[j]) == 0;
 			if (text && json_is_string(v)) {
-				_cleanup_free_ char *red = proto_redact_text(json_string_value(v));
+				_cleanup_free_ char *red = control_redact_text(ctl, json_string_value(v));
 				json_object_set_new(doc, k, json_string(red));
 			} else
-				redact_texts(v);
+				redact_texts(ctl, v);
 		}
 	} else if (json_is_array(doc)) {
-		json_array_foreach(doc, i, v) redact_texts(v);
+		json_array_foreach(doc, i, v) redact_texts(ctl, v);
 	}
 }
 
@@ -755,7 +836,7 @@ static void held_send(struct control *ctl, long run, const char *data, size_t le
 		return;
 	text = proto_string_lossy(data, len);
 	if (redact) {
-		_cleanup_free_ char *red = proto_redact_text(json_string_value(text));
+		_cleanup_free_ char *red = control_redact_text(ctl, json_string_value(text));
 		json_decref(text);
 		text = json_string(red);
 	}
@@ -890,7 +971,7 @@ static void on_watch_event(void *userdata, const json_t *ev)
 			client_send(c, ev);
 		else {
 			json_t *copy = json_deep_copy(ev);
-			redact_texts(copy);
+			redact_texts(ctl, copy);
 			client_send_new(c, copy);
 		}
 	}
@@ -908,7 +989,7 @@ static void on_watch_event(void *userdata, const json_t *ev)
 					 status ? status : json_null());
 		}
 		if (!client_privileged(c))
-			redact_texts(info);
+			redact_texts(c->ctl, info);
 		client_send_new(c, proto_reply_ok(info));
 		client_stream_end(c);
 	}
@@ -939,7 +1020,7 @@ static json_t *ctl_status(struct client *c, json_t *params)
 	if (!st)
 		return proto_reply_error(PROTO_E_INTERNAL, "no status");
 	if (!client_privileged(c))
-		redact_texts(st);
+		redact_texts(c->ctl, st);
 	return proto_reply_ok(st);
 }
 
@@ -1099,7 +1180,7 @@ static json_t *ctl_runs(struct client *c, json_t *params)
 	if (!runs)
 		runs = json_pack("{s:[]}", "runs");
 	if (!client_privileged(c))
-		redact_texts(runs);
+		redact_texts(c->ctl, runs);
 	return proto_reply_ok(runs);
 }
 
@@ -1116,7 +1197,7 @@ static json_t *ctl_run_info(struct client *c, json_t *params)
 	if (!info)
 		return proto_reply_error(PROTO_E_NOT_FOUND, "no run %ld", id);
 	if (!client_privileged(c))
-		redact_texts(info);
+		redact_texts(c->ctl, info);
 	return proto_reply_ok(info);
 }
 
@@ -1205,7 +1286,7 @@ static json_t *ctl_log(struct client *c, json_t *params)
 	}
 	text = proto_string_lossy(data ? data : "", len);
 	if (!client_privileged(c)) {
-		_cleanup_free_ char *red = proto_redact_text(json_string_value(text));
+		_cleanup_free_ char *red = control_redact_text(c->ctl, json_string_value(text));
 		json_decref(text);
 		text = json_string(red);
 	}
@@ -1242,7 +1323,7 @@ static json_t *ctl_plan(struct client *c, json_t *params)
 		return reply_engine_error(r, msg);
 	free(msg);
 	if (result && !client_privileged(c))
-		redact_texts(result);
+		redact_texts(c->ctl, result);
 	return proto_reply_ok(result);
 }
 

@@ -364,6 +364,43 @@ json_t *proto_redact_shared(json_t *v)
 	return out ? out : json_incref(v);
 }
 
+/* Every string below v (v included). */
+static void strings_below(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata)
+{
+	const char *k;
+	json_t *x;
+	size_t i;
+
+	if (json_is_string(v))
+		fn(json_string_value(v), json_string_length(v), userdata);
+	else if (json_is_object(v)) {
+		json_object_foreach((json_t *)v, k, x) strings_below(x, fn, userdata);
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, x) strings_below(x, fn, userdata);
+	}
+}
+
+void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata)
+{
+	const char *k;
+	json_t *x;
+	size_t i;
+
+	if (json_is_object(v)) {
+		bool secret = proto_object_is_secret(v);
+
+		json_object_foreach((json_t *)v, k, x)
+		{
+			if (secret && member_hidden(k, x, true))
+				strings_below(x, fn, userdata);
+			else
+				proto_secret_strings(x, fn, userdata);
+		}
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, x) proto_secret_strings(x, fn, userdata);
+	}
+}
+
 static bool is_ident(char c)
 {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||

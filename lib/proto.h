@@ -104,6 +104,10 @@ json_t *proto_redact(const json_t *v);
 json_t *proto_redact_shared(json_t *v);
 /* Whether v is an object marked "secret": true. */
 bool proto_object_is_secret(const json_t *v);
+/* Calls fn(s, len, userdata) for every string that the mark of an object
+ * marked "secret": true hides (a secret file's content), at any depth of v,
+ * so that free text quoting it can be redacted too. */
+void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata);
 
 /* Redacts secrets in free text (run output shown to unprivileged callers):
  * in every "NAME = VALUE" or "NAME: VALUE" where NAME contains password,

@@ -188,12 +188,14 @@ def test_log_follow_hides_values_straddling_reads(make_agent):
     assert any(l.endswith(" api_token=***") for l in lines)
 
 
-SECRET_CONTENT = "[db]\npassword_for_the_app = s3cr3t-Content-77\n"
+SECRET_CONTENT = "[db]\npassword_for_the_app = s3cr3t-Content-77\nopaque-blob-Mx8QzR\n"
 
 
-def secret_files_stack():
-    stack = simple_stack()
-    stack["agent"]["layers"]["web"]["configure"] = ["touch", "files"]
+def secret_files_stack(root="/nonexistent"):
+    # "show" prints the secret file, as a careless recipe might.
+    stack = simple_stack(recipes={"touch": {"command": ["/bin/true"]},
+                                  "show": {"command": ["/bin/cat", root + "/etc/demo/app.ini"]}})
+    stack["agent"]["layers"]["web"]["configure"] = ["touch", "files", "show"]
     stack["agent"]["files"] = {"web": [
         {"path": "/etc/demo/app.ini", "content": SECRET_CONTENT, "mode": "0600", "secret": True},
         {"path": "/etc/demo/public.conf", "content": "hello=world\n"},
@@ -202,8 +204,13 @@ def secret_files_stack():
 
 
 def test_a_secret_file_content_is_hidden_from_unprivileged_callers(make_agent):
-    a = make_agent(secret_files_stack()).start()
+    a = make_agent()
+    a.write_stack(secret_files_stack(a.root))
+    a.start()
     a.wait_idle()
+    # The recipe printed the file: root sees it in the log.
+    conf = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    assert "opaque-blob-Mx8QzR" in a.ctl("log", conf).stdout
     # Root sees the document as it is.
     root = a.ctl_json("stack")
     assert root["agent"]["files"]["web"][0]["content"] == SECRET_CONTENT
@@ -221,13 +228,14 @@ def test_a_secret_file_content_is_hidden_from_unprivileged_callers(make_agent):
     with open(os.path.join(a.root, "etc/demo/app.ini"), "w") as f:
         f.write("old\n")
     for args in (["plan", "configure"], ["--json", "plan", "configure"], ["status"], ["--json", "status"],
-                 ["runs"], ["show", "last"], ["--json", "show", "last"], ["log", "last"]):
+                 ["runs"], ["show", conf], ["--json", "show", conf], ["log", conf]):
         p = as_nobody(a, *args)
         assert "s3cr3t-Content-77" not in p.stdout + p.stderr, (args, p.stdout)
+        assert "Mx8QzR" not in p.stdout + p.stderr, (args, p.stdout)
     # A second reader gets the same bytes (the cached serialisation).
     assert as_nobody(a, "--json", "stack").stdout == as_nobody(a, "--json", "stack").stdout
     # A new stack is served new: the cache follows the revision.
-    stack = secret_files_stack()
+    stack = secret_files_stack(a.root)
     stack["agent"]["files"]["web"][1]["content"] = "hello=again\n"
     a.write_stack(stack)
     a.ctl("reload", check=0)

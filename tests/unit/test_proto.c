@@ -274,6 +274,30 @@ static void test_redact_secret_objects(void **state)
 	json_decref(in);
 }
 
+static void collect_string(const char *s, size_t len, void *userdata)
+{
+	struct buf *b = userdata;
+
+	buf_append(b, s, len);
+	buf_puts(b, "|");
+}
+
+/* The strings a secret mark hides, to look for in free text. */
+static void test_secret_strings(void **state)
+{
+	json_t *in = json_loads("{\"files\":[{\"path\":\"/a\",\"content\":\"c1\",\"secret\":true,\"more\":[\"c2\",{\"x\":\"c3\"}]},"
+				"{\"path\":\"/b\",\"content\":\"open\"}],\"password\":\"not-a-file\"}",
+				0, NULL);
+	struct buf b;
+
+	assert_non_null(in);
+	buf_init(&b);
+	proto_secret_strings(in, collect_string, &b);
+	assert_string_equal(b.data, "c1|c2|c3|");
+	buf_free(&b);
+	json_decref(in);
+}
+
 static void test_redact_text(void **state)
 {
 	static const struct {
@@ -365,6 +389,7 @@ int main(void)
 		cmocka_unit_test(test_methods),
 		cmocka_unit_test(test_redact_depth),
 		cmocka_unit_test(test_redact_secret_objects),
+		cmocka_unit_test(test_secret_strings),
 		cmocka_unit_test(test_redact_text),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_string_lossy),
