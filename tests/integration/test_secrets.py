@@ -358,4 +358,7 @@ def test_stack_memory_with_two_unprivileged_readers(make_agent):
     print(f"\nstack memory (KiB): floor {floor}, load peak {load_peak}, before reading {before}, "
           f"peak with two unprivileged readers {serve_peak}, kept after a small stack {kept} "
           f"(floor + {kept - floor})")
-    assert kept <= floor + 16 * 1024
+    with open(f"/proc/{pid}/maps") as f:
+        sanitized = "libasan" in f.read()
+    if not sanitized:  # ASan's allocator keeps freed memory in quarantine
+        assert kept <= floor + 16 * 1024
