@@ -18,10 +18,11 @@
  *   answered after the stream's final reply.
  * - EOF: the requests already received are answered, then the connection is
  *   closed. A client that only shut down its sending side (socat, nc -N)
- *   still gets a stream it asked for; one that closed the socket (POLLHUP)
- *   is gone, and its stream and engine watch end at once (or within
- *   CONTROL_PEER_CHECK_MS when it closes after a half-close, as we no
- *   longer read then).
+ *   still gets a stream it asked for, as long as the stream makes progress:
+ *   after PROTO_FINISH_TIMEOUT_MS without any it is closed, like any client
+ *   after EOF, so that a half-closed follower of a quiet run does not hold
+ *   its uid's slot for the whole run. One that closed the socket (POLLHUP)
+ *   is gone, and its stream and engine watch end at once.
  * - Beyond PROTO_MAX_CLIENTS (PROTO_MAX_CLIENTS_PER_UID for one uid other
  *   than root and the daemon's, PROTO_MAX_CLIENTS - PROTO_RESERVED_CLIENTS
  *   for peers that are not privileged) a new connection gets one "limit"
@@ -31,9 +32,17 @@
  *   PROTO_MAX_OUTPUT_QUEUE is dropped, and so are the biggest queues when
  *   all clients' together would pass PROTO_MAX_OUTPUT_TOTAL. After EOF the
  *   replies must keep making progress (PROTO_FINISH_TIMEOUT_MS).
- * - Run output shown to unprivileged callers (log) goes through
- *   proto_redact_text(): the value of NAME=VALUE / NAME: VALUE pairs whose
- *   name looks secret is replaced by "***". */
+ * - stack is serialised once per privilege level and stack revision and
+ *   shared by its readers, each written CONTROL_SLICE at a time as its
+ *   socket drains: a 16 MiB document is not copied per reader. Copies
+ *   nobody reads are dropped, and large freed blocks given back to the
+ *   kernel (malloc_trim), by a housekeeping timer.
+ * - Text shown to unprivileged callers (run output, errors, messages,
+ *   diffs) goes through control_redact_text(): lines of files marked
+ *   "secret": true, and the value of NAME=VALUE / NAME: VALUE pairs whose
+ *   name looks secret, become "***". Live output is redacted a whole line
+ *   at a time (held until its newline or the end of its step), never a
+ *   chunk at a time: a name and its value may come in different reads. */
 #include "control.h"
 
 #include <errno.h>
