@@ -362,3 +362,30 @@ def test_stack_memory_with_two_unprivileged_readers(make_agent):
         sanitized = "libasan" in f.read()
     if not sanitized:  # ASan's allocator keeps freed memory in quarantine
         assert kept <= floor + 16 * 1024
+
+
+def test_log_tail_never_starts_inside_a_line(make_agent):
+    # The line being written is longer than the 2 MiB tail that log sends:
+    # cut at its start, its value would be shown without its name.
+    script = r"""
+import os, sys, time
+d = sys.argv[1]
+if os.environ.get("AGENT_EVENT") != "configure" or not os.path.exists(os.path.join(d, "armed")):
+    sys.exit(0)
+sys.stdout.write("api_token=" + "Zq7" * (1 << 20))
+sys.stdout.flush()
+while not os.path.exists(os.path.join(d, "go1")):
+    time.sleep(0.05)
+"""
+    a, d = pausing_agent(make_agent, script)
+    touch(d, "armed")
+    run_id = a.ctl_json("run", "configure", "--layer", "web")["id"]
+    try:
+        log = os.path.join(a.logs, "runs", f"{run_id}.log")
+        wait_for(lambda: os.path.getsize(log) > 3 * (1 << 20), timeout=30, what="the long line to be logged")
+        for p in (as_nobody(a, "log", run_id), a.ctl("log", run_id)):
+            assert p.returncode == 0, p.stderr
+            assert "Zq7Zq7" not in p.stdout
+    finally:
+        touch(d, "go1")
+    a.wait_idle()
