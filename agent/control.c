@@ -18,10 +18,11 @@
  *   answered after the stream's final reply.
  * - EOF: the requests already received are answered, then the connection is
  *   closed. A client that only shut down its sending side (socat, nc -N)
- *   still gets a stream it asked for; one that closed the socket (POLLHUP)
- *   is gone, and its stream and engine watch end at once (or within
- *   CONTROL_PEER_CHECK_MS when it closes after a half-close, as we no
- *   longer read then).
+ *   still gets a stream it asked for, as long as the stream makes progress:
+ *   after PROTO_FINISH_TIMEOUT_MS without any it is closed, like any client
+ *   after EOF, so that a half-closed follower of a quiet run does not hold
+ *   its uid's slot for the whole run. One that closed the socket (POLLHUP)
+ *   is gone, and its stream and engine watch end at once.
  * - Beyond PROTO_MAX_CLIENTS (PROTO_MAX_CLIENTS_PER_UID for one uid other
  *   than root and the daemon's, PROTO_MAX_CLIENTS - PROTO_RESERVED_CLIENTS
  *   for peers that are not privileged) a new connection gets one "limit"
@@ -31,15 +32,24 @@
  *   PROTO_MAX_OUTPUT_QUEUE is dropped, and so are the biggest queues when
  *   all clients' together would pass PROTO_MAX_OUTPUT_TOTAL. After EOF the
  *   replies must keep making progress (PROTO_FINISH_TIMEOUT_MS).
- * - Run output shown to unprivileged callers (log) goes through
- *   proto_redact_text(): the value of NAME=VALUE / NAME: VALUE pairs whose
- *   name looks secret is replaced by "***". */
+ * - stack is serialised once per privilege level and stack revision and
+ *   shared by its readers, each written CONTROL_SLICE at a time as its
+ *   socket drains: a 16 MiB document is not copied per reader. Copies
+ *   nobody reads are dropped, and large freed blocks given back to the
+ *   kernel (malloc_trim), by a housekeeping timer.
+ * - Text shown to unprivileged callers (run output, errors, messages,
+ *   diffs) goes through control_redact_text(): lines of files marked
+ *   "secret": true, and the value of NAME=VALUE / NAME: VALUE pairs whose
+ *   name looks secret, become "***". Live output is redacted a whole line
+ *   at a time (held until its newline or the end of its step), never a
+ *   chunk at a time: a name and its value may come in different reads. */
 #include "control.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -61,6 +71,14 @@
 #define CONTROL_MAX_REASON 1024      /* bytes in a pause reason */
 #define CONTROL_PEER_CHECK_MS 1000   /* a stream whose client no longer reads: is it still there? */
 #define CONTROL_NSS_CACHE_MS 10000   /* admin group gid and membership answers are reused this long */
+#define CONTROL_SLICE (256 * 1024)   /* bytes of a shared reply handed to the socket at a time */
+#define CONTROL_HOUSEKEEP_MS 2000    /* how often stale stack replies are dropped and memory returned */
+#define CONTROL_STACK_CACHE_MS 10000 /* a serialised stack nobody reads is dropped after this long */
+#define CONTROL_TRIM_BYTES (1024 * 1024) /* freeing this much at once is worth a malloc_trim() */
+#define CONTROL_MAX_HELD_LINE (1024 * 1024) /* an output line held for redaction; longer ones are hidden */
+#define CONTROL_MAX_NEEDLES 64   /* lines of secret files looked for in free text */
+#define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not worth hiding */
+#define CONTROL_MAX_NEEDLE 4096
 
 enum client_stream {
 	STREAM_NONE,
@@ -69,6 +87,15 @@ enum client_stream {
 };
 
 struct control;
+
+/* A reply serialised once and written to many clients (stack): each client
+ * writing it holds a reference, and hands it to the socket a slice at a
+ * time, so that the document is neither copied per reader nor queued whole. */
+struct shared_out {
+	unsigned refs;
+	size_t len;
+	char data[];
+};
 
 struct client {
 	struct control *ctl; /* borrowed */
@@ -88,6 +115,9 @@ struct client {
 	bool watching; /* watch is on the engine's list */
 	enum client_stream stream;
 	long stream_run;
+	struct shared_out *big; /* reference; the reply being written, from big_off */
+	size_t big_off;
+	bool big_inflight; /* a slice of a shared reply is queued */
 
 	bool reading;
 	bool eof;
@@ -121,6 +151,34 @@ struct control {
 	size_t priv_next;
 	int in_engine_cb; /* inside engine_watch callbacks: do not touch the engine's list */
 	bool freeing;
+
+	/* The stack reply, serialised once per privilege level ([0] redacted)
+	 * for stack revision cache_rev, while it is read or was read lately. */
+	struct shared_out *stack_cache[2];
+	char cache_rev[32];
+	uint64_t cache_used; /* uv_now() of the last reader */
+	char seen_rev[32];   /* the revision housekeeping saw last */
+	bool trim_due;       /* a large block was freed: return memory to the kernel */
+	uv_timer_t housekeeping;
+
+	/* Run output shown to unprivileged followers is redacted per line:
+	 * held is the incomplete last line of held_run's output (unredacted),
+	 * sent once its newline comes or its step ends. Shared by every
+	 * follower, and fed by our own watch so that it is right for one who
+	 * joins mid-line (the tail of the log file it reads stops before that
+	 * line). */
+	struct engine_watch watch;
+	bool watching;
+	long held_run;
+	struct buf held;
+	bool held_overflow; /* the line passed CONTROL_MAX_HELD_LINE: hidden until its newline */
+
+	/* Lines of the secret files of stack revision needles_rev (the first
+	 * CONTROL_MAX_NEEDLES): free text shown to unprivileged callers has
+	 * them replaced by "***" too, e.g. a recipe that prints the file. */
+	char **needles;
+	size_t n_needles;
+	char needles_rev[32];
 	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
 };
 
@@ -135,6 +193,12 @@ static void control_maybe_free(struct control *ctl)
 {
 	if (!ctl->freeing || ctl->open_handles > 0 || ctl->clients)
 		return;
+	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
+		free(ctl->stack_cache[i]);
+	buf_free(&ctl->held);
+	for (size_t i = 0; i < ctl->n_needles; i++)
+		free(ctl->needles[i]);
+	free(ctl->needles);
 	free(ctl->socket_path);
 	free(ctl->admin_name);
 	free(ctl);
@@ -152,6 +216,21 @@ static void on_listener_closed(uv_handle_t *h)
 	control_maybe_free(ctl);
 }
 
+static struct shared_out *shared_out_ref(struct shared_out *so)
+{
+	so->refs++;
+	return so;
+}
+
+static void shared_out_unref(struct control *ctl, struct shared_out *so)
+{
+	if (!so || --so->refs > 0)
+		return;
+	if (so->len >= CONTROL_TRIM_BYTES)
+		ctl->trim_due = true;
+	free(so);
+}
+
 static void on_client_closed(uv_handle_t *h)
 {
 	struct client *c = h->data;
@@ -159,6 +238,8 @@ static void on_client_closed(uv_handle_t *h)
 
 	if (--c->open_handles > 0)
 		return;
+	shared_out_unref(ctl, c->big);
+	c->big = NULL;
 	/* control_free() took every watch off the engine's list: the engine may
 	 * be gone by now (main frees it before the loop runs close callbacks). */
 	if (c->watching && !ctl->freeing)
@@ -218,12 +299,23 @@ static void client_finish(struct client *c)
 struct write_req {
 	uv_write_t req;
 	struct client *client;
-	char *line; /* owned */
+	char *line;                /* owned, or NULL for a slice of: */
+	struct shared_out *shared; /* a reference */
 };
 
-static size_t client_output_pending(struct client *c)
+static void client_pump(struct client *c);
+
+/* Bytes handed to the socket and not yet written: memory we hold. */
+static size_t client_output_queued(struct client *c)
 {
 	return uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+}
+
+/* Bytes of replies not yet written, including the rest of a shared reply
+ * (which costs this client nothing, but orders what comes next). */
+static size_t client_output_pending(struct client *c)
+{
+	return client_output_queued(c) + (c->big ? c->big->len - c->big_off : 0);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -232,6 +324,10 @@ static void on_write(uv_write_t *req, int status)
 	struct client *c = w->client;
 
 	free(w->line);
+	if (w->shared) {
+		shared_out_unref(c->ctl, w->shared);
+		c->big_inflight = false;
+	}
 	free(w);
 	if (c->closing)
 		return;
@@ -241,6 +337,9 @@ static void on_write(uv_write_t *req, int status)
 		client_close(c);
 		return;
 	}
+	client_pump(c);
+	if (c->closing)
+		return;
 	/* Progress: the timers count from here, and requests held back while
 	 * replies were unsent are answered once they are all out. */
 	if (client_output_pending(c) == 0)
@@ -264,7 +363,7 @@ static bool control_make_room(struct control *ctl, struct client *self, size_t l
 
 			if (o->closing)
 				continue; /* its queue goes with its handle */
-			q = client_output_pending(o);
+			q = client_output_queued(o);
 			total += q;
 			if (q > most) {
 				most = q;
@@ -314,7 +413,7 @@ static void client_send(struct client *c, const json_t *msg)
 		free(line);
 		return;
 	}
-	w = xmalloc(sizeof(*w));
+	w = xcalloc(1, sizeof(*w));
 	w->client = c;
 	w->line = line;
 	b = uv_buf_init(line, (unsigned)len);
@@ -332,6 +431,59 @@ static void client_send_new(struct client *c, json_t *msg)
 {
 	client_send(c, msg);
 	json_decref(msg);
+}
+
+/* Hands the next slice of the shared reply to the socket, when the last
+ * one is written: what is queued for this client stays at CONTROL_SLICE. */
+static void client_pump(struct client *c)
+{
+	struct write_req *w;
+	size_t n;
+	uv_buf_t b;
+	int r;
+
+	if (c->closing || !c->big || c->big_inflight)
+		return;
+	n = c->big->len - c->big_off;
+	if (n > CONTROL_SLICE)
+		n = CONTROL_SLICE;
+	if (!control_make_room(c->ctl, c, n))
+		return;
+	w = xcalloc(1, sizeof(*w));
+	w->client = c;
+	w->shared = shared_out_ref(c->big);
+	b = uv_buf_init(c->big->data + c->big_off, (unsigned)n);
+	r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
+	if (r < 0) {
+		shared_out_unref(c->ctl, w->shared);
+		free(w);
+		log_debug("control: write to pid %d failed: %s", (int)c->pid, uv_strerror(r));
+		client_close(c);
+		return;
+	}
+	c->big_inflight = true;
+	c->big_off += n;
+	if (c->big_off == c->big->len) {
+		shared_out_unref(c->ctl, c->big);
+		c->big = NULL;
+		c->big_off = 0;
+	}
+}
+
+/* Sends a reply serialised once for many clients (so stays the caller's). */
+static void client_send_shared(struct client *c, struct shared_out *so)
+{
+	if (c->closing || c->finishing)
+		return;
+	/* Requests are answered only once the previous replies are out. */
+	if (c->big) {
+		log_error("control: a shared reply while another is unsent");
+		client_close(c);
+		return;
+	}
+	c->big = shared_out_ref(so);
+	c->big_off = 0;
+	client_pump(c);
 }
 
 /* ---- identity ---- */
@@ -559,23 +711,246 @@ static void client_stream_end(struct client *c)
 	client_arm_timer(c);
 }
 
+static void needle_add(const char *s, size_t len, void *userdata)
+{
+	struct control *ctl = userdata;
+	const char *end = s + len;
+
+	while (s < end && ctl->n_needles < CONTROL_MAX_NEEDLES) {
+		const char *nl = memchr(s, '\n', (size_t)(end - s));
+		const char *a = s, *b = nl ? nl : end;
+
+		s = nl ? nl + 1 : end;
+		while (a < b && (*a == ' ' || *a == '\t'))
+			a++;
+		while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r'))
+			b--;
+		if (b - a < CONTROL_MIN_NEEDLE || b - a > CONTROL_MAX_NEEDLE || memchr(a, '\0', (size_t)(b - a)))
+			continue;
+		ctl->needles = xrealloc(ctl->needles, sizeof(char *) * (ctl->n_needles + 1));
+		ctl->needles[ctl->n_needles++] = xstrndup(a, (size_t)(b - a));
+	}
+}
+
+/* The needles of the current stack, found again when its revision changes. */
+static void needles_update(struct control *ctl)
+{
+	const char *rev = engine_stack_revision(ctl->engine);
+	json_t *doc;
+
+	if (!rev)
+		rev = "";
+	if (strcmp(rev, ctl->needles_rev) == 0 && ctl->needles_rev[0])
+		return;
+	for (size_t i = 0; i < ctl->n_needles; i++)
+		free(ctl->needles[i]);
+	free(ctl->needles);
+	ctl->needles = NULL;
+	ctl->n_needles = 0;
+	snprintf(ctl->needles_rev, sizeof(ctl->needles_rev), "%s", rev[0] ? rev : "-");
+	doc = engine_stack_json(ctl->engine, true);
+	proto_secret_strings(doc, needle_add, ctl);
+	json_decref(doc);
+}
+
+/* Text for an unprivileged caller: lines of secret files, then the values
+ * of secret-looking assignments, become "***". Returns a malloc'd string. */
+static char *control_redact_text(struct control *ctl, const char *text)
+{
+	_cleanup_free_ char *scrubbed = NULL;
+
+	needles_update(ctl);
+	for (size_t i = 0; i < ctl->n_needles; i++) {
+		const char *cur = scrubbed ? scrubbed : text, *p, *hit;
+		size_t n = strlen(ctl->needles[i]);
+		struct buf b;
+
+		if (!strstr(cur, ctl->needles[i]))
+			continue;
+		buf_init(&b);
+		for (p = cur; (hit = strstr(p, ctl->needles[i])); p = hit + n) {
+			buf_append(&b, p, (size_t)(hit - p));
+			buf_puts(&b, "***");
+		}
+		buf_puts(&b, p);
+		free(scrubbed);
+		scrubbed = buf_steal(&b);
+	}
+	return proto_redact_text(scrubbed ? scrubbed : text);
+}
+
+/* Free text that may quote a file, a command's output or a secret (step
+ * errors and messages, plan diffs, a pause reason) goes through
+ * control_redact_text() for unprivileged callers, at any depth of doc, on
+ * top of whatever the engine redacted. */
+static void redact_texts(struct control *ctl, json_t *doc)
+{
+	static const char *const keys[] = { "error", "message", "diff", "reason" };
+	const char *k;
+	json_t *v;
+	size_t i;
+
+	if (json_is_object(doc)) {
+		json_object_foreach(doc, k, v)
+		{
+			bool text = false;
+
+			for (size_t j = 0; j < ELEMENTSOF(keys); j++)
+				text = text || strcmp(k, keys[j]) == 0;
+			if (text && json_is_string(v)) {
+				_cleanup_free_ char *red = control_redact_text(ctl, json_string_value(v));
+				json_object_set_new(doc, k, json_string(red));
+			} else
+				redact_texts(ctl, v);
+		}
+	} else if (json_is_array(doc)) {
+		json_array_foreach(doc, i, v) redact_texts(ctl, v);
+	}
+}
+
 /* Output events carry raw process output, which need not be UTF-8 (and the
- * engine may build them without checking): rebuilt here as valid JSON text,
- * and redacted for callers that are not privileged. */
-static json_t *output_event(struct client *c, const json_t *ev)
+ * engine may build them without checking): rebuilt here as valid JSON text.
+ * Only for privileged callers: the others get whole lines, redacted, from
+ * held_feed(). */
+static json_t *output_event(const json_t *ev)
 {
 	json_t *data = json_object_get(ev, "data");
 	json_t *text = proto_string_lossy(json_string_value(data), json_string_length(data));
 	json_t *out;
 
-	if (!client_privileged(c)) {
-		_cleanup_free_ char *red = proto_redact_text(json_string_value(text));
-		json_decref(text);
-		text = json_string(red);
-	}
 	out = json_deep_copy(ev);
 	json_object_set_new(out, "data", text ? text : json_string(""));
 	return out;
+}
+
+/* Whether c is an unprivileged follower of run: its output comes redacted,
+ * a line at a time, from the held line machinery below. */
+static bool client_follows_redacted(const struct client *c, long run)
+{
+	return !c->closing && !c->privileged && c->stream != STREAM_NONE && c->stream_run == run;
+}
+
+/* Sends data (len bytes of run output, redacted here unless it is our own
+ * marker) to every unprivileged follower of run. Called inside engine
+ * callbacks (in_engine_cb is raised). */
+static void held_send(struct control *ctl, long run, const char *data, size_t len, bool redact)
+{
+	json_auto_t *ev = NULL;
+	json_t *text;
+	bool any = false;
+
+	for (struct client *c = ctl->clients; c && !any; c = c->next)
+		any = client_follows_redacted(c, run);
+	if (!any || len == 0)
+		return;
+	text = proto_string_lossy(data, len);
+	if (redact) {
+		_cleanup_free_ char *red = control_redact_text(ctl, json_string_value(text));
+		json_decref(text);
+		text = json_string(red);
+	}
+	ev = json_pack("{s:s, s:I, s:o}", "event", "output", "run", (json_int_t)run, "data",
+		       text ? text : json_string(""));
+	/* client_send() may drop clients (output caps): they stay on the
+	 * list until their handles are closed. */
+	for (struct client *c = ctl->clients; c; c = c->next)
+		if (client_follows_redacted(c, run))
+			client_send(c, ev);
+}
+
+static void held_send_marker(struct control *ctl, long run, bool newline)
+{
+	char msg[128];
+	int n = snprintf(msg, sizeof(msg), "[agentd: a line longer than %d bytes, hidden while it was written]%s",
+			 CONTROL_MAX_HELD_LINE, newline ? "\n" : "");
+
+	held_send(ctl, run, msg, (size_t)n, false);
+}
+
+static void held_reset(struct control *ctl, long run)
+{
+	ctl->held_run = run;
+	ctl->held_overflow = false;
+	if (ctl->held.cap > 64 * 1024)
+		buf_free(&ctl->held); /* a long line: give its memory back */
+	else
+		buf_reset(&ctl->held);
+}
+
+static void held_append(struct control *ctl, const char *data, size_t len)
+{
+	if (ctl->held_overflow || len == 0)
+		return;
+	if (ctl->held.len + len > CONTROL_MAX_HELD_LINE) {
+		/* Never sent in pieces (a piece could end inside an
+		 * assignment): hidden from here to its newline. */
+		held_reset(ctl, ctl->held_run);
+		ctl->held_overflow = true;
+		return;
+	}
+	buf_append(&ctl->held, data, len);
+}
+
+/* One chunk of run output, as the engine read it: whatever completes lines
+ * goes out redacted, the incomplete last line is held. */
+static void held_feed(struct control *ctl, long run, const char *data, size_t len)
+{
+	const char *last_nl = len ? memrchr(data, '\n', len) : NULL;
+	size_t head;
+
+	if (ctl->held_run != run)
+		held_reset(ctl, run);
+	if (!last_nl) {
+		held_append(ctl, data, len);
+		return;
+	}
+	head = (size_t)(last_nl - data) + 1;
+	if (ctl->held_overflow) {
+		const char *nl = memchr(data, '\n', head);
+		size_t skip = (size_t)(nl - data) + 1;
+
+		held_send_marker(ctl, run, true);
+		held_send(ctl, run, data + skip, head - skip, true);
+		held_reset(ctl, run);
+	} else if (ctl->held.len > 0) {
+		buf_append(&ctl->held, data, head);
+		held_send(ctl, run, ctl->held.data, ctl->held.len, true);
+		held_reset(ctl, run);
+	} else
+		held_send(ctl, run, data, head, true);
+	held_append(ctl, data + head, len - head);
+}
+
+/* The step or the run ended: its last line is complete as it is. */
+static void held_flush(struct control *ctl, long run)
+{
+	if (ctl->held_run != run)
+		return;
+	if (ctl->held_overflow)
+		held_send_marker(ctl, run, false);
+	else if (ctl->held.len > 0)
+		held_send(ctl, run, ctl->held.data, ctl->held.len, true);
+	held_reset(ctl, 0);
+}
+
+/* Our own watch, always on: it sees every chunk of every run's output. */
+static void on_control_event(void *userdata, const json_t *ev)
+{
+	struct control *ctl = userdata;
+	const char *name = json_string_value(json_object_get(ev, "event"));
+	json_t *run = json_object_get(ev, "run");
+	json_t *data = json_object_get(ev, "data");
+
+	if (ctl->freeing || !name || !json_is_integer(run))
+		return;
+	ctl->in_engine_cb++;
+	if (strcmp(name, "output") == 0)
+		held_feed(ctl, (long)json_integer_value(run), json_string_value(data), json_string_length(data));
+	else
+		held_flush(ctl, (long)json_integer_value(run));
+	if (strcmp(name, "run-finished") == 0)
+		ctl->trim_due = true; /* the run's stack and buffers are gone by the next housekeeping */
+	ctl->in_engine_cb--;
 }
 
 static void on_watch_event(void *userdata, const json_t *ev)
@@ -593,10 +968,22 @@ static void on_watch_event(void *userdata, const json_t *ev)
 	finished = strcmp(name, "run-finished") == 0;
 
 	ctl->in_engine_cb++;
-	if (output)
-		client_send_new(c, output_event(c, ev));
-	else if (c->stream == STREAM_RUN)
-		client_send(c, ev);
+	/* Whichever watch sees a step or run boundary first completes the held
+	 * line, so that it comes before what follows it. */
+	if (!output)
+		held_flush(ctl, c->stream_run);
+	if (output) {
+		if (client_privileged(c))
+			client_send_new(c, output_event(ev));
+	} else if (c->stream == STREAM_RUN) {
+		if (client_privileged(c))
+			client_send(c, ev);
+		else {
+			json_t *copy = json_deep_copy(ev);
+			redact_texts(ctl, copy);
+			client_send_new(c, copy);
+		}
+	}
 
 	if (finished && c->stream == STREAM_LOG) {
 		json_t *status = json_object_get(ev, "status");
@@ -610,6 +997,8 @@ static void on_watch_event(void *userdata, const json_t *ev)
 			info = json_pack("{s:I, s:O}", "id", (json_int_t)c->stream_run, "status",
 					 status ? status : json_null());
 		}
+		if (!client_privileged(c))
+			redact_texts(c->ctl, info);
 		client_send_new(c, proto_reply_ok(info));
 		client_stream_end(c);
 	}
@@ -617,24 +1006,6 @@ static void on_watch_event(void *userdata, const json_t *ev)
 }
 
 /* ---- methods ---- */
-
-/* Free text that may quote a file or a command's output (plan diffs, step
- * errors) goes through proto_redact_text() for unprivileged callers, on top
- * of whatever the engine redacted. */
-static void redact_step_texts(json_t *doc, const char *key)
-{
-	json_t *steps = json_object_get(doc, "steps"), *step;
-	size_t i;
-
-	json_array_foreach(steps, i, step)
-	{
-		const char *text = json_string_value(json_object_get(step, key));
-		if (text) {
-			_cleanup_free_ char *red = proto_redact_text(text);
-			json_object_set_new(step, key, json_string(red));
-		}
-	}
-}
 
 typedef json_t *(*ctl_handler)(struct client *c, json_t *params);
 
@@ -657,26 +1028,146 @@ static json_t *ctl_status(struct client *c, json_t *params)
 	st = engine_status(c->ctl->engine);
 	if (!st)
 		return proto_reply_error(PROTO_E_INTERNAL, "no status");
+	if (!client_privileged(c))
+		redact_texts(c->ctl, st);
 	return proto_reply_ok(st);
 }
 
+static int dump_count(const char *buffer, size_t size, void *data)
+{
+	*(size_t *)data += size;
+	return 0;
+}
+
+struct dump_fill {
+	char *p;
+	size_t left;
+};
+
+static int dump_fill(const char *buffer, size_t size, void *data)
+{
+	struct dump_fill *f = data;
+
+	if (size > f->left)
+		return -1;
+	memcpy(f->p, buffer, size);
+	f->p += size;
+	f->left -= size;
+	return 0;
+}
+
+/* The stack reply line for doc (NULL: no stack), serialised into one block
+ * of exactly its size: counted first, then written, so that a 16 MiB
+ * document costs 16 MiB once and not a growing buffer plus its copies. */
+static struct shared_out *stack_reply_build(const json_t *doc)
+{
+	static const char head[] = "{\"ok\":true,\"result\":{\"stack\":", tail[] = "}}\n";
+	const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
+	struct shared_out *so;
+	struct dump_fill f;
+	size_t n = 0;
+
+	if (!doc)
+		doc = json_null();
+	if (json_dump_callback(doc, dump_count, &n, flags) < 0)
+		return NULL;
+	so = malloc(sizeof(*so) + sizeof(head) - 1 + n + sizeof(tail) - 1);
+	if (!so)
+		return NULL;
+	so->refs = 1;
+	so->len = sizeof(head) - 1 + n + sizeof(tail) - 1;
+	memcpy(so->data, head, sizeof(head) - 1);
+	f = (struct dump_fill){ .p = so->data + sizeof(head) - 1, .left = n };
+	if (json_dump_callback(doc, dump_fill, &f, flags) < 0 || f.left != 0) {
+		free(so);
+		return NULL;
+	}
+	memcpy(f.p, tail, sizeof(tail) - 1);
+	return so;
+}
+
+static void stack_cache_drop(struct control *ctl)
+{
+	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++) {
+		shared_out_unref(ctl, ctl->stack_cache[i]);
+		ctl->stack_cache[i] = NULL;
+	}
+	ctl->cache_rev[0] = '\0';
+}
+
+/* Served from one serialisation per privilege level and stack revision,
+ * shared by every reader and written as the socket drains. */
 static json_t *ctl_stack(struct client *c, json_t *params)
 {
+	struct control *ctl = c->ctl;
 	json_t *err = params_only(params, NULL);
 	bool priv = client_privileged(c);
-	json_t *stack;
+	const char *rev;
+	struct shared_out *so;
 
 	if (err)
 		return err;
-	stack = engine_stack_json(c->ctl->engine, priv);
-	if (stack && !priv) {
-		/* The engine redacts too; this is the one place that guarantees
-		 * it for every document we hand out. */
-		json_t *red = proto_redact(stack);
+	rev = engine_stack_revision(ctl->engine);
+	if (!rev || strcmp(rev, ctl->cache_rev) != 0)
+		stack_cache_drop(ctl);
+	so = ctl->stack_cache[priv];
+	if (!so) {
+		json_t *stack = engine_stack_json(ctl->engine, priv);
+
+		if (stack && !priv) {
+			/* The engine redacts too; this is the one place that
+			 * guarantees it for every document we hand out. */
+			json_t *red = proto_redact_shared(stack);
+			json_decref(stack);
+			stack = red;
+		}
+		so = stack_reply_build(stack);
 		json_decref(stack);
-		stack = red;
+		if (!so)
+			return proto_reply_error(PROTO_E_INTERNAL, "cannot serialise the stack");
+		if (rev && strlen(rev) < sizeof(ctl->cache_rev)) {
+			ctl->stack_cache[priv] = so;
+			memcpy(ctl->cache_rev, rev, strlen(rev) + 1);
+		} else {
+			client_send_shared(c, so);
+			shared_out_unref(ctl, so);
+			return NULL;
+		}
 	}
-	return proto_reply_ok(json_pack("{s:o}", "stack", stack ? stack : json_null()));
+	ctl->cache_used = uv_now(ctl->loop);
+	client_send_shared(c, so);
+	return NULL;
+}
+
+/* Drops serialised stacks of an old revision or that nobody read lately,
+ * and gives freed memory back to the kernel after something large went:
+ * glibc keeps freed heap pages, and raises its mmap threshold after a large
+ * block, so a 16 MiB document would stay resident after it is gone. */
+static void on_housekeeping(uv_timer_t *t)
+{
+	struct control *ctl = t->data;
+	const char *rev = engine_stack_revision(ctl->engine);
+	uint64_t now = uv_now(ctl->loop);
+
+	if (!rev)
+		rev = "";
+	if (strcmp(rev, ctl->seen_rev) != 0) {
+		/* A new stack: the old document goes once nothing uses it. */
+		snprintf(ctl->seen_rev, sizeof(ctl->seen_rev), "%s", rev);
+		ctl->trim_due = true;
+	}
+	if (strcmp(rev, ctl->cache_rev) != 0 || now - ctl->cache_used >= CONTROL_STACK_CACHE_MS) {
+		bool busy = false;
+
+		for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
+			busy = busy || (ctl->stack_cache[i] && ctl->stack_cache[i]->refs > 1);
+		if (!busy || strcmp(rev, ctl->cache_rev) != 0)
+			stack_cache_drop(ctl);
+	}
+	if (ctl->trim_due) {
+		ctl->trim_due = false;
+		(void)malloc_trim(0);
+	}
 }
 
 static json_t *ctl_runs(struct client *c, json_t *params)
@@ -697,6 +1188,8 @@ static json_t *ctl_runs(struct client *c, json_t *params)
 	runs = engine_runs(c->ctl->engine, count);
 	if (!runs)
 		runs = json_pack("{s:[]}", "runs");
+	if (!client_privileged(c))
+		redact_texts(c->ctl, runs);
 	return proto_reply_ok(runs);
 }
 
@@ -713,12 +1206,15 @@ static json_t *ctl_run_info(struct client *c, json_t *params)
 	if (!info)
 		return proto_reply_error(PROTO_E_NOT_FOUND, "no run %ld", id);
 	if (!client_privileged(c))
-		redact_step_texts(info, "error");
+		redact_texts(c->ctl, info);
 	return proto_reply_ok(info);
 }
 
 /* Reads at most max bytes from the end of a run log, starting at a line
- * boundary when it had to cut. Synchronous, but bounded and local. */
+ * boundary when it had to cut (nothing, when the tail is one line: its
+ * start, perhaps the name of a secret, is not in it). Synchronous, but
+ * bounded and local: a FIFO or a symlink planted in its place is refused
+ * (-EINVAL, -ELOOP) without blocking or following it. */
 static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_len, bool *ret_truncated)
 {
 	_cleanup_close_ int fd = -1;
@@ -730,7 +1226,7 @@ static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_l
 	*ret = NULL;
 	*ret_len = 0;
 	*ret_truncated = false;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
 	if (fd < 0)
 		return -errno;
 	if (fstat(fd, &st) < 0)
@@ -753,11 +1249,10 @@ static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_l
 	}
 	if (off > 0) {
 		char *nl = memchr(data, '\n', got);
-		if (nl) {
-			size_t skip = (size_t)(nl - data) + 1;
-			memmove(data, data + skip, got - skip);
-			got -= skip;
-		}
+		size_t skip = nl ? (size_t)(nl - data) + 1 : got;
+
+		memmove(data, data + skip, got - skip);
+		got -= skip;
 		*ret_truncated = true;
 	}
 	data[got] = '\0';
@@ -792,9 +1287,15 @@ static json_t *ctl_log(struct client *c, json_t *params)
 			return proto_reply_error(PROTO_E_NOT_FOUND, "no run %ld", id);
 		return proto_reply_error(PROTO_E_FAILED, "cannot read the log of run %ld: %s", id, strerror(-r));
 	}
+	if (!client_privileged(c) && engine_run_is_active(e, id)) {
+		/* The line being written stays out until it is complete: a
+		 * follower gets it, whole and redacted, from held_feed(). */
+		char *nl = data ? memrchr(data, '\n', len) : NULL;
+		len = nl ? (size_t)(nl - data) + 1 : 0;
+	}
 	text = proto_string_lossy(data ? data : "", len);
 	if (!client_privileged(c)) {
-		_cleanup_free_ char *red = proto_redact_text(json_string_value(text));
+		_cleanup_free_ char *red = control_redact_text(c->ctl, json_string_value(text));
 		json_decref(text);
 		text = json_string(red);
 	}
@@ -831,7 +1332,7 @@ static json_t *ctl_plan(struct client *c, json_t *params)
 		return reply_engine_error(r, msg);
 	free(msg);
 	if (result && !client_privileged(c))
-		redact_step_texts(result, "diff");
+		redact_texts(c->ctl, result);
 	return proto_reply_ok(result);
 }
 
@@ -977,6 +1478,10 @@ static json_t *client_dispatch(struct client *c, const char *line)
 	json_auto_t *empty = NULL;
 
 	req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+	/* JSON numbers have no range, ours do: a number beyond 64 bits is a
+	 * parameter out of range, not malformed JSON. */
+	if (!req && (strstr(jerr.text, "too big integer") || strstr(jerr.text, "real number overflow")))
+		return proto_reply_error(PROTO_E_INVALID_PARAMS, "a number is out of range: %s", jerr.text);
 	if (!req)
 		return proto_reply_error(PROTO_E_BAD_REQUEST, "invalid JSON: %s", jerr.text);
 	if (!json_is_object(req))
@@ -1089,9 +1594,11 @@ static void client_process(struct client *c)
 			uv_read_stop((uv_stream_t *)&c->pipe);
 			c->reading = false;
 		}
-	} else if (c->eof) {
+	} else if (c->eof && !c->big) {
 		client_finish(c);
 		return;
+	} else if (c->eof) {
+		/* The rest of a shared reply goes out first (client_pump). */
 	} else if (!c->reading) {
 		if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) < 0) {
 			client_close(c);
@@ -1108,12 +1615,6 @@ static void on_client_timer(uv_timer_t *t)
 
 	if (c->closing)
 		return;
-	if (c->finishing) {
-		log_debug("control: closing client pid %d uid %u: its replies are not being read", (int)c->pid,
-			  (unsigned)c->uid);
-		client_close(c);
-		return;
-	}
 	if (c->deferred) {
 		c->deferred = false;
 		if (c->watching && c->stream == STREAM_NONE) {
@@ -1121,6 +1622,13 @@ static void on_client_timer(uv_timer_t *t)
 			c->watching = false;
 		}
 		client_process(c);
+		return;
+	}
+	if (c->finishing || c->eof) {
+		log_debug("control: closing client pid %d uid %u: %s", (int)c->pid, (unsigned)c->uid,
+			  c->stream != STREAM_NONE ? "it shut down its side and its stream made no progress"
+						   : "its replies are not being read");
+		client_close(c);
 		return;
 	}
 	if (c->stream != STREAM_NONE) {
@@ -1137,6 +1645,9 @@ static void on_client_timer(uv_timer_t *t)
 /* One timer per client, for whichever applies:
  * - finishing: PROTO_FINISH_TIMEOUT_MS from the last progress of replies;
  * - deferred: at once;
+ * - after EOF (a half-close) with a stream or a shared reply still going:
+ *   PROTO_FINISH_TIMEOUT_MS from the last progress too, so that a follower
+ *   that half-closed does not keep its slot through a quiet run;
  * - stream: none while we read (EOF or an error tells us the client went
  *   away, and a client that stops reading the stream's output meets the
  *   output cap); once we stopped reading (half-close, or back-pressure), a
@@ -1151,6 +1662,8 @@ static void client_arm_timer(struct client *c)
 		uv_timer_start(&c->timer, on_client_timer, PROTO_FINISH_TIMEOUT_MS, 0);
 	else if (c->deferred)
 		uv_timer_start(&c->timer, on_client_timer, 0, 0);
+	else if (c->eof)
+		uv_timer_start(&c->timer, on_client_timer, PROTO_FINISH_TIMEOUT_MS, 0);
 	else if (c->stream != STREAM_NONE && c->reading)
 		uv_timer_stop(&c->timer); /* a stream may be quiet for a long time */
 	else if (c->stream != STREAM_NONE)
@@ -1388,6 +1901,14 @@ int control_new(uv_loop_t *loop, const struct config *config, struct engine *eng
 	uv_timer_init(loop, &ctl->accept_timer);
 	ctl->accept_timer.data = ctl;
 	ctl->open_handles++;
+	uv_timer_init(loop, &ctl->housekeeping);
+	ctl->housekeeping.data = ctl;
+	ctl->open_handles++;
+	uv_timer_start(&ctl->housekeeping, on_housekeeping, CONTROL_HOUSEKEEP_MS, CONTROL_HOUSEKEEP_MS);
+	buf_init(&ctl->held);
+	ctl->watch = (struct engine_watch){ .on_event = on_control_event, .userdata = ctl };
+	engine_watch_add(engine, &ctl->watch);
+	ctl->watching = true;
 	r = uv_poll_start(&ctl->listener, UV_READABLE, on_listener);
 	if (r < 0) {
 		log_error("control: cannot poll the listening socket: %s", uv_strerror(r));
@@ -1428,6 +1949,11 @@ void control_free(struct control *ctl)
 		}
 		client_close(c);
 	}
+	if (ctl->watching) {
+		engine_watch_remove(ctl->engine, &ctl->watch);
+		ctl->watching = false;
+	}
 	uv_close((uv_handle_t *)&ctl->listener, on_listener_closed);
 	uv_close((uv_handle_t *)&ctl->accept_timer, on_listener_closed);
+	uv_close((uv_handle_t *)&ctl->housekeeping, on_listener_closed);
 }

@@ -2073,7 +2073,15 @@ json_t *engine_stack_json(struct engine *e, bool privileged)
 {
 	if (!e->current)
 		return NULL;
-	return privileged ? json_deep_copy(e->current->root) : proto_redact(e->current->root);
+	/* No copy: a 16 MiB document read by many users at once must not be
+	 * duplicated per reader; the redacted view shares what it does not
+	 * hide (secret keys, and files marked "secret": true). */
+	return privileged ? json_incref(e->current->root) : proto_redact_shared(e->current->root);
+}
+
+const char *engine_stack_revision(struct engine *e)
+{
+	return e->current ? e->current->revision : NULL;
 }
 
 long engine_last_run_id(struct engine *e)

@@ -53,7 +53,13 @@ void engine_free(struct engine *e);
 json_t *engine_status(struct engine *e);
 json_t *engine_runs(struct engine *e, long n);
 json_t *engine_run_info(struct engine *e, long id);   /* NULL: no such run */
-json_t *engine_stack_json(struct engine *e, bool privileged); /* NULL: no stack yet */
+/* The current stack document, redacted unless privileged: a new reference
+ * that shares the engine's tree, so it must not be modified. NULL: no stack
+ * yet. */
+json_t *engine_stack_json(struct engine *e, bool privileged);
+/* The current stack's revision (borrowed, valid until the stack changes),
+ * NULL when there is none: a document served once may be cached under it. */
+const char *engine_stack_revision(struct engine *e);
 long engine_last_run_id(struct engine *e);            /* 0: none */
 /* Path of a run's log file (malloc'd), whether or not it exists yet. */
 char *engine_run_log_path(struct engine *e, long id);

@@ -251,18 +251,46 @@ int proto_reader_next(struct proto_reader *r, char **ret_line)
 
 /* ---- redaction ---- */
 
+/* Members of an object marked "secret": true that describe it rather than
+ * hold its value (a file's path, mode and owner): shown as they are. */
+static bool key_is_descriptive(const char *k)
+{
+	static const char *const keys[] = { "secret", "path", "mode", "owner", "group", "name", "layer" };
+
+	for (size_t i = 0; i < ELEMENTSOF(keys); i++)
+		if (strcmp(k, keys[i]) == 0)
+			return true;
+	return false;
+}
+
+bool proto_object_is_secret(const json_t *v)
+{
+	return json_is_object(v) && json_is_true(json_object_get(v, "secret"));
+}
+
+/* Whether member k = v (of an object marked secret or not) is shown as
+ * "***". The mark itself, "secret": true or false, is shown: it is the
+ * operator's flag, not a value, and says why the rest is hidden. */
+static bool member_hidden(const char *k, const json_t *v, bool secret_object)
+{
+	if (strcmp(k, "secret") == 0 && json_is_boolean(v))
+		return false;
+	return key_is_secret(k) || (secret_object && !key_is_descriptive(k));
+}
+
 json_t *proto_redact(const json_t *v)
 {
 	if (!v)
 		return NULL;
 	if (json_is_object(v)) {
+		bool secret = proto_object_is_secret(v);
 		json_t *o = json_object();
 		const char *k;
 		json_t *x;
 
 		json_object_foreach((json_t *)v, k, x)
 		{
-			json_t *c = key_is_secret(k) ? json_string("***") : proto_redact(x);
+			json_t *c = member_hidden(k, x, secret) ? json_string("***") : proto_redact(x);
 			json_object_set_new(o, k, c);
 		}
 		return o;
@@ -276,6 +304,101 @@ json_t *proto_redact(const json_t *v)
 		return a;
 	}
 	return json_deep_copy(v);
+}
+
+/* NULL when nothing at or below v is secret, else the redacted copy, new
+ * only along the way to the secrets. One pass: the members seen before the
+ * first secret are shared once it is found. */
+static json_t *redact_shared_inner(json_t *v)
+{
+	json_t *out = NULL, *x, *c;
+	const char *k;
+	size_t i;
+
+	if (json_is_object(v)) {
+		bool secret = proto_object_is_secret(v);
+
+		json_object_foreach(v, k, x)
+		{
+			c = member_hidden(k, x, secret) ? json_string("***") : redact_shared_inner(x);
+			if (c && !out) {
+				const char *k2;
+				json_t *x2;
+
+				out = json_object();
+				json_object_foreach(v, k2, x2)
+				{
+					if (strcmp(k2, k) == 0)
+						break;
+					json_object_set(out, k2, x2);
+				}
+			}
+			if (out)
+				json_object_set_new(out, k, c ? c : json_incref(x));
+		}
+		return out;
+	}
+	if (json_is_array(v)) {
+		json_array_foreach(v, i, x)
+		{
+			c = redact_shared_inner(x);
+			if (c && !out) {
+				out = json_array();
+				for (size_t j = 0; j < i; j++)
+					json_array_append(out, json_array_get(v, j));
+			}
+			if (out)
+				json_array_append_new(out, c ? c : json_incref(x));
+		}
+	}
+	return out;
+}
+
+json_t *proto_redact_shared(json_t *v)
+{
+	json_t *out;
+
+	if (!v)
+		return NULL;
+	out = redact_shared_inner(v);
+	return out ? out : json_incref(v);
+}
+
+/* Every string below v (v included). */
+static void strings_below(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata)
+{
+	const char *k;
+	json_t *x;
+	size_t i;
+
+	if (json_is_string(v))
+		fn(json_string_value(v), json_string_length(v), userdata);
+	else if (json_is_object(v)) {
+		json_object_foreach((json_t *)v, k, x) strings_below(x, fn, userdata);
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, x) strings_below(x, fn, userdata);
+	}
+}
+
+void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata)
+{
+	const char *k;
+	json_t *x;
+	size_t i;
+
+	if (json_is_object(v)) {
+		bool secret = proto_object_is_secret(v);
+
+		json_object_foreach((json_t *)v, k, x)
+		{
+			if (secret && member_hidden(k, x, true))
+				strings_below(x, fn, userdata);
+			else
+				proto_secret_strings(x, fn, userdata);
+		}
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, x) proto_secret_strings(x, fn, userdata);
+	}
 }
 
 static bool is_ident(char c)

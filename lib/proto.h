@@ -91,9 +91,23 @@ size_t proto_reader_pending(const struct proto_reader *r);
 /* Whether proto_reader_next() would return something other than 0. */
 bool proto_reader_ready(const struct proto_reader *r);
 
-/* Returns a deep copy of v with the value of every object key that
- * key_is_secret() matches replaced by "***", at any depth. */
+/* Returns a deep copy of v with, at any depth, the value of every object
+ * key that key_is_secret() matches replaced by "***", and so is every member
+ * of an object marked "secret": true (an agent.files entry: its content)
+ * except the members that describe it: secret, path, mode, owner, group,
+ * name, layer. */
 json_t *proto_redact(const json_t *v);
+/* The same redaction without the copy: returns v itself (a new reference)
+ * when nothing in it is secret, else a new tree that shares every subtree
+ * without secrets with v. Neither v nor the result may be modified while
+ * the other is in use. */
+json_t *proto_redact_shared(json_t *v);
+/* Whether v is an object marked "secret": true. */
+bool proto_object_is_secret(const json_t *v);
+/* Calls fn(s, len, userdata) for every string that the mark of an object
+ * marked "secret": true hides (a secret file's content), at any depth of v,
+ * so that free text quoting it can be redacted too. */
+void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata);
 
 /* Redacts secrets in free text (run output shown to unprivileged callers):
  * in every "NAME = VALUE" or "NAME: VALUE" where NAME contains password,

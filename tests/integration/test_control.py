@@ -520,3 +520,45 @@ def test_unprivileged_users_cannot_lock_root_out(agent):
         for h in holders:
             h.close()
     wait_for(lambda: as_nobody(agent, "status").returncode == 0, what="nobody to connect again")
+
+
+# ---- numbers on the wire (issue 9, kind 3) ----
+
+@pytest.mark.parametrize("line", [
+    b'{"method":"runs","params":{"n":-1}}',
+    b'{"method":"runs","params":{"n":0}}',
+    b'{"method":"runs","params":{"n":1001}}',
+    b'{"method":"runs","params":{"n":9223372036854775807}}',
+    b'{"method":"runs","params":{"n":-9223372036854775808}}',
+    b'{"method":"runs","params":{"n":99999999999999999999999}}',
+    b'{"method":"runs","params":{"n":1e400}}',
+    b'{"method":"runs","params":{"n":5.0}}',
+    b'{"method":"runs","params":{"n":"5"}}',
+    b'{"method":"runs","params":{"n":true}}',
+    b'{"method":"run-info","params":{"id":-1}}',
+    b'{"method":"run-info","params":{"id":0}}',
+    b'{"method":"run-info","params":{"id":-9223372036854775808}}',
+    b'{"method":"run-info","params":{"id":18446744073709551616}}',
+    b'{"method":"run-info","params":{"id":1e2}}',
+    b'{"method":"run-info","params":{"id":-1e400}}',
+    b'{"method":"log","params":{"id":1.5}}',
+    b'{"method":"log","params":{"id":[1]}}',
+    b'{"method":"log","params":{"id":{"id":1}}}',
+    b'{"method":"log","params":{"id":"1"}}',
+    b'{"method":"log","params":{"id":-4294967295,"follow":true}}',
+    b'{"method":"log","params":{"id":99999999999999999999,"follow":true}}',
+    b'{"method":"log","params":{"id":1,"follow":1}}',
+])
+def test_numbers_out_of_range_are_invalid_params(agent, line):
+    r = request(agent, line)
+    assert r["ok"] is False
+    assert r["error"]["code"] == "invalid-params", r
+    # The daemon goes on answering.
+    assert request(agent, {"method": "version"})["ok"] is True
+
+
+def test_run_ids_beyond_any_run_are_not_found(agent):
+    for rid in (2 ** 31, 2 ** 32 + 1, 2 ** 63 - 1):
+        for method in ("run-info", "log"):
+            r = request(agent, {"method": method, "params": {"id": rid}})
+            assert r["ok"] is False and r["error"]["code"] == "not-found", (method, rid, r)

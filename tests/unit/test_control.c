@@ -45,6 +45,8 @@ struct engine {
 	int big_count;
 	void (*after_output)(struct engine *e); /* called last in phase 2; may free e */
 	bool stall; /* a requested run does not start until the test starts e->timer */
+	const char *const *chunks; /* phase 2 emits these output chunks, NULL-terminated */
+	json_t *stack; /* engine_stack_json() returns this when set */
 };
 
 static void fake_emit(struct engine *e, json_t *ev)
@@ -84,7 +86,13 @@ static void on_fake_timer(uv_timer_t *t)
 				       "index", 0, "kind", "exec", "target", "touch"));
 		break;
 	case 2:
-		if (e->big_output) {
+		if (e->chunks) {
+			for (size_t i = 0; e->chunks[i]; i++) {
+				fake_append_log(e, id, e->chunks[i]);
+				fake_emit(e, json_pack("{s:s, s:I, s:s}", "event", "output", "run", (json_int_t)id,
+						       "data", e->chunks[i]));
+			}
+		} else if (e->big_output) {
 			char *data = xmalloc(e->big_output + 1);
 			memset(data, 'o', e->big_output);
 			data[e->big_output] = '\0';
@@ -157,6 +165,7 @@ void engine_free(struct engine *e)
 		free(p);
 	}
 	(void)rmdir(cmd);
+	json_decref(e->stack);
 	uv_close((uv_handle_t *)&e->timer, on_fake_closed);
 }
 
@@ -187,8 +196,15 @@ json_t *engine_run_info(struct engine *e, long id)
 /* Deliberately unredacted: control.c must redact for unprivileged callers. */
 json_t *engine_stack_json(struct engine *e, bool privileged)
 {
+	if (e->stack)
+		return json_incref(e->stack);
 	return json_pack("{s:{s:s, s:s}, s:s}", "ebs_snapshots", "aws_secret", "s3cr3t", "aws_key", "AKIA", "name",
 			 "stack");
+}
+
+const char *engine_stack_revision(struct engine *e)
+{
+	return "0123456789abcdef";
 }
 
 long engine_last_run_id(struct engine *e)
@@ -263,6 +279,18 @@ void engine_watch_add(struct engine *e, struct engine_watch *w)
 {
 	w->next = e->watches;
 	e->watches = w;
+}
+
+/* Watches of clients: the control server keeps one of its own (the first
+ * added, so the last on the list) for as long as it lives. */
+static size_t client_watches(struct engine *e)
+{
+	size_t n = 0;
+
+	for (struct engine_watch *w = e->watches; w; w = w->next)
+		n++;
+	assert_true(n >= 1);
+	return n - 1;
 }
 
 void engine_watch_remove(struct engine *e, struct engine_watch *w)
@@ -590,10 +618,10 @@ static void test_disconnect_mid_stream(void **state)
 	r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\",\"wait\":true}}\n");
 	assert_string_equal(json_string_value(json_object_get(r, "event")), "run-queued");
 	json_decref(r);
-	assert_non_null(f->engine->watches);
+	assert_true(client_watches(f->engine) > 0);
 	close(fd);
 	/* The watch goes with the client. */
-	while (f->engine->watches)
+	while (client_watches(f->engine) > 0)
 		uv_run(&f->loop, UV_RUN_ONCE);
 	while (f->engine->active_id)
 		uv_run(&f->loop, UV_RUN_ONCE);
@@ -618,7 +646,7 @@ static void test_half_close_keeps_the_stream(void **state)
 	assert_string_equal(json_string_value(json_object_get(ok_result(r), "status")), "success");
 	json_decref(r);
 	assert_null(pump_line(f, fd));
-	assert_null(f->engine->watches);
+	assert_int_equal(client_watches(f->engine), 0);
 	close(fd);
 }
 
@@ -1035,14 +1063,14 @@ static void test_stream_ends_when_a_half_closed_client_leaves(void **state)
 	r = pump_line(f, fd);
 	assert_string_equal(json_string_value(json_object_get(r, "event")), "run-queued");
 	json_decref(r);
-	assert_non_null(f->engine->watches);
+	assert_true(client_watches(f->engine) > 0);
 	/* The server sees the half-close first, and stops reading. */
 	for (int i = 0; i < 20; i++)
 		uv_run(&f->loop, UV_RUN_NOWAIT);
-	assert_non_null(f->engine->watches);
+	assert_true(client_watches(f->engine) > 0);
 	close(fd);
 	int64_t deadline = time_monotonic_usec() + 10 * 1000000;
-	while (f->engine->watches) {
+	while (client_watches(f->engine) > 0) {
 		assert_true(time_monotonic_usec() < deadline);
 		uv_run(&f->loop, UV_RUN_NOWAIT);
 		usleep(1000);
@@ -1098,6 +1126,183 @@ static void test_stale_socket_and_in_use(void **state)
 	assert_null(second);
 }
 
+#define FOLLOW_VALUE "Qx9-VALUE"
+
+/* As nobody: follows run 1, which is active, to its end. */
+static int follower_child(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static char buf[1 << 16];
+	size_t len = 0;
+	int fd;
+	const char *req = "{\"method\":\"log\",\"params\":{\"id\":1,\"follow\":true}}\n";
+
+	if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+		return 10;
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return 11;
+	if (write(fd, req, strlen(req)) != (ssize_t)strlen(req))
+		return 12;
+	while (!strstr(buf, "\"ok\":")) {
+		ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		buf[len] = '\0';
+	}
+	if (!strstr(buf, "\"ok\":true"))
+		return 13;
+	if (strstr(buf, "Qx9") || strstr(buf, "two words"))
+		return 14;
+	if (!strstr(buf, "db_password=***") || !strstr(buf, "api_token=*** more") ||
+	    !strstr(buf, "secret='***'") || !strstr(buf, "api_key: ***"))
+		return 15;
+	return 0;
+}
+
+/* Unprivileged followers get run output a line at a time, redacted as a
+ * whole: a secret's name in one chunk and its value in the next, a follower
+ * that joins while the name is the line being written, a quoted value, and
+ * the run's last line without a newline (sent when its step ends). */
+static void test_unprivileged_follower_gets_whole_lines(void **state)
+{
+	static const char *const chunks[] = { "=" FOLLOW_VALUE " more\n",
+					      "quoted secret='" FOLLOW_VALUE " two words'\n", "last api_key",
+					      ": " FOLLOW_VALUE, NULL };
+	struct fx *f = *state;
+	int fd, status = 0;
+	pid_t pid;
+	json_t *r;
+
+	if (geteuid() != 0)
+		skip();
+	f->engine->stall = true;
+	f->engine->chunks = chunks;
+	fd = client_connect(f);
+	r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\"}}\n");
+	ok_result(r);
+	json_decref(r);
+	/* Output before the follower comes: the line is not complete. */
+	fake_append_log(f->engine, 1, "db_password=" FOLLOW_VALUE " api_token");
+	fake_emit(f->engine, json_pack("{s:s, s:i, s:s}", "event", "output", "run", 1, "data",
+				       "db_password=" FOLLOW_VALUE " api_token"));
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(follower_child(f->sock));
+	while (client_watches(f->engine) == 0) {
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	f->engine->phase = 2;
+	uv_timer_start(&f->engine->timer, on_fake_timer, 1, 1);
+	for (;;) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			break;
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	close(fd);
+}
+
+/* A follower that shut down its sending side is closed once its stream
+ * makes no progress for PROTO_FINISH_TIMEOUT_MS, not kept for the run. */
+static void test_half_closed_follower_is_closed(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	f->engine->stall = true;
+	r = call(f, fd, "{\"method\":\"run\",\"params\":{\"event\":\"configure\"}}\n");
+	ok_result(r);
+	json_decref(r);
+	client_send(fd, "{\"method\":\"log\",\"params\":{\"id\":1,\"follow\":true}}\n");
+	shutdown(fd, SHUT_WR);
+	r = pump_line(f, fd);
+	assert_string_equal(json_string_value(json_object_get(r, "event")), "output");
+	json_decref(r);
+	/* pump_line()'s deadline is 10 s: EOF must come before. */
+	assert_null(pump_line(f, fd));
+	assert_true(f->engine->active_id == 1);
+	while (client_watches(f->engine) > 0)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	close(fd);
+	f->engine->active_id = 0;
+}
+
+/* Ten readers of a 6 MiB stack at once: 60 MiB of replies, above
+ * PROTO_MAX_OUTPUT_TOTAL were each a copy, and all of them get it whole,
+ * from one serialisation written in slices. */
+static void test_many_readers_of_a_large_stack(void **state)
+{
+	enum { N = 10, SIZE = 6 * 1024 * 1024 };
+	struct fx *f = *state;
+	int fds[N], small = 4096;
+	size_t got[N] = { 0 }, want = 0;
+	bool done[N] = { false };
+	char *big = xmalloc(SIZE + 1), *first = NULL;
+	static char buf[1 << 16];
+	int left = N;
+	int64_t deadline = time_monotonic_usec() + 60 * 1000000;
+
+	memset(big, 'v', SIZE);
+	big[SIZE] = '\0';
+	f->engine->stack = json_pack("{s:s, s:s}", "blob", big, "name", "stack");
+	free(big);
+	for (int i = 0; i < N; i++) {
+		fds[i] = client_connect(f);
+		assert_int_equal(setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+		client_send(fds[i], "{\"method\":\"stack\"}\n");
+	}
+	while (left > 0) {
+		assert_true(time_monotonic_usec() < deadline);
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		for (int i = 0; i < N; i++) {
+			ssize_t n;
+
+			if (done[i])
+				continue;
+			n = recv(fds[i], buf, sizeof(buf), MSG_DONTWAIT);
+			if (n < 0 && errno == EAGAIN)
+				continue;
+			/* A dropped reader gets EOF before its newline. */
+			assert_true(n > 0);
+			if (i == 0) {
+				first = xrealloc(first, got[0] + (size_t)n);
+				memcpy(first + got[0], buf, (size_t)n);
+			}
+			got[i] += (size_t)n;
+			if (buf[n - 1] == '\n') {
+				done[i] = true;
+				left--;
+			}
+		}
+	}
+	want = got[0];
+	assert_true(want > SIZE);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(got[i], want);
+		close(fds[i]);
+	}
+	{
+		json_t *v = json_loadb(first, want, 0, NULL);
+		assert_non_null(v);
+		assert_int_equal(json_string_length(json_object_get(ok_result(v), "stack") ?
+							   json_object_get(json_object_get(ok_result(v), "stack"), "blob")
+							   : NULL),
+				 SIZE);
+		json_decref(v);
+	}
+	free(first);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1117,6 +1322,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stream_ends_when_a_half_closed_client_leaves, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_global_output_cap, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_socket_and_in_use, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unprivileged_follower_gets_whole_lines, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_half_closed_follower_is_closed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_many_readers_of_a_large_stack, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

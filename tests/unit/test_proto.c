@@ -217,6 +217,87 @@ static void test_redact_depth(void **state)
 	json_decref(out);
 }
 
+/* An object marked "secret": true (an agent.files entry) shows "***" for
+ * its content, in both redactions; what describes it stays. The shared one
+ * copies only the way to the secrets. */
+static void test_redact_secret_objects(void **state)
+{
+	json_error_t jerr;
+	json_t *in = json_loads("{\"agent\":{\"files\":{\"web\":[{\"path\":\"/etc/a\",\"content\":\"s3cr3t\","
+				"\"mode\":\"0600\",\"owner\":\"app\",\"secret\":true,\"extra\":{\"x\":1}},"
+				"{\"path\":\"/etc/b\",\"content\":\"plain\",\"secret\":false}]}},"
+				"\"opsworks\":{\"stack\":{\"name\":\"s\"},\"big\":[1,2,3]},\"db\":{\"password\":\"pw\"}}",
+				0, &jerr);
+	json_t *outs[2];
+
+	assert_non_null(in);
+	outs[0] = proto_redact(in);
+	outs[1] = proto_redact_shared(in);
+	for (int i = 0; i < 2; i++) {
+		json_t *list = json_object_get(json_object_get(json_object_get(outs[i], "agent"), "files"), "web");
+		json_t *f0 = json_array_get(list, 0), *f1 = json_array_get(list, 1);
+		char *dump = json_dumps(outs[i], 0);
+
+		assert_non_null(dump);
+		assert_null(strstr(dump, "s3cr3t"));
+		free(dump);
+		assert_string_equal(json_string_value(json_object_get(f0, "content")), "***");
+		assert_string_equal(json_string_value(json_object_get(f0, "extra")), "***");
+		assert_string_equal(json_string_value(json_object_get(f0, "path")), "/etc/a");
+		assert_string_equal(json_string_value(json_object_get(f0, "mode")), "0600");
+		assert_string_equal(json_string_value(json_object_get(f0, "owner")), "app");
+		assert_true(json_is_true(json_object_get(f0, "secret")));
+		assert_string_equal(json_string_value(json_object_get(f1, "content")), "plain");
+		assert_string_equal(json_string_value(json_object_get(json_object_get(outs[i], "db"), "password")),
+				    "***");
+		assert_string_equal(
+			json_string_value(json_object_get(json_object_get(json_object_get(outs[i], "opsworks"), "stack"),
+							  "name")),
+			"s");
+	}
+	/* Shared: what holds no secret is the input's own, the rest is new. */
+	assert_ptr_equal(json_object_get(outs[1], "opsworks"), json_object_get(in, "opsworks"));
+	assert_ptr_not_equal(json_object_get(outs[1], "agent"), json_object_get(in, "agent"));
+	assert_ptr_equal(json_array_get(json_object_get(json_object_get(json_object_get(outs[1], "agent"), "files"), "web"), 1),
+			 json_array_get(json_object_get(json_object_get(json_object_get(in, "agent"), "files"), "web"), 1));
+	/* The input is untouched. */
+	assert_string_equal(json_string_value(json_object_get(json_object_get(in, "db"), "password")), "pw");
+	json_decref(outs[0]);
+	json_decref(outs[1]);
+	/* Nothing secret: the document itself. */
+	json_object_del(in, "agent");
+	json_object_del(in, "db");
+	outs[1] = proto_redact_shared(in);
+	assert_ptr_equal(outs[1], in);
+	json_decref(outs[1]);
+	assert_null(proto_redact_shared(NULL));
+	json_decref(in);
+}
+
+static void collect_string(const char *s, size_t len, void *userdata)
+{
+	struct buf *b = userdata;
+
+	buf_append(b, s, len);
+	buf_puts(b, "|");
+}
+
+/* The strings a secret mark hides, to look for in free text. */
+static void test_secret_strings(void **state)
+{
+	json_t *in = json_loads("{\"files\":[{\"path\":\"/a\",\"content\":\"c1\",\"secret\":true,\"more\":[\"c2\",{\"x\":\"c3\"}]},"
+				"{\"path\":\"/b\",\"content\":\"open\"}],\"password\":\"not-a-file\"}",
+				0, NULL);
+	struct buf b;
+
+	assert_non_null(in);
+	buf_init(&b);
+	proto_secret_strings(in, collect_string, &b);
+	assert_string_equal(b.data, "c1|c2|c3|");
+	buf_free(&b);
+	json_decref(in);
+}
+
 static void test_redact_text(void **state)
 {
 	static const struct {
@@ -307,6 +388,8 @@ int main(void)
 		cmocka_unit_test(test_reader_nul),
 		cmocka_unit_test(test_methods),
 		cmocka_unit_test(test_redact_depth),
+		cmocka_unit_test(test_redact_secret_objects),
+		cmocka_unit_test(test_secret_strings),
 		cmocka_unit_test(test_redact_text),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_string_lossy),
