@@ -46,11 +46,18 @@ static void check_one_line(const json_t *v)
 	free(line);
 }
 
+static void count_secret(const char *str, size_t len, void *userdata)
+{
+	assert(str && strlen(str) >= len);
+	(*(size_t *)userdata)++;
+}
+
 static void handle_line(const char *line)
 {
 	json_error_t jerr;
-	json_t *req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr), *red, *reply;
+	json_t *req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr), *red, *shared, *reply;
 	char *text;
+	size_t n_secret = 0;
 
 	if (req && json_is_object(req)) {
 		const struct proto_method *m = proto_method_find(json_string_value(json_object_get(req, "method")));
@@ -60,6 +67,12 @@ static void handle_line(const char *line)
 		assert(red);
 		check_redacted(red);
 		check_one_line(red);
+		/* The copy-free redaction that serves `stack` must hide exactly
+		 * what the copying one hides. */
+		shared = proto_redact_shared(req);
+		assert(shared && json_equal(shared, red));
+		json_decref(shared);
+		proto_secret_strings(req, count_secret, &n_secret);
 		json_decref(red);
 	}
 	json_decref(req);
