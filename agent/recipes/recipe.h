@@ -57,6 +57,13 @@ const char *const *recipe_default_mapping(const char *layer, enum event ev);
 /* Plans one recipe for ctx into plan. */
 int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
 
+/* The configuration validate hooks read (where the data directories
+ * default to, which files the front end writes): set once by the daemon
+ * after loading it; until then, and in tests, the defaults (config.c). The
+ * pointer is borrowed and must outlive every validation. */
+void recipes_set_config(const struct config *c);
+const struct config *recipes_config(void);
+
 /* Runs every family's validate hook over a parsed stack. */
 int recipes_validate(const struct stack *stack, struct stack_error *err);
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "recipe.h"
+#include "../config.h"
 #include "../plan.h"
 #include "../stack.h"
 #include "util.h"
@@ -98,6 +99,27 @@ int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_erro
 	/* Every step says which recipe and layer planned it. */
 	label_steps(plan, first, ctx->name, ctx->layer);
 	return ret;
+}
+
+static const struct config *validate_config;
+
+void recipes_set_config(const struct config *c)
+{
+	validate_config = c;
+}
+
+const struct config *recipes_config(void)
+{
+	static struct config defaults; /* filled once, kept until exit */
+	static bool have_defaults;
+
+	if (validate_config)
+		return validate_config;
+	if (!have_defaults) {
+		config_defaults(&defaults);
+		have_defaults = true;
+	}
+	return &defaults;
 }
 
 int recipes_validate(const struct stack *stack, struct stack_error *err)
