@@ -225,3 +225,38 @@ def test_config_paths_in_normal_form_and_bounded(tmp_path):
     assert r.returncode == 1 and "more than 10000 elements" in r.stderr, r.stderr
     r = check_config(tmp_path, '{"x": ' + "[" * 40 + "]" * 40 + "}")
     assert r.returncode == 1 and "deeper than 16 levels" in r.stderr, r.stderr
+
+
+def test_deploy_to_holding_the_default_file_storage_is_refused(apps_env):
+    # break1 k2def: zeoserver's file storage left at its default
+    # (<ephemeral_mount_point>/shared/zodb/filestorage, /mnt here) and the
+    # instances app moved to /mnt/shared. It was accepted, and removing that
+    # app later deleted Data.fs. Now the document is refused at the
+    # deploy_to, nothing runs, and Data.fs stays.
+    make, _ = apps_env
+    zeo = {"user": "root", "group": "root"}
+    a, _ = make(paths_stack({"plone_instances": app("/srv/www/pi"), "zeoserver": zeo}))
+    a.wait_runs(4, timeout=60)
+    a.wait_idle(timeout=60)
+    assert all(r["status"] == "success" for r in a.runs()), [r.get("error") for r in a.runs()]
+    fs = os.path.join(a.root, "mnt/shared/zodb/filestorage")
+    assert os.path.isdir(fs)
+    data = write_file(a.root, "/mnt/shared/zodb/filestorage/Data.fs", "zodb")
+    rev = a.status()["source"]["stack_revision"]
+    n = len(a.runs())
+
+    for deploy_to, word in [("/mnt/shared", "holds the file storage"),
+                            ("/mnt//shared/zodb/", "holds the file storage"),
+                            ("/mnt/shared/zodb/filestorage/x", "is inside the file storage")]:
+        a.write_stack(paths_stack({"plone_instances": app(deploy_to), "zeoserver": zeo}))
+        rejected_at(a, "$.deploy.plone_instances.deploy_to", rev, word)
+        a.write_stack(paths_stack({"plone_instances": app("/srv/www/pi"), "zeoserver": zeo}))
+        wait_for(lambda: a.status()["source"]["error"] is None, what="the good stack again")
+    # And the undeploy the tester ran: instances gone from the stack.
+    a.write_stack(paths_stack({"zeoserver": zeo}))
+    wait_for(lambda: [r for r in a.runs() if r["event"] == "undeploy" and r["status"] in ("success", "failed")],
+             timeout=60, what="the undeploy of plone_instances")
+    a.wait_idle(timeout=60)
+    assert len([r for r in a.runs() if r["event"] == "undeploy"]) == 1
+    assert len(a.runs()) >= n
+    assert open(data).read() == "zodb"

@@ -1069,6 +1069,45 @@ static void test_data_dirs_apart(void **state)
 			  " 'plone_instances': {'filestorage_dir': '/data/fs/'}}");
 }
 
+/* Issue 9 kind 2 (break1): a deploy_to may not be, hold or lie inside a data
+ * directory left at its default (ephemeral_mount_point /mnt in tests). Before:
+ * only the directories the stack names were compared, and the undeploy of
+ * deploy_to /mnt/shared deleted the default file storage's Data.fs. */
+#define ZEO_AND_PI "'opsworks': {'layers': {'plone_instances': {'instances': {'app1': {}}}, 'zeoserver': {'instances': {'app1': {}}}}}"
+static void test_data_dirs_defaults(void **state)
+{
+	expect_recipes_error("{" ZEO_AND_PI ", 'deploy': {'plone_instances': {'deploy_to': '/mnt/shared', 'user': 'root',"
+			     " 'group': 'root'}, 'zeoserver': {}}}",
+			     "$.deploy.plone_instances.deploy_to",
+			     "/mnt/shared holds the file storage (plone_zeoserver.filestorage_dir, default) "
+			     "(/mnt/shared/zodb/filestorage)");
+	expect_recipes_error("{" ZEO_AND_PI ", 'deploy': {'zeoserver': {'deploy_to': '/mnt//shared/zodb/filestorage/x'}}}",
+			     "$.deploy.zeoserver.deploy_to", "is inside the file storage");
+	expect_recipes_error("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}}}},"
+			     " 'deploy': {'plone_instances': {'deploy_to': '/srv/exports'}}}",
+			     "$.deploy.plone_instances.deploy_to", "is the same directory as the NFS export");
+	expect_recipes_error("{'deploy': {'x': {'deploy_to': '/mnt/shared'}}, 'plone_instances': {'gluster_blobs': true}}",
+			     "$.deploy.x.deploy_to", "holds the shared blobs' mount point (/mnt/shared/blobs)");
+	expect_recipes_error("{'opsworks': {'layers': {'solr': {'instances': {'app1': {}}}}},"
+			     " 'deploy': {'x': {'deploy_to': '/mnt/shared/solr'}}}",
+			     "$.deploy.x.deploy_to", "Solr's index (plone_solr.data_dir, default)");
+	expect_recipes_error("{'agent': {'layers': {'b': {'configure': ['gluster']}}}, 'deploy': {'x': {'deploy_to': '/mnt/gluster-exports/brick/a'}}}",
+			     "$.deploy.x.deploy_to", "is inside the GlusterFS brick");
+	/* A data directory set inside an app's tree. */
+	expect_recipes_error("{'deploy': {'a': {}}, 'plone_solr': {'data_dir': '/srv/www/a/solr'}}", "$.plone_solr.data_dir",
+			     "is inside the deploy_to of app a");
+	/* A set directory against a default of another kind. */
+	expect_recipes_error("{" ZEO_AND_PI ", 'plone_blobs': {'blob_dir': '/mnt/shared/zodb'}}", "$.plone_blobs.blob_dir",
+			     "holds the file storage");
+	/* No recipe uses the default: nothing there to protect. */
+	expect_recipes_ok("{'deploy': {'x': {'deploy_to': '/mnt/shared'}}}");
+	expect_recipes_ok("{" ZEO_AND_PI ", 'deploy': {'plone_instances': {'deploy_to': '/mnt/sharedx'}, 'zeoserver': {}}}");
+	/* The blobs may nest: the NFS export's blobstorage as blob_dir. */
+	expect_recipes_ok("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}}}},"
+			  " 'plone_blobs': {'blob_dir': '/srv/exports/blobstorage'}}");
+}
+#undef ZEO_AND_PI
+
 /* Issue 9 kind 7: a document's elements and depth are bounded before a tree is built. */
 static void test_element_and_depth_bounds(void **state)
 {
@@ -1162,6 +1201,7 @@ int main(void)
 		cmocka_unit_test(test_paths_no_duplicates),
 		cmocka_unit_test(test_files_no_duplicates),
 		cmocka_unit_test(test_data_dirs_apart),
+		cmocka_unit_test(test_data_dirs_defaults),
 		cmocka_unit_test(test_element_and_depth_bounds),
 	};
 
