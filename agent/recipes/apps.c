@@ -652,9 +652,9 @@ static int apps_validate_hook(const struct stack *s, struct stack_error *err)
 	return apps_validate(s, err);
 }
 
-#define R(n) { n, apps_plan, NULL }
+#define R(n) { n, apps_plan, NULL, apps_owns }
 static const struct recipe recipes_apps[] = {
-	{ "instances-setup", apps_plan, apps_validate_hook },
+	{ "instances-setup", apps_plan, apps_validate_hook, apps_owns },
 	R("instances-configure"), R("instances-deploy"), R("instances-undeploy"), R("instances-stop"),
 	R("instances-start"), R("instances-restart"), R("instances-rebuild"),
 	R("zeoserver-setup"), R("zeoserver-configure"), R("zeoserver-deploy"), R("zeoserver-undeploy"),

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "apps.h"
+#include "recipe.h"
+#include "../config.h"
 #include "plone.h"
 #include "../stack.h"
 
@@ -372,4 +374,33 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 					       "must be an absolute path without \"..\"");
 	}
 	return 0;
+}
+
+void apps_owns(const struct stack *s, const struct config *c, const char *layer, const char *name,
+	       struct recipe_paths *ret)
+{
+	enum app_kind kind = strncmp(name, "instances", 9) == 0	  ? APP_INSTANCES
+			     : strncmp(name, "zeoserver", 9) == 0 ? APP_ZEOSERVER
+								  : APP_SOLR;
+	const char *app_name = apps_app_name(s, kind);
+	const struct stack_app *app = stack_app_find(s, app_name);
+	const json_t *sec = plone_section(s, apps_section_name(kind));
+	struct app_services sv;
+
+	if (kind == APP_INSTANCES)
+		recipe_paths_add(ret, "/etc/logrotate.d/supervisor", false,
+				 xasprintf("the logrotate file of recipe %s", name));
+	if (kind != APP_SOLR &&
+	    (json_is_true(json_object_get(sec, "nfs_blobs")) || json_is_true(json_object_get(sec, "gluster_blobs"))))
+		recipe_paths_add(ret, "/etc/fstab", false,
+				 xasprintf("the fstab recipe %s keeps the shared blobs' mount in", name));
+	if (!app)
+		return;
+	recipe_paths_add(ret, app->deploy_to, true, xasprintf("the deploy_to of app %s", app->name));
+	apps_services(s, kind, app, &sv);
+	for (size_t i = 0; i < sv.n; i++) {
+		_cleanup_free_ char *p = xasprintf("%s/%s.conf", c->supervisor_conf_dir, sv.v[i].name);
+		recipe_paths_add(ret, p, false, xasprintf("the supervisor program file of app %s", app->name));
+	}
+	apps_services_free(&sv);
 }

@@ -101,6 +101,48 @@ int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_erro
 	return ret;
 }
 
+void recipe_paths_add(struct recipe_paths *p, const char *path, bool tree, char *what)
+{
+	_cleanup_free_ char *n = NULL;
+
+	if (!path || path_normalize(path, &n) < 0) {
+		free(what);
+		return;
+	}
+	p->v = xrealloc(p->v, (p->n + 1) * sizeof(*p->v));
+	p->v[p->n++] = (struct recipe_path){ .path = n, .what = what, .tree = tree };
+	n = NULL;
+}
+
+void recipe_paths_free(struct recipe_paths *p)
+{
+	for (size_t i = 0; p && i < p->n; i++) {
+		free(p->v[i].path);
+		free(p->v[i].what);
+	}
+	if (p) {
+		free(p->v);
+		*p = (struct recipe_paths){ 0 };
+	}
+}
+
+void recipes_owned_paths(const struct stack *stack, const struct config *c, const char *layer,
+			 struct recipe_paths *ret)
+{
+	/* A recipe named at several events adds its paths again: harmless. */
+	for (int ev = 0; ev < _EVENT_MAX; ev++) {
+		size_t n = 0;
+		_cleanup_free_ const char **names = stack_layer_recipes(stack, layer, (enum event)ev, &n);
+
+		for (size_t i = 0; i < n; i++) {
+			const struct recipe *r = names[i] ? recipe_find(stack, names[i]) : NULL;
+
+			if (r && r->owns)
+				r->owns(stack, c, layer, r->name, ret);
+		}
+	}
+}
+
 static const struct config *validate_config;
 
 void recipes_set_config(const struct config *c)

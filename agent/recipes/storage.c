@@ -867,10 +867,34 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 	return validate_blob_layer(s, err);
 }
 
+/* What each storage recipe writes or manages as a whole (recipe.owns). */
+static void storage_owns(const struct stack *s, const struct config *c, const char *layer, const char *name,
+			 struct recipe_paths *ret)
+{
+	const char *eph = config_string(c, "ephemeral_mount_point");
+	_cleanup_free_ char *p = NULL;
+
+	if (!eph || strcmp(eph, "/") == 0)
+		eph = "";
+	if (strcmp(name, "nfs_blobs") == 0) {
+		recipe_paths_add(ret, NFS_EXPORT_DIR, true, xstrdup("the NFS export of the shared blobs"));
+		recipe_paths_add(ret, NFS_EXPORTS_FILE, false, xstrdup("the exports file of recipe nfs_blobs"));
+		recipe_paths_add(ret, "/etc/default/nfs-common", false, xstrdup("statd's ports, set by recipe nfs_blobs"));
+	} else if (strcmp(name, "gluster") == 0) {
+		p = xasprintf("%s/gluster-exports", eph);
+		recipe_paths_add(ret, p, true, xstrdup("the GlusterFS brick of the shared blobs"));
+	} else if (strcmp(name, "blob_mounts") == 0) {
+		p = xasprintf("%s/shared/blobs", eph);
+		recipe_paths_add(ret, p, true, xstrdup("the shared blobs' mount point"));
+		recipe_paths_add(ret, "/etc/fstab", false,
+				 xstrdup("the fstab recipe blob_mounts keeps the shared blobs' mount in"));
+	}
+}
+
 static const struct recipe recipes_storage[] = {
-	{ "nfs_blobs", nfs_blobs_plan, storage_validate },
-	{ "gluster", gluster_plan, NULL },
-	{ "blob_mounts", blob_mounts_plan, NULL },
+	{ "nfs_blobs", nfs_blobs_plan, storage_validate, storage_owns },
+	{ "gluster", gluster_plan, NULL, storage_owns },
+	{ "blob_mounts", blob_mounts_plan, NULL, storage_owns },
 	{ NULL, NULL, NULL },
 };
 

@@ -1108,6 +1108,55 @@ static void test_data_dirs_defaults(void **state)
 }
 #undef ZEO_AND_PI
 
+/* Issue 9 kind 2 (break1 k2f): an agent.files path that a built-in recipe of
+ * a layer on the same instance writes, or inside a tree agentd manages, is
+ * refused. Before: accepted, and every configure wrote both contents. */
+static void test_files_not_written_by_recipes(void **state)
+{
+	expect_recipes_error("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'layers': {'shared_blobs': {'setup': ['files', 'nfs_blobs'],"
+			     " 'configure': ['files', 'nfs_blobs']}},"
+			     " 'files': {'shared_blobs': [{'path': '/etc/default//nfs-common', 'content': 'mine'}]}}}",
+			     "$.agent.files.shared_blobs[0].path", "/etc/default/nfs-common is statd's ports");
+	/* The default mapping of shared_blobs, the exports file, another layer of this instance. */
+	expect_recipes_error("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}},"
+			     " 'web': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'web': [{'path': '/etc/exports.d/agentd-blobs.exports', 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "the exports file of recipe nfs_blobs");
+	expect_recipes_error("{'opsworks': {'layers': {'lb': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'lb': [{'path': '/etc/haproxy/haproxy.cfg/', 'content': 'x'}]}}}",
+			     "$.agent.files.lb[0].path", "haproxy's configuration");
+	expect_recipes_error("{'opsworks': {'layers': {'lb': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'lb': [{'path': '/etc/varnish/default.vcl', 'content': 'x'}]}}}",
+			     "$.agent.files.lb[0].path", "the VCL");
+	expect_recipes_error("{'opsworks': {'layers': {'lb': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'lb': [{'path': '/etc/nginx/sites-enabled/instances', 'content': 'x'}]}}}",
+			     "$.agent.files.lb[0].path", "nginx site link");
+	expect_recipes_error("{'opsworks': {'layers': {'plone_instances': {'instances': {'app1': {}}}}},"
+			     " 'deploy': {'plone_instances': {}},"
+			     " 'agent': {'files': {'plone_instances': [{'path': '/etc/supervisor/conf.d/plone_instances-client1.conf',"
+			     " 'content': 'x'}]}}}",
+			     "$.agent.files.plone_instances[0].path", "the supervisor program file of app plone_instances");
+	expect_recipes_error("{'opsworks': {'layers': {'zeoserver': {'instances': {'app1': {}}}}},"
+			     " 'plone_zeoserver': {'nfs_blobs': true},"
+			     " 'agent': {'files': {'zeoserver': [{'path': '/etc/fstab', 'content': 'x'}]}}}",
+			     "$.agent.files.zeoserver[0].path", "fstab");
+	/* Inside a tree agentd manages, whatever the layer. */
+	expect_recipes_error("{'deploy': {'a': {}}, 'agent': {'files': {'web': [{'path': '/srv/www/a/current/deploy.cfg',"
+			     " 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "is inside the deploy_to of app a");
+	expect_recipes_error("{'opsworks': {'layers': {'zeoserver': {'instances': {'z1': {}}}}},"
+			     " 'agent': {'files': {'web': [{'path': '/mnt/shared/zodb/filestorage/Data.fs', 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "is inside the file storage");
+	expect_recipes_error("{'deploy': {'a': {}}, 'agent': {'files': {'web': [{'path': '/srv/www', 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "holds the deploy_to of app a");
+	/* A layer no instance shares with the writer's: allowed. */
+	expect_recipes_ok("{'opsworks': {'layers': {'shared_blobs': {'instances': {'nfs1': {}}},"
+			  " 'web': {'instances': {'app1': {}}}}},"
+			  " 'agent': {'files': {'web': [{'path': '/etc/default/nfs-common', 'content': 'x'},"
+			  " {'path': '/etc/haproxy/haproxy.cfg', 'content': 'x'}, {'path': '/srv/www2/x', 'content': 'x'}]}}}");
+}
+
 /* Issue 9 kind 7: a document's elements and depth are bounded before a tree is built. */
 static void test_element_and_depth_bounds(void **state)
 {
@@ -1202,6 +1251,7 @@ int main(void)
 		cmocka_unit_test(test_files_no_duplicates),
 		cmocka_unit_test(test_data_dirs_apart),
 		cmocka_unit_test(test_data_dirs_defaults),
+		cmocka_unit_test(test_files_not_written_by_recipes),
 		cmocka_unit_test(test_element_and_depth_bounds),
 	};
 
