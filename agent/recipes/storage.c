@@ -28,6 +28,7 @@
 #define GLUSTER_MOUNT_OPTIONS "rw,direct-io-mode=disable"
 
 static bool host_is_valid(const char *s);
+static char *device_key(const char *dev);
 
 static const json_t *blobs_section(const struct stack *s)
 {
@@ -117,7 +118,7 @@ static int plan_volumes(const struct recipe_ctx *ctx, struct plan *plan, char **
 		if ((r = plan_one_volume(ctx, plan, &spec, ret_error)) < 0)
 			return r;
 	}
-	/* OpsWorks' own form: this instance's volumes by mapping name. OpsWorks
+	/* OpsWorks' own form: this instance's volumes by device name. OpsWorks
 	 * formatted a blank volume with xfs; so do we, and never one that has a
 	 * filesystem. agent.volumes wins for the same mount point. */
 	json_object_foreach((json_t *)devices, dev, v) {
@@ -125,9 +126,17 @@ static int plan_volumes(const struct recipe_ctx *ctx, struct plan *plan, char **
 		const json_t *o;
 		bool dup = false;
 
-		json_array_foreach(vols, i, o)
+		_cleanup_free_ char *dk = device_key(dev);
+
+		/* The same mount point, or the same device (validation allows
+		 * only both at once): one volume, agent.volumes' entry. */
+		json_array_foreach(vols, i, o) {
+			_cleanup_free_ char *ok = device_key(json_string_value(json_object_get(o, "device")));
+
 			dup = dup || (mp && json_is_string(json_object_get(o, "mount_point")) &&
-				      strcmp(mp, json_string_value(json_object_get(o, "mount_point"))) == 0);
+				      strcmp(mp, json_string_value(json_object_get(o, "mount_point"))) == 0) ||
+			      (json_is_string(json_object_get(o, "device")) && strcmp(dk, ok) == 0);
+		}
 		if (dup)
 			continue;
 		struct volume_spec spec = {
@@ -682,6 +691,87 @@ static int validate_not_system(struct stack_error *err, const char *path, const 
 	return 0;
 }
 
+/* The name a device is compared by (malloc'd): /dev/sdX and /dev/xvdX are
+ * one device, as volume_candidates() finds them (a Xen kernel renames the
+ * first); paths are in normal form already (stack.c). */
+static char *device_key(const char *dev)
+{
+	if (dev && strncmp(dev, "/dev/sd", 7) == 0)
+		return xasprintf("/dev/xvd%s", dev + 7);
+	return xstrdup(dev ? dev : "");
+}
+
+struct vol_ref {
+	char *dev;          /* owned: device_key() */
+	const char *device; /* borrowed, as written (normal form) */
+	const char *volume_id, *mount_point, *host;
+	bool ebs;           /* from ebs.devices */
+	char path[640];     /* its JSON path */
+};
+
+/* One device, or one EBS volume id, is one volume: listed twice (agent.volumes
+ * and ebs.devices, /dev/sdf and /dev//sdf or /dev/xvdf) it would be mounted
+ * at two places, or formatted while mounted. Only the one case the planner
+ * merges is allowed: ebs.devices naming the device and mount point of an
+ * agent.volumes entry of this instance (agent.volumes wins). */
+static int validate_volumes_unique(const struct stack *s, struct stack_error *err)
+{
+	const json_t *vols = json_object_get(json_object_get(s->root, "agent"), "volumes");
+	const json_t *devices = json_object_get(json_object_get(s->root, "ebs"), "devices");
+	const json_t *list, *v;
+	const char *key;
+	struct vol_ref *refs;
+	size_t n = 0, total = json_object_size(devices), i;
+	char hpath[512];
+	int r = 0;
+
+	json_object_foreach((json_t *)vols, key, list)
+		total += json_array_size(list);
+	refs = xcalloc(total + 1, sizeof(*refs));
+	json_object_foreach((json_t *)vols, key, list) {
+		stack_path_key(hpath, sizeof(hpath), "$.agent.volumes", key);
+		json_array_foreach(list, i, v) {
+			struct vol_ref *e = &refs[n++];
+
+			e->device = json_string_value(json_object_get(v, "device"));
+			e->dev = e->device ? device_key(e->device) : NULL;
+			e->volume_id = json_string_value(json_object_get(v, "volume_id"));
+			e->mount_point = json_string_value(json_object_get(v, "mount_point"));
+			e->host = key;
+			stack_path_index(e->path, sizeof(e->path), hpath, i);
+		}
+	}
+	json_object_foreach((json_t *)devices, key, v) {
+		struct vol_ref *e = &refs[n++];
+
+		e->device = key;
+		e->dev = device_key(key);
+		e->mount_point = json_string_value(json_object_get(v, "mount_point"));
+		e->host = s->instance;
+		e->ebs = true;
+		stack_path_key(e->path, sizeof(e->path), "$.ebs.devices", key);
+	}
+	for (i = 0; i < n && r == 0; i++)
+		for (size_t j = 0; j < i && r == 0; j++) {
+			const struct vol_ref *a = &refs[i], *b = &refs[j];
+			bool same_host = a->host && b->host && strcmp(a->host, b->host) == 0;
+
+			if (a->volume_id && b->volume_id && strcmp(a->volume_id, b->volume_id) == 0)
+				r = stack_error_set(err, a->path, "volume %s is also %s: one EBS volume attaches to one "
+						    "instance, at one mount point", a->volume_id, b->path);
+			else if (same_host && a->dev && b->dev && strcmp(a->dev, b->dev) == 0 &&
+				 !(a->ebs != b->ebs && a->mount_point && b->mount_point &&
+				   strcmp(a->mount_point, b->mount_point) == 0))
+				r = stack_error_set(err, a->path, "device %s is also the device of %s (%s, mounted on %s): "
+						    "one device cannot be mounted at two places",
+						    a->device, b->path, b->device, b->mount_point ? b->mount_point : "?");
+		}
+	for (i = 0; i < n; i++)
+		free(refs[i].dev);
+	free(refs);
+	return r;
+}
+
 /* agent.volumes and ebs.devices: their shape is checked in stack.c; here,
  * what the volume recipes make of them. */
 static int validate_volumes(const struct stack *s, struct stack_error *err)
@@ -837,7 +927,7 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 			}
 		}
 	}
-	if ((r = validate_volumes(s, err)) < 0)
+	if ((r = validate_volumes(s, err)) < 0 || (r = validate_volumes_unique(s, err)) < 0)
 		return r;
 	if ((r = validate_data_dirs_apart(s, err)) < 0)
 		return r;

@@ -1157,6 +1157,34 @@ static void test_files_not_written_by_recipes(void **state)
 			  " {'path': '/etc/haproxy/haproxy.cfg', 'content': 'x'}, {'path': '/srv/www2/x', 'content': 'x'}]}}}");
 }
 
+/* Issue 9 kind 2 (break1 k2c): one device, or one volume id, in agent.volumes
+ * and ebs.devices, in any spelling, is refused. Before: compared by mount
+ * point only, and two mounts of /dev/sdf were planned. */
+static void test_volumes_one_device_once(void **state)
+{
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'volume_id': 'vol-0123456789abcdef0', 'device': '/dev/sdf',"
+			     " 'mount_point': '/srv/data', 'fstype': 'xfs'}]}},"
+			     " 'ebs': {'devices': {'/dev//sdf': {'mount_point': '/srv/other', 'fstype': 'xfs'}}}}",
+			     "$.ebs.devices[\"/dev/sdf\"]", "device /dev/sdf is also the device of $.agent.volumes.app1[0]");
+	/* The Xen name of the same device. */
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'device': '/dev/xvdf', 'mount_point': '/srv/data'}]}},"
+			     " 'ebs': {'devices': {'/dev/sdf/': {'mount_point': '/srv/other'}}}}",
+			     "$.ebs.devices[\"/dev/sdf\"]", "/dev/xvdf");
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'device': '/dev/xvdf', 'mount_point': '/srv/a'},"
+			     " {'device': '/dev//sdf', 'mount_point': '/srv/b'}]}}}",
+			     "$.agent.volumes.app1[1]", "one device cannot be mounted at two places");
+	/* One volume id on two hosts. */
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'volume_id': 'vol-0123456789abcdef1', 'device': '/dev/sdf', 'mount_point': '/srv/a'}],"
+			     " 'app2': [{'volume_id': 'vol-0123456789abcdef1', 'device': '/dev/sdg', 'mount_point': '/srv/b'}]}}}",
+			     "$.agent.volumes.app2[0]", "volume vol-0123456789abcdef1 is also $.agent.volumes.app1[0]");
+	/* The one form the planner merges: the same device at the same mount point. */
+	expect_recipes_ok("{'agent': {'volumes': {'app1': [{'device': '/dev/sdf', 'mount_point': '/srv/data'}]}},"
+			  " 'ebs': {'devices': {'/dev//sdf': {'mount_point': '/srv/data/'}}}}");
+	/* Other hosts may use the same device name. */
+	expect_recipes_ok("{'agent': {'volumes': {'app1': [{'device': '/dev/sdf', 'mount_point': '/srv/a'}],"
+			  " 'app2': [{'device': '/dev/sdf', 'mount_point': '/srv/b'}]}}}");
+}
+
 /* Issue 9 kind 7: a document's elements and depth are bounded before a tree is built. */
 static void test_element_and_depth_bounds(void **state)
 {
@@ -1252,6 +1280,7 @@ int main(void)
 		cmocka_unit_test(test_data_dirs_apart),
 		cmocka_unit_test(test_data_dirs_defaults),
 		cmocka_unit_test(test_files_not_written_by_recipes),
+		cmocka_unit_test(test_volumes_one_device_once),
 		cmocka_unit_test(test_element_and_depth_bounds),
 	};
 
