@@ -171,8 +171,8 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 		if ((!type || strcmp(type, "git") == 0) && !git_url_ok(repo))
 			return stack_error_set(err, p2, "is not a git repository URL agentd accepts (no whitespace, "
 						       "shell metacharacters, leading \"-\" or \"::\" transports)");
-		if (type && strcmp(type, "local") == 0 && !path_is_safe_absolute(repo))
-			return stack_error_set(err, p2, "must be an absolute directory without \"..\" or \".\" components");
+		if (type && strcmp(type, "local") == 0 && stack_path_problem(repo))
+			return stack_error_set(err, p2, "%s", stack_path_problem(repo));
 		if (type && strcmp(type, "archive") == 0 &&
 		    ((strncmp(repo, "http://", 7) != 0 && strncmp(repo, "https://", 8) != 0) || has_meta(repo)))
 			return stack_error_set(err, p2, "must be an http:// or https:// URL of a .tar.gz");
@@ -362,16 +362,20 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 			return -EINVAL;
 	}
 	{
-		const json_t *bd = json_object_get(plone_section(s, "plone_blobs"), "blob_dir");
-		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
-			return stack_error_set(err, "$.plone_blobs.blob_dir", "must be an absolute path without \"..\"");
-		bd = json_object_get(plone_section(s, "plone_solr"), "data_dir");
-		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
-			return stack_error_set(err, "$.plone_solr.data_dir", "must be an absolute path without \"..\"");
-		bd = json_object_get(plone_section(s, "plone_zeoserver"), "filestorage_dir");
-		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
-			return stack_error_set(err, "$.plone_zeoserver.filestorage_dir",
-					       "must be an absolute path without \"..\"");
+		static const char *const dirs[][3] = {
+			{ "plone_blobs", "blob_dir", "$.plone_blobs.blob_dir" },
+			{ "plone_solr", "data_dir", "$.plone_solr.data_dir" },
+			{ "plone_zeoserver", "filestorage_dir", "$.plone_zeoserver.filestorage_dir" },
+		};
+
+		for (size_t i = 0; i < ELEMENTSOF(dirs); i++) {
+			const json_t *bd = json_object_get(plone_section(s, dirs[i][0]), dirs[i][1]);
+
+			if (bd && (!json_is_string(bd) || stack_path_problem(json_string_value(bd))))
+				return stack_error_set(err, dirs[i][2], "%s",
+						       json_is_string(bd) ? stack_path_problem(json_string_value(bd))
+									  : "must be an absolute path");
+		}
 	}
 	return 0;
 }

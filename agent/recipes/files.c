@@ -244,8 +244,10 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 				char kp[700];
 				snprintf(kp, sizeof(kp), "%s.%s", path, k);
 				if (strcmp(k, "path") == 0) {
-					if (!json_is_string(v) || !path_is_safe_absolute(json_string_value(v)))
-						return files_error(err, kp, "must be an absolute path without \"..\"");
+					if (!json_is_string(v) || stack_path_problem(json_string_value(v)))
+						return files_error(err, kp,
+								   json_is_string(v) ? stack_path_problem(json_string_value(v))
+										     : "must be an absolute path");
 					if (!path_is_normal(json_string_value(v)))
 						return files_error(err, kp, "must be an absolute path in normal form, "
 									    "without \".\" components");

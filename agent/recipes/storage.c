@@ -901,12 +901,14 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 		if (!json_is_object(sec))
 			continue;
 		fs = json_object_get(sec, "filestorage_dir");
-		if (fs && (!json_is_string(fs) || !path_is_safe_absolute(json_string_value(fs)))) {
+		if (fs && (!json_is_string(fs) || stack_path_problem(json_string_value(fs)))) {
 			char parent[64];
 
 			snprintf(parent, sizeof(parent), "$.%s", sections[k]);
 			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
-			return stack_error_set(err, path, "must be an absolute path without \"..\"");
+			return stack_error_set(err, path, "%s",
+					       json_is_string(fs) ? stack_path_problem(json_string_value(fs))
+								  : "must be an absolute path");
 		}
 		if (fs) {
 			char parent[64];
@@ -936,8 +938,10 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 	if (!json_is_object(b))
 		return stack_error_set(err, "$.plone_blobs", "must be an object");
 	v = json_object_get(b, "blob_dir");
-	if (v && (!json_is_string(v) || !path_is_safe_absolute(json_string_value(v))))
-		return stack_error_set(err, "$.plone_blobs.blob_dir", "must be an absolute path without \"..\"");
+	if (v && (!json_is_string(v) || stack_path_problem(json_string_value(v))))
+		return stack_error_set(err, "$.plone_blobs.blob_dir", "%s",
+				       json_is_string(v) ? stack_path_problem(json_string_value(v))
+							 : "must be an absolute path");
 	if (v && (r = validate_not_system(err, "$.plone_blobs.blob_dir", json_string_value(v))) < 0)
 		return r;
 	if ((r = validate_string(err, "$.plone_blobs", b, "host", host_is_valid, "a host name or address")) < 0 ||

@@ -1035,7 +1035,7 @@ static void test_files_no_duplicates(void **state)
 	expect_recipes_error("{'agent': {'files': {'web': [{'path': '//', 'content': 'a'}]}}}",
 			     "$.agent.files.web[0].path", "\"/\"");
 	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/./motd', 'content': 'a'}]}}}",
-			     "$.agent.files.web[0].path", NULL);
+			     "$.agent.files.web[0].path", "without \".\" components");
 	/* Two layers this instance is in. */
 	expect_recipes_error("{'opsworks': {'layers': {'web': {'instances': {'app1': {}}}, 'lb': {'instances': {"
 			     " 'app1': {}}}}}, 'agent': {'files': {'web': [{'path': '/etc/motd', 'content': 'a'}],"
@@ -1185,6 +1185,41 @@ static void test_volumes_one_device_once(void **state)
 			  " 'app2': [{'device': '/dev/sdf', 'mount_point': '/srv/b'}]}}}");
 }
 
+/* Issue 9 kind 2 (break1): a "." component is named as such, not as "..".
+ * Before: "/etc/./motd" in agent.files was refused "without \"..\"". */
+static void test_dot_component_messages(void **state)
+{
+	static const char *const docs[][2] = {
+		{ "{'agent': {'files': {'web': [{'path': '/etc/./motd', 'content': 'a'}]}}}", "$.agent.files.web[0].path" },
+		{ "{'plone_blobs': {'blob_dir': '/data/./blobs'}}", "$.plone_blobs.blob_dir" },
+		{ "{'plone_solr': {'data_dir': '/data/.'}}", "$.plone_solr.data_dir" },
+		{ "{'plone_zeoserver': {'filestorage_dir': '/./fs'}}", "$.plone_zeoserver.filestorage_dir" },
+		{ "{'plone_instances': {'filestorage_dir': '/data/./fs'}}", "$.plone_instances.filestorage_dir" },
+		{ "{'agent': {'recipes': {'r': {'command': ['/bin/true'], 'cwd': '/srv/./x'}}}}", "$.agent.recipes.r.cwd" },
+		{ "{'agent': {'recipes': {'r': {'command': ['/usr/./bin/true']}}}}", "$.agent.recipes.r.command[0]" },
+	};
+	struct stack_error err;
+
+	for (size_t i = 0; i < ELEMENTSOF(docs); i++) {
+		struct stack *s = NULL;
+		int r = parse_sq(docs[i][0], "app1", &s, &err);
+
+		if (r == 0) {
+			r = recipes_validate(s, &err);
+			stack_unref(s);
+		}
+		if (r != -EINVAL || strcmp(err.path, docs[i][1]) != 0)
+			fail_msg("case %zu: %d at %s: %s", i, r, err.path, err.message);
+		if (!strstr(err.message, "without \".\" components") || strstr(err.message, "\"..\""))
+			fail_msg("case %zu: %s", i, err.message);
+	}
+	/* And ".." is named as "..". */
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/../motd', 'content': 'a'}]}}}",
+			     "$.agent.files.web[0].path", "without \"..\" components");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': 'etc/motd', 'content': 'a'}]}}}",
+			     "$.agent.files.web[0].path", "starting with \"/\"");
+}
+
 /* Issue 9 kind 7: a document's elements and depth are bounded before a tree is built. */
 static void test_element_and_depth_bounds(void **state)
 {
@@ -1281,6 +1316,7 @@ int main(void)
 		cmocka_unit_test(test_data_dirs_defaults),
 		cmocka_unit_test(test_files_not_written_by_recipes),
 		cmocka_unit_test(test_volumes_one_device_once),
+		cmocka_unit_test(test_dot_component_messages),
 		cmocka_unit_test(test_element_and_depth_bounds),
 	};
 
