@@ -80,7 +80,8 @@ static int check_command(const json_t *cmd, const char *path, struct stack_error
 	if (argv0[0] == '\0')
 		return stack_error_set(err, epath, "must not be empty");
 	if (argv0[0] == '/' && stack_path_problem(argv0))
-		return stack_error_set(err, epath, "%s, got %s", stack_path_problem(argv0), stack_quote(q, sizeof(q), argv0));
+		return stack_error_set(err, epath, "%s, got %s", stack_path_problem(argv0),
+				       stack_quote(q, sizeof(q), argv0));
 	if (argv0[0] != '/' && strchr(argv0, '/') != NULL)
 		return stack_error_set(err, epath, "must be an absolute path or a program name without \"/\", got %s",
 				       stack_quote(q, sizeof(q), argv0));

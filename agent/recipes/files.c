@@ -168,7 +168,8 @@ static int files_check_owned(const struct stack *s, const json_t *files, struct 
 	int r = 0;
 
 	for (i = 0; i < s->n_apps; i++)
-		recipe_paths_add(&all, s->apps[i].deploy_to, true, xasprintf("the deploy_to of app %s", s->apps[i].name));
+		recipe_paths_add(&all, s->apps[i].deploy_to, true,
+				 xasprintf("the deploy_to of app %s", s->apps[i].name));
 	storage_data_dirs(s, c, &dd);
 	for (i = 0; i < dd.n; i++)
 		if (dd.v[i].kind != STORAGE_VOLUME)
@@ -193,10 +194,13 @@ static int files_check_owned(const struct stack *s, const json_t *files, struct 
 				    !path_is_under(o->path, fp))
 					continue;
 				snprintf(path, sizeof(path), "$.agent.files.%s[%zu].path", layer, i);
+				const char *rel = strcmp(fp, o->path) == 0	     ? "is"
+						  : path_is_under(fp, o->path) ? "is inside"
+										 : "holds";
+
 				snprintf(msg, sizeof(msg), "%s %s %s (%s): agentd writes it already; two writers would "
 					 "change it back and forth every run",
-					 fp, strcmp(fp, o->path) == 0 ? "is" : path_is_under(fp, o->path) ? "is inside" : "holds",
-					 o->what, o->path);
+					 fp, rel, o->what, o->path);
 				r = files_error(err, path, msg);
 			}
 			if (r < 0)
@@ -246,8 +250,9 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 				if (strcmp(k, "path") == 0) {
 					if (!json_is_string(v) || stack_path_problem(json_string_value(v)))
 						return files_error(err, kp,
-								   json_is_string(v) ? stack_path_problem(json_string_value(v))
-										     : "must be an absolute path");
+								   json_is_string(v)
+									   ? stack_path_problem(json_string_value(v))
+									   : "must be an absolute path");
 					if (!path_is_normal(json_string_value(v)))
 						return files_error(err, kp, "must be an absolute path in normal form, "
 									    "without \".\" components");

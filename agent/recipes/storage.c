@@ -757,14 +757,18 @@ static int validate_volumes_unique(const struct stack *s, struct stack_error *er
 			bool same_host = a->host && b->host && strcmp(a->host, b->host) == 0;
 
 			if (a->volume_id && b->volume_id && strcmp(a->volume_id, b->volume_id) == 0)
-				r = stack_error_set(err, a->path, "volume %s is also %s: one EBS volume attaches to one "
-						    "instance, at one mount point", a->volume_id, b->path);
+				r = stack_error_set(err, a->path,
+						    "volume %s is also %s: one EBS volume attaches to one instance, at "
+						    "one mount point",
+						    a->volume_id, b->path);
 			else if (same_host && a->dev && b->dev && strcmp(a->dev, b->dev) == 0 &&
 				 !(a->ebs != b->ebs && a->mount_point && b->mount_point &&
 				   strcmp(a->mount_point, b->mount_point) == 0))
-				r = stack_error_set(err, a->path, "device %s is also the device of %s (%s, mounted on %s): "
-						    "one device cannot be mounted at two places",
-						    a->device, b->path, b->device, b->mount_point ? b->mount_point : "?");
+				r = stack_error_set(err, a->path,
+						    "device %s is also the device of %s (%s, mounted on %s): one "
+						    "device cannot be mounted at two places",
+						    a->device, b->path, b->device,
+						    b->mount_point ? b->mount_point : "?");
 		}
 	for (i = 0; i < n; i++)
 		free(refs[i].dev);
@@ -876,8 +880,8 @@ static int validate_data_dirs_apart(const struct stack *s, struct stack_error *e
 			stack_path_key(apath, sizeof(apath), "$.deploy", app->name);
 			stack_path_key(path, sizeof(path), apath, "deploy_to");
 			return stack_error_set(err, path,
-					       "%s %s %s (%s): an undeploy of app %s would remove it, or the data would be "
-					       "chowned to the app's user",
+					       "%s %s %s (%s): an undeploy of app %s would remove it, or the "
+					       "data would be chowned to the app's user",
 					       app->deploy_to, relation(app->deploy_to, a->path), a->what, a->path,
 					       app->name);
 		}
@@ -973,7 +977,8 @@ static void storage_owns(const struct stack *s, const struct config *c, const ch
 	if (strcmp(name, "nfs_blobs") == 0) {
 		recipe_paths_add(ret, NFS_EXPORT_DIR, true, xstrdup("the NFS export of the shared blobs"));
 		recipe_paths_add(ret, NFS_EXPORTS_FILE, false, xstrdup("the exports file of recipe nfs_blobs"));
-		recipe_paths_add(ret, "/etc/default/nfs-common", false, xstrdup("statd's ports, set by recipe nfs_blobs"));
+		recipe_paths_add(ret, "/etc/default/nfs-common", false,
+				 xstrdup("statd's ports, set by recipe nfs_blobs"));
 	} else if (strcmp(name, "gluster") == 0) {
 		p = xasprintf("%s/gluster-exports", eph);
 		recipe_paths_add(ret, p, true, xstrdup("the GlusterFS brick of the shared blobs"));
