@@ -155,8 +155,10 @@ static void owned_for_layer(const struct stack *s, const struct config *c, const
  * layer that meets this one write (haproxy.cfg, the VCL, the nginx site,
  * supervisor program files, /etc/default/nfs-common, the exports file,
  * fstab), or a file inside a tree agentd manages (an app's deploy_to, a data
- * directory). Two writers would flip its content every run, or write into
- * an app's tree as root. Paths are in normal form. */
+ * directory, agentd's state_dir and log_dir). Two writers would flip its
+ * content every run, or write into an app's tree as root. supervisor's
+ * directories may hold other programs' files: only the apps' own program
+ * files are refused there. Paths are in normal form. */
 static int files_check_owned(const struct stack *s, const json_t *files, struct stack_error *err)
 {
 	const struct config *c = recipes_config();
@@ -172,7 +174,7 @@ static int files_check_owned(const struct stack *s, const json_t *files, struct 
 				 xasprintf("the deploy_to of app %s", s->apps[i].name));
 	storage_data_dirs(s, c, &dd);
 	for (i = 0; i < dd.n; i++)
-		if (dd.v[i].kind != STORAGE_VOLUME)
+		if (dd.v[i].kind != STORAGE_VOLUME && dd.v[i].kind != STORAGE_SUPERVISOR)
 			recipe_paths_add(&all, dd.v[i].path, true, xstrdup(dd.v[i].what));
 	base = all.n;
 	json_object_foreach((json_t *)files, layer, list) {

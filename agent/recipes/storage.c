@@ -577,6 +577,16 @@ void storage_data_dirs(const struct stack *s, const struct config *c, struct sto
 		_cleanup_free_ char *p = xasprintf("%s/gluster-exports", eph);
 		dirs_add(ret, p, STORAGE_BLOBS, NULL, xstrdup("the GlusterFS brick of the shared blobs"));
 	}
+	/* agentd's own state and logs, and supervisor's programs and logs
+	 * (apps.c's SUPERVISOR_LOG_DIR): an app's tree holding them would take
+	 * them with it at its undeploy. */
+	if (c) {
+		dirs_add(ret, c->state_dir, STORAGE_AGENTD, NULL, xstrdup("agentd's state_dir"));
+		dirs_add(ret, c->log_dir, STORAGE_AGENTD, NULL, xstrdup("agentd's log_dir"));
+		dirs_add(ret, c->supervisor_conf_dir, STORAGE_SUPERVISOR, NULL,
+			 xstrdup("supervisor's program files (supervisor_conf_dir)"));
+		dirs_add(ret, "/var/log/supervisor", STORAGE_SUPERVISOR, NULL, xstrdup("supervisor's logs"));
+	}
 	/* This instance's volumes; ebs.devices lists only this instance's. */
 	mine = json_object_get(json_object_get(json_object_get(s->root, "agent"), "volumes"), s->instance);
 	json_array_foreach(mine, i, v)

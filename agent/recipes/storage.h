@@ -36,6 +36,8 @@ enum storage_kind {
 	STORAGE_BLOBS,
 	STORAGE_SOLR,
 	STORAGE_VOLUME,      /* a volume's mount point: an app may live below it */
+	STORAGE_AGENTD,      /* agentd's own: state_dir, log_dir */
+	STORAGE_SUPERVISOR,  /* supervisor's program files and logs (other programs' files may be there) */
 };
 
 /* A directory whose content agentd keeps for the stack and must never
@@ -59,8 +61,10 @@ struct storage_dirs {
  * filestorage_dir (default <eph>/shared/zodb/filestorage), plone_blobs.blob_dir,
  * the shared blob mount <eph>/shared/blobs, the NFS export /srv/exports, the
  * GlusterFS brick <eph>/gluster-exports, plone_solr.data_dir (default
- * <eph>/shared/solr), and this instance's volume mount points (agent.volumes,
- * ebs.devices). <eph> is c's ephemeral_mount_point (c NULL: "/mnt"). The one
+ * <eph>/shared/solr), this instance's volume mount points (agent.volumes,
+ * ebs.devices), and agentd's own directories (c's state_dir and log_dir,
+ * supervisor_conf_dir, /var/log/supervisor; with c NULL, none of these).
+ * <eph> is c's ephemeral_mount_point (c NULL: "/mnt"). The one
  * list both validation and an undeploy's absent step use. Free with
  * storage_dirs_free(). */
 void storage_data_dirs(const struct stack *s, const struct config *c, struct storage_dirs *ret);

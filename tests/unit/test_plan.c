@@ -1522,6 +1522,8 @@ static void test_undeploy_protects_default_data_dirs(void **state)
 		{ NULL, "/mnt/gluster-exports",
 		  "}}, \"agent\": {\"layers\": {\"shared_blobs\": {\"setup\": [\"gluster\"]}}}",
 		  "the GlusterFS brick" },
+		{ NULL, "/var/lib/agentd", "}}", "agentd's state_dir" },
+		{ NULL, "/var/log/agentd", "}}", "agentd's log_dir" },
 		{ NULL, "/mnt/other", "}}", NULL },
 	};
 

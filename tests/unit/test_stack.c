@@ -1099,6 +1099,13 @@ static void test_data_dirs_defaults(void **state)
 	/* A set directory against a default of another kind. */
 	expect_recipes_error("{" ZEO_AND_PI ", 'plone_blobs': {'blob_dir': '/mnt/shared/zodb'}}", "$.plone_blobs.blob_dir",
 			     "holds the file storage");
+	/* agentd's own directories (config defaults): state, logs, supervisor's. */
+	expect_recipes_error("{'deploy': {'x': {'deploy_to': '/var/lib/agentd'}}}", "$.deploy.x.deploy_to",
+			     "/var/lib/agentd is the same directory as agentd's state_dir");
+	expect_recipes_error("{'deploy': {'x': {'deploy_to': '/var/log/supervisor/x'}}}", "$.deploy.x.deploy_to",
+			     "is inside supervisor's logs");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/var/lib/agentd/state.json', 'content': '{}'}]}}}",
+			     "$.agent.files.web[0].path", "is inside agentd's state_dir");
 	/* No recipe uses the default: nothing there to protect. */
 	expect_recipes_ok("{'deploy': {'x': {'deploy_to': '/mnt/shared'}}}");
 	expect_recipes_ok("{" ZEO_AND_PI ", 'deploy': {'plone_instances': {'deploy_to': '/mnt/sharedx'}, 'zeoserver': {}}}");
