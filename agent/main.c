@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "log.h"
 #include "proto.h"
+#include "recipes/recipe.h"
 #include "source.h"
 #include "util.h"
 
@@ -187,6 +188,8 @@ int main(int argc, char **argv)
 	if (sd_listen_fds(1) == 1)
 		listen_fd = SD_LISTEN_FDS_START;
 
+	/* Validation reads it too: where data directories default to. */
+	recipes_set_config(&d.config);
 	r = engine_new(&d.loop, &d.config, &d.engine);
 	if (r >= 0)
 		r = engine_start(d.engine);

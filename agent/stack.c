@@ -301,6 +301,23 @@ static bool has_component(const char *s, const char *c)
 	return false;
 }
 
+const char *stack_path_problem(const char *p)
+{
+	if (!p)
+		return "must be an absolute path";
+	if (path_is_safe_absolute(p))
+		return NULL;
+	if (has_component(p, ".."))
+		return "must be an absolute path without \"..\" components";
+	if (has_component(p, "."))
+		return "must be an absolute path without \".\" components (\"/a/b\", not \"/a/./b\")";
+	if (p[0] != '/')
+		return "must be an absolute path, starting with \"/\"";
+	if (strlen(p) >= PATH_MAX)
+		return "must be an absolute path shorter than PATH_MAX bytes";
+	return "must be an absolute path without control characters";
+}
+
 static int check_abs_path(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
 			  const char **ret)
 {
@@ -313,11 +330,7 @@ static int check_abs_path(struct stack_error *err, const char *parent, const jso
 		return r;
 	if (s && !path_is_safe_absolute(s)) {
 		stack_path_key(path, sizeof(path), parent, key);
-		return stack_error_set(err, path,
-				       s[0] == '/' && has_component(s, ".") && !has_component(s, "..")
-					       ? "must be an absolute path in normal form, without \".\" components%s"
-					       : "must be an absolute path without \"..\" components%s",
-				       got(g, sizeof(g), key, s));
+		return stack_error_set(err, path, "%s%s", stack_path_problem(s), got(g, sizeof(g), key, s));
 	}
 	if (ret)
 		*ret = s;
@@ -1138,9 +1151,8 @@ static int parse_ebs(struct stack *s, struct stack_error *err)
 		return r;
 	json_object_foreach(devices, dev, d) {
 		if (!path_is_safe_absolute(dev))
-			return stack_error_set(err, "$.ebs.devices",
-					       "device %s must be an absolute path without \"..\" or \".\" components",
-					       stack_quote(q, sizeof(q), dev));
+			return stack_error_set(err, "$.ebs.devices", "device %s %s", stack_quote(q, sizeof(q), dev),
+					       stack_path_problem(dev));
 		stack_path_key(dpath, sizeof(dpath), "$.ebs.devices", dev);
 		if (!json_is_object(d))
 			return type_error(err, dpath, "an object", d);

@@ -121,6 +121,11 @@ void stack_path_key(char *out, size_t size, const char *parent, const char *key)
 void stack_path_index(char *out, size_t size, const char *parent, size_t i);
 /* s JSON-quoted and shortened to about 80 bytes, for messages; returns out. */
 const char *stack_quote(char *out, size_t size, const char *s);
+/* What is wrong with p as an absolute path (path_is_safe_absolute()), to
+ * follow the key's JSON path: "must be an absolute path without \"..\"
+ * components ...", "... without \".\" components ...", "..., starting with
+ * \"/\"", control characters, length. NULL when p is fine. Static. */
+const char *stack_path_problem(const char *p);
 /* Fills err (when non-NULL) and returns -EINVAL. */
 int stack_error_set(struct stack_error *err, const char *path, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

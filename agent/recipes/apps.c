@@ -495,39 +495,25 @@ static int plan_action_all(struct app_plan *a, enum service_action act)
 	return 0;
 }
 
-/* What an undeploy's absent step must not take with it, from one stack: the
- * other apps' trees, the data directories and the mount points it names. */
-static void protect_from(struct step *st, const struct stack_app *app, const struct stack *s)
+/* What an undeploy's absent step must not take with it, from one stack:
+ * the other apps' trees and the stack's effective data directories on this
+ * instance, defaults and mount points included (storage_data_dirs, the list
+ * validation checks deploy_to against). */
+static void protect_from(struct step *st, const struct stack_app *app, const struct stack *s,
+			 const struct config *c)
 {
-	static const char *const data_dirs[][2] = { { "plone_blobs", "blob_dir" },
-						    { "plone_zeoserver", "filestorage_dir" },
-						    { "plone_instances", "filestorage_dir" },
-						    { "plone_solr", "data_dir" } };
-	const json_t *mine, *v;
-	const char *k;
-	size_t i;
+	_cleanup_(storage_dirs_free) struct storage_dirs d = { 0 };
 
 	if (!s)
 		return;
-	for (i = 0; i < s->n_apps; i++) {
+	for (size_t i = 0; i < s->n_apps; i++) {
 		_cleanup_free_ char *what = xasprintf("the deploy_to of app %s", s->apps[i].name);
 		if (strcmp(s->apps[i].name, app->name) != 0 || strcmp(s->apps[i].deploy_to, app->deploy_to) != 0)
 			plan_absent_protect(st, s->apps[i].deploy_to, what);
 	}
-	for (i = 0; i < ELEMENTSOF(data_dirs); i++) {
-		_cleanup_free_ char *what = xasprintf("%s.%s", data_dirs[i][0], data_dirs[i][1]);
-		plan_absent_protect(st, json_string_value(json_object_get(plone_section(s, data_dirs[i][0]),
-									  data_dirs[i][1])),
-				    what);
-	}
-	/* This instance's volumes; ebs.devices lists only this instance's. */
-	mine = json_object_get(json_object_get(json_object_get(s->root, "agent"), "volumes"), s->instance);
-	json_array_foreach(mine, i, v)
-		plan_absent_protect(st, json_string_value(json_object_get(v, "mount_point")),
-				    "a mount point of agent.volumes");
-	json_object_foreach((json_t *)json_object_get(json_object_get(s->root, "ebs"), "devices"), k, v)
-		plan_absent_protect(st, json_string_value(json_object_get(v, "mount_point")),
-				    "a mount point of ebs.devices");
+	storage_data_dirs(s, c, &d);
+	for (size_t i = 0; i < d.n; i++)
+		plan_absent_protect(st, d.v[i].path, d.v[i].what);
 }
 
 static int plan_undeploy(struct app_plan *a)
@@ -547,8 +533,8 @@ static int plan_undeploy(struct app_plan *a)
 		return -EINVAL;
 	/* Two spellings of one tree, or a tree placed inside this one by the
 	 * current stack: the step fails rather than delete another's data. */
-	protect_from(st, a->app, a->ctx->stack);
-	protect_from(st, a->app, a->ctx->other_stack);
+	protect_from(st, a->app, a->ctx->stack, c);
+	protect_from(st, a->app, a->ctx->other_stack, c);
 	return 0;
 }
 
@@ -666,9 +652,9 @@ static int apps_validate_hook(const struct stack *s, struct stack_error *err)
 	return apps_validate(s, err);
 }
 
-#define R(n) { n, apps_plan, NULL }
+#define R(n) { n, apps_plan, NULL, apps_owns }
 static const struct recipe recipes_apps[] = {
-	{ "instances-setup", apps_plan, apps_validate_hook },
+	{ "instances-setup", apps_plan, apps_validate_hook, apps_owns },
 	R("instances-configure"), R("instances-deploy"), R("instances-undeploy"), R("instances-stop"),
 	R("instances-start"), R("instances-restart"), R("instances-rebuild"),
 	R("zeoserver-setup"), R("zeoserver-configure"), R("zeoserver-deploy"), R("zeoserver-undeploy"),

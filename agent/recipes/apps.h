@@ -42,6 +42,13 @@ void apps_services_free(struct app_services *sv);
  * plus PYTHON_EGG_CACHE (a host path). A JSON object (new reference). */
 json_t *apps_environment(const struct stack_app *app, const char *host_deploy_to);
 
+struct config;
+struct recipe_paths;
+/* The recipe owns hook of the family (recipe.h): the app's deploy_to, its
+ * supervisor program files, the logrotate file of the instances, /etc/fstab
+ * when the recipe mounts the shared blobs. */
+void apps_owns(const struct stack *s, const struct config *c, const char *layer, const char *name,
+	       struct recipe_paths *ret);
 /* The stack validation of everything this family reads. */
 int apps_validate(const struct stack *s, struct stack_error *err);
 

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "apps.h"
+#include "recipe.h"
+#include "../config.h"
 #include "plone.h"
 #include "../stack.h"
 
@@ -169,8 +171,8 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 		if ((!type || strcmp(type, "git") == 0) && !git_url_ok(repo))
 			return stack_error_set(err, p2, "is not a git repository URL agentd accepts (no whitespace, "
 						       "shell metacharacters, leading \"-\" or \"::\" transports)");
-		if (type && strcmp(type, "local") == 0 && !path_is_safe_absolute(repo))
-			return stack_error_set(err, p2, "must be an absolute directory without \"..\" or \".\" components");
+		if (type && strcmp(type, "local") == 0 && stack_path_problem(repo))
+			return stack_error_set(err, p2, "%s", stack_path_problem(repo));
 		if (type && strcmp(type, "archive") == 0 &&
 		    ((strncmp(repo, "http://", 7) != 0 && strncmp(repo, "https://", 8) != 0) || has_meta(repo)))
 			return stack_error_set(err, p2, "must be an http:// or https:// URL of a .tar.gz");
@@ -360,16 +362,49 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 			return -EINVAL;
 	}
 	{
-		const json_t *bd = json_object_get(plone_section(s, "plone_blobs"), "blob_dir");
-		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
-			return stack_error_set(err, "$.plone_blobs.blob_dir", "must be an absolute path without \"..\"");
-		bd = json_object_get(plone_section(s, "plone_solr"), "data_dir");
-		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
-			return stack_error_set(err, "$.plone_solr.data_dir", "must be an absolute path without \"..\"");
-		bd = json_object_get(plone_section(s, "plone_zeoserver"), "filestorage_dir");
-		if (bd && (!json_is_string(bd) || !path_is_safe_absolute(json_string_value(bd))))
-			return stack_error_set(err, "$.plone_zeoserver.filestorage_dir",
-					       "must be an absolute path without \"..\"");
+		static const char *const dirs[][3] = {
+			{ "plone_blobs", "blob_dir", "$.plone_blobs.blob_dir" },
+			{ "plone_solr", "data_dir", "$.plone_solr.data_dir" },
+			{ "plone_zeoserver", "filestorage_dir", "$.plone_zeoserver.filestorage_dir" },
+		};
+
+		for (size_t i = 0; i < ELEMENTSOF(dirs); i++) {
+			const json_t *bd = json_object_get(plone_section(s, dirs[i][0]), dirs[i][1]);
+
+			if (bd && (!json_is_string(bd) || stack_path_problem(json_string_value(bd))))
+				return stack_error_set(err, dirs[i][2], "%s",
+						       json_is_string(bd) ? stack_path_problem(json_string_value(bd))
+									  : "must be an absolute path");
+		}
 	}
 	return 0;
+}
+
+void apps_owns(const struct stack *s, const struct config *c, const char *layer, const char *name,
+	       struct recipe_paths *ret)
+{
+	enum app_kind kind = strncmp(name, "instances", 9) == 0	  ? APP_INSTANCES
+			     : strncmp(name, "zeoserver", 9) == 0 ? APP_ZEOSERVER
+								  : APP_SOLR;
+	const char *app_name = apps_app_name(s, kind);
+	const struct stack_app *app = stack_app_find(s, app_name);
+	const json_t *sec = plone_section(s, apps_section_name(kind));
+	struct app_services sv;
+
+	if (kind == APP_INSTANCES)
+		recipe_paths_add(ret, "/etc/logrotate.d/supervisor", false,
+				 xasprintf("the logrotate file of recipe %s", name));
+	if (kind != APP_SOLR &&
+	    (json_is_true(json_object_get(sec, "nfs_blobs")) || json_is_true(json_object_get(sec, "gluster_blobs"))))
+		recipe_paths_add(ret, "/etc/fstab", false,
+				 xasprintf("the fstab recipe %s keeps the shared blobs' mount in", name));
+	if (!app)
+		return;
+	recipe_paths_add(ret, app->deploy_to, true, xasprintf("the deploy_to of app %s", app->name));
+	apps_services(s, kind, app, &sv);
+	for (size_t i = 0; i < sv.n; i++) {
+		_cleanup_free_ char *p = xasprintf("%s/%s.conf", c->supervisor_conf_dir, sv.v[i].name);
+		recipe_paths_add(ret, p, false, xasprintf("the supervisor program file of app %s", app->name));
+	}
+	apps_services_free(&sv);
 }

@@ -79,9 +79,11 @@ static int check_command(const json_t *cmd, const char *path, struct stack_error
 	stack_path_index(epath, sizeof(epath), path, 0);
 	if (argv0[0] == '\0')
 		return stack_error_set(err, epath, "must not be empty");
-	if (argv0[0] == '/' ? !path_is_safe_absolute(argv0) : strchr(argv0, '/') != NULL)
-		return stack_error_set(err, epath,
-				       "must be an absolute path without \"..\" or a program name without \"/\", got %s",
+	if (argv0[0] == '/' && stack_path_problem(argv0))
+		return stack_error_set(err, epath, "%s, got %s", stack_path_problem(argv0),
+				       stack_quote(q, sizeof(q), argv0));
+	if (argv0[0] != '/' && strchr(argv0, '/') != NULL)
+		return stack_error_set(err, epath, "must be an absolute path or a program name without \"/\", got %s",
 				       stack_quote(q, sizeof(q), argv0));
 	return 0;
 }
@@ -112,8 +114,8 @@ static int check_path_field(const json_t *def, const char *key, const char *pare
 	stack_path_key(path, sizeof(path), parent, key);
 	if (!json_is_string(v))
 		return stack_error_set(err, path, "must be a string");
-	if (!path_is_safe_absolute(json_string_value(v)))
-		return stack_error_set(err, path, "must be an absolute path without \"..\" components, got %s",
+	if (stack_path_problem(json_string_value(v)))
+		return stack_error_set(err, path, "%s, got %s", stack_path_problem(json_string_value(v)),
 				       stack_quote(q, sizeof(q), json_string_value(v)));
 	return 0;
 }

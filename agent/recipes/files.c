@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "recipe.h"
+#include "storage.h"
 #include "../plan.h"
 #include "../stack.h"
 #include "util.h"
@@ -131,6 +132,88 @@ static int files_check_conflicts(const struct stack *stack, const json_t *files,
 	return r;
 }
 
+/* Appends what agentd writes for a layer that may share an instance with
+ * layer: the built-in recipes' files and trees (recipe.owns), each with the
+ * layer it comes from. */
+static void owned_for_layer(const struct stack *s, const struct config *c, const char *layer,
+			    struct recipe_paths *ret)
+{
+	const json_t *agent_layers = json_object_get(json_object_get(s->root, "agent"), "layers");
+	const char *other;
+	json_t *v;
+
+	for (size_t i = 0; i < s->n_layers; i++)
+		if (!json_object_get(agent_layers, s->layers[i].shortname) &&
+		    layers_meet(s, layer, s->layers[i].shortname))
+			recipes_owned_paths(s, c, s->layers[i].shortname, ret);
+	json_object_foreach((json_t *)agent_layers, other, v)
+		if (layers_meet(s, layer, other))
+			recipes_owned_paths(s, c, other, ret);
+}
+
+/* A file agentd writes in another way too: one the built-in recipes of a
+ * layer that meets this one write (haproxy.cfg, the VCL, the nginx site,
+ * supervisor program files, /etc/default/nfs-common, the exports file,
+ * fstab), or a file inside a tree agentd manages (an app's deploy_to, a data
+ * directory, agentd's state_dir and log_dir). Two writers would flip its
+ * content every run, or write into an app's tree as root. supervisor's
+ * directories may hold other programs' files: only the apps' own program
+ * files are refused there. Paths are in normal form. */
+static int files_check_owned(const struct stack *s, const json_t *files, struct stack_error *err)
+{
+	const struct config *c = recipes_config();
+	_cleanup_(storage_dirs_free) struct storage_dirs dd = { 0 };
+	struct recipe_paths all = { 0 };
+	const char *layer;
+	json_t *list, *f;
+	size_t i, base;
+	int r = 0;
+
+	for (i = 0; i < s->n_apps; i++)
+		recipe_paths_add(&all, s->apps[i].deploy_to, true,
+				 xasprintf("the deploy_to of app %s", s->apps[i].name));
+	storage_data_dirs(s, c, &dd);
+	for (i = 0; i < dd.n; i++)
+		if (dd.v[i].kind != STORAGE_VOLUME && dd.v[i].kind != STORAGE_SUPERVISOR)
+			recipe_paths_add(&all, dd.v[i].path, true, xstrdup(dd.v[i].what));
+	base = all.n;
+	json_object_foreach((json_t *)files, layer, list) {
+		for (size_t k = base; k < all.n; k++) {
+			free(all.v[k].path);
+			free(all.v[k].what);
+		}
+		all.n = base;
+		if (json_array_size(list) > 0)
+			owned_for_layer(s, c, layer, &all);
+		json_array_foreach(list, i, f) {
+			const char *fp = json_string_value(json_object_get(f, "path"));
+
+			for (size_t k = 0; fp && k < all.n && r == 0; k++) {
+				const struct recipe_path *o = &all.v[k];
+				char path[600], msg[sizeof(err->message)];
+
+				if (!(path_is_under(fp, o->path) && (o->tree || strcmp(fp, o->path) == 0)) &&
+				    !path_is_under(o->path, fp))
+					continue;
+				snprintf(path, sizeof(path), "$.agent.files.%s[%zu].path", layer, i);
+				const char *rel = strcmp(fp, o->path) == 0	     ? "is"
+						  : path_is_under(fp, o->path) ? "is inside"
+										 : "holds";
+
+				snprintf(msg, sizeof(msg), "%s %s %s (%s): agentd writes it already; two writers would "
+					 "change it back and forth every run",
+					 fp, rel, o->what, o->path);
+				r = files_error(err, path, msg);
+			}
+			if (r < 0)
+				goto out;
+		}
+	}
+out:
+	recipe_paths_free(&all);
+	return r;
+}
+
 static int files_validate(const struct stack *stack, struct stack_error *err)
 {
 	const json_t *files = json_object_get(json_object_get(stack->root, "agent"), "files");
@@ -138,6 +221,7 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 	json_t *list;
 	char path[600];
 	size_t total = 0;
+	int r;
 
 	if (!files)
 		return 0;
@@ -166,8 +250,11 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 				char kp[700];
 				snprintf(kp, sizeof(kp), "%s.%s", path, k);
 				if (strcmp(k, "path") == 0) {
-					if (!json_is_string(v) || !path_is_safe_absolute(json_string_value(v)))
-						return files_error(err, kp, "must be an absolute path without \"..\"");
+					if (!json_is_string(v) || stack_path_problem(json_string_value(v)))
+						return files_error(err, kp,
+								   json_is_string(v)
+									   ? stack_path_problem(json_string_value(v))
+									   : "must be an absolute path");
 					if (!path_is_normal(json_string_value(v)))
 						return files_error(err, kp, "must be an absolute path in normal form, "
 									    "without \".\" components");
@@ -192,7 +279,8 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 				return files_error(err, path, "needs \"path\" and \"content\"");
 		}
 	}
-	return files_check_conflicts(stack, files, total, err);
+	r = files_check_conflicts(stack, files, total, err);
+	return r < 0 ? r : files_check_owned(stack, files, err);
 }
 
 static int files_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)

@@ -711,10 +711,30 @@ static int varnish_purge_plan(const struct recipe_ctx *ctx, struct plan *plan, c
 	return 0;
 }
 
+/* The files each front-end recipe writes (recipe.owns), from agentd.conf. */
+static void front_owns(const struct stack *s, const struct config *c, const char *layer, const char *name,
+		       struct recipe_paths *ret)
+{
+	if (strcmp(name, "haproxy") == 0)
+		recipe_paths_add(ret, config_string(c, "haproxy_config"), false,
+				 xstrdup("haproxy's configuration, written by recipe haproxy"));
+	else if (strcmp(name, "varnish") == 0)
+		recipe_paths_add(ret, config_string(c, "varnish_vcl"), false,
+				 xstrdup("the VCL written by recipe varnish"));
+	else if (strcmp(name, "nginx") == 0) {
+		const char *enabled = config_string(c, "nginx_sites_enabled");
+		_cleanup_free_ char *link = xasprintf("%s/instances", enabled), *def = xasprintf("%s/default", enabled);
+
+		recipe_paths_add(ret, config_string(c, "nginx_site"), false, xstrdup("the nginx site of recipe nginx"));
+		recipe_paths_add(ret, link, false, xstrdup("the nginx site link of recipe nginx"));
+		recipe_paths_add(ret, def, false, xstrdup("the nginx default site recipe nginx removes"));
+	}
+}
+
 static const struct recipe recipes_front[] = {
-	{ "haproxy", haproxy_plan, front_validate },
-	{ "varnish", varnish_plan, front_validate },
-	{ "nginx", nginx_plan, front_validate },
+	{ "haproxy", haproxy_plan, front_validate, front_owns },
+	{ "varnish", varnish_plan, front_validate, front_owns },
+	{ "nginx", nginx_plan, front_validate, front_owns },
 	{ "varnish-restart", varnish_restart_plan, NULL },
 	{ "varnish-purge", varnish_purge_plan, front_validate },
 	{ NULL, NULL, NULL },

@@ -30,6 +30,21 @@ struct recipe_ctx {
 	const struct stack *other_stack;
 };
 
+/* Paths a recipe writes or manages as a whole (recipe.owns). */
+struct recipe_path {
+	char *path;  /* owned, normal form */
+	char *what;  /* owned: what it is, for messages */
+	bool tree;   /* a directory agentd manages with all it holds, not one file */
+};
+struct recipe_paths {
+	struct recipe_path *v; /* owned */
+	size_t n;
+};
+/* Appends path (any spelling; ignored when it has no normal form) and what
+ * it is (malloc'd, taken over). */
+void recipe_paths_add(struct recipe_paths *p, const char *path, bool tree, char *what);
+void recipe_paths_free(struct recipe_paths *p);
+
 struct recipe {
 	const char *name;        /* full name, e.g. "plone_buildout::haproxy" or "custom" */
 	/* Appends steps. Returns 0, or a negative errno with *ret_error (malloc'd):
@@ -38,6 +53,13 @@ struct recipe {
 	/* Optional: type-checks the stack keys this recipe reads; called once per
 	 * stack version for every recipe the stack uses. Returns 0 or -EINVAL with err. */
 	int (*validate)(const struct stack *stack, struct stack_error *err);
+	/* Optional: appends the files this recipe writes, and the trees it
+	 * manages, on an instance of layer for stack (c: recipes_config();
+	 * name: this recipe's built-in name).
+	 * Validation refuses an agent.files entry among them for a layer that
+	 * meets this one: two writers of one file flip its content every run. */
+	void (*owns)(const struct stack *stack, const struct config *c, const char *layer, const char *name,
+		     struct recipe_paths *ret);
 };
 
 /* Finds a recipe by name, with or without the "plone_buildout::" prefix.
@@ -56,6 +78,18 @@ const char *const *recipe_default_mapping(const char *layer, enum event ev);
 
 /* Plans one recipe for ctx into plan. */
 int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+
+/* The configuration validate hooks read (where the data directories
+ * default to, which files the front end writes): set once by the daemon
+ * after loading it; until then, and in tests, the defaults (config.c). The
+ * pointer is borrowed and must outlive every validation. */
+void recipes_set_config(const struct config *c);
+const struct config *recipes_config(void);
+
+/* What the built-in recipes that layer runs (any event) write or manage:
+ * the union of their owns hooks. */
+void recipes_owned_paths(const struct stack *stack, const struct config *c, const char *layer,
+			 struct recipe_paths *ret);
 
 /* Runs every family's validate hook over a parsed stack. */
 int recipes_validate(const struct stack *stack, struct stack_error *err);

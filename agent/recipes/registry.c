@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "recipe.h"
+#include "../config.h"
 #include "../plan.h"
 #include "../stack.h"
 #include "util.h"
@@ -98,6 +99,69 @@ int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_erro
 	/* Every step says which recipe and layer planned it. */
 	label_steps(plan, first, ctx->name, ctx->layer);
 	return ret;
+}
+
+void recipe_paths_add(struct recipe_paths *p, const char *path, bool tree, char *what)
+{
+	_cleanup_free_ char *n = NULL;
+
+	if (!path || path_normalize(path, &n) < 0) {
+		free(what);
+		return;
+	}
+	p->v = xrealloc(p->v, (p->n + 1) * sizeof(*p->v));
+	p->v[p->n++] = (struct recipe_path){ .path = n, .what = what, .tree = tree };
+	n = NULL;
+}
+
+void recipe_paths_free(struct recipe_paths *p)
+{
+	for (size_t i = 0; p && i < p->n; i++) {
+		free(p->v[i].path);
+		free(p->v[i].what);
+	}
+	if (p) {
+		free(p->v);
+		*p = (struct recipe_paths){ 0 };
+	}
+}
+
+void recipes_owned_paths(const struct stack *stack, const struct config *c, const char *layer,
+			 struct recipe_paths *ret)
+{
+	/* A recipe named at several events adds its paths again: harmless. */
+	for (int ev = 0; ev < _EVENT_MAX; ev++) {
+		size_t n = 0;
+		_cleanup_free_ const char **names = stack_layer_recipes(stack, layer, (enum event)ev, &n);
+
+		for (size_t i = 0; i < n; i++) {
+			const struct recipe *r = names[i] ? recipe_find(stack, names[i]) : NULL;
+
+			if (r && r->owns)
+				r->owns(stack, c, layer, r->name, ret);
+		}
+	}
+}
+
+static const struct config *validate_config;
+
+void recipes_set_config(const struct config *c)
+{
+	validate_config = c;
+}
+
+const struct config *recipes_config(void)
+{
+	static struct config defaults; /* filled once, kept until exit */
+	static bool have_defaults;
+
+	if (validate_config)
+		return validate_config;
+	if (!have_defaults) {
+		config_defaults(&defaults);
+		have_defaults = true;
+	}
+	return &defaults;
 }
 
 int recipes_validate(const struct stack *stack, struct stack_error *err)

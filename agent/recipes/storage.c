@@ -28,6 +28,7 @@
 #define GLUSTER_MOUNT_OPTIONS "rw,direct-io-mode=disable"
 
 static bool host_is_valid(const char *s);
+static char *device_key(const char *dev);
 
 static const json_t *blobs_section(const struct stack *s)
 {
@@ -117,7 +118,7 @@ static int plan_volumes(const struct recipe_ctx *ctx, struct plan *plan, char **
 		if ((r = plan_one_volume(ctx, plan, &spec, ret_error)) < 0)
 			return r;
 	}
-	/* OpsWorks' own form: this instance's volumes by mapping name. OpsWorks
+	/* OpsWorks' own form: this instance's volumes by device name. OpsWorks
 	 * formatted a blank volume with xfs; so do we, and never one that has a
 	 * filesystem. agent.volumes wins for the same mount point. */
 	json_object_foreach((json_t *)devices, dev, v) {
@@ -125,9 +126,17 @@ static int plan_volumes(const struct recipe_ctx *ctx, struct plan *plan, char **
 		const json_t *o;
 		bool dup = false;
 
-		json_array_foreach(vols, i, o)
+		_cleanup_free_ char *dk = device_key(dev);
+
+		/* The same mount point, or the same device (validation allows
+		 * only both at once): one volume, agent.volumes' entry. */
+		json_array_foreach(vols, i, o) {
+			_cleanup_free_ char *ok = device_key(json_string_value(json_object_get(o, "device")));
+
 			dup = dup || (mp && json_is_string(json_object_get(o, "mount_point")) &&
-				      strcmp(mp, json_string_value(json_object_get(o, "mount_point"))) == 0);
+				      strcmp(mp, json_string_value(json_object_get(o, "mount_point"))) == 0) ||
+			      (json_is_string(json_object_get(o, "device")) && strcmp(dk, ok) == 0);
+		}
 		if (dup)
 			continue;
 		struct volume_spec spec = {
@@ -464,6 +473,142 @@ out:
 	return r;
 }
 
+/* Effective data directories. */
+
+/* Whether a layer of s runs, at any event, a built-in recipe named name, or
+ * (prefix true) whose name starts with name. */
+static bool stack_names_recipe(const struct stack *s, const char *name, bool prefix)
+{
+	const json_t *agent_layers = json_object_get(json_object_get(s->root, "agent"), "layers");
+	size_t n_layers = s->n_layers + json_object_size(agent_layers);
+	const char *layer, *k;
+	void *it = json_object_iter((json_t *)agent_layers);
+
+	for (size_t i = 0; i < n_layers; i++) {
+		if (i < s->n_layers)
+			layer = s->layers[i].shortname;
+		else {
+			layer = json_object_iter_key(it);
+			it = json_object_iter_next((json_t *)agent_layers, it);
+		}
+		for (int ev = 0; layer && ev < _EVENT_MAX; ev++) {
+			size_t n = 0;
+			_cleanup_free_ const char **names = stack_layer_recipes(s, layer, (enum event)ev, &n);
+
+			for (size_t j = 0; j < n; j++) {
+				k = names[j] ? recipe_canonical_name(names[j]) : NULL;
+				if (k && (prefix ? strncmp(k, name, strlen(name)) == 0 : strcmp(k, name) == 0))
+					return true;
+			}
+		}
+	}
+	return false;
+}
+
+static void dirs_add(struct storage_dirs *d, const char *path, enum storage_kind kind, const char *json_path,
+		     char *what)
+{
+	_cleanup_free_ char *n = NULL;
+
+	if (!path || path_normalize(path, &n) < 0) {
+		free(what);
+		return;
+	}
+	d->v = xrealloc(d->v, (d->n + 1) * sizeof(*d->v));
+	d->v[d->n++] = (struct storage_dir){ .path = n, .what = what, .json_path = json_path, .kind = kind };
+	n = NULL;
+}
+
+/* A key's value, else the default <eph><sub> when the recipes that would
+ * use it are in the stack. */
+static void dirs_add_key(struct storage_dirs *d, const struct stack *s, const char *eph, const char *section,
+			 const char *key, const char *json_path, const char *sub, bool used, enum storage_kind kind,
+			 const char *what)
+{
+	const char *v = json_string_value(json_object_get(plone_section(s, section), key));
+	_cleanup_free_ char *def = NULL;
+
+	if (v)
+		dirs_add(d, v, kind, json_path, xasprintf("%s (%s.%s)", what, section, key));
+	else if (sub && used) {
+		def = xasprintf("%s%s", eph, sub);
+		dirs_add(d, def, kind, NULL, xasprintf("%s (%s.%s, default)", what, section, key));
+	}
+}
+
+void storage_data_dirs(const struct stack *s, const struct config *c, struct storage_dirs *ret)
+{
+	const char *eph = c ? config_string(c, "ephemeral_mount_point") : "/mnt";
+	const json_t *mine, *v;
+	const char *k;
+	bool shared = false;
+	size_t i;
+
+	*ret = (struct storage_dirs){ 0 };
+	if (!s)
+		return;
+	if (!eph || strcmp(eph, "/") == 0)
+		eph = "";
+	dirs_add_key(ret, s, eph, "plone_blobs", "blob_dir", "$.plone_blobs.blob_dir", NULL, false, STORAGE_BLOBS,
+		     "the blob storage");
+	/* The ZEO file storage: by the zeoserver recipes, by blob_mounts on
+	 * the zeoserver layer, and by the instances recipes of a single box
+	 * whose parts include zeoserver. */
+	dirs_add_key(ret, s, eph, "plone_zeoserver", "filestorage_dir", "$.plone_zeoserver.filestorage_dir",
+		     "/shared/zodb/filestorage",
+		     stack_names_recipe(s, "zeoserver-", true) || stack_names_recipe(s, "instances-", true) ||
+			     stack_names_recipe(s, "blob_mounts", false),
+		     STORAGE_FILESTORAGE, "the file storage");
+	dirs_add_key(ret, s, eph, "plone_instances", "filestorage_dir", "$.plone_instances.filestorage_dir", NULL,
+		     false, STORAGE_FILESTORAGE, "the file storage");
+	dirs_add_key(ret, s, eph, "plone_solr", "data_dir", "$.plone_solr.data_dir", "/shared/solr",
+		     stack_names_recipe(s, "solr-", true), STORAGE_SOLR, "Solr's index");
+	shared = json_is_true(json_object_get(plone_section(s, "plone_instances"), "nfs_blobs")) ||
+		 json_is_true(json_object_get(plone_section(s, "plone_instances"), "gluster_blobs")) ||
+		 json_is_true(json_object_get(plone_section(s, "plone_zeoserver"), "nfs_blobs")) ||
+		 json_is_true(json_object_get(plone_section(s, "plone_zeoserver"), "gluster_blobs"));
+	if (shared) {
+		_cleanup_free_ char *p = xasprintf("%s/shared/blobs", eph);
+		dirs_add(ret, p, STORAGE_BLOBS, NULL, xstrdup("the shared blobs' mount point"));
+	}
+	if (stack_names_recipe(s, "nfs_blobs", false))
+		dirs_add(ret, NFS_EXPORT_DIR, STORAGE_BLOBS, NULL, xstrdup("the NFS export of the shared blobs"));
+	if (stack_names_recipe(s, "gluster", false)) {
+		_cleanup_free_ char *p = xasprintf("%s/gluster-exports", eph);
+		dirs_add(ret, p, STORAGE_BLOBS, NULL, xstrdup("the GlusterFS brick of the shared blobs"));
+	}
+	/* agentd's own state and logs, and supervisor's programs and logs
+	 * (apps.c's SUPERVISOR_LOG_DIR): an app's tree holding them would take
+	 * them with it at its undeploy. */
+	if (c) {
+		dirs_add(ret, c->state_dir, STORAGE_AGENTD, NULL, xstrdup("agentd's state_dir"));
+		dirs_add(ret, c->log_dir, STORAGE_AGENTD, NULL, xstrdup("agentd's log_dir"));
+		dirs_add(ret, c->supervisor_conf_dir, STORAGE_SUPERVISOR, NULL,
+			 xstrdup("supervisor's program files (supervisor_conf_dir)"));
+		dirs_add(ret, "/var/log/supervisor", STORAGE_SUPERVISOR, NULL, xstrdup("supervisor's logs"));
+	}
+	/* This instance's volumes; ebs.devices lists only this instance's. */
+	mine = json_object_get(json_object_get(json_object_get(s->root, "agent"), "volumes"), s->instance);
+	json_array_foreach(mine, i, v)
+		dirs_add(ret, json_string_value(json_object_get(v, "mount_point")), STORAGE_VOLUME, NULL,
+			 xstrdup("a mount point of agent.volumes"));
+	json_object_foreach((json_t *)json_object_get(json_object_get(s->root, "ebs"), "devices"), k, v)
+		dirs_add(ret, json_string_value(json_object_get(v, "mount_point")), STORAGE_VOLUME, NULL,
+			 xstrdup("a mount point of ebs.devices"));
+}
+
+void storage_dirs_free(struct storage_dirs *d)
+{
+	for (size_t i = 0; d && i < d->n; i++) {
+		free(d->v[i].path);
+		free(d->v[i].what);
+	}
+	if (d) {
+		free(d->v);
+		*d = (struct storage_dirs){ 0 };
+	}
+}
+
 /* Validation of the keys these recipes read. */
 
 static bool host_is_valid(const char *s)
@@ -556,6 +701,91 @@ static int validate_not_system(struct stack_error *err, const char *path, const 
 	return 0;
 }
 
+/* The name a device is compared by (malloc'd): /dev/sdX and /dev/xvdX are
+ * one device, as volume_candidates() finds them (a Xen kernel renames the
+ * first); paths are in normal form already (stack.c). */
+static char *device_key(const char *dev)
+{
+	if (dev && strncmp(dev, "/dev/sd", 7) == 0)
+		return xasprintf("/dev/xvd%s", dev + 7);
+	return xstrdup(dev ? dev : "");
+}
+
+struct vol_ref {
+	char *dev;          /* owned: device_key() */
+	const char *device; /* borrowed, as written (normal form) */
+	const char *volume_id, *mount_point, *host;
+	bool ebs;           /* from ebs.devices */
+	char path[640];     /* its JSON path */
+};
+
+/* One device, or one EBS volume id, is one volume: listed twice (agent.volumes
+ * and ebs.devices, /dev/sdf and /dev//sdf or /dev/xvdf) it would be mounted
+ * at two places, or formatted while mounted. Only the one case the planner
+ * merges is allowed: ebs.devices naming the device and mount point of an
+ * agent.volumes entry of this instance (agent.volumes wins). */
+static int validate_volumes_unique(const struct stack *s, struct stack_error *err)
+{
+	const json_t *vols = json_object_get(json_object_get(s->root, "agent"), "volumes");
+	const json_t *devices = json_object_get(json_object_get(s->root, "ebs"), "devices");
+	const json_t *list, *v;
+	const char *key;
+	struct vol_ref *refs;
+	size_t n = 0, total = json_object_size(devices), i;
+	char hpath[512];
+	int r = 0;
+
+	json_object_foreach((json_t *)vols, key, list)
+		total += json_array_size(list);
+	refs = xcalloc(total + 1, sizeof(*refs));
+	json_object_foreach((json_t *)vols, key, list) {
+		stack_path_key(hpath, sizeof(hpath), "$.agent.volumes", key);
+		json_array_foreach(list, i, v) {
+			struct vol_ref *e = &refs[n++];
+
+			e->device = json_string_value(json_object_get(v, "device"));
+			e->dev = e->device ? device_key(e->device) : NULL;
+			e->volume_id = json_string_value(json_object_get(v, "volume_id"));
+			e->mount_point = json_string_value(json_object_get(v, "mount_point"));
+			e->host = key;
+			stack_path_index(e->path, sizeof(e->path), hpath, i);
+		}
+	}
+	json_object_foreach((json_t *)devices, key, v) {
+		struct vol_ref *e = &refs[n++];
+
+		e->device = key;
+		e->dev = device_key(key);
+		e->mount_point = json_string_value(json_object_get(v, "mount_point"));
+		e->host = s->instance;
+		e->ebs = true;
+		stack_path_key(e->path, sizeof(e->path), "$.ebs.devices", key);
+	}
+	for (i = 0; i < n && r == 0; i++)
+		for (size_t j = 0; j < i && r == 0; j++) {
+			const struct vol_ref *a = &refs[i], *b = &refs[j];
+			bool same_host = a->host && b->host && strcmp(a->host, b->host) == 0;
+
+			if (a->volume_id && b->volume_id && strcmp(a->volume_id, b->volume_id) == 0)
+				r = stack_error_set(err, a->path,
+						    "volume %s is also %s: one EBS volume attaches to one instance, at "
+						    "one mount point",
+						    a->volume_id, b->path);
+			else if (same_host && a->dev && b->dev && strcmp(a->dev, b->dev) == 0 &&
+				 !(a->ebs != b->ebs && a->mount_point && b->mount_point &&
+				   strcmp(a->mount_point, b->mount_point) == 0))
+				r = stack_error_set(err, a->path,
+						    "device %s is also the device of %s (%s, mounted on %s): one "
+						    "device cannot be mounted at two places",
+						    a->device, b->path, b->device,
+						    b->mount_point ? b->mount_point : "?");
+		}
+	for (i = 0; i < n; i++)
+		free(refs[i].dev);
+	free(refs);
+	return r;
+}
+
 /* agent.volumes and ebs.devices: their shape is checked in stack.c; here,
  * what the volume recipes make of them. */
 static int validate_volumes(const struct stack *s, struct stack_error *err)
@@ -602,43 +832,70 @@ static int validate_volumes(const struct stack *s, struct stack_error *err)
 	return 0;
 }
 
+/* A data directory's name in messages: its key, or what it is. */
+static const char *dir_name(const struct storage_dir *d)
+{
+	return d->json_path ? d->json_path + 2 : d->what;
+}
+
+static const char *relation(const char *a, const char *b)
+{
+	return strcmp(a, b) == 0 ? "is the same directory as" : path_is_under(a, b) ? "is inside" : "holds";
+}
+
 /* The data directories are one thing each: blobs (exported over NFS when
  * shared), the file storage (Data.fs, never shared) and Solr's index. One
  * inside another would export Data.fs with the blobs or chown one to the
- * other's owner. Paths are in normal form (stack.c), compared a whole
- * component at a time; the two filestorage_dir may be one directory. */
+ * other's owner. Nor may one be, hold or lie inside an app's tree: it would
+ * be chowned to the app's user, and removed with the app at its undeploy.
+ * The directories are the effective ones (storage_data_dirs), defaults
+ * included: deploy_to "/mnt/shared" holds the default file storage
+ * /mnt/shared/zodb/filestorage. Paths are in normal form (stack.c), compared
+ * a whole component at a time. An app may live below a volume's mount point. */
 static int validate_data_dirs_apart(const struct stack *s, struct stack_error *err)
 {
-	static const char *const dirs[][3] = {
-		{ "plone_blobs", "blob_dir", "$.plone_blobs.blob_dir" },
-		{ "plone_zeoserver", "filestorage_dir", "$.plone_zeoserver.filestorage_dir" },
-		{ "plone_instances", "filestorage_dir", "$.plone_instances.filestorage_dir" },
-		{ "plone_solr", "data_dir", "$.plone_solr.data_dir" },
-	};
-	const char *v[ELEMENTSOF(dirs)];
+	_cleanup_(storage_dirs_free) struct storage_dirs d = { 0 };
+	char apath[384], path[512];
 
-	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
-		v[i] = json_string_value(json_object_get(json_object_get(s->root, dirs[i][0]), dirs[i][1]));
-	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
+	storage_data_dirs(s, recipes_config(), &d);
+	for (size_t i = 0; i < d.n; i++) {
+		const struct storage_dir *a = &d.v[i];
+
+		if (a->kind == STORAGE_VOLUME)
+			continue;
 		for (size_t j = 0; j < i; j++) {
-			if (!v[i] || !v[j] || (strcmp(dirs[i][1], "filestorage_dir") == 0 &&
-					       strcmp(dirs[j][1], "filestorage_dir") == 0))
+			const struct storage_dir *b = &d.v[j];
+
+			/* Two defaults are apart by construction; one kind may nest. */
+			if (b->kind == STORAGE_VOLUME || a->kind == b->kind || (!a->json_path && !b->json_path) ||
+			    !(path_is_under(a->path, b->path) || path_is_under(b->path, a->path)))
 				continue;
-			if (path_is_under(v[i], v[j]) || path_is_under(v[j], v[i]))
-				return stack_error_set(err, dirs[i][2], "%s %s %s (%s)", v[i],
-						       strcmp(v[i], v[j]) == 0 ? "is the same directory as"
-						       : path_is_under(v[i], v[j]) ? "is inside"
-										   : "holds",
-						       dirs[j][2] + 2, v[j]);
+			if (a->json_path)
+				return stack_error_set(err, a->json_path, "%s %s %s (%s)", a->path,
+						       relation(a->path, b->path), dir_name(b), b->path);
+			return stack_error_set(err, b->json_path, "%s %s %s (%s)", b->path, relation(b->path, a->path),
+					       dir_name(a), a->path);
 		}
-	/* Nor may one be, or hold, an app's tree: it would be chowned to the
-	 * data's owner, exported with the blobs, and removed at its undeploy. */
-	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
-		for (size_t k = 0; v[i] && k < s->n_apps; k++)
-			if (path_is_under(s->apps[k].deploy_to, v[i]))
-				return stack_error_set(err, dirs[i][2], "%s %s the deploy_to of app %s (%s)", v[i],
-						       strcmp(v[i], s->apps[k].deploy_to) == 0 ? "is" : "holds",
-						       s->apps[k].name, s->apps[k].deploy_to);
+		for (size_t k = 0; k < s->n_apps; k++) {
+			const struct stack_app *app = &s->apps[k];
+
+			if (!path_is_under(app->deploy_to, a->path) && !path_is_under(a->path, app->deploy_to))
+				continue;
+			if (a->json_path)
+				return stack_error_set(err, a->json_path, "%s %s the deploy_to of app %s (%s)", a->path,
+						       strcmp(a->path, app->deploy_to) == 0	 ? "is"
+						       : path_is_under(app->deploy_to, a->path) ? "holds"
+												 : "is inside",
+						       app->name, app->deploy_to);
+			stack_path_key(apath, sizeof(apath), "$.deploy", app->name);
+			stack_path_key(path, sizeof(path), apath, "deploy_to");
+			return stack_error_set(err, path,
+					       "%s %s %s (%s): an undeploy of app %s would remove it, or the "
+					       "data would be chowned to the app's user",
+					       app->deploy_to, relation(app->deploy_to, a->path), a->what, a->path,
+					       app->name);
+		}
+	}
 	return 0;
 }
 
@@ -658,12 +915,14 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 		if (!json_is_object(sec))
 			continue;
 		fs = json_object_get(sec, "filestorage_dir");
-		if (fs && (!json_is_string(fs) || !path_is_safe_absolute(json_string_value(fs)))) {
+		if (fs && (!json_is_string(fs) || stack_path_problem(json_string_value(fs)))) {
 			char parent[64];
 
 			snprintf(parent, sizeof(parent), "$.%s", sections[k]);
 			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
-			return stack_error_set(err, path, "must be an absolute path without \"..\"");
+			return stack_error_set(err, path, "%s",
+					       json_is_string(fs) ? stack_path_problem(json_string_value(fs))
+								  : "must be an absolute path");
 		}
 		if (fs) {
 			char parent[64];
@@ -684,7 +943,7 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 			}
 		}
 	}
-	if ((r = validate_volumes(s, err)) < 0)
+	if ((r = validate_volumes(s, err)) < 0 || (r = validate_volumes_unique(s, err)) < 0)
 		return r;
 	if ((r = validate_data_dirs_apart(s, err)) < 0)
 		return r;
@@ -693,8 +952,10 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 	if (!json_is_object(b))
 		return stack_error_set(err, "$.plone_blobs", "must be an object");
 	v = json_object_get(b, "blob_dir");
-	if (v && (!json_is_string(v) || !path_is_safe_absolute(json_string_value(v))))
-		return stack_error_set(err, "$.plone_blobs.blob_dir", "must be an absolute path without \"..\"");
+	if (v && (!json_is_string(v) || stack_path_problem(json_string_value(v))))
+		return stack_error_set(err, "$.plone_blobs.blob_dir", "%s",
+				       json_is_string(v) ? stack_path_problem(json_string_value(v))
+							 : "must be an absolute path");
 	if (v && (r = validate_not_system(err, "$.plone_blobs.blob_dir", json_string_value(v))) < 0)
 		return r;
 	if ((r = validate_string(err, "$.plone_blobs", b, "host", host_is_valid, "a host name or address")) < 0 ||
@@ -714,10 +975,35 @@ static int storage_validate(const struct stack *s, struct stack_error *err)
 	return validate_blob_layer(s, err);
 }
 
+/* What each storage recipe writes or manages as a whole (recipe.owns). */
+static void storage_owns(const struct stack *s, const struct config *c, const char *layer, const char *name,
+			 struct recipe_paths *ret)
+{
+	const char *eph = config_string(c, "ephemeral_mount_point");
+	_cleanup_free_ char *p = NULL;
+
+	if (!eph || strcmp(eph, "/") == 0)
+		eph = "";
+	if (strcmp(name, "nfs_blobs") == 0) {
+		recipe_paths_add(ret, NFS_EXPORT_DIR, true, xstrdup("the NFS export of the shared blobs"));
+		recipe_paths_add(ret, NFS_EXPORTS_FILE, false, xstrdup("the exports file of recipe nfs_blobs"));
+		recipe_paths_add(ret, "/etc/default/nfs-common", false,
+				 xstrdup("statd's ports, set by recipe nfs_blobs"));
+	} else if (strcmp(name, "gluster") == 0) {
+		p = xasprintf("%s/gluster-exports", eph);
+		recipe_paths_add(ret, p, true, xstrdup("the GlusterFS brick of the shared blobs"));
+	} else if (strcmp(name, "blob_mounts") == 0) {
+		p = xasprintf("%s/shared/blobs", eph);
+		recipe_paths_add(ret, p, true, xstrdup("the shared blobs' mount point"));
+		recipe_paths_add(ret, "/etc/fstab", false,
+				 xstrdup("the fstab recipe blob_mounts keeps the shared blobs' mount in"));
+	}
+}
+
 static const struct recipe recipes_storage[] = {
-	{ "nfs_blobs", nfs_blobs_plan, storage_validate },
-	{ "gluster", gluster_plan, NULL },
-	{ "blob_mounts", blob_mounts_plan, NULL },
+	{ "nfs_blobs", nfs_blobs_plan, storage_validate, storage_owns },
+	{ "gluster", gluster_plan, NULL, storage_owns },
+	{ "blob_mounts", blob_mounts_plan, NULL, storage_owns },
 	{ NULL, NULL, NULL },
 };
 

@@ -24,3 +24,48 @@ int storage_plan_blob_mounts(const struct recipe_ctx *ctx, const struct stack_ap
  * may call it too. Returns 0, or a negative errno with *ret_error. */
 int storage_plan_filestorage(const struct recipe_ctx *ctx, const struct stack_app *app, const json_t *section,
 			     struct plan *plan, char **ret_error);
+
+struct config;
+struct stack;
+
+/* What a data directory holds. Directories of one kind may nest (the
+ * blobs: plone_blobs.blob_dir, the blob mount, the NFS export, the GlusterFS
+ * brick); of two kinds never. */
+enum storage_kind {
+	STORAGE_FILESTORAGE, /* Data.fs */
+	STORAGE_BLOBS,
+	STORAGE_SOLR,
+	STORAGE_VOLUME,      /* a volume's mount point: an app may live below it */
+	STORAGE_AGENTD,      /* agentd's own: state_dir, log_dir */
+	STORAGE_SUPERVISOR,  /* supervisor's program files and logs (other programs' files may be there) */
+};
+
+/* A directory whose content agentd keeps for the stack and must never
+ * remove with an app's tree (storage_data_dirs). */
+struct storage_dir {
+	char *path;            /* owned, normal form */
+	char *what;            /* owned: what it is, for messages, e.g.
+	                        * "the file storage (plone_zeoserver.filestorage_dir, default)" */
+	const char *json_path; /* static: the key that set it ("$.plone_solr.data_dir"), NULL for a default */
+	enum storage_kind kind;
+};
+
+struct storage_dirs {
+	struct storage_dir *v; /* owned */
+	size_t n;
+};
+
+/* The effective data directories of stack s on its instance, defaults
+ * included: every one that a recipe the stack names (any layer, any event)
+ * creates, links to, exports or mounts: plone_zeoserver / plone_instances
+ * filestorage_dir (default <eph>/shared/zodb/filestorage), plone_blobs.blob_dir,
+ * the shared blob mount <eph>/shared/blobs, the NFS export /srv/exports, the
+ * GlusterFS brick <eph>/gluster-exports, plone_solr.data_dir (default
+ * <eph>/shared/solr), this instance's volume mount points (agent.volumes,
+ * ebs.devices), and agentd's own directories (c's state_dir and log_dir,
+ * supervisor_conf_dir, /var/log/supervisor; with c NULL, none of these).
+ * <eph> is c's ephemeral_mount_point (c NULL: "/mnt"). The one
+ * list both validation and an undeploy's absent step use. Free with
+ * storage_dirs_free(). */
+void storage_data_dirs(const struct stack *s, const struct config *c, struct storage_dirs *ret);
+void storage_dirs_free(struct storage_dirs *d);

@@ -225,3 +225,112 @@ def test_config_paths_in_normal_form_and_bounded(tmp_path):
     assert r.returncode == 1 and "more than 10000 elements" in r.stderr, r.stderr
     r = check_config(tmp_path, '{"x": ' + "[" * 40 + "]" * 40 + "}")
     assert r.returncode == 1 and "deeper than 16 levels" in r.stderr, r.stderr
+
+
+def test_deploy_to_holding_the_default_file_storage_is_refused(apps_env):
+    # break1 k2def: zeoserver's file storage left at its default
+    # (<ephemeral_mount_point>/shared/zodb/filestorage, /mnt here) and the
+    # instances app moved to /mnt/shared. It was accepted, and removing that
+    # app later deleted Data.fs. Now the document is refused at the
+    # deploy_to, nothing runs, and Data.fs stays.
+    make, _ = apps_env
+    zeo = {"user": "root", "group": "root"}
+    a, _ = make(paths_stack({"plone_instances": app("/srv/www/pi"), "zeoserver": zeo}))
+    a.wait_runs(4, timeout=60)
+    a.wait_idle(timeout=60)
+    assert all(r["status"] == "success" for r in a.runs()), [r.get("error") for r in a.runs()]
+    fs = os.path.join(a.root, "mnt/shared/zodb/filestorage")
+    assert os.path.isdir(fs)
+    data = write_file(a.root, "/mnt/shared/zodb/filestorage/Data.fs", "zodb")
+    rev = a.status()["source"]["stack_revision"]
+    n = len(a.runs())
+
+    for deploy_to, word in [("/mnt/shared", "holds the file storage"),
+                            ("/mnt//shared/zodb/", "holds the file storage"),
+                            ("/mnt/shared/zodb/filestorage/x", "is inside the file storage")]:
+        a.write_stack(paths_stack({"plone_instances": app(deploy_to), "zeoserver": zeo}))
+        rejected_at(a, "$.deploy.plone_instances.deploy_to", rev, word)
+        a.write_stack(paths_stack({"plone_instances": app("/srv/www/pi"), "zeoserver": zeo}))
+        wait_for(lambda: a.status()["source"]["error"] is None, what="the good stack again")
+    # And the undeploy the tester ran: instances gone from the stack.
+    a.write_stack(paths_stack({"zeoserver": zeo}))
+    wait_for(lambda: [r for r in a.runs() if r["event"] == "undeploy" and r["status"] in ("success", "failed")],
+             timeout=60, what="the undeploy of plone_instances")
+    a.wait_idle(timeout=60)
+    assert len([r for r in a.runs() if r["event"] == "undeploy"]) == 1
+    assert len(a.runs()) >= n
+    assert open(data).read() == "zodb"
+
+
+def blobs_files_stack(files):
+    return {
+        "opsworks": {"stack": {"name": "p"}, "layers": {"shared_blobs": {"name": "Blobs", "instances": dict(ME)}}},
+        "deploy": {}, "plone_blobs": {"network": "127.0.0.0/8"},
+        "agent": {"layers": {"shared_blobs": {"setup": ["files", "nfs_blobs"], "configure": ["files", "nfs_blobs"]}},
+                  "files": {"shared_blobs": files}},
+    }
+
+
+def test_a_file_a_recipe_writes_is_refused_in_agent_files(make_agent):
+    # break1 k2f: agent.files and the nfs_blobs recipe both wrote
+    # /etc/default/nfs-common; every configure reported changed=2 and
+    # flipped its content. Now the document is refused with the JSON path.
+    a = make_agent(blobs_files_stack([{"path": "/etc/motd", "content": "hi\n"}]),
+                   conf_extra={"exportfs_command": ["/bin/true"]})
+    a.start()
+    a.wait_runs(1, timeout=60)
+    a.wait_idle(timeout=60)
+    nfs = os.path.join(a.root, "etc/default/nfs-common")
+    before = open(nfs).read()
+    rev = a.status()["source"]["stack_revision"]
+    n = len(a.runs())
+    for path, word in [("/etc/default//nfs-common", "nfs_blobs"),
+                       ("/etc/exports.d/agentd-blobs.exports", "exports file"),
+                       ("/srv/exports/blobstorage/x", "is inside the NFS export")]:
+        a.write_stack(blobs_files_stack([{"path": "/etc/motd", "content": "hi\n"},
+                                         {"path": path, "content": "mine\n"}]))
+        rejected_at(a, "$.agent.files.shared_blobs[1].path", rev, word)
+        a.write_stack(blobs_files_stack([{"path": "/etc/motd", "content": "hi\n"}]))
+        wait_for(lambda: a.status()["source"]["error"] is None, what="the good stack again")
+    assert len(a.runs()) == n
+    assert open(nfs).read() == before
+
+
+def test_one_device_in_volumes_and_ebs_devices_is_refused(make_agent):
+    # break1 k2c: /dev/sdf in agent.volumes and /dev//sdf in ebs.devices, at
+    # two mount points, was accepted and two mounts of one device planned.
+    good = simple_stack(extra=None)
+    a = make_agent(good)
+    a.start()
+    a.wait_runs(3)
+    a.wait_idle()
+    rev = a.status()["source"]["stack_revision"]
+    n = len(a.runs())
+    vol = {"volume_id": "vol-0123456789abcdef0", "device": "/dev/sdf", "mount_point": "/srv/data", "fstype": "xfs"}
+    for devices, path, word in [
+        ({"/dev//sdf": {"mount_point": "/srv/other", "fstype": "xfs"}}, '$.ebs.devices["/dev/sdf"]', "one device"),
+        ({"/dev/xvdf/": {"mount_point": "/srv/other"}}, '$.ebs.devices["/dev/xvdf"]', "one device"),
+    ]:
+        bad = json.loads(json.dumps(good))
+        bad["agent"]["volumes"] = {"app1": [vol]}
+        bad["ebs"] = {"devices": devices}
+        a.write_stack(bad)
+        rejected_at(a, path, rev, word)
+        a.write_stack(good)
+        wait_for(lambda: a.status()["source"]["error"] is None, what="the good stack again")
+    assert len(a.runs()) == n
+
+
+def test_dot_components_are_named_in_the_error(make_agent):
+    # break1 kind 2 item 4: "/etc/./motd" was refused "without ..".
+    good = simple_stack(extra=None)
+    a = make_agent(good)
+    a.start()
+    a.wait_runs(3)
+    a.wait_idle()
+    rev = a.status()["source"]["stack_revision"]
+    bad = json.loads(json.dumps(good))
+    bad["agent"]["files"] = {"web": [{"path": "/etc/./motd", "content": "a\n"}]}
+    a.write_stack(bad)
+    err = rejected_at(a, "$.agent.files.web[0].path", rev, '"."')
+    assert '".."' not in err, err

@@ -1501,6 +1501,74 @@ static void test_undeploy_protects_what_the_stacks_place(void **state)
 	config_free(&cfg);
 }
 
+/* Issue 9 kind 2 (break1): an undeploy does not remove a data directory left
+ * at its default (<eph>/shared/zodb/filestorage, <eph>/shared/blobs,
+ * /srv/exports, <eph>/shared/solr, <eph>/gluster-exports) that lies in its tree.
+ * Before: only the directories the stack names were protected. */
+static void test_undeploy_protects_default_data_dirs(void **state)
+{
+	struct ctx *c = *state;
+	static const char layers[] = "{\"opsworks\": {\"layers\": {\"zeoserver\": {\"instances\": {\"app1\": {}}}";
+	const char *cases[][4] = {
+		/* eph, deploy_to, the rest of the document, what the error names */
+		{ NULL, "/mnt/shared", "}}", "the file storage (plone_zeoserver.filestorage_dir, default)" },
+		{ "/data/eph", "/data/eph", "}}", "the file storage (plone_zeoserver.filestorage_dir, default)" },
+		{ NULL, "/mnt/shared/zodb", "}}", "/mnt/shared/zodb/filestorage" },
+		{ NULL, "/srv/exports", ", \"shared_blobs\": {\"instances\": {\"app9\": {}}}}}",
+		  "the NFS export of the shared blobs" },
+		{ NULL, "/mnt/shared/blobs", "}}, \"plone_instances\": {\"nfs_blobs\": true}",
+		  "the shared blobs' mount point" },
+		{ NULL, "/mnt/shared/solr", ", \"solr\": {\"instances\": {\"app9\": {}}}}}", "Solr's index" },
+		{ NULL, "/mnt/gluster-exports",
+		  "}}, \"agent\": {\"layers\": {\"shared_blobs\": {\"setup\": [\"gluster\"]}}}",
+		  "the GlusterFS brick" },
+		{ NULL, "/var/lib/agentd", "}}", "agentd's state_dir" },
+		{ NULL, "/var/log/agentd", "}}", "agentd's log_dir" },
+		{ NULL, "/mnt/other", "}}", NULL },
+	};
+
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		struct config cfg;
+		struct stack *s = NULL;
+		struct stack_error serr;
+		struct plan p;
+		char *err = NULL, *doc;
+		json_t *j, *st, *absent = NULL;
+		size_t k;
+
+		config_defaults(&cfg);
+		if (cases[i][0])
+			json_object_set_new(cfg.extra, "ephemeral_mount_point", json_string(cases[i][0]));
+		doc = xasprintf("%s%s, \"deploy\": {\"zeoserver\": {\"deploy_to\": \"%s\"}}}", layers, cases[i][2],
+				cases[i][1]);
+		if (stack_parse(doc, strlen(doc), "app1", &s, &serr) != 0)
+			fail_msg("case %zu: %s: %s", i, serr.path, serr.message);
+		mkdir_under(c, cases[i][1]);
+		{
+			struct recipe_ctx rc = { .stack = s, .config = &cfg, .event = EVENT_UNDEPLOY, .layer = "zeoserver",
+						 .app = "zeoserver", .name = "zeoserver-undeploy" };
+			plan_init(&p, c->root);
+			assert_int_equal(recipe_plan(&rc, &p, &err), 0);
+		}
+		j = plan_describe(&p, NULL, false);
+		json_array_foreach(json_object_get(j, "steps"), k, st)
+			if (strcmp(json_string_value(json_object_get(st, "kind")), "absent") == 0)
+				absent = st;
+		assert_non_null(absent);
+		if (cases[i][3]) {
+			const char *e = json_string_value(json_object_get(absent, "error"));
+			if (!e || !strstr(e, cases[i][3]))
+				fail_msg("case %zu: error %s lacks %s", i, e ? e : "(none)", cases[i][3]);
+		} else
+			assert_string_equal(json_string_value(json_object_get(absent, "action")), "remove");
+		json_decref(j);
+		plan_free(&p);
+		stack_unref(s);
+		free(doc);
+		config_free(&cfg);
+	}
+}
+
 /* A mount below the tree: refused before anything is removed (rm_children
  * alone stops at the mount, after removing what it met first). */
 static void test_absent_mount_below_removes_nothing(void **state)
@@ -1679,6 +1747,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dir_symlink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent_mount_point, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent_protected, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_undeploy_protects_default_data_dirs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_undeploy_protects_what_the_stacks_place, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent_mount_below_removes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_note_and_empty, setup, teardown),

@@ -1035,7 +1035,7 @@ static void test_files_no_duplicates(void **state)
 	expect_recipes_error("{'agent': {'files': {'web': [{'path': '//', 'content': 'a'}]}}}",
 			     "$.agent.files.web[0].path", "\"/\"");
 	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/./motd', 'content': 'a'}]}}}",
-			     "$.agent.files.web[0].path", NULL);
+			     "$.agent.files.web[0].path", "without \".\" components");
 	/* Two layers this instance is in. */
 	expect_recipes_error("{'opsworks': {'layers': {'web': {'instances': {'app1': {}}}, 'lb': {'instances': {"
 			     " 'app1': {}}}}}, 'agent': {'files': {'web': [{'path': '/etc/motd', 'content': 'a'}],"
@@ -1067,6 +1067,164 @@ static void test_data_dirs_apart(void **state)
 	expect_recipes_ok("{'plone_blobs': {'blob_dir': '/data/blobs'}, 'plone_solr': {'data_dir': '/data/blobs2'},"
 			  " 'plone_zeoserver': {'filestorage_dir': '/data/fs'},"
 			  " 'plone_instances': {'filestorage_dir': '/data/fs/'}}");
+}
+
+/* Issue 9 kind 2 (break1): a deploy_to may not be, hold or lie inside a data
+ * directory left at its default (ephemeral_mount_point /mnt in tests). Before:
+ * only the directories the stack names were compared, and the undeploy of
+ * deploy_to /mnt/shared deleted the default file storage's Data.fs. */
+#define ZEO_AND_PI "'opsworks': {'layers': {'plone_instances': {'instances': {'app1': {}}}, 'zeoserver': {'instances': {'app1': {}}}}}"
+static void test_data_dirs_defaults(void **state)
+{
+	expect_recipes_error("{" ZEO_AND_PI ", 'deploy': {'plone_instances': {'deploy_to': '/mnt/shared', 'user': 'root',"
+			     " 'group': 'root'}, 'zeoserver': {}}}",
+			     "$.deploy.plone_instances.deploy_to",
+			     "/mnt/shared holds the file storage (plone_zeoserver.filestorage_dir, default) "
+			     "(/mnt/shared/zodb/filestorage)");
+	expect_recipes_error("{" ZEO_AND_PI ", 'deploy': {'zeoserver': {'deploy_to': '/mnt//shared/zodb/filestorage/x'}}}",
+			     "$.deploy.zeoserver.deploy_to", "is inside the file storage");
+	expect_recipes_error("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}}}},"
+			     " 'deploy': {'plone_instances': {'deploy_to': '/srv/exports'}}}",
+			     "$.deploy.plone_instances.deploy_to", "is the same directory as the NFS export");
+	expect_recipes_error("{'deploy': {'x': {'deploy_to': '/mnt/shared'}}, 'plone_instances': {'gluster_blobs': true}}",
+			     "$.deploy.x.deploy_to", "holds the shared blobs' mount point (/mnt/shared/blobs)");
+	expect_recipes_error("{'opsworks': {'layers': {'solr': {'instances': {'app1': {}}}}},"
+			     " 'deploy': {'x': {'deploy_to': '/mnt/shared/solr'}}}",
+			     "$.deploy.x.deploy_to", "Solr's index (plone_solr.data_dir, default)");
+	expect_recipes_error("{'agent': {'layers': {'b': {'configure': ['gluster']}}}, 'deploy': {'x': {'deploy_to': '/mnt/gluster-exports/brick/a'}}}",
+			     "$.deploy.x.deploy_to", "is inside the GlusterFS brick");
+	/* A data directory set inside an app's tree. */
+	expect_recipes_error("{'deploy': {'a': {}}, 'plone_solr': {'data_dir': '/srv/www/a/solr'}}", "$.plone_solr.data_dir",
+			     "is inside the deploy_to of app a");
+	/* A set directory against a default of another kind. */
+	expect_recipes_error("{" ZEO_AND_PI ", 'plone_blobs': {'blob_dir': '/mnt/shared/zodb'}}", "$.plone_blobs.blob_dir",
+			     "holds the file storage");
+	/* agentd's own directories (config defaults): state, logs, supervisor's. */
+	expect_recipes_error("{'deploy': {'x': {'deploy_to': '/var/lib/agentd'}}}", "$.deploy.x.deploy_to",
+			     "/var/lib/agentd is the same directory as agentd's state_dir");
+	expect_recipes_error("{'deploy': {'x': {'deploy_to': '/var/log/supervisor/x'}}}", "$.deploy.x.deploy_to",
+			     "is inside supervisor's logs");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/var/lib/agentd/state.json', 'content': '{}'}]}}}",
+			     "$.agent.files.web[0].path", "is inside agentd's state_dir");
+	/* No recipe uses the default: nothing there to protect. */
+	expect_recipes_ok("{'deploy': {'x': {'deploy_to': '/mnt/shared'}}}");
+	expect_recipes_ok("{" ZEO_AND_PI ", 'deploy': {'plone_instances': {'deploy_to': '/mnt/sharedx'}, 'zeoserver': {}}}");
+	/* The blobs may nest: the NFS export's blobstorage as blob_dir. */
+	expect_recipes_ok("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}}}},"
+			  " 'plone_blobs': {'blob_dir': '/srv/exports/blobstorage'}}");
+}
+#undef ZEO_AND_PI
+
+/* Issue 9 kind 2 (break1 k2f): an agent.files path that a built-in recipe of
+ * a layer on the same instance writes, or inside a tree agentd manages, is
+ * refused. Before: accepted, and every configure wrote both contents. */
+static void test_files_not_written_by_recipes(void **state)
+{
+	expect_recipes_error("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'layers': {'shared_blobs': {'setup': ['files', 'nfs_blobs'],"
+			     " 'configure': ['files', 'nfs_blobs']}},"
+			     " 'files': {'shared_blobs': [{'path': '/etc/default//nfs-common', 'content': 'mine'}]}}}",
+			     "$.agent.files.shared_blobs[0].path", "/etc/default/nfs-common is statd's ports");
+	/* The default mapping of shared_blobs, the exports file, another layer of this instance. */
+	expect_recipes_error("{'opsworks': {'layers': {'shared_blobs': {'instances': {'app1': {}}},"
+			     " 'web': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'web': [{'path': '/etc/exports.d/agentd-blobs.exports', 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "the exports file of recipe nfs_blobs");
+	expect_recipes_error("{'opsworks': {'layers': {'lb': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'lb': [{'path': '/etc/haproxy/haproxy.cfg/', 'content': 'x'}]}}}",
+			     "$.agent.files.lb[0].path", "haproxy's configuration");
+	expect_recipes_error("{'opsworks': {'layers': {'lb': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'lb': [{'path': '/etc/varnish/default.vcl', 'content': 'x'}]}}}",
+			     "$.agent.files.lb[0].path", "the VCL");
+	expect_recipes_error("{'opsworks': {'layers': {'lb': {'instances': {'app1': {}}}}},"
+			     " 'agent': {'files': {'lb': [{'path': '/etc/nginx/sites-enabled/instances', 'content': 'x'}]}}}",
+			     "$.agent.files.lb[0].path", "nginx site link");
+	expect_recipes_error("{'opsworks': {'layers': {'plone_instances': {'instances': {'app1': {}}}}},"
+			     " 'deploy': {'plone_instances': {}},"
+			     " 'agent': {'files': {'plone_instances': [{'path': '/etc/supervisor/conf.d/plone_instances-client1.conf',"
+			     " 'content': 'x'}]}}}",
+			     "$.agent.files.plone_instances[0].path", "the supervisor program file of app plone_instances");
+	expect_recipes_error("{'opsworks': {'layers': {'zeoserver': {'instances': {'app1': {}}}}},"
+			     " 'plone_zeoserver': {'nfs_blobs': true},"
+			     " 'agent': {'files': {'zeoserver': [{'path': '/etc/fstab', 'content': 'x'}]}}}",
+			     "$.agent.files.zeoserver[0].path", "fstab");
+	/* Inside a tree agentd manages, whatever the layer. */
+	expect_recipes_error("{'deploy': {'a': {}}, 'agent': {'files': {'web': [{'path': '/srv/www/a/current/deploy.cfg',"
+			     " 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "is inside the deploy_to of app a");
+	expect_recipes_error("{'opsworks': {'layers': {'zeoserver': {'instances': {'z1': {}}}}},"
+			     " 'agent': {'files': {'web': [{'path': '/mnt/shared/zodb/filestorage/Data.fs', 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "is inside the file storage");
+	expect_recipes_error("{'deploy': {'a': {}}, 'agent': {'files': {'web': [{'path': '/srv/www', 'content': 'x'}]}}}",
+			     "$.agent.files.web[0].path", "holds the deploy_to of app a");
+	/* A layer no instance shares with the writer's: allowed. */
+	expect_recipes_ok("{'opsworks': {'layers': {'shared_blobs': {'instances': {'nfs1': {}}},"
+			  " 'web': {'instances': {'app1': {}}}}},"
+			  " 'agent': {'files': {'web': [{'path': '/etc/default/nfs-common', 'content': 'x'},"
+			  " {'path': '/etc/haproxy/haproxy.cfg', 'content': 'x'}, {'path': '/srv/www2/x', 'content': 'x'}]}}}");
+}
+
+/* Issue 9 kind 2 (break1 k2c): one device, or one volume id, in agent.volumes
+ * and ebs.devices, in any spelling, is refused. Before: compared by mount
+ * point only, and two mounts of /dev/sdf were planned. */
+static void test_volumes_one_device_once(void **state)
+{
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'volume_id': 'vol-0123456789abcdef0', 'device': '/dev/sdf',"
+			     " 'mount_point': '/srv/data', 'fstype': 'xfs'}]}},"
+			     " 'ebs': {'devices': {'/dev//sdf': {'mount_point': '/srv/other', 'fstype': 'xfs'}}}}",
+			     "$.ebs.devices[\"/dev/sdf\"]", "device /dev/sdf is also the device of $.agent.volumes.app1[0]");
+	/* The Xen name of the same device. */
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'device': '/dev/xvdf', 'mount_point': '/srv/data'}]}},"
+			     " 'ebs': {'devices': {'/dev/sdf/': {'mount_point': '/srv/other'}}}}",
+			     "$.ebs.devices[\"/dev/sdf\"]", "/dev/xvdf");
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'device': '/dev/xvdf', 'mount_point': '/srv/a'},"
+			     " {'device': '/dev//sdf', 'mount_point': '/srv/b'}]}}}",
+			     "$.agent.volumes.app1[1]", "one device cannot be mounted at two places");
+	/* One volume id on two hosts. */
+	expect_recipes_error("{'agent': {'volumes': {'app1': [{'volume_id': 'vol-0123456789abcdef1', 'device': '/dev/sdf', 'mount_point': '/srv/a'}],"
+			     " 'app2': [{'volume_id': 'vol-0123456789abcdef1', 'device': '/dev/sdg', 'mount_point': '/srv/b'}]}}}",
+			     "$.agent.volumes.app2[0]", "volume vol-0123456789abcdef1 is also $.agent.volumes.app1[0]");
+	/* The one form the planner merges: the same device at the same mount point. */
+	expect_recipes_ok("{'agent': {'volumes': {'app1': [{'device': '/dev/sdf', 'mount_point': '/srv/data'}]}},"
+			  " 'ebs': {'devices': {'/dev//sdf': {'mount_point': '/srv/data/'}}}}");
+	/* Other hosts may use the same device name. */
+	expect_recipes_ok("{'agent': {'volumes': {'app1': [{'device': '/dev/sdf', 'mount_point': '/srv/a'}],"
+			  " 'app2': [{'device': '/dev/sdf', 'mount_point': '/srv/b'}]}}}");
+}
+
+/* Issue 9 kind 2 (break1): a "." component is named as such, not as "..".
+ * Before: "/etc/./motd" in agent.files was refused "without \"..\"". */
+static void test_dot_component_messages(void **state)
+{
+	static const char *const docs[][2] = {
+		{ "{'agent': {'files': {'web': [{'path': '/etc/./motd', 'content': 'a'}]}}}", "$.agent.files.web[0].path" },
+		{ "{'plone_blobs': {'blob_dir': '/data/./blobs'}}", "$.plone_blobs.blob_dir" },
+		{ "{'plone_solr': {'data_dir': '/data/.'}}", "$.plone_solr.data_dir" },
+		{ "{'plone_zeoserver': {'filestorage_dir': '/./fs'}}", "$.plone_zeoserver.filestorage_dir" },
+		{ "{'plone_instances': {'filestorage_dir': '/data/./fs'}}", "$.plone_instances.filestorage_dir" },
+		{ "{'agent': {'recipes': {'r': {'command': ['/bin/true'], 'cwd': '/srv/./x'}}}}", "$.agent.recipes.r.cwd" },
+		{ "{'agent': {'recipes': {'r': {'command': ['/usr/./bin/true']}}}}", "$.agent.recipes.r.command[0]" },
+	};
+	struct stack_error err;
+
+	for (size_t i = 0; i < ELEMENTSOF(docs); i++) {
+		struct stack *s = NULL;
+		int r = parse_sq(docs[i][0], "app1", &s, &err);
+
+		if (r == 0) {
+			r = recipes_validate(s, &err);
+			stack_unref(s);
+		}
+		if (r != -EINVAL || strcmp(err.path, docs[i][1]) != 0)
+			fail_msg("case %zu: %d at %s: %s", i, r, err.path, err.message);
+		if (!strstr(err.message, "without \".\" components") || strstr(err.message, "\"..\""))
+			fail_msg("case %zu: %s", i, err.message);
+	}
+	/* And ".." is named as "..". */
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/../motd', 'content': 'a'}]}}}",
+			     "$.agent.files.web[0].path", "without \"..\" components");
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': 'etc/motd', 'content': 'a'}]}}}",
+			     "$.agent.files.web[0].path", "starting with \"/\"");
 }
 
 /* Issue 9 kind 7: a document's elements and depth are bounded before a tree is built. */
@@ -1162,6 +1320,10 @@ int main(void)
 		cmocka_unit_test(test_paths_no_duplicates),
 		cmocka_unit_test(test_files_no_duplicates),
 		cmocka_unit_test(test_data_dirs_apart),
+		cmocka_unit_test(test_data_dirs_defaults),
+		cmocka_unit_test(test_files_not_written_by_recipes),
+		cmocka_unit_test(test_volumes_one_device_once),
+		cmocka_unit_test(test_dot_component_messages),
 		cmocka_unit_test(test_element_and_depth_bounds),
 	};
 
