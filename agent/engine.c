@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -2233,12 +2234,13 @@ static int release_cmp(const void *a, const void *b)
 int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_error)
 {
 	const struct stack_app *a;
-	_cleanup_close_ int rootfd = -1, dfd = -1, rfd = -1;
-	_cleanup_free_ char *tmp = NULL, *target = NULL;
-	char cur[4096];
+	_cleanup_close_ int rootfd = -1, dfd = -1, rfd = -1, lfd = -1, tfd = -1;
+	_cleanup_free_ char *target = NULL, *ecur = NULL, *eprev = NULL;
+	char cur[4096], tmp[NAME_MAX + 1];
 	char **names = NULL;
 	size_t n = 0;
 	ssize_t len;
+	struct stat st;
 	DIR *d;
 	struct dirent *de;
 	int r = 0;
@@ -2252,22 +2254,39 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 		return -EBUSY;
 	}
 	/* deploy_to is resolved inside root like every step's path: a symlink
-	 * planted in it cannot take the switch elsewhere. */
+	 * planted in it cannot take the switch elsewhere. deploy_to, releases
+	 * and everything in them are the app user's: every name read there is
+	 * escaped in messages, and nothing there is followed but by the
+	 * rootfs rule. */
 	rootfd = rootfs_open(e->config->root);
 	if (rootfd >= 0)
 		dfd = rootfs_resolve(rootfd, a->deploy_to, true);
 	if (dfd >= 0)
-		rfd = openat(dfd, "releases", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		rfd = openat(dfd, ROOTFS_MANAGED_LINK_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (rfd < 0) {
 		*ret_error = xasprintf("%s has no releases directory under %s", app, a->deploy_to);
 		return -ENOENT;
 	}
-	len = readlinkat(dfd, "current", cur, sizeof(cur) - 1);
+	/* current must be agentd's link: "releases/<name>", a plain name. */
+	lfd = openat(dfd, ROOTFS_MANAGED_LINK, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	len = lfd < 0 || fstat(lfd, &st) < 0 || !S_ISLNK(st.st_mode) ? -1 : readlinkat(lfd, "", cur, sizeof(cur) - 1);
 	if (len < 0) {
-		*ret_error = xasprintf("%s has no current release", app);
+		*ret_error = xasprintf("%s has no current release (%s/current is not a symlink)", app, a->deploy_to);
 		return -ENOENT;
 	}
 	cur[len] = '\0';
+	ecur = str_escape_ctl(cur);
+	{
+		const char *nm = cur + strlen(ROOTFS_MANAGED_LINK_DIR "/");
+
+		if (strncmp(cur, ROOTFS_MANAGED_LINK_DIR "/", strlen(ROOTFS_MANAGED_LINK_DIR "/")) != 0 || !*nm ||
+		    strchr(nm, '/') || strcmp(nm, ".") == 0 || strcmp(nm, "..") == 0) {
+			*ret_error = xasprintf("refusing to roll back %s: %s/current points to \"%s\", not to "
+					       "releases/<name>",
+					       app, a->deploy_to, ecur);
+			return -EINVAL;
+		}
+	}
 	d = fdopendir(rfd);
 	if (!d) {
 		*ret_error = xasprintf("cannot list the releases of %s: %s", app, strerror(errno));
@@ -2283,28 +2302,49 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 	qsort(names, n, sizeof(char *), release_cmp);
 
 	/* Release names are timestamps: the previous one sorts just before the current. */
-	const char *cur_name = strrchr(cur, '/') ? strrchr(cur, '/') + 1 : cur;
+	const char *cur_name = cur + strlen(ROOTFS_MANAGED_LINK_DIR "/");
+	_cleanup_free_ char *ecur_name = str_escape_ctl(cur_name);
 	ssize_t idx = -1;
 	for (size_t i = 0; i < n; i++)
 		if (strcmp(names[i], cur_name) == 0)
 			idx = (ssize_t)i;
 	if (idx <= 0) {
-		*ret_error = xasprintf("%s has no release before %s", app, cur_name);
+		*ret_error = xasprintf("%s has no release before %s", app, ecur_name);
 		r = -ENOENT;
 		goto out;
 	}
+	eprev = str_escape_ctl(names[idx - 1]);
 	/* Relative, as the link step writes it: the same on the host and under a test root. */
-	target = xasprintf("releases/%s", names[idx - 1]);
-	tmp = xasprintf(".current.rollback.%ld", (long)getpid());
-	(void)unlinkat(dfd, tmp, 0);
-	if (symlinkat(target, dfd, tmp) < 0 || renameat(dfd, tmp, dfd, "current") < 0) {
+	target = xasprintf(ROOTFS_MANAGED_LINK_DIR "/%s", names[idx - 1]);
+	/* The target must be what "current" may name (rootfs.h): a real
+	 * directory, checked on fds with deploy_to as the root, so a link the
+	 * user planted under a release's name (-> /etc/sudoers.d) is refused. */
+	tfd = rootfs_resolve(dfd, target, true);
+	if (tfd < 0) {
+		*ret_error = xasprintf("refusing to roll back %s to %s: %s", app, eprev, rootfs_strerror(tfd));
+		r = tfd == -ELOOP ? -ELOOP : -ENOENT;
+		goto out;
+	}
+	/* The new link under a name nobody can predict, made exclusively
+	 * (symlinkat fails on anything there), then renamed over current. */
+	for (int attempt = 0;; attempt++) {
+		tmp_name_random(ROOTFS_MANAGED_LINK, tmp, sizeof(tmp));
+		if (symlinkat(target, dfd, tmp) == 0)
+			break;
+		if (errno != EEXIST || attempt >= 16) {
+			r = -errno;
+			*ret_error = xasprintf("cannot switch %s/current: %s", a->deploy_to, strerror(-r));
+			goto out;
+		}
+	}
+	if (renameat(dfd, tmp, dfd, ROOTFS_MANAGED_LINK) < 0) {
 		r = -errno;
-		*ret_error = xasprintf("cannot switch %s/current: %s", a->deploy_to, strerror(errno));
+		*ret_error = xasprintf("cannot switch %s/current: %s", a->deploy_to, strerror(-r));
 		(void)unlinkat(dfd, tmp, 0);
 		goto out;
 	}
-	log_info("Rolled back %s from %s to %s", app, cur_name, names[idx - 1]);
-	*ret = json_pack("{s:s, s:s, s:s}", "app", app, "from", cur_name, "to", names[idx - 1]);
+	log_info("Rolled back %s from %s to %s", app, ecur_name, eprev);
+	*ret = json_pack("{s:s, s:s, s:s}", "app", app, "from", ecur_name, "to", eprev);
 	/* A Plone app's services run the code of current: restart them, in a
 	 * run of their own (recorded as a deploy of the app, trigger ctl, with
 	 * only the restart steps), so the restart is in the history and log. */

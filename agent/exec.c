@@ -15,9 +15,11 @@
  * so signalling it after the child itself was reaped is safe. */
 #include "exec.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -33,6 +35,8 @@
 #define EXEC_KILL_AFTER_DEFAULT_MS 5000
 /* The kernel's PID_MAX_LIMIT on 64-bit hosts: no pid is larger. */
 #define EXEC_PID_MAX_LIMIT (INT64_C(1) << 22)
+/* exec_opts.pass_fds: a child needs one or two at most. */
+#define EXEC_PASS_FDS_MAX 8
 
 struct exec {
 	uv_loop_t *loop;            /* borrowed */
@@ -256,17 +260,54 @@ static void exec_ignore_sigpipe(void)
 		(void)signal(SIGPIPE, SIG_IGN);
 }
 
+/* Marks every descriptor above 2 close-on-exec (see exec_start in exec.h),
+ * walking /proc/self/fd; where /proc is missing, every number up to the
+ * descriptor limit. Only ever sets the flag: agentd's own descriptors keep
+ * working, and a spawn is synchronous, so no other spawn can race it. */
+static void exec_cloexec_all(void)
+{
+	_cleanup_close_ int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *dir = NULL;
+	struct dirent *de;
+
+	if (dfd >= 0)
+		dir = fdopendir(dfd);
+	if (!dir) {
+		long max = sysconf(_SC_OPEN_MAX);
+
+		for (long fd = 3; fd < (max > 0 ? max : 65536); fd++) {
+			int fl = fcntl((int)fd, F_GETFD);
+
+			if (fl >= 0 && !(fl & FD_CLOEXEC))
+				(void)fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
+		}
+		return;
+	}
+	dfd = -1; /* owned by dir */
+	while ((de = readdir(dir))) {
+		long fd;
+		int fl;
+
+		if (parse_long(de->d_name, 3, INT_MAX, &fd) < 0 || fd == dirfd(dir))
+			continue;
+		fl = fcntl((int)fd, F_GETFD);
+		if (fl >= 0 && !(fl & FD_CLOEXEC))
+			(void)fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
+	}
+	closedir(dir);
+}
+
 int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb, exec_done_cb done_cb,
 	       void *userdata, struct exec **ret)
 {
 	static char *const empty_env[] = { NULL };
 	uv_process_options_t po = { 0 };
-	uv_stdio_container_t stdio[3];
+	uv_stdio_container_t stdio[3 + EXEC_PASS_FDS_MAX];
 	uv_file fds[2] = { -1, -1 };
 	struct exec *e;
 	int r;
 
-	if (!opts || !opts->argv || !opts->argv[0])
+	if (!opts || !opts->argv || !opts->argv[0] || opts->n_pass_fds > EXEC_PASS_FDS_MAX)
 		return -EINVAL;
 
 	exec_ignore_sigpipe();
@@ -337,9 +378,14 @@ int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb out
 	stdio[1].data.fd = fds[1];
 	stdio[2].flags = UV_INHERIT_FD;
 	stdio[2].data.fd = fds[1];
+	for (size_t i = 0; i < opts->n_pass_fds; i++) {
+		stdio[3 + i].flags = UV_INHERIT_FD;
+		stdio[3 + i].data.fd = opts->pass_fds[i];
+	}
 	po.stdio = stdio;
-	po.stdio_count = 3;
+	po.stdio_count = 3 + (int)opts->n_pass_fds;
 
+	exec_cloexec_all();
 	e->proc_init = true;
 	r = uv_spawn(loop, &e->proc, &po);
 	(void)close(fds[1]);

@@ -22,6 +22,10 @@ struct exec_opts {
 	long kill_after_ms;     /* grace between SIGTERM and SIGKILL; 0 means 5000 */
 	const char *stdin_data; /* borrowed until done; NULL: /dev/null */
 	size_t stdin_len;
+	/* Descriptors the child gets as 3, 4, ... (in this order); every
+	 * other descriptor of ours is closed at its exec (exec_start). */
+	const int *pass_fds;
+	size_t n_pass_fds;
 };
 
 struct exec_result {
@@ -37,7 +41,11 @@ typedef void (*exec_output_cb)(void *userdata, const char *data, size_t len);
  * The struct exec is freed by the library after this returns. */
 typedef void (*exec_done_cb)(void *userdata, const struct exec_result *r);
 
-/* Starts the child. On a spawn failure, returns 0 and done_cb runs on the
+/* Starts the child. The child gets its stdio and opts->pass_fds, nothing
+ * else: every other descriptor of this process above 2 is marked
+ * close-on-exec first (libraries open some without it: libcurl's wakeup
+ * socketpair), so no root-opened file, socket or directory reaches an app
+ * user's program. On a spawn failure, returns 0 and done_cb runs on the
  * next loop iteration with spawn_error set, so callers have one path. */
 int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb, exec_done_cb done_cb,
 	       void *userdata, struct exec **ret);

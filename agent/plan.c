@@ -849,6 +849,11 @@ struct absent_data {
 	char **protect;      /* owned: paths that must outlive the removal (plan_absent_protect) */
 	char **protect_what; /* owned: what each one is, for the message */
 	size_t n_protect;
+
+	/* While rm runs. */
+	struct exec *proc;   /* borrowed: freed by exec.c after done */
+	struct plan_exec *x; /* borrowed */
+	char *target;        /* borrowed from the step, for messages */
 };
 
 static void absent_free(void *data)
@@ -904,7 +909,8 @@ static void mountinfo_unescape(char *s)
 
 /* A mount point strictly below the directory whose real path is real, from
  * /proc/self/mountinfo (malloc'd), or NULL when there is none or the table
- * cannot be read (rm_children still refuses to cross a mount). The
+ * cannot be read (rm --one-file-system still refuses to cross into
+ * another file system). The
  * directory itself being a mount point is absent_apply's own check. */
 static char *mount_below(const char *real)
 {
@@ -962,83 +968,23 @@ static int absent_check_protected(const struct absent_data *d, const char *targe
 		_cleanup_free_ char *preal = NULL;
 
 		if (pfd >= 0 && fd_real_path(pfd, &preal) == 0 && path_is_under(preal, real)) {
+			/* Where it really is: names of another user's. */
+			_cleanup_free_ char *epreal = str_escape_ctl(preal);
+
 			*ret_error = xasprintf("refusing to remove %s: %s (%s) lies in it, at %s", target,
-					       d->protect[i], d->protect_what[i], preal);
+					       d->protect[i], d->protect_what[i], epreal);
 			return -EBUSY;
 		}
 	}
 	mp = mount_below(real);
 	if (mp) {
-		*ret_error = xasprintf("cannot remove %s: it contains a mount point (%s); nothing was removed", target, mp);
+		_cleanup_free_ char *emp = str_escape_ctl(mp);
+
+		*ret_error = xasprintf("cannot remove %s: it contains a mount point (%s); nothing was removed", target,
+				       emp);
 		return -EBUSY;
 	}
 	return 0;
-}
-
-/* Whether name in dfd (not followed; "" for dfd itself) is on the mount
- * with id mnt. True when the kernel cannot tell (st_dev is checked too). */
-static bool same_mount(int dfd, const char *name, bool have_mnt, uint64_t mnt)
-{
-	uint64_t id;
-
-	if (!have_mnt || rootfs_mount_id(dfd, name, &id) < 0)
-		return true;
-	return id == mnt;
-}
-
-/* Removes everything inside the directory dfd (which it closes), never
- * following symlinks and never crossing into another mount: neither another
- * file system (st_dev) nor a bind mount of the same one (the mount id). */
-static int rm_children(int dfd, dev_t dev, bool have_mnt, uint64_t mnt)
-{
-	DIR *dir = fdopendir(dfd);
-	struct dirent *de;
-	int r = 0;
-
-	if (!dir) {
-		r = -errno;
-		(void)close(dfd);
-		return r;
-	}
-	while ((errno = 0, de = readdir(dir))) {
-		struct stat st;
-
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-			if (errno == ENOENT)
-				continue;
-			r = -errno;
-			break;
-		}
-		if (S_ISDIR(st.st_mode)) {
-			int cfd;
-
-			if (st.st_dev != dev || !same_mount(dirfd(dir), de->d_name, have_mnt, mnt)) {
-				r = -EXDEV;
-				break;
-			}
-			cfd = openat(dirfd(dir), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			if (cfd < 0) {
-				r = -errno;
-				break;
-			}
-			r = rm_children(cfd, dev, have_mnt, mnt);
-			if (r < 0)
-				break;
-			if (unlinkat(dirfd(dir), de->d_name, AT_REMOVEDIR) < 0 && errno != ENOENT) {
-				r = -errno;
-				break;
-			}
-		} else if (unlinkat(dirfd(dir), de->d_name, 0) < 0 && errno != ENOENT) {
-			r = -errno;
-			break;
-		}
-	}
-	if (r == 0 && errno != 0)
-		r = -errno;
-	closedir(dir);
-	return r;
 }
 
 static int absent_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
@@ -1075,6 +1021,60 @@ static int absent_describe(struct step *s, const struct step_env *env, const cha
 	return 0;
 }
 
+static void cb_absent_output(void *userdata, const char *data, size_t len)
+{
+	struct absent_data *d = userdata;
+
+	plan_step_output(d->x, data, len);
+}
+
+static void cb_absent_done(void *userdata, const struct exec_result *r)
+{
+	struct absent_data *d = userdata;
+	struct plan_exec *x = d->x;
+
+	d->proc = NULL;
+	d->x = NULL;
+	if (r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0) {
+		_cleanup_free_ char *why = exec_result_describe(r, 0);
+		return plan_step_done(x, STEP_FAILED, "cannot remove %s: rm %s", d->target, why);
+	}
+	plan_step_done(x, STEP_CHANGED, NULL);
+}
+
+/* Removes the tree name in the directory dfd with a child, GNU
+ * `rm -rf --one-file-system -- name` run in dfd (entered through
+ * /proc/self/fd/N, see exec_open_cwd), so no path string with a name of
+ * another user's is handed over. rm walks any depth with a bounded number of
+ * descriptors, never follows a symlink, verifies each directory it enters
+ * (device and inode) against a swap, and stays on the file system of name;
+ * it runs beside the loop, which keeps answering while a tree of a million
+ * files goes. Calls plan_step_done() from the child's completion. */
+static void absent_spawn_rm(struct absent_data *d, const char *target, struct plan_exec *x, int dfd, const char *name)
+{
+	static char *const plain_env[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+					   "LC_ALL=C", NULL };
+	char *argv[] = { "rm", "-rf", "--one-file-system", "--", (char *)name, NULL };
+	_cleanup_close_ int cwdfd = fcntl(dfd, F_DUPFD_CLOEXEC, 3);
+	char cwd[64];
+	struct exec_opts o = { .argv = argv, .env = plain_env, .cwd = cwd };
+	int r;
+
+	if (cwdfd < 0)
+		return plan_step_done(x, STEP_FAILED, "cannot remove %s: %m", target);
+	(void)snprintf(cwd, sizeof(cwd), "/proc/self/fd/%d", cwdfd);
+	d->x = x;
+	d->target = (char *)target;
+	/* The spawn itself is synchronous: cwdfd may close after this. */
+	r = exec_start(x->loop, &o, cb_absent_output, cb_absent_done, d, &d->proc);
+	if (r < 0) {
+		d->x = NULL;
+		d->proc = NULL;
+		return plan_step_done(x, STEP_FAILED, "cannot remove %s: could not start rm: %s", target, strerror(-r));
+	}
+	plan_step_spawned(x, d->proc);
+}
+
 static void absent_apply(struct step *s, struct plan_exec *x)
 {
 	struct absent_data *d = s->data;
@@ -1082,10 +1082,12 @@ static void absent_apply(struct step *s, struct plan_exec *x)
 	_cleanup_free_ char *name = NULL;
 	uint64_t mnt = 0, parent_mnt = 0;
 	bool have_mnt;
-	struct stat st;
+	struct stat st, parent_st;
 	int fd, r;
 
 	r = open_parent(d->root, d->path, false, &dfd, &name);
+	if (r >= 0 && fstat(dfd, &parent_st) < 0)
+		r = -errno;
 	if (r >= 0 && fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		r = -errno;
 	if (r == -ENOENT)
@@ -1112,33 +1114,36 @@ static void absent_apply(struct step *s, struct plan_exec *x)
 		(void)close(fd);
 		return plan_step_done(x, STEP_FAILED, "cannot stat %s: %s", s->target, strerror(e));
 	}
-	if (have_mnt && mnt != parent_mnt) {
+	if ((have_mnt && mnt != parent_mnt) || st.st_dev != parent_st.st_dev) {
 		(void)close(fd);
 		return plan_step_done(x, STEP_FAILED, "cannot remove %s: it is a mount point", s->target);
 	}
 	{
-		/* Before the first unlink: rm_children stops at a mount, but only
-		 * after removing what it met before it. */
+		/* Before the first unlink: rm stops at another file system,
+		 * but only after removing what it met before it. */
 		_cleanup_free_ char *why = NULL;
 
-		if (absent_check_protected(d, s->target, fd, &why) < 0) {
-			(void)close(fd);
+		r = absent_check_protected(d, s->target, fd, &why);
+		(void)close(fd);
+		if (r < 0)
 			return plan_step_done(x, STEP_FAILED, "%s", why);
-		}
 	}
-	r = rm_children(fd, st.st_dev, have_mnt, mnt);
-	if (r < 0)
-		return plan_step_done(x, STEP_FAILED, "cannot remove %s: %s", s->target,
-				      r == -EXDEV ? "it contains a mount point" : strerror(-r));
-	if (unlinkat(dfd, name, AT_REMOVEDIR) < 0)
-		return plan_step_done(x, STEP_FAILED, "cannot remove %s: %m", s->target);
-	plan_step_done(x, STEP_CHANGED, NULL);
+	absent_spawn_rm(d, s->target, x, dfd, name);
+}
+
+static void absent_cancel(struct step *s)
+{
+	struct absent_data *d = s->data;
+
+	if (d->proc)
+		exec_terminate(d->proc);
 }
 
 static const struct step_ops absent_ops = {
 	.kind = "absent",
 	.describe = absent_describe,
 	.apply = absent_apply,
+	.cancel = absent_cancel,
 	.free_data = absent_free,
 };
 

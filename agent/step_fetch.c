@@ -125,6 +125,21 @@ static int open_dir(struct fetch_data *d, bool create, char **ret_error)
 	return r;
 }
 
+/* Without a user, tar and rm run as root in the directory: GNU tar
+ * follows a symlink that is already there (sub -> /etc) when it extracts
+ * sub/file, so neither the directory nor any directory above it may be
+ * writable by another user. 0, -EPERM (rootfs_strerror says where) or
+ * -EACCES for the directory itself. */
+static int dir_private(const struct fetch_data *d)
+{
+	_cleanup_close_ int rootfd = rootfs_open(d->root);
+	_cleanup_close_ int fd = rootfd < 0 ? rootfd : rootfs_resolve_private(rootfd, d->dir, true);
+
+	if (fd < 0)
+		return fd == -EPERM ? fd : -EACCES;
+	return rootfs_dir_shared(fd) ? -EACCES : 0;
+}
+
 static void fetch_done(struct fetch_data *d, enum step_status st, const char *err)
 {
 	struct plan_exec *x = d->x;
@@ -297,6 +312,11 @@ static void fetch_apply(struct step *s, struct plan_exec *x)
 	d->dfd = open_dir(d, true, &err);
 	if (d->dfd < 0)
 		return fetch_done(d, STEP_FAILED, err);
+	if (!d->user && (r = dir_private(d)) < 0) {
+		err = xasprintf("refusing to unpack into %s as root: %s; give the fetch a user", d->dir,
+				r == -EPERM ? rootfs_strerror(r) : "a user other than root can write it");
+		return fetch_done(d, STEP_FAILED, err);
+	}
 	r = dir_state(d->dfd, d->url, &same);
 	if (r < 0) {
 		err = xasprintf("cannot list %s: %s", d->dir, strerror(-r));

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -149,7 +150,7 @@ static int open_dirs(struct rel_data *d, char **ret_error)
 	return r;
 }
 
-/* A directory fd moved above the stdio numbers and named for a child. */
+/* A directory fd named for a child's cwd. */
 static int fd_name(int fd, char *buf, size_t n)
 {
 	(void)snprintf(buf, n, "/proc/self/fd/%d", fd);
@@ -217,8 +218,9 @@ static void cb_child_done(void *userdata, const struct exec_result *r)
 	rel_stage(d);
 }
 
-/* Spawns argv in the directory fd dirfd, as the app user when as_user. */
-static void rel_spawn(struct rel_data *d, int dirfd, char *const *argv, bool as_user)
+/* Spawns argv in the directory fd dirfd, as the app user when as_user;
+ * pass_fd >= 0 is the child's descriptor 3 (exec_opts.pass_fds). */
+static void rel_spawn_fd(struct rel_data *d, int dirfd, char *const *argv, bool as_user, int pass_fd)
 {
 	/* Commands agentd runs as itself (cp, rm) never get the app's
 	 * environment: LD_PRELOAD and friends come from the stack. */
@@ -230,6 +232,8 @@ static void rel_spawn(struct rel_data *d, int dirfd, char *const *argv, bool as_
 		.env = as_user ? d->env : plain_env,
 		.user = as_user ? d->user : NULL,
 		.timeout_ms = d->timeout_sec * 1000,
+		.pass_fds = pass_fd >= 0 ? &pass_fd : NULL,
+		.n_pass_fds = pass_fd >= 0 ? 1 : 0,
 	};
 	int r;
 
@@ -241,6 +245,11 @@ static void rel_spawn(struct rel_data *d, int dirfd, char *const *argv, bool as_
 		rel_fail(d, msg);
 	} else
 		plan_step_spawned(d->x, d->proc);
+}
+
+static void rel_spawn(struct rel_data *d, int dirfd, char *const *argv, bool as_user)
+{
+	rel_spawn_fd(d, dirfd, argv, as_user, -1);
 }
 
 static void rel_fail(struct rel_data *d, const char *msg)
@@ -282,11 +291,19 @@ static int link_shared(struct rel_data *d, char **ret_error)
 		}
 		/* The link is given to the user through an fd of the link we
 		 * find there: the release is theirs, and the name may no longer
-		 * be our link (a chown by name could land on a hard link). */
+		 * be our link. Only a link that is ours is chowned: one name
+		 * (a hard link to someone else's symlink, raced in where
+		 * protected_hardlinks is off, has two), owned by root or
+		 * agentd (or the user already), with our text. */
 		{
 			_cleanup_close_ int lfd = openat(d->relfd, *s, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+			char text[PATH_MAX];
+			ssize_t tl = -1;
 
-			if (lfd >= 0 && fstat(lfd, &st) == 0 && S_ISLNK(st.st_mode))
+			if (lfd >= 0 && fstat(lfd, &st) == 0 && S_ISLNK(st.st_mode) && st.st_nlink == 1 &&
+			    (st.st_uid == 0 || st.st_uid == geteuid() || st.st_uid == d->uid))
+				tl = readlinkat(lfd, "", text, sizeof(text) - 1);
+			if (tl >= 0 && (size_t)tl == strlen(target) && memcmp(text, target, (size_t)tl) == 0)
 				(void)fchownat(lfd, "", d->uid, d->gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
 		}
 	}
@@ -424,11 +441,21 @@ static void rel_fetch(struct rel_data *d)
 	}
 }
 
+/* Whether the release has its own bin/buildout, a regular file. The
+ * release is the app user's: nothing in it is followed (a link planted as
+ * bin or bin/buildout would have root stat a path of the user's choosing),
+ * so a link counts as none and bootstrap (as the user) makes one. */
+static bool has_buildout(int relfd)
+{
+	_cleanup_close_ int bin = openat(relfd, "bin", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+
+	return bin >= 0 && fstatat(bin, "buildout", &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
 static void rel_stage(struct rel_data *d)
 {
 	_cleanup_free_ char *err = NULL;
-	struct stat st;
-	char dest[64];
 	int r;
 
 	switch (d->stage) {
@@ -440,28 +467,25 @@ static void rel_stage(struct rel_data *d)
 			return rel_spawn(d, d->relfd, argv, true);
 		}
 		if (d->scm == RELEASE_LOCAL) {
+			/* cp runs as the app user, in the release (theirs
+			 * already), reading the source through descriptor 3:
+			 * the source may be a tree the user owns, and root's
+			 * cp would read through links the user swaps in there
+			 * (sub -> a root-only directory) and leave what it
+			 * read in the user's release. As the user it reads
+			 * only what the user could read anyway. "/." so that
+			 * cp follows the magic link to the directory. */
 			_cleanup_close_ int rootfd = rootfs_open(d->root);
 			_cleanup_close_ int src = rootfd < 0 ? rootfd : rootfs_resolve(rootfd, d->repository, true);
-			int inherit;
-			char *argv[] = { "cp", "-a", "-T", "--", ".", dest, NULL };
+			char *argv[] = { "cp", "-a", "-T", "--", "/proc/self/fd/3/.", ".", NULL };
 
 			if (src < 0) {
-				err = xasprintf("cannot open the source directory %s: %s", d->repository, strerror(-src));
+				err = xasprintf("cannot open the source directory %s: %s", d->repository,
+						rootfs_strerror(src));
 				return rel_fail(d, err);
 			}
-			/* The child reaches the new release through an inherited
-			 * descriptor (not close-on-exec), never a path string. */
-			inherit = fcntl(d->relfd, F_DUPFD, 3);
-			if (inherit < 0) {
-				err = xasprintf("cannot pass release %s to cp: %s", d->name, strerror(errno));
-				return rel_fail(d, err);
-			}
-			/* "/." so that cp follows the magic link to the directory. */
-			(void)snprintf(dest, sizeof(dest), "/proc/self/fd/%d/.", inherit);
 			d->stage = ST_CHECKOUT; /* cp is the whole checkout */
-			rel_spawn(d, src, argv, false);
-			(void)close(inherit);
-			return;
+			return rel_spawn_fd(d, d->relfd, argv, true, src);
 		}
 		if (d->scm == RELEASE_ARCHIVE)
 			return rel_fetch(d);
@@ -484,9 +508,6 @@ static void rel_stage(struct rel_data *d)
 	case ST_PREPARE:
 		if (d->scm == RELEASE_ARCHIVE)
 			(void)unlinkat(d->relfd, ARCHIVE_FILE, 0);
-		/* cp ran as root: the release became the user's only now. */
-		if (d->scm == RELEASE_LOCAL && fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
-			log_warn("cannot give release %s to %s: %m", d->name, d->user);
 		/* The code is there: shared dirs and deploy.cfg go in before the build. */
 		if (link_shared(d, &err) < 0)
 			return rel_fail(d, err);
@@ -496,7 +517,7 @@ static void rel_stage(struct rel_data *d)
 			err = xasprintf("cannot write deploy.cfg in release %s: %s", d->name, strerror(-r));
 			return rel_fail(d, err);
 		}
-		if (d->bootstrap_argv && fstatat(d->relfd, "bin/buildout", &st, 0) < 0)
+		if (d->bootstrap_argv && !has_buildout(d->relfd))
 			return rel_spawn(d, d->relfd, d->bootstrap_argv, true);
 		d->stage = ST_BUILD;
 		/* fall through */
@@ -602,10 +623,9 @@ static void apply_continue(struct rel_data *d)
 		err = xasprintf("cannot open release %s: %s", d->name, strerror(errno));
 		return rel_done(d, STEP_FAILED, err);
 	}
-	/* git and tar run as the app user, in the release: it is theirs from
-	 * the start. cp (local) runs as root and must not write into a
-	 * directory the user can plant links in: that one is given after. */
-	if (d->scm != RELEASE_LOCAL && fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
+	/* git, tar and cp run as the app user, in the release: it is theirs
+	 * from the start. */
+	if (fchownat(d->relfd, "", d->uid, d->gid, AT_EMPTY_PATH) < 0)
 		log_warn("cannot give release %s to %s: %m", d->name, d->user);
 	{
 		_cleanup_free_ char *msg = d->commit ? xasprintf("new release %s/releases/%s (commit %s)\n", d->deploy_to,

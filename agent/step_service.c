@@ -335,7 +335,9 @@ static int remove_stale_confs(struct svc_data *d, char **ret_error)
 			continue;
 		if (unlinkat(dirfd(dir), de->d_name, 0) < 0) {
 			int r = -errno;
-			*ret_error = xasprintf("cannot remove %s/%s: %s", d->conf_dir, de->d_name, strerror(-r));
+			_cleanup_free_ char *ename = str_escape_ctl(de->d_name); /* may be another user's */
+
+			*ret_error = xasprintf("cannot remove %s/%s: %s", d->conf_dir, ename, strerror(-r));
 			closedir(dir);
 			return r;
 		}

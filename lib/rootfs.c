@@ -150,20 +150,24 @@ static void level_set(struct level *l, int fd, const struct stat *st, const stru
 	l->shared_mode = parent && parent->shared ? parent->shared_mode : st->st_mode & 07777;
 }
 
+/* The names and paths in these messages come from another user's tree:
+ * escaped (str_escape_ctl), so a newline in a link's name cannot forge log
+ * lines. */
 static int refuse(const char *path, const char *name, const struct level *l, const struct stat *link)
 {
 	const char *slash = path[0] == '/' ? "" : "/";
+	_cleanup_free_ char *ename = str_escape_ctl(name), *epath = str_escape_ctl(path);
 
 	if (l->shared)
 		(void)snprintf(refusal, sizeof(refusal),
 			       "refusing to follow the symlink \"%s\" on the way to %s%s: it is in a directory that a "
 			       "user other than root can write, or below one (owner uid %u, mode %04o)",
-			       name, slash, path, (unsigned)l->shared_uid, (unsigned)l->shared_mode);
+			       ename, slash, epath, (unsigned)l->shared_uid, (unsigned)l->shared_mode);
 	else
 		(void)snprintf(refusal, sizeof(refusal),
 			       "refusing to follow the symlink \"%s\" on the way to %s%s: uid %u put it in a sticky "
 			       "directory that others can write (owner uid %u)",
-			       name, slash, path, (unsigned)link->st_uid, (unsigned)l->uid);
+			       ename, slash, epath, (unsigned)link->st_uid, (unsigned)l->uid);
 	log_warn("rootfs: %s", refusal);
 	return -ELOOP;
 }
@@ -220,10 +224,12 @@ static int resolve_walk(int rootfd, const char *path, bool want_dir, bool privat
 		if (private && cur->shared) {
 			/* The caller will use the path as a string (mount(2)):
 			 * a name in a shared directory could be swapped under it. */
+			_cleanup_free_ char *ename = str_escape_ctl(name), *epath = str_escape_ctl(path);
+
 			(void)snprintf(refusal, sizeof(refusal),
 				       "refusing %s%s: \"%s\" is looked up in a directory that a user other than root "
 				       "can write, or below one (owner uid %u, mode %04o)",
-				       path[0] == '/' ? "" : "/", path, name, (unsigned)cur->shared_uid,
+				       path[0] == '/' ? "" : "/", epath, ename, (unsigned)cur->shared_uid,
 				       (unsigned)cur->shared_mode);
 			log_warn("rootfs: %s", refusal);
 			r = -EPERM;

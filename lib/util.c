@@ -717,3 +717,37 @@ const char *file_read_strerror(int r)
 		return strerror(r < 0 ? -r : r);
 	}
 }
+
+char *str_escape_ctl(const char *s)
+{
+	struct buf b;
+
+	if (!s)
+		return xstrdup("(null)");
+	buf_init(&b);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		switch (*p) {
+		case '\n':
+			buf_puts(&b, "\\n");
+			break;
+		case '\t':
+			buf_puts(&b, "\\t");
+			break;
+		case '\r':
+			buf_puts(&b, "\\r");
+			break;
+		case '\033':
+			buf_puts(&b, "\\e");
+			break;
+		case '\\':
+			buf_puts(&b, "\\\\");
+			break;
+		default:
+			if (*p < 0x20 || *p == 0x7f)
+				buf_printf(&b, "\\x%02x", *p);
+			else
+				buf_append(&b, p, 1);
+		}
+	}
+	return buf_steal(&b);
+}

@@ -163,3 +163,11 @@ int file_read_regular(int dirfd, const char *path, int flags, size_t max, char *
 /* Words for an error of file_read_regular ("not a regular file" for
  * -EBADFD, ...; strerror otherwise). Static string. */
 const char *file_read_strerror(int r);
+
+/* s with its control characters written C-style (\n, \t, \r, \e, \xNN for
+ * the others and DEL) and "\" doubled, for a name, link text or path read
+ * from disk that goes into a message: another user chose it, and a raw
+ * newline or escape would forge lines in the journal, on a terminal or in
+ * `agentctl show`. Other bytes (UTF-8 included) are kept. NULL gives
+ * "(null)". Returns a malloc'd string. */
+char *str_escape_ctl(const char *s);

@@ -3,6 +3,7 @@
  * with the loop closing cleanly (no handle left behind). */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pwd.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -383,6 +385,44 @@ static void test_user_switch(void **state)
 	free(expect);
 }
 
+/* No descriptor of ours reaches the child but its stdio and pass_fds (as
+ * 3, 4...): not one opened without O_CLOEXEC (libcurl's socketpair). */
+static void test_only_stdio_and_pass_fds(void **state)
+{
+	char *argv[] = { "/bin/sh", "-c", "ls /proc/self/fd | sort -n | tr '\\n' ' '", NULL };
+	char *argv2[] = { "/bin/sh", "-c", "cat <&3; ls /proc/self/fd | sort -n | tr '\\n' ' '", NULL };
+	struct exec_opts o = { .argv = argv };
+	struct run run;
+	int leak = open("/dev/null", O_RDONLY); /* no O_CLOEXEC */
+	int sv[2], pv[2];
+
+	assert_true(leak > 2);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	run_child(&o, &run);
+	assert_int_equal(run.r.exit_status, 0);
+	/* ls's own descriptor of the directory it lists is the 3 here. */
+	assert_string_equal(OUT(run), "0 1 2 3 ");
+	buf_free(&run.out);
+	/* Marked close-on-exec, still open and usable here. */
+	assert_true(fcntl(leak, F_GETFD) & FD_CLOEXEC);
+	assert_true(fcntl(sv[0], F_GETFD) & FD_CLOEXEC);
+
+	assert_int_equal(pipe2(pv, O_CLOEXEC), 0);
+	assert_int_equal(write(pv[1], "hello ", 6), 6);
+	(void)close(pv[1]);
+	o.argv = argv2;
+	o.pass_fds = &pv[0];
+	o.n_pass_fds = 1;
+	run_child(&o, &run);
+	assert_int_equal(run.r.exit_status, 0);
+	assert_string_equal(OUT(run), "hello 0 1 2 3 4 ");
+	buf_free(&run.out);
+	(void)close(pv[0]);
+	(void)close(sv[0]);
+	(void)close(sv[1]);
+	(void)close(leak);
+}
+
 static void test_describe(void **state)
 {
 	struct exec_result r = { .term_signal = SIGKILL };
@@ -508,6 +548,7 @@ int main(void)
 		cmocka_unit_test(test_grandchild_holds_pipe),
 		cmocka_unit_test(test_spawn_failure),
 		cmocka_unit_test(test_user_switch),
+		cmocka_unit_test(test_only_stdio_and_pass_fds),
 		cmocka_unit_test(test_describe),
 		cmocka_unit_test(test_bad_args),
 		cmocka_unit_test(test_kill_recorded_group),

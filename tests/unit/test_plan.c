@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -631,6 +632,48 @@ static void test_absent(void **state)
 	free(tree);
 	free(outside);
 	free(inner);
+	free(keep);
+}
+
+/* A chain deeper than the descriptors we may open (issue 9: one fd per
+ * level gave EMFILE forever): the removal still goes through, and the
+ * symlink at the bottom is removed, not followed. */
+static void test_absent_deep_tree_low_fd_limit(void **state)
+{
+	struct ctx *c = *state;
+	struct plan p;
+	char *err = NULL, *tree = P(c, "/srv/deep"), *outside = P(c, "/outside2"), *keep = P(c, "/outside2/keep");
+	struct rlimit old, low;
+	int dfd, cur;
+
+	mkdir_p(tree, 0755);
+	mkdir_p(outside, 0755);
+	write_file(keep, "keep");
+	dfd = open(tree, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(dfd >= 0);
+	for (int i = 0; i < 600; i++) {
+		assert_int_equal(mkdirat(dfd, "d", 0755), 0);
+		cur = openat(dfd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		assert_true(cur >= 0);
+		(void)close(dfd);
+		dfd = cur;
+	}
+	assert_int_equal(symlinkat(outside, dfd, "link"), 0);
+	(void)close(dfd);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	/* The soft limit only: raising it back needs no privilege. */
+	low = (struct rlimit){ 128, old.rlim_max };
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_absent(&p, "/srv/deep", true, &err));
+	run_plan(c, &p);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	assert_int_equal(p.steps[0]->status, STEP_CHANGED);
+	assert_false(exists(tree));
+	assert_true(exists(keep));
+	plan_free(&p);
+	free(tree);
+	free(outside);
 	free(keep);
 }
 
@@ -1731,6 +1774,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dir, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_link, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_absent, setup, teardown),
+
+		cmocka_unit_test_setup_teardown(test_absent_deep_tree_low_fd_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_exec_changed_and_hash, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_exec_changed_override, setup, teardown),

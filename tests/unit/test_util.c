@@ -894,6 +894,48 @@ static void test_json_bounds_check(void **state)
 	free(big);
 }
 
+static void test_str_escape_ctl(void **state)
+{
+	char *e = str_escape_ctl("a\nb\tc\rd\033[2J\\e\x01\x7f caf\xc3\xa9");
+
+	assert_string_equal(e, "a\\nb\\tc\\rd\\e[2J\\\\e\\x01\\x7f caf\xc3\xa9");
+	free(e);
+	e = str_escape_ctl("");
+	assert_string_equal(e, "");
+	free(e);
+	e = str_escape_ctl(NULL);
+	assert_string_equal(e, "(null)");
+	free(e);
+}
+
+/* A refused link's name and path, chosen by another user, are escaped in
+ * the message: no newline or escape reaches the log. */
+static void test_rootfs_refusal_escapes_names(void **state)
+{
+	struct rctx *c = *state;
+	int rootfd = rootfs_open(c->root), fd;
+	char *dir = R(c, "/home");
+	char *link;
+
+	assert_int_equal(mkdir(dir, 0755), 0);
+	assert_int_equal(chown(dir, 65534, 65534), 0);
+	link = xasprintf("%s/x\nagentd: info: FAKE\033[2J", dir);
+	assert_int_equal(symlink("/", link), 0);
+	fd = rootfs_resolve(rootfd, "/home/x\nagentd: info: FAKE\033[2J/etc", false);
+	assert_int_equal(fd, -ELOOP);
+	assert_null(strchr(rootfs_strerror(fd), '\n'));
+	assert_null(strchr(rootfs_strerror(fd), '\033'));
+	assert_non_null(strstr(rootfs_strerror(fd), "x\\nagentd: info: FAKE\\e[2J"));
+	fd = rootfs_resolve_private(rootfd, "/home/x\nagentd: info: FAKE\033[2J", false);
+	assert_int_equal(fd, -EPERM);
+	assert_null(strchr(rootfs_strerror(fd), '\n'));
+	(void)unlink(link);
+	(void)rmdir(dir);
+	free(link);
+	free(dir);
+	close(rootfd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -914,6 +956,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rootfs_shared_openat2, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_shared_fallback, rsetup, rteardown),
 		cmocka_unit_test_setup_teardown(test_rootfs_create_file_at, rsetup, rteardown),
+		cmocka_unit_test_setup_teardown(test_rootfs_refusal_escapes_names, rsetup, rteardown),
+		cmocka_unit_test(test_str_escape_ctl),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
