@@ -23,7 +23,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -207,6 +209,27 @@ static void notify_status(struct engine *e)
 
 /* ------------------------------------------------------------ persistence */
 
+/* Moves an unusable file of state_dir (state.json, a saved stack) aside to
+ * "<path>.corrupt", for a post-mortem and so that the next write can replace
+ * it (a directory there would block every write). Logged once per entry:
+ * the entry is gone from its place afterwards. */
+static void state_move_aside(struct engine *e, const char *path)
+{
+	_cleanup_free_ char *bad = xasprintf("%s.corrupt", path);
+
+	(void)e;
+	if (rename(path, bad) == 0) {
+		log_error("Moved %s aside to %s", path, bad);
+		return;
+	}
+	free(bad);
+	bad = xasprintf("%s.corrupt.%lld", path, (long long)time_now_usec());
+	if (rename(path, bad) < 0)
+		log_error_errno(-errno, "Failed to move %s aside: %m", path);
+	else
+		log_error("Moved %s aside to %s", path, bad);
+}
+
 static int save_stack(struct engine *e, const struct stack *s)
 {
 	_cleanup_free_ char *path = stack_file_path(e, s->revision), *data = NULL;
@@ -215,9 +238,14 @@ static int save_stack(struct engine *e, const struct stack *s)
 	int r;
 
 	/* Content-addressed: a regular file by that name is this stack. Anything
-	 * else there (a FIFO, a link) is replaced by the write below. */
-	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
-		return 0;
+	 * else there (a directory, a FIFO, a link) is not ours: it is moved
+	 * aside, reported once, and the stack written in its place (a rename
+	 * cannot replace a directory, which would block this stack for good). */
+	if (lstat(path, &st) == 0) {
+		if (S_ISREG(st.st_mode))
+			return 0;
+		state_move_aside(e, path);
+	}
 	data = stack_dump(s, &len);
 	r = file_write_atomic(path, data, len, 0600, (uid_t)-1, (gid_t)-1);
 	if (r < 0)
@@ -652,19 +680,6 @@ static long max_id_in_dir(const char *dir, const char *suffix)
 	return best;
 }
 
-/* Moves an unusable state.json aside, for a post-mortem and so that the
- * next write can replace it (a directory there would block every write). */
-static void state_move_aside(struct engine *e, const char *path)
-{
-	_cleanup_free_ char *bad = state_path(e, "state.json.corrupt");
-
-	if (rename(path, bad) == 0)
-		return;
-	free(bad);
-	bad = xasprintf("%s/state.json.corrupt.%lld", e->config->state_dir, (long long)time_now_usec());
-	if (rename(path, bad) < 0)
-		log_error_errno(-errno, "Failed to move %s aside: %m", path);
-}
 
 static void engine_load_state(struct engine *e)
 {
@@ -1712,64 +1727,114 @@ static bool on_source_unchanged(void *userdata)
 
 /* ------------------------------------------------------------- lifecycle */
 
+/* The pid of the process holding a flock() on the inode (dev, ino), from
+ * /proc/locks, or 0 when none is found. It names the holder even when
+ * state_dir/lock, which holds the pid as text, was deleted. */
+static long lock_holder_pid(dev_t dev, ino_t ino)
+{
+	_cleanup_free_ char *data = NULL;
+	char want[64];
+	long pid = 0;
+
+	snprintf(want, sizeof(want), " %02x:%02x:%llu ", major(dev), minor(dev), (unsigned long long)ino);
+	if (file_read_all("/proc/locks", 4u << 20, &data, NULL) < 0)
+		return 0;
+	for (char *line = data, *next; line && *line; line = next) {
+		char *p, num[24];
+		size_t n;
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		/* "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a blocked
+		 * waiter's line starts with "1: ->" and is skipped. */
+		if (strstr(line, "->") || !strstr(line, " FLOCK ") || !(p = strstr(line, want)))
+			continue;
+		/* The pid is the word before the device. */
+		while (p > line && p[-1] == ' ')
+			p--;
+		char *w = p;
+		while (w > line && w[-1] != ' ')
+			w--;
+		n = (size_t)(p - w);
+		if (n == 0 || n >= sizeof(num))
+			continue;
+		memcpy(num, w, n);
+		num[n] = '\0';
+		if (parse_long(num, 1, INT32_MAX, &pid) == 0)
+			break;
+		pid = 0;
+	}
+	return pid;
+}
+
 int engine_lock_state_dir(const char *state_dir, char **ret_error)
 {
-	_cleanup_free_ char *path = xasprintf("%s/lock", state_dir);
-	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	_cleanup_free_ char *path = xasprintf("%s/lock", state_dir), *data = NULL;
 	char buf[32];
 	struct stat st;
 	ssize_t n;
-	int fd, r;
+	int dfd, fd, r;
 
 	if ((r = mkdir_p(state_dir, 0700)) < 0) {
 		*ret_error = xasprintf("cannot create %s: %s", state_dir, strerror(-r));
 		return r;
 	}
-	/* O_NONBLOCK and the regular-file check: a FIFO planted as the lock
-	 * must not hang us. No O_TRUNC: the holder's pid is read from it. */
-	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
+	/* The lock is on the directory itself: a file in it can be deleted or
+	 * swapped (and a second agentd would then lock a new file), the
+	 * directory we opened cannot. flock() belongs to this open file
+	 * description alone, is not passed on across exec (O_CLOEXEC), and
+	 * the kernel drops it when we exit, however we exit. A symlink to
+	 * state_dir or another spelling of it names the same inode. */
+	dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY);
+	if (dfd < 0) {
+		r = -errno;
+		*ret_error = xasprintf("cannot open %s: %s", state_dir, strerror(-r));
+		return r;
+	}
+	if (flock(dfd, LOCK_EX | LOCK_NB) < 0) {
+		long pid = 0;
+		r = -errno;
+		if (r != -EWOULDBLOCK) {
+			*ret_error = xasprintf("cannot lock %s: %s", state_dir, strerror(-r));
+			(void)close(dfd);
+			return r;
+		}
+		/* Held: name the holder, touching nothing (no O_CREAT here). */
+		if (file_read_regular(AT_FDCWD, path, 0, sizeof(buf) - 1, &data, NULL) == 0) {
+			data[strcspn(data, "\n")] = '\0';
+			if (parse_long(data, 1, INT32_MAX, &pid) < 0)
+				pid = 0;
+		}
+		if (pid == 0 && fstat(dfd, &st) == 0)
+			pid = lock_holder_pid(st.st_dev, st.st_ino);
+		if (pid > 0)
+			*ret_error = xasprintf("%s is in use by another agentd (pid %ld)", state_dir, pid);
+		else
+			*ret_error = xasprintf("%s is in use by another agentd", state_dir);
+		(void)close(dfd);
+		return -EBUSY;
+	}
+	/* Ours. The pid goes into state_dir/lock for the message of a second
+	 * agentd. O_NONBLOCK and the regular-file check: a FIFO planted as
+	 * that file must not hang us. A full disk does not stop us. */
+	fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
 	if (fd < 0) {
 		r = -errno;
 		*ret_error = xasprintf("cannot open %s: %s", path, strerror(-r));
+		(void)close(dfd);
 		return r;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
 		(void)close(fd);
+		(void)close(dfd);
 		*ret_error = xasprintf("%s is not a regular file", path);
 		return -EBADFD;
 	}
-	/* An open file description lock: it belongs to this descriptor alone
-	 * (closing another descriptor of the file does not drop it, unlike a
-	 * POSIX lock), it is not inherited across exec (O_CLOEXEC), and the
-	 * kernel drops it when we exit, however we exit. */
-	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
-		r = -errno;
-		if (r == -EAGAIN || r == -EACCES) {
-			long pid = 0;
-			n = pread(fd, buf, sizeof(buf) - 1, 0);
-			if (n > 0) {
-				buf[n] = '\0';
-				buf[strcspn(buf, "\n")] = '\0';
-				if (parse_long(buf, 1, INT32_MAX, &pid) < 0)
-					pid = 0;
-			}
-			if (pid > 0)
-				*ret_error = xasprintf("%s is in use by another agentd (pid %ld, holding %s)", state_dir, pid,
-						       path);
-			else
-				*ret_error = xasprintf("%s is in use by another agentd (holding %s)", state_dir, path);
-			r = -EBUSY;
-		} else
-			*ret_error = xasprintf("cannot lock %s: %s", path, strerror(-r));
-		(void)close(fd);
-		return r;
-	}
-	/* Ours: say who holds it. A full disk does not stop us (the lock is
-	 * what counts; the pid is for the message of a second agentd). */
 	n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
 	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
 		log_warn_errno(-errno, "Failed to write our pid into %s: %m", path);
-	return fd;
+	(void)close(fd);
+	return dfd;
 }
 
 int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret)

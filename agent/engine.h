@@ -21,10 +21,12 @@ struct stack;
 #define ENGINE_RUN_ID_MAX ((long)((INT64_C(1) << 53) - 1))
 
 /* Takes the lock that makes one agentd per state_dir (design.md §3): an
- * exclusive OFD lock on state_dir/lock (created 0600, and state_dir with it
- * when missing), holding our pid as text. Call it first, before reading any
- * state or touching any process. The descriptor is close-on-exec and kept
- * for the life of the process (exit releases the lock). Returns the fd, or
+ * exclusive flock() on the state_dir directory itself (created 0700 when
+ * missing), so that deleting or swapping a file in it cannot let a second
+ * agentd in; our pid is written as text to state_dir/lock (0600) for the
+ * message of a second agentd. Call it first, before reading any state or
+ * touching any process. The descriptor (of state_dir) is close-on-exec and
+ * kept for the life of the process (exit releases the lock). Returns it, or
  * a negative errno with a malloc'd message: -EBUSY when another process
  * holds the lock (the message names its pid when it is known). */
 int engine_lock_state_dir(const char *state_dir, char **ret_error);

@@ -524,3 +524,87 @@ def test_stack_change_while_state_dir_is_full_is_applied_once_it_has_room(make_a
         assert s["source"]["error"] is None and s["state_error"] is None, s
     finally:
         small.close()
+
+
+# ------------------------------------------------- break1: lock, saved stacks
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_lock_file_deleted_or_replaced_does_not_let_a_second_agentd_in(make_agent, how):
+    a = make_agent(simple_stack()).start()
+    a.wait_runs(3)
+    a.wait_idle()
+    lock = os.path.join(a.state, "lock")
+    os.unlink(lock)
+    if how == "replaced":
+        with open(lock, "w") as f:
+            f.write("garbage\n")
+    before = {n: os.stat(os.path.join(a.state, n)).st_mtime_ns for n in ("state.json",)}
+    conf = dict(a.conf, socket=os.path.join(a.tmp, "other.sock"))
+    conf_b = os.path.join(a.tmp, "b.conf")
+    with open(conf_b, "w") as f:
+        json.dump(conf, f)
+    p = subprocess.run([AGENTD, "-d", "--config", conf_b], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1, p.stderr
+    assert f"pid {a.proc.pid}" in p.stderr, p.stderr
+    assert not os.path.exists(conf["socket"])
+    assert os.stat(state_file(a)).st_mtime_ns == before["state.json"]
+    # A symlink to state_dir names the same directory: also refused.
+    link = os.path.join(a.tmp, "statelink")
+    os.symlink(a.state, link)
+    with open(conf_b, "w") as f:
+        json.dump(dict(conf, state_dir=link), f)
+    p = subprocess.run([AGENTD, "-d", "--config", conf_b], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1 and f"pid {a.proc.pid}" in p.stderr, p.stderr
+    assert a.ctl_ok("status")
+    assert a.stop() == 0
+    a.start()
+    assert a.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["dir", "fifo", "symlink"])
+def test_special_entry_where_a_saved_stack_belongs_is_moved_aside(make_agent, kind):
+    stack = simple_stack()
+    a = make_agent(stack).start()
+    a.wait_runs(3)
+    a.wait_idle()
+    old = a.status()["source"]["stack_revision"]
+    assert a.stop() == 0
+    # The next stack's revision: start on it once, note it, then plant.
+    stack["opsworks"]["stack"]["name"] = "changed"
+    a.write_stack(stack)
+    a.start()
+    wait_for(lambda: a.status()["source"]["stack_revision"] != old, what="the changed stack")
+    a.wait_idle()
+    rev = a.status()["source"]["stack_revision"]
+    assert a.stop() == 0
+    saved = os.path.join(a.state, "stacks", rev + ".json")
+    # Back to the old stack, then plant the entry where the new one goes.
+    stack["opsworks"]["stack"]["name"] = "orig"
+    a.write_stack(stack)
+    a.start()
+    wait_for(lambda: a.status()["source"]["stack_revision"] != rev, what="the first stack again")
+    a.wait_idle()
+    assert a.stop() == 0
+    state = read_state(a)
+    if os.path.exists(saved):
+        os.unlink(saved)
+    if kind == "dir":
+        os.mkdir(saved)
+        open(os.path.join(saved, "x"), "w").close()
+    elif kind == "fifo":
+        os.mkfifo(saved)
+    else:
+        os.symlink("/nonexistent", saved)
+    assert state["stack_revision"] != rev
+    stack["opsworks"]["stack"]["name"] = "changed"
+    a.write_stack(stack)
+    a.start()
+    wait_for(lambda: a.status()["source"]["stack_revision"] == rev, what="the new stack")
+    a.wait_idle()
+    s = a.status()
+    assert s["source"]["error"] is None and s["state_error"] is None, s
+    st = os.lstat(saved)
+    assert stat.S_ISREG(st.st_mode)
+    aside = [n for n in os.listdir(os.path.join(a.state, "stacks")) if n.startswith(rev + ".json.corrupt")]
+    assert aside, os.listdir(os.path.join(a.state, "stacks"))
+    assert a.stderr_text().count("Moved " + saved) == 1
