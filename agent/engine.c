@@ -48,9 +48,37 @@
 #endif
 
 #define STATE_VERSION 1
-#define STATE_MAX_BYTES (64 * 1024 * 1024)
-/* Bounds of what state.json may hold (see engine_state_parse). */
-#define ENGINE_RUNS_MAX 100000
+/* Bounds of what agentd writes to state_dir, and so of what it reads back.
+ * Memory follows the number of JSON elements, not the bytes (a file of
+ * small integers takes ~50 bytes per byte), so both are checked before a
+ * file is parsed (json_bounds_check), and a writer keeps within them:
+ *   - a run record keeps at most RUN_STEPS_MAX steps, of at most
+ *     RUN_STEPS_MAX_BYTES as JSON, and texts (a step's target, error and
+ *     message, the run's error) of at most RUN_TEXT_MAX bytes; the run
+ *     log has everything, the record counts what it left out in
+ *     "steps_omitted";
+ *   - state.json holds `history` finished runs, at most ENGINE_QUEUE_MAX
+ *     queued ones and the running one (with its steps), and at most
+ *     ENGINE_KEYS_MAX entries in each of failed, input_hashes and
+ *     last_success. */
+#define RUN_STEPS_MAX 4096
+#define RUN_STEPS_MAX_BYTES (6u << 20)
+#define RUN_TEXT_MAX 1024
+#define RUN_STEP_ELEMENTS 24        /* a step: the object, 10 keys, 10 values */
+#define RUN_REC_ELEMENTS 48         /* a record without its steps: the object, 21 keys, 21 values */
+#define RUN_REC_MAX_BYTES (8u << 10) /* names of 255, texts of RUN_TEXT_MAX, JSON escapes included */
+/* runs/<id>.json: one record with its steps. */
+#define RUN_FILE_MAX_ELEMENTS ((size_t)RUN_STEPS_MAX * RUN_STEP_ELEMENTS + RUN_REC_ELEMENTS)
+#define RUN_FILE_MAX_BYTES ((size_t)RUN_STEPS_MAX_BYTES + RUN_REC_MAX_BYTES)
+#define ENGINE_QUEUE_MAX 256
+#define ENGINE_KEYS_MAX 2048
+#define ENGINE_KEY_MAX_BYTES 512    /* of an input hash's key */
+#define ENGINE_KEY_ENTRY_ELEMENTS 16 /* a failure: key, object, 7 keys, 7 values */
+#define ENGINE_KEY_ENTRY_MAX_BYTES (2u << 10)
+#define STATE_JSON_MAX_DEPTH 8      /* state, runs, record, steps, step: 5 */
+/* Beyond any history (config allows 10000): the cap of the old reader. */
+#define STATE_MAX_BYTES (64u << 20)
+#define ENGINE_RUNS_MAX (10000 + ENGINE_QUEUE_MAX + 1)
 #define ENGINE_FAIL_COUNT_MAX 1000000
 #define ENGINE_TIME_USEC_MAX INT64_C(253402300799000000) /* 9999-12-31 */
 
@@ -67,6 +95,8 @@ struct active {
 	bool no_retry;              /* retrying cannot help: the run's stack, layer or app is gone */
 	bool killed;                /* its step was terminated by a second SIGTERM */
 	size_t changed;
+	size_t steps_bytes;         /* of the steps kept in rec, as JSON */
+	size_t steps_omitted;       /* steps left out of rec (over RUN_STEPS_MAX or RUN_STEPS_MAX_BYTES) */
 };
 
 struct engine {
@@ -130,6 +160,43 @@ static const char *str_or_empty(const char *s)
 static json_t *json_string_or_null(const char *s)
 {
 	return s ? json_string(s) : json_null();
+}
+
+/* A text for a run record: at most RUN_TEXT_MAX bytes, cut at a character
+ * boundary (never inside a UTF-8 sequence); NULL gives null. */
+static json_t *json_text_capped(const char *s)
+{
+	size_t n;
+
+	if (!s)
+		return json_null();
+	n = strlen(s);
+	if (n > RUN_TEXT_MAX) {
+		n = RUN_TEXT_MAX;
+		while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+			n--;
+	}
+	return json_stringn(s, n) ?: json_string("(not UTF-8)");
+}
+
+/* What state.json may hold with `history` finished runs (see the bounds at
+ * the top): its elements and its bytes. */
+static long state_history_clamp(long history)
+{
+	return history < 1 ? 1 : history > 10000 ? 10000 : history;
+}
+
+static size_t state_max_elements(long history)
+{
+	return ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_ELEMENTS + RUN_FILE_MAX_ELEMENTS +
+	       (size_t)ENGINE_KEYS_MAX * 3 * ENGINE_KEY_ENTRY_ELEMENTS + 64;
+}
+
+static size_t state_max_bytes(long history)
+{
+	size_t n = ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_MAX_BYTES + RUN_FILE_MAX_BYTES +
+		   (size_t)ENGINE_KEYS_MAX * 3 * ENGINE_KEY_ENTRY_MAX_BYTES + 4096;
+	return n < STATE_MAX_BYTES ? n : STATE_MAX_BYTES;
 }
 
 static void now_rfc3339(char *out, size_t n)
@@ -459,7 +526,7 @@ static json_t *state_clean_run(const json_t *rec)
 		if (!strcmp(k, "id") || !strcmp(k, "event") || !strcmp(k, "trigger") || !strcmp(k, "status") ||
 		    !strcmp(k, "layer") || !strcmp(k, "app") || !strcmp(k, "_stack"))
 			keep = true;
-		else if (!strcmp(k, "changed"))
+		else if (!strcmp(k, "changed") || !strcmp(k, "steps_omitted"))
 			keep = json_int_in(v, 0, INT32_MAX, NULL);
 		else if (!strcmp(k, "duration_ms"))
 			keep = json_is_number(v) && json_number_value(v) >= 0;
@@ -531,7 +598,7 @@ static bool hex16_is_valid(const char *h)
 	return true;
 }
 
-int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_error)
+int engine_state_parse(const char *data, size_t len, long history, json_t **ret, char **ret_error)
 {
 	json_error_t jerr;
 	json_t *in, *o, *v, *runs, *seen;
@@ -540,10 +607,20 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 	json_t *rec;
 	const char *k;
 	size_t dropped = 0;
+	int r;
 
 	*ret = NULL;
-	if (len > STATE_MAX_BYTES) {
-		*ret_error = xasprintf("larger than %d bytes", STATE_MAX_BYTES);
+	if (len > state_max_bytes(history)) {
+		*ret_error = xasprintf("larger than %zu bytes", state_max_bytes(history));
+		return -EFBIG;
+	}
+	/* Before parsing: what agentd writes with this history never has
+	 * more elements or depth, and a file that does would take memory far
+	 * beyond its bytes. */
+	r = json_bounds_check(data, len, state_max_elements(history), STATE_JSON_MAX_DEPTH);
+	if (r < 0) {
+		*ret_error = xasprintf("more than %zu JSON elements or %d levels", state_max_elements(history),
+				       STATE_JSON_MAX_DEPTH);
 		return -EFBIG;
 	}
 	in = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -597,7 +674,7 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 		json_t *f;
 		json_object_foreach(v, k, f) {
 			_cleanup_free_ char *key = NULL;
-			json_t *c = json_object_size(failed) < ENGINE_RUNS_MAX ? state_clean_failure(f, &key) : NULL;
+			json_t *c = json_object_size(failed) < ENGINE_KEYS_MAX ? state_clean_failure(f, &key) : NULL;
 			if (c)
 				json_object_set_new(failed, key, c);
 		}
@@ -609,7 +686,7 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 		json_t *h;
 		json_object_foreach(v, k, h)
 			if (json_is_string(h) && hex16_is_valid(json_string_value(h)) &&
-			    json_object_size(hashes) < ENGINE_RUNS_MAX)
+			    strlen(k) <= ENGINE_KEY_MAX_BYTES && json_object_size(hashes) < ENGINE_KEYS_MAX)
 				json_object_set(hashes, k, h);
 	}
 	json_object_set_new(o, "input_hashes", hashes);
@@ -619,7 +696,7 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 		json_t *l;
 		json_object_foreach(v, k, l) {
 			if (!json_is_object(l) || !json_revision_is_valid(json_object_get(l, "revision")) ||
-			    json_object_size(last) >= ENGINE_RUNS_MAX)
+			    json_object_size(last) >= ENGINE_KEYS_MAX)
 				continue;
 			json_t *c = json_object();
 			json_object_set(c, "revision", json_object_get(l, "revision"));
@@ -688,7 +765,7 @@ static void engine_load_state(struct engine *e)
 	size_t len;
 	int r;
 
-	r = file_read_regular(AT_FDCWD, path, 0, STATE_MAX_BYTES, &data, &len);
+	r = file_read_regular(AT_FDCWD, path, 0, state_max_bytes(e->config->history), &data, &len);
 	if (r == -ENOENT) {
 		log_info("No saved state in %s: first start on this instance", e->config->state_dir);
 		e->first_start = true;
@@ -708,7 +785,7 @@ static void engine_load_state(struct engine *e)
 		e->first_start = true;
 		return;
 	}
-	r = engine_state_parse(data, len, &o, &err);
+	r = engine_state_parse(data, len, e->config->history, &o, &err);
 	if (r < 0) {
 		log_error("Saved state %s is corrupt (%s): treating this as a first start", path, err);
 		/* Keep the bad file for a post-mortem instead of overwriting it. */
@@ -860,6 +937,17 @@ static long enqueue_ex(struct engine *e, enum event ev, const char *layer, const
 		return (long)json_integer_value(json_object_get(rec, "id"));
 	}
 
+	/* The queue stays within what state.json's reader accepts. Triggers
+	 * coalesce above, so only a flood of distinct requests gets here. */
+	{
+		size_t queued = 0;
+		json_array_foreach(e->runs, i, rec)
+			queued += rec_status_is(rec, "queued");
+		if (queued >= ENGINE_QUEUE_MAX) {
+			log_error("The queue is full (%d runs): not queueing %s", ENGINE_QUEUE_MAX, evs);
+			return 0;
+		}
+	}
 	/* Ids are never given twice and never wrap: when they run out (only a
 	 * doctored state could get here), nothing more is queued. */
 	if (e->next_id < 1 || e->next_id > ENGINE_RUN_ID_MAX) {
@@ -1006,6 +1094,13 @@ static void record_failure(struct engine *e, const json_t *rec, bool retry)
 	json_t *f = json_object_get(e->failed, key);
 	long count = f ? (long)json_integer_value(json_object_get(f, "count")) + 1 : 1;
 
+	if (!f && json_object_size(e->failed) >= ENGINE_KEYS_MAX) {
+		/* Within what state.json's reader accepts: only a stack with
+		 * thousands of apps failing at once gets here. */
+		log_error("Not recording the failure of run %lld for a retry: %d failures are recorded already",
+			  (long long)json_integer_value(json_object_get(rec, "id")), ENGINE_KEYS_MAX);
+		return;
+	}
 	f = json_object();
 	json_object_set_new(f, "event", json_string(rec_str(rec, "event")));
 	json_object_set_new(f, "layer", json_string_or_null(rec_str(rec, "layer")));
@@ -1077,15 +1172,17 @@ static json_t *step_json(const struct step *s, size_t index)
 	json_t *o = json_object();
 	json_object_set_new(o, "index", json_integer((json_int_t)index));
 	json_object_set_new(o, "kind", json_string(s->ops->kind));
-	json_object_set_new(o, "target", json_string_or_null(s->target));
-	json_object_set_new(o, "recipe", json_string_or_null(s->recipe));
-	json_object_set_new(o, "layer", json_string_or_null(s->layer));
+	/* Texts are cut to RUN_TEXT_MAX: the record must stay within what
+	 * its reader accepts; the run log has them whole. */
+	json_object_set_new(o, "target", json_text_capped(s->target));
+	json_object_set_new(o, "recipe", json_text_capped(s->recipe));
+	json_object_set_new(o, "layer", json_text_capped(s->layer));
 	json_object_set_new(o, "status", json_string(step_status_to_string(s->status)));
 	json_object_set_new(o, "duration_ms", json_real((double)s->duration_us / 1000.0));
 	if (s->error)
-		json_object_set_new(o, "error", json_string(s->error));
+		json_object_set_new(o, "error", json_text_capped(s->error));
 	if (s->message)
-		json_object_set_new(o, "message", json_string(s->message));
+		json_object_set_new(o, "message", json_text_capped(s->message));
 	return o;
 }
 
@@ -1128,7 +1225,23 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	json_object_del(a->rec, "_pgid_start");
 	if (s->status == STEP_CHANGED)
 		a->changed++;
-	json_array_append_new(steps, step_json(s, index));
+	{
+		/* The record keeps the first steps, within the bounds its reader
+		 * checks (RUN_STEPS_MAX, RUN_STEPS_MAX_BYTES); the rest are
+		 * counted. The run log has them all. */
+		json_t *sj = step_json(s, index);
+		char *d = json_dumps(sj, JSON_COMPACT);
+		size_t n = d ? strlen(d) + 1 : 0;
+		free(d);
+		if (n > 0 && json_array_size(steps) < RUN_STEPS_MAX && a->steps_bytes + n <= RUN_STEPS_MAX_BYTES) {
+			a->steps_bytes += n;
+			json_array_append_new(steps, sj);
+		} else {
+			json_decref(sj);
+			a->steps_omitted++;
+			json_object_set_new(a->rec, "steps_omitted", json_integer((json_int_t)a->steps_omitted));
+		}
+	}
 	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error || s->message ? ": " : "",
 		    s->error ? s->error : str_or_empty(s->message), (double)s->duration_us / 1000.0);
 	if (s->status == STEP_FAILED)
@@ -1198,11 +1311,21 @@ static void set_input_hash(void *userdata, const char *key, uint64_t hash)
 	if (strncmp(key, "pending:", 8) == 0) {
 		/* Work owed by guarded steps: kept only while owed, and saved
 		 * at once, so that a kill before the reload does not lose it. */
-		if (hash)
+		if (hash && (json_object_get(e->input_hashes, key) ||
+			     (strlen(key) <= ENGINE_KEY_MAX_BYTES && json_object_size(e->input_hashes) < ENGINE_KEYS_MAX)))
 			json_object_set_new(e->input_hashes, key, json_string("0000000000000001"));
+		else if (hash)
+			log_warn("Cannot record the work owed by %s: over the bounds of state.json", key);
 		else
 			json_object_del(e->input_hashes, key);
 		engine_persist(e);
+		return;
+	}
+	/* Within what state.json's reader accepts: a hash not kept only means
+	 * its step runs again next time. */
+	if (!json_object_get(e->input_hashes, key) &&
+	    (strlen(key) > ENGINE_KEY_MAX_BYTES || json_object_size(e->input_hashes) >= ENGINE_KEYS_MAX)) {
+		log_debug("Not keeping the input hash of %s: over the bounds of state.json", key);
 		return;
 	}
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hash);
@@ -1230,7 +1353,7 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	json_object_set_new(rec, "duration_ms",
 			    json_real((double)(time_monotonic_usec() - a->started_mono) / 1000.0));
 	if (error)
-		json_object_set_new(rec, "error", json_string(error));
+		json_object_set_new(rec, "error", json_text_capped(error));
 	active_logf(a, "=== run %ld %s%s%s\n", a->id, status, error ? ": " : "", str_or_empty(error));
 
 	if (failed) {
@@ -1250,7 +1373,8 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	} else {
 		_cleanup_free_ char *k = xasprintf("%s/%s", rec_str(rec, "event"), str_or_empty(rec_str(rec, "layer")));
 		clear_failures_for(e, rec);
-		json_object_set_new(e->last_success, k,
+		if (json_object_get(e->last_success, k) || json_object_size(e->last_success) < ENGINE_KEYS_MAX)
+			json_object_set_new(e->last_success, k,
 				    json_pack("{s:s, s:I, s:s}", "revision", a->stack->revision, "run", (json_int_t)a->id,
 					      "finished", ts));
 		log_info("Run %ld (%s) succeeded: %zu of %zu steps changed", a->id, rec_str(rec, "event"), a->changed,
@@ -1276,6 +1400,17 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 		json_t *full = json_deep_copy(rec);
 		json_object_del(full, "_requeued");
 		char *data = json_dumps(full, JSON_COMPACT);
+		if (data && strlen(data) > RUN_FILE_MAX_BYTES) {
+			/* Not expected (on_step_done keeps the steps within
+			 * bounds), but the reader would refuse it: the record
+			 * without its steps, then. */
+			free(data);
+			json_object_set_new(full, "steps_omitted",
+					    json_integer((json_int_t)json_array_size(json_object_get(full, "steps")) +
+							 json_integer_value(json_object_get(full, "steps_omitted"))));
+			json_object_set_new(full, "steps", json_array());
+			data = json_dumps(full, JSON_COMPACT);
+		}
 		int r2 = data ? file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1) : -ENOMEM;
 		if (r2 < 0)
 			log_warn_errno(r2, "Failed to save the steps of run %s: %m", path);
@@ -2121,15 +2256,32 @@ json_t *engine_run_info(struct engine *e, long id)
 	o = rec_public(rec, true);
 	if (!json_object_get(rec, "steps") && !rec_status_is(rec, "queued")) {
 		/* A finished run: its steps are in its file. Reading a small local
-		 * file here is bounded and does not wait on anything remote. */
-		_cleanup_free_ char *path = run_file_path(e, id), *data = NULL;
+		 * file here is bounded and does not wait on anything remote; its
+		 * bounds are those its writer keeps (RUN_FILE_MAX_*), checked
+		 * before parsing, since any local user may ask. A file beyond them
+		 * is not agentd's: the reply says so in steps_error. */
+		_cleanup_free_ char *path = run_file_path(e, id), *data = NULL, *err = NULL;
 		size_t len;
 		json_t *full = NULL;
-		if (file_read_regular(AT_FDCWD, path, 0, STATE_MAX_BYTES, &data, &len) == 0)
-			full = json_loadb(data, len, 0, NULL);
+		int r = file_read_regular(AT_FDCWD, path, 0, RUN_FILE_MAX_BYTES, &data, &len);
+		if (r == -EFBIG)
+			err = xasprintf("%s is larger than %zu bytes", path, (size_t)RUN_FILE_MAX_BYTES);
+		else if (r < 0 && r != -ENOENT)
+			err = xasprintf("%s cannot be read: %s", path, file_read_strerror(r));
+		else if (r == 0 && json_bounds_check(data, len, RUN_FILE_MAX_ELEMENTS, STATE_JSON_MAX_DEPTH) < 0)
+			err = xasprintf("%s has more than %zu JSON elements or %d levels", path,
+					(size_t)RUN_FILE_MAX_ELEMENTS, STATE_JSON_MAX_DEPTH);
+		else if (r == 0 && !(full = json_loadb(data, len, 0, NULL)))
+			err = xasprintf("%s is not valid JSON", path);
 		if (json_is_array(json_object_get(full, "steps")))
 			json_object_set(o, "steps", json_object_get(full, "steps"));
+		else if (full && !err)
+			err = xasprintf("%s has no steps", path);
 		json_decref(full);
+		if (err) {
+			log_warn("Steps of run %ld not shown: %s", id, err);
+			json_object_set_new(o, "steps_error", json_string(err));
+		}
 	}
 	return o;
 }
@@ -2188,7 +2340,7 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 	long first_new = e->next_id;
 	*ret_id = enqueue(e, ev, layer, app, trig, NULL);
 	if (*ret_id == 0) {
-		*ret_error = xstrdup("no run id left");
+		*ret_error = xstrdup(e->next_id > ENGINE_RUN_ID_MAX ? "no run id left" : "the queue is full");
 		return -ERANGE;
 	}
 	if (engine_persist(e) < 0 && *ret_id >= first_new) {

@@ -36,9 +36,12 @@ int engine_lock_state_dir(const char *state_dir, char **ret_error);
  *   {"runs":[...], "dropped_runs":N, "next_run_id":N (0: none usable),
  *    "failed":{...}, "input_hashes":{...}, "last_success":{...},
  *    "paused":"..."?, "applied_revision":"hex16"?, "stack_revision":"hex16"?}
+ * history is the configured `history` (1..10000): what agentd writes with
+ * it bounds the bytes, JSON elements and depth accepted, which are checked
+ * before anything is parsed (a file beyond them is -EFBIG).
  * Returns 0 with *ret (a new reference), or -EINVAL / -EFBIG with a malloc'd
  * message. Used by engine_start, and by the fuzz target. */
-int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_error);
+int engine_state_parse(const char *data, size_t len, long history, json_t **ret, char **ret_error);
 
 int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret);
 /* Loads state (marks an interrupted run and queues it again), starts the source. */

@@ -608,3 +608,77 @@ def test_special_entry_where_a_saved_stack_belongs_is_moved_aside(make_agent, ki
     aside = [n for n in os.listdir(os.path.join(a.state, "stacks")) if n.startswith(rev + ".json.corrupt")]
     assert aside, os.listdir(os.path.join(a.state, "stacks"))
     assert a.stderr_text().count("Moved " + saved) == 1
+
+
+# ------------------------------------------- break1: bounds of agentd's files
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("mib", [3, 30])
+def test_run_file_of_small_integers_is_refused_before_parsing(make_agent, mib):
+    a = make_agent(simple_stack()).start()
+    a.wait_runs(3)
+    a.wait_idle()
+    run = a.runs()[0]["id"]
+    normal = a.ctl_json("show", run)
+    assert normal["steps"] and "steps_error" not in normal
+    path = os.path.join(a.state, "runs", f"{run}.json")
+    n = mib * 2**20 // 2
+    with open(path, "w") as f:
+        f.write('{"steps":[' + ",".join(["1"] * n) + "]}")
+    hwm = vm_hwm_kib(a.proc.pid)
+    p = a.ctl("--json", "show", run, user="nobody")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["steps"] == []
+    assert path in info["steps_error"], info
+    assert ("larger than" if mib == 30 else "JSON elements") in info["steps_error"]
+    p = a.ctl("show", run)
+    assert "Steps" in p.stdout and path in p.stdout, p.stdout
+    # Refused before parsing: the daemon's peak memory barely moves.
+    assert vm_hwm_kib(a.proc.pid) - hwm < mib * 1024 + 8 * 1024
+    assert a.ctl_ok("status")
+
+
+@pytest.mark.parametrize("shape", ["elements", "bytes", "depth"])
+def test_state_json_beyond_what_agentd_writes_is_moved_aside(make_agent, shape):
+    a = make_agent(simple_stack())
+    a.conf["history"] = 20
+    with open(a.conf_path, "w") as f:
+        json.dump(a.conf, f)
+    os.makedirs(a.state, exist_ok=True)
+    if shape == "elements":
+        # 4 MiB, far below the old 64 MiB cap, of 2 million elements.
+        body = '{"version":1,"next_run_id":7,"runs":[' + ",".join(["1"] * (2 * 2**20)) + "]}"
+    elif shape == "bytes":
+        # 40 MiB of few elements: one long string.
+        body = '{"version":1,"next_run_id":7,"runs":[],"paused":"' + "x" * (40 * 2**20) + '"}'
+    else:
+        body = '{"version":1,"next_run_id":7,"runs":[],"paused":"p","x":' + "[" * 100 + "]" * 100 + "}"
+    with open(state_file(a), "w") as f:
+        f.write(body)
+    a.start()
+    a.wait_runs(3)
+    assert os.path.exists(state_file(a) + ".corrupt")
+    assert "corrupt" in a.stderr_text() or "too large" in a.stderr_text()
+    # A first start: setup runs, nothing of the bad file is kept.
+    assert read_state(a)["runs"]
+
+
+def test_state_json_written_with_a_long_history_is_read_back(make_agent):
+    a = make_agent(simple_stack())
+    a.conf["history"] = 10000
+    with open(a.conf_path, "w") as f:
+        json.dump(a.conf, f)
+    runs = [rec(i, error="e" * 1024, stack_revision="0123456789abcdef") for i in range(10000, 0, -1)]
+    write_state(a, {"version": 1, "next_run_id": 10001, "runs": runs,
+                    "input_hashes": {f"k{i}": "0123456789abcdef" for i in range(2000)}})
+    a.start()
+    assert a.runs()[0]["id"] >= 10000
+    assert not os.path.exists(state_file(a) + ".corrupt")
