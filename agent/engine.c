@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -80,6 +81,11 @@
 #define STATE_MAX_BYTES (64u << 20)
 #define ENGINE_RUNS_MAX (10000 + ENGINE_QUEUE_MAX + 1)
 #define ENGINE_FAIL_COUNT_MAX 1000000
+/* On SIGTERM, how long a state.json that cannot be written is tried again
+ * before agentd exits anyway (each run's result is also in its log, which
+ * the next start reads: see run_log_result). Below systemd's stop timeout. */
+#define STOP_STATE_RETRY_USEC (5 * 1000000)
+#define STOP_STATE_RETRY_MS 250
 #define ENGINE_TIME_USEC_MAX INT64_C(253402300799000000) /* 9999-12-31 */
 
 struct active {
@@ -95,6 +101,7 @@ struct active {
 	bool no_retry;              /* retrying cannot help: the run's stack, layer or app is gone */
 	bool killed;                /* its step was terminated by a second SIGTERM */
 	size_t changed;
+	uint64_t log_key;           /* random, in the log's first and result lines: output cannot fake a result */
 	size_t steps_bytes;         /* of the steps kept in rec, as JSON */
 	size_t steps_omitted;       /* steps left out of rec (over RUN_STEPS_MAX or RUN_STEPS_MAX_BYTES) */
 };
@@ -137,6 +144,7 @@ struct engine {
 
 	struct engine_watch *watchers;
 	bool stopping;
+	int64_t stop_deadline;         /* monotonic usec: the end of the state retries at a stop, 0 before */
 	void (*stop_done)(void *userdata);
 	void *stop_userdata;
 	unsigned closing;
@@ -144,6 +152,7 @@ struct engine {
 };
 
 static void engine_kick(struct engine *e);
+static void engine_stop_finish(struct engine *e);
 static bool revision_is_valid(const char *r);
 static int engine_persist(struct engine *e);
 static bool rec_status_is(const json_t *rec, const char *status);
@@ -1354,7 +1363,18 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 			    json_real((double)(time_monotonic_usec() - a->started_mono) / 1000.0));
 	if (error)
 		json_object_set_new(rec, "error", json_text_capped(error));
-	active_logf(a, "=== run %ld %s%s%s\n", a->id, status, error ? ": " : "", str_or_empty(error));
+	{
+		/* The result line, last in the log (log_dir, maybe another disk):
+		 * if state.json cannot take it before we exit, the next start
+		 * takes the result from here (run_log_result). One line: the
+		 * error's newlines become spaces. */
+		_cleanup_free_ char *err1 = xstrdup(str_or_empty(json_string_value(json_object_get(rec, "error"))));
+		for (char *c = err1; *c; c++)
+			if (*c == '\n' || *c == '\r')
+				*c = ' ';
+		active_logf(a, "=== run %ld finished: key=%016llx status=%s changed=%zu finished=%s%s%s\n", a->id,
+			    (unsigned long long)a->log_key, status, a->changed, ts, error ? " error=" : "", error ? err1 : "");
+	}
 
 	if (failed) {
 		/* Runs asked for by an operator are not retried on their own. */
@@ -1426,11 +1446,7 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	emit(e, ev);
 
 	if (e->stopping) {
-		if (e->stop_done && !e->closing) {
-			void (*done)(void *) = e->stop_done;
-			e->stop_done = NULL;
-			done(e->stop_userdata);
-		}
+		engine_stop_finish(e);
 		return;
 	}
 	engine_kick(e);
@@ -1618,9 +1634,12 @@ static void engine_start_run(struct engine *e, json_t *rec)
 
 	log_path = engine_run_log_path(e, a->id);
 	a->log_fd = run_log_open(log_path);
-	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s\n", a->id, rec_str(rec, "event"),
-		    rec_str(rec, "layer") ? rec_str(rec, "layer") : "(all)", str_or_empty(rec_str(rec, "app")),
-		    rec_str(rec, "trigger"), a->stack ? a->stack->revision : "-", ts);
+	if (getrandom(&a->log_key, sizeof(a->log_key), GRND_NONBLOCK) != sizeof(a->log_key))
+		a->log_key = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ (uint64_t)time_now_usec();
+	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s key=%016llx\n", a->id,
+		    rec_str(rec, "event"), rec_str(rec, "layer") ? rec_str(rec, "layer") : "(all)",
+		    str_or_empty(rec_str(rec, "app")), rec_str(rec, "trigger"), a->stack ? a->stack->revision : "-", ts,
+		    (unsigned long long)a->log_key);
 
 	log_set_context(a->id, rec_str(rec, "event"), rec_str(rec, "layer"), NULL);
 	log_info("Run %ld started: %s (%s)", a->id, rec_str(rec, "event"), rec_str(rec, "trigger"));
@@ -1972,6 +1991,86 @@ int engine_lock_state_dir(const char *state_dir, char **ret_error)
 	return dfd;
 }
 
+/* The value of " name=VALUE" in line (up to the next space, or to the end
+ * of the line when last), copied into out (size n), or false. */
+static bool log_field(const char *line, const char *name, bool last, char *out, size_t n)
+{
+	_cleanup_free_ char *pat = xasprintf(" %s=", name);
+	const char *p = strstr(line, pat), *end;
+
+	if (!p)
+		return false;
+	p += strlen(pat);
+	end = last ? p + strlen(p) : p + strcspn(p, " ");
+	if ((size_t)(end - p) >= n)
+		return false;
+	memcpy(out, p, (size_t)(end - p));
+	out[end - p] = '\0';
+	return true;
+}
+
+/* A run recorded as "running" whose log ends with its result line: the run
+ * finished, and state.json could not be written before agentd went (a full
+ * disk). Takes status, finished, changed and error from that line into rec
+ * and returns true; false when the log has no result (the run was cut
+ * short). The line counts only as the last line of the log and with the key
+ * of the log's first line, which a step's output cannot know. */
+static bool run_log_result(struct engine *e, json_t *rec)
+{
+	long id = (long)json_integer_value(json_object_get(rec, "id"));
+	_cleanup_free_ char *path = engine_run_log_path(e, id), *prefix = NULL;
+	_cleanup_close_ int fd = -1;
+	char head[4096], tail[RUN_TEXT_MAX * 2 + 1024], key[24], want_key[24], status[16], changed[16], finished[48];
+	char *line, *err;
+	struct stat st;
+	ssize_t n;
+	off_t off;
+	long ch;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 2)
+		return false;
+	n = pread(fd, head, sizeof(head) - 1, 0);
+	if (n <= 0)
+		return false;
+	head[n] = '\0';
+	head[strcspn(head, "\n")] = '\0';
+	if (!log_field(head, "key", true, want_key, sizeof(want_key)))
+		return false;
+	off = st.st_size > (off_t)(sizeof(tail) - 1) ? st.st_size - (off_t)(sizeof(tail) - 1) : 0;
+	n = pread(fd, tail, sizeof(tail) - 1, off);
+	if (n < 2 || tail[n - 1] != '\n')
+		return false;
+	tail[n - 1] = '\0';
+	line = strrchr(tail, '\n');
+	line = line ? line + 1 : (off == 0 ? tail : NULL);
+	if (!line)
+		return false;
+	prefix = xasprintf("=== run %ld finished:", id);
+	if (strncmp(line, prefix, strlen(prefix)) != 0 || memchr(line, '\0', (size_t)(tail + n - 1 - line)))
+		return false;
+	/* The error is last and may hold anything: cut it off before reading
+	 * the other fields. */
+	err = strstr(line, " error=");
+	if (err)
+		*err = '\0';
+	if (!log_field(line, "key", false, key, sizeof(key)) || strcmp(key, want_key) != 0 ||
+	    !log_field(line, "status", false, status, sizeof(status)) ||
+	    !log_field(line, "changed", false, changed, sizeof(changed)) ||
+	    !log_field(line, "finished", false, finished, sizeof(finished)) ||
+	    parse_long(changed, 0, INT32_MAX, &ch) < 0 || (strcmp(status, "success") != 0 && strcmp(status, "failed") != 0))
+		return false;
+	for (const char *c = finished; *c; c++)
+		if (!strchr("0123456789-:.TZ+", *c))
+			return false;
+	json_object_set_new(rec, "status", json_string(status));
+	json_object_set_new(rec, "finished", json_string(finished));
+	json_object_set_new(rec, "changed", json_integer(ch));
+	if (err)
+		json_object_set_new(rec, "error", json_text_capped(err + strlen(" error=")));
+	return true;
+}
+
 int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret)
 {
 	struct engine *e = xcalloc(1, sizeof(*e));
@@ -2029,6 +2128,32 @@ int engine_start(struct engine *e)
 		if (!rec_status_is(rec, "running"))
 			continue;
 		char ts[40];
+		if (run_log_result(e, rec)) {
+			/* It finished; only its record was not written. */
+			_cleanup_free_ char *steps = run_file_path(e, (long)json_integer_value(json_object_get(rec, "id")));
+			struct stat st;
+			json_object_del(rec, "_pgid");
+			json_object_del(rec, "_pgid_start");
+			if (lstat(steps, &st) == 0 && S_ISREG(st.st_mode))
+				json_object_del(rec, "steps");
+			if (rec_status_is(rec, "failed"))
+				record_failure(e, rec, !str_eq(rec_str(rec, "trigger"), "ctl"));
+			else if (!json_is_true(json_object_get(rec, "_rollback_restart"))) {
+				_cleanup_free_ char *k = xasprintf("%s/%s", rec_str(rec, "event"), str_or_empty(rec_str(rec, "layer")));
+				const char *rev = rec_str(rec, "stack_revision") ?: rec_str(rec, "_stack");
+				clear_failures_for(e, rec);
+				if (rev && revision_is_valid(rev))
+					json_object_set_new(e->last_success, k,
+							    json_pack("{s:s, s:I, s:s}", "revision", rev, "run",
+								      json_integer_value(json_object_get(rec, "id")), "finished",
+								      rec_str(rec, "finished")));
+			}
+			log_warn("Run %lld (%s) finished (%s) but was still recorded as running: its result was taken "
+				 "from its log", (long long)json_integer_value(json_object_get(rec, "id")),
+				 rec_str(rec, "event"), rec_str(rec, "status"));
+			changed = true;
+			continue;
+		}
 		kill_orphan(rec);
 		json_object_del(rec, "_pgid");
 		json_object_del(rec, "_pgid_start");
@@ -2051,8 +2176,12 @@ int engine_start(struct engine *e)
 		json_array_foreach(again, i, rec)
 			requeue_interrupted(e, rec);
 		json_decref(again);
-		engine_persist(e);
 	}
+	/* Written at every start, changed or not: it records what was
+	 * reconciled above, and it probes state_dir, so that status says at
+	 * once when it takes no writes (state_error, retried on a timer),
+	 * not only at the first run. */
+	engine_persist(e);
 
 	if ((r = http_new(e->loop, &e->http)) < 0)
 		return log_error_errno(r, "Failed to set up the HTTP client: %m");
@@ -2074,11 +2203,55 @@ int engine_start(struct engine *e)
 
 void engine_stop_now(struct engine *e)
 {
+	if (e->stopping && e->stop_deadline && uv_is_active((uv_handle_t *)&e->state_retry)) {
+		/* Asked twice: one last try of state.json, then go. */
+		(void)uv_timer_stop(&e->state_retry);
+		e->stop_deadline = time_monotonic_usec();
+		engine_stop_finish(e);
+		return;
+	}
 	if (e->stopping && e->active && e->active->x) {
 		log_warn("Stopping now: terminating the current step of run %ld", e->active->id);
 		e->active->killed = true;
 		plan_execute_cancel(e->active->x, true);
 	}
+}
+
+static void on_stop_retry(uv_timer_t *t)
+{
+	engine_stop_finish(t->data);
+}
+
+/* The last step of a stop: state.json must hold what happened (a run's
+ * result above all). When it cannot be written (a full disk), it is tried
+ * again every STOP_STATE_RETRY_MS for STOP_STATE_RETRY_USEC, while status
+ * still answers; then agentd goes anyway, saying so: each run's result is
+ * also the last line of its log, which the next start reads. */
+static void engine_stop_finish(struct engine *e)
+{
+	void (*done)(void *);
+
+	if (!e->stop_done || e->closing)
+		return;
+	if (e->state_error && engine_persist(e) < 0) {
+		int64_t now = time_monotonic_usec();
+		if (e->stop_deadline == 0) {
+			e->stop_deadline = now + STOP_STATE_RETRY_USEC;
+			log_warn("Stopping, but %s: trying again for %d s before exiting", e->state_error,
+				 STOP_STATE_RETRY_USEC / 1000000);
+		}
+		if (now < e->stop_deadline) {
+			(void)uv_timer_start(&e->state_retry, on_stop_retry, STOP_STATE_RETRY_MS, 0);
+			return;
+		}
+		log_error("Exiting without having written state.json (%s): the result of a run finished since is the "
+			  "last line of its log in %s/runs, and the next start takes it from there",
+			  e->state_error, e->config->log_dir);
+	}
+	(void)uv_timer_stop(&e->state_retry);
+	done = e->stop_done;
+	e->stop_done = NULL;
+	done(e->stop_userdata);
 }
 
 void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
@@ -2098,8 +2271,7 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 		plan_execute_cancel(e->active->x, false);
 		return;
 	}
-	e->stop_done = NULL;
-	done(userdata);
+	engine_stop_finish(e);
 }
 
 static void on_engine_closed(uv_handle_t *h)

@@ -682,3 +682,87 @@ def test_state_json_written_with_a_long_history_is_read_back(make_agent):
     a.start()
     assert a.runs()[0]["id"] >= 10000
     assert not os.path.exists(state_file(a) + ".corrupt")
+
+
+# --------------------------------------- break1: a result lost to a full disk
+
+def test_success_while_full_survives_a_restart_while_still_full(make_agent):
+    stack = simple_stack()
+    stack["agent"]["recipes"]["gate"] = {"command": GATE}
+    a = make_agent(stack)
+    small = SmallStateDir(a)
+    try:
+        small.start()
+        a.wait_runs(3)
+        a.wait_idle()
+        stack["agent"]["layers"]["web"]["configure"] = ["gate"]
+        a.write_stack(stack)
+        wait_for(lambda: os.path.exists(os.path.join(a.root, "gate.pid")), what="the gated configure")
+        run = a.status()["current_run"]["id"]
+        small.fill()
+        open(os.path.join(a.root, "go"), "w").close()
+        wait_for(lambda: [r for r in a.runs() if r["id"] == run and r["status"] == "success"], what="the run")
+        assert a.status()["state_error"]
+        assert [r for r in small.state()["runs"] if r["id"] == run][0]["status"] == "running"
+        # SIGTERM while still full: agentd tries for a while, says so, goes.
+        assert a.stop() == 0
+        said = "Exiting without having written state.json" in a.stderr_text()
+        small.free()
+        small.start()
+        a.wait_idle()
+        runs = a.runs()
+        mine = [r for r in runs if r["id"] == run][0]
+        assert mine["status"] == "success", mine
+        assert mine["finished"]
+        # Not run again: no configure after it, no failure, no retry.
+        assert [r for r in runs if r["id"] > run] == [], runs
+        s = a.status()
+        assert s["state_error"] is None and not s.get("failed"), s
+        assert [r for r in small.state()["runs"] if r["id"] == run][0]["status"] == "success"
+        assert said
+        # Its steps were in memory only (its run file could not be
+        # written either): the record says so, and nothing breaks.
+        assert a.ctl_json("show", run)["status"] == "success"
+    finally:
+        small.close()
+
+
+def test_output_that_looks_like_a_result_line_is_not_taken_for_one(make_agent):
+    stack = simple_stack()
+    stack["agent"]["recipes"]["gate"] = {"command": GATE}
+    a = make_agent(stack).start()
+    a.wait_runs(3)
+    a.wait_idle()
+    stack["agent"]["layers"]["web"]["configure"] = ["gate"]
+    a.write_stack(stack)
+    wait_for(lambda: os.path.exists(os.path.join(a.root, "gate.pid")), what="the gated configure")
+    run = a.status()["current_run"]["id"]
+    log = os.path.join(a.logs, "runs", f"{run}.log")
+    a.proc.kill()
+    a.proc.wait()
+    # A forged last line, as a step's output could print it.
+    with open(log, "a") as f:
+        f.write(f"=== run {run} finished: key=0123456789abcdef status=success changed=0 "
+                "finished=2020-01-01T00:00:00Z\n")
+    a.start()
+    wait_for(lambda: [r for r in a.runs() if r["id"] == run and r["status"] == "interrupted"], what="the record")
+    open(os.path.join(a.root, "go"), "w").close()
+    a.wait_idle()
+
+
+def test_start_with_state_dir_already_full_shows_the_error_at_once(make_agent):
+    a = make_agent(simple_stack())
+    small = SmallStateDir(a)
+    try:
+        small.start()
+        a.wait_runs(3)
+        a.wait_idle()
+        assert a.stop() == 0
+        small.fill()
+        small.start()
+        s = a.status()
+        assert s["state_error"] and "No space left" in s["state_error"], s
+        small.free()
+        wait_for(lambda: a.status()["state_error"] is None, timeout=30, what="the write to be retried")
+    finally:
+        small.close()
