@@ -644,7 +644,8 @@ def test_run_file_of_small_integers_is_refused_before_parsing(make_agent, mib):
     p = a.ctl("show", run)
     assert "Steps" in p.stdout and path in p.stdout, p.stdout
     # Refused before parsing: the daemon's peak memory barely moves.
-    assert vm_hwm_kib(a.proc.pid) - hwm < mib * 1024 + 8 * 1024
+    # (Parsed, 3 MiB of small integers took ~80 MB; ASan adds its own.)
+    assert vm_hwm_kib(a.proc.pid) - hwm < 32 * 1024
     assert a.ctl_ok("status")
 
 
