@@ -1969,25 +1969,34 @@ int engine_lock_state_dir(const char *state_dir, char **ret_error)
 		return -EBUSY;
 	}
 	/* Ours. The pid goes into state_dir/lock for the message of a second
-	 * agentd. O_NONBLOCK and the regular-file check: a FIFO planted as
-	 * that file must not hang us. A full disk does not stop us. */
-	fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
-	if (fd < 0) {
-		r = -errno;
-		*ret_error = xasprintf("cannot open %s: %s", path, strerror(-r));
-		(void)close(dfd);
-		return r;
+	 * agentd; it is not the lock, so nothing about it stops us. A
+	 * directory, FIFO or symlink in its place (O_NOFOLLOW, O_NONBLOCK: no
+	 * hang) is moved aside once; a full disk only costs the pid. */
+	for (int attempt = 0;; attempt++) {
+		fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
+		if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+			break;
+		r = fd < 0 ? -errno : -EBADFD;
+		if (fd >= 0)
+			(void)close(fd);
+		fd = -1;
+		if (attempt > 0 || r == -ENOSPC || r == -EDQUOT || r == -EROFS) {
+			log_warn_errno(r, "Cannot record our pid in %s: %m", path);
+			break;
+		}
+		_cleanup_free_ char *bad = xasprintf("%s.corrupt", path);
+		if (rename(path, bad) < 0) {
+			log_warn_errno(-errno, "Cannot record our pid in %s, nor move it aside: %m", path);
+			break;
+		}
+		log_error("Moved %s (not a regular file) aside to %s", path, bad);
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+	if (fd >= 0) {
+		n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+		if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+			log_warn_errno(-errno, "Failed to write our pid into %s: %m", path);
 		(void)close(fd);
-		(void)close(dfd);
-		*ret_error = xasprintf("%s is not a regular file", path);
-		return -EBADFD;
 	}
-	n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
-		log_warn_errno(-errno, "Failed to write our pid into %s: %m", path);
-	(void)close(fd);
 	return dfd;
 }
 

@@ -769,3 +769,27 @@ def test_start_with_state_dir_already_full_shows_the_error_at_once(make_agent):
         wait_for(lambda: a.status()["state_error"] is None, timeout=30, what="the write to be retried")
     finally:
         small.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "symlink"])
+def test_special_lock_file_is_moved_aside_and_the_lock_still_holds(make_agent, kind):
+    a = make_agent(simple_stack())
+    os.makedirs(a.state, exist_ok=True)
+    lock = os.path.join(a.state, "lock")
+    if kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "dir":
+        os.mkdir(lock)
+    else:
+        os.symlink(os.path.join(a.tmp, "elsewhere"), lock)
+    a.start()
+    a.wait_runs(3)
+    assert stat.S_ISREG(os.lstat(lock).st_mode)
+    assert open(lock).read().strip() == str(a.proc.pid)
+    assert not os.path.exists(os.path.join(a.tmp, "elsewhere"))
+    conf = dict(a.conf, socket=os.path.join(a.tmp, "other.sock"))
+    conf_b = os.path.join(a.tmp, "b.conf")
+    with open(conf_b, "w") as f:
+        json.dump(conf, f)
+    p = subprocess.run([AGENTD, "-d", "--config", conf_b], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1 and f"pid {a.proc.pid}" in p.stderr, p.stderr
