@@ -66,7 +66,7 @@
 #define RUN_STEPS_MAX_BYTES (6u << 20)
 #define RUN_TEXT_MAX 1024
 #define RUN_STEP_ELEMENTS 24        /* a step: the object, 10 keys, 10 values */
-#define RUN_REC_ELEMENTS 48         /* a record without its steps: the object, 21 keys, 21 values */
+#define RUN_REC_ELEMENTS 48         /* a record without its steps: the object, 22 keys, 22 values */
 #define RUN_REC_MAX_BYTES (8u << 10) /* names of 255, texts of RUN_TEXT_MAX, JSON escapes included */
 /* runs/<id>.json: one record with its steps. */
 #define RUN_FILE_MAX_ELEMENTS ((size_t)RUN_STEPS_MAX * RUN_STEP_ELEMENTS + RUN_REC_ELEMENTS)
@@ -195,15 +195,17 @@ static long state_history_clamp(long history)
 	return history < 1 ? 1 : history > 10000 ? 10000 : history;
 }
 
+/* Steps are in state.json for the running run, and for one finished run
+ * whose run file could not be written (engine_finish_run): twice. */
 static size_t state_max_elements(long history)
 {
-	return ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_ELEMENTS + RUN_FILE_MAX_ELEMENTS +
+	return ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_ELEMENTS + 2 * RUN_FILE_MAX_ELEMENTS +
 	       (size_t)ENGINE_KEYS_MAX * 3 * ENGINE_KEY_ENTRY_ELEMENTS + 64;
 }
 
 static size_t state_max_bytes(long history)
 {
-	size_t n = ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_MAX_BYTES + RUN_FILE_MAX_BYTES +
+	size_t n = ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_MAX_BYTES + 2 * RUN_FILE_MAX_BYTES +
 		   (size_t)ENGINE_KEYS_MAX * 3 * ENGINE_KEY_ENTRY_MAX_BYTES + 4096;
 	return n < STATE_MAX_BYTES ? n : STATE_MAX_BYTES;
 }
@@ -541,7 +543,7 @@ static json_t *state_clean_run(const json_t *rec)
 			keep = json_is_number(v) && json_number_value(v) >= 0;
 		else if (!strcmp(k, "queued") || !strcmp(k, "started") || !strcmp(k, "finished"))
 			keep = json_is_string(v) || json_is_null(v);
-		else if (!strcmp(k, "error") || !strcmp(k, "stack_revision"))
+		else if (!strcmp(k, "error") || !strcmp(k, "stack_revision") || !strcmp(k, "steps_error"))
 			keep = json_is_string(v);
 		else if (!strcmp(k, "steps"))
 			keep = json_is_array(v);
@@ -1432,9 +1434,21 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 			data = json_dumps(full, JSON_COMPACT);
 		}
 		int r2 = data ? file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1) : -ENOMEM;
-		if (r2 < 0)
+		if (r2 < 0) {
+			/* The steps stay in the record, and so in state.json; but
+			 * only this run's: the bounds of state.json allow the
+			 * steps of one finished run beside the running one. */
+			size_t j;
+			json_t *other;
 			log_warn_errno(r2, "Failed to save the steps of run %s: %m", path);
-		else
+			json_array_foreach(e->runs, j, other)
+				if (other != rec && json_object_get(other, "steps") && !rec_status_is(other, "running") &&
+				    !rec_status_is(other, "queued")) {
+					json_object_del(other, "steps");
+					json_object_set_new(other, "steps_error",
+							    json_string("its steps were lost: state_dir was full"));
+				}
+		} else
 			json_object_del(rec, "steps");
 		free(data);
 		json_decref(full);
