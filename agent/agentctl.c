@@ -330,6 +330,10 @@ static int print_show(const json_t *r)
 	print_field_value("Changed", json_object_get(r, "changed"));
 	if (json_object_get(r, "error"))
 		print_field_value("Error", json_object_get(r, "error"));
+	if (json_object_get(r, "steps_error"))
+		print_field_value("Steps", json_object_get(r, "steps_error"));
+	if (json_object_get(r, "steps_omitted"))
+		print_field_value("Steps omitted", json_object_get(r, "steps_omitted"));
 	if (n == 0)
 		return 0;
 	printf("\n");

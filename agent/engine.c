@@ -24,7 +24,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -47,10 +50,43 @@
 #endif
 
 #define STATE_VERSION 1
-#define STATE_MAX_BYTES (64 * 1024 * 1024)
-/* Bounds of what state.json may hold (see engine_state_parse). */
-#define ENGINE_RUNS_MAX 100000
+/* Bounds of what agentd writes to state_dir, and so of what it reads back.
+ * Memory follows the number of JSON elements, not the bytes (a file of
+ * small integers takes ~50 bytes per byte), so both are checked before a
+ * file is parsed (json_bounds_check), and a writer keeps within them:
+ *   - a run record keeps at most RUN_STEPS_MAX steps, of at most
+ *     RUN_STEPS_MAX_BYTES as JSON, and texts (a step's target, error and
+ *     message, the run's error) of at most RUN_TEXT_MAX bytes; the run
+ *     log has everything, the record counts what it left out in
+ *     "steps_omitted";
+ *   - state.json holds `history` finished runs, at most ENGINE_QUEUE_MAX
+ *     queued ones and the running one (with its steps), and at most
+ *     ENGINE_KEYS_MAX entries in each of failed, input_hashes and
+ *     last_success. */
+#define RUN_STEPS_MAX 4096
+#define RUN_STEPS_MAX_BYTES (6u << 20)
+#define RUN_TEXT_MAX 1024
+#define RUN_STEP_ELEMENTS 24        /* a step: the object, 10 keys, 10 values */
+#define RUN_REC_ELEMENTS 48         /* a record without its steps: the object, 22 keys, 22 values */
+#define RUN_REC_MAX_BYTES (8u << 10) /* names of 255, texts of RUN_TEXT_MAX, JSON escapes included */
+/* runs/<id>.json: one record with its steps. */
+#define RUN_FILE_MAX_ELEMENTS ((size_t)RUN_STEPS_MAX * RUN_STEP_ELEMENTS + RUN_REC_ELEMENTS)
+#define RUN_FILE_MAX_BYTES ((size_t)RUN_STEPS_MAX_BYTES + RUN_REC_MAX_BYTES)
+#define ENGINE_QUEUE_MAX 256
+#define ENGINE_KEYS_MAX 2048
+#define ENGINE_KEY_MAX_BYTES 512    /* of an input hash's key */
+#define ENGINE_KEY_ENTRY_ELEMENTS 16 /* a failure: key, object, 7 keys, 7 values */
+#define ENGINE_KEY_ENTRY_MAX_BYTES (2u << 10)
+#define STATE_JSON_MAX_DEPTH 8      /* state, runs, record, steps, step: 5 */
+/* Beyond any history (config allows 10000): the cap of the old reader. */
+#define STATE_MAX_BYTES (64u << 20)
+#define ENGINE_RUNS_MAX (10000 + ENGINE_QUEUE_MAX + 1)
 #define ENGINE_FAIL_COUNT_MAX 1000000
+/* On SIGTERM, how long a state.json that cannot be written is tried again
+ * before agentd exits anyway (each run's result is also in its log, which
+ * the next start reads: see run_log_result). Below systemd's stop timeout. */
+#define STOP_STATE_RETRY_USEC (5 * 1000000)
+#define STOP_STATE_RETRY_MS 250
 #define ENGINE_TIME_USEC_MAX INT64_C(253402300799000000) /* 9999-12-31 */
 
 struct active {
@@ -66,6 +102,9 @@ struct active {
 	bool no_retry;              /* retrying cannot help: the run's stack, layer or app is gone */
 	bool killed;                /* its step was terminated by a second SIGTERM */
 	size_t changed;
+	uint64_t log_key;           /* random, in the log's first and result lines: output cannot fake a result */
+	size_t steps_bytes;         /* of the steps kept in rec, as JSON */
+	size_t steps_omitted;       /* steps left out of rec (over RUN_STEPS_MAX or RUN_STEPS_MAX_BYTES) */
 };
 
 struct engine {
@@ -106,6 +145,7 @@ struct engine {
 
 	struct engine_watch *watchers;
 	bool stopping;
+	int64_t stop_deadline;         /* monotonic usec: the end of the state retries at a stop, 0 before */
 	void (*stop_done)(void *userdata);
 	void *stop_userdata;
 	unsigned closing;
@@ -113,6 +153,7 @@ struct engine {
 };
 
 static void engine_kick(struct engine *e);
+static void engine_stop_finish(struct engine *e);
 static bool revision_is_valid(const char *r);
 static int engine_persist(struct engine *e);
 static bool rec_status_is(const json_t *rec, const char *status);
@@ -129,6 +170,45 @@ static const char *str_or_empty(const char *s)
 static json_t *json_string_or_null(const char *s)
 {
 	return s ? json_string(s) : json_null();
+}
+
+/* A text for a run record: at most RUN_TEXT_MAX bytes, cut at a character
+ * boundary (never inside a UTF-8 sequence); NULL gives null. */
+static json_t *json_text_capped(const char *s)
+{
+	size_t n;
+
+	if (!s)
+		return json_null();
+	n = strlen(s);
+	if (n > RUN_TEXT_MAX) {
+		n = RUN_TEXT_MAX;
+		while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+			n--;
+	}
+	return json_stringn(s, n) ?: json_string("(not UTF-8)");
+}
+
+/* What state.json may hold with `history` finished runs (see the bounds at
+ * the top): its elements and its bytes. */
+static long state_history_clamp(long history)
+{
+	return history < 1 ? 1 : history > 10000 ? 10000 : history;
+}
+
+/* Steps are in state.json for the running run, and for one finished run
+ * whose run file could not be written (engine_finish_run): twice. */
+static size_t state_max_elements(long history)
+{
+	return ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_ELEMENTS + 2 * RUN_FILE_MAX_ELEMENTS +
+	       (size_t)ENGINE_KEYS_MAX * 3 * ENGINE_KEY_ENTRY_ELEMENTS + 64;
+}
+
+static size_t state_max_bytes(long history)
+{
+	size_t n = ((size_t)state_history_clamp(history) + ENGINE_QUEUE_MAX) * RUN_REC_MAX_BYTES + 2 * RUN_FILE_MAX_BYTES +
+		   (size_t)ENGINE_KEYS_MAX * 3 * ENGINE_KEY_ENTRY_MAX_BYTES + 4096;
+	return n < STATE_MAX_BYTES ? n : STATE_MAX_BYTES;
 }
 
 static void now_rfc3339(char *out, size_t n)
@@ -208,6 +288,27 @@ static void notify_status(struct engine *e)
 
 /* ------------------------------------------------------------ persistence */
 
+/* Moves an unusable file of state_dir (state.json, a saved stack) aside to
+ * "<path>.corrupt", for a post-mortem and so that the next write can replace
+ * it (a directory there would block every write). Logged once per entry:
+ * the entry is gone from its place afterwards. */
+static void state_move_aside(struct engine *e, const char *path)
+{
+	_cleanup_free_ char *bad = xasprintf("%s.corrupt", path);
+
+	(void)e;
+	if (rename(path, bad) == 0) {
+		log_error("Moved %s aside to %s", path, bad);
+		return;
+	}
+	free(bad);
+	bad = xasprintf("%s.corrupt.%lld", path, (long long)time_now_usec());
+	if (rename(path, bad) < 0)
+		log_error_errno(-errno, "Failed to move %s aside: %m", path);
+	else
+		log_error("Moved %s aside to %s", path, bad);
+}
+
 static int save_stack(struct engine *e, const struct stack *s)
 {
 	_cleanup_free_ char *path = stack_file_path(e, s->revision), *data = NULL;
@@ -216,9 +317,14 @@ static int save_stack(struct engine *e, const struct stack *s)
 	int r;
 
 	/* Content-addressed: a regular file by that name is this stack. Anything
-	 * else there (a FIFO, a link) is replaced by the write below. */
-	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
-		return 0;
+	 * else there (a directory, a FIFO, a link) is not ours: it is moved
+	 * aside, reported once, and the stack written in its place (a rename
+	 * cannot replace a directory, which would block this stack for good). */
+	if (lstat(path, &st) == 0) {
+		if (S_ISREG(st.st_mode))
+			return 0;
+		state_move_aside(e, path);
+	}
 	data = stack_dump(s, &len);
 	r = file_write_atomic(path, data, len, 0600, (uid_t)-1, (gid_t)-1);
 	if (r < 0)
@@ -432,13 +538,13 @@ static json_t *state_clean_run(const json_t *rec)
 		if (!strcmp(k, "id") || !strcmp(k, "event") || !strcmp(k, "trigger") || !strcmp(k, "status") ||
 		    !strcmp(k, "layer") || !strcmp(k, "app") || !strcmp(k, "_stack"))
 			keep = true;
-		else if (!strcmp(k, "changed"))
+		else if (!strcmp(k, "changed") || !strcmp(k, "steps_omitted"))
 			keep = json_int_in(v, 0, INT32_MAX, NULL);
 		else if (!strcmp(k, "duration_ms"))
 			keep = json_is_number(v) && json_number_value(v) >= 0;
 		else if (!strcmp(k, "queued") || !strcmp(k, "started") || !strcmp(k, "finished"))
 			keep = json_is_string(v) || json_is_null(v);
-		else if (!strcmp(k, "error") || !strcmp(k, "stack_revision"))
+		else if (!strcmp(k, "error") || !strcmp(k, "stack_revision") || !strcmp(k, "steps_error"))
 			keep = json_is_string(v);
 		else if (!strcmp(k, "steps"))
 			keep = json_is_array(v);
@@ -504,7 +610,7 @@ static bool hex16_is_valid(const char *h)
 	return true;
 }
 
-int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_error)
+int engine_state_parse(const char *data, size_t len, long history, json_t **ret, char **ret_error)
 {
 	json_error_t jerr;
 	json_t *in, *o, *v, *runs, *seen;
@@ -513,10 +619,20 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 	json_t *rec;
 	const char *k;
 	size_t dropped = 0;
+	int r;
 
 	*ret = NULL;
-	if (len > STATE_MAX_BYTES) {
-		*ret_error = xasprintf("larger than %d bytes", STATE_MAX_BYTES);
+	if (len > state_max_bytes(history)) {
+		*ret_error = xasprintf("larger than %zu bytes", state_max_bytes(history));
+		return -EFBIG;
+	}
+	/* Before parsing: what agentd writes with this history never has
+	 * more elements or depth, and a file that does would take memory far
+	 * beyond its bytes. */
+	r = json_bounds_check(data, len, state_max_elements(history), STATE_JSON_MAX_DEPTH);
+	if (r < 0) {
+		*ret_error = xasprintf("more than %zu JSON elements or %d levels", state_max_elements(history),
+				       STATE_JSON_MAX_DEPTH);
 		return -EFBIG;
 	}
 	in = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -570,7 +686,7 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 		json_t *f;
 		json_object_foreach(v, k, f) {
 			_cleanup_free_ char *key = NULL;
-			json_t *c = json_object_size(failed) < ENGINE_RUNS_MAX ? state_clean_failure(f, &key) : NULL;
+			json_t *c = json_object_size(failed) < ENGINE_KEYS_MAX ? state_clean_failure(f, &key) : NULL;
 			if (c)
 				json_object_set_new(failed, key, c);
 		}
@@ -582,7 +698,7 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 		json_t *h;
 		json_object_foreach(v, k, h)
 			if (json_is_string(h) && hex16_is_valid(json_string_value(h)) &&
-			    json_object_size(hashes) < ENGINE_RUNS_MAX)
+			    strlen(k) <= ENGINE_KEY_MAX_BYTES && json_object_size(hashes) < ENGINE_KEYS_MAX)
 				json_object_set(hashes, k, h);
 	}
 	json_object_set_new(o, "input_hashes", hashes);
@@ -592,7 +708,7 @@ int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_er
 		json_t *l;
 		json_object_foreach(v, k, l) {
 			if (!json_is_object(l) || !json_revision_is_valid(json_object_get(l, "revision")) ||
-			    json_object_size(last) >= ENGINE_RUNS_MAX)
+			    json_object_size(last) >= ENGINE_KEYS_MAX)
 				continue;
 			json_t *c = json_object();
 			json_object_set(c, "revision", json_object_get(l, "revision"));
@@ -653,19 +769,6 @@ static long max_id_in_dir(const char *dir, const char *suffix)
 	return best;
 }
 
-/* Moves an unusable state.json aside, for a post-mortem and so that the
- * next write can replace it (a directory there would block every write). */
-static void state_move_aside(struct engine *e, const char *path)
-{
-	_cleanup_free_ char *bad = state_path(e, "state.json.corrupt");
-
-	if (rename(path, bad) == 0)
-		return;
-	free(bad);
-	bad = xasprintf("%s/state.json.corrupt.%lld", e->config->state_dir, (long long)time_now_usec());
-	if (rename(path, bad) < 0)
-		log_error_errno(-errno, "Failed to move %s aside: %m", path);
-}
 
 static void engine_load_state(struct engine *e)
 {
@@ -674,7 +777,7 @@ static void engine_load_state(struct engine *e)
 	size_t len;
 	int r;
 
-	r = file_read_regular(AT_FDCWD, path, 0, STATE_MAX_BYTES, &data, &len);
+	r = file_read_regular(AT_FDCWD, path, 0, state_max_bytes(e->config->history), &data, &len);
 	if (r == -ENOENT) {
 		log_info("No saved state in %s: first start on this instance", e->config->state_dir);
 		e->first_start = true;
@@ -694,7 +797,7 @@ static void engine_load_state(struct engine *e)
 		e->first_start = true;
 		return;
 	}
-	r = engine_state_parse(data, len, &o, &err);
+	r = engine_state_parse(data, len, e->config->history, &o, &err);
 	if (r < 0) {
 		log_error("Saved state %s is corrupt (%s): treating this as a first start", path, err);
 		/* Keep the bad file for a post-mortem instead of overwriting it. */
@@ -846,6 +949,17 @@ static long enqueue_ex(struct engine *e, enum event ev, const char *layer, const
 		return (long)json_integer_value(json_object_get(rec, "id"));
 	}
 
+	/* The queue stays within what state.json's reader accepts. Triggers
+	 * coalesce above, so only a flood of distinct requests gets here. */
+	{
+		size_t queued = 0;
+		json_array_foreach(e->runs, i, rec)
+			queued += rec_status_is(rec, "queued");
+		if (queued >= ENGINE_QUEUE_MAX) {
+			log_error("The queue is full (%d runs): not queueing %s", ENGINE_QUEUE_MAX, evs);
+			return 0;
+		}
+	}
 	/* Ids are never given twice and never wrap: when they run out (only a
 	 * doctored state could get here), nothing more is queued. */
 	if (e->next_id < 1 || e->next_id > ENGINE_RUN_ID_MAX) {
@@ -992,6 +1106,13 @@ static void record_failure(struct engine *e, const json_t *rec, bool retry)
 	json_t *f = json_object_get(e->failed, key);
 	long count = f ? (long)json_integer_value(json_object_get(f, "count")) + 1 : 1;
 
+	if (!f && json_object_size(e->failed) >= ENGINE_KEYS_MAX) {
+		/* Within what state.json's reader accepts: only a stack with
+		 * thousands of apps failing at once gets here. */
+		log_error("Not recording the failure of run %lld for a retry: %d failures are recorded already",
+			  (long long)json_integer_value(json_object_get(rec, "id")), ENGINE_KEYS_MAX);
+		return;
+	}
 	f = json_object();
 	json_object_set_new(f, "event", json_string(rec_str(rec, "event")));
 	json_object_set_new(f, "layer", json_string_or_null(rec_str(rec, "layer")));
@@ -1063,15 +1184,17 @@ static json_t *step_json(const struct step *s, size_t index)
 	json_t *o = json_object();
 	json_object_set_new(o, "index", json_integer((json_int_t)index));
 	json_object_set_new(o, "kind", json_string(s->ops->kind));
-	json_object_set_new(o, "target", json_string_or_null(s->target));
-	json_object_set_new(o, "recipe", json_string_or_null(s->recipe));
-	json_object_set_new(o, "layer", json_string_or_null(s->layer));
+	/* Texts are cut to RUN_TEXT_MAX: the record must stay within what
+	 * its reader accepts; the run log has them whole. */
+	json_object_set_new(o, "target", json_text_capped(s->target));
+	json_object_set_new(o, "recipe", json_text_capped(s->recipe));
+	json_object_set_new(o, "layer", json_text_capped(s->layer));
 	json_object_set_new(o, "status", json_string(step_status_to_string(s->status)));
 	json_object_set_new(o, "duration_ms", json_real((double)s->duration_us / 1000.0));
 	if (s->error)
-		json_object_set_new(o, "error", json_string(s->error));
+		json_object_set_new(o, "error", json_text_capped(s->error));
 	if (s->message)
-		json_object_set_new(o, "message", json_string(s->message));
+		json_object_set_new(o, "message", json_text_capped(s->message));
 	return o;
 }
 
@@ -1114,7 +1237,23 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	json_object_del(a->rec, "_pgid_start");
 	if (s->status == STEP_CHANGED)
 		a->changed++;
-	json_array_append_new(steps, step_json(s, index));
+	{
+		/* The record keeps the first steps, within the bounds its reader
+		 * checks (RUN_STEPS_MAX, RUN_STEPS_MAX_BYTES); the rest are
+		 * counted. The run log has them all. */
+		json_t *sj = step_json(s, index);
+		char *d = json_dumps(sj, JSON_COMPACT);
+		size_t n = d ? strlen(d) + 1 : 0;
+		free(d);
+		if (n > 0 && json_array_size(steps) < RUN_STEPS_MAX && a->steps_bytes + n <= RUN_STEPS_MAX_BYTES) {
+			a->steps_bytes += n;
+			json_array_append_new(steps, sj);
+		} else {
+			json_decref(sj);
+			a->steps_omitted++;
+			json_object_set_new(a->rec, "steps_omitted", json_integer((json_int_t)a->steps_omitted));
+		}
+	}
 	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error || s->message ? ": " : "",
 		    s->error ? s->error : str_or_empty(s->message), (double)s->duration_us / 1000.0);
 	if (s->status == STEP_FAILED)
@@ -1184,11 +1323,21 @@ static void set_input_hash(void *userdata, const char *key, uint64_t hash)
 	if (strncmp(key, "pending:", 8) == 0) {
 		/* Work owed by guarded steps: kept only while owed, and saved
 		 * at once, so that a kill before the reload does not lose it. */
-		if (hash)
+		if (hash && (json_object_get(e->input_hashes, key) ||
+			     (strlen(key) <= ENGINE_KEY_MAX_BYTES && json_object_size(e->input_hashes) < ENGINE_KEYS_MAX)))
 			json_object_set_new(e->input_hashes, key, json_string("0000000000000001"));
+		else if (hash)
+			log_warn("Cannot record the work owed by %s: over the bounds of state.json", key);
 		else
 			json_object_del(e->input_hashes, key);
 		engine_persist(e);
+		return;
+	}
+	/* Within what state.json's reader accepts: a hash not kept only means
+	 * its step runs again next time. */
+	if (!json_object_get(e->input_hashes, key) &&
+	    (strlen(key) > ENGINE_KEY_MAX_BYTES || json_object_size(e->input_hashes) >= ENGINE_KEYS_MAX)) {
+		log_debug("Not keeping the input hash of %s: over the bounds of state.json", key);
 		return;
 	}
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hash);
@@ -1216,8 +1365,19 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	json_object_set_new(rec, "duration_ms",
 			    json_real((double)(time_monotonic_usec() - a->started_mono) / 1000.0));
 	if (error)
-		json_object_set_new(rec, "error", json_string(error));
-	active_logf(a, "=== run %ld %s%s%s\n", a->id, status, error ? ": " : "", str_or_empty(error));
+		json_object_set_new(rec, "error", json_text_capped(error));
+	{
+		/* The result line, last in the log (log_dir, maybe another disk):
+		 * if state.json cannot take it before we exit, the next start
+		 * takes the result from here (run_log_result). One line: the
+		 * error's newlines become spaces. */
+		_cleanup_free_ char *err1 = xstrdup(str_or_empty(json_string_value(json_object_get(rec, "error"))));
+		for (char *c = err1; *c; c++)
+			if (*c == '\n' || *c == '\r')
+				*c = ' ';
+		active_logf(a, "=== run %ld finished: key=%016llx status=%s changed=%zu finished=%s%s%s\n", a->id,
+			    (unsigned long long)a->log_key, status, a->changed, ts, error ? " error=" : "", error ? err1 : "");
+	}
 
 	if (failed) {
 		/* Runs asked for by an operator are not retried on their own. */
@@ -1236,7 +1396,8 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	} else {
 		_cleanup_free_ char *k = xasprintf("%s/%s", rec_str(rec, "event"), str_or_empty(rec_str(rec, "layer")));
 		clear_failures_for(e, rec);
-		json_object_set_new(e->last_success, k,
+		if (json_object_get(e->last_success, k) || json_object_size(e->last_success) < ENGINE_KEYS_MAX)
+			json_object_set_new(e->last_success, k,
 				    json_pack("{s:s, s:I, s:s}", "revision", a->stack->revision, "run", (json_int_t)a->id,
 					      "finished", ts));
 		log_info("Run %ld (%s) succeeded: %zu of %zu steps changed", a->id, rec_str(rec, "event"), a->changed,
@@ -1262,10 +1423,33 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 		json_t *full = json_deep_copy(rec);
 		json_object_del(full, "_requeued");
 		char *data = json_dumps(full, JSON_COMPACT);
+		if (data && strlen(data) > RUN_FILE_MAX_BYTES) {
+			/* Not expected (on_step_done keeps the steps within
+			 * bounds), but the reader would refuse it: the record
+			 * without its steps, then. */
+			free(data);
+			json_object_set_new(full, "steps_omitted",
+					    json_integer((json_int_t)json_array_size(json_object_get(full, "steps")) +
+							 json_integer_value(json_object_get(full, "steps_omitted"))));
+			json_object_set_new(full, "steps", json_array());
+			data = json_dumps(full, JSON_COMPACT);
+		}
 		int r2 = data ? file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1) : -ENOMEM;
-		if (r2 < 0)
+		if (r2 < 0) {
+			/* The steps stay in the record, and so in state.json; but
+			 * only this run's: the bounds of state.json allow the
+			 * steps of one finished run beside the running one. */
+			size_t j;
+			json_t *other;
 			log_warn_errno(r2, "Failed to save the steps of run %s: %m", path);
-		else
+			json_array_foreach(e->runs, j, other)
+				if (other != rec && json_object_get(other, "steps") && !rec_status_is(other, "running") &&
+				    !rec_status_is(other, "queued")) {
+					json_object_del(other, "steps");
+					json_object_set_new(other, "steps_error",
+							    json_string("its steps were lost: state_dir was full"));
+				}
+		} else
 			json_object_del(rec, "steps");
 		free(data);
 		json_decref(full);
@@ -1277,11 +1461,7 @@ static void engine_finish_run(struct engine *e, const char *status, const char *
 	emit(e, ev);
 
 	if (e->stopping) {
-		if (e->stop_done && !e->closing) {
-			void (*done)(void *) = e->stop_done;
-			e->stop_done = NULL;
-			done(e->stop_userdata);
-		}
+		engine_stop_finish(e);
 		return;
 	}
 	engine_kick(e);
@@ -1469,9 +1649,12 @@ static void engine_start_run(struct engine *e, json_t *rec)
 
 	log_path = engine_run_log_path(e, a->id);
 	a->log_fd = run_log_open(log_path);
-	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s\n", a->id, rec_str(rec, "event"),
-		    rec_str(rec, "layer") ? rec_str(rec, "layer") : "(all)", str_or_empty(rec_str(rec, "app")),
-		    rec_str(rec, "trigger"), a->stack ? a->stack->revision : "-", ts);
+	if (getrandom(&a->log_key, sizeof(a->log_key), GRND_NONBLOCK) != sizeof(a->log_key))
+		a->log_key = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ (uint64_t)time_now_usec();
+	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s key=%016llx\n", a->id,
+		    rec_str(rec, "event"), rec_str(rec, "layer") ? rec_str(rec, "layer") : "(all)",
+		    str_or_empty(rec_str(rec, "app")), rec_str(rec, "trigger"), a->stack ? a->stack->revision : "-", ts,
+		    (unsigned long long)a->log_key);
 
 	log_set_context(a->id, rec_str(rec, "event"), rec_str(rec, "layer"), NULL);
 	log_info("Run %ld started: %s (%s)", a->id, rec_str(rec, "event"), rec_str(rec, "trigger"));
@@ -1713,64 +1896,203 @@ static bool on_source_unchanged(void *userdata)
 
 /* ------------------------------------------------------------- lifecycle */
 
+/* The pid of the process holding a flock() on the inode (dev, ino), from
+ * /proc/locks, or 0 when none is found. It names the holder even when
+ * state_dir/lock, which holds the pid as text, was deleted. */
+static long lock_holder_pid(dev_t dev, ino_t ino)
+{
+	_cleanup_free_ char *data = NULL;
+	char want[64];
+	long pid = 0;
+
+	snprintf(want, sizeof(want), " %02x:%02x:%llu ", major(dev), minor(dev), (unsigned long long)ino);
+	if (file_read_all("/proc/locks", 4u << 20, &data, NULL) < 0)
+		return 0;
+	for (char *line = data, *next; line && *line; line = next) {
+		char *p, num[24];
+		size_t n;
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		/* "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a blocked
+		 * waiter's line starts with "1: ->" and is skipped. */
+		if (strstr(line, "->") || !strstr(line, " FLOCK ") || !(p = strstr(line, want)))
+			continue;
+		/* The pid is the word before the device. */
+		while (p > line && p[-1] == ' ')
+			p--;
+		char *w = p;
+		while (w > line && w[-1] != ' ')
+			w--;
+		n = (size_t)(p - w);
+		if (n == 0 || n >= sizeof(num))
+			continue;
+		memcpy(num, w, n);
+		num[n] = '\0';
+		if (parse_long(num, 1, INT32_MAX, &pid) == 0)
+			break;
+		pid = 0;
+	}
+	return pid;
+}
+
 int engine_lock_state_dir(const char *state_dir, char **ret_error)
 {
-	_cleanup_free_ char *path = xasprintf("%s/lock", state_dir);
-	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	_cleanup_free_ char *path = xasprintf("%s/lock", state_dir), *data = NULL;
 	char buf[32];
 	struct stat st;
 	ssize_t n;
-	int fd, r;
+	int dfd, fd, r;
 
 	if ((r = mkdir_p(state_dir, 0700)) < 0) {
 		*ret_error = xasprintf("cannot create %s: %s", state_dir, strerror(-r));
 		return r;
 	}
-	/* O_NONBLOCK and the regular-file check: a FIFO planted as the lock
-	 * must not hang us. No O_TRUNC: the holder's pid is read from it. */
-	fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
-	if (fd < 0) {
+	/* The lock is on the directory itself: a file in it can be deleted or
+	 * swapped (and a second agentd would then lock a new file), the
+	 * directory we opened cannot. flock() belongs to this open file
+	 * description alone, is not passed on across exec (O_CLOEXEC), and
+	 * the kernel drops it when we exit, however we exit. A symlink to
+	 * state_dir or another spelling of it names the same inode. */
+	dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY);
+	if (dfd < 0) {
 		r = -errno;
-		*ret_error = xasprintf("cannot open %s: %s", path, strerror(-r));
+		*ret_error = xasprintf("cannot open %s: %s", state_dir, strerror(-r));
 		return r;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		(void)close(fd);
-		*ret_error = xasprintf("%s is not a regular file", path);
-		return -EBADFD;
-	}
-	/* An open file description lock: it belongs to this descriptor alone
-	 * (closing another descriptor of the file does not drop it, unlike a
-	 * POSIX lock), it is not inherited across exec (O_CLOEXEC), and the
-	 * kernel drops it when we exit, however we exit. */
-	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+	if (flock(dfd, LOCK_EX | LOCK_NB) < 0) {
+		long pid = 0;
 		r = -errno;
-		if (r == -EAGAIN || r == -EACCES) {
-			long pid = 0;
-			n = pread(fd, buf, sizeof(buf) - 1, 0);
-			if (n > 0) {
-				buf[n] = '\0';
-				buf[strcspn(buf, "\n")] = '\0';
-				if (parse_long(buf, 1, INT32_MAX, &pid) < 0)
-					pid = 0;
-			}
-			if (pid > 0)
-				*ret_error = xasprintf("%s is in use by another agentd (pid %ld, holding %s)", state_dir, pid,
-						       path);
-			else
-				*ret_error = xasprintf("%s is in use by another agentd (holding %s)", state_dir, path);
-			r = -EBUSY;
-		} else
-			*ret_error = xasprintf("cannot lock %s: %s", path, strerror(-r));
-		(void)close(fd);
-		return r;
+		if (r != -EWOULDBLOCK) {
+			*ret_error = xasprintf("cannot lock %s: %s", state_dir, strerror(-r));
+			(void)close(dfd);
+			return r;
+		}
+		/* Held: name the holder, touching nothing (no O_CREAT here). */
+		if (file_read_regular(AT_FDCWD, path, 0, sizeof(buf) - 1, &data, NULL) == 0) {
+			data[strcspn(data, "\n")] = '\0';
+			if (parse_long(data, 1, INT32_MAX, &pid) < 0)
+				pid = 0;
+		}
+		if (pid == 0 && fstat(dfd, &st) == 0)
+			pid = lock_holder_pid(st.st_dev, st.st_ino);
+		if (pid > 0)
+			*ret_error = xasprintf("%s is in use by another agentd (pid %ld)", state_dir, pid);
+		else
+			*ret_error = xasprintf("%s is in use by another agentd", state_dir);
+		(void)close(dfd);
+		return -EBUSY;
 	}
-	/* Ours: say who holds it. A full disk does not stop us (the lock is
-	 * what counts; the pid is for the message of a second agentd). */
-	n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
-		log_warn_errno(-errno, "Failed to write our pid into %s: %m", path);
-	return fd;
+	/* Ours. The pid goes into state_dir/lock for the message of a second
+	 * agentd; it is not the lock, so nothing about it stops us. A
+	 * directory, FIFO or symlink in its place (O_NOFOLLOW, O_NONBLOCK: no
+	 * hang) is moved aside once; a full disk only costs the pid. */
+	for (int attempt = 0;; attempt++) {
+		fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
+		if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+			break;
+		r = fd < 0 ? -errno : -EBADFD;
+		if (fd >= 0)
+			(void)close(fd);
+		fd = -1;
+		if (attempt > 0 || r == -ENOSPC || r == -EDQUOT || r == -EROFS) {
+			log_warn_errno(r, "Cannot record our pid in %s: %m", path);
+			break;
+		}
+		_cleanup_free_ char *bad = xasprintf("%s.corrupt", path);
+		if (rename(path, bad) < 0) {
+			log_warn_errno(-errno, "Cannot record our pid in %s, nor move it aside: %m", path);
+			break;
+		}
+		log_error("Moved %s (not a regular file) aside to %s", path, bad);
+	}
+	if (fd >= 0) {
+		n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+		if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+			log_warn_errno(-errno, "Failed to write our pid into %s: %m", path);
+		(void)close(fd);
+	}
+	return dfd;
+}
+
+/* The value of " name=VALUE" in line (up to the next space, or to the end
+ * of the line when last), copied into out (size n), or false. */
+static bool log_field(const char *line, const char *name, bool last, char *out, size_t n)
+{
+	_cleanup_free_ char *pat = xasprintf(" %s=", name);
+	const char *p = strstr(line, pat), *end;
+
+	if (!p)
+		return false;
+	p += strlen(pat);
+	end = last ? p + strlen(p) : p + strcspn(p, " ");
+	if ((size_t)(end - p) >= n)
+		return false;
+	memcpy(out, p, (size_t)(end - p));
+	out[end - p] = '\0';
+	return true;
+}
+
+/* A run recorded as "running" whose log ends with its result line: the run
+ * finished, and state.json could not be written before agentd went (a full
+ * disk). Takes status, finished, changed and error from that line into rec
+ * and returns true; false when the log has no result (the run was cut
+ * short). The line counts only as the last line of the log and with the key
+ * of the log's first line, which a step's output cannot know. */
+static bool run_log_result(struct engine *e, json_t *rec)
+{
+	long id = (long)json_integer_value(json_object_get(rec, "id"));
+	_cleanup_free_ char *path = engine_run_log_path(e, id), *prefix = NULL;
+	_cleanup_close_ int fd = -1;
+	char head[4096], tail[RUN_TEXT_MAX * 2 + 1024], key[24], want_key[24], status[16], changed[16], finished[48];
+	char *line, *err;
+	struct stat st;
+	ssize_t n;
+	off_t off;
+	long ch;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 2)
+		return false;
+	n = pread(fd, head, sizeof(head) - 1, 0);
+	if (n <= 0)
+		return false;
+	head[n] = '\0';
+	head[strcspn(head, "\n")] = '\0';
+	if (!log_field(head, "key", true, want_key, sizeof(want_key)))
+		return false;
+	off = st.st_size > (off_t)(sizeof(tail) - 1) ? st.st_size - (off_t)(sizeof(tail) - 1) : 0;
+	n = pread(fd, tail, sizeof(tail) - 1, off);
+	if (n < 2 || tail[n - 1] != '\n')
+		return false;
+	tail[n - 1] = '\0';
+	line = strrchr(tail, '\n');
+	line = line ? line + 1 : (off == 0 ? tail : NULL);
+	if (!line)
+		return false;
+	prefix = xasprintf("=== run %ld finished:", id);
+	if (strncmp(line, prefix, strlen(prefix)) != 0 || memchr(line, '\0', (size_t)(tail + n - 1 - line)))
+		return false;
+	/* The error is last and may hold anything: cut it off before reading
+	 * the other fields. */
+	err = strstr(line, " error=");
+	if (err)
+		*err = '\0';
+	if (!log_field(line, "key", false, key, sizeof(key)) || strcmp(key, want_key) != 0 ||
+	    !log_field(line, "status", false, status, sizeof(status)) ||
+	    !log_field(line, "changed", false, changed, sizeof(changed)) ||
+	    !log_field(line, "finished", false, finished, sizeof(finished)) ||
+	    parse_long(changed, 0, INT32_MAX, &ch) < 0 || (strcmp(status, "success") != 0 && strcmp(status, "failed") != 0))
+		return false;
+	for (const char *c = finished; *c; c++)
+		if (!strchr("0123456789-:.TZ+", *c))
+			return false;
+	json_object_set_new(rec, "status", json_string(status));
+	json_object_set_new(rec, "finished", json_string(finished));
+	json_object_set_new(rec, "changed", json_integer(ch));
+	if (err)
+		json_object_set_new(rec, "error", json_text_capped(err + strlen(" error=")));
+	return true;
 }
 
 int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret)
@@ -1830,6 +2152,32 @@ int engine_start(struct engine *e)
 		if (!rec_status_is(rec, "running"))
 			continue;
 		char ts[40];
+		if (run_log_result(e, rec)) {
+			/* It finished; only its record was not written. */
+			_cleanup_free_ char *steps = run_file_path(e, (long)json_integer_value(json_object_get(rec, "id")));
+			struct stat st;
+			json_object_del(rec, "_pgid");
+			json_object_del(rec, "_pgid_start");
+			if (lstat(steps, &st) == 0 && S_ISREG(st.st_mode))
+				json_object_del(rec, "steps");
+			if (rec_status_is(rec, "failed"))
+				record_failure(e, rec, !str_eq(rec_str(rec, "trigger"), "ctl"));
+			else if (!json_is_true(json_object_get(rec, "_rollback_restart"))) {
+				_cleanup_free_ char *k = xasprintf("%s/%s", rec_str(rec, "event"), str_or_empty(rec_str(rec, "layer")));
+				const char *rev = rec_str(rec, "stack_revision") ?: rec_str(rec, "_stack");
+				clear_failures_for(e, rec);
+				if (rev && revision_is_valid(rev))
+					json_object_set_new(e->last_success, k,
+							    json_pack("{s:s, s:I, s:s}", "revision", rev, "run",
+								      json_integer_value(json_object_get(rec, "id")), "finished",
+								      rec_str(rec, "finished")));
+			}
+			log_warn("Run %lld (%s) finished (%s) but was still recorded as running: its result was taken "
+				 "from its log", (long long)json_integer_value(json_object_get(rec, "id")),
+				 rec_str(rec, "event"), rec_str(rec, "status"));
+			changed = true;
+			continue;
+		}
 		kill_orphan(rec);
 		json_object_del(rec, "_pgid");
 		json_object_del(rec, "_pgid_start");
@@ -1852,8 +2200,12 @@ int engine_start(struct engine *e)
 		json_array_foreach(again, i, rec)
 			requeue_interrupted(e, rec);
 		json_decref(again);
-		engine_persist(e);
 	}
+	/* Written at every start, changed or not: it records what was
+	 * reconciled above, and it probes state_dir, so that status says at
+	 * once when it takes no writes (state_error, retried on a timer),
+	 * not only at the first run. */
+	engine_persist(e);
 
 	if ((r = http_new(e->loop, &e->http)) < 0)
 		return log_error_errno(r, "Failed to set up the HTTP client: %m");
@@ -1875,11 +2227,55 @@ int engine_start(struct engine *e)
 
 void engine_stop_now(struct engine *e)
 {
+	if (e->stopping && e->stop_deadline && uv_is_active((uv_handle_t *)&e->state_retry)) {
+		/* Asked twice: one last try of state.json, then go. */
+		(void)uv_timer_stop(&e->state_retry);
+		e->stop_deadline = time_monotonic_usec();
+		engine_stop_finish(e);
+		return;
+	}
 	if (e->stopping && e->active && e->active->x) {
 		log_warn("Stopping now: terminating the current step of run %ld", e->active->id);
 		e->active->killed = true;
 		plan_execute_cancel(e->active->x, true);
 	}
+}
+
+static void on_stop_retry(uv_timer_t *t)
+{
+	engine_stop_finish(t->data);
+}
+
+/* The last step of a stop: state.json must hold what happened (a run's
+ * result above all). When it cannot be written (a full disk), it is tried
+ * again every STOP_STATE_RETRY_MS for STOP_STATE_RETRY_USEC, while status
+ * still answers; then agentd goes anyway, saying so: each run's result is
+ * also the last line of its log, which the next start reads. */
+static void engine_stop_finish(struct engine *e)
+{
+	void (*done)(void *);
+
+	if (!e->stop_done || e->closing)
+		return;
+	if (e->state_error && engine_persist(e) < 0) {
+		int64_t now = time_monotonic_usec();
+		if (e->stop_deadline == 0) {
+			e->stop_deadline = now + STOP_STATE_RETRY_USEC;
+			log_warn("Stopping, but %s: trying again for %d s before exiting", e->state_error,
+				 STOP_STATE_RETRY_USEC / 1000000);
+		}
+		if (now < e->stop_deadline) {
+			(void)uv_timer_start(&e->state_retry, on_stop_retry, STOP_STATE_RETRY_MS, 0);
+			return;
+		}
+		log_error("Exiting without having written state.json (%s): the result of a run finished since is the "
+			  "last line of its log in %s/runs, and the next start takes it from there",
+			  e->state_error, e->config->log_dir);
+	}
+	(void)uv_timer_stop(&e->state_retry);
+	done = e->stop_done;
+	e->stop_done = NULL;
+	done(e->stop_userdata);
 }
 
 void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
@@ -1899,8 +2295,7 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 		plan_execute_cancel(e->active->x, false);
 		return;
 	}
-	e->stop_done = NULL;
-	done(userdata);
+	engine_stop_finish(e);
 }
 
 static void on_engine_closed(uv_handle_t *h)
@@ -2057,15 +2452,32 @@ json_t *engine_run_info(struct engine *e, long id)
 	o = rec_public(rec, true);
 	if (!json_object_get(rec, "steps") && !rec_status_is(rec, "queued")) {
 		/* A finished run: its steps are in its file. Reading a small local
-		 * file here is bounded and does not wait on anything remote. */
-		_cleanup_free_ char *path = run_file_path(e, id), *data = NULL;
+		 * file here is bounded and does not wait on anything remote; its
+		 * bounds are those its writer keeps (RUN_FILE_MAX_*), checked
+		 * before parsing, since any local user may ask. A file beyond them
+		 * is not agentd's: the reply says so in steps_error. */
+		_cleanup_free_ char *path = run_file_path(e, id), *data = NULL, *err = NULL;
 		size_t len;
 		json_t *full = NULL;
-		if (file_read_regular(AT_FDCWD, path, 0, STATE_MAX_BYTES, &data, &len) == 0)
-			full = json_loadb(data, len, 0, NULL);
+		int r = file_read_regular(AT_FDCWD, path, 0, RUN_FILE_MAX_BYTES, &data, &len);
+		if (r == -EFBIG)
+			err = xasprintf("%s is larger than %zu bytes", path, (size_t)RUN_FILE_MAX_BYTES);
+		else if (r < 0 && r != -ENOENT)
+			err = xasprintf("%s cannot be read: %s", path, file_read_strerror(r));
+		else if (r == 0 && json_bounds_check(data, len, RUN_FILE_MAX_ELEMENTS, STATE_JSON_MAX_DEPTH) < 0)
+			err = xasprintf("%s has more than %zu JSON elements or %d levels", path,
+					(size_t)RUN_FILE_MAX_ELEMENTS, STATE_JSON_MAX_DEPTH);
+		else if (r == 0 && !(full = json_loadb(data, len, 0, NULL)))
+			err = xasprintf("%s is not valid JSON", path);
 		if (json_is_array(json_object_get(full, "steps")))
 			json_object_set(o, "steps", json_object_get(full, "steps"));
+		else if (full && !err)
+			err = xasprintf("%s has no steps", path);
 		json_decref(full);
+		if (err) {
+			log_warn("Steps of run %ld not shown: %s", id, err);
+			json_object_set_new(o, "steps_error", json_string(err));
+		}
 	}
 	return o;
 }
@@ -2132,7 +2544,7 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 	long first_new = e->next_id;
 	*ret_id = enqueue(e, ev, layer, app, trig, NULL);
 	if (*ret_id == 0) {
-		*ret_error = xstrdup("no run id left");
+		*ret_error = xstrdup(e->next_id > ENGINE_RUN_ID_MAX ? "no run id left" : "the queue is full");
 		return -ERANGE;
 	}
 	if (engine_persist(e) < 0 && *ret_id >= first_new) {

@@ -21,10 +21,12 @@ struct stack;
 #define ENGINE_RUN_ID_MAX ((long)((INT64_C(1) << 53) - 1))
 
 /* Takes the lock that makes one agentd per state_dir (design.md §3): an
- * exclusive OFD lock on state_dir/lock (created 0600, and state_dir with it
- * when missing), holding our pid as text. Call it first, before reading any
- * state or touching any process. The descriptor is close-on-exec and kept
- * for the life of the process (exit releases the lock). Returns the fd, or
+ * exclusive flock() on the state_dir directory itself (created 0700 when
+ * missing), so that deleting or swapping a file in it cannot let a second
+ * agentd in; our pid is written as text to state_dir/lock (0600) for the
+ * message of a second agentd. Call it first, before reading any state or
+ * touching any process. The descriptor (of state_dir) is close-on-exec and
+ * kept for the life of the process (exit releases the lock). Returns it, or
  * a negative errno with a malloc'd message: -EBUSY when another process
  * holds the lock (the message names its pid when it is known). */
 int engine_lock_state_dir(const char *state_dir, char **ret_error);
@@ -34,9 +36,12 @@ int engine_lock_state_dir(const char *state_dir, char **ret_error);
  *   {"runs":[...], "dropped_runs":N, "next_run_id":N (0: none usable),
  *    "failed":{...}, "input_hashes":{...}, "last_success":{...},
  *    "paused":"..."?, "applied_revision":"hex16"?, "stack_revision":"hex16"?}
+ * history is the configured `history` (1..10000): what agentd writes with
+ * it bounds the bytes, JSON elements and depth accepted, which are checked
+ * before anything is parsed (a file beyond them is -EFBIG).
  * Returns 0 with *ret (a new reference), or -EINVAL / -EFBIG with a malloc'd
  * message. Used by engine_start, and by the fuzz target. */
-int engine_state_parse(const char *data, size_t len, json_t **ret, char **ret_error);
+int engine_state_parse(const char *data, size_t len, long history, json_t **ret, char **ret_error);
 
 int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret);
 /* Loads state (marks an interrupted run and queues it again), starts the source. */

@@ -35,7 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *k;
 	size_t i;
 
-	if (engine_state_parse((const char *)data, size, &o, &err) < 0) {
+	if (engine_state_parse((const char *)data, size, 10000, &o, &err) < 0) {
 		check(o == NULL && err != NULL);
 		free(err);
 		return 0;
