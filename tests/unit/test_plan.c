@@ -405,6 +405,7 @@ static void test_files_recipe_secret_mode(void **state)
 	}
 	plan_free(&p);
 	stack_unref(s);
+	config_free(&cfg);
 }
 
 /* What one diff and all the diffs of a plan may cost (break3 finding 5): a
