@@ -221,7 +221,9 @@ bool plan_exec_step_changed(struct plan_exec *x, const char *id);
  * secret steps are replaced by "(diff hidden: contains secrets)", and diffs
  * of files that are not world-readable, on disk now or with the step's
  * mode, by "(diff hidden: the file is not world-readable)": the caller must
- * not learn through a diff what it could not read itself. */
+ * not learn through a diff what it could not read itself. Once the diffs
+ * shown pass 4 MiB of JSON text together, the others read "(diff not shown:
+ * the diffs of this plan would pass 4 MiB)": any local user may ask. */
 json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact);
 /* Bytes of file content the plan's file steps hold (each a copy): what
  * freeing the plan gives back, for a caller deciding on malloc_trim(). */
