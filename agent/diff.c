@@ -9,10 +9,15 @@
  * merged when their contexts touch, "@@ -l,s +l,s @@" with ",1" left out,
  * and "\ No newline at end of file" markers.
  *
- * Bounds: inputs over DIFF_MAX_BYTES or DIFF_MAX_LINES, or a comparison
- * that exceeds DIFF_MAX_WORK steps, fall back to a plain (still correct,
- * not minimal) diff: between the common head and tail, everything is
- * deleted, then inserted. */
+ * Bounds: an input over DIFF_MAX_BYTES or DIFF_MAX_LINES gives a one-line
+ * summary (diff_summary) instead of a diff, decided before anything is
+ * allocated per line: the sizes are known, the lines counted with memchr.
+ * A plan may be asked for by any local user, so what one diff costs must
+ * not grow with the content: 8 million lines would otherwise cost 24 bytes
+ * each, per side, and a reply twice the content's size. A comparison that
+ * exceeds DIFF_MAX_WORK steps falls back to a plain (still correct, not
+ * minimal) diff: between the common head and tail, everything is deleted,
+ * then inserted. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -20,8 +25,6 @@
 #include "plan.h"
 #include "util.h"
 
-#define DIFF_MAX_BYTES (4u << 20)
-#define DIFF_MAX_LINES 50000
 #define DIFF_MAX_WORK 20000000L
 #define DIFF_CONTEXT 3
 
@@ -43,6 +46,23 @@ struct diff_ctx {
 	long off;
 	long work;     /* budget left */
 };
+
+/* Whether data has more than max lines (the last one may lack its '\n');
+ * stops counting there. */
+static bool lines_over(const char *data, size_t len, long max)
+{
+	const char *p = data, *end = data + len;
+	long n = 0;
+
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+
+		if (++n > max)
+			return true;
+		p = nl ? nl + 1 : end;
+	}
+	return false;
+}
 
 static void side_split(struct side *s, const char *data, size_t len)
 {
@@ -283,6 +303,13 @@ static void emit_hunks(const struct diff_ctx *c, struct buf *out)
 	}
 }
 
+char *diff_summary(const char *path, size_t alen, size_t blen)
+{
+	return xasprintf("Files %s differ (%zu bytes -> %zu bytes): too large to show (diffs are shown up to %u MiB "
+			 "and %u lines)\n",
+			 path, alen, blen, DIFF_MAX_BYTES >> 20, DIFF_MAX_LINES);
+}
+
 char *diff_unified(const char *path, const char *a, size_t alen, const char *b, size_t blen)
 {
 	struct diff_ctx c = { 0 };
@@ -290,6 +317,8 @@ char *diff_unified(const char *path, const char *a, size_t alen, const char *b, 
 
 	if (alen == blen && (alen == 0 || memcmp(a, b, alen) == 0))
 		return NULL;
+	if (alen > DIFF_MAX_BYTES || blen > DIFF_MAX_BYTES)
+		return diff_summary(path, alen, blen);
 
 	buf_init(&out);
 	buf_printf(&out, "--- %s\n+++ %s\n", path, path);
@@ -300,31 +329,19 @@ char *diff_unified(const char *path, const char *a, size_t alen, const char *b, 
 		return buf_steal(&out);
 	}
 
+	if (lines_over(a, alen, (long)DIFF_MAX_LINES) || lines_over(b, blen, (long)DIFF_MAX_LINES)) {
+		buf_free(&out);
+		return diff_summary(path, alen, blen);
+	}
 	side_split(&c.a, a, alen);
 	side_split(&c.b, b, blen);
-	if (alen > DIFF_MAX_BYTES || blen > DIFF_MAX_BYTES || c.a.n > DIFF_MAX_LINES || c.b.n > DIFF_MAX_LINES) {
-		/* Too big to compare: what lies between the common head and
-		 * tail is replaced as a whole. */
-		long a0 = 0, a1 = c.a.n, b0 = 0, b1 = c.b.n;
-
-		while (a0 < a1 && b0 < b1 && line_eq(&c, a0, b0)) {
-			a0++;
-			b0++;
-		}
-		while (a0 < a1 && b0 < b1 && line_eq(&c, a1 - 1, b1 - 1)) {
-			a1--;
-			b1--;
-		}
-		mark_range(&c, a0, a1, b0, b1);
-	} else {
-		c.off = c.a.n + c.b.n + 2;
-		c.vf = xcalloc((size_t)(2 * c.off + 1), sizeof(long));
-		c.vb = xcalloc((size_t)(2 * c.off + 1), sizeof(long));
-		c.work = DIFF_MAX_WORK;
-		compare(&c, 0, c.a.n, 0, c.b.n);
-		free(c.vf);
-		free(c.vb);
-	}
+	c.off = c.a.n + c.b.n + 2;
+	c.vf = xcalloc((size_t)(2 * c.off + 1), sizeof(long));
+	c.vb = xcalloc((size_t)(2 * c.off + 1), sizeof(long));
+	c.work = DIFF_MAX_WORK;
+	compare(&c, 0, c.a.n, 0, c.b.n);
+	free(c.vf);
+	free(c.vb);
 	emit_hunks(&c, &out);
 	side_free(&c.a);
 	side_free(&c.b);

@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -2591,7 +2592,13 @@ int engine_plan(struct engine *e, enum event ev, const char *layer, const char *
 	json_object_set_new(o, "layer", json_string_or_null(layer));
 	json_object_set_new(o, "app", json_string_or_null(app));
 	json_object_set_new(o, "stack_revision", json_string(e->current->revision));
+	/* Any local user may ask for a plan, and a plan holds a copy of each
+	 * file's content (up to the stack's 16 MiB): give a large one back to
+	 * the kernel now, rather than keep that peak for good. */
+	bool large = plan_content_bytes(&plan) >= (1u << 20);
 	plan_free(&plan);
+	if (large)
+		(void)malloc_trim(0);
 	*ret = o;
 	return 0;
 }

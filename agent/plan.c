@@ -32,9 +32,11 @@
 #include "rootfs.h"
 #include "util.h"
 
-/* Existing files larger than this are not read for a diff (they are
- * compared for the update, though: see file_compare). */
-#define PLAN_DIFF_READ_MAX (16u << 20)
+/* The JSON text of all the diffs of one plan together (escapes counted):
+ * past it, a diff is replaced by a note. Any local user may ask for a plan,
+ * and each diff is bounded (DIFF_MAX_BYTES a side), but a 16 MiB stack
+ * holds many files. */
+#define PLAN_DIFFS_MAX (4u << 20)
 
 struct plan_exec {
 	uv_loop_t *loop;           /* borrowed */
@@ -333,8 +335,17 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 		/* The old content is on disk, the new one will be with the
 		 * step's mode (or the old mode, when the step keeps it). */
 		s->diff_private = !(st.st_mode & S_IROTH) || (d->mode != (mode_t)-1 && !(d->mode & S_IROTH));
-		if (lseek(fd, 0, SEEK_SET) == 0 && fd_read_all(fd, PLAN_DIFF_READ_MAX, &old, &old_len) == 0)
+		/* A file too large for a diff is not read (it was compared
+		 * above a chunk at a time). */
+		if ((uint64_t)st.st_size > DIFF_MAX_BYTES || d->len > DIFF_MAX_BYTES) {
+			*ret_diff = diff_summary(s->target, (size_t)st.st_size, d->len);
+			return 0;
+		}
+		r = lseek(fd, 0, SEEK_SET) == 0 ? fd_read_all(fd, DIFF_MAX_BYTES, &old, &old_len) : -errno;
+		if (r == 0)
 			*ret_diff = diff_unified(s->target, old, old_len, d->content, d->len);
+		else if (r == -EFBIG) /* it grew meanwhile */
+			*ret_diff = diff_summary(s->target, (size_t)st.st_size, d->len);
 		return 0;
 	}
 	if (meta_owner_differs(&st, uid, gid))
@@ -1806,11 +1817,40 @@ static json_t *json_string_lossy(const char *s)
 	return j;
 }
 
+/* Bytes s takes as a JSON string's content, at most: escapes counted, and
+ * bytes past ASCII as \uXXXX would make them (3 bytes each at most). */
+static size_t json_text_cost(const char *s)
+{
+	size_t n = 0;
+
+	for (const unsigned char *q = (const unsigned char *)s; *q; q++)
+		if (*q == '"' || *q == '\\' || *q == '\n' || *q == '\t' || *q == '\r' || *q == '\b' || *q == '\f')
+			n += 2;
+		else if (*q < 0x20)
+			n += 6;
+		else if (*q >= 0x80)
+			n += 3;
+		else
+			n++;
+	return n;
+}
+
+size_t plan_content_bytes(const struct plan *p)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < p->n_steps; i++)
+		if (p->steps[i]->ops == &file_ops)
+			n += ((const struct file_data *)p->steps[i]->data)->len;
+	return n;
+}
+
 json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
 {
 	json_t *steps = json_array();
 	bool *will_change = xcalloc(p->n_steps + 1, sizeof(bool));
 	struct step_env e = { 0 };
+	size_t diffs_cost = 0;
 	const char *root;
 
 	if (env)
@@ -1858,11 +1898,21 @@ json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
 			continue;
 		if (diff) {
 			const char *shown = diff;
+			size_t cost;
 
 			if (redact && s->secret)
 				shown = "(diff hidden: contains secrets)";
 			else if (redact && s->diff_private)
 				shown = "(diff hidden: the file is not world-readable)";
+			cost = json_text_cost(shown);
+			if (cost > PLAN_DIFFS_MAX - diffs_cost) {
+				free(diff);
+				diff = xasprintf("(diff not shown: the diffs of this plan would pass %u MiB)",
+						 PLAN_DIFFS_MAX >> 20);
+				shown = diff;
+				cost = strlen(diff);
+			}
+			diffs_cost += cost < PLAN_DIFFS_MAX - diffs_cost ? cost : PLAN_DIFFS_MAX - diffs_cost;
 			json_object_set_new(o, "diff", json_string_lossy(shown));
 		}
 		if (r < 0)

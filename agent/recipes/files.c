@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* The built-in "files" recipe: the files listed for a layer in
  * agent.files.<layer> = [{"path", "content", "mode", "owner", "group",
- * "secret"}], written atomically only when they differ. It is the smallest
+ * "secret"}], written atomically only when they differ; "mode" defaults to
+ * 0644, and to 0600 for a secret file. It is the smallest
  * useful built-in: a demo, a benchmark, and a way to ship a config file
  * without writing a recipe. */
 #include <errno.h>
@@ -30,12 +31,17 @@ static int files_error(struct stack_error *err, const char *path, const char *ms
 	return -EINVAL;
 }
 
-static int parse_mode(const json_t *v, mode_t *ret)
+/* The mode of a file entry. Without "mode", 0644, or 0600 for a file marked
+ * secret: its content is hidden from unprivileged callers of the control
+ * socket, so it must not be world-readable on disk either. An explicit mode
+ * is the operator's and is honoured as written, also on a secret file (0640
+ * with the app's group is the usual way to share one with a service). */
+static int parse_mode(const json_t *v, bool secret, mode_t *ret)
 {
 	long m;
 
 	if (!v) {
-		*ret = 0644;
+		*ret = secret ? 0600 : 0644;
 		return 0;
 	}
 	if (json_is_integer(v))
@@ -264,7 +270,7 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 					if (!json_is_string(v))
 						return files_error(err, kp, "must be a string");
 				} else if (strcmp(k, "mode") == 0) {
-					if (parse_mode(v, &mode) < 0)
+					if (parse_mode(v, false, &mode) < 0)
 						return files_error(err, kp, "must be an octal string like \"0644\"");
 				} else if (strcmp(k, "owner") == 0 || strcmp(k, "group") == 0) {
 					if (!json_is_string(v) || !name_is_valid(json_string_value(v)))
@@ -296,16 +302,17 @@ static int files_plan(const struct recipe_ctx *ctx, struct plan *plan, char **re
 	}
 	json_array_foreach((json_t *)list, i, f) {
 		const json_t *content = json_object_get(f, "content");
+		bool secret = json_is_true(json_object_get(f, "secret"));
 		mode_t mode;
 		struct step *s;
 
-		(void)parse_mode(json_object_get(f, "mode"), &mode);
+		(void)parse_mode(json_object_get(f, "mode"), secret, &mode);
 		s = plan_add_file(plan, json_string_value(json_object_get(f, "path")), json_string_value(content),
 				  json_string_length(content), mode, json_string_value(json_object_get(f, "owner")),
 				  json_string_value(json_object_get(f, "group")), ret_error);
 		if (!s)
 			return -EINVAL;
-		s->secret = json_is_true(json_object_get(f, "secret"));
+		s->secret = secret;
 	}
 	return 0;
 }

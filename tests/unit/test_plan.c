@@ -343,6 +343,150 @@ static void test_file_describe_diff(void **state)
 	free(path);
 }
 
+/* break3 finding 4: a file marked secret without a mode is written 0600,
+ * not 0644 (world-readable); an explicit mode is the operator's; others
+ * keep 0644. An existing secret file with a wider mode is narrowed. */
+static void test_files_recipe_secret_mode(void **state)
+{
+	struct ctx *c = *state;
+	const char *doc = "{\"opsworks\": {\"layers\": {\"web\": {\"instances\": {\"app1\": {}}}}},"
+			  " \"agent\": {\"files\": {\"web\": ["
+			  "{\"path\": \"/etc/app/secret\", \"content\": \"S1\\n\", \"secret\": true},"
+			  "{\"path\": \"/etc/app/shared-secret\", \"content\": \"S2\\n\", \"secret\": true, \"mode\": \"0640\"},"
+			  "{\"path\": \"/etc/app/not-secret\", \"content\": \"P\\n\", \"secret\": false},"
+			  "{\"path\": \"/etc/app/plain\", \"content\": \"P\\n\"},"
+			  "{\"path\": \"/etc/app/old-secret\", \"content\": \"S3\\n\", \"secret\": true}]}}}";
+	static const struct {
+		const char *path;
+		mode_t mode;
+	} want[] = {
+		{ "/etc/app/secret", 0600 },	 { "/etc/app/shared-secret", 0640 }, { "/etc/app/not-secret", 0644 },
+		{ "/etc/app/plain", 0644 },	 { "/etc/app/old-secret", 0600 },
+	};
+	struct stack *s = NULL;
+	struct stack_error serr;
+	struct config cfg;
+	struct recipe_ctx rc = { .config = &cfg, .event = EVENT_CONFIGURE, .layer = "web", .name = "files" };
+	struct plan p;
+	char *err = NULL;
+	json_t *j, *st;
+	size_t k;
+
+	config_defaults(&cfg);
+	mkdir_under(c, "/etc/app");
+	/* Written 0644 by an agentd before this fix, same content. */
+	write_under(c, "/etc/app/old-secret", "S3\n");
+	if (stack_parse(doc, strlen(doc), "app1", &s, &serr) < 0)
+		fail_msg("stack_parse: %s: %s", serr.path, serr.message);
+	rc.stack = s;
+	plan_init(&p, c->root);
+	assert_int_equal(recipe_plan(&rc, &p, &err), 0);
+	assert_int_equal(p.n_steps, ELEMENTSOF(want));
+	/* The plan says so: the old secret file is narrowed, and nobody sees
+	 * a diff of a secret file. */
+	j = plan_describe(&p, NULL, true);
+	json_array_foreach(json_object_get(j, "steps"), k, st) {
+		if (strcmp(json_string_value(json_object_get(st, "target")), "/etc/app/old-secret") == 0)
+			assert_string_equal(json_string_value(json_object_get(st, "action")), "chmod");
+		else
+			assert_string_equal(json_string_value(json_object_get(st, "action")), "create");
+	}
+	json_decref(j);
+	run_plan(c, &p);
+	assert_false(c->failed);
+	for (k = 0; k < ELEMENTSOF(want); k++) {
+		char *path = P(c, want[k].path);
+		struct stat sb;
+
+		assert_int_equal(stat(path, &sb), 0);
+		if ((sb.st_mode & 07777) != want[k].mode)
+			fail_msg("%s is %04o, want %04o", want[k].path, sb.st_mode & 07777, want[k].mode);
+		free(path);
+	}
+	plan_free(&p);
+	stack_unref(s);
+	config_free(&cfg);
+}
+
+/* What one diff and all the diffs of a plan may cost (break3 finding 5): a
+ * file too large for a diff on disk is not read, and shows the summary; a new
+ * one too large likewise; past PLAN_DIFFS_MAX (4 MiB) of diffs in one plan,
+ * the others are notes. */
+static void test_describe_large_files(void **state)
+{
+	struct ctx *c = *state;
+	struct buf big;
+	char *err = NULL, *path = P(c, "/etc/big-old"), *want;
+	struct plan p;
+	json_t *j, *steps;
+	size_t n = 8386560, total = 0, k;
+	char *nl = xmalloc(n);
+	const char *d;
+
+	/* 3 MiB on disk in 30000 lines (the old caps, 4 MiB and 50000 lines,
+	 * made a 3 MiB diff of it), replaced by one line. */
+	buf_init(&big);
+	for (int i = 0; i < 30000; i++)
+		buf_printf(&big, "%0104d\n", i);
+	mkdir_under(c, "/etc");
+	assert_int_equal(file_write_atomic(path, big.data, big.len, 0644, (uid_t)-1, (gid_t)-1), 0);
+	memset(nl, '\n', n);
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_file(&p, "/etc/big-old", "small\n", 6, 0644, NULL, NULL, &err));
+	assert_non_null(plan_add_file(&p, "/etc/big-new", nl, n, 0644, NULL, NULL, &err));
+	assert_int_equal(plan_content_bytes(&p), 6 + n);
+	j = plan_describe(&p, NULL, false);
+	steps = json_object_get(j, "steps");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "action")), "update");
+	want = diff_summary("/etc/big-old", big.len, 6);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "diff")), want);
+	free(want);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 1), "action")), "create");
+	want = diff_summary("/etc/big-new", 0, n);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 1), "diff")), want);
+	free(want);
+	json_decref(j);
+	plan_free(&p);
+	free(nl);
+	free(path);
+
+	/* Six new files of 0.9 MiB (under the caps): four diffs fit in 4 MiB,
+	 * the others are notes. */
+	buf_reset(&big);
+	for (int i = 0; i < 9000; i++)
+		buf_printf(&big, "%0104d\n", i);
+	plan_init(&p, c->root);
+	for (int i = 0; i < 6; i++) {
+		char name[32];
+
+		snprintf(name, sizeof(name), "/etc/f%d", i);
+		assert_non_null(plan_add_file(&p, name, big.data, big.len, 0644, NULL, NULL, &err));
+	}
+	j = plan_describe(&p, NULL, false);
+	steps = json_object_get(j, "steps");
+	assert_int_equal(json_array_size(steps), 6);
+	for (k = 0; k < 6; k++) {
+		d = json_string_value(json_object_get(json_array_get(steps, k), "diff"));
+		assert_non_null(d);
+		total += strlen(d);
+		if (k < 4)
+			assert_non_null(strstr(d, "@@ -0,0 +1,9000 @@\n"));
+		else
+			assert_string_equal(d, "(diff not shown: the diffs of this plan would pass 4 MiB)");
+	}
+	assert_true(total <= (4u << 20));
+	json_decref(j);
+	/* A hidden diff costs only its note: all six fit when redacted. */
+	for (k = 0; k < 6; k++)
+		p.steps[k]->secret = true;
+	j = plan_describe(&p, NULL, true);
+	json_array_foreach(json_object_get(j, "steps"), k, steps)
+		assert_string_equal(json_string_value(json_object_get(steps, "diff")), "(diff hidden: contains secrets)");
+	json_decref(j);
+	plan_free(&p);
+	buf_free(&big);
+}
+
 /* Unprivileged callers (redact) never see content of files they could not
  * read: the file on disk or the step's mode not world-readable. */
 static void test_describe_redacts_private(void **state)
@@ -1769,6 +1913,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_file_create_and_converge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_describe_diff, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_describe_redacts_private, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_describe_large_files, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_files_recipe_secret_mode, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_over_symlink, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_owner, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dir, setup, teardown),
