@@ -64,6 +64,7 @@
 #include "event.h"
 #include "log.h"
 #include "proto.h"
+#include "stack.h"
 #include "util.h"
 
 #define CONTROL_ACCEPT_PAUSE_MS 1000 /* accepting resumes this long after EMFILE */
@@ -76,14 +77,24 @@
 #define CONTROL_STACK_CACHE_MS 10000 /* a serialised stack nobody reads is dropped after this long */
 #define CONTROL_TRIM_BYTES (1024 * 1024) /* freeing this much at once is worth a malloc_trim() */
 #define CONTROL_MAX_HELD_LINE (1024 * 1024) /* an output line held for redaction; longer ones are hidden */
-#define CONTROL_MAX_NEEDLES 64   /* lines of secret files looked for in free text */
-#define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not worth hiding */
-#define CONTROL_MAX_NEEDLE 4096
+#define CONTROL_MAX_NEEDLES 4096 /* lines of secret files looked for in free text */
+#define CONTROL_MAX_NEEDLE_BYTES (4 * 1024 * 1024) /* their bytes; past either, output is hidden */
+#define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not hidden: see needle_add() */
+#define CONTROL_MAX_REVS 32      /* stack revisions whose needles are kept */
 
 enum client_stream {
 	STREAM_NONE,
 	STREAM_LOG, /* log with follow: output of one run, then its status */
 	STREAM_RUN, /* run with wait: every event of one run, then its run-info */
+};
+
+/* One stack revision's needles: the lines of its secret files. */
+struct needle_rev {
+	char rev[17];
+	bool unknown; /* its saved stack could not be read: its runs' output is hidden */
+	char **needles;
+	size_t n;
+	size_t bytes;
 };
 
 struct control;
@@ -173,15 +184,21 @@ struct control {
 	struct buf held;
 	bool held_overflow; /* the line passed CONTROL_MAX_HELD_LINE: hidden until its newline */
 
-	/* Lines of the secret files of stack revision needles_rev (the first
-	 * CONTROL_MAX_NEEDLES): free text shown to unprivileged callers has
-	 * them replaced by "***" too, e.g. a recipe that prints the file. */
-	char **needles;
-	size_t n_needles;
+	/* Lines of the secret files of every stack revision a run in history
+	 * may have used (see needles_update): free text shown to unprivileged
+	 * callers has them replaced by "***" too, e.g. a recipe that prints the
+	 * file. needles_rev is the current revision when they were updated. */
+	struct needle_rev *needle_revs; /* CONTROL_MAX_REVS */
+	size_t n_needle_revs;
+	size_t needle_count, needle_bytes;
+	bool needles_overflow; /* past the caps: run output is hidden (fail closed) */
+	bool needles_synced;
+	long marker_run; /* the run whose followers got control_hidden_marker */
 	char needles_rev[32];
 	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
 };
 
+static void needle_rev_free(struct needle_rev *nr);
 static void client_close(struct client *c);
 static void client_process(struct client *c);
 static void client_arm_timer(struct client *c);
@@ -196,9 +213,9 @@ static void control_maybe_free(struct control *ctl)
 	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
 		free(ctl->stack_cache[i]);
 	buf_free(&ctl->held);
-	for (size_t i = 0; i < ctl->n_needles; i++)
-		free(ctl->needles[i]);
-	free(ctl->needles);
+	for (size_t i = 0; i < ctl->n_needle_revs; i++)
+		needle_rev_free(&ctl->needle_revs[i]);
+	free(ctl->needle_revs);
 	free(ctl->socket_path);
 	free(ctl->admin_name);
 	free(ctl);
@@ -711,12 +728,32 @@ static void client_stream_end(struct client *c)
 	client_arm_timer(c);
 }
 
+static void needle_rev_free(struct needle_rev *nr)
+{
+	for (size_t i = 0; i < nr->n; i++)
+		free(nr->needles[i]);
+	free(nr->needles);
+	memset(nr, 0, sizeof(*nr));
+}
+
+struct needle_fill {
+	struct control *ctl;
+	struct needle_rev *nr;
+};
+
+/* Lines of a secret string, trimmed, as needles. Lines shorter than
+ * CONTROL_MIN_NEEDLE are not hidden ("}", "", a 3-byte word would blank out
+ * ordinary text everywhere); there is no upper bound per line (a long
+ * one-line token is searched as a substring), only the totals, past which
+ * needles_overflow makes run output hidden entirely (fail closed). */
 static void needle_add(const char *s, size_t len, void *userdata)
 {
-	struct control *ctl = userdata;
+	struct needle_fill *f = userdata;
+	struct control *ctl = f->ctl;
+	struct needle_rev *nr = f->nr;
 	const char *end = s + len;
 
-	while (s < end && ctl->n_needles < CONTROL_MAX_NEEDLES) {
+	while (s < end) {
 		const char *nl = memchr(s, '\n', (size_t)(end - s));
 		const char *a = s, *b = nl ? nl : end;
 
@@ -725,56 +762,193 @@ static void needle_add(const char *s, size_t len, void *userdata)
 			a++;
 		while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r'))
 			b--;
-		if (b - a < CONTROL_MIN_NEEDLE || b - a > CONTROL_MAX_NEEDLE || memchr(a, '\0', (size_t)(b - a)))
+		if (b - a < CONTROL_MIN_NEEDLE)
 			continue;
-		ctl->needles = xrealloc(ctl->needles, sizeof(char *) * (ctl->n_needles + 1));
-		ctl->needles[ctl->n_needles++] = xstrndup(a, (size_t)(b - a));
+		if (memchr(a, '\0', (size_t)(b - a)))
+			b = memchr(a, '\0', (size_t)(b - a)); /* text stops there too */
+		if (b - a < CONTROL_MIN_NEEDLE)
+			continue;
+		if (ctl->needle_count >= CONTROL_MAX_NEEDLES ||
+		    ctl->needle_bytes + (size_t)(b - a) > CONTROL_MAX_NEEDLE_BYTES) {
+			ctl->needles_overflow = true;
+			return;
+		}
+		nr->needles = xrealloc(nr->needles, sizeof(char *) * (nr->n + 1));
+		nr->needles[nr->n++] = xstrndup(a, (size_t)(b - a));
+		nr->bytes += (size_t)(b - a);
+		ctl->needle_count++;
+		ctl->needle_bytes += (size_t)(b - a);
 	}
 }
 
-/* The needles of the current stack, found again when its revision changes. */
+static struct needle_rev *needle_rev_find(struct control *ctl, const char *rev)
+{
+	for (size_t i = 0; i < ctl->n_needle_revs; i++)
+		if (strcmp(ctl->needle_revs[i].rev, rev) == 0)
+			return &ctl->needle_revs[i];
+	return NULL;
+}
+
+/* Whether a run in history, the current stack or the applied one names rev. */
+static bool needle_rev_named(const json_t *runs, const char *cur, const char *applied, const char *rev)
+{
+	size_t i;
+	json_t *r;
+
+	if ((cur && strcmp(cur, rev) == 0) || (applied && strcmp(applied, rev) == 0))
+		return true;
+	json_array_foreach(json_object_get(runs, "runs"), i, r)
+		if (json_is_string(json_object_get(r, "stack_revision")) &&
+		    strcmp(json_string_value(json_object_get(r, "stack_revision")), rev) == 0)
+			return true;
+	return false;
+}
+
+/* Adds rev's needles, from doc (the stack, secrets included) or else from
+ * its saved copy in state_dir; a revision neither gives is kept as unknown.
+ * Makes room by dropping revisions nothing names any more; with none to
+ * drop, needles_overflow (fail closed). */
+static void needle_rev_add(struct control *ctl, const char *rev, json_t *doc, const json_t *runs, const char *cur,
+			   const char *applied)
+{
+	_cleanup_free_ char *path = NULL, *data = NULL;
+	struct needle_rev *nr;
+	struct needle_fill f;
+	json_t *loaded = NULL;
+	size_t len;
+
+	if (!rev || strlen(rev) != 16 || needle_rev_find(ctl, rev))
+		return;
+	if (ctl->n_needle_revs >= CONTROL_MAX_REVS) {
+		size_t w = 0;
+
+		for (size_t i = 0; i < ctl->n_needle_revs; i++) {
+			if (needle_rev_named(runs, cur, applied, ctl->needle_revs[i].rev)) {
+				ctl->needle_revs[w++] = ctl->needle_revs[i];
+				continue;
+			}
+			ctl->needle_count -= ctl->needle_revs[i].n;
+			ctl->needle_bytes -= ctl->needle_revs[i].bytes;
+			needle_rev_free(&ctl->needle_revs[i]);
+		}
+		for (size_t i = w; i < ctl->n_needle_revs; i++)
+			memset(&ctl->needle_revs[i], 0, sizeof(ctl->needle_revs[i]));
+		ctl->n_needle_revs = w;
+		if (w >= CONTROL_MAX_REVS) {
+			ctl->needles_overflow = true;
+			return;
+		}
+	}
+	nr = &ctl->needle_revs[ctl->n_needle_revs++];
+	memcpy(nr->rev, rev, 17);
+	if (!doc && ctl->config && ctl->config->state_dir) {
+		path = xasprintf("%s/stacks/%s.json", ctl->config->state_dir, rev);
+		if (file_read_regular(AT_FDCWD, path, 0, STACK_MAX_BYTES, &data, &len) == 0)
+			doc = loaded = json_loadb(data, len, 0, NULL);
+	}
+	if (!doc) {
+		nr->unknown = true;
+		return;
+	}
+	f = (struct needle_fill){ .ctl = ctl, .nr = nr };
+	proto_secret_strings(doc, needle_add, &f);
+	json_decref(loaded);
+}
+
+/* Keeps the needles of every revision whose runs may show up: the current
+ * stack's, and those of the runs in history (the applied stack's too), read
+ * from state_dir when they were not seen while current. Called when the
+ * current revision changes, and for the first time: a revision current
+ * since then is already kept, so later runs need no reading. */
 static void needles_update(struct control *ctl)
 {
 	const char *rev = engine_stack_revision(ctl->engine);
-	json_t *doc;
+	json_t *doc, *runs, *st, *r;
+	const char *applied;
+	size_t i;
 
 	if (!rev)
 		rev = "";
-	if (strcmp(rev, ctl->needles_rev) == 0 && ctl->needles_rev[0])
+	if (ctl->needles_synced && strcmp(rev, ctl->needles_rev) == 0)
 		return;
-	for (size_t i = 0; i < ctl->n_needles; i++)
-		free(ctl->needles[i]);
-	free(ctl->needles);
-	ctl->needles = NULL;
-	ctl->n_needles = 0;
-	snprintf(ctl->needles_rev, sizeof(ctl->needles_rev), "%s", rev[0] ? rev : "-");
-	doc = engine_stack_json(ctl->engine, true);
-	proto_secret_strings(doc, needle_add, ctl);
-	json_decref(doc);
+	runs = engine_runs(ctl->engine, 0);
+	st = engine_status(ctl->engine);
+	applied = json_string_value(json_object_get(st, "applied_revision"));
+	if (rev[0]) {
+		doc = engine_stack_json(ctl->engine, true);
+		needle_rev_add(ctl, rev, doc, runs, rev, applied);
+		json_decref(doc);
+	}
+	if (!ctl->needles_synced) {
+		needle_rev_add(ctl, applied, NULL, runs, rev, applied);
+		json_array_foreach(json_object_get(runs, "runs"), i, r)
+			needle_rev_add(ctl, json_string_value(json_object_get(r, "stack_revision")), NULL, runs, rev,
+				       applied);
+	}
+	json_decref(runs);
+	json_decref(st);
+	snprintf(ctl->needles_rev, sizeof(ctl->needles_rev), "%s", rev);
+	ctl->needles_synced = true;
 }
 
-/* Text for an unprivileged caller: lines of secret files, then the values
- * of secret-looking assignments, become "***". Returns a malloc'd string. */
+/* Whether the output of a run of stack revision rev (NULL: unknown) cannot
+ * be redacted with certainty for unprivileged callers: too many secrets to
+ * track, or a revision whose secrets we never saw. */
+static bool needles_unsure(struct control *ctl, const char *rev)
+{
+	struct needle_rev *nr;
+
+	needles_update(ctl);
+	if (ctl->needles_overflow)
+		return true;
+	if (!rev)
+		return false; /* a run that never started has no output */
+	nr = needle_rev_find(ctl, rev);
+	return !nr || nr->unknown;
+}
+
+static const char control_hidden_marker[] =
+	"[agentd: output hidden: the contents of secret files cannot all be tracked]\n";
+
+static char *replace_all(const char *text, const char *needle)
+{
+	size_t n = strlen(needle);
+	const char *p, *hit;
+	struct buf b;
+
+	buf_init(&b);
+	for (p = text; (hit = strstr(p, needle)); p = hit + n) {
+		buf_append(&b, p, (size_t)(hit - p));
+		buf_puts(&b, "***");
+	}
+	buf_puts(&b, p);
+	return buf_steal(&b);
+}
+
+/* Text for an unprivileged caller: lines of secret files (of every stack
+ * revision kept, see needles_update), then the values of secret-looking
+ * assignments, become "***"; when the secrets cannot all be tracked, the
+ * whole text is replaced by a marker. Returns a malloc'd string. */
 static char *control_redact_text(struct control *ctl, const char *text)
 {
 	_cleanup_free_ char *scrubbed = NULL;
 
 	needles_update(ctl);
-	for (size_t i = 0; i < ctl->n_needles; i++) {
-		const char *cur = scrubbed ? scrubbed : text, *p, *hit;
-		size_t n = strlen(ctl->needles[i]);
-		struct buf b;
+	if (ctl->needles_overflow)
+		return xstrdup(control_hidden_marker);
+	for (size_t r = 0; r < ctl->n_needle_revs; r++) {
+		const struct needle_rev *nr = &ctl->needle_revs[r];
 
-		if (!strstr(cur, ctl->needles[i]))
-			continue;
-		buf_init(&b);
-		for (p = cur; (hit = strstr(p, ctl->needles[i])); p = hit + n) {
-			buf_append(&b, p, (size_t)(hit - p));
-			buf_puts(&b, "***");
+		for (size_t i = 0; i < nr->n; i++) {
+			const char *cur = scrubbed ? scrubbed : text;
+			char *next;
+
+			if (!strstr(cur, nr->needles[i]))
+				continue;
+			next = replace_all(cur, nr->needles[i]);
+			free(scrubbed);
+			scrubbed = next;
 		}
-		buf_puts(&b, p);
-		free(scrubbed);
-		scrubbed = buf_steal(&b);
 	}
 	return proto_redact_text(scrubbed ? scrubbed : text);
 }
@@ -843,6 +1017,14 @@ static void held_send(struct control *ctl, long run, const char *data, size_t le
 		any = client_follows_redacted(c, run);
 	if (!any || len == 0)
 		return;
+	if (redact && needles_unsure(ctl, NULL)) {
+		if (ctl->marker_run == run)
+			return;
+		ctl->marker_run = run;
+		data = control_hidden_marker;
+		len = strlen(control_hidden_marker);
+		redact = false;
+	}
 	text = proto_string_lossy(data, len);
 	if (redact) {
 		_cleanup_free_ char *red = control_redact_text(ctl, json_string_value(text));
@@ -1269,7 +1451,7 @@ static json_t *ctl_log(struct client *c, json_t *params)
 	json_t *err = params_only(params, allowed);
 	_cleanup_free_ char *path = NULL, *data = NULL;
 	json_t *text, *info, *status, *result;
-	bool follow, truncated = false;
+	bool follow, truncated = false, hidden;
 	size_t len = 0;
 	long id;
 	int r;
@@ -1293,8 +1475,16 @@ static json_t *ctl_log(struct client *c, json_t *params)
 		char *nl = data ? memrchr(data, '\n', len) : NULL;
 		len = nl ? (size_t)(nl - data) + 1 : 0;
 	}
-	text = proto_string_lossy(data ? data : "", len);
-	if (!client_privileged(c)) {
+	hidden = !client_privileged(c) && len > 0 &&
+		 needles_unsure(c->ctl, json_string_value(json_object_get(info, "stack_revision")));
+	if (hidden) {
+		/* Its secrets cannot all be found in it: none of it is shown. */
+		text = json_string(control_hidden_marker);
+		if (engine_run_is_active(e, id))
+			c->ctl->marker_run = id;
+	} else
+		text = proto_string_lossy(data ? data : "", len);
+	if (!client_privileged(c) && !hidden) {
 		_cleanup_free_ char *red = control_redact_text(c->ctl, json_string_value(text));
 		json_decref(text);
 		text = json_string(red);
@@ -1878,6 +2068,7 @@ int control_new(uv_loop_t *loop, const struct config *config, struct engine *eng
 	}
 
 	ctl = xcalloc(1, sizeof(*ctl));
+	ctl->needle_revs = xcalloc(CONTROL_MAX_REVS, sizeof(*ctl->needle_revs));
 	ctl->loop = loop;
 	ctl->config = config;
 	ctl->engine = engine;
