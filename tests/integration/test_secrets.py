@@ -389,3 +389,97 @@ while not os.path.exists(os.path.join(d, "go1")):
     finally:
         touch(d, "go1")
     a.wait_idle()
+
+
+def rotating_stack(root, content, extra=None):
+    stack = simple_stack(recipes={"touch": {"command": ["/bin/true"]},
+                                  "show": {"command": ["/bin/cat", root + "/etc/app.secret"]}})
+    stack["agent"]["layers"]["web"]["configure"] = ["files", "show"]
+    stack["agent"]["files"] = {"web": [{"path": "/etc/app.secret", "content": content, "mode": "0600",
+                                        "secret": True}] + (extra or [])}
+    return stack
+
+
+def test_rotated_secret_stays_hidden_in_old_run_logs(make_agent):
+    """break3 finding 1: the old content of a secret file, printed by a run of
+    the old stack, stays hidden after the stack changes, and after a restart
+    (where the old stack's secrets are no longer known, the old run's output
+    is hidden whole rather than shown)."""
+    a = make_agent()
+    a.write_stack(rotating_stack(a.root, "OLD-SECRET-1111\n"))
+    a.start()
+    a.wait_idle()
+    old = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    assert "OLD-SECRET-1111" in a.ctl("log", old).stdout
+    assert "OLD-SECRET-1111" not in as_nobody(a, "log", old).stdout
+    rev = a.status()["source"]["stack_revision"]
+    a.write_stack(rotating_stack(a.root, "NEW-SECRET-2222\n"))
+    a.ctl("reload", check=0)
+    wait_for(lambda: a.status()["source"]["stack_revision"] != rev, what="the new stack")
+    a.wait_idle()
+    new = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    assert new != old
+    for run in (old, new, "last"):
+        p = as_nobody(a, "log", run)
+        assert p.returncode == 0, p.stderr
+        assert "OLD-SECRET-1111" not in p.stdout and "NEW-SECRET-2222" not in p.stdout, (run, p.stdout)
+        for args in (["show", run], ["--json", "show", run]):
+            p = as_nobody(a, *args)
+            assert "SECRET-1111" not in p.stdout and "SECRET-2222" not in p.stdout
+    # Root still sees everything.
+    assert "OLD-SECRET-1111" in a.ctl("log", old).stdout
+    # After a restart the old stack's saved copy may be gone: fail closed.
+    a.stop()
+    a.start()
+    for run in (old, new):
+        p = as_nobody(a, "log", run)
+        assert p.returncode == 0, p.stderr
+        assert "OLD-SECRET-1111" not in p.stdout and "NEW-SECRET-2222" not in p.stdout, (run, p.stdout)
+    assert "OLD-SECRET-1111" in a.ctl("log", old).stdout
+
+
+def test_many_and_long_secret_lines_and_numbers_are_hidden(make_agent):
+    """break3 finding 2: a long secret file listed first does not use up the
+    needles of a later one; a one-line token over 4 KiB and a number in a
+    secret object are hidden too."""
+    a = make_agent()
+    big = "".join("cert-line-%03d-abcdefgh\n" % i for i in range(300))
+    token = "TOK" + "x" * 6000 + "-END-OF-TOKEN"
+    stack = rotating_stack(a.root, "FIRST-SECRET-3333\n", extra=[
+        {"path": "/etc/chain.pem", "content": big, "mode": "0600", "secret": True},
+        {"path": "/etc/db.pass", "content": "DBPASS-FILE-LEAK8\n", "mode": "0600", "secret": True},
+        {"path": "/etc/tok", "content": token + "\n", "mode": "0600", "secret": True},
+    ])
+    stack["pin_holder"] = {"secret": True, "pin": 98765432}
+    script = os.path.join(a.tmp, "show.py")
+    with open(script, "w") as f:
+        f.write("import sys\nfor p in sys.argv[1:]:\n    print(open(p).read())\nprint('pin is 98765432')\n")
+    stack["agent"]["recipes"]["show"] = {"command": ["/usr/bin/python3", script] +
+                                         [a.root + p for p in ("/etc/chain.pem", "/etc/db.pass", "/etc/tok")]}
+    a.write_stack(stack)
+    a.start()
+    a.wait_idle()
+    conf = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    full = a.ctl("log", conf).stdout
+    assert "DBPASS-FILE-LEAK8" in full and "-END-OF-TOKEN" in full and "98765432" in full
+    p = as_nobody(a, "log", conf)
+    assert p.returncode == 0, p.stderr
+    for leak in ("DBPASS-FILE-LEAK8", "-END-OF-TOKEN", "98765432", "cert-line-299"):
+        assert leak not in p.stdout, (leak, p.stdout[-2000:])
+
+
+def test_too_many_secret_lines_hide_run_output_whole(make_agent):
+    """Past the needle caps, redaction fails closed: nobody gets one marker
+    line instead of the run's output; root still sees it all."""
+    a = make_agent()
+    lines = "".join("line-%05d-of-a-huge-secret\n" % i for i in range(5000))
+    stack = rotating_stack(a.root, lines + "LAST-SECRET-4444\n")
+    a.write_stack(stack)
+    a.start()
+    a.wait_idle()
+    conf = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    assert "LAST-SECRET-4444" in a.ctl("log", conf).stdout
+    p = as_nobody(a, "log", conf)
+    assert p.returncode == 0, p.stderr
+    assert "LAST-SECRET-4444" not in p.stdout and "line-04999" not in p.stdout
+    assert "output hidden" in p.stdout
