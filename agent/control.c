@@ -54,6 +54,8 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -129,6 +131,15 @@ struct client {
 	struct shared_out *big; /* reference; the reply being written, from big_off */
 	size_t big_off;
 	bool big_inflight; /* a slice of a shared reply is queued */
+
+	/* After EOF or while finishing, progress is what the peer read:
+	 * bytes our writes handed to the kernel (sent) minus those still
+	 * unread in the socket (SIOCOUTQ), not a write landing in the socket
+	 * buffer, which needs no reader at all. */
+	uint64_t sent;
+	uint64_t peer_read;   /* sent - unread at the last check */
+	uint64_t progress_at; /* uv_now() when peer_read last grew */
+	bool draining;        /* the timer is the periodic check of peer_read */
 
 	bool reading;
 	bool eof;
@@ -316,6 +327,7 @@ static void client_finish(struct client *c)
 struct write_req {
 	uv_write_t req;
 	struct client *client;
+	size_t len;
 	char *line;                /* owned, or NULL for a slice of: */
 	struct shared_out *shared; /* a reference */
 };
@@ -340,6 +352,8 @@ static void on_write(uv_write_t *req, int status)
 	struct write_req *w = (struct write_req *)req;
 	struct client *c = w->client;
 
+	if (status == 0)
+		c->sent += w->len;
 	free(w->line);
 	if (w->shared) {
 		shared_out_unref(c->ctl, w->shared);
@@ -432,6 +446,7 @@ static void client_send(struct client *c, const json_t *msg)
 	}
 	w = xcalloc(1, sizeof(*w));
 	w->client = c;
+	w->len = len;
 	w->line = line;
 	b = uv_buf_init(line, (unsigned)len);
 	r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
@@ -468,6 +483,7 @@ static void client_pump(struct client *c)
 		return;
 	w = xcalloc(1, sizeof(*w));
 	w->client = c;
+	w->len = n;
 	w->shared = shared_out_ref(c->big);
 	b = uv_buf_init(c->big->data + c->big_off, (unsigned)n);
 	r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
@@ -1726,6 +1742,20 @@ static bool client_peer_gone(struct client *c)
 	return (p.revents & (POLLHUP | POLLERR)) != 0;
 }
 
+/* Bytes of our replies the peer has read: for an AF_UNIX stream socket,
+ * SIOCOUTQ is what the peer has not read yet. When it cannot be told, the
+ * last figure (no progress). */
+static uint64_t client_peer_read(struct client *c)
+{
+	uv_os_fd_t fd;
+	int unread = 0;
+
+	if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 || ioctl(fd, SIOCOUTQ, &unread) < 0 || unread < 0 ||
+	    (uint64_t)unread > c->sent)
+		return c->peer_read;
+	return c->sent - (uint64_t)unread;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
 	struct client *c = s->data;
@@ -1815,6 +1845,15 @@ static void on_client_timer(uv_timer_t *t)
 		return;
 	}
 	if (c->finishing || c->eof) {
+		uint64_t now = uv_now(c->ctl->loop), rd = client_peer_read(c);
+
+		if (rd != c->peer_read) {
+			c->peer_read = rd;
+			c->progress_at = now;
+			return;
+		}
+		if (now - c->progress_at < PROTO_FINISH_TIMEOUT_MS)
+			return;
 		log_debug("control: closing client pid %d uid %u: %s", (int)c->pid, (unsigned)c->uid,
 			  c->stream != STREAM_NONE ? "it shut down its side and its stream made no progress"
 						   : "its replies are not being read");
@@ -1833,11 +1872,13 @@ static void on_client_timer(uv_timer_t *t)
 }
 
 /* One timer per client, for whichever applies:
- * - finishing: PROTO_FINISH_TIMEOUT_MS from the last progress of replies;
  * - deferred: at once;
- * - after EOF (a half-close) with a stream or a shared reply still going:
- *   PROTO_FINISH_TIMEOUT_MS from the last progress too, so that a follower
- *   that half-closed does not keep its slot through a quiet run;
+ * - finishing, or after EOF (a half-close) with a stream or a shared reply
+ *   still going: a check every CONTROL_PEER_CHECK_MS, closing once the peer
+ *   has read nothing for PROTO_FINISH_TIMEOUT_MS (see client_peer_read:
+ *   our writes completing into the socket buffer are not progress), so
+ *   that a follower that half-closed does not keep its slot through a
+ *   quiet run, nor through a chatty one it does not read;
  * - stream: none while we read (EOF or an error tells us the client went
  *   away, and a client that stops reading the stream's output meets the
  *   output cap); once we stopped reading (half-close, or back-pressure), a
@@ -1848,13 +1889,22 @@ static void client_arm_timer(struct client *c)
 {
 	if (c->closing)
 		return;
-	if (c->finishing)
-		uv_timer_start(&c->timer, on_client_timer, PROTO_FINISH_TIMEOUT_MS, 0);
-	else if (c->deferred)
+	if (c->deferred) {
+		c->draining = false;
 		uv_timer_start(&c->timer, on_client_timer, 0, 0);
-	else if (c->eof)
-		uv_timer_start(&c->timer, on_client_timer, PROTO_FINISH_TIMEOUT_MS, 0);
-	else if (c->stream != STREAM_NONE && c->reading)
+		return;
+	}
+	if (c->finishing || c->eof) {
+		if (!c->draining) {
+			c->draining = true;
+			c->peer_read = client_peer_read(c);
+			c->progress_at = uv_now(c->ctl->loop);
+			uv_timer_start(&c->timer, on_client_timer, CONTROL_PEER_CHECK_MS, CONTROL_PEER_CHECK_MS);
+		}
+		return;
+	}
+	c->draining = false;
+	if (c->stream != STREAM_NONE && c->reading)
 		uv_timer_stop(&c->timer); /* a stream may be quiet for a long time */
 	else if (c->stream != STREAM_NONE)
 		uv_timer_start(&c->timer, on_client_timer, CONTROL_PEER_CHECK_MS, CONTROL_PEER_CHECK_MS);

@@ -562,3 +562,77 @@ def test_run_ids_beyond_any_run_are_not_found(agent):
         for method in ("run-info", "log"):
             r = request(agent, {"method": method, "params": {"id": rid}})
             assert r["ok"] is False and r["error"]["code"] == "not-found", (method, rid, r)
+
+
+CHATTY = r"""
+import os, sys, time
+d = sys.argv[1]
+if os.environ.get("AGENT_EVENT") != "configure" or not os.path.exists(os.path.join(d, "armed")):
+    sys.exit(0)
+os.unlink(os.path.join(d, "armed"))
+i = 0
+while not os.path.exists(os.path.join(d, "stop")):
+    print("tick %d" % i, flush=True)
+    i += 1
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_half_closed_follower_of_a_chatty_run_that_does_not_read_is_closed(make_agent):
+    """break3 finding 7: a follower that half-closes and never reads is
+    closed although the run keeps writing (a line every 0.5 s) and each line
+    fits in the socket buffer; one that half-closes and reads stays to the
+    end of the run."""
+    a = make_agent()
+    d = os.path.join(a.tmp, "signals")
+    os.makedirs(d)
+    path = os.path.join(a.tmp, "chatty.py")
+    with open(path, "w") as f:
+        f.write(CHATTY)
+    a.write_stack(simple_stack(recipes={"touch": {"command": ["/usr/bin/python3", path, d, "0.5"]}}))
+    a.start()
+    a.wait_idle()
+    open(os.path.join(d, "armed"), "w").close()
+    run_id = a.ctl_json("run", "configure", "--layer", "web")["id"]
+    wait_for(lambda: "tick 0" in a.ctl("log", run_id).stdout, what="the run to print")
+    silent = connect(a)
+    reader = connect(a)
+    try:
+        for s in (silent, reader):
+            s.sendall(json.dumps({"method": "log", "params": {"id": run_id, "follow": True}}).encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+        reader.setblocking(False)
+        got = b""
+        hup = select.poll()
+        hup.register(silent, select.POLLRDHUP | select.POLLHUP)
+        deadline = time.monotonic() + 60
+        silent_closed = False
+        # The reader keeps reading; the silent one must be closed while the
+        # run still goes on (before, it was kept as long as the run wrote).
+        while time.monotonic() < deadline and not silent_closed:
+            for _fd, ev in hup.poll(200):
+                if ev & (select.POLLRDHUP | select.POLLHUP):
+                    silent_closed = True
+            try:
+                chunk = reader.recv(65536)
+                assert chunk, "the reading follower was closed: %r" % got[-300:]
+                got += chunk
+            except BlockingIOError:
+                pass
+        assert silent_closed, "the silent half-closed follower was not closed"
+        assert a.ctl_json("show", run_id)["status"] == "running"
+        # The reader got the run's lines past the silent one's end and gets
+        # its end too.
+        open(os.path.join(d, "stop"), "w").close()
+        reader.setblocking(True)
+        reader.settimeout(30)
+        while b'"ok":' not in got:
+            chunk = reader.recv(65536)
+            assert chunk, "the reading follower was closed before the end: %r" % got[-300:]
+            got += chunk
+        assert b'"ok":true' in got and b"tick" in got
+    finally:
+        open(os.path.join(d, "stop"), "w").close()
+        silent.close()
+        reader.close()
+    a.wait_idle()
