@@ -83,6 +83,7 @@
 #define CONTROL_MAX_NEEDLE_BYTES (4 * 1024 * 1024) /* their bytes; past either, output is hidden */
 #define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not hidden: see needle_add() */
 #define CONTROL_MAX_REVS 32      /* stack revisions whose needles are kept */
+#define CONTROL_LOG_CACHE 4      /* encoded log replies of finished runs kept */
 
 enum client_stream {
 	STREAM_NONE,
@@ -130,6 +131,7 @@ struct client {
 	long stream_run;
 	struct shared_out *big; /* reference; the reply being written, from big_off */
 	size_t big_off;
+	bool big_is_log; /* big is a log reply: see ctl_log()'s per-uid limit */
 	bool big_inflight; /* a slice of a shared reply is queued */
 
 	/* After EOF or while finishing, progress is what the peer read:
@@ -183,6 +185,18 @@ struct control {
 	bool trim_due;       /* a large block was freed: return memory to the kernel */
 	uv_timer_t housekeeping;
 
+	/* log replies of finished runs, encoded once per privilege level and
+	 * shared like the stack's: a burst of requests for a 2 MiB log costs
+	 * one redaction and one encoding, not one per request. gen is
+	 * needles_gen when built: new needles make them stale. */
+	struct log_cache_entry {
+		long run;
+		bool privileged;
+		unsigned gen;
+		uint64_t used;
+		struct shared_out *so;
+	} log_cache[CONTROL_LOG_CACHE];
+
 	/* Run output shown to unprivileged followers is redacted per line:
 	 * held is the incomplete last line of held_run's output (unredacted),
 	 * sent once its newline comes or its step ends. Shared by every
@@ -204,6 +218,7 @@ struct control {
 	size_t needle_count, needle_bytes;
 	bool needles_overflow; /* past the caps: run output is hidden (fail closed) */
 	bool needles_synced;
+	unsigned needles_gen; /* bumped when the needles change */
 	long marker_run; /* the run whose followers got control_hidden_marker */
 	char needles_rev[32];
 	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
@@ -223,6 +238,8 @@ static void control_maybe_free(struct control *ctl)
 		return;
 	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
 		free(ctl->stack_cache[i]);
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++)
+		free(ctl->log_cache[i].so);
 	buf_free(&ctl->held);
 	for (size_t i = 0; i < ctl->n_needle_revs; i++)
 		needle_rev_free(&ctl->needle_revs[i]);
@@ -516,6 +533,7 @@ static void client_send_shared(struct client *c, struct shared_out *so)
 	}
 	c->big = shared_out_ref(so);
 	c->big_off = 0;
+	c->big_is_log = false;
 	client_pump(c);
 }
 
@@ -855,6 +873,7 @@ static void needle_rev_add(struct control *ctl, const char *rev, json_t *doc, co
 			return;
 		}
 	}
+	ctl->needles_gen++;
 	nr = &ctl->needle_revs[ctl->n_needle_revs++];
 	memcpy(nr->rev, rev, 17);
 	if (!doc && ctl->config && ctl->config->state_dir) {
@@ -1362,6 +1381,14 @@ static void on_housekeeping(uv_timer_t *t)
 		if (!busy || strcmp(rev, ctl->cache_rev) != 0)
 			stack_cache_drop(ctl);
 	}
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++) {
+		struct log_cache_entry *lc = &ctl->log_cache[i];
+
+		if (lc->so && lc->so->refs == 1 && now - lc->used >= CONTROL_STACK_CACHE_MS) {
+			shared_out_unref(ctl, lc->so);
+			memset(lc, 0, sizeof(*lc));
+		}
+	}
 	if (ctl->trim_due) {
 		ctl->trim_due = false;
 		(void)malloc_trim(0);
@@ -1460,6 +1487,77 @@ static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_l
 	return 0;
 }
 
+/* Sends the cached log reply of finished run id for c's privilege level,
+ * if there is one still valid. */
+static bool log_cache_send(struct client *c, long id)
+{
+	struct control *ctl = c->ctl;
+	bool priv = client_privileged(c);
+
+	if (!priv)
+		needles_update(ctl); /* a new stack may bring new needles */
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++) {
+		struct log_cache_entry *lc = &ctl->log_cache[i];
+
+		if (!lc->so || lc->run != id || lc->privileged != priv)
+			continue;
+		if (!priv && lc->gen != ctl->needles_gen)
+			return false;
+		lc->used = uv_now(ctl->loop);
+		client_send_shared(c, lc->so);
+		c->big_is_log = true;
+		return true;
+	}
+	return false;
+}
+
+/* Sends reply (released) as a shared log reply, kept in the cache when
+ * cacheable (a finished run), the least recently used entry making room.
+ * Returns NULL, or an error reply. */
+static json_t *log_reply_send(struct client *c, long id, json_t *reply, bool cacheable)
+{
+	struct control *ctl = c->ctl;
+	struct log_cache_entry *slot = NULL;
+	struct shared_out *so;
+	size_t len;
+	char *line = proto_encode_line(reply, &len);
+
+	json_decref(reply);
+	if (!line)
+		return proto_reply_error(PROTO_E_INTERNAL, "cannot encode the log");
+	so = malloc(sizeof(*so) + len);
+	if (!so) {
+		free(line);
+		return proto_reply_error(PROTO_E_INTERNAL, "out of memory");
+	}
+	so->refs = 1;
+	so->len = len;
+	memcpy(so->data, line, len);
+	free(line);
+	if (cacheable) {
+		for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++) {
+			struct log_cache_entry *lc = &ctl->log_cache[i];
+
+			if (lc->so && lc->run == id && lc->privileged == client_privileged(c)) {
+				slot = lc; /* a stale one */
+				break;
+			}
+			if (!slot || !lc->so || (slot->so && lc->used < slot->used))
+				slot = lc;
+		}
+		shared_out_unref(ctl, slot->so);
+		*slot = (struct log_cache_entry){ .run = id,
+						  .privileged = client_privileged(c),
+						  .gen = ctl->needles_gen,
+						  .used = uv_now(ctl->loop),
+						  .so = shared_out_ref(so) };
+	}
+	client_send_shared(c, so);
+	c->big_is_log = true;
+	shared_out_unref(ctl, so);
+	return NULL;
+}
+
 static json_t *ctl_log(struct client *c, json_t *params)
 {
 	static const char *const allowed[] = { "id", "follow", NULL };
@@ -1474,6 +1572,16 @@ static json_t *ctl_log(struct client *c, json_t *params)
 
 	if (err || (err = param_run_id(c, params, &id)) || (err = param_bool(params, "follow", &follow)))
 		return err;
+	if (!engine_run_is_active(e, id) && log_cache_send(c, id))
+		return NULL;
+	if (!client_privileged(c)) {
+		/* One log reply being built or sent per unprivileged uid: a
+		 * burst of requests for large logs is not a burst of copies. */
+		for (struct client *o = c->ctl->clients; o; o = o->next)
+			if (o != c && !o->closing && o->uid == c->uid && o->big && o->big_is_log)
+				return proto_reply_error(PROTO_E_LIMIT,
+							 "another log reply for this user is still being sent");
+	}
 	info = engine_run_info(e, id);
 	path = engine_run_log_path(e, id);
 	r = path ? read_log_tail(path, PROTO_MAX_LOG_OUTPUT, &data, &len, &truncated) : -ENOENT;
@@ -1517,7 +1625,7 @@ static json_t *ctl_log(struct client *c, json_t *params)
 	result = json_pack("{s:I, s:o, s:O, s:b}", "id", (json_int_t)id, "output", text, "status",
 			   status ? status : json_null(), "truncated", truncated);
 	json_decref(info);
-	return proto_reply_ok(result);
+	return log_reply_send(c, id, proto_reply_ok(result), !engine_run_is_active(e, id));
 }
 
 static json_t *ctl_plan(struct client *c, json_t *params)

@@ -636,3 +636,85 @@ def test_half_closed_follower_of_a_chatty_run_that_does_not_read_is_closed(make_
         silent.close()
         reader.close()
     a.wait_idle()
+
+
+def connect_as_nobody(agent):
+    """A socket connected as nobody (a child connects, then passes it)."""
+    pw = pwd.getpwnam("nobody")
+    r, w = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(agent.sock)
+            socket.send_fds(w, [b"x"], [s.fileno()])
+        finally:
+            os._exit(0)
+    _msg, fds, _flags, _addr = socket.recv_fds(r, 10, 1)
+    os.waitpid(pid, 0)
+    r.close()
+    w.close()
+    return socket.socket(fileno=fds[0])
+
+
+def read_reply(s, timeout=60):
+    s.settimeout(timeout)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+BIG_LOG = r"""
+import os, sys
+if os.environ.get("AGENT_EVENT") != "configure":
+    sys.exit(0)
+sys.stdout.buffer.write((b"\x01" * 1000 + b"\n") * 2200)
+sys.stdout.flush()
+"""
+
+
+def test_a_burst_of_log_requests_is_encoded_once(make_agent):
+    """break3 finding 6: 30 unprivileged requests for a 2.2 MB log of
+    control characters, never read, do not build 30 redacted copies: the
+    encoded reply is shared, and a uid gets one log reply being sent at a
+    time. Root's status latency is printed (not asserted)."""
+    a = make_agent()
+    path = os.path.join(a.tmp, "big.py")
+    with open(path, "w") as f:
+        f.write(BIG_LOG)
+    a.write_stack(simple_stack(recipes={"touch": {"command": ["/usr/bin/python3", path]}}))
+    a.start()
+    a.wait_idle()
+    runs = a.runs()
+    conf = [r["id"] for r in runs if r["event"] == "configure"][0]
+    other = [r["id"] for r in runs if r["event"] != "configure"][0]
+    socks = [connect_as_nobody(a) for _ in range(30)]
+    try:
+        for s in socks:
+            s.sendall(json.dumps({"method": "log", "params": {"id": conf}}).encode() + b"\n")
+        t0 = time.monotonic()
+        assert a.ctl("status").returncode == 0
+        print("root status during a burst of 30 log requests: %.2f s" % (time.monotonic() - t0))
+        # While those replies are unread, the same uid asking for another
+        # run's log is refused rather than given another copy.
+        late = connect_as_nobody(a)
+        late.sendall(json.dumps({"method": "log", "params": {"id": other}}).encode() + b"\n")
+        reply = json.loads(read_reply(late))
+        late.close()
+        assert reply["ok"] is False and reply["error"]["code"] == "limit", reply
+        replies = [read_reply(s) for s in socks]
+        assert all(r == replies[0] for r in replies)
+        doc = json.loads(replies[0])
+        assert doc["ok"] is True and doc["result"]["id"] == conf and len(doc["result"]["output"]) > 1000000
+    finally:
+        for s in socks:
+            s.close()
+    # Once they are read, other logs are served again.
+    assert as_nobody(a, "log", other).returncode == 0
