@@ -107,6 +107,7 @@ struct control;
  * time, so that the document is neither copied per reader nor queued whole. */
 struct shared_out {
 	unsigned refs;
+	unsigned pass; /* control_make_room() counted it in this pass */
 	size_t len;
 	char data[];
 };
@@ -218,6 +219,7 @@ struct control {
 	size_t needle_count, needle_bytes;
 	bool needles_overflow; /* past the caps: run output is hidden (fail closed) */
 	bool needles_synced;
+	unsigned room_pass; /* see control_make_room() */
 	unsigned needles_gen; /* bumped when the needles change */
 	long marker_run; /* the run whose followers got control_hidden_marker */
 	char needles_rev[32];
@@ -396,16 +398,32 @@ static void on_write(uv_write_t *req, int status)
 		client_arm_timer(c);
 }
 
-/* Keeps the bytes queued over all clients under PROTO_MAX_OUTPUT_TOTAL
- * (len more are about to be queued for self) by dropping the clients with
- * the biggest queues. A single reply larger than the cap on its own still
- * goes out. Returns false when self was dropped. */
+static bool shared_out_cached(const struct control *ctl, const struct shared_out *so)
+{
+	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
+		if (ctl->stack_cache[i] == so)
+			return true;
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++)
+		if (ctl->log_cache[i].so == so)
+			return true;
+	return false;
+}
+
+/* Keeps what replies cost over all clients under PROTO_MAX_OUTPUT_TOTAL
+ * (len more bytes are about to be queued for self): the bytes queued, and
+ * every shared reply that clients are still writing and nothing else keeps
+ * (the cache holds the current ones, a bounded few), counted once however
+ * many share it: a slow reader of an old stack pins that whole document.
+ * Drops the clients that cost most: their queue, plus such a document. A single reply
+ * larger than the cap on its own still goes out. self may be NULL (a
+ * check from housekeeping). Returns false when self was dropped. */
 static bool control_make_room(struct control *ctl, struct client *self, size_t len)
 {
 	for (;;) {
 		struct client *big = NULL;
 		size_t total = 0, most = 0;
 
+		ctl->room_pass++;
 		for (struct client *o = ctl->clients; o; o = o->next) {
 			size_t q;
 
@@ -413,6 +431,13 @@ static bool control_make_room(struct control *ctl, struct client *self, size_t l
 				continue; /* its queue goes with its handle */
 			q = client_output_queued(o);
 			total += q;
+			if (o->big && !shared_out_cached(ctl, o->big)) {
+				if (o->big->pass != ctl->room_pass) {
+					o->big->pass = ctl->room_pass;
+					total += o->big->len;
+				}
+				q += o->big->len;
+			}
 			if (q > most) {
 				most = q;
 				big = o;
@@ -1292,6 +1317,7 @@ static struct shared_out *stack_reply_build(const json_t *doc)
 	if (!so)
 		return NULL;
 	so->refs = 1;
+	so->pass = 0;
 	so->len = sizeof(head) - 1 + n + sizeof(tail) - 1;
 	memcpy(so->data, head, sizeof(head) - 1);
 	f = (struct dump_fill){ .p = so->data + sizeof(head) - 1, .left = n };
@@ -1389,6 +1415,9 @@ static void on_housekeeping(uv_timer_t *t)
 			memset(lc, 0, sizeof(*lc));
 		}
 	}
+	/* Readers of old documents that stopped reading hold them: dropped
+	 * beyond the cap even when nothing is written meanwhile. */
+	(void)control_make_room(ctl, NULL, 0);
 	if (ctl->trim_due) {
 		ctl->trim_due = false;
 		(void)malloc_trim(0);
@@ -1531,6 +1560,7 @@ static json_t *log_reply_send(struct client *c, long id, json_t *reply, bool cac
 		return proto_reply_error(PROTO_E_INTERNAL, "out of memory");
 	}
 	so->refs = 1;
+	so->pass = 0;
 	so->len = len;
 	memcpy(so->data, line, len);
 	free(line);

@@ -483,3 +483,79 @@ def test_too_many_secret_lines_hide_run_output_whole(make_agent):
     assert p.returncode == 0, p.stderr
     assert "LAST-SECRET-4444" not in p.stdout and "line-04999" not in p.stdout
     assert "output hidden" in p.stdout
+
+
+def nobody_socket(agent):
+    """A socket connected as nobody (a child connects, then passes it)."""
+    pw = pwd.getpwnam("nobody")
+    r, w = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(agent.sock)
+            socket.send_fds(w, [b"x"], [s.fileno()])
+        finally:
+            os._exit(0)
+    _msg, fds, _flags, _addr = socket.recv_fds(r, 10, 1)
+    os.waitpid(pid, 0)
+    r.close()
+    w.close()
+    return socket.socket(fileno=fds[0])
+
+
+def test_slow_readers_cannot_pin_old_stacks_beyond_the_output_cap(make_agent):
+    """break3 finding 8: three readers, one per 16 MiB revision, each reading
+    a little now and then (so never idle): after the stack changes, the old
+    documents they hold count toward the 32 MiB output cap, and the daemon
+    drops readers until they fit (before, all three were kept)."""
+    a = make_agent(simple_stack()).start()
+    a.wait_idle()
+    stop = threading.Event()
+    closed = []
+    readers = []
+
+    def slow_read(s, tag):
+        s.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                if not s.recv(32768):
+                    closed.append(tag)
+                    return
+            except socket.timeout:
+                pass
+            except OSError:
+                closed.append(tag)
+                return
+            stop.wait(1)
+
+    try:
+        for tag in "ABC":
+            rev = a.status()["source"]["stack_revision"]
+            stack = big_stack(16 * 1024 * 1024)
+            stack["blob"][0] = tag + stack["blob"][0][1:]
+            a.write_stack(stack)
+            a.ctl("reload", check=0)
+            wait_for(lambda: a.status()["source"]["stack_revision"] != rev, timeout=60, what="a new stack")
+            a.wait_idle(timeout=60)
+            s = nobody_socket(a)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b'{"method":"stack"}\n')
+            t = threading.Thread(target=slow_read, args=(s, tag), daemon=True)
+            t.start()
+            readers.append((s, t))
+        rev = a.status()["source"]["stack_revision"]
+        a.write_stack(simple_stack())
+        a.ctl("reload", check=0)
+        wait_for(lambda: a.status()["source"]["stack_revision"] != rev, timeout=60, what="the small stack")
+        wait_for(lambda: len(closed) >= 1, timeout=25, what="a reader of an old document to be dropped")
+        assert len(closed) < 3, closed  # only as many as the cap needs
+        assert a.ctl("status").returncode == 0
+    finally:
+        stop.set()
+        for s, t in readers:
+            t.join(5)
+            s.close()
