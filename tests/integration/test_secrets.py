@@ -559,3 +559,21 @@ def test_slow_readers_cannot_pin_old_stacks_beyond_the_output_cap(make_agent):
         for s, t in readers:
             t.join(5)
             s.close()
+
+
+def test_secret_objects_outside_agent_files_hide_every_member(make_agent):
+    """break3 finding 10: only agent.files entries keep path, mode, owner and
+    group visible; any other object marked "secret": true hides all."""
+    stack = secret_files_stack()
+    stack["vault"] = {"secret": True, "path": "/srv/PATH-LEAK", "name": "NAME-LEAK", "layer": "LAYER-LEAK",
+                      "mode": "MODE-LEAK", "owner": "OWNER-LEAK", "group": "GROUP-LEAK"}
+    a = make_agent(stack).start()
+    a.wait_idle()
+    p = as_nobody(a, "--json", "stack")
+    assert p.returncode == 0, p.stderr
+    assert "LEAK" not in p.stdout, p.stdout
+    doc = json.loads(p.stdout)
+    assert doc["vault"]["secret"] is True and doc["vault"]["path"] == "***"
+    f0 = doc["agent"]["files"]["web"][0]
+    assert f0["path"] == "/etc/demo/app.ini" and f0["mode"] == "0600" and f0["content"] == "***"
+    assert a.ctl_json("stack")["vault"]["path"] == "/srv/PATH-LEAK"
