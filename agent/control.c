@@ -135,14 +135,14 @@ struct client {
 	bool big_is_log; /* big is a log reply: see ctl_log()'s per-uid limit */
 	bool big_inflight; /* a slice of a shared reply is queued */
 
-	/* After EOF or while finishing, progress is what the peer read:
-	 * bytes our writes handed to the kernel (sent) minus those still
-	 * unread in the socket (SIOCOUTQ), not a write landing in the socket
-	 * buffer, which needs no reader at all. */
-	uint64_t sent;
-	uint64_t peer_read;   /* sent - unread at the last check */
-	uint64_t progress_at; /* uv_now() when peer_read last grew */
-	bool draining;        /* the timer is the periodic check of peer_read */
+	/* After EOF or while finishing, progress is the peer reading, not a
+	 * write landing in the socket buffer, which needs no reader at all:
+	 * see client_peer_progress(). */
+	uint64_t sent;        /* bytes our writes handed to the kernel */
+	uint64_t last_sent;   /* sent at the last check */
+	int last_unread;      /* SIOCOUTQ at the last check */
+	uint64_t progress_at; /* uv_now() of the last progress */
+	bool draining;        /* the timer is the periodic check of the peer reading */
 
 	bool reading;
 	bool eof;
@@ -1880,18 +1880,23 @@ static bool client_peer_gone(struct client *c)
 	return (p.revents & (POLLHUP | POLLERR)) != 0;
 }
 
-/* Bytes of our replies the peer has read: for an AF_UNIX stream socket,
- * SIOCOUTQ is what the peer has not read yet. When it cannot be told, the
- * last figure (no progress). */
-static uint64_t client_peer_read(struct client *c)
+/* Whether the peer read anything since the last check. For an AF_UNIX
+ * stream socket SIOCOUTQ is the memory of what the peer has not read yet,
+ * counted with each buffer's overhead (so never less than the bytes): had
+ * the peer read nothing, it would have grown by at least the bytes written
+ * since. When it cannot be told: no progress. */
+static bool client_peer_progress(struct client *c)
 {
 	uv_os_fd_t fd;
 	int unread = 0;
+	bool progress;
 
-	if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 || ioctl(fd, SIOCOUTQ, &unread) < 0 || unread < 0 ||
-	    (uint64_t)unread > c->sent)
-		return c->peer_read;
-	return c->sent - (uint64_t)unread;
+	if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 || ioctl(fd, SIOCOUTQ, &unread) < 0 || unread < 0)
+		return false;
+	progress = (int64_t)unread - (int64_t)c->last_unread < (int64_t)(c->sent - c->last_sent);
+	c->last_unread = unread;
+	c->last_sent = c->sent;
+	return progress;
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -1983,10 +1988,9 @@ static void on_client_timer(uv_timer_t *t)
 		return;
 	}
 	if (c->finishing || c->eof) {
-		uint64_t now = uv_now(c->ctl->loop), rd = client_peer_read(c);
+		uint64_t now = uv_now(c->ctl->loop);
 
-		if (rd != c->peer_read) {
-			c->peer_read = rd;
+		if (client_peer_progress(c)) {
 			c->progress_at = now;
 			return;
 		}
@@ -2013,7 +2017,7 @@ static void on_client_timer(uv_timer_t *t)
  * - deferred: at once;
  * - finishing, or after EOF (a half-close) with a stream or a shared reply
  *   still going: a check every CONTROL_PEER_CHECK_MS, closing once the peer
- *   has read nothing for PROTO_FINISH_TIMEOUT_MS (see client_peer_read:
+ *   has read nothing for PROTO_FINISH_TIMEOUT_MS (see client_peer_progress:
  *   our writes completing into the socket buffer are not progress), so
  *   that a follower that half-closed does not keep its slot through a
  *   quiet run, nor through a chatty one it does not read;
@@ -2035,7 +2039,7 @@ static void client_arm_timer(struct client *c)
 	if (c->finishing || c->eof) {
 		if (!c->draining) {
 			c->draining = true;
-			c->peer_read = client_peer_read(c);
+			(void)client_peer_progress(c); /* the baseline */
 			c->progress_at = uv_now(c->ctl->loop);
 			uv_timer_start(&c->timer, on_client_timer, CONTROL_PEER_CHECK_MS, CONTROL_PEER_CHECK_MS);
 		}
