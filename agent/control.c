@@ -813,18 +813,18 @@ static void needle_add(const char *s, size_t len, void *userdata)
 	const char *end = s + len;
 
 	while (s < end) {
-		const char *nl = memchr(s, '\n', (size_t)(end - s));
-		const char *a = s, *b = nl ? nl : end;
+		const char *nl = s;
+		const char *a = s, *b;
 
-		s = nl ? nl + 1 : end;
+		/* A NUL ends a piece too: output shows it as U+FFFD. */
+		while (nl < end && *nl != '\n' && *nl != '\0')
+			nl++;
+		b = nl;
+		s = nl < end ? nl + 1 : end;
 		while (a < b && (*a == ' ' || *a == '\t'))
 			a++;
 		while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r'))
 			b--;
-		if (b - a < CONTROL_MIN_NEEDLE)
-			continue;
-		if (memchr(a, '\0', (size_t)(b - a)))
-			b = memchr(a, '\0', (size_t)(b - a)); /* text stops there too */
 		if (b - a < CONTROL_MIN_NEEDLE)
 			continue;
 		if (ctl->needle_count >= CONTROL_MAX_NEEDLES ||
