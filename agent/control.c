@@ -54,6 +54,8 @@
 #include <pwd.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -64,6 +66,7 @@
 #include "event.h"
 #include "log.h"
 #include "proto.h"
+#include "stack.h"
 #include "util.h"
 
 #define CONTROL_ACCEPT_PAUSE_MS 1000 /* accepting resumes this long after EMFILE */
@@ -76,14 +79,25 @@
 #define CONTROL_STACK_CACHE_MS 10000 /* a serialised stack nobody reads is dropped after this long */
 #define CONTROL_TRIM_BYTES (1024 * 1024) /* freeing this much at once is worth a malloc_trim() */
 #define CONTROL_MAX_HELD_LINE (1024 * 1024) /* an output line held for redaction; longer ones are hidden */
-#define CONTROL_MAX_NEEDLES 64   /* lines of secret files looked for in free text */
-#define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not worth hiding */
-#define CONTROL_MAX_NEEDLE 4096
+#define CONTROL_MAX_NEEDLES 4096 /* lines of secret files looked for in free text */
+#define CONTROL_MAX_NEEDLE_BYTES (4 * 1024 * 1024) /* their bytes; past either, output is hidden */
+#define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not hidden: see needle_add() */
+#define CONTROL_MAX_REVS 32      /* stack revisions whose needles are kept */
+#define CONTROL_LOG_CACHE 4      /* encoded log replies of finished runs kept */
 
 enum client_stream {
 	STREAM_NONE,
 	STREAM_LOG, /* log with follow: output of one run, then its status */
 	STREAM_RUN, /* run with wait: every event of one run, then its run-info */
+};
+
+/* One stack revision's needles: the lines of its secret files. */
+struct needle_rev {
+	char rev[17];
+	bool unknown; /* its saved stack could not be read: its runs' output is hidden */
+	char **needles;
+	size_t n;
+	size_t bytes;
 };
 
 struct control;
@@ -93,6 +107,7 @@ struct control;
  * time, so that the document is neither copied per reader nor queued whole. */
 struct shared_out {
 	unsigned refs;
+	unsigned pass; /* control_make_room() counted it in this pass */
 	size_t len;
 	char data[];
 };
@@ -117,7 +132,17 @@ struct client {
 	long stream_run;
 	struct shared_out *big; /* reference; the reply being written, from big_off */
 	size_t big_off;
+	bool big_is_log; /* big is a log reply: see ctl_log()'s per-uid limit */
 	bool big_inflight; /* a slice of a shared reply is queued */
+
+	/* After EOF or while finishing, progress is the peer reading, not a
+	 * write landing in the socket buffer, which needs no reader at all:
+	 * see client_peer_progress(). */
+	uint64_t sent;        /* bytes our writes handed to the kernel */
+	uint64_t last_sent;   /* sent at the last check */
+	int last_unread;      /* SIOCOUTQ at the last check */
+	uint64_t progress_at; /* uv_now() of the last progress */
+	bool draining;        /* the timer is the periodic check of the peer reading */
 
 	bool reading;
 	bool eof;
@@ -161,6 +186,18 @@ struct control {
 	bool trim_due;       /* a large block was freed: return memory to the kernel */
 	uv_timer_t housekeeping;
 
+	/* log replies of finished runs, encoded once per privilege level and
+	 * shared like the stack's: a burst of requests for a 2 MiB log costs
+	 * one redaction and one encoding, not one per request. gen is
+	 * needles_gen when built: new needles make them stale. */
+	struct log_cache_entry {
+		long run;
+		bool privileged;
+		unsigned gen;
+		uint64_t used;
+		struct shared_out *so;
+	} log_cache[CONTROL_LOG_CACHE];
+
 	/* Run output shown to unprivileged followers is redacted per line:
 	 * held is the incomplete last line of held_run's output (unredacted),
 	 * sent once its newline comes or its step ends. Shared by every
@@ -173,15 +210,23 @@ struct control {
 	struct buf held;
 	bool held_overflow; /* the line passed CONTROL_MAX_HELD_LINE: hidden until its newline */
 
-	/* Lines of the secret files of stack revision needles_rev (the first
-	 * CONTROL_MAX_NEEDLES): free text shown to unprivileged callers has
-	 * them replaced by "***" too, e.g. a recipe that prints the file. */
-	char **needles;
-	size_t n_needles;
+	/* Lines of the secret files of every stack revision a run in history
+	 * may have used (see needles_update): free text shown to unprivileged
+	 * callers has them replaced by "***" too, e.g. a recipe that prints the
+	 * file. needles_rev is the current revision when they were updated. */
+	struct needle_rev *needle_revs; /* CONTROL_MAX_REVS */
+	size_t n_needle_revs;
+	size_t needle_count, needle_bytes;
+	bool needles_overflow; /* past the caps: run output is hidden (fail closed) */
+	bool needles_synced;
+	unsigned room_pass; /* see control_make_room() */
+	unsigned needles_gen; /* bumped when the needles change */
+	long marker_run; /* the run whose followers got control_hidden_marker */
 	char needles_rev[32];
 	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
 };
 
+static void needle_rev_free(struct needle_rev *nr);
 static void client_close(struct client *c);
 static void client_process(struct client *c);
 static void client_arm_timer(struct client *c);
@@ -195,10 +240,12 @@ static void control_maybe_free(struct control *ctl)
 		return;
 	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
 		free(ctl->stack_cache[i]);
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++)
+		free(ctl->log_cache[i].so);
 	buf_free(&ctl->held);
-	for (size_t i = 0; i < ctl->n_needles; i++)
-		free(ctl->needles[i]);
-	free(ctl->needles);
+	for (size_t i = 0; i < ctl->n_needle_revs; i++)
+		needle_rev_free(&ctl->needle_revs[i]);
+	free(ctl->needle_revs);
 	free(ctl->socket_path);
 	free(ctl->admin_name);
 	free(ctl);
@@ -299,6 +346,7 @@ static void client_finish(struct client *c)
 struct write_req {
 	uv_write_t req;
 	struct client *client;
+	size_t len;
 	char *line;                /* owned, or NULL for a slice of: */
 	struct shared_out *shared; /* a reference */
 };
@@ -323,6 +371,8 @@ static void on_write(uv_write_t *req, int status)
 	struct write_req *w = (struct write_req *)req;
 	struct client *c = w->client;
 
+	if (status == 0)
+		c->sent += w->len;
 	free(w->line);
 	if (w->shared) {
 		shared_out_unref(c->ctl, w->shared);
@@ -348,16 +398,32 @@ static void on_write(uv_write_t *req, int status)
 		client_arm_timer(c);
 }
 
-/* Keeps the bytes queued over all clients under PROTO_MAX_OUTPUT_TOTAL
- * (len more are about to be queued for self) by dropping the clients with
- * the biggest queues. A single reply larger than the cap on its own still
- * goes out. Returns false when self was dropped. */
+static bool shared_out_cached(const struct control *ctl, const struct shared_out *so)
+{
+	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
+		if (ctl->stack_cache[i] == so)
+			return true;
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++)
+		if (ctl->log_cache[i].so == so)
+			return true;
+	return false;
+}
+
+/* Keeps what replies cost over all clients under PROTO_MAX_OUTPUT_TOTAL
+ * (len more bytes are about to be queued for self): the bytes queued, and
+ * every shared reply that clients are still writing and nothing else keeps
+ * (the cache holds the current ones, a bounded few), counted once however
+ * many share it: a slow reader of an old stack pins that whole document.
+ * Drops the clients that cost most: their queue, plus such a document. A single reply
+ * larger than the cap on its own still goes out. self may be NULL (a
+ * check from housekeeping). Returns false when self was dropped. */
 static bool control_make_room(struct control *ctl, struct client *self, size_t len)
 {
 	for (;;) {
 		struct client *big = NULL;
 		size_t total = 0, most = 0;
 
+		ctl->room_pass++;
 		for (struct client *o = ctl->clients; o; o = o->next) {
 			size_t q;
 
@@ -365,6 +431,13 @@ static bool control_make_room(struct control *ctl, struct client *self, size_t l
 				continue; /* its queue goes with its handle */
 			q = client_output_queued(o);
 			total += q;
+			if (o->big && !shared_out_cached(ctl, o->big)) {
+				if (o->big->pass != ctl->room_pass) {
+					o->big->pass = ctl->room_pass;
+					total += o->big->len;
+				}
+				q += o->big->len;
+			}
 			if (q > most) {
 				most = q;
 				big = o;
@@ -415,6 +488,7 @@ static void client_send(struct client *c, const json_t *msg)
 	}
 	w = xcalloc(1, sizeof(*w));
 	w->client = c;
+	w->len = len;
 	w->line = line;
 	b = uv_buf_init(line, (unsigned)len);
 	r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
@@ -451,6 +525,7 @@ static void client_pump(struct client *c)
 		return;
 	w = xcalloc(1, sizeof(*w));
 	w->client = c;
+	w->len = n;
 	w->shared = shared_out_ref(c->big);
 	b = uv_buf_init(c->big->data + c->big_off, (unsigned)n);
 	r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
@@ -483,6 +558,7 @@ static void client_send_shared(struct client *c, struct shared_out *so)
 	}
 	c->big = shared_out_ref(so);
 	c->big_off = 0;
+	c->big_is_log = false;
 	client_pump(c);
 }
 
@@ -711,70 +787,228 @@ static void client_stream_end(struct client *c)
 	client_arm_timer(c);
 }
 
+static void needle_rev_free(struct needle_rev *nr)
+{
+	for (size_t i = 0; i < nr->n; i++)
+		free(nr->needles[i]);
+	free(nr->needles);
+	memset(nr, 0, sizeof(*nr));
+}
+
+struct needle_fill {
+	struct control *ctl;
+	struct needle_rev *nr;
+};
+
+/* Lines of a secret string, trimmed, as needles. Lines shorter than
+ * CONTROL_MIN_NEEDLE are not hidden ("}", "", a 3-byte word would blank out
+ * ordinary text everywhere); there is no upper bound per line (a long
+ * one-line token is searched as a substring), only the totals, past which
+ * needles_overflow makes run output hidden entirely (fail closed). */
 static void needle_add(const char *s, size_t len, void *userdata)
 {
-	struct control *ctl = userdata;
+	struct needle_fill *f = userdata;
+	struct control *ctl = f->ctl;
+	struct needle_rev *nr = f->nr;
 	const char *end = s + len;
 
-	while (s < end && ctl->n_needles < CONTROL_MAX_NEEDLES) {
-		const char *nl = memchr(s, '\n', (size_t)(end - s));
-		const char *a = s, *b = nl ? nl : end;
+	while (s < end) {
+		const char *nl = s;
+		const char *a = s, *b;
 
-		s = nl ? nl + 1 : end;
+		/* A NUL ends a piece too: output shows it as U+FFFD. */
+		while (nl < end && *nl != '\n' && *nl != '\0')
+			nl++;
+		b = nl;
+		s = nl < end ? nl + 1 : end;
 		while (a < b && (*a == ' ' || *a == '\t'))
 			a++;
 		while (b > a && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\r'))
 			b--;
-		if (b - a < CONTROL_MIN_NEEDLE || b - a > CONTROL_MAX_NEEDLE || memchr(a, '\0', (size_t)(b - a)))
+		if (b - a < CONTROL_MIN_NEEDLE)
 			continue;
-		ctl->needles = xrealloc(ctl->needles, sizeof(char *) * (ctl->n_needles + 1));
-		ctl->needles[ctl->n_needles++] = xstrndup(a, (size_t)(b - a));
+		if (ctl->needle_count >= CONTROL_MAX_NEEDLES ||
+		    ctl->needle_bytes + (size_t)(b - a) > CONTROL_MAX_NEEDLE_BYTES) {
+			ctl->needles_overflow = true;
+			return;
+		}
+		nr->needles = xrealloc(nr->needles, sizeof(char *) * (nr->n + 1));
+		nr->needles[nr->n++] = xstrndup(a, (size_t)(b - a));
+		nr->bytes += (size_t)(b - a);
+		ctl->needle_count++;
+		ctl->needle_bytes += (size_t)(b - a);
 	}
 }
 
-/* The needles of the current stack, found again when its revision changes. */
+static struct needle_rev *needle_rev_find(struct control *ctl, const char *rev)
+{
+	for (size_t i = 0; i < ctl->n_needle_revs; i++)
+		if (strcmp(ctl->needle_revs[i].rev, rev) == 0)
+			return &ctl->needle_revs[i];
+	return NULL;
+}
+
+/* Whether a run in history, the current stack or the applied one names rev. */
+static bool needle_rev_named(const json_t *runs, const char *cur, const char *applied, const char *rev)
+{
+	size_t i;
+	json_t *r;
+
+	if ((cur && strcmp(cur, rev) == 0) || (applied && strcmp(applied, rev) == 0))
+		return true;
+	json_array_foreach(json_object_get(runs, "runs"), i, r)
+		if (json_is_string(json_object_get(r, "stack_revision")) &&
+		    strcmp(json_string_value(json_object_get(r, "stack_revision")), rev) == 0)
+			return true;
+	return false;
+}
+
+/* Adds rev's needles, from doc (the stack, secrets included) or else from
+ * its saved copy in state_dir; a revision neither gives is kept as unknown.
+ * Makes room by dropping revisions nothing names any more; with none to
+ * drop, needles_overflow (fail closed). */
+static void needle_rev_add(struct control *ctl, const char *rev, json_t *doc, const json_t *runs, const char *cur,
+			   const char *applied)
+{
+	_cleanup_free_ char *path = NULL, *data = NULL;
+	struct needle_rev *nr;
+	struct needle_fill f;
+	json_t *loaded = NULL;
+	size_t len;
+
+	if (!rev || strlen(rev) != 16 || needle_rev_find(ctl, rev))
+		return;
+	if (ctl->n_needle_revs >= CONTROL_MAX_REVS) {
+		size_t w = 0;
+
+		for (size_t i = 0; i < ctl->n_needle_revs; i++) {
+			if (needle_rev_named(runs, cur, applied, ctl->needle_revs[i].rev)) {
+				ctl->needle_revs[w++] = ctl->needle_revs[i];
+				continue;
+			}
+			ctl->needle_count -= ctl->needle_revs[i].n;
+			ctl->needle_bytes -= ctl->needle_revs[i].bytes;
+			needle_rev_free(&ctl->needle_revs[i]);
+		}
+		for (size_t i = w; i < ctl->n_needle_revs; i++)
+			memset(&ctl->needle_revs[i], 0, sizeof(ctl->needle_revs[i]));
+		ctl->n_needle_revs = w;
+		if (w >= CONTROL_MAX_REVS) {
+			ctl->needles_overflow = true;
+			return;
+		}
+	}
+	ctl->needles_gen++;
+	nr = &ctl->needle_revs[ctl->n_needle_revs++];
+	memcpy(nr->rev, rev, 17);
+	if (!doc && ctl->config && ctl->config->state_dir) {
+		path = xasprintf("%s/stacks/%s.json", ctl->config->state_dir, rev);
+		if (file_read_regular(AT_FDCWD, path, 0, STACK_MAX_BYTES, &data, &len) == 0)
+			doc = loaded = json_loadb(data, len, 0, NULL);
+	}
+	if (!doc) {
+		nr->unknown = true;
+		return;
+	}
+	f = (struct needle_fill){ .ctl = ctl, .nr = nr };
+	proto_secret_strings(doc, needle_add, &f);
+	json_decref(loaded);
+}
+
+/* Keeps the needles of every revision whose runs may show up: the current
+ * stack's, and those of the runs in history (the applied stack's too), read
+ * from state_dir when they were not seen while current. Called when the
+ * current revision changes, and for the first time: a revision current
+ * since then is already kept, so later runs need no reading. */
 static void needles_update(struct control *ctl)
 {
 	const char *rev = engine_stack_revision(ctl->engine);
-	json_t *doc;
+	json_t *doc, *runs, *st, *r;
+	const char *applied;
+	size_t i;
 
 	if (!rev)
 		rev = "";
-	if (strcmp(rev, ctl->needles_rev) == 0 && ctl->needles_rev[0])
+	if (ctl->needles_synced && strcmp(rev, ctl->needles_rev) == 0)
 		return;
-	for (size_t i = 0; i < ctl->n_needles; i++)
-		free(ctl->needles[i]);
-	free(ctl->needles);
-	ctl->needles = NULL;
-	ctl->n_needles = 0;
-	snprintf(ctl->needles_rev, sizeof(ctl->needles_rev), "%s", rev[0] ? rev : "-");
-	doc = engine_stack_json(ctl->engine, true);
-	proto_secret_strings(doc, needle_add, ctl);
-	json_decref(doc);
+	runs = engine_runs(ctl->engine, 0);
+	st = engine_status(ctl->engine);
+	applied = json_string_value(json_object_get(st, "applied_revision"));
+	if (rev[0]) {
+		doc = engine_stack_json(ctl->engine, true);
+		needle_rev_add(ctl, rev, doc, runs, rev, applied);
+		json_decref(doc);
+	}
+	if (!ctl->needles_synced) {
+		needle_rev_add(ctl, applied, NULL, runs, rev, applied);
+		json_array_foreach(json_object_get(runs, "runs"), i, r)
+			needle_rev_add(ctl, json_string_value(json_object_get(r, "stack_revision")), NULL, runs, rev,
+				       applied);
+	}
+	json_decref(runs);
+	json_decref(st);
+	snprintf(ctl->needles_rev, sizeof(ctl->needles_rev), "%s", rev);
+	ctl->needles_synced = true;
 }
 
-/* Text for an unprivileged caller: lines of secret files, then the values
- * of secret-looking assignments, become "***". Returns a malloc'd string. */
+/* Whether the output of a run of stack revision rev (NULL: unknown) cannot
+ * be redacted with certainty for unprivileged callers: too many secrets to
+ * track, or a revision whose secrets we never saw. */
+static bool needles_unsure(struct control *ctl, const char *rev)
+{
+	struct needle_rev *nr;
+
+	needles_update(ctl);
+	if (ctl->needles_overflow)
+		return true;
+	if (!rev)
+		return false; /* a run that never started has no output */
+	nr = needle_rev_find(ctl, rev);
+	return !nr || nr->unknown;
+}
+
+static const char control_hidden_marker[] =
+	"[agentd: output hidden: the contents of secret files cannot all be tracked]\n";
+
+static char *replace_all(const char *text, const char *needle)
+{
+	size_t n = strlen(needle);
+	const char *p, *hit;
+	struct buf b;
+
+	buf_init(&b);
+	for (p = text; (hit = strstr(p, needle)); p = hit + n) {
+		buf_append(&b, p, (size_t)(hit - p));
+		buf_puts(&b, "***");
+	}
+	buf_puts(&b, p);
+	return buf_steal(&b);
+}
+
+/* Text for an unprivileged caller: lines of secret files (of every stack
+ * revision kept, see needles_update), then the values of secret-looking
+ * assignments, become "***"; when the secrets cannot all be tracked, the
+ * whole text is replaced by a marker. Returns a malloc'd string. */
 static char *control_redact_text(struct control *ctl, const char *text)
 {
 	_cleanup_free_ char *scrubbed = NULL;
 
 	needles_update(ctl);
-	for (size_t i = 0; i < ctl->n_needles; i++) {
-		const char *cur = scrubbed ? scrubbed : text, *p, *hit;
-		size_t n = strlen(ctl->needles[i]);
-		struct buf b;
+	if (ctl->needles_overflow)
+		return xstrdup(control_hidden_marker);
+	for (size_t r = 0; r < ctl->n_needle_revs; r++) {
+		const struct needle_rev *nr = &ctl->needle_revs[r];
 
-		if (!strstr(cur, ctl->needles[i]))
-			continue;
-		buf_init(&b);
-		for (p = cur; (hit = strstr(p, ctl->needles[i])); p = hit + n) {
-			buf_append(&b, p, (size_t)(hit - p));
-			buf_puts(&b, "***");
+		for (size_t i = 0; i < nr->n; i++) {
+			const char *cur = scrubbed ? scrubbed : text;
+			char *next;
+
+			if (!strstr(cur, nr->needles[i]))
+				continue;
+			next = replace_all(cur, nr->needles[i]);
+			free(scrubbed);
+			scrubbed = next;
 		}
-		buf_puts(&b, p);
-		free(scrubbed);
-		scrubbed = buf_steal(&b);
 	}
 	return proto_redact_text(scrubbed ? scrubbed : text);
 }
@@ -843,6 +1077,14 @@ static void held_send(struct control *ctl, long run, const char *data, size_t le
 		any = client_follows_redacted(c, run);
 	if (!any || len == 0)
 		return;
+	if (redact && needles_unsure(ctl, NULL)) {
+		if (ctl->marker_run == run)
+			return;
+		ctl->marker_run = run;
+		data = control_hidden_marker;
+		len = strlen(control_hidden_marker);
+		redact = false;
+	}
 	text = proto_string_lossy(data, len);
 	if (redact) {
 		_cleanup_free_ char *red = control_redact_text(ctl, json_string_value(text));
@@ -1075,6 +1317,7 @@ static struct shared_out *stack_reply_build(const json_t *doc)
 	if (!so)
 		return NULL;
 	so->refs = 1;
+	so->pass = 0;
 	so->len = sizeof(head) - 1 + n + sizeof(tail) - 1;
 	memcpy(so->data, head, sizeof(head) - 1);
 	f = (struct dump_fill){ .p = so->data + sizeof(head) - 1, .left = n };
@@ -1164,6 +1407,17 @@ static void on_housekeeping(uv_timer_t *t)
 		if (!busy || strcmp(rev, ctl->cache_rev) != 0)
 			stack_cache_drop(ctl);
 	}
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++) {
+		struct log_cache_entry *lc = &ctl->log_cache[i];
+
+		if (lc->so && lc->so->refs == 1 && now - lc->used >= CONTROL_STACK_CACHE_MS) {
+			shared_out_unref(ctl, lc->so);
+			memset(lc, 0, sizeof(*lc));
+		}
+	}
+	/* Readers of old documents that stopped reading hold them: dropped
+	 * beyond the cap even when nothing is written meanwhile. */
+	(void)control_make_room(ctl, NULL, 0);
 	if (ctl->trim_due) {
 		ctl->trim_due = false;
 		(void)malloc_trim(0);
@@ -1262,6 +1516,78 @@ static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_l
 	return 0;
 }
 
+/* Sends the cached log reply of finished run id for c's privilege level,
+ * if there is one still valid. */
+static bool log_cache_send(struct client *c, long id)
+{
+	struct control *ctl = c->ctl;
+	bool priv = client_privileged(c);
+
+	if (!priv)
+		needles_update(ctl); /* a new stack may bring new needles */
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++) {
+		struct log_cache_entry *lc = &ctl->log_cache[i];
+
+		if (!lc->so || lc->run != id || lc->privileged != priv)
+			continue;
+		if (!priv && lc->gen != ctl->needles_gen)
+			return false;
+		lc->used = uv_now(ctl->loop);
+		client_send_shared(c, lc->so);
+		c->big_is_log = true;
+		return true;
+	}
+	return false;
+}
+
+/* Sends reply (released) as a shared log reply, kept in the cache when
+ * cacheable (a finished run), the least recently used entry making room.
+ * Returns NULL, or an error reply. */
+static json_t *log_reply_send(struct client *c, long id, json_t *reply, bool cacheable)
+{
+	struct control *ctl = c->ctl;
+	struct log_cache_entry *slot = NULL;
+	struct shared_out *so;
+	size_t len;
+	char *line = proto_encode_line(reply, &len);
+
+	json_decref(reply);
+	if (!line)
+		return proto_reply_error(PROTO_E_INTERNAL, "cannot encode the log");
+	so = malloc(sizeof(*so) + len);
+	if (!so) {
+		free(line);
+		return proto_reply_error(PROTO_E_INTERNAL, "out of memory");
+	}
+	so->refs = 1;
+	so->pass = 0;
+	so->len = len;
+	memcpy(so->data, line, len);
+	free(line);
+	if (cacheable) {
+		for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++) {
+			struct log_cache_entry *lc = &ctl->log_cache[i];
+
+			if (lc->so && lc->run == id && lc->privileged == client_privileged(c)) {
+				slot = lc; /* a stale one */
+				break;
+			}
+			if (!slot || !lc->so || (slot->so && lc->used < slot->used))
+				slot = lc;
+		}
+		shared_out_unref(ctl, slot->so);
+		*slot = (struct log_cache_entry){ .run = id,
+						  .privileged = client_privileged(c),
+						  .gen = ctl->needles_gen,
+						  .used = uv_now(ctl->loop),
+						  .so = shared_out_ref(so) };
+	}
+	client_send_shared(c, so);
+	c->big_is_log = true;
+	shared_out_unref(ctl, so);
+	return NULL;
+}
+
 static json_t *ctl_log(struct client *c, json_t *params)
 {
 	static const char *const allowed[] = { "id", "follow", NULL };
@@ -1269,13 +1595,23 @@ static json_t *ctl_log(struct client *c, json_t *params)
 	json_t *err = params_only(params, allowed);
 	_cleanup_free_ char *path = NULL, *data = NULL;
 	json_t *text, *info, *status, *result;
-	bool follow, truncated = false;
+	bool follow, truncated = false, hidden;
 	size_t len = 0;
 	long id;
 	int r;
 
 	if (err || (err = param_run_id(c, params, &id)) || (err = param_bool(params, "follow", &follow)))
 		return err;
+	if (!engine_run_is_active(e, id) && log_cache_send(c, id))
+		return NULL;
+	if (!client_privileged(c)) {
+		/* One log reply being built or sent per unprivileged uid: a
+		 * burst of requests for large logs is not a burst of copies. */
+		for (struct client *o = c->ctl->clients; o; o = o->next)
+			if (o != c && !o->closing && o->uid == c->uid && o->big && o->big_is_log)
+				return proto_reply_error(PROTO_E_LIMIT,
+							 "another log reply for this user is still being sent");
+	}
 	info = engine_run_info(e, id);
 	path = engine_run_log_path(e, id);
 	r = path ? read_log_tail(path, PROTO_MAX_LOG_OUTPUT, &data, &len, &truncated) : -ENOENT;
@@ -1293,8 +1629,16 @@ static json_t *ctl_log(struct client *c, json_t *params)
 		char *nl = data ? memrchr(data, '\n', len) : NULL;
 		len = nl ? (size_t)(nl - data) + 1 : 0;
 	}
-	text = proto_string_lossy(data ? data : "", len);
-	if (!client_privileged(c)) {
+	hidden = !client_privileged(c) && len > 0 &&
+		 needles_unsure(c->ctl, json_string_value(json_object_get(info, "stack_revision")));
+	if (hidden) {
+		/* Its secrets cannot all be found in it: none of it is shown. */
+		text = json_string(control_hidden_marker);
+		if (engine_run_is_active(e, id))
+			c->ctl->marker_run = id;
+	} else
+		text = proto_string_lossy(data ? data : "", len);
+	if (!client_privileged(c) && !hidden) {
 		_cleanup_free_ char *red = control_redact_text(c->ctl, json_string_value(text));
 		json_decref(text);
 		text = json_string(red);
@@ -1311,7 +1655,7 @@ static json_t *ctl_log(struct client *c, json_t *params)
 	result = json_pack("{s:I, s:o, s:O, s:b}", "id", (json_int_t)id, "output", text, "status",
 			   status ? status : json_null(), "truncated", truncated);
 	json_decref(info);
-	return proto_reply_ok(result);
+	return log_reply_send(c, id, proto_reply_ok(result), !engine_run_is_active(e, id));
 }
 
 static json_t *ctl_plan(struct client *c, json_t *params)
@@ -1536,6 +1880,25 @@ static bool client_peer_gone(struct client *c)
 	return (p.revents & (POLLHUP | POLLERR)) != 0;
 }
 
+/* Whether the peer read anything since the last check. For an AF_UNIX
+ * stream socket SIOCOUTQ is the memory of what the peer has not read yet,
+ * counted with each buffer's overhead (so never less than the bytes): had
+ * the peer read nothing, it would have grown by at least the bytes written
+ * since. When it cannot be told: no progress. */
+static bool client_peer_progress(struct client *c)
+{
+	uv_os_fd_t fd;
+	int unread = 0;
+	bool progress;
+
+	if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 || ioctl(fd, SIOCOUTQ, &unread) < 0 || unread < 0)
+		return false;
+	progress = (int64_t)unread - (int64_t)c->last_unread < (int64_t)(c->sent - c->last_sent);
+	c->last_unread = unread;
+	c->last_sent = c->sent;
+	return progress;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
 	struct client *c = s->data;
@@ -1625,6 +1988,14 @@ static void on_client_timer(uv_timer_t *t)
 		return;
 	}
 	if (c->finishing || c->eof) {
+		uint64_t now = uv_now(c->ctl->loop);
+
+		if (client_peer_progress(c)) {
+			c->progress_at = now;
+			return;
+		}
+		if (now - c->progress_at < PROTO_FINISH_TIMEOUT_MS)
+			return;
 		log_debug("control: closing client pid %d uid %u: %s", (int)c->pid, (unsigned)c->uid,
 			  c->stream != STREAM_NONE ? "it shut down its side and its stream made no progress"
 						   : "its replies are not being read");
@@ -1643,11 +2014,13 @@ static void on_client_timer(uv_timer_t *t)
 }
 
 /* One timer per client, for whichever applies:
- * - finishing: PROTO_FINISH_TIMEOUT_MS from the last progress of replies;
  * - deferred: at once;
- * - after EOF (a half-close) with a stream or a shared reply still going:
- *   PROTO_FINISH_TIMEOUT_MS from the last progress too, so that a follower
- *   that half-closed does not keep its slot through a quiet run;
+ * - finishing, or after EOF (a half-close) with a stream or a shared reply
+ *   still going: a check every CONTROL_PEER_CHECK_MS, closing once the peer
+ *   has read nothing for PROTO_FINISH_TIMEOUT_MS (see client_peer_progress:
+ *   our writes completing into the socket buffer are not progress), so
+ *   that a follower that half-closed does not keep its slot through a
+ *   quiet run, nor through a chatty one it does not read;
  * - stream: none while we read (EOF or an error tells us the client went
  *   away, and a client that stops reading the stream's output meets the
  *   output cap); once we stopped reading (half-close, or back-pressure), a
@@ -1658,13 +2031,22 @@ static void client_arm_timer(struct client *c)
 {
 	if (c->closing)
 		return;
-	if (c->finishing)
-		uv_timer_start(&c->timer, on_client_timer, PROTO_FINISH_TIMEOUT_MS, 0);
-	else if (c->deferred)
+	if (c->deferred) {
+		c->draining = false;
 		uv_timer_start(&c->timer, on_client_timer, 0, 0);
-	else if (c->eof)
-		uv_timer_start(&c->timer, on_client_timer, PROTO_FINISH_TIMEOUT_MS, 0);
-	else if (c->stream != STREAM_NONE && c->reading)
+		return;
+	}
+	if (c->finishing || c->eof) {
+		if (!c->draining) {
+			c->draining = true;
+			(void)client_peer_progress(c); /* the baseline */
+			c->progress_at = uv_now(c->ctl->loop);
+			uv_timer_start(&c->timer, on_client_timer, CONTROL_PEER_CHECK_MS, CONTROL_PEER_CHECK_MS);
+		}
+		return;
+	}
+	c->draining = false;
+	if (c->stream != STREAM_NONE && c->reading)
 		uv_timer_stop(&c->timer); /* a stream may be quiet for a long time */
 	else if (c->stream != STREAM_NONE)
 		uv_timer_start(&c->timer, on_client_timer, CONTROL_PEER_CHECK_MS, CONTROL_PEER_CHECK_MS);
@@ -1878,6 +2260,7 @@ int control_new(uv_loop_t *loop, const struct config *config, struct engine *eng
 	}
 
 	ctl = xcalloc(1, sizeof(*ctl));
+	ctl->needle_revs = xcalloc(CONTROL_MAX_REVS, sizeof(*ctl->needle_revs));
 	ctl->loop = loop;
 	ctl->config = config;
 	ctl->engine = engine;

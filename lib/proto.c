@@ -251,11 +251,40 @@ int proto_reader_next(struct proto_reader *r, char **ret_line)
 
 /* ---- redaction ---- */
 
-/* Members of an object marked "secret": true that describe it rather than
- * hold its value (a file's path, mode and owner): shown as they are. */
+/* Where in a stack document an object is: only an entry of
+ * agent.files.<layer>[] keeps the members that describe it visible when it
+ * is marked secret; any other object marked so hides every member (fail
+ * closed: we cannot tell what else in Custom JSON is a value). */
+enum where {
+	AT_ROOT,
+	AT_AGENT,      /* $.agent */
+	AT_FILES,      /* $.agent.files */
+	AT_FILE_LIST,  /* $.agent.files.<layer> */
+	AT_FILE_ENTRY, /* $.agent.files.<layer>[i] */
+	AT_OTHER,
+};
+
+static enum where where_member(enum where w, const char *k)
+{
+	if (w == AT_ROOT && strcmp(k, "agent") == 0)
+		return AT_AGENT;
+	if (w == AT_AGENT && strcmp(k, "files") == 0)
+		return AT_FILES;
+	if (w == AT_FILES)
+		return AT_FILE_LIST;
+	return AT_OTHER;
+}
+
+static enum where where_element(enum where w)
+{
+	return w == AT_FILE_LIST ? AT_FILE_ENTRY : AT_OTHER;
+}
+
+/* Members of a secret agent.files entry that describe it rather than hold
+ * its value (the file's path, mode and owner): shown as they are. */
 static bool key_is_descriptive(const char *k)
 {
-	static const char *const keys[] = { "secret", "path", "mode", "owner", "group", "name", "layer" };
+	static const char *const keys[] = { "secret", "path", "mode", "owner", "group" };
 
 	for (size_t i = 0; i < ELEMENTSOF(keys); i++)
 		if (strcmp(k, keys[i]) == 0)
@@ -268,20 +297,18 @@ bool proto_object_is_secret(const json_t *v)
 	return json_is_object(v) && json_is_true(json_object_get(v, "secret"));
 }
 
-/* Whether member k = v (of an object marked secret or not) is shown as
- * "***". The mark itself, "secret": true or false, is shown: it is the
+/* Whether member k = v (of an object marked secret or not, at w) is shown
+ * as "***". The mark itself, "secret": true or false, is shown: it is the
  * operator's flag, not a value, and says why the rest is hidden. */
-static bool member_hidden(const char *k, const json_t *v, bool secret_object)
+static bool member_hidden(const char *k, const json_t *v, bool secret_object, enum where w)
 {
 	if (strcmp(k, "secret") == 0 && json_is_boolean(v))
 		return false;
-	return key_is_secret(k) || (secret_object && !key_is_descriptive(k));
+	return key_is_secret(k) || (secret_object && !(w == AT_FILE_ENTRY && key_is_descriptive(k)));
 }
 
-json_t *proto_redact(const json_t *v)
+static json_t *redact_copy(const json_t *v, enum where w)
 {
-	if (!v)
-		return NULL;
 	if (json_is_object(v)) {
 		bool secret = proto_object_is_secret(v);
 		json_t *o = json_object();
@@ -290,7 +317,8 @@ json_t *proto_redact(const json_t *v)
 
 		json_object_foreach((json_t *)v, k, x)
 		{
-			json_t *c = member_hidden(k, x, secret) ? json_string("***") : proto_redact(x);
+			json_t *c = member_hidden(k, x, secret, w) ? json_string("***")
+								   : redact_copy(x, where_member(w, k));
 			json_object_set_new(o, k, c);
 		}
 		return o;
@@ -300,16 +328,23 @@ json_t *proto_redact(const json_t *v)
 		size_t i;
 		json_t *x;
 
-		json_array_foreach(v, i, x) json_array_append_new(a, proto_redact(x));
+		json_array_foreach(v, i, x) json_array_append_new(a, redact_copy(x, where_element(w)));
 		return a;
 	}
 	return json_deep_copy(v);
 }
 
+json_t *proto_redact(const json_t *v)
+{
+	if (!v)
+		return NULL;
+	return redact_copy(v, AT_ROOT);
+}
+
 /* NULL when nothing at or below v is secret, else the redacted copy, new
  * only along the way to the secrets. One pass: the members seen before the
  * first secret are shared once it is found. */
-static json_t *redact_shared_inner(json_t *v)
+static json_t *redact_shared_inner(json_t *v, enum where w)
 {
 	json_t *out = NULL, *x, *c;
 	const char *k;
@@ -320,7 +355,8 @@ static json_t *redact_shared_inner(json_t *v)
 
 		json_object_foreach(v, k, x)
 		{
-			c = member_hidden(k, x, secret) ? json_string("***") : redact_shared_inner(x);
+			c = member_hidden(k, x, secret, w) ? json_string("***")
+							   : redact_shared_inner(x, where_member(w, k));
 			if (c && !out) {
 				const char *k2;
 				json_t *x2;
@@ -341,7 +377,7 @@ static json_t *redact_shared_inner(json_t *v)
 	if (json_is_array(v)) {
 		json_array_foreach(v, i, x)
 		{
-			c = redact_shared_inner(x);
+			c = redact_shared_inner(x, where_element(w));
 			if (c && !out) {
 				out = json_array();
 				for (size_t j = 0; j < i; j++)
@@ -360,11 +396,12 @@ json_t *proto_redact_shared(json_t *v)
 
 	if (!v)
 		return NULL;
-	out = redact_shared_inner(v);
+	out = redact_shared_inner(v, AT_ROOT);
 	return out ? out : json_incref(v);
 }
 
-/* Every string below v (v included). */
+/* Every string and number below v (v included): numbers as JSON writes
+ * them, since that is how a file or a command would print them too. */
 static void strings_below(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata)
 {
 	const char *k;
@@ -373,14 +410,21 @@ static void strings_below(const json_t *v, void (*fn)(const char *s, size_t len,
 
 	if (json_is_string(v))
 		fn(json_string_value(v), json_string_length(v), userdata);
-	else if (json_is_object(v)) {
+	else if (json_is_number(v)) {
+		char *d = json_dumps(v, JSON_ENCODE_ANY);
+
+		if (d)
+			fn(d, strlen(d), userdata);
+		free(d);
+	} else if (json_is_object(v)) {
 		json_object_foreach((json_t *)v, k, x) strings_below(x, fn, userdata);
 	} else if (json_is_array(v)) {
 		json_array_foreach(v, i, x) strings_below(x, fn, userdata);
 	}
 }
 
-void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata)
+static void secret_strings(const json_t *v, enum where w, void (*fn)(const char *s, size_t len, void *userdata),
+			   void *userdata)
 {
 	const char *k;
 	json_t *x;
@@ -391,14 +435,19 @@ void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len,
 
 		json_object_foreach((json_t *)v, k, x)
 		{
-			if (secret && member_hidden(k, x, true))
+			if (member_hidden(k, x, secret, w))
 				strings_below(x, fn, userdata);
 			else
-				proto_secret_strings(x, fn, userdata);
+				secret_strings(x, where_member(w, k), fn, userdata);
 		}
 	} else if (json_is_array(v)) {
-		json_array_foreach(v, i, x) proto_secret_strings(x, fn, userdata);
+		json_array_foreach(v, i, x) secret_strings(x, where_element(w), fn, userdata);
 	}
+}
+
+void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata)
+{
+	secret_strings(v, AT_ROOT, fn, userdata);
 }
 
 static bool is_ident(char c)
@@ -412,14 +461,25 @@ static bool is_blank(char c)
 	return c == ' ' || c == '\t';
 }
 
-static bool is_space(char c)
+/* Skips what may sit between a name and its separator, or a separator and
+ * its value: blanks, quotes, and the same escaped (\t, \" as a program that
+ * prints JSON or C strings writes them). */
+static size_t skip_filler(const char *s, size_t j)
 {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+	for (;;) {
+		if (is_blank(s[j]) || s[j] == '"' || s[j] == '\'')
+			j++;
+		else if (s[j] == '\\' && (s[j + 1] == 't' || s[j + 1] == '"' || s[j + 1] == '\''))
+			j += 2;
+		else
+			return j;
+	}
 }
 
-/* At s[i], a secret word followed by the rest of its name, an optional
- * closing quote, blanks, '=' or ':', blanks? Returns the index of the value,
- * or 0 when this is not an assignment. */
+/* At s[i], a secret word followed by the rest of its name, closing quotes,
+ * [..] subscripts, blanks, then a separator ('=', ':', so "=>", ":=", "=="
+ * too, or "->"), or a command line option ("--password VALUE")? Returns
+ * the index just past the separator, or 0 when this is not an assignment. */
 static size_t secret_value_at(const char *s, size_t i)
 {
 	static const char *const words[] = { "password", "secret", "token", "key" };
@@ -436,20 +496,36 @@ static size_t secret_value_at(const char *s, size_t i)
 		return 0;
 	while (is_ident(s[j]))
 		j++;
-	if (s[j] == '"' || s[j] == '\'')
-		j++;
-	while (is_blank(s[j]))
-		j++;
+	if (s[j] == '>' && s[j - 1] == '-')
+		return j + 1; /* "secret-> value": the '-' was taken as part of the name */
+	if (i > 0 && s[i - 1] == '-' && is_blank(s[j])) {
+		/* An option and its argument: --password VALUE. */
+		size_t k = j;
+		while (is_blank(s[k]))
+			k++;
+		if (s[k] && s[k] != '\n' && s[k] != '-')
+			return j;
+	}
+	j = skip_filler(s, j);
+	while (s[j] == '[') {
+		/* password[prod]=, key["a b"]: */
+		while (s[j] && s[j] != ']' && s[j] != '\n')
+			j++;
+		if (s[j] != ']')
+			return 0;
+		j = skip_filler(s, j + 1);
+	}
+	if (s[j] == '-' && s[j + 1] == '>')
+		return j + 2;
 	if (s[j] != '=' && s[j] != ':')
 		return 0;
-	j++;
-	while (is_blank(s[j]))
-		j++;
-	if (s[j] == '\0' || is_space(s[j]))
-		return 0;
-	return j;
+	return j + 1;
 }
 
+/* Once a secret-named key is followed by a separator, everything after it
+ * up to the end of the line is hidden: where a value ends (escaped quotes,
+ * several words, nested objects, arrays) cannot be told for every syntax,
+ * and guessing short leaks the rest. */
 char *proto_redact_text(const char *s)
 {
 	struct buf b;
@@ -459,32 +535,20 @@ char *proto_redact_text(const char *s)
 	if (!s)
 		return buf_steal(&b);
 	while (s[i]) {
-		size_t v = secret_value_at(s, i);
-		size_t end;
+		size_t v = secret_value_at(s, i), end;
 
 		if (v == 0) {
 			i++;
 			continue;
 		}
-		if (s[v] == '"' || s[v] == '\'') {
-			/* A quoted value: redact up to its closing quote on this line. */
-			const char q = s[v];
-			end = v + 1;
-			while (s[end] && s[end] != q && s[end] != '\n')
-				end++;
-			if (s[end] == q) {
-				buf_append(&b, s + copied, v + 1 - copied);
-				buf_puts(&b, "***");
-				copied = end;
-				i = end + 1;
-				continue;
-			}
-		}
+		while (is_blank(s[v]))
+			v++;
 		end = v;
-		while (s[end] && !is_space(s[end]))
+		while (s[end] && s[end] != '\n')
 			end++;
 		buf_append(&b, s + copied, v - copied);
-		buf_puts(&b, "***");
+		if (end > v)
+			buf_puts(&b, "***");
 		copied = i = end;
 	}
 	buf_append(&b, s + copied, i - copied);

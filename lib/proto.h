@@ -91,11 +91,11 @@ size_t proto_reader_pending(const struct proto_reader *r);
 /* Whether proto_reader_next() would return something other than 0. */
 bool proto_reader_ready(const struct proto_reader *r);
 
-/* Returns a deep copy of v with, at any depth, the value of every object
- * key that key_is_secret() matches replaced by "***", and so is every member
- * of an object marked "secret": true (an agent.files entry: its content)
- * except the members that describe it: secret, path, mode, owner, group,
- * name, layer. */
+/* Returns a deep copy of v (a stack document: its root) with, at any depth,
+ * the value of every object key that key_is_secret() matches replaced by
+ * "***", and so is every member of an object marked "secret": true, except
+ * the mark itself and, for an entry of agent.files.<layer>[] only, the
+ * members that describe it: path, mode, owner, group. */
 json_t *proto_redact(const json_t *v);
 /* The same redaction without the copy: returns v itself (a new reference)
  * when nothing in it is secret, else a new tree that shares every subtree
@@ -104,15 +104,19 @@ json_t *proto_redact(const json_t *v);
 json_t *proto_redact_shared(json_t *v);
 /* Whether v is an object marked "secret": true. */
 bool proto_object_is_secret(const json_t *v);
-/* Calls fn(s, len, userdata) for every string that the mark of an object
- * marked "secret": true hides (a secret file's content), at any depth of v,
- * so that free text quoting it can be redacted too. */
+/* Calls fn(s, len, userdata) for every string, and every number as JSON
+ * writes it (NUL-terminated then), that proto_redact() hides (a secret
+ * file's content, a secret key's value), at any depth of v (a stack
+ * document), so that free text quoting it can be redacted too. */
 void proto_secret_strings(const json_t *v, void (*fn)(const char *s, size_t len, void *userdata), void *userdata);
 
 /* Redacts secrets in free text (run output shown to unprivileged callers):
- * in every "NAME = VALUE" or "NAME: VALUE" where NAME contains password,
- * secret, token or key (case-insensitively; optionally quoted), VALUE (up to
- * the next white space) becomes "***". Returns a malloc'd string. */
+ * after every NAME containing password, secret, token or key
+ * (case-insensitively; optionally quoted, with [..] subscripts) followed by
+ * a separator ('=' or ':', so "=>", ":=", "==" too, or "->"), or after an
+ * option "-NAME VALUE", the rest of the line becomes "***": where a value
+ * ends cannot be told for every syntax, so it fails closed. Returns a
+ * malloc'd string. */
 char *proto_redact_text(const char *s);
 
 /* A JSON string from arbitrary bytes (process output): invalid UTF-8 and NUL

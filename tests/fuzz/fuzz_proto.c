@@ -5,6 +5,7 @@
  * that lines stay within the cap, that a redacted document keeps no value
  * under a secret key, and that every encoded reply is one line. */
 #include <assert.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,22 +17,65 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void check_redacted(const json_t *v)
+/* where: 0 root, 1 $.agent, 2 $.agent.files, 3 a layer's list, 4 its
+ * entry, 5 anywhere else. Only an agent.files entry marked secret keeps its
+ * path, mode, owner and group; any other object so marked hides all. */
+static void check_redacted_at(const json_t *v, int where)
 {
 	const char *k;
 	json_t *x;
 	size_t i;
 
 	if (json_is_object(v)) {
+		bool secret = json_is_true(json_object_get(v, "secret"));
+
 		json_object_foreach((json_t *)v, k, x)
 		{
-			if (key_is_secret(k))
+			bool kept = strcmp(k, "secret") == 0 && json_is_boolean(x);
+			bool desc = where == 4 && (!strcmp(k, "path") || !strcmp(k, "mode") || !strcmp(k, "owner") ||
+						   !strcmp(k, "group"));
+			int next = where == 0 && !strcmp(k, "agent")   ? 1
+				   : where == 1 && !strcmp(k, "files") ? 2
+				   : where == 2			       ? 3
+									       : 5;
+
+			if (!kept && (key_is_secret(k) || (secret && !desc)))
 				assert(json_is_string(x) && strcmp(json_string_value(x), "***") == 0);
 			else
-				check_redacted(x);
+				check_redacted_at(x, next);
 		}
 	} else if (json_is_array(v)) {
-		json_array_foreach(v, i, x) check_redacted(x);
+		json_array_foreach(v, i, x) check_redacted_at(x, where == 3 ? 4 : 5);
+	}
+}
+
+static void check_redacted(const json_t *v)
+{
+	check_redacted_at(v, 0);
+}
+
+/* Redacted text is the input line by line: each line unchanged, or cut
+ * after a separator and ended by "***" (the rest of a line after a secret
+ * name is hidden whole); and redacting again changes nothing. */
+static void check_redacted_text(const char *in, const char *out)
+{
+	char *again = proto_redact_text(out);
+
+	assert(again && strcmp(again, out) == 0);
+	free(again);
+	for (;;) {
+		const char *ie = strchr(in, '\n'), *oe = strchr(out, '\n');
+		size_t il = ie ? (size_t)(ie - in) : strlen(in), ol = oe ? (size_t)(oe - out) : strlen(out);
+
+		assert(!ie == !oe);
+		if (!(il == ol && memcmp(in, out, il) == 0)) {
+			assert(ol >= 3 && memcmp(out + ol - 3, "***", 3) == 0);
+			assert(ol - 3 <= il && memcmp(in, out, ol - 3) == 0);
+		}
+		if (!ie)
+			break;
+		in = ie + 1;
+		out = oe + 1;
 	}
 }
 
@@ -80,6 +124,7 @@ static void handle_line(const char *line)
 	/* The line as if it were run output shown to an unprivileged caller. */
 	text = proto_redact_text(line);
 	assert(text);
+	check_redacted_text(line, text);
 	reply = proto_reply_ok(json_pack("{s:s, s:o}", "output", text, "raw", proto_string_lossy(line, strlen(line))));
 	assert(reply);
 	check_one_line(reply);

@@ -562,3 +562,159 @@ def test_run_ids_beyond_any_run_are_not_found(agent):
         for method in ("run-info", "log"):
             r = request(agent, {"method": method, "params": {"id": rid}})
             assert r["ok"] is False and r["error"]["code"] == "not-found", (method, rid, r)
+
+
+CHATTY = r"""
+import os, sys, time
+d = sys.argv[1]
+if os.environ.get("AGENT_EVENT") != "configure" or not os.path.exists(os.path.join(d, "armed")):
+    sys.exit(0)
+os.unlink(os.path.join(d, "armed"))
+i = 0
+while not os.path.exists(os.path.join(d, "stop")):
+    print("tick %d" % i, flush=True)
+    i += 1
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_half_closed_follower_of_a_chatty_run_that_does_not_read_is_closed(make_agent):
+    """break3 finding 7: a follower that half-closes and never reads is
+    closed although the run keeps writing (a line every 0.5 s) and each line
+    fits in the socket buffer; one that half-closes and reads stays to the
+    end of the run."""
+    a = make_agent()
+    d = os.path.join(a.tmp, "signals")
+    os.makedirs(d)
+    path = os.path.join(a.tmp, "chatty.py")
+    with open(path, "w") as f:
+        f.write(CHATTY)
+    a.write_stack(simple_stack(recipes={"touch": {"command": ["/usr/bin/python3", path, d, "0.5"]}}))
+    a.start()
+    a.wait_idle()
+    open(os.path.join(d, "armed"), "w").close()
+    run_id = a.ctl_json("run", "configure", "--layer", "web")["id"]
+    wait_for(lambda: "tick 0" in a.ctl("log", run_id).stdout, what="the run to print")
+    silent = connect(a)
+    reader = connect(a)
+    try:
+        for s in (silent, reader):
+            s.sendall(json.dumps({"method": "log", "params": {"id": run_id, "follow": True}}).encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+        reader.setblocking(False)
+        got = b""
+        hup = select.poll()
+        hup.register(silent, select.POLLRDHUP | select.POLLHUP)
+        deadline = time.monotonic() + 60
+        silent_closed = False
+        # The reader keeps reading; the silent one must be closed while the
+        # run still goes on (before, it was kept as long as the run wrote).
+        while time.monotonic() < deadline and not silent_closed:
+            for _fd, ev in hup.poll(200):
+                if ev & (select.POLLRDHUP | select.POLLHUP):
+                    silent_closed = True
+            try:
+                chunk = reader.recv(65536)
+                assert chunk, "the reading follower was closed: %r" % got[-300:]
+                got += chunk
+            except BlockingIOError:
+                pass
+        assert silent_closed, "the silent half-closed follower was not closed"
+        assert a.ctl_json("show", run_id)["status"] == "running"
+        # The reader got the run's lines past the silent one's end and gets
+        # its end too.
+        open(os.path.join(d, "stop"), "w").close()
+        reader.setblocking(True)
+        reader.settimeout(30)
+        while b'"ok":' not in got:
+            chunk = reader.recv(65536)
+            assert chunk, "the reading follower was closed before the end: %r" % got[-300:]
+            got += chunk
+        assert b'"ok":true' in got and b"tick" in got
+    finally:
+        open(os.path.join(d, "stop"), "w").close()
+        silent.close()
+        reader.close()
+    a.wait_idle()
+
+
+def connect_as_nobody(agent):
+    """A socket connected as nobody (a child connects, then passes it)."""
+    pw = pwd.getpwnam("nobody")
+    r, w = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(agent.sock)
+            socket.send_fds(w, [b"x"], [s.fileno()])
+        finally:
+            os._exit(0)
+    _msg, fds, _flags, _addr = socket.recv_fds(r, 10, 1)
+    os.waitpid(pid, 0)
+    r.close()
+    w.close()
+    return socket.socket(fileno=fds[0])
+
+
+def read_reply(s, timeout=60):
+    s.settimeout(timeout)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+BIG_LOG = r"""
+import os, sys
+if os.environ.get("AGENT_EVENT") != "configure":
+    sys.exit(0)
+sys.stdout.buffer.write((b"\x01" * 1000 + b"\n") * 2200)
+sys.stdout.flush()
+"""
+
+
+def test_a_burst_of_log_requests_is_encoded_once(make_agent):
+    """break3 finding 6: 30 unprivileged requests for a 2.2 MB log of
+    control characters, never read, do not build 30 redacted copies: the
+    encoded reply is shared, and a uid gets one log reply being sent at a
+    time. Root's status latency is printed (not asserted)."""
+    a = make_agent()
+    path = os.path.join(a.tmp, "big.py")
+    with open(path, "w") as f:
+        f.write(BIG_LOG)
+    a.write_stack(simple_stack(recipes={"touch": {"command": ["/usr/bin/python3", path]}}))
+    a.start()
+    a.wait_idle()
+    runs = a.runs()
+    conf = [r["id"] for r in runs if r["event"] == "configure"][0]
+    other = [r["id"] for r in runs if r["event"] != "configure"][0]
+    socks = [connect_as_nobody(a) for _ in range(30)]
+    try:
+        for s in socks:
+            s.sendall(json.dumps({"method": "log", "params": {"id": conf}}).encode() + b"\n")
+        t0 = time.monotonic()
+        assert a.ctl("status").returncode == 0
+        print("root status during a burst of 30 log requests: %.2f s" % (time.monotonic() - t0))
+        # While those replies are unread, the same uid asking for another
+        # run's log is refused rather than given another copy.
+        late = connect_as_nobody(a)
+        late.sendall(json.dumps({"method": "log", "params": {"id": other}}).encode() + b"\n")
+        reply = json.loads(read_reply(late))
+        late.close()
+        assert reply["ok"] is False and reply["error"]["code"] == "limit", reply
+        replies = [read_reply(s) for s in socks]
+        assert all(r == replies[0] for r in replies)
+        doc = json.loads(replies[0])
+        assert doc["ok"] is True and doc["result"]["id"] == conf and len(doc["result"]["output"]) > 1000000
+    finally:
+        for s in socks:
+            s.close()
+    # Once they are read, other logs are served again.
+    assert as_nobody(a, "log", other).returncode == 0

@@ -135,8 +135,8 @@ def test_log_follow_hides_a_value_printed_after_a_pause(make_agent):
             touch(d, n)
     for out in outs:
         assert VALUE not in out, out
-        assert "api_token=***" in out, out
-        assert "db_password=***" in out, out
+        # The rest of a line after a secret name and separator is hidden.
+        assert "db_password=***" in out and "api_token" not in out, out
         assert "two words" not in out, out
         # The run's last line, unterminated, is sent when its step ends.
         assert "api_key: ***" in out, out
@@ -144,7 +144,7 @@ def test_log_follow_hides_a_value_printed_after_a_pause(make_agent):
     full = a.ctl("log", run_id, check=0).stdout
     assert "api_token=" + VALUE in full
     red = as_nobody(a, "log", run_id)
-    assert VALUE not in red.stdout and "api_token=***" in red.stdout
+    assert VALUE not in red.stdout and "db_password=***" in red.stdout
 
 
 # 1 MiB of assignments in one write: the daemon reads it in chunks of at
@@ -389,3 +389,191 @@ while not os.path.exists(os.path.join(d, "go1")):
     finally:
         touch(d, "go1")
     a.wait_idle()
+
+
+def rotating_stack(root, content, extra=None):
+    stack = simple_stack(recipes={"touch": {"command": ["/bin/true"]},
+                                  "show": {"command": ["/bin/cat", root + "/etc/app.secret"]}})
+    stack["agent"]["layers"]["web"]["configure"] = ["files", "show"]
+    stack["agent"]["files"] = {"web": [{"path": "/etc/app.secret", "content": content, "mode": "0600",
+                                        "secret": True}] + (extra or [])}
+    return stack
+
+
+def test_rotated_secret_stays_hidden_in_old_run_logs(make_agent):
+    """break3 finding 1: the old content of a secret file, printed by a run of
+    the old stack, stays hidden after the stack changes, and after a restart
+    (where the old stack's secrets are no longer known, the old run's output
+    is hidden whole rather than shown)."""
+    a = make_agent()
+    a.write_stack(rotating_stack(a.root, "OLD-SECRET-1111\n"))
+    a.start()
+    a.wait_idle()
+    old = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    assert "OLD-SECRET-1111" in a.ctl("log", old).stdout
+    assert "OLD-SECRET-1111" not in as_nobody(a, "log", old).stdout
+    rev = a.status()["source"]["stack_revision"]
+    a.write_stack(rotating_stack(a.root, "NEW-SECRET-2222\n"))
+    a.ctl("reload", check=0)
+    wait_for(lambda: a.status()["source"]["stack_revision"] != rev, what="the new stack")
+    a.wait_idle()
+    new = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    assert new != old
+    for run in (old, new, "last"):
+        p = as_nobody(a, "log", run)
+        assert p.returncode == 0, p.stderr
+        assert "OLD-SECRET-1111" not in p.stdout and "NEW-SECRET-2222" not in p.stdout, (run, p.stdout)
+        for args in (["show", run], ["--json", "show", run]):
+            p = as_nobody(a, *args)
+            assert "SECRET-1111" not in p.stdout and "SECRET-2222" not in p.stdout
+    # Root still sees everything.
+    assert "OLD-SECRET-1111" in a.ctl("log", old).stdout
+    # After a restart the old stack's saved copy may be gone: fail closed.
+    a.stop()
+    a.start()
+    for run in (old, new):
+        p = as_nobody(a, "log", run)
+        assert p.returncode == 0, p.stderr
+        assert "OLD-SECRET-1111" not in p.stdout and "NEW-SECRET-2222" not in p.stdout, (run, p.stdout)
+    assert "OLD-SECRET-1111" in a.ctl("log", old).stdout
+
+
+def test_many_and_long_secret_lines_and_numbers_are_hidden(make_agent):
+    """break3 finding 2: a long secret file listed first does not use up the
+    needles of a later one; a one-line token over 4 KiB and a number in a
+    secret object are hidden too."""
+    a = make_agent()
+    big = "".join("cert-line-%03d-abcdefgh\n" % i for i in range(300))
+    token = "TOK" + "x" * 6000 + "-END-OF-TOKEN"
+    stack = rotating_stack(a.root, "FIRST-SECRET-3333\n", extra=[
+        {"path": "/etc/chain.pem", "content": big, "mode": "0600", "secret": True},
+        {"path": "/etc/db.pass", "content": "DBPASS-FILE-LEAK8\n", "mode": "0600", "secret": True},
+        {"path": "/etc/tok", "content": token + "\n", "mode": "0600", "secret": True},
+    ])
+    stack["pin_holder"] = {"secret": True, "pin": 98765432}
+    script = os.path.join(a.tmp, "show.py")
+    with open(script, "w") as f:
+        f.write("import sys\nfor p in sys.argv[1:]:\n    print(open(p).read())\nprint('pin is 98765432')\n")
+    stack["agent"]["recipes"]["show"] = {"command": ["/usr/bin/python3", script] +
+                                         [a.root + p for p in ("/etc/chain.pem", "/etc/db.pass", "/etc/tok")]}
+    a.write_stack(stack)
+    a.start()
+    a.wait_idle()
+    conf = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    full = a.ctl("log", conf).stdout
+    assert "DBPASS-FILE-LEAK8" in full and "-END-OF-TOKEN" in full and "98765432" in full
+    p = as_nobody(a, "log", conf)
+    assert p.returncode == 0, p.stderr
+    for leak in ("DBPASS-FILE-LEAK8", "-END-OF-TOKEN", "98765432", "cert-line-299"):
+        assert leak not in p.stdout, (leak, p.stdout[-2000:])
+
+
+def test_too_many_secret_lines_hide_run_output_whole(make_agent):
+    """Past the needle caps, redaction fails closed: nobody gets one marker
+    line instead of the run's output; root still sees it all."""
+    a = make_agent()
+    lines = "".join("line-%05d-of-a-huge-secret\n" % i for i in range(5000))
+    stack = rotating_stack(a.root, lines + "LAST-SECRET-4444\n")
+    a.write_stack(stack)
+    a.start()
+    a.wait_idle()
+    conf = [r["id"] for r in a.runs() if r["event"] == "configure"][0]
+    assert "LAST-SECRET-4444" in a.ctl("log", conf).stdout
+    p = as_nobody(a, "log", conf)
+    assert p.returncode == 0, p.stderr
+    assert "LAST-SECRET-4444" not in p.stdout and "line-04999" not in p.stdout
+    assert "output hidden" in p.stdout
+
+
+def nobody_socket(agent):
+    """A socket connected as nobody (a child connects, then passes it)."""
+    pw = pwd.getpwnam("nobody")
+    r, w = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(agent.sock)
+            socket.send_fds(w, [b"x"], [s.fileno()])
+        finally:
+            os._exit(0)
+    _msg, fds, _flags, _addr = socket.recv_fds(r, 10, 1)
+    os.waitpid(pid, 0)
+    r.close()
+    w.close()
+    return socket.socket(fileno=fds[0])
+
+
+def test_slow_readers_cannot_pin_old_stacks_beyond_the_output_cap(make_agent):
+    """break3 finding 8: three readers, one per 16 MiB revision, each reading
+    a little now and then (so never idle): after the stack changes, the old
+    documents they hold count toward the 32 MiB output cap, and the daemon
+    drops readers until they fit (before, all three were kept)."""
+    a = make_agent(simple_stack()).start()
+    a.wait_idle()
+    stop = threading.Event()
+    closed = []
+    readers = []
+
+    def slow_read(s, tag):
+        s.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                if not s.recv(32768):
+                    closed.append(tag)
+                    return
+            except socket.timeout:
+                pass
+            except OSError:
+                closed.append(tag)
+                return
+            stop.wait(1)
+
+    try:
+        for tag in "ABC":
+            rev = a.status()["source"]["stack_revision"]
+            stack = big_stack(16 * 1024 * 1024)
+            stack["blob"][0] = tag + stack["blob"][0][1:]
+            a.write_stack(stack)
+            a.ctl("reload", check=0)
+            wait_for(lambda: a.status()["source"]["stack_revision"] != rev, timeout=60, what="a new stack")
+            a.wait_idle(timeout=60)
+            s = nobody_socket(a)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b'{"method":"stack"}\n')
+            t = threading.Thread(target=slow_read, args=(s, tag), daemon=True)
+            t.start()
+            readers.append((s, t))
+        rev = a.status()["source"]["stack_revision"]
+        a.write_stack(simple_stack())
+        a.ctl("reload", check=0)
+        wait_for(lambda: a.status()["source"]["stack_revision"] != rev, timeout=60, what="the small stack")
+        wait_for(lambda: len(closed) >= 1, timeout=25, what="a reader of an old document to be dropped")
+        assert len(closed) < 3, closed  # only as many as the cap needs
+        assert a.ctl("status").returncode == 0
+    finally:
+        stop.set()
+        for s, t in readers:
+            t.join(5)
+            s.close()
+
+
+def test_secret_objects_outside_agent_files_hide_every_member(make_agent):
+    """break3 finding 10: only agent.files entries keep path, mode, owner and
+    group visible; any other object marked "secret": true hides all."""
+    stack = secret_files_stack()
+    stack["vault"] = {"secret": True, "path": "/srv/PATH-LEAK", "name": "NAME-LEAK", "layer": "LAYER-LEAK",
+                      "mode": "MODE-LEAK", "owner": "OWNER-LEAK", "group": "GROUP-LEAK"}
+    a = make_agent(stack).start()
+    a.wait_idle()
+    p = as_nobody(a, "--json", "stack")
+    assert p.returncode == 0, p.stderr
+    assert "LEAK" not in p.stdout, p.stdout
+    doc = json.loads(p.stdout)
+    assert doc["vault"]["secret"] is True and doc["vault"]["path"] == "***"
+    f0 = doc["agent"]["files"]["web"][0]
+    assert f0["path"] == "/etc/demo/app.ini" and f0["mode"] == "0600" and f0["content"] == "***"
+    assert a.ctl_json("stack")["vault"]["path"] == "/srv/PATH-LEAK"

@@ -282,19 +282,49 @@ static void collect_string(const char *s, size_t len, void *userdata)
 	buf_puts(b, "|");
 }
 
-/* The strings a secret mark hides, to look for in free text. */
+/* The strings and numbers a secret mark or a secret key hides, to look for
+ * in free text. Only an agent.files entry keeps its path visible. */
 static void test_secret_strings(void **state)
 {
-	json_t *in = json_loads("{\"files\":[{\"path\":\"/a\",\"content\":\"c1\",\"secret\":true,\"more\":[\"c2\",{\"x\":\"c3\"}]},"
-				"{\"path\":\"/b\",\"content\":\"open\"}],\"password\":\"not-a-file\"}",
+	json_t *in = json_loads("{\"agent\":{\"files\":{\"web\":[{\"path\":\"/a\",\"content\":\"c1\",\"secret\":true,"
+				"\"more\":[\"c2\",{\"x\":\"c3\"}],\"n\":12345},"
+				"{\"path\":\"/b\",\"content\":\"open\"}]}},"
+				"\"custom\":{\"secret\":true,\"path\":\"/p\",\"v\":\"c4\",\"pin\":2.5},"
+				"\"password\":\"pw-5\"}",
 				0, NULL);
 	struct buf b;
 
 	assert_non_null(in);
 	buf_init(&b);
 	proto_secret_strings(in, collect_string, &b);
-	assert_string_equal(b.data, "c1|c2|c3|");
+	assert_string_equal(b.data, "c1|c2|c3|12345|/p|c4|2.5|pw-5|");
 	buf_free(&b);
+	json_decref(in);
+}
+
+/* Outside agent.files, an object marked secret hides every member: what
+ * else in Custom JSON is a value cannot be told. */
+static void test_redact_secret_custom(void **state)
+{
+	json_t *in = json_loads("{\"app\":{\"secret\":true,\"path\":\"/p\",\"name\":\"n1\",\"layer\":\"l1\","
+				"\"mode\":\"m1\",\"owner\":\"o1\",\"group\":\"g1\"},"
+				"\"agent\":{\"other\":[{\"secret\":true,\"path\":\"/q\"}]}}",
+				0, NULL);
+	json_t *outs[2];
+
+	assert_non_null(in);
+	outs[0] = proto_redact(in);
+	outs[1] = proto_redact_shared(in);
+	for (int i = 0; i < 2; i++) {
+		char *dump = json_dumps(outs[i], JSON_SORT_KEYS);
+
+		assert_non_null(dump);
+		assert_string_equal(dump, "{\"agent\": {\"other\": [{\"path\": \"***\", \"secret\": true}]}, \"app\": "
+					  "{\"group\": \"***\", \"layer\": \"***\", \"mode\": \"***\", \"name\": \"***\", "
+					  "\"owner\": \"***\", \"path\": \"***\", \"secret\": true}}");
+		free(dump);
+		json_decref(outs[i]);
+	}
 	json_decref(in);
 }
 
@@ -303,12 +333,14 @@ static void test_redact_text(void **state)
 	static const struct {
 		const char *in, *want;
 	} cases[] = {
-		{ "password=hunter2 next", "password=*** next" },
+		{ "password=hunter2 next", "password=***" },
 		{ "DB_PASSWORD: s3cret\nok\n", "DB_PASSWORD: ***\nok\n" },
-		{ "aws_secret_access_key = AKIA/xyz end", "aws_secret_access_key = *** end" },
-		{ "{\"token\": \"abc def\"}", "{\"token\": \"***\"}" },
+		{ "aws_secret_access_key = AKIA/xyz end", "aws_secret_access_key = ***" },
+		{ "{\"token\": \"abc def\"}", "{\"token\": ***" },
+		{ "a\ntoken=x y\nb", "a\ntoken=***\nb" },
 		{ "nothing to see", "nothing to see" },
 		{ "key:", "key:" },
+		{ "key:\nnext", "key:\nnext" },
 		{ "the key is here", "the key is here" },
 		{ "", "" },
 	};
@@ -317,6 +349,62 @@ static void test_redact_text(void **state)
 		char *out = proto_redact_text(cases[i].in);
 		assert_string_equal(out, cases[i].want);
 		free(out);
+	}
+}
+
+/* The security tester's forms (break3 cases.txt): whatever follows a
+ * secret name and its separator is hidden to the end of its line. */
+static void test_redact_text_forms(void **state)
+{
+	static const char *const cases[] = {
+		"password=hunter2",
+		"{\"password\": \"hun\\\"ter2 tail\"}",
+		"{\"api_keys\": [\"k1-SECRET\", \"k2-SECRET\"]}",
+		"{\"secret\": {\"value\": \"OBJ-SECRET\"}}",
+		"'password' => 'PHP-SECRET'",
+		":password => \"RUBY-SECRET\"",
+		"password := GO-SECRET",
+		"password[0]=ARR-SECRET",
+		"password[prod]=ARR-SECRET",
+		"password: my pass phrase SECRET",
+		"password='a b SECRET",
+		"AWS_SECRET_ACCESS_KEY=AKIA-SECRET",
+		"export DB_PASSWORD=\"quoted SECRET\"",
+		"--password SPACE-SECRET",
+		"password\\t= TAB-SECRET",
+		"Password: Upper-SECRET",
+		"x_key_y=XKEY-SECRET",
+		"token=a;rest-SECRET",
+		"password=\"\"SECRET",
+		"password == EQ-SECRET",
+		"secret-> ARROW-SECRET",
+		"\"password\" : \"SPACED-SECRET\"",
+		"password\t= TAB-SECRET",
+		"{\\\"password\\\": \\\"ESCAPED-SECRET\\\"}",
+	};
+
+	for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+		char *out = proto_redact_text(cases[i]);
+		/* each value ends in SECRET (or is hunter2), the names do not */
+		if (strstr(out, "-SECRET") || strstr(out, " SECRET") || strstr(out, "\"SECRET") ||
+		    strstr(out, "ARROW") || strstr(out, "ter2"))
+			fail_msg("leak: %s -> %s", cases[i], out);
+		/* on its own line, among others: the other lines stay */
+		free(out);
+		{
+			char *in = NULL, *out2;
+			size_t n = strlen(cases[i]) + 16;
+			in = malloc(n);
+			assert_non_null(in);
+			snprintf(in, n, "a1\n%s\nb2", cases[i]);
+			out2 = proto_redact_text(in);
+			assert_non_null(strstr(out2, "a1\n"));
+			assert_non_null(strstr(out2, "\nb2"));
+			assert_null(strstr(out2, "-SECRET"));
+			assert_null(strstr(out2, " SECRET"));
+			free(out2);
+			free(in);
+		}
 	}
 }
 
@@ -391,6 +479,8 @@ int main(void)
 		cmocka_unit_test(test_redact_secret_objects),
 		cmocka_unit_test(test_secret_strings),
 		cmocka_unit_test(test_redact_text),
+		cmocka_unit_test(test_redact_text_forms),
+		cmocka_unit_test(test_redact_secret_custom),
 		cmocka_unit_test(test_replies),
 		cmocka_unit_test(test_string_lossy),
 	};
