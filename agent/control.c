@@ -82,7 +82,7 @@
 #define CONTROL_MAX_NEEDLES 4096 /* lines of secret files looked for in free text */
 #define CONTROL_MAX_NEEDLE_BYTES (4 * 1024 * 1024) /* their bytes; past either, output is hidden */
 #define CONTROL_MIN_NEEDLE 4     /* shorter lines ("}", "") are not hidden: see needle_add() */
-#define CONTROL_MAX_REVS 32      /* stack revisions whose needles are kept */
+#define CONTROL_EXTRA_REVS 16    /* revisions kept beyond one per run of `history` */
 #define CONTROL_LOG_CACHE 4      /* encoded log replies of finished runs kept */
 
 enum client_stream {
@@ -214,7 +214,8 @@ struct control {
 	 * may have used (see needles_update): free text shown to unprivileged
 	 * callers has them replaced by "***" too, e.g. a recipe that prints the
 	 * file. needles_rev is the current revision when they were updated. */
-	struct needle_rev *needle_revs; /* CONTROL_MAX_REVS */
+	struct needle_rev *needle_revs; /* max_revs of them */
+	size_t max_revs; /* history + CONTROL_EXTRA_REVS: every revision a run can name */
 	size_t n_needle_revs;
 	size_t needle_count, needle_bytes;
 	bool needles_overflow; /* past the caps: run output is hidden (fail closed) */
@@ -878,7 +879,7 @@ static void needle_rev_add(struct control *ctl, const char *rev, json_t *doc, co
 
 	if (!rev || strlen(rev) != 16 || needle_rev_find(ctl, rev))
 		return;
-	if (ctl->n_needle_revs >= CONTROL_MAX_REVS) {
+	if (ctl->n_needle_revs >= ctl->max_revs) {
 		size_t w = 0;
 
 		for (size_t i = 0; i < ctl->n_needle_revs; i++) {
@@ -893,7 +894,7 @@ static void needle_rev_add(struct control *ctl, const char *rev, json_t *doc, co
 		for (size_t i = w; i < ctl->n_needle_revs; i++)
 			memset(&ctl->needle_revs[i], 0, sizeof(ctl->needle_revs[i]));
 		ctl->n_needle_revs = w;
-		if (w >= CONTROL_MAX_REVS) {
+		if (w >= ctl->max_revs) {
 			ctl->needles_overflow = true;
 			return;
 		}
@@ -931,6 +932,20 @@ static void needles_update(struct control *ctl)
 		rev = "";
 	if (ctl->needles_synced && strcmp(rev, ctl->needles_rev) == 0)
 		return;
+	if (ctl->needles_overflow) {
+		/* Past the caps once is not past them for good: with a new
+		 * revision, start again from what the runs in history name, so
+		 * that output shows again once the secrets fit. */
+		for (size_t k = 0; k < ctl->n_needle_revs; k++)
+			needle_rev_free(&ctl->needle_revs[k]);
+		memset(ctl->needle_revs, 0, ctl->n_needle_revs * sizeof(*ctl->needle_revs));
+		ctl->n_needle_revs = 0;
+		ctl->needle_count = 0;
+		ctl->needle_bytes = 0;
+		ctl->needles_overflow = false;
+		ctl->needles_synced = false;
+		ctl->needles_gen++;
+	}
 	runs = engine_runs(ctl->engine, 0);
 	st = engine_status(ctl->engine);
 	applied = json_string_value(json_object_get(st, "applied_revision"));
@@ -964,6 +979,19 @@ static bool needles_unsure(struct control *ctl, const char *rev)
 	if (!rev)
 		return false; /* a run that never started has no output */
 	nr = needle_rev_find(ctl, rev);
+	if (!nr && strlen(rev) == 16) {
+		/* A revision not seen while current (a retry against a failed
+		 * run's saved stack): read its saved copy now. */
+		json_t *runs = engine_runs(ctl->engine, 0), *st = engine_status(ctl->engine);
+
+		needle_rev_add(ctl, rev, NULL, runs, engine_stack_revision(ctl->engine),
+			       json_string_value(json_object_get(st, "applied_revision")));
+		json_decref(runs);
+		json_decref(st);
+		if (ctl->needles_overflow)
+			return true;
+		nr = needle_rev_find(ctl, rev);
+	}
 	return !nr || nr->unknown;
 }
 
@@ -1186,6 +1214,11 @@ static void on_control_event(void *userdata, const json_t *ev)
 	if (ctl->freeing || !name || !json_is_integer(run))
 		return;
 	ctl->in_engine_cb++;
+	/* A run's stack is current (or saved) when it starts, and its saved
+	 * copy goes once it ends: take its secrets now, so that its output can
+	 * be redacted later rather than hidden as unknown. */
+	if (strcmp(name, "run-started") == 0)
+		needles_update(ctl);
 	if (strcmp(name, "output") == 0)
 		held_feed(ctl, (long)json_integer_value(run), json_string_value(data), json_string_length(data));
 	else
@@ -2260,7 +2293,8 @@ int control_new(uv_loop_t *loop, const struct config *config, struct engine *eng
 	}
 
 	ctl = xcalloc(1, sizeof(*ctl));
-	ctl->needle_revs = xcalloc(CONTROL_MAX_REVS, sizeof(*ctl->needle_revs));
+	ctl->max_revs = (config && config->history > 0 ? (size_t)config->history : 50) + CONTROL_EXTRA_REVS;
+	ctl->needle_revs = xcalloc(ctl->max_revs, sizeof(*ctl->needle_revs));
 	ctl->loop = loop;
 	ctl->config = config;
 	ctl->engine = engine;

@@ -577,3 +577,29 @@ def test_secret_objects_outside_agent_files_hide_every_member(make_agent):
     f0 = doc["agent"]["files"]["web"][0]
     assert f0["path"] == "/etc/demo/app.ini" and f0["mode"] == "0600" and f0["content"] == "***"
     assert a.ctl_json("stack")["vault"]["path"] == "/srv/PATH-LEAK"
+
+
+def test_output_stays_visible_across_many_stack_revisions(make_agent):
+    """Redaction keeps the secrets of every revision a run in history names:
+    more revisions than a fixed table once held (32) must not tip it into
+    hiding every run's output from unprivileged callers for good."""
+    a = make_agent()
+    stack = rotating_stack(a.root, "ROTATING-SECRET-0000\n")
+    stack["agent"]["recipes"]["hello"] = {"command": ["/bin/echo", "visible-output-line"]}
+    stack["agent"]["layers"]["web"]["configure"] = ["files", "hello"]
+    a.write_stack(stack)
+    a.start()
+    a.wait_idle()
+    for i in range(40):
+        rev = a.status()["source"]["stack_revision"]
+        stack["agent"]["files"]["web"][0]["content"] = "ROTATING-SECRET-%04d\n" % (i + 1)
+        a.write_stack(stack)
+        wait_for(lambda: a.status()["source"]["stack_revision"] != rev, what="revision %d" % i)
+        a.wait_idle()
+    confs = [r["id"] for r in a.runs() if r["event"] == "configure"]
+    assert len(confs) >= 35, confs
+    for run in (confs[0], confs[-1]):
+        p = as_nobody(a, "log", run)
+        assert p.returncode == 0, p.stderr
+        assert "visible-output-line" in p.stdout, (run, p.stdout[-1000:])
+        assert "output hidden" not in p.stdout
