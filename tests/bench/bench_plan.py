@@ -47,27 +47,6 @@ def nobody_cmd(a, *args):
             "--socket", a.sock] + [str(x) for x in args]
 
 
-def nobody_socket(a):
-    """A socket connected to agentd as nobody (a forked child connects and passes it back)."""
-    pw = pwd.getpwnam("nobody")
-    r, w = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(a.sock)
-            socket.send_fds(w, [b"x"], [s.fileno()])
-        finally:
-            os._exit(0)
-    _, fds, _, _ = socket.recv_fds(r, 10, 1)
-    os.waitpid(pid, 0)
-    r.close()
-    w.close()
-    return socket.socket(fileno=fds[0])
-
 
 def reset_peak(pid):
     with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -111,7 +90,7 @@ def main():
 
         reset_peak(pid)
         for _ in range(8):
-            s = nobody_socket(a)
+            s = conftest.nobody_socket(a)
             s.sendall(json.dumps({"method": "plan", "params": {"event": "configure", "layer": "web"}}).encode()
                       + b"\n")
             socks.append(s)

@@ -206,3 +206,28 @@ def simple_stack(layers=None, extra=None, recipes=None, members=None):
     if extra:
         stack.update(extra)
     return stack
+
+
+def nobody_socket(agent):
+    """A socket connected to agent's control socket as user nobody: a forked
+    child takes nobody's ids, connects, and passes the socket back."""
+    import pwd
+    import socket
+    pw = pwd.getpwnam("nobody")
+    r, w = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(agent.sock)
+            socket.send_fds(w, [b"x"], [s.fileno()])
+        finally:
+            os._exit(0)
+    _msg, fds, _flags, _addr = socket.recv_fds(r, 10, 1)
+    os.waitpid(pid, 0)
+    r.close()
+    w.close()
+    return socket.socket(fileno=fds[0])

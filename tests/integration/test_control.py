@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import AGENTCTL, simple_stack, wait_for
+from conftest import AGENTCTL, nobody_socket, simple_stack, wait_for
 
 SECRET = "hunter2-topsecret"
 
@@ -638,27 +638,6 @@ def test_half_closed_follower_of_a_chatty_run_that_does_not_read_is_closed(make_
     a.wait_idle()
 
 
-def connect_as_nobody(agent):
-    """A socket connected as nobody (a child connects, then passes it)."""
-    pw = pwd.getpwnam("nobody")
-    r, w = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(agent.sock)
-            socket.send_fds(w, [b"x"], [s.fileno()])
-        finally:
-            os._exit(0)
-    _msg, fds, _flags, _addr = socket.recv_fds(r, 10, 1)
-    os.waitpid(pid, 0)
-    r.close()
-    w.close()
-    return socket.socket(fileno=fds[0])
-
 
 def read_reply(s, timeout=60):
     s.settimeout(timeout)
@@ -695,7 +674,7 @@ def test_a_burst_of_log_requests_is_encoded_once(make_agent):
     runs = a.runs()
     conf = [r["id"] for r in runs if r["event"] == "configure"][0]
     other = [r["id"] for r in runs if r["event"] != "configure"][0]
-    socks = [connect_as_nobody(a) for _ in range(30)]
+    socks = [nobody_socket(a) for _ in range(30)]
     try:
         for s in socks:
             s.sendall(json.dumps({"method": "log", "params": {"id": conf}}).encode() + b"\n")
@@ -704,7 +683,7 @@ def test_a_burst_of_log_requests_is_encoded_once(make_agent):
         print("root status during a burst of 30 log requests: %.2f s" % (time.monotonic() - t0))
         # While those replies are unread, the same uid asking for another
         # run's log is refused rather than given another copy.
-        late = connect_as_nobody(a)
+        late = nobody_socket(a)
         late.sendall(json.dumps({"method": "log", "params": {"id": other}}).encode() + b"\n")
         reply = json.loads(read_reply(late))
         late.close()

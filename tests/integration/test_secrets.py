@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import AGENTCTL, simple_stack, wait_for
+from conftest import AGENTCTL, nobody_socket, simple_stack, wait_for
 
 VALUE = "Zq7-hunter2-VALUE"
 
@@ -484,27 +484,6 @@ def test_too_many_secret_lines_hide_run_output_whole(make_agent):
     assert "LAST-SECRET-4444" not in p.stdout and "line-04999" not in p.stdout
     assert "output hidden" in p.stdout
 
-
-def nobody_socket(agent):
-    """A socket connected as nobody (a child connects, then passes it)."""
-    pw = pwd.getpwnam("nobody")
-    r, w = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(agent.sock)
-            socket.send_fds(w, [b"x"], [s.fileno()])
-        finally:
-            os._exit(0)
-    _msg, fds, _flags, _addr = socket.recv_fds(r, 10, 1)
-    os.waitpid(pid, 0)
-    r.close()
-    w.close()
-    return socket.socket(fileno=fds[0])
 
 
 def test_slow_readers_cannot_pin_old_stacks_beyond_the_output_cap(make_agent):
