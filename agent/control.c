@@ -904,7 +904,10 @@ static void needle_rev_add(struct control *ctl, const char *rev, json_t *doc, co
 	memcpy(nr->rev, rev, 17);
 	if (!doc && ctl->config && ctl->config->state_dir) {
 		path = xasprintf("%s/stacks/%s.json", ctl->config->state_dir, rev);
-		if (file_read_regular(AT_FDCWD, path, 0, STACK_MAX_BYTES, &data, &len) == 0)
+		/* The same bounds as any stack: a saved copy that passes them
+		 * costs no more than the stack did when it was current. */
+		if (file_read_regular(AT_FDCWD, path, 0, STACK_MAX_BYTES, &data, &len) == 0 &&
+		    json_bounds_check(data, len, STACK_MAX_ELEMENTS, STACK_MAX_DEPTH) == 0)
 			doc = loaded = json_loadb(data, len, 0, NULL);
 	}
 	if (!doc) {
