@@ -23,7 +23,8 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 
 LIB_SRCS := $(sort $(wildcard lib/*.c))
-AGENT_SRCS := $(sort $(filter-out agent/main.c agent/agentctl.c,$(wildcard agent/*.c agent/recipes/*.c)))
+AGENT_SRCS := $(sort $(filter-out agent/main.c agent/agentctl/%,$(wildcard agent/*.c agent/*/*.c)))
+AGENTCTL_SRCS := $(sort $(wildcard agent/agentctl/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 AGENT_OBJS := $(AGENT_SRCS:%.c=$(BUILD)/obj/%.o)
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
@@ -48,7 +49,7 @@ $(BUILD)/libagent.a: $(AGENT_OBJS)
 $(BUILD)/agentd: $(BUILD)/obj/agent/main.o $(BUILD)/libagent.a $(BUILD)/libcommon.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
 
-$(BUILD)/agentctl: $(BUILD)/obj/agent/agentctl.o $(BUILD)/libcommon.a
+$(BUILD)/agentctl: $(AGENTCTL_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcommon.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs jansson 2>/dev/null)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libagent.a $(BUILD)/libcommon.a

@@ -14,12 +14,12 @@
 #include <uv.h>
 
 #include "config.h"
-#include "control.h"
-#include "engine.h"
+#include "control/control.h"
+#include "engine/engine.h"
 #include "log.h"
 #include "proto.h"
 #include "recipes/recipe.h"
-#include "source.h"
+#include "source/source.h"
 #include "util.h"
 
 #ifndef AGENTD_VERSION

@@ -5,7 +5,7 @@
 
 #include "apps.h"
 #include "plone.h"
-#include "../stack.h"
+#include "stack/stack.h"
 
 const char *apps_section_name(enum app_kind k)
 {

@@ -10,9 +10,9 @@
 
 #include "apps.h"
 #include "recipe.h"
-#include "../config.h"
+#include "config.h"
 #include "plone.h"
-#include "../stack.h"
+#include "stack/stack.h"
 
 /* Characters that mean something to a shell, to supervisord's config
  * parser (%, ;) or to buildout's (${, newlines). */

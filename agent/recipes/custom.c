@@ -11,9 +11,9 @@
 #include <string.h>
 
 #include "recipe.h"
-#include "../config.h"
-#include "../plan.h"
-#include "../stack.h"
+#include "config.h"
+#include "steps/plan.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "recipe.h"
-#include "../stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define CUSTOM_MAX_ARGS 256

@@ -12,8 +12,8 @@
 
 #include "recipe.h"
 #include "storage.h"
-#include "../plan.h"
-#include "../stack.h"
+#include "steps/plan.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define FILES_MAX 10000

@@ -9,12 +9,12 @@
 #include <string.h>
 
 #include "front.h"
-#include "front_step.h"
+#include "steps/front_step.h"
 #include "plone.h"
 #include "recipe.h"
-#include "../config.h"
-#include "../plan.h"
-#include "../stack.h"
+#include "config.h"
+#include "steps/plan.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define FRONT_APP_LAYER "plone_instances"

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "recipe.h"
-#include "../stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define PREFIX "plone_buildout::"

@@ -5,7 +5,7 @@
 #include <sched.h>
 #include <string.h>
 
-#include "../stack.h"
+#include "stack/stack.h"
 
 const json_t *plone_section(const struct stack *s, const char *key)
 {

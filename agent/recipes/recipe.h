@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 
-#include "../event.h"
+#include "event.h"
 
 struct config;
 struct plan;

@@ -5,9 +5,9 @@
 #include <string.h>
 
 #include "recipe.h"
-#include "../config.h"
-#include "../plan.h"
-#include "../stack.h"
+#include "config.h"
+#include "steps/plan.h"
+#include "stack/stack.h"
 #include "util.h"
 
 static const struct recipe_family *const families[] = {

@@ -8,12 +8,12 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../config.h"
-#include "../plan.h"
-#include "../stack.h"
-#include "../step_gluster.h"
-#include "../step_mount.h"
-#include "../step_volume.h"
+#include "config.h"
+#include "steps/plan.h"
+#include "stack/stack.h"
+#include "steps/step_gluster.h"
+#include "steps/step_mount.h"
+#include "steps/step_volume.h"
 #include "plone.h"
 #include "recipe.h"
 #include "util.h"

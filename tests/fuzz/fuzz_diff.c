@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "plan.h"
+#include "steps/plan.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fstab.h"
+#include "io/fstab.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "step_packages.h"
+#include "steps/step_packages.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

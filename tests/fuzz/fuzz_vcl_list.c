@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "recipes/front_step.h"
+#include "steps/front_step.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

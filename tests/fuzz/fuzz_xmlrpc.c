@@ -9,7 +9,7 @@
 
 #include <jansson.h>
 
-#include "supervisor.h"
+#include "io/supervisor.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

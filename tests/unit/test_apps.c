@@ -14,9 +14,9 @@
 
 #include "recipes/apps.h"
 #include "recipes/plone.h"
-#include "stack.h"
-#include "step_packages.h"
-#include "supervisor.h"
+#include "stack/stack.h"
+#include "steps/step_packages.h"
+#include "io/supervisor.h"
 #include "util.h"
 
 static void test_build_call_escapes(void **state)

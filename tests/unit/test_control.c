@@ -24,8 +24,8 @@
 #include <uv.h>
 
 #include "config.h"
-#include "control.h"
-#include "engine.h"
+#include "control/control.h"
+#include "engine/engine.h"
 #include "proto.h"
 #include "util.h"
 

@@ -18,7 +18,7 @@
 
 #include <cmocka.h>
 
-#include "exec.h"
+#include "io/exec.h"
 #include "util.h"
 
 struct run {

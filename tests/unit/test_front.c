@@ -14,9 +14,9 @@
 #include <cmocka.h>
 
 #include "recipes/front.h"
-#include "recipes/front_step.h"
+#include "steps/front_step.h"
 #include "recipes/recipe.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 static const struct front_render_opts defaults = {

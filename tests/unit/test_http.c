@@ -28,9 +28,9 @@
 #include <uv.h>
 
 #include "config.h"
-#include "http.h"
-#include "source.h"
-#include "stack.h"
+#include "io/http.h"
+#include "source/source.h"
+#include "stack/stack.h"
 #include "util.h"
 
 extern char **environ;

@@ -22,9 +22,9 @@
 #include <cmocka.h>
 
 #include "config.h"
-#include "plan.h"
+#include "steps/plan.h"
 #include "recipes/recipe.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "rootfs.h"
 #include "util.h"
 

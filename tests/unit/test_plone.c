@@ -13,7 +13,7 @@
 #include <cmocka.h>
 
 #include "recipes/plone.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 static struct stack *parse(const char *doc, const char *instance)

@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "recipes/recipe.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 static const char *const base_doc =

@@ -11,9 +11,9 @@
 
 #include <cmocka.h>
 
-#include "fstab.h"
-#include "gluster_parse.h"
-#include "step_volume.h"
+#include "io/fstab.h"
+#include "io/gluster_parse.h"
+#include "steps/step_volume.h"
 #include "util.h"
 
 static void test_fstab_append_replace_dedupe(void **state)

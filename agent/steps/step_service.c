@@ -12,11 +12,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "http.h"
+#include "io/http.h"
 #include "log.h"
 #include "plan.h"
 #include "rootfs.h"
-#include "supervisor.h"
+#include "io/supervisor.h"
 #include "util.h"
 
 #define OPS_MAX 8

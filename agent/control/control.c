@@ -62,11 +62,11 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "engine.h"
+#include "engine/engine.h"
 #include "event.h"
 #include "log.h"
 #include "proto.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define CONTROL_ACCEPT_PAUSE_MS 1000 /* accepting resumes this long after EMFILE */

@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../exec.h"
-#include "../plan.h"
+#include "io/exec.h"
+#include "plan.h"
 #include "rootfs.h"
 #include "util.h"
 

@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "plan.h"
+#include "steps/plan.h"
 #include "util.h"
 
 #define DIFF_MAX_WORK 20000000L

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "exec.h"
-#include "gluster_parse.h"
+#include "io/exec.h"
+#include "io/gluster_parse.h"
 #include "plan.h"
 #include "rootfs.h"
 #include "util.h"

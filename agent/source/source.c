@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "config.h"
-#include "http.h"
+#include "io/http.h"
 #include "log.h"
 #include "util.h"
 

@@ -30,10 +30,10 @@
 #include <string.h>
 
 #include "config.h"
-#include "http.h"
+#include "io/http.h"
 #include "log.h"
 #include "source.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define IMDS_DEFAULT_ENDPOINT "http://169.254.169.254"

@@ -34,16 +34,16 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
-#include "exec.h"
-#include "http.h"
+#include "io/exec.h"
+#include "io/http.h"
 #include "log.h"
-#include "plan.h"
+#include "steps/plan.h"
 #include "proto.h"
 #include "recipes/recipe.h"
 #include "recipes/apps.h"
 #include "rootfs.h"
-#include "source.h"
-#include "stack.h"
+#include "source/source.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #ifndef AGENTD_VERSION

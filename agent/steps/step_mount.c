@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "fstab.h"
+#include "io/fstab.h"
 #include "plan.h"
 #include "rootfs.h"
 #include "util.h"

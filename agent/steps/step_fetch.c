@@ -14,8 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "exec.h"
-#include "http.h"
+#include "io/exec.h"
+#include "io/http.h"
 #include "plan.h"
 #include "rootfs.h"
 #include "util.h"

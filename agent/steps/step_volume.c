@@ -14,8 +14,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "exec.h"
-#include "fstab.h"
+#include "io/exec.h"
+#include "io/fstab.h"
 #include "plan.h"
 #include "rootfs.h"
 #include "step_mount.h"

@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "log.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define HTTP_DEFAULT_TIMEOUT_MS 30000L

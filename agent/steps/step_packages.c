@@ -5,7 +5,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "exec.h"
+#include "io/exec.h"
 #include "plan.h"
 #include "util.h"
 

@@ -15,8 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "exec.h"
-#include "http.h"
+#include "io/exec.h"
+#include "io/http.h"
 #include "log.h"
 #include "plan.h"
 #include "rootfs.h"

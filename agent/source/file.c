@@ -13,7 +13,7 @@
 #include "log.h"
 #include "source.h"
 #include "config.h"
-#include "stack.h"
+#include "stack/stack.h"
 #include "util.h"
 
 #define FILE_DEBOUNCE_MS 5

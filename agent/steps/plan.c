@@ -27,7 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "exec.h"
+#include "io/exec.h"
 #include "log.h"
 #include "rootfs.h"
 #include "util.h"
