@@ -22,9 +22,6 @@
 #include "source/source.h"
 #include "util.h"
 
-#ifndef AGENTD_VERSION
-#define AGENTD_VERSION "0.1.0"
-#endif
 
 struct daemon {
 	uv_loop_t loop;

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "event.h"
 #include "proto.h"
 #include "util.h"
 
@@ -497,14 +498,22 @@ struct verb {
 	int (*print)(const json_t *result);
 };
 
-static const char *const event_names[] = { "setup", "configure", "deploy", "undeploy", "shutdown", NULL };
+/* "setup, configure, ..." from lib/event.c, for usage messages. */
+static const char *event_list(void)
+{
+	static char list[128];
+
+	if (!list[0])
+		for (int e = 0; e < _EVENT_MAX; e++)
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", e ? ", " : "",
+				 event_to_string((enum event)e));
+	return list;
+}
 
 static void check_event(const char *ev)
 {
-	for (size_t i = 0; event_names[i]; i++)
-		if (strcmp(event_names[i], ev) == 0)
-			return;
-	usage_error("unknown event \"%s\" (setup, configure, deploy, undeploy, shutdown)", ev);
+	if (event_from_string(ev) == EVENT_INVALID)
+		usage_error("unknown event \"%s\" (%s)", ev, event_list());
 }
 
 static void check_name(const char *what, const char *s)
@@ -639,7 +648,7 @@ static int parse_event_args(int argc, char **argv, struct request *req, bool all
 			ev = argv[i];
 	}
 	if (!ev)
-		usage_error("%s: which event? (setup, configure, deploy, undeploy, shutdown)", argv[0]);
+		usage_error("%s: which event? (%s)", argv[0], event_list());
 	check_event(ev);
 	json_object_set_new(req->params, "event", json_string(ev));
 	return 0;

@@ -46,9 +46,6 @@
 #include "stack/stack.h"
 #include "util.h"
 
-#ifndef AGENTD_VERSION
-#define AGENTD_VERSION "0.1.0"
-#endif
 
 #define STATE_VERSION 1
 /* Bounds of what agentd writes to state_dir, and so of what it reads back.

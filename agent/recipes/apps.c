@@ -19,6 +19,7 @@
 #include "steps/step_packages.h"
 #include "steps/step_service.h"
 #include "rootfs.h"
+#include "strv.h"
 
 static const char *const shared_dirs[] = { "eggs", "downloads", "extends", "var", "parts", "log", NULL };
 #define SUPERVISOR_LOG_DIR "/var/log/supervisor"
@@ -250,13 +251,6 @@ static char **env_strv(const json_t *env)
 	if (!json_object_get(env, "PATH"))
 		v[i++] = xstrdup("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
 	return v;
-}
-
-static void strv_free(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
 }
 
 /* The buildout command: buildout_command from agentd.conf when set (e.g. a

@@ -15,6 +15,7 @@
 #include "steps/plan.h"
 #include "stack/stack.h"
 #include "util.h"
+#include "strv.h"
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -23,13 +24,6 @@ static void env_add(char ***env, size_t *n, char *entry)
 	*env = xrealloc(*env, (*n + 2) * sizeof(char *));
 	(*env)[(*n)++] = entry;
 	(*env)[*n] = NULL;
-}
-
-static void strv_free(char **v)
-{
-	for (size_t i = 0; v && v[i]; i++)
-		free(v[i]);
-	free(v);
 }
 
 static int custom_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)

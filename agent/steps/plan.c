@@ -31,6 +31,7 @@
 #include "log.h"
 #include "rootfs.h"
 #include "util.h"
+#include "strv.h"
 
 /* The JSON text of all the diffs of one plan together (escapes counted):
  * past it, a diff is replaced by a note. Any local user may ask for a plan,
@@ -79,30 +80,6 @@ const char *step_status_to_string(enum step_status s)
 }
 
 /* --- small helpers --- */
-
-static char **strv_dup(char *const *v)
-{
-	size_t n = 0;
-	char **r;
-
-	if (!v)
-		return NULL;
-	while (v[n])
-		n++;
-	r = xcalloc(n + 1, sizeof(char *));
-	for (size_t i = 0; i < n; i++)
-		r[i] = xstrdup(v[i]);
-	return r;
-}
-
-static void strv_free(char **v)
-{
-	if (!v)
-		return;
-	for (size_t i = 0; v[i]; i++)
-		free(v[i]);
-	free(v);
-}
 
 static char *xstrdup_or_null(const char *s)
 {
@@ -1423,8 +1400,8 @@ struct step *plan_add_exec(struct plan *p, const char *target, const struct exec
 		cwd = xstrdup(o->cwd);
 	}
 	d = xcalloc(1, sizeof(*d));
-	d->argv = strv_dup(o->argv);
-	d->env = strv_dup(o->env);
+	d->argv = strv_dup((const char *const *)o->argv);
+	d->env = strv_dup((const char *const *)o->env);
 	d->user = xstrdup_or_null(o->user);
 	d->root = plan_root(p);
 	d->cwd = cwd;

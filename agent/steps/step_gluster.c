@@ -15,6 +15,7 @@
 #include "plan.h"
 #include "rootfs.h"
 #include "util.h"
+#include "strv.h"
 
 #define GLUSTER_OUTPUT_MAX (1u << 20)
 #define GLUSTER_TIMEOUT_MS 120000
@@ -35,28 +36,6 @@ struct gluster_step {
 	struct exec *exec;      /* borrowed while running */
 	bool cancelled;
 };
-
-static void strv_free(char **v)
-{
-	if (!v)
-		return;
-	for (char **p = v; *p; p++)
-		free(*p);
-	free(v);
-}
-
-static char **strv_copy(const char *const *v)
-{
-	size_t n = 0;
-	char **c;
-
-	while (v && v[n])
-		n++;
-	c = xcalloc(n + 1, sizeof(char *));
-	for (size_t i = 0; i < n; i++)
-		c[i] = xstrdup(v[i]);
-	return c;
-}
 
 static void cmds_clear(struct gluster_step *g)
 {
@@ -345,8 +324,8 @@ struct step *plan_add_gluster(struct plan *p, const struct gluster_spec *spec, c
 	g = xcalloc(1, sizeof(*g));
 	g->volume = xstrdup(spec->volume);
 	g->brick = xstrdup(spec->brick);
-	g->peers = strv_copy(spec->peers);
-	g->command = strv_copy(spec->command);
+	g->peers = strv_dup(spec->peers ? spec->peers : (const char *const[]){ NULL });
+	g->command = strv_dup(spec->command);
 	buf_init(&g->out);
 	return plan_add(p, &gluster_ops, spec->volume, g);
 }

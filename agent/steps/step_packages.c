@@ -8,6 +8,7 @@
 #include "io/exec.h"
 #include "plan.h"
 #include "util.h"
+#include "strv.h"
 
 #define QUERY_OUTPUT_MAX (1024 * 1024)
 
@@ -20,26 +21,6 @@ struct pkg_data {
 	struct buf out;   /* the query's output */
 	int stage;        /* 0 query, 1 install */
 };
-
-static char **strv_dup(const char *const *v)
-{
-	size_t n = 0;
-	char **r;
-
-	while (v && v[n])
-		n++;
-	r = xcalloc(n + 1, sizeof(char *));
-	for (size_t i = 0; i < n; i++)
-		r[i] = xstrdup(v[i]);
-	return r;
-}
-
-static void strv_free(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
 
 static void pkg_free(void *data)
 {

@@ -21,6 +21,7 @@
 #include "plan.h"
 #include "rootfs.h"
 #include "util.h"
+#include "strv.h"
 
 #define SOURCE_FILE ".agentd-source"
 #define SOURCE_MAX 8192
@@ -54,28 +55,6 @@ struct rel_data {
 	uid_t uid;
 	gid_t gid;
 };
-
-static char **strv_copy(const char *const *v)
-{
-	size_t n = 0;
-	char **r;
-
-	while (v && v[n])
-		n++;
-	if (!v)
-		return NULL;
-	r = xcalloc(n + 1, sizeof(char *));
-	for (size_t i = 0; i < n; i++)
-		r[i] = xstrdup(v[i]);
-	return r;
-}
-
-static void strv_free(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
 
 static void close_fds(struct rel_data *d)
 {
@@ -738,10 +717,10 @@ struct step *plan_add_release(struct plan *p, const struct release_step_opts *o,
 	d->user = xstrdup(o->user);
 	d->group = xstrdup(o->group);
 	d->deploy_cfg = xstrdup(o->deploy_cfg ? o->deploy_cfg : "");
-	d->shared = strv_copy(o->shared);
-	d->bootstrap_argv = strv_copy(o->bootstrap_argv);
-	d->build_argv = strv_copy(o->build_argv);
-	d->env = strv_copy(o->env);
+	d->shared = strv_dup(o->shared);
+	d->bootstrap_argv = strv_dup(o->bootstrap_argv);
+	d->build_argv = strv_dup(o->build_argv);
+	d->env = strv_dup(o->env);
 	d->keep = o->keep > 0 ? o->keep : 5;
 	d->timeout_sec = o->timeout_sec;
 	d->root = xstrdup(p->root);

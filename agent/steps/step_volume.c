@@ -20,6 +20,7 @@
 #include "rootfs.h"
 #include "step_mount.h"
 #include "util.h"
+#include "strv.h"
 
 #define VOLUME_POLL_MS 100
 
@@ -52,15 +53,6 @@ struct volume_step {
 	bool changed;
 	char *error;             /* owned */
 };
-
-static void strv_free(char **v)
-{
-	if (!v)
-		return;
-	for (char **p = v; *p; p++)
-		free(*p);
-	free(v);
-}
 
 char **volume_candidates(const char *volume_id, const char *device)
 {
