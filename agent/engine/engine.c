@@ -1683,6 +1683,7 @@ static void engine_start_run(struct engine *e, json_t *rec)
 
 	struct step_env env = {
 		.loop = e->loop,
+		.http = e->http,
 		.root = e->config->root,
 		.run_id = a->id,
 		.output_max = (size_t)e->config->step_output_max,
@@ -2406,15 +2407,13 @@ json_t *engine_status(struct engine *e)
 	src = json_object();
 	json_object_set_new(src, "url", json_string(e->source_url));
 	json_object_set_new(src, "last_fetch", json_time(e->source ? e->source->last_fetch_usec : 0));
+	if (e->source)
+		source_status(e->source, src);
 	json_object_set_new(src, "last_change", json_time(e->last_change_usec));
 	json_object_set_new(src, "error", json_string_or_null(e->source_error));
 	json_object_set_new(src, "error_path", json_string_or_null(e->source_error_path));
 	json_object_set_new(src, "stack_revision", json_string_or_null(s ? s->revision : NULL));
 	json_object_set_new(src, "applied_revision", json_string_or_null(e->applied ? e->applied->revision : NULL));
-	if (e->source && e->source->instance_id)
-		json_object_set_new(src, "instance_id", json_string(e->source->instance_id));
-	if (e->source && e->source->region)
-		json_object_set_new(src, "region", json_string(e->source->region));
 	json_object_set_new(o, "source", src);
 	json_object_set_new(o, "queue", queue);
 	json_object_set_new(o, "failed", failed);
@@ -2580,6 +2579,7 @@ int engine_plan(struct engine *e, enum event ev, const char *layer, const char *
 	}
 	struct step_env env = {
 		.loop = e->loop,
+		.http = e->http,
 		.root = e->config->root,
 		.run_id = 0,
 		.output_max = (size_t)e->config->step_output_max,

@@ -602,8 +602,17 @@ static int imds_source_start(struct source *s)
 	return 0;
 }
 
+static void imds_status(struct source *s, json_t *o)
+{
+	if (s->instance_id)
+		json_object_set_new(o, "instance_id", json_string(s->instance_id));
+	if (s->region)
+		json_object_set_new(o, "region", json_string(s->region));
+}
+
 const struct source_ops source_imds_ops = {
 	.scheme = "imds",
+	.status = imds_status,
 	.start = imds_source_start,
 	.reload = poller_reload,
 	.stop = poller_stop,

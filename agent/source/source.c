@@ -122,3 +122,9 @@ uint64_t source_next_delay_ms(long interval_sec, unsigned failures)
 	/* ±10%: agents of one stack do not poll in lockstep. */
 	return base - jitter + ((uint64_t)random() % (2 * jitter + 1));
 }
+
+void source_status(struct source *s, json_t *o)
+{
+	if (s->ops->status)
+		s->ops->status(s, o);
+}

@@ -4,6 +4,7 @@
  * delivers whole documents; the engine parses and validates them. */
 #pragma once
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +35,9 @@ struct source_ops {
 	void (*reload)(struct source *s); /* fetch now */
 	void (*stop)(struct source *s);   /* close handles; source_free follows after the loop ran */
 	void (*free_data)(void *data);
+	/* Adds the scheme's own members to status's "source" object (IMDS: the
+	 * instance id and region). May be NULL. */
+	void (*status)(struct source *s, json_t *o);
 };
 
 struct source {
@@ -60,6 +64,8 @@ int source_start(struct source *s);
  * replaced by "***" (malloc'd): the form shown in status and logs. */
 char *source_url_redact(const char *url);
 void source_reload(struct source *s);
+/* Adds the source's own members to o, status's "source" object. */
+void source_status(struct source *s, json_t *o);
 void source_free(struct source *s);
 
 /* For implementations. */

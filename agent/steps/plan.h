@@ -25,12 +25,14 @@ enum step_status {
 };
 const char *step_status_to_string(enum step_status s);
 
+struct http;
 struct step;
 struct plan_exec;
 
 /* What the executor offers a step while it runs. */
 struct step_env {
 	uv_loop_t *loop;
+	struct http *http;       /* the loop's one HTTP client (io/http.h), borrowed */
 	const char *root;        /* the managed system's "/" (steps keep their own copy of the plan's root) */
 	long run_id;
 	size_t output_max;       /* bytes of one step's output kept */
