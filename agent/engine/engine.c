@@ -109,6 +109,7 @@ struct engine {
 	uv_loop_t *loop;               /* borrowed */
 	const struct config *config;   /* borrowed */
 	struct http *http;             /* owned */
+	struct step_memory memory;     /* input hashes and owed work, kept in state.json */
 	struct source *source;         /* owned */
 
 	struct stack *current;         /* owned ref, newest valid stack */
@@ -1304,7 +1305,7 @@ static void kill_orphan(const json_t *rec)
 		log_warn_errno(r, "Failed to kill process group %lld of run %lld: %m", (long long)json_integer_value(pg), id);
 }
 
-static bool get_input_hash(void *userdata, const char *key, uint64_t *ret)
+static bool input_hash_get(void *userdata, const char *key, uint64_t *ret)
 {
 	struct engine *e = userdata;
 	const char *v = json_string_value(json_object_get(e->input_hashes, key));
@@ -1314,23 +1315,11 @@ static bool get_input_hash(void *userdata, const char *key, uint64_t *ret)
 	return true;
 }
 
-static void set_input_hash(void *userdata, const char *key, uint64_t hash)
+static void input_hash_set(void *userdata, const char *key, uint64_t hash)
 {
 	struct engine *e = userdata;
 	char hex[17];
-	if (strncmp(key, "pending:", 8) == 0) {
-		/* Work owed by guarded steps: kept only while owed, and saved
-		 * at once, so that a kill before the reload does not lose it. */
-		if (hash && (json_object_get(e->input_hashes, key) ||
-			     (strlen(key) <= ENGINE_KEY_MAX_BYTES && json_object_size(e->input_hashes) < ENGINE_KEYS_MAX)))
-			json_object_set_new(e->input_hashes, key, json_string("0000000000000001"));
-		else if (hash)
-			log_warn("Cannot record the work owed by %s: over the bounds of state.json", key);
-		else
-			json_object_del(e->input_hashes, key);
-		engine_persist(e);
-		return;
-	}
+
 	/* Within what state.json's reader accepts: a hash not kept only means
 	 * its step runs again next time. */
 	if (!json_object_get(e->input_hashes, key) &&
@@ -1340,6 +1329,32 @@ static void set_input_hash(void *userdata, const char *key, uint64_t hash)
 	}
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hash);
 	json_object_set_new(e->input_hashes, key, json_string(hex));
+}
+
+/* Owed work of guarded steps lives in input_hashes under "pending:" keys. */
+static bool owed_get(void *userdata, const char *key)
+{
+	struct engine *e = userdata;
+	_cleanup_free_ char *k = xasprintf("pending:%s", key);
+
+	return json_object_get(e->input_hashes, k) != NULL;
+}
+
+static void owed_set(void *userdata, const char *key, bool owed)
+{
+	struct engine *e = userdata;
+	_cleanup_free_ char *k = xasprintf("pending:%s", key);
+
+	/* Kept only while owed, and saved at once, so that a kill before the
+	 * reload does not lose it. */
+	if (owed && (json_object_get(e->input_hashes, k) ||
+		     (strlen(k) <= ENGINE_KEY_MAX_BYTES && json_object_size(e->input_hashes) < ENGINE_KEYS_MAX)))
+		json_object_set_new(e->input_hashes, k, json_string("0000000000000001"));
+	else if (owed)
+		log_warn("Cannot record the work owed by %s: over the bounds of state.json", key);
+	else
+		json_object_del(e->input_hashes, k);
+	engine_persist(e);
 }
 
 static void on_timeout_closed(uv_handle_t *h)
@@ -1687,14 +1702,13 @@ static void engine_start_run(struct engine *e, json_t *rec)
 		.root = e->config->root,
 		.run_id = a->id,
 		.output_max = (size_t)e->config->step_output_max,
+		.memory = &e->memory,
 	};
 	static const struct plan_exec_cbs cbs = {
 		.on_step_start = on_step_start,
 		.on_output = on_output,
 		.on_step_done = on_step_done,
 		.on_done = on_plan_done,
-		.get_input_hash = get_input_hash,
-		.set_input_hash = set_input_hash,
 		.on_spawn = on_spawn,
 	};
 	(void)uv_timer_start(&a->timeout, on_run_timeout, (uint64_t)e->config->run_timeout * 1000, 0);
@@ -2100,6 +2114,7 @@ int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret
 	char host[256];
 
 	e->loop = loop;
+	e->memory = (struct step_memory){ input_hash_get, input_hash_set, owed_get, owed_set, e };
 	e->config = config;
 	e->source_url = source_url_redact(config->source);
 	e->runs = json_array();

@@ -62,3 +62,8 @@ bool apps_is_family_app(const struct stack *s, const char *app);
  * *ret_error. */
 int apps_plan_restart(const struct stack *s, const struct config *c, const char *app, struct plan *plan,
 		      char **ret_error);
+/* The plan of `agentctl rollback APP`: the rollback step of app's
+ * deploy_to/current (steps/step_rollback.h), then the restart steps of
+ * apps_plan_restart. -ENOENT with *ret_error when app is not this family's. */
+int apps_plan_rollback(const struct stack *s, const struct config *c, const char *app, struct plan *plan,
+		       char **ret_error);

@@ -1263,14 +1263,14 @@ static void cb_exec_done(void *userdata, const struct exec_result *r)
 		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
 		return plan_step_done(x, STEP_FAILED, "%s", why);
 	}
-	if (d->input_key && x->cbs.get_input_hash && x->cbs.get_input_hash(x->userdata, d->input_key, &old) &&
+	if (d->input_key && x->env.memory && x->env.memory->input_hash_get(x->env.memory->userdata, d->input_key, &old) &&
 	    old == d->input_hash)
 		status = STEP_UNCHANGED;
 	o = exec_changed_override(d);
 	if (o >= 0)
 		status = o ? STEP_CHANGED : STEP_UNCHANGED;
-	if (d->input_key && x->cbs.set_input_hash)
-		x->cbs.set_input_hash(x->userdata, d->input_key, d->input_hash);
+	if (d->input_key && x->env.memory)
+		x->env.memory->input_hash_set(x->env.memory->userdata, d->input_key, d->input_hash);
 	plan_step_done(x, status, NULL);
 }
 
@@ -1524,33 +1524,31 @@ static void on_finish(uv_timer_t *t)
 	uv_close((uv_handle_t *)&x->timer, on_done_timer_closed);
 }
 
-/* The key under which a guarded step's unfinished work is remembered
- * (see step_finish). */
-static char *pending_key(const struct step *s)
+/* The step memory's key for a guarded step's owed work (see step_finish). */
+static char *owed_key(const struct step *s)
 {
-	return xasprintf("pending:%s/%s/%s/%s", s->layer ? s->layer : "", s->recipe ? s->recipe : "", s->ops->kind,
+	return xasprintf("%s/%s/%s/%s", s->layer ? s->layer : "", s->recipe ? s->recipe : "", s->ops->kind,
 			 s->target ? s->target : "");
 }
 
 static bool pending_get(struct plan_exec *x, const struct step *s)
 {
 	_cleanup_free_ char *key = NULL;
-	uint64_t v = 0;
 
-	if (!x->cbs.get_input_hash)
+	if (!x->env.memory)
 		return false;
-	key = pending_key(s);
-	return x->cbs.get_input_hash(x->userdata, key, &v) && v == 1;
+	key = owed_key(s);
+	return x->env.memory->owed_get(x->env.memory->userdata, key);
 }
 
 static void pending_set(struct plan_exec *x, const struct step *s, bool on)
 {
 	_cleanup_free_ char *key = NULL;
 
-	if (!x->cbs.set_input_hash || (!on && !pending_get(x, s)))
+	if (!x->env.memory || (!on && !pending_get(x, s)))
 		return;
-	key = pending_key(s);
-	x->cbs.set_input_hash(x->userdata, key, on ? 1 : 0);
+	key = owed_key(s);
+	x->env.memory->owed_set(x->env.memory->userdata, key, on);
 }
 
 static void step_finish(struct plan_exec *x)

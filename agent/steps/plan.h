@@ -36,6 +36,7 @@ struct step_env {
 	const char *root;        /* the managed system's "/" (steps keep their own copy of the plan's root) */
 	long run_id;
 	size_t output_max;       /* bytes of one step's output kept */
+	const struct step_memory *memory; /* NULL: nothing remembered (plans, tests) */
 };
 
 struct step_ops {
@@ -168,6 +169,25 @@ struct step *plan_add_note(struct plan *p, const char *target, const char *messa
  * final component not followed) gives "unchanged". */
 void step_only_if_changed(struct step *s, const char *id);
 
+/* Step memory: what the executor remembers of steps from one run to the
+ * next, kept by the caller (the engine saves it in state_dir). Keys are
+ * step identities, at most a few hundred bytes; a key the memory cannot keep
+ * only means that its step runs again next time.
+ *  - input hashes: an exec step's inputs (64-bit FNV-1a of argv, env and
+ *    the files it names) as of its last success: unchanged inputs make it
+ *    "unchanged" without running;
+ *  - owed work: a guarded step whose guard fired but which did not complete
+ *    (failed, cancelled, killed): it runs in the next execution whether or
+ *    not its guard fires again. Set and cleared at once, durably, so that a
+ *    kill between the change and the step does not lose it. */
+struct step_memory {
+	bool (*input_hash_get)(void *userdata, const char *key, uint64_t *ret_hash);
+	void (*input_hash_set)(void *userdata, const char *key, uint64_t hash);
+	bool (*owed_get)(void *userdata, const char *key);
+	void (*owed_set)(void *userdata, const char *key, bool owed);
+	void *userdata;
+};
+
 /* Executor. */
 struct plan_exec_cbs {
 	void (*on_step_start)(void *userdata, struct step *s, size_t index);
@@ -178,9 +198,6 @@ struct plan_exec_cbs {
 	 * arrives during the last step, which then succeeds, is not a failure:
 	 * every step ran. */
 	void (*on_done)(void *userdata, bool failed);
-	/* Exec change detection: return true and the recorded hash for key. */
-	bool (*get_input_hash)(void *userdata, const char *key, uint64_t *ret_hash);
-	void (*set_input_hash)(void *userdata, const char *key, uint64_t hash);
 	/* Optional: an exec step's process started, leading process group pgid
 	 * (so that a restarted daemon can end what a killed one left running). */
 	void (*on_spawn)(void *userdata, struct step *s, int pgid);
