@@ -15,6 +15,10 @@ struct step;
  * a symlink). Reads the file system; for the engine's synchronous answer
  * and for the step itself. */
 int rollback_preview(const char *root, const char *deploy_to, char **ret_from, char **ret_to, char **ret_error);
+/* The same, with app named in the messages as today's `agentctl rollback`
+ * names it ("shop has no release before 20261101000000"). */
+int rollback_preview_app(const char *root, const char *app, const char *deploy_to, char **ret_from, char **ret_to,
+			 char **ret_error);
 
 /* Adds the step (kind "rollback", target deploy_to/current). app names the
  * app in messages. NULL with *ret_error on a bad argument. */
