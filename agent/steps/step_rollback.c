@@ -91,8 +91,8 @@ static char *release_before(int rfd, const char *name, int *ret_r)
 	if (*ret_r < 0)
 		return NULL;
 	/* Release names are timestamps: the previous one sorts just before the current. */
-	for (size_t i = 1; names[i]; i++)
-		if (strcmp(names[i], name) == 0)
+	for (size_t i = 0; names[i]; i++)
+		if (i > 0 && strcmp(names[i], name) == 0)
 			prev = xstrdup(names[i - 1]);
 	strv_free(names);
 	return prev;

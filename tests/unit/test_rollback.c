@@ -287,6 +287,11 @@ static void test_no_previous_release(void **state)
 	assert_int_equal(unlink(cur), 0);
 	assert_int_equal(symlink("releases/20261109000000", cur), 0);
 	assert_refused(c, -ENOENT, "shop has no release before 20261109000000", NULL);
+	/* No release at all. */
+	_cleanup_free_ char *r1 = D(c, "releases/20261101000000"), *r2 = D(c, "releases/20261102000000");
+	assert_int_equal(rmdir(r1), 0);
+	assert_int_equal(rmdir(r2), 0);
+	assert_refused(c, -ENOENT, "shop has no release before 20261109000000", NULL);
 }
 
 static void test_no_releases_directory(void **state)
