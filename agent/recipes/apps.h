@@ -63,7 +63,8 @@ bool apps_is_family_app(const struct stack *s, const char *app);
 int apps_plan_restart(const struct stack *s, const struct config *c, const char *app, struct plan *plan,
 		      char **ret_error);
 /* The plan of `agentctl rollback APP`: the rollback step of app's
- * deploy_to/current (steps/step_rollback.h), then the restart steps of
- * apps_plan_restart. -ENOENT with *ret_error when app is not this family's. */
+ * deploy_to/current (steps/step_rollback.h), then, for an app of this
+ * family, the restart steps of apps_plan_restart (another app's plan is the
+ * rollback step alone). -ENOENT with *ret_error when app is not in the stack. */
 int apps_plan_rollback(const struct stack *s, const struct config *c, const char *app, struct plan *plan,
 		       char **ret_error);

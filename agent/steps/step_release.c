@@ -19,6 +19,7 @@
 #include "io/http.h"
 #include "log.h"
 #include "plan.h"
+#include "releases.h"
 #include "rootfs.h"
 #include "util.h"
 #include "strv.h"
@@ -310,38 +311,25 @@ static int switch_current(struct rel_data *d, char **ret_error)
 	return 0;
 }
 
-static int name_cmp(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* argv for rm of the oldest releases beyond keep (never the new one), or NULL. */
 static char **prune_argv(struct rel_data *d)
 {
-	int fd = openat(d->rfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
 	char **names = NULL, **argv;
 	size_t n = 0, k = 0;
-	struct dirent *de;
 
-	if (!dir) {
-		if (fd >= 0)
-			(void)close(fd);
+	if (releases_list(d->rfd, &names) < 0)
 		return NULL;
-	}
-	while ((de = readdir(dir)))
-		if (de->d_name[0] != '.' && strcmp(de->d_name, d->name) != 0) {
-			names = xrealloc(names, (n + 1) * sizeof(char *));
-			names[n++] = xstrdup(de->d_name);
-		}
-	closedir(dir);
-	if ((long)n < d->keep) {
-		for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; names[i]; i++) {
+		if (strcmp(names[i], d->name) != 0)
+			names[n++] = names[i];
+		else
 			free(names[i]);
-		free(names);
+	}
+	names[n] = NULL;
+	if ((long)n < d->keep) {
+		strv_free(names);
 		return NULL;
 	}
-	qsort(names, n, sizeof(char *), name_cmp);
 	argv = xcalloc(n + 5, sizeof(char *));
 	argv[k++] = xstrdup("rm");
 	argv[k++] = xstrdup("-rf");
