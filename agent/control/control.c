@@ -1835,24 +1835,62 @@ static json_t *ctl_rollback(struct client *c, json_t *params)
 	return proto_reply_ok(result);
 }
 
-/* Handlers by method name. Privilege is not here: it comes from
- * proto_methods[] and is checked once, in client_dispatch(). */
-static const struct {
-	const char *name;
+struct control_method {
 	ctl_handler handler;
-} ctl_handlers[] = {
-	{ "version", ctl_version },	 { "status", ctl_status },	 { "stack", ctl_stack },
-	{ "runs", ctl_runs },		 { "run-info", ctl_run_info },	 { "log", ctl_log },
-	{ "plan", ctl_plan },		 { "run", ctl_run },		 { "reload", ctl_reload },
-	{ "pause", ctl_pause },		 { "resume", ctl_resume },	 { "clear-failed", ctl_clear_failed },
-	{ "rollback", ctl_rollback },
+	enum proto_priv priv;
 };
+
+/* The method table: the handler and privilege of every method of
+ * lib/proto.h. A switch without default, so that the compiler (-Wswitch, in
+ * -Wall, with -Werror) refuses a method that has no line here. Privilege is
+ * checked once, in client_dispatch(): anything not PROTO_OPEN is denied to
+ * peers that are not privileged. */
+static struct control_method control_method_get(enum proto_method m)
+{
+	switch (m) {
+	case PROTO_METHOD_VERSION:
+		return (struct control_method){ ctl_version, PROTO_OPEN };
+	case PROTO_METHOD_STATUS:
+		return (struct control_method){ ctl_status, PROTO_OPEN };
+	case PROTO_METHOD_STACK:
+		return (struct control_method){ ctl_stack, PROTO_OPEN };
+	case PROTO_METHOD_RUNS:
+		return (struct control_method){ ctl_runs, PROTO_OPEN };
+	case PROTO_METHOD_RUN_INFO:
+		return (struct control_method){ ctl_run_info, PROTO_OPEN };
+	case PROTO_METHOD_LOG:
+		return (struct control_method){ ctl_log, PROTO_OPEN };
+	case PROTO_METHOD_PLAN:
+		return (struct control_method){ ctl_plan, PROTO_OPEN };
+	case PROTO_METHOD_RUN:
+		return (struct control_method){ ctl_run, PROTO_PRIV };
+	case PROTO_METHOD_RELOAD:
+		return (struct control_method){ ctl_reload, PROTO_PRIV };
+	case PROTO_METHOD_PAUSE:
+		return (struct control_method){ ctl_pause, PROTO_PRIV };
+	case PROTO_METHOD_RESUME:
+		return (struct control_method){ ctl_resume, PROTO_PRIV };
+	case PROTO_METHOD_CLEAR_FAILED:
+		return (struct control_method){ ctl_clear_failed, PROTO_PRIV };
+	case PROTO_METHOD_ROLLBACK:
+		return (struct control_method){ ctl_rollback, PROTO_PRIV };
+	case _PROTO_METHOD_MAX:
+	case PROTO_METHOD_INVALID:
+		break;
+	}
+	return (struct control_method){ NULL, PROTO_PRIV };
+}
+
+enum proto_priv control_method_priv(enum proto_method m)
+{
+	return control_method_get(m).priv;
+}
 
 static json_t *client_dispatch(struct client *c, const char *line)
 {
-	const struct proto_method *m;
-	json_t *params, *method, *reply;
-	ctl_handler handler = NULL;
+	struct control_method m;
+	enum proto_method id;
+	json_t *params, *method;
 	json_error_t jerr;
 	json_auto_t *req = NULL;
 	json_auto_t *empty = NULL;
@@ -1875,22 +1913,20 @@ static json_t *client_dispatch(struct client *c, const char *line)
 	else if (!json_is_object(params))
 		return proto_reply_error(PROTO_E_BAD_REQUEST, "\"params\" must be an object");
 
-	m = proto_method_find(json_string_value(method));
-	for (size_t i = 0; m && i < ELEMENTSOF(ctl_handlers); i++)
-		if (strcmp(ctl_handlers[i].name, m->name) == 0)
-			handler = ctl_handlers[i].handler;
-	if (!m || !handler)
+	id = proto_method_from_string(json_string_value(method));
+	if (id == PROTO_METHOD_INVALID)
 		return proto_reply_error(PROTO_E_UNKNOWN_METHOD, "unknown method \"%.64s\"",
 					 json_string_value(method));
-	if (m->priv != PROTO_OPEN && !client_privileged(c)) {
-		log_info("control: %s denied to uid %u pid %d", m->name, (unsigned)c->uid, (int)c->pid);
+	m = control_method_get(id);
+	if (m.priv != PROTO_OPEN && !client_privileged(c)) {
+		log_info("control: %s denied to uid %u pid %d", proto_method_to_string(id), (unsigned)c->uid,
+			 (int)c->pid);
 		return proto_reply_error(PROTO_E_PERMISSION, "%s needs root, uid %u or membership of group %s",
-					 m->name, (unsigned)c->ctl->euid,
+					 proto_method_to_string(id), (unsigned)c->ctl->euid,
 					 c->ctl->config && c->ctl->config->admin_group ? c->ctl->config->admin_group
 										      : "(none)");
 	}
-	reply = handler(c, params);
-	return reply;
+	return m.handler(c, params);
 }
 
 /* ---- input ---- */

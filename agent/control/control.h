@@ -7,6 +7,8 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "proto.h"
+
 struct config;
 struct engine;
 struct control;
@@ -18,3 +20,6 @@ int control_new(uv_loop_t *loop, const struct config *config, struct engine *eng
 		struct control **ret);
 /* Closes the listener and every client; frees itself after the handles close. */
 void control_free(struct control *c);
+/* Who may call method m: PROTO_OPEN or PROTO_PRIV (also for a method that
+ * does not exist, which is refused before this is asked). */
+enum proto_priv control_method_priv(enum proto_method m);

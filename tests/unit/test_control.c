@@ -448,6 +448,24 @@ static json_t *ok_result(json_t *reply)
 
 /* ---- tests ---- */
 
+/* Read-only methods are open to every local user; the others need
+ * privilege (moved here from test_proto.c with the privilege column). */
+static void test_method_privilege(void **state)
+{
+	static const enum proto_method open[] = { PROTO_METHOD_VERSION, PROTO_METHOD_STATUS, PROTO_METHOD_STACK,
+						  PROTO_METHOD_RUNS,	PROTO_METHOD_RUN_INFO, PROTO_METHOD_LOG,
+						  PROTO_METHOD_PLAN };
+	static const enum proto_method priv[] = { PROTO_METHOD_RUN,    PROTO_METHOD_RELOAD,
+						  PROTO_METHOD_PAUSE,  PROTO_METHOD_RESUME,
+						  PROTO_METHOD_CLEAR_FAILED, PROTO_METHOD_ROLLBACK };
+
+	assert_int_equal(ELEMENTSOF(open) + ELEMENTSOF(priv), _PROTO_METHOD_MAX);
+	for (size_t i = 0; i < ELEMENTSOF(open); i++)
+		assert_int_equal(control_method_priv(open[i]), PROTO_OPEN);
+	for (size_t i = 0; i < ELEMENTSOF(priv); i++)
+		assert_int_equal(control_method_priv(priv[i]), PROTO_PRIV);
+}
+
 static void test_version_status(void **state)
 {
 	struct fx *f = *state;
@@ -1307,6 +1325,7 @@ static void test_many_readers_of_a_large_stack(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_method_privilege),
 		cmocka_unit_test_setup_teardown(test_version_status, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),
