@@ -274,7 +274,9 @@ static json_t *ctl_run_info(struct client *c, json_t *params)
  * boundary when it had to cut (nothing, when the tail is one line: its
  * start, perhaps the name of a secret, is not in it). Synchronous, but
  * bounded and local: a FIFO or a symlink planted in its place is refused
- * (-EINVAL, -ELOOP) without blocking or following it. */
+ * (-EINVAL, -ELOOP) without blocking or following it.
+ * This belongs to the run log's owner and is to move to engine/runlog.c
+ * (issue 10): ctl_log() is its one caller. */
 static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_len, bool *ret_truncated)
 {
 	_cleanup_close_ int fd = -1;
@@ -348,6 +350,7 @@ static json_t *ctl_log(struct client *c, json_t *params)
 	}
 	info = engine_run_info(e, id);
 	path = engine_run_log_path(e, id);
+	/* The one call of read_log_tail(): switch here to engine/runlog.c's. */
 	r = path ? read_log_tail(path, PROTO_MAX_LOG_OUTPUT, &data, &len, &truncated) : -ENOENT;
 	if (r == -ENOENT && info)
 		r = 0; /* the run exists and has written nothing yet */
