@@ -408,10 +408,11 @@ static json_t *ctl_plan(struct client *c, json_t *params)
 	if (err || (err = param_event(params, &ev)) || (err = param_name(params, "layer", false, &layer)) ||
 	    (err = param_name(params, "app", false, &app)))
 		return err;
-	r = engine_plan(c->ctl->engine, ev, layer, app, client_privileged(c), &result, &msg);
+	r = engine_plan(c->ctl->engine, ev, layer, app, &result, &msg);
 	if (r < 0)
 		return reply_engine_error(r, msg);
 	free(msg);
+	control_plan_view(result, client_privileged(c));
 	if (result && !client_privileged(c))
 		redact_texts(c->ctl, result);
 	return proto_reply_ok(result);

@@ -335,11 +335,12 @@ json_t *outq_send_stack(struct client *c)
 		stack_cache_drop(ctl);
 	so = ctl->stack_cache[priv];
 	if (!so) {
-		json_t *stack = engine_stack_json(ctl->engine, priv);
+		json_t *stack = engine_stack_json(ctl->engine);
 
 		if (stack && !priv) {
-			/* The engine redacts too; this is the one place that
-			 * guarantees it for every document we hand out. */
+			/* The one place that redacts the stack: secret keys and
+			 * files marked "secret": true. The redacted view shares
+			 * what it does not hide with the engine's tree. */
 			json_t *red = proto_redact_shared(stack);
 			json_decref(stack);
 			stack = red;

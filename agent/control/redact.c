@@ -13,8 +13,10 @@
 #include <string.h>
 
 #include "config.h"
+#include "control.h"
 #include "control_int.h"
 #include "stack/stack.h"
+#include "steps/plan.h"
 
 #define CONTROL_MAX_HELD_LINE (1024 * 1024) /* an output line held for redaction; longer ones are hidden */
 #define CONTROL_MAX_NEEDLES 4096 /* lines of secret files looked for in free text */
@@ -206,7 +208,7 @@ void needles_update(struct control *ctl)
 	st = engine_status(ctl->engine);
 	applied = json_string_value(json_object_get(st, "applied_revision"));
 	if (rev[0]) {
-		doc = engine_stack_json(ctl->engine, true);
+		doc = engine_stack_json(ctl->engine);
 		needle_rev_add(ctl, rev, doc, runs, rev, applied);
 		json_decref(doc);
 	}
@@ -482,4 +484,43 @@ void redact_on_event(void *userdata, const json_t *ev)
 	if (strcmp(name, "run-finished") == 0)
 		ctl->trim_due = true; /* the run's stack and buffers are gone by the next housekeeping */
 	ctl->in_engine_cb--;
+}
+
+/* What a caller that is not privileged may not learn through a plan's diff:
+ * a secret file's content, or one it could not read itself. */
+static const char diff_hidden_secret[] = "(diff hidden: contains secrets)";
+static const char diff_hidden_private[] = "(diff hidden: the file is not world-readable)";
+
+void control_plan_view(json_t *plan, bool privileged)
+{
+	_cleanup_free_ char *note = xasprintf(PLAN_DIFFS_NOTE, PLAN_DIFFS_MAX >> 20);
+	size_t used = 0, i;
+	json_t *st;
+
+	json_array_foreach(json_object_get(plan, "steps"), i, st)
+	{
+		bool secret = json_is_true(json_object_get(st, "diff_secret"));
+		bool private = json_is_true(json_object_get(st, "diff_private"));
+		json_int_t cost = json_integer_value(json_object_get(st, "diff_cost"));
+		const char *shown = NULL;
+		size_t add;
+
+		(void)json_object_del(st, "diff_secret");
+		(void)json_object_del(st, "diff_private");
+		(void)json_object_del(st, "diff_cost");
+		if (!json_object_get(st, "diff"))
+			continue;
+		if (!privileged && secret)
+			shown = diff_hidden_secret;
+		else if (!privileged && private)
+			shown = diff_hidden_private;
+		add = shown ? strlen(shown) : cost > 0 ? (size_t)cost : 0;
+		if (add > PLAN_DIFFS_MAX - used) {
+			shown = note;
+			add = strlen(note);
+		}
+		used += add < PLAN_DIFFS_MAX - used ? add : PLAN_DIFFS_MAX - used;
+		if (shown)
+			json_object_set_new(st, "diff", json_string(shown));
+	}
 }
