@@ -301,8 +301,8 @@ char *control_redact_text(struct control *ctl, const char *text)
 
 /* Free text that may quote a file, a command's output or a secret (step
  * errors and messages, plan diffs, a pause reason) goes through
- * control_redact_text() for unprivileged callers, at any depth of doc, on
- * top of whatever the engine redacted. */
+ * control_redact_text() for unprivileged callers, at any depth of doc (after
+ * control_plan_view() for a plan's diffs). */
 void redact_texts(struct control *ctl, json_t *doc)
 {
 	static const char *const keys[] = { "error", "message", "diff", "reason" };
