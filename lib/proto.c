@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* The control protocol shared by agentd and agentctl: the method table with
- * privilege flags, reply builders, NDJSON framing with a size cap, and the
+/* The control protocol shared by agentd and agentctl: the method names,
+ * reply builders, NDJSON framing with a size cap, and the
  * redaction of secrets for unprivileged callers. */
 #include "proto.h"
 
@@ -12,34 +12,41 @@
 
 #include "util.h"
 
-/* Read-only methods are open to every local user; anything that changes
- * state is PROTO_PRIV. A method that is not listed here does not exist, so
- * it is denied before any handler runs. */
-const struct proto_method proto_methods[] = {
-	{ "version", PROTO_OPEN, false },
-	{ "status", PROTO_OPEN, false },
-	{ "stack", PROTO_OPEN, false },
-	{ "runs", PROTO_OPEN, false },
-	{ "run-info", PROTO_OPEN, false },
-	{ "log", PROTO_OPEN, true },
-	{ "plan", PROTO_OPEN, false },
-	{ "run", PROTO_PRIV, true },
-	{ "reload", PROTO_PRIV, false },
-	{ "pause", PROTO_PRIV, false },
-	{ "resume", PROTO_PRIV, false },
-	{ "clear-failed", PROTO_PRIV, false },
-	{ "rollback", PROTO_PRIV, false },
-	{ NULL, PROTO_PRIV, false },
+static const struct {
+	const char *name;
+	bool streams; /* may send event lines before the final reply */
+} proto_methods[_PROTO_METHOD_MAX] = {
+	[PROTO_METHOD_VERSION] = { "version", false },
+	[PROTO_METHOD_STATUS] = { "status", false },
+	[PROTO_METHOD_STACK] = { "stack", false },
+	[PROTO_METHOD_RUNS] = { "runs", false },
+	[PROTO_METHOD_RUN_INFO] = { "run-info", false },
+	[PROTO_METHOD_LOG] = { "log", true },
+	[PROTO_METHOD_PLAN] = { "plan", false },
+	[PROTO_METHOD_RUN] = { "run", true },
+	[PROTO_METHOD_RELOAD] = { "reload", false },
+	[PROTO_METHOD_PAUSE] = { "pause", false },
+	[PROTO_METHOD_RESUME] = { "resume", false },
+	[PROTO_METHOD_CLEAR_FAILED] = { "clear-failed", false },
+	[PROTO_METHOD_ROLLBACK] = { "rollback", false },
 };
 
-const struct proto_method *proto_method_find(const char *name)
+const char *proto_method_to_string(enum proto_method m)
 {
-	if (!name)
-		return NULL;
-	for (const struct proto_method *m = proto_methods; m->name; m++)
-		if (strcmp(m->name, name) == 0)
-			return m;
-	return NULL;
+	return m >= 0 && m < _PROTO_METHOD_MAX ? proto_methods[m].name : NULL;
+}
+
+enum proto_method proto_method_from_string(const char *name)
+{
+	for (int i = 0; name && i < _PROTO_METHOD_MAX; i++)
+		if (strcmp(proto_methods[i].name, name) == 0)
+			return (enum proto_method)i;
+	return PROTO_METHOD_INVALID;
+}
+
+bool proto_method_streams(enum proto_method m)
+{
+	return m >= 0 && m < _PROTO_METHOD_MAX && proto_methods[m].streams;
 }
 
 json_t *proto_reply_ok(json_t *result)

@@ -41,20 +41,42 @@
 #define PROTO_E_INTERNAL "internal"
 #define PROTO_E_LIMIT "limit"                  /* too many connections */
 
+/* Who may call a method (control's method table says which, per method). */
 enum proto_priv {
 	PROTO_OPEN = 0, /* any local user */
 	PROTO_PRIV = 1, /* root, the daemon's own uid, or admin_group */
 };
 
-struct proto_method {
-	const char *name;
-	enum proto_priv priv;
-	bool streams; /* may send event lines before the final reply */
+/* The methods of design.md §5 that agentd implements. A method that is not
+ * listed here does not exist: it is refused before any handler runs. The
+ * daemon's handlers are a table indexed by this enum (control/methods.c), so
+ * that a method added here without a handler does not compile. */
+enum proto_method {
+	PROTO_METHOD_VERSION,
+	PROTO_METHOD_STATUS,
+	PROTO_METHOD_STACK,
+	PROTO_METHOD_RUNS,
+	PROTO_METHOD_RUN_INFO,
+	PROTO_METHOD_LOG,
+	PROTO_METHOD_PLAN,
+	PROTO_METHOD_RUN,
+	PROTO_METHOD_RELOAD,
+	PROTO_METHOD_PAUSE,
+	PROTO_METHOD_RESUME,
+	PROTO_METHOD_CLEAR_FAILED,
+	PROTO_METHOD_ROLLBACK,
+	_PROTO_METHOD_MAX,
+	PROTO_METHOD_INVALID = -1,
 };
 
-/* The method table; NULL-name terminated. */
-extern const struct proto_method proto_methods[];
-const struct proto_method *proto_method_find(const char *name);
+/* The method's name on the wire ("run-info"), NULL when m is not a method. */
+const char *proto_method_to_string(enum proto_method m);
+/* The method called name (case-sensitive), or PROTO_METHOD_INVALID (also
+ * for NULL). */
+enum proto_method proto_method_from_string(const char *name);
+/* Whether m may send event lines before its final reply (log with follow,
+ * run with wait). */
+bool proto_method_streams(enum proto_method m);
 
 /* Builds reply objects (new references). */
 json_t *proto_reply_ok(json_t *result /* stolen, may be NULL for {} */);

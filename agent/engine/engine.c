@@ -2494,14 +2494,13 @@ json_t *engine_run_info(struct engine *e, long id)
 	return o;
 }
 
-json_t *engine_stack_json(struct engine *e, bool privileged)
+json_t *engine_stack_json(struct engine *e)
 {
 	if (!e->current)
 		return NULL;
 	/* No copy: a 16 MiB document read by many users at once must not be
-	 * duplicated per reader; the redacted view shares what it does not
-	 * hide (secret keys, and files marked "secret": true). */
-	return privileged ? json_incref(e->current->root) : proto_redact_shared(e->current->root);
+	 * duplicated per reader. */
+	return json_incref(e->current->root);
 }
 
 const char *engine_stack_revision(struct engine *e)
@@ -2577,8 +2576,7 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 	return 0;
 }
 
-int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, bool privileged, json_t **ret,
-		char **ret_error)
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, json_t **ret, char **ret_error)
 {
 	struct plan plan;
 	int r;
@@ -2599,7 +2597,7 @@ int engine_plan(struct engine *e, enum event ev, const char *layer, const char *
 		.run_id = 0,
 		.output_max = (size_t)e->config->step_output_max,
 	};
-	json_t *o = plan_describe(&plan, &env, !privileged);
+	json_t *o = plan_describe(&plan, &env);
 	json_object_set_new(o, "event", json_string(event_to_string(ev)));
 	json_object_set_new(o, "layer", json_string_or_null(layer));
 	json_object_set_new(o, "app", json_string_or_null(app));

@@ -54,14 +54,15 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 void engine_stop_now(struct engine *e);
 void engine_free(struct engine *e);
 
-/* Read-only views (new references). privileged decides secret redaction. */
+/* Read-only views (new references), secrets included: what a caller that
+ * is not privileged may see is decided by control. */
 json_t *engine_status(struct engine *e);
 json_t *engine_runs(struct engine *e, long n);
 json_t *engine_run_info(struct engine *e, long id);   /* NULL: no such run */
-/* The current stack document, redacted unless privileged: a new reference
- * that shares the engine's tree, so it must not be modified. NULL: no stack
+/* The current stack document, secrets included: a new reference that
+ * shares the engine's tree, so it must not be modified. NULL: no stack
  * yet. */
-json_t *engine_stack_json(struct engine *e, bool privileged);
+json_t *engine_stack_json(struct engine *e);
 /* The current stack's revision (borrowed, valid until the stack changes),
  * NULL when there is none: a document served once may be cached under it. */
 const char *engine_stack_revision(struct engine *e);
@@ -73,8 +74,10 @@ bool engine_run_is_active(struct engine *e, long id); /* queued or running */
 /* Actions. Each returns 0, or a negative errno with a malloc'd message. */
 int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
 		       long *ret_id, char **ret_error);
-int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, bool privileged,
-		json_t **ret, char **ret_error);
+/* plan_describe() of what ev would do, unredacted (see plan.h for its
+ * diff_secret, diff_private and diff_cost members), with the event, layer,
+ * app and stack_revision. */
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, json_t **ret, char **ret_error);
 void engine_reload(struct engine *e);
 int engine_pause(struct engine *e, const char *reason, char **ret_error);
 int engine_resume(struct engine *e, char **ret_error);

@@ -33,12 +33,6 @@
 #include "util.h"
 #include "strv.h"
 
-/* The JSON text of all the diffs of one plan together (escapes counted):
- * past it, a diff is replaced by a note. Any local user may ask for a plan,
- * and each diff is bounded (DIFF_MAX_BYTES a side), but a 16 MiB stack
- * holds many files. */
-#define PLAN_DIFFS_MAX (4u << 20)
-
 struct plan_exec {
 	uv_loop_t *loop;           /* borrowed */
 	struct plan *p;            /* borrowed */
@@ -1820,12 +1814,12 @@ size_t plan_content_bytes(const struct plan *p)
 	return n;
 }
 
-json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
+json_t *plan_describe(struct plan *p, const struct step_env *env)
 {
 	json_t *steps = json_array();
 	bool *will_change = xcalloc(p->n_steps + 1, sizeof(bool));
 	struct step_env e = { 0 };
-	size_t diffs_cost = 0;
+	size_t diffs_cost = 0, open_cost = 0;
 	const char *root;
 
 	if (env)
@@ -1872,23 +1866,34 @@ json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
 		if (!o)
 			continue;
 		if (diff) {
-			const char *shown = diff;
-			size_t cost;
+			/* Who sees which diff, and the cap on what each sees,
+			 * are control's (control_plan_view()). Kept here is
+			 * every diff that fits the cap for a privileged caller
+			 * (every diff counts) or for the others (only diffs of
+			 * steps neither secret nor private count: the others
+			 * see a short note for those), so that a plan holds at
+			 * most twice PLAN_DIFFS_MAX of diffs. */
+			_cleanup_free_ char *note = xasprintf(PLAN_DIFFS_NOTE, PLAN_DIFFS_MAX >> 20);
+			bool hidden = s->secret || s->diff_private;
+			size_t cost = json_text_cost(diff);
+			bool all_fit = cost <= PLAN_DIFFS_MAX - diffs_cost;
+			bool open_fit = !hidden && cost <= PLAN_DIFFS_MAX - open_cost;
+			size_t add = all_fit ? cost : strlen(note);
 
-			if (redact && s->secret)
-				shown = "(diff hidden: contains secrets)";
-			else if (redact && s->diff_private)
-				shown = "(diff hidden: the file is not world-readable)";
-			cost = json_text_cost(shown);
-			if (cost > PLAN_DIFFS_MAX - diffs_cost) {
+			diffs_cost += add < PLAN_DIFFS_MAX - diffs_cost ? add : PLAN_DIFFS_MAX - diffs_cost;
+			add = open_fit ? cost : hidden ? 0 : strlen(note);
+			open_cost += add < PLAN_DIFFS_MAX - open_cost ? add : PLAN_DIFFS_MAX - open_cost;
+			if (!all_fit && !open_fit) {
 				free(diff);
-				diff = xasprintf("(diff not shown: the diffs of this plan would pass %u MiB)",
-						 PLAN_DIFFS_MAX >> 20);
-				shown = diff;
-				cost = strlen(diff);
+				diff = note;
+				note = NULL;
 			}
-			diffs_cost += cost < PLAN_DIFFS_MAX - diffs_cost ? cost : PLAN_DIFFS_MAX - diffs_cost;
-			json_object_set_new(o, "diff", json_string_lossy(shown));
+			json_object_set_new(o, "diff", json_string_lossy(diff));
+			json_object_set_new(o, "diff_cost", json_integer((json_int_t)cost));
+			if (s->secret)
+				json_object_set_new(o, "diff_secret", json_true());
+			if (s->diff_private)
+				json_object_set_new(o, "diff_private", json_true());
 		}
 		if (r < 0)
 			json_object_set_new(o, "error", json_string_lossy(error ? error : strerror(-r)));

@@ -236,14 +236,20 @@ bool plan_exec_step_changed(struct plan_exec *x, const char *id);
  * A step whose describe fails has its error and action "fail". Guards are
  * evaluated as if every step before would do what it says (an action other
  * than "none" counts as a change); a guard that would stop a step gives
- * action "none". When redact is true (an unprivileged caller), diffs of
- * secret steps are replaced by "(diff hidden: contains secrets)", and diffs
- * of files that are not world-readable, on disk now or with the step's
- * mode, by "(diff hidden: the file is not world-readable)": the caller must
- * not learn through a diff what it could not read itself. Once the diffs
- * shown pass 4 MiB of JSON text together, the others read "(diff not shown:
- * the diffs of this plan would pass 4 MiB)": any local user may ask. */
-json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact);
+ * action "none". Diffs are not redacted: a step with a diff also has
+ * "diff_cost" (the JSON text of its diff, escapes counted), "diff_secret":
+ * true for a secret step, and "diff_private": true for a file that is not
+ * world-readable, on disk now or with the step's mode; members for the
+ * control server, which decides what each caller sees and strips them
+ * (control_plan_view()). A diff that no caller could see within
+ * PLAN_DIFFS_MAX is replaced by PLAN_DIFFS_NOTE already. */
+json_t *plan_describe(struct plan *p, const struct step_env *env);
+/* The JSON text of all the diffs of one plan shown together (escapes
+ * counted): past it, a diff is replaced by PLAN_DIFFS_NOTE (formatted with
+ * PLAN_DIFFS_MAX in MiB). Any local user may ask for a plan, and each diff
+ * is bounded (DIFF_MAX_BYTES a side), but a 16 MiB stack holds many files. */
+#define PLAN_DIFFS_MAX (4u << 20)
+#define PLAN_DIFFS_NOTE "(diff not shown: the diffs of this plan would pass %u MiB)"
 /* Bytes of file content the plan's file steps hold (each a copy): what
  * freeing the plan gives back, for a caller deciding on malloc_trim(). */
 size_t plan_content_bytes(const struct plan *p);

@@ -26,6 +26,7 @@
 #include "config.h"
 #include "control/control.h"
 #include "engine/engine.h"
+#include "steps/plan.h"
 #include "proto.h"
 #include "util.h"
 
@@ -194,7 +195,7 @@ json_t *engine_run_info(struct engine *e, long id)
 }
 
 /* Deliberately unredacted: control.c must redact for unprivileged callers. */
-json_t *engine_stack_json(struct engine *e, bool privileged)
+json_t *engine_stack_json(struct engine *e)
 {
 	if (e->stack)
 		return json_incref(e->stack);
@@ -237,8 +238,7 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 	return 0;
 }
 
-int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, bool privileged, json_t **ret,
-		char **ret_error)
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, json_t **ret, char **ret_error)
 {
 	if (layer && strcmp(layer, "nope") == 0) {
 		*ret_error = xstrdup("no layer nope");
@@ -447,6 +447,76 @@ static json_t *ok_result(json_t *reply)
 }
 
 /* ---- tests ---- */
+
+/* Read-only methods are open to every local user; the others need
+ * privilege (moved here from test_proto.c with the privilege column). */
+static void test_method_privilege(void **state)
+{
+	static const enum proto_method open[] = { PROTO_METHOD_VERSION, PROTO_METHOD_STATUS, PROTO_METHOD_STACK,
+						  PROTO_METHOD_RUNS,	PROTO_METHOD_RUN_INFO, PROTO_METHOD_LOG,
+						  PROTO_METHOD_PLAN };
+	static const enum proto_method priv[] = { PROTO_METHOD_RUN,    PROTO_METHOD_RELOAD,
+						  PROTO_METHOD_PAUSE,  PROTO_METHOD_RESUME,
+						  PROTO_METHOD_CLEAR_FAILED, PROTO_METHOD_ROLLBACK };
+
+	assert_int_equal(ELEMENTSOF(open) + ELEMENTSOF(priv), _PROTO_METHOD_MAX);
+	for (size_t i = 0; i < ELEMENTSOF(open); i++)
+		assert_int_equal(control_method_priv(open[i]), PROTO_OPEN);
+	for (size_t i = 0; i < ELEMENTSOF(priv); i++)
+		assert_int_equal(control_method_priv(priv[i]), PROTO_PRIV);
+}
+
+/* The cap on a plan's diffs counts what each caller is shown: five secret
+ * files of 0.9 MiB and a public one. A privileged caller sees four diffs and
+ * two notes; the others a note for each secret file, which costs little,
+ * and so the public file's diff. */
+static void test_plan_view_per_caller(void **state)
+{
+	char root[] = "/tmp/test-control-plan-XXXXXX";
+	struct buf big;
+	struct plan p;
+	char *err = NULL;
+	json_t *j, *steps;
+
+	assert_non_null(mkdtemp(root));
+	buf_init(&big);
+	for (int i = 0; i < 9000; i++)
+		buf_printf(&big, "%0104d\n", i);
+	plan_init(&p, root);
+	for (int i = 0; i < 6; i++) {
+		char name[32];
+		struct step *s;
+
+		snprintf(name, sizeof(name), "/etc/f%d", i);
+		s = plan_add_file(&p, name, big.data, big.len, 0644, NULL, NULL, &err);
+		assert_non_null(s);
+		s->secret = i < 5;
+	}
+	for (int privileged = 0; privileged < 2; privileged++) {
+		j = plan_describe(&p, NULL);
+		control_plan_view(j, privileged);
+		steps = json_object_get(j, "steps");
+		for (size_t k = 0; k < 6; k++) {
+			json_t *st = json_array_get(steps, k);
+			const char *d = json_string_value(json_object_get(st, "diff"));
+
+			assert_null(json_object_get(st, "diff_secret"));
+			assert_null(json_object_get(st, "diff_cost"));
+			if (privileged && k < 4)
+				assert_non_null(strstr(d, "@@ -0,0 +1,9000 @@\n"));
+			else if (privileged)
+				assert_string_equal(d, "(diff not shown: the diffs of this plan would pass 4 MiB)");
+			else if (k < 5)
+				assert_string_equal(d, "(diff hidden: contains secrets)");
+			else
+				assert_non_null(strstr(d, "@@ -0,0 +1,9000 @@\n"));
+		}
+		json_decref(j);
+	}
+	plan_free(&p);
+	buf_free(&big);
+	assert_int_equal(rmdir(root), 0);
+}
 
 static void test_version_status(void **state)
 {
@@ -1307,6 +1377,8 @@ static void test_many_readers_of_a_large_stack(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_method_privilege),
+		cmocka_unit_test(test_plan_view_per_caller),
 		cmocka_unit_test_setup_teardown(test_version_status, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),

@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "control/control.h"
 #include "steps/plan.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
@@ -78,6 +79,16 @@ static int teardown(void **state)
 	free(c->owed_key);
 	free(c);
 	return 0;
+}
+
+/* A plan as a caller that is not privileged sees it: plan_describe() says
+ * which diffs are secret or private, the control server hides them. */
+static json_t *describe_unprivileged(struct plan *p)
+{
+	json_t *j = plan_describe(p, NULL);
+
+	control_plan_view(j, false);
+	return j;
 }
 
 static char *P(struct ctx *c, const char *path)
@@ -311,7 +322,7 @@ static void test_file_describe_diff(void **state)
 	p.steps[0]->recipe = xstrdup("motd");
 	p.steps[0]->layer = xstrdup("app");
 
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	s0 = json_array_get(json_object_get(j, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(s0, "kind")), "file");
 	assert_string_equal(json_string_value(json_object_get(s0, "target")), "/etc/motd");
@@ -324,7 +335,7 @@ static void test_file_describe_diff(void **state)
 
 	/* Redacted for a secret step. */
 	p.steps[0]->secret = true;
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	s0 = json_array_get(json_object_get(j, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(s0, "diff")), "(diff hidden: contains secrets)");
 	json_decref(j);
@@ -336,7 +347,7 @@ static void test_file_describe_diff(void **state)
 
 	run_plan(c, &p);
 	assert_int_equal(p.steps[0]->status, STEP_CHANGED);
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	s0 = json_array_get(json_object_get(j, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(s0, "action")), "none");
 	assert_null(json_object_get(s0, "diff"));
@@ -344,14 +355,14 @@ static void test_file_describe_diff(void **state)
 
 	/* Mode only: chmod. */
 	chmod(path, 0600);
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	s0 = json_array_get(json_object_get(j, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(s0, "action")), "chmod");
 	json_decref(j);
 
 	/* Missing: create, with the whole content as the diff. */
 	unlink(path);
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	s0 = json_array_get(json_object_get(j, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(s0, "action")), "create");
 	assert_non_null(strstr(json_string_value(json_object_get(s0, "diff")), "@@ -0,0 +1,3 @@\n+hello\n"));
@@ -401,7 +412,7 @@ static void test_files_recipe_secret_mode(void **state)
 	assert_int_equal(p.n_steps, ELEMENTSOF(want));
 	/* The plan says so: the old secret file is narrowed, and nobody sees
 	 * a diff of a secret file. */
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	json_array_foreach(json_object_get(j, "steps"), k, st) {
 		if (strcmp(json_string_value(json_object_get(st, "target")), "/etc/app/old-secret") == 0)
 			assert_string_equal(json_string_value(json_object_get(st, "action")), "chmod");
@@ -452,7 +463,7 @@ static void test_describe_large_files(void **state)
 	assert_non_null(plan_add_file(&p, "/etc/big-old", "small\n", 6, 0644, NULL, NULL, &err));
 	assert_non_null(plan_add_file(&p, "/etc/big-new", nl, n, 0644, NULL, NULL, &err));
 	assert_int_equal(plan_content_bytes(&p), 6 + n);
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	steps = json_object_get(j, "steps");
 	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "action")), "update");
 	want = diff_summary("/etc/big-old", big.len, 6);
@@ -479,7 +490,7 @@ static void test_describe_large_files(void **state)
 		snprintf(name, sizeof(name), "/etc/f%d", i);
 		assert_non_null(plan_add_file(&p, name, big.data, big.len, 0644, NULL, NULL, &err));
 	}
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	steps = json_object_get(j, "steps");
 	assert_int_equal(json_array_size(steps), 6);
 	for (k = 0; k < 6; k++) {
@@ -496,7 +507,7 @@ static void test_describe_large_files(void **state)
 	/* A hidden diff costs only its note: all six fit when redacted. */
 	for (k = 0; k < 6; k++)
 		p.steps[k]->secret = true;
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	json_array_foreach(json_object_get(j, "steps"), k, steps)
 		assert_string_equal(json_string_value(json_object_get(steps, "diff")), "(diff hidden: contains secrets)");
 	json_decref(j);
@@ -522,12 +533,12 @@ static void test_describe_redacts_private(void **state)
 	/* On disk 0600, step keeps the mode. */
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, (mode_t)-1, NULL, NULL, &err));
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
 	assert_string_equal(d, hidden);
 	json_decref(j);
 	/* Privileged: the diff. */
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
 	assert_non_null(strstr(d, "-root:secret-hash"));
 	json_decref(j);
@@ -536,7 +547,7 @@ static void test_describe_redacts_private(void **state)
 	/* On disk 0600, the step would make it 0644: still hidden (the old content). */
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, 0644, NULL, NULL, &err));
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
 	assert_string_equal(d, hidden);
 	json_decref(j);
@@ -546,7 +557,7 @@ static void test_describe_redacts_private(void **state)
 	assert_int_equal(chmod(path, 0644), 0);
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, 0640, NULL, NULL, &err));
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "diff"));
 	assert_string_equal(d, hidden);
 	json_decref(j);
@@ -556,7 +567,7 @@ static void test_describe_redacts_private(void **state)
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, 0644, NULL, NULL, &err));
 	assert_non_null(plan_add_file(&p, "/etc/shadowish", "root:new\n", 9, (mode_t)-1, NULL, NULL, &err));
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	for (size_t i = 0; i < 2; i++) {
 		d = json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), i), "diff"));
 		assert_non_null(strstr(d, "-root:secret-hash"));
@@ -571,14 +582,14 @@ static void test_describe_redacts_private(void **state)
 	assert_non_null(plan_add_file(&p, "/etc/new-public", "k\n", 2, (mode_t)-1, NULL, NULL, &err));
 	struct step *sec = plan_add_file(&p, "/etc/new-secret", "k\n", 2, 0600, NULL, NULL, &err);
 	sec->secret = true;
-	j = plan_describe(&p, NULL, true);
+	j = describe_unprivileged(&p);
 	json_t *steps = json_object_get(j, "steps");
 	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "diff")), hidden);
 	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(steps, 1), "diff")), "+k"));
 	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 2), "diff")),
 			    "(diff hidden: contains secrets)");
 	json_decref(j);
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	steps = json_object_get(j, "steps");
 	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(steps, 0), "diff")), "+k"));
 	json_decref(j);
@@ -718,7 +729,7 @@ static void test_link(void **state)
 	/* Pointing elsewhere: replaced. Relative targets are kept as given. */
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_link(&p, "/srv/www/app/current", "releases/2", &err));
-	json_t *j = plan_describe(&p, NULL, false);
+	json_t *j = plan_describe(&p, NULL);
 	assert_string_equal(
 		json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")),
 		"update");
@@ -1040,7 +1051,7 @@ static void test_guard_only_if_changed(void **state)
 		step_only_if_changed(e, "other");
 		step_only_if_changed(e, "haproxy-cfg");
 
-		json_t *j = plan_describe(&p, NULL, false);
+		json_t *j = plan_describe(&p, NULL);
 		json_t *s1 = json_array_get(json_object_get(j, "steps"), 1);
 		assert_string_equal(json_string_value(json_object_get(s1, "action")), round == 0 ? "run" : "none");
 		json_decref(j);
@@ -1115,7 +1126,7 @@ static void test_guard_unless_exists(void **state)
 		plan_init(&p, c->root);
 		struct step *e = add_sh(&p, script, NULL, 0);
 		e->unless_exists = xstrdup("/var/lib/app/.installed");
-		json_t *j = plan_describe(&p, NULL, false);
+		json_t *j = plan_describe(&p, NULL);
 		assert_string_equal(
 			json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")),
 			round == 0 ? "run" : "none");
@@ -1345,7 +1356,7 @@ static void check_no_escape(struct ctx *c)
 		assert_non_null(plan_add_file(&p, path, "new\n", 4, 0600, NULL, NULL, &err));
 		snprintf(path2, sizeof(path2), "%s/conf/x.cfg", parents[i]);
 		assert_non_null(plan_add_file(&p, path2, "x\n", 2, 0600, NULL, NULL, &err));
-		j = plan_describe(&p, NULL, false);
+		j = plan_describe(&p, NULL);
 		json_t *s0 = json_array_get(json_object_get(j, "steps"), 0);
 		assert_string_equal(json_string_value(json_object_get(s0, "action")), "create");
 		assert_null(strstr(json_string_value(json_object_get(s0, "diff")), "\n-keep"));
@@ -1368,7 +1379,7 @@ static void check_no_escape(struct ctx *c)
 		assert_non_null(plan_add_absent(&p, path, false, &err));
 		snprintf(path, sizeof(path), "%s/l", parents[i]);
 		assert_non_null(plan_add_link(&p, path, "/x", &err));
-		j = plan_describe(&p, NULL, false);
+		j = plan_describe(&p, NULL);
 		json_decref(j);
 		for (size_t k = 0; k < p.n_steps; k++) {
 			struct plan one = { .steps = &p.steps[k], .n_steps = 1, .root = c->root };
@@ -1473,7 +1484,7 @@ static void check_no_escape(struct ctx *c)
 	plan_init(&p, c->root);
 	e = add_sh(&p, "echo ran", NULL, 0);
 	e->unless_exists = xstrdup("/srv/rel/dir/inner");
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	assert_string_equal(
 		json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")), "run");
 	json_decref(j);
@@ -1513,7 +1524,7 @@ static void test_dir_symlink(void **state)
 	plant_link(c, "/srv/www", "/var-www");
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_dir(&p, "/var-www", (mode_t)-1, NULL, NULL, &err));
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	assert_string_equal(
 		json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")), "none");
 	json_decref(j);
@@ -1523,7 +1534,7 @@ static void test_dir_symlink(void **state)
 
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_dir(&p, "/var-www", 0700, NULL, NULL, &err));
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	json_t *s0 = json_array_get(json_object_get(j, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(s0, "action")), "fail");
 	assert_non_null(strstr(json_string_value(json_object_get(s0, "error")), "is a symlink, not a directory"));
@@ -1600,7 +1611,7 @@ static void test_absent_protected(void **state)
 	assert_non_null(strstr(p.steps[0]->error, "the deploy_to of app b"));
 	assert_true(exists(data));
 	/* The plan says so too. */
-	json_t *j = plan_describe(&p, NULL, false);
+	json_t *j = plan_describe(&p, NULL);
 	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0),
 								 "error")),
 			       "the deploy_to of app b"));
@@ -1686,7 +1697,7 @@ static void test_undeploy_protects_what_the_stacks_place(void **state)
 		rc.other_stack = cur;
 		plan_init(&p, c->root);
 		assert_int_equal(recipe_plan(&rc, &p, &err), 0);
-		j = plan_describe(&p, NULL, false);
+		j = plan_describe(&p, NULL);
 		json_array_foreach(json_object_get(j, "steps"), k, st)
 			if (strcmp(json_string_value(json_object_get(st, "kind")), "absent") == 0)
 				absent = st;
@@ -1754,7 +1765,7 @@ static void test_undeploy_protects_default_data_dirs(void **state)
 			plan_init(&p, c->root);
 			assert_int_equal(recipe_plan(&rc, &p, &err), 0);
 		}
-		j = plan_describe(&p, NULL, false);
+		j = plan_describe(&p, NULL);
 		json_array_foreach(json_object_get(j, "steps"), k, st)
 			if (strcmp(json_string_value(json_object_get(st, "kind")), "absent") == 0)
 				absent = st;
@@ -1829,7 +1840,7 @@ static void test_note_and_empty(void **state)
 	run_plan(c, &p);
 	assert_false(c->failed);
 	assert_int_equal(p.steps[0]->status, STEP_SKIPPED);
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	s0 = json_array_get(json_object_get(j, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(s0, "kind")), "note");
 	assert_string_equal(json_string_value(json_object_get(s0, "action")), "none");
@@ -1856,7 +1867,7 @@ static void test_describe_json(void **state)
 	assert_non_null(plan_add_link(&p, "/l", "target", &err));
 	add_sh(&p, "true", NULL, 0);
 
-	j = plan_describe(&p, NULL, false);
+	j = plan_describe(&p, NULL);
 	steps = json_object_get(j, "steps");
 	assert_int_equal(json_array_size(steps), 7);
 	const char *want[][2] = { { "dir", "create" },	 { "file", "create" }, { "absent", "none" },

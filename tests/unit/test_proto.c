@@ -163,27 +163,24 @@ static void test_reader_nul(void **state)
 
 static void test_methods(void **state)
 {
-	static const char *const open[] = { "version", "status", "stack", "runs", "run-info", "log", "plan" };
-	static const char *const priv[] = { "run", "reload", "pause", "resume", "clear-failed", "rollback" };
+	static const char *const names[] = { "version", "status", "stack", "runs", "run-info", "log", "plan",
+					     "run", "reload", "pause", "resume", "clear-failed", "rollback" };
 
-	for (size_t i = 0; i < ELEMENTSOF(open); i++) {
-		const struct proto_method *m = proto_method_find(open[i]);
-		assert_non_null(m);
-		assert_string_equal(m->name, open[i]);
-		assert_int_equal(m->priv, PROTO_OPEN);
+	assert_int_equal(ELEMENTSOF(names), _PROTO_METHOD_MAX);
+	for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+		enum proto_method m = proto_method_from_string(names[i]);
+		assert_int_not_equal(m, PROTO_METHOD_INVALID);
+		assert_string_equal(proto_method_to_string(m), names[i]);
 	}
-	for (size_t i = 0; i < ELEMENTSOF(priv); i++) {
-		const struct proto_method *m = proto_method_find(priv[i]);
-		assert_non_null(m);
-		assert_int_equal(m->priv, PROTO_PRIV);
-	}
-	assert_true(proto_method_find("log")->streams);
-	assert_true(proto_method_find("run")->streams);
-	assert_false(proto_method_find("status")->streams);
-	assert_null(proto_method_find("Status"));
-	assert_null(proto_method_find("shell"));
-	assert_null(proto_method_find(""));
-	assert_null(proto_method_find(NULL));
+	assert_true(proto_method_streams(PROTO_METHOD_LOG));
+	assert_true(proto_method_streams(PROTO_METHOD_RUN));
+	assert_false(proto_method_streams(PROTO_METHOD_STATUS));
+	assert_int_equal(proto_method_from_string("Status"), PROTO_METHOD_INVALID);
+	assert_int_equal(proto_method_from_string("shell"), PROTO_METHOD_INVALID);
+	assert_int_equal(proto_method_from_string(""), PROTO_METHOD_INVALID);
+	assert_int_equal(proto_method_from_string(NULL), PROTO_METHOD_INVALID);
+	assert_null(proto_method_to_string(_PROTO_METHOD_MAX));
+	assert_null(proto_method_to_string(PROTO_METHOD_INVALID));
 }
 
 static void test_redact_depth(void **state)
