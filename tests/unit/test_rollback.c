@@ -383,7 +383,7 @@ static void test_describe_changes_nothing(void **state)
 	before = listing(c);
 	plan_init(&p, c->root);
 	assert_non_null(plan_add_rollback(&p, "shop", DEPLOY_TO, &err));
-	json_t *o = plan_describe(&p, &env, true);
+	json_t *o = plan_describe(&p, &env);
 	json_t *st = json_array_get(json_object_get(o, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(st, "kind")), "rollback");
 	assert_string_equal(json_string_value(json_object_get(st, "target")), DEPLOY_TO "/current");
@@ -401,7 +401,7 @@ static void test_describe_changes_nothing(void **state)
 	_cleanup_free_ char *curp = D(c, "current");
 	assert_int_equal(unlink(curp), 0);
 	assert_int_equal(symlink("releases/1", curp), 0);
-	o = plan_describe(&p, &env, true);
+	o = plan_describe(&p, &env);
 	st = json_array_get(json_object_get(o, "steps"), 0);
 	assert_string_equal(json_string_value(json_object_get(st, "action")), "fail");
 	assert_string_equal(json_string_value(json_object_get(st, "error")), "shop has no release before 1");
