@@ -4,9 +4,10 @@
  * records each as unchanged, changed, failed or skipped; the same plan can be
  * described instead of executed (agentctl plan) with unified diffs.
  *
- * Step kinds are pluggable: a kind is a struct step_ops. This file provides
- * file, dir, link, absent, exec and note; later families add mount, service,
- * fetch... with their own ops. */
+ * Step kinds are pluggable: a kind is a struct step_ops. This header
+ * declares file and dir (step_file.c), link and absent (step_link.c), exec
+ * (step_exec.c) and note (plan.c); the other kinds (mount, service, fetch...)
+ * have a step_<kind>.h of their own. */
 #pragma once
 
 #include <jansson.h>
