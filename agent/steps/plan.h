@@ -248,17 +248,3 @@ json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact);
 /* Bytes of file content the plan's file steps hold (each a copy): what
  * freeing the plan gives back, for a caller deciding on malloc_trim(). */
 size_t plan_content_bytes(const struct plan *p);
-
-/* Unified diff of a and b labelled with path ("--- path", "+++ path"), 3 lines of
- * context, as `diff -u` prints it; NULL when equal. Content with a NUL byte
- * gives "Binary files path differ"; a side over DIFF_MAX_BYTES or
- * DIFF_MAX_LINES gives diff_summary() (decided before any per-line work, so
- * a diff costs O(DIFF_MAX_BYTES) memory whatever the inputs). Used by the
- * file kinds; exposed for tests. */
-#define DIFF_MAX_BYTES (1u << 20)
-#define DIFF_MAX_LINES 50000u
-char *diff_unified(const char *path, const char *a, size_t alen, const char *b, size_t blen);
-/* "Files PATH differ (ALEN bytes -> BLEN bytes): too large to show (...)\n",
- * malloc'd: what diff_unified() gives for sides too large, for callers that
- * know a side is too large without reading it. */
-char *diff_summary(const char *path, size_t alen, size_t blen);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/diff.h"
 #include "log.h"
 #include "rootfs.h"
 #include "step_util.h"

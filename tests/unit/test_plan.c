@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "io/diff.h"
 #include "steps/plan.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
