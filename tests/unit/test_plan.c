@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "io/diff.h"
+#include "io/http.h"
 #include "steps/plan.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
@@ -182,6 +183,8 @@ static void run_plan_full(struct ctx *c, struct plan *p, size_t output_max, long
 	buf_reset(&c->output);
 	assert_int_equal(uv_loop_init(&c->loop), 0);
 	env.loop = &c->loop;
+	/* The loop's one HTTP client, as the engine lends it to steps. */
+	assert_int_equal(http_new(&c->loop, &env.http), 0);
 	assert_int_equal(plan_execute(&c->loop, p, &env, &cbs, c, &c->x), 0);
 	/* on_done is never called from inside plan_execute(). */
 	assert_int_equal(c->n_done, 0);
@@ -194,6 +197,8 @@ static void run_plan_full(struct ctx *c, struct plan *p, size_t output_max, long
 	assert_int_equal(uv_run(&c->loop, UV_RUN_DEFAULT), 0);
 	assert_int_equal(c->n_done, 1);
 	assert_int_equal(c->n_done_steps, (int)p->n_steps);
+	http_free(env.http);
+	assert_int_equal(uv_run(&c->loop, UV_RUN_DEFAULT), 0);
 	assert_int_equal(uv_loop_close(&c->loop), 0);
 }
 
