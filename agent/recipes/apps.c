@@ -33,17 +33,10 @@ struct app_plan {
 	const struct stack_app *app;
 	const char *root;
 	char *host_deploy_to; /* owned: deploy_to as the host sees it (under root) for supervisord and env */
+	char *host_log_dir;   /* owned: SUPERVISOR_LOG_DIR as the host sees it */
 	struct app_services sv;
 	char **ret_error;
 };
-
-/* A path on the managed system as processes on this host see it: under root. */
-static char *host_path(const char *root, const char *path)
-{
-	if (strcmp(root, "/") == 0)
-		return xstrdup(path);
-	return xasprintf("%s%s", root, path);
-}
 
 static int add_dir(struct app_plan *a, const char *path, mode_t mode, bool owned)
 {
@@ -297,7 +290,7 @@ static char *pct_escape(struct buf *b)
 static char *program_conf(struct app_plan *a, const struct app_service *s, const json_t *env)
 {
 	struct buf b;
-	_cleanup_free_ char *logdir = host_path(a->root, SUPERVISOR_LOG_DIR);
+	const char *logdir = a->host_log_dir;
 	const char *k;
 	json_t *v;
 	bool first = true;
@@ -571,7 +564,15 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 		plan_add_note(plan, canonical, msg);
 		return 0;
 	}
-	a.host_deploy_to = host_path(plan->root, a.app->deploy_to);
+	/* Paths on the managed system as processes on this host see them: under
+	 * root. deploy_to was validated (absolute, normal form, no ".."). */
+	if (path_join_under(plan->root, a.app->deploy_to, &a.host_deploy_to) < 0 ||
+	    path_join_under(plan->root, SUPERVISOR_LOG_DIR, &a.host_log_dir) < 0) {
+		*ret_error = xasprintf("cannot name %s under root %s", a.app->deploy_to, plan->root);
+		free(a.host_deploy_to);
+	free(a.host_log_dir);
+		return -EINVAL;
+	}
 	apps_services(ctx->stack, kind, a.app, &a.sv);
 	{
 		/* Whether the app was deployed decides what configure does (reference
@@ -638,6 +639,7 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	}
 	apps_services_free(&a.sv);
 	free(a.host_deploy_to);
+	free(a.host_log_dir);
 	return r;
 }
 

@@ -42,18 +42,13 @@ static char *subst(const char *s, const char *with)
 	return buf_steal(&b);
 }
 
-/* The host path of the file name in the directory of path (on the managed
- * system): root + dirname(path) + "/" + name. The checker is another
- * program and needs a path; root is trusted configuration. NULL when it
- * cannot be named (path_join_under refuses it). */
-static char *host_path_in_dir(const char *root, const char *path, const char *name)
+/* The file name in the directory of path, both on the managed system:
+ * dirname(path) + "/" + name. */
+static char *sibling_path(const char *path, const char *name)
 {
 	const char *slash = strrchr(path, '/');
-	_cleanup_free_ char *dir = xstrndup(path, slash ? (size_t)(slash - path) : 0);
-	_cleanup_free_ char *rel = xasprintf("%s/%s", dir, name);
-	char *ret = NULL;
 
-	return path_join_under(root, rel, &ret) < 0 ? NULL : ret;
+	return xasprintf("%.*s/%s", slash ? (int)(slash - path) : 0, path, name);
 }
 
 /* Reads name in dirfd (not following it). Returns 0, -ENOENT, or another
@@ -245,7 +240,7 @@ static void cb_cf_done(void *userdata, const struct exec_result *r)
 static void cf_apply(struct step *s, struct plan_exec *x)
 {
 	struct cf_data *d = s->data;
-	_cleanup_free_ char *old = NULL, *cand = NULL, *wpath = NULL, *wcontent = NULL;
+	_cleanup_free_ char *old = NULL, *cand = NULL, *wpath = NULL, *wcontent = NULL, *sib = NULL;
 	const struct step_env *env = plan_exec_env(x);
 	size_t old_len = 0, n;
 	mode_t mode = 0;
@@ -273,8 +268,10 @@ static void cf_apply(struct step *s, struct plan_exec *x)
 		cf_cleanup_run(d);
 		return plan_step_done(x, STEP_FAILED, "cannot write a new %s: %s", d->path, strerror(-r));
 	}
-	cand = host_path_in_dir(d->root, d->path, d->tmp);
-	if (!cand) {
+	/* The checker is another program and needs a path on the host: root +
+	 * the candidate's path (root is trusted configuration). */
+	sib = sibling_path(d->path, d->tmp);
+	if (path_join_under(d->root, sib, &cand) < 0) {
 		cf_cleanup_run(d);
 		return plan_step_done(x, STEP_FAILED, "cannot name %s under root", d->path);
 	}
@@ -287,8 +284,9 @@ static void cf_apply(struct step *s, struct plan_exec *x)
 			return plan_step_done(x, STEP_FAILED, "cannot write the check wrapper of %s: %s", d->path,
 					      strerror(-r));
 		}
-		wpath = host_path_in_dir(d->root, d->path, d->wtmp);
-		if (!wpath) {
+		free(sib);
+		sib = sibling_path(d->path, d->wtmp);
+		if (path_join_under(d->root, sib, &wpath) < 0) {
 			cf_cleanup_run(d);
 			return plan_step_done(x, STEP_FAILED, "cannot name %s under root", d->path);
 		}
