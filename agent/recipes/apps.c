@@ -18,6 +18,7 @@
 #include "steps/step_fetch.h"
 #include "steps/step_packages.h"
 #include "steps/step_service.h"
+#include "steps/step_user.h"
 #include "rootfs.h"
 #include "strv.h"
 
@@ -167,35 +168,13 @@ static int plan_packages(struct app_plan *a)
 }
 
 /* The deploy user and group (reference §3 buildout_setup step 3), created
- * when missing. Planning looks them up (a read of the user database). Under
- * a test root they are not created: the host's database is not the
- * managed system's. */
+ * when missing. The step reads the user database when it runs, not the
+ * planner; under a test root it creates nothing and says so (step_user.h). */
 static int plan_user(struct app_plan *a)
 {
-	bool have_group = group_lookup(a->app->group, NULL) == 0;
+	struct user_step_opts o = { .user = a->app->user, .group = a->app->group, .home = a->app->deploy_to };
 
-	if (have_group && user_lookup(a->app->user, NULL, NULL) == 0)
-		return 0;
-	if (strcmp(a->root, "/") != 0) {
-		_cleanup_free_ char *msg = xasprintf("user %s or group %s is missing; not created under root %s",
-						     a->app->user, a->app->group, a->root);
-		plan_add_note(a->plan, a->app->user, msg);
-		return 0;
-	}
-	if (!have_group) {
-		char *argv[] = { "groupadd", "--system", a->app->group, NULL };
-		struct exec_step_opts o = { .argv = argv, .timeout_sec = 60 };
-		if (!plan_add_exec(a->plan, "groupadd", &o, a->ret_error))
-			return -EINVAL;
-	}
-	if (user_lookup(a->app->user, NULL, NULL) != 0) {
-		char *argv[] = { "useradd", "--system", "--gid", a->app->group, "--home-dir", a->app->deploy_to,
-				 "--no-create-home", "--shell", "/usr/sbin/nologin", a->app->user, NULL };
-		struct exec_step_opts o = { .argv = argv, .timeout_sec = 60 };
-		if (!plan_add_exec(a->plan, "useradd", &o, a->ret_error))
-			return -EINVAL;
-	}
-	return 0;
+	return plan_add_user(a->plan, &o, a->ret_error) ? 0 : -EINVAL;
 }
 
 /* buildout_cache_archives: each {url, path, user, password, purge} unpacked

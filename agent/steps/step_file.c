@@ -90,20 +90,17 @@ static int file_content_equal(int fd, const struct stat *st, const char *want, s
 	}
 }
 
-static int file_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
-			 char **ret_error)
+/* What the file step would do to the content and metadata on disk, for
+ * owner uid and group gid (-1: not managed). */
+static int file_describe_content(struct step *s, uid_t uid, gid_t gid, const char **ret_action, char **ret_diff,
+				 char **ret_error)
 {
 	struct file_data *d = s->data;
 	_cleanup_close_ int fd = -1, dfd = -1;
 	_cleanup_free_ char *name = NULL;
 	struct stat st;
-	uid_t uid;
-	gid_t gid;
 	int r;
 
-	r = resolve_owner(d->owner, d->group, &uid, &gid, ret_error);
-	if (r < 0)
-		return r;
 	r = open_parent(d->root, d->path, false, &dfd, &name);
 	if (r < 0 && r != -ENOENT) {
 		*ret_error = xasprintf("cannot open the directory of %s: %s", s->target, rootfs_strerror(r));
@@ -157,6 +154,29 @@ static int file_describe(struct step *s, const struct step_env *env, const char 
 	else
 		*ret_action = "none";
 	return 0;
+}
+
+/* The owner is looked up now, not when the step was planned: an earlier
+ * step (the user kind) may create it. When it does not exist yet, the step
+ * would fail as things stand (action "fail" with the error), and the plan
+ * still shows the content diff, the part a reader checks (design.md §5). */
+static int file_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
+			 char **ret_error)
+{
+	const struct file_data *d = s->data;
+	_cleanup_free_ char *owner_error = NULL;
+	uid_t uid;
+	gid_t gid;
+	int r, owner_r;
+
+	owner_r = resolve_owner(d->owner, d->group, &uid, &gid, &owner_error);
+	r = file_describe_content(s, uid, gid, ret_action, ret_diff, ret_error);
+	if (r < 0 || owner_r >= 0)
+		return r;
+	*ret_action = NULL;
+	*ret_error = owner_error;
+	owner_error = NULL;
+	return owner_r;
 }
 
 static void file_apply(struct step *s, struct plan_exec *x)
