@@ -19,7 +19,6 @@
 #include "steps/step_packages.h"
 #include "steps/step_service.h"
 #include "steps/step_user.h"
-#include "rootfs.h"
 #include "strv.h"
 
 static const char *const shared_dirs[] = { "eggs", "downloads", "extends", "var", "parts", "log", NULL };
@@ -393,6 +392,26 @@ out:
 	return r;
 }
 
+/* Configure and rebuild act only on a deployed app (reference §4.2): one
+ * whose current link exists. The steps find out when they run (a guard on
+ * each), not the planner; until then the plan says why it does nothing. */
+static int plan_configure_deployed(struct app_plan *a, const char *canonical, bool rebuild)
+{
+	_cleanup_free_ char *cur = xasprintf("%s/current", a->app->deploy_to);
+	size_t first = a->plan->n_steps;
+	int r;
+
+	plan_add_note_unless_exists(a->plan, canonical, "not deployed yet: nothing to configure", cur);
+	r = plan_dirs(a);
+	if (r >= 0)
+		r = plan_cache_archives(a);
+	if (r >= 0)
+		r = plan_configure(a, rebuild, false);
+	for (size_t i = first + 1; i < a->plan->n_steps; i++)
+		step_only_if_exists(a->plan->steps[i], cur);
+	return r;
+}
+
 static int plan_release(struct app_plan *a)
 {
 	const struct config *c = a->ctx->config;
@@ -529,7 +548,6 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	enum app_op op = op_of(canonical);
 	const char *name = apps_app_name(ctx->stack, kind);
 	struct app_plan a = { .ctx = ctx, .plan = plan, .kind = kind, .root = plan->root, .ret_error = ret_error };
-	bool deployed;
 	int r = 0;
 
 	if (ctx->app && strcmp(ctx->app, name) != 0 && (op == OP_DEPLOY || op == OP_UNDEPLOY)) {
@@ -553,12 +571,6 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 		return -EINVAL;
 	}
 	apps_services(ctx->stack, kind, a.app, &a.sv);
-	{
-		/* Whether the app was deployed decides what configure does (reference
-		 * §4.2): the one read a planner makes, of a link inside root. */
-		_cleanup_free_ char *cur = xasprintf("%s/current", a.app->deploy_to);
-		deployed = rootfs_exists(plan->root, cur);
-	}
 	switch (op) {
 	case OP_SETUP:
 		r = plan_packages(&a);
@@ -580,15 +592,7 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 		break;
 	case OP_CONFIGURE:
 	case OP_REBUILD:
-		if (!deployed) {
-			plan_add_note(plan, canonical, "not deployed yet: nothing to configure");
-			break;
-		}
-		r = plan_dirs(&a);
-		if (r >= 0)
-			r = plan_cache_archives(&a);
-		if (r >= 0)
-			r = plan_configure(&a, op == OP_REBUILD, false);
+		r = plan_configure_deployed(&a, canonical, op == OP_REBUILD);
 		break;
 	case OP_DEPLOY:
 		if (!json_object_get(a.app->json, "scm")) {

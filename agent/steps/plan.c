@@ -102,6 +102,40 @@ struct step *plan_add_note(struct plan *p, const char *target, const char *messa
 	return s;
 }
 
+/* The conditional note keeps its message in its data and shows it only
+ * when it runs or is described: its unless_exists guard keeps both from
+ * happening while the path exists. */
+static int note_cond_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
+			      char **ret_error)
+{
+	free(s->message);
+	s->message = xstrdup(s->data);
+	*ret_action = "none";
+	return 0;
+}
+
+static void note_cond_apply(struct step *s, struct plan_exec *x)
+{
+	free(s->message);
+	s->message = xstrdup(s->data);
+	plan_step_done(x, STEP_SKIPPED, NULL);
+}
+
+static const struct step_ops note_cond_ops = {
+	.kind = "note",
+	.describe = note_cond_describe,
+	.apply = note_cond_apply,
+	.free_data = free,
+};
+
+struct step *plan_add_note_unless_exists(struct plan *p, const char *target, const char *message, const char *path)
+{
+	struct step *s = plan_add(p, &note_cond_ops, target, xstrdup(message));
+
+	s->unless_exists = xstrdup(path);
+	return s;
+}
+
 /* --- plan --- */
 
 void plan_init(struct plan *p, const char *root)
@@ -119,6 +153,7 @@ static void step_free(struct step *s)
 	free(s->id);
 	strv_free(s->only_if_changed);
 	free(s->unless_exists);
+	free(s->only_if_exists);
 	free(s->error);
 	free(s->message);
 	if (s->ops && s->ops->free_data)
@@ -161,6 +196,12 @@ void step_only_if_changed(struct step *s, const char *id)
 	s->only_if_changed = xrealloc(s->only_if_changed, (n + 2) * sizeof(char *));
 	s->only_if_changed[n] = xstrdup(id);
 	s->only_if_changed[n + 1] = NULL;
+}
+
+void step_only_if_exists(struct step *s, const char *path)
+{
+	free(s->only_if_exists);
+	s->only_if_exists = xstrdup(path);
 }
 
 /* --- executor --- */
@@ -272,7 +313,8 @@ static void plan_run(struct plan_exec *x)
 			step_finish(x);
 			continue;
 		}
-		if (s->only_if_changed && s->only_if_changed[0] && !guard_only_if_changed(x, s) && !pending_get(x, s)) {
+		if ((s->only_if_exists && !rootfs_exists(x->env.root, s->only_if_exists)) ||
+		    (s->only_if_changed && s->only_if_changed[0] && !guard_only_if_changed(x, s) && !pending_get(x, s))) {
 			s->status = STEP_SKIPPED;
 			step_finish(x);
 			continue;
@@ -498,7 +540,8 @@ json_t *plan_describe(struct plan *p, const struct step_env *env, bool redact)
 		json_t *o;
 		int r = 0;
 
-		if (s->unless_exists && rootfs_exists(root, s->unless_exists))
+		if ((s->unless_exists && rootfs_exists(root, s->unless_exists)) ||
+		    (s->only_if_exists && !rootfs_exists(root, s->only_if_exists)))
 			guarded = true;
 		if (!guarded && s->only_if_changed && s->only_if_changed[0]) {
 			bool any = false;

@@ -66,6 +66,7 @@ struct step {
 	/* Guards. */
 	char **only_if_changed;  /* owned, NULL-terminated ids: run only if one of these steps changed */
 	char *unless_exists;     /* owned, may be NULL: skip (unchanged) when this path exists */
+	char *only_if_exists;    /* owned, may be NULL: skip (skipped) when this path does not exist */
 	bool secret;             /* content holds secrets: diffs are redacted for unprivileged callers */
 
 	void *data;              /* owned by ops->free_data: the kind's own fields */
@@ -163,12 +164,22 @@ struct exec_step_opts {
 struct step *plan_add_exec(struct plan *p, const char *target, const struct exec_step_opts *o, char **ret_error);
 /* A note: always "skipped" with a message (e.g. a recipe that has nothing to do here). */
 struct step *plan_add_note(struct plan *p, const char *target, const char *message);
+/* A note that holds only while path (on the managed system) does not
+ * exist, as found when the plan is described or run, not when it is made:
+ * then "skipped" with the message; else "unchanged" (action "none") with no
+ * message. With step_only_if_exists() on the steps that follow, a planner
+ * says "nothing to do until PATH exists" without reading the disk. */
+struct step *plan_add_note_unless_exists(struct plan *p, const char *target, const char *message, const char *path);
 
 /* Adds a guard to s. When none of the named steps changed in this
  * execution, s is not applied and its status is "skipped" (it was not
  * needed); an unless_exists path that exists (resolved inside root, the
  * final component not followed) gives "unchanged". */
 void step_only_if_changed(struct step *s, const char *id);
+/* Adds a guard to s: when path (resolved inside root, the final component
+ * not followed) does not exist as the step comes to run, s is not applied
+ * and its status is "skipped"; a plan shows action "none". */
+void step_only_if_exists(struct step *s, const char *path);
 
 /* Step memory: what the executor remembers of steps from one run to the
  * next, kept by the caller (the engine saves it in state_dir). Keys are

@@ -1135,6 +1135,47 @@ static void test_guard_unless_exists(void **state)
 	free(marker);
 }
 
+/* A planner that must not read the disk says "nothing to do until PATH
+ * exists" with a conditional note and only_if_exists guards: the path is
+ * looked at when the plan is described or run. */
+static void test_guard_only_if_exists(void **state)
+{
+	struct ctx *c = *state;
+	char *x = P(c, "/app/x");
+	char *err = NULL;
+
+	for (int round = 0; round < 2; round++) {
+		struct plan p;
+		struct step *note, *f;
+		json_t *j, *steps;
+
+		plan_init(&p, c->root);
+		note = plan_add_note_unless_exists(&p, "app", "not deployed yet", "/app/current");
+		f = plan_add_file(&p, "/app/x", "x\n", 2, 0644, NULL, NULL, &err);
+		assert_non_null(f);
+		step_only_if_exists(f, "/app/current");
+		j = plan_describe(&p, NULL, false);
+		steps = json_object_get(j, "steps");
+		assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "action")), "none");
+		if (round == 0)
+			assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "message")),
+					    "not deployed yet");
+		else
+			assert_null(json_object_get(json_array_get(steps, 0), "message"));
+		assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 1), "action")),
+				    round == 0 ? "none" : "create");
+		json_decref(j);
+		run_plan(c, &p);
+		assert_int_equal(note->status, round == 0 ? STEP_SKIPPED : STEP_UNCHANGED);
+		assert_int_equal(f->status, round == 0 ? STEP_SKIPPED : STEP_CHANGED);
+		assert_false(c->failed);
+		assert_true(exists(x) == (round == 1));
+		plan_free(&p);
+		mkdir_under(c, "/app/current");
+	}
+	free(x);
+}
+
 static void test_failure_stops_plan(void **state)
 {
 	struct ctx *c = *state;
@@ -1953,6 +1994,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_guard_only_if_changed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_owed_after_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_unless_exists, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_guard_only_if_exists, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failure_stops_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_last_step, setup, teardown),
