@@ -25,6 +25,7 @@
 #include "io/diff.h"
 #include "io/http.h"
 #include "steps/plan.h"
+#include "steps/step_user.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
 #include "rootfs.h"
@@ -1860,6 +1861,45 @@ static void test_absent_mount_below_removes_nothing(void **state)
 	free(mnt);
 }
 
+/* The user kind reads the user database when it is described or run.
+ * Under a test root it creates nothing: a missing user is a note. */
+static void test_user_step(void **state)
+{
+	struct ctx *c = *state;
+	struct user_step_opts there = { .user = "root", .group = "root", .home = "/root" };
+	struct user_step_opts missing = { .user = "no-such-user-xyz", .group = "no-such-group-xyz", .home = "/srv/x" };
+	char *err = NULL;
+	struct plan p;
+	json_t *j, *steps;
+
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_user(&p, &there, &err));
+	assert_non_null(plan_add_user(&p, &missing, &err));
+	j = plan_describe(&p, NULL, false);
+	steps = json_object_get(j, "steps");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "kind")), "user");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "action")), "none");
+	assert_null(json_object_get(json_array_get(steps, 0), "message"));
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 1), "action")), "none");
+	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(steps, 1), "message")),
+			       "is missing; not created under root"));
+	json_decref(j);
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_UNCHANGED);
+	assert_int_equal(p.steps[1]->status, STEP_SKIPPED);
+	assert_false(c->failed);
+	plan_free(&p);
+
+	/* On the real root a missing user would be created: described only. */
+	plan_init(&p, "/");
+	assert_non_null(plan_add_user(&p, &missing, &err));
+	j = plan_describe(&p, NULL, false);
+	assert_string_equal(
+		json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")), "create");
+	json_decref(j);
+	plan_free(&p);
+}
+
 static void test_note_and_empty(void **state)
 {
 	struct ctx *c = *state;
@@ -1995,6 +2035,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_guard_owed_after_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_unless_exists, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_only_if_exists, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_step, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failure_stops_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_last_step, setup, teardown),
