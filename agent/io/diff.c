@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* Unified diffs for plans (diff_unified in plan.h).
+/* Unified diffs for plans (diff.h).
  *
  * Myers' O(ND) algorithm in its linear-space form (divide and conquer on the
  * middle snake, "An O(ND) Difference Algorithm and Its Variations", 1986,
@@ -18,11 +18,12 @@
  * exceeds DIFF_MAX_WORK steps falls back to a plain (still correct, not
  * minimal) diff: between the common head and tail, everything is deleted,
  * then inserted. */
+#include "diff.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "steps/plan.h"
 #include "util.h"
 
 #define DIFF_MAX_WORK 20000000L

@@ -18,7 +18,7 @@
 #include "steps/step_fetch.h"
 #include "steps/step_packages.h"
 #include "steps/step_service.h"
-#include "rootfs.h"
+#include "steps/step_user.h"
 #include "strv.h"
 
 static const char *const shared_dirs[] = { "eggs", "downloads", "extends", "var", "parts", "log", NULL };
@@ -33,17 +33,10 @@ struct app_plan {
 	const struct stack_app *app;
 	const char *root;
 	char *host_deploy_to; /* owned: deploy_to as the host sees it (under root) for supervisord and env */
+	char *host_log_dir;   /* owned: SUPERVISOR_LOG_DIR as the host sees it */
 	struct app_services sv;
 	char **ret_error;
 };
-
-/* A path on the managed system as processes on this host see it: under root. */
-static char *host_path(const char *root, const char *path)
-{
-	if (strcmp(root, "/") == 0)
-		return xstrdup(path);
-	return xasprintf("%s%s", root, path);
-}
 
 static int add_dir(struct app_plan *a, const char *path, mode_t mode, bool owned)
 {
@@ -174,35 +167,13 @@ static int plan_packages(struct app_plan *a)
 }
 
 /* The deploy user and group (reference §3 buildout_setup step 3), created
- * when missing. Planning looks them up (a read of the user database). Under
- * a test root they are not created: the host's database is not the
- * managed system's. */
+ * when missing. The step reads the user database when it runs, not the
+ * planner; under a test root it creates nothing and says so (step_user.h). */
 static int plan_user(struct app_plan *a)
 {
-	bool have_group = group_lookup(a->app->group, NULL) == 0;
+	struct user_step_opts o = { .user = a->app->user, .group = a->app->group, .home = a->app->deploy_to };
 
-	if (have_group && user_lookup(a->app->user, NULL, NULL) == 0)
-		return 0;
-	if (strcmp(a->root, "/") != 0) {
-		_cleanup_free_ char *msg = xasprintf("user %s or group %s is missing; not created under root %s",
-						     a->app->user, a->app->group, a->root);
-		plan_add_note(a->plan, a->app->user, msg);
-		return 0;
-	}
-	if (!have_group) {
-		char *argv[] = { "groupadd", "--system", a->app->group, NULL };
-		struct exec_step_opts o = { .argv = argv, .timeout_sec = 60 };
-		if (!plan_add_exec(a->plan, "groupadd", &o, a->ret_error))
-			return -EINVAL;
-	}
-	if (user_lookup(a->app->user, NULL, NULL) != 0) {
-		char *argv[] = { "useradd", "--system", "--gid", a->app->group, "--home-dir", a->app->deploy_to,
-				 "--no-create-home", "--shell", "/usr/sbin/nologin", a->app->user, NULL };
-		struct exec_step_opts o = { .argv = argv, .timeout_sec = 60 };
-		if (!plan_add_exec(a->plan, "useradd", &o, a->ret_error))
-			return -EINVAL;
-	}
-	return 0;
+	return plan_add_user(a->plan, &o, a->ret_error) ? 0 : -EINVAL;
 }
 
 /* buildout_cache_archives: each {url, path, user, password, purge} unpacked
@@ -297,7 +268,7 @@ static char *pct_escape(struct buf *b)
 static char *program_conf(struct app_plan *a, const struct app_service *s, const json_t *env)
 {
 	struct buf b;
-	_cleanup_free_ char *logdir = host_path(a->root, SUPERVISOR_LOG_DIR);
+	const char *logdir = a->host_log_dir;
 	const char *k;
 	json_t *v;
 	bool first = true;
@@ -418,6 +389,26 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 out:
 	strv_free(envv);
 	strv_free(argv);
+	return r;
+}
+
+/* Configure and rebuild act only on a deployed app (reference §4.2): one
+ * whose current link exists. The steps find out when they run (a guard on
+ * each), not the planner; until then the plan says why it does nothing. */
+static int plan_configure_deployed(struct app_plan *a, const char *canonical, bool rebuild)
+{
+	_cleanup_free_ char *cur = xasprintf("%s/current", a->app->deploy_to);
+	size_t first = a->plan->n_steps;
+	int r;
+
+	plan_add_note_unless_exists(a->plan, canonical, "not deployed yet: nothing to configure", cur);
+	r = plan_dirs(a);
+	if (r >= 0)
+		r = plan_cache_archives(a);
+	if (r >= 0)
+		r = plan_configure(a, rebuild, false);
+	for (size_t i = first + 1; i < a->plan->n_steps; i++)
+		step_only_if_exists(a->plan->steps[i], cur);
 	return r;
 }
 
@@ -557,7 +548,6 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	enum app_op op = op_of(canonical);
 	const char *name = apps_app_name(ctx->stack, kind);
 	struct app_plan a = { .ctx = ctx, .plan = plan, .kind = kind, .root = plan->root, .ret_error = ret_error };
-	bool deployed;
 	int r = 0;
 
 	if (ctx->app && strcmp(ctx->app, name) != 0 && (op == OP_DEPLOY || op == OP_UNDEPLOY)) {
@@ -571,14 +561,16 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 		plan_add_note(plan, canonical, msg);
 		return 0;
 	}
-	a.host_deploy_to = host_path(plan->root, a.app->deploy_to);
-	apps_services(ctx->stack, kind, a.app, &a.sv);
-	{
-		/* Whether the app was deployed decides what configure does (reference
-		 * §4.2): the one read a planner makes, of a link inside root. */
-		_cleanup_free_ char *cur = xasprintf("%s/current", a.app->deploy_to);
-		deployed = rootfs_exists(plan->root, cur);
+	/* Paths on the managed system as processes on this host see them: under
+	 * root. deploy_to was validated (absolute, normal form, no ".."). */
+	if (path_join_under(plan->root, a.app->deploy_to, &a.host_deploy_to) < 0 ||
+	    path_join_under(plan->root, SUPERVISOR_LOG_DIR, &a.host_log_dir) < 0) {
+		*ret_error = xasprintf("cannot name %s under root %s", a.app->deploy_to, plan->root);
+		free(a.host_deploy_to);
+	free(a.host_log_dir);
+		return -EINVAL;
 	}
+	apps_services(ctx->stack, kind, a.app, &a.sv);
 	switch (op) {
 	case OP_SETUP:
 		r = plan_packages(&a);
@@ -600,15 +592,7 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 		break;
 	case OP_CONFIGURE:
 	case OP_REBUILD:
-		if (!deployed) {
-			plan_add_note(plan, canonical, "not deployed yet: nothing to configure");
-			break;
-		}
-		r = plan_dirs(&a);
-		if (r >= 0)
-			r = plan_cache_archives(&a);
-		if (r >= 0)
-			r = plan_configure(&a, op == OP_REBUILD, false);
+		r = plan_configure_deployed(&a, canonical, op == OP_REBUILD);
 		break;
 	case OP_DEPLOY:
 		if (!json_object_get(a.app->json, "scm")) {
@@ -638,6 +622,7 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	}
 	apps_services_free(&a.sv);
 	free(a.host_deploy_to);
+	free(a.host_log_dir);
 	return r;
 }
 

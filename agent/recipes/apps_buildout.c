@@ -118,68 +118,115 @@ static void render_list(struct buf *b, const char *head, const json_t *list, con
 		buf_printf(b, "    %s\n", json_string_value(v));
 }
 
+/* RelStorage (reference §4.1): the [relstorage] and [memcached] sections,
+ * the driver egg of the adapter, and the pack parts. */
+static void render_relstorage(struct buf *b, const struct stack *s, const struct stack_app *app, const json_t *pi,
+			      struct buf *parts, struct buf *extends, struct buf *eggs)
+{
+	const json_t *rs = json_object_get(pi, "relstorage");
+	const json_t *db = json_object_get(rs, "db");
+	const json_t *appdb = json_object_get(app->json, "database");
+	const json_t *src = json_object_get(db, "name") || !appdb ? db : appdb;
+	const char *adapter = json_string_value(json_object_get(src, "adapter"));
+	const json_t *dsn = json_object_get(db, "dsn");
+	const json_t *cache = json_object_get(rs, "enable_cache");
+
+	buf_puts(extends, "cfg/relstorage.cfg\n");
+	if (!adapter || strncmp(adapter, "postgres", 8) == 0)
+		buf_puts(eggs, "psycopg2\n");
+	else if (strcmp(adapter, "mysql") == 0)
+		buf_puts(eggs, "MySQL-python\n");
+	else if (strcmp(adapter, "oracle") == 0)
+		buf_puts(eggs, "cx_Oracle\n");
+	buf_puts(b, "[relstorage]\n");
+	if (json_is_string(dsn))
+		buf_printf(b, "db-type = %s\ndsn = %s\n", adapter ? adapter : "postgresql", json_string_value(dsn));
+	else {
+		const char *dbname = json_string_value(json_object_get(src, src == appdb ? "database" : "name"));
+		const char *host = json_string_value(json_object_get(src, "host"));
+		const char *user = json_string_value(json_object_get(src, src == appdb ? "username" : "user"));
+		const char *pw = json_string_value(json_object_get(src, "password"));
+		buf_printf(b, "dbname = %s\nhost = %s\nuser = %s\npassword = %s\n", dbname ? dbname : "",
+			   host ? host : "", user ? user : "", pw ? pw : "");
+	}
+	if (!json_is_false(cache)) {
+		const json_t *servers = json_object_get(rs, "cache_servers");
+		const struct stack_layer *ml = stack_layer_find(s, "memcached");
+		buf_puts(eggs, "pylibmc\n");
+		buf_puts(b, "\n[memcached]\nservers =");
+		if (json_is_string(servers))
+			buf_printf(b, " %s", json_string_value(servers));
+		else
+			for (size_t i = 0; ml && i < ml->n_members; i++)
+				if (ml->members[i].online || ml->members[i].self)
+					buf_printf(b, " %s:11211", plone_member_address(&ml->members[i]));
+		buf_puts(b, "\n");
+	}
+	buf_puts(b, "\n");
+	if (json_is_true(json_object_get(rs, "enable_pack"))) {
+		/* Packing (reference §4.1 item 3): the parts after the clients. */
+		const json_t *days = json_object_get(rs, "pack_days");
+		buf_puts(parts, "pack-config\n");
+		buf_puts(parts, json_is_true(json_object_get(rs, "two_stage_pack")) ? "zodbpack-prepack\nzodbpack-pack\n"
+										      : "zodbpack\n");
+		if (json_is_integer(days))
+			buf_printf(b, "[zodbpack]\npack-days = %lld\n\n", (long long)json_integer_value(days));
+		if (json_is_false(json_object_get(rs, "pack_gc")))
+			buf_puts(b, "[pack-config]\nenable-gc = false\n\n");
+		else if (json_is_true(json_object_get(rs, "truncate_refs")))
+			buf_puts(parts, "zodb-clear-refs\n");
+	}
+}
+
+/* Clients: client1 carries the settings, the others inherit them. */
+static void render_clients(struct buf *b, const struct stack *s, const struct stack_app *app,
+			   const char *host_deploy_to, const json_t *pi, long n)
+{
+	const json_t *blobs = plone_section(s, "plone_blobs");
+	json_auto_t *env = apps_environment(app, host_deploy_to);
+	_cleanup_free_ const char **keys = NULL;
+	size_t nk;
+	bool shared = json_is_true(json_object_get(pi, "shared_blobs")) ||
+		      json_is_true(json_object_get(pi, "nfs_blobs")) ||
+		      json_is_true(json_object_get(pi, "gluster_blobs"));
+	const char *blob_dir = json_string_value(json_object_get(blobs, "blob_dir"));
+	bool persistent = json_is_true(json_object_get(pi, "persistent_cache"));
+	const json_t *cache_size = json_object_get(pi, "zodb_cache_size");
+	const json_t *threads = json_object_get(pi, "zserver_threads");
+
+	buf_puts(b, "[client1]\n");
+	if (!shared && json_object_get(pi, "shared_blobs"))
+		buf_puts(b, "shared-blob = off\n");
+	if (blob_dir)
+		buf_printf(b, "blob-storage = %s\n", blob_dir);
+	if (persistent)
+		buf_puts(b, "zeo-client-client = zeoclient-1\n");
+	if (json_is_integer(cache_size))
+		buf_printf(b, "zodb-cache-size = %lld\n", (long long)json_integer_value(cache_size));
+	if (json_is_integer(threads))
+		buf_printf(b, "zserver-threads = %lld\n", (long long)json_integer_value(threads));
+	buf_puts(b, "http-fast-listen = off\n");
+	keys = sorted_keys(env, &nk);
+	buf_puts(b, "environment-vars +=\n");
+	for (size_t i = 0; i < nk; i++)
+		if (!env_key_dropped(keys[i], true))
+			buf_printf(b, "    %s %s\n", keys[i], json_string_value(json_object_get(env, keys[i])));
+	for (long i = 2; i <= n; i++) {
+		buf_printf(b, "\n[client%ld]\n<= client1\nhttp-address = %ld\n", i, PLONE_CLIENT_PORT_BASE + i);
+		if (persistent)
+			buf_printf(b, "zeo-client-client = zeoclient-%ld\n", i);
+	}
+}
+
 static void render_instances(struct buf *b, const struct stack *s, const struct stack_app *app,
 			     const char *host_deploy_to, struct buf *parts, struct buf *extends, struct buf *eggs)
 {
 	const json_t *pi = plone_section(s, "plone_instances");
-	const json_t *blobs = plone_section(s, "plone_blobs");
 	long n = plone_client_count(s, NULL);
 	bool relstorage = json_is_true(json_object_get(pi, "enable_relstorage"));
 
 	if (relstorage) {
-		const json_t *rs = json_object_get(pi, "relstorage");
-		const json_t *db = json_object_get(rs, "db");
-		const json_t *appdb = json_object_get(app->json, "database");
-		const json_t *src = json_object_get(db, "name") || !appdb ? db : appdb;
-		const char *adapter = json_string_value(json_object_get(src, "adapter"));
-		const json_t *dsn = json_object_get(db, "dsn");
-		const json_t *cache = json_object_get(rs, "enable_cache");
-
-		buf_puts(extends, "cfg/relstorage.cfg\n");
-		if (!adapter || strncmp(adapter, "postgres", 8) == 0)
-			buf_puts(eggs, "psycopg2\n");
-		else if (strcmp(adapter, "mysql") == 0)
-			buf_puts(eggs, "MySQL-python\n");
-		else if (strcmp(adapter, "oracle") == 0)
-			buf_puts(eggs, "cx_Oracle\n");
-		buf_puts(b, "[relstorage]\n");
-		if (json_is_string(dsn))
-			buf_printf(b, "db-type = %s\ndsn = %s\n", adapter ? adapter : "postgresql", json_string_value(dsn));
-		else {
-			const char *dbname = json_string_value(json_object_get(src, src == appdb ? "database" : "name"));
-			const char *host = json_string_value(json_object_get(src, "host"));
-			const char *user = json_string_value(json_object_get(src, src == appdb ? "username" : "user"));
-			const char *pw = json_string_value(json_object_get(src, "password"));
-			buf_printf(b, "dbname = %s\nhost = %s\nuser = %s\npassword = %s\n", dbname ? dbname : "",
-				   host ? host : "", user ? user : "", pw ? pw : "");
-		}
-		if (!json_is_false(cache)) {
-			const json_t *servers = json_object_get(rs, "cache_servers");
-			const struct stack_layer *ml = stack_layer_find(s, "memcached");
-			buf_puts(eggs, "pylibmc\n");
-			buf_puts(b, "\n[memcached]\nservers =");
-			if (json_is_string(servers))
-				buf_printf(b, " %s", json_string_value(servers));
-			else
-				for (size_t i = 0; ml && i < ml->n_members; i++)
-					if (ml->members[i].online || ml->members[i].self)
-						buf_printf(b, " %s:11211", plone_member_address(&ml->members[i]));
-			buf_puts(b, "\n");
-		}
-		buf_puts(b, "\n");
-		if (json_is_true(json_object_get(rs, "enable_pack"))) {
-			/* Packing (reference §4.1 item 3): the parts after the clients. */
-			const json_t *days = json_object_get(rs, "pack_days");
-			buf_puts(parts, "pack-config\n");
-			buf_puts(parts, json_is_true(json_object_get(rs, "two_stage_pack")) ? "zodbpack-prepack\nzodbpack-pack\n"
-											      : "zodbpack\n");
-			if (json_is_integer(days))
-				buf_printf(b, "[zodbpack]\npack-days = %lld\n\n", (long long)json_integer_value(days));
-			if (json_is_false(json_object_get(rs, "pack_gc")))
-				buf_puts(b, "[pack-config]\nenable-gc = false\n\n");
-			else if (json_is_true(json_object_get(rs, "truncate_refs")))
-				buf_puts(parts, "zodb-clear-refs\n");
-		}
+		render_relstorage(b, s, app, pi, parts, extends, eggs);
 	} else {
 		const json_t *zeo = json_object_get(pi, "zeo");
 		const char *addr = json_string_value(json_object_get(zeo, "address"));
@@ -213,42 +260,7 @@ static void render_instances(struct buf *b, const struct stack *s, const struct 
 		}
 	}
 
-	/* Clients: client1 carries the settings, the others inherit them. */
-	{
-		json_auto_t *env = apps_environment(app, host_deploy_to);
-		_cleanup_free_ const char **keys = NULL;
-		size_t nk;
-		bool shared = json_is_true(json_object_get(pi, "shared_blobs")) ||
-			      json_is_true(json_object_get(pi, "nfs_blobs")) ||
-			      json_is_true(json_object_get(pi, "gluster_blobs"));
-		const char *blob_dir = json_string_value(json_object_get(blobs, "blob_dir"));
-		bool persistent = json_is_true(json_object_get(pi, "persistent_cache"));
-		const json_t *cache_size = json_object_get(pi, "zodb_cache_size");
-		const json_t *threads = json_object_get(pi, "zserver_threads");
-
-		buf_puts(b, "[client1]\n");
-		if (!shared && json_object_get(pi, "shared_blobs"))
-			buf_puts(b, "shared-blob = off\n");
-		if (blob_dir)
-			buf_printf(b, "blob-storage = %s\n", blob_dir);
-		if (persistent)
-			buf_puts(b, "zeo-client-client = zeoclient-1\n");
-		if (json_is_integer(cache_size))
-			buf_printf(b, "zodb-cache-size = %lld\n", (long long)json_integer_value(cache_size));
-		if (json_is_integer(threads))
-			buf_printf(b, "zserver-threads = %lld\n", (long long)json_integer_value(threads));
-		buf_puts(b, "http-fast-listen = off\n");
-		keys = sorted_keys(env, &nk);
-		buf_puts(b, "environment-vars +=\n");
-		for (size_t i = 0; i < nk; i++)
-			if (!env_key_dropped(keys[i], true))
-				buf_printf(b, "    %s %s\n", keys[i], json_string_value(json_object_get(env, keys[i])));
-		for (long i = 2; i <= n; i++) {
-			buf_printf(b, "\n[client%ld]\n<= client1\nhttp-address = %ld\n", i, PLONE_CLIENT_PORT_BASE + i);
-			if (persistent)
-				buf_printf(b, "zeo-client-client = zeoclient-%ld\n", i);
-		}
-	}
+	render_clients(b, s, app, host_deploy_to, pi, n);
 }
 
 char *apps_render_deploy_cfg(const struct stack *s, enum app_kind k, const struct stack_app *app,

@@ -9,7 +9,8 @@
 #include <string.h>
 
 #include "front.h"
-#include "steps/front_step.h"
+#include "steps/step_checked_file.h"
+#include "steps/step_vcl.h"
 #include "plone.h"
 #include "recipe.h"
 #include "config.h"

@@ -4,9 +4,10 @@
  * records each as unchanged, changed, failed or skipped; the same plan can be
  * described instead of executed (agentctl plan) with unified diffs.
  *
- * Step kinds are pluggable: a kind is a struct step_ops. This file provides
- * file, dir, link, absent, exec and note; later families add mount, service,
- * fetch... with their own ops. */
+ * Step kinds are pluggable: a kind is a struct step_ops. This header
+ * declares file and dir (step_file.c), link and absent (step_link.c), exec
+ * (step_exec.c) and note (plan.c); the other kinds (mount, service, fetch...)
+ * have a step_<kind>.h of their own. */
 #pragma once
 
 #include <jansson.h>
@@ -65,6 +66,7 @@ struct step {
 	/* Guards. */
 	char **only_if_changed;  /* owned, NULL-terminated ids: run only if one of these steps changed */
 	char *unless_exists;     /* owned, may be NULL: skip (unchanged) when this path exists */
+	char *only_if_exists;    /* owned, may be NULL: skip (skipped) when this path does not exist */
 	bool secret;             /* content holds secrets: diffs are redacted for unprivileged callers */
 
 	void *data;              /* owned by ops->free_data: the kind's own fields */
@@ -162,12 +164,22 @@ struct exec_step_opts {
 struct step *plan_add_exec(struct plan *p, const char *target, const struct exec_step_opts *o, char **ret_error);
 /* A note: always "skipped" with a message (e.g. a recipe that has nothing to do here). */
 struct step *plan_add_note(struct plan *p, const char *target, const char *message);
+/* A note that holds only while path (on the managed system) does not
+ * exist, as found when the plan is described or run, not when it is made:
+ * then "skipped" with the message; else "unchanged" (action "none") with no
+ * message. With step_only_if_exists() on the steps that follow, a planner
+ * says "nothing to do until PATH exists" without reading the disk. */
+struct step *plan_add_note_unless_exists(struct plan *p, const char *target, const char *message, const char *path);
 
 /* Adds a guard to s. When none of the named steps changed in this
  * execution, s is not applied and its status is "skipped" (it was not
  * needed); an unless_exists path that exists (resolved inside root, the
  * final component not followed) gives "unchanged". */
 void step_only_if_changed(struct step *s, const char *id);
+/* Adds a guard to s: when path (resolved inside root, the final component
+ * not followed) does not exist as the step comes to run, s is not applied
+ * and its status is "skipped"; a plan shows action "none". */
+void step_only_if_exists(struct step *s, const char *path);
 
 /* Step memory: what the executor remembers of steps from one run to the
  * next, kept by the caller (the engine saves it in state_dir). Keys are
@@ -253,17 +265,3 @@ json_t *plan_describe(struct plan *p, const struct step_env *env);
 /* Bytes of file content the plan's file steps hold (each a copy): what
  * freeing the plan gives back, for a caller deciding on malloc_trim(). */
 size_t plan_content_bytes(const struct plan *p);
-
-/* Unified diff of a and b labelled with path ("--- path", "+++ path"), 3 lines of
- * context, as `diff -u` prints it; NULL when equal. Content with a NUL byte
- * gives "Binary files path differ"; a side over DIFF_MAX_BYTES or
- * DIFF_MAX_LINES gives diff_summary() (decided before any per-line work, so
- * a diff costs O(DIFF_MAX_BYTES) memory whatever the inputs). Used by the
- * file kinds; exposed for tests. */
-#define DIFF_MAX_BYTES (1u << 20)
-#define DIFF_MAX_LINES 50000u
-char *diff_unified(const char *path, const char *a, size_t alen, const char *b, size_t blen);
-/* "Files PATH differ (ALEN bytes -> BLEN bytes): too large to show (...)\n",
- * malloc'd: what diff_unified() gives for sides too large, for callers that
- * know a side is too large without reading it. */
-char *diff_summary(const char *path, size_t alen, size_t blen);

@@ -30,8 +30,7 @@ struct fetch_data {
 	long timeout_sec;
 
 	struct plan_exec *x;
-	struct http *http;
-	struct http_request *req;
+	struct http_request *req; /* on the loop's one HTTP client (step_env.http) */
 	struct exec *proc;
 	int dfd;
 	int archive_fd; /* the archive we created, while it is fetched */
@@ -151,9 +150,9 @@ static void fetch_done(struct fetch_data *d, enum step_status st, const char *er
 	if (d->archive_fd >= 0)
 		(void)close(d->archive_fd);
 	d->archive_fd = -1;
-	if (d->http) {
-		http_free(d->http);
-		d->http = NULL;
+	if (d->req) {
+		http_request_cancel(d->req);
+		d->req = NULL;
 	}
 	if (err)
 		plan_step_done(x, STEP_FAILED, "%s", err);
@@ -242,9 +241,7 @@ static void fetch_next(struct fetch_data *d)
 		}
 		d->archive_fd = r;
 		(void)snprintf(out, sizeof(out), "/proc/self/fd/%d", d->archive_fd);
-		r = http_new(plan_exec_env(d->x)->loop, &d->http);
-		if (r >= 0)
-			r = http_request_start(d->http, &o, cb_fetched, d, &d->req);
+		r = http_request_start(plan_exec_env(d->x)->http, &o, cb_fetched, d, &d->req);
 		if (r < 0) {
 			_cleanup_free_ char *err = xasprintf("cannot fetch into %s: %s", d->dir, strerror(-r));
 			fetch_done(d, STEP_FAILED, err);

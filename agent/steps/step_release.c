@@ -44,8 +44,7 @@ struct rel_data {
 	/* While running. */
 	struct plan_exec *x;
 	struct exec *proc;
-	struct http *http;
-	struct http_request *req;
+	struct http_request *req; /* on the loop's one HTTP client (step_env.http) */
 	int dfd, rfd, relfd; /* deploy_to, releases, the new release (O_PATH) */
 	int archive_fd;      /* the archive we create in the new release, while it is fetched */
 	char name[32];       /* the new release */
@@ -143,9 +142,9 @@ static void rel_done(struct rel_data *d, enum step_status st, const char *err)
 
 	d->x = NULL;
 	close_fds(d);
-	if (d->http) {
-		http_free(d->http);
-		d->http = NULL;
+	if (d->req) {
+		http_request_cancel(d->req);
+		d->req = NULL;
 	}
 	if (err)
 		plan_step_done(x, STEP_FAILED, "%s", err);
@@ -399,9 +398,7 @@ static void rel_fetch(struct rel_data *d)
 	}
 	d->archive_fd = r;
 	(void)snprintf(out, sizeof(out), "/proc/self/fd/%d", d->archive_fd);
-	r = http_new(plan_exec_env(d->x)->loop, &d->http);
-	if (r >= 0)
-		r = http_request_start(d->http, &o, cb_fetched, d, &d->req);
+	r = http_request_start(plan_exec_env(d->x)->http, &o, cb_fetched, d, &d->req);
 	if (r < 0) {
 		_cleanup_free_ char *err = xasprintf("cannot fetch release %s: %s", d->name, strerror(-r));
 		rel_fail(d, err);

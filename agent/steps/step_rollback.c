@@ -9,6 +9,7 @@
  * (lib/rootfs.h). This is what `agentctl rollback` did inside the engine
  * before it became a plan; the checks and messages are the same. */
 #include "step_rollback.h"
+#include "io/diff.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -42,8 +42,7 @@ struct svc_data {
 
 	/* While running. */
 	struct plan_exec *x;
-	struct http *http;
-	struct http_request *req;
+	struct http_request *req; /* on the loop's one HTTP client (step_env.http) */
 	uv_timer_t *timer; /* allocated; freed in its close callback */
 	json_t *queue;     /* pending ops: array of [method, params, ok_faults..., changes] */
 	int phase;
@@ -132,13 +131,12 @@ static void svc_finish(struct svc_data *d, enum step_status st, const char *err)
 	struct plan_exec *x = d->x;
 
 	d->x = NULL;
-	d->req = NULL;
+	if (d->req) {
+		http_request_cancel(d->req);
+		d->req = NULL;
+	}
 	json_decref(d->queue);
 	d->queue = NULL;
-	if (d->http) {
-		http_free(d->http);
-		d->http = NULL;
-	}
 	if (err)
 		plan_step_done(x, STEP_FAILED, "%s", err);
 	else
@@ -191,7 +189,7 @@ static void cb_call(void *userdata, const json_t *result, int fault, const char 
 static void svc_next(struct svc_data *d)
 {
 	json_t *op = json_array_get(d->queue, 0);
-	int r = supervisor_call(d->http, d->socket, json_string_value(json_object_get(op, "method")),
+	int r = supervisor_call(plan_exec_env(d->x)->http, d->socket, json_string_value(json_object_get(op, "method")),
 				json_object_get(op, "params"), d->timeout_ms, cb_call, d, &d->req);
 	if (r < 0) {
 		_cleanup_free_ char *msg = xasprintf("cannot call supervisord at %s: %s", d->socket, strerror(-r));
@@ -355,9 +353,8 @@ static void svc_apply(struct step *s, struct plan_exec *x)
 	if (d->action == SERVICE_RESTART && d->update && d->update->data &&
 	    json_strv_has(((const struct svc_data *)d->update->data)->added, d->name))
 		return plan_step_done(x, STEP_UNCHANGED, NULL); /* just added and started: no second start */
-	r = http_new(plan_exec_env(x)->loop, &d->http);
-	if (r < 0)
-		return plan_step_done(x, STEP_FAILED, "cannot set up HTTP: %s", strerror(-r));
+	if (!plan_exec_env(x)->http)
+		return plan_step_done(x, STEP_FAILED, "cannot set up HTTP: %s", strerror(EINVAL));
 	d->x = x;
 	d->phase = 0;
 	d->changed = false;
@@ -371,8 +368,6 @@ static void svc_apply(struct step *s, struct plan_exec *x)
 			_cleanup_free_ char *err = NULL;
 			r = remove_stale_confs(d, &err);
 			if (r < 0) {
-				http_free(d->http);
-				d->http = NULL;
 				d->x = NULL;
 				return plan_step_done(x, STEP_FAILED, "%s", err);
 			}

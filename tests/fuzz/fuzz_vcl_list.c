@@ -8,7 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "steps/front_step.h"
+#include "steps/step_vcl.h"
+#include "strv.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -24,6 +25,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    strpbrk(names[i], " \t\r\n"))
 			abort();
 	}
-	front_strv_free(names);
+	strv_free(names);
 	return 0;
 }

@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "steps/plan.h"
+#include "io/diff.h"
 #include "util.h"
 
 /* The diff of a and b without its two header lines; NULL when equal. */

@@ -14,7 +14,8 @@
 #include <cmocka.h>
 
 #include "recipes/front.h"
-#include "steps/front_step.h"
+#include "steps/step_vcl.h"
+#include "strv.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
 #include "util.h"
@@ -217,10 +218,10 @@ static void test_vcl_list_parse(void **state)
 	assert_string_equal(names[0], "agentd_1_aa");
 	assert_string_equal(names[1], "agentd_3_cc");
 	assert_null(names[2]);
-	front_strv_free(names);
+	strv_free(names);
 	n = front_vcl_list_parse("", 0, "agentd_", "x", &names);
 	assert_int_equal(n, 0);
-	front_strv_free(names);
+	strv_free(names);
 }
 
 static void test_cli_quote(void **state)

@@ -23,7 +23,10 @@
 
 #include "config.h"
 #include "control/control.h"
+#include "io/diff.h"
+#include "io/http.h"
 #include "steps/plan.h"
+#include "steps/step_user.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
 #include "rootfs.h"
@@ -192,6 +195,8 @@ static void run_plan_full(struct ctx *c, struct plan *p, size_t output_max, long
 	buf_reset(&c->output);
 	assert_int_equal(uv_loop_init(&c->loop), 0);
 	env.loop = &c->loop;
+	/* The loop's one HTTP client, as the engine lends it to steps. */
+	assert_int_equal(http_new(&c->loop, &env.http), 0);
 	assert_int_equal(plan_execute(&c->loop, p, &env, &cbs, c, &c->x), 0);
 	/* on_done is never called from inside plan_execute(). */
 	assert_int_equal(c->n_done, 0);
@@ -204,6 +209,8 @@ static void run_plan_full(struct ctx *c, struct plan *p, size_t output_max, long
 	assert_int_equal(uv_run(&c->loop, UV_RUN_DEFAULT), 0);
 	assert_int_equal(c->n_done, 1);
 	assert_int_equal(c->n_done_steps, (int)p->n_steps);
+	http_free(env.http);
+	assert_int_equal(uv_run(&c->loop, UV_RUN_DEFAULT), 0);
 	assert_int_equal(uv_loop_close(&c->loop), 0);
 }
 
@@ -1140,6 +1147,47 @@ static void test_guard_unless_exists(void **state)
 	free(marker);
 }
 
+/* A planner that must not read the disk says "nothing to do until PATH
+ * exists" with a conditional note and only_if_exists guards: the path is
+ * looked at when the plan is described or run. */
+static void test_guard_only_if_exists(void **state)
+{
+	struct ctx *c = *state;
+	char *x = P(c, "/app/x");
+	char *err = NULL;
+
+	for (int round = 0; round < 2; round++) {
+		struct plan p;
+		struct step *note, *f;
+		json_t *j, *steps;
+
+		plan_init(&p, c->root);
+		note = plan_add_note_unless_exists(&p, "app", "not deployed yet", "/app/current");
+		f = plan_add_file(&p, "/app/x", "x\n", 2, 0644, NULL, NULL, &err);
+		assert_non_null(f);
+		step_only_if_exists(f, "/app/current");
+		j = plan_describe(&p, NULL);
+		steps = json_object_get(j, "steps");
+		assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "action")), "none");
+		if (round == 0)
+			assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "message")),
+					    "not deployed yet");
+		else
+			assert_null(json_object_get(json_array_get(steps, 0), "message"));
+		assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 1), "action")),
+				    round == 0 ? "none" : "create");
+		json_decref(j);
+		run_plan(c, &p);
+		assert_int_equal(note->status, round == 0 ? STEP_SKIPPED : STEP_UNCHANGED);
+		assert_int_equal(f->status, round == 0 ? STEP_SKIPPED : STEP_CHANGED);
+		assert_false(c->failed);
+		assert_true(exists(x) == (round == 1));
+		plan_free(&p);
+		mkdir_under(c, "/app/current");
+	}
+	free(x);
+}
+
 static void test_failure_stops_plan(void **state)
 {
 	struct ctx *c = *state;
@@ -1824,6 +1872,45 @@ static void test_absent_mount_below_removes_nothing(void **state)
 	free(mnt);
 }
 
+/* The user kind reads the user database when it is described or run.
+ * Under a test root it creates nothing: a missing user is a note. */
+static void test_user_step(void **state)
+{
+	struct ctx *c = *state;
+	struct user_step_opts there = { .user = "root", .group = "root", .home = "/root" };
+	struct user_step_opts missing = { .user = "no-such-user-xyz", .group = "no-such-group-xyz", .home = "/srv/x" };
+	char *err = NULL;
+	struct plan p;
+	json_t *j, *steps;
+
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_user(&p, &there, &err));
+	assert_non_null(plan_add_user(&p, &missing, &err));
+	j = plan_describe(&p, NULL);
+	steps = json_object_get(j, "steps");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "kind")), "user");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 0), "action")), "none");
+	assert_null(json_object_get(json_array_get(steps, 0), "message"));
+	assert_string_equal(json_string_value(json_object_get(json_array_get(steps, 1), "action")), "none");
+	assert_non_null(strstr(json_string_value(json_object_get(json_array_get(steps, 1), "message")),
+			       "is missing; not created under root"));
+	json_decref(j);
+	run_plan(c, &p);
+	assert_int_equal(p.steps[0]->status, STEP_UNCHANGED);
+	assert_int_equal(p.steps[1]->status, STEP_SKIPPED);
+	assert_false(c->failed);
+	plan_free(&p);
+
+	/* On the real root a missing user would be created: described only. */
+	plan_init(&p, "/");
+	assert_non_null(plan_add_user(&p, &missing, &err));
+	j = plan_describe(&p, NULL);
+	assert_string_equal(
+		json_string_value(json_object_get(json_array_get(json_object_get(j, "steps"), 0), "action")), "create");
+	json_decref(j);
+	plan_free(&p);
+}
+
 static void test_note_and_empty(void **state)
 {
 	struct ctx *c = *state;
@@ -1958,6 +2045,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_guard_only_if_changed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_owed_after_failure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_guard_unless_exists, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_guard_only_if_exists, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_user_step, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failure_stops_plan, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_last_step, setup, teardown),

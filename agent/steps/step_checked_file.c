@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* The front end's step kinds: "checked-file" and "varnish-vcl" (see
- * front_step.h). Both run their commands through exec.c (uv_spawn, argv,
- * never a shell) and never block the loop. */
-#include "front_step.h"
+/* The checked-file step kind (step_checked_file.h): a config file that
+ * replaces the live one only after the real binary accepted it. */
+#include "step_checked_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,46 +12,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/diff.h"
 #include "io/exec.h"
 #include "plan.h"
 #include "rootfs.h"
+#include "strv.h"
 #include "util.h"
 
 #define FRONT_FILE_MAX (4 * 1024 * 1024)
 #define CHECK_OUTPUT_MAX 4096
-#define VCL_DISCARD_MAX 64
 
 /* Checkers and varnishadm run with a known PATH and nothing else from our
  * environment. */
 static char *const front_env[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
-
-void front_strv_free(char **v)
-{
-	if (!v)
-		return;
-	for (char **p = v; *p; p++)
-		free(*p);
-	free(v);
-}
-
-static size_t strv_len(char *const *v)
-{
-	size_t n = 0;
-
-	while (v && v[n])
-		n++;
-	return n;
-}
-
-static char **strv_copy(char *const *v)
-{
-	size_t n = strv_len(v);
-	char **r = xcalloc(n + 1, sizeof(char *));
-
-	for (size_t i = 0; i < n; i++)
-		r[i] = xstrdup(v[i]);
-	return r;
-}
 
 /* s with every "{}" replaced by with. */
 static char *subst(const char *s, const char *with)
@@ -70,19 +42,13 @@ static char *subst(const char *s, const char *with)
 	return buf_steal(&b);
 }
 
-/* The host path of file name in the directory of path (on the managed
- * system): root + dirname(path) + "/" + name. The checker is another
- * program and needs a path; root is trusted configuration. */
-static char *host_path_in_dir(const char *root, const char *path, const char *name)
+/* The file name in the directory of path, both on the managed system:
+ * dirname(path) + "/" + name. */
+static char *sibling_path(const char *path, const char *name)
 {
 	const char *slash = strrchr(path, '/');
-	_cleanup_free_ char *dir = xstrndup(path, slash ? (size_t)(slash - path) : 0);
-	_cleanup_free_ char *rel = xasprintf("%s/%s", dir, name);
-	char *ret = NULL;
 
-	if (path_join_under(root, rel, &ret) < 0)
-		return NULL;
-	return ret;
+	return xasprintf("%.*s/%s", slash ? (int)(slash - path) : 0, path, name);
 }
 
 /* Reads name in dirfd (not following it). Returns 0, -ENOENT, or another
@@ -145,8 +111,6 @@ static void fsync_dir(int dirfd)
 		(void)fsync(fd);
 }
 
-/* --- checked-file --- */
-
 struct cf_data {
 	char *root;            /* owned copy of the plan's root */
 	char *path;
@@ -181,7 +145,7 @@ static void cf_cleanup_run(struct cf_data *d)
 	d->tmp[0] = d->wtmp[0] = '\0';
 	free(d->name);
 	d->name = NULL;
-	front_strv_free(d->argv_run);
+	strv_free(d->argv_run);
 	d->argv_run = NULL;
 	buf_free(&d->out);
 }
@@ -196,7 +160,7 @@ static void cf_free(void *data)
 	free(d->root);
 	free(d->path);
 	free(d->content);
-	front_strv_free(d->check_argv);
+	strv_free(d->check_argv);
 	free(d->wrapper);
 	free(d);
 }
@@ -276,7 +240,7 @@ static void cb_cf_done(void *userdata, const struct exec_result *r)
 static void cf_apply(struct step *s, struct plan_exec *x)
 {
 	struct cf_data *d = s->data;
-	_cleanup_free_ char *old = NULL, *cand = NULL, *wpath = NULL, *wcontent = NULL;
+	_cleanup_free_ char *old = NULL, *cand = NULL, *wpath = NULL, *wcontent = NULL, *sib = NULL;
 	const struct step_env *env = plan_exec_env(x);
 	size_t old_len = 0, n;
 	mode_t mode = 0;
@@ -304,8 +268,10 @@ static void cf_apply(struct step *s, struct plan_exec *x)
 		cf_cleanup_run(d);
 		return plan_step_done(x, STEP_FAILED, "cannot write a new %s: %s", d->path, strerror(-r));
 	}
-	cand = host_path_in_dir(d->root, d->path, d->tmp);
-	if (!cand) {
+	/* The checker is another program and needs a path on the host: root +
+	 * the candidate's path (root is trusted configuration). */
+	sib = sibling_path(d->path, d->tmp);
+	if (path_join_under(d->root, sib, &cand) < 0) {
 		cf_cleanup_run(d);
 		return plan_step_done(x, STEP_FAILED, "cannot name %s under root", d->path);
 	}
@@ -318,13 +284,14 @@ static void cf_apply(struct step *s, struct plan_exec *x)
 			return plan_step_done(x, STEP_FAILED, "cannot write the check wrapper of %s: %s", d->path,
 					      strerror(-r));
 		}
-		wpath = host_path_in_dir(d->root, d->path, d->wtmp);
-		if (!wpath) {
+		free(sib);
+		sib = sibling_path(d->path, d->wtmp);
+		if (path_join_under(d->root, sib, &wpath) < 0) {
 			cf_cleanup_run(d);
 			return plan_step_done(x, STEP_FAILED, "cannot name %s under root", d->path);
 		}
 	}
-	n = strv_len(d->check_argv);
+	n = strv_length((const char *const *)d->check_argv);
 	d->argv_run = xcalloc(n + 1, sizeof(char *));
 	for (size_t i = 0; i < n; i++)
 		d->argv_run[i] = subst(d->check_argv[i], wpath ? wpath : cand);
@@ -382,247 +349,10 @@ struct step *front_add_checked_file(struct plan *p, const struct front_file_opts
 	d->content[o->len] = '\0';
 	d->len = o->len;
 	d->mode = o->mode;
-	d->check_argv = strv_copy(o->check_argv);
+	d->check_argv = strv_dup((const char *const *)o->check_argv);
 	d->wrapper = o->wrapper ? xstrdup(o->wrapper) : NULL;
 	d->timeout_sec = o->timeout_sec;
 	d->dirfd = -1;
 	buf_init(&d->out);
 	return plan_add(p, &checked_file_ops, o->path, d);
-}
-
-/* --- varnish-vcl --- */
-
-enum vcl_stage { VCL_LOAD, VCL_USE, VCL_LIST, VCL_DISCARD, VCL_DONE };
-
-struct vcl_data {
-	char **adm;            /* owned: the varnishadm argv prefix */
-	char *root;
-	char *vcl_path;
-	char *name;
-	char *prefix;
-	long timeout_sec;
-
-	/* While running. */
-	enum vcl_stage stage;
-	struct plan_exec *x;   /* borrowed */
-	struct exec *proc;     /* borrowed */
-	char **argv_run;
-	struct buf out;
-};
-
-static void vcl_free(void *data)
-{
-	struct vcl_data *d = data;
-
-	if (!d)
-		return;
-	front_strv_free(d->adm);
-	free(d->root);
-	free(d->vcl_path);
-	free(d->name);
-	free(d->prefix);
-	front_strv_free(d->argv_run);
-	buf_free(&d->out);
-	free(d);
-}
-
-static int vcl_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
-			char **ret_error)
-{
-	*ret_action = "run";
-	return 0;
-}
-
-size_t front_vcl_list_parse(const char *out, size_t len, const char *prefix, const char *keep, char ***ret_names)
-{
-	size_t n = 0, plen = strlen(prefix);
-	char **names = xcalloc(VCL_DISCARD_MAX + 1, sizeof(char *));
-	const char *p = out, *end = out + len;
-
-	while (p < end && n < VCL_DISCARD_MAX) {
-		const char *eol = memchr(p, '\n', (size_t)(end - p));
-		const char *le = eol ? eol : end;
-		const char *tok[6];
-		size_t tlen[6], nt = 0;
-		const char *q = p;
-
-		while (q < le && nt < 6) {
-			while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
-				q++;
-			if (q >= le)
-				break;
-			tok[nt] = q;
-			while (q < le && *q != ' ' && *q != '\t' && *q != '\r')
-				q++;
-			tlen[nt] = (size_t)(q - tok[nt]);
-			nt++;
-		}
-		/* "status state temperature busy name [...]". Only "available"
-		 * ones: "active" is in use, and "discarded" ones (still busy)
-		 * are on their way out; naming them would fail the whole
-		 * vcl.discard command. */
-		if (nt >= 5 && tlen[0] == 9 && memcmp(tok[0], "available", 9) == 0 && tlen[4] >= plen &&
-		    memcmp(tok[4], prefix, plen) == 0 && !(strlen(keep) == tlen[4] && memcmp(tok[4], keep, tlen[4]) == 0) &&
-		    memchr(tok[4], '\0', tlen[4]) == NULL)
-			names[n++] = xstrndup(tok[4], tlen[4]);
-		p = le + (eol ? 1 : 0);
-	}
-	*ret_names = names;
-	return n;
-}
-
-static void vcl_next(struct vcl_data *d);
-
-static void cb_vcl_output(void *userdata, const char *data, size_t len)
-{
-	struct vcl_data *d = userdata;
-
-	if (d->out.len < 65536)
-		buf_append(&d->out, data, len);
-	if (d->stage != VCL_LIST)
-		plan_step_output(d->x, data, len);
-}
-
-static void cb_vcl_done(void *userdata, const struct exec_result *r)
-{
-	struct vcl_data *d = userdata;
-	bool ok = !(r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0);
-
-	d->proc = NULL;
-	if (!ok && (d->stage == VCL_LOAD || d->stage == VCL_USE)) {
-		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
-		_cleanup_free_ char *out = xstrndup(d->out.data ? d->out.data : "", d->out.len > 2048 ? 2048 : d->out.len);
-		struct plan_exec *x = d->x;
-
-		d->x = NULL;
-		return plan_step_done(x, STEP_FAILED, "varnishadm %s %s: %s: %s",
-				      d->stage == VCL_LOAD ? "vcl.load" : "vcl.use", d->name, why, out);
-	}
-	if (!ok) {
-		/* Old VCLs left loaded cost memory, not service: say so and go on. */
-		static const char msg[] = "note: could not discard old VCLs\n";
-		plan_step_output(d->x, msg, sizeof(msg) - 1);
-		d->stage = VCL_DONE;
-	} else
-		d->stage++;
-	vcl_next(d);
-}
-
-static void vcl_next(struct vcl_data *d)
-{
-	size_t n = strv_len(d->adm), extra = 0;
-	char **names = NULL;
-	_cleanup_free_ char *host = NULL;
-	int r;
-
-	if (d->stage == VCL_DISCARD) {
-		extra = front_vcl_list_parse(d->out.data ? d->out.data : "", d->out.len, d->prefix, d->name, &names);
-		if (extra == 0) {
-			front_strv_free(names);
-			d->stage = VCL_DONE;
-		}
-	}
-	buf_reset(&d->out);
-	if (d->stage == VCL_DONE) {
-		struct plan_exec *x = d->x;
-		d->x = NULL;
-		return plan_step_done(x, STEP_CHANGED, NULL);
-	}
-	front_strv_free(d->argv_run);
-	d->argv_run = xcalloc(n + 3 + extra + 1, sizeof(char *));
-	for (size_t i = 0; i < n; i++)
-		d->argv_run[i] = xstrdup(d->adm[i]);
-	switch (d->stage) {
-	case VCL_LOAD:
-		if (path_join_under(d->root, d->vcl_path, &host) < 0) {
-			struct plan_exec *x = d->x;
-			d->x = NULL;
-			return plan_step_done(x, STEP_FAILED, "cannot name %s under root", d->vcl_path);
-		}
-		d->argv_run[n] = xstrdup("vcl.load");
-		d->argv_run[n + 1] = xstrdup(d->name);
-		d->argv_run[n + 2] = xstrdup(host);
-		break;
-	case VCL_USE:
-		d->argv_run[n] = xstrdup("vcl.use");
-		d->argv_run[n + 1] = xstrdup(d->name);
-		break;
-	case VCL_LIST:
-		d->argv_run[n] = xstrdup("vcl.list");
-		break;
-	case VCL_DISCARD:
-		d->argv_run[n] = xstrdup("vcl.discard");
-		for (size_t i = 0; i < extra; i++) {
-			d->argv_run[n + 1 + i] = names[i];
-			names[i] = NULL;
-		}
-		break;
-	case VCL_DONE:
-		break;
-	}
-	front_strv_free(names);
-
-	struct exec_opts o = {
-		.argv = d->argv_run,
-		.env = front_env,
-		.timeout_ms = d->timeout_sec * 1000,
-	};
-	r = exec_start(plan_exec_env(d->x)->loop, &o, cb_vcl_output, cb_vcl_done, d, &d->proc);
-	if (r < 0) {
-		struct plan_exec *x = d->x;
-		d->x = NULL;
-		d->proc = NULL;
-		return plan_step_done(x, STEP_FAILED, "could not start %s: %s", d->adm[0], strerror(-r));
-	}
-	plan_step_spawned(d->x, d->proc);
-}
-
-static void vcl_apply(struct step *s, struct plan_exec *x)
-{
-	struct vcl_data *d = s->data;
-
-	d->x = x;
-	d->stage = VCL_LOAD;
-	buf_reset(&d->out);
-	vcl_next(d);
-}
-
-static void vcl_cancel(struct step *s)
-{
-	struct vcl_data *d = s->data;
-
-	if (d->proc)
-		exec_terminate(d->proc);
-}
-
-static const struct step_ops varnish_vcl_ops = {
-	.kind = "varnish-vcl",
-	.describe = vcl_describe,
-	.apply = vcl_apply,
-	.cancel = vcl_cancel,
-	.free_data = vcl_free,
-};
-
-struct step *front_add_varnish_vcl(struct plan *p, char *const *varnishadm, const char *vcl_path, const char *name,
-				   const char *prefix, long timeout_sec, char **ret_error)
-{
-	struct vcl_data *d;
-
-	if (!varnishadm || !varnishadm[0]) {
-		*ret_error = xstrdup("no varnishadm command");
-		return NULL;
-	}
-	if (!path_is_safe_absolute(vcl_path)) {
-		*ret_error = xasprintf("not a safe absolute file path: %s", vcl_path);
-		return NULL;
-	}
-	d = xcalloc(1, sizeof(*d));
-	d->adm = strv_copy(varnishadm);
-	d->root = xstrdup(p->root ? p->root : "/");
-	d->vcl_path = xstrdup(vcl_path);
-	d->name = xstrdup(name);
-	d->prefix = xstrdup(prefix);
-	d->timeout_sec = timeout_sec;
-	buf_init(&d->out);
-	return plan_add(p, &varnish_vcl_ops, name, d);
 }
