@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* agent/http.c and agent/source_http.c on a real uv loop, against
- * tests/integration/httpfixture.py started as a child process (once for the
- * whole binary; every test resets it). No fixed sleeps: the loop runs until a
- * condition holds or a deadline timer fires. Every test ends with the loop
- * closing without a handle left. */
+/* agent/io/http.c and the polled sources (agent/source/http.c, imds.c) on a
+ * real uv loop, against tests/integration/httpfixture.py started as a child
+ * process (once for the whole binary; every test resets it). No fixed sleeps:
+ * the loop runs until a condition holds or a deadline timer fires. Every test
+ * ends with the loop closing without a handle left. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -1334,6 +1334,22 @@ static struct source *imds_open(struct t *t, struct events *ev)
 	return source_open(t, "imds:", ev);
 }
 
+/* The source's member key of status's "source" object equals want (NULL:
+ * absent). */
+static void assert_status_member(struct source *s, const char *key, const char *want)
+{
+	json_t *o = json_object();
+	json_t *v;
+
+	source_status(s, o);
+	v = json_object_get(o, key);
+	if (want)
+		assert_string_equal(json_string_value(v), want);
+	else
+		assert_null(v);
+	json_decref(o);
+}
+
 static size_t log_count(json_t *log, const char *method, const char *path)
 {
 	size_t n = 0;
@@ -1357,8 +1373,8 @@ static void test_imds_happy_path(void **state)
 	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
 	(void)unsetenv("http_proxy");
 	assert_string_equal(ev.doc, STACK_DOC);
-	assert_string_equal(s->instance_id, "i-0123456789abcdef0");
-	assert_string_equal(s->region, "eu-west-1");
+	assert_status_member(s, "instance_id", "i-0123456789abcdef0");
+	assert_status_member(s, "region", "eu-west-1");
 	assert_int_equal(ev.errors, 0);
 
 	/* The next poll reads only user-data, with the cached token. */
@@ -1460,7 +1476,7 @@ static void test_imds_404_no_user_data(void **state)
 	s = imds_open(t, &ev);
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
 	assert_string_equal(ev.error, want);
-	assert_string_equal(s->instance_id, "i-0123456789abcdef0");
+	assert_status_member(s, "instance_id", "i-0123456789abcdef0");
 	/* Still polled at the normal interval; user-data that appears is read. */
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 2, 3000));
 	fixture_set("{\"user_data\": \"{}\"}");
@@ -1484,7 +1500,7 @@ static void test_imds_unreachable(void **state)
 	s = source_open(t, "imds:", &ev);
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
 	assert_true(strncmp(ev.error, want, strlen(want)) == 0);
-	assert_null(s->instance_id);
+	assert_status_member(s, "instance_id", NULL);
 
 	source_close(t);
 	events_clear(&ev);
@@ -1568,10 +1584,10 @@ static void test_imds_hostile_metadata(void **state)
 	s = imds_open(t, &ev);
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
 	assert_non_null(strstr(ev.error, "/latest/meta-data/instance-id: malformed value"));
-	assert_null(s->instance_id);
+	assert_status_member(s, "instance_id", NULL);
 	fixture_set_str("instance_id", "i-0abc");
 	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
-	assert_string_equal(s->instance_id, "i-0abc");
+	assert_status_member(s, "instance_id", "i-0abc");
 
 	source_close(t);
 	events_clear(&ev);
