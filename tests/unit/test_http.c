@@ -858,6 +858,120 @@ static void test_http_free_from_callback(void **state)
 	assert_int_equal(f.calls, 1);
 }
 
+/* A streamed body: on_body's chunks beside the done callback's result
+ * (first, so that on_result reads it). */
+struct stream {
+	struct result res;
+	struct buf got;      /* every chunk, in order */
+	int chunks;          /* on_body calls */
+	long status;         /* as on_body saw it */
+	int stop_with;       /* on_body returns this */
+	bool done_at_first;  /* the done callback had run at the first chunk */
+};
+
+static int on_stream_body(void *userdata, long status, const char *data, size_t len)
+{
+	struct stream *st = userdata;
+
+	if (st->chunks++ == 0)
+		st->done_at_first = st->res.calls > 0;
+	st->status = status;
+	buf_append(&st->got, data, len);
+	uv_stop(test_loop);
+	return st->stop_with;
+}
+
+static void stream_clear(struct stream *st)
+{
+	result_clear(&st->res);
+	buf_free(&st->got);
+	*st = (struct stream){ 0 };
+}
+
+#define DRIP_BODY "chunk 0\nchunk 1\nchunk 2\nchunk 3\n"
+
+/* Chunks reach on_body as they arrive, in order, all before the done
+ * callback, which then has no body of its own. */
+static void test_http_stream_chunks(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/watch");
+	struct stream st = { 0 };
+	struct http_options o = { .url = url, .on_body = on_stream_body, .timeout_ms = HTTP_NO_DEADLINE };
+
+	fixture_mode("drip");
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	/* The first line comes while the server still holds the others back. */
+	assert_true(RUN_UNTIL(&t->loop, st.chunks > 0, 5000));
+	assert_int_equal(st.res.calls, 0);
+	assert_false(st.done_at_first);
+	assert_int_equal(st.status, 200);
+	assert_true(st.got.len < strlen(DRIP_BODY));
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_null(st.res.error);
+	assert_int_equal(st.res.status, 200);
+	assert_null(st.res.body);
+	assert_true(st.chunks >= 2);
+	assert_int_equal(st.got.len, strlen(DRIP_BODY));
+	assert_memory_equal(st.got.data, DRIP_BODY, st.got.len);
+	stream_clear(&st);
+
+	/* A streamed body has no default cap, but a given one holds. */
+	fixture_set("{\"mode\": \"big-stream\", \"big_size\": 2097152}");
+	o = (struct http_options){ .url = url, .on_body = on_stream_body };
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_null(st.res.error);
+	assert_int_equal(st.got.len, 2097152);
+	stream_clear(&st);
+	o.max_body = 1024 * 1024;
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_non_null(strstr(st.res.error, "body larger than 1048576 bytes"));
+	assert_true(st.got.len <= 1024 * 1024);
+	stream_clear(&st);
+
+	/* Not both a file and a callback. */
+	o = (struct http_options){ .url = url, .on_body = on_stream_body, .output_path = "/dev/null" };
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), -EINVAL);
+}
+
+/* on_body stops the transfer with an error of its own. */
+static void test_http_stream_stopped_by_receiver(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/watch");
+	_cleanup_free_ char *want = xasprintf("%s: the receiver stopped the body: %s", url, strerror(EBADMSG));
+	struct stream st = { .stop_with = -EBADMSG };
+	struct http_options o = { .url = url, .on_body = on_stream_body, .timeout_ms = HTTP_NO_DEADLINE };
+
+	fixture_mode("drip");
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_int_equal(st.chunks, 1);
+	assert_string_equal(st.res.error, want);
+	stream_clear(&st);
+}
+
+/* The drip body takes 1.5 s: a 1 s deadline ends it, HTTP_NO_DEADLINE lets
+ * it finish (no wait for the 30 s default: its absence is what is shown). */
+static void test_http_no_deadline(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/watch");
+	struct result res = { 0 };
+
+	fixture_mode("drip");
+	fetch(t, &(struct http_options){ .url = url, .timeout_ms = 1000 }, &res);
+	assert_non_null(res.error);
+	assert_int_equal(res.curl_code, CURLE_OPERATION_TIMEDOUT);
+
+	fetch(t, &(struct http_options){ .url = url, .timeout_ms = HTTP_NO_DEADLINE }, &res);
+	assert_null(res.error);
+	assert_string_equal(res.body, DRIP_BODY);
+	result_clear(&res);
+}
+
 /* ---- sources ---- */
 
 struct events {
@@ -1615,6 +1729,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_http_response_header_caps, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_captured_header, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_unsafe_validators_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_stream_chunks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_stream_stopped_by_receiver, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_no_deadline, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_200_then_304, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_500_then_recovers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_hang, setup, teardown),
