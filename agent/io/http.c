@@ -14,18 +14,24 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
 #include "log.h"
-#include "stack/stack.h"
 #include "util.h"
 
 #define HTTP_DEFAULT_TIMEOUT_MS 30000L
 #define HTTP_DEFAULT_CONNECT_TIMEOUT_MS 10000L
-#define HTTP_DEFAULT_MAX_BODY ((size_t)STACK_MAX_BYTES)
+/* The largest stack document (stack.h's STACK_MAX_BYTES, which callers that
+ * fetch one pass explicitly); io/ sits below stack/ and does not include it. */
+#define HTTP_DEFAULT_MAX_BODY ((size_t)16 * 1024 * 1024)
+/* TCP keep-alive of a transfer without deadline: first probe after this
+ * long idle, then one every interval (seconds). */
+#define HTTP_KEEPIDLE_SEC 60L
+#define HTTP_KEEPINTVL_SEC 20L
 /* Response header budget. libcurl takes header lines of up to 100 KiB and
  * (depending on its version) unbounded sums of them; a server that sends
  * more than a real one ever would gets its transfer failed, and a line longer
@@ -49,9 +55,11 @@ struct http_request {
 	struct curl_slist *headers; /* owned */
 	char *shown_url;          /* owned: the URL without credentials, for messages */
 	char *req_body;           /* owned: copy of the request body, may be NULL */
-	struct buf body;          /* response body when not streamed to a file */
+	struct buf body;          /* response body when not streamed to a file or on_body */
 	size_t received;          /* response body bytes so far */
-	size_t max_body;
+	size_t max_body;          /* SIZE_MAX: no cap */
+	http_body_cb on_body;     /* may be NULL */
+	int body_errno;           /* on_body stopped the transfer with this */
 	int fd;                   /* output file, -1 when the body goes to memory */
 	char *output_path;        /* owned, may be NULL */
 	int write_errno;          /* writing output_path failed with this */
@@ -233,6 +241,8 @@ static void request_finish(struct http_request *r, CURLcode code)
 			error = xasprintf("%s: body larger than %zu bytes", r->shown_url, r->max_body);
 		else if (r->write_errno)
 			error = xasprintf("%s: writing %s: %s", r->shown_url, r->output_path, strerror(r->write_errno));
+		else if (r->body_errno)
+			error = xasprintf("%s: the receiver stopped the body: %s", r->shown_url, strerror(r->body_errno));
 		else {
 			const char *cause = r->errbuf[0] ? r->errbuf : curl_easy_strerror(code);
 			long os_errno = 0;
@@ -251,7 +261,7 @@ static void request_finish(struct http_request *r, CURLcode code)
 	resp.status = status;
 	resp.curl_code = (int)code;
 	resp.error = error;
-	if (!r->output_path) {
+	if (!r->output_path && !r->on_body) {
 		if (!r->body.data)
 			buf_append(&r->body, "", 0);
 		resp.body = r->body.data;
@@ -384,7 +394,17 @@ static size_t cb_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 		r->truncated = true;
 		return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
 	}
-	if (r->fd >= 0) {
+	if (r->on_body) {
+		long status = 0;
+		int k;
+
+		(void)curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+		k = r->on_body(r->userdata, status, ptr, n);
+		if (k < 0) {
+			r->body_errno = -k;
+			return 0;
+		}
+	} else if (r->fd >= 0) {
 		size_t off = 0;
 		while (off < n) {
 			ssize_t w = write(r->fd, ptr + off, n - off);
@@ -565,11 +585,12 @@ static int request_setup(struct http_request *r, const struct http_options *o)
 {
 	CURL *e = r->easy;
 	const char *method = o->method ? o->method : "GET";
-	long timeout = o->timeout_ms > 0 ? o->timeout_ms : HTTP_DEFAULT_TIMEOUT_MS;
+	bool deadline = o->timeout_ms != HTTP_NO_DEADLINE;
+	long timeout = !deadline ? 0 : o->timeout_ms > 0 ? o->timeout_ms : HTTP_DEFAULT_TIMEOUT_MS;
 	long connect_timeout = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : HTTP_DEFAULT_CONNECT_TIMEOUT_MS;
 	int k;
 
-	if (connect_timeout > timeout)
+	if (deadline && connect_timeout > timeout)
 		connect_timeout = timeout;
 
 	SETOPT(e, CURLOPT_URL, o->url);
@@ -580,8 +601,15 @@ static int request_setup(struct http_request *r, const struct http_options *o)
 	SETOPT(e, CURLOPT_FOLLOWLOCATION, 0L);
 	SETOPT(e, CURLOPT_SSL_VERIFYPEER, 1L);
 	SETOPT(e, CURLOPT_SSL_VERIFYHOST, 2L);
-	SETOPT(e, CURLOPT_TIMEOUT_MS, timeout);
+	SETOPT(e, CURLOPT_TIMEOUT_MS, timeout); /* 0: none */
 	SETOPT(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
+	if (!deadline) {
+		/* Nothing else would notice a peer that vanished without a
+		 * FIN or RST: the stream would wait for ever. */
+		SETOPT(e, CURLOPT_TCP_KEEPALIVE, 1L);
+		SETOPT(e, CURLOPT_TCP_KEEPIDLE, HTTP_KEEPIDLE_SEC);
+		SETOPT(e, CURLOPT_TCP_KEEPINTVL, HTTP_KEEPINTVL_SEC);
+	}
 	SETOPT(e, CURLOPT_USERAGENT, "agentd");
 	SETOPT(e, CURLOPT_WRITEFUNCTION, cb_write);
 	SETOPT(e, CURLOPT_WRITEDATA, r);
@@ -589,7 +617,8 @@ static int request_setup(struct http_request *r, const struct http_options *o)
 	SETOPT(e, CURLOPT_HEADERDATA, r);
 	/* Fails early when the server announces a too large body; the write
 	 * callback catches the rest. */
-	SETOPT(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
+	if (r->max_body != SIZE_MAX)
+		SETOPT(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)r->max_body);
 
 	if (strcmp(method, "GET") == 0)
 		SETOPT(e, CURLOPT_HTTPGET, 1L);
@@ -646,7 +675,7 @@ int http_request_start(struct http *h, const struct http_options *o, http_done_c
 	struct http_request *r;
 	int k;
 
-	if (!h || h->closing || !o || !o->url || !cb)
+	if (!h || h->closing || !o || !o->url || !cb || (o->on_body && o->output_path))
 		return -EINVAL;
 
 	r = xcalloc(1, sizeof(*r));
@@ -654,7 +683,10 @@ int http_request_start(struct http *h, const struct http_options *o, http_done_c
 	r->cb = cb;
 	r->userdata = userdata;
 	r->fd = -1;
-	r->max_body = o->max_body ? o->max_body : HTTP_DEFAULT_MAX_BODY;
+	r->on_body = o->on_body;
+	/* A stream has no end to cap unless the caller gives one: its
+	 * chunks are not kept. */
+	r->max_body = o->max_body ? o->max_body : o->on_body ? SIZE_MAX : HTTP_DEFAULT_MAX_BODY;
 	r->shown_url = http_url_redact(o->url);
 	r->capture_name = o->capture_header ? xstrdup(o->capture_header) : NULL;
 	buf_init(&r->body);

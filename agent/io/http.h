@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* HTTP client: libcurl's multi interface driven by libuv (one uv_poll per
- * socket libcurl announces, one uv_timer for its timeout). Used by the http,
- * imds and (later) etcd sources and by recipes' fetch and supervisor steps. */
+ * socket libcurl announces, one uv_timer for its timeout). One struct http
+ * per loop, made by the engine and lent to the http, imds and (later)
+ * etcd sources and to the fetch, release and service steps. A response body
+ * is collected whole (the default), written to a file (output_path) or
+ * streamed to a callback as it arrives (on_body: an etcd watch). */
 #pragma once
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
@@ -11,15 +15,30 @@
 struct http;          /* one per loop */
 struct http_request;  /* one transfer */
 
+/* http_options.timeout_ms: no deadline for the whole transfer (a watch
+ * stream that stays open for as long as the server keeps it). The connect
+ * timeout still applies, and TCP keep-alive probes find a peer that went
+ * away silently. */
+#define HTTP_NO_DEADLINE LONG_MAX
+
+/* A chunk of a streamed response body (see http_options.on_body), as it
+ * arrives: data[0..len) is not NUL-terminated and valid only during the call;
+ * status is the response's HTTP status. Returns 0 to go on, or a negative
+ * errno to stop the transfer, which then ends with an error that names it.
+ * It must not call http_request_cancel or http_free: returning an error is
+ * the way to stop. */
+typedef int (*http_body_cb)(void *userdata, long status, const char *data, size_t len);
+
 struct http_options {
 	const char *method;            /* "GET" (default), "PUT", "POST" */
 	const char *url;
 	const char *const *headers;    /* "Name: value", NULL-terminated, may be NULL */
 	const char *body;              /* request body, may be NULL; copied */
 	size_t body_len;
-	long timeout_ms;               /* whole transfer; 0: 30000 */
+	long timeout_ms;               /* whole transfer; 0: 30000; HTTP_NO_DEADLINE: none */
 	long connect_timeout_ms;       /* 0: 10000 */
-	size_t max_body;               /* response body cap; 0: 16 MiB. Over it: failed, error says so */
+	size_t max_body;               /* response body cap; 0: 16 MiB, or none when streamed (on_body).
+	                                * Over it: failed, error says so */
 	const char *unix_socket;       /* connect through this unix socket (supervisord), may be NULL */
 	const char *userpwd;           /* "user:password" for basic auth, may be NULL */
 	const char *if_none_match;     /* ETag for a conditional GET, may be NULL */
@@ -29,6 +48,8 @@ struct http_options {
 	const char *output_path;       /* stream the body into this file (O_TRUNC, 0600) instead of memory, may be NULL;
 	                                * on failure it holds what arrived */
 	const char *capture_header;    /* a response header name whose value to return in http_response.captured, may be NULL */
+	http_body_cb on_body;          /* stream the body to this callback (with the done callback's userdata) as
+	                                * it arrives instead of collecting it, may be NULL; not with output_path */
 };
 
 /* Longest ETag or Last-Modified value a response reports or a request sends
@@ -39,7 +60,7 @@ struct http_response {
 	long status;                   /* HTTP status, 0 when no response */
 	int curl_code;                 /* CURLcode, 0 on transport success */
 	char *error;                   /* owned: "<url>: <cause>" (credentials in the URL hidden), NULL when curl_code == 0 */
-	char *body;                    /* owned: NUL-terminated, NULL when output_path was used */
+	char *body;                    /* owned: NUL-terminated, NULL when output_path or on_body was used */
 	size_t body_len;
 	/* Validators, only when safe to send back: at most HTTP_VALIDATOR_MAX
 	 * bytes, no control characters, an ETag shaped as one (RFC 9110, or a
@@ -54,7 +75,8 @@ struct http_response {
 /* r is valid only during the call; so is the request handle, which is freed
  * right after (do not cancel it from here). A non-2xx status is not an error:
  * error is set only for transport failures (refused, timeout, short body,
- * body over max_body, output file not writable). */
+ * body over max_body, output file not writable, on_body said stop). A
+ * streamed body's chunks have all been delivered before this runs. */
 typedef void (*http_done_cb)(void *userdata, const struct http_response *r);
 
 int http_new(uv_loop_t *loop, struct http **ret);
@@ -72,7 +94,8 @@ bool http_date_is_valid(const char *v);
  * Response header lines over 8 KiB are ignored; more than 256 KiB of
  * response headers fail the transfer (error says so).
  * Returns 0, -EINVAL (no URL, a header value with a control character, an
- * invalid if_none_match / if_modified_since, h being freed)
+ * invalid if_none_match / if_modified_since, on_body with output_path, h
+ * being freed)
  * or the negative errno of opening output_path. TLS peers are always
  * verified, redirects are not followed, only http and https are allowed. */
 int http_request_start(struct http *h, const struct http_options *o, http_done_cb cb, void *userdata,

@@ -75,8 +75,6 @@ void source_free(struct source *s)
 	if (s->ops->free_data)
 		s->ops->free_data(s->data);
 	free(s->url);
-	free(s->instance_id);
-	free(s->region);
 	free(s);
 }
 

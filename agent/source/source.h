@@ -51,8 +51,6 @@ struct source {
 	void *data;                       /* the scheme's own state */
 	/* Read by status. */
 	int64_t last_fetch_usec;          /* wall clock of the last attempt that got an answer or error */
-	char *instance_id;                /* owned: imds instance id, may be NULL */
-	char *region;                     /* owned: imds region, may be NULL */
 };
 
 /* Picks the implementation by scheme. Returns -EINVAL with *ret_error for an

@@ -35,6 +35,8 @@ Modes (for every path outside /_ctl/):
     big-stream  the same without Content-Length (delimited by closing), so a
                 client only sees the size while reading.
     close       close the connection without answering.
+    drip        a chunked body of four lines, "chunk 0\n" .. "chunk 3\n", one
+                every 0.5 s (a watch stream, slower than a 1 s deadline).
     304         every request: 304 Not Modified with the validators, whether
                 or not it was conditional (a broken cache or server).
     imds        EC2 IMDSv2 (reference/protocols.md):
@@ -90,7 +92,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("stack", "500", "hang", "truncate", "big", "big-stream", "close", "imds", "304")
+MODES = ("stack", "500", "hang", "truncate", "big", "big-stream", "close", "imds", "304", "drip")
 DEFAULT_MAX_HEADER_BYTES = 8192  # nginx's and Apache's default for one request header line
 DEFAULT_STACK = b'{"opsworks": {"stack": {"name": "fixture"}, "layers": {}}}\n'
 DEFAULT_BIG_SIZE = 17 * 1024 * 1024
@@ -378,6 +380,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _mode_big_stream(self, body):
         self._send_big(False)
+
+    def _mode_drip(self, body):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(4):
+            if i:
+                time.sleep(0.5)
+            line = b"chunk %d\n" % i
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
 
     def _mode_close(self, body):
         self.close_connection = True

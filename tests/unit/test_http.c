@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* agent/http.c and agent/source_http.c on a real uv loop, against
- * tests/integration/httpfixture.py started as a child process (once for the
- * whole binary; every test resets it). No fixed sleeps: the loop runs until a
- * condition holds or a deadline timer fires. Every test ends with the loop
- * closing without a handle left. */
+/* agent/io/http.c and the polled sources (agent/source/http.c, imds.c) on a
+ * real uv loop, against tests/integration/httpfixture.py started as a child
+ * process (once for the whole binary; every test resets it). No fixed sleeps:
+ * the loop runs until a condition holds or a deadline timer fires. Every test
+ * ends with the loop closing without a handle left. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -858,6 +858,120 @@ static void test_http_free_from_callback(void **state)
 	assert_int_equal(f.calls, 1);
 }
 
+/* A streamed body: on_body's chunks beside the done callback's result
+ * (first, so that on_result reads it). */
+struct stream {
+	struct result res;
+	struct buf got;      /* every chunk, in order */
+	int chunks;          /* on_body calls */
+	long status;         /* as on_body saw it */
+	int stop_with;       /* on_body returns this */
+	bool done_at_first;  /* the done callback had run at the first chunk */
+};
+
+static int on_stream_body(void *userdata, long status, const char *data, size_t len)
+{
+	struct stream *st = userdata;
+
+	if (st->chunks++ == 0)
+		st->done_at_first = st->res.calls > 0;
+	st->status = status;
+	buf_append(&st->got, data, len);
+	uv_stop(test_loop);
+	return st->stop_with;
+}
+
+static void stream_clear(struct stream *st)
+{
+	result_clear(&st->res);
+	buf_free(&st->got);
+	*st = (struct stream){ 0 };
+}
+
+#define DRIP_BODY "chunk 0\nchunk 1\nchunk 2\nchunk 3\n"
+
+/* Chunks reach on_body as they arrive, in order, all before the done
+ * callback, which then has no body of its own. */
+static void test_http_stream_chunks(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/watch");
+	struct stream st = { 0 };
+	struct http_options o = { .url = url, .on_body = on_stream_body, .timeout_ms = HTTP_NO_DEADLINE };
+
+	fixture_mode("drip");
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	/* The first line comes while the server still holds the others back. */
+	assert_true(RUN_UNTIL(&t->loop, st.chunks > 0, 5000));
+	assert_int_equal(st.res.calls, 0);
+	assert_false(st.done_at_first);
+	assert_int_equal(st.status, 200);
+	assert_true(st.got.len < strlen(DRIP_BODY));
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_null(st.res.error);
+	assert_int_equal(st.res.status, 200);
+	assert_null(st.res.body);
+	assert_true(st.chunks >= 2);
+	assert_int_equal(st.got.len, strlen(DRIP_BODY));
+	assert_memory_equal(st.got.data, DRIP_BODY, st.got.len);
+	stream_clear(&st);
+
+	/* A streamed body has no default cap, but a given one holds. */
+	fixture_set("{\"mode\": \"big-stream\", \"big_size\": 2097152}");
+	o = (struct http_options){ .url = url, .on_body = on_stream_body };
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_null(st.res.error);
+	assert_int_equal(st.got.len, 2097152);
+	stream_clear(&st);
+	o.max_body = 1024 * 1024;
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_non_null(strstr(st.res.error, "body larger than 1048576 bytes"));
+	assert_true(st.got.len <= 1024 * 1024);
+	stream_clear(&st);
+
+	/* Not both a file and a callback. */
+	o = (struct http_options){ .url = url, .on_body = on_stream_body, .output_path = "/dev/null" };
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), -EINVAL);
+}
+
+/* on_body stops the transfer with an error of its own. */
+static void test_http_stream_stopped_by_receiver(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/watch");
+	_cleanup_free_ char *want = xasprintf("%s: the receiver stopped the body: %s", url, strerror(EBADMSG));
+	struct stream st = { .stop_with = -EBADMSG };
+	struct http_options o = { .url = url, .on_body = on_stream_body, .timeout_ms = HTTP_NO_DEADLINE };
+
+	fixture_mode("drip");
+	assert_int_equal(http_request_start(t->http, &o, on_result, &st, NULL), 0);
+	assert_true(RUN_UNTIL(&t->loop, st.res.calls > 0, 10000));
+	assert_int_equal(st.chunks, 1);
+	assert_string_equal(st.res.error, want);
+	stream_clear(&st);
+}
+
+/* The drip body takes 1.5 s: a 1 s deadline ends it, HTTP_NO_DEADLINE lets
+ * it finish (no wait for the 30 s default: its absence is what is shown). */
+static void test_http_no_deadline(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/watch");
+	struct result res = { 0 };
+
+	fixture_mode("drip");
+	fetch(t, &(struct http_options){ .url = url, .timeout_ms = 1000 }, &res);
+	assert_non_null(res.error);
+	assert_int_equal(res.curl_code, CURLE_OPERATION_TIMEDOUT);
+
+	fetch(t, &(struct http_options){ .url = url, .timeout_ms = HTTP_NO_DEADLINE }, &res);
+	assert_null(res.error);
+	assert_string_equal(res.body, DRIP_BODY);
+	result_clear(&res);
+}
+
 /* ---- sources ---- */
 
 struct events {
@@ -1334,6 +1448,22 @@ static struct source *imds_open(struct t *t, struct events *ev)
 	return source_open(t, "imds:", ev);
 }
 
+/* The source's member key of status's "source" object equals want (NULL:
+ * absent). */
+static void assert_status_member(struct source *s, const char *key, const char *want)
+{
+	json_t *o = json_object();
+	json_t *v;
+
+	source_status(s, o);
+	v = json_object_get(o, key);
+	if (want)
+		assert_string_equal(json_string_value(v), want);
+	else
+		assert_null(v);
+	json_decref(o);
+}
+
 static size_t log_count(json_t *log, const char *method, const char *path)
 {
 	size_t n = 0;
@@ -1357,8 +1487,8 @@ static void test_imds_happy_path(void **state)
 	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
 	(void)unsetenv("http_proxy");
 	assert_string_equal(ev.doc, STACK_DOC);
-	assert_string_equal(s->instance_id, "i-0123456789abcdef0");
-	assert_string_equal(s->region, "eu-west-1");
+	assert_status_member(s, "instance_id", "i-0123456789abcdef0");
+	assert_status_member(s, "region", "eu-west-1");
 	assert_int_equal(ev.errors, 0);
 
 	/* The next poll reads only user-data, with the cached token. */
@@ -1460,7 +1590,7 @@ static void test_imds_404_no_user_data(void **state)
 	s = imds_open(t, &ev);
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
 	assert_string_equal(ev.error, want);
-	assert_string_equal(s->instance_id, "i-0123456789abcdef0");
+	assert_status_member(s, "instance_id", "i-0123456789abcdef0");
 	/* Still polled at the normal interval; user-data that appears is read. */
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 2, 3000));
 	fixture_set("{\"user_data\": \"{}\"}");
@@ -1484,7 +1614,7 @@ static void test_imds_unreachable(void **state)
 	s = source_open(t, "imds:", &ev);
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
 	assert_true(strncmp(ev.error, want, strlen(want)) == 0);
-	assert_null(s->instance_id);
+	assert_status_member(s, "instance_id", NULL);
 
 	source_close(t);
 	events_clear(&ev);
@@ -1568,10 +1698,10 @@ static void test_imds_hostile_metadata(void **state)
 	s = imds_open(t, &ev);
 	assert_true(RUN_UNTIL(&t->loop, ev.errors == 1, 3000));
 	assert_non_null(strstr(ev.error, "/latest/meta-data/instance-id: malformed value"));
-	assert_null(s->instance_id);
+	assert_status_member(s, "instance_id", NULL);
 	fixture_set_str("instance_id", "i-0abc");
 	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
-	assert_string_equal(s->instance_id, "i-0abc");
+	assert_status_member(s, "instance_id", "i-0abc");
 
 	source_close(t);
 	events_clear(&ev);
@@ -1599,6 +1729,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_http_response_header_caps, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_captured_header, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_http_unsafe_validators_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_stream_chunks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_stream_stopped_by_receiver, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_no_deadline, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_200_then_304, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_500_then_recovers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_source_http_hang, setup, teardown),
