@@ -36,37 +36,22 @@ static void active_logf(struct active *a, const char *fmt, ...)
 		runlog_write(a->log_fd, a->id, s, (size_t)n);
 }
 
-/* A text of a step for its record: cut to RUN_TEXT_MAX (the record must
- * stay within what its reader accepts; the run log has it whole). */
-static json_t *step_text(const char *s)
-{
-	size_t n;
-
-	if (!s)
-		return json_null();
-	n = strlen(s);
-	if (n > RUN_TEXT_MAX) {
-		n = RUN_TEXT_MAX;
-		while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
-			n--;
-	}
-	return json_stringn(s, n) ?: json_string("(not UTF-8)");
-}
-
 static json_t *step_json(const struct step *s, size_t index)
 {
 	json_t *o = json_object();
 	json_object_set_new(o, "index", json_integer((json_int_t)index));
 	json_object_set_new(o, "kind", json_string(s->ops->kind));
-	json_object_set_new(o, "target", step_text(s->target));
-	json_object_set_new(o, "recipe", step_text(s->recipe));
-	json_object_set_new(o, "layer", step_text(s->layer));
+	/* Texts are cut to RUN_TEXT_MAX: the record must stay within what its
+	 * reader accepts; the run log has them whole. */
+	json_object_set_new(o, "target", run_text_json(s->target));
+	json_object_set_new(o, "recipe", run_text_json(s->recipe));
+	json_object_set_new(o, "layer", run_text_json(s->layer));
 	json_object_set_new(o, "status", json_string(step_status_to_string(s->status)));
 	json_object_set_new(o, "duration_ms", json_real((double)s->duration_us / 1000.0));
 	if (s->error)
-		json_object_set_new(o, "error", step_text(s->error));
+		json_object_set_new(o, "error", run_text_json(s->error));
 	if (s->message)
-		json_object_set_new(o, "message", step_text(s->message));
+		json_object_set_new(o, "message", run_text_json(s->message));
 	return o;
 }
 

@@ -68,6 +68,7 @@ struct active {
 	size_t steps_bytes;         /* of the steps kept in rec, as JSON */
 	size_t steps_omitted;       /* steps left out of rec (over RUN_STEPS_MAX or RUN_STEPS_MAX_BYTES) */
 	struct log_context logctx;  /* RUN_ID, EVENT, LAYER, STEP of this run's own lines */
+	int64_t snapshot_mono;      /* when its steps were last written to its file, 0: never */
 };
 
 struct engine {
@@ -133,6 +134,9 @@ json_t *run_to_json(const struct run *r, enum run_view view);
 struct run *run_from_json(const json_t *clean);
 /* A record as read from its file (checked here); NULL when unusable. */
 struct run *run_from_file(const json_t *full);
+/* A text of a record as JSON: at most RUN_TEXT_MAX bytes, cut at a
+ * character boundary; NULL gives null. */
+json_t *run_text_json(const char *s);
 /* The most bytes of a state.json written with this history. */
 size_t state_max_bytes(long history);
 
@@ -141,10 +145,12 @@ char *run_file_path(const struct engine *e, long id);
 /* Writes state.json; on failure the state stays in memory and the write is
  * retried on a timer (state_write_failed). 0 or a negative errno. */
 int engine_persist(struct engine *e);
-/* At a step transition of the running run: its file runs/<id>.json (the
- * steps so far) and state.json (the record without its steps, with the
- * step's process group). Both stay small: state.json never holds the
- * steps of the running run. */
+/* At a step transition of the running run (a step's process spawned):
+ * state.json (the record without its steps, with the step's process
+ * group: a restart ends that group), and at most every RUN_SNAPSHOT_USEC
+ * its file runs/<id>.json with the steps so far. state.json never holds
+ * the steps of the running run. */
+#define RUN_SNAPSHOT_USEC 1000000
 void engine_persist_active(struct engine *e);
 /* At the end of a run: its file with every kept step; the steps leave
  * memory. On failure they stay in the record (and state.json). */

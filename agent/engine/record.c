@@ -35,7 +35,7 @@ size_t state_max_bytes(long history)
 
 /* A text for a run record: at most RUN_TEXT_MAX bytes, cut at a character
  * boundary (never inside a UTF-8 sequence); NULL gives null. */
-static json_t *json_text_capped(const char *s)
+json_t *run_text_json(const char *s)
 {
 	size_t n;
 
@@ -72,7 +72,7 @@ json_t *run_to_json(const struct run *r, enum run_view view)
 	if (r->duration_ms >= 0)
 		json_object_set_new(o, "duration_ms", json_real(r->duration_ms));
 	if (r->error)
-		json_object_set_new(o, "error", json_text_capped(r->error));
+		json_object_set_new(o, "error", run_text_json(r->error));
 	if (r->steps_omitted >= 0)
 		json_object_set_new(o, "steps_omitted", json_integer(r->steps_omitted));
 	if (r->steps_error)

@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -220,9 +221,53 @@ int engine_persist(struct engine *e)
 	return 0;
 }
 
-/* Writes rec with its steps to runs/<id>.json. Within what the reader
- * accepts (RUN_FILE_MAX_BYTES): beyond, the record without its steps. */
-static int run_file_write(struct engine *e, const struct run *rec)
+/* Writes data to path like file_write_atomic (a fresh name, renamed over
+ * path) but without fsync: for the steps of the running run, a snapshot
+ * that a crash may lose (state.json, fsynced, has the run; its log has
+ * every step). The reader takes a torn file for what it is. */
+static int write_replace_nosync(const char *path, const char *data, size_t len)
+{
+	_cleanup_free_ char *dir = xstrdup(path);
+	_cleanup_close_ int dfd = -1, fd = -1;
+	char tmp[NAME_MAX + 1], *slash = strrchr(dir, '/');
+	const char *name = slash + 1;
+
+	*slash = '\0';
+	dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return -errno;
+	for (int attempt = 0;; attempt++) {
+		tmp_name_random(name, tmp, sizeof(tmp));
+		fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd >= 0)
+			break;
+		if (errno != EEXIST || attempt >= 16)
+			return -errno;
+	}
+	while (len > 0) {
+		ssize_t w = write(fd, data, len);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0) {
+			int r = -errno;
+			(void)unlinkat(dfd, tmp, 0);
+			return r;
+		}
+		data += w;
+		len -= (size_t)w;
+	}
+	if (renameat(dfd, tmp, dfd, name) < 0) {
+		int r = -errno;
+		(void)unlinkat(dfd, tmp, 0);
+		return r;
+	}
+	return 0;
+}
+
+/* Writes rec with its steps to runs/<id>.json (fsynced unless sync is
+ * false). Within what the reader accepts (RUN_FILE_MAX_BYTES): beyond,
+ * the record without its steps. */
+static int run_file_write(struct engine *e, const struct run *rec, bool sync)
 {
 	_cleanup_free_ char *path = run_file_path(e, rec->id);
 	json_t *full = run_to_json(rec, RUN_VIEW_FILE);
@@ -238,7 +283,12 @@ static int run_file_write(struct engine *e, const struct run *rec)
 		json_object_set_new(full, "steps", json_array());
 		data = json_dumps(full, JSON_COMPACT);
 	}
-	r = data ? file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1) : -ENOMEM;
+	if (!data)
+		r = -ENOMEM;
+	else if (sync)
+		r = file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1);
+	else
+		r = write_replace_nosync(path, data, strlen(data));
 	free(data);
 	json_decref(full);
 	return r;
@@ -246,25 +296,30 @@ static int run_file_write(struct engine *e, const struct run *rec)
 
 void engine_persist_active(struct engine *e)
 {
+	struct active *a = e->active;
 	int64_t t0 = time_monotonic_usec();
 	int r;
 
-	if (!e->active)
+	if (!a)
 		return;
-	/* The steps so far go to the run's own file; state.json gets the
-	 * record without them (with the step's process group). */
-	r = run_file_write(e, e->active->rec);
-	persist_count(e, &e->run_file_writes, t0, "the running run's file");
-	/* Not fatal: the record and its steps are in memory, and the next
-	 * transition writes them again. */
-	if (r < 0)
-		log_debug("Failed to write the file of run %ld: %s", e->active->id, strerror(-r));
+	/* The steps so far go to the run's own file, at most once a second:
+	 * rewritten at every step, a long run's file costs the square of its
+	 * steps, and they are a convenience (its log has every step). */
+	if (a->snapshot_mono == 0 || t0 - a->snapshot_mono >= RUN_SNAPSHOT_USEC) {
+		a->snapshot_mono = t0;
+		r = run_file_write(e, a->rec, false);
+		persist_count(e, &e->run_file_writes, t0, "the running run's file");
+		/* Not fatal: the record and its steps are in memory. */
+		if (r < 0)
+			log_debug("Failed to write the file of run %ld: %s", a->id, strerror(-r));
+	}
+	/* state.json: the record without its steps, with the step's group. */
 	(void)engine_persist(e);
 }
 
 void state_save_finished_run(struct engine *e, struct run *rec)
 {
-	int r = run_file_write(e, rec);
+	int r = run_file_write(e, rec, true);
 
 	if (r < 0) {
 		/* The steps stay in the record, and so in state.json; but only
