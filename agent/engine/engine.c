@@ -15,11 +15,8 @@
 
 #include <errno.h>
 #include <malloc.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,7 +28,6 @@
 #include "io/http.h"
 #include "log.h"
 #include "proto.h"
-#include "recipes/recipe.h"
 #include "source/source.h"
 #include "stack/stack.h"
 #include "steps/plan.h"

@@ -17,7 +17,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -221,53 +220,9 @@ int engine_persist(struct engine *e)
 	return 0;
 }
 
-/* Writes data to path like file_write_atomic (a fresh name, renamed over
- * path) but without fsync: for the steps of the running run, a snapshot
- * that a crash may lose (state.json, fsynced, has the run; its log has
- * every step). The reader takes a torn file for what it is. */
-static int write_replace_nosync(const char *path, const char *data, size_t len)
-{
-	_cleanup_free_ char *dir = xstrdup(path);
-	_cleanup_close_ int dfd = -1, fd = -1;
-	char tmp[NAME_MAX + 1], *slash = strrchr(dir, '/');
-	const char *name = slash + 1;
-
-	*slash = '\0';
-	dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0)
-		return -errno;
-	for (int attempt = 0;; attempt++) {
-		tmp_name_random(name, tmp, sizeof(tmp));
-		fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-		if (fd >= 0)
-			break;
-		if (errno != EEXIST || attempt >= 16)
-			return -errno;
-	}
-	while (len > 0) {
-		ssize_t w = write(fd, data, len);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0) {
-			int r = -errno;
-			(void)unlinkat(dfd, tmp, 0);
-			return r;
-		}
-		data += w;
-		len -= (size_t)w;
-	}
-	if (renameat(dfd, tmp, dfd, name) < 0) {
-		int r = -errno;
-		(void)unlinkat(dfd, tmp, 0);
-		return r;
-	}
-	return 0;
-}
-
-/* Writes rec with its steps to runs/<id>.json (fsynced unless sync is
- * false). Within what the reader accepts (RUN_FILE_MAX_BYTES): beyond,
- * the record without its steps. */
-static int run_file_write(struct engine *e, const struct run *rec, bool sync)
+/* Writes rec with its steps to runs/<id>.json. Within what the reader
+ * accepts (RUN_FILE_MAX_BYTES): beyond, the record without its steps. */
+static int run_file_write(struct engine *e, const struct run *rec)
 {
 	_cleanup_free_ char *path = run_file_path(e, rec->id);
 	json_t *full = run_to_json(rec, RUN_VIEW_FILE);
@@ -283,12 +238,7 @@ static int run_file_write(struct engine *e, const struct run *rec, bool sync)
 		json_object_set_new(full, "steps", json_array());
 		data = json_dumps(full, JSON_COMPACT);
 	}
-	if (!data)
-		r = -ENOMEM;
-	else if (sync)
-		r = file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1);
-	else
-		r = write_replace_nosync(path, data, strlen(data));
+	r = data ? file_write_atomic(path, data, strlen(data), 0600, (uid_t)-1, (gid_t)-1) : -ENOMEM;
 	free(data);
 	json_decref(full);
 	return r;
@@ -307,7 +257,7 @@ void engine_persist_active(struct engine *e)
 	 * steps, and they are a convenience (its log has every step). */
 	if (a->snapshot_mono == 0 || t0 - a->snapshot_mono >= RUN_SNAPSHOT_USEC) {
 		a->snapshot_mono = t0;
-		r = run_file_write(e, a->rec, false);
+		r = run_file_write(e, a->rec);
 		persist_count(e, &e->run_file_writes, t0, "the running run's file");
 		/* Not fatal: the record and its steps are in memory. */
 		if (r < 0)
@@ -319,7 +269,7 @@ void engine_persist_active(struct engine *e)
 
 void state_save_finished_run(struct engine *e, struct run *rec)
 {
-	int r = run_file_write(e, rec, true);
+	int r = run_file_write(e, rec);
 
 	if (r < 0) {
 		/* The steps stay in the record, and so in state.json; but only
