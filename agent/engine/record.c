@@ -77,10 +77,10 @@ json_t *run_to_json(const struct run *r, enum run_view view)
 		json_object_set_new(o, "steps_omitted", json_integer(r->steps_omitted));
 	if (r->steps_error)
 		json_object_set_new(o, "steps_error", json_string(r->steps_error));
-	if (view == RUN_VIEW_FILE || (view == RUN_VIEW_STATE && r->steps && !run_is_pending(r)) ||
-	    (view == RUN_VIEW_PUBLIC_STEPS && r->steps))
-		json_object_set(o, "steps", r->steps ? r->steps : json_array());
-	else if (view == RUN_VIEW_PUBLIC_STEPS)
+	if (r->steps && (view == RUN_VIEW_FILE || view == RUN_VIEW_PUBLIC_STEPS ||
+			 (view == RUN_VIEW_STATE && !run_is_pending(r))))
+		json_object_set(o, "steps", r->steps);
+	else if (view == RUN_VIEW_FILE || view == RUN_VIEW_PUBLIC_STEPS)
 		json_object_set_new(o, "steps", json_array());
 	if (!private)
 		return o;
