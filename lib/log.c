@@ -13,8 +13,8 @@
 static const char *log_ident = "agentd";
 static enum log_level log_max = LOG_LEVEL_INFO;
 static bool log_journal;
-static long ctx_run_id;
-static char ctx_event[32], ctx_layer[256], ctx_step[512];
+/* The context in effect (a run's, while its own code runs), or none. */
+static const struct log_context *log_ctx;
 
 /* The journal is used when stderr is the stream systemd connected to it
  * (JOURNAL_STREAM names stderr's device and inode). */
@@ -51,12 +51,20 @@ static void copy_field(char *dst, size_t n, const char *src)
 		snprintf(dst, n, "%s", src);
 }
 
-void log_set_context(long run_id, const char *event, const char *layer, const char *step)
+void log_context_set(struct log_context *ctx, long run_id, const char *event, const char *layer, const char *step)
 {
-	ctx_run_id = run_id;
-	copy_field(ctx_event, sizeof(ctx_event), event);
-	copy_field(ctx_layer, sizeof(ctx_layer), layer);
-	copy_field(ctx_step, sizeof(ctx_step), step);
+	ctx->run_id = run_id;
+	copy_field(ctx->event, sizeof(ctx->event), event);
+	copy_field(ctx->layer, sizeof(ctx->layer), layer);
+	copy_field(ctx->step, sizeof(ctx->step), step);
+}
+
+const struct log_context *log_context_use(const struct log_context *ctx)
+{
+	const struct log_context *prev = log_ctx;
+
+	log_ctx = ctx;
+	return prev;
 }
 
 static void log_emit(enum log_level level, const char *file, int line, const char *msg)
@@ -66,19 +74,22 @@ static void log_emit(enum log_level level, const char *file, int line, const cha
 		[LOG_LEVEL_INFO] = "info",   [LOG_LEVEL_DEBUG] = "debug",
 	};
 
+	static const struct log_context none;
+	const struct log_context *c = log_ctx ? log_ctx : &none;
+
 	if (log_journal) {
 		char run[32] = "";
-		if (ctx_run_id > 0)
-			snprintf(run, sizeof(run), "RUN_ID=%ld", ctx_run_id);
+		if (c->run_id > 0)
+			snprintf(run, sizeof(run), "RUN_ID=%ld", c->run_id);
 		/* Empty "FIELD=" strings are valid and simply carry no value. */
 		(void)sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", (int)level, "SYSLOG_IDENTIFIER=%s", log_ident,
 				      "CODE_FILE=%s", file, "CODE_LINE=%d", line, "%s", run[0] ? run : "RUN_ID=",
-				      "EVENT=%s", ctx_event, "LAYER=%s", ctx_layer, "STEP=%s", ctx_step, NULL);
+				      "EVENT=%s", c->event, "LAYER=%s", c->layer, "STEP=%s", c->step, NULL);
 		return;
 	}
-	if (ctx_run_id > 0)
-		fprintf(stderr, "%s: %s: [run %ld%s%s%s%s] %s\n", log_ident, names[level], ctx_run_id,
-			ctx_event[0] ? " " : "", ctx_event, ctx_step[0] ? " " : "", ctx_step, msg);
+	if (c->run_id > 0)
+		fprintf(stderr, "%s: %s: [run %ld%s%s%s%s] %s\n", log_ident, names[level], c->run_id,
+			c->event[0] ? " " : "", c->event, c->step[0] ? " " : "", c->step, msg);
 	else
 		fprintf(stderr, "%s: %s: %s\n", log_ident, names[level], msg);
 }

@@ -15,9 +15,22 @@ void log_open(const char *ident, bool verbose);
 /* Forces plain stderr even under systemd (agentd -d). */
 void log_force_stderr(void);
 void log_set_level(enum log_level level);
-/* Structured context added to every line (RUN_ID=, EVENT=, LAYER=, STEP=);
- * NULL or 0 clears a field. The strings are copied. */
-void log_set_context(long run_id, const char *event, const char *layer, const char *step);
+/* The structured context of a run's lines (RUN_ID=, EVENT=, LAYER=,
+ * STEP=): kept by its owner (the engine's running run) and in effect only
+ * while that run's own code runs, so that a line logged for anything else
+ * meanwhile (a control client, the stack source) carries none of it. */
+struct log_context {
+	long run_id;            /* 0: none */
+	char event[32];
+	char layer[256];
+	char step[512];
+};
+/* Fills ctx; NULL strings are empty fields. The strings are copied. */
+void log_context_set(struct log_context *ctx, long run_id, const char *event, const char *layer, const char *step);
+/* Makes ctx (borrowed; NULL: none) the context of the lines logged from
+ * now on, and returns the one it replaces, to be given back with
+ * log_context_use when the run's code returns. */
+const struct log_context *log_context_use(const struct log_context *ctx);
 
 void log_write(enum log_level level, const char *file, int line, const char *fmt, ...) _printf_(4, 5);
 

@@ -82,6 +82,12 @@ void engine_reload(struct engine *e);
 int engine_pause(struct engine *e, const char *reason, char **ret_error);
 int engine_resume(struct engine *e, char **ret_error);
 int engine_clear_failed(struct engine *e, char **ret_error);
+/* `agentctl rollback APP`: answers at once with {"app", "from", "to",
+ * "restart_run": ID} (rollback_preview: -ENOENT, -EINVAL, -ELOOP with its
+ * message), and queues one run (deploy of app, recipe "rollback", trigger
+ * ctl; its plan from recipes_build_plan: the link back one release, then
+ * the app's restarts) that joins no other run. -ENOENT: no such app;
+ * -EBUSY: a run is in progress. */
 int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_error);
 
 /* Streaming: watchers see every run's progress. Events are objects such as

@@ -297,77 +297,30 @@ static void exec_cloexec_all(void)
 	closedir(dir);
 }
 
-int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb, exec_done_cb done_cb,
-	       void *userdata, struct exec **ret)
+/* The child's stdio: stdin from stdin_data (or none), stdout and stderr
+ * into one pipe, then opts->pass_fds. One pipe for stdout and stderr:
+ * libuv cannot hand the same UV_CREATE_PIPE to two slots, so we make the
+ * pipe ourselves and let the child inherit its write end twice. Both ends
+ * are O_CLOEXEC, so other children never inherit them. Returns the write
+ * end (to close after the spawn), or a negative errno. */
+static int exec_setup_stdio(struct exec *e, const struct exec_opts *opts, uv_stdio_container_t *stdio)
 {
-	static char *const empty_env[] = { NULL };
-	uv_process_options_t po = { 0 };
-	uv_stdio_container_t stdio[3 + EXEC_PASS_FDS_MAX];
 	uv_file fds[2] = { -1, -1 };
-	struct exec *e;
 	int r;
 
-	if (!opts || !opts->argv || !opts->argv[0] || opts->n_pass_fds > EXEC_PASS_FDS_MAX)
-		return -EINVAL;
-
-	exec_ignore_sigpipe();
-
-	e = xcalloc(1, sizeof(*e));
-	e->loop = loop;
-	e->output_cb = output_cb;
-	e->done_cb = done_cb;
-	e->userdata = userdata;
-	e->timeout_ms = opts->timeout_ms;
-	e->kill_after_ms = opts->kill_after_ms > 0 ? opts->kill_after_ms : EXEC_KILL_AFTER_DEFAULT_MS;
-	e->proc.data = e->out.data = e->in.data = e->timeout.data = e->kill.data = e;
-	e->write_req.data = e;
-
-	(void)uv_timer_init(loop, &e->timeout);
-	e->timeout_init = true;
-	(void)uv_timer_init(loop, &e->kill);
-	e->kill_init = true;
-
-	po.exit_cb = on_exit_cb;
-	po.file = opts->argv[0];
-	po.args = (char **)opts->argv;
-	po.env = (char **)(opts->env ? opts->env : empty_env);
-	po.cwd = opts->cwd;
-	po.flags = UV_PROCESS_DETACHED;
-	if (opts->user) {
-		uid_t uid = 0;
-		gid_t gid = 0;
-
-		r = exec_resolve_user(opts->user, &uid, &gid);
-		if (r < 0) {
-			e->result.spawn_error = r;
-			goto spawn_failed;
-		}
-		po.uid = uid;
-		po.gid = gid;
-		po.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
-	}
-
-	/* One pipe for stdout and stderr: libuv cannot hand the same
-	 * UV_CREATE_PIPE to two slots, so we make the pipe ourselves and let
-	 * the child inherit its write end twice. Both ends are O_CLOEXEC, so
-	 * other children never inherit them. */
 	r = uv_pipe(fds, UV_NONBLOCK_PIPE, 0);
-	if (r < 0) {
-		e->result.spawn_error = r;
-		goto spawn_failed;
-	}
-	(void)uv_pipe_init(loop, &e->out, 0);
+	if (r < 0)
+		return r;
+	(void)uv_pipe_init(e->loop, &e->out, 0);
 	e->out_init = true;
 	r = uv_pipe_open(&e->out, fds[0]);
 	if (r < 0) {
 		(void)close(fds[0]);
 		(void)close(fds[1]);
-		e->result.spawn_error = r;
-		goto spawn_failed;
+		return r;
 	}
-
 	if (opts->stdin_data) {
-		(void)uv_pipe_init(loop, &e->in, 0);
+		(void)uv_pipe_init(e->loop, &e->in, 0);
 		e->in_init = true;
 		stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
 		stdio[0].data.stream = (uv_stream_t *)&e->in;
@@ -382,19 +335,15 @@ int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb out
 		stdio[3 + i].flags = UV_INHERIT_FD;
 		stdio[3 + i].data.fd = opts->pass_fds[i];
 	}
-	po.stdio = stdio;
-	po.stdio_count = 3 + (int)opts->n_pass_fds;
+	return fds[1];
+}
 
-	exec_cloexec_all();
-	e->proc_init = true;
-	r = uv_spawn(loop, &e->proc, &po);
-	(void)close(fds[1]);
-	if (r < 0) {
-		e->result.spawn_error = r;
-		goto spawn_failed;
-	}
+/* After a successful spawn: read the output, write stdin, arm the timeout. */
+static void exec_started(struct exec *e, const struct exec_opts *opts)
+{
+	int r;
+
 	e->pgid = e->proc.pid;
-
 	r = uv_read_start((uv_stream_t *)&e->out, on_alloc, on_read);
 	if (r < 0) {
 		/* Should not happen on a fresh pipe; without a reader we would
@@ -411,15 +360,81 @@ int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb out
 	}
 	if (e->timeout_ms > 0)
 		(void)uv_timer_start(&e->timeout, on_timeout, (uint64_t)e->timeout_ms, 0);
+}
+
+static struct exec *exec_new(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb,
+			     exec_done_cb done_cb, void *userdata)
+{
+	struct exec *e = xcalloc(1, sizeof(*e));
+
+	e->loop = loop;
+	e->output_cb = output_cb;
+	e->done_cb = done_cb;
+	e->userdata = userdata;
+	e->timeout_ms = opts->timeout_ms;
+	e->kill_after_ms = opts->kill_after_ms > 0 ? opts->kill_after_ms : EXEC_KILL_AFTER_DEFAULT_MS;
+	e->proc.data = e->out.data = e->in.data = e->timeout.data = e->kill.data = e;
+	e->write_req.data = e;
+	(void)uv_timer_init(loop, &e->timeout);
+	e->timeout_init = true;
+	(void)uv_timer_init(loop, &e->kill);
+	e->kill_init = true;
+	return e;
+}
+
+int exec_start(uv_loop_t *loop, const struct exec_opts *opts, exec_output_cb output_cb, exec_done_cb done_cb,
+	       void *userdata, struct exec **ret)
+{
+	static char *const empty_env[] = { NULL };
+	uv_process_options_t po = { 0 };
+	uv_stdio_container_t stdio[3 + EXEC_PASS_FDS_MAX];
+	struct exec *e;
+	int r, wfd;
+
+	if (!opts || !opts->argv || !opts->argv[0] || opts->n_pass_fds > EXEC_PASS_FDS_MAX)
+		return -EINVAL;
+
+	exec_ignore_sigpipe();
+	e = exec_new(loop, opts, output_cb, done_cb, userdata);
 	if (ret)
 		*ret = e;
+
+	po.exit_cb = on_exit_cb;
+	po.file = opts->argv[0];
+	po.args = (char **)opts->argv;
+	po.env = (char **)(opts->env ? opts->env : empty_env);
+	po.cwd = opts->cwd;
+	po.flags = UV_PROCESS_DETACHED;
+	if (opts->user) {
+		uid_t uid = 0;
+		gid_t gid = 0;
+
+		r = exec_resolve_user(opts->user, &uid, &gid);
+		if (r < 0)
+			goto spawn_failed;
+		po.uid = uid;
+		po.gid = gid;
+		po.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
+	}
+	r = wfd = exec_setup_stdio(e, opts, stdio);
+	if (r < 0)
+		goto spawn_failed;
+	po.stdio = stdio;
+	po.stdio_count = 3 + (int)opts->n_pass_fds;
+
+	exec_cloexec_all();
+	e->proc_init = true;
+	r = uv_spawn(loop, &e->proc, &po);
+	(void)close(wfd);
+	if (r < 0)
+		goto spawn_failed;
+	exec_started(e, opts);
 	return 0;
 
 spawn_failed:
 	/* One path for callers: done_cb on the next loop iteration. */
+	e->result.spawn_error = r;
 	(void)uv_timer_start(&e->timeout, on_spawn_failed, 0, 0);
-	if (ret)
-		*ret = e;
 	return 0;
 }
 
@@ -513,4 +528,25 @@ int exec_kill_recorded_group(int64_t pgid, int64_t start, int sig)
 	if (kill(-(pid_t)pgid, sig) < 0)
 		return -errno;
 	return 0;
+}
+
+void exec_kill_orphans(const struct exec_recorded_group *g, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		long long pg = (long long)g[i].pgid, id = (long long)g[i].run;
+		int r;
+
+		if (!g[i].start_known) {
+			log_warn("Run %lld: the recorded process group is not a number; not signalling anything", id);
+			continue;
+		}
+		r = exec_kill_recorded_group(g[i].pgid, g[i].start, SIGKILL);
+		if (r == 0)
+			log_warn("Killed process group %lld left running by the interrupted run %lld", pg, id);
+		else if (r == -EINVAL || r == -EPERM)
+			log_warn("Run %lld: recorded process group %lld is %s; not signalling it", id, pg,
+				 r == -EPERM ? "agentd's own" : "out of range");
+		else if (r != -ESRCH)
+			log_warn_errno(r, "Failed to kill process group %lld of run %lld: %m", pg, id);
+	}
 }

@@ -74,3 +74,16 @@ int exec_proc_stat(int64_t pid, int64_t *ret_pgrp, uint64_t *ret_start);
  * -EPERM for agentd's own group, -ESRCH when the leader is gone or is
  * another process now, or the errno of kill(). */
 int exec_kill_recorded_group(int64_t pgid, int64_t start, int sig);
+
+/* A process group an earlier agentd recorded for a run's step. */
+struct exec_recorded_group {
+	long run;               /* the run's id, for messages */
+	int64_t pgid;
+	int64_t start;          /* clock ticks; meaningless unless start_known */
+	bool start_known;       /* the record held a number for the start time */
+};
+/* Ends the process groups of steps that a killed agentd left running (so
+ * that two copies of a recipe never run at once), each with SIGKILL
+ * through exec_kill_recorded_group, logging what was done or why nothing
+ * was signalled. The values come from state_dir and are not trusted. */
+void exec_kill_orphans(const struct exec_recorded_group *g, size_t n);

@@ -110,6 +110,15 @@ struct recipe_family {
 	int (*plan_after_layer)(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
 };
 
+/* The plan of a run into plan (plan_init'd here): with recipe NULL, the
+ * families' plan_before hooks, then for ctx->layer (NULL: every layer of
+ * this instance) its recipes for ctx->event and the plan_after_layer hooks;
+ * else the named plan ("rollback", "restart") for ctx->app. ctx->name and
+ * ctx->layer-as-current-layer are set here. Returns 0, or a negative errno
+ * with *ret_error: -ENOENT when the layer, app or named plan is not there
+ * (retrying cannot help). recipes/build.c. */
+int recipes_build_plan(const struct recipe_ctx *ctx, const char *recipe, struct plan *plan, char **ret_error);
+
 /* Runs every family's plan_before / plan_after_layer hook. */
 int recipes_plan_before(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
 int recipes_plan_after_layer(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);

@@ -1,13 +1,16 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* libFuzzer target: the state.json reader (engine_state_parse). Besides
- * not crashing, what it returns must hold the promises the engine relies
- * on: run ids in 1..ENGINE_RUN_ID_MAX and unique, next_run_id in range,
- * revisions as 16 hex digits, retry counts and times clamped. */
+/* libFuzzer target: the state.json reader (engine_state_parse) and the
+ * typed run records made from it (run_from_json). Besides not crashing,
+ * what it returns must hold the promises the engine relies on: run ids in
+ * 1..ENGINE_RUN_ID_MAX and unique, next_run_id in range, revisions as 16
+ * hex digits, retry counts and times clamped; every record it keeps makes
+ * a typed record, which written back and read again is the same. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -56,6 +59,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check(is_rev(v));
 		v = json_object_get(rec, "changed");
 		check(json_is_integer(v) && json_integer_value(v) >= 0);
+		struct run *r = run_from_json(rec);
+		check(r != NULL && r->id == id && r->changed >= 0);
+		check(!r->stack || is_rev(json_object_get(rec, "_stack")));
+		json_t *w = run_to_json(r, RUN_VIEW_FILE);
+		struct run *r2 = run_from_file(w);
+		check(r2 != NULL && r2->id == r->id && r2->status == r->status && r2->req.event == r->req.event);
+		json_t *w2 = run_to_json(r2, RUN_VIEW_FILE);
+		check(json_equal(w, w2));
+		json_decref(w);
+		json_decref(w2);
+		run_free(r);
+		run_free(r2);
 	}
 	json_decref(seen);
 	json_object_foreach(json_object_get(o, "failed"), k, rec) {

@@ -1,0 +1,420 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The running run (design.md §7): on disk as running before it starts,
+ * planned by recipes/build.c, executed step by step (steps/plan.h) with
+ * its log, its record's steps and its watchers' events, and finished with
+ * a keyed result line in its log. Its log context is in effect only while
+ * its own callbacks run. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "config.h"
+#include "internal.h"
+#include "io/exec.h"
+#include "log.h"
+#include "proto.h"
+#include "recipes/recipe.h"
+#include "stack/stack.h"
+#include "util.h"
+
+/* ----------------------------------------------------------------- runs */
+
+static void active_logf(struct active *a, const char *fmt, ...) _printf_(2, 3);
+static void active_logf(struct active *a, const char *fmt, ...)
+{
+	_cleanup_free_ char *s = NULL;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (n >= 0)
+		runlog_write(a->log_fd, a->id, s, (size_t)n);
+}
+
+static json_t *step_json(const struct step *s, size_t index)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "index", json_integer((json_int_t)index));
+	json_object_set_new(o, "kind", json_string(s->ops->kind));
+	/* Texts are cut to RUN_TEXT_MAX: the record must stay within what its
+	 * reader accepts; the run log has them whole. */
+	json_object_set_new(o, "target", run_text_json(s->target));
+	json_object_set_new(o, "recipe", run_text_json(s->recipe));
+	json_object_set_new(o, "layer", run_text_json(s->layer));
+	json_object_set_new(o, "status", json_string(step_status_to_string(s->status)));
+	json_object_set_new(o, "duration_ms", json_real((double)s->duration_us / 1000.0));
+	if (s->error)
+		json_object_set_new(o, "error", run_text_json(s->error));
+	if (s->message)
+		json_object_set_new(o, "message", run_text_json(s->message));
+	return o;
+}
+
+static void on_step_start(void *userdata, struct step *s, size_t index)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	const struct log_context *prev;
+	json_t *ev;
+
+	log_context_set(&a->logctx, a->id, run_event(a->rec), s->layer, s->target);
+	prev = run_ctx_enter(a);
+	active_logf(a, "==> [%zu/%zu] %s %s (%s)\n", index + 1, a->plan.n_steps, s->ops->kind, str_or_empty(s->target),
+		    str_or_empty(s->recipe));
+	ev = json_pack("{s:s, s:I, s:I, s:s, s:s?, s:s?}", "event", "step-started", "run", (json_int_t)a->id, "index",
+		       (json_int_t)index, "kind", s->ops->kind, "target", s->target, "recipe", s->recipe);
+	engine_emit(e, ev);
+	run_ctx_leave(prev);
+}
+
+static void on_output(void *userdata, struct step *s, const char *data, size_t len)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	const struct log_context *prev = run_ctx_enter(a);
+
+	runlog_write(a->log_fd, a->id, data, len);
+	if (e->watchers) {
+		json_t *ev = json_object();
+		json_object_set_new(ev, "event", json_string("output"));
+		json_object_set_new(ev, "run", json_integer(a->id));
+		json_object_set_new(ev, "data", proto_string_lossy(data, len));
+		engine_emit(e, ev);
+	}
+	run_ctx_leave(prev);
+}
+
+/* The record keeps the first steps, within the bounds its reader checks
+ * (RUN_STEPS_MAX, RUN_STEPS_MAX_BYTES); the rest are counted. The run log
+ * has them all. */
+static void active_keep_step(struct active *a, const struct step *s, size_t index)
+{
+	json_t *sj = step_json(s, index);
+	char *d = json_dumps(sj, JSON_COMPACT);
+	size_t n = d ? strlen(d) + 1 : 0;
+
+	free(d);
+	if (!a->rec->steps)
+		a->rec->steps = json_array();
+	if (n > 0 && json_array_size(a->rec->steps) < RUN_STEPS_MAX && a->steps_bytes + n <= RUN_STEPS_MAX_BYTES) {
+		a->steps_bytes += n;
+		json_array_append_new(a->rec->steps, sj);
+	} else {
+		json_decref(sj);
+		a->steps_omitted++;
+		a->rec->steps_omitted = (long)a->steps_omitted;
+	}
+}
+
+static void on_step_done(void *userdata, struct step *s, size_t index)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	const struct log_context *prev = run_ctx_enter(a);
+	json_t *ev;
+
+	a->rec->has_pgid = false;
+	if (s->status == STEP_CHANGED)
+		a->changed++;
+	active_keep_step(a, s, index);
+	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error || s->message ? ": " : "",
+		    s->error ? s->error : str_or_empty(s->message), (double)s->duration_us / 1000.0);
+	if (s->status == STEP_FAILED)
+		log_error("Step %s %s failed: %s", s->ops->kind, str_or_empty(s->target), str_or_empty(s->error));
+	ev = step_json(s, index);
+	json_object_set_new(ev, "event", json_string("step-finished"));
+	json_object_set_new(ev, "run", json_integer(a->id));
+	engine_emit(e, ev);
+	run_ctx_leave(prev);
+}
+
+static void on_spawn(void *userdata, struct step *s, int pgid)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	uint64_t start;
+
+	/* The start time (field 22 of /proc/PID/stat) tells this group's
+	 * leader from a later process that reused its pid. */
+	if (exec_proc_stat(pgid, NULL, &start) < 0 || start == 0 || start > INT64_MAX)
+		return;
+	a->rec->has_pgid = true;
+	a->rec->pgid = pgid;
+	a->rec->pgid_start = (int64_t)start;
+	/* If we are killed now, the next start ends this process group: the
+	 * run's own file has the steps done so far, state.json the group. */
+	engine_persist_active(e);
+}
+
+static void on_timeout_closed(uv_handle_t *h)
+{
+	struct active *a = h->data;
+	free(a);
+}
+
+/* What a finished run leads to: a failure recorded for a retry, an
+ * interrupted run queued again, or a success. */
+static void finish_outcome(struct engine *e, struct active *a, const char *error)
+{
+	struct run *rec = a->rec;
+
+	if (rec->status == RUN_FAILED) {
+		/* Runs asked for by an operator are not retried on their own. */
+		engine_record_failure(e, rec, rec->req.trigger != TRIGGER_CTL && !a->no_retry);
+		log_error("Run %ld (%s) failed: %s", a->id, run_event(rec), str_or_empty(error));
+	} else if (rec->status == RUN_INTERRUPTED) {
+		/* Stopped by SIGTERM: run the event again on the next start. */
+		rec->requeued = true;
+		engine_requeue(e, rec);
+		log_warn("Run %ld (%s) interrupted; queued again", a->id, run_event(rec));
+	} else if (rec->req.recipe) {
+		engine_record_success(e, rec, NULL);
+		log_info("Run %ld (%s %s) succeeded", a->id, rec->req.recipe, str_or_empty(rec->req.app));
+	} else {
+		engine_record_success(e, rec, a->stack->revision);
+		log_info("Run %ld (%s) succeeded: %zu of %zu steps changed", a->id, run_event(rec), a->changed,
+			 a->plan.n_steps);
+	}
+}
+
+static void engine_finish_run(struct engine *e, enum run_status status, const char *error)
+{
+	struct active *a = e->active;
+	struct run *rec = a->rec;
+	const struct log_context *prev = run_ctx_enter(a);
+	_cleanup_free_ char *line = NULL;
+
+	rec->status = status;
+	free(rec->finished);
+	rec->finished = engine_now();
+	rec->changed = (long)a->changed;
+	rec->duration_ms = (double)(time_monotonic_usec() - a->started_mono) / 1000.0;
+	if (error)
+		run_set_text(&rec->error, error);
+	/* The result line, last in the log (log_dir, maybe another disk): if
+	 * state.json cannot take it before we exit, the next start takes the
+	 * result from here (runlog_result). */
+	line = runlog_result_line(a->id, a->log_key, run_status_to_string(status), a->changed, rec->finished,
+				  error ? rec->error : NULL);
+	runlog_write(a->log_fd, a->id, line, strlen(line));
+	finish_outcome(e, a, error);
+	run_ctx_leave(prev);
+
+	json_t *ev = json_pack("{s:s, s:I, s:s, s:I}", "event", "run-finished", "run", (json_int_t)a->id, "status",
+			       run_status_to_string(status), "changed", (json_int_t)a->changed);
+	if (a->log_fd >= 0)
+		(void)close(a->log_fd);
+	a->log_fd = -1;
+	plan_free(&a->plan);
+	stack_unref(a->stack);
+	e->active = NULL;
+	uv_timer_stop(&a->timeout);
+	uv_close((uv_handle_t *)&a->timeout, on_timeout_closed);
+
+	/* The steps go to the run's own file: memory and state.json stay
+	 * small however many runs the history keeps. */
+	state_save_finished_run(e, rec);
+	state_trim_history(e);
+	state_gc_stacks(e);
+	engine_persist(e);
+	engine_notify_status(e);
+	engine_emit(e, ev);
+
+	if (e->stopping) {
+		engine_stop_finish(e);
+		return;
+	}
+	engine_kick(e);
+}
+
+static void on_plan_done(void *userdata, bool failed)
+{
+	struct engine *e = userdata;
+	struct active *a = e->active;
+	_cleanup_free_ char *error = NULL;
+
+	a->x = NULL;
+	if (a->timed_out)
+		error = xasprintf("run timed out after %ld s", e->config->run_timeout);
+	else if (failed) {
+		for (size_t i = 0; i < a->plan.n_steps; i++) {
+			struct step *s = a->plan.steps[i];
+			if (s->status == STEP_FAILED) {
+				error = xasprintf("step %zu (%s %s) failed: %s", i + 1, s->ops->kind, str_or_empty(s->target),
+						  str_or_empty(s->error));
+				break;
+			}
+		}
+	}
+	if (e->stopping && failed && (!error || a->killed))
+		engine_finish_run(e, RUN_INTERRUPTED, a->killed ? "agentd was stopped during the run; its step was terminated"
+							       : "agentd was stopped during the run");
+	else
+		engine_finish_run(e, failed || a->timed_out ? RUN_FAILED : RUN_SUCCESS, error);
+}
+
+static void on_run_timeout(uv_timer_t *t)
+{
+	struct active *a = t->data;
+	a->timed_out = true;
+	if (a->x)
+		plan_execute_cancel(a->x, true);
+}
+
+/* The stack a run plans against: its own (an older one, loaded from
+ * state_dir), or the applied or current one. A new reference or NULL. */
+static struct stack *run_stack(struct engine *e, const struct run *rec)
+{
+	const char *srev = rec->stack;
+
+	if (srev && e->applied && strcmp(srev, e->applied->revision) == 0)
+		return stack_ref(e->applied);
+	if (srev && (!e->current || strcmp(srev, e->current->revision) != 0))
+		return state_load_stack(e, srev);
+	return stack_ref(e->current);
+}
+
+/* The plan of a run against stack s (run_id 0: a dry run). For an
+ * undeploy: what the stack not planned against still places here. */
+int engine_build_plan(struct engine *e, struct stack *s, const struct run_request *req, long run_id,
+		      struct plan *plan, char **ret_error)
+{
+	struct recipe_ctx ctx = {
+		.stack = s,
+		.config = e->config,
+		.event = req->event,
+		.layer = req->layer,
+		.app = req->app,
+		.run_id = run_id,
+		.other_stack = s != e->current ? e->current : e->applied,
+	};
+
+	return recipes_build_plan(&ctx, req->recipe, plan, ret_error);
+}
+
+/* Opens the run's log and writes its first line, with the key its result
+ * line will repeat. */
+static void active_open_log(struct engine *e, struct active *a)
+{
+	_cleanup_free_ char *log_path = engine_run_log_path(e, a->id);
+	const struct run *rec = a->rec;
+
+	a->log_fd = runlog_open(log_path);
+	if (getrandom(&a->log_key, sizeof(a->log_key), GRND_NONBLOCK) != sizeof(a->log_key))
+		a->log_key = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ (uint64_t)time_now_usec();
+	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s key=%016llx\n", a->id,
+		    run_event(rec), rec->req.layer ? rec->req.layer : "(all)", str_or_empty(rec->req.app),
+		    trigger_to_string(rec->req.trigger), a->stack ? a->stack->revision : "-", rec->started,
+		    (unsigned long long)a->log_key);
+}
+
+/* Plans the run and starts executing it; a run that cannot be planned
+ * ends here as failed. */
+static void active_execute(struct engine *e, struct active *a)
+{
+	static const struct plan_exec_cbs cbs = {
+		.on_step_start = on_step_start,
+		.on_output = on_output,
+		.on_step_done = on_step_done,
+		.on_done = on_plan_done,
+		.on_spawn = on_spawn,
+	};
+	_cleanup_free_ char *error = NULL;
+	int r;
+
+	if (!a->stack) {
+		plan_init(&a->plan, e->config->root);
+		a->no_retry = true;
+		engine_finish_run(e, RUN_FAILED, "the stack this run needs is no longer available");
+		return;
+	}
+	run_set_str(&a->rec->stack_revision, a->stack->revision);
+	r = engine_build_plan(e, a->stack, &a->rec->req, a->id, &a->plan, &error);
+	if (r < 0) {
+		/* A layer or app that is not in the stack will not appear by retrying. */
+		a->no_retry = r == -ENOENT;
+		engine_finish_run(e, RUN_FAILED, error);
+		return;
+	}
+	struct step_env env = {
+		.loop = e->loop,
+		.http = e->http,
+		.root = e->config->root,
+		.run_id = a->id,
+		.output_max = (size_t)e->config->step_output_max,
+		.memory = &e->memory,
+	};
+	(void)uv_timer_start(&a->timeout, on_run_timeout, (uint64_t)e->config->run_timeout * 1000, 0);
+	r = plan_execute(e->loop, &a->plan, &env, &cbs, e, &a->x);
+	if (r < 0) {
+		_cleanup_free_ char *msg = xasprintf("cannot execute the plan: %s", strerror(-r));
+		engine_finish_run(e, RUN_FAILED, msg);
+	}
+}
+
+void engine_start_run(struct engine *e, struct run *rec)
+{
+	const struct log_context *prev;
+	struct active *a;
+
+	/* The run is on disk as "running" (with next_run_id past it) before
+	 * anything runs: its id is taken for good, and a restart knows it ran.
+	 * While state_dir takes no writes, the run waits in the queue; the
+	 * retry of the write starts it (engine_on_state_retry). */
+	rec->status = RUN_RUNNING;
+	rec->started = engine_now();
+	if (engine_persist(e) < 0) {
+		rec->status = RUN_QUEUED;
+		run_set_str(&rec->started, NULL);
+		log_warn("Run %ld waits: its start cannot be recorded in %s", rec->id, e->config->state_dir);
+		return;
+	}
+
+	a = xcalloc(1, sizeof(*a));
+	a->rec = rec;
+	a->id = rec->id;
+	a->log_fd = -1;
+	a->started_mono = time_monotonic_usec();
+	a->stack = run_stack(e, rec);
+	(void)uv_timer_init(e->loop, &a->timeout);
+	a->timeout.data = a;
+	e->active = a;
+	json_decref(rec->steps);
+	rec->steps = json_array();
+	active_open_log(e, a);
+
+	log_context_set(&a->logctx, a->id, run_event(rec), rec->req.layer, NULL);
+	prev = run_ctx_enter(a);
+	log_info("Run %ld started: %s (%s)", a->id, run_event(rec), trigger_to_string(rec->req.trigger));
+	engine_notify_status(e);
+	engine_emit(e, json_pack("{s:s, s:I, s:s, s:s?, s:s?, s:s}", "event", "run-started", "run", (json_int_t)a->id, "kind",
+			  run_event(rec), "layer", rec->req.layer, "app", rec->req.app, "trigger",
+			  trigger_to_string(rec->req.trigger)));
+	active_execute(e, a);
+	run_ctx_leave(prev);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+	struct run *rec;
+
+	if (e->active || e->stopping || !e->current)
+		return;
+	rec = queue_next(&e->runs, e->paused != NULL);
+	if (rec)
+		engine_start_run(e, rec);
+}
+
+/* Starts the next run from a fresh loop iteration, never from inside a
+ * callback of the run that just ended. */
+void engine_kick(struct engine *e)
+{
+	if (!e->stopping)
+		(void)uv_timer_start(&e->kick, on_kick, 0, 0);
+}
