@@ -346,7 +346,7 @@ static struct stack *load_stack(struct engine *e, const char *rev)
 		log_warn("Saved stack %s cannot be read: %s", path, file_read_strerror(r));
 		return NULL;
 	}
-	r = stack_parse(data, len, e->instance, &s, &err);
+	r = recipes_stack_load(data, len, e->instance, &s, &err);
 	if (r < 0) {
 		log_warn("Saved stack %s no longer validates at %s: %s", path, err.path, err.message);
 		return NULL;
@@ -1562,7 +1562,7 @@ static int build_plan(struct engine *e, struct stack *s, enum event ev, const ch
 
 	for (size_t i = 0; i < n_layers; i++) {
 		size_t n_names = 0;
-		_cleanup_free_ const char **names = stack_layer_recipes(s, layers[i], ev, &n_names);
+		_cleanup_free_ const char **names = recipes_layer_recipes(s, layers[i], ev, &n_names);
 		for (size_t j = 0; j < n_names; j++) {
 			struct recipe_ctx ctx = {
 				.stack = s,
@@ -1833,9 +1833,7 @@ static void on_document(void *userdata, const char *data, size_t len)
 	e->last_raw_hash = h;
 	e->have_raw_hash = true;
 
-	r = stack_parse(data, len, e->instance, &s, &err);
-	if (r == 0)
-		r = recipes_validate(s, &err);
+	r = recipes_stack_load(data, len, e->instance, &s, &err);
 	if (r < 0) {
 		_cleanup_free_ char *msg = NULL;
 		if (r == -EFBIG)

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "recipes/recipe.h"
+#include "recipes/storage.h"
 #include "stack/stack.h"
 #include "util.h"
 
@@ -48,10 +49,25 @@ static char *sq(const char *s)
 	return d;
 }
 
+/* What stack_parse() checked before the registry took agent.* and ebs:
+ * the document's shape, the agent section, and the storage family's
+ * agent.volumes and ebs (the other families' hooks run in the tests that
+ * call recipes_validate()). */
+static int load(const char *d, const char *instance, struct stack **ret, struct stack_error *err)
+{
+	int r = stack_parse(d, strlen(d), instance, ret, err);
+
+	if (r == 0 && ((r = recipes_validate_agent(*ret, err)) < 0 || (r = storage_validate_shape(*ret, err)) < 0)) {
+		stack_unref(*ret);
+		*ret = NULL;
+	}
+	return r;
+}
+
 static int parse_sq(const char *doc, const char *instance, struct stack **ret, struct stack_error *err)
 {
 	char *d = sq(doc);
-	int r = stack_parse(d, strlen(d), instance, ret, err);
+	int r = load(d, instance, ret, err);
 
 	free(d);
 	return r;
@@ -115,7 +131,7 @@ static struct stack *parse_json(json_t *j, const char *instance)
 	struct stack_error err;
 	struct stack *s = NULL;
 	char *d = json_dumps(j, JSON_COMPACT);
-	int r = stack_parse(d, strlen(d), instance, &s, &err);
+	int r = load(d, instance, &s, &err);
 
 	free(d);
 	if (r < 0)
@@ -482,27 +498,27 @@ static void test_agent_layers(void **state)
 		     "             'web': {'deploy': []}},"
 		     "  'recipes': {'mine': {'command': ['/usr/local/bin/mine']}}}}",
 		     "h");
-	v = stack_layer_recipes(s, "lb", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_SETUP, &n);
 	assert_int_equal(n, 2);
 	assert_string_equal(v[0], "plone_buildout::haproxy");
 	assert_string_equal(v[1], "mine");
 	assert_null(v[2]);
 	free(v);
 	/* An entry without the event (or with null) has no recipes, no default. */
-	v = stack_layer_recipes(s, "lb", EVENT_CONFIGURE, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_CONFIGURE, &n);
 	assert_int_equal(n, 0);
 	free(v);
-	v = stack_layer_recipes(s, "lb", EVENT_DEPLOY, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_DEPLOY, &n);
 	assert_int_equal(n, 0);
 	free(v);
-	v = stack_layer_recipes(s, "plone_instances", EVENT_SHUTDOWN, &n);
+	v = recipes_layer_recipes(s, "plone_instances", EVENT_SHUTDOWN, &n);
 	assert_int_equal(n, 1);
 	assert_string_equal(v[0], "instances-stop");
 	free(v);
-	v = stack_layer_recipes(s, "web", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "web", EVENT_SETUP, &n);
 	assert_int_equal(n, 0);
 	free(v);
-	v = stack_layer_recipes(s, "unknown_layer", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "unknown_layer", EVENT_SETUP, &n);
 	assert_int_equal(n, 0);
 	free(v);
 	assert_non_null(stack_custom_recipe(s, "mine"));
@@ -510,7 +526,7 @@ static void test_agent_layers(void **state)
 	stack_unref(s);
 
 	s = parse_ok("{}", "h");
-	v = stack_layer_recipes(s, "lb", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_SETUP, &n);
 	assert_int_equal(n, 3);
 	assert_string_equal(v[0], "haproxy");
 	assert_string_equal(v[2], "nginx");
