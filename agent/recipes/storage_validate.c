@@ -470,7 +470,8 @@ static int validate_sections(const struct stack *s, struct stack_error *err)
 		stack_path_key(path, sizeof(path), parent, "filestorage_dir");
 		if ((r = check_abs_path_ok(err, path, fs)) < 0 ||
 		    (fs && (r = validate_not_system(err, path, json_string_value(fs))) < 0) ||
-		    (r = check_flag(err, parent, sec, "nfs_blobs")) < 0 || (r = check_flag(err, parent, sec, "gluster_blobs")) < 0)
+		    (r = check_flag(err, parent, sec, "nfs_blobs")) < 0 ||
+		    (r = check_flag(err, parent, sec, "gluster_blobs")) < 0)
 			return r;
 	}
 	return 0;

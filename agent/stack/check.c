@@ -420,6 +420,24 @@ int check_string_ok(struct stack_error *err, const char *parent, const json_t *o
 	return stack_error_set(err, path, "%s", msg);
 }
 
+int check_string_is(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
+		    const char *(*problem)(const char *))
+{
+	const json_t *v = json_object_get(obj, key);
+	char path[CHECK_PATH_SIZE], g[128];
+	const char *p;
+
+	if (!v)
+		return 0;
+	stack_path_key(path, sizeof(path), parent, key);
+	if (!json_is_string(v))
+		return stack_error_set(err, path, "must be a string");
+	p = problem(json_string_value(v));
+	if (p)
+		return stack_error_set(err, path, "%s%s", p, check_got(g, sizeof(g), key, json_string_value(v)));
+	return 0;
+}
+
 int check_flag(struct stack_error *err, const char *parent, const json_t *obj, const char *key)
 {
 	const json_t *v = json_object_get(obj, key);

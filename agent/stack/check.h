@@ -88,6 +88,11 @@ int check_known_keys(struct stack_error *err, const char *path, const json_t *ob
 /* key absent, or a string without NUL for which ok() holds; else msg. */
 int check_string_ok(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
 		    bool (*ok)(const char *), const char *msg);
+/* key absent, or a string for which problem() gives NULL; else "must be a
+ * string", or problem()'s words and what it got (check_got()), e.g. "must be
+ * an absolute path, got \"x\"". */
+int check_string_is(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
+		    const char *(*problem)(const char *));
 /* key absent, or true or false; else "must be true or false". */
 int check_flag(struct stack_error *err, const char *parent, const json_t *obj, const char *key);
 /* key absent, or an integer from min to max; else msg. */
