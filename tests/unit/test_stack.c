@@ -1305,6 +1305,71 @@ static void test_element_and_depth_bounds(void **state)
 	free(d);
 }
 
+/* Issue 10: the validate hook is the family's, run once per document
+ * however many recipes the family has (front's ran four times, once per
+ * recipe that carried it). */
+static unsigned count_calls;
+
+static int count_validate(const struct stack *s, struct stack_error *err)
+{
+	count_calls++;
+	return 0;
+}
+
+static int refuse_validate(const struct stack *s, struct stack_error *err)
+{
+	return stack_error_set(err, "$.x", "refused");
+}
+
+static void test_family_validate_once(void **state)
+{
+	static const struct recipe many[] = {
+		{ "a", NULL }, { "b", NULL }, { "c", NULL }, { "d", NULL }, { NULL, NULL },
+	};
+	static const struct recipe_family counting = { .name = "counting", .recipes = many, .validate = count_validate };
+	static const struct recipe_family none = { .name = "none", .recipes = many };
+	static const struct recipe_family refusing = { .name = "refusing", .recipes = many,
+						       .validate = refuse_validate };
+	const struct recipe_family *const two[] = { &counting, &none, &counting };
+	const struct recipe_family *const stop[] = { &refusing, &counting };
+	struct stack *s = parse_ok(base_doc, "app1");
+	struct stack_error err;
+
+	count_calls = 0;
+	assert_int_equal(recipes_validate_families(two, 3, s, &err), 0);
+	assert_int_equal(count_calls, 2);
+	/* The first refusal ends validation. */
+	count_calls = 0;
+	assert_int_equal(recipes_validate_families(stop, 2, s, &err), -EINVAL);
+	assert_string_equal(err.path, "$.x");
+	assert_int_equal(count_calls, 0);
+	stack_unref(s);
+}
+
+/* stack_parse() checks the document's own shape; recipes_stack_load() adds
+ * the registry's validation (agent.*, ebs, the families' hooks). */
+static void test_stack_load_validates_recipes(void **state)
+{
+	char *d = sq("{'agent': {'layers': {'web': {'setup': ['no-such-recipe']}}}}");
+	struct stack_error err;
+	struct stack *s = NULL;
+
+	assert_int_equal(stack_parse(d, strlen(d), "h", &s, &err), 0);
+	stack_unref(s);
+	s = (struct stack *)0x1;
+	assert_int_equal(recipes_stack_load(d, strlen(d), "h", &s, &err), -EINVAL);
+	assert_null(s);
+	assert_string_equal(err.path, "$.agent.layers.web.setup[0]");
+	assert_string_equal(err.message, "unknown recipe \"no-such-recipe\"");
+	free(d);
+	d = sq("{'deploy': {'a': {'user': 7}}}");
+	assert_int_equal(recipes_stack_load(d, strlen(d), "h", &s, &err), -EINVAL);
+	assert_string_equal(err.path, "$.deploy.a.user");
+	free(d);
+	assert_int_equal(recipes_stack_load("{}", 2, "h", &s, NULL), 0);
+	stack_unref(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1341,6 +1406,8 @@ int main(void)
 		cmocka_unit_test(test_volumes_one_device_once),
 		cmocka_unit_test(test_dot_component_messages),
 		cmocka_unit_test(test_element_and_depth_bounds),
+		cmocka_unit_test(test_family_validate_once),
+		cmocka_unit_test(test_stack_load_validates_recipes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
