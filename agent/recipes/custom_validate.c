@@ -79,11 +79,6 @@ static int check_command(const json_t *cmd, const char *path, struct stack_error
 	return 0;
 }
 
-static const char *name_problem(const char *s)
-{
-	return name_is_valid(s) ? NULL : "must be a name of [A-Za-z0-9_.-] without \"..\"";
-}
-
 static int check_environment(const json_t *env, const char *path, struct stack_error *err)
 {
 	char vpath[CHECK_PATH_SIZE], q[256];
@@ -116,24 +111,17 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 	stack_path_key(base, sizeof(base), "$.agent.recipes", name);
 	if (!json_is_object(def))
 		return stack_error_set(err, base, "must be an object with at least \"command\"");
-	json_object_foreach((json_t *)def, k, v) {
-		size_t i;
-
-		for (i = 0; custom_keys[i]; i++)
-			if (strcmp(custom_keys[i], k) == 0)
-				break;
-		if (!custom_keys[i])
-			return stack_error_set(err, base,
-					       "unknown key %s, expected command, user, cwd, environment, timeout, "
-					       "creates or description",
-					       stack_quote(q, sizeof(q), k));
-	}
+	if ((k = check_unknown_key(def, custom_keys)))
+		return stack_error_set(err, base,
+				       "unknown key %s, expected command, user, cwd, environment, timeout, "
+				       "creates or description",
+				       stack_quote(q, sizeof(q), k));
 
 	stack_path_key(path, sizeof(path), base, "command");
 	r = check_command(json_object_get(def, "command"), path, err);
 	if (r < 0)
 		return r;
-	if ((r = check_string_is(err, base, def, "user", name_problem)) < 0 ||
+	if ((r = check_string_is(err, base, def, "user", check_name_problem)) < 0 ||
 	    (r = check_string_is(err, base, def, "cwd", stack_path_problem)) < 0 ||
 	    (r = check_string_is(err, base, def, "creates", stack_path_problem)) < 0)
 		return r;

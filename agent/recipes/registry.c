@@ -172,14 +172,13 @@ static int validate_agent_layers(const json_t *root, const json_t *layers, struc
 	const char *shortname, *evname;
 	json_t *l, *list, *e;
 	size_t i;
+	int r;
 
 	if (!json_is_object(layers))
 		return check_type_error(err, "$.agent.layers", "an object", layers);
 	json_object_foreach((json_t *)layers, shortname, l) {
-		if (!name_is_valid(shortname))
-			return stack_error_set(err, "$.agent.layers",
-					       "invalid layer shortname %s: must be [A-Za-z0-9_.-] without \"..\"",
-					       stack_quote(q, sizeof(q), shortname));
+		if ((r = check_key_name(err, "$.agent.layers", "layer shortname", shortname)) < 0)
+			return r;
 		stack_path_key(lpath, sizeof(lpath), "$.agent.layers", shortname);
 		if (!json_is_object(l))
 			return check_type_error(err, lpath, "an object", l);
@@ -218,10 +217,8 @@ static int validate_agent_recipes(const json_t *recipes, struct stack_error *err
 	if (!json_is_object(recipes))
 		return check_type_error(err, "$.agent.recipes", "an object", recipes);
 	json_object_foreach((json_t *)recipes, name, def) {
-		if (!name_is_valid(name))
-			return stack_error_set(err, "$.agent.recipes",
-					       "invalid recipe name %s: must be [A-Za-z0-9_.-] without \"..\"",
-					       stack_quote(q, sizeof(q), name));
+		if ((r = check_key_name(err, "$.agent.recipes", "recipe name", name)) < 0)
+			return r;
 		if (recipe_canonical_name(name))
 			return stack_error_set(err, "$.agent.recipes", "custom recipe %s shadows a built-in recipe",
 					       stack_quote(q, sizeof(q), name));

@@ -101,7 +101,7 @@ static int check_volume_unique(struct stack_error *err, const char *path, const 
 
 static int validate_agent_volumes(struct stack_error *err, const json_t *volumes)
 {
-	char hpath[CHECK_PATH_SIZE], vpath[CHECK_PATH_SIZE], q[256];
+	char hpath[CHECK_PATH_SIZE], vpath[CHECK_PATH_SIZE];
 	const char *host;
 	json_t *list, *v;
 	size_t i;
@@ -110,10 +110,8 @@ static int validate_agent_volumes(struct stack_error *err, const json_t *volumes
 	if (!json_is_object(volumes))
 		return check_type_error(err, "$.agent.volumes", "an object", volumes);
 	json_object_foreach((json_t *)volumes, host, list) {
-		if (!name_is_valid(host))
-			return stack_error_set(err, "$.agent.volumes",
-					       "invalid hostname %s: must be [A-Za-z0-9_.-] without \"..\"",
-					       stack_quote(q, sizeof(q), host));
+		if ((r = check_key_name(err, "$.agent.volumes", "hostname", host)) < 0)
+			return r;
 		stack_path_key(hpath, sizeof(hpath), "$.agent.volumes", host);
 		if (!json_is_array(list))
 			return check_type_error(err, hpath, "an array of volumes", list);
@@ -178,26 +176,27 @@ static int validate_ebs_shape(const struct stack *s, struct stack_error *err)
 
 /* ---- what the recipes make of them ---- */
 
-bool storage_host_is_valid(const char *s)
+/* s: not empty, not starting with '-', at most 253 bytes of ASCII letters,
+ * digits and the characters of extra. */
+static bool chars_ok(const char *s, const char *extra)
 {
 	if (!*s || *s == '-' || strlen(s) > 253)
 		return false;
 	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' ||
-		      *s == '-' || *s == ':' || *s == '_'))
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+		      strchr(extra, *s)))
 			return false;
 	return true;
 }
 
+bool storage_host_is_valid(const char *s)
+{
+	return chars_ok(s, ".-:_");
+}
+
 static bool network_is_valid(const char *s)
 {
-	if (!*s || *s == '-' || strlen(s) > 253)
-		return false;
-	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' ||
-		      *s == '-' || *s == ':' || *s == '/' || *s == '*' || *s == '_'))
-			return false;
-	return true;
+	return chars_ok(s, ".-:/*_");
 }
 
 static bool layer_name_is_valid(const char *s)

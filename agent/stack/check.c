@@ -203,8 +203,7 @@ const char *check_got(char *out, size_t size, const char *key, const char *value
 	return out;
 }
 
-int check_object(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
-			json_t **ret)
+int check_object(struct stack_error *err, const char *parent, const json_t *obj, const char *key, json_t **ret)
 {
 	char path[CHECK_PATH_SIZE];
 	json_t *v = check_get(obj, key);
@@ -217,7 +216,7 @@ int check_object(struct stack_error *err, const char *parent, const json_t *obj,
 }
 
 int check_string(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
-			const char **ret)
+		 const char **ret)
 {
 	char path[CHECK_PATH_SIZE];
 	json_t *v = check_get(obj, key);
@@ -236,8 +235,7 @@ int check_string(struct stack_error *err, const char *parent, const json_t *obj,
 }
 
 /* A string without control characters. */
-int check_text(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
-		      const char **ret)
+int check_text(struct stack_error *err, const char *parent, const json_t *obj, const char *key, const char **ret)
 {
 	char path[CHECK_PATH_SIZE];
 	const char *s = NULL;
@@ -255,24 +253,45 @@ int check_text(struct stack_error *err, const char *parent, const json_t *obj, c
 	return 0;
 }
 
-int check_name(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
-		      const char **ret)
+const char *check_name_problem(const char *s)
+{
+	return name_is_valid(s) ? NULL : "must be a name of [A-Za-z0-9_.-] without \"..\"";
+}
+
+/* s (the value of key under parent) against problem(): its words and what
+ * it got. */
+static int problem_error(struct stack_error *err, const char *parent, const char *key, const char *s,
+			 const char *(*problem)(const char *))
 {
 	char path[CHECK_PATH_SIZE], g[128];
+	const char *p = problem(s);
+
+	if (!p)
+		return 0;
+	stack_path_key(path, sizeof(path), parent, key);
+	return stack_error_set(err, path, "%s%s", p, check_got(g, sizeof(g), key, s));
+}
+
+/* check_string() and then problem(). */
+static int string_with(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
+		       const char *(*problem)(const char *), const char **ret)
+{
 	const char *s = NULL;
 	int r;
 
 	r = check_string(err, parent, obj, key, &s);
 	if (r < 0)
 		return r;
-	if (s && !name_is_valid(s)) {
-		stack_path_key(path, sizeof(path), parent, key);
-		return stack_error_set(err, path, "must be a name of [A-Za-z0-9_.-] without \"..\"%s",
-				       check_got(g, sizeof(g), key, s));
-	}
+	if (s && (r = problem_error(err, parent, key, s, problem)) < 0)
+		return r;
 	if (ret)
 		*ret = s;
 	return 0;
+}
+
+int check_name(struct stack_error *err, const char *parent, const json_t *obj, const char *key, const char **ret)
+{
+	return string_with(err, parent, obj, key, check_name_problem, ret);
 }
 
 /* Whether the path s has the component c ("." or ".."). */
@@ -310,22 +329,9 @@ const char *stack_path_problem(const char *p)
 }
 
 int check_abs_path(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
-			  const char **ret)
+		   const char **ret)
 {
-	char path[CHECK_PATH_SIZE], g[128];
-	const char *s = NULL;
-	int r;
-
-	r = check_string(err, parent, obj, key, &s);
-	if (r < 0)
-		return r;
-	if (s && !path_is_safe_absolute(s)) {
-		stack_path_key(path, sizeof(path), parent, key);
-		return stack_error_set(err, path, "%s%s", stack_path_problem(s), check_got(g, sizeof(g), key, s));
-	}
-	if (ret)
-		*ret = s;
-	return 0;
+	return string_with(err, parent, obj, key, stack_path_problem, ret);
 }
 
 int check_bool(struct stack_error *err, const char *parent, const json_t *obj, const char *key)
@@ -339,8 +345,8 @@ int check_bool(struct stack_error *err, const char *parent, const json_t *obj, c
 	return check_type_error(err, path, "a boolean", v);
 }
 
-int check_int(struct stack_error *err, const char *parent, const json_t *obj, const char *key, long min,
-		     long max, long *ret)
+int check_int(struct stack_error *err, const char *parent, const json_t *obj, const char *key, long min, long max,
+	      long *ret)
 {
 	char path[CHECK_PATH_SIZE];
 	json_t *v = check_get(obj, key);
@@ -364,8 +370,7 @@ int check_int(struct stack_error *err, const char *parent, const json_t *obj, co
 }
 
 /* An array whose every element has type t (JSON_STRING or JSON_OBJECT). */
-int check_array_of(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
-			  json_type t)
+int check_array_of(struct stack_error *err, const char *parent, const json_t *obj, const char *key, json_type t)
 {
 	char path[CHECK_PATH_SIZE], ipath[CHECK_PATH_SIZE];
 	json_t *v = check_get(obj, key), *e;
@@ -385,13 +390,10 @@ int check_array_of(struct stack_error *err, const char *parent, const json_t *ob
 	return 0;
 }
 
-/* Keys of obj that are not in allowed[] are errors naming the key. */
-int check_known_keys(struct stack_error *err, const char *path, const json_t *obj,
-			    const char *const *allowed)
+const char *check_unknown_key(const json_t *obj, const char *const *allowed)
 {
 	const char *k;
 	json_t *v;
-	char q[256];
 
 	json_object_foreach((json_t *)obj, k, v) {
 		size_t i;
@@ -400,11 +402,28 @@ int check_known_keys(struct stack_error *err, const char *path, const json_t *ob
 			if (strcmp(allowed[i], k) == 0)
 				break;
 		if (!allowed[i])
-			return stack_error_set(err, path, "unknown key %s", stack_quote(q, sizeof(q), k));
+			return k;
 	}
-	return 0;
+	return NULL;
 }
 
+int check_known_keys(struct stack_error *err, const char *path, const json_t *obj, const char *const *allowed)
+{
+	const char *k = check_unknown_key(obj, allowed);
+	char q[256];
+
+	return k ? stack_error_set(err, path, "unknown key %s", stack_quote(q, sizeof(q), k)) : 0;
+}
+
+int check_key_name(struct stack_error *err, const char *path, const char *what, const char *key)
+{
+	char q[256];
+
+	if (name_is_valid(key))
+		return 0;
+	return stack_error_set(err, path, "invalid %s %s: must be [A-Za-z0-9_.-] without \"..\"", what,
+			       stack_quote(q, sizeof(q), key));
+}
 
 int check_string_ok(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
 		    bool (*ok)(const char *), const char *msg)
@@ -424,18 +443,14 @@ int check_string_is(struct stack_error *err, const char *parent, const json_t *o
 		    const char *(*problem)(const char *))
 {
 	const json_t *v = json_object_get(obj, key);
-	char path[CHECK_PATH_SIZE], g[128];
-	const char *p;
+	char path[CHECK_PATH_SIZE];
 
 	if (!v)
 		return 0;
+	if (json_is_string(v))
+		return problem_error(err, parent, key, json_string_value(v), problem);
 	stack_path_key(path, sizeof(path), parent, key);
-	if (!json_is_string(v))
-		return stack_error_set(err, path, "must be a string");
-	p = problem(json_string_value(v));
-	if (p)
-		return stack_error_set(err, path, "%s%s", p, check_got(g, sizeof(g), key, json_string_value(v)));
-	return 0;
+	return stack_error_set(err, path, "must be a string");
 }
 
 int check_flag(struct stack_error *err, const char *parent, const json_t *obj, const char *key)

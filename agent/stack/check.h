@@ -84,6 +84,16 @@ int check_array_of(struct stack_error *err, const char *parent, const json_t *ob
  * "unknown key \"k\"" at path. */
 int check_known_keys(struct stack_error *err, const char *path, const json_t *obj, const char *const *allowed);
 
+/* The first key of obj not in allowed[] (NULL-terminated), or NULL. */
+const char *check_unknown_key(const json_t *obj, const char *const *allowed);
+/* An object key that names something (what: "hostname", "layer shortname",
+ * ...): name_is_valid(), else "invalid <what> \"k\": must be
+ * [A-Za-z0-9_.-] without \"..\"" at path (the object's). */
+int check_key_name(struct stack_error *err, const char *path, const char *what, const char *key);
+/* What is wrong with s as a name (name_is_valid()): "must be a name of
+ * [A-Za-z0-9_.-] without \"..\"", or NULL. Static. */
+const char *check_name_problem(const char *s);
+
 /* Checks with the caller's message, null being a wrong value. */
 /* key absent, or a string without NUL for which ok() holds; else msg. */
 int check_string_ok(struct stack_error *err, const char *parent, const json_t *obj, const char *key,

@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -258,7 +257,7 @@ static int parse_member(struct stack_error *err, const char *path, const char *h
 static int parse_layer(struct stack_error *err, const char *path, const char *shortname, json_t *l,
 		       struct stack_layer *ret)
 {
-	char ipath[CHECK_PATH_SIZE], mpath[CHECK_PATH_SIZE], q[256];
+	char ipath[CHECK_PATH_SIZE], mpath[CHECK_PATH_SIZE];
 	json_t *instances, *m;
 	const char *host;
 	int r;
@@ -275,9 +274,8 @@ static int parse_layer(struct stack_error *err, const char *path, const char *sh
 	stack_path_key(ipath, sizeof(ipath), path, "instances");
 	ret->members = xcalloc(json_object_size(instances) + 1, sizeof(struct stack_member));
 	json_object_foreach(instances, host, m) {
-		if (!name_is_valid(host))
-			return stack_error_set(err, ipath, "invalid hostname %s: must be [A-Za-z0-9_.-] without \"..\"",
-					       stack_quote(q, sizeof(q), host));
+		if ((r = check_key_name(err, ipath, "hostname", host)) < 0)
+			return r;
 		stack_path_key(mpath, sizeof(mpath), ipath, host);
 		r = parse_member(err, mpath, host, m, &ret->members[ret->n_members]);
 		if (r < 0)
@@ -345,10 +343,8 @@ static int parse_opsworks(struct stack *s, const char *instance, struct stack_er
 	if (layers) {
 		s->layers = xcalloc(json_object_size(layers) + 1, sizeof(struct stack_layer));
 		json_object_foreach(layers, shortname, l) {
-			if (!name_is_valid(shortname))
-				return stack_error_set(err, "$.opsworks.layers",
-						       "invalid layer shortname %s: must be [A-Za-z0-9_.-] without \"..\"",
-						       stack_quote(q, sizeof(q), shortname));
+			if ((r = check_key_name(err, "$.opsworks.layers", "layer shortname", shortname)) < 0)
+				return r;
 			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", shortname);
 			r = parse_layer(err, lpath, shortname, l, &s->layers[s->n_layers]);
 			s->n_layers++; /* counted even on error, so stack_free sees what was allocated */
@@ -508,7 +504,7 @@ static int parse_app(struct stack_error *err, const char *path, const char *name
 
 static int parse_deploy(struct stack *s, struct stack_error *err)
 {
-	char path[CHECK_PATH_SIZE], q[256];
+	char path[CHECK_PATH_SIZE];
 	json_t *deploy, *app;
 	const char *name;
 	int r;
@@ -518,9 +514,8 @@ static int parse_deploy(struct stack *s, struct stack_error *err)
 		return r;
 	s->apps = xcalloc(json_object_size(deploy) + 1, sizeof(struct stack_app));
 	json_object_foreach(deploy, name, app) {
-		if (!name_is_valid(name))
-			return stack_error_set(err, "$.deploy", "invalid app name %s: must be [A-Za-z0-9_.-] without \"..\"",
-					       stack_quote(q, sizeof(q), name));
+		if ((r = check_key_name(err, "$.deploy", "app name", name)) < 0)
+			return r;
 		stack_path_key(path, sizeof(path), "$.deploy", name);
 		r = parse_app(err, path, name, app, &s->apps[s->n_apps]);
 		s->n_apps++;
