@@ -103,9 +103,7 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 	e->last_raw_hash = h;
 	e->have_raw_hash = true;
 
-	r = stack_parse(data, len, e->instance, &s, &err);
-	if (r == 0)
-		r = recipes_validate(s, &err);
+	r = recipes_stack_load(data, len, e->instance, &s, &err);
 	if (r < 0) {
 		_cleanup_free_ char *msg = NULL;
 		if (r == -EFBIG)

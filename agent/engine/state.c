@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "recipes/recipe.h"
 #include "stack/stack.h"
 #include "util.h"
 
@@ -100,7 +101,7 @@ struct stack *state_load_stack(struct engine *e, const char *rev)
 		log_warn("Saved stack %s cannot be read: %s", path, file_read_strerror(r));
 		return NULL;
 	}
-	r = stack_parse(data, len, e->instance, &s, &err);
+	r = recipes_stack_load(data, len, e->instance, &s, &err);
 	if (r < 0) {
 		log_warn("Saved stack %s no longer validates at %s: %s", path, err.path, err.message);
 		return NULL;

@@ -626,15 +626,9 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	return r;
 }
 
-static int apps_validate_hook(const struct stack *s, struct stack_error *err)
-{
-	return apps_validate(s, err);
-}
-
-#define R(n) { n, apps_plan, NULL, apps_owns }
+#define R(n) { n, apps_plan, apps_owns }
 static const struct recipe recipes_apps[] = {
-	{ "instances-setup", apps_plan, apps_validate_hook, apps_owns },
-	R("instances-configure"), R("instances-deploy"), R("instances-undeploy"), R("instances-stop"),
+	R("instances-setup"), R("instances-configure"), R("instances-deploy"), R("instances-undeploy"), R("instances-stop"),
 	R("instances-start"), R("instances-restart"), R("instances-rebuild"),
 	R("zeoserver-setup"), R("zeoserver-configure"), R("zeoserver-deploy"), R("zeoserver-undeploy"),
 	R("zeoserver-stop"), R("zeoserver-start"), R("zeoserver-restart"),
@@ -644,7 +638,7 @@ static const struct recipe recipes_apps[] = {
 };
 #undef R
 
-const struct recipe_family family_apps = { .name = "apps", .recipes = recipes_apps };
+const struct recipe_family family_apps = { .name = "apps", .recipes = recipes_apps, .validate = apps_validate };
 
 bool apps_is_family_app(const struct stack *s, const char *app)
 {

@@ -24,14 +24,6 @@ static bool has_meta(const char *s)
 	return false;
 }
 
-static bool has_cntrl(const char *s)
-{
-	for (; *s; s++)
-		if (iscntrl((unsigned char)*s))
-			return true;
-	return false;
-}
-
 /* A host, host:port or (with space) a list of them, as written into
  * deploy.cfg: [A-Za-z0-9.:_-]. */
 static bool host_ok(const char *h, bool list)
@@ -49,10 +41,10 @@ static int check_lines(const json_t *obj, const char *base, struct stack_error *
 {
 	const char *k;
 	json_t *v;
-	char p[800];
+	char p[CHECK_PATH_SIZE];
 
 	json_object_foreach((json_t *)obj, k, v)
-		if (json_is_string(v) && has_cntrl(json_string_value(v))) {
+		if (json_is_string(v) && check_has_control(json_string_value(v), json_string_length(v))) {
 			stack_path_key(p, sizeof(p), base, k);
 			return stack_error_set(err, p, "must not contain control characters (newlines)");
 		}
@@ -145,26 +137,15 @@ static bool name_is_kinds_own(const struct stack *s, const char *app, const char
 	return strcmp(apps_app_name(s, APP_SOLR), app) == 0 && strcmp(name, "solr") == 0;
 }
 
-static int check_app(const struct stack *st, const struct stack_app *app, struct stack_error *err)
+/* deploy.<app>.scm: what git, tar and the local copy are given. */
+static int check_scm(const struct stack_app *app, const char *base, struct stack_error *err)
 {
-	char base[600], path[700], p2[800], q[128];
 	const json_t *scm = json_object_get(app->json, "scm");
 	const char *type = json_string_value(json_object_get(scm, "scm_type"));
 	const char *repo = json_string_value(json_object_get(scm, "repository"));
 	const char *rev = json_string_value(json_object_get(scm, "revision"));
-	const json_t *v, *list;
-	const char *k;
-	size_t i;
+	char path[CHECK_PATH_SIZE], p2[CHECK_PATH_SIZE], q[128];
 
-	stack_path_key(base, sizeof(base), "$.deploy", app->name);
-	if (apps_is_family_app(st, app->name) && app->deploy_to && !path_is_plain(app->deploy_to)) {
-		/* Written into supervisor programs and deploy.cfg. */
-		stack_path_key(path, sizeof(path), base, "deploy_to");
-		return stack_error_set(err, path, "may hold only [A-Za-z0-9_./-] here");
-	}
-	stack_path_key(path, sizeof(path), base, "database");
-	if (check_lines(json_object_get(app->json, "database"), path, err) < 0)
-		return -EINVAL;
 	stack_path_key(path, sizeof(path), base, "scm");
 	if (repo) {
 		stack_path_key(p2, sizeof(p2), path, "repository");
@@ -182,21 +163,22 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 		return stack_error_set(err, p2, "must be a branch, tag or commit: [A-Za-z0-9_./-], no \"..\", got %s",
 				       stack_quote(q, sizeof(q), rev));
 	}
-	for (const char *const *key = (const char *const[]){ "buildout_init_commands", "buildout_cache_archives",
-							       "environment", NULL };
-	     *key; key++) {
-		const json_t *l = json_object_get(app->json, *key);
-		if ((json_is_array(l) ? json_array_size(l) : json_object_size(l)) > APPS_LIST_MAX) {
-			stack_path_key(path, sizeof(path), base, *key);
-			return stack_error_set(err, path, "at most %d entries", APPS_LIST_MAX);
-		}
-	}
-	list = json_object_get(app->json, "buildout_init_commands");
+	return 0;
+}
+
+/* deploy.<app>.buildout_init_commands: supervisor programs of their own. */
+static int check_init_commands(const struct stack *st, const struct stack_app *app, const char *base,
+			       struct stack_error *err)
+{
+	const json_t *list = json_object_get(app->json, "buildout_init_commands"), *v;
+	char path[CHECK_PATH_SIZE], p2[CHECK_PATH_SIZE], q[128];
+	size_t i;
+
+	stack_path_key(path, sizeof(path), base, "buildout_init_commands");
 	json_array_foreach((json_t *)list, i, v) {
 		const char *name = json_string_value(json_object_get(v, "name"));
 		const char *cmd = json_string_value(json_object_get(v, "cmd"));
 		const json_t *args = json_object_get(v, "args"), *delay = json_object_get(v, "delay");
-		stack_path_key(path, sizeof(path), base, "buildout_init_commands");
 		stack_path_index(p2, sizeof(p2), path, i);
 		if (!name || !name_is_valid(name) || strlen(name) > APPS_NAME_MAX)
 			return stack_error_set(err, p2, "needs a \"name\" made of [A-Za-z0-9_.-], at most %d bytes",
@@ -216,41 +198,71 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 		if (delay && (!json_is_integer(delay) || json_integer_value(delay) < 0 || json_integer_value(delay) > 3600))
 			return stack_error_set(err, p2, "\"delay\" must be seconds, 0 to 3600");
 	}
-	list = json_object_get(app->json, "buildout_extends");
-	json_array_foreach((json_t *)list, i, v) {
-		const char *e = json_string_value(v);
-		stack_path_key(path, sizeof(path), base, "buildout_extends");
-		stack_path_index(p2, sizeof(p2), path, i);
-		if (!rel_path_ok(e) && !((strncmp(e, "http://", 7) == 0 || strncmp(e, "https://", 8) == 0) && !has_meta(e)))
-			return stack_error_set(err, p2, "must be a path inside the release or an http(s) URL");
+	return 0;
+}
+
+/* Whether n is a Debian package name, with an optional :arch. */
+static bool package_ok(const char *n)
+{
+	bool ok = n && (islower((unsigned char)n[0]) || isdigit((unsigned char)n[0])) && strlen(n) < 128;
+
+	for (const char *c = n; ok && *c; c++)
+		ok = islower((unsigned char)*c) || isdigit((unsigned char)*c) || strchr("+.-:", *c);
+	return ok;
+}
+
+static bool extends_ok(const char *e)
+{
+	return rel_path_ok(e) || ((strncmp(e, "http://", 7) == 0 || strncmp(e, "https://", 8) == 0) && !has_meta(e));
+}
+
+static bool part_ok(const char *p)
+{
+	return name_is_valid(p);
+}
+
+/* The string lists of deploy.<app>: every element passes ok, else msg at it. */
+static int check_string_lists(const struct stack_app *app, const char *base, struct stack_error *err)
+{
+	static const struct {
+		const char *key;
+		bool (*ok)(const char *);
+		const char *msg;
+	} lists[] = {
+		{ "buildout_extends", extends_ok, "must be a path inside the release or an http(s) URL" },
+		{ "os_packages", package_ok, "must be a Debian package name ([a-z0-9][a-z0-9+.-]*, optional :arch)" },
+		{ "buildout_parts_to_include", part_ok, "must be a part name made of [A-Za-z0-9_.-]" },
+	};
+	char path[CHECK_PATH_SIZE], p2[CHECK_PATH_SIZE];
+	const json_t *v;
+	size_t i;
+
+	for (size_t l = 0; l < ELEMENTSOF(lists); l++) {
+		const json_t *list = json_object_get(app->json, lists[l].key);
+
+		stack_path_key(path, sizeof(path), base, lists[l].key);
+		json_array_foreach((json_t *)list, i, v) {
+			stack_path_index(p2, sizeof(p2), path, i);
+			if (!lists[l].ok(json_string_value(v)))
+				return stack_error_set(err, p2, "%s", lists[l].msg);
+		}
+		if (l == 1 && json_array_size(list) > 32)
+			return stack_error_set(err, path, "at most 32 packages");
 	}
-	list = json_object_get(app->json, "os_packages");
-	json_array_foreach((json_t *)list, i, v) {
-		const char *n = json_string_value(v);
-		bool ok = n && (islower((unsigned char)n[0]) || isdigit((unsigned char)n[0])) && strlen(n) < 128;
-		for (const char *c = n; ok && *c; c++)
-			ok = islower((unsigned char)*c) || isdigit((unsigned char)*c) || strchr("+.-:", *c);
-		stack_path_key(path, sizeof(path), base, "os_packages");
-		stack_path_index(p2, sizeof(p2), path, i);
-		if (!ok)
-			return stack_error_set(err, p2, "must be a Debian package name ([a-z0-9][a-z0-9+.-]*, optional :arch)");
-	}
-	if (json_array_size(list) > 32) {
-		stack_path_key(path, sizeof(path), base, "os_packages");
-		return stack_error_set(err, path, "at most 32 packages");
-	}
-	list = json_object_get(app->json, "buildout_parts_to_include");
-	json_array_foreach((json_t *)list, i, v) {
-		stack_path_key(path, sizeof(path), base, "buildout_parts_to_include");
-		stack_path_index(p2, sizeof(p2), path, i);
-		if (!name_is_valid(json_string_value(v)))
-			return stack_error_set(err, p2, "must be a part name made of [A-Za-z0-9_.-]");
-	}
-	list = json_object_get(app->json, "buildout_cache_archives");
+	return 0;
+}
+
+/* deploy.<app>.buildout_cache_archives: directories under deploy_to, apart. */
+static int check_cache_archives(const struct stack_app *app, const char *base, struct stack_error *err)
+{
+	const json_t *list = json_object_get(app->json, "buildout_cache_archives"), *v;
+	char path[CHECK_PATH_SIZE], p2[CHECK_PATH_SIZE], q[128];
+	size_t i;
+
+	stack_path_key(path, sizeof(path), base, "buildout_cache_archives");
 	json_array_foreach((json_t *)list, i, v) {
 		const char *p = json_string_value(json_object_get(v, "path"));
 		const char *url = json_string_value(json_object_get(v, "url"));
-		stack_path_key(path, sizeof(path), base, "buildout_cache_archives");
 		stack_path_index(p2, sizeof(p2), path, i);
 		if (!p || !rel_path_ok(p))
 			return stack_error_set(err, p2, "\"path\" must be a directory inside deploy_to, without \"..\"");
@@ -273,23 +285,119 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 						       : path_is_under(a, b) ? "is inside" : "holds", j);
 		}
 	}
+	return 0;
+}
+
+static int check_app(const struct stack *st, const struct stack_app *app, struct stack_error *err)
+{
+	char base[CHECK_PATH_SIZE], path[CHECK_PATH_SIZE], p2[CHECK_PATH_SIZE];
+	const json_t *v;
+	const char *k;
+	int r;
+
+	stack_path_key(base, sizeof(base), "$.deploy", app->name);
+	if (apps_is_family_app(st, app->name) && app->deploy_to && !path_is_plain(app->deploy_to)) {
+		/* Written into supervisor programs and deploy.cfg. */
+		stack_path_key(path, sizeof(path), base, "deploy_to");
+		return stack_error_set(err, path, "may hold only [A-Za-z0-9_./-] here");
+	}
+	stack_path_key(path, sizeof(path), base, "database");
+	if (check_lines(json_object_get(app->json, "database"), path, err) < 0)
+		return -EINVAL;
+	if ((r = check_scm(app, base, err)) < 0)
+		return r;
+	for (const char *const *key = (const char *const[]){ "buildout_init_commands", "buildout_cache_archives",
+							       "environment", NULL };
+	     *key; key++) {
+		const json_t *l = json_object_get(app->json, *key);
+		if ((json_is_array(l) ? json_array_size(l) : json_object_size(l)) > APPS_LIST_MAX) {
+			stack_path_key(path, sizeof(path), base, *key);
+			return stack_error_set(err, path, "at most %d entries", APPS_LIST_MAX);
+		}
+	}
+	if ((r = check_init_commands(st, app, base, err)) < 0 || (r = check_string_lists(app, base, err)) < 0 ||
+	    (r = check_cache_archives(app, base, err)) < 0)
+		return r;
+	stack_path_key(path, sizeof(path), base, "environment");
 	json_object_foreach((json_t *)json_object_get(app->json, "environment"), k, v) {
 		const char *s = json_string_value(v);
-		stack_path_key(path, sizeof(path), base, "environment");
 		stack_path_key(p2, sizeof(p2), path, k);
 		if (!env_key_ok(k))
 			return stack_error_set(err, p2, "environment names are [A-Za-z_][A-Za-z0-9_]*");
 		/* A value is KEY="value" in a supervisor program (a % is written
 		 * %%) and a line of deploy.cfg. */
-		if (s && (strpbrk(s, "\"\\") != NULL || has_cntrl(s)))
+		if (s && (strpbrk(s, "\"\\") != NULL || check_has_control(s, strlen(s))))
 			return stack_error_set(err, p2, "must not contain quotes, backslashes or control characters");
 	}
+	return 0;
+}
+
+static bool host_one_ok(const char *h)
+{
+	return host_ok(h, false);
+}
+
+static bool host_list_ok(const char *h)
+{
+	return host_ok(h, true);
+}
+
+static bool no_meta(const char *s)
+{
+	return !has_meta(s);
+}
+
+static bool no_control(const char *s)
+{
+	return !check_has_control(s, strlen(s));
+}
+
+/* A Plone section (plone_instances, plone_zeoserver, plone_solr): the app
+ * it names, counts, and the hosts and arguments written into configs. */
+static int check_section(const json_t *sec, const char *base, struct stack_error *err)
+{
+	static const char args_msg[] = "may hold only [A-Za-z0-9_./:=,@+-] and spaces";
+	char p[CHECK_PATH_SIZE], q[CHECK_PATH_SIZE], count_msg[64];
+	const json_t *v;
+	int r;
+
+	(void)snprintf(count_msg, sizeof(count_msg), "must be an integer from 1 to %d", PLONE_CLIENTS_MAX);
+	if ((r = check_string_ok(err, base, sec, "app_name", part_ok, "must be an app name made of [A-Za-z0-9_.-]")) < 0 ||
+	    (!json_is_null(json_object_get(sec, "instance_count")) &&
+	     (r = check_int_ok(err, base, sec, "instance_count", 1, PLONE_CLIENTS_MAX, count_msg)) < 0))
+		return r;
+	v = json_object_get(sec, "per_cpu");
+	stack_path_key(p, sizeof(p), base, "per_cpu");
+	if (v && (!json_is_number(v) || json_number_value(v) <= 0 || json_number_value(v) > PLONE_CLIENTS_MAX))
+		return stack_error_set(err, p, "must be a positive number");
+	stack_path_key(q, sizeof(q), base, "zeo");
+	if ((r = check_int_ok(err, base, sec, "restart_delay", 0, 3600, "must be seconds, 0 to 3600")) < 0 ||
+	    (r = check_string_ok(err, q, json_object_get(sec, "zeo"), "address", host_one_ok,
+				 "must be a host:port ([A-Za-z0-9.:_-])")) < 0 ||
+	    (r = check_string_ok(err, base, sec, "celery_args", args_ok, args_msg)) < 0 ||
+	    (r = check_string_ok(err, base, sec, "beat_args", args_ok, args_msg)) < 0 ||
+	    (r = check_string_ok(err, base, sec, "solr_host", host_one_ok, "must be a host ([A-Za-z0-9.:_-])")) < 0)
+		return r;
+	stack_path_key(q, sizeof(q), base, "broker");
+	if ((r = check_string_ok(err, q, json_object_get(sec, "broker"), "host", host_one_ok,
+				 "must be a host ([A-Za-z0-9.:_-])")) < 0)
+		return r;
+	for (const char *const *key = (const char *const[]){ "zeo_layer", "solr_layer", "broker_layer", NULL }; *key;
+	     key++)
+		if ((r = check_string_ok(err, base, sec, *key, no_meta, "must be a host or layer name")) < 0)
+			return r;
 	return 0;
 }
 
 int apps_validate(const struct stack *s, struct stack_error *err)
 {
 	static const enum app_kind kinds[] = { APP_INSTANCES, APP_ZEOSERVER, APP_SOLR };
+	static const char *const dirs[][3] = {
+		{ "plone_blobs", "blob_dir", "$.plone_blobs.blob_dir" },
+		{ "plone_solr", "data_dir", "$.plone_solr.data_dir" },
+		{ "plone_zeoserver", "filestorage_dir", "$.plone_zeoserver.filestorage_dir" },
+	};
+	const json_t *rs = json_object_get(plone_section(s, "plone_instances"), "relstorage");
 	int r;
 
 	for (size_t i = 0; i < s->n_apps; i++)
@@ -297,86 +405,23 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 			return r;
 	for (size_t i = 0; i < ELEMENTSOF(kinds); i++) {
 		const json_t *sec = plone_section(s, apps_section_name(kinds[i]));
-		const json_t *v;
-		char base[128], p[256], q[256];
+		char base[128];
 
 		(void)snprintf(base, sizeof(base), "$.%s", apps_section_name(kinds[i]));
-		if (!sec)
-			continue;
-		v = json_object_get(sec, "app_name");
-		stack_path_key(p, sizeof(p), base, "app_name");
-		if (v && (!json_is_string(v) || !name_is_valid(json_string_value(v))))
-			return stack_error_set(err, p, "must be an app name made of [A-Za-z0-9_.-]");
-		v = json_object_get(sec, "instance_count");
-		stack_path_key(p, sizeof(p), base, "instance_count");
-		if (v && !json_is_null(v) &&
-		    (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > PLONE_CLIENTS_MAX))
-			return stack_error_set(err, p, "must be an integer from 1 to %d", PLONE_CLIENTS_MAX);
-		v = json_object_get(sec, "per_cpu");
-		stack_path_key(p, sizeof(p), base, "per_cpu");
-		if (v && (!json_is_number(v) || json_number_value(v) <= 0 || json_number_value(v) > PLONE_CLIENTS_MAX))
-			return stack_error_set(err, p, "must be a positive number");
-		v = json_object_get(sec, "restart_delay");
-		stack_path_key(p, sizeof(p), base, "restart_delay");
-		if (v && (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600))
-			return stack_error_set(err, p, "must be seconds, 0 to 3600");
-		v = json_object_get(json_object_get(sec, "zeo"), "address");
-		stack_path_key(q, sizeof(q), base, "zeo");
-		stack_path_key(p, sizeof(p), q, "address");
-		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
-			return stack_error_set(err, p, "must be a host:port ([A-Za-z0-9.:_-])");
-		for (const char *const *key = (const char *const[]){ "celery_args", "beat_args", NULL }; *key; key++) {
-			v = json_object_get(sec, *key);
-			stack_path_key(p, sizeof(p), base, *key);
-			if (v && (!json_is_string(v) || !args_ok(json_string_value(v))))
-				return stack_error_set(err, p, "may hold only [A-Za-z0-9_./:=,@+-] and spaces");
-		}
-		v = json_object_get(sec, "solr_host");
-		stack_path_key(p, sizeof(p), base, "solr_host");
-		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
-			return stack_error_set(err, p, "must be a host ([A-Za-z0-9.:_-])");
-		v = json_object_get(json_object_get(sec, "broker"), "host");
-		stack_path_key(q, sizeof(q), base, "broker");
-		stack_path_key(p, sizeof(p), q, "host");
-		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), false)))
-			return stack_error_set(err, p, "must be a host ([A-Za-z0-9.:_-])");
-		for (const char *const *key = (const char *const[]){ "zeo_layer", "solr_layer", "broker_layer", NULL };
-		     *key; key++) {
-			v = json_object_get(sec, *key);
-			stack_path_key(p, sizeof(p), base, *key);
-			if (v && (!json_is_string(v) || has_meta(json_string_value(v))))
-				return stack_error_set(err, p, "must be a host or layer name");
-		}
+		if (sec && (r = check_section(sec, base, err)) < 0)
+			return r;
 	}
-	{
-		const json_t *rs = json_object_get(plone_section(s, "plone_instances"), "relstorage");
-		const json_t *v = json_object_get(rs, "dsn");
-		if (v && (!json_is_string(v) || has_cntrl(json_string_value(v))))
-			return stack_error_set(err, "$.plone_instances.relstorage.dsn",
-					       "must not contain control characters (newlines)");
-		v = json_object_get(rs, "cache_servers");
-		if (v && (!json_is_string(v) || !host_ok(json_string_value(v), true)))
-			return stack_error_set(err, "$.plone_instances.relstorage.cache_servers",
-					       "must be host:port entries separated by spaces ([A-Za-z0-9.:_-])");
-		if (check_lines(json_object_get(rs, "db"), "$.plone_instances.relstorage.db", err) < 0)
-			return -EINVAL;
-	}
-	{
-		static const char *const dirs[][3] = {
-			{ "plone_blobs", "blob_dir", "$.plone_blobs.blob_dir" },
-			{ "plone_solr", "data_dir", "$.plone_solr.data_dir" },
-			{ "plone_zeoserver", "filestorage_dir", "$.plone_zeoserver.filestorage_dir" },
-		};
-
-		for (size_t i = 0; i < ELEMENTSOF(dirs); i++) {
-			const json_t *bd = json_object_get(plone_section(s, dirs[i][0]), dirs[i][1]);
-
-			if (bd && (!json_is_string(bd) || stack_path_problem(json_string_value(bd))))
-				return stack_error_set(err, dirs[i][2], "%s",
-						       json_is_string(bd) ? stack_path_problem(json_string_value(bd))
-									  : "must be an absolute path");
-		}
-	}
+	if ((r = check_string_ok(err, "$.plone_instances.relstorage", rs, "dsn", no_control,
+				 "must not contain control characters (newlines)")) < 0 ||
+	    (r = check_string_ok(err, "$.plone_instances.relstorage", rs, "cache_servers", host_list_ok,
+				 "must be host:port entries separated by spaces ([A-Za-z0-9.:_-])")) < 0)
+		return r;
+	if (check_lines(json_object_get(rs, "db"), "$.plone_instances.relstorage.db", err) < 0)
+		return -EINVAL;
+	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
+		if ((r = check_abs_path_ok(err, dirs[i][2],
+					   json_object_get(plone_section(s, dirs[i][0]), dirs[i][1]))) < 0)
+			return r;
 	return 0;
 }
 

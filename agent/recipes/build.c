@@ -64,7 +64,7 @@ static int build_layer(const struct recipe_ctx *base, const char *layer, struct 
 {
 	struct recipe_ctx ctx = *base;
 	size_t n_names = 0;
-	_cleanup_free_ const char **names = stack_layer_recipes(base->stack, layer, base->event, &n_names);
+	_cleanup_free_ const char **names = recipes_layer_recipes(base->stack, layer, base->event, &n_names);
 	_cleanup_free_ char *err = NULL;
 	int r;
 

@@ -21,14 +21,6 @@ static const char *const custom_keys[] = {
 	"command", "user", "cwd", "environment", "timeout", "creates", "description", NULL,
 };
 
-static bool has_control(const char *s, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-			return true;
-	return false;
-}
-
 static bool env_key_is_valid(const char *k)
 {
 	size_t n = strlen(k);
@@ -49,7 +41,7 @@ static bool env_key_is_valid(const char *k)
 
 static int check_command(const json_t *cmd, const char *path, struct stack_error *err)
 {
-	char epath[512], q[256];
+	char epath[CHECK_PATH_SIZE], q[256];
 	const char *argv0;
 	size_t i;
 	json_t *e;
@@ -70,8 +62,7 @@ static int check_command(const json_t *cmd, const char *path, struct stack_error
 		if (json_string_length(e) > CUSTOM_MAX_ARG_BYTES)
 			return stack_error_set(err, epath, "is %zu bytes, at most %d are allowed", json_string_length(e),
 					       CUSTOM_MAX_ARG_BYTES);
-		if (has_control(json_string_value(e), json_string_length(e)) ||
-		    strlen(json_string_value(e)) != json_string_length(e))
+		if (check_has_control(json_string_value(e), json_string_length(e)))
 			return stack_error_set(err, epath, "must not contain control characters");
 	}
 
@@ -88,41 +79,9 @@ static int check_command(const json_t *cmd, const char *path, struct stack_error
 	return 0;
 }
 
-static int check_name_field(const json_t *def, const char *key, const char *parent, struct stack_error *err)
-{
-	const json_t *v = json_object_get(def, key);
-	char path[512], q[256];
-
-	if (!v)
-		return 0;
-	stack_path_key(path, sizeof(path), parent, key);
-	if (!json_is_string(v))
-		return stack_error_set(err, path, "must be a string");
-	if (!name_is_valid(json_string_value(v)))
-		return stack_error_set(err, path, "must be a name of [A-Za-z0-9_.-] without \"..\", got %s",
-				       stack_quote(q, sizeof(q), json_string_value(v)));
-	return 0;
-}
-
-static int check_path_field(const json_t *def, const char *key, const char *parent, struct stack_error *err)
-{
-	const json_t *v = json_object_get(def, key);
-	char path[512], q[256];
-
-	if (!v)
-		return 0;
-	stack_path_key(path, sizeof(path), parent, key);
-	if (!json_is_string(v))
-		return stack_error_set(err, path, "must be a string");
-	if (stack_path_problem(json_string_value(v)))
-		return stack_error_set(err, path, "%s, got %s", stack_path_problem(json_string_value(v)),
-				       stack_quote(q, sizeof(q), json_string_value(v)));
-	return 0;
-}
-
 static int check_environment(const json_t *env, const char *path, struct stack_error *err)
 {
-	char vpath[512], q[256];
+	char vpath[CHECK_PATH_SIZE], q[256];
 	const char *k;
 	json_t *v;
 
@@ -144,7 +103,7 @@ static int check_environment(const json_t *env, const char *path, struct stack_e
 
 int recipe_custom_validate(const json_t *def, const char *name, struct stack_error *err)
 {
-	char base[512], path[512], q[256];
+	char base[CHECK_PATH_SIZE], path[CHECK_PATH_SIZE], q[256];
 	const char *k;
 	json_t *v;
 	int r;
@@ -152,25 +111,19 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 	stack_path_key(base, sizeof(base), "$.agent.recipes", name);
 	if (!json_is_object(def))
 		return stack_error_set(err, base, "must be an object with at least \"command\"");
-	json_object_foreach((json_t *)def, k, v) {
-		size_t i;
-
-		for (i = 0; custom_keys[i]; i++)
-			if (strcmp(custom_keys[i], k) == 0)
-				break;
-		if (!custom_keys[i])
-			return stack_error_set(err, base,
-					       "unknown key %s, expected command, user, cwd, environment, timeout, "
-					       "creates or description",
-					       stack_quote(q, sizeof(q), k));
-	}
+	if ((k = check_unknown_key(def, custom_keys)))
+		return stack_error_set(err, base,
+				       "unknown key %s, expected command, user, cwd, environment, timeout, "
+				       "creates or description",
+				       stack_quote(q, sizeof(q), k));
 
 	stack_path_key(path, sizeof(path), base, "command");
 	r = check_command(json_object_get(def, "command"), path, err);
 	if (r < 0)
 		return r;
-	if ((r = check_name_field(def, "user", base, err)) < 0 ||
-	    (r = check_path_field(def, "cwd", base, err)) < 0 || (r = check_path_field(def, "creates", base, err)) < 0)
+	if ((r = check_string_is(err, base, def, "user", check_name_problem)) < 0 ||
+	    (r = check_string_is(err, base, def, "cwd", stack_path_problem)) < 0 ||
+	    (r = check_string_is(err, base, def, "creates", stack_path_problem)) < 0)
 		return r;
 	if ((v = json_object_get(def, "environment"))) {
 		stack_path_key(path, sizeof(path), base, "environment");

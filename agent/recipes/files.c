@@ -318,8 +318,8 @@ static int files_plan(const struct recipe_ctx *ctx, struct plan *plan, char **re
 }
 
 static const struct recipe recipes_files[] = {
-	{ "files", files_plan, files_validate },
+	{ "files", files_plan },
 	{ NULL, NULL, NULL },
 };
 
-const struct recipe_family family_files = { .name = "files", .recipes = recipes_files };
+const struct recipe_family family_files = { .name = "files", .recipes = recipes_files, .validate = files_validate };

@@ -118,32 +118,6 @@ static bool address_ok(const char *a)
 	return charset_ok(a, "-.:", 253) && a[0] != '-' && a[0] != '.';
 }
 
-static int want_type(struct stack_error *err, const char *parent, const char *key, const json_t *v, json_type t,
-		     const char *what)
-{
-	char path[512];
-
-	if (!v || json_typeof(v) == t || (t == JSON_TRUE && json_is_boolean(v)))
-		return 0;
-	stack_path_key(path, sizeof(path), parent, key);
-	return stack_error_set(err, path, "must be %s", what);
-}
-
-static int check_string(struct stack_error *err, const char *parent, const json_t *sec, const char *key,
-			bool (*ok)(const char *), const char *what)
-{
-	const json_t *v = json_object_get(sec, key);
-	char path[512];
-
-	if (!v)
-		return 0;
-	stack_path_key(path, sizeof(path), parent, key);
-	if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
-	    !ok(json_string_value(v)))
-		return stack_error_set(err, path, "must be %s", what);
-	return 0;
-}
-
 static bool stats_user_ok(const char *s)
 {
 	return charset_ok(s, "-._", 64);
@@ -180,6 +154,61 @@ static bool purge_re_ok(const char *s)
 	return true;
 }
 
+/* haproxy: the front end's own section. */
+static int front_validate_haproxy(const json_t *hap, struct stack_error *err)
+{
+	static const char url_msg[] =
+		"must be a URL path starting with \"/\" without spaces, quotes, '#', ';' or control characters";
+	int r;
+
+	if (!json_is_object(hap))
+		return stack_error_set(err, "$.haproxy", "must be an object");
+	if ((r = check_string_ok(err, "$.haproxy", hap, "health_check_url", url_path_ok, url_msg)) < 0 ||
+	    (r = check_string_ok(err, "$.haproxy", hap, "stats_url", url_path_ok, url_msg)) < 0 ||
+	    (r = check_string_ok(err, "$.haproxy", hap, "health_check_method", method_ok,
+				 "must be an HTTP method in capital letters, like \"OPTIONS\" or \"HEAD\"")) < 0 ||
+	    (r = check_string_ok(err, "$.haproxy", hap, "stats_user", stats_user_ok,
+				 "must be a user name of letters, digits, '-', '.' and '_'")) < 0 ||
+	    (r = check_string_ok(err, "$.haproxy", hap, "stats_password", stats_password_ok,
+				 "must be a password of letters, digits and -._~!%^*+=,/@?&()[] (no spaces, quotes, "
+				 "'#', '$', ':' or backslash)")) < 0 ||
+	    (r = check_flag(err, "$.haproxy", hap, "enable_stats")) < 0)
+		return r;
+	if (json_is_true(json_object_get(hap, "enable_stats")) && !json_object_get(hap, "stats_password"))
+		return stack_error_set(err, "$.haproxy.stats_password", "is required when enable_stats is true");
+	return 0;
+}
+
+/* plone_instances: what the front end reads of the app layer's section. */
+static int front_validate_instances(const json_t *pi, struct stack_error *err)
+{
+	const json_t *sub = json_object_get(pi, "subsites"), *v;
+	const char *host;
+	int r;
+
+	if ((r = check_flag(err, "$.plone_instances", pi, "sticky_sessions")) < 0 ||
+	    (r = check_string_ok(err, "$.plone_instances", pi, "site_id", site_id_ok,
+				 "must be a Zope id of letters, digits, '-', '.' and '_'")) < 0 ||
+	    (r = check_int_ok(err, "$.plone_instances", pi, "zserver_threads", 1, 10000,
+			      "must be an integer from 1 to 10000")) < 0)
+		return r;
+	if (sub && !json_is_object(sub))
+		return stack_error_set(err, "$.plone_instances.subsites", "must be an object of host name to site path");
+	json_object_foreach((json_t *)sub, host, v) {
+		char path[CHECK_PATH_SIZE];
+
+		stack_path_key(path, sizeof(path), "$.plone_instances.subsites", host);
+		if (!front_hostname_ok(host))
+			return stack_error_set(err, path, "the key must be a host name (letters, digits, '-', '.')");
+		if (!json_is_string(v) || !site_path_ok(json_string_value(v)))
+			return stack_error_set(err, path,
+					       "must be a site path like \"Plone/subsite\" (letters, digits, "
+					       "'-', '.', '_', '/', no \"..\")");
+	}
+	return 0;
+}
+
+/* The front family's validate hook (recipe_family.validate), once per stack. */
 static int front_validate(const struct stack *s, struct stack_error *err)
 {
 	const json_t *hap = json_object_get(s->root, "haproxy");
@@ -188,57 +217,10 @@ static int front_validate(const struct stack *s, struct stack_error *err)
 	const struct stack_layer *l;
 	int r;
 
-	if (hap && !json_is_object(hap))
-		return stack_error_set(err, "$.haproxy", "must be an object");
-	if (hap) {
-		if ((r = check_string(err, "$.haproxy", hap, "health_check_url", url_path_ok,
-				      "a URL path starting with \"/\" without spaces, quotes, '#', ';' or control "
-				      "characters")) < 0 ||
-		    (r = check_string(err, "$.haproxy", hap, "stats_url", url_path_ok,
-				      "a URL path starting with \"/\" without spaces, quotes, '#', ';' or control "
-				      "characters")) < 0 ||
-		    (r = check_string(err, "$.haproxy", hap, "health_check_method", method_ok,
-				      "an HTTP method in capital letters, like \"OPTIONS\" or \"HEAD\"")) < 0 ||
-		    (r = check_string(err, "$.haproxy", hap, "stats_user", stats_user_ok,
-				      "a user name of letters, digits, '-', '.' and '_'")) < 0 ||
-		    (r = check_string(err, "$.haproxy", hap, "stats_password", stats_password_ok,
-				      "a password of letters, digits and -._~!%^*+=,/@?&()[] (no spaces, quotes, "
-				      "'#', '$', ':' or backslash)")) < 0 ||
-		    (r = want_type(err, "$.haproxy", "enable_stats", json_object_get(hap, "enable_stats"), JSON_TRUE,
-				   "true or false")) < 0)
-			return r;
-		if (json_is_true(json_object_get(hap, "enable_stats")) && !json_object_get(hap, "stats_password"))
-			return stack_error_set(err, "$.haproxy.stats_password",
-					       "is required when enable_stats is true");
-	}
-	if (pi && json_is_object(pi)) {
-		const json_t *sub = json_object_get(pi, "subsites"), *v;
-		const json_t *zt = json_object_get(pi, "zserver_threads");
-		const char *host;
-
-		if ((r = want_type(err, "$.plone_instances", "sticky_sessions", json_object_get(pi, "sticky_sessions"),
-				   JSON_TRUE, "true or false")) < 0 ||
-		    (r = check_string(err, "$.plone_instances", pi, "site_id", site_id_ok,
-				      "a Zope id of letters, digits, '-', '.' and '_'")) < 0)
-			return r;
-		if (zt && (!json_is_integer(zt) || json_integer_value(zt) < 1 || json_integer_value(zt) > 10000))
-			return stack_error_set(err, "$.plone_instances.zserver_threads",
-					       "must be an integer from 1 to 10000");
-		if (sub && !json_is_object(sub))
-			return stack_error_set(err, "$.plone_instances.subsites",
-					       "must be an object of host name to site path");
-		json_object_foreach((json_t *)sub, host, v) {
-			char path[512];
-
-			stack_path_key(path, sizeof(path), "$.plone_instances.subsites", host);
-			if (!front_hostname_ok(host))
-				return stack_error_set(err, path, "the key must be a host name (letters, digits, '-', '.')");
-			if (!json_is_string(v) || !site_path_ok(json_string_value(v)))
-				return stack_error_set(err, path,
-						       "must be a site path like \"Plone/subsite\" (letters, digits, "
-						       "'-', '.', '_', '/', no \"..\")");
-		}
-	}
+	if (hap && (r = front_validate_haproxy(hap, err)) < 0)
+		return r;
+	if (pi && json_is_object(pi) && (r = front_validate_instances(pi, err)) < 0)
+		return r;
 	if (purge) {
 		size_t i;
 		json_t *v;
@@ -246,7 +228,7 @@ static int front_validate(const struct stack *s, struct stack_error *err)
 		if (!json_is_array(purge) || json_array_size(purge) > FRONT_PURGE_URLS_MAX)
 			return stack_error_set(err, "$.varnish_purge_urls", "must be a list of at most 100 regular expressions");
 		json_array_foreach(purge, i, v) {
-			char path[512];
+			char path[CHECK_PATH_SIZE];
 
 			stack_path_index(path, sizeof(path), "$.varnish_purge_urls", i);
 			if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
@@ -261,7 +243,7 @@ static int front_validate(const struct stack *s, struct stack_error *err)
 	for (size_t i = 0; l && i < l->n_members; i++) {
 		const struct stack_member *m = &l->members[i];
 		const char *a = plone_member_address(m);
-		char path[512], p2[512];
+		char path[CHECK_PATH_SIZE], p2[CHECK_PATH_SIZE];
 
 		if (address_ok(a) && (!m->ip || !*m->ip || address_ok(m->ip)))
 			continue;
@@ -733,12 +715,12 @@ static void front_owns(const struct stack *s, const struct config *c, const char
 }
 
 static const struct recipe recipes_front[] = {
-	{ "haproxy", haproxy_plan, front_validate, front_owns },
-	{ "varnish", varnish_plan, front_validate, front_owns },
-	{ "nginx", nginx_plan, front_validate, front_owns },
+	{ "haproxy", haproxy_plan, front_owns },
+	{ "varnish", varnish_plan, front_owns },
+	{ "nginx", nginx_plan, front_owns },
 	{ "varnish-restart", varnish_restart_plan, NULL },
-	{ "varnish-purge", varnish_purge_plan, front_validate },
+	{ "varnish-purge", varnish_purge_plan, NULL },
 	{ NULL, NULL, NULL },
 };
 
-const struct recipe_family family_front = { .name = "front", .recipes = recipes_front };
+const struct recipe_family family_front = { .name = "front", .recipes = recipes_front, .validate = front_validate };

@@ -80,3 +80,31 @@ const char *const *recipe_default_mapping(const char *layer, enum event ev)
 			return default_maps[i].events[ev];
 	return NULL;
 }
+
+const char **recipes_layer_recipes(const struct stack *s, const char *layer, enum event ev, size_t *ret_n)
+{
+	const json_t *entry = json_object_get(json_object_get(json_object_get(s->root, "agent"), "layers"), layer);
+	const char *evname = event_to_string(ev);
+	const char **v;
+	size_t n = 0;
+
+	if (json_is_object(entry)) {
+		const json_t *list = evname ? json_object_get(entry, evname) : NULL;
+		size_t i;
+		json_t *e;
+
+		v = xcalloc(json_array_size(list) + 1, sizeof(char *));
+		json_array_foreach(list, i, e) v[n++] = json_string_value(e);
+	} else {
+		const char *const *def = layer ? recipe_default_mapping(layer, ev) : NULL;
+		size_t m = 0;
+
+		while (def && def[m])
+			m++;
+		v = xcalloc(m + 1, sizeof(char *));
+		for (; n < m; n++)
+			v[n] = def[n];
+	}
+	*ret_n = n;
+	return v;
+}

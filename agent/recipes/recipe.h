@@ -7,11 +7,13 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "event.h"
 
 struct config;
 struct plan;
+struct recipe_family;
 struct stack;
 struct stack_error;
 
@@ -50,9 +52,6 @@ struct recipe {
 	/* Appends steps. Returns 0, or a negative errno with *ret_error (malloc'd):
 	 * the run fails at planning with that message. */
 	int (*plan)(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
-	/* Optional: type-checks the stack keys this recipe reads; called once per
-	 * stack version for every recipe the stack uses. Returns 0 or -EINVAL with err. */
-	int (*validate)(const struct stack *stack, struct stack_error *err);
 	/* Optional: appends the files this recipe writes, and the trees it
 	 * manages, on an instance of layer for stack (c: recipes_config();
 	 * name: this recipe's built-in name).
@@ -75,6 +74,11 @@ const char *recipe_canonical_name(const char *name);
 /* Default recipes of a well-known layer shortname for ev (NULL-terminated,
  * static), or NULL when the shortname has no default. */
 const char *const *recipe_default_mapping(const char *layer, enum event ev);
+/* The recipe names for (layer, event): agent.layers.<layer>.<event> when the
+ * layer has an entry, else the built-in default mapping for well-known
+ * shortnames (reference §1), else none. Returns a malloc'd array of borrowed
+ * strings (free only the array) and its length. */
+const char **recipes_layer_recipes(const struct stack *s, const char *layer, enum event ev, size_t *ret_n);
 
 /* Plans one recipe for ctx into plan. */
 int recipe_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
@@ -91,8 +95,26 @@ const struct config *recipes_config(void);
 void recipes_owned_paths(const struct stack *stack, const struct config *c, const char *layer,
 			 struct recipe_paths *ret);
 
-/* Runs every family's validate hook over a parsed stack. */
+/* Validates what the recipes read of a parsed stack (stack_parse() checked
+ * the document's own shape): the agent section's keys, agent.recipes (names
+ * and definitions), agent.layers (every recipe name known), then every
+ * family's validate hook, once each, in the order of the family table.
+ * Returns 0, or -EINVAL with err (when non-NULL) naming the JSON path. */
 int recipes_validate(const struct stack *stack, struct stack_error *err);
+/* The registry's own part of recipes_validate(): the agent section's keys,
+ * agent.recipes and agent.layers (agent.volumes and agent.files are their
+ * families': storage, files). */
+int recipes_validate_agent(const struct stack *stack, struct stack_error *err);
+/* The families' part of recipes_validate() over a table of n families (the
+ * registry's own, or a test's). */
+int recipes_validate_families(const struct recipe_family *const *v, size_t n, const struct stack *stack,
+			      struct stack_error *err);
+/* Loads a stack document the way every caller must: stack_parse() and then
+ * recipes_validate(). Returns 0 and a model with refcount 1, or stack_parse()'s
+ * errors (-EINVAL, -EFBIG, -E2BIG, -ENOMEM) or -EINVAL, with err (when
+ * non-NULL) filled and *ret NULL. */
+int recipes_stack_load(const char *data, size_t len, const char *instance, struct stack **ret,
+		       struct stack_error *err);
 
 /* A family: its recipes (a NULL-terminated table) and optional hooks the
  * engine calls around the layers' recipes. Families are listed once in
@@ -108,6 +130,10 @@ struct recipe_family {
 	 * unmounting what the layer mounted once its services stopped at
 	 * shutdown. ctx->name is the family name. */
 	int (*plan_after_layer)(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error);
+	/* Optional: checks the stack keys the family's recipes read, once per
+	 * stack version whether or not this instance uses them (typed checks:
+	 * stack/check.h). Returns 0 or -EINVAL with err. */
+	int (*validate)(const struct stack *stack, struct stack_error *err);
 };
 
 /* The plan of a run into plan (plan_init'd here): with recipe NULL, the
@@ -127,5 +153,5 @@ int recipes_plan_after_layer(const struct recipe_ctx *ctx, struct plan *plan, ch
 extern const struct recipe_family family_files, family_apps, family_storage, family_front;
 extern const struct recipe recipes_custom[];
 extern const struct recipe recipes_pending[];
-/* Validates agent.recipes.<name> (called by stack validation for each entry). */
+/* Validates agent.recipes.<name> (called by recipes_validate() for each entry). */
 int recipe_custom_validate(const json_t *def, const char *name, struct stack_error *err);

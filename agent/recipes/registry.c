@@ -132,7 +132,7 @@ void recipes_owned_paths(const struct stack *stack, const struct config *c, cons
 	/* A recipe named at several events adds its paths again: harmless. */
 	for (int ev = 0; ev < _EVENT_MAX; ev++) {
 		size_t n = 0;
-		_cleanup_free_ const char **names = stack_layer_recipes(stack, layer, (enum event)ev, &n);
+		_cleanup_free_ const char **names = recipes_layer_recipes(stack, layer, (enum event)ev, &n);
 
 		for (size_t i = 0; i < n; i++) {
 			const struct recipe *r = names[i] ? recipe_find(stack, names[i]) : NULL;
@@ -164,17 +164,132 @@ const struct config *recipes_config(void)
 	return &defaults;
 }
 
-int recipes_validate(const struct stack *stack, struct stack_error *err)
+/* agent.layers: every recipe name is one this document knows (built in, or
+ * in agent.recipes). */
+static int validate_agent_layers(const json_t *root, const json_t *layers, struct stack_error *err)
+{
+	char lpath[CHECK_PATH_SIZE], epath[CHECK_PATH_SIZE], rpath[CHECK_PATH_SIZE], q[256];
+	const char *shortname, *evname;
+	json_t *l, *list, *e;
+	size_t i;
+	int r;
+
+	if (!json_is_object(layers))
+		return check_type_error(err, "$.agent.layers", "an object", layers);
+	json_object_foreach((json_t *)layers, shortname, l) {
+		if ((r = check_key_name(err, "$.agent.layers", "layer shortname", shortname)) < 0)
+			return r;
+		stack_path_key(lpath, sizeof(lpath), "$.agent.layers", shortname);
+		if (!json_is_object(l))
+			return check_type_error(err, lpath, "an object", l);
+		json_object_foreach(l, evname, list) {
+			if (event_from_string(evname) == EVENT_INVALID)
+				return stack_error_set(err, lpath,
+						       "unknown event %s, expected setup, configure, deploy, undeploy or shutdown",
+						       stack_quote(q, sizeof(q), evname));
+			stack_path_key(epath, sizeof(epath), lpath, evname);
+			if (json_is_null(list))
+				continue;
+			if (!json_is_array(list))
+				return check_type_error(err, epath, "an array of recipe names", list);
+			json_array_foreach(list, i, e) {
+				stack_path_index(rpath, sizeof(rpath), epath, i);
+				if (!json_is_string(e))
+					return check_type_error(err, rpath, "a recipe name", e);
+				if (!recipe_name_known(root, json_string_value(e)))
+					return stack_error_set(err, rpath, "unknown recipe %s",
+							       stack_quote(q, sizeof(q), json_string_value(e)));
+			}
+		}
+	}
+	return 0;
+}
+
+/* agent.recipes: names that do not shadow a built-in recipe, and each
+ * definition valid (custom_validate.c). */
+static int validate_agent_recipes(const json_t *recipes, struct stack_error *err)
+{
+	char q[256];
+	const char *name;
+	json_t *def;
+	int r;
+
+	if (!json_is_object(recipes))
+		return check_type_error(err, "$.agent.recipes", "an object", recipes);
+	json_object_foreach((json_t *)recipes, name, def) {
+		if ((r = check_key_name(err, "$.agent.recipes", "recipe name", name)) < 0)
+			return r;
+		if (recipe_canonical_name(name))
+			return stack_error_set(err, "$.agent.recipes", "custom recipe %s shadows a built-in recipe",
+					       stack_quote(q, sizeof(q), name));
+		r = recipe_custom_validate(def, name, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int recipes_validate_agent(const struct stack *s, struct stack_error *err)
+{
+	static const char *const keys[] = { "layers", "recipes", "volumes", "files", NULL };
+	json_t *agent, *v;
+	int r;
+
+	r = check_object(err, "$", s->root, "agent", &agent);
+	if (r < 0 || !agent)
+		return r;
+	r = check_known_keys(err, "$.agent", agent, keys);
+	if (r < 0)
+		return r;
+	if ((v = check_get(agent, "recipes")) && (r = validate_agent_recipes(v, err)) < 0)
+		return r;
+	if ((v = check_get(agent, "layers")) && (r = validate_agent_layers(s->root, v, err)) < 0)
+		return r;
+	return 0;
+}
+
+int recipes_validate_families(const struct recipe_family *const *v, size_t n, const struct stack *stack,
+			      struct stack_error *err)
 {
 	/* Each family validates the keys it reads once per document, whether or
 	 * not this instance's layers use it: a bad value is an error for the
 	 * whole stack, found before anything runs. */
-	for (size_t f = 0; f < ELEMENTSOF(families); f++)
-		for (const struct recipe *r = families[f]->recipes; r && r->name; r++)
-			if (r->validate) {
-				int ret = r->validate(stack, err);
-				if (ret < 0)
-					return ret;
-			}
+	for (size_t f = 0; f < n; f++)
+		if (v[f]->validate) {
+			int r = v[f]->validate(stack, err);
+			if (r < 0)
+				return r;
+		}
+	return 0;
+}
+
+int recipes_validate(const struct stack *stack, struct stack_error *err)
+{
+	int r = recipes_validate_agent(stack, err);
+
+	if (r < 0)
+		return r;
+	return recipes_validate_families(families, ELEMENTSOF(families), stack, err);
+}
+
+int recipes_stack_load(const char *data, size_t len, const char *instance, struct stack **ret,
+		       struct stack_error *err)
+{
+	struct stack_error dummy;
+	struct stack *s = NULL;
+	int r;
+
+	if (!err)
+		err = &dummy;
+	*ret = NULL;
+	r = stack_parse(data, len, instance, &s, err);
+	if (r < 0)
+		return r;
+	r = recipes_validate(s, err);
+	if (r < 0) {
+		stack_unref(s);
+		return r;
+	}
+	*ret = s;
 	return 0;
 }

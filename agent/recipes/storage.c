@@ -27,8 +27,6 @@
 #define NFS_MOUNT_OPTIONS "rw,noatime,nodiratime,_netdev"
 #define GLUSTER_MOUNT_OPTIONS "rw,direct-io-mode=disable"
 
-static bool host_is_valid(const char *s);
-static char *device_key(const char *dev);
 
 static const json_t *blobs_section(const struct stack *s)
 {
@@ -42,7 +40,7 @@ static const char *blobs_string(const struct stack *s, const char *key)
 	return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-static const char *blobs_layer(const struct stack *s)
+const char *storage_blobs_layer(const struct stack *s)
 {
 	const char *l = blobs_string(s, "layer");
 
@@ -52,7 +50,7 @@ static const char *blobs_layer(const struct stack *s)
 /* The n-th online member of the blob layer (document order), or NULL. */
 static const struct stack_member *blobs_online_member(const struct stack *s, size_t n)
 {
-	const struct stack_layer *l = stack_layer_find(s, blobs_layer(s));
+	const struct stack_layer *l = stack_layer_find(s, storage_blobs_layer(s));
 
 	for (size_t i = 0; l && i < l->n_members; i++)
 		if (l->members[i].online && n-- == 0)
@@ -126,12 +124,12 @@ static int plan_volumes(const struct recipe_ctx *ctx, struct plan *plan, char **
 		const json_t *o;
 		bool dup = false;
 
-		_cleanup_free_ char *dk = device_key(dev);
+		_cleanup_free_ char *dk = storage_device_key(dev);
 
 		/* The same mount point, or the same device (validation allows
 		 * only both at once): one volume, agent.volumes' entry. */
 		json_array_foreach(vols, i, o) {
-			_cleanup_free_ char *ok = device_key(json_string_value(json_object_get(o, "device")));
+			_cleanup_free_ char *ok = storage_device_key(json_string_value(json_object_get(o, "device")));
 
 			dup = dup || (mp && json_is_string(json_object_get(o, "mount_point")) &&
 				      strcmp(mp, json_string_value(json_object_get(o, "mount_point"))) == 0) ||
@@ -201,16 +199,16 @@ static void blob_mount_find(const struct stack *s, const json_t *section, struct
 	if (!host) {
 		ret->why = xasprintf("no online member in layer %s and no plone_blobs.host: shared blobs are not "
 				     "mounted yet; the next configure mounts them",
-				     blobs_layer(s));
+				     storage_blobs_layer(s));
 		return;
 	}
 	/* A member's address may fall back to its hostname, which validation
 	 * cannot always vouch for: never build a mount source or option from a
 	 * word that could pass for an option. */
-	if (!host_is_valid(host) || (backup && !host_is_valid(backup))) {
+	if (!storage_host_is_valid(host) || (backup && !storage_host_is_valid(backup))) {
 		ret->why = xasprintf("the shared blobs server address in layer %s is not a valid host name or "
 				     "address: shared blobs are not mounted",
-				     blobs_layer(s));
+				     storage_blobs_layer(s));
 		return;
 	}
 	if (ret->gluster) {
@@ -282,7 +280,7 @@ static const char *blob_mounts_section(const char *layer)
 static const char *layer_blob_section(const struct stack *s, const char *layer)
 {
 	size_t n = 0;
-	_cleanup_free_ const char **names = stack_layer_recipes(s, layer, EVENT_SETUP, &n);
+	_cleanup_free_ const char **names = recipes_layer_recipes(s, layer, EVENT_SETUP, &n);
 	const char *section = NULL;
 
 	for (size_t i = 0; i < n && !section; i++) {
@@ -435,7 +433,7 @@ static int gluster_plan(const struct recipe_ctx *ctx, struct plan *plan, char **
 			}
 	peers[n] = NULL;
 	for (i = 0; i < n; i++)
-		if (!peers[i] || !host_is_valid(peers[i])) {
+		if (!peers[i] || !storage_host_is_valid(peers[i])) {
 			*ret_error = xasprintf("GlusterFS peer %zu of layer %s has no valid address", i + 1,
 					       ctx->layer ? ctx->layer : "?");
 			r = -EINVAL;
@@ -493,7 +491,7 @@ static bool stack_names_recipe(const struct stack *s, const char *name, bool pre
 		}
 		for (int ev = 0; layer && ev < _EVENT_MAX; ev++) {
 			size_t n = 0;
-			_cleanup_free_ const char **names = stack_layer_recipes(s, layer, (enum event)ev, &n);
+			_cleanup_free_ const char **names = recipes_layer_recipes(s, layer, (enum event)ev, &n);
 
 			for (size_t j = 0; j < n; j++) {
 				k = names[j] ? recipe_canonical_name(names[j]) : NULL;
@@ -609,372 +607,6 @@ void storage_dirs_free(struct storage_dirs *d)
 	}
 }
 
-/* Validation of the keys these recipes read. */
-
-static bool host_is_valid(const char *s)
-{
-	if (!*s || *s == '-' || strlen(s) > 253)
-		return false;
-	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' ||
-		      *s == '-' || *s == ':' || *s == '_'))
-			return false;
-	return true;
-}
-
-static int validate_string(struct stack_error *err, const char *parent, const json_t *obj, const char *key,
-			   bool (*ok)(const char *), const char *what)
-{
-	const json_t *v = json_object_get(obj, key);
-	char path[512];
-
-	if (!v)
-		return 0;
-	stack_path_key(path, sizeof(path), parent, key);
-	if (!json_is_string(v) || !ok(json_string_value(v)))
-		return stack_error_set(err, path, "must be %s", what);
-	return 0;
-}
-
-static bool network_is_valid(const char *s)
-{
-	if (!*s || *s == '-' || strlen(s) > 253)
-		return false;
-	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '.' ||
-		      *s == '-' || *s == ':' || *s == '/' || *s == '*' || *s == '_'))
-			return false;
-	return true;
-}
-
-static bool layer_name_is_valid(const char *s)
-{
-	return name_is_valid(s);
-}
-
-/* The addresses of the blob layer's members become mount sources and
- * gluster CLI arguments: they must look like host names or addresses (no
- * leading '-', no spaces), so that no stack value can pass for an option. */
-static int validate_blob_layer(const struct stack *s, struct stack_error *err)
-{
-	static const char *const keys[] = { "private_ip", "private_dns_name", "ip", "public_dns_name" };
-	const struct stack_layer *l = stack_layer_find(s, blobs_layer(s));
-	char path[512], lpath[256], ipath[384];
-
-	for (size_t i = 0; l && i < l->n_members; i++) {
-		const struct stack_member *m = &l->members[i];
-		const char *v[] = { m->private_ip, m->private_dns_name, m->ip, m->public_dns_name };
-
-		bool any = false;
-
-		for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
-			any = any || (v[k] && *v[k]);
-			if (!v[k] || !*v[k] || host_is_valid(v[k])) /* OpsWorks writes "" for none */
-				continue;
-			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
-			stack_path_key(ipath, sizeof(ipath), lpath, "instances");
-			stack_path_key(lpath, sizeof(lpath), ipath, m->hostname);
-			stack_path_key(path, sizeof(path), lpath, keys[k]);
-			return stack_error_set(err, path, "must be a host name or address (layer %s holds the shared blobs)",
-					       l->shortname);
-		}
-		/* No address at all: its hostname is the address used. */
-		if (!any && (!m->hostname || !host_is_valid(m->hostname))) {
-			stack_path_key(lpath, sizeof(lpath), "$.opsworks.layers", l->shortname);
-			stack_path_key(ipath, sizeof(ipath), lpath, "instances");
-			stack_path_key(path, sizeof(path), ipath, m->hostname ? m->hostname : "");
-			return stack_error_set(err, path,
-					       "has no address and its hostname is not a valid host name, which would "
-					       "be used instead (layer %s holds the shared blobs)",
-					       l->shortname);
-		}
-	}
-	return 0;
-}
-
-/* Directories the storage recipes create, chmod or mount over must never
- * be the system's own (/, /etc, /usr, /var, ...). */
-static int validate_not_system(struct stack_error *err, const char *path, const char *dir)
-{
-	if (path_is_system_dir(dir))
-		return stack_error_set(err, path, "must not be a system directory (%s)", dir);
-	return 0;
-}
-
-/* The name a device is compared by (malloc'd): /dev/sdX and /dev/xvdX are
- * one device, as volume_candidates() finds them (a Xen kernel renames the
- * first); paths are in normal form already (stack.c). */
-static char *device_key(const char *dev)
-{
-	if (dev && strncmp(dev, "/dev/sd", 7) == 0)
-		return xasprintf("/dev/xvd%s", dev + 7);
-	return xstrdup(dev ? dev : "");
-}
-
-struct vol_ref {
-	char *dev;          /* owned: device_key() */
-	const char *device; /* borrowed, as written (normal form) */
-	const char *volume_id, *mount_point, *host;
-	bool ebs;           /* from ebs.devices */
-	char path[640];     /* its JSON path */
-};
-
-/* One device, or one EBS volume id, is one volume: listed twice (agent.volumes
- * and ebs.devices, /dev/sdf and /dev//sdf or /dev/xvdf) it would be mounted
- * at two places, or formatted while mounted. Only the one case the planner
- * merges is allowed: ebs.devices naming the device and mount point of an
- * agent.volumes entry of this instance (agent.volumes wins). */
-static int validate_volumes_unique(const struct stack *s, struct stack_error *err)
-{
-	const json_t *vols = json_object_get(json_object_get(s->root, "agent"), "volumes");
-	const json_t *devices = json_object_get(json_object_get(s->root, "ebs"), "devices");
-	const json_t *list, *v;
-	const char *key;
-	struct vol_ref *refs;
-	size_t n = 0, total = json_object_size(devices), i;
-	char hpath[512];
-	int r = 0;
-
-	json_object_foreach((json_t *)vols, key, list)
-		total += json_array_size(list);
-	refs = xcalloc(total + 1, sizeof(*refs));
-	json_object_foreach((json_t *)vols, key, list) {
-		stack_path_key(hpath, sizeof(hpath), "$.agent.volumes", key);
-		json_array_foreach(list, i, v) {
-			struct vol_ref *e = &refs[n++];
-
-			e->device = json_string_value(json_object_get(v, "device"));
-			e->dev = e->device ? device_key(e->device) : NULL;
-			e->volume_id = json_string_value(json_object_get(v, "volume_id"));
-			e->mount_point = json_string_value(json_object_get(v, "mount_point"));
-			e->host = key;
-			stack_path_index(e->path, sizeof(e->path), hpath, i);
-		}
-	}
-	json_object_foreach((json_t *)devices, key, v) {
-		struct vol_ref *e = &refs[n++];
-
-		e->device = key;
-		e->dev = device_key(key);
-		e->mount_point = json_string_value(json_object_get(v, "mount_point"));
-		e->host = s->instance;
-		e->ebs = true;
-		stack_path_key(e->path, sizeof(e->path), "$.ebs.devices", key);
-	}
-	for (i = 0; i < n && r == 0; i++)
-		for (size_t j = 0; j < i && r == 0; j++) {
-			const struct vol_ref *a = &refs[i], *b = &refs[j];
-			bool same_host = a->host && b->host && strcmp(a->host, b->host) == 0;
-
-			if (a->volume_id && b->volume_id && strcmp(a->volume_id, b->volume_id) == 0)
-				r = stack_error_set(err, a->path,
-						    "volume %s is also %s: one EBS volume attaches to one instance, at "
-						    "one mount point",
-						    a->volume_id, b->path);
-			else if (same_host && a->dev && b->dev && strcmp(a->dev, b->dev) == 0 &&
-				 !(a->ebs != b->ebs && a->mount_point && b->mount_point &&
-				   strcmp(a->mount_point, b->mount_point) == 0))
-				r = stack_error_set(err, a->path,
-						    "device %s is also the device of %s (%s, mounted on %s): one "
-						    "device cannot be mounted at two places",
-						    a->device, b->path, b->device,
-						    b->mount_point ? b->mount_point : "?");
-		}
-	for (i = 0; i < n; i++)
-		free(refs[i].dev);
-	free(refs);
-	return r;
-}
-
-/* agent.volumes and ebs.devices: their shape is checked in stack.c; here,
- * what the volume recipes make of them. */
-static int validate_volumes(const struct stack *s, struct stack_error *err)
-{
-	const json_t *agent = json_object_get(s->root, "agent");
-	const json_t *vols = json_is_object(agent) ? json_object_get(agent, "volumes") : NULL;
-	const json_t *ebs = json_object_get(s->root, "ebs");
-	const json_t *devices = json_is_object(ebs) ? json_object_get(ebs, "devices") : NULL;
-	const json_t *list, *v, *mp, *fs;
-	const char *key;
-	char hpath[512], vpath[640], path[768];
-	size_t i;
-	int r;
-
-	if (json_is_object(vols))
-		json_object_foreach((json_t *)vols, key, list) {
-			stack_path_key(hpath, sizeof(hpath), "$.agent.volumes", key);
-			json_array_foreach(list, i, v) {
-				mp = json_object_get(v, "mount_point");
-				if (!json_is_string(mp))
-					continue;
-				stack_path_index(vpath, sizeof(vpath), hpath, i);
-				stack_path_key(path, sizeof(path), vpath, "mount_point");
-				if ((r = validate_not_system(err, path, json_string_value(mp))) < 0)
-					return r;
-			}
-		}
-	if (json_is_object(devices))
-		json_object_foreach((json_t *)devices, key, v) {
-			stack_path_key(vpath, sizeof(vpath), "$.ebs.devices", key);
-			mp = json_object_get(v, "mount_point");
-			if (json_is_string(mp)) {
-				stack_path_key(path, sizeof(path), vpath, "mount_point");
-				if ((r = validate_not_system(err, path, json_string_value(mp))) < 0)
-					return r;
-			}
-			fs = json_object_get(v, "fstype");
-			if (fs && (!json_is_string(fs) || (strcmp(json_string_value(fs), "xfs") != 0 &&
-							   strcmp(json_string_value(fs), "ext4") != 0))) {
-				stack_path_key(path, sizeof(path), vpath, "fstype");
-				return stack_error_set(err, path, "must be \"xfs\" or \"ext4\"");
-			}
-		}
-	return 0;
-}
-
-/* A data directory's name in messages: its key, or what it is. */
-static const char *dir_name(const struct storage_dir *d)
-{
-	return d->json_path ? d->json_path + 2 : d->what;
-}
-
-static const char *relation(const char *a, const char *b)
-{
-	return strcmp(a, b) == 0 ? "is the same directory as" : path_is_under(a, b) ? "is inside" : "holds";
-}
-
-/* The data directories are one thing each: blobs (exported over NFS when
- * shared), the file storage (Data.fs, never shared) and Solr's index. One
- * inside another would export Data.fs with the blobs or chown one to the
- * other's owner. Nor may one be, hold or lie inside an app's tree: it would
- * be chowned to the app's user, and removed with the app at its undeploy.
- * The directories are the effective ones (storage_data_dirs), defaults
- * included: deploy_to "/mnt/shared" holds the default file storage
- * /mnt/shared/zodb/filestorage. Paths are in normal form (stack.c), compared
- * a whole component at a time. An app may live below a volume's mount point. */
-static int validate_data_dirs_apart(const struct stack *s, struct stack_error *err)
-{
-	_cleanup_(storage_dirs_free) struct storage_dirs d = { 0 };
-	char apath[384], path[512];
-
-	storage_data_dirs(s, recipes_config(), &d);
-	for (size_t i = 0; i < d.n; i++) {
-		const struct storage_dir *a = &d.v[i];
-
-		if (a->kind == STORAGE_VOLUME)
-			continue;
-		for (size_t j = 0; j < i; j++) {
-			const struct storage_dir *b = &d.v[j];
-
-			/* Two defaults are apart by construction; one kind may nest. */
-			if (b->kind == STORAGE_VOLUME || a->kind == b->kind || (!a->json_path && !b->json_path) ||
-			    !(path_is_under(a->path, b->path) || path_is_under(b->path, a->path)))
-				continue;
-			if (a->json_path)
-				return stack_error_set(err, a->json_path, "%s %s %s (%s)", a->path,
-						       relation(a->path, b->path), dir_name(b), b->path);
-			return stack_error_set(err, b->json_path, "%s %s %s (%s)", b->path, relation(b->path, a->path),
-					       dir_name(a), a->path);
-		}
-		for (size_t k = 0; k < s->n_apps; k++) {
-			const struct stack_app *app = &s->apps[k];
-
-			if (!path_is_under(app->deploy_to, a->path) && !path_is_under(a->path, app->deploy_to))
-				continue;
-			if (a->json_path)
-				return stack_error_set(err, a->json_path, "%s %s the deploy_to of app %s (%s)", a->path,
-						       strcmp(a->path, app->deploy_to) == 0	 ? "is"
-						       : path_is_under(app->deploy_to, a->path) ? "holds"
-												 : "is inside",
-						       app->name, app->deploy_to);
-			stack_path_key(apath, sizeof(apath), "$.deploy", app->name);
-			stack_path_key(path, sizeof(path), apath, "deploy_to");
-			return stack_error_set(err, path,
-					       "%s %s %s (%s): an undeploy of app %s would remove it, or the "
-					       "data would be chowned to the app's user",
-					       app->deploy_to, relation(app->deploy_to, a->path), a->what, a->path,
-					       app->name);
-		}
-	}
-	return 0;
-}
-
-static int storage_validate(const struct stack *s, struct stack_error *err)
-{
-	static const char *const sections[] = { "plone_instances", "plone_zeoserver" };
-	const json_t *b = json_object_get(s->root, "plone_blobs"), *v;
-	char path[512];
-	size_t i;
-	int r;
-
-	for (size_t k = 0; k < ELEMENTSOF(sections); k++) {
-		const json_t *sec = json_object_get(s->root, sections[k]);
-		static const char *const flags[] = { "nfs_blobs", "gluster_blobs" };
-		const json_t *fs;
-
-		if (!json_is_object(sec))
-			continue;
-		fs = json_object_get(sec, "filestorage_dir");
-		if (fs && (!json_is_string(fs) || stack_path_problem(json_string_value(fs)))) {
-			char parent[64];
-
-			snprintf(parent, sizeof(parent), "$.%s", sections[k]);
-			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
-			return stack_error_set(err, path, "%s",
-					       json_is_string(fs) ? stack_path_problem(json_string_value(fs))
-								  : "must be an absolute path");
-		}
-		if (fs) {
-			char parent[64];
-
-			snprintf(parent, sizeof(parent), "$.%s", sections[k]);
-			stack_path_key(path, sizeof(path), parent, "filestorage_dir");
-			if ((r = validate_not_system(err, path, json_string_value(fs))) < 0)
-				return r;
-		}
-		for (size_t f = 0; f < ELEMENTSOF(flags); f++) {
-			v = json_object_get(sec, flags[f]);
-			if (v && !json_is_boolean(v)) {
-				char parent[64];
-
-				snprintf(parent, sizeof(parent), "$.%s", sections[k]);
-				stack_path_key(path, sizeof(path), parent, flags[f]);
-				return stack_error_set(err, path, "must be true or false");
-			}
-		}
-	}
-	if ((r = validate_volumes(s, err)) < 0 || (r = validate_volumes_unique(s, err)) < 0)
-		return r;
-	if ((r = validate_data_dirs_apart(s, err)) < 0)
-		return r;
-	if (!b)
-		return validate_blob_layer(s, err);
-	if (!json_is_object(b))
-		return stack_error_set(err, "$.plone_blobs", "must be an object");
-	v = json_object_get(b, "blob_dir");
-	if (v && (!json_is_string(v) || stack_path_problem(json_string_value(v))))
-		return stack_error_set(err, "$.plone_blobs.blob_dir", "%s",
-				       json_is_string(v) ? stack_path_problem(json_string_value(v))
-							 : "must be an absolute path");
-	if (v && (r = validate_not_system(err, "$.plone_blobs.blob_dir", json_string_value(v))) < 0)
-		return r;
-	if ((r = validate_string(err, "$.plone_blobs", b, "host", host_is_valid, "a host name or address")) < 0 ||
-	    (r = validate_string(err, "$.plone_blobs", b, "network", network_is_valid,
-				 "an exports(5) client: address, network/prefix or host name")) < 0 ||
-	    (r = validate_string(err, "$.plone_blobs", b, "layer", layer_name_is_valid,
-				 "a layer shortname ([A-Za-z0-9_.-])")) < 0)
-		return r;
-	v = json_object_get(b, "servers");
-	if (v && !json_is_array(v))
-		return stack_error_set(err, "$.plone_blobs.servers", "must be an array of host names or addresses");
-	json_array_foreach(v, i, b) {
-		stack_path_index(path, sizeof(path), "$.plone_blobs.servers", i);
-		if (!json_is_string(b) || !host_is_valid(json_string_value(b)))
-			return stack_error_set(err, path, "must be a host name or address");
-	}
-	return validate_blob_layer(s, err);
-}
-
 /* What each storage recipe writes or manages as a whole (recipe.owns). */
 static void storage_owns(const struct stack *s, const struct config *c, const char *layer, const char *name,
 			 struct recipe_paths *ret)
@@ -1001,9 +633,9 @@ static void storage_owns(const struct stack *s, const struct config *c, const ch
 }
 
 static const struct recipe recipes_storage[] = {
-	{ "nfs_blobs", nfs_blobs_plan, storage_validate, storage_owns },
-	{ "gluster", gluster_plan, NULL, storage_owns },
-	{ "blob_mounts", blob_mounts_plan, NULL, storage_owns },
+	{ "nfs_blobs", nfs_blobs_plan, storage_owns },
+	{ "gluster", gluster_plan, storage_owns },
+	{ "blob_mounts", blob_mounts_plan, storage_owns },
 	{ NULL, NULL, NULL },
 };
 
@@ -1012,4 +644,5 @@ const struct recipe_family family_storage = {
 	.recipes = recipes_storage,
 	.plan_before = storage_plan_before,
 	.plan_after_layer = storage_plan_after_layer,
+	.validate = storage_validate,
 };

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 
 struct plan;
 struct recipe_ctx;
@@ -69,3 +70,21 @@ struct storage_dirs {
  * storage_dirs_free(). */
 void storage_data_dirs(const struct stack *s, const struct config *c, struct storage_dirs *ret);
 void storage_dirs_free(struct storage_dirs *d);
+
+/* For the family's own files (storage.c, storage_validate.c). */
+/* The family's validate hook (recipe_family.validate): agent.volumes,
+ * ebs.devices, the data directories and the shared blobs. Returns 0 or
+ * -EINVAL with err. */
+struct stack_error;
+int storage_validate(const struct stack *s, struct stack_error *err);
+/* Its first part: the shape of agent.volumes (hosts, keys, types, one mount
+ * point, device and volume id once per host) and of ebs.devices. */
+int storage_validate_shape(const struct stack *s, struct stack_error *err);
+/* A host name or address as a mount source or gluster argument:
+ * [A-Za-z0-9.:_-], not starting with '-', at most 253 bytes. */
+bool storage_host_is_valid(const char *s);
+/* The name a device is compared by (malloc'd): /dev/sdX and /dev/xvdX are
+ * one device. */
+char *storage_device_key(const char *dev);
+/* plone_blobs.layer, or "shared_blobs" (borrowed). */
+const char *storage_blobs_layer(const struct stack *s);

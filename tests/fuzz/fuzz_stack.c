@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "recipes/recipe.h"
 #include "stack/stack.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -47,11 +48,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t n;
 
 	if (!good) {
-		int r = stack_parse(good_doc, strlen(good_doc), "app1", &good, &err);
+		int r = recipes_stack_load(good_doc, strlen(good_doc), "app1", &good, &err);
 
 		assert(r == 0);
 	}
-	if (stack_parse((const char *)data, size, "app1", &s, &err) < 0) {
+	if (recipes_stack_load((const char *)data, size, "app1", &s, &err) < 0) {
 		assert(!s);
 		assert(memchr(err.path, '\0', sizeof(err.path)) && err.path[0] == '$');
 		assert(memchr(err.message, '\0', sizeof(err.message)));
@@ -62,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	diff_and_free(NULL, s);
 	diff_and_free(s, s);
 	for (size_t i = 0; i < s->n_layers; i++) {
-		v = stack_layer_recipes(s, s->layers[i].shortname, EVENT_SETUP, &n);
+		v = recipes_layer_recipes(s, s->layers[i].shortname, EVENT_SETUP, &n);
 		free(v);
 	}
 	dump = stack_dump(s, &n);

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "recipes/recipe.h"
+#include "recipes/storage.h"
 #include "stack/stack.h"
 #include "util.h"
 
@@ -48,10 +49,25 @@ static char *sq(const char *s)
 	return d;
 }
 
+/* What stack_parse() checked before the registry took agent.* and ebs:
+ * the document's shape, the agent section, and the storage family's
+ * agent.volumes and ebs (the other families' hooks run in the tests that
+ * call recipes_validate()). */
+static int load(const char *d, const char *instance, struct stack **ret, struct stack_error *err)
+{
+	int r = stack_parse(d, strlen(d), instance, ret, err);
+
+	if (r == 0 && ((r = recipes_validate_agent(*ret, err)) < 0 || (r = storage_validate_shape(*ret, err)) < 0)) {
+		stack_unref(*ret);
+		*ret = NULL;
+	}
+	return r;
+}
+
 static int parse_sq(const char *doc, const char *instance, struct stack **ret, struct stack_error *err)
 {
 	char *d = sq(doc);
-	int r = stack_parse(d, strlen(d), instance, ret, err);
+	int r = load(d, instance, ret, err);
 
 	free(d);
 	return r;
@@ -115,7 +131,7 @@ static struct stack *parse_json(json_t *j, const char *instance)
 	struct stack_error err;
 	struct stack *s = NULL;
 	char *d = json_dumps(j, JSON_COMPACT);
-	int r = stack_parse(d, strlen(d), instance, &s, &err);
+	int r = load(d, instance, &s, &err);
 
 	free(d);
 	if (r < 0)
@@ -482,27 +498,27 @@ static void test_agent_layers(void **state)
 		     "             'web': {'deploy': []}},"
 		     "  'recipes': {'mine': {'command': ['/usr/local/bin/mine']}}}}",
 		     "h");
-	v = stack_layer_recipes(s, "lb", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_SETUP, &n);
 	assert_int_equal(n, 2);
 	assert_string_equal(v[0], "plone_buildout::haproxy");
 	assert_string_equal(v[1], "mine");
 	assert_null(v[2]);
 	free(v);
 	/* An entry without the event (or with null) has no recipes, no default. */
-	v = stack_layer_recipes(s, "lb", EVENT_CONFIGURE, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_CONFIGURE, &n);
 	assert_int_equal(n, 0);
 	free(v);
-	v = stack_layer_recipes(s, "lb", EVENT_DEPLOY, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_DEPLOY, &n);
 	assert_int_equal(n, 0);
 	free(v);
-	v = stack_layer_recipes(s, "plone_instances", EVENT_SHUTDOWN, &n);
+	v = recipes_layer_recipes(s, "plone_instances", EVENT_SHUTDOWN, &n);
 	assert_int_equal(n, 1);
 	assert_string_equal(v[0], "instances-stop");
 	free(v);
-	v = stack_layer_recipes(s, "web", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "web", EVENT_SETUP, &n);
 	assert_int_equal(n, 0);
 	free(v);
-	v = stack_layer_recipes(s, "unknown_layer", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "unknown_layer", EVENT_SETUP, &n);
 	assert_int_equal(n, 0);
 	free(v);
 	assert_non_null(stack_custom_recipe(s, "mine"));
@@ -510,7 +526,7 @@ static void test_agent_layers(void **state)
 	stack_unref(s);
 
 	s = parse_ok("{}", "h");
-	v = stack_layer_recipes(s, "lb", EVENT_SETUP, &n);
+	v = recipes_layer_recipes(s, "lb", EVENT_SETUP, &n);
 	assert_int_equal(n, 3);
 	assert_string_equal(v[0], "haproxy");
 	assert_string_equal(v[2], "nginx");
@@ -1289,6 +1305,71 @@ static void test_element_and_depth_bounds(void **state)
 	free(d);
 }
 
+/* Issue 10: the validate hook is the family's, run once per document
+ * however many recipes the family has (front's ran four times, once per
+ * recipe that carried it). */
+static unsigned count_calls;
+
+static int count_validate(const struct stack *s, struct stack_error *err)
+{
+	count_calls++;
+	return 0;
+}
+
+static int refuse_validate(const struct stack *s, struct stack_error *err)
+{
+	return stack_error_set(err, "$.x", "refused");
+}
+
+static void test_family_validate_once(void **state)
+{
+	static const struct recipe many[] = {
+		{ "a", NULL }, { "b", NULL }, { "c", NULL }, { "d", NULL }, { NULL, NULL },
+	};
+	static const struct recipe_family counting = { .name = "counting", .recipes = many, .validate = count_validate };
+	static const struct recipe_family none = { .name = "none", .recipes = many };
+	static const struct recipe_family refusing = { .name = "refusing", .recipes = many,
+						       .validate = refuse_validate };
+	const struct recipe_family *const two[] = { &counting, &none, &counting };
+	const struct recipe_family *const stop[] = { &refusing, &counting };
+	struct stack *s = parse_ok(base_doc, "app1");
+	struct stack_error err;
+
+	count_calls = 0;
+	assert_int_equal(recipes_validate_families(two, 3, s, &err), 0);
+	assert_int_equal(count_calls, 2);
+	/* The first refusal ends validation. */
+	count_calls = 0;
+	assert_int_equal(recipes_validate_families(stop, 2, s, &err), -EINVAL);
+	assert_string_equal(err.path, "$.x");
+	assert_int_equal(count_calls, 0);
+	stack_unref(s);
+}
+
+/* stack_parse() checks the document's own shape; recipes_stack_load() adds
+ * the registry's validation (agent.*, ebs, the families' hooks). */
+static void test_stack_load_validates_recipes(void **state)
+{
+	char *d = sq("{'agent': {'layers': {'web': {'setup': ['no-such-recipe']}}}}");
+	struct stack_error err;
+	struct stack *s = NULL;
+
+	assert_int_equal(stack_parse(d, strlen(d), "h", &s, &err), 0);
+	stack_unref(s);
+	s = (struct stack *)0x1;
+	assert_int_equal(recipes_stack_load(d, strlen(d), "h", &s, &err), -EINVAL);
+	assert_null(s);
+	assert_string_equal(err.path, "$.agent.layers.web.setup[0]");
+	assert_string_equal(err.message, "unknown recipe \"no-such-recipe\"");
+	free(d);
+	d = sq("{'deploy': {'a': {'user': 7}}}");
+	assert_int_equal(recipes_stack_load(d, strlen(d), "h", &s, &err), -EINVAL);
+	assert_string_equal(err.path, "$.deploy.a.user");
+	free(d);
+	assert_int_equal(recipes_stack_load("{}", 2, "h", &s, NULL), 0);
+	stack_unref(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1325,6 +1406,8 @@ int main(void)
 		cmocka_unit_test(test_volumes_one_device_once),
 		cmocka_unit_test(test_dot_component_messages),
 		cmocka_unit_test(test_element_and_depth_bounds),
+		cmocka_unit_test(test_family_validate_once),
+		cmocka_unit_test(test_stack_load_validates_recipes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
