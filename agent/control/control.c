@@ -111,6 +111,7 @@ static void on_client_closed(uv_handle_t *h)
 		c->next->prev = c->prev;
 	ctl->nclients--;
 	proto_reader_free(&c->reader);
+	json_decref(c->stream_reply);
 	free(c);
 	control_maybe_free(ctl);
 }

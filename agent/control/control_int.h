@@ -27,6 +27,7 @@ enum client_stream {
 	STREAM_NONE,
 	STREAM_LOG, /* log with follow: output of one run, then its status */
 	STREAM_RUN, /* run with wait: every event of one run, then its run-info */
+	STREAM_ROLLBACK, /* rollback: nothing, then stream_reply once current has moved */
 };
 
 /* One stack revision's needles: the lines of its secret files. */
@@ -66,6 +67,7 @@ struct client {
 	bool watching; /* watch is on the engine's list */
 	enum client_stream stream;
 	long stream_run;
+	json_t *stream_reply; /* STREAM_ROLLBACK: the answer, sent when the switch is done */
 	struct shared_out *big; /* reference; the reply being written, from big_off */
 	size_t big_off;
 	bool big_is_log; /* big is a log reply: see ctl_log()'s per-uid limit */

@@ -141,6 +141,60 @@ static void client_stream_end(struct client *c)
 	client_arm_timer(c);
 }
 
+/* Sends the rollback answer held in c: ok when the run's rollback step
+ * switched current, else the step's (or the run's) error. */
+static void rollback_answer(struct client *c, const json_t *step, const json_t *info, bool finished)
+{
+	struct control *ctl = c->ctl;
+	const char *status = json_string_value(json_object_get(step, "status"));
+
+	ctl->in_engine_cb++;
+	if (status && (strcmp(status, "changed") == 0 || strcmp(status, "unchanged") == 0)) {
+		if (finished)
+			json_object_del(c->stream_reply, "restart_run");
+		client_send_new(c, proto_reply_ok(c->stream_reply));
+	} else {
+		const char *why = json_string_value(json_object_get(step, "error"));
+
+		if (!why)
+			why = json_string_value(json_object_get(info, "error"));
+		client_send_new(c, proto_reply_error(PROTO_E_FAILED, "%s", why ? why : "the rollback run failed"));
+		json_decref(c->stream_reply);
+	}
+	c->stream_reply = NULL;
+	client_stream_end(c);
+	ctl->in_engine_cb--;
+}
+
+/* The answer to rollback, once its run has switched current (the run's
+ * first step, the rollback step): today's promise, current has moved when
+ * agentctl returns. When restarts follow, the answer names their run
+ * (restart_run) at once; a rollback alone is answered when its run is over,
+ * so that the next request finds no run in progress. A switch that failed
+ * when it ran (something changed since the preview) is the error. */
+static void rollback_event(struct client *c, const char *name, const json_t *ev)
+{
+	struct control *ctl = c->ctl;
+	bool switched = strcmp(name, "step-finished") == 0 && json_integer_value(json_object_get(ev, "index")) == 0;
+	bool finished = strcmp(name, "run-finished") == 0;
+	json_t *info = NULL;
+	const json_t *step = ev;
+	const char *status;
+
+	if (!switched && !finished)
+		return;
+	if (finished) {
+		info = engine_run_info(ctl->engine, c->stream_run);
+		step = json_array_get(json_object_get(info, "steps"), 0);
+	}
+	status = json_string_value(json_object_get(step, "status"));
+	if (switched && status && strcmp(status, "failed") != 0 &&
+	    engine_run_plan_size(ctl->engine, c->stream_run) <= 1)
+		return; /* the rollback alone: answered when its run is over */
+	rollback_answer(c, step, info, finished);
+	json_decref(info);
+}
+
 static void on_watch_event(void *userdata, const json_t *ev)
 {
 	struct client *c = userdata;
@@ -152,6 +206,10 @@ static void on_watch_event(void *userdata, const json_t *ev)
 	if (c->closing || c->stream == STREAM_NONE || !name || !json_is_integer(run) ||
 	    json_integer_value(run) != c->stream_run)
 		return;
+	if (c->stream == STREAM_ROLLBACK) {
+		rollback_event(c, name, ev);
+		return;
+	}
 	output = strcmp(name, "output") == 0;
 	finished = strcmp(name, "run-finished") == 0;
 
@@ -534,7 +592,15 @@ static json_t *ctl_rollback(struct client *c, json_t *params)
 		return reply_engine_error(r, msg);
 	free(msg);
 	log_info("control: rollback of %s requested by uid %u", app, (unsigned)c->uid);
-	return proto_reply_ok(result);
+	if (c->closing) {
+		json_decref(result);
+		return NULL;
+	}
+	/* The answer waits for the switch: see rollback_event(). */
+	c->stream_reply = result;
+	client_stream_start(c, STREAM_ROLLBACK,
+			    (long)json_integer_value(json_object_get(result, "restart_run")));
+	return NULL;
 }
 
 struct control_method {

@@ -688,7 +688,7 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 	/* The answer now (from, to, or why not); the switch itself, and the
 	 * restarts of the app's services, are a run of their own, in the
 	 * history and its log like any other. */
-	r = rollback_preview(e->config->root, a->deploy_to, &from, &to, ret_error);
+	r = rollback_preview_app(e->config->root, app, a->deploy_to, &from, &to, ret_error);
 	if (r < 0)
 		return r;
 	run = engine_enqueue_ex(e, &req, e->current->revision, true);

@@ -70,6 +70,8 @@ long engine_last_run_id(struct engine *e);            /* 0: none */
 /* Path of a run's log file (malloc'd), whether or not it exists yet. */
 char *engine_run_log_path(struct engine *e, long id);
 bool engine_run_is_active(struct engine *e, long id); /* queued or running */
+/* The number of steps in the plan of run id while it runs; 0 otherwise. */
+size_t engine_run_plan_size(struct engine *e, long id);
 
 /* Actions. Each returns 0, or a negative errno with a malloc'd message. */
 int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
@@ -83,7 +85,7 @@ int engine_pause(struct engine *e, const char *reason, char **ret_error);
 int engine_resume(struct engine *e, char **ret_error);
 int engine_clear_failed(struct engine *e, char **ret_error);
 /* `agentctl rollback APP`: answers at once with {"app", "from", "to",
- * "restart_run": ID} (rollback_preview: -ENOENT, -EINVAL, -ELOOP with its
+ * "restart_run": ID} (control sends it once the run has switched current) (rollback_preview: -ENOENT, -EINVAL, -ELOOP with its
  * message), and queues one run (deploy of app, recipe "rollback", trigger
  * ctl; its plan from recipes_build_plan: the link back one release, then
  * the app's restarts) that joins no other run. -ENOENT: no such app;

@@ -148,6 +148,11 @@ char *engine_run_log_path(struct engine *e, long id)
 	return xasprintf("%s/runs/%ld.log", e->config->log_dir, id);
 }
 
+size_t engine_run_plan_size(struct engine *e, long id)
+{
+	return e->active && e->active->id == id ? e->active->plan.n_steps : 0;
+}
+
 bool engine_run_is_active(struct engine *e, long id)
 {
 	struct run *rec = run_list_find(&e->runs, id);
