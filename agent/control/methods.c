@@ -16,6 +16,7 @@
 #include "config.h"
 #include "control.h"
 #include "control_int.h"
+#include "engine/runlog.h"
 #include "event.h"
 #include "log.h"
 
@@ -328,60 +329,6 @@ static json_t *ctl_run_info(struct client *c, json_t *params)
 	return proto_reply_ok(info);
 }
 
-/* Reads at most max bytes from the end of a run log, starting at a line
- * boundary when it had to cut (nothing, when the tail is one line: its
- * start, perhaps the name of a secret, is not in it). Synchronous, but
- * bounded and local: a FIFO or a symlink planted in its place is refused
- * (-EINVAL, -ELOOP) without blocking or following it.
- * This belongs to the run log's owner and is to move to engine/runlog.c
- * (issue 10): ctl_log() is its one caller. */
-static int read_log_tail(const char *path, size_t max, char **ret, size_t *ret_len, bool *ret_truncated)
-{
-	_cleanup_close_ int fd = -1;
-	_cleanup_free_ char *data = NULL;
-	struct stat st;
-	size_t want, got = 0;
-	off_t off;
-
-	*ret = NULL;
-	*ret_len = 0;
-	*ret_truncated = false;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	if (!S_ISREG(st.st_mode))
-		return -EINVAL;
-	want = (size_t)st.st_size > max ? max : (size_t)st.st_size;
-	off = st.st_size - (off_t)want;
-	data = xmalloc(want + 1);
-	while (got < want) {
-		ssize_t n = pread(fd, data + got, want - got, off + (off_t)got);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	if (off > 0) {
-		char *nl = memchr(data, '\n', got);
-		size_t skip = nl ? (size_t)(nl - data) + 1 : got;
-
-		memmove(data, data + skip, got - skip);
-		got -= skip;
-		*ret_truncated = true;
-	}
-	data[got] = '\0';
-	*ret = data;
-	*ret_len = got;
-	data = NULL;
-	return 0;
-}
-
 static json_t *ctl_log(struct client *c, json_t *params)
 {
 	static const char *const allowed[] = { "id", "follow", NULL };
@@ -408,8 +355,7 @@ static json_t *ctl_log(struct client *c, json_t *params)
 	}
 	info = engine_run_info(e, id);
 	path = engine_run_log_path(e, id);
-	/* The one call of read_log_tail(): switch here to engine/runlog.c's. */
-	r = path ? read_log_tail(path, PROTO_MAX_LOG_OUTPUT, &data, &len, &truncated) : -ENOENT;
+	r = path ? runlog_read_tail(path, PROTO_MAX_LOG_OUTPUT, &data, &len, &truncated) : -ENOENT;
 	if (r == -ENOENT && info)
 		r = 0; /* the run exists and has written nothing yet */
 	if (r < 0) {
