@@ -8,6 +8,8 @@ CC ?= cc
 PKGS := libuv libcurl jansson libsystemd mount blkid libxml-2.0
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# agentd itself is linked without libxml2: io/supervisor.c loads it on first use.
+AGENTD_LIBS := $(shell pkg-config --libs $(filter-out libxml-2.0,$(PKGS)) 2>/dev/null)
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-prototypes -Wformat=2 \
 	-Wno-unused-parameter -Wno-missing-field-initializers
@@ -47,7 +49,7 @@ $(BUILD)/libagent.a: $(AGENT_OBJS)
 	ar rcs $@ $^
 
 $(BUILD)/agentd: $(BUILD)/obj/agent/main.o $(BUILD)/libagent.a $(BUILD)/libcommon.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -lm
+	$(CC) $(LDFLAGS) -o $@ $^ $(AGENTD_LIBS) -lm
 
 $(BUILD)/agentctl: $(AGENTCTL_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/libcommon.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs jansson 2>/dev/null)
