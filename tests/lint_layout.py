@@ -7,6 +7,8 @@
 2. Size: no file in agent/ over MAX_FILE_LINES lines, no function over
    MAX_FUNCTION_LINES lines (a function is a line that opens with `{` in
    column 0 after its signature, up to the next `}` in column 0).
+3. The map: doc/architecture.md's tree names every .c file of agent/ and
+   lib/, so that it stays the map of the house.
 
 Prints each breach and "lint-layout: N passed, M failed"; exits 1 on a breach.
 """
@@ -114,6 +116,11 @@ def main():
             for fn, first, length in functions(lines):
                 if length > MAX_FUNCTION_LINES:
                     bad.append(f"{src}:{first}: function {fn} is {length} lines, over {MAX_FUNCTION_LINES}")
+    with open("doc/architecture.md", encoding="utf-8") as f:
+        doc = f.read()
+    for src in sources():
+        if src.endswith(".c") and not re.search(r"(^|\s)" + re.escape(os.path.basename(src)) + r"\s", doc, re.M):
+            bad.append(f"{src}: not in doc/architecture.md's tree")
     pairs = {}
     for a, b, src, hdr in sorted(folder_edges):
         pairs.setdefault((a, b), (src, hdr))

@@ -2,7 +2,8 @@
 /* Front end (reference §8, issue 5): haproxy, varnish, nginx,
  * varnish-restart, varnish-purge. The configs are rendered from the live
  * membership of the app layer (plone_instances), checked with the real
- * binary before they replace the running ones (front_step.h), and reloaded
+ * binary before they replace the running ones (steps/step_checked_file.h,
+ * steps/step_vcl.h), and reloaded
  * gracefully only when they changed. See doc/front.md. */
 #include <errno.h>
 #include <stdio.h>
