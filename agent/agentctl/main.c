@@ -208,8 +208,19 @@ static int parse_event_args(int argc, char **argv, struct request *req, bool all
 	return 0;
 }
 
+/* EVENT [--layer L] [--app A], or "rollback APP": what `agentctl rollback
+ * APP` would do (the deploy of APP with the registry's "rollback" plan). */
 static int parse_plan(int argc, char **argv, struct request *req)
 {
+	if (argc >= 2 && strcmp(argv[1], "rollback") == 0) {
+		if (argc != 3)
+			usage_error("usage: agentctl plan rollback APP");
+		check_name("app", argv[2]);
+		json_object_set_new(req->params, "event", json_string(event_to_string(EVENT_DEPLOY)));
+		json_object_set_new(req->params, "app", json_string(argv[2]));
+		json_object_set_new(req->params, "recipe", json_string("rollback"));
+		return 0;
+	}
 	return parse_event_args(argc, argv, req, false);
 }
 
@@ -252,7 +263,7 @@ static const struct verb verbs[] = {
 	{ "runs", "runs", "[-n N]", "List recent runs, newest first", parse_runs, print_runs },
 	{ "show", "run-info", "RUN", "Show one run and its steps", parse_show, print_show },
 	{ "log", "log", "RUN|last [-f]", "Print a run's output, -f to follow it", parse_log, print_log },
-	{ "plan", "plan", "EVENT [--layer L] [--app A]", "Show what an event would do, with diffs", parse_plan,
+	{ "plan", "plan", "EVENT [--layer L] [--app A]", "Show what an event (or rollback APP) would do, with diffs", parse_plan,
 	  print_plan },
 	{ "run", "run", "EVENT [--layer L] [--app A] [--wait]", "Run an event now (privileged)", parse_run,
 	  print_queued },

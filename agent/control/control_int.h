@@ -151,7 +151,9 @@ struct control {
 	unsigned needles_gen; /* bumped when the needles change */
 	long marker_run; /* the run whose followers got control_hidden_marker */
 	char needles_rev[32];
-	char readbuf[64 * 1024]; /* shared: on_read consumes it before the next read */
+	/* Shared: on_read consumes it before the next read. A page: a request
+	 * (at most 64 KiB) arrives in several reads, and idle memory stays lower. */
+	char readbuf[4096];
 };
 
 /* ---- control.c ---- */

@@ -401,18 +401,18 @@ static json_t *ctl_log(struct client *c, json_t *params)
 
 static json_t *ctl_plan(struct client *c, json_t *params)
 {
-	static const char *const allowed[] = { "event", "layer", "app", NULL };
+	static const char *const allowed[] = { "event", "layer", "app", "recipe", NULL };
 	json_t *err = params_only(params, allowed);
-	const char *layer, *app;
+	const char *layer, *app, *recipe;
 	char *msg = NULL;
 	json_t *result = NULL;
 	enum event ev;
 	int r;
 
 	if (err || (err = param_event(params, &ev)) || (err = param_name(params, "layer", false, &layer)) ||
-	    (err = param_name(params, "app", false, &app)))
+	    (err = param_name(params, "app", false, &app)) || (err = param_name(params, "recipe", false, &recipe)))
 		return err;
-	r = engine_plan(c->ctl->engine, ev, layer, app, &result, &msg);
+	r = engine_plan(c->ctl->engine, ev, layer, app, recipe, &result, &msg);
 	if (r < 0)
 		return reply_engine_error(r, msg);
 	free(msg);

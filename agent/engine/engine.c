@@ -587,9 +587,10 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 	return commit_requested(e, run, first_new, ret_id, ret_error);
 }
 
-int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, json_t **ret, char **ret_error)
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, const char *recipe, json_t **ret,
+		char **ret_error)
 {
-	struct run_request req = { .event = ev, .layer = (char *)layer, .app = (char *)app };
+	struct run_request req = { .event = ev, .layer = (char *)layer, .app = (char *)app, .recipe = (char *)recipe };
 	struct plan plan;
 	int r;
 
@@ -613,6 +614,8 @@ int engine_plan(struct engine *e, enum event ev, const char *layer, const char *
 	json_object_set_new(o, "event", json_string(event_to_string(ev)));
 	json_object_set_new(o, "layer", json_string_or_null(layer));
 	json_object_set_new(o, "app", json_string_or_null(app));
+	if (recipe)
+		json_object_set_new(o, "recipe", json_string(recipe));
 	json_object_set_new(o, "stack_revision", json_string(e->current->revision));
 	/* Any local user may ask for a plan, and a plan holds a copy of each
 	 * file's content (up to the stack's 16 MiB): give a large one back to

@@ -79,7 +79,11 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 /* plan_describe() of what ev would do, unredacted (see plan.h for its
  * diff_secret, diff_private and diff_cost members), with the event, layer,
  * app and stack_revision. */
-int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, json_t **ret, char **ret_error);
+/* recipe: NULL for the event's recipes, or a named plan of the registry
+ * ("rollback" with ev deploy and app: what `agentctl rollback APP` would
+ * do). */
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, const char *recipe, json_t **ret,
+		char **ret_error);
 void engine_reload(struct engine *e);
 int engine_pause(struct engine *e, const char *reason, char **ret_error);
 int engine_resume(struct engine *e, char **ret_error);

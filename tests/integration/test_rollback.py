@@ -1,4 +1,5 @@
 # agentctl rollback APP: current goes back one release, inside root only.
+import json
 import os
 
 from conftest import simple_stack
@@ -38,3 +39,26 @@ def test_rollback_does_not_follow_a_symlink_out_of_root(make_agent):
     os.symlink(outside, os.path.join(a.root, "srv/www/shop"))
     assert a.ctl("rollback", "shop").returncode == 1
     assert os.readlink(os.path.join(outside, "current")) == "releases/2"
+
+
+def test_plan_rollback_shows_the_switch_and_changes_nothing(make_agent):
+    # Rollback is a plan of the apps family like any other run's: `plan
+    # rollback APP` shows it without doing it, to any local user.
+    a = make_agent(simple_stack(extra={"deploy": {"shop": {}}})).start()
+    a.wait_runs(3)
+    d = releases(a.root, "/srv/www/shop", ["20261101000000", "20261102000000"], "20261102000000")
+    runs_before = len(a.ctl_json("runs")["runs"])
+    plan = a.ctl_json("plan", "rollback", "shop", user="nobody")
+    assert plan["recipe"] == "rollback" and plan["app"] == "shop"
+    step = plan["steps"][0]
+    assert step["kind"] == "rollback" and step["action"] == "update", step
+    assert "-releases/20261102000000\n+releases/20261101000000" in step["diff"], step["diff"]
+    assert os.readlink(os.path.join(d, "current")) == "releases/20261102000000"
+    assert len(a.ctl_json("runs")["runs"]) == runs_before
+    # Nothing to go back to: the plan says why.
+    os.remove(os.path.join(d, "current"))
+    os.symlink("releases/20261101000000", os.path.join(d, "current"))
+    plan = json.loads(a.ctl("--json", "plan", "rollback", "shop").stdout)
+    assert plan["steps"][0]["action"] == "fail"
+    assert "no release before" in plan["steps"][0]["error"]
+    assert a.ctl("plan", "rollback").returncode == 2

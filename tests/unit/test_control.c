@@ -243,7 +243,8 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 	return 0;
 }
 
-int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, json_t **ret, char **ret_error)
+int engine_plan(struct engine *e, enum event ev, const char *layer, const char *app, const char *recipe, json_t **ret,
+		char **ret_error)
 {
 	if (layer && strcmp(layer, "nope") == 0) {
 		*ret_error = xstrdup("no layer nope");
