@@ -226,7 +226,7 @@ struct run *queue_requeue(struct run_list *l, long *next_id, const struct run *i
 
 	if (!req.recipe)
 		req.trigger = TRIGGER_RETRY;
-	else if (str_eq(req.recipe, RUN_RECIPE_ROLLBACK) && rollback_step_done(interrupted))
+	else if (str_eq(req.recipe, RUN_RECIPE_ROLLBACK) && (interrupted->switched || rollback_step_done(interrupted)))
 		req.recipe = (char *)RUN_RECIPE_RESTART;
 	r = queue_add(l, next_id, &req, interrupted->stack, req.recipe != NULL, now, ret_r);
 	if (r)

@@ -92,6 +92,8 @@ json_t *run_to_json(const struct run *r, enum run_view view)
 		json_object_set_new(o, "_front", json_true());
 	if (r->requeued && view == RUN_VIEW_STATE)
 		json_object_set_new(o, "_requeued", json_true());
+	if (r->switched)
+		json_object_set_new(o, "_switched", json_true());
 	if (r->has_pgid) {
 		json_object_set_new(o, "_pgid", json_integer(r->pgid));
 		json_object_set_new(o, "_pgid_start", json_integer(r->pgid_start));
@@ -153,6 +155,7 @@ struct run *run_from_json(const json_t *c)
 	}
 	r->front = json_is_true(json_object_get(c, "_front"));
 	r->requeued = json_is_true(json_object_get(c, "_requeued"));
+	r->switched = json_is_true(json_object_get(c, "_switched"));
 	return r;
 }
 
@@ -213,7 +216,7 @@ static bool state_run_member_ok(const char *k, const json_t *v)
 		return json_is_string(v) && name_is_valid(json_string_value(v));
 	if (!strcmp(k, "steps"))
 		return json_is_array(v);
-	if (!strcmp(k, "_front") || !strcmp(k, "_rollback_restart") || !strcmp(k, "_requeued"))
+	if (!strcmp(k, "_front") || !strcmp(k, "_rollback_restart") || !strcmp(k, "_requeued") || !strcmp(k, "_switched"))
 		return json_is_boolean(v);
 	/* Range-checked where it is used, by exec_kill_recorded_group, which
 	 * also says why it signals nothing. */

@@ -60,6 +60,10 @@ struct run {
 	int64_t pgid, pgid_start;
 	bool front;              /* runs before the others (an interrupted event) */
 	bool requeued;           /* interrupted and queued again already */
+	/* A rollback run whose rollback step finished: current has moved.
+	 * Saved in state.json at that step transition, so that a run killed
+	 * after it is queued again as a restart, never a second rollback. */
+	bool switched;
 };
 
 struct run_list {

@@ -21,6 +21,11 @@ static int build_named(const struct recipe_ctx *ctx, const char *recipe, struct 
 {
 	const struct stack_app *a = ctx->app ? stack_app_find(ctx->stack, ctx->app) : NULL;
 
+	/* Both are a deploy of one app, whatever layers serve it. */
+	if (ctx->event != EVENT_DEPLOY || ctx->layer || !ctx->app) {
+		*ret_error = xasprintf("the %s plan is the deploy of one app: event deploy, an app, no layer", recipe);
+		return -EINVAL;
+	}
 	if (!a) {
 		*ret_error = xasprintf("app \"%s\" is not in the stack's deploy section", ctx->app ? ctx->app : "");
 		return -ENOENT;

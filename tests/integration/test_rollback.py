@@ -62,3 +62,11 @@ def test_plan_rollback_shows_the_switch_and_changes_nothing(make_agent):
     assert plan["steps"][0]["action"] == "fail"
     assert "no release before" in plan["steps"][0]["error"]
     assert a.ctl("plan", "rollback").returncode == 2
+    # The rollback plan is the deploy of one app: asked as another event,
+    # for a layer, or without an app, it is refused, not relabelled.
+    from test_control import request
+    for params in ({"event": "setup", "app": "shop", "recipe": "rollback"},
+                   {"event": "deploy", "layer": "web", "app": "shop", "recipe": "rollback"},
+                   {"event": "deploy", "recipe": "rollback"}):
+        reply = request(a, {"method": "plan", "params": params})
+        assert reply["ok"] is False and "deploy of one app" in reply["error"]["message"], (params, reply)

@@ -95,6 +95,17 @@ static void test_layer_coverage(void **state)
 	run_list_clear(&l);
 }
 
+/* The public view of a record (new reference kept in a static to free at
+ * the next call: keeps the assertions one line). */
+static json_t *run_to_json_public_check(const struct run *r)
+{
+	static json_t *last;
+
+	json_decref(last);
+	last = run_to_json(r, RUN_VIEW_PUBLIC);
+	return last;
+}
+
 /* A rollback next to deploys of the same app: it joins none, none joins
  * it, and a second rollback is a second run (each goes back one release). */
 static void test_rollback_next_to_deploys(void **state)
@@ -203,6 +214,22 @@ static void test_requeue_after_interruption(void **state)
 	struct run *restart = queue_requeue(&l, &next, roll, NULL, &r);
 	assert_string_equal(restart->req.recipe, RUN_RECIPE_RESTART);
 	assert_ptr_not_equal(restart, roll2);
+	/* Killed (-9) after the link step: its steps were never saved, only
+	 * the record, which says the link moved. A restart, not a second
+	 * rollback (found by a tester: the app went back two releases). */
+	struct run *roll3 = queue_add(&l, &next, &rb, REV_B, false, NULL, &r);
+	roll3->status = RUN_INTERRUPTED;
+	roll3->switched = true;
+	json_t *st3 = run_to_json(roll3, RUN_VIEW_STATE);
+	struct run *back3 = run_from_json(st3);
+	assert_non_null(back3);
+	assert_null(back3->steps);
+	assert_true(back3->switched);
+	assert_null(json_object_get(run_to_json_public_check(roll3), "_switched"));
+	struct run *restart3 = queue_requeue(&l, &next, back3, NULL, &r);
+	assert_string_equal(restart3->req.recipe, RUN_RECIPE_RESTART);
+	json_decref(st3);
+	run_free(back3);
 	run_list_clear(&l);
 }
 
