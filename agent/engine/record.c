@@ -82,6 +82,10 @@ json_t *run_to_json(const struct run *r, enum run_view view)
 		json_object_set(o, "steps", r->steps);
 	else if (view == RUN_VIEW_FILE || view == RUN_VIEW_PUBLIC_STEPS)
 		json_object_set_new(o, "steps", json_array());
+	/* A run of a named plan (rollback; the scheduler's jobs later) says
+	 * which, as design.md §5's runs do. */
+	if (r->req.recipe && !private)
+		json_object_set_new(o, "recipe", json_string(r->req.recipe));
 	if (!private)
 		return o;
 	if (r->stack)

@@ -20,6 +20,7 @@
 static int build_named(const struct recipe_ctx *ctx, const char *recipe, struct plan *plan, char **ret_error)
 {
 	const struct stack_app *a = ctx->app ? stack_app_find(ctx->stack, ctx->app) : NULL;
+	int r;
 
 	/* Both are a deploy of one app, whatever layers serve it. */
 	if (ctx->event != EVENT_DEPLOY || ctx->layer || !ctx->app) {
@@ -37,9 +38,14 @@ static int build_named(const struct recipe_ctx *ctx, const char *recipe, struct 
 		return -ENOENT;
 	}
 	if (apps_is_family_app(ctx->stack, ctx->app))
-		return apps_plan_rollback(ctx->stack, ctx->config, ctx->app, plan, ret_error);
-	/* An app no family serves has no services to restart. */
-	return plan_add_rollback(plan, ctx->app, a->deploy_to, ret_error) ? 0 : -EINVAL;
+		r = apps_plan_rollback(ctx->stack, ctx->config, ctx->app, plan, ret_error);
+	else /* An app no family serves has no services to restart. */
+		r = plan_add_rollback(plan, ctx->app, a->deploy_to, ret_error) ? 0 : -EINVAL;
+	/* Its steps say which plan they belong to, in runs and logs. */
+	for (size_t i = 0; r == 0 && i < plan->n_steps; i++)
+		if (!plan->steps[i]->recipe)
+			plan->steps[i]->recipe = xstrdup(recipe);
+	return r;
 }
 
 /* The layers a run covers: one, or every layer of this instance. */

@@ -22,6 +22,10 @@ def test_rollback_switches_current_to_the_previous_release(make_agent):
     r = a.ctl_json("rollback", "shop")
     assert r == {"app": "shop", "from": "20261103000000", "to": "20261102000000"}
     assert os.readlink(os.path.join(d, "current")) == "releases/20261102000000"
+    # The rollback was a run like any other, and says so.
+    run = a.ctl_json("runs")["runs"][0]
+    assert run["recipe"] == "rollback" and run["event"] == "deploy" and run["app"] == "shop", run
+    assert a.ctl_json("show", run["id"])["steps"][0]["recipe"] == "rollback"
     a.ctl("rollback", "shop", check=0)
     assert os.readlink(os.path.join(d, "current")) == "releases/20261101000000"
     p = a.ctl("rollback", "shop")
