@@ -121,10 +121,14 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	a->rec->has_pgid = false;
 	if (s->status == STEP_CHANGED)
 		a->changed++;
-	/* Saved with the persist below, before anything else can happen. */
-	if (strcmp(s->ops->kind, RUN_RECIPE_ROLLBACK) == 0 && (s->status == STEP_CHANGED || s->status == STEP_UNCHANGED))
-		a->rec->switched = true;
 	active_keep_step(a, s, index);
+	/* The link moved: saved at once, before the restarts that follow can
+	 * hang or the agent be killed, so that a start after a kill queues the
+	 * restarts alone, never a second rollback. */
+	if (strcmp(s->ops->kind, RUN_RECIPE_ROLLBACK) == 0 && (s->status == STEP_CHANGED || s->status == STEP_UNCHANGED)) {
+		a->rec->switched = true;
+		engine_persist_active(e);
+	}
 	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error || s->message ? ": " : "",
 		    s->error ? s->error : str_or_empty(s->message), (double)s->duration_us / 1000.0);
 	if (s->status == STEP_FAILED)

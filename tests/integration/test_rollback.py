@@ -2,7 +2,7 @@
 import json
 import os
 
-from conftest import simple_stack
+from conftest import simple_stack, wait_for
 
 
 def releases(root, base, names, current):
@@ -74,3 +74,49 @@ def test_plan_rollback_shows_the_switch_and_changes_nothing(make_agent):
                    {"event": "deploy", "recipe": "rollback"}):
         reply = request(a, {"method": "plan", "params": params})
         assert reply["ok"] is False and "deploy of one app" in reply["error"]["message"], (params, reply)
+
+
+def test_a_rollback_killed_after_its_switch_is_not_rolled_back_twice(make_agent, tmp_path):
+    # The switch and the restarts are one run. Killed (-9) while a restart
+    # hangs, the run is queued again on the next start as the restarts
+    # only: current stays one release back, never two (a tester's case).
+    import socket
+    import threading
+    from apps_fixtures import apps_stack
+    stack = apps_stack(str(tmp_path / "no-such-repo"), pi={"instance_count": 1})
+    sup = str(tmp_path / "supervisor.sock")
+    a = make_agent(stack, conf_extra={"supervisor_socket": sup, "retry_min": 3600, "retry_max": 3600,
+                                      "package_install_command": ["/bin/true"]}).start()
+    a.wait_runs(3, timeout=60)
+    a.wait_idle(timeout=60)
+    d = releases(a.root, "/srv/www/plone_instances", ["20261101000000", "20261102000000", "20261103000000"],
+                 "20261103000000")
+    # A supervisord that accepts and never answers: the restart hangs.
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sup)
+    srv.listen(8)
+    held = []
+    def accept():
+        try:
+            while True:
+                held.append(srv.accept())
+        except OSError:
+            pass
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        r = a.ctl_json("rollback", "plone_instances")
+        assert r["from"] == "20261103000000" and r["to"] == "20261102000000" and r["restart_run"], r
+        assert os.readlink(os.path.join(d, "current")) == "releases/20261102000000"
+        wait_for(lambda: held, what="the restart to reach the hanging supervisord")
+        a.kill9()
+    finally:
+        srv.close()
+        for c, _ in held:
+            c.close()
+        os.unlink(sup)
+    a.start()
+    wait_for(lambda: any(x.get("recipe") == "restart" and x["status"] in ("success", "failed")
+                         for x in a.ctl_json("runs")["runs"]), timeout=60, what="the restarts queued again")
+    assert os.readlink(os.path.join(d, "current")) == "releases/20261102000000"
+    runs = a.ctl_json("runs")["runs"]
+    assert not any(x.get("recipe") == "rollback" and x["id"] > r["restart_run"] for x in runs), runs
