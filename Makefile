@@ -5,7 +5,7 @@ BUILD ?= build
 SAN ?=
 CC ?= cc
 
-PKGS := libuv libcurl jansson libsystemd mount blkid libxml-2.0
+PKGS := libuv libcurl jansson libsystemd mount blkid libxml-2.0 zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # agentd itself is linked without libxml2: io/supervisor.c loads it on first use.

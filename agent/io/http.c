@@ -67,6 +67,8 @@ struct http_request {
 	char *last_modified;      /* owned, may be NULL */
 	char *capture_name;       /* owned: http_options.capture_header, may be NULL */
 	char *captured;           /* owned: its value, may be NULL */
+	char *content_encoding;   /* owned: of a response whose body libcurl decodes, for messages, may be NULL */
+	bool decode_content;
 	size_t header_bytes;      /* response header bytes so far, all responses of the transfer */
 	bool headers_too_large;
 	bool truncated;
@@ -202,6 +204,7 @@ static void request_free(struct http_request *r)
 	free(r->last_modified);
 	free(r->capture_name);
 	free(r->captured);
+	free(r->content_encoding);
 	free(r);
 }
 
@@ -237,6 +240,12 @@ static void request_finish(struct http_request *r, CURLcode code)
 	if (code != CURLE_OK) {
 		if (r->headers_too_large)
 			error = xasprintf("%s: response headers larger than %d bytes", r->shown_url, HTTP_HEADERS_MAX);
+		else if (r->truncated && r->content_encoding && code != CURLE_FILESIZE_EXCEEDED)
+			/* The cap counts decoded bytes: say so, or a small
+			 * Content-Length would make the message look wrong.
+			 * (FILESIZE_EXCEEDED is the announced, encoded length.) */
+			error = xasprintf("%s: body larger than %zu bytes once decoded (Content-Encoding: %s)",
+					  r->shown_url, r->max_body, r->content_encoding);
 		else if (r->truncated)
 			error = xasprintf("%s: body larger than %zu bytes", r->shown_url, r->max_body);
 		else if (r->write_errno)
@@ -511,7 +520,8 @@ static size_t cb_header(char *buffer, size_t size, size_t nitems, void *userdata
 		free(r->etag);
 		free(r->last_modified);
 		free(r->captured);
-		r->etag = r->last_modified = r->captured = NULL;
+		free(r->content_encoding);
+		r->etag = r->last_modified = r->captured = r->content_encoding = NULL;
 		return n;
 	}
 	/* A header with a NUL in it would be cut short by the string copy and
@@ -530,6 +540,14 @@ static size_t cb_header(char *buffer, size_t size, size_t nitems, void *userdata
 		r->last_modified = NULL;
 		if (!memchr(buffer, '\0', n) && http_date_is_valid(v))
 			r->last_modified = v;
+		else
+			free(v);
+	} else if (r->decode_content && (v = header_value(buffer, n, "Content-Encoding"))) {
+		/* Only named in a message: kept when short and printable. */
+		free(r->content_encoding);
+		r->content_encoding = NULL;
+		if (!memchr(buffer, '\0', n) && strlen(v) <= 64 && bytes_are_field_safe(v, strlen(v)))
+			r->content_encoding = v;
 		else
 			free(v);
 	} else if (r->capture_name && (v = header_value(buffer, n, r->capture_name))) {
@@ -615,6 +633,13 @@ static int request_setup(struct http_request *r, const struct http_options *o)
 	SETOPT(e, CURLOPT_WRITEDATA, r);
 	SETOPT(e, CURLOPT_HEADERFUNCTION, cb_header);
 	SETOPT(e, CURLOPT_HEADERDATA, r);
+	/* Asks for gzip, the encoding every server and CDN offers, in a
+	 * short header line; libcurl then decodes whatever Content-Encoding it
+	 * knows (gzip, deflate, br, zstd), asked for or not (S3 serves an
+	 * object stored gzipped with Content-Encoding: gzip to every client).
+	 * The write callback sees decoded bytes: max_body caps those. */
+	if (o->decode_content)
+		SETOPT(e, CURLOPT_ACCEPT_ENCODING, "gzip");
 	/* Fails early when the server announces a too large body; the write
 	 * callback catches the rest. */
 	if (r->max_body != SIZE_MAX)
@@ -689,6 +714,7 @@ int http_request_start(struct http *h, const struct http_options *o, http_done_c
 	r->max_body = o->max_body ? o->max_body : o->on_body ? SIZE_MAX : HTTP_DEFAULT_MAX_BODY;
 	r->shown_url = http_url_redact(o->url);
 	r->capture_name = o->capture_header ? xstrdup(o->capture_header) : NULL;
+	r->decode_content = o->decode_content;
 	buf_init(&r->body);
 
 	r->easy = curl_easy_init();

@@ -50,6 +50,11 @@ struct http_options {
 	const char *capture_header;    /* a response header name whose value to return in http_response.captured, may be NULL */
 	http_body_cb on_body;          /* stream the body to this callback (with the done callback's userdata) as
 	                                * it arrives instead of collecting it, may be NULL; not with output_path */
+	bool decode_content;           /* send "Accept-Encoding: gzip" and undo the Content-Encoding of the answer
+	                                * (any libcurl decodes: gzip, deflate, br, zstd): the body, the
+	                                * files and on_body get the decoded bytes, and max_body caps those (a
+	                                * gzip bomb fails as "larger than", naming the encoding). Off, the bytes
+	                                * are kept as sent: an archive's checksum is over what the server has */
 };
 
 /* Longest ETag or Last-Modified value a response reports or a request sends

@@ -7,7 +7,10 @@
  * checks), and forgotten after any 4xx (the server may be refusing them) and
  * on reload (a reload starts from scratch). A 304 to a request that carried
  * none has nothing to refer to: it is an error, and the next GET is
- * unconditional again. */
+ * unconditional again. A compressed document is accepted either way a server
+ * sends one (design.md §4): with Content-Encoding (libcurl decodes it) or as
+ * a body that is itself gzip data (source_gunzip), both capped at
+ * STACK_MAX_BYTES decompressed. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,13 +94,28 @@ static void http_source_done(void *userdata, const struct http_response *r)
 		poller_fail(p, true, "GET %s: HTTP %ld", p->shown_url, r->status);
 		return;
 	}
+	/* A body that is itself gzip data (a .json.gz served as
+	 * application/octet-stream) is decompressed here, before its
+	 * validators are kept: a bomb or broken gzip is a failed fetch, and the
+	 * next GET asks for the whole document again rather than a 304 that
+	 * would confirm it. */
+	_cleanup_free_ char *what = xasprintf("GET %s", p->shown_url), *error = NULL, *doc = NULL;
+	size_t doc_len = 0;
+	if (source_gunzip(what, r->body, r->body_len, &doc, &doc_len, &error) < 0) {
+		http_forget_validators(h);
+		poller_fail(p, true, "%s", error);
+		return;
+	}
 	/* Validators belong to the document last delivered: a 200 without
 	 * them (or with ones io/http.c found unfit to send back) means the
 	 * next GET is unconditional. */
 	http_forget_validators(h);
 	h->etag = r->etag ? xstrdup(r->etag) : NULL;
 	h->last_modified = r->last_modified ? xstrdup(r->last_modified) : NULL;
-	poller_succeed(p, r->body, r->body_len);
+	if (doc)
+		poller_succeed(p, doc, doc_len);
+	else
+		poller_succeed(p, r->body, r->body_len);
 }
 
 static void http_source_fetch(struct poller *p)
@@ -108,6 +126,9 @@ static void http_source_fetch(struct poller *p)
 		.url = p->s->url,
 		.timeout_ms = poller_request_timeout_ms(p, HTTP_SOURCE_TIMEOUT_MS),
 		.max_body = STACK_MAX_BYTES,
+		/* Content-Encoding (gzip, and what else libcurl decodes) is
+		 * undone by libcurl; the cap counts decoded bytes. */
+		.decode_content = true,
 	};
 	int r;
 

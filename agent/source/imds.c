@@ -8,7 +8,7 @@
  * GET /latest/user-data on every poll. 401 drops the token and retries that
  * GET once with a new one; 403 means IMDS is disabled, so polling stops until
  * a reload instead of spinning; 404 on user-data is reported and polled again
- * at the normal interval. */
+ * at the normal interval. Gzipped user-data is decompressed (imds_deliver). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,7 +137,7 @@ static void imds_next(struct imds_source *m)
 	const char *get_headers[2] = { NULL, NULL };
 	/* A proxy from the environment would add X-Forwarded-For, which
 	 * IMDS refuses, and the link-local address is never behind one. */
-	struct http_options o = { .max_body = STACK_MAX_BYTES, .no_proxy = true };
+	struct http_options o = { .max_body = STACK_MAX_BYTES, .no_proxy = true, .decode_content = true };
 	int64_t now = time_monotonic_usec();
 	int r;
 
@@ -184,6 +184,24 @@ static void imds_fetch(struct poller *p)
 	m->p.reloaded = false; /* nothing is conditional here */
 	m->retried = false;
 	imds_next(m);
+}
+
+/* User-data gzipped to fit EC2's 16 KiB limit comes without
+ * Content-Encoding (IMDS serves the bytes as they were given): it is known
+ * by gzip's magic and decompressed with the stack's cap. */
+static void imds_deliver(struct imds_source *m, const char *url, const struct http_response *r)
+{
+	_cleanup_free_ char *what = xasprintf("GET %s", url), *error = NULL, *doc = NULL;
+	size_t doc_len = 0;
+
+	if (source_gunzip(what, r->body, r->body_len, &doc, &doc_len, &error) < 0) {
+		poller_fail(&m->p, true, "%s", error);
+		return;
+	}
+	if (doc)
+		poller_succeed(&m->p, doc, doc_len);
+	else
+		poller_succeed(&m->p, r->body, r->body_len);
 }
 
 static void imds_done(void *userdata, const struct http_response *r)
@@ -260,7 +278,7 @@ static void imds_done(void *userdata, const struct http_response *r)
 			return;
 		}
 		m->retried = false;
-		poller_succeed(&m->p, r->body, r->body_len);
+		imds_deliver(m, url, r);
 		return;
 	}
 

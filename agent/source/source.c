@@ -8,8 +8,10 @@
 #include <string.h>
 
 #include "config.h"
+#include "io/gzip.h"
 #include "io/http.h"
 #include "log.h"
+#include "stack/stack.h"
 #include "util.h"
 
 int source_new(uv_loop_t *loop, const struct config *config, struct http *http, const struct source_callbacks *cbs,
@@ -88,6 +90,30 @@ bool source_unchanged(struct source *s)
 {
 	s->last_fetch_usec = time_now_usec();
 	return s->cbs.on_unchanged ? s->cbs.on_unchanged(s->userdata) : true;
+}
+
+int source_gunzip(const char *what, const char *data, size_t len, char **ret_data, size_t *ret_len,
+		  char **ret_error)
+{
+	const char *reason = NULL;
+	int r;
+
+	*ret_data = NULL;
+	*ret_len = 0;
+	*ret_error = NULL;
+	if (!gzip_is(data, len))
+		return 0;
+	r = gzip_inflate(data, len, STACK_MAX_BYTES, ret_data, ret_len, &reason);
+	if (r == -EFBIG)
+		*ret_error = xasprintf("%s: gzip-compressed document larger than %d bytes once decompressed "
+				       "(%zu bytes compressed); refused",
+				       what, STACK_MAX_BYTES, len);
+	else if (r == -EBADMSG)
+		*ret_error = xasprintf("%s: starts like gzip data but does not decompress: %s", what,
+				       reason ? reason : "invalid gzip data");
+	else if (r < 0)
+		*ret_error = xasprintf("%s: decompressing gzip data: %s", what, strerror(-r));
+	return r;
 }
 
 void source_fail(struct source *s, const char *fmt, ...)

@@ -71,6 +71,17 @@ void source_deliver(struct source *s, const char *data, size_t len);
 void source_fail(struct source *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Calls on_unchanged (see struct source_callbacks); true when it is absent. */
 bool source_unchanged(struct source *s);
+/* Every source accepts a gzip-compressed document (design.md §4): when
+ * data[0..len) starts with gzip's magic, whatever the source or its labels
+ * said, it is decompressed with STACK_MAX_BYTES as the cap on the document
+ * that comes out. Returns 0 with *ret_data NULL (not gzip: use data as is),
+ * 0 with the document in *ret_data (malloc'd, NUL-terminated) and
+ * *ret_len, or a negative errno (-EFBIG over the cap, -EBADMSG not valid
+ * gzip, -ENOMEM) with *ret_error, a malloc'd message that starts with what
+ * (the URL or path, as the source names it in its messages). Touches no
+ * state: file.c calls it on the thread pool. */
+int source_gunzip(const char *what, const char *data, size_t len, char **ret_data, size_t *ret_len,
+		  char **ret_error);
 
 /* Poll delay with jitter: interval ± 10%, and on errors capped exponential
  * backoff: min(interval, 2^failures s) ... shared by polled sources. */

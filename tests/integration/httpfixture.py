@@ -75,13 +75,23 @@ Control endpoints (never recorded in the log):
                             "token_ttl_header" (string: the TTL header of the
                             token answer), "max_header_bytes" (int: a request
                             header line longer than this gets 431, as real
-                            servers do; default 8192).
+                            servers do; default 8192),
+                            and, for compressed documents:
+                            "content_encoding" ("gzip" or null: mode stack
+                            gzips the document as it sends it, with
+                            Content-Encoding: gzip, whether or not the client
+                            asked for it, as S3 does for an object stored so),
+                            "stack_base64", "user_data_base64" (string: the
+                            document or user-data as these bytes, base64;
+                            binary bodies such as a .json.gz or a gzip bomb).
 
 Every request's log entry also has "status", the status answered.
 """
 
 import argparse
+import base64
 import email.utils
+import gzip
 import hashlib
 import json
 import os
@@ -132,6 +142,7 @@ class State:
             self.token_override = None
             self.token_ttl_header = None
             self.max_header_bytes = DEFAULT_MAX_HEADER_BYTES
+            self.content_encoding = None
             self.tokens = {}
             self.log = []
             self._release_hanging()
@@ -183,6 +194,14 @@ class State:
                     self.token_ttl_header = v
                 elif k == "max_header_bytes":
                     self.max_header_bytes = int(v)
+                elif k == "content_encoding":
+                    if v not in (None, "gzip"):
+                        raise ValueError("content_encoding: gzip or null")
+                    self.content_encoding = v
+                elif k == "stack_base64":
+                    self.set_stack(base64.b64decode(v))
+                elif k == "user_data_base64":
+                    self.user_data = base64.b64decode(v)
                 else:
                     raise ValueError("unknown setting %r" % k)
 
@@ -314,6 +333,7 @@ class Handler(BaseHTTPRequestHandler):
             doc, etag, lm, mtime = self.st.stack, self.st.etag, self.st.last_modified, self.st.mtime
             served_etag = self.st.etag_override if self.st.etag_override is not None else etag
             served_lm = self.st.last_modified_override if self.st.last_modified_override is not None else lm
+            encoding = self.st.content_encoding
         validators = [("ETag", served_etag), ("Last-Modified", served_lm)]
         inm = self.headers.get("If-None-Match")
         ims = self.headers.get("If-Modified-Since")
@@ -328,7 +348,13 @@ class Handler(BaseHTTPRequestHandler):
                 when = None
             if when is not None and mtime <= when:
                 return self._send(304, headers=validators)
-        self._send(200, doc, headers=validators, content_type="application/json")
+        ctype = "application/json"
+        if encoding == "gzip":
+            doc = gzip.compress(doc, mtime=0)
+            validators.append(("Content-Encoding", "gzip"))
+        elif doc[:2] == b"\x1f\x8b":
+            ctype = "application/octet-stream"  # a .json.gz file, as a static server labels it
+        self._send(200, doc, headers=validators, content_type=ctype)
 
     def _mode_304(self, body):
         with self.st.lock:

@@ -331,3 +331,109 @@ def test_imds_huge_header_ignored(make_agent, imds):
     a = imds_agent(make_agent, imds).start()
     a.wait_runs(3)
     assert error_of(a) is None
+
+
+# ---- issue 11, kind 4: sources that real endpoints produce (design.md §4: gzip) ----
+
+import gzip as gzip_mod  # noqa: E402
+
+BOMB = 20 * 1024 * 1024  # zeros: about 20 KiB compressed, over the 16 MiB cap decompressed
+
+
+def gz(data):
+    return gzip_mod.compress(data, mtime=0)
+
+
+def test_http_content_encoding_gzip(make_agent, fx):
+    """A server that gzips the stack (Content-Encoding: gzip) gave "invalid token at line 1"."""
+    fx.set(content_encoding="gzip")
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    assert error_of(a) is None
+    assert any("gzip" in r["headers"].get("accept-encoding", "") for r in fx.log())
+    # Changes keep coming through, and the polls stay conditional.
+    fx.set_stack(doc(simple_stack(extra={"new": 1})))
+    a.wait_runs(4)
+    wait_for(lambda: any("if-none-match" in r["headers"] for r in fx.log()), what="a conditional GET")
+    assert error_of(a) is None
+
+
+def test_http_body_is_gzip_file(make_agent, fx):
+    """A stack.json.gz served as it is on disk (application/octet-stream, no Content-Encoding)."""
+    fx.set_stack(gz(doc(simple_stack())))
+    a = http_agent(make_agent, fx.url("/stack.json.gz")).start()
+    a.wait_runs(3)
+    assert error_of(a) is None
+    # Several members (cat a.gz b.gz) make one document.
+    body = doc(simple_stack(extra={"m": 2}))
+    fx.set_stack(gz(body[:10]) + gz(body[10:]))
+    a.wait_runs(4)
+    assert error_of(a) is None
+
+
+@pytest.mark.parametrize("how", ["content-encoding", "raw"])
+def test_http_gzip_bomb_refused_last_good_kept(make_agent, fx, how):
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    rev = a.status()["source"]["stack_revision"]
+    if how == "raw":
+        fx.set_stack(gz(b"\0" * BOMB))
+    else:
+        fx.set(content_encoding="gzip")
+        fx.set_stack(b" " * BOMB)
+    wait_for(lambda: error_of(a) and "larger than" in error_of(a), what="the bomb refused")
+    assert fx.url() in error_of(a) and "16777216" in error_of(a)
+    st = a.status()
+    assert st["source"]["stack_revision"] == rev and len(a.runs()) == 3
+    assert a.proc.poll() is None
+    # The next good document is taken.
+    fx.set_stack(doc(simple_stack(extra={"after": 1})))
+    a.wait_runs(4)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x1f\x8bnot gzip at all",
+    "truncated",
+    "trailing",
+])
+def test_http_broken_gzip_refused(make_agent, fx, bad):
+    good = gz(doc(simple_stack(extra={"g": 1})))
+    if bad == "truncated":
+        bad = good[:-12]
+    elif bad == "trailing":
+        bad = good + b"garbage"
+    a = http_agent(make_agent, fx.url()).start()
+    a.wait_runs(3)
+    rev = a.status()["source"]["stack_revision"]
+    fx.set_stack(bad)
+    wait_for(lambda: error_of(a) and "gzip" in error_of(a), what="the gzip error")
+    assert fx.url() in error_of(a)
+    assert a.status()["source"]["stack_revision"] == rev
+    fx.set_stack(good)
+    a.wait_runs(4)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")
+
+
+def test_imds_gzip_user_data(make_agent, imds):
+    """User-data gzipped to fit EC2's 16 KiB limit: IMDS serves the bytes, no Content-Encoding."""
+    imds.set(user_data=gz(doc(simple_stack())))
+    a = imds_agent(make_agent, imds).start()
+    a.wait_runs(3)
+    assert error_of(a) is None
+    imds.set(user_data=gz(doc(simple_stack(extra={"v": 2}))))
+    a.wait_runs(4)
+    assert error_of(a) is None
+
+
+def test_imds_gzip_bomb_refused(make_agent, imds):
+    a = imds_agent(make_agent, imds).start()
+    a.wait_runs(3)
+    rev = a.status()["source"]["stack_revision"]
+    imds.set(user_data=gz(b"\0" * BOMB))
+    wait_for(lambda: error_of(a) and "larger than" in error_of(a), what="the bomb refused")
+    assert imds.url("/latest/user-data") in error_of(a)
+    assert a.status()["source"]["stack_revision"] == rev and len(a.runs()) == 3
+    imds.set(user_data=gz(doc(simple_stack(extra={"v": 3}))))
+    a.wait_runs(4)
+    wait_for(lambda: error_of(a) is None, what="the error to clear")

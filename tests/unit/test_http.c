@@ -26,6 +26,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <uv.h>
+#include <zlib.h>
 
 #include "config.h"
 #include "io/http.h"
@@ -1707,6 +1708,145 @@ static void test_imds_hostile_metadata(void **state)
 	events_clear(&ev);
 }
 
+/* ---- issue 11: gzip-compressed documents (design.md §4) ---- */
+
+/* gzip data of in[0..len) (malloc'd), as gzip(1) writes it. */
+static unsigned char *gz(const void *in, size_t len, size_t *ret_len)
+{
+	z_stream z = { 0 };
+	size_t cap = len + len / 100 + 1024;
+	unsigned char *out = xmalloc(cap);
+
+	assert_int_equal(deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+	z.next_in = (unsigned char *)in;
+	z.avail_in = (uInt)len;
+	z.next_out = out;
+	z.avail_out = (uInt)cap;
+	assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+	*ret_len = cap - z.avail_out;
+	deflateEnd(&z);
+	return out;
+}
+
+/* The fixture's stack (or user-data) becomes these bytes. */
+static void fixture_bytes(const char *key, const void *data, size_t len)
+{
+	static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *p = data;
+	struct buf b;
+
+	buf_init(&b);
+	buf_printf(&b, "{\"%s_base64\": \"", key);
+	for (size_t i = 0; i < len; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0) |
+			     (i + 2 < len ? p[i + 2] : 0);
+		char q[4] = { b64[v >> 18 & 63], b64[v >> 12 & 63], i + 1 < len ? b64[v >> 6 & 63] : '=',
+			      i + 2 < len ? b64[v & 63] : '=' };
+		buf_append(&b, q, 4);
+	}
+	buf_puts(&b, "\"}");
+	fixture_set(b.data);
+	buf_free(&b);
+}
+
+static void fixture_gzip_bomb(const char *key, size_t n)
+{
+	_cleanup_free_ char *zeros = xcalloc(1, n);
+	size_t len;
+	_cleanup_free_ unsigned char *bomb = gz(zeros, n, &len);
+
+	fixture_bytes(key, bomb, len);
+}
+
+/* decode_content asks for gzip and undoes it; without it the bytes stay as
+ * sent (a fetched archive's checksum is over those). */
+static void test_http_decode_content(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json");
+	struct result res = { 0 };
+
+	fixture_set("{\"content_encoding\": \"gzip\"}");
+	fetch(t, &(struct http_options){ .url = url, .decode_content = true }, &res);
+	assert_null(res.error);
+	assert_string_equal(res.body, STACK_DOC);
+	fetch(t, &(struct http_options){ .url = url }, &res);
+	assert_null(res.error);
+	assert_true(res.body_len >= 2 && (unsigned char)res.body[0] == 0x1f && (unsigned char)res.body[1] == 0x8b);
+	json_t *log = fixture_log();
+	assert_string_equal(log_header(log, 0, "accept-encoding"), "gzip");
+	assert_null(log_header(log, 1, "accept-encoding"));
+	json_decref(log);
+
+	/* The cap counts decoded bytes, and the message says so. */
+	fixture_gzip_bomb("stack", 20 * 1024 * 1024);
+	fixture_set("{\"content_encoding\": null, \"headers\": [[\"Content-Encoding\", \"gzip\"]]}");
+	fetch(t, &(struct http_options){ .url = url, .decode_content = true }, &res);
+	assert_non_null(res.error);
+	assert_true(res.truncated);
+	_cleanup_free_ char *want = xasprintf("%s: body larger than 16777216 bytes once decoded (Content-Encoding: gzip)", url);
+	assert_string_equal(res.error, want);
+	result_clear(&res);
+}
+
+static void test_source_http_gzip(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *url = fixture_url("/stack.json.gz");
+	_cleanup_free_ char *want = xasprintf("GET %s: gzip-compressed document larger than 16777216 bytes", url);
+	struct events ev = { 0 };
+	size_t n;
+	_cleanup_free_ unsigned char *data = gz("{\"v\": 7}", 8, &n);
+
+	fixture_set("{\"content_encoding\": \"gzip\"}");
+	(void)source_open(t, url, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 3000));
+	assert_string_equal(ev.doc, STACK_DOC);
+
+	/* A body that is gzip data itself, without Content-Encoding. */
+	fixture_set("{\"content_encoding\": null}");
+	fixture_bytes("stack", data, n);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 2, 3000));
+	assert_string_equal(ev.doc, "{\"v\": 7}");
+	assert_int_equal(ev.errors, 0);
+
+	/* A bomb is a failed fetch: nothing delivered, the URL named. */
+	fixture_gzip_bomb("stack", 20 * 1024 * 1024);
+	assert_true(RUN_UNTIL(&t->loop, ev.errors >= 2, 5000));
+	assert_int_equal(ev.docs, 2);
+	assert_true(strncmp(ev.error, want, strlen(want)) == 0);
+	/* Its validators were not kept: every GET after it is unconditional. */
+	json_t *log = fixture_log();
+	size_t last = json_array_size(log) - 1;
+	assert_null(log_header(log, last, "if-none-match"));
+	json_decref(log);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
+static void test_imds_gzip_user_data(void **state)
+{
+	struct t *t = *state;
+	_cleanup_free_ char *want = xasprintf("GET http://127.0.0.1:%d/latest/user-data: gzip-compressed document larger than", fixture_port);
+	struct events ev = { 0 };
+	size_t n;
+	_cleanup_free_ unsigned char *data = gz(STACK_DOC, strlen(STACK_DOC), &n);
+
+	fixture_bytes("user_data", data, n);
+	(void)imds_open(t, &ev);
+	assert_true(RUN_UNTIL(&t->loop, ev.docs == 1, 5000));
+	assert_string_equal(ev.doc, STACK_DOC);
+
+	fixture_gzip_bomb("user_data", 20 * 1024 * 1024);
+	assert_true(RUN_UNTIL(&t->loop, ev.errors >= 1, 5000));
+	assert_true(strncmp(ev.error, want, strlen(want)) == 0);
+	assert_int_equal(ev.docs, 1);
+
+	source_close(t);
+	events_clear(&ev);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1756,6 +1896,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_imds_hostile_ttl_header, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_imds_oversized_token, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_imds_hostile_metadata, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_http_decode_content, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_source_http_gzip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_imds_gzip_user_data, setup, teardown),
 	};
 
 	/* Broken pipes from the fixture must not kill the test. */
