@@ -3,6 +3,7 @@
  * watchdog. Everything else hangs off the engine and the control server. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -146,7 +147,8 @@ static int parse_options(int argc, char **argv, struct options *o)
 }
 
 /* --check-config: the normalised configuration on stdout, or the error on
- * stderr. Returns the exit code. */
+ * stderr. Returns the exit code: 0 for a configuration agentd starts with,
+ * warnings (on stderr) included; 1 for an error (design.md §4). */
 static int check_config(struct config *config, int r, const char *err)
 {
 	if (r < 0) {
@@ -154,6 +156,14 @@ static int check_config(struct config *config, int r, const char *err)
 		config_free(config);
 		return 1;
 	}
+	/* A group that does not exist is not an error (it may be created
+	 * later; it is looked up as clients connect), but until then only
+	 * root and agentd's own user may use the privileged methods. */
+	if (config->admin_group && *config->admin_group && !getgrnam(config->admin_group))
+		fprintf(stderr,
+			"agentd: warning: admin_group \"%s\" does not exist: until it does, only root and agentd's own "
+			"user may use privileged methods\n",
+			config->admin_group);
 	json_t *j = config_to_json(config);
 	char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	printf("%s\n", s);
