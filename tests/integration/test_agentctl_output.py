@@ -290,3 +290,15 @@ def test_check_config_warns_of_an_admin_group_that_does_not_exist(tmp_path):
     assert "warning" in r.stderr and "agentd-test-nosuchgroup" in r.stderr and "does not exist" in r.stderr
     r = check_config(tmp_path, {"admin_group": "root"})
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_check_config_warns_of_a_command_that_is_not_there(tmp_path):
+    r = check_config(tmp_path, {"admin_group": "root", "buildout_command": ["/nonexistent/bin/buildout"],
+                                "haproxy_command": ["agentd-test-no-such-haproxy", "-q"],
+                                "package_install_command": ["/bin/true"], "mkfs_command": ["true"]})
+    assert r.returncode == 0, r.stderr
+    warnings = r.stderr.splitlines()
+    assert len(warnings) == 2, r.stderr
+    assert any("buildout_command" in w and "/nonexistent/bin/buildout" in w for w in warnings), r.stderr
+    assert any("haproxy_command" in w and "agentd-test-no-such-haproxy" in w for w in warnings), r.stderr
+    assert all(w.startswith("agentd: warning: ") for w in warnings)
