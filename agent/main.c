@@ -3,6 +3,7 @@
  * watchdog. Everything else hangs off the engine and the control server. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -145,8 +146,63 @@ static int parse_options(int argc, char **argv, struct options *o)
 	return -1;
 }
 
+/* Whether the command name (argv[0] of a command key) names an executable
+ * file: as given when it has a slash, else in $PATH or the directories
+ * systemd gives services. */
+static bool command_found(const char *name)
+{
+	static const char service_path[] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+	const char *paths[] = { getenv("PATH"), service_path };
+
+	if (strchr(name, '/'))
+		return access(name, X_OK) == 0;
+	for (size_t i = 0; i < ELEMENTSOF(paths); i++)
+		for (const char *p = paths[i]; p && *p;) {
+			const char *end = strchr(p, ':');
+			size_t len = end ? (size_t)(end - p) : strlen(p);
+			_cleanup_free_ char *path = xasprintf("%.*s/%s", (int)len, p, name);
+
+			if (len > 0 && access(path, X_OK) == 0)
+				return true;
+			p = end ? end + 1 : p + len;
+		}
+	return false;
+}
+
+/* What a valid configuration names that does not exist on this host, on
+ * stderr: not errors (it may be installed or created later, and is looked
+ * up when used), but the operator should know. An admin_group that does not
+ * exist leaves the privileged methods to root and agentd's own user; a
+ * command key set to a program that is not there fails the steps that run
+ * it. Defaults are not checked: a host need not have every family's tools. */
+static void check_config_warnings(const struct config *config)
+{
+	json_auto_t *mine = config_to_json(config), *defaults_json = NULL;
+	struct config defaults;
+	const char *key;
+	json_t *v;
+
+	if (config->admin_group && *config->admin_group && !getgrnam(config->admin_group))
+		fprintf(stderr,
+			"agentd: warning: admin_group \"%s\" does not exist: until it does, only root and agentd's own "
+			"user may use privileged methods\n",
+			config->admin_group);
+	config_defaults(&defaults);
+	defaults_json = config_to_json(&defaults);
+	config_free(&defaults);
+	json_object_foreach(mine, key, v)
+	{
+		const char *cmd = json_string_value(json_array_get(v, 0));
+
+		if (cmd && !json_equal(v, json_object_get(defaults_json, key)) && !command_found(cmd))
+			fprintf(stderr, "agentd: warning: %s: command \"%s\" is not an executable file here\n", key,
+				cmd);
+	}
+}
+
 /* --check-config: the normalised configuration on stdout, or the error on
- * stderr. Returns the exit code. */
+ * stderr. Returns the exit code: 0 for a configuration agentd starts with,
+ * warnings (on stderr) included; 1 for an error (design.md §4). */
 static int check_config(struct config *config, int r, const char *err)
 {
 	if (r < 0) {
@@ -154,6 +210,7 @@ static int check_config(struct config *config, int r, const char *err)
 		config_free(config);
 		return 1;
 	}
+	check_config_warnings(config);
 	json_t *j = config_to_json(config);
 	char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	printf("%s\n", s);

@@ -165,6 +165,7 @@ static int parse_log(int argc, char **argv, struct request *req)
 		if (next_vopt(argc, argv, &i, opts, &arg) >= 0) {
 			json_object_set_new(req->params, "follow", json_true());
 			req->streams = true;
+			req->print = print_log_follow;
 		} else if (argv[i][0] == '-' || run)
 			usage_error("log: unexpected argument \"%s\"", argv[i]);
 		else
@@ -229,6 +230,17 @@ static int parse_run(int argc, char **argv, struct request *req)
 	return parse_event_args(argc, argv, req, true);
 }
 
+static const char *pause_reason; /* as given, for the line that confirms it */
+
+static int print_paused(const json_t *r)
+{
+	if (pause_reason)
+		printf("Paused: %s. Stack changes wait until resume.\n", pause_reason);
+	else
+		printf("Paused (no reason given). Stack changes wait until resume.\n");
+	return 0;
+}
+
 static int parse_pause(int argc, char **argv, struct request *req)
 {
 	struct buf b;
@@ -245,6 +257,7 @@ static int parse_pause(int argc, char **argv, struct request *req)
 	buf_free(&b);
 	if (!json_object_get(req->params, "reason"))
 		usage_error("pause: the reason is not valid UTF-8");
+	pause_reason = json_string_value(json_object_get(req->params, "reason"));
 	return 0;
 }
 
@@ -267,10 +280,10 @@ static const struct verb verbs[] = {
 	  print_plan },
 	{ "run", "run", "EVENT [--layer L] [--app A] [--wait]", "Run an event now (privileged)", parse_run,
 	  print_queued },
-	{ "reload", "reload", "", "Fetch the stack source now (privileged)", parse_none, print_nothing },
-	{ "pause", "pause", "[REASON]", "Stop reacting to stack changes (privileged)", parse_pause, print_nothing },
-	{ "resume", "resume", "", "React to stack changes again (privileged)", parse_none, print_nothing },
-	{ "clear-failed", "clear-failed", "", "Leave the failed state (privileged)", parse_none, print_nothing },
+	{ "reload", "reload", "", "Fetch the stack source now (privileged)", parse_none, print_reloaded },
+	{ "pause", "pause", "[REASON]", "Stop reacting to stack changes (privileged)", parse_pause, print_paused },
+	{ "resume", "resume", "", "React to stack changes again (privileged)", parse_none, print_resumed },
+	{ "clear-failed", "clear-failed", "", "Leave the failed state (privileged)", parse_none, print_cleared },
 	{ "rollback", "rollback", "APP", "Point an app at its previous release (privileged)", parse_rollback,
 	  print_generic },
 	{ "version", "version", "", "Show agentctl's and agentd's versions", parse_none, print_version },

@@ -14,6 +14,11 @@
 
 /* ---- formatting helpers ---- */
 
+static bool same_str(const char *a, const char *b)
+{
+	return a && b && strcmp(a, b) == 0;
+}
+
 static const char *str_or_dash(const json_t *v)
 {
 	static char num[32];
@@ -179,10 +184,121 @@ static void free_cells(char **cells, size_t n)
 
 /* ---- printers (text form) ---- */
 
+/* A microsecond epoch as "2026-11-30 17:05:00 UTC (in 42s)", for people. */
+static void format_when(struct buf *b, long long usec)
+{
+	time_t t = (time_t)(usec / 1000000);
+	long long now = (long long)time(NULL), left = usec / 1000000 - now;
+	char d[64], when[64];
+	struct tm tm;
+
+	if (!gmtime_r(&t, &tm) || strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm) == 0) {
+		buf_printf(b, "%lld", usec);
+		return;
+	}
+	format_duration(d, sizeof(d), left < 0 ? -left : left);
+	buf_printf(b, "%s (%s%s%s)", when, left < 0 ? "" : "in ", d, left < 0 ? " ago" : "");
+}
+
+/* Each recorded failure on its own line, aligned under the first:
+ * "configure layer web: run 12, 3 failures, retry at ... (in 42s)". The
+ * daemon gives next_retry in microseconds since the epoch, 0: no retry. */
+static void print_failed(const json_t *failed)
+{
+	size_t i;
+	json_t *f;
+
+	if (!json_is_array(failed) || json_array_size(failed) == 0) {
+		print_field_value("Failed", failed);
+		return;
+	}
+	json_array_foreach(failed, i, f)
+	{
+		const json_t *next = json_object_get(f, "next_retry");
+		const json_t *count = json_object_get(f, "count");
+		struct buf b;
+
+		buf_init(&b);
+		buf_puts(&b, str_or_dash(json_object_get(f, "event")));
+		if (json_is_string(json_object_get(f, "layer")))
+			buf_printf(&b, " layer %s", json_string_value(json_object_get(f, "layer")));
+		if (json_is_string(json_object_get(f, "app")))
+			buf_printf(&b, " app %s", json_string_value(json_object_get(f, "app")));
+		buf_printf(&b, ": run %s", str_or_dash(json_object_get(f, "run")));
+		if (json_is_integer(count))
+			buf_printf(&b, ", %" JSON_INTEGER_FORMAT " failure%s", json_integer_value(count),
+				   json_integer_value(count) == 1 ? "" : "s");
+		if (json_is_integer(next) && json_integer_value(next) > 0) {
+			buf_puts(&b, ", retry at ");
+			format_when(&b, (long long)json_integer_value(next));
+		} else
+			buf_puts(&b, ", no retry (run it again or clear-failed)");
+		if (i == 0)
+			print_field("Failed", b.data);
+		else
+			printf("%*s  %s\n", 13, "", b.data);
+		buf_free(&b);
+	}
+}
+
+/* Why the fetched revision is not the applied one yet. */
+static const char *pending_reason(const json_t *r)
+{
+	const char *state = json_string_value(json_object_get(r, "state"));
+	const json_t *settling = json_object_get(r, "settling");
+	const json_t *cur = json_object_get(r, "current_run");
+	size_t i;
+	json_t *q;
+
+	if (state && strcmp(state, "paused") == 0)
+		return "resume to apply";
+	if (settling && !json_is_false(settling) && !json_is_null(settling))
+		return "settling";
+	if (json_is_object(cur) && same_str(json_string_value(json_object_get(cur, "trigger")), "stack-change"))
+		return "running";
+	json_array_foreach(json_object_get(r, "queue"), i, q) if (same_str(json_string_value(json_object_get(q, "trigger")),
+									  "stack-change")) return "queued";
+	if (state && strcmp(state, "unassigned") == 0)
+		return "no layer of this instance";
+	return NULL;
+}
+
+/* The applied revision, with what is pending when the fetched one differs:
+ * "1 change pending (resume to apply)". Only the newest revision is ever
+ * applied, so one change is pending however many came meanwhile. */
+static void print_applied(const json_t *r, const json_t *src)
+{
+	const json_t *applied = json_object_get(r, "applied_revision");
+	const char *fetched = json_string_value(json_object_get(src, "stack_revision")), *why;
+	struct buf b;
+
+	if (!applied)
+		applied = json_object_get(src, "applied_revision");
+	if (!applied && !fetched)
+		return;
+	buf_init(&b);
+	buf_puts(&b, str_or_dash(applied));
+	if (fetched && !same_str(json_string_value(applied), fetched)) {
+		why = pending_reason(r);
+		buf_printf(&b, ", 1 change pending%s%s%s", why ? " (" : "", why ? why : "", why ? ")" : "");
+	}
+	print_field("Applied", b.data);
+	buf_free(&b);
+}
+
+static void print_paused(const json_t *paused)
+{
+	if (json_is_string(paused))
+		print_field("Paused", json_string_value(paused)[0] ? json_string_value(paused) : "yes (no reason given)");
+	else
+		print_field("Paused", "no");
+}
+
 int print_status(const json_t *r)
 {
-	static const char *const known[] = { "instance",   "layers", "state",	"current_run", "last_run",
-					     "source",	   "queue",  "uptime", "version",     NULL };
+	static const char *const known[] = { "instance", "layers",   "state",   "current_run",	    "last_run",
+					     "source",	 "queue",    "uptime",  "version",	    "failed",
+					     "paused",	 "settling", "applied_revision", NULL };
 	const json_t *src = json_object_get(r, "source");
 	const json_t *last = json_object_get(r, "last_run");
 	const json_t *q = json_object_get(r, "queue");
@@ -209,6 +325,7 @@ int print_status(const json_t *r)
 		print_field_value("Last change", json_object_get(src, "last_change"));
 		print_field_value("Source error", json_object_get(src, "error"));
 		print_field_value("Revision", json_object_get(src, "stack_revision"));
+		print_applied(r, src);
 	} else
 		print_field_value("Source", src);
 	if (json_is_array(q)) {
@@ -241,6 +358,8 @@ int print_status(const json_t *r)
 	} else
 		print_field_value("Uptime", up);
 	print_field_value("Version", json_object_get(r, "version"));
+	print_paused(json_object_get(r, "paused"));
+	print_failed(json_object_get(r, "failed"));
 
 	/* Whatever else the daemon reports, so that new fields show up. */
 	json_object_foreach((json_t *)r, k, v)
@@ -329,7 +448,7 @@ int print_show(const json_t *r)
 
 int print_plan(const json_t *r)
 {
-	static const char *const header[] = { "ACTION", "KIND", "TARGET", "RECIPE" };
+	static const char *const header[] = { "ACTION", "KIND", "TARGET", "RECIPE", "NOTE" };
 	const json_t *steps = json_object_get(r, "steps");
 	size_t n = json_array_size(steps), i;
 	char **cells;
@@ -339,17 +458,22 @@ int print_plan(const json_t *r)
 		printf("Nothing to do.\n");
 		return 0;
 	}
-	cells = xcalloc(n * 4, sizeof(char *));
+	cells = xcalloc(n * 5, sizeof(char *));
 	json_array_foreach(steps, i, step)
 	{
 		const json_t *recipe = json_object_get(step, "recipe");
-		cells[i * 4] = cell(json_object_get(step, "action"));
-		cells[i * 4 + 1] = cell(json_object_get(step, "kind"));
-		cells[i * 4 + 2] = cell(json_object_get(step, "target"));
-		cells[i * 4 + 3] = json_is_string(recipe) ? xasprintf("(%s)", json_string_value(recipe)) : xstrdup("");
+		const json_t *error = json_object_get(step, "error"), *message = json_object_get(step, "message");
+
+		cells[i * 5] = cell(json_object_get(step, "action"));
+		cells[i * 5 + 1] = cell(json_object_get(step, "kind"));
+		cells[i * 5 + 2] = cell(json_object_get(step, "target"));
+		cells[i * 5 + 3] = json_is_string(recipe) ? xasprintf("(%s)", json_string_value(recipe)) : xstrdup("");
+		/* Why it would fail, else what the step says of itself (a user
+		 * not created under a test root): the reader needs no --json. */
+		cells[i * 5 + 4] = json_is_string(error) ? cell(error) : json_is_string(message) ? cell(message) : xstrdup("");
 	}
-	print_table(header, 4, cells, n);
-	free_cells(cells, n * 4);
+	print_table(header, 5, cells, n);
+	free_cells(cells, n * 5);
 	json_array_foreach(steps, i, step)
 	{
 		const char *diff = json_string_value(json_object_get(step, "diff"));
@@ -391,6 +515,17 @@ int print_log(const json_t *r)
 	return 0;
 }
 
+/* log -f: what print_log prints (the output came as events while the run
+ * went on; a run over before we asked comes whole in the reply), and the
+ * exit code of run --wait: 1 unless the run succeeded. */
+int print_log_follow(const json_t *r)
+{
+	const char *status = json_string_value(json_object_get(r, "status"));
+
+	(void)print_log(r);
+	return status && strcmp(status, "success") == 0 ? 0 : EXIT_FAILED;
+}
+
 /* A finished run waited for: its summary, and exit 1 unless it succeeded. */
 int print_run_result(const json_t *r)
 {
@@ -416,8 +551,21 @@ int print_generic(const json_t *r)
 	return 0;
 }
 
-int print_nothing(const json_t *r)
+int print_resumed(const json_t *r)
 {
+	printf("Resumed: stack changes apply again.\n");
+	return 0;
+}
+
+int print_cleared(const json_t *r)
+{
+	printf("Cleared the failed state: no retries are due.\n");
+	return 0;
+}
+
+int print_reloaded(const json_t *r)
+{
+	printf("Fetching the stack source now.\n");
 	return 0;
 }
 
@@ -437,20 +585,8 @@ void print_event(const json_t *ev)
 		printf("Run %s queued.\n", str_or_dash(run));
 	else if (strcmp(name, "run-started") == 0)
 		printf("Run %s started.\n", str_or_dash(run));
-	else if (strcmp(name, "step-started") == 0) {
-		printf("[%s] %s", step_number(json_object_get(ev, "index")), str_or_dash(json_object_get(ev, "kind")));
-		printf(" %s\n", str_or_dash(json_object_get(ev, "target")));
-	} else if (strcmp(name, "step-finished") == 0) {
-		const json_t *ms = json_object_get(ev, "duration_ms");
-		const json_t *err = json_object_get(ev, "error");
-
-		printf("[%s] %s", step_number(json_object_get(ev, "index")), str_or_dash(json_object_get(ev, "status")));
-		if (json_is_number(ms))
-			printf(" (%.1f ms)", json_number_value(ms));
-		if (json_is_string(err))
-			printf(": %s", json_string_value(err));
-		printf("\n");
-	}
+	/* Steps need no line of their own: the output has the run log's
+	 * "==> [n/N] kind target" and "<== status" lines. */
 	fflush(stdout);
 }
 
@@ -469,8 +605,8 @@ int output_result(const char *method, const json_t *result, int (*print)(const j
 			printf("%s\n", s);
 		free(s);
 		r = 0;
-		/* A run waited for still fails the command when it failed. */
-		if (print == print_run_result) {
+		/* A run waited for (or followed) still fails the command when it failed. */
+		if (print == print_run_result || print == print_log_follow) {
 			const char *status = json_string_value(json_object_get(result, "status"));
 			r = status && strcmp(status, "success") == 0 ? 0 : EXIT_FAILED;
 		}

@@ -20,9 +20,12 @@ int print_plan(const json_t *r);
 int print_version(const json_t *r);
 int print_queued(const json_t *r);
 int print_log(const json_t *r);
+int print_log_follow(const json_t *r);
 int print_run_result(const json_t *r);
 int print_generic(const json_t *r);
-int print_nothing(const json_t *r);
+int print_resumed(const json_t *r);
+int print_cleared(const json_t *r);
+int print_reloaded(const json_t *r);
 void print_event(const json_t *ev);
 
 /* Prints the result of method: as JSON (the stack document itself for

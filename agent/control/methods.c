@@ -385,14 +385,17 @@ static json_t *ctl_log(struct client *c, json_t *params)
 		text = json_string(red);
 	}
 
-	if (follow && engine_run_is_active(e, id)) {
+	status = info ? json_object_get(info, "status") : NULL;
+	/* A run still queued is followed too: its output comes once it starts. */
+	if (follow && (engine_run_is_active(e, id) || (json_is_string(status) &&
+						       (strcmp(json_string_value(status), "queued") == 0 ||
+							strcmp(json_string_value(status), "waiting") == 0)))) {
 		json_decref(info);
 		client_send_new(c, json_pack("{s:s, s:I, s:o}", "event", "output", "run", (json_int_t)id, "data", text));
 		if (!c->closing)
 			client_stream_start(c, STREAM_LOG, id);
 		return NULL;
 	}
-	status = info ? json_object_get(info, "status") : NULL;
 	result = json_pack("{s:I, s:o, s:O, s:b}", "id", (json_int_t)id, "output", text, "status",
 			   status ? status : json_null(), "truncated", truncated);
 	json_decref(info);

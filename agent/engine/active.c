@@ -22,8 +22,24 @@
 
 /* ----------------------------------------------------------------- runs */
 
-static void active_logf(struct active *a, const char *fmt, ...) _printf_(2, 3);
-static void active_logf(struct active *a, const char *fmt, ...)
+/* Data for the active run's log, also sent to watchers as output: a
+ * follower (agentctl log -f) sees what the log has, step lines included. */
+static void active_log(struct engine *e, const char *data, size_t len)
+{
+	struct active *a = e->active;
+
+	runlog_write(a->log_fd, a->id, data, len);
+	if (e->watchers) {
+		json_t *ev = json_object();
+		json_object_set_new(ev, "event", json_string("output"));
+		json_object_set_new(ev, "run", json_integer(a->id));
+		json_object_set_new(ev, "data", proto_string_lossy(data, len));
+		engine_emit(e, ev);
+	}
+}
+
+static void active_logf(struct engine *e, const char *fmt, ...) _printf_(2, 3);
+static void active_logf(struct engine *e, const char *fmt, ...)
 {
 	_cleanup_free_ char *s = NULL;
 	va_list ap;
@@ -33,7 +49,16 @@ static void active_logf(struct active *a, const char *fmt, ...)
 	n = vasprintf(&s, fmt, ap);
 	va_end(ap);
 	if (n >= 0)
-		runlog_write(a->log_fd, a->id, s, (size_t)n);
+		active_log(e, s, (size_t)n);
+}
+
+/* "==> [n/N] kind target (recipe)": every step has one, a skipped step
+ * too, so that the reader of the log can tell which steps were skipped. */
+static void active_log_header(struct engine *e, const struct step *s, size_t index)
+{
+	e->active->headed = index + 1;
+	active_logf(e, "==> [%zu/%zu] %s %s (%s)\n", index + 1, e->active->plan.n_steps, s->ops->kind,
+		    str_or_empty(s->target), str_or_empty(s->recipe));
 }
 
 static json_t *step_json(const struct step *s, size_t index)
@@ -64,8 +89,7 @@ static void on_step_start(void *userdata, struct step *s, size_t index)
 
 	log_context_set(&a->logctx, a->id, run_event(a->rec), s->layer, s->target);
 	prev = run_ctx_enter(a);
-	active_logf(a, "==> [%zu/%zu] %s %s (%s)\n", index + 1, a->plan.n_steps, s->ops->kind, str_or_empty(s->target),
-		    str_or_empty(s->recipe));
+	active_log_header(e, s, index);
 	ev = json_pack("{s:s, s:I, s:I, s:s, s:s?, s:s?}", "event", "step-started", "run", (json_int_t)a->id, "index",
 		       (json_int_t)index, "kind", s->ops->kind, "target", s->target, "recipe", s->recipe);
 	engine_emit(e, ev);
@@ -78,14 +102,7 @@ static void on_output(void *userdata, struct step *s, const char *data, size_t l
 	struct active *a = e->active;
 	const struct log_context *prev = run_ctx_enter(a);
 
-	runlog_write(a->log_fd, a->id, data, len);
-	if (e->watchers) {
-		json_t *ev = json_object();
-		json_object_set_new(ev, "event", json_string("output"));
-		json_object_set_new(ev, "run", json_integer(a->id));
-		json_object_set_new(ev, "data", proto_string_lossy(data, len));
-		engine_emit(e, ev);
-	}
+	active_log(e, data, len);
 	run_ctx_leave(prev);
 }
 
@@ -129,7 +146,9 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 		a->rec->switched = true;
 		engine_persist_active(e);
 	}
-	active_logf(a, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error || s->message ? ": " : "",
+	if (a->headed != index + 1)
+		active_log_header(e, s, index); /* skipped without starting: after a failure */
+	active_logf(e, "<== %s%s%s (%.1f ms)\n", step_status_to_string(s->status), s->error || s->message ? ": " : "",
 		    s->error ? s->error : str_or_empty(s->message), (double)s->duration_us / 1000.0);
 	if (s->status == STEP_FAILED)
 		log_error("Step %s %s failed: %s", s->ops->kind, str_or_empty(s->target), str_or_empty(s->error));
@@ -208,7 +227,7 @@ static void engine_finish_run(struct engine *e, enum run_status status, const ch
 	 * result from here (runlog_result). */
 	line = runlog_result_line(a->id, a->log_key, run_status_to_string(status), a->changed, rec->finished,
 				  error ? rec->error : NULL);
-	runlog_write(a->log_fd, a->id, line, strlen(line));
+	active_log(e, line, strlen(line));
 	finish_outcome(e, a, error);
 	run_ctx_leave(prev);
 
@@ -314,7 +333,7 @@ static void active_open_log(struct engine *e, struct active *a)
 	a->log_fd = runlog_open(log_path);
 	if (getrandom(&a->log_key, sizeof(a->log_key), GRND_NONBLOCK) != sizeof(a->log_key))
 		a->log_key = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ (uint64_t)time_now_usec();
-	active_logf(a, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s key=%016llx\n", a->id,
+	active_logf(e, "=== run %ld: %s layer=%s app=%s trigger=%s stack=%s started %s key=%016llx\n", a->id,
 		    run_event(rec), rec->req.layer ? rec->req.layer : "(all)", str_or_empty(rec->req.app),
 		    trigger_to_string(rec->req.trigger), a->stack ? a->stack->revision : "-", rec->started,
 		    (unsigned long long)a->log_key);

@@ -64,6 +64,7 @@ struct active {
 	bool no_retry;              /* retrying cannot help: the run's stack, layer or app is gone */
 	bool killed;                /* its step was terminated by a second SIGTERM */
 	size_t changed;
+	size_t headed;              /* 1 + index of the last step whose header is in the log */
 	uint64_t log_key;           /* random, in the log's first and result lines: output cannot fake a result */
 	size_t steps_bytes;         /* of the steps kept in rec, as JSON */
 	size_t steps_omitted;       /* steps left out of rec (over RUN_STEPS_MAX or RUN_STEPS_MAX_BYTES) */

@@ -27,12 +27,29 @@ http.server.HTTPServer(("127.0.0.1", PORT), H).serve_forever()
 '''
 
 
+def demo_port(buildout, port):
+    """The port a stand-in really listens on. Client N's port is 8080+N by
+    the cookbook's convention (deploy.cfg says so); the demo (conf/demo/run)
+    maps those ports to free ones in the app's demo-ports file ("8081 41234"
+    a line), so that a machine where 8081 is taken still runs the demo."""
+    try:
+        with open(os.path.join(buildout["buildout"]["directory"], "demo-ports")) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return port
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == str(port):
+            return int(fields[1])
+    return port
+
+
 class Client:
     def __init__(self, buildout, name, options):
         self.name, self.options = name, options
         self.path = os.path.join(buildout["buildout"]["bin-directory"], name)
         port = options["http-address"].rsplit(":", 1)[-1]
-        self.port = int(port)
+        self.port = demo_port(buildout, int(port))
 
     def install(self):
         with open(self.path, "w") as f:
