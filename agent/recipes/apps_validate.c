@@ -28,7 +28,8 @@ static bool has_meta(const char *s)
  * deploy.cfg: [A-Za-z0-9.:_-]. */
 static bool host_ok(const char *h, bool list)
 {
-	if (!*h)
+	/* Spaces at either end would be stripped from deploy.cfg. */
+	if (!*h || h[0] == ' ' || h[strlen(h) - 1] == ' ')
 		return false;
 	for (; *h; h++)
 		if (!isalnum((unsigned char)*h) && !strchr(".:_-", *h) && !(list && *h == ' '))
@@ -36,17 +37,73 @@ static bool host_ok(const char *h, bool list)
 	return true;
 }
 
+/* What zc.buildout would not give back of s as an option value of
+ * deploy.cfg, or as one line of a multi-line value (design.md §8). Its
+ * parser (zc/buildout/configparser.py) ends a value at a newline, strips
+ * each line's leading and trailing whitespace, and then substitutes every
+ * "${section:option}"; it knows no quoting, so these are refused rather
+ * than escaped ("$${" stays "$${" in the zc.buildout of Debian 12). NULL
+ * when s reads back as written. */
+static const char *cfg_value_problem(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (check_has_control(s, n))
+		return "must not contain control characters (newlines, tabs): it is one line of deploy.cfg";
+	if (n && (isspace((unsigned char)s[0]) || isspace((unsigned char)s[n - 1])))
+		return "must not begin or end with a space: buildout strips it from deploy.cfg";
+	if (strstr(s, "${"))
+		return "must not contain \"${\": buildout would substitute it in deploy.cfg";
+	return NULL;
+}
+
+static bool cfg_value_ok(const char *s)
+{
+	return !cfg_value_problem(s);
+}
+
+/* What supervisord would not give back of s written as KEY="s" in the
+ * environment= line of a program file (design.md §8). Its reader
+ * (supervisor/options.py, datatypes.dict_of_key_value_pairs) first takes
+ * ";" or "#" after whitespace for a comment that ends the line (Python's
+ * configparser; "x ;y" then leaves an unclosed quote and the whole conf.d
+ * fails to load), then splits the line with a non-POSIX shlex, which has
+ * no escapes: a '"' ends the value, and quotes at either end are stripped
+ * from it. A "%" is written "%%" (apps.c) and reads back as one. A byte of
+ * a UTF-8 character before ";" or "#" is refused too: Python's isspace()
+ * takes U+00A0 and the other Unicode spaces. NULL when s reads back. */
+static const char *supervisor_env_problem(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (check_has_control(s, n))
+		return "must not contain control characters";
+	if (strchr(s, '"'))
+		return "must not contain a double quote (supervisord's environment= has no escape for it)";
+	if (n && (s[0] == '\'' || s[n - 1] == '\''))
+		return "must not begin or end with a single quote (supervisord strips it)";
+	for (size_t i = 1; i < n; i++)
+		if ((s[i] == ';' || s[i] == '#') && (s[i - 1] == ' ' || (unsigned char)s[i - 1] >= 0x80))
+			return "must not have \";\" or \"#\" after a space (supervisord reads the rest of the line "
+			       "as a comment)";
+	return NULL;
+}
+
 /* Every string member of obj (a database section) is one line of deploy.cfg. */
 static int check_lines(const json_t *obj, const char *base, struct stack_error *err)
 {
-	const char *k;
+	const char *k, *problem;
 	json_t *v;
 	char p[CHECK_PATH_SIZE];
 
 	json_object_foreach((json_t *)obj, k, v)
-		if (json_is_string(v) && check_has_control(json_string_value(v), json_string_length(v))) {
+		if (json_is_string(v) && (json_string_length(v) != strlen(json_string_value(v)) ||
+					  (problem = cfg_value_problem(json_string_value(v))) != NULL)) {
 			stack_path_key(p, sizeof(p), base, k);
-			return stack_error_set(err, p, "must not contain control characters (newlines)");
+			return stack_error_set(err, p, "%s",
+					       json_string_length(v) != strlen(json_string_value(v))
+						       ? "must not contain control characters (NUL)"
+						       : problem);
 		}
 	return 0;
 }
@@ -324,10 +381,16 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 		stack_path_key(p2, sizeof(p2), path, k);
 		if (!env_key_ok(k))
 			return stack_error_set(err, p2, "environment names are [A-Za-z_][A-Za-z0-9_]*");
-		/* A value is KEY="value" in a supervisor program (a % is written
-		 * %%) and a line of deploy.cfg. */
-		if (s && (strpbrk(s, "\"\\") != NULL || check_has_control(s, strlen(s))))
-			return stack_error_set(err, p2, "must not contain quotes, backslashes or control characters");
+		/* A value is KEY="value" in a supervisor program and "KEY value",
+		 * a line of environment-vars, in deploy.cfg: it must read back
+		 * through both. */
+		if (v && !json_is_string(v))
+			return check_type_error(err, p2, "a string", v);
+		if (s && strlen(s) != json_string_length(v))
+			return stack_error_set(err, p2, "must not contain control characters (NUL)");
+		if (s && (supervisor_env_problem(s) || cfg_value_problem(s)))
+			return stack_error_set(err, p2, "%s",
+					       supervisor_env_problem(s) ? supervisor_env_problem(s) : cfg_value_problem(s));
 	}
 	return 0;
 }
@@ -345,11 +408,6 @@ static bool host_list_ok(const char *h)
 static bool no_meta(const char *s)
 {
 	return !has_meta(s);
-}
-
-static bool no_control(const char *s)
-{
-	return !check_has_control(s, strlen(s));
 }
 
 /* A Plone section (plone_instances, plone_zeoserver, plone_solr): the app
@@ -411,8 +469,10 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		if (sec && (r = check_section(sec, base, err)) < 0)
 			return r;
 	}
-	if ((r = check_string_ok(err, "$.plone_instances.relstorage", rs, "dsn", no_control,
-				 "must not contain control characters (newlines)")) < 0 ||
+	/* The DSN may hold a password: the message does not quote it. */
+	if ((r = check_string_ok(err, "$.plone_instances.relstorage", rs, "dsn", cfg_value_ok,
+				 "must be one line of deploy.cfg: no control characters, no space at either end, "
+				 "no \"${\"")) < 0 ||
 	    (r = check_string_ok(err, "$.plone_instances.relstorage", rs, "cache_servers", host_list_ok,
 				 "must be host:port entries separated by spaces ([A-Za-z0-9.:_-])")) < 0)
 		return r;
@@ -422,6 +482,10 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		if ((r = check_abs_path_ok(err, dirs[i][2],
 					   json_object_get(plone_section(s, dirs[i][0]), dirs[i][1]))) < 0)
 			return r;
+	/* blob_dir is written into deploy.cfg (blob-storage =). */
+	if ((r = check_string_ok(err, "$.plone_blobs", plone_section(s, "plone_blobs"), "blob_dir", cfg_value_ok,
+				 "must not contain \"${\" or spaces at either end: it is written into deploy.cfg")) < 0)
+		return r;
 	return 0;
 }
 
