@@ -438,7 +438,13 @@ static int check_section(const json_t *sec, const char *base, struct stack_error
 		return r;
 	stack_path_key(q, sizeof(q), base, "broker");
 	if ((r = check_string_ok(err, q, json_object_get(sec, "broker"), "host", host_one_ok,
-				 "must be a host ([A-Za-z0-9.:_-])")) < 0)
+				 "must be a host ([A-Za-z0-9.:_-])")) < 0 ||
+	    (r = check_int(err, q, json_object_get(sec, "broker"), "port", 1, 65535, NULL)) < 0)
+		return r;
+	/* Numbers written into deploy.cfg: the renderer skips a value that is
+	 * not an integer, so a "600" or 1.5 would be dropped in silence. */
+	if ((r = check_int(err, base, sec, "zodb_cache_size", 0, 100000000, NULL)) < 0 ||
+	    (r = check_int(err, base, sec, "zserver_threads", 1, 10000, NULL)) < 0)
 		return r;
 	for (const char *const *key = (const char *const[]){ "zeo_layer", "solr_layer", "broker_layer", NULL }; *key;
 	     key++)
@@ -478,6 +484,8 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		return r;
 	if (check_lines(json_object_get(rs, "db"), "$.plone_instances.relstorage.db", err) < 0)
 		return -EINVAL;
+	if ((r = check_int(err, "$.plone_instances.relstorage", rs, "pack_days", 0, 36500, NULL)) < 0)
+		return r;
 	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
 		if ((r = check_abs_path_ok(err, dirs[i][2],
 					   json_object_get(plone_section(s, dirs[i][0]), dirs[i][1]))) < 0)
