@@ -76,17 +76,18 @@ class Renderer:
     """One paused agentd: each stack is either loaded (then `plan deploy`
     renders its files) or refused with a JSON path."""
 
-    def __init__(self, a, tmp):
+    def __init__(self, a, tmp, reset=None):
         self.a = a
         self.tmp = tmp
         self.n = 0
+        self.reset = reset
 
     def load(self, stack):
         """None when the stack was loaded, else status' error path."""
         self.n += 1
         # A good stack first, which clears any error: the next outcome is the candidate's.
         prev = self.last
-        self.a.write_stack(dict(apps_stack("/nonexistent/repo"), roundtrip_reset=self.n))
+        self.a.write_stack(dict(self.reset or apps_stack("/nonexistent/repo"), roundtrip_reset=self.n))
         good = wait_for(lambda: (lambda src: src["error"] is None and src["stack_revision"] != prev
                                  and src["stack_revision"])(self.a.status()["source"]), what="the reset stack")
         self.a.write_stack(stack)
@@ -199,3 +200,133 @@ def test_a_blob_dir_that_would_not_read_back_is_refused_with_its_path(renderer, 
     s = apps_stack("/nonexistent/repo")
     s["plone_blobs"] = {"blob_dir": value}
     assert renderer.load(s) == "$.plone_blobs.blob_dir"
+
+
+# The front end (haproxy.cfg, the VCL, the nginx site): each value is either
+# refused with its path, or the real binary accepts the file and its own
+# tokenizer reads the value back as one token (haproxy splits arguments at
+# blanks and gives meaning to quotes, '\', '#' and '$'; nginx at blanks and
+# ';', '{', '}', quotes, '\', '#' and '$').
+HAPROXY_SPECIAL = set(" \t\"'\\#$")
+NGINX_SPECIAL = set(" \t\"'\\#$;{}")
+
+NASTY = ["/plain", "/a b", "/a#b", "/a;b", "/a\"b", "/a'b", "/a%20b", "/a$b", "/${X}", "/a{b}", "/a\nb", "/a\\b",
+         "/ünï", "/a?b=c&d=(e)*!@,:+~", "relative", "", "/" + "x" * 2000]
+
+
+def front_stack(haproxy=None, pi=None):
+    s = {"opsworks": {"stack": {"name": "t"}, "layers": {
+        "lb": {"name": "LB", "instances": {"app1": {"private_ip": "127.0.0.1", "status": "online"}}},
+        "plone_instances": {"name": "P", "instances": {"web1": {"private_ip": "10.0.0.5", "status": "online"}}}}},
+        "deploy": {}, "haproxy": {"enable_stats": True, "stats_password": "secret"}}
+    s["haproxy"].update(haproxy or {})
+    if pi:
+        s["plone_instances"] = pi
+    return s
+
+
+def front_files(renderer):
+    steps = renderer.a.ctl_json("plan", "configure", "--layer", "lb")["steps"]
+    out = {}
+    for s in steps:
+        if s["kind"] == "checked-file" and s.get("diff"):
+            path = os.path.join(renderer.tmp, os.path.basename(s["target"]) + ".%d" % renderer.n)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(new_content(s["diff"]))
+            out[os.path.basename(s["target"])] = path
+    return out
+
+
+def haproxy_ok(path):
+    p = subprocess.run(["haproxy", "-c", "-f", path], capture_output=True, text=True, timeout=60)
+    return p.returncode == 0, p.stdout + p.stderr
+
+
+def nginx_ok(path):
+    d = os.path.dirname(path)
+    conf = path + ".main"
+    with open(conf, "w") as f:
+        f.write(f"error_log stderr;\npid {d}/nginx.pid;\nevents {{\n}}\nhttp {{\n access_log off;\n"
+                f" client_body_temp_path {d}/b;\n proxy_temp_path {d}/p;\n fastcgi_temp_path {d}/f;\n"
+                f" uwsgi_temp_path {d}/u;\n scgi_temp_path {d}/s;\n include {path};\n}}\n")
+    p = subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-p", d, "-c", conf], capture_output=True, text=True,
+                       timeout=60)
+    return p.returncode == 0, p.stderr
+
+
+def vcl_ok(path):
+    w = os.path.join(os.path.dirname(path), "varnish-w")
+    p = subprocess.run(["varnishd", "-C", "-n", w, "-f", path], capture_output=True, text=True, timeout=60)
+    return p.returncode == 0, p.stderr[-2000:]
+
+
+def lines_with(path, head):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip().split() for line in f if line.strip().startswith(head)]
+
+
+@pytest.fixture
+def front_renderer(make_agent, tmpdir_agent):
+    a = make_agent().start()
+    a.ctl("pause", "round-trip: plans only", check=0)
+    os.chmod(tmpdir_agent, 0o755)  # varnishd compiles as its own user
+    r = Renderer(a, tmpdir_agent, reset=front_stack())
+    r.last = None
+    return r
+
+
+@pytest.mark.parametrize("field", ["health_check_url", "stats_url"])
+@pytest.mark.parametrize("value", NASTY, ids=repr)
+def test_a_front_url_is_refused_or_read_back_by_haproxy_and_nginx(front_renderer, field, value):
+    err = front_renderer.load(front_stack({field: value}))
+    if err is not None:
+        assert err == f"$.haproxy.{field}"
+        return
+    assert not (set(value) & HAPROXY_SPECIAL), value
+    files = front_files(front_renderer)
+    ok, out = haproxy_ok(files["haproxy.cfg"])
+    assert ok, out
+    if field == "stats_url":
+        assert ["stats", "uri", value] in lines_with(files["haproxy.cfg"], "stats uri"), value
+        ok, out = nginx_ok(files["instances"])
+        assert ok, out
+        assert not (set(value.split("?")[0]) & NGINX_SPECIAL), value
+    else:
+        assert ["http-check", "send", "meth", "OPTIONS", "uri", value] in lines_with(files["haproxy.cfg"],
+                                                                                    "http-check"), value
+
+
+@pytest.mark.parametrize("field", ["stats_user", "stats_password"])
+@pytest.mark.parametrize("value", ["u", "p:x", "p x", "p#x", "p;x", "p\"x", "p'x", "p%x", "p$x", "p${X}", "p{x}",
+                                   "p\nx", "p\\x", "pä", "p-._~!^*+=,/@?&()[]"], ids=repr)
+def test_stats_credentials_are_refused_or_read_back_by_haproxy(front_renderer, field, value):
+    err = front_renderer.load(front_stack({field: value}))
+    if err is not None:
+        assert err == f"$.haproxy.{field}"
+        return
+    assert not (set(value) & HAPROXY_SPECIAL), value
+    files = front_files(front_renderer)
+    ok, out = haproxy_ok(files["haproxy.cfg"])
+    assert ok, out
+    auth = lines_with(files["haproxy.cfg"], "stats auth")
+    user, _, password = auth[0][2].partition(":")
+    assert (user if field == "stats_user" else password) == value, auth
+
+
+@pytest.mark.parametrize("host,path", [("www.example.com", "Plone/sub"), ("a b", "Plone"), ("x;y", "Plone"),
+                                        ("www.example.com", "Plone/a b"), ("www.example.com", "Plone/a;b"),
+                                        ("www.example.com", "Plone/${x}"), ("www.example.com", "Plone/ü"),
+                                        ("www.example.com", "Plone/\"x"), ("h{x}", "Plone"), ("ü.example", "Plone")],
+                         ids=repr)
+def test_a_subsite_is_refused_or_read_back_by_nginx_and_varnish(front_renderer, host, path):
+    err = front_renderer.load(front_stack(pi={"subsites": {host: path}}))
+    if err is not None:
+        assert err.startswith("$.plone_instances.subsites"), err
+        return
+    assert not ((set(host) | set(path)) & NGINX_SPECIAL), (host, path)
+    files = front_files(front_renderer)
+    ok, out = nginx_ok(files["instances"])
+    assert ok, out
+    assert ["server_name", host + ";"] in lines_with(files["instances"], "server_name"), host
+    ok, out = vcl_ok(files["default.vcl"])
+    assert ok, out
