@@ -453,6 +453,28 @@ static int check_section(const json_t *sec, const char *base, struct stack_error
 	return 0;
 }
 
+/* A member's "cpus" (the client count of plone.c): an integer count, not a
+ * string or a fraction that would be skipped in silence for this
+ * machine's own CPU count. */
+static int check_member_cpus(const struct stack *s, struct stack_error *err)
+{
+	const json_t *layers = json_object_get(json_object_get(s->root, "opsworks"), "layers"), *layer, *m;
+	const char *ln, *hn;
+	char lp[CHECK_PATH_SIZE], ip[CHECK_PATH_SIZE], mp[CHECK_PATH_SIZE];
+	int r;
+
+	json_object_foreach((json_t *)layers, ln, layer) {
+		stack_path_key(lp, sizeof(lp), "$.opsworks.layers", ln);
+		stack_path_key(ip, sizeof(ip), lp, "instances");
+		json_object_foreach(json_object_get(layer, "instances"), hn, m) {
+			stack_path_key(mp, sizeof(mp), ip, hn);
+			if (json_is_object(m) && (r = check_int(err, mp, m, "cpus", 1, 4096, NULL)) < 0)
+				return r;
+		}
+	}
+	return 0;
+}
+
 int apps_validate(const struct stack *s, struct stack_error *err)
 {
 	static const enum app_kind kinds[] = { APP_INSTANCES, APP_ZEOSERVER, APP_SOLR };
@@ -464,6 +486,8 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 	const json_t *rs = json_object_get(plone_section(s, "plone_instances"), "relstorage");
 	int r;
 
+	if ((r = check_member_cpus(s, err)) < 0)
+		return r;
 	for (size_t i = 0; i < s->n_apps; i++)
 		if ((r = check_app(s, &s->apps[i], err)) < 0)
 			return r;

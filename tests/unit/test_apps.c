@@ -344,6 +344,26 @@ static void test_validation_environment_values(void **state)
 	}
 }
 
+/* A member's cpus is an integer count: "4" or 2.5 would be skipped in
+ * silence for this machine's own CPU count. */
+static void test_validation_member_cpus(void **state)
+{
+	static const char *const bad[] = { ",\"cpus\":\"4\"", ",\"cpus\":2.5", ",\"cpus\":0" };
+	(void)state;
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+		char buf[4096];
+		struct stack *s = NULL;
+		struct stack_error err;
+
+		(void)snprintf(buf, sizeof(buf), doc_fmt, bad[i], "", "");
+		if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
+			fail_msg("%s: %s", err.path, err.message);
+		assert_int_equal(apps_validate(s, &err), -EINVAL);
+		assert_string_equal(err.path, "$.opsworks.layers.plone_instances.instances.app1.cpus");
+		stack_unref(s);
+	}
+}
+
 /* Lists are capped at 64 entries. */
 static void test_validation_caps(void **state)
 {
@@ -389,6 +409,7 @@ int main(void)
 		cmocka_unit_test(test_client_count),
 		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
 		cmocka_unit_test(test_validation_caps), cmocka_unit_test(test_validation_environment_values),
+		cmocka_unit_test(test_validation_member_cpus),
 		cmocka_unit_test(test_services_celery),
 		cmocka_unit_test(test_packages_missing),
 	};
