@@ -89,6 +89,96 @@ static const char *supervisor_env_problem(const char *s)
 	return NULL;
 }
 
+/* Whether the n bytes at l are an option line as zc.buildout's parser
+ * reads one (configparser.py option_start): a name without blanks or
+ * "{}[]=:", blanks, an optional "+" or "-", then "=" at once. */
+static bool cfg_option_line(const char *l, size_t n)
+{
+	size_t i = 0;
+
+	if (n >= 2 && l[0] == '=' && l[1] == '>')
+		return true; /* "=> part" */
+	while (i < n && !isspace((unsigned char)l[i]) && !strchr("{}[]=:", l[i]))
+		i++;
+	if (i == 0)
+		return false;
+	while (i < n && isspace((unsigned char)l[i]))
+		i++;
+	if (i < n && (l[i] == '+' || l[i] == '-') && (i + 1 < n && l[i + 1] == '='))
+		i++;
+	return i < n && l[i] == '=';
+}
+
+/* Whether the n bytes at l are a section header as zc.buildout reads one
+ * (configparser.py section_header): "[", a name without blanks or
+ * "#[]:;{}", "]", then blanks or a comment. A conditional section
+ * ("[name: python expression]", evaluated by buildout) is not taken. */
+static bool cfg_section_line(const char *l, size_t n)
+{
+	size_t i = 1, name;
+
+	while (i < n && isspace((unsigned char)l[i]))
+		i++;
+	name = i;
+	while (i < n && !isspace((unsigned char)l[i]) && !strchr("#[]:;{}", l[i]))
+		i++;
+	if (i == name)
+		return false;
+	while (i < n && isspace((unsigned char)l[i]))
+		i++;
+	if (i >= n || l[i] != ']')
+		return false;
+	for (i++; i < n && isspace((unsigned char)l[i]); i++)
+		;
+	return i == n || l[i] == '#' || l[i] == ';';
+}
+
+/* buildout_additional_config is raw buildout text appended to deploy.cfg
+ * after the [buildout] options: every line must be one zc.buildout's
+ * parser reads (a comment, a section header, an option, or the
+ * continuation of an option of this text), else the parse of the whole
+ * file fails at deploy time, or a first indented line would silently
+ * extend agentd's own last option. Returns the 1-based number of the
+ * first line that is not, or 0. A CR is a line end to Python's reader,
+ * other control characters but tab and newline are no text. */
+static size_t cfg_text_bad_line(const char *s)
+{
+	bool option = false;
+	size_t no = 0;
+
+	for (const char *l = s; *l;) {
+		size_t n = strcspn(l, "\n");
+		bool blank = true;
+
+		no++;
+		for (size_t i = 0; i < n; i++) {
+			if (((unsigned char)l[i] < 0x20 && l[i] != '\t') || l[i] == 0x7f)
+				return no;
+			blank &= isspace((unsigned char)l[i]) != 0;
+		}
+		if (blank) {
+			/* A blank line continues a value that began empty; harmless. */
+		} else if (l[0] == '#' || l[0] == ';') {
+			/* a comment */
+		} else if (isspace((unsigned char)l[0])) {
+			if (!option)
+				return no;
+		} else if (l[0] == '[') {
+			if (!cfg_section_line(l, n))
+				return no;
+			option = false;
+		} else if (cfg_option_line(l, n)) {
+			option = true;
+		} else {
+			return no;
+		}
+		l += n;
+		if (*l == '\n')
+			l++;
+	}
+	return 0;
+}
+
 /* Every string member of obj (a database section) is one line of deploy.cfg. */
 static int check_lines(const json_t *obj, const char *base, struct stack_error *err)
 {
@@ -375,6 +465,22 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 	if ((r = check_init_commands(st, app, base, err)) < 0 || (r = check_string_lists(app, base, err)) < 0 ||
 	    (r = check_cache_archives(app, base, err)) < 0)
 		return r;
+	{
+		const json_t *extra = json_object_get(app->json, "buildout_additional_config");
+		size_t bad = json_is_string(extra) && strlen(json_string_value(extra)) == json_string_length(extra)
+				     ? cfg_text_bad_line(json_string_value(extra))
+				     : 0;
+
+		stack_path_key(path, sizeof(path), base, "buildout_additional_config");
+		if (json_is_string(extra) && strlen(json_string_value(extra)) != json_string_length(extra))
+			return stack_error_set(err, path, "must not contain NUL");
+		if (bad)
+			return stack_error_set(err, path,
+					       "line %zu is not buildout config: each line must be a comment, a "
+					       "[section] (not a conditional one), an option (name = value) or an "
+					       "indented continuation of an option above it in this text",
+					       bad);
+	}
 	stack_path_key(path, sizeof(path), base, "environment");
 	json_object_foreach((json_t *)json_object_get(app->json, "environment"), k, v) {
 		const char *s = json_string_value(v);

@@ -330,3 +330,38 @@ def test_a_subsite_is_refused_or_read_back_by_nginx_and_varnish(front_renderer, 
     assert ["server_name", host + ";"] in lines_with(files["instances"], "server_name"), host
     ok, out = vcl_ok(files["default.vcl"])
     assert ok, out
+
+
+# buildout_additional_config is raw buildout text: either zc.buildout reads
+# the whole deploy.cfg (and the text's options), or the stack is refused.
+EXTRA_OK = [
+    ("[versions]\nZope2 = 2.13.30\n", {"versions": {"Zope2": "2.13.30"}}),
+    ("# a comment\n; another\n[instance]\neggs +=\n    Products.X\n    Products.Y\n\n[x]\na = b\n",
+     {"instance": {"eggs +": "Products.X\nProducts.Y"}, "x": {"a": "b"}}),
+    ("[ spaced ]  # why\nk-=v\n=> other\n", {"spaced": {"k-": "v"}}),
+    ("newest = false\n", {"buildout": {"newest": "false"}}),
+]
+EXTRA_BAD = ["    indented first\n", "no separator here\n", "[unclosed\n", "a = b\r\n[x]\n", "ok = 1\n\x01\n",
+             "=\n", "[x]\n garbage\n", "[x]\na: b\n", "[a b]\n", "[x] junk\n", "[x:True]\n", "a + = b\n",
+             "[x]\n\n  continued\n"]
+
+
+@pytest.mark.parametrize("text,want", EXTRA_OK, ids=[repr(t) for t, _ in EXTRA_OK])
+def test_accepted_additional_config_reads_back_through_buildout(renderer, text, want):
+    s = apps_stack("/nonexistent/repo")
+    s["deploy"]["plone_instances"]["buildout_additional_config"] = text
+    assert renderer.load(s) is None
+    cfg = [p for t, p in renderer.files().items() if t.endswith("/deploy.cfg")]
+    got = read_back("buildout", cfg[0])
+    for sect, opts in want.items():
+        for k, v in opts.items():
+            assert got[sect][k] == v, (sect, k, got[sect])
+    assert "plone_instances-client1" not in got  # the file's own sections are intact
+    assert got["client1"]["http-fast-listen"] == "off"
+
+
+@pytest.mark.parametrize("text", EXTRA_BAD, ids=repr)
+def test_additional_config_buildout_cannot_read_is_refused_with_its_path(renderer, text):
+    s = apps_stack("/nonexistent/repo")
+    s["deploy"]["plone_instances"]["buildout_additional_config"] = text
+    assert renderer.load(s) == "$.deploy.plone_instances.buildout_additional_config"

@@ -279,6 +279,12 @@ static void test_validation_paths(void **state)
 		 * (design.md §8): buildout strips edge spaces, substitutes "${". */
 		{ "", "$.plone_instances.relstorage.db.dsn", "\"relstorage\":{\"db\":{\"dsn\":\"host=${a:b}\"}}" },
 		{ "", "$.plone_instances.relstorage.cache_servers", "\"relstorage\":{\"cache_servers\":\" a:1\"}" },
+		/* Raw buildout text that zc.buildout cannot read, or that would
+		 * extend agentd's own last [buildout] option. */
+		{ ",\"buildout_additional_config\":\"    x\\n\"", "$.deploy.plone_instances.buildout_additional_config" },
+		{ ",\"buildout_additional_config\":\"[x]\\na: b\\n\"",
+		  "$.deploy.plone_instances.buildout_additional_config" },
+		{ ",\"buildout_additional_config\":\"[x:True]\\n\"", "$.deploy.plone_instances.buildout_additional_config" },
 		/* Numbers that the renderer would drop or read otherwise. */
 		{ "", "$.plone_instances.broker.port", "\"broker\":{\"port\":\"6380\"}" },
 		{ "", "$.plone_instances.broker.port", "\"broker\":{\"port\":70000}" },
