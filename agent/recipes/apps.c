@@ -288,7 +288,7 @@ static char *program_conf(struct app_plan *a, const struct app_service *s, const
 	buf_puts(&b, "stderr_logfile_maxbytes = 50MB\nstderr_logfile_backups = 10\n");
 	buf_puts(&b, "environment = ");
 	json_object_foreach((json_t *)env, k, v) {
-		/* Validation refused quotes, backslashes and control characters in values. */
+		/* apps_validate.c refused every value that would not read back here. */
 		buf_printf(&b, "%s%s=\"%s\"", first ? "" : ",", k, json_string_value(v));
 		first = false;
 	}

@@ -28,7 +28,8 @@ static bool has_meta(const char *s)
  * deploy.cfg: [A-Za-z0-9.:_-]. */
 static bool host_ok(const char *h, bool list)
 {
-	if (!*h)
+	/* Spaces at either end would be stripped from deploy.cfg. */
+	if (!*h || h[0] == ' ' || h[strlen(h) - 1] == ' ')
 		return false;
 	for (; *h; h++)
 		if (!isalnum((unsigned char)*h) && !strchr(".:_-", *h) && !(list && *h == ' '))
@@ -36,17 +37,163 @@ static bool host_ok(const char *h, bool list)
 	return true;
 }
 
+/* What zc.buildout would not give back of s as an option value of
+ * deploy.cfg, or as one line of a multi-line value (design.md §8). Its
+ * parser (zc/buildout/configparser.py) ends a value at a newline, strips
+ * each line's leading and trailing whitespace, and then substitutes every
+ * "${section:option}"; it knows no quoting, so these are refused rather
+ * than escaped ("$${" stays "$${" in the zc.buildout of Debian 12). NULL
+ * when s reads back as written. */
+static const char *cfg_value_problem(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (check_has_control(s, n))
+		return "must not contain control characters (newlines, tabs): it is one line of deploy.cfg";
+	if (n && (isspace((unsigned char)s[0]) || isspace((unsigned char)s[n - 1])))
+		return "must not begin or end with a space: buildout strips it from deploy.cfg";
+	if (strstr(s, "${"))
+		return "must not contain \"${\": buildout would substitute it in deploy.cfg";
+	return NULL;
+}
+
+static bool cfg_value_ok(const char *s)
+{
+	return !cfg_value_problem(s);
+}
+
+/* What supervisord would not give back of s written as KEY="s" in the
+ * environment= line of a program file (design.md §8). Its reader
+ * (supervisor/options.py, datatypes.dict_of_key_value_pairs) first takes
+ * ";" or "#" after whitespace for a comment that ends the line (Python's
+ * configparser; "x ;y" then leaves an unclosed quote and the whole conf.d
+ * fails to load), then splits the line with a non-POSIX shlex, which has
+ * no escapes: a '"' ends the value, and quotes at either end are stripped
+ * from it. A "%" is written "%%" (apps.c) and reads back as one. A byte of
+ * a UTF-8 character before ";" or "#" is refused too: Python's isspace()
+ * takes U+00A0 and the other Unicode spaces. NULL when s reads back. */
+static const char *supervisor_env_problem(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (check_has_control(s, n))
+		return "must not contain control characters";
+	if (strchr(s, '"'))
+		return "must not contain a double quote (supervisord's environment= has no escape for it)";
+	if (n && (s[0] == '\'' || s[n - 1] == '\''))
+		return "must not begin or end with a single quote (supervisord strips it)";
+	for (size_t i = 1; i < n; i++)
+		if ((s[i] == ';' || s[i] == '#') && (s[i - 1] == ' ' || (unsigned char)s[i - 1] >= 0x80))
+			return "must not have \";\" or \"#\" after a space (supervisord reads the rest of the line "
+			       "as a comment)";
+	return NULL;
+}
+
+/* Whether the n bytes at l are an option line as zc.buildout's parser
+ * reads one (configparser.py option_start): a name without blanks or
+ * "{}[]=:", blanks, an optional "+" or "-", then "=" at once. */
+static bool cfg_option_line(const char *l, size_t n)
+{
+	size_t i = 0;
+
+	if (n >= 2 && l[0] == '=' && l[1] == '>')
+		return true; /* "=> part" */
+	while (i < n && !isspace((unsigned char)l[i]) && !strchr("{}[]=:", l[i]))
+		i++;
+	if (i == 0)
+		return false;
+	while (i < n && isspace((unsigned char)l[i]))
+		i++;
+	if (i < n && (l[i] == '+' || l[i] == '-') && (i + 1 < n && l[i + 1] == '='))
+		i++;
+	return i < n && l[i] == '=';
+}
+
+/* Whether the n bytes at l are a section header as zc.buildout reads one
+ * (configparser.py section_header): "[", a name without blanks or
+ * "#[]:;{}", "]", then blanks or a comment. A conditional section
+ * ("[name: python expression]", evaluated by buildout) is not taken. */
+static bool cfg_section_line(const char *l, size_t n)
+{
+	size_t i = 1, name;
+
+	while (i < n && isspace((unsigned char)l[i]))
+		i++;
+	name = i;
+	while (i < n && !isspace((unsigned char)l[i]) && !strchr("#[]:;{}", l[i]))
+		i++;
+	if (i == name)
+		return false;
+	while (i < n && isspace((unsigned char)l[i]))
+		i++;
+	if (i >= n || l[i] != ']')
+		return false;
+	for (i++; i < n && isspace((unsigned char)l[i]); i++)
+		;
+	return i == n || l[i] == '#' || l[i] == ';';
+}
+
+/* buildout_additional_config is raw buildout text appended to deploy.cfg
+ * after the [buildout] options: every line must be one zc.buildout's
+ * parser reads (a comment, a section header, an option, or the
+ * continuation of an option of this text), else the parse of the whole
+ * file fails at deploy time, or a first indented line would silently
+ * extend agentd's own last option. Returns the 1-based number of the
+ * first line that is not, or 0. A CR is a line end to Python's reader,
+ * other control characters but tab and newline are no text. */
+static size_t cfg_text_bad_line(const char *s)
+{
+	bool option = false;
+	size_t no = 0;
+
+	for (const char *l = s; *l;) {
+		size_t n = strcspn(l, "\n");
+		bool blank = true;
+
+		no++;
+		for (size_t i = 0; i < n; i++) {
+			if (((unsigned char)l[i] < 0x20 && l[i] != '\t') || l[i] == 0x7f)
+				return no;
+			blank &= isspace((unsigned char)l[i]) != 0;
+		}
+		if (blank) {
+			/* A blank line continues a value that began empty; harmless. */
+		} else if (l[0] == '#' || l[0] == ';') {
+			/* a comment */
+		} else if (isspace((unsigned char)l[0])) {
+			if (!option)
+				return no;
+		} else if (l[0] == '[') {
+			if (!cfg_section_line(l, n))
+				return no;
+			option = false;
+		} else if (cfg_option_line(l, n)) {
+			option = true;
+		} else {
+			return no;
+		}
+		l += n;
+		if (*l == '\n')
+			l++;
+	}
+	return 0;
+}
+
 /* Every string member of obj (a database section) is one line of deploy.cfg. */
 static int check_lines(const json_t *obj, const char *base, struct stack_error *err)
 {
-	const char *k;
+	const char *k, *problem;
 	json_t *v;
 	char p[CHECK_PATH_SIZE];
 
 	json_object_foreach((json_t *)obj, k, v)
-		if (json_is_string(v) && check_has_control(json_string_value(v), json_string_length(v))) {
+		if (json_is_string(v) && (json_string_length(v) != strlen(json_string_value(v)) ||
+					  (problem = cfg_value_problem(json_string_value(v))) != NULL)) {
 			stack_path_key(p, sizeof(p), base, k);
-			return stack_error_set(err, p, "must not contain control characters (newlines)");
+			return stack_error_set(err, p, "%s",
+					       json_string_length(v) != strlen(json_string_value(v))
+						       ? "must not contain control characters (NUL)"
+						       : problem);
 		}
 	return 0;
 }
@@ -318,16 +465,38 @@ static int check_app(const struct stack *st, const struct stack_app *app, struct
 	if ((r = check_init_commands(st, app, base, err)) < 0 || (r = check_string_lists(app, base, err)) < 0 ||
 	    (r = check_cache_archives(app, base, err)) < 0)
 		return r;
+	{
+		const json_t *extra = json_object_get(app->json, "buildout_additional_config");
+		size_t bad = json_is_string(extra) && strlen(json_string_value(extra)) == json_string_length(extra)
+				     ? cfg_text_bad_line(json_string_value(extra))
+				     : 0;
+
+		stack_path_key(path, sizeof(path), base, "buildout_additional_config");
+		if (json_is_string(extra) && strlen(json_string_value(extra)) != json_string_length(extra))
+			return stack_error_set(err, path, "must not contain NUL");
+		if (bad)
+			return stack_error_set(err, path,
+					       "line %zu is not buildout config: each line must be a comment, a "
+					       "[section] (not a conditional one), an option (name = value) or an "
+					       "indented continuation of an option above it in this text",
+					       bad);
+	}
 	stack_path_key(path, sizeof(path), base, "environment");
 	json_object_foreach((json_t *)json_object_get(app->json, "environment"), k, v) {
 		const char *s = json_string_value(v);
 		stack_path_key(p2, sizeof(p2), path, k);
 		if (!env_key_ok(k))
 			return stack_error_set(err, p2, "environment names are [A-Za-z_][A-Za-z0-9_]*");
-		/* A value is KEY="value" in a supervisor program (a % is written
-		 * %%) and a line of deploy.cfg. */
-		if (s && (strpbrk(s, "\"\\") != NULL || check_has_control(s, strlen(s))))
-			return stack_error_set(err, p2, "must not contain quotes, backslashes or control characters");
+		/* A value is KEY="value" in a supervisor program and "KEY value",
+		 * a line of environment-vars, in deploy.cfg: it must read back
+		 * through both. */
+		if (v && !json_is_string(v))
+			return check_type_error(err, p2, "a string", v);
+		if (s && strlen(s) != json_string_length(v))
+			return stack_error_set(err, p2, "must not contain control characters (NUL)");
+		if (s && (supervisor_env_problem(s) || cfg_value_problem(s)))
+			return stack_error_set(err, p2, "%s",
+					       supervisor_env_problem(s) ? supervisor_env_problem(s) : cfg_value_problem(s));
 	}
 	return 0;
 }
@@ -345,11 +514,6 @@ static bool host_list_ok(const char *h)
 static bool no_meta(const char *s)
 {
 	return !has_meta(s);
-}
-
-static bool no_control(const char *s)
-{
-	return !check_has_control(s, strlen(s));
 }
 
 /* A Plone section (plone_instances, plone_zeoserver, plone_solr): the app
@@ -380,12 +544,40 @@ static int check_section(const json_t *sec, const char *base, struct stack_error
 		return r;
 	stack_path_key(q, sizeof(q), base, "broker");
 	if ((r = check_string_ok(err, q, json_object_get(sec, "broker"), "host", host_one_ok,
-				 "must be a host ([A-Za-z0-9.:_-])")) < 0)
+				 "must be a host ([A-Za-z0-9.:_-])")) < 0 ||
+	    (r = check_int(err, q, json_object_get(sec, "broker"), "port", 1, 65535, NULL)) < 0)
+		return r;
+	/* Numbers written into deploy.cfg: the renderer skips a value that is
+	 * not an integer, so a "600" or 1.5 would be dropped in silence. */
+	if ((r = check_int(err, base, sec, "zodb_cache_size", 0, 100000000, NULL)) < 0 ||
+	    (r = check_int(err, base, sec, "zserver_threads", 1, 10000, NULL)) < 0)
 		return r;
 	for (const char *const *key = (const char *const[]){ "zeo_layer", "solr_layer", "broker_layer", NULL }; *key;
 	     key++)
 		if ((r = check_string_ok(err, base, sec, *key, no_meta, "must be a host or layer name")) < 0)
 			return r;
+	return 0;
+}
+
+/* A member's "cpus" (the client count of plone.c): an integer count, not a
+ * string or a fraction that would be skipped in silence for this
+ * machine's own CPU count. */
+static int check_member_cpus(const struct stack *s, struct stack_error *err)
+{
+	const json_t *layers = json_object_get(json_object_get(s->root, "opsworks"), "layers"), *layer, *m;
+	const char *ln, *hn;
+	char lp[CHECK_PATH_SIZE], ip[CHECK_PATH_SIZE], mp[CHECK_PATH_SIZE];
+	int r;
+
+	json_object_foreach((json_t *)layers, ln, layer) {
+		stack_path_key(lp, sizeof(lp), "$.opsworks.layers", ln);
+		stack_path_key(ip, sizeof(ip), lp, "instances");
+		json_object_foreach(json_object_get(layer, "instances"), hn, m) {
+			stack_path_key(mp, sizeof(mp), ip, hn);
+			if (json_is_object(m) && (r = check_int(err, mp, m, "cpus", 1, 4096, NULL)) < 0)
+				return r;
+		}
+	}
 	return 0;
 }
 
@@ -400,6 +592,8 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 	const json_t *rs = json_object_get(plone_section(s, "plone_instances"), "relstorage");
 	int r;
 
+	if ((r = check_member_cpus(s, err)) < 0)
+		return r;
 	for (size_t i = 0; i < s->n_apps; i++)
 		if ((r = check_app(s, &s->apps[i], err)) < 0)
 			return r;
@@ -411,17 +605,25 @@ int apps_validate(const struct stack *s, struct stack_error *err)
 		if (sec && (r = check_section(sec, base, err)) < 0)
 			return r;
 	}
-	if ((r = check_string_ok(err, "$.plone_instances.relstorage", rs, "dsn", no_control,
-				 "must not contain control characters (newlines)")) < 0 ||
+	/* The DSN may hold a password: the message does not quote it. */
+	if ((r = check_string_ok(err, "$.plone_instances.relstorage", rs, "dsn", cfg_value_ok,
+				 "must be one line of deploy.cfg: no control characters, no space at either end, "
+				 "no \"${\"")) < 0 ||
 	    (r = check_string_ok(err, "$.plone_instances.relstorage", rs, "cache_servers", host_list_ok,
 				 "must be host:port entries separated by spaces ([A-Za-z0-9.:_-])")) < 0)
 		return r;
 	if (check_lines(json_object_get(rs, "db"), "$.plone_instances.relstorage.db", err) < 0)
 		return -EINVAL;
+	if ((r = check_int(err, "$.plone_instances.relstorage", rs, "pack_days", 0, 36500, NULL)) < 0)
+		return r;
 	for (size_t i = 0; i < ELEMENTSOF(dirs); i++)
 		if ((r = check_abs_path_ok(err, dirs[i][2],
 					   json_object_get(plone_section(s, dirs[i][0]), dirs[i][1]))) < 0)
 			return r;
+	/* blob_dir is written into deploy.cfg (blob-storage =). */
+	if ((r = check_string_ok(err, "$.plone_blobs", plone_section(s, "plone_blobs"), "blob_dir", cfg_value_ok,
+				 "must not contain \"${\" or spaces at either end: it is written into deploy.cfg")) < 0)
+		return r;
 	return 0;
 }
 

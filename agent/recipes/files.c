@@ -38,24 +38,26 @@ static int files_error(struct stack_error *err, const char *path, const char *ms
  * with the app's group is the usual way to share one with a service). */
 static int parse_mode(const json_t *v, bool secret, mode_t *ret)
 {
-	long m;
+	const char *s;
+	size_t n;
+	long m = 0;
 
 	if (!v) {
 		*ret = secret ? 0600 : 0644;
 		return 0;
 	}
-	if (json_is_integer(v))
-		m = (long)json_integer_value(v);
-	else if (json_is_string(v)) {
-		char *end;
-		const char *s = json_string_value(v);
-		m = strtol(s, &end, 8);
-		if (!*s || *end)
-			return -EINVAL;
-	} else
+	/* A JSON number is refused, not read: 644 is decimal to JSON and
+	 * would give mode 01204 (cfn-init users lost permissions that way,
+	 * design.md §8). Only 3 or 4 octal digits, nothing around them:
+	 * strtol() would also take " 644", "+644" and "-0". */
+	if (!json_is_string(v))
 		return -EINVAL;
-	if (m < 0 || m > 07777)
+	s = json_string_value(v);
+	n = strlen(s);
+	if (n != json_string_length(v) || n < 3 || n > 4 || strspn(s, "01234567") != n)
 		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		m = m * 8 + (s[i] - '0');
 	*ret = (mode_t)m;
 	return 0;
 }
@@ -271,7 +273,12 @@ static int files_validate(const struct stack *stack, struct stack_error *err)
 						return files_error(err, kp, "must be a string");
 				} else if (strcmp(k, "mode") == 0) {
 					if (parse_mode(v, false, &mode) < 0)
-						return files_error(err, kp, "must be an octal string like \"0644\"");
+						return files_error(err, kp,
+								   json_is_number(v)
+									   ? "must be an octal string like \"0644\", "
+									     "not a number (JSON reads 644 as decimal)"
+									   : "must be an octal string like \"0644\" "
+									     "(3 or 4 digits 0-7)");
 				} else if (strcmp(k, "owner") == 0 || strcmp(k, "group") == 0) {
 					if (!json_is_string(v) || !name_is_valid(json_string_value(v)))
 						return files_error(err, kp, "must be a user or group name");

@@ -69,9 +69,13 @@ static int validate_volume(struct stack_error *err, const char *path, json_t *v)
 		stack_path_key(fpath, sizeof(fpath), path, "fstype");
 		return stack_error_set(err, fpath, "must be \"xfs\" or \"ext4\"%s", check_got(g, sizeof(g), "fstype", fstype));
 	}
-	if (options && (options[0] == '\0' || check_has_space_or_control(options))) {
+	/* The options are written into fstab as they are; libmount reads a
+	 * backslash there as the start of an octal escape ("\\040" is a space),
+	 * so one would not read back (design.md §8). */
+	if (options && (options[0] == '\0' || check_has_space_or_control(options) || strchr(options, '\\'))) {
 		stack_path_key(fpath, sizeof(fpath), path, "options");
-		return stack_error_set(err, fpath, "must be a non-empty mount option list without whitespace");
+		return stack_error_set(err, fpath,
+				       "must be a non-empty mount option list without whitespace or backslashes");
 	}
 	return 0;
 }

@@ -275,6 +275,21 @@ static void test_validation_paths(void **state)
 		{ "", "$.plone_instances.solr_host", "\"solr_host\":\"s\\tx\"" },
 		{ "", "$.plone_instances.broker.host", "\"enable_celery\":true,\"broker\":{\"host\":\"b\\n[celery]\"}" },
 		{ "", "$.plone_instances.celery_args", "\"celery_args\":\"-A app; rm -rf /\"" },
+		/* Values that would not read back through deploy.cfg's parser
+		 * (design.md §8): buildout strips edge spaces, substitutes "${". */
+		{ "", "$.plone_instances.relstorage.db.dsn", "\"relstorage\":{\"db\":{\"dsn\":\"host=${a:b}\"}}" },
+		{ "", "$.plone_instances.relstorage.cache_servers", "\"relstorage\":{\"cache_servers\":\" a:1\"}" },
+		/* Raw buildout text that zc.buildout cannot read, or that would
+		 * extend agentd's own last [buildout] option. */
+		{ ",\"buildout_additional_config\":\"    x\\n\"", "$.deploy.plone_instances.buildout_additional_config" },
+		{ ",\"buildout_additional_config\":\"[x]\\na: b\\n\"",
+		  "$.deploy.plone_instances.buildout_additional_config" },
+		{ ",\"buildout_additional_config\":\"[x:True]\\n\"", "$.deploy.plone_instances.buildout_additional_config" },
+		/* Numbers that the renderer would drop or read otherwise. */
+		{ "", "$.plone_instances.broker.port", "\"broker\":{\"port\":\"6380\"}" },
+		{ "", "$.plone_instances.broker.port", "\"broker\":{\"port\":70000}" },
+		{ "", "$.plone_instances.zodb_cache_size", "\"zodb_cache_size\":\"30000\"" },
+		{ "", "$.plone_instances.relstorage.pack_days", "\"relstorage\":{\"pack_days\":1.5}" },
 		/* Two programs of one name, or one named like the kind's own. */
 		{ ",\"buildout_init_commands\":[{\"name\":\"w\",\"cmd\":\"bin/a\"},{\"name\":\"w\",\"cmd\":\"bin/b\"}]",
 		  "$.deploy.plone_instances.buildout_init_commands[1]" },
@@ -297,6 +312,60 @@ static void test_validation_paths(void **state)
 			fail_msg("case %zu: %s: %s", i, err.path, err.message);
 		assert_int_equal(apps_validate(s, &err), -EINVAL);
 		assert_string_equal(err.path, cases[i].path);
+		stack_unref(s);
+	}
+}
+
+/* An environment value reads back through supervisord's environment= and
+ * deploy.cfg's environment-vars, or is refused with its path (design.md
+ * §8): supervisord takes " ;" and " #" for a comment (the issue's "x ;y"
+ * gave "No closing quotation" for the whole conf.d) and strips edge
+ * quotes; buildout strips edge spaces and substitutes "${". */
+static void test_validation_environment_values(void **state)
+{
+	static const char *const bad[] = { "x ;y", "x #y", "x\t;y", "'q'", "q'", "a\"b", " x", "x ", "${buildout:x}",
+					   "a\nb", "nb\xc2\xa0;sp" };
+	static const char *const good[] = { "x;y", "a#b", "100%", "$HOME", "back\\slash", "it's", "a b", "", "\xc3\xbc" };
+
+	(void)state;
+	for (size_t i = 0; i < ELEMENTSOF(bad) + ELEMENTSOF(good); i++) {
+		bool ok = i >= ELEMENTSOF(bad);
+		const char *v = ok ? good[i - ELEMENTSOF(bad)] : bad[i];
+		char buf[4096];
+		struct stack *s = NULL;
+		struct stack_error err;
+
+		(void)snprintf(buf, sizeof(buf), doc_fmt, "", "", "");
+		if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
+			fail_msg("%s: %s", err.path, err.message);
+		json_object_set_new(json_object_get(s->apps[0].json, "environment"), "FOO", json_string(v));
+		if (ok) {
+			if (apps_validate(s, &err) < 0)
+				fail_msg("value %zu refused: %s: %s", i, err.path, err.message);
+		} else {
+			assert_int_equal(apps_validate(s, &err), -EINVAL);
+			assert_string_equal(err.path, "$.deploy.plone_instances.environment.FOO");
+		}
+		stack_unref(s);
+	}
+}
+
+/* A member's cpus is an integer count: "4" or 2.5 would be skipped in
+ * silence for this machine's own CPU count. */
+static void test_validation_member_cpus(void **state)
+{
+	static const char *const bad[] = { ",\"cpus\":\"4\"", ",\"cpus\":2.5", ",\"cpus\":0" };
+	(void)state;
+	for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+		char buf[4096];
+		struct stack *s = NULL;
+		struct stack_error err;
+
+		(void)snprintf(buf, sizeof(buf), doc_fmt, bad[i], "", "");
+		if (stack_parse(buf, strlen(buf), "app1", &s, &err) < 0)
+			fail_msg("%s: %s", err.path, err.message);
+		assert_int_equal(apps_validate(s, &err), -EINVAL);
+		assert_string_equal(err.path, "$.opsworks.layers.plone_instances.instances.app1.cpus");
 		stack_unref(s);
 	}
 }
@@ -345,7 +414,8 @@ int main(void)
 		cmocka_unit_test(test_render_instances), cmocka_unit_test(test_render_relstorage_solr_celery),
 		cmocka_unit_test(test_client_count),
 		cmocka_unit_test(test_services),	 cmocka_unit_test(test_validation_paths),
-		cmocka_unit_test(test_validation_caps),
+		cmocka_unit_test(test_validation_caps), cmocka_unit_test(test_validation_environment_values),
+		cmocka_unit_test(test_validation_member_cpus),
 		cmocka_unit_test(test_services_celery),
 		cmocka_unit_test(test_packages_missing),
 	};

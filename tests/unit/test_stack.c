@@ -645,6 +645,9 @@ static void test_volumes(void **state)
 		     "$.agent.volumes.db1[0].fstype", "\"btrfs\"");
 	expect_error("{'agent': {'volumes': {'db1': [{'device': '/dev/sdf', 'mount_point': '/m', 'options': 'a b'}]}}}",
 		     "$.agent.volumes.db1[0].options", "whitespace");
+	/* libmount reads "\\040" in fstab's options as a space: no backslash (design.md §8). */
+	expect_error("{'agent': {'volumes': {'db1': [{'device': '/dev/sdf', 'mount_point': '/m', 'options': 'a\\\\040b'}]}}}",
+		     "$.agent.volumes.db1[0].options", "backslashes");
 	expect_error("{'agent': {'volumes': {'db1': [{'device': '/dev/sdf', 'mount_point': '/m', 'mkfs': 'yes'}]}}}",
 		     "$.agent.volumes.db1[0].mkfs", "boolean");
 	expect_error("{'agent': {'volumes': {'db1': [{'device': 'sdf', 'mount_point': '/m'}]}}}",
@@ -1064,6 +1067,26 @@ static void test_files_no_duplicates(void **state)
 			  " 'lb': [{'path': '/etc/motd', 'content': 'b'}]}}}");
 }
 
+/* A file mode is an octal string (design.md §8): a JSON number is refused
+ * with its path, never read as decimal (644 would be mode 01204). */
+static void test_files_mode_is_an_octal_string(void **state)
+{
+	static const char *const bad[] = { "644", "420", "0", "'rw-r--r--'", "'0x1a4'", "' 644'", "'+644'",
+					   "'-0'", "'0648'", "'06444'", "'64'", "''", "true", "6.44" };
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		_cleanup_free_ char *d = xasprintf("{'agent': {'files': {'web': [{'path': '/etc/motd',"
+						   " 'content': 'a', 'mode': %s}]}}}",
+						   bad[i]);
+		expect_recipes_error(d, "$.agent.files.web[0].mode", "must be an octal string like \"0644\"");
+	}
+	expect_recipes_error("{'agent': {'files': {'web': [{'path': '/etc/motd', 'content': 'a', 'mode': 644}]}}}",
+			     "$.agent.files.web[0].mode", "not a number");
+	expect_recipes_ok("{'agent': {'files': {'web': [{'path': '/etc/a', 'content': 'a', 'mode': '0644'},"
+			  " {'path': '/etc/b', 'content': 'b', 'mode': '640'}, {'path': '/etc/c', 'content': 'c',"
+			  " 'mode': '4755'}]}}}");
+}
+
 /* Data directories of different kinds are apart, in any spelling. */
 static void test_data_dirs_apart(void **state)
 {
@@ -1408,6 +1431,7 @@ int main(void)
 		cmocka_unit_test(test_element_and_depth_bounds),
 		cmocka_unit_test(test_family_validate_once),
 		cmocka_unit_test(test_stack_load_validates_recipes),
+		cmocka_unit_test(test_files_mode_is_an_octal_string),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,6 +10,9 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <libmount.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include "io/fstab.h"
 #include "io/gluster_parse.h"
@@ -99,6 +102,41 @@ static void test_fstab_parse_and_escape(void **state)
 	assert_int_equal(fstab_find("x /a t o\n", 9, "/b", &e), 0);
 }
 
+/* A mount point and source agentd writes into fstab read back exactly
+ * through libmount's own fstab parser (design.md §8): every byte a valid
+ * path may hold, separators, '#', backslashes and non-ASCII included. */
+static void test_fstab_fields_read_back_through_libmount(void **state)
+{
+	static const char *const targets[] = { "/srv/a b", "/srv/a\tb", "/srv/#x", "/srv/a#b", "/srv/back\\slash",
+					       "/srv/\\040", "/srv/ünï ✓", "/srv/a,b=c", "/srv/$x%y;z\"'" };
+	(void)state;
+	for (size_t i = 0; i < sizeof(targets) / sizeof(*targets); i++) {
+		char path[] = "/tmp/agentd-fstab-XXXXXX";
+		int fd = mkstemp(path);
+		_cleanup_free_ char *src = fstab_escape("host:/srv/exports/blob storage");
+		_cleanup_free_ char *tgt = fstab_escape(targets[i]);
+		_cleanup_free_ char *line = xasprintf("%s %s nfs rw,nofail,x-agentd 0 0\n", src, tgt);
+		struct libmnt_table *tb;
+		struct libmnt_fs *fs = NULL;
+		struct libmnt_iter *itr;
+
+		assert_true(fd >= 0);
+		assert_int_equal(write(fd, line, strlen(line)), (ssize_t)strlen(line));
+		(void)close(fd);
+		tb = mnt_new_table_from_file(path);
+		assert_non_null(tb);
+		itr = mnt_new_iter(MNT_ITER_FORWARD);
+		if (mnt_table_next_fs(tb, itr, &fs) != 0)
+			fail_msg("target %zu: libmount read no entry from: %s", i, line);
+		assert_string_equal(mnt_fs_get_target(fs), targets[i]);
+		assert_string_equal(mnt_fs_get_source(fs), "host:/srv/exports/blob storage");
+		assert_string_equal(mnt_fs_get_options(fs), "rw,nofail,x-agentd");
+		mnt_free_iter(itr);
+		mnt_unref_table(tb);
+		(void)unlink(path);
+	}
+}
+
 static void test_gluster_info(void **state)
 {
 	static const char info[] = "\nVolume Name: blobs\nType: Replicate\nStatus: Started\nNumber of Bricks: 1 x 2 = 2\n"
@@ -173,6 +211,7 @@ int main(void)
 		cmocka_unit_test(test_fstab_append_replace_dedupe),
 		cmocka_unit_test(test_fstab_keeps_lines_that_are_not_agentds),
 		cmocka_unit_test(test_fstab_parse_and_escape),
+		cmocka_unit_test(test_fstab_fields_read_back_through_libmount),
 		cmocka_unit_test(test_gluster_info),
 		cmocka_unit_test(test_gluster_info_absent),
 		cmocka_unit_test(test_volume_candidates),
