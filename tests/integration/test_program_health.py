@@ -163,7 +163,8 @@ def converged(env):
     a.wait_runs(3, timeout=120)
     a.wait_idle(timeout=120)
     assert all(r["status"] == "success" for r in a.runs()), a.runs()
-    assert state(sup) == "RUNNING"
+    # (Before programs were waited for, the deploy ended with the client STARTING.)
+    wait_for(lambda: state(sup) == "RUNNING", timeout=30, what="the client to run")
     return a, sup, repo, port
 
 
@@ -230,3 +231,21 @@ def test_restart_into_a_release_whose_client_cannot_start_fails_naming_it(env):
         assert PROG in restart[0]["error"] and "Address already in use" in restart[0]["error"], restart
     finally:
         held.close()
+
+
+def test_plan_matches_the_next_run_of_a_converged_instance(env):
+    # design.md §5: each step plans "none" exactly when its next run reports
+    # it unchanged (or skips it), for every event of the app's layer.
+    a, sup, repo, port = converged(env)
+    for event, args in (("setup", ("--layer", APP)), ("configure", ("--layer", APP)),
+                         ("deploy", ("--app", APP)), ("configure", ("--layer", APP))):
+        plan = a.ctl_json("plan", event, *args)["steps"]
+        p = a.ctl("run", event, *args, "--wait", timeout=180)
+        r = last_run(a, event=event)
+        assert p.returncode == 0 and r["status"] == "success", r
+        steps = run_steps(a, r["id"])
+        assert [(s["kind"], s["target"]) for s in plan] == [(s["kind"], s["target"]) for s in steps]
+        for planned, ran in zip(plan, steps):
+            want_none = ran["status"] in ("unchanged", "skipped")
+            assert (planned["action"] == "none") == want_none, (event, planned, ran)
+    assert state(sup) == "RUNNING"
