@@ -74,6 +74,7 @@ struct svc_data {
 	char *fail_msg;    /* the program that did not start: why, once its log's tail is read */
 	char *fail_name;
 	bool fail_stop;    /* stop it after reading its log (it was STARTING or in BACKOFF) */
+	bool cancelled;    /* a hard cancel came during a call: no delay, no wait */
 };
 
 /* The first line of each program file agentd writes names its app (apps.c
@@ -289,12 +290,21 @@ static void queue_start(struct svc_data *d, const char *name, const json_t *info
 
 static void poll_now(struct svc_data *d);
 
+static void svc_fail_cancelled(struct svc_data *d)
+{
+	_cleanup_free_ char *msg = xasprintf("cancelled while waiting for %s to reach RUNNING",
+					     json_string_value(json_array_get(d->await, 0)));
+	svc_finish(d, STEP_FAILED, msg);
+}
+
 /* After the calls that started something: wait (the deadline counts from
  * here), or finish when nothing is to be waited for. */
 static void await_start(struct svc_data *d)
 {
 	if (json_array_size(d->await) == 0)
 		return svc_finish(d, d->changed ? STEP_CHANGED : STEP_UNCHANGED, NULL);
+	if (d->cancelled)
+		return svc_fail_cancelled(d);
 	d->deadline = uv_now(plan_exec_env(d->x)->loop) + (uint64_t)d->start_timeout_ms;
 	timer_start(d, POLL_MS, poll_now);
 }
@@ -374,6 +384,8 @@ static void poll_reply(struct svc_data *d, const json_t *all)
 	}
 	if (json_array_size(d->await) == 0)
 		return svc_finish(d, d->changed ? STEP_CHANGED : STEP_UNCHANGED, NULL);
+	if (d->cancelled)
+		return svc_fail_cancelled(d);
 	timer_start(d, POLL_MS, poll_now);
 }
 
@@ -494,7 +506,7 @@ static void one_info_reply(struct svc_data *d, const json_t *info)
 		json_array_append_new(d->await, json_string(d->name));
 		d->phase = PH_STARTS;
 		/* Rolling restart: a running service waits its delay first. */
-		if (running && d->delay_sec > 0)
+		if (running && d->delay_sec > 0 && !d->cancelled)
 			return timer_start(d, (uint64_t)d->delay_sec * 1000, restart_now);
 		return svc_next(d);
 	}
@@ -608,6 +620,7 @@ static void svc_apply(struct step *s, struct plan_exec *x)
 	d->fail_msg = NULL;
 	free(d->fail_name);
 	d->fail_name = NULL;
+	d->cancelled = false;
 	switch (d->action) {
 	case SERVICE_UPDATE:
 		if (d->conf_dir) {
@@ -642,18 +655,17 @@ static void svc_cancel(struct step *s)
 	 * cut short; a wait for RUNNING ends the step failed. */
 	struct svc_data *d = s->data;
 
-	if (!d->x || !d->timer)
+	if (!d->x)
+		return;
+	d->cancelled = true;
+	if (!d->timer)
 		return;
 	if (d->on_timer == restart_now) {
 		timer_stop(d);
 		svc_next(d);
 		return;
 	}
-	{
-		_cleanup_free_ char *msg = xasprintf("cancelled while waiting for %s to reach RUNNING",
-						     json_string_value(json_array_get(d->await, 0)));
-		svc_finish(d, STEP_FAILED, msg);
-	}
+	svc_fail_cancelled(d);
 }
 
 /* Whether a program file on disk differs from what the plan writes there:

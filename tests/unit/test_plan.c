@@ -382,7 +382,7 @@ static void test_service_describe(void **state)
 	struct service_step_opts start = { .action = SERVICE_START, .socket = sock, .timeout_ms = 1000,
 					   .name = "app-client1" };
 	struct plan p;
-	char *err = NULL, *action;
+	char *err = NULL, *action, *stale;
 
 	/* The program file is missing: it will be written, supervisord will see it. */
 	plan_init(&p, c->root);
@@ -403,7 +403,9 @@ static void test_service_describe(void **state)
 	free(action);
 
 	/* A stale program file of the app: the update removes it. */
-	write_file(P(c, "/etc/supervisor/conf.d/app-client2.conf"), "; agentd app=app\n[program:app-client2]\n");
+	stale = P(c, "/etc/supervisor/conf.d/app-client2.conf");
+	write_file(stale, "; agentd app=app\n[program:app-client2]\n");
+	free(stale);
 	action = describe_one(&p, &err);
 	assert_string_equal(action, "update");
 	assert_null(err);
