@@ -26,6 +26,7 @@
 #define TAIL_BYTES 2048
 /* A describe blocks the loop (plan.h): each of its calls waits at most this. */
 #define DESCRIBE_TIMEOUT_MS 3000
+#define DESCRIBE_SLOW_USEC (30 * 1000000LL)
 
 enum svc_phase {
 	PH_RELOAD,       /* update: reloadConfig sent */
@@ -690,12 +691,28 @@ static bool confs_differ(const struct svc_data *d)
 static int describe_call(const struct svc_data *d, const char *method, json_t *params, int ok, json_t **ret,
 			 char **ret_error)
 {
+	/* A supervisord that did not answer in time is not asked again for a
+	 * while: the next steps of the plan (and the next plans) would each
+	 * hold the loop as long. */
+	static char *slow_socket;
+	static int64_t slow_until;
 	long t = d->timeout_ms < DESCRIBE_TIMEOUT_MS ? d->timeout_ms : DESCRIBE_TIMEOUT_MS;
 	_cleanup_free_ char *err = NULL;
 	int fault = 0, r;
 
+	if (slow_socket && strcmp(slow_socket, d->socket) == 0 && time_monotonic_usec() < slow_until) {
+		json_decref(params);
+		*ret_error = xasprintf("cannot ask supervisord at %s: it did not answer within %ld ms a moment ago",
+				       d->socket, t);
+		return -ETIMEDOUT;
+	}
 	r = supervisor_call_sync(d->socket, method, params, t, ret, &fault, &err);
 	json_decref(params);
+	if (r == -ETIMEDOUT) {
+		free(slow_socket);
+		slow_socket = xstrdup(d->socket);
+		slow_until = time_monotonic_usec() + DESCRIBE_SLOW_USEC;
+	}
 	if (r >= 0 && (!fault || fault == ok))
 		return 0;
 	*ret_error = r < 0 ? xasprintf("cannot ask supervisord at %s: %s", d->socket, err)

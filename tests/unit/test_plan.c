@@ -16,7 +16,9 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -419,6 +421,34 @@ static void test_service_describe(void **state)
 	assert_non_null(strstr(err, "cannot ask supervisord at"));
 	free(err);
 	free(action);
+
+	/* A supervisord that takes the connection and never answers: the
+	 * describe gives up after timeout_ms (the loop is held no longer), and
+	 * the next one does not wait again. */
+	{
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		assert_true(fd >= 0 && strlen(sock) < sizeof(sa.sun_path));
+		memcpy(sa.sun_path, sock, strlen(sock) + 1);
+		assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_int_equal(listen(fd, 4), 0);
+		start.timeout_ms = 200;
+		plan_free(&p);
+		plan_init(&p, c->root);
+		assert_non_null(plan_add_service(&p, &start, &err));
+		action = describe_one(&p, &err);
+		assert_string_equal(action, "fail");
+		assert_non_null(strstr(err, "cannot ask supervisord at"));
+		free(err);
+		free(action);
+		action = describe_one(&p, &err);
+		assert_string_equal(action, "fail");
+		assert_non_null(strstr(err, "did not answer within 200 ms a moment ago"));
+		free(err);
+		free(action);
+		close(fd);
+	}
 	plan_free(&p);
 	free(sock);
 	free(conf);
