@@ -349,6 +349,8 @@ static void fail_program(struct svc_data *d, const char *name, const json_t *inf
 	}
 	if (spawnerr && *spawnerr)
 		why = xasprintf(" (%s)", spawnerr);
+	else if (state_is(info, "EXITED")) /* its description is the time it exited */
+		why = xasprintf(" (exit status %lld)", (long long)json_integer_value(json_object_get(info, "exitstatus")));
 	else if (desc && *desc)
 		why = xasprintf(" (%s)", desc);
 	if (timed_out)
