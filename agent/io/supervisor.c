@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 #include "supervisor.h"
 
+#include <curl/curl.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <libxml/parser.h>
@@ -312,4 +313,77 @@ int supervisor_call(struct http *h, const char *socket, const char *method, cons
 		free(c);
 	}
 	return r;
+}
+
+struct sync_body {
+	struct buf b;
+	bool too_big;
+};
+
+static size_t sync_write(char *data, size_t size, size_t n, void *userdata)
+{
+	struct sync_body *sb = userdata;
+
+	if (sb->b.len + size * n > XMLRPC_REPLY_MAX) {
+		sb->too_big = true;
+		return 0;
+	}
+	buf_append(&sb->b, data, size * n);
+	return size * n;
+}
+
+int supervisor_call_sync(const char *socket, const char *method, const json_t *params, long timeout_ms,
+			 json_t **ret_result, int *ret_fault, char **ret_error)
+{
+	_cleanup_free_ char *body = xmlrpc_build_call(method, params);
+	struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: text/xml");
+	struct sync_body sb = { .too_big = false };
+	CURL *c = curl_easy_init();
+	CURLcode rc;
+	long status = 0;
+	int r;
+
+	*ret_result = NULL;
+	*ret_fault = 0;
+	*ret_error = NULL;
+	if (!c || !headers) {
+		curl_slist_free_all(headers);
+		if (c)
+			curl_easy_cleanup(c);
+		*ret_error = xasprintf("supervisord %s: %s", method, strerror(ENOMEM));
+		return -ENOMEM;
+	}
+	buf_init(&sb.b);
+	curl_easy_setopt(c, CURLOPT_URL, "http://localhost/RPC2");
+	curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, socket);
+	curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sync_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &sb);
+	rc = curl_easy_perform(c);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_cleanup(c);
+	curl_slist_free_all(headers);
+	if (rc != CURLE_OK) {
+		r = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : sb.too_big ? -EFBIG : -ECONNREFUSED;
+		*ret_error = sb.too_big ? xasprintf("supervisord %s: reply over %d bytes", method, XMLRPC_REPLY_MAX)
+					: xasprintf("supervisord %s: %s", method, curl_easy_strerror(rc));
+	} else if (status != 200) {
+		r = -EPROTO;
+		*ret_error = xasprintf("supervisord %s: HTTP status %ld", method, status);
+	} else {
+		char *err = NULL;
+
+		r = xmlrpc_parse_response(sb.b.data ? sb.b.data : "", sb.b.len, ret_result, ret_fault, &err);
+		if (r < 0 || *ret_fault) {
+			*ret_error = xasprintf("supervisord %s: %s%s", method, *ret_fault ? "fault: " : "", err);
+			free(err);
+		}
+	}
+	buf_free(&sb.b);
+	return r < 0 ? r : 0;
 }

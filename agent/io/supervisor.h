@@ -14,6 +14,8 @@ struct http_request;
 /* Fault codes of supervisor's rpcinterface (supervisor/xmlrpc.py Faults). */
 enum {
 	SUPERVISOR_BAD_NAME = 10,
+	SUPERVISOR_NO_FILE = 20,
+	SUPERVISOR_FAILED = 30,
 	SUPERVISOR_SPAWN_ERROR = 50,
 	SUPERVISOR_ABNORMAL_TERMINATION = 40,
 	SUPERVISOR_ALREADY_STARTED = 60,
@@ -30,6 +32,16 @@ typedef void (*supervisor_cb)(void *userdata, const json_t *result, int fault, c
  * NULL for none). Returns 0 or a negative errno (cb is then not called). */
 int supervisor_call(struct http *h, const char *socket, const char *method, const json_t *params, long timeout_ms,
 		    supervisor_cb cb, void *userdata, struct http_request **ret);
+
+/* The same call, blocking for at most timeout_ms (libcurl's easy interface):
+ * for a step's describe, which must answer at once (steps/plan.h) and asks
+ * supervisord read-only questions on its local socket. Returns 0 with
+ * *ret_result (new reference) for a normal reply; 0 with *ret_fault > 0 and
+ * *ret_error ("supervisord METHOD: fault: ...", malloc'd) for a fault; a
+ * negative errno with *ret_error for anything else (-ETIMEDOUT when the
+ * time ran out, -ECONNREFUSED when supervisord could not be reached). */
+int supervisor_call_sync(const char *socket, const char *method, const json_t *params, long timeout_ms,
+			 json_t **ret_result, int *ret_fault, char **ret_error);
 
 /* Building and parsing, exposed for tests and the fuzzer. */
 char *xmlrpc_build_call(const char *method, const json_t *params);

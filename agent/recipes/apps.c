@@ -324,6 +324,7 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 	_cleanup_free_ char *rel_id = xasprintf("release:%s", a->app->name);
 	_cleanup_free_ const char **names = NULL;
 	char **envv = env_strv(env), **argv = build_argv(c);
+	struct service_conf *confs = NULL;
 	struct step *s, *update;
 	int r = -EINVAL;
 
@@ -356,9 +357,12 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 	}
 	if (add_dir(a, SUPERVISOR_LOG_DIR, 0755, false) < 0 || add_dir(a, c->supervisor_conf_dir, 0755, false) < 0)
 		goto out;
+	confs = xcalloc(a->sv.n + 1, sizeof(*confs));
 	for (size_t i = 0; i < a->sv.n; i++) {
-		_cleanup_free_ char *conf = program_conf(a, &a->sv.v[i], env);
-		_cleanup_free_ char *path = xasprintf("%s/%s.conf", c->supervisor_conf_dir, a->sv.v[i].name);
+		char *conf = program_conf(a, &a->sv.v[i], env);
+		char *path = xasprintf("%s/%s.conf", c->supervisor_conf_dir, a->sv.v[i].name);
+
+		confs[i] = (struct service_conf){ .path = path, .content = conf };
 		/* The whole app environment is in it: root's only, and never in a diff. */
 		s = plan_add_file(a->plan, path, conf, strlen(conf), 0600, NULL, NULL, a->ret_error);
 		if (!s)
@@ -367,16 +371,19 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 	}
 	names = service_names(&a->sv);
 	{
+		/* The update compares the program files in a plan (its run's reloadConfig sees them). */
 		struct service_step_opts o = { .action = SERVICE_UPDATE, .socket = c->supervisor_socket,
-					       .timeout_ms = rpc_timeout_ms(a), .programs = names, .app = a->app->name,
-					       .conf_dir = c->supervisor_conf_dir };
+					       .timeout_ms = rpc_timeout_ms(a), .start_timeout_ms = rpc_timeout_ms(a),
+					       .programs = names, .app = a->app->name,
+					       .conf_dir = c->supervisor_conf_dir, .confs = confs, .n_confs = a->sv.n };
 		update = plan_add_service(a->plan, &o, a->ret_error);
 		if (!update)
 			goto out;
 	}
 	for (size_t i = 0; i < a->sv.n; i++) {
 		struct service_step_opts o = { .action = SERVICE_RESTART, .socket = c->supervisor_socket,
-					       .timeout_ms = rpc_timeout_ms(a), .name = a->sv.v[i].name,
+					       .timeout_ms = rpc_timeout_ms(a), .start_timeout_ms = rpc_timeout_ms(a),
+					       .name = a->sv.v[i].name,
 					       .delay_sec = a->sv.v[i].delay, .update = update };
 		s = plan_add_service(a->plan, &o, a->ret_error);
 		if (!s)
@@ -387,6 +394,11 @@ static int plan_configure(struct app_plan *a, bool force_build, bool new_release
 	}
 	r = 0;
 out:
+	for (size_t i = 0; confs && i < a->sv.n; i++) {
+		free((char *)confs[i].path);
+		free((char *)confs[i].content);
+	}
+	free(confs);
 	strv_free(envv);
 	strv_free(argv);
 	return r;
@@ -472,7 +484,8 @@ static int plan_action_all(struct app_plan *a, enum service_action act)
 	for (size_t i = 0; i < a->sv.n; i++) {
 		/* A restart is rolling, as after a deploy: each running service waits its delay. */
 		struct service_step_opts o = { .action = act, .socket = a->ctx->config->supervisor_socket,
-					       .timeout_ms = rpc_timeout_ms(a), .name = a->sv.v[i].name,
+					       .timeout_ms = rpc_timeout_ms(a), .start_timeout_ms = rpc_timeout_ms(a),
+					       .name = a->sv.v[i].name,
 					       .delay_sec = act == SERVICE_RESTART ? a->sv.v[i].delay : 0 };
 		if (!plan_add_service(a->plan, &o, a->ret_error))
 			return -EINVAL;

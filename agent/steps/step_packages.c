@@ -3,6 +3,7 @@
 #include "step_packages.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 
 #include "io/exec.h"
@@ -186,11 +187,77 @@ static void pkg_cancel(struct step *s)
 		exec_terminate(d->proc);
 }
 
+/* dpkg's database, which the default package_query_command reads. */
+#define DPKG_STATUS "/var/lib/dpkg/status"
+#define DPKG_STATUS_MAX (64 * 1024 * 1024)
+
+static bool query_is_default(char *const *argv)
+{
+	static const char *const def[] = { "dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", NULL };
+	size_t i;
+
+	for (i = 0; def[i]; i++)
+		if (!argv[i] || strcmp(argv[i], def[i]) != 0)
+			return false;
+	return !argv[i];
+}
+
+/* What `dpkg-query -W -f='${Package} ${db:Status-Status}\n'` prints, read
+ * from dpkg's status file: "<name> <status>" per stanza, status being the
+ * third word of its Status field. */
+static char *dpkg_status_lines(const char *db, size_t len)
+{
+	struct buf out;
+	const char *name = NULL, *status = NULL;
+	size_t name_len = 0, status_len = 0;
+
+	buf_init(&out);
+	for (size_t pos = 0; pos <= len;) {
+		const char *line = db + pos;
+		const char *nl = pos < len ? memchr(line, '\n', len - pos) : NULL;
+		size_t l = pos < len ? (nl ? (size_t)(nl - line) : len - pos) : 0;
+
+		pos += l + 1;
+		if (l == 0) { /* the end of a stanza */
+			if (name && status) {
+				buf_append(&out, name, name_len);
+				buf_puts(&out, " ");
+				buf_append(&out, status, status_len);
+				buf_puts(&out, "\n");
+			}
+			name = status = NULL;
+			continue;
+		}
+		if (l > 9 && memcmp(line, "Package: ", 9) == 0) {
+			name = line + 9;
+			name_len = l - 9;
+		} else if (l > 8 && memcmp(line, "Status: ", 8) == 0) {
+			const char *w = memrchr(line, ' ', l);
+			status = w + 1;
+			status_len = (size_t)(line + l - status);
+		}
+	}
+	return buf_steal(&out);
+}
+
 static int pkg_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
 			char **ret_error)
 {
-	/* Asking dpkg would fork; the plan says a check will run. */
+	struct pkg_data *d = s->data;
+	_cleanup_free_ char *db = NULL, *lines = NULL;
+	_cleanup_free_ const char **missing = NULL;
+	size_t len = 0;
+
+	/* Running the query would fork: with the default one, its answer is
+	 * read from dpkg's status file, so that a converged instance plans
+	 * "none" (design.md §5); another command is only said to run. */
 	*ret_action = "check";
+	if (!query_is_default(d->query_argv) ||
+	    file_read_regular(AT_FDCWD, DPKG_STATUS, 0, DPKG_STATUS_MAX, &db, &len) < 0)
+		return 0;
+	lines = dpkg_status_lines(db, len);
+	missing = packages_missing(lines ? lines : "", lines ? strlen(lines) : 0, (const char *const *)d->names);
+	*ret_action = missing[0] ? "install" : "none";
 	return 0;
 }
 

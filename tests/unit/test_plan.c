@@ -16,7 +16,9 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -26,6 +28,8 @@
 #include "io/diff.h"
 #include "io/http.h"
 #include "steps/plan.h"
+#include "steps/step_packages.h"
+#include "steps/step_service.h"
 #include "steps/step_user.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
@@ -313,6 +317,141 @@ static void test_file_create_and_converge(void **state)
 	assert_int_equal(run_one_file(c, "/etc/app/empty", "", 0644), STEP_CHANGED);
 	assert_int_equal(run_one_file(c, "/etc/app/empty", "", 0644), STEP_UNCHANGED);
 	free(path);
+}
+
+/* The action a one-step plan describes; *ret_error gets its error, if any. */
+static char *describe_one(struct plan *p, char **ret_error)
+{
+	json_t *j = plan_describe(p, NULL);
+	json_t *s0 = json_array_get(json_object_get(j, "steps"), 0);
+	char *action = xstrdup(json_string_value(json_object_get(s0, "action")));
+	const char *err = json_string_value(json_object_get(s0, "error"));
+
+	if (ret_error)
+		*ret_error = err ? xstrdup(err) : NULL;
+	json_decref(j);
+	return action;
+}
+
+/* design.md §5: a converged instance plans "none" where its run would be
+ * unchanged. With the default query, the packages step reads dpkg's
+ * answer from its status file (coreutils is Essential: always installed). */
+static void test_packages_describe(void **state)
+{
+	struct ctx *c = *state;
+	const char *query[] = { "dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", NULL };
+	const char *other[] = { "/bin/true", NULL };
+	const char *install[] = { "/bin/false", NULL };
+	const char *there[] = { "coreutils", NULL }, *missing[] = { "coreutils", "agentd-test-no-such-package", NULL };
+	const struct {
+		const char *const *names, *const *query;
+		const char *action;
+	} cases[] = {
+		{ there, query, "none" },
+		{ missing, query, "install" },
+		{ there, other, "check" }, /* another command is not second-guessed */
+	};
+
+	if (access("/var/lib/dpkg/status", R_OK) != 0)
+		skip();
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct packages_step_opts o = { .names = cases[i].names, .query_argv = cases[i].query,
+						.install_argv = install, .timeout_sec = 10 };
+		struct plan p;
+		char *err = NULL, *action;
+
+		plan_init(&p, c->root);
+		assert_non_null(plan_add_packages(&p, &o, &err));
+		action = describe_one(&p, NULL);
+		assert_string_equal(action, cases[i].action);
+		free(action);
+		plan_free(&p);
+	}
+}
+
+/* The service update's describe says "update" without asking supervisord
+ * when a program file would change or a stale one go, and otherwise asks
+ * as the run would: supervisord not there is the run's failure, said. */
+static void test_service_describe(void **state)
+{
+	struct ctx *c = *state;
+	char *sock = P(c, "/supervisor.sock"), *conf = P(c, "/etc/supervisor/conf.d/app-client1.conf");
+	const char *programs[] = { "app-client1", NULL };
+	struct service_conf confs[] = { { "/etc/supervisor/conf.d/app-client1.conf", "; agentd app=app\n[program:x]\n" } };
+	struct service_step_opts o = { .action = SERVICE_UPDATE, .socket = sock, .timeout_ms = 1000,
+				       .programs = programs, .app = "app", .conf_dir = "/etc/supervisor/conf.d",
+				       .confs = confs, .n_confs = 1 };
+	struct service_step_opts start = { .action = SERVICE_START, .socket = sock, .timeout_ms = 1000,
+					   .name = "app-client1" };
+	struct plan p;
+	char *err = NULL, *action, *stale;
+
+	/* The program file is missing: it will be written, supervisord will see it. */
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_service(&p, &o, &err));
+	action = describe_one(&p, &err);
+	assert_string_equal(action, "update");
+	assert_null(err);
+	free(action);
+
+	/* The file as the plan writes it, and no supervisord: the run would fail. */
+	mkdir_under(c, "/etc/supervisor/conf.d");
+	write_file(conf, confs[0].content);
+	action = describe_one(&p, &err);
+	assert_string_equal(action, "fail");
+	assert_non_null(err);
+	assert_non_null(strstr(err, "cannot ask supervisord at"));
+	free(err);
+	free(action);
+
+	/* A stale program file of the app: the update removes it. */
+	stale = P(c, "/etc/supervisor/conf.d/app-client2.conf");
+	write_file(stale, "; agentd app=app\n[program:app-client2]\n");
+	free(stale);
+	action = describe_one(&p, &err);
+	assert_string_equal(action, "update");
+	assert_null(err);
+	free(action);
+	plan_free(&p);
+
+	plan_init(&p, c->root);
+	assert_non_null(plan_add_service(&p, &start, &err));
+	action = describe_one(&p, &err);
+	assert_string_equal(action, "fail");
+	assert_non_null(strstr(err, "cannot ask supervisord at"));
+	free(err);
+	free(action);
+
+	/* A supervisord that takes the connection and never answers: the
+	 * describe gives up after timeout_ms (the loop is held no longer), and
+	 * the next one does not wait again. */
+	{
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		assert_true(fd >= 0 && strlen(sock) < sizeof(sa.sun_path));
+		memcpy(sa.sun_path, sock, strlen(sock) + 1);
+		assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_int_equal(listen(fd, 4), 0);
+		start.timeout_ms = 200;
+		plan_free(&p);
+		plan_init(&p, c->root);
+		assert_non_null(plan_add_service(&p, &start, &err));
+		action = describe_one(&p, &err);
+		assert_string_equal(action, "fail");
+		assert_non_null(strstr(err, "cannot ask supervisord at"));
+		free(err);
+		free(action);
+		action = describe_one(&p, &err);
+		assert_string_equal(action, "fail");
+		assert_non_null(strstr(err, "did not answer within 200 ms a moment ago"));
+		free(err);
+		free(action);
+		close(fd);
+	}
+	plan_free(&p);
+	free(sock);
+	free(conf);
 }
 
 static void test_file_describe_diff(void **state)
@@ -2027,6 +2166,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_file_create_and_converge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_file_describe_diff, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_packages_describe, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_service_describe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_describe_redacts_private, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_describe_large_files, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_files_recipe_secret_mode, setup, teardown),
