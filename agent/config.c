@@ -8,13 +8,13 @@
 #include "log.h"
 #include "util.h"
 
-enum key_type { KEY_STRING, KEY_STRING_OR_NULL, KEY_INT };
+enum key_type { KEY_STRING, KEY_STRING_OR_NULL, KEY_INT, KEY_SECONDS };
 
 struct key {
 	const char *name;
 	enum key_type type;
 	size_t offset;
-	long min, max;    /* KEY_INT */
+	long min, max;    /* KEY_INT, KEY_SECONDS */
 	bool path;        /* KEY_STRING: must be an absolute path */
 };
 
@@ -25,6 +25,8 @@ struct key {
 #define S(n, p) { #n, KEY_STRING, offsetof(struct config, n), 0, 0, p }
 #define SN(n) { #n, KEY_STRING_OR_NULL, offsetof(struct config, n), 0, 0, false }
 #define I(n, lo, hi) { #n, KEY_INT, offsetof(struct config, n), lo, hi, false }
+/* A number of seconds, integer or not (0.2): a double. */
+#define T(n, lo, hi) { #n, KEY_SECONDS, offsetof(struct config, n), lo, hi, false }
 static const struct key keys[] = {
 	S(source, false),
 	SN(instance),
@@ -42,7 +44,10 @@ static const struct key keys[] = {
 	I(retry_min, 1, 86400),
 	I(retry_max, 1, 7 * 86400),
 	I(step_output_max, 1024, 1024L * 1024 * 1024),
+	T(settle, 0, 3600),
+	T(settle_max, 0, 86400),
 };
+#undef T
 #undef S
 #undef SN
 #undef I
@@ -199,6 +204,8 @@ void config_defaults(struct config *c)
 	c->retry_min = 10;
 	c->retry_max = 600;
 	c->step_output_max = 4 * 1024 * 1024;
+	c->settle = 0.2;
+	c->settle_max = 5;
 	c->extra = json_object();
 	for (size_t i = 0; i < ELEMENTSOF(family_keys); i++) {
 		json_t *v = json_loads(family_keys[i].def, JSON_DECODE_ANY, NULL);
@@ -253,6 +260,16 @@ static int config_apply(struct config *c, json_t *root, char **ret_error)
 				}
 			}
 			json_object_set(c->extra, name, v);
+			continue;
+		}
+		if (k->type == KEY_SECONDS) {
+			double d = json_number_value(v);
+			if (!json_is_number(v) || !(d >= (double)k->min && d <= (double)k->max)) {
+				*ret_error = xasprintf("key \"%s\" must be a number of seconds between %ld and %ld", name,
+						       k->min, k->max);
+				return -EINVAL;
+			}
+			*(double *)((char *)c + k->offset) = d;
 			continue;
 		}
 		if (k->type == KEY_INT) {
@@ -357,6 +374,8 @@ json_t *config_to_json(const struct config *c)
 		const struct key *k = &keys[i];
 		if (k->type == KEY_INT)
 			json_object_set_new(o, k->name, json_integer(*(const long *)((const char *)c + k->offset)));
+		else if (k->type == KEY_SECONDS)
+			json_object_set_new(o, k->name, json_real(*(const double *)((const char *)c + k->offset)));
 		else {
 			const char *s = *(char *const *)((const char *)c + k->offset);
 			json_object_set_new(o, k->name, s ? json_string(s) : json_null());
@@ -370,7 +389,7 @@ json_t *config_to_json(const struct config *c)
 void config_free(struct config *c)
 {
 	for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-		if (keys[i].type != KEY_INT) {
+		if (keys[i].type != KEY_INT && keys[i].type != KEY_SECONDS) {
 			char **field = (char **)((char *)c + keys[i].offset);
 			free(*field);
 			*field = NULL;

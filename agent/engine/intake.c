@@ -68,9 +68,16 @@ void engine_apply_current(struct engine *e)
 	size_t n = 0;
 	int r;
 
+	/* Whatever happens below, no burst waits any more: it is applied,
+	 * it came back to the applied stack, or the resume applies it. */
+	e->settle.first = 0;
+	(void)uv_timer_stop(&e->settle_timer);
 	if (e->paused || !e->current)
 		return;
-	if (e->applied && strcmp(e->applied->revision, e->current->revision) == 0)
+	/* The same document with the same identity: nothing to do. Another
+	 * identity (instance, host name) may give other layers. */
+	if (e->applied && strcmp(e->applied->revision, e->current->revision) == 0 &&
+	    strcmp(e->applied->instance, e->current->instance) == 0)
 		return;
 	r = stack_diff(e->first_start ? NULL : e->applied, e->current, &t, &n);
 	if (r < 0) {
@@ -82,9 +89,17 @@ void engine_apply_current(struct engine *e)
 			t[i].use_old_stack && e->applied ? e->applied->revision : NULL);
 	triggers_free(t, n);
 	drop_vanished(e);
-	stack_unref(e->applied);
+	/* Runs for layers this instance left under another name plan against
+	 * the stack as it was applied then: kept while it differs. */
+	stack_unref(e->previous);
+	e->previous = e->applied && strcmp(e->applied->instance, e->current->instance) != 0 ? e->applied : NULL;
+	if (!e->previous)
+		stack_unref(e->applied);
 	e->applied = stack_ref(e->current);
+	free(e->applied_instance);
+	e->applied_instance = xstrdup(e->instance);
 	e->first_start = false;
+	settle_applied(&e->settle, time_monotonic_usec());
 	state_gc_stacks(e);
 	engine_persist(e);
 	engine_kick(e);
@@ -137,9 +152,70 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 	stack_unref(e->current);
 	e->current = s;
 	e->last_change_usec = time_now_usec();
+	engine_check_identity(e);
 	if (e->paused)
 		engine_persist(e);
-	engine_apply_current(e);
+	engine_stack_changed(e);
+}
+
+static void on_settled(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+
+	if (!e->stopping)
+		engine_apply_current(e);
+}
+
+void engine_stack_changed(struct engine *e)
+{
+	int64_t now = time_monotonic_usec();
+	int64_t at = settle_change(&e->settle, now, (int64_t)(e->config->settle * 1e6),
+				   (int64_t)(e->config->settle_max * 1e6));
+
+	if (at == 0) {
+		engine_apply_current(e);
+		return;
+	}
+	/* The stack saved above is current, not yet applied: a restart
+	 * meanwhile applies it at its start. */
+	engine_persist(e);
+	log_debug("Stack %s waits for the stack to settle (%.0f ms)", e->current->revision,
+		  (double)(at > now ? at - now : 0) / 1000.0);
+	(void)uv_timer_start(&e->settle_timer, on_settled, at > now ? (uint64_t)(at - now + 999) / 1000 : 0, 0);
+}
+
+bool engine_unassigned(const struct engine *e)
+{
+	return e->current && e->current->n_self_layers == 0;
+}
+
+char *engine_unassigned_reason(const struct engine *e)
+{
+	const struct stack *s = e->current;
+
+	if (!engine_unassigned(e))
+		return NULL;
+	if (json_object_get(json_object_get(s->root, "opsworks"), "instance"))
+		return xasprintf("instance \"%s\" (opsworks.instance) lists no layer: nothing runs here", s->instance);
+	if (!str_eq(s->instance, e->instance))
+		return xasprintf("instance \"%s\" (host name \"%s\") is in no layer of the stack: nothing runs here; "
+				 "set \"instance\" in agentd.conf to this instance's name in the stack",
+				 s->instance, e->instance);
+	return xasprintf("instance \"%s\" is in no layer of the stack%s: nothing runs here; set \"instance\" in "
+			 "agentd.conf to this instance's name in the stack",
+			 s->instance, strchr(s->instance, '.') ? " (nor is its first label)" : "");
+}
+
+void engine_check_identity(struct engine *e)
+{
+	_cleanup_free_ char *why = engine_unassigned_reason(e);
+
+	if (why && !e->unassigned_logged)
+		log_warn("Unassigned: %s", why);
+	else if (!why && e->unassigned_logged && e->current)
+		log_info("Instance \"%s\" is in %zu layer(s) of the stack", e->current->instance,
+			 e->current->n_self_layers);
+	e->unassigned_logged = why != NULL;
 }
 
 void engine_on_source_error(void *userdata, const char *message)

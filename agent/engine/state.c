@@ -88,6 +88,11 @@ int state_save_stack(struct engine *e, const struct stack *s)
 
 struct stack *state_load_stack(struct engine *e, const char *rev)
 {
+	return state_load_stack_as(e, rev, e->instance);
+}
+
+struct stack *state_load_stack_as(struct engine *e, const char *rev, const char *instance)
+{
 	_cleanup_free_ char *path = state_stack_path(e, rev), *data = NULL;
 	struct stack_error err = { 0 };
 	struct stack *s = NULL;
@@ -101,7 +106,7 @@ struct stack *state_load_stack(struct engine *e, const char *rev)
 		log_warn("Saved stack %s cannot be read: %s", path, file_read_strerror(r));
 		return NULL;
 	}
-	r = recipes_stack_load(data, len, e->instance, &s, &err);
+	r = recipes_stack_load(data, len, instance, &s, &err);
 	if (r < 0) {
 		log_warn("Saved stack %s no longer validates at %s: %s", path, err.path, err.message);
 		return NULL;
@@ -197,6 +202,7 @@ int engine_persist(struct engine *e)
 	json_object_set_new(o, "instance", json_string(e->instance));
 	json_object_set_new(o, "stack_revision", json_string_or_null(e->current ? e->current->revision : NULL));
 	json_object_set_new(o, "applied_revision", json_string_or_null(e->applied ? e->applied->revision : NULL));
+	json_object_set_new(o, "applied_instance", json_string(e->applied_instance ? e->applied_instance : e->instance));
 	json_object_set_new(o, "next_run_id", json_integer(e->next_id));
 	json_object_set_new(o, "runs", runs);
 	json_object_set(o, "failed", e->failed);
@@ -467,10 +473,18 @@ void state_load(struct engine *e)
 	if ((v = json_object_get(o, "paused")))
 		e->paused = xstrdup(json_string_value(v));
 
+	/* The applied stack as it was applied: under the name this instance
+	 * had then (an older agentd wrote only "instance"), so that another
+	 * name now (`instance`, the host name) diffs as layers added and
+	 * removed (design.md §3 Identity). */
+	if ((v = json_object_get(o, "applied_instance")) || (v = json_object_get(o, "instance")))
+		e->applied_instance = xstrdup(json_string_value(v));
 	if ((v = json_object_get(o, "applied_revision")))
-		e->applied = state_load_stack(e, json_string_value(v));
+		e->applied = state_load_stack_as(e, json_string_value(v),
+						 e->applied_instance ? e->applied_instance : e->instance);
 	if ((v = json_object_get(o, "stack_revision"))) {
-		if (e->applied && strcmp(e->applied->revision, json_string_value(v)) == 0)
+		if (e->applied && strcmp(e->applied->revision, json_string_value(v)) == 0 &&
+		    str_eq(e->applied_instance ? e->applied_instance : e->instance, e->instance))
 			e->current = stack_ref(e->applied);
 		else
 			e->current = state_load_stack(e, json_string_value(v));

@@ -73,6 +73,9 @@ struct stack {
 
 /* Parses and validates data. instance is this instance's hostname (from the
  * config or gethostname()); opsworks.instance.hostname wins when present.
+ * An FQDN that no layer lists as a member is looked up by its first label
+ * ("web1.eu-west-1.compute.internal" -> "web1"); the name found is
+ * s->instance (design.md §3 Identity).
  * Every path-valued field is stored in its normal form (path_normalize():
  * no "//", no trailing "/"), in the model and in root, so that later code
  * compares paths with strcmp() and path_is_under() only; "." and ".."

@@ -54,7 +54,7 @@ static void test_stack_change_while_running(void **state)
 	assert_int_equal(queue_count(&l), 2);
 	assert_int_equal(l.n, 3);
 	/* The running run is not next; the oldest queued one is. */
-	assert_ptr_equal(queue_next(&l, false), q1);
+	assert_ptr_equal(queue_next(&l, false, NULL), q1);
 	run_list_clear(&l);
 }
 
@@ -171,9 +171,9 @@ static void test_requeue_after_interruption(void **state)
 	assert_int_equal(again->req.trigger, TRIGGER_RETRY);
 	assert_true(again->front);
 	/* Before the older configure: setup first. */
-	assert_ptr_equal(queue_next(&l, false), again);
+	assert_ptr_equal(queue_next(&l, false, NULL), again);
 	/* While paused only operators' runs start. */
-	assert_null(queue_next(&l, true));
+	assert_null(queue_next(&l, true, NULL));
 	(void)conf;
 
 	/* A second interruption of the same event joins the queued retry. */
@@ -196,7 +196,7 @@ static void test_requeue_after_interruption(void **state)
 	assert_int_equal(roll2->req.trigger, TRIGGER_CTL);
 	assert_string_equal(roll2->stack, REV_B);
 	assert_true(roll2->front);
-	assert_ptr_equal(queue_next(&l, true), roll2);
+	assert_ptr_equal(queue_next(&l, true, NULL), roll2);
 	/* After it: a restart, never a second rollback. */
 	json_decref(roll->steps);
 	roll->steps = json_pack("[{s:s, s:s}]", "kind", "rollback", "status", "changed");
