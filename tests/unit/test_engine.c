@@ -253,6 +253,156 @@ static void test_record_json(void **state)
 	run_list_clear(&l);
 }
 
+
+#define MS INT64_C(1000)
+#define SETTLE (200 * MS)
+#define SETTLE_MAX (5000 * MS)
+
+/* Settling (design.md §3): a lone change is applied at once; a burst of ten
+ * edits 20 ms apart gives the leading edge and one trailing edge. */
+static void test_settle_burst(void **state)
+{
+	struct settle s = { 0 };
+	int64_t t0 = 1000000 * MS, at = 0, applies = 0;
+
+	/* The first change ever, and one after a quiet period: at once. */
+	assert_int_equal(settle_change(&s, t0, SETTLE, SETTLE_MAX), 0);
+	settle_applied(&s, t0);
+	applies++;
+	assert_int_equal(settle_change(&s, t0 + 10000 * MS, SETTLE, SETTLE_MAX), 0);
+	settle_applied(&s, t0 + 10000 * MS);
+	t0 += 10000 * MS;
+	/* Nine more edits 20 ms apart: each pushes the trailing edge to 200 ms
+	 * after it, none is applied on its own. */
+	for (int i = 1; i < 10; i++) {
+		at = settle_change(&s, t0 + i * 20 * MS, SETTLE, SETTLE_MAX);
+		assert_true(at > 0);
+		assert_int_equal(at, t0 + i * 20 * MS + SETTLE);
+	}
+	/* The timer fires at the last edge: one apply for the nine. */
+	settle_applied(&s, at);
+	applies++;
+	assert_int_equal(applies, 2);
+	assert_int_equal(s.first, 0);
+	/* Quiet for settle since then: the next lone change is at once again. */
+	assert_int_equal(settle_change(&s, at + SETTLE, SETTLE, SETTLE_MAX), 0);
+}
+
+/* A member flapping every 100 ms (never quiet for settle = 200 ms) is
+ * applied at most once per settle_max, counted over 20 s of flapping. */
+static void test_settle_flapping(void **state)
+{
+	struct settle s = { 0 };
+	int64_t t0 = 5000 * MS, due = 0;
+	int applies = 0;
+
+	for (int64_t t = t0; t < t0 + 20000 * MS; t += 100 * MS) {
+		if (due && t >= due) {
+			settle_applied(&s, due);
+			applies++;
+			due = 0;
+		}
+		int64_t at = settle_change(&s, t, SETTLE, SETTLE_MAX);
+		if (at == 0) {
+			settle_applied(&s, t);
+			applies++;
+		} else
+			due = at;
+		/* Never later than settle_max after the first change waiting. */
+		assert_true(!due || due <= s.first + SETTLE_MAX);
+	}
+	/* 1 leading edge + one per 5 s: 5, not 200. */
+	assert_true(applies >= 4 && applies <= 5);
+}
+
+/* settle 0 turns settling off; a settle_max below settle caps the wait. */
+static void test_settle_off_and_cap(void **state)
+{
+	struct settle s = { 0 };
+
+	settle_applied(&s, 1000 * MS);
+	assert_int_equal(settle_change(&s, 1001 * MS, 0, SETTLE_MAX), 0);
+	assert_int_equal(settle_change(&s, 1002 * MS, SETTLE, 50 * MS), 1002 * MS + 50 * MS);
+	assert_int_equal(settle_change(&s, 1040 * MS, SETTLE, 50 * MS), 1002 * MS + 50 * MS);
+	/* A stack-change run that starts counts like an apply. */
+	settle_applied(&s, 2000 * MS);
+	assert_true(settle_change(&s, 2100 * MS, SETTLE, SETTLE_MAX) > 0);
+	s = (struct settle){ 0 };
+	settle_applied(&s, 2000 * MS);
+	assert_int_equal(settle_change(&s, 2000 * MS + SETTLE, SETTLE, SETTLE_MAX), 0);
+}
+
+static json_t *setup_failure(const char *layer)
+{
+	json_t *f = json_object(), *o = json_object();
+
+	json_object_set_new(o, "event", json_string("setup"));
+	json_object_set_new(o, "layer", layer ? json_string(layer) : json_null());
+	json_object_set_new(o, "app", json_null());
+	json_object_set_new(f, layer ? layer : "setup//", o);
+	return f;
+}
+
+/* First start (design.md §3): while the boot's setup fails, its configure
+ * and deploy do not start; the retry of setup does, and once the failure
+ * is gone they follow. Operators' runs never wait. */
+static void test_failed_setup_holds_the_boot(void **state)
+{
+	struct run_list l = { 0 };
+	long next = 1;
+	struct run *setup = add(&l, &next, req(EVENT_SETUP, NULL, NULL, TRIGGER_BOOT), NULL);
+	struct run *conf = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_BOOT), NULL);
+	struct run *dep = add(&l, &next, req(EVENT_DEPLOY, NULL, "shop", TRIGGER_BOOT), NULL);
+	json_t *failed = setup_failure(NULL);
+
+	setup->status = RUN_FAILED;
+	assert_true(queue_held_by_setup(conf, failed));
+	assert_true(queue_held_by_setup(dep, failed));
+	assert_null(queue_next(&l, false, failed));
+	/* The retry of setup runs; the boot's runs still wait. */
+	struct run *retry = add(&l, &next, req(EVENT_SETUP, NULL, NULL, TRIGGER_RETRY), NULL);
+	assert_ptr_equal(queue_next(&l, false, failed), retry);
+	retry->status = RUN_FAILED;
+	assert_null(queue_next(&l, false, failed));
+	/* An operator's run is not held. */
+	struct run *ctl = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_CTL), NULL);
+	assert_ptr_equal(queue_next(&l, false, failed), ctl);
+	ctl->status = RUN_SUCCESS;
+	/* A stack change's configure of every layer joins the boot's. */
+	assert_ptr_equal(add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL), conf);
+	/* setup succeeded: the failure is gone, configure then deploy. */
+	json_object_clear(failed);
+	assert_ptr_equal(queue_next(&l, false, failed), conf);
+	conf->status = RUN_SUCCESS;
+	assert_ptr_equal(queue_next(&l, false, failed), dep);
+	json_decref(failed);
+	run_list_clear(&l);
+}
+
+/* A layer the instance joined: its configure and deploy wait for its own
+ * setup; other layers' runs and a configure of every layer do not. */
+static void test_failed_setup_holds_its_layer(void **state)
+{
+	struct run_list l = { 0 };
+	long next = 1;
+	struct run *conf_db = add(&l, &next, req(EVENT_CONFIGURE, "db", NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *dep_db = add(&l, &next, req(EVENT_DEPLOY, "db", NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *conf_web = add(&l, &next, req(EVENT_CONFIGURE, "web", NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *conf_all = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *undeploy = add(&l, &next, req(EVENT_UNDEPLOY, "db", NULL, TRIGGER_STACK_CHANGE), NULL);
+	json_t *failed = setup_failure("db");
+
+	assert_true(queue_held_by_setup(conf_db, failed));
+	assert_true(queue_held_by_setup(dep_db, failed));
+	assert_false(queue_held_by_setup(conf_web, failed));
+	assert_false(queue_held_by_setup(conf_all, failed));
+	assert_false(queue_held_by_setup(undeploy, failed));
+	assert_ptr_equal(queue_next(&l, false, failed), conf_web);
+	assert_ptr_equal(queue_next(&l, false, NULL), conf_db);
+	json_decref(failed);
+	run_list_clear(&l);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -263,6 +413,11 @@ int main(void)
 		cmocka_unit_test(test_queue_cap_and_ids),
 		cmocka_unit_test(test_requeue_after_interruption),
 		cmocka_unit_test(test_record_json),
+		cmocka_unit_test(test_settle_burst),
+		cmocka_unit_test(test_settle_flapping),
+		cmocka_unit_test(test_settle_off_and_cap),
+		cmocka_unit_test(test_failed_setup_holds_the_boot),
+		cmocka_unit_test(test_failed_setup_holds_its_layer),
 	};
 
 	log_set_level(LOG_LEVEL_ERROR - 1);
