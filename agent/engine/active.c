@@ -390,7 +390,7 @@ void engine_start_run(struct engine *e, struct run *rec)
 	/* Changes that follow within `settle` of this start wait for the
 	 * stack to settle (design.md §3 Settling). */
 	if (rec->req.trigger == TRIGGER_STACK_CHANGE && e->settle.first == 0)
-		e->settle.mark = time_monotonic_usec();
+		settle_applied(&e->settle, time_monotonic_usec());
 	if (engine_persist(e) < 0) {
 		rec->status = RUN_QUEUED;
 		run_set_str(&rec->started, NULL);

@@ -99,7 +99,6 @@ void engine_apply_current(struct engine *e)
 	free(e->applied_instance);
 	e->applied_instance = xstrdup(e->instance);
 	e->first_start = false;
-	settle_applied(&e->settle, time_monotonic_usec());
 	state_gc_stacks(e);
 	engine_persist(e);
 	engine_kick(e);

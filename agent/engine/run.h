@@ -134,7 +134,7 @@ struct run *queue_next(const struct run_list *l, bool paused, const json_t *fail
  * are then applied as one (the trailing edge), like consul-template's
  * `wait`. Times are monotonic microseconds. */
 struct settle {
-	int64_t mark;            /* the last stack-change run's start (or the last apply), 0: none yet */
+	int64_t mark;            /* the last stack-change run's start, 0: none yet */
 	int64_t first;           /* the first change of the burst that waits, 0: none waits */
 };
 
@@ -142,6 +142,5 @@ struct settle {
  * which to apply the burst it belongs to (> 0, maybe <= now: at once, but
  * as the trailing edge). settle <= 0 turns settling off. */
 int64_t settle_change(struct settle *s, int64_t now, int64_t settle, int64_t settle_max);
-/* The stack was applied (or a stack-change run started) at now: the quiet
- * period counts from here, and no burst waits any more. */
+/* A stack-change run started at now: the quiet period counts from here. */
 void settle_applied(struct settle *s, int64_t now);
