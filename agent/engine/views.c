@@ -92,8 +92,10 @@ json_t *engine_status(struct engine *e)
 	json_object_set_new(o, "instance", json_string(s ? s->instance : e->instance));
 	json_object_set_new(o, "layers", layers);
 	json_object_set_new(o, "state", json_string(state));
-	/* Why the instance is in no layer (design.md §3 Identity), or null. */
-	json_object_set_new(o, "warning", why ? json_string(why) : json_null());
+	/* Why the instance is in no layer (design.md §3 Identity); absent
+	 * when it has a layer. */
+	if (why)
+		json_object_set_new(o, "warning", json_string(why));
 	free(why);
 	/* The revision the last runs applied: another than the stack's while
 	 * a change waits (paused, settling). */
