@@ -374,9 +374,11 @@ json_t *config_to_json(const struct config *c)
 		const struct key *k = &keys[i];
 		if (k->type == KEY_INT)
 			json_object_set_new(o, k->name, json_integer(*(const long *)((const char *)c + k->offset)));
-		else if (k->type == KEY_SECONDS)
-			json_object_set_new(o, k->name, json_real(*(const double *)((const char *)c + k->offset)));
-		else {
+		else if (k->type == KEY_SECONDS) {
+			/* Whole seconds as integers, as they are written ("settle_max": 5). */
+			double d = *(const double *)((const char *)c + k->offset);
+			json_object_set_new(o, k->name, d == (double)(long)d ? json_integer((long)d) : json_real(d));
+		} else {
 			const char *s = *(char *const *)((const char *)c + k->offset);
 			json_object_set_new(o, k->name, s ? json_string(s) : json_null());
 		}

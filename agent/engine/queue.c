@@ -249,7 +249,10 @@ bool queue_held_by_setup(const struct run *r, const json_t *failed)
 		const char *layer = json_string_value(json_object_get(f, "layer"));
 		if (!str_eq(json_string_value(json_object_get(f, "event")), "setup"))
 			continue;
-		if (!layer || !r->req.layer || str_eq(layer, r->req.layer))
+		/* A boot waits for every setup; a joined layer for its own
+		 * (a failed setup of every layer, say an operator's, would
+		 * not be cleared by the layer's own setup succeeding). */
+		if (r->req.trigger == TRIGGER_BOOT || str_eq(layer, r->req.layer))
 			return true;
 	}
 	return false;

@@ -119,3 +119,22 @@ def test_restart_under_another_name_runs_layers_added_and_removed(make_agent):
     assert sorted(got) == sorted(["setup db app2", "configure db app2", "deploy db app2",
                                   "undeploy web app1", "shutdown web app1"]), got
     assert all(r["status"] == "success" for r in a.runs()), a.runs()
+
+
+def test_restart_under_another_host_name_runs_layers_added_and_removed(make_agent):
+    stack = stack_for("web1")
+    stack["opsworks"]["layers"]["db"] = {"name": "DB", "instances": {"db1": {"private_ip": "10.0.0.2", "status": "online"}}}
+    stack["agent"]["layers"]["db"] = {e: ["touch"] for e in ("setup", "configure", "deploy", "undeploy", "shutdown")}
+    a = make_agent(stack, conf_extra={"instance": None})
+    start_as_host(a, "web1.example.internal")
+    a.wait_runs(3)
+    a.wait_idle()
+    # The same state_dir under another host name (an image reused, a rename).
+    a.stop()
+    start_as_host(a, "db1.example.internal")
+    wait_for(lambda: len(events(a)) >= 8, what="the layers' runs")
+    st = a.wait_idle()
+    assert st["instance"] == "db1" and st["layers"] == ["db"]
+    assert sorted(events(a)[3:]) == sorted(["setup db db1", "configure db db1", "deploy db db1",
+                                            "undeploy web web1", "shutdown web web1"]), events(a)
+    assert all(r["status"] == "success" for r in a.runs()), a.runs()

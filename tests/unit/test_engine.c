@@ -400,6 +400,11 @@ static void test_failed_setup_holds_its_layer(void **state)
 	assert_ptr_equal(queue_next(&l, false, failed), conf_web);
 	assert_ptr_equal(queue_next(&l, false, NULL), conf_db);
 	json_decref(failed);
+	/* A failed setup of every layer (an operator's) does not hold a
+	 * joined layer's runs: its own setup's success would not clear it. */
+	failed = setup_failure(NULL);
+	assert_false(queue_held_by_setup(conf_db, failed));
+	json_decref(failed);
 	run_list_clear(&l);
 }
 
