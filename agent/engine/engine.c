@@ -32,6 +32,7 @@
 #include "stack/stack.h"
 #include "steps/plan.h"
 #include "steps/step_rollback.h"
+#include "strv.h"
 #include "util.h"
 
 /* On SIGTERM, how long a state.json that cannot be written is tried again
@@ -519,6 +520,7 @@ void engine_free(struct engine *e)
 	stack_unref(e->applied);
 	stack_unref(e->previous);
 	free(e->applied_instance);
+	strv_free(e->applied_layers);
 	run_list_clear(&e->runs);
 	json_decref(e->failed);
 	json_decref(e->input_hashes);

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
+#include "strv.h"
 #include "util.h"
 
 /* ---------------------------------------------------------------- stacks */
@@ -77,7 +78,7 @@ void engine_apply_current(struct engine *e)
 	/* The same document with the same identity: nothing to do. Another
 	 * identity (instance, host name) may give other layers. */
 	if (e->applied && strcmp(e->applied->revision, e->current->revision) == 0 &&
-	    strcmp(e->applied->instance, e->current->instance) == 0)
+	    stack_same_identity(e->applied, e->current))
 		return;
 	r = stack_diff(e->first_start ? NULL : e->applied, e->current, &t, &n);
 	if (r < 0) {
@@ -92,12 +93,14 @@ void engine_apply_current(struct engine *e)
 	/* Runs for layers this instance left under another name plan against
 	 * the stack as it was applied then: kept while it differs. */
 	stack_unref(e->previous);
-	e->previous = e->applied && strcmp(e->applied->instance, e->current->instance) != 0 ? e->applied : NULL;
+	e->previous = e->applied && !stack_same_identity(e->applied, e->current) ? e->applied : NULL;
 	if (!e->previous)
 		stack_unref(e->applied);
 	e->applied = stack_ref(e->current);
 	free(e->applied_instance);
 	e->applied_instance = xstrdup(e->instance);
+	strv_free(e->applied_layers);
+	e->applied_layers = e->config->layers ? strv_dup((const char *const *)e->config->layers) : NULL;
 	e->first_start = false;
 	state_gc_stacks(e);
 	engine_persist(e);
@@ -117,7 +120,7 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 	e->last_raw_hash = h;
 	e->have_raw_hash = true;
 
-	r = recipes_stack_load(data, len, e->instance, &s, &err);
+	r = engine_stack_load(e, data, len, e->instance, (const char *const *)e->config->layers, &s, &err);
 	if (r < 0) {
 		_cleanup_free_ char *msg = NULL;
 		if (r == -EFBIG)

@@ -17,6 +17,7 @@
 
 struct config;
 struct stack;
+struct stack_error;
 
 /* Bounds of what agentd writes to state_dir, and so of what it reads back.
  * Memory follows the number of JSON elements, not the bytes (a file of
@@ -86,6 +87,7 @@ struct engine {
 	 * instance's layers then): when it differs from instance, a restart
 	 * diffs the layer sets (design.md §3 Identity). NULL: instance. */
 	char *applied_instance;
+	char **applied_layers;         /* owned strv: agentd.conf's `layers` when applied, NULL: from the stack */
 	struct stack *previous;        /* owned ref: the stack applied before, under another name; NULL when none */
 	bool unassigned_logged;        /* the journal said why this instance is in no layer of current */
 	char *source_url;              /* owned: config->source with credentials hidden, for status and logs */
@@ -174,7 +176,12 @@ char *state_stack_path(const struct engine *e, const char *rev);
 struct stack *state_load_stack(struct engine *e, const char *rev);
 /* The same as another instance name (the applied stack's, design.md §3
  * Identity). */
-struct stack *state_load_stack_as(struct engine *e, const char *rev, const char *instance);
+struct stack *state_load_stack_as(struct engine *e, const char *rev, const char *instance,
+				  const char *const *layers);
+/* recipes_stack_load() as this instance: by instance, in layers when not
+ * NULL (agentd.conf's `layers`), else in the layers that name it. */
+int engine_stack_load(struct engine *e, const char *data, size_t len, const char *instance,
+		      const char *const *layers, struct stack **ret, struct stack_error *err);
 void state_gc_stacks(struct engine *e);
 void state_load(struct engine *e);
 void state_fix_next_id(struct engine *e);

@@ -688,6 +688,33 @@ const struct stack_app *stack_app_find(const struct stack *s, const char *name)
 	return NULL;
 }
 
+void stack_assign_layers(struct stack *s, const char *const *layers)
+{
+	size_t n = 0;
+
+	while (layers[n])
+		n++;
+	for (size_t i = 0; i < s->n_self_layers; i++)
+		free(s->self_layers[i]);
+	free(s->self_layers);
+	s->self_layers = NULL;
+	s->n_self_layers = 0;
+	for (size_t i = 0; i < n; i++)
+		self_layer_add(s, layers[i], n);
+	for (size_t i = 0; i < s->n_layers; i++)
+		s->layers[i].has_self = strv_contains(s->self_layers, s->n_self_layers, s->layers[i].shortname);
+}
+
+bool stack_same_identity(const struct stack *a, const struct stack *b)
+{
+	if (strcmp(a->instance, b->instance) != 0 || a->n_self_layers != b->n_self_layers)
+		return false;
+	for (size_t i = 0; i < a->n_self_layers; i++)
+		if (!strv_contains(b->self_layers, b->n_self_layers, a->self_layers[i]))
+			return false;
+	return true;
+}
+
 bool stack_has_self_layer(const struct stack *s, const char *shortname)
 {
 	return s && shortname && strv_contains(s->self_layers, s->n_self_layers, shortname);

@@ -138,3 +138,34 @@ def test_restart_under_another_host_name_runs_layers_added_and_removed(make_agen
     assert sorted(events(a)[3:]) == sorted(["setup db db1", "configure db db1", "deploy db db1",
                                             "undeploy web web1", "shutdown web web1"]), events(a)
     assert all(r["status"] == "success" for r in a.runs()), a.runs()
+
+
+def test_layers_in_the_config_and_their_change_across_a_restart(make_agent):
+    stack = stack_for("app1")
+    stack["opsworks"]["layers"]["db"] = {"name": "DB", "instances": {"app2": {"private_ip": "10.0.0.2", "status": "online"}}}
+    stack["agent"]["layers"]["db"] = {e: ["touch"] for e in ("setup", "configure", "deploy", "undeploy", "shutdown")}
+    a = make_agent(stack, conf_extra={"layers": ["web", "db"]})
+    a.start()
+    a.wait_runs(3)
+    st = a.wait_idle()
+    assert st["layers"] == ["web", "db"]
+    assert events(a) == ["setup web app1", "setup db app1", "configure web app1", "configure db app1",
+                         "deploy web app1", "deploy db app1"]
+    # `layers` loses web: its undeploy and shutdown run on the next start.
+    a.stop()
+    set_conf(a, layers=["db"])
+    a.start()
+    wait_for(lambda: len(events(a)) >= 8, what="web's undeploy and shutdown")
+    st = a.wait_idle()
+    assert st["layers"] == ["db"]
+    assert events(a)[6:] == ["undeploy web app1", "shutdown web app1"]
+    # null: the layers that name it in the stack (web) again.
+    a.stop()
+    set_conf(a, layers=None)
+    a.start()
+    wait_for(lambda: len(events(a)) >= 13, what="web's setup, configure, deploy and db's teardown")
+    st = a.wait_idle()
+    assert st["layers"] == ["web"]
+    assert sorted(events(a)[8:]) == sorted(["setup web app1", "configure web app1", "deploy web app1",
+                                            "undeploy db app1", "shutdown db app1"]), events(a)
+    assert all(r["status"] == "success" for r in a.runs()), a.runs()

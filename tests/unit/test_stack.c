@@ -1414,6 +1414,37 @@ static void test_identity_first_label(void **state)
 	stack_unref(s);
 }
 
+
+/* agentd.conf's `layers` makes the instance's layers whatever the members
+ * say; the identity of two models compares name and layer set. */
+static void test_assign_layers_and_identity(void **state)
+{
+	static const char doc[] = "{'opsworks': {'layers': {'web': {'instances': {'app1': {}}}, 'db': {'instances': {}}}}}";
+	static const char *const db[] = { "db", "extra", "db", NULL };
+	static const char *const none[] = { NULL };
+	struct stack_error err = { 0 };
+	struct stack *a, *b;
+
+	assert_int_equal(parse_sq(doc, "app1", &a, &err), 0);
+	assert_int_equal(parse_sq(doc, "app1", &b, &err), 0);
+	assert_true(stack_same_identity(a, b));
+	stack_assign_layers(b, db);
+	assert_int_equal(b->n_self_layers, 2);
+	assert_string_equal(b->self_layers[0], "db");
+	assert_string_equal(b->self_layers[1], "extra");
+	assert_true(stack_has_self_layer(b, "db") && !stack_has_self_layer(b, "web"));
+	assert_true(stack_layer_find(b, "db")->has_self && !stack_layer_find(b, "web")->has_self);
+	assert_false(stack_same_identity(a, b));
+	stack_assign_layers(b, none);
+	assert_int_equal(b->n_self_layers, 0);
+	assert_false(stack_same_identity(a, b));
+	stack_unref(b);
+	assert_int_equal(parse_sq(doc, "app2", &b, &err), 0);
+	assert_false(stack_same_identity(a, b));
+	stack_unref(a);
+	stack_unref(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1453,6 +1484,7 @@ int main(void)
 		cmocka_unit_test(test_family_validate_once),
 		cmocka_unit_test(test_stack_load_validates_recipes),
 		cmocka_unit_test(test_identity_first_label),
+		cmocka_unit_test(test_assign_layers_and_identity),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
