@@ -92,6 +92,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check(json_is_string(v) && name_is_valid(json_string_value(v)) && json_string_length(v) <= 255);
 	if ((v = json_object_get(o, "applied_instance")))
 		check(json_is_string(v) && name_is_valid(json_string_value(v)) && json_string_length(v) <= 255);
+	if ((v = json_object_get(o, "applied_layers"))) {
+		json_t *l;
+		check(json_is_array(v) && json_array_size(v) <= 256);
+		json_array_foreach(v, i, l)
+			check(json_is_string(l) && name_is_valid(json_string_value(l)));
+	}
 	json_decref(o);
 	return 0;
 }
