@@ -197,6 +197,8 @@ char *engine_unassigned_reason(const struct engine *e)
 
 	if (!engine_unassigned(e))
 		return NULL;
+	if (e->config->layers)
+		return xasprintf("instance \"%s\" is in no layer: \"layers\" in agentd.conf is empty", s->instance);
 	if (json_object_get(json_object_get(s->root, "opsworks"), "instance"))
 		return xasprintf("instance \"%s\" (opsworks.instance) lists no layer: nothing runs here", s->instance);
 	if (!str_eq(s->instance, e->instance))
