@@ -81,7 +81,9 @@ def test_change_after_a_run_waits_for_the_burst_and_is_never_dropped(make_agent)
     last = boot(a)
     stack["custom_value"] = 1
     a.write_stack(stack)
-    first = wait_for(lambda: configures(a, last), what="the leading edge's configure", timeout=10)[0]
+    # Settling counts from the start of the run of a change.
+    first = wait_for(lambda: [r for r in configures(a, last) if r.get("stack_revision")],
+                     what="the leading edge's configure to start", timeout=10)[0]
     stack["custom_value"] = 2
     a.write_stack(stack)
     # Seen, not yet applied: status says so (applied_revision differs).
