@@ -2,7 +2,8 @@
 /* state_dir (design.md §3, §7):
  *   stacks/<revision>.json  every stack a run may still need (content-addressed)
  *   state.json              one file, written atomically, holding the
- *                           revision of the current and the applied stack,
+ *                           revision of the current and the applied stack
+ *                           (and the name and `layers` it was applied as),
  *                           the run records without their steps (queued,
  *                           running and finished, newest first), failures,
  *                           exec input hashes and the pause reason.
