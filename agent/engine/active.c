@@ -422,6 +422,35 @@ void engine_start_run(struct engine *e, struct run *rec)
 	run_ctx_leave(prev);
 }
 
+static void on_kick(uv_timer_t *t);
+
+/* A burst of stack changes has settled: its runs may start. */
+static void on_settled(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+
+	e->settle_until = 0;
+	e->settle.first = 0;
+	on_kick(&e->kick);
+}
+
+/* Whether runs of stack changes wait for a burst to settle (design.md §3
+ * Settling); if so, the settle timer kicks the queue when it has. */
+static bool engine_settling(struct engine *e)
+{
+	int64_t now = time_monotonic_usec();
+
+	if (e->settle_until == 0)
+		return false;
+	if (now >= e->settle_until) {
+		e->settle_until = 0;
+		e->settle.first = 0;
+		return false;
+	}
+	(void)uv_timer_start(&e->settle_timer, on_settled, (uint64_t)(e->settle_until - now + 999) / 1000, 0);
+	return true;
+}
+
 static void on_kick(uv_timer_t *t)
 {
 	struct engine *e = t->data;
@@ -429,7 +458,7 @@ static void on_kick(uv_timer_t *t)
 
 	if (e->active || e->stopping || !e->current)
 		return;
-	rec = queue_next(&e->runs, e->paused != NULL, e->failed);
+	rec = queue_next(&e->runs, e->paused != NULL, e->failed, engine_settling(e));
 	if (rec)
 		engine_start_run(e, rec);
 }

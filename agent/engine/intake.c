@@ -69,10 +69,6 @@ void engine_apply_current(struct engine *e)
 	size_t n = 0;
 	int r;
 
-	/* Whatever happens below, no burst waits any more: it is applied,
-	 * it came back to the applied stack, or the resume applies it. */
-	e->settle.first = 0;
-	(void)uv_timer_stop(&e->settle_timer);
 	if (e->paused || !e->current)
 		return;
 	/* The same document with the same identity: nothing to do. Another
@@ -160,30 +156,22 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 	engine_stack_changed(e);
 }
 
-static void on_settled(uv_timer_t *t)
-{
-	struct engine *e = t->data;
-
-	if (!e->stopping)
-		engine_apply_current(e);
-}
-
+/* The change's runs are queued at once (status shows them, and they
+ * coalesce with those of the changes that follow); settling decides when
+ * runs of stack changes may start: at once after a quiet period, else when
+ * the burst has settled (engine_settling). */
 void engine_stack_changed(struct engine *e)
 {
 	int64_t now = time_monotonic_usec();
 	int64_t at = settle_change(&e->settle, now, (int64_t)(e->config->settle * 1e6),
 				   (int64_t)(e->config->settle_max * 1e6));
 
-	if (at == 0) {
-		engine_apply_current(e);
-		return;
+	if (at > 0) {
+		e->settle_until = at;
+		log_debug("Stack %s: its runs wait for the stack to settle (%.0f ms)", e->current->revision,
+			  (double)(at > now ? at - now : 0) / 1000.0);
 	}
-	/* The stack saved above is current, not yet applied: a restart
-	 * meanwhile applies it at its start. */
-	engine_persist(e);
-	log_debug("Stack %s waits for the stack to settle (%.0f ms)", e->current->revision,
-		  (double)(at > now ? at - now : 0) / 1000.0);
-	(void)uv_timer_start(&e->settle_timer, on_settled, at > now ? (uint64_t)(at - now + 999) / 1000 : 0, 0);
+	engine_apply_current(e);
 }
 
 bool engine_unassigned(const struct engine *e)

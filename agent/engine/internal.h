@@ -111,7 +111,8 @@ struct engine {
 	struct active *active;         /* owned, NULL when idle */
 	uv_timer_t kick;               /* starts the next run from a clean stack */
 	struct settle settle;          /* bursts of stack changes (design.md §3 Settling) */
-	uv_timer_t settle_timer;       /* applies a burst that settled */
+	int64_t settle_until;          /* monotonic usec: runs of stack changes wait until then; 0: they do not */
+	uv_timer_t settle_timer;       /* starts them when the burst has settled */
 	uv_timer_t retry;              /* the next retry of a failed change */
 	uv_timer_t state_retry;        /* the next try to write state_dir after a failure */
 	char *state_error;             /* owned: why state_dir cannot be written, NULL when fine */

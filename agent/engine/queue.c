@@ -258,7 +258,7 @@ bool queue_held_by_setup(const struct run *r, const json_t *failed)
 	return false;
 }
 
-struct run *queue_next(const struct run_list *l, bool paused, const json_t *failed)
+struct run *queue_next(const struct run_list *l, bool paused, const json_t *failed, bool settling)
 {
 	struct run *best = NULL;
 
@@ -269,6 +269,8 @@ struct run *queue_next(const struct run_list *l, bool paused, const json_t *fail
 		if (paused && r->req.trigger != TRIGGER_CTL)
 			continue;
 		if (failed && queue_held_by_setup(r, failed))
+			continue;
+		if (settling && r->req.trigger == TRIGGER_STACK_CHANGE)
 			continue;
 		if (!best || (r->front && !best->front) || (r->front == best->front && r->id < best->id))
 			best = r;

@@ -123,9 +123,10 @@ struct run *queue_requeue(struct run_list *l, long *next_id, const struct run *i
 bool queue_held_by_setup(const struct run *r, const json_t *failed);
 
 /* The next run to start: front runs first, then the oldest, skipping runs
- * a failed setup holds back (queue_held_by_setup). While paused only
- * operators' runs (trigger ctl) start. NULL when none. */
-struct run *queue_next(const struct run_list *l, bool paused, const json_t *failed);
+ * a failed setup holds back (queue_held_by_setup), and runs of stack
+ * changes while settling (a burst of changes has not settled yet). While
+ * paused only operators' runs (trigger ctl) start. NULL when none. */
+struct run *queue_next(const struct run_list *l, bool paused, const json_t *failed, bool settling);
 
 /* Settling (design.md §3): a stack change after a quiet period is applied
  * at once (the leading edge); changes that follow within `settle` of the

@@ -54,7 +54,7 @@ static void test_stack_change_while_running(void **state)
 	assert_int_equal(queue_count(&l), 2);
 	assert_int_equal(l.n, 3);
 	/* The running run is not next; the oldest queued one is. */
-	assert_ptr_equal(queue_next(&l, false, NULL), q1);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), q1);
 	run_list_clear(&l);
 }
 
@@ -171,9 +171,9 @@ static void test_requeue_after_interruption(void **state)
 	assert_int_equal(again->req.trigger, TRIGGER_RETRY);
 	assert_true(again->front);
 	/* Before the older configure: setup first. */
-	assert_ptr_equal(queue_next(&l, false, NULL), again);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), again);
 	/* While paused only operators' runs start. */
-	assert_null(queue_next(&l, true, NULL));
+	assert_null(queue_next(&l, true, NULL, false));
 	(void)conf;
 
 	/* A second interruption of the same event joins the queued retry. */
@@ -196,7 +196,7 @@ static void test_requeue_after_interruption(void **state)
 	assert_int_equal(roll2->req.trigger, TRIGGER_CTL);
 	assert_string_equal(roll2->stack, REV_B);
 	assert_true(roll2->front);
-	assert_ptr_equal(queue_next(&l, true, NULL), roll2);
+	assert_ptr_equal(queue_next(&l, true, NULL, false), roll2);
 	/* After it: a restart, never a second rollback. */
 	json_decref(roll->steps);
 	roll->steps = json_pack("[{s:s, s:s}]", "kind", "rollback", "status", "changed");
@@ -358,23 +358,23 @@ static void test_failed_setup_holds_the_boot(void **state)
 	setup->status = RUN_FAILED;
 	assert_true(queue_held_by_setup(conf, failed));
 	assert_true(queue_held_by_setup(dep, failed));
-	assert_null(queue_next(&l, false, failed));
+	assert_null(queue_next(&l, false, failed, false));
 	/* The retry of setup runs; the boot's runs still wait. */
 	struct run *retry = add(&l, &next, req(EVENT_SETUP, NULL, NULL, TRIGGER_RETRY), NULL);
-	assert_ptr_equal(queue_next(&l, false, failed), retry);
+	assert_ptr_equal(queue_next(&l, false, failed, false), retry);
 	retry->status = RUN_FAILED;
-	assert_null(queue_next(&l, false, failed));
+	assert_null(queue_next(&l, false, failed, false));
 	/* An operator's run is not held. */
 	struct run *ctl = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_CTL), NULL);
-	assert_ptr_equal(queue_next(&l, false, failed), ctl);
+	assert_ptr_equal(queue_next(&l, false, failed, false), ctl);
 	ctl->status = RUN_SUCCESS;
 	/* A stack change's configure of every layer joins the boot's. */
 	assert_ptr_equal(add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL), conf);
 	/* setup succeeded: the failure is gone, configure then deploy. */
 	json_object_clear(failed);
-	assert_ptr_equal(queue_next(&l, false, failed), conf);
+	assert_ptr_equal(queue_next(&l, false, failed, false), conf);
 	conf->status = RUN_SUCCESS;
-	assert_ptr_equal(queue_next(&l, false, failed), dep);
+	assert_ptr_equal(queue_next(&l, false, failed, false), dep);
 	json_decref(failed);
 	run_list_clear(&l);
 }
@@ -397,14 +397,34 @@ static void test_failed_setup_holds_its_layer(void **state)
 	assert_false(queue_held_by_setup(conf_web, failed));
 	assert_false(queue_held_by_setup(conf_all, failed));
 	assert_false(queue_held_by_setup(undeploy, failed));
-	assert_ptr_equal(queue_next(&l, false, failed), conf_web);
-	assert_ptr_equal(queue_next(&l, false, NULL), conf_db);
+	assert_ptr_equal(queue_next(&l, false, failed, false), conf_web);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), conf_db);
 	json_decref(failed);
 	/* A failed setup of every layer (an operator's) does not hold a
 	 * joined layer's runs: its own setup's success would not clear it. */
 	failed = setup_failure(NULL);
 	assert_false(queue_held_by_setup(conf_db, failed));
 	json_decref(failed);
+	run_list_clear(&l);
+}
+
+
+/* While a burst settles, runs of stack changes wait in the queue (where
+ * status shows them and later changes join them); others start. */
+static void test_settling_holds_stack_changes(void **state)
+{
+	struct run_list l = { 0 };
+	long next = 1;
+	struct run *conf = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *ctl = add(&l, &next, req(EVENT_DEPLOY, NULL, "shop", TRIGGER_CTL), NULL);
+
+	assert_ptr_equal(queue_next(&l, false, NULL, true), ctl);
+	ctl->status = RUN_SUCCESS;
+	assert_null(queue_next(&l, false, NULL, true));
+	/* Nine more changes of the burst join the one queued configure. */
+	for (int i = 0; i < 9; i++)
+		assert_ptr_equal(add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL), conf);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), conf);
 	run_list_clear(&l);
 }
 
@@ -423,6 +443,7 @@ int main(void)
 		cmocka_unit_test(test_settle_off_and_cap),
 		cmocka_unit_test(test_failed_setup_holds_the_boot),
 		cmocka_unit_test(test_failed_setup_holds_its_layer),
+		cmocka_unit_test(test_settling_holds_stack_changes),
 	};
 
 	log_set_level(LOG_LEVEL_ERROR - 1);
