@@ -6,15 +6,16 @@
 #include <string.h>
 
 #include "log.h"
+#include "strv.h"
 #include "util.h"
 
-enum key_type { KEY_STRING, KEY_STRING_OR_NULL, KEY_INT };
+enum key_type { KEY_STRING, KEY_STRING_OR_NULL, KEY_INT, KEY_SECONDS, KEY_NAMES_OR_NULL };
 
 struct key {
 	const char *name;
 	enum key_type type;
 	size_t offset;
-	long min, max;    /* KEY_INT */
+	long min, max;    /* KEY_INT, KEY_SECONDS */
 	bool path;        /* KEY_STRING: must be an absolute path */
 };
 
@@ -25,6 +26,10 @@ struct key {
 #define S(n, p) { #n, KEY_STRING, offsetof(struct config, n), 0, 0, p }
 #define SN(n) { #n, KEY_STRING_OR_NULL, offsetof(struct config, n), 0, 0, false }
 #define I(n, lo, hi) { #n, KEY_INT, offsetof(struct config, n), lo, hi, false }
+/* A number of seconds, integer or not (0.2): a double. */
+#define T(n, lo, hi) { #n, KEY_SECONDS, offsetof(struct config, n), lo, hi, false }
+/* null, or an array of at most hi names (name_is_valid), no two alike: a strv. */
+#define NV(n, hi) { #n, KEY_NAMES_OR_NULL, offsetof(struct config, n), 0, hi, false }
 static const struct key keys[] = {
 	S(source, false),
 	SN(instance),
@@ -42,7 +47,12 @@ static const struct key keys[] = {
 	I(retry_min, 1, 86400),
 	I(retry_max, 1, 7 * 86400),
 	I(step_output_max, 1024, 1024L * 1024 * 1024),
+	T(settle, 0, 3600),
+	T(settle_max, 0, 86400),
+	NV(layers, 256),
 };
+#undef NV
+#undef T
 #undef S
 #undef SN
 #undef I
@@ -199,6 +209,8 @@ void config_defaults(struct config *c)
 	c->retry_min = 10;
 	c->retry_max = 600;
 	c->step_output_max = 4 * 1024 * 1024;
+	c->settle = 0.2;
+	c->settle_max = 5;
 	c->extra = json_object();
 	for (size_t i = 0; i < ELEMENTSOF(family_keys); i++) {
 		json_t *v = json_loads(family_keys[i].def, JSON_DECODE_ANY, NULL);
@@ -210,10 +222,48 @@ void config_defaults(struct config *c)
 	}
 }
 
+static bool names_contain(char *const *v, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i], s) == 0)
+			return true;
+	return false;
+}
+
+/* A KEY_NAMES_OR_NULL value into *field (a strv, NULL for null). */
+static int config_names(const struct key *k, const json_t *v, char ***field, char **ret_error)
+{
+	size_t i, n;
+	json_t *e;
+
+	strv_free(*field);
+	*field = NULL;
+	if (json_is_null(v))
+		return 0;
+	n = json_array_size(v);
+	if (!json_is_array(v) || n > (size_t)k->max) {
+		*ret_error = xasprintf("key \"%s\" must be null or an array of at most %ld names", k->name, k->max);
+		return -EINVAL;
+	}
+	*field = xcalloc(n + 1, sizeof(char *));
+	json_array_foreach(v, i, e) {
+		const char *s = json_string_value(e);
+		if (!s || strlen(s) != json_string_length(e) || !name_is_valid(s) ||
+		    names_contain(*field, i, s)) {
+			*ret_error = xasprintf("key \"%s\"[%zu] must be a layer shortname of [A-Za-z0-9_.-], given once",
+					       k->name, i);
+			return -EINVAL;
+		}
+		(*field)[i] = xstrdup(s);
+	}
+	return 0;
+}
+
 static int config_apply(struct config *c, json_t *root, char **ret_error)
 {
 	const char *name;
 	json_t *v;
+	int r;
 
 	if (!json_is_object(root)) {
 		*ret_error = xstrdup("the configuration must be a JSON object");
@@ -253,6 +303,23 @@ static int config_apply(struct config *c, json_t *root, char **ret_error)
 				}
 			}
 			json_object_set(c->extra, name, v);
+			continue;
+		}
+		if (k->type == KEY_NAMES_OR_NULL) {
+			char ***field = (char ***)((char *)c + k->offset);
+			r = config_names(k, v, field, ret_error);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (k->type == KEY_SECONDS) {
+			double d = json_number_value(v);
+			if (!json_is_number(v) || !(d >= (double)k->min && d <= (double)k->max)) {
+				*ret_error = xasprintf("key \"%s\" must be a number of seconds between %ld and %ld", name,
+						       k->min, k->max);
+				return -EINVAL;
+			}
+			*(double *)((char *)c + k->offset) = d;
 			continue;
 		}
 		if (k->type == KEY_INT) {
@@ -357,7 +424,17 @@ json_t *config_to_json(const struct config *c)
 		const struct key *k = &keys[i];
 		if (k->type == KEY_INT)
 			json_object_set_new(o, k->name, json_integer(*(const long *)((const char *)c + k->offset)));
-		else {
+		else if (k->type == KEY_NAMES_OR_NULL) {
+			char *const *names = *(char **const *)((const char *)c + k->offset);
+			json_t *a = names ? json_array() : json_null();
+			for (size_t j = 0; names && names[j]; j++)
+				json_array_append_new(a, json_string(names[j]));
+			json_object_set_new(o, k->name, a);
+		} else if (k->type == KEY_SECONDS) {
+			/* Whole seconds as integers, as they are written ("settle_max": 5). */
+			double d = *(const double *)((const char *)c + k->offset);
+			json_object_set_new(o, k->name, d == (double)(long)d ? json_integer((long)d) : json_real(d));
+		} else {
 			const char *s = *(char *const *)((const char *)c + k->offset);
 			json_object_set_new(o, k->name, s ? json_string(s) : json_null());
 		}
@@ -370,7 +447,11 @@ json_t *config_to_json(const struct config *c)
 void config_free(struct config *c)
 {
 	for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-		if (keys[i].type != KEY_INT) {
+		if (keys[i].type == KEY_NAMES_OR_NULL) {
+			char ***field = (char ***)((char *)c + keys[i].offset);
+			strv_free(*field);
+			*field = NULL;
+		} else if (keys[i].type != KEY_INT && keys[i].type != KEY_SECONDS) {
 			char **field = (char **)((char *)c + keys[i].offset);
 			free(*field);
 			*field = NULL;

@@ -22,6 +22,9 @@ struct config {
 	long retry_min;          /* seconds, first retry of a failed change */
 	long retry_max;          /* seconds, backoff cap */
 	long step_output_max;    /* bytes of one step's output kept in the run log */
+	double settle;           /* seconds of quiet a burst of stack changes waits for (design.md §3 Settling); 0: off */
+	double settle_max;       /* seconds a burst waits at most, from its first change */
+	char **layers;           /* this instance's layers (NULL-terminated), NULL: from the stack (design.md §3 Identity) */
 	/* The recipe families' keys (tools, paths, timeouts), kept by name
 	 * with their defaults filled in: see config_keys in config.c and the
 	 * accessors below. Owned. */

@@ -189,7 +189,12 @@ static void finish_outcome(struct engine *e, struct active *a, const char *error
 {
 	struct run *rec = a->rec;
 
-	if (rec->status == RUN_FAILED) {
+	if (rec->status == RUN_FAILED && a->unassigned) {
+		/* Not a failure to retry: nothing runs until the instance is
+		 * found in a layer, which a new stack or a restart diffs as a
+		 * layer added (status says "unassigned" meanwhile). */
+		log_warn("Run %ld (%s) ran nothing: %s", a->id, run_event(rec), str_or_empty(error));
+	} else if (rec->status == RUN_FAILED) {
 		/* Runs asked for by an operator are not retried on their own. */
 		engine_record_failure(e, rec, rec->req.trigger != TRIGGER_CTL && !a->no_retry);
 		log_error("Run %ld (%s) failed: %s", a->id, run_event(rec), str_or_empty(error));
@@ -298,6 +303,9 @@ static struct stack *run_stack(struct engine *e, const struct run *rec)
 {
 	const char *srev = rec->stack;
 
+	/* A layer left under another name: the stack as applied then. */
+	if (srev && e->previous && strcmp(srev, e->previous->revision) == 0)
+		return stack_ref(e->previous);
 	if (srev && e->applied && strcmp(srev, e->applied->revision) == 0)
 		return stack_ref(e->applied);
 	if (srev && (!e->current || strcmp(srev, e->current->revision) != 0))
@@ -360,6 +368,17 @@ static void active_execute(struct engine *e, struct active *a)
 		return;
 	}
 	run_set_str(&a->rec->stack_revision, a->stack->revision);
+	if (!a->rec->req.layer && !a->rec->req.recipe && a->stack->n_self_layers == 0) {
+		/* The event of every layer of an instance in no layer would
+		 * succeed with nothing done: it is no success (design.md §3
+		 * Identity). */
+		_cleanup_free_ char *why = xasprintf("instance \"%s\" is in no layer of the stack (unassigned): nothing to run",
+						     a->stack->instance);
+		plan_init(&a->plan, e->config->root);
+		a->no_retry = a->unassigned = true;
+		engine_finish_run(e, RUN_FAILED, why);
+		return;
+	}
 	r = engine_build_plan(e, a->stack, &a->rec->req, a->id, &a->plan, &error);
 	if (r < 0) {
 		/* A layer or app that is not in the stack will not appear by retrying. */
@@ -394,6 +413,10 @@ void engine_start_run(struct engine *e, struct run *rec)
 	 * retry of the write starts it (engine_on_state_retry). */
 	rec->status = RUN_RUNNING;
 	rec->started = engine_now();
+	/* Changes that follow within `settle` of this start wait for the
+	 * stack to settle (design.md §3 Settling). */
+	if (rec->req.trigger == TRIGGER_STACK_CHANGE && e->settle.first == 0)
+		settle_applied(&e->settle, time_monotonic_usec());
 	if (engine_persist(e) < 0) {
 		rec->status = RUN_QUEUED;
 		run_set_str(&rec->started, NULL);
@@ -425,6 +448,35 @@ void engine_start_run(struct engine *e, struct run *rec)
 	run_ctx_leave(prev);
 }
 
+static void on_kick(uv_timer_t *t);
+
+/* A burst of stack changes has settled: its runs may start. */
+static void on_settled(uv_timer_t *t)
+{
+	struct engine *e = t->data;
+
+	e->settle_until = 0;
+	e->settle.first = 0;
+	on_kick(&e->kick);
+}
+
+/* Whether runs of stack changes wait for a burst to settle (design.md §3
+ * Settling); if so, the settle timer kicks the queue when it has. */
+static bool engine_settling(struct engine *e)
+{
+	int64_t now = time_monotonic_usec();
+
+	if (e->settle_until == 0)
+		return false;
+	if (now >= e->settle_until) {
+		e->settle_until = 0;
+		e->settle.first = 0;
+		return false;
+	}
+	(void)uv_timer_start(&e->settle_timer, on_settled, (uint64_t)(e->settle_until - now + 999) / 1000, 0);
+	return true;
+}
+
 static void on_kick(uv_timer_t *t)
 {
 	struct engine *e = t->data;
@@ -432,7 +484,7 @@ static void on_kick(uv_timer_t *t)
 
 	if (e->active || e->stopping || !e->current)
 		return;
-	rec = queue_next(&e->runs, e->paused != NULL);
+	rec = queue_next(&e->runs, e->paused != NULL, e->failed, engine_settling(e));
 	if (rec)
 		engine_start_run(e, rec);
 }

@@ -32,6 +32,7 @@
 #include "stack/stack.h"
 #include "steps/plan.h"
 #include "steps/step_rollback.h"
+#include "strv.h"
 #include "util.h"
 
 /* On SIGTERM, how long a state.json that cannot be written is tried again
@@ -289,7 +290,8 @@ int engine_new(uv_loop_t *loop, const struct config *config, struct engine **ret
 	(void)uv_timer_init(loop, &e->kick);
 	(void)uv_timer_init(loop, &e->retry);
 	(void)uv_timer_init(loop, &e->state_retry);
-	e->kick.data = e->retry.data = e->state_retry.data = e;
+	(void)uv_timer_init(loop, &e->settle_timer);
+	e->kick.data = e->retry.data = e->state_retry.data = e->settle_timer.data = e;
 	*ret = e;
 	return 0;
 }
@@ -408,6 +410,12 @@ int engine_start(struct engine *e)
 		return r;
 	}
 	engine_arm_retry(e);
+	/* What the last run of agentd did not apply (a burst that was
+	 * settling), or applied as another instance (another `instance`, host
+	 * name): the source's document is the saved one, so it is applied
+	 * now, not when the source sends it. */
+	engine_check_identity(e);
+	engine_apply_current(e);
 	engine_notify_status(e);
 	r = source_start(e->source);
 	if (r < 0)
@@ -480,6 +488,7 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 	(void)uv_timer_stop(&e->kick);
 	(void)uv_timer_stop(&e->retry);
 	(void)uv_timer_stop(&e->state_retry);
+	(void)uv_timer_stop(&e->settle_timer);
 	if (e->source) {
 		source_free(e->source);
 		e->source = NULL;
@@ -509,6 +518,9 @@ void engine_free(struct engine *e)
 		http_free(e->http);
 	stack_unref(e->current);
 	stack_unref(e->applied);
+	stack_unref(e->previous);
+	free(e->applied_instance);
+	strv_free(e->applied_layers);
 	run_list_clear(&e->runs);
 	json_decref(e->failed);
 	json_decref(e->input_hashes);
@@ -519,7 +531,8 @@ void engine_free(struct engine *e)
 	free(e->source_error);
 	free(e->source_error_path);
 	free(e->state_error);
-	e->closing = 3;
+	e->closing = 4;
+	uv_close((uv_handle_t *)&e->settle_timer, on_engine_closed);
 	uv_close((uv_handle_t *)&e->kick, on_engine_closed);
 	uv_close((uv_handle_t *)&e->retry, on_engine_closed);
 	uv_close((uv_handle_t *)&e->state_retry, on_engine_closed);
@@ -617,6 +630,14 @@ int engine_plan(struct engine *e, enum event ev, const char *layer, const char *
 	if (recipe)
 		json_object_set_new(o, "recipe", json_string(recipe));
 	json_object_set_new(o, "stack_revision", json_string(e->current->revision));
+	/* An instance in no layer has nothing to plan: say why rather than
+	 * show an empty plan as if all were done. */
+	char *why = engine_unassigned_reason(e);
+	if (why) {
+		json_object_set_new(o, "state", json_string("unassigned"));
+		json_object_set_new(o, "warning", json_string(why));
+		free(why);
+	}
 	/* Any local user may ask for a plan, and a plan holds a copy of each
 	 * file's content (up to the stack's 16 MiB): give a large one back to
 	 * the kernel now, rather than keep that peak for good. */

@@ -35,7 +35,8 @@ int engine_lock_state_dir(const char *state_dir, char **ret_error);
  * object (every number range-checked, unknown members dropped):
  *   {"runs":[...], "dropped_runs":N, "next_run_id":N (0: none usable),
  *    "failed":{...}, "input_hashes":{...}, "last_success":{...},
- *    "paused":"..."?, "applied_revision":"hex16"?, "stack_revision":"hex16"?}
+ *    "paused":"..."?, "applied_revision":"hex16"?, "stack_revision":"hex16"?,
+ *    "instance":NAME?, "applied_instance":NAME?}
  * history is the configured `history` (1..10000): what agentd writes with
  * it bounds the bytes, JSON elements and depth accepted, which are checked
  * before anything is parsed (a file beyond them is -EFBIG).

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
+#include "strv.h"
 #include "util.h"
 
 /* ---------------------------------------------------------------- stacks */
@@ -70,7 +71,10 @@ void engine_apply_current(struct engine *e)
 
 	if (e->paused || !e->current)
 		return;
-	if (e->applied && strcmp(e->applied->revision, e->current->revision) == 0)
+	/* The same document with the same identity: nothing to do. Another
+	 * identity (instance, host name) may give other layers. */
+	if (e->applied && strcmp(e->applied->revision, e->current->revision) == 0 &&
+	    stack_same_identity(e->applied, e->current))
 		return;
 	r = stack_diff(e->first_start ? NULL : e->applied, e->current, &t, &n);
 	if (r < 0) {
@@ -82,8 +86,17 @@ void engine_apply_current(struct engine *e)
 			t[i].use_old_stack && e->applied ? e->applied->revision : NULL);
 	triggers_free(t, n);
 	drop_vanished(e);
-	stack_unref(e->applied);
+	/* Runs for layers this instance left under another name plan against
+	 * the stack as it was applied then: kept while it differs. */
+	stack_unref(e->previous);
+	e->previous = e->applied && !stack_same_identity(e->applied, e->current) ? e->applied : NULL;
+	if (!e->previous)
+		stack_unref(e->applied);
 	e->applied = stack_ref(e->current);
+	free(e->applied_instance);
+	e->applied_instance = xstrdup(e->instance);
+	strv_free(e->applied_layers);
+	e->applied_layers = e->config->layers ? strv_dup((const char *const *)e->config->layers) : NULL;
 	e->first_start = false;
 	state_gc_stacks(e);
 	engine_persist(e);
@@ -103,7 +116,7 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 	e->last_raw_hash = h;
 	e->have_raw_hash = true;
 
-	r = recipes_stack_load(data, len, e->instance, &s, &err);
+	r = engine_stack_load(e, data, len, e->instance, (const char *const *)e->config->layers, &s, &err);
 	if (r < 0) {
 		_cleanup_free_ char *msg = NULL;
 		if (r == -EFBIG)
@@ -137,9 +150,64 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 	stack_unref(e->current);
 	e->current = s;
 	e->last_change_usec = time_now_usec();
+	engine_check_identity(e);
 	if (e->paused)
 		engine_persist(e);
+	engine_stack_changed(e);
+}
+
+/* The change's runs are queued at once (status shows them, and they
+ * coalesce with those of the changes that follow); settling decides when
+ * runs of stack changes may start: at once after a quiet period, else when
+ * the burst has settled (engine_settling). */
+void engine_stack_changed(struct engine *e)
+{
+	int64_t now = time_monotonic_usec();
+	int64_t at = settle_change(&e->settle, now, (int64_t)(e->config->settle * 1e6),
+				   (int64_t)(e->config->settle_max * 1e6));
+
+	if (at > 0) {
+		e->settle_until = at;
+		log_debug("Stack %s: its runs wait for the stack to settle (%.0f ms)", e->current->revision,
+			  (double)(at > now ? at - now : 0) / 1000.0);
+	}
 	engine_apply_current(e);
+}
+
+bool engine_unassigned(const struct engine *e)
+{
+	return e->current && e->current->n_self_layers == 0;
+}
+
+char *engine_unassigned_reason(const struct engine *e)
+{
+	const struct stack *s = e->current;
+
+	if (!engine_unassigned(e))
+		return NULL;
+	if (e->config->layers)
+		return xasprintf("instance \"%s\" is in no layer: \"layers\" in agentd.conf is empty", s->instance);
+	if (json_object_get(json_object_get(s->root, "opsworks"), "instance"))
+		return xasprintf("instance \"%s\" (opsworks.instance) lists no layer: nothing runs here", s->instance);
+	if (!str_eq(s->instance, e->instance))
+		return xasprintf("instance \"%s\" (host name \"%s\") is in no layer of the stack: nothing runs here; "
+				 "set \"instance\" in agentd.conf to this instance's name in the stack",
+				 s->instance, e->instance);
+	return xasprintf("instance \"%s\" is in no layer of the stack%s: nothing runs here; set \"instance\" in "
+			 "agentd.conf to this instance's name in the stack",
+			 s->instance, strchr(s->instance, '.') ? " (nor is its first label)" : "");
+}
+
+void engine_check_identity(struct engine *e)
+{
+	_cleanup_free_ char *why = engine_unassigned_reason(e);
+
+	if (why && !e->unassigned_logged)
+		log_warn("Unassigned: %s", why);
+	else if (!why && e->unassigned_logged && e->current)
+		log_info("Instance \"%s\" is in %zu layer(s) of the stack", e->current->instance,
+			 e->current->n_self_layers);
+	e->unassigned_logged = why != NULL;
 }
 
 void engine_on_source_error(void *userdata, const char *message)

@@ -17,6 +17,7 @@
 
 struct config;
 struct stack;
+struct stack_error;
 
 /* Bounds of what agentd writes to state_dir, and so of what it reads back.
  * Memory follows the number of JSON elements, not the bytes (a file of
@@ -63,6 +64,7 @@ struct active {
 	bool timed_out;
 	bool no_retry;              /* retrying cannot help: the run's stack, layer or app is gone */
 	bool killed;                /* its step was terminated by a second SIGTERM */
+	bool unassigned;            /* ran nothing: the instance is in no layer (not a failure to retry) */
 	size_t changed;
 	size_t headed;              /* 1 + index of the last step whose header is in the log */
 	uint64_t log_key;           /* random, in the log's first and result lines: output cannot fake a result */
@@ -82,6 +84,13 @@ struct engine {
 	struct stack *current;         /* owned ref, newest valid stack */
 	struct stack *applied;         /* owned ref, the stack whose triggers were queued */
 	char *instance;                /* owned: the configured or system host name */
+	/* owned: the name applied was applied as (its layers are this
+	 * instance's layers then): when it differs from instance, a restart
+	 * diffs the layer sets (design.md §3 Identity). NULL: instance. */
+	char *applied_instance;
+	char **applied_layers;         /* owned strv: agentd.conf's `layers` when applied, NULL: from the stack */
+	struct stack *previous;        /* owned ref: the stack applied before, under another name; NULL when none */
+	bool unassigned_logged;        /* the journal said why this instance is in no layer of current */
 	char *source_url;              /* owned: config->source with credentials hidden, for status and logs */
 	bool first_start;              /* no state: the first valid stack runs setup */
 
@@ -102,6 +111,9 @@ struct engine {
 
 	struct active *active;         /* owned, NULL when idle */
 	uv_timer_t kick;               /* starts the next run from a clean stack */
+	struct settle settle;          /* bursts of stack changes (design.md §3 Settling) */
+	int64_t settle_until;          /* monotonic usec: runs of stack changes wait until then; 0: they do not */
+	uv_timer_t settle_timer;       /* starts them when the burst has settled */
 	uv_timer_t retry;              /* the next retry of a failed change */
 	uv_timer_t state_retry;        /* the next try to write state_dir after a failure */
 	char *state_error;             /* owned: why state_dir cannot be written, NULL when fine */
@@ -164,6 +176,14 @@ void state_move_aside(struct engine *e, const char *path);
 int state_save_stack(struct engine *e, const struct stack *s);
 char *state_stack_path(const struct engine *e, const char *rev);
 struct stack *state_load_stack(struct engine *e, const char *rev);
+/* The same as another instance name (the applied stack's, design.md §3
+ * Identity). */
+struct stack *state_load_stack_as(struct engine *e, const char *rev, const char *instance,
+				  const char *const *layers);
+/* recipes_stack_load() as this instance: by instance, in layers when not
+ * NULL (agentd.conf's `layers`), else in the layers that name it. */
+int engine_stack_load(struct engine *e, const char *data, size_t len, const char *instance,
+		      const char *const *layers, struct stack **ret, struct stack_error *err);
 void state_gc_stacks(struct engine *e);
 void state_load(struct engine *e);
 void state_fix_next_id(struct engine *e);
@@ -251,6 +271,15 @@ void engine_on_source_error(void *userdata, const char *message);
 bool engine_on_source_unchanged(void *userdata);
 /* Queues what it takes to go from the applied stack to the current one. */
 void engine_apply_current(struct engine *e);
+/* A new current stack: applied at once, or when its burst has settled. */
+void engine_stack_changed(struct engine *e);
+/* Whether the current stack places this instance in no layer. */
+bool engine_unassigned(const struct engine *e);
+/* Why (a line for status, plan and the journal), malloc'd; NULL when the
+ * instance has a layer or there is no stack. */
+char *engine_unassigned_reason(const struct engine *e);
+/* Says in the journal, once per change, why the instance is in no layer. */
+void engine_check_identity(struct engine *e);
 
 /* ---- runlog.c: run logs in log_dir/runs (runlog.h has the reader) */
 

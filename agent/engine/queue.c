@@ -234,7 +234,31 @@ struct run *queue_requeue(struct run_list *l, long *next_id, const struct run *i
 	return r;
 }
 
-struct run *queue_next(const struct run_list *l, bool paused)
+bool queue_held_by_setup(const struct run *r, const json_t *failed)
+{
+	const char *k;
+	json_t *f;
+
+	if (r->req.trigger == TRIGGER_CTL || r->req.recipe ||
+	    (r->req.event != EVENT_CONFIGURE && r->req.event != EVENT_DEPLOY))
+		return false;
+	/* A boot's runs are for every layer; a joined layer's for that one. */
+	if (r->req.trigger != TRIGGER_BOOT && !r->req.layer)
+		return false;
+	json_object_foreach((json_t *)failed, k, f) {
+		const char *layer = json_string_value(json_object_get(f, "layer"));
+		if (!str_eq(json_string_value(json_object_get(f, "event")), "setup"))
+			continue;
+		/* A boot waits for every setup; a joined layer for its own
+		 * (a failed setup of every layer, say an operator's, would
+		 * not be cleared by the layer's own setup succeeding). */
+		if (r->req.trigger == TRIGGER_BOOT || str_eq(layer, r->req.layer))
+			return true;
+	}
+	return false;
+}
+
+struct run *queue_next(const struct run_list *l, bool paused, const json_t *failed, bool settling)
 {
 	struct run *best = NULL;
 
@@ -244,8 +268,37 @@ struct run *queue_next(const struct run_list *l, bool paused)
 			continue;
 		if (paused && r->req.trigger != TRIGGER_CTL)
 			continue;
+		if (failed && queue_held_by_setup(r, failed))
+			continue;
+		if (settling && r->req.trigger == TRIGGER_STACK_CHANGE)
+			continue;
 		if (!best || (r->front && !best->front) || (r->front == best->front && r->id < best->id))
 			best = r;
 	}
 	return best;
+}
+
+int64_t settle_change(struct settle *s, int64_t now, int64_t settle, int64_t settle_max)
+{
+	int64_t at, cap;
+
+	if (settle <= 0)
+		return 0;
+	/* Quiet since the last run of a change: the leading edge. */
+	if (s->first == 0 && (s->mark == 0 || now - s->mark >= settle))
+		return 0;
+	if (s->first == 0)
+		s->first = now;
+	at = now + settle;
+	cap = s->first + (settle_max > 0 ? settle_max : 0);
+	if (cap < at)
+		at = cap;
+	/* 0 means "at once, leading edge": a trailing edge is never 0. */
+	return at > 0 ? at : 1;
+}
+
+void settle_applied(struct settle *s, int64_t now)
+{
+	s->mark = now;
+	s->first = 0;
 }

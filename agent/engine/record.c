@@ -431,6 +431,22 @@ int engine_state_parse(const char *data, size_t len, long history, json_t **ret,
 		json_object_set(o, "applied_revision", v);
 	if ((v = json_object_get(in, "stack_revision")) && json_revision_is_valid(v))
 		json_object_set(o, "stack_revision", v);
+	/* Names as agentd.conf's `instance` allows them, and a host name's. */
+	for (size_t i = 0; i < 2; i++) {
+		const char *k = i ? "applied_instance" : "instance";
+		if ((v = json_object_get(in, k)) && json_is_string(v) && json_string_length(v) <= 255 &&
+		    strlen(json_string_value(v)) == json_string_length(v) && name_is_valid(json_string_value(v)))
+			json_object_set(o, k, v);
+	}
+	if ((v = json_object_get(in, "applied_layers")) && json_is_array(v) && json_array_size(v) <= 256) {
+		json_t *l = json_array(), *name;
+		size_t i;
+		json_array_foreach(v, i, name)
+			if (json_is_string(name) && strlen(json_string_value(name)) == json_string_length(name) &&
+			    name_is_valid(json_string_value(name)))
+				json_array_append(l, name);
+		json_object_set_new(o, "applied_layers", l);
+	}
 	json_decref(in);
 	*ret = o;
 	return 0;

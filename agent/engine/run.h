@@ -117,6 +117,35 @@ struct run *queue_add(struct run_list *l, long *next_id, const struct run_reques
 struct run *queue_requeue(struct run_list *l, long *next_id, const struct run *interrupted, const char *now,
 			  int *ret_r);
 
-/* The next run to start: front runs first, then the oldest. While paused
- * only operators' runs (trigger ctl) start. NULL when none. */
-struct run *queue_next(const struct run_list *l, bool paused);
+/* Whether a failed setup holds r back (design.md §3 First start, OpsWorks'
+ * setup_failed): the configure and deploy of a boot wait while a setup
+ * fails, and those of a layer the instance joined while that layer's
+ * setup fails; the retry of setup that succeeds clears the failure and
+ * they follow. failed is the engine's object of failures ("event/layer/
+ * app" -> {event, layer, ...}), NULL for none. An operator's run never
+ * waits: the operator asked for it. */
+bool queue_held_by_setup(const struct run *r, const json_t *failed);
+
+/* The next run to start: front runs first, then the oldest, skipping runs
+ * a failed setup holds back (queue_held_by_setup), and runs of stack
+ * changes while settling (a burst of changes has not settled yet). While
+ * paused only operators' runs (trigger ctl) start. NULL when none. */
+struct run *queue_next(const struct run_list *l, bool paused, const json_t *failed, bool settling);
+
+/* Settling (design.md §3): a stack change after a quiet period is applied
+ * at once (the leading edge); changes that follow within `settle` of the
+ * last stack-change run's start wait until the stack has been quiet for
+ * `settle`, but no longer than `settle_max` after the first of them, and
+ * are then applied as one (the trailing edge), like consul-template's
+ * `wait`. Times are monotonic microseconds. */
+struct settle {
+	int64_t mark;            /* the last stack-change run's start, 0: none yet */
+	int64_t first;           /* the first change of the burst that waits, 0: none waits */
+};
+
+/* A stack change at now: 0 to apply it at once, else the monotonic time at
+ * which to apply the burst it belongs to (> 0, maybe <= now: at once, but
+ * as the trailing edge). settle <= 0 turns settling off. */
+int64_t settle_change(struct settle *s, int64_t now, int64_t settle, int64_t settle_max);
+/* A stack-change run started at now: the quiet period counts from here. */
+void settle_applied(struct settle *s, int64_t now);

@@ -2,7 +2,8 @@
 /* state_dir (design.md §3, §7):
  *   stacks/<revision>.json  every stack a run may still need (content-addressed)
  *   state.json              one file, written atomically, holding the
- *                           revision of the current and the applied stack,
+ *                           revision of the current and the applied stack
+ *                           (and the name and `layers` it was applied as),
  *                           the run records without their steps (queued,
  *                           running and finished, newest first), failures,
  *                           exec input hashes and the pause reason.
@@ -26,6 +27,7 @@
 #include "log.h"
 #include "recipes/recipe.h"
 #include "stack/stack.h"
+#include "strv.h"
 #include "util.h"
 
 char *state_path(const struct engine *e, const char *name)
@@ -88,6 +90,23 @@ int state_save_stack(struct engine *e, const struct stack *s)
 
 struct stack *state_load_stack(struct engine *e, const char *rev)
 {
+	return state_load_stack_as(e, rev, e->instance, (const char *const *)e->config->layers);
+}
+
+int engine_stack_load(struct engine *e, const char *data, size_t len, const char *instance,
+		      const char *const *layers, struct stack **ret, struct stack_error *err)
+{
+	int r = recipes_stack_load(data, len, instance, ret, err);
+
+	(void)e;
+	if (r == 0 && layers)
+		stack_assign_layers(*ret, layers);
+	return r;
+}
+
+struct stack *state_load_stack_as(struct engine *e, const char *rev, const char *instance,
+				  const char *const *layers)
+{
 	_cleanup_free_ char *path = state_stack_path(e, rev), *data = NULL;
 	struct stack_error err = { 0 };
 	struct stack *s = NULL;
@@ -101,7 +120,7 @@ struct stack *state_load_stack(struct engine *e, const char *rev)
 		log_warn("Saved stack %s cannot be read: %s", path, file_read_strerror(r));
 		return NULL;
 	}
-	r = recipes_stack_load(data, len, e->instance, &s, &err);
+	r = engine_stack_load(e, data, len, instance, layers, &s, &err);
 	if (r < 0) {
 		log_warn("Saved stack %s no longer validates at %s: %s", path, err.path, err.message);
 		return NULL;
@@ -197,6 +216,13 @@ int engine_persist(struct engine *e)
 	json_object_set_new(o, "instance", json_string(e->instance));
 	json_object_set_new(o, "stack_revision", json_string_or_null(e->current ? e->current->revision : NULL));
 	json_object_set_new(o, "applied_revision", json_string_or_null(e->applied ? e->applied->revision : NULL));
+	json_object_set_new(o, "applied_instance", json_string(e->applied_instance ? e->applied_instance : e->instance));
+	if (e->applied_layers) {
+		json_t *l = json_array();
+		for (size_t i = 0; e->applied_layers[i]; i++)
+			json_array_append_new(l, json_string(e->applied_layers[i]));
+		json_object_set_new(o, "applied_layers", l);
+	}
 	json_object_set_new(o, "next_run_id", json_integer(e->next_id));
 	json_object_set_new(o, "runs", runs);
 	json_object_set(o, "failed", e->failed);
@@ -439,6 +465,19 @@ static void state_load_runs(struct engine *e, const json_t *runs)
 	}
 }
 
+/* Two strvs of agentd.conf's `layers` (NULL: from the stack) alike. */
+static bool names_equal(char *const *a, char *const *b)
+{
+	size_t i;
+
+	if (!a || !b)
+		return a == b;
+	for (i = 0; a[i] && b[i]; i++)
+		if (strcmp(a[i], b[i]) != 0)
+			return false;
+	return !a[i] && !b[i];
+}
+
 void state_load(struct engine *e)
 {
 	_cleanup_free_ char *path = state_path(e, "state.json");
@@ -467,10 +506,27 @@ void state_load(struct engine *e)
 	if ((v = json_object_get(o, "paused")))
 		e->paused = xstrdup(json_string_value(v));
 
+	/* The applied stack as it was applied: under the name this instance
+	 * had then (an older agentd wrote only "instance"), so that another
+	 * name now (`instance`, the host name) diffs as layers added and
+	 * removed (design.md §3 Identity). */
+	if ((v = json_object_get(o, "applied_instance")) || (v = json_object_get(o, "instance")))
+		e->applied_instance = xstrdup(json_string_value(v));
+	if ((v = json_object_get(o, "applied_layers"))) {
+		size_t i;
+		json_t *l;
+		e->applied_layers = xcalloc(json_array_size(v) + 1, sizeof(char *));
+		json_array_foreach(v, i, l)
+			e->applied_layers[i] = xstrdup(json_string_value(l));
+	}
 	if ((v = json_object_get(o, "applied_revision")))
-		e->applied = state_load_stack(e, json_string_value(v));
+		e->applied = state_load_stack_as(e, json_string_value(v),
+						 e->applied_instance ? e->applied_instance : e->instance,
+						 (const char *const *)e->applied_layers);
 	if ((v = json_object_get(o, "stack_revision"))) {
-		if (e->applied && strcmp(e->applied->revision, json_string_value(v)) == 0)
+		if (e->applied && strcmp(e->applied->revision, json_string_value(v)) == 0 &&
+		    str_eq(e->applied_instance ? e->applied_instance : e->instance, e->instance) &&
+		    names_equal(e->applied_layers, e->config->layers))
 			e->current = stack_ref(e->applied);
 		else
 			e->current = state_load_stack(e, json_string_value(v));

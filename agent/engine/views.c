@@ -60,6 +60,7 @@ json_t *engine_status(struct engine *e)
 	const struct stack *s = e->current;
 	const struct run *last = NULL;
 	const char *state, *k;
+	char *why = engine_unassigned_reason(e);
 	json_t *v;
 
 	if (s)
@@ -81,6 +82,8 @@ json_t *engine_status(struct engine *e)
 		state = "running";
 	else if (e->paused)
 		state = "paused";
+	else if (why)
+		state = "unassigned";
 	else if (json_object_size(e->failed) > 0)
 		state = "failed";
 	else
@@ -89,6 +92,14 @@ json_t *engine_status(struct engine *e)
 	json_object_set_new(o, "instance", json_string(s ? s->instance : e->instance));
 	json_object_set_new(o, "layers", layers);
 	json_object_set_new(o, "state", json_string(state));
+	/* Why the instance is in no layer (design.md §3 Identity); absent
+	 * when it has a layer. */
+	if (why)
+		json_object_set_new(o, "warning", json_string(why));
+	free(why);
+	/* The revision the last runs applied: another than the stack's while
+	 * a change waits (paused, settling). */
+	json_object_set_new(o, "applied_revision", json_string_or_null(e->applied ? e->applied->revision : NULL));
 	json_object_set_new(o, "current_run", e->active ? run_to_json(e->active->rec, RUN_VIEW_PUBLIC) : json_null());
 	json_object_set_new(o, "last_run", last_run_json(last));
 	json_object_set_new(o, "source", source_status_json(e));

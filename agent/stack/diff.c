@@ -163,7 +163,7 @@ int stack_diff(const struct stack *old, const struct stack *new, struct trigger 
 			tl_add(&t, EVENT_DEPLOY, NULL, NULL, false);
 		goto done;
 	}
-	if (strcmp(old->instance, new->instance) == 0 && json_equal(old->root, new->root))
+	if (stack_same_identity(old, new) && json_equal(old->root, new->root))
 		return 0;
 
 	/* Layers the instance joined run their whole lifecycle on their own. */

@@ -308,6 +308,30 @@ static int parse_instance(struct stack_error *err, const char *path, json_t *ins
 	return check_array_of(err, path, inst, "layers", JSON_STRING);
 }
 
+static bool stack_lists_member(const struct stack *s, const char *hostname)
+{
+	for (size_t i = 0; i < s->n_layers; i++)
+		for (size_t j = 0; j < s->layers[i].n_members; j++)
+			if (strcmp(s->layers[i].members[j].hostname, hostname) == 0)
+				return true;
+	return false;
+}
+
+static void stack_fallback_first_label(struct stack *s)
+{
+	const char *dot = strchr(s->instance, '.');
+	char *label;
+
+	if (!dot || dot == s->instance || stack_lists_member(s, s->instance))
+		return;
+	label = xstrndup(s->instance, (size_t)(dot - s->instance));
+	if (stack_lists_member(s, label)) {
+		free(s->instance);
+		s->instance = label;
+	} else
+		free(label);
+}
+
 static int parse_opsworks(struct stack *s, const char *instance, struct stack_error *err)
 {
 	char path[CHECK_PATH_SIZE], lpath[CHECK_PATH_SIZE], q[256];
@@ -352,6 +376,12 @@ static int parse_opsworks(struct stack *s, const char *instance, struct stack_er
 				return r;
 		}
 	}
+
+	/* A host name given as an FQDN (web1.eu-west-1.compute.internal) that
+	 * no layer lists is looked up by its first label (web1), as OpsWorks
+	 * hostnames are short (design.md §3 Identity). */
+	if (!hostname)
+		stack_fallback_first_label(s);
 
 	/* Which layers are ours: OpsWorks' own list when it is there, else the
 	 * layers that list this instance as a member, in any status. */
@@ -656,6 +686,33 @@ const struct stack_app *stack_app_find(const struct stack *s, const char *name)
 		if (strcmp(s->apps[i].name, name) == 0)
 			return &s->apps[i];
 	return NULL;
+}
+
+void stack_assign_layers(struct stack *s, const char *const *layers)
+{
+	size_t n = 0;
+
+	while (layers[n])
+		n++;
+	for (size_t i = 0; i < s->n_self_layers; i++)
+		free(s->self_layers[i]);
+	free(s->self_layers);
+	s->self_layers = NULL;
+	s->n_self_layers = 0;
+	for (size_t i = 0; i < n; i++)
+		self_layer_add(s, layers[i], n);
+	for (size_t i = 0; i < s->n_layers; i++)
+		s->layers[i].has_self = strv_contains(s->self_layers, s->n_self_layers, s->layers[i].shortname);
+}
+
+bool stack_same_identity(const struct stack *a, const struct stack *b)
+{
+	if (strcmp(a->instance, b->instance) != 0 || a->n_self_layers != b->n_self_layers)
+		return false;
+	for (size_t i = 0; i < a->n_self_layers; i++)
+		if (!strv_contains(b->self_layers, b->n_self_layers, a->self_layers[i]))
+			return false;
+	return true;
 }
 
 bool stack_has_self_layer(const struct stack *s, const char *shortname)

@@ -73,6 +73,9 @@ struct stack {
 
 /* Parses and validates data. instance is this instance's hostname (from the
  * config or gethostname()); opsworks.instance.hostname wins when present.
+ * An FQDN that no layer lists as a member is looked up by its first label
+ * ("web1.eu-west-1.compute.internal" -> "web1"); the name found is
+ * s->instance (design.md §3 Identity).
  * Every path-valued field is stored in its normal form (path_normalize():
  * no "//", no trailing "/"), in the model and in root, so that later code
  * compares paths with strcmp() and path_is_under() only; "." and ".."
@@ -87,6 +90,14 @@ void stack_unref(struct stack *s);
 const struct stack_layer *stack_layer_find(const struct stack *s, const char *shortname);
 const struct stack_app *stack_app_find(const struct stack *s, const char *name);
 bool stack_has_self_layer(const struct stack *s, const char *shortname);
+/* Makes layers (NULL-terminated shortnames, agentd.conf's `layers`) this
+ * instance's layers, whatever the members say: for a model just loaded,
+ * before it is shared. Layers the document does not have are kept (their
+ * recipes come from agent.layers or the defaults). */
+void stack_assign_layers(struct stack *s, const char *const *layers);
+/* Whether a and b place this instance alike: the same name and the same
+ * set of layers (design.md §3 Identity). */
+bool stack_same_identity(const struct stack *a, const struct stack *b);
 
 /* agent.recipes.<name>, or NULL. */
 const json_t *stack_custom_recipe(const struct stack *s, const char *name);

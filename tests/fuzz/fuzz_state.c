@@ -3,7 +3,7 @@
  * typed run records made from it (run_from_json). Besides not crashing,
  * what it returns must hold the promises the engine relies on: run ids in
  * 1..ENGINE_RUN_ID_MAX and unique, next_run_id in range, revisions as 16
- * hex digits, retry counts and times clamped; every record it keeps makes
+ * hex digits, instance names valid, retry counts and times clamped; every record it keeps makes
  * a typed record, which written back and read again is the same. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +11,7 @@
 
 #include "engine/engine.h"
 #include "engine/internal.h"
+#include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -86,6 +87,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check(is_rev(v));
 	if ((v = json_object_get(o, "stack_revision")))
 		check(is_rev(v));
+	/* The names a stack is loaded as: valid names, never a path. */
+	if ((v = json_object_get(o, "instance")))
+		check(json_is_string(v) && name_is_valid(json_string_value(v)) && json_string_length(v) <= 255);
+	if ((v = json_object_get(o, "applied_instance")))
+		check(json_is_string(v) && name_is_valid(json_string_value(v)) && json_string_length(v) <= 255);
+	if ((v = json_object_get(o, "applied_layers"))) {
+		json_t *l;
+		check(json_is_array(v) && json_array_size(v) <= 256);
+		json_array_foreach(v, i, l)
+			check(json_is_string(l) && name_is_valid(json_string_value(l)));
+	}
 	json_decref(o);
 	return 0;
 }

@@ -54,7 +54,7 @@ static void test_stack_change_while_running(void **state)
 	assert_int_equal(queue_count(&l), 2);
 	assert_int_equal(l.n, 3);
 	/* The running run is not next; the oldest queued one is. */
-	assert_ptr_equal(queue_next(&l, false), q1);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), q1);
 	run_list_clear(&l);
 }
 
@@ -182,9 +182,9 @@ static void test_requeue_after_interruption(void **state)
 	assert_int_equal(again->req.trigger, TRIGGER_RETRY);
 	assert_true(again->front);
 	/* Before the older configure: setup first. */
-	assert_ptr_equal(queue_next(&l, false), again);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), again);
 	/* While paused only operators' runs start. */
-	assert_null(queue_next(&l, true));
+	assert_null(queue_next(&l, true, NULL, false));
 	(void)conf;
 
 	/* A second interruption of the same event joins the queued retry. */
@@ -207,7 +207,7 @@ static void test_requeue_after_interruption(void **state)
 	assert_int_equal(roll2->req.trigger, TRIGGER_CTL);
 	assert_string_equal(roll2->stack, REV_B);
 	assert_true(roll2->front);
-	assert_ptr_equal(queue_next(&l, true), roll2);
+	assert_ptr_equal(queue_next(&l, true, NULL, false), roll2);
 	/* After it: a restart, never a second rollback. */
 	json_decref(roll->steps);
 	roll->steps = json_pack("[{s:s, s:s}]", "kind", "rollback", "status", "changed");
@@ -280,6 +280,181 @@ static void test_record_json(void **state)
 	run_list_clear(&l);
 }
 
+
+#define MS INT64_C(1000)
+#define SETTLE (200 * MS)
+#define SETTLE_MAX (5000 * MS)
+
+/* Settling (design.md §3): a lone change is applied at once; a burst of ten
+ * edits 20 ms apart gives the leading edge and one trailing edge. */
+static void test_settle_burst(void **state)
+{
+	struct settle s = { 0 };
+	int64_t t0 = 1000000 * MS, at = 0, applies = 0;
+
+	/* The first change ever, and one after a quiet period: at once. */
+	assert_int_equal(settle_change(&s, t0, SETTLE, SETTLE_MAX), 0);
+	settle_applied(&s, t0);
+	applies++;
+	assert_int_equal(settle_change(&s, t0 + 10000 * MS, SETTLE, SETTLE_MAX), 0);
+	settle_applied(&s, t0 + 10000 * MS);
+	t0 += 10000 * MS;
+	/* Nine more edits 20 ms apart: each pushes the trailing edge to 200 ms
+	 * after it, none is applied on its own. */
+	for (int i = 1; i < 10; i++) {
+		at = settle_change(&s, t0 + i * 20 * MS, SETTLE, SETTLE_MAX);
+		assert_true(at > 0);
+		assert_int_equal(at, t0 + i * 20 * MS + SETTLE);
+	}
+	/* The timer fires at the last edge: one apply for the nine. */
+	settle_applied(&s, at);
+	applies++;
+	assert_int_equal(applies, 2);
+	assert_int_equal(s.first, 0);
+	/* Quiet for settle since then: the next lone change is at once again. */
+	assert_int_equal(settle_change(&s, at + SETTLE, SETTLE, SETTLE_MAX), 0);
+}
+
+/* A member flapping every 100 ms (never quiet for settle = 200 ms) is
+ * applied at most once per settle_max, counted over 20 s of flapping. */
+static void test_settle_flapping(void **state)
+{
+	struct settle s = { 0 };
+	int64_t t0 = 5000 * MS, due = 0;
+	int applies = 0;
+
+	for (int64_t t = t0; t < t0 + 20000 * MS; t += 100 * MS) {
+		if (due && t >= due) {
+			settle_applied(&s, due);
+			applies++;
+			due = 0;
+		}
+		int64_t at = settle_change(&s, t, SETTLE, SETTLE_MAX);
+		if (at == 0) {
+			settle_applied(&s, t);
+			applies++;
+		} else
+			due = at;
+		/* Never later than settle_max after the first change waiting. */
+		assert_true(!due || due <= s.first + SETTLE_MAX);
+	}
+	/* 1 leading edge + one per 5 s: 5, not 200. */
+	assert_true(applies >= 4 && applies <= 5);
+}
+
+/* settle 0 turns settling off; a settle_max below settle caps the wait. */
+static void test_settle_off_and_cap(void **state)
+{
+	struct settle s = { 0 };
+
+	settle_applied(&s, 1000 * MS);
+	assert_int_equal(settle_change(&s, 1001 * MS, 0, SETTLE_MAX), 0);
+	assert_int_equal(settle_change(&s, 1002 * MS, SETTLE, 50 * MS), 1002 * MS + 50 * MS);
+	assert_int_equal(settle_change(&s, 1040 * MS, SETTLE, 50 * MS), 1002 * MS + 50 * MS);
+	/* A stack-change run that starts counts like an apply. */
+	settle_applied(&s, 2000 * MS);
+	assert_true(settle_change(&s, 2100 * MS, SETTLE, SETTLE_MAX) > 0);
+	s = (struct settle){ 0 };
+	settle_applied(&s, 2000 * MS);
+	assert_int_equal(settle_change(&s, 2000 * MS + SETTLE, SETTLE, SETTLE_MAX), 0);
+}
+
+static json_t *setup_failure(const char *layer)
+{
+	json_t *f = json_object(), *o = json_object();
+
+	json_object_set_new(o, "event", json_string("setup"));
+	json_object_set_new(o, "layer", layer ? json_string(layer) : json_null());
+	json_object_set_new(o, "app", json_null());
+	json_object_set_new(f, layer ? layer : "setup//", o);
+	return f;
+}
+
+/* First start (design.md §3): while the boot's setup fails, its configure
+ * and deploy do not start; the retry of setup does, and once the failure
+ * is gone they follow. Operators' runs never wait. */
+static void test_failed_setup_holds_the_boot(void **state)
+{
+	struct run_list l = { 0 };
+	long next = 1;
+	struct run *setup = add(&l, &next, req(EVENT_SETUP, NULL, NULL, TRIGGER_BOOT), NULL);
+	struct run *conf = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_BOOT), NULL);
+	struct run *dep = add(&l, &next, req(EVENT_DEPLOY, NULL, "shop", TRIGGER_BOOT), NULL);
+	json_t *failed = setup_failure(NULL);
+
+	setup->status = RUN_FAILED;
+	assert_true(queue_held_by_setup(conf, failed));
+	assert_true(queue_held_by_setup(dep, failed));
+	assert_null(queue_next(&l, false, failed, false));
+	/* The retry of setup runs; the boot's runs still wait. */
+	struct run *retry = add(&l, &next, req(EVENT_SETUP, NULL, NULL, TRIGGER_RETRY), NULL);
+	assert_ptr_equal(queue_next(&l, false, failed, false), retry);
+	retry->status = RUN_FAILED;
+	assert_null(queue_next(&l, false, failed, false));
+	/* An operator's run is not held. */
+	struct run *ctl = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_CTL), NULL);
+	assert_ptr_equal(queue_next(&l, false, failed, false), ctl);
+	ctl->status = RUN_SUCCESS;
+	/* A stack change's configure of every layer joins the boot's. */
+	assert_ptr_equal(add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL), conf);
+	/* setup succeeded: the failure is gone, configure then deploy. */
+	json_object_clear(failed);
+	assert_ptr_equal(queue_next(&l, false, failed, false), conf);
+	conf->status = RUN_SUCCESS;
+	assert_ptr_equal(queue_next(&l, false, failed, false), dep);
+	json_decref(failed);
+	run_list_clear(&l);
+}
+
+/* A layer the instance joined: its configure and deploy wait for its own
+ * setup; other layers' runs and a configure of every layer do not. */
+static void test_failed_setup_holds_its_layer(void **state)
+{
+	struct run_list l = { 0 };
+	long next = 1;
+	struct run *conf_db = add(&l, &next, req(EVENT_CONFIGURE, "db", NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *dep_db = add(&l, &next, req(EVENT_DEPLOY, "db", NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *conf_web = add(&l, &next, req(EVENT_CONFIGURE, "web", NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *conf_all = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *undeploy = add(&l, &next, req(EVENT_UNDEPLOY, "db", NULL, TRIGGER_STACK_CHANGE), NULL);
+	json_t *failed = setup_failure("db");
+
+	assert_true(queue_held_by_setup(conf_db, failed));
+	assert_true(queue_held_by_setup(dep_db, failed));
+	assert_false(queue_held_by_setup(conf_web, failed));
+	assert_false(queue_held_by_setup(conf_all, failed));
+	assert_false(queue_held_by_setup(undeploy, failed));
+	assert_ptr_equal(queue_next(&l, false, failed, false), conf_web);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), conf_db);
+	json_decref(failed);
+	/* A failed setup of every layer (an operator's) does not hold a
+	 * joined layer's runs: its own setup's success would not clear it. */
+	failed = setup_failure(NULL);
+	assert_false(queue_held_by_setup(conf_db, failed));
+	json_decref(failed);
+	run_list_clear(&l);
+}
+
+
+/* While a burst settles, runs of stack changes wait in the queue (where
+ * status shows them and later changes join them); others start. */
+static void test_settling_holds_stack_changes(void **state)
+{
+	struct run_list l = { 0 };
+	long next = 1;
+	struct run *conf = add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL);
+	struct run *ctl = add(&l, &next, req(EVENT_DEPLOY, NULL, "shop", TRIGGER_CTL), NULL);
+
+	assert_ptr_equal(queue_next(&l, false, NULL, true), ctl);
+	ctl->status = RUN_SUCCESS;
+	assert_null(queue_next(&l, false, NULL, true));
+	/* Nine more changes of the burst join the one queued configure. */
+	for (int i = 0; i < 9; i++)
+		assert_ptr_equal(add(&l, &next, req(EVENT_CONFIGURE, NULL, NULL, TRIGGER_STACK_CHANGE), NULL), conf);
+	assert_ptr_equal(queue_next(&l, false, NULL, false), conf);
+	run_list_clear(&l);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -290,6 +465,12 @@ int main(void)
 		cmocka_unit_test(test_queue_cap_and_ids),
 		cmocka_unit_test(test_requeue_after_interruption),
 		cmocka_unit_test(test_record_json),
+		cmocka_unit_test(test_settle_burst),
+		cmocka_unit_test(test_settle_flapping),
+		cmocka_unit_test(test_settle_off_and_cap),
+		cmocka_unit_test(test_failed_setup_holds_the_boot),
+		cmocka_unit_test(test_failed_setup_holds_its_layer),
+		cmocka_unit_test(test_settling_holds_stack_changes),
 	};
 
 	log_set_level(LOG_LEVEL_ERROR - 1);

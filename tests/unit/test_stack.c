@@ -1393,6 +1393,81 @@ static void test_stack_load_validates_recipes(void **state)
 	stack_unref(s);
 }
 
+
+/* Identity (design.md §3): an FQDN host name that no layer lists is found
+ * by its first label, as OpsWorks hostnames are short; the full name wins
+ * when a layer lists it, opsworks.instance.hostname wins over both, and a
+ * name found nowhere gives no layer. */
+static void test_identity_first_label(void **state)
+{
+	static const char doc[] = "{'opsworks': {'layers': {"
+				  "'web': {'instances': {'web1': {'status': 'online'}}},"
+				  "'db': {'instances': {'db1.example.com': {'status': 'online'}, 'db1': {'status': 'online'}}}}}}";
+	static const struct {
+		const char *host, *instance, *layer;
+	} cases[] = {
+		{ "web1.eu-west-1.compute.internal", "web1", "web" },
+		{ "web1.example", "web1", "web" },
+		{ "web1", "web1", "web" },
+		{ "db1.example.com", "db1.example.com", "db" },   /* the full name first */
+		{ "db1.other.net", "db1", "db" },
+		{ "web2.eu-west-1.compute.internal", "web2.eu-west-1.compute.internal", NULL },
+		{ ".web1", ".web1", NULL },
+	};
+	struct stack_error err = { 0 };
+	struct stack *s;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(parse_sq(doc, cases[i].host, &s, &err), 0);
+		assert_string_equal(s->instance, cases[i].instance);
+		if (cases[i].layer) {
+			assert_int_equal(s->n_self_layers, 1);
+			assert_string_equal(s->self_layers[0], cases[i].layer);
+			assert_non_null(s->self);
+		} else
+			assert_int_equal(s->n_self_layers, 0);
+		stack_unref(s);
+	}
+	/* opsworks.instance names the instance: no fallback. */
+	assert_int_equal(parse_sq("{'opsworks': {'instance': {'hostname': 'web1.x'},"
+				  "'layers': {'web': {'instances': {'web1': {}}}}}}",
+				  "web1", &s, &err), 0);
+	assert_string_equal(s->instance, "web1.x");
+	assert_int_equal(s->n_self_layers, 0);
+	stack_unref(s);
+}
+
+
+/* agentd.conf's `layers` makes the instance's layers whatever the members
+ * say; the identity of two models compares name and layer set. */
+static void test_assign_layers_and_identity(void **state)
+{
+	static const char doc[] = "{'opsworks': {'layers': {'web': {'instances': {'app1': {}}}, 'db': {'instances': {}}}}}";
+	static const char *const db[] = { "db", "extra", "db", NULL };
+	static const char *const none[] = { NULL };
+	struct stack_error err = { 0 };
+	struct stack *a, *b;
+
+	assert_int_equal(parse_sq(doc, "app1", &a, &err), 0);
+	assert_int_equal(parse_sq(doc, "app1", &b, &err), 0);
+	assert_true(stack_same_identity(a, b));
+	stack_assign_layers(b, db);
+	assert_int_equal(b->n_self_layers, 2);
+	assert_string_equal(b->self_layers[0], "db");
+	assert_string_equal(b->self_layers[1], "extra");
+	assert_true(stack_has_self_layer(b, "db") && !stack_has_self_layer(b, "web"));
+	assert_true(stack_layer_find(b, "db")->has_self && !stack_layer_find(b, "web")->has_self);
+	assert_false(stack_same_identity(a, b));
+	stack_assign_layers(b, none);
+	assert_int_equal(b->n_self_layers, 0);
+	assert_false(stack_same_identity(a, b));
+	stack_unref(b);
+	assert_int_equal(parse_sq(doc, "app2", &b, &err), 0);
+	assert_false(stack_same_identity(a, b));
+	stack_unref(a);
+	stack_unref(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1432,6 +1507,8 @@ int main(void)
 		cmocka_unit_test(test_family_validate_once),
 		cmocka_unit_test(test_stack_load_validates_recipes),
 		cmocka_unit_test(test_files_mode_is_an_octal_string),
+		cmocka_unit_test(test_identity_first_label),
+		cmocka_unit_test(test_assign_layers_and_identity),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
