@@ -212,7 +212,7 @@ static int check_config(struct config *config, int r, const char *err)
 	}
 	check_config_warnings(config);
 	json_t *j = config_to_json(config);
-	char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
 	printf("%s\n", s);
 	free(s);
 	json_decref(j);

@@ -454,8 +454,13 @@ int print_plan(const json_t *r)
 	char **cells;
 	json_t *step;
 
+	/* An unassigned instance (design.md §3 Identity): say why there is
+	 * nothing, rather than that nothing needs doing. */
+	if (json_is_string(json_object_get(r, "warning")))
+		printf("Warning: %s\n", json_string_value(json_object_get(r, "warning")));
 	if (n == 0) {
-		printf("Nothing to do.\n");
+		if (!json_is_string(json_object_get(r, "warning")))
+			printf("Nothing to do.\n");
 		return 0;
 	}
 	cells = xcalloc(n * 5, sizeof(char *));

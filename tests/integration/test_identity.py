@@ -79,6 +79,8 @@ def test_instance_in_no_layer_is_unassigned_and_fixing_it_runs_its_layer(make_ag
     # plan says so.
     plan = a.ctl_json("plan", "setup")
     assert plan["steps"] == [] and plan["state"] == "unassigned" and "no layer" in plan["warning"]
+    text = a.ctl("plan", "setup").stdout
+    assert text.startswith("Warning: ") and "no layer" in text and "Nothing to do" not in text, text
     # No retry of what cannot succeed: nothing is recorded as failed to retry.
     assert st["failed"] == []
     # The operator sets `instance` and restarts: the layer's setup,
