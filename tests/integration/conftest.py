@@ -231,3 +231,33 @@ def nobody_socket(agent):
     r.close()
     w.close()
     return socket.socket(fileno=fds[0])
+
+
+class Collected:
+    """A command run in the background (e.g. `agentctl log RUN -f`), its
+    stdout collected as it comes: text() so far, finish() -> (status, text)."""
+
+    def __init__(self, cmd):
+        import threading
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out = b""
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                return
+            with self.lock:
+                self.out += chunk
+
+    def text(self):
+        with self.lock:
+            return self.out.decode(errors="replace")
+
+    def finish(self, timeout=60):
+        self.proc.wait(timeout)
+        self.thread.join(timeout)
+        return self.proc.returncode, self.text()

@@ -9,9 +9,8 @@ import json
 import os
 import re
 import subprocess
-import threading
 
-from conftest import AGENTCTL, simple_stack, wait_for
+from conftest import AGENTCTL, Collected, simple_stack, wait_for
 
 NOSUCHUSER = "agentd-test-nosuchuser"
 
@@ -22,7 +21,7 @@ GATED = ["/bin/sh", "-c", '[ -e "$0.armed" ] || exit 0; echo "before-gate"; '
          'while [ ! -e "$0" ]; do sleep 0.02; done; echo "after-gate"']
 
 
-class Follower:
+class Follower(Collected):
     """agentctl [--json] log RUN -f, run in the background."""
 
     def __init__(self, agent, run_id, *extra, user=None):
@@ -31,28 +30,7 @@ class Follower:
             import pwd
             pw = pwd.getpwnam(user)
             cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"] + cmd
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.out = b""
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        while True:
-            chunk = self.proc.stdout.read1(65536)
-            if not chunk:
-                return
-            with self.lock:
-                self.out += chunk
-
-    def text(self):
-        with self.lock:
-            return self.out.decode(errors="replace")
-
-    def finish(self, timeout=60):
-        self.proc.wait(timeout)
-        self.thread.join(timeout)
-        return self.proc.returncode, self.text()
+        super().__init__(cmd)
 
     def kill(self):
         if self.proc.poll() is None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import AGENTCTL, nobody_socket, simple_stack, wait_for
+from conftest import AGENTCTL, Collected, nobody_socket, simple_stack, wait_for
 
 VALUE = "Zq7-hunter2-VALUE"
 
@@ -28,33 +28,14 @@ def as_nobody(agent, *args):
     return subprocess.run(nobody_cmd(agent, *args), capture_output=True, text=True, timeout=60)
 
 
-class Follower:
+class Follower(Collected):
     """agentctl log RUN -f as nobody, its output collected as it comes."""
 
     def __init__(self, agent, run_id):
-        self.proc = subprocess.Popen(nobody_cmd(agent, "log", run_id, "-f"), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        self.out = b""
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        while True:
-            chunk = self.proc.stdout.read1(65536)
-            if not chunk:
-                return
-            with self.lock:
-                self.out += chunk
-
-    def text(self):
-        with self.lock:
-            return self.out.decode(errors="replace")
+        super().__init__(nobody_cmd(agent, "log", run_id, "-f"))
 
     def finish(self, timeout=60):
-        self.proc.wait(timeout)
-        self.thread.join(timeout)
-        return self.text()
+        return super().finish(timeout)[1]
 
     def kill(self):
         if self.proc.poll() is None:
