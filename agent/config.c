@@ -25,6 +25,8 @@ struct key {
 
 #define S(n, p) { #n, KEY_STRING, offsetof(struct config, n), 0, 0, p }
 #define SN(n) { #n, KEY_STRING_OR_NULL, offsetof(struct config, n), 0, 0, false }
+/* null, or an absolute path. */
+#define PN(n) { #n, KEY_STRING_OR_NULL, offsetof(struct config, n), 0, 0, true }
 #define I(n, lo, hi) { #n, KEY_INT, offsetof(struct config, n), lo, hi, false }
 /* A number of seconds, integer or not (0.2): a double. */
 #define T(n, lo, hi) { #n, KEY_SECONDS, offsetof(struct config, n), lo, hi, false }
@@ -50,7 +52,13 @@ static const struct key keys[] = {
 	T(settle, 0, 3600),
 	T(settle_max, 0, 86400),
 	NV(layers, 256),
+	I(lease_ttl, 2, 3600),
+	I(watch_timeout, 1, 3600),
+	PN(etcd_ca),
+	PN(etcd_cert),
+	PN(etcd_key),
 };
+#undef PN
 #undef NV
 #undef T
 #undef S
@@ -211,6 +219,8 @@ void config_defaults(struct config *c)
 	c->step_output_max = 4 * 1024 * 1024;
 	c->settle = 0.2;
 	c->settle_max = 5;
+	c->lease_ttl = 10;
+	c->watch_timeout = 60;
 	c->extra = json_object();
 	for (size_t i = 0; i < ELEMENTSOF(family_keys); i++) {
 		json_t *v = json_loads(family_keys[i].def, JSON_DECODE_ANY, NULL);

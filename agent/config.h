@@ -24,6 +24,12 @@ struct config {
 	long step_output_max;    /* bytes of one step's output kept in the run log */
 	double settle;           /* seconds of quiet a burst of stack changes waits for (design.md §3 Settling); 0: off */
 	double settle_max;       /* seconds a burst waits at most, from its first change */
+	long lease_ttl;          /* seconds: the etcd lease of this instance's registration (design.md §9) */
+	long watch_timeout;      /* seconds of silence after which an etcd watch stream is checked, and re-opened when it
+	                          * missed anything or its endpoint does not answer (half-open connections hang) */
+	char *etcd_ca;           /* PEM files for etcd+https:// (TLS with a client certificate), NULL: none */
+	char *etcd_cert;
+	char *etcd_key;
 	char **layers;           /* this instance's layers (NULL-terminated), NULL: from the stack (design.md §3 Identity) */
 	/* The recipe families' keys (tools, paths, timeouts), kept by name
 	 * with their defaults filled in: see config_keys in config.c and the

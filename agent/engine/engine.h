@@ -97,6 +97,27 @@ int engine_clear_failed(struct engine *e, char **ret_error);
  * -EBUSY: a run is in progress. */
 int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_error);
 
+/* Fleet (design.md §5, §9). An answer that needs etcd arrives later:
+ * cb(userdata, result, NULL) with a new reference, or cb(userdata, NULL,
+ * message) on failure; it is never called from inside the function, nor
+ * after engine_call_cancel. */
+struct engine_call;
+typedef void (*engine_reply_cb)(void *userdata, json_t *result, const char *error);
+/* `fleet`: {"instances": [{"hostname", "layers", "address", "state",
+ * "applied_revision", "last_run", "lease_ttl"}...], "source": "etcd"|...},
+ * sorted by hostname. Other sources: the static members, state "unknown",
+ * lease_ttl null, answered at once through cb (still from the loop). */
+int engine_fleet(struct engine *e, engine_reply_cb cb, void *userdata, struct engine_call **ret, char **ret_error);
+/* `stack-push`: validates doc exactly as a delivered document is (the same
+ * code and JSON-path errors: -EINVAL with the message, nothing written),
+ * then puts PREFIX/stack with a compare on its mod revision being base (0:
+ * the revision this agent read last). Result {"revision": N (the new mod
+ * revision), "base": B}. A stale base fails through cb with a message that
+ * names both revisions. -ENOTSUP: the source is not etcd. */
+int engine_stack_push(struct engine *e, const char *doc, size_t len, int64_t base, engine_reply_cb cb,
+		      void *userdata, struct engine_call **ret, char **ret_error);
+void engine_call_cancel(struct engine_call *call);
+
 /* Streaming: watchers see every run's progress. Events are objects such as
  *   {"event":"run-started","run":ID,...}   {"event":"step-started","run":ID,"index":N,"kind":..,"target":..}
  *   {"event":"output","run":ID,"data":"..."}  {"event":"step-finished","run":ID,"index":N,"status":..}

@@ -38,6 +38,9 @@ struct source_ops {
 	/* Adds the scheme's own members to status's "source" object (IMDS: the
 	 * instance id and region). May be NULL. */
 	void (*status)(struct source *s, json_t *o);
+	/* etcd only (NULL otherwise): this agent's "agent" member of its
+	 * registration changed (a JSON object, borrowed). */
+	void (*set_agent)(struct source *s, const json_t *agent);
 };
 
 struct source {
@@ -65,6 +68,12 @@ void source_reload(struct source *s);
 /* Adds the source's own members to o, status's "source" object. */
 void source_status(struct source *s, json_t *o);
 void source_free(struct source *s);
+/* etcd sources (design.md §9); for other sources NULL, 0 and a no-op. */
+struct etcd *source_etcd(struct source *s);          /* the client, borrowed */
+int64_t source_etcd_lease(struct source *s);          /* this instance's live registration lease, 0: none */
+int64_t source_etcd_stack_revision(struct source *s); /* mod_revision of PREFIX/stack as last read, 0: none */
+const char *source_etcd_hostname(struct source *s);   /* the registered hostname, borrowed */
+void source_set_agent(struct source *s, const json_t *agent);
 
 /* For implementations. */
 void source_deliver(struct source *s, const char *data, size_t len);
@@ -90,3 +99,4 @@ uint64_t source_next_delay_ms(long interval_sec, unsigned failures);
 extern const struct source_ops source_file_ops;
 extern const struct source_ops source_http_ops;
 extern const struct source_ops source_imds_ops;
+extern const struct source_ops source_etcd_ops;
