@@ -32,7 +32,7 @@ AGENT_OBJS := $(AGENT_SRCS:%.c=$(BUILD)/obj/%.o)
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all clean deps check demo install unit unit-build integration fuzz fuzz-build lint verify-units bench update-golden
+.PHONY: all clean deps check demo demo-fleet install unit unit-build integration fuzz fuzz-build lint verify-units bench update-golden
 
 all: $(BUILD)/agentd $(BUILD)/agentctl
 
@@ -98,6 +98,10 @@ check: deps
 
 demo: deps all
 	@conf/demo/run
+
+# Three agents and a private etcd on loopback: the fleet of design.md §9.
+demo-fleet: deps all
+	@conf/demo-fleet/run
 
 # The spine's figures, then each recipe family's bench script (tests/bench/bench_*.py).
 bench: all
