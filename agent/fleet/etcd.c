@@ -182,7 +182,7 @@ int etcd_new(uv_loop_t *loop, struct http *http, const struct config *config, co
 	c->call_timeout_ms = ETCD_CALL_TIMEOUT_MS;
 	c->connect_timeout_ms = ETCD_CONNECT_TIMEOUT_MS;
 	c->prefix = xstrdup(slash);
-	for (const char *p = rest; p < slash;) {
+	for (const char *p = rest;;) {
 		size_t n = strcspn(p, ",/");
 		if (!endpoint_is_valid(p, n)) {
 			_cleanup_free_ char *e = xstrndup(p, n), *es = str_escape_ctl(e);
@@ -193,8 +193,9 @@ int etcd_new(uv_loop_t *loop, struct http *http, const struct config *config, co
 		c->endpoints = xrealloc(c->endpoints, (c->n_endpoints + 1) * sizeof(char *));
 		c->endpoints[c->n_endpoints++] = xasprintf("%s://%.*s", tls ? "https" : "http", (int)n, p);
 		p += n;
-		if (*p == ',')
-			p++;
+		if (*p == '/')
+			break;
+		p++; /* ',' */
 	}
 	if (tls && config &&
 	    (tls_file("etcd_ca", config->etcd_ca, &c->ca, ret_error) < 0 ||
