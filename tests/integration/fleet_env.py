@@ -82,3 +82,13 @@ def registration(etcd, host):
 def stopwatch():
     t0 = time.monotonic()
     return lambda: time.monotonic() - t0
+
+
+def wait_registered(agent, host, layer="plone_instances", timeout=10):
+    """Waits until the agent's own stack holds host's registration (its static
+    member online): the effective stack is settled from then on."""
+    def online():
+        doc = agent.ctl_json("stack")
+        m = doc["opsworks"]["layers"][layer]["instances"].get(host) or {}
+        return m.get("status") == "online" and agent.status()["current_run"] is None and not agent.status()["queue"]
+    return wait_for(online, timeout, f"{host} registered in {layer}")

@@ -11,7 +11,7 @@ import pytest
 from conftest import wait_for
 from etcd_fixture import TcpProxy, etcd, etcd_source  # noqa: F401 (fixture)
 from fleet_env import (LEASE_TTL, PREFIX, SETTLE, fleet_stack, haproxy_cfg, registration, start_agent,
-                       stopwatch, wait_idle_runs)
+                       stopwatch, wait_idle_runs, wait_registered)
 
 
 def plan_diff(agent):
@@ -131,7 +131,9 @@ def test_compaction_while_disconnected(etcd, make_agent):
 def test_etcd_down_and_back(etcd, make_agent):
     etcd.put(f"{PREFIX}/stack", fleet_stack())
     a = start_agent(make_agent, etcd, "app1")
-    runs = wait_idle_runs(a, 3)
+    wait_idle_runs(a, 3)
+    wait_registered(a, "app1")
+    runs = a.finished_runs()
     rev = a.status()["source"]["stack_revision"]
     etcd.stop()
     err = wait_for(lambda: a.status()["source"]["error"], timeout=10, what="the source error")
@@ -150,6 +152,7 @@ def test_bad_values_under_the_prefix(etcd, make_agent):
     etcd.put(f"{PREFIX}/stack", fleet_stack())
     a = start_agent(make_agent, etcd, "app1")
     wait_idle_runs(a, 3)
+    wait_registered(a, "app1")
     rev = a.status()["source"]["stack_revision"]
     # A registration that is not an object: named, left out.
     etcd.put(f"{PREFIX}/instances/bad", "[1]")
