@@ -620,7 +620,7 @@ int print_pushed(const json_t *r)
 {
 	const char *key = json_string_value(json_object_get(r, "key"));
 
-	printf("pushed: %s at revision %s", key ? key : "PREFIX/stack", str_or_dash(json_object_get(r, "revision")));
+	printf("pushed: %s at revision %s", key ? key : "the stack", str_or_dash(json_object_get(r, "revision")));
 	printf(" (based on %s)\n", str_or_dash(json_object_get(r, "base")));
 	return 0;
 }
