@@ -91,6 +91,7 @@ struct etcd_source {
 	struct etcd_call *range;      /* in flight */
 	struct etcd_watch *watch;     /* open */
 	bool watch_created;
+	int64_t last_message_usec;    /* monotonic: the stream's last message */
 	unsigned failures;            /* in a row, for the backoff */
 	uv_timer_t retry;             /* the next range or watch after a failure */
 	uv_timer_t build;             /* 0 ms: one build for the messages of a loop iteration */
@@ -452,6 +453,7 @@ static void cb_watch_created(void *userdata, int64_t revision)
 	struct etcd_source *es = userdata;
 
 	es->watch_created = true;
+	es->last_message_usec = time_monotonic_usec();
 	es->failures = 0;
 	if (revision > es->revision)
 		es->revision = revision;
@@ -464,6 +466,7 @@ static void cb_watch_events(void *userdata, int64_t revision, const struct etcd_
 {
 	struct etcd_source *es = userdata;
 
+	es->last_message_usec = time_monotonic_usec();
 	for (size_t i = 0; i < n; i++)
 		es_apply(es, &ev[i].kv, ev[i].type == ETCD_EVENT_DELETE);
 	if (revision > es->revision)
@@ -518,14 +521,17 @@ static void cb_watch_compacted(void *userdata, int64_t compact_revision)
 static void cb_watch_error(void *userdata, const char *message)
 {
 	struct etcd_source *es = userdata;
+	int64_t quiet = time_monotonic_usec() - es->last_message_usec;
+	int64_t deadline = (int64_t)es->s->config->watch_timeout * 1000000;
 	bool was_up = es->watch_created;
 
 	es->watch = NULL;
 	es->watch_created = false;
-	if (was_up && es->failures == 0) {
-		/* A stream that was up ended (often the silence deadline of an
-		 * idle prefix): open it again at once; only a failure of that
-		 * is an error. */
+	if (was_up && es->failures == 0 && quiet >= deadline - 100000) {
+		/* A stream that was up met its silence deadline: an idle prefix
+		 * does that whenever etcd's progress interval (10 min by
+		 * default) is longer. Open it again at once; only a failure of
+		 * that is an error. Any other end of a stream is one. */
 		log_debug("etcd %s: watch ended (%s); re-opening from revision %lld", es->dir, message,
 			  (long long)es->revision + 1);
 		es->failures = 1;
