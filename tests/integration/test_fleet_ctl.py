@@ -183,6 +183,7 @@ def test_push_stale_invalid_and_valid(make_agent, etcd):
     m = re.match(r"pushed: (\S+) at revision (\d+) \(based on (\d+)\)$", p.stdout.strip())
     assert m, p.stdout
     rev2 = int(m.group(2))
+    # The key comes from the engine's result ("key": PREFIX/stack).
     assert m.group(1) == PREFIX + "/stack" and int(m.group(3)) == rev1
     value, rev = etcd.get(PREFIX + "/stack")
     assert rev == rev2 and json.loads(value)["opsworks"]["stack"]["name"] == "mine"
