@@ -26,9 +26,9 @@
  * whole state, so nothing is missed. A stream silent for watch_timeout
  * seconds is dropped by the client (half-open connections hang, etcd
  * #8899) and re-opened from the last header.revision + 1; the first
- * re-open of a stream that was up is immediate and silent (an idle stream
- * meets the deadline in normal operation when etcd's progress interval is
- * longer).
+ * re-open of a stream that was up is immediate and not an error for
+ * status (an idle stream meets the deadline in normal operation when
+ * etcd's progress interval is longer); a stream that fails again is.
  *
  * The registration (fleet/registration.c) is made after the first range,
  * so that the hostname and layers can come from the static members:
@@ -527,13 +527,18 @@ static void cb_watch_error(void *userdata, const char *message)
 
 	es->watch = NULL;
 	es->watch_created = false;
-	if (was_up && es->failures == 0 && quiet >= deadline - 100000) {
-		/* A stream that was up met its silence deadline: an idle prefix
-		 * does that whenever etcd's progress interval (10 min by
-		 * default) is longer. Open it again at once; only a failure of
-		 * that is an error. Any other end of a stream is one. */
-		log_debug("etcd %s: watch ended (%s); re-opening from revision %lld", es->dir, message,
-			  (long long)es->revision + 1);
+	if (was_up && es->failures == 0) {
+		/* A stream that was up ended. Most often it met its silence
+		 * deadline: an idle prefix does that whenever etcd's progress
+		 * interval (10 min by default) is longer. Open it again at once;
+		 * only a failure of that is an error for status. An end before
+		 * the deadline (garbage, an error message) is logged. */
+		if (quiet < deadline / 2)
+			log_warn("etcd %s: the watch ended: %s; re-opening from revision %lld", es->dir, message,
+				 (long long)es->revision + 1);
+		else
+			log_debug("etcd %s: watch ended (%s); re-opening from revision %lld", es->dir, message,
+				  (long long)es->revision + 1);
 		es->failures = 1;
 		es_watch(es);
 		return;

@@ -45,7 +45,7 @@ def test_hostile_gateway(make_agent):
         g.revision += 1
         compacted(g)
         err = wait_for(lambda: a.status()["source"]["error"], timeout=20, what="the oversized stack named")
-        assert f"{PREFIX}/stack" in err and "16777216" in err, err
+        assert f"{PREFIX}/stack" in err and "16777216" in err, (err, a.stderr_text()[-6000:])
         assert a.status()["source"]["stack_revision"] == rev
         # Back to the good one: nothing runs, the error clears.
         g.kvs[f"{PREFIX}/stack"] = good
