@@ -29,6 +29,8 @@ static const struct {
 	[PROTO_METHOD_RESUME] = { "resume", false },
 	[PROTO_METHOD_CLEAR_FAILED] = { "clear-failed", false },
 	[PROTO_METHOD_ROLLBACK] = { "rollback", false },
+	[PROTO_METHOD_FLEET] = { "fleet", false },
+	[PROTO_METHOD_STACK_PUSH] = { "stack-push", false },
 };
 
 const char *proto_method_to_string(enum proto_method m)

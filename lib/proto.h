@@ -23,6 +23,7 @@
 #define PROTO_MAX_OUTPUT_TOTAL (32 * 1024 * 1024) /* unsent bytes over all clients: the biggest queue goes first */
 #define PROTO_FINISH_TIMEOUT_MS 5000       /* after EOF: no reply progress for this long: closed */
 #define PROTO_MAX_LOG_OUTPUT (2 * 1024 * 1024) /* bytes of a run log sent by "log" (its tail) */
+#define PROTO_MAX_PUSH_FILE (16 * 1024 * 1024) /* bytes of a stack-push document passed as a file (a stack's cap) */
 #define PROTO_VERSION 1                    /* "protocol" in the version result */
 #define PROTO_DEFAULT_SOCKET "/run/agentd/agentd.sock"
 
@@ -65,9 +66,21 @@ enum proto_method {
 	PROTO_METHOD_RESUME,
 	PROTO_METHOD_CLEAR_FAILED,
 	PROTO_METHOD_ROLLBACK,
+	PROTO_METHOD_FLEET,
+	PROTO_METHOD_STACK_PUSH,
 	_PROTO_METHOD_MAX,
 	PROTO_METHOD_INVALID = -1,
 };
+
+/* stack-push (design.md §5, §9) takes {"document": TEXT} or {"fd": true},
+ * plus "base": N (optional, >= 1: the mod revision the document was based
+ * on; absent: the one the agent read last). A request is at most
+ * PROTO_MAX_REQUEST bytes, and a stack may be 16 MiB: a larger document is
+ * passed as an open file descriptor (SCM_RIGHTS, on the request's own
+ * bytes) with "fd": true, so that the file is opened with the caller's
+ * access, not the daemon's; the daemon reads it (a regular file, at most
+ * PROTO_MAX_PUSH_FILE bytes) on libuv's thread pool. Only a privileged peer's
+ * descriptor is kept, one at a time; any other is closed on arrival. */
 
 /* The method's name on the wire ("run-info"), NULL when m is not a method. */
 const char *proto_method_to_string(enum proto_method m);

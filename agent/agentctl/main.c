@@ -8,6 +8,7 @@
  * 3 cannot reach the daemon (or the connection dropped before the final
  * reply); 4 permission denied. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +43,8 @@ struct request {
 	json_t *params; /* owned */
 	bool streams;   /* no reply timeout; event lines before the reply */
 	int (*print)(const json_t *result);
+	const char *method; /* NULL: the verb's; else a sub-verb's (stack push, stack --revision) */
+	int pass_fd;        /* owned, -1: none; sent with the request (SCM_RIGHTS) */
 };
 
 struct verb {
@@ -270,9 +274,114 @@ static int parse_rollback(int argc, char **argv, struct request *req)
 	return 0;
 }
 
+/* ---- stack, stack --revision, stack push FILE [--base REV] ---- */
+
+/* The document inline when the request stays within PROTO_MAX_REQUEST (and
+ * is UTF-8, which a JSON string must be), else the open file itself, passed
+ * to the daemon (SCM_RIGHTS) which reads it through our descriptor: in both
+ * cases the file is opened here, with the caller's access. */
+static void push_document(const char *path, struct request *req)
+{
+	_cleanup_free_ char *data = NULL, *line = NULL;
+	json_auto_t *probe = NULL;
+	struct stat st;
+	size_t len = 0, enc = 0;
+	int fd;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		fprintf(stderr, "agentctl: cannot open %s: %s\n", path, strerror(errno));
+		exit(EXIT_FAILED);
+	}
+	if (fstat(fd, &st) < 0) {
+		fprintf(stderr, "agentctl: cannot stat %s: %s\n", path, strerror(errno));
+		exit(EXIT_FAILED);
+	}
+	if (!S_ISREG(st.st_mode)) {
+		fprintf(stderr, "agentctl: %s is not a regular file\n", path);
+		exit(EXIT_FAILED);
+	}
+	if (st.st_size > PROTO_MAX_PUSH_FILE) {
+		fprintf(stderr, "agentctl: %s has %lld bytes, more than the %d MiB a stack may have\n", path,
+			(long long)st.st_size, PROTO_MAX_PUSH_FILE >> 20);
+		exit(EXIT_FAILED);
+	}
+	if (st.st_size < PROTO_MAX_REQUEST) {
+		data = xmalloc(PROTO_MAX_REQUEST);
+		for (;;) {
+			ssize_t n = read(fd, data + len, PROTO_MAX_REQUEST - len);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0) {
+				fprintf(stderr, "agentctl: cannot read %s: %s\n", path, strerror(errno));
+				exit(EXIT_FAILED);
+			}
+			len += (size_t)n;
+			if (n == 0 || len == PROTO_MAX_REQUEST)
+				break;
+		}
+		if (len < PROTO_MAX_REQUEST) {
+			json_t *doc = json_stringn(data, len);
+
+			probe = json_pack("{s:s, s:O}", "method", "stack-push", "params", req->params);
+			if (doc)
+				json_object_set_new(json_object_get(probe, "params"), "document", doc);
+			line = doc ? proto_encode_line(probe, &enc) : NULL;
+			if (line && enc <= PROTO_MAX_REQUEST) {
+				json_object_set(req->params, "document", doc);
+				(void)close(fd);
+				return;
+			}
+		}
+	}
+	json_object_set_new(req->params, "fd", json_true());
+	req->pass_fd = fd;
+}
+
+static int parse_stack(int argc, char **argv, struct request *req)
+{
+	static const struct vopt opts[] = { { "--base", true }, { NULL, false } };
+	const char *file = NULL;
+
+	if (argc == 1)
+		return 0;
+	if (strcmp(argv[1], "--revision") == 0) {
+		if (argc > 2)
+			usage_error("usage: agentctl stack --revision");
+		req->method = "status";
+		req->print = print_stack_revision;
+		return 0;
+	}
+	if (strcmp(argv[1], "push") != 0)
+		usage_error("usage: agentctl stack [--revision | push FILE [--base REV]]");
+	for (int i = 2; i < argc; i++) {
+		const char *arg;
+		long rev;
+
+		if (next_vopt(argc, argv, &i, opts, &arg) == 0) {
+			if (parse_long(arg, 1, LONG_MAX, &rev) < 0)
+				usage_error("stack push: invalid --base \"%s\": a mod revision (a positive integer)", arg);
+			json_object_set_new(req->params, "base", json_integer(rev));
+		} else if ((argv[i][0] == '-' && argv[i][1]) || file)
+			usage_error("stack push: unexpected argument \"%s\"", argv[i]);
+		else
+			file = argv[i];
+	}
+	if (!file)
+		usage_error("usage: agentctl stack push FILE [--base REV]");
+	req->method = "stack-push";
+	req->print = print_pushed;
+	push_document(file, req);
+	return 0;
+}
+
 static const struct verb verbs[] = {
 	{ "status", "status", "", "Show the agent's state, source and runs", parse_none, print_status },
-	{ "stack", "stack", "", "Print the current stack JSON (secrets hidden unless privileged)", parse_none, NULL },
+	{ "stack", "stack", "", "Print the current stack JSON (secrets hidden unless privileged)", parse_stack, NULL },
+	{ "stack", "status", "--revision", "Print the revision of the stack the agent read (its etcd mod revision)",
+	  parse_stack, NULL },
+	{ "stack", "stack-push", "push FILE [--base REV]", "Validate FILE and put it in etcd if REV is current (privileged)",
+	  parse_stack, NULL },
 	{ "runs", "runs", "[-n N]", "List recent runs, newest first", parse_runs, print_runs },
 	{ "show", "run-info", "RUN", "Show one run and its steps", parse_show, print_show },
 	{ "log", "log", "RUN|last [-f]", "Print a run's output, -f to follow it", parse_log, print_log },
@@ -287,6 +396,8 @@ static const struct verb verbs[] = {
 	{ "rollback", "rollback", "APP", "Point an app at its previous release (privileged)", parse_rollback,
 	  print_generic },
 	{ "version", "version", "", "Show agentctl's and agentd's versions", parse_none, print_version },
+	{ "fleet", "fleet", "", "List every instance of the stack: etcd registrations, or static members", parse_none,
+	  print_fleet },
 };
 
 static void help(FILE *f)
@@ -354,6 +465,30 @@ static int send_all(int fd, const char *data, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+/* Sends the first bytes of data with pass (SCM_RIGHTS), then the rest. */
+static int send_with_fd(int fd, const char *data, size_t len, int pass)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u = { 0 };
+	struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	ssize_t n;
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &pass, sizeof(int));
+	do
+		n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	return send_all(fd, data + n, len - (size_t)n);
 }
 
 enum outcome {
@@ -445,7 +580,8 @@ done:
 
 static int run_verb(const struct verb *v, struct request *req, const char *socket_path)
 {
-	json_auto_t *msg = json_pack("{s:s, s:O}", "method", v->method, "params", req->params);
+	const char *method = req->method ? req->method : v->method;
+	json_auto_t *msg = json_pack("{s:s, s:O}", "method", method, "params", req->params);
 	_cleanup_free_ char *line = NULL;
 	json_t *reply = NULL, *result;
 	enum outcome out = OUTCOME_CLOSED;
@@ -467,7 +603,7 @@ static int run_verb(const struct verb *v, struct request *req, const char *socke
 			fprintf(stderr, "agentctl: cannot connect to agentd at %s: %s\n", socket_path, strerror(-fd));
 			return EXIT_UNREACHABLE;
 		}
-		r = send_all(fd, line, len);
+		r = req->pass_fd >= 0 ? send_with_fd(fd, line, len, req->pass_fd) : send_all(fd, line, len);
 		out = read_reply(fd, req, &reply);
 		if (out != OUTCOME_LIMIT)
 			break;
@@ -502,7 +638,7 @@ static int run_verb(const struct verb *v, struct request *req, const char *socke
 	}
 
 	result = json_object_get(reply, "result");
-	r = output_result(v->method, result, req->print, arg_json);
+	r = output_result(method, result, req->print, arg_json);
 	json_decref(reply);
 	if (fflush(stdout) != 0 && r == 0)
 		r = EXIT_FAILED;
@@ -551,8 +687,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
-		if (strcmp(verbs[i].name, rest[0]) == 0)
-			verb = &verbs[i];
+		if (!verb && strcmp(verbs[i].name, rest[0]) == 0)
+			verb = &verbs[i]; /* the first: "stack" has sub-verbs on the lines that follow */
 	if (!verb)
 		usage_error("unknown verb \"%s\"", rest[0]);
 	if (!arg_socket)
@@ -562,8 +698,11 @@ int main(int argc, char **argv)
 
 	req.params = json_object();
 	req.print = verb->print;
+	req.pass_fd = -1;
 	(void)verb->parse(nrest, rest, &req);
 	r = run_verb(verb, &req, arg_socket);
 	json_decref(req.params);
+	if (req.pass_fd >= 0)
+		(void)close(req.pass_fd);
 	return r;
 }

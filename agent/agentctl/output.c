@@ -574,6 +574,78 @@ int print_reloaded(const json_t *r)
 	return 0;
 }
 
+/* One instance per line. LAYERS comma-joined (one cell), LAST RUN "id event
+ * status", LEASE the seconds left on its etcd lease ("-": none, the static
+ * members of other sources). */
+int print_fleet(const json_t *r)
+{
+	static const char *const header[] = { "HOSTNAME", "LAYERS", "ADDRESS", "STATE", "APPLIED", "LAST RUN", "LEASE" };
+	const json_t *insts = json_object_get(r, "instances");
+	size_t n = json_array_size(insts), i, nc = ELEMENTSOF(header);
+	char **cells;
+	json_t *in;
+
+	if (n == 0) {
+		printf("No instances.\n");
+		return 0;
+	}
+	cells = xcalloc(n * nc, sizeof(char *));
+	json_array_foreach(insts, i, in)
+	{
+		const json_t *layers = json_object_get(in, "layers"), *l;
+		struct buf b;
+		size_t k;
+
+		buf_init(&b);
+		json_array_foreach(layers, k, l) buf_printf(&b, "%s%s", k ? "," : "", str_or_dash(l));
+		if (b.len == 0)
+			buf_puts(&b, "-");
+		cells[i * nc + 0] = cell(json_object_get(in, "hostname"));
+		cells[i * nc + 1] = buf_steal(&b);
+		cells[i * nc + 2] = cell(json_object_get(in, "address"));
+		cells[i * nc + 3] = cell(json_object_get(in, "state"));
+		cells[i * nc + 4] = cell(json_object_get(in, "applied_revision"));
+		buf_init(&b);
+		run_summary(&b, json_object_get(in, "last_run"));
+		cells[i * nc + 5] = buf_steal(&b);
+		cells[i * nc + 6] = cell(json_object_get(in, "lease_ttl"));
+	}
+	print_table(header, nc, cells, n);
+	free_cells(cells, n * nc);
+	return 0;
+}
+
+/* "pushed: PREFIX/stack at revision N (based on B)". */
+int print_pushed(const json_t *r)
+{
+	const char *key = json_string_value(json_object_get(r, "key"));
+
+	printf("pushed: %s at revision %s", key ? key : "the stack", str_or_dash(json_object_get(r, "revision")));
+	printf(" (based on %s)\n", str_or_dash(json_object_get(r, "base")));
+	return 0;
+}
+
+/* The base for `stack push --base`: the etcd mod revision of PREFIX/stack
+ * that the agent read (status's source.stack_mod_revision); for other
+ * sources, which have no such number, the stack_revision hash of the
+ * document, so that the command says which document the agent holds. */
+int print_stack_revision(const json_t *r)
+{
+	const json_t *src = json_object_get(r, "source");
+	const json_t *mod = json_object_get(src, "stack_mod_revision");
+	const json_t *hash = json_object_get(src, "stack_revision");
+
+	if (json_is_integer(mod) || json_is_string(mod))
+		printf("%s\n", str_or_dash(mod));
+	else if (json_is_string(hash))
+		printf("%s\n", json_string_value(hash));
+	else {
+		fprintf(stderr, "agentctl: the agent has read no stack yet\n");
+		return EXIT_FAILED;
+	}
+	return 0;
+}
+
 /* Event lines of streams, in text form. */
 void print_event(const json_t *ev)
 {
@@ -603,8 +675,18 @@ int output_result(const char *method, const json_t *result, int (*print)(const j
 		const json_t *doc = result;
 		char *s;
 
+		json_auto_t *rev = NULL;
+
 		if (strcmp(method, "stack") == 0)
 			doc = json_object_get(result, "stack");
+		if (print == print_stack_revision) {
+			const json_t *src = json_object_get(result, "source");
+			const json_t *mod = json_object_get(src, "stack_mod_revision");
+			const json_t *hash = json_object_get(src, "stack_revision");
+
+			doc = rev = json_pack("{s:O, s:O}", "stack_mod_revision", mod ? mod : json_null(), "stack_revision",
+					      hash ? hash : json_null());
+		}
 		s = json_dumps(doc ? doc : json_null(), JSON_INDENT(2) | JSON_ENCODE_ANY);
 		if (s)
 			printf("%s\n", s);

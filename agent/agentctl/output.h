@@ -26,10 +26,15 @@ int print_generic(const json_t *r);
 int print_resumed(const json_t *r);
 int print_cleared(const json_t *r);
 int print_reloaded(const json_t *r);
+int print_fleet(const json_t *r);
+int print_pushed(const json_t *r);
+/* `stack --revision`, from the status result: see output.c. */
+int print_stack_revision(const json_t *r);
 void print_event(const json_t *ev);
 
 /* Prints the result of method: as JSON (the stack document itself for
- * "stack") when json, else through print (NULL: nothing). Returns the exit
+ * "stack"; {"stack_mod_revision", "stack_revision"} for `stack --revision`)
+ * when json, else through print (NULL: nothing). Returns the exit
  * code: a run waited for that did not succeed fails the command in both
  * forms. */
 int output_result(const char *method, const json_t *result, int (*print)(const json_t *result), bool json);

@@ -38,7 +38,10 @@
  *   reads are dropped, and large freed blocks given back to the kernel
  *   (malloc_trim), by a housekeeping timer (outq.c).
  * - Text shown to unprivileged callers (run output, errors, messages,
- *   diffs) goes through control_redact_text() (redact.c). */
+ *   diffs) goes through control_redact_text() (redact.c).
+ * - Client pipes are libuv ipc pipes (read with recvmsg()): a privileged
+ *   peer may pass one file with stack-push (SCM_RIGHTS; deferred.c); every
+ *   other descriptor is closed as it arrives, so none piles up. */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -122,6 +125,7 @@ void client_close(struct client *c)
 		return;
 	c->closing = true;
 	c->stream = STREAM_NONE;
+	deferred_client_gone(c);
 	/* Inside an engine callback the engine is walking its watch list, and
 	 * only the watch being called may leave it (this client's, or another
 	 * client's dropped meanwhile, e.g. for the global output cap): the close
@@ -202,6 +206,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 	if (c->closing)
 		return;
 	if (nread > 0) {
+		deferred_take_fds(c);
 		proto_reader_feed(&c->reader, buf->base, (size_t)nread);
 		client_process(c);
 	} else if (nread < 0) {
@@ -407,8 +412,11 @@ static void control_add_client(struct control *ctl, int fd)
 	c->gid = cred.gid;
 	c->pid = cred.pid;
 	c->privileged = privileged;
+	c->passed_fd = -1;
 	proto_reader_init(&c->reader, PROTO_MAX_REQUEST);
-	uv_pipe_init(ctl->loop, &c->pipe, 0);
+	/* ipc: read with recvmsg(), so that stack-push may come with the
+	 * descriptor of its file (deferred.c takes or closes each at once). */
+	uv_pipe_init(ctl->loop, &c->pipe, 1);
 	uv_timer_init(ctl->loop, &c->timer);
 	c->pipe.data = c;
 	c->timer.data = c;

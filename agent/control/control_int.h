@@ -4,6 +4,8 @@
  *   control.c  sockets, clients, limits, timers, back-pressure;
  *   outq.c     output queues, their caps, and replies shared by many clients;
  *   methods.c  the method table, its handlers and their streams;
+ *   deferred.c replies the engine gives later (fleet, stack-push), and
+ *              files passed by peers (SCM_RIGHTS);
  *   redact.c   what unprivileged callers see of free text and run output;
  *   peer.c     identity and privilege of a peer. */
 #pragma once
@@ -28,7 +30,10 @@ enum client_stream {
 	STREAM_LOG, /* log with follow: output of one run, then its status */
 	STREAM_RUN, /* run with wait: every event of one run, then its run-info */
 	STREAM_ROLLBACK, /* rollback: nothing, then stream_reply once current has moved */
+	STREAM_DEFERRED, /* fleet, stack-push: nothing, then the reply the engine gives (deferred.c) */
 };
+
+struct push_read;
 
 /* One stack revision's needles: the lines of its secret files. */
 struct needle_rev {
@@ -72,6 +77,9 @@ struct client {
 	size_t big_off;
 	bool big_is_log; /* big is a log reply: see ctl_log()'s per-uid limit */
 	bool big_inflight; /* a slice of a shared reply is queued */
+	struct engine_call *call; /* STREAM_DEFERRED: the engine's call, cancelled if we go first */
+	struct push_read *push;   /* STREAM_DEFERRED: the passed file being read; see deferred.c */
+	int passed_fd; /* owned, -1: none; a file a privileged peer passed with SCM_RIGHTS */
 
 	/* After EOF or while finishing, progress is the peer reading, not a
 	 * write landing in the socket buffer, which needs no reader at all:
@@ -207,6 +215,24 @@ void outq_free(struct control *ctl);
 /* The reply to one request line (NULL when the handler already sent it, or
  * started a stream). */
 json_t *methods_dispatch(struct client *c, const char *line);
+
+/* ---- deferred.c ---- */
+
+json_t *ctl_fleet(struct client *c, json_t *params);
+json_t *ctl_stack_push(struct client *c, json_t *params);
+/* Takes the file descriptors that came with the bytes just read: the
+ * first one of a privileged peer is kept (passed_fd), every other closed. */
+void deferred_take_fds(struct client *c);
+/* c is closing: its engine call is cancelled, its file read forgotten, its
+ * passed descriptor closed. */
+void deferred_client_gone(struct client *c);
+
+/* ---- methods.c (shared with deferred.c) ---- */
+
+/* An error reply when params has a member not in allowed (NULL-terminated). */
+json_t *params_only(json_t *params, const char *const *allowed);
+/* The error reply for an engine action's negative errno and message (freed). */
+json_t *reply_engine_error(int r, char *msg);
 
 /* ---- redact.c ---- */
 

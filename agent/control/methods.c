@@ -26,7 +26,7 @@
 
 /* Each getter returns NULL, or an error reply for the caller to send. */
 
-static json_t *params_only(json_t *params, const char *const *allowed)
+json_t *params_only(json_t *params, const char *const *allowed)
 {
 	const char *k;
 	json_t *v;
@@ -109,7 +109,7 @@ static json_t *param_run_id(struct client *c, json_t *params, long *ret)
 	return NULL;
 }
 
-static json_t *reply_engine_error(int r, char *msg /* freed */)
+json_t *reply_engine_error(int r, char *msg /* freed */)
 {
 	json_t *reply = proto_reply_error(proto_error_code_from_errno(r), "%s", msg ? msg : strerror(-r));
 	free(msg);
@@ -591,6 +591,10 @@ static struct control_method control_method_get(enum proto_method m)
 		return (struct control_method){ ctl_clear_failed, PROTO_PRIV };
 	case PROTO_METHOD_ROLLBACK:
 		return (struct control_method){ ctl_rollback, PROTO_PRIV };
+	case PROTO_METHOD_FLEET:
+		return (struct control_method){ ctl_fleet, PROTO_OPEN };
+	case PROTO_METHOD_STACK_PUSH:
+		return (struct control_method){ ctl_stack_push, PROTO_PRIV };
 	case _PROTO_METHOD_MAX:
 	case PROTO_METHOD_INVALID:
 		break;

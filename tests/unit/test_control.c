@@ -2,6 +2,7 @@
 /* agent/control.c against a fake engine defined here (every engine_*
  * function, so that engine.o is never pulled from libagent.a). The server
  * runs on a real loop and a real socket; the test is its client. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -48,6 +49,13 @@ struct engine {
 	bool stall; /* a requested run does not start until the test starts e->timer */
 	const char *const *chunks; /* phase 2 emits these output chunks, NULL-terminated */
 	json_t *stack; /* engine_stack_json() returns this when set */
+	/* fleet and stack-push: answered from a timer of their own */
+	bool stall_calls; /* a call is not answered until cancelled */
+	bool not_etcd;    /* stack-push: -ENOTSUP */
+	int calls, answered, cancelled;
+	size_t pushed_len;  /* the last document pushed */
+	char pushed_head[16];
+	int64_t pushed_base;
 };
 
 static void fake_emit(struct engine *e, json_t *ev)
@@ -281,6 +289,100 @@ int engine_rollback(struct engine *e, const char *app, json_t **ret, char **ret_
 	return -ENOENT;
 }
 
+struct engine_call {
+	uv_timer_t timer;
+	struct engine *e;
+	engine_reply_cb cb;
+	void *userdata;
+	json_t *result;
+	char *error;
+};
+
+static void on_call_closed(uv_handle_t *h)
+{
+	struct engine_call *call = h->data;
+
+	json_decref(call->result);
+	free(call->error);
+	free(call);
+}
+
+static void on_call_timer(uv_timer_t *t)
+{
+	struct engine_call *call = t->data;
+	json_t *result = call->result;
+
+	call->result = NULL;
+	call->e->answered++;
+	call->cb(call->userdata, result, call->error);
+	uv_close((uv_handle_t *)&call->timer, on_call_closed);
+}
+
+/* Like the real engine: the answer comes later, from the loop. */
+static struct engine_call *fake_call(struct engine *e, json_t *result, const char *error, engine_reply_cb cb,
+				     void *userdata)
+{
+	struct engine_call *call = xcalloc(1, sizeof(*call));
+
+	uv_timer_init(e->loop, &call->timer);
+	call->timer.data = call;
+	call->e = e;
+	call->cb = cb;
+	call->userdata = userdata;
+	call->result = result;
+	call->error = error ? xstrdup(error) : NULL;
+	e->calls++;
+	if (!e->stall_calls)
+		uv_timer_start(&call->timer, on_call_timer, 1, 0);
+	return call;
+}
+
+int engine_fleet(struct engine *e, engine_reply_cb cb, void *userdata, struct engine_call **ret, char **ret_error)
+{
+	*ret = fake_call(e,
+			 json_pack("{s:[{s:s, s:[s,s], s:s, s:s, s:s, s:{s:i, s:s, s:s}, s:i, s:s}], s:s}", "instances",
+				   "hostname", "app1", "layers", "web", "db", "address", "10.0.0.1", "state", "idle",
+				   "applied_revision", "0123456789abcdef", "last_run", "id", 3, "event", "configure",
+				   "status", "success", "lease_ttl", 7, "api_token", "t0ken", "source", "etcd"),
+			 NULL, cb, userdata);
+	return 0;
+}
+
+/* A document that is not JSON is invalid at once; base 7 is stale. */
+int engine_stack_push(struct engine *e, const char *doc, size_t len, int64_t base, engine_reply_cb cb,
+		      void *userdata, struct engine_call **ret, char **ret_error)
+{
+	json_t *parsed;
+
+	if (e->not_etcd) {
+		*ret_error = xstrdup("stack push needs an etcd source");
+		return -ENOTSUP;
+	}
+	e->pushed_len = len;
+	e->pushed_base = base;
+	snprintf(e->pushed_head, sizeof(e->pushed_head), "%.*s", (int)(len < 15 ? len : 15), doc);
+	parsed = json_loadb(doc, len, 0, NULL);
+	if (!parsed) {
+		*ret_error = xstrdup("stack rejected at $: not JSON");
+		return -EINVAL;
+	}
+	json_decref(parsed);
+	if (base == 7)
+		*ret = fake_call(e, NULL, "stale base: PREFIX/stack is at revision 41, not 7", cb, userdata);
+	else
+		*ret = fake_call(e, json_pack("{s:s, s:i, s:I}", "key", "/p/stack", "revision", 42, "base",
+					      (json_int_t)(base ? base : 41)),
+				 NULL, cb, userdata);
+	return 0;
+}
+
+void engine_call_cancel(struct engine_call *call)
+{
+	call->e->cancelled++;
+	uv_timer_stop(&call->timer);
+	uv_close((uv_handle_t *)&call->timer, on_call_closed);
+}
+
 void engine_watch_add(struct engine *e, struct engine_watch *w)
 {
 	w->next = e->watches;
@@ -460,10 +562,11 @@ static void test_method_privilege(void **state)
 {
 	static const enum proto_method open[] = { PROTO_METHOD_VERSION, PROTO_METHOD_STATUS, PROTO_METHOD_STACK,
 						  PROTO_METHOD_RUNS,	PROTO_METHOD_RUN_INFO, PROTO_METHOD_LOG,
-						  PROTO_METHOD_PLAN };
+						  PROTO_METHOD_PLAN, PROTO_METHOD_FLEET };
 	static const enum proto_method priv[] = { PROTO_METHOD_RUN,    PROTO_METHOD_RELOAD,
 						  PROTO_METHOD_PAUSE,  PROTO_METHOD_RESUME,
-						  PROTO_METHOD_CLEAR_FAILED, PROTO_METHOD_ROLLBACK };
+						  PROTO_METHOD_CLEAR_FAILED, PROTO_METHOD_ROLLBACK,
+						  PROTO_METHOD_STACK_PUSH };
 
 	assert_int_equal(ELEMENTSOF(open) + ELEMENTSOF(priv), _PROTO_METHOD_MAX);
 	for (size_t i = 0; i < ELEMENTSOF(open); i++)
@@ -1380,6 +1483,245 @@ static void test_many_readers_of_a_large_stack(void **state)
 	free(first);
 }
 
+/* ---- fleet and stack-push ---- */
+
+/* Sends line with pass attached to its bytes (SCM_RIGHTS), as agentctl does. */
+static void client_send_fd(int fd, const char *line, int pass)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u = { 0 };
+	struct iovec iov = { .iov_base = (void *)line, .iov_len = strlen(line) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &pass, sizeof(int));
+	assert_int_equal(sendmsg(fd, &msg, MSG_NOSIGNAL), (ssize_t)strlen(line));
+}
+
+/* How many of our descriptors are the pipe whose inode is ino. */
+static int count_pipe_fds(ino_t ino)
+{
+	char want[64], link[64], path[300];
+	struct dirent *de;
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	assert_non_null(d);
+	snprintf(want, sizeof(want), "pipe:[%lu]", (unsigned long)ino);
+	while ((de = readdir(d))) {
+		ssize_t l;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", de->d_name);
+		l = readlink(path, link, sizeof(link) - 1);
+		if (l < 0)
+			continue;
+		link[l] = '\0';
+		n += strcmp(link, want) == 0;
+	}
+	closedir(d);
+	return n;
+}
+
+/* fleet answers later, in order with what follows on the connection. */
+static void test_fleet(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r, *inst;
+
+	client_send(fd, "{\"method\":\"fleet\"}\n{\"method\":\"version\"}\n");
+	r = pump_line(f, fd);
+	inst = json_array_get(json_object_get(ok_result(r), "instances"), 0);
+	assert_string_equal(json_string_value(json_object_get(inst, "hostname")), "app1");
+	assert_int_equal(json_integer_value(json_object_get(inst, "lease_ttl")), 7);
+	assert_string_equal(json_string_value(json_object_get(inst, "api_token")), "t0ken"); /* privileged */
+	json_decref(r);
+	r = pump_line(f, fd);
+	assert_non_null(json_object_get(ok_result(r), "version"));
+	json_decref(r);
+	r = call(f, fd, "{\"method\":\"fleet\",\"params\":{\"x\":1}}\n");
+	assert_string_equal(err_code(r), "invalid-params");
+	json_decref(r);
+	close(fd);
+	assert_int_equal(f->engine->answered, 1);
+}
+
+static void test_stack_push_inline(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f);
+	json_t *r;
+
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"{\\\"a\\\":1}\"}}\n");
+	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "revision")), 42);
+	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "base")), 41);
+	assert_int_equal(f->engine->pushed_len, 7);
+	assert_int_equal(f->engine->pushed_base, 0);
+	json_decref(r);
+	/* Stale: the engine's message names both revisions. */
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"{}\",\"base\":7}}\n");
+	assert_string_equal(err_code(r), "failed");
+	assert_non_null(strstr(json_string_value(json_object_get(json_object_get(r, "error"), "message")), "41"));
+	json_decref(r);
+	/* Invalid: refused at once, with its path. */
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"nope\"}}\n");
+	assert_string_equal(err_code(r), "invalid-params");
+	assert_non_null(strstr(json_string_value(json_object_get(json_object_get(r, "error"), "message")), "at $"));
+	json_decref(r);
+	/* Bad parameters. */
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"{}\",\"base\":0}}\n");
+	assert_string_equal(err_code(r), "invalid-params");
+	json_decref(r);
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{}}\n");
+	assert_string_equal(err_code(r), "invalid-params");
+	json_decref(r);
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"fd\":true}}\n");
+	assert_string_equal(err_code(r), "invalid-params");
+	assert_non_null(strstr(json_string_value(json_object_get(json_object_get(r, "error"), "message")), "SCM_RIGHTS"));
+	json_decref(r);
+	f->engine->not_etcd = true;
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"{}\"}}\n");
+	assert_string_equal(err_code(r), "failed");
+	json_decref(r);
+	close(fd);
+}
+
+/* A document larger than a request comes as a descriptor: read whole on
+ * the thread pool; a pipe is refused, and so is a file over 16 MiB. */
+static void test_stack_push_fd(void **state)
+{
+	struct fx *f = *state;
+	char path[] = "/tmp/test-control-push-XXXXXX";
+	int fd = client_connect(f), file = mkstemp(path), p[2];
+	size_t size = 3 * PROTO_MAX_REQUEST;
+	char *doc = xmalloc(size);
+	json_t *r;
+
+	assert_true(file >= 0);
+	memset(doc, ' ', size);
+	memcpy(doc, "{\"blob\":1}", 10);
+	assert_int_equal(write(file, doc, size), (ssize_t)size);
+	client_send_fd(fd, "{\"method\":\"stack-push\",\"params\":{\"fd\":true,\"base\":12}}\n", file);
+	r = pump_line(f, fd);
+	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "revision")), 42);
+	assert_int_equal(f->engine->pushed_len, size);
+	assert_int_equal(f->engine->pushed_base, 12);
+	assert_string_equal(f->engine->pushed_head, "{\"blob\":1}     ");
+	json_decref(r);
+
+	assert_int_equal(ftruncate(file, PROTO_MAX_PUSH_FILE + 1), 0);
+	client_send_fd(fd, "{\"method\":\"stack-push\",\"params\":{\"fd\":true}}\n", file);
+	r = pump_line(f, fd);
+	assert_string_equal(err_code(r), "invalid-params");
+	assert_non_null(strstr(json_string_value(json_object_get(json_object_get(r, "error"), "message")), "16 MiB"));
+	json_decref(r);
+
+	assert_int_equal(pipe(p), 0);
+	client_send_fd(fd, "{\"method\":\"stack-push\",\"params\":{\"fd\":true}}\n", p[0]);
+	r = pump_line(f, fd);
+	assert_string_equal(err_code(r), "invalid-params");
+	assert_non_null(strstr(json_string_value(json_object_get(json_object_get(r, "error"), "message")), "regular"));
+	json_decref(r);
+	close(p[0]);
+	close(p[1]);
+	close(file);
+	unlink(path);
+	free(doc);
+	close(fd);
+}
+
+/* The client leaves before the engine answers: the call is cancelled. */
+static void test_deferred_cancelled(void **state)
+{
+	struct fx *f = *state;
+	int fd = client_connect(f), fd2;
+	json_t *r;
+
+	f->engine->stall_calls = true;
+	client_send(fd, "{\"method\":\"fleet\"}\n");
+	while (f->engine->calls == 0)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	close(fd);
+	while (f->engine->cancelled == 0)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	assert_int_equal(f->engine->answered, 0);
+	/* The server goes on. */
+	fd2 = client_connect(f);
+	r = call(f, fd2, "{\"method\":\"version\"}\n");
+	ok_result(r);
+	json_decref(r);
+	close(fd2);
+}
+
+/* nobody: fleet redacted, stack-push denied, and the descriptor it passed
+ * is not kept. */
+static int unprivileged_fleet_child(const char *sock, const int *p)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char buf[8192];
+	size_t len = 0;
+	int fd;
+
+	if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+		return 10;
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return 11;
+	for (int i = 0; i < 8; i++)
+		client_send_fd(fd, "{\"method\":\"stack-push\",\"params\":{\"fd\":true}}\n", p[0]);
+	client_send(fd, "{\"method\":\"fleet\"}\n");
+	shutdown(fd, SHUT_WR);
+	for (;;) {
+		ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	if (!strstr(buf, "{\"ok\":false,\"error\":{\"code\":\"permission-denied\""))
+		return 13;
+	if (strstr(buf, "t0ken") || !strstr(buf, "\"api_token\":\"***\"") || !strstr(buf, "\"lease_ttl\":7"))
+		return 14;
+	return 0;
+}
+
+static void test_unprivileged_fleet_and_push(void **state)
+{
+	struct fx *f = *state;
+	int status = 0, p[2];
+	struct stat st;
+	pid_t pid;
+
+	if (geteuid() != 0)
+		skip();
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(fstat(p[0], &st), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(unprivileged_fleet_child(f->sock, p));
+	close(p[0]);
+	close(p[1]);
+	for (;;) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+		if (w == pid)
+			break;
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		usleep(1000);
+	}
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(f->engine->calls, 1); /* fleet only */
+	/* Every descriptor it passed was closed as it came. */
+	assert_int_equal(count_pipe_fds(st.st_ino), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1404,6 +1746,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unprivileged_follower_gets_whole_lines, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_half_closed_follower_is_closed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_readers_of_a_large_stack, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fleet, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stack_push_inline, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stack_push_fd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deferred_cancelled, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unprivileged_fleet_and_push, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

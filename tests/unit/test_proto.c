@@ -164,7 +164,8 @@ static void test_reader_nul(void **state)
 static void test_methods(void **state)
 {
 	static const char *const names[] = { "version", "status", "stack", "runs", "run-info", "log", "plan",
-					     "run", "reload", "pause", "resume", "clear-failed", "rollback" };
+					     "run", "reload", "pause", "resume", "clear-failed", "rollback",
+					     "fleet", "stack-push" };
 
 	assert_int_equal(ELEMENTSOF(names), _PROTO_METHOD_MAX);
 	for (size_t i = 0; i < ELEMENTSOF(names); i++) {
