@@ -111,9 +111,10 @@ int engine_fleet(struct engine *e, engine_reply_cb cb, void *userdata, struct en
 /* `stack-push`: validates doc exactly as a delivered document is (the same
  * code and JSON-path errors: -EINVAL with the message, nothing written),
  * then puts PREFIX/stack with a compare on its mod revision being base (0:
- * the revision this agent read last). Result {"revision": N (the new mod
+ * the revision this agent read last). Result {"key": PREFIX/stack, "revision": N (the new mod
  * revision), "base": B}. A stale base fails through cb with a message that
- * names both revisions. -ENOTSUP: the source is not etcd. */
+ * names both revisions. -ENOTSUP: the source is not etcd. doc need only
+ * stay valid during the call (it is copied). */
 int engine_stack_push(struct engine *e, const char *doc, size_t len, int64_t base, engine_reply_cb cb,
 		      void *userdata, struct engine_call **ret, char **ret_error);
 void engine_call_cancel(struct engine_call *call);

@@ -324,7 +324,8 @@ static void cb_push(void *userdata, const struct etcd_result *r)
 	else if (r->succeeded) {
 		log_info("Stack pushed to %s: revision %lld (based on %lld)", call->stack_key, (long long)r->revision,
 			 (long long)call->base);
-		call->result = json_pack("{s:I, s:I}", "revision", (json_int_t)r->revision, "base", (json_int_t)call->base);
+		call->result = json_pack("{s:s, s:I, s:I}", "key", call->stack_key, "revision", (json_int_t)r->revision,
+					 "base", (json_int_t)call->base);
 	} else
 		call->error = xasprintf("stale base: %s is at revision %lld, this push was based on revision %lld",
 					call->stack_key, (long long)(r->n_kvs ? r->kvs[0].mod_revision : 0),
