@@ -155,3 +155,6 @@ extern const struct recipe recipes_custom[];
 extern const struct recipe recipes_pending[];
 /* Validates agent.recipes.<name> (called by recipes_validate() for each entry). */
 int recipe_custom_validate(const json_t *def, const char *name, struct stack_error *err);
+/* Validates agent.rolling (design.md §9): {"<app>": {"max_parallel": 1..1000,
+ * "health": {"path": "/...", "command": [argv], "timeout": 1..86400}}}. */
+int recipe_rolling_validate(const json_t *rolling, struct stack_error *err);
