@@ -335,14 +335,3 @@ void engine_gates_free(struct engine *e)
 	while (e->gates)
 		gate_free(e->gates);
 }
-
-json_t *engine_gates_json(struct engine *e)
-{
-	json_t *o = json_array();
-
-	for (struct engine_gate *g = e->gates; g; g = g->next)
-		json_array_append_new(o, json_pack("{s:s, s:s, s:b, s:I}", "kind",
-						   g->kind == PLAN_GATE_MUTEX ? "lock" : "semaphore", "name", g->name,
-						   "held", g->held, "run", (json_int_t)g->run_id));
-	return o;
-}

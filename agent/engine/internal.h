@@ -290,8 +290,6 @@ void engine_gate_run_done(struct engine *e, const struct run *rec, bool ran_job)
 void engine_gates_clear_kept(struct engine *e);
 /* Gives back every gate, before the etcd client goes (a stop). */
 void engine_gates_free(struct engine *e);
-/* [{"kind", "name", "held", "run"}...] for status. */
-json_t *engine_gates_json(struct engine *e);
 
 /* ---- intake.c: stack documents from the source */
 
