@@ -93,6 +93,7 @@ void engine_notify_status(struct engine *e)
 		(void)sd_notify(0, "STATUS=failed (see agentctl status)");
 	else
 		(void)sd_notify(0, "STATUS=idle");
+	engine_fleet_publish(e);
 }
 
 /* Queues a request (queue.c joins it to a queued run that covers it);
@@ -420,6 +421,7 @@ int engine_start(struct engine *e)
 	r = source_start(e->source);
 	if (r < 0)
 		return log_error_errno(r, "Failed to start the stack source %s: %m", e->source_url);
+	engine_fleet_publish(e);
 	/* Queued work from before a restart goes on with the stack we saved. */
 	engine_kick(e);
 	return 0;

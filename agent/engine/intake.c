@@ -100,6 +100,7 @@ void engine_apply_current(struct engine *e)
 	e->first_start = false;
 	state_gc_stacks(e);
 	engine_persist(e);
+	engine_fleet_publish(e);
 	engine_kick(e);
 }
 

@@ -308,6 +308,12 @@ char *engine_unassigned_reason(const struct engine *e);
 /* Says in the journal, once per change, why the instance is in no layer. */
 void engine_check_identity(struct engine *e);
 
+/* ---- fleet.c: the fleet (design.md §9) */
+
+/* This agent's state, applied revision and last run into its registration
+ * (etcd sources; a no-op for others). Called where they may change. */
+void engine_fleet_publish(struct engine *e);
+
 /* ---- runlog.c: run logs in log_dir/runs (runlog.h has the reader) */
 
 /* Opens a run's log for writing: never through a symlink, never blocking

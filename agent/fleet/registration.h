@@ -8,7 +8,9 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <uv.h>
 
 struct etcd;
 struct registration;
@@ -24,9 +26,11 @@ struct registration_callbacks {
 };
 
 /* hostname: this instance's name (the key's last part, name_is_valid).
- * ttl: seconds. Starts at once: grant, then put when a value was set. */
-int registration_new(struct etcd *c, const char *hostname, long ttl, const struct registration_callbacks *cbs,
-		     void *userdata, struct registration **ret);
+ * ttl: seconds (>= 1). loop: c's, for the keepalive and retry timer.
+ * Starts at once: grant, then put when a value was set. Returns 0, or
+ * -EINVAL for a hostname that is not a name. */
+int registration_new(uv_loop_t *loop, struct etcd *c, const char *hostname, long ttl,
+		     const struct registration_callbacks *cbs, void *userdata, struct registration **ret);
 /* Sets the key's value (a JSON object, stolen): put now when it differs
  * from what was put last and a lease is live, else once one is. */
 void registration_set(struct registration *r, json_t *value);

@@ -25,6 +25,8 @@ int source_new(uv_loop_t *loop, const struct config *config, struct http *http, 
 		{ "http://", &source_http_ops },
 		{ "https://", &source_http_ops },
 		{ "imds:", &source_imds_ops },
+		{ "etcd://", &source_etcd_ops },
+		{ "etcd+https://", &source_etcd_ops },
 	};
 	const struct source_ops *ops = NULL;
 	struct source *s;
@@ -34,7 +36,8 @@ int source_new(uv_loop_t *loop, const struct config *config, struct http *http, 
 			ops = schemes[i].ops;
 	if (!ops) {
 		_cleanup_free_ char *shown = source_url_redact(config->source);
-		*ret_error = xasprintf("source \"%s\": unsupported scheme (file://, http://, https://, imds:)", shown);
+		*ret_error = xasprintf("source \"%s\": unsupported scheme (file://, http://, https://, imds:, etcd://, "
+				       "etcd+https://)", shown);
 		return -EINVAL;
 	}
 	if (ops == &source_file_ops && !path_is_safe_absolute(config->source + strlen("file://"))) {
@@ -152,3 +155,12 @@ void source_status(struct source *s, json_t *o)
 	if (s->ops->status)
 		s->ops->status(s, o);
 }
+
+void source_set_agent(struct source *s, const json_t *agent)
+{
+	if (s && s->ops->set_agent)
+		s->ops->set_agent(s, agent);
+}
+
+/* The other etcd accessors of source.h are in etcd.c, beside the state
+ * they read. */

@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The effective stack of an etcd source (design.md §9): PREFIX/stack with
+ * the layers' members completed from the registrations. Only the path to
+ * each layer's "instances" is copied (root, opsworks, layers, each layer,
+ * its instances): the rest of the document is shared with the input by
+ * reference, so that a membership change on a large stack costs little. */
+#include "effective.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* The member fields a registration may set (design.md §2), addresses
+ * first: they become hosts in configs and arguments of tools, so they are
+ * plain host names or IP addresses, as stack.c requires of static members.
+ * Checked here too, so that one bad registration is left out instead of
+ * making every agent's stack invalid. */
+static const char *const member_strings[] = {
+	"private_ip", "private_dns_name", "public_dns_name", "ip",
+	"status", "aws_instance_id", "availability_zone", "instance_type", NULL,
+};
+#define MEMBER_ADDRESSES 4
+
+static bool address_is_plain(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 253 || s[0] == '-')
+		return false;
+	for (const char *c = s; *c; c++)
+		if (!isalnum((unsigned char)*c) && *c != '.' && *c != ':' && *c != '-')
+			return false;
+	return true;
+}
+
+static bool text_is_clean(const char *s)
+{
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+		if (*c < 0x20 || *c == 0x7f)
+			return false;
+	return strlen(s) <= 1024;
+}
+
+/* The member entry of registration reg (a new object), or NULL with the
+ * offending key and what it must be (static texts) when a field is not
+ * what design.md §2 allows. */
+static json_t *member_of(const json_t *reg, const char **ret_key, const char **ret_want)
+{
+	json_t *m = json_object(), *v;
+
+	for (size_t i = 0; member_strings[i]; i++) {
+		v = json_object_get(reg, member_strings[i]);
+		if (!v || json_is_null(v))
+			continue;
+		if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
+		    !text_is_clean(json_string_value(v)) ||
+		    (i < MEMBER_ADDRESSES && *json_string_value(v) && !address_is_plain(json_string_value(v)))) {
+			*ret_key = member_strings[i];
+			*ret_want = i < MEMBER_ADDRESSES ? "a host name or an IP address"
+							 : "a string without control characters";
+			json_decref(m);
+			return NULL;
+		}
+		json_object_set(m, member_strings[i], v);
+	}
+	v = json_object_get(reg, "backends");
+	if (v && !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 0) {
+			*ret_key = "backends";
+			*ret_want = "an integer of at least 0";
+			json_decref(m);
+			return NULL;
+		}
+		json_object_set(m, "backends", v);
+	}
+	return m;
+}
+
+/* "layers": an array of names; else NULL. */
+static const json_t *layers_of(const json_t *reg)
+{
+	const json_t *a = json_object_get(reg, "layers"), *v;
+	size_t i;
+
+	if (!json_is_array(a))
+		return NULL;
+	json_array_foreach(a, i, v)
+		if (!json_is_string(v) || !name_is_valid(json_string_value(v)))
+			return NULL;
+	return a;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static void warn(struct buf *w, const char *fmt, ...) _printf_(2, 3);
+static void warn(struct buf *w, const char *fmt, ...)
+{
+	va_list ap;
+	_cleanup_free_ char *s = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	if (!s)
+		return;
+	if (w->len)
+		buf_puts(w, "; ");
+	buf_puts(w, s);
+}
+
+/* A shallow copy of o[key] put back into o (o itself a copy), when it is an
+ * object; NULL otherwise. */
+static json_t *own_object(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key), *c;
+
+	if (!json_is_object(v))
+		return NULL;
+	c = json_copy(v);
+	json_object_set_new(o, key, c);
+	return c;
+}
+
+/* out's opsworks.layers with every layer and its instances owned by out
+ * (shallow copies), so that members can be added and removed; NULL when the
+ * stack has no layers object. */
+static json_t *own_layers(json_t *out)
+{
+	json_t *opsworks = own_object(out, "opsworks"), *layers, *l;
+	const char *name;
+
+	if (!opsworks || !(layers = own_object(opsworks, "layers")))
+		return NULL;
+	json_object_foreach(layers, name, l) {
+		json_t *lc;
+		if (!json_is_object(l))
+			continue;
+		lc = json_copy(l);
+		/* An "instances" that is not an object stays: stack_parse names it. */
+		if (json_is_object(json_object_get(lc, "instances")))
+			json_object_set_new(lc, "instances", json_copy(json_object_get(lc, "instances")));
+		json_object_set_new(layers, name, lc);
+	}
+	return layers;
+}
+
+/* Puts one registration into layers: the host leaves the layers its static
+ * entry named (the registration wins), then joins the layers it names. */
+static void add_registration(json_t *layers, const char *host, const json_t *reg, struct buf *w)
+{
+	const json_t *names = layers_of(reg), *n;
+	const char *key = NULL, *want = NULL, *lname;
+	json_t *member, *l;
+	size_t i;
+
+	if (!name_is_valid(host)) {
+		warn(w, "registration \"%.64s\" left out: its hostname is not a name of [A-Za-z0-9_.-]", host);
+		return;
+	}
+	if (!json_is_object(reg)) {
+		warn(w, "registration \"%s\" left out: not a JSON object", host);
+		return;
+	}
+	if (!names) {
+		warn(w, "registration \"%s\" left out: \"layers\" must be an array of layer names", host);
+		return;
+	}
+	if (!(member = member_of(reg, &key, &want))) {
+		warn(w, "registration \"%s\" left out: \"%s\" must be %s", host, key, want);
+		return;
+	}
+	if (layers)
+		json_object_foreach(layers, lname, l) {
+			json_t *inst = json_object_get(l, "instances");
+			if (json_is_object(inst))
+				(void)json_object_del(inst, host);
+		}
+	json_array_foreach(names, i, n) {
+		const char *name = json_string_value(n);
+		json_t *inst;
+		l = layers ? json_object_get(layers, name) : NULL;
+		if (!json_is_object(l)) {
+			warn(w, "registration \"%s\": the stack has no layer \"%s\"", host, name);
+			continue;
+		}
+		inst = json_object_get(l, "instances");
+		if (!inst || json_is_null(inst)) {
+			inst = json_object();
+			json_object_set_new(l, "instances", inst);
+		}
+		if (json_is_object(inst))
+			json_object_set(inst, host, member);
+	}
+	json_decref(member);
+}
+
+json_t *stack_effective(const json_t *stack, const json_t *registrations, char **ret_warnings)
+{
+	struct buf w;
+	json_t *out, *layers;
+	const char **hosts;
+	const char *host;
+	json_t *reg;
+	size_t n = 0;
+
+	if (ret_warnings)
+		*ret_warnings = NULL;
+	if (!json_is_object(stack))
+		return NULL;
+	out = json_copy((json_t *)stack);
+	if (!json_is_object(registrations) || json_object_size(registrations) == 0)
+		return out;
+	buf_init(&w);
+	layers = own_layers(out);
+	/* In hostname order: the same registrations give the same warnings. */
+	hosts = xcalloc(json_object_size(registrations) + 1, sizeof(*hosts));
+	json_object_foreach((json_t *)registrations, host, reg)
+		hosts[n++] = host;
+	qsort(hosts, n, sizeof(*hosts), cmp_str);
+	for (size_t i = 0; i < n; i++)
+		add_registration(layers, hosts[i], json_object_get(registrations, hosts[i]), &w);
+	free(hosts);
+	if (ret_warnings && w.len)
+		*ret_warnings = buf_steal(&w);
+	buf_free(&w);
+	return out;
+}
