@@ -54,6 +54,11 @@ const char *etcd_endpoint(const struct etcd *c);
  * (n >= 1): about 100 ms, 200 ms, ... capped at 5 s, each ±50%, so that a
  * fleet that lost etcd does not come back in lockstep (etcd #9246). */
 uint64_t etcd_backoff_ms(unsigned n);
+/* Deadlines of the HTTP requests, in ms (0: keep): a unary call's whole
+ * request on one endpoint (default 5000) and every connect, watches
+ * included (default 2000). A call that times out moves on to the next
+ * endpoint like any transport failure. (An addition to the first header.) */
+void etcd_set_timeouts(struct etcd *c, long call_timeout_ms, long connect_timeout_ms);
 
 struct etcd_kv {
 	char *key;              /* NUL-terminated (a key is never empty) */
@@ -191,3 +196,76 @@ void etcd_stream_reader_free(struct etcd_stream_reader *rd);
  * value does not start with '{'. After an error the reader is unusable. */
 int etcd_stream_reader_feed(struct etcd_stream_reader *rd, const char *data, size_t len,
 			    int (*on_message)(void *userdata, const char *msg, size_t msg_len), void *userdata);
+
+/* ---- The gateway's encodings, exposed for the unit tests and the fuzz
+ * target (additions to the first header). ---- */
+
+/* Standard base64 (RFC 4648 §4, with "=" padding), the encoding of the
+ * gateway's bytes fields (Go's encoding/json for []byte). No linked library
+ * exports one. Encode returns a malloc'd NUL-terminated string. Decode is
+ * strict: length a multiple of 4, only the alphabet, padding only at the
+ * end, unused bits zero; returns 0 with a malloc'd copy NUL-terminated
+ * after *ret_len bytes, or -EPROTO. */
+char *etcd_base64_encode(const void *data, size_t len);
+int etcd_base64_decode(const char *s, size_t len, char **ret, size_t *ret_len);
+
+/* The JSON body of each request, malloc'd (arguments already checked by the
+ * calls above): keys and values base64, int64 as strings, a prefix as
+ * range_end; a watch's create_request with prev_kv and progress_notify. A
+ * grant has TTL (seconds) and ID 0; keepalive, revoke and timetolive only
+ * the ID (ttl 0). */
+char *etcd_json_range(const char *key, const struct etcd_range_options *o);
+char *etcd_json_put(const char *key, const char *value, size_t value_len, int64_t lease);
+char *etcd_json_delete(const char *key, bool prefix);
+char *etcd_json_txn(const struct etcd_compare *cmp, size_t n_cmp, const struct etcd_op *success, size_t n_success,
+		    const struct etcd_op *failure, size_t n_failure);
+char *etcd_json_lease(int64_t lease, long ttl);
+char *etcd_json_watch(const char *key, bool prefix, int64_t start_revision);
+
+/* The reply of each unary call (the body of a 2xx answer). */
+enum etcd_reply_kind {
+	ETCD_REPLY_RANGE,
+	ETCD_REPLY_PUT,
+	ETCD_REPLY_DELETE,
+	ETCD_REPLY_TXN,
+	ETCD_REPLY_LEASE_GRANT,
+	ETCD_REPLY_LEASE_KEEPALIVE, /* {"result":{...}} or {"error":{...}} (a stream of one message) */
+	ETCD_REPLY_LEASE_REVOKE,
+	ETCD_REPLY_LEASE_TTL,
+};
+/* Fills r (error 0) from body[0..len): revision, kvs (malloc'd), count,
+ * succeeded, lease, ttl, deleted. Returns 0, or -EPROTO (not the
+ * gateway's JSON: bad base64, an int64 that does not parse, a missing
+ * header, more than ETCD_ITEMS_MAX kvs), -EFBIG (a key or value over
+ * ETCD_VALUE_MAX), -ENOENT (keepalive without TTL, time-to-live -1: the
+ * lease is gone) with a malloc'd cause (a JSON path) in *ret_error and r
+ * cleared. */
+#define ETCD_ITEMS_MAX 100000
+int etcd_reply_parse(enum etcd_reply_kind kind, const char *body, size_t len, struct etcd_result *r,
+		     char **ret_error);
+/* Frees what etcd_reply_parse allocated in r and zeroes it. */
+void etcd_result_clear(struct etcd_result *r);
+/* The HTTP error body of the gateway ({"error":"...","code":N,"message":
+ * "..."}, or a stream's {"error":{"grpc_code":N,"message":"..."}}):
+ * the malloc'd message (NULL when body is not such) and the gRPC code (-1
+ * when none). */
+char *etcd_error_body(const char *body, size_t len, int *ret_code);
+
+/* One message of a watch stream. */
+enum etcd_watch_message_kind {
+	ETCD_WATCH_CREATED,    /* created:true; revision */
+	ETCD_WATCH_EVENTS,     /* events (maybe none: a progress notification); revision */
+	ETCD_WATCH_COMPACTED,  /* compact_revision != 0 (canceled or not, etcd #8231) */
+	ETCD_WATCH_FAILED,     /* {"error":...}, or canceled without compaction: error says why */
+};
+struct etcd_watch_message {
+	enum etcd_watch_message_kind kind;
+	int64_t revision;          /* header.revision */
+	int64_t compact_revision;
+	struct etcd_event *events; /* malloc'd */
+	size_t n_events;
+	char *error;               /* malloc'd, FAILED or a parse error */
+};
+/* Returns 0, or -EPROTO / -EFBIG with m->error saying why (a JSON path). */
+int etcd_watch_message_parse(const char *msg, size_t len, struct etcd_watch_message *m);
+void etcd_watch_message_clear(struct etcd_watch_message *m);

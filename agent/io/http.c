@@ -683,6 +683,16 @@ static int request_setup(struct http_request *r, const struct http_options *o)
 	if (r->headers)
 		SETOPT(e, CURLOPT_HTTPHEADER, r->headers);
 
+	if (o->ca_file)
+		SETOPT(e, CURLOPT_CAINFO, o->ca_file);
+	if (o->client_cert) {
+		SETOPT(e, CURLOPT_SSLCERT, o->client_cert);
+		SETOPT(e, CURLOPT_SSLCERTTYPE, "PEM");
+	}
+	if (o->client_key) {
+		SETOPT(e, CURLOPT_SSLKEY, o->client_key);
+		SETOPT(e, CURLOPT_SSLKEYTYPE, "PEM");
+	}
 	if (o->unix_socket)
 		SETOPT(e, CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
 	if (o->no_proxy || o->unix_socket)

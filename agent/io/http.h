@@ -55,6 +55,10 @@ struct http_options {
 	                                * files and on_body get the decoded bytes, and max_body caps those (a
 	                                * gzip bomb fails as "larger than", naming the encoding). Off, the bytes
 	                                * are kept as sent: an archive's checksum is over what the server has */
+	/* TLS (https:// only; etcd+https:// with a client certificate). The peer is always verified. */
+	const char *ca_file;           /* PEM CA bundle the peer is verified against instead of the system's, may be NULL */
+	const char *client_cert;       /* PEM client certificate, may be NULL */
+	const char *client_key;        /* PEM private key of client_cert (NULL: in client_cert's file) */
 };
 
 /* Longest ETag or Last-Modified value a response reports or a request sends
