@@ -226,7 +226,7 @@ static void gate_contend(struct engine_gate *g)
 		return;
 	if (lease == 0 || !host)
 		return gate_retry(g, GATE_NO_LEASE_MS); /* not registered (yet, or again) */
-	r = fleet_lock_acquire(c, g->kind == PLAN_GATE_MUTEX ? FLEET_LOCK_MUTEX : FLEET_LOCK_SEMAPHORE, g->name,
+	r = fleet_lock_acquire(g->e->loop, c, g->kind == PLAN_GATE_MUTEX ? FLEET_LOCK_MUTEX : FLEET_LOCK_SEMAPHORE, g->name,
 			       g->slots, lease, host, &cbs, g, &g->lock);
 	if (r < 0) {
 		g->lock = NULL;

@@ -45,6 +45,7 @@ struct lock_watch {
 
 struct fleet_lock {
 	struct etcd *c;          /* borrowed */
+	uv_timer_t *kick;        /* owned until closed: a range from the loop */
 	enum fleet_lock_kind kind;
 	char *dir;               /* "PREFIX/locks/<name>/" */
 	char *key;               /* dir + lease hex */
@@ -100,6 +101,22 @@ static void lock_fail(struct fleet_lock *l, const char *fmt, ...)
 
 static void lock_range(struct fleet_lock *l);
 
+static void on_kick(uv_timer_t *t)
+{
+	struct fleet_lock *l = t->data;
+
+	if (!l->call && !l->failed)
+		lock_range(l);
+}
+
+/* Ranks again from the loop: a watch's callbacks run inside the HTTP
+ * client's, where no new request can start. */
+static void lock_rerank(struct fleet_lock *l)
+{
+	if (!l->failed)
+		(void)uv_timer_start(l->kick, on_kick, 0, 0);
+}
+
 /* ---- watches */
 
 static void on_watch_created(void *userdata, int64_t revision)
@@ -118,7 +135,7 @@ static void on_watch_events(void *userdata, int64_t revision, const struct etcd_
 		 * ours gone). The watches end when the range answers, not
 		 * from inside their own callback. */
 		if (ev[i].type == ETCD_EVENT_DELETE)
-			return lock_range(l);
+			return lock_rerank(l);
 	}
 }
 
@@ -128,8 +145,7 @@ static void on_watch_compacted(void *userdata, int64_t compact_revision)
 	struct lock_watch *lw = userdata;
 
 	lw->w = NULL;
-	if (!lw->l->call && !lw->l->failed)
-		lock_range(lw->l);
+	lock_rerank(lw->l);
 }
 
 static void on_watch_error(void *userdata, const char *message)
@@ -139,8 +155,7 @@ static void on_watch_error(void *userdata, const char *message)
 	lw->w = NULL;
 	/* A stream that ended may have missed a deletion: look again. A
 	 * range that fails then is an error for the caller. */
-	if (!lw->l->call && !lw->l->failed)
-		lock_range(lw->l);
+	lock_rerank(lw->l);
 }
 
 static const struct etcd_watch_callbacks watch_cbs = {
@@ -259,14 +274,19 @@ static void on_txn(void *userdata, const struct etcd_result *r)
 	lock_range(l);
 }
 
-int fleet_lock_acquire(struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots, int64_t lease,
+static void on_kick_closed(uv_handle_t *h)
+{
+	free(h);
+}
+
+int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots, int64_t lease,
 		       const char *holder, const struct fleet_lock_callbacks *cbs, void *userdata,
 		       struct fleet_lock **ret)
 {
 	struct fleet_lock *l;
 	int r;
 
-	if (!c || !name || !name_is_valid(name) || !holder || lease == 0 || (kind == FLEET_LOCK_SEMAPHORE && slots < 1))
+	if (!loop || !c || !name || !name_is_valid(name) || !holder || lease == 0 || (kind == FLEET_LOCK_SEMAPHORE && slots < 1))
 		return -EINVAL;
 	l = xcalloc(1, sizeof(*l));
 	l->c = c;
@@ -278,6 +298,9 @@ int fleet_lock_acquire(struct etcd *c, enum fleet_lock_kind kind, const char *na
 	l->userdata = userdata;
 	l->dir = xasprintf("%s/%s/%s/", etcd_prefix(c), kind == FLEET_LOCK_MUTEX ? "locks" : "semaphores", name);
 	l->key = xasprintf("%s%" PRIx64, l->dir, (uint64_t)lease);
+	l->kick = xcalloc(1, sizeof(*l->kick));
+	(void)uv_timer_init(loop, l->kick);
+	l->kick->data = l;
 
 	struct etcd_compare cmp = { .target = ETCD_CMP_CREATE, .result = ETCD_CMP_EQUAL, .key = l->key, .number = 0 };
 	struct etcd_op put = {
@@ -286,6 +309,7 @@ int fleet_lock_acquire(struct etcd *c, enum fleet_lock_kind kind, const char *na
 	struct etcd_op get = { .type = ETCD_OP_RANGE, .key = l->key };
 	r = etcd_txn(c, &cmp, 1, &put, 1, &get, 1, on_txn, l, &l->call);
 	if (r < 0) {
+		uv_close((uv_handle_t *)l->kick, on_kick_closed);
 		free(l->dir);
 		free(l->key);
 		free(l->holder);
@@ -315,6 +339,8 @@ void fleet_lock_release(struct fleet_lock *l)
 	if (l->call)
 		etcd_call_cancel(l->call);
 	watches_cancel(l);
+	uv_timer_stop(l->kick);
+	uv_close((uv_handle_t *)l->kick, on_kick_closed);
 	/* Our key, whether it holds or waits: the next in line sees it go. */
 	key = xstrdup(l->key);
 	if (etcd_delete(l->c, key, false, on_deleted, key, NULL) < 0)
