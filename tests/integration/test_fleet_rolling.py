@@ -148,7 +148,8 @@ def test_rolling_two_at_a_time_and_a_bad_release_stops_at_two(make_agent, etcd, 
     bad = times(tmpdir_agent, "bad")
     assert sorted({h for h, _, _ in bad}) == sorted(a.conf["instance"] for a in failed), bad
     held = etcd.get_prefix(PREFIX + "/semaphores/deploy-site/")
-    assert sorted(v.decode() for v, _, _ in held.values())[:SLOTS] == sorted(a.conf["instance"] for a in failed)
+    by_rev = [v.decode() for v, _, _ in sorted(held.values(), key=lambda x: x[1])]
+    assert sorted(by_rev[:SLOTS]) == sorted(a.conf["instance"] for a in failed), by_rev
     for a in waiting:
         cur = a.status()["current_run"]
         assert cur["waiting_for"]["semaphore"] == "deploy-site"
