@@ -386,7 +386,10 @@ static void active_execute(struct engine *e, struct active *a)
 	}
 	/* A fleet lock or slot first (design.md §9): the run waits for it. */
 	if (engine_gate_take(e, a) == 0) {
-		_cleanup_free_ char *what = json_dumps(plan_gate_json(&a->plan.gate), JSON_COMPACT);
+		json_t *g = plan_gate_json(&a->plan.gate);
+		_cleanup_free_ char *what = g ? json_dumps(g, JSON_COMPACT) : NULL;
+
+		json_decref(g);
 		active_logf(e, "--- waiting for %s\n", str_or_empty(what));
 		return;
 	}

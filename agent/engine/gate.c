@@ -90,10 +90,8 @@ static void gate_set_waiting(struct engine_gate *g, const json_t *holders)
 
 	if (!a)
 		return;
-	w = json_pack("{s:s, s:O}", g->kind == PLAN_GATE_MUTEX ? "lock" : "semaphore", g->name, "holders",
-		      holders ? (json_t *)holders : json_array());
-	if (holders == NULL)
-		json_object_set_new(w, "holders", json_array());
+	w = json_pack("{s:s, s:o}", g->kind == PLAN_GATE_MUTEX ? "lock" : "semaphore", g->name, "holders",
+		      holders ? json_deep_copy(holders) : json_array());
 	json_decref(a->rec->waiting_for);
 	a->rec->waiting_for = w;
 	engine_notify_status(g->e);

@@ -320,19 +320,17 @@ int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kin
 	return 0;
 }
 
+/* No userdata: a client freed first (a stop) drops the call unanswered. */
 static void on_deleted(void *userdata, const struct etcd_result *r)
 {
-	char *key = userdata;
-
 	if (r->error)
-		log_warn("Could not delete the lock key %s (it goes with its lease): %s", key,
+		log_warn("Could not delete a lock key (it goes with its lease): %s",
 			 r->message ? r->message : strerror(-r->error));
-	free(key);
 }
 
 void fleet_lock_release(struct fleet_lock *l)
 {
-	char *key;
+	int r;
 
 	if (!l)
 		return;
@@ -342,9 +340,9 @@ void fleet_lock_release(struct fleet_lock *l)
 	uv_timer_stop(l->kick);
 	uv_close((uv_handle_t *)l->kick, on_kick_closed);
 	/* Our key, whether it holds or waits: the next in line sees it go. */
-	key = xstrdup(l->key);
-	if (etcd_delete(l->c, key, false, on_deleted, key, NULL) < 0)
-		free(key);
+	r = etcd_delete(l->c, l->key, false, on_deleted, NULL, NULL);
+	if (r < 0)
+		log_warn("Could not delete the lock key %s (it goes with its lease): %s", l->key, strerror(-r));
 	json_decref(l->holders);
 	free(l->dir);
 	free(l->key);

@@ -193,3 +193,15 @@ def test_rolling_without_etcd_takes_no_gate(make_agent, tmpdir_agent):
     assert p.returncode == 1 and '"nope"' in (p.stdout + p.stderr), p.stdout + p.stderr
     p = a.ctl("run", "deploy", "--recipe", "job")
     assert p.returncode == 2, p.stderr
+    # A health check that never passes fails the deploy after its timeout, with its last answer.
+    s["agent"]["rolling"]["site"]["health"] = {"command": ["/bin/sh", "-c", "echo not yet; exit 3"], "timeout": 1}
+    rev = a.status()["source"]["stack_revision"]
+    a.write_stack(s)
+    wait_for(lambda: a.status()["source"]["stack_revision"] != rev, 10, "the new stack")
+    a.wait_idle(20)
+    p = a.ctl("run", "deploy", "--app", "site", "--wait")
+    assert p.returncode == 1, p.stdout + p.stderr
+    run = a.ctl_json("show", a.runs()[0]["id"])
+    health = run["steps"][-1]
+    assert health["kind"] == "health" and health["status"] == "failed", run
+    assert "not healthy within 1 s" in health["error"] and "exited with status 3: not yet" in health["error"], health
