@@ -3,12 +3,11 @@
  * unary calls (one POST each, tried on each endpoint at most once), and the
  * watch stream read through etcd_stream.c and parsed by etcd_json.c.
  *
- * Callbacks into the user run from the loop only: a call's from its HTTP
- * done callback, a watch's from its body callback (created, events), its
- * done callback (compacted, error) or its silence timer. A watch cancelled
- * while its body callback delivers messages cannot cancel its HTTP request
- * there (io/http.h forbids it): it is marked, the body callback stops the
- * transfer, and the done callback frees it without a word. */
+ * Callbacks into the user run from the loop only, never from inside libcurl
+ * (whose callbacks may not start or cancel a transfer, CURLM_RECURSIVE_API_
+ * CALL): a call's from its HTTP done callback; a watch's messages are queued
+ * by the body callback and delivered by a 0 ms timer, its end by the done
+ * callback or the silence timer, after what was queued before it. */
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -59,6 +58,8 @@ struct etcd_call {
 
 enum watch_end { WATCH_GOING, WATCH_COMPACTED, WATCH_FAILED };
 
+struct watch_msg;
+
 struct etcd_watch {
 	struct etcd *c;          /* borrowed, NULL once detached (cancelled, ended) */
 	struct etcd_watch *prev, *next;
@@ -69,13 +70,17 @@ struct etcd_watch {
 	struct http_request *req;
 	uv_timer_t *timer;       /* owned (freed by its close callback), NULL: no silence deadline */
 	uint64_t silence_ms;
+	uv_timer_t *dispatch;    /* owned: 0 ms, delivers the queue from the loop */
 	struct etcd_stream_reader *rd;
+	struct watch_msg *queue; /* owned: complete messages not delivered yet, oldest first */
+	struct watch_msg **queue_tail;
 	struct buf error_body;   /* of a non-200 answer */
 	long status;
-	bool dispatching;        /* inside the body callback's messages */
+	bool busy;               /* delivering: a cancel now only marks it */
 	bool cancelled;
 	bool ending;             /* inside on_compacted / on_error */
 	enum watch_end end;
+	bool end_from_message;
 	int64_t compact_revision;
 	char *end_message;       /* owned */
 };
@@ -182,7 +187,7 @@ int etcd_new(uv_loop_t *loop, struct http *http, const struct config *config, co
 	c->call_timeout_ms = ETCD_CALL_TIMEOUT_MS;
 	c->connect_timeout_ms = ETCD_CONNECT_TIMEOUT_MS;
 	c->prefix = xstrdup(slash);
-	for (const char *p = rest; p < slash;) {
+	for (const char *p = rest;;) {
 		size_t n = strcspn(p, ",/");
 		if (!endpoint_is_valid(p, n)) {
 			_cleanup_free_ char *e = xstrndup(p, n), *es = str_escape_ctl(e);
@@ -193,8 +198,9 @@ int etcd_new(uv_loop_t *loop, struct http *http, const struct config *config, co
 		c->endpoints = xrealloc(c->endpoints, (c->n_endpoints + 1) * sizeof(char *));
 		c->endpoints[c->n_endpoints++] = xasprintf("%s://%.*s", tls ? "https" : "http", (int)n, p);
 		p += n;
-		if (*p == ',')
-			p++;
+		if (*p == '/')
+			break;
+		p++; /* ',' */
 	}
 	if (tls && config &&
 	    (tls_file("etcd_ca", config->etcd_ca, &c->ca, ret_error) < 0 ||
@@ -579,7 +585,14 @@ int etcd_lease_ttl(struct etcd *c, int64_t lease, etcd_cb cb, void *userdata, st
 
 /* ---- watch ---- */
 
-static void on_timer_close(uv_handle_t *h)
+/* A complete message from the stream, waiting for the loop to deliver it. */
+struct watch_msg {
+	struct watch_msg *next;
+	size_t len;
+	char data[];
+};
+
+static void on_handle_free(uv_handle_t *h)
 {
 	free(h);
 }
@@ -603,8 +616,15 @@ static void watch_detach(struct etcd_watch *w)
 static void watch_destroy(struct etcd_watch *w)
 {
 	watch_detach(w);
+	http_request_cancel(w->req);
 	if (w->timer)
-		uv_close((uv_handle_t *)w->timer, on_timer_close);
+		uv_close((uv_handle_t *)w->timer, on_handle_free);
+	uv_close((uv_handle_t *)w->dispatch, on_handle_free);
+	while (w->queue) {
+		struct watch_msg *m = w->queue;
+		w->queue = m->next;
+		free(m);
+	}
 	etcd_stream_reader_free(w->rd);
 	buf_free(&w->error_body);
 	free(w->endpoint_url);
@@ -612,9 +632,70 @@ static void watch_destroy(struct etcd_watch *w)
 	free(w);
 }
 
-/* Ends the watch with on_compacted or on_error; the handle is freed after. */
-static void watch_end(struct etcd_watch *w)
+/* Records why the stream ends (the first reason wins, except that what a
+ * message said beats what the transport said after it). */
+static void watch_set_end(struct etcd_watch *w, enum watch_end end, bool from_message, char *message)
 {
+	if (w->end != WATCH_GOING && !(from_message && !w->end_from_message)) {
+		free(message);
+		return;
+	}
+	free(w->end_message);
+	w->end = end;
+	w->end_from_message = from_message;
+	w->end_message = message;
+}
+
+/* Delivers one queued message; false when it ends the stream. */
+static bool watch_deliver(struct etcd_watch *w, const struct watch_msg *msg)
+{
+	struct etcd_watch_message m;
+	bool going = true;
+
+	if (etcd_watch_message_parse(msg->data, msg->len, &m) < 0) {
+		watch_set_end(w, WATCH_FAILED, true, xasprintf("etcd %s/v3/watch: %s", w->endpoint_url, m.error));
+		going = false;
+	} else if (m.kind == ETCD_WATCH_CREATED) {
+		if (w->cbs.on_created)
+			w->cbs.on_created(w->userdata, m.revision);
+	} else if (m.kind == ETCD_WATCH_EVENTS) {
+		if (w->cbs.on_events)
+			w->cbs.on_events(w->userdata, m.revision, m.events, m.n_events);
+	} else if (m.kind == ETCD_WATCH_COMPACTED) {
+		w->compact_revision = m.compact_revision;
+		watch_set_end(w, WATCH_COMPACTED, true, NULL);
+		going = false;
+	} else {
+		watch_set_end(w, WATCH_FAILED, true, xasprintf("etcd %s/v3/watch: %s", w->endpoint_url, m.error));
+		going = false;
+	}
+	etcd_watch_message_clear(&m);
+	return going;
+}
+
+/* From the loop, never from inside libcurl (whose callbacks must not start
+ * or cancel transfers, which a user's callback may well do): the queued
+ * messages in order, then the end of the stream if it came. */
+static void watch_dispatch(struct etcd_watch *w)
+{
+	w->busy = true;
+	while (w->queue && !w->cancelled) {
+		struct watch_msg *m = w->queue;
+		w->queue = m->next;
+		bool going = watch_deliver(w, m);
+		free(m);
+		if (!going)
+			break;
+	}
+	w->busy = false;
+	if (w->cancelled) {
+		watch_destroy(w);
+		return;
+	}
+	if (w->end == WATCH_GOING)
+		return;
+	http_request_cancel(w->req);
+	w->req = NULL;
 	if (w->end != WATCH_COMPACTED)
 		endpoint_failed(w->c, w->endpoint);
 	watch_detach(w);
@@ -627,25 +708,18 @@ static void watch_end(struct etcd_watch *w)
 	watch_destroy(w);
 }
 
-static void watch_set_end(struct etcd_watch *w, enum watch_end end, char *message)
+static void on_dispatch(uv_timer_t *t)
 {
-	if (w->end != WATCH_GOING) {
-		free(message);
-		return;
-	}
-	w->end = end;
-	w->end_message = message;
+	watch_dispatch(t->data);
 }
 
 static void on_silence(uv_timer_t *t)
 {
 	struct etcd_watch *w = t->data;
 
-	http_request_cancel(w->req);
-	w->req = NULL;
-	watch_set_end(w, WATCH_FAILED,
+	watch_set_end(w, WATCH_FAILED, false,
 		      xasprintf("etcd %s/v3/watch: no message for %" PRIu64 " ms", w->endpoint_url, w->silence_ms));
-	watch_end(w);
+	watch_dispatch(w);
 }
 
 static void watch_alive(struct etcd_watch *w)
@@ -654,46 +728,26 @@ static void watch_alive(struct etcd_watch *w)
 		(void)uv_timer_start(w->timer, on_silence, w->silence_ms, 0);
 }
 
-static int on_watch_message(void *userdata, const char *msg, size_t len)
+static int on_watch_message(void *userdata, const char *data, size_t len)
 {
 	struct etcd_watch *w = userdata;
-	struct etcd_watch_message m;
-	int k = etcd_watch_message_parse(msg, len, &m);
+	struct watch_msg *m = xmalloc(sizeof(*m) + len);
 
-	if (k < 0) {
-		watch_set_end(w, WATCH_FAILED, xasprintf("etcd %s/v3/watch: %s", w->endpoint_url, m.error));
-		etcd_watch_message_clear(&m);
-		return k;
-	}
-	switch (m.kind) {
-	case ETCD_WATCH_CREATED:
-		if (w->cbs.on_created)
-			w->cbs.on_created(w->userdata, m.revision);
-		break;
-	case ETCD_WATCH_EVENTS:
-		if (w->cbs.on_events)
-			w->cbs.on_events(w->userdata, m.revision, m.events, m.n_events);
-		break;
-	case ETCD_WATCH_COMPACTED:
-		w->compact_revision = m.compact_revision;
-		watch_set_end(w, WATCH_COMPACTED, NULL);
-		k = -ECANCELED;
-		break;
-	case ETCD_WATCH_FAILED:
-		watch_set_end(w, WATCH_FAILED, xasprintf("etcd %s/v3/watch: %s", w->endpoint_url, m.error));
-		k = -ECANCELED;
-		break;
-	}
-	etcd_watch_message_clear(&m);
-	return w->cancelled ? -ECANCELED : k;
+	m->next = NULL;
+	m->len = len;
+	memcpy(m->data, data, len);
+	*w->queue_tail = m;
+	w->queue_tail = &m->next;
+	return 0;
 }
 
+/* Inside libcurl's write callback: queue, nothing else. */
 static int on_watch_body(void *userdata, long status, const char *data, size_t len)
 {
 	struct etcd_watch *w = userdata;
 	int k;
 
-	if (w->cancelled || w->end != WATCH_GOING)
+	if (w->end != WATCH_GOING)
 		return -ECANCELED;
 	watch_alive(w);
 	w->status = status;
@@ -702,17 +756,17 @@ static int on_watch_body(void *userdata, long status, const char *data, size_t l
 		buf_append(&w->error_body, data, len < room ? len : room);
 		return w->error_body.len >= ETCD_ERROR_BODY_MAX ? -EMSGSIZE : 0;
 	}
-	w->dispatching = true;
+	if (!w->queue)
+		w->queue_tail = &w->queue;
 	k = etcd_stream_reader_feed(w->rd, data, len, on_watch_message, w);
-	w->dispatching = false;
-	if (w->cancelled)
-		return -ECANCELED;
+	if (w->queue)
+		(void)uv_timer_start(w->dispatch, on_dispatch, 0, 0);
 	if (k == -EBADMSG)
-		watch_set_end(w, WATCH_FAILED,
+		watch_set_end(w, WATCH_FAILED, false,
 			      xasprintf("etcd %s/v3/watch: the stream is not a sequence of JSON objects",
 					w->endpoint_url));
 	else if (k == -EFBIG)
-		watch_set_end(w, WATCH_FAILED,
+		watch_set_end(w, WATCH_FAILED, false,
 			      xasprintf("etcd %s/v3/watch: a message larger than %zu bytes", w->endpoint_url,
 					ETCD_REPLY_MAX));
 	return k < 0 ? k : 0;
@@ -723,24 +777,19 @@ static void on_watch_done(void *userdata, const struct http_response *resp)
 	struct etcd_watch *w = userdata;
 
 	w->req = NULL;
-	if (w->cancelled) {
-		watch_destroy(w);
-		return;
-	}
-	if (w->end == WATCH_GOING) {
-		if (w->status != 0 && w->status != 200) {
-			_cleanup_free_ char *m = etcd_error_body(w->error_body.data, w->error_body.len, NULL);
-			watch_set_end(w, WATCH_FAILED, xasprintf("etcd %s/v3/watch: HTTP %ld%s%s", w->endpoint_url,
-								 w->status, m ? ": " : "", m ? m : ""));
-		} else if (resp->curl_code != 0)
-			watch_set_end(w, WATCH_FAILED, xasprintf("etcd %s", resp->error));
-		else if (resp->status != 200)
-			watch_set_end(w, WATCH_FAILED,
-				      xasprintf("etcd %s/v3/watch: HTTP %ld", w->endpoint_url, resp->status));
-		else
-			watch_set_end(w, WATCH_FAILED, xasprintf("etcd %s/v3/watch: the stream ended", w->endpoint_url));
-	}
-	watch_end(w);
+	if (w->status != 0 && w->status != 200) {
+		_cleanup_free_ char *m = etcd_error_body(w->error_body.data, w->error_body.len, NULL);
+		watch_set_end(w, WATCH_FAILED, false, xasprintf("etcd %s/v3/watch: HTTP %ld%s%s", w->endpoint_url,
+								w->status, m ? ": " : "", m ? m : ""));
+	} else if (resp->curl_code != 0)
+		watch_set_end(w, WATCH_FAILED, false, xasprintf("etcd %s", resp->error));
+	else if (resp->status != 200)
+		watch_set_end(w, WATCH_FAILED, false,
+			      xasprintf("etcd %s/v3/watch: HTTP %ld", w->endpoint_url, resp->status));
+	else
+		watch_set_end(w, WATCH_FAILED, false, xasprintf("etcd %s/v3/watch: the stream ended", w->endpoint_url));
+	/* Outside libcurl's callbacks here: what is queued, then the end. */
+	watch_dispatch(w);
 }
 
 int etcd_watch_start(struct etcd *c, const char *key, bool prefix, int64_t start_revision, uint64_t silence_ms,
@@ -764,7 +813,16 @@ int etcd_watch_start(struct etcd *c, const char *key, bool prefix, int64_t start
 	w->endpoint_url = xstrdup(c->endpoints[w->endpoint]);
 	w->silence_ms = silence_ms;
 	w->rd = etcd_stream_reader_new(ETCD_REPLY_MAX);
+	w->queue_tail = &w->queue;
 	buf_init(&w->error_body);
+	w->dispatch = xmalloc(sizeof(*w->dispatch));
+	(void)uv_timer_init(c->loop, w->dispatch);
+	w->dispatch->data = w;
+	if (silence_ms) {
+		w->timer = xmalloc(sizeof(*w->timer));
+		(void)uv_timer_init(c->loop, w->timer);
+		w->timer->data = w;
+	}
 	url = xasprintf("%s/v3/watch", w->endpoint_url);
 	http_options_init(c, &o, url, body);
 	o.timeout_ms = HTTP_NO_DEADLINE;
@@ -774,12 +832,7 @@ int etcd_watch_start(struct etcd *c, const char *key, bool prefix, int64_t start
 		watch_destroy(w);
 		return k;
 	}
-	if (silence_ms) {
-		w->timer = xmalloc(sizeof(*w->timer));
-		(void)uv_timer_init(c->loop, w->timer);
-		w->timer->data = w;
-		watch_alive(w);
-	}
+	watch_alive(w);
 	w->c = c;
 	w->next = c->watches;
 	if (c->watches)
@@ -795,14 +848,11 @@ void etcd_watch_cancel(struct etcd_watch *w)
 	if (!w || w->cancelled || w->ending)
 		return;
 	watch_detach(w);
-	if (w->timer)
-		(void)uv_timer_stop(w->timer);
-	if (w->dispatching) {
-		/* The body callback stops the transfer; its done callback
-		 * frees w. */
+	if (w->busy) {
+		/* Inside this watch's own callback: the dispatcher frees it
+		 * when the callback returns. */
 		w->cancelled = true;
 		return;
 	}
-	http_request_cancel(w->req);
 	watch_destroy(w);
 }

@@ -63,7 +63,7 @@ int etcd_stream_reader_feed(struct etcd_stream_reader *rd, const char *data, siz
 			start = i++;
 			rd->depth = 1;
 			rd->in_string = rd->escaped = false;
-			continue;
+			/* on with the value, even when the chunk ends here */
 		}
 		for (; i < len && rd->depth > 0; i++) {
 			char c = data[i];
