@@ -26,9 +26,9 @@
  * whole state, so nothing is missed. A stream silent for watch_timeout
  * seconds is dropped by the client (half-open connections hang, etcd
  * #8899) and re-opened from the last header.revision + 1; the first
- * re-open of a stream that was up is immediate and silent (an idle stream
- * meets the deadline in normal operation when etcd's progress interval is
- * longer).
+ * re-open of a stream that was up is immediate and not an error for
+ * status (an idle stream meets the deadline in normal operation when
+ * etcd's progress interval is longer); a stream that fails again is.
  *
  * The registration (fleet/registration.c) is made after the first range,
  * so that the hostname and layers can come from the static members:
@@ -91,6 +91,7 @@ struct etcd_source {
 	struct etcd_call *range;      /* in flight */
 	struct etcd_watch *watch;     /* open */
 	bool watch_created;
+	int64_t last_message_usec;    /* monotonic: the stream's last message */
 	unsigned failures;            /* in a row, for the backoff */
 	uv_timer_t retry;             /* the next range or watch after a failure */
 	uv_timer_t build;             /* 0 ms: one build for the messages of a loop iteration */
@@ -452,6 +453,7 @@ static void cb_watch_created(void *userdata, int64_t revision)
 	struct etcd_source *es = userdata;
 
 	es->watch_created = true;
+	es->last_message_usec = time_monotonic_usec();
 	es->failures = 0;
 	if (revision > es->revision)
 		es->revision = revision;
@@ -464,6 +466,7 @@ static void cb_watch_events(void *userdata, int64_t revision, const struct etcd_
 {
 	struct etcd_source *es = userdata;
 
+	es->last_message_usec = time_monotonic_usec();
 	for (size_t i = 0; i < n; i++)
 		es_apply(es, &ev[i].kv, ev[i].type == ETCD_EVENT_DELETE);
 	if (revision > es->revision)
@@ -518,16 +521,24 @@ static void cb_watch_compacted(void *userdata, int64_t compact_revision)
 static void cb_watch_error(void *userdata, const char *message)
 {
 	struct etcd_source *es = userdata;
+	int64_t quiet = time_monotonic_usec() - es->last_message_usec;
+	int64_t deadline = (int64_t)es->s->config->watch_timeout * 1000000;
 	bool was_up = es->watch_created;
 
 	es->watch = NULL;
 	es->watch_created = false;
 	if (was_up && es->failures == 0) {
-		/* A stream that was up ended (often the silence deadline of an
-		 * idle prefix): open it again at once; only a failure of that
-		 * is an error. */
-		log_debug("etcd %s: watch ended (%s); re-opening from revision %lld", es->dir, message,
-			  (long long)es->revision + 1);
+		/* A stream that was up ended. Most often it met its silence
+		 * deadline: an idle prefix does that whenever etcd's progress
+		 * interval (10 min by default) is longer. Open it again at once;
+		 * only a failure of that is an error for status. An end before
+		 * the deadline (garbage, an error message) is logged. */
+		if (quiet < deadline / 2)
+			log_warn("etcd %s: the watch ended: %s; re-opening from revision %lld", es->dir, message,
+				 (long long)es->revision + 1);
+		else
+			log_debug("etcd %s: watch ended (%s); re-opening from revision %lld", es->dir, message,
+				  (long long)es->revision + 1);
 		es->failures = 1;
 		es_watch(es);
 		return;

@@ -169,3 +169,218 @@ def etcd():
 def etcd_source(e, prefix="/agentd/test"):
     """The agentd.conf source URL for e and prefix."""
     return f"etcd://127.0.0.1:{e.port}{prefix}"
+
+
+class TcpProxy:
+    """A TCP forwarder on a free loopback port to target (host, port) that the
+    test controls: cut() closes every connection and refuses new ones (an
+    agent "disconnected" while etcd keeps serving the test), restore() lets
+    connections through again."""
+
+    def __init__(self, target_port, target_host="127.0.0.1"):
+        import threading
+        self.target = (target_host, target_port)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.conns = []
+        self.open = True
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                if not self.open:
+                    c.close()
+                    continue
+            try:
+                u = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                c.close()
+                continue
+            u.settimeout(None)
+            with self.lock:
+                self.conns += [c, u]
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        with self.lock:
+            self.open = False
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self):
+        with self.lock:
+            self.open = True
+
+    def close(self):
+        self.closed = True
+        self.cut()
+        self.sock.close()
+
+
+class FakeGateway:
+    """A stand-in for etcd's JSON gateway that the test controls, speaking
+    the real gateway's JSON (base64 keys and values, int64 as strings): kv
+    range and put, lease grant, keepalive and timetolive, and a watch
+    stream whose messages the test sends with send() (a dict, or raw bytes:
+    garbage). kvs maps key -> value (bytes or str); revision is the header
+    revision of every answer."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        outer = self
+        self.kvs = {}
+        self.revision = 10
+        self.cond = threading.Condition()
+        self.queue = []          # messages for the watch stream
+        self.watch_starts = []   # start_revision of every watch opened
+        self.watch_reply = None  # raw bytes answering every new watch instead of created (None: normal)
+        self.requests = []
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n) or b"{}")
+                outer.requests.append(self.path)
+                if self.path == "/v3/watch":
+                    return outer._watch(self, body)
+                r = outer._unary(self.path, body)
+                data = json.dumps(r).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        ThreadingHTTPServer.daemon_threads = True
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def header(self):
+        return {"cluster_id": "1", "member_id": "1", "revision": str(self.revision), "raft_term": "2"}
+
+    @staticmethod
+    def kv(key, value, mod_revision=5):
+        return {"key": b64(key), "value": b64(value), "create_revision": "2",
+                "mod_revision": str(mod_revision), "version": "1"}
+
+    def _unary(self, path, body):
+        if path == "/v3/kv/range":
+            start = unb64(body.get("key"))
+            end = unb64(body.get("range_end")) if body.get("range_end") else None
+            kvs = []
+            for k in sorted(self.kvs):
+                kb = k.encode()
+                if (end is None and kb == start) or (end is not None and start <= kb < end):
+                    kvs.append(self.kv(k, self.kvs[k]))
+            r = {"header": self.header(), "count": str(len(kvs))}
+            if kvs:
+                r["kvs"] = kvs
+            return r
+        if path == "/v3/kv/put":
+            return {"header": self.header()}
+        if path == "/v3/lease/grant":
+            return {"header": self.header(), "ID": "7587869447018296842", "TTL": str(body.get("TTL", 10))}
+        if path == "/v3/lease/keepalive":
+            return {"result": {"header": self.header(), "ID": "7587869447018296842", "TTL": "10"}}
+        if path == "/v3/lease/timetolive":
+            return {"header": self.header(), "ID": "7587869447018296842", "TTL": "9", "grantedTTL": "10"}
+        if path == "/v3/lease/revoke":
+            return {"header": self.header()}
+        return {"header": self.header()}
+
+    def _watch(self, h, body):
+        start = int(body.get("create_request", {}).get("start_revision", "0"))
+        with self.cond:
+            self.watch_starts.append(start)
+            gen = len(self.watch_starts)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def chunk(data):
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            h.wfile.flush()
+        try:
+            if self.watch_reply is not None:
+                chunk(self.watch_reply)
+                h.wfile.write(b"0\r\n\r\n")
+                h.wfile.flush()
+                h.close_connection = True
+                return
+            chunk(json.dumps({"result": {"header": self.header(), "created": True, "watch_id": "0"}}).encode())
+            while True:
+                with self.cond:
+                    if gen != len(self.watch_starts):
+                        h.close_connection = True
+                        return  # a newer stream takes the messages
+                    if not self.queue:
+                        self.cond.wait(0.5)
+                        continue
+                    items, self.queue = self.queue, []
+                for it in items:
+                    if it is None:
+                        h.close_connection = True
+                        return
+                    chunk(it if isinstance(it, bytes) else json.dumps(it).encode())
+        except OSError:
+            h.close_connection = True
+
+    def send(self, msg):
+        with self.cond:
+            self.queue.append(msg)
+            self.cond.notify_all()
+
+    def put_event(self, key, value, revision=None):
+        """A watch message with one PUT of key (as etcd sends it: no type)."""
+        self.revision = revision or self.revision + 1
+        self.send({"result": {"header": self.header(), "events": [
+            {"kv": self.kv(key, value, self.revision)}]}})
+
+    def url(self, prefix="/agentd/test"):
+        return f"etcd://127.0.0.1:{self.port}{prefix}"
+
+    def close(self):
+        self.send(None)
+        self.srv.shutdown()
+        self.srv.server_close()
