@@ -6,6 +6,7 @@
 static const char *const event_names[_EVENT_MAX] = {
 	[EVENT_SETUP] = "setup",       [EVENT_CONFIGURE] = "configure", [EVENT_DEPLOY] = "deploy",
 	[EVENT_UNDEPLOY] = "undeploy", [EVENT_SHUTDOWN] = "shutdown",
+	[EVENT_MAINTENANCE] = "maintenance",
 };
 
 static const char *const trigger_names[_TRIGGER_MAX] = {

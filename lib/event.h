@@ -8,6 +8,9 @@ enum event {
 	EVENT_DEPLOY,
 	EVENT_UNDEPLOY,
 	EVENT_SHUTDOWN,
+	/* One maintenance job (design.md §8.1): never triggered by a stack
+	 * change and never in agent.layers; its run names the job in recipe. */
+	EVENT_MAINTENANCE,
 	_EVENT_MAX,
 	EVENT_INVALID = -1,
 };
@@ -17,7 +20,7 @@ enum trigger_kind {
 	TRIGGER_STACK_CHANGE, /* a new stack version */
 	TRIGGER_CTL,          /* agentctl run */
 	TRIGGER_RETRY,        /* a failed or interrupted run again */
-	TRIGGER_SCHEDULE,     /* scheduled maintenance (later issues) */
+	TRIGGER_SCHEDULE,     /* a maintenance job due (design.md §8.1) */
 	_TRIGGER_MAX,
 	TRIGGER_INVALID = -1,
 };

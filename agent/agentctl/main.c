@@ -229,9 +229,36 @@ static int parse_plan(int argc, char **argv, struct request *req)
 	return parse_event_args(argc, argv, req, false);
 }
 
+/* EVENT [--layer L] [--app A] [--wait], or "maintenance --recipe JOB
+ * [--wait]": one maintenance job (design.md §8.1). */
 static int parse_run(int argc, char **argv, struct request *req)
 {
-	return parse_event_args(argc, argv, req, true);
+	int n = 0;
+	char **rest = calloc((size_t)argc + 1, sizeof(char *));
+	const char *recipe = NULL;
+
+	if (!rest)
+		usage_error("out of memory");
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--recipe") == 0 || strncmp(argv[i], "--recipe=", 9) == 0) {
+			recipe = argv[i][8] == '=' ? argv[i] + 9 : i + 1 < argc ? argv[++i] : NULL;
+			if (!recipe)
+				usage_error("%s: --recipe needs a job name", argv[0]);
+			check_name("recipe", recipe);
+			continue;
+		}
+		rest[n++] = argv[i];
+	}
+	parse_event_args(n, rest, req, true);
+	free(rest);
+	const char *ev = json_string_value(json_object_get(req->params, "event"));
+	if (strcmp(ev, "maintenance") == 0 && !recipe)
+		usage_error("%s maintenance: which job? (--recipe JOB)", argv[0]);
+	if (strcmp(ev, "maintenance") != 0 && recipe)
+		usage_error("%s: --recipe names a maintenance job: only with the event maintenance", argv[0]);
+	if (recipe)
+		json_object_set_new(req->params, "recipe", json_string(recipe));
+	return 0;
 }
 
 static const char *pause_reason; /* as given, for the line that confirms it */
@@ -387,7 +414,7 @@ static const struct verb verbs[] = {
 	{ "log", "log", "RUN|last [-f]", "Print a run's output, -f to follow it", parse_log, print_log },
 	{ "plan", "plan", "EVENT [--layer L] [--app A]", "Show what an event (or rollback APP) would do, with diffs", parse_plan,
 	  print_plan },
-	{ "run", "run", "EVENT [--layer L] [--app A] [--wait]", "Run an event now (privileged)", parse_run,
+	{ "run", "run", "EVENT [--layer L] [--app A] [--recipe R] [--wait]", "Run an event now (privileged)", parse_run,
 	  print_queued },
 	{ "reload", "reload", "", "Fetch the stack source now (privileged)", parse_none, print_reloaded },
 	{ "pause", "pause", "[REASON]", "Stop reacting to stack changes (privileged)", parse_pause, print_paused },

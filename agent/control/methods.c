@@ -84,7 +84,7 @@ static json_t *param_event(json_t *params, enum event *ret)
 	*ret = event_from_string(json_string_value(v));
 	if (*ret == EVENT_INVALID)
 		return proto_reply_error(PROTO_E_INVALID_PARAMS,
-					 "unknown event \"%.64s\" (setup, configure, deploy, undeploy, shutdown)",
+					 "unknown event \"%.64s\" (setup, configure, deploy, undeploy, shutdown, maintenance)",
 					 json_string_value(v));
 	return NULL;
 }
@@ -427,10 +427,10 @@ static json_t *ctl_plan(struct client *c, json_t *params)
 
 static json_t *ctl_run(struct client *c, json_t *params)
 {
-	static const char *const allowed[] = { "event", "layer", "app", "wait", NULL };
+	static const char *const allowed[] = { "event", "layer", "app", "recipe", "wait", NULL };
 	struct engine *e = c->ctl->engine;
 	json_t *err = params_only(params, allowed);
-	const char *layer, *app;
+	const char *layer, *app, *recipe;
 	char *msg = NULL;
 	enum event ev;
 	bool wait;
@@ -438,15 +438,16 @@ static json_t *ctl_run(struct client *c, json_t *params)
 	int r;
 
 	if (err || (err = param_event(params, &ev)) || (err = param_name(params, "layer", false, &layer)) ||
-	    (err = param_name(params, "app", false, &app)) || (err = param_bool(params, "wait", &wait)))
+	    (err = param_name(params, "app", false, &app)) || (err = param_name(params, "recipe", false, &recipe)) ||
+	    (err = param_bool(params, "wait", &wait)))
 		return err;
-	r = engine_request_run(e, ev, layer, app, TRIGGER_CTL, &id, &msg);
+	r = engine_request_run(e, ev, layer, app, recipe, TRIGGER_CTL, &id, &msg);
 	if (r < 0)
 		return reply_engine_error(r, msg);
 	free(msg);
-	log_info("control: run %ld (%s%s%s%s%s) requested by uid %u pid %d", id, event_to_string(ev),
-		 layer ? " layer " : "", layer ? layer : "", app ? " app " : "", app ? app : "", (unsigned)c->uid,
-		 (int)c->pid);
+	log_info("control: run %ld (%s%s%s%s%s%s%s) requested by uid %u pid %d", id, event_to_string(ev),
+		 layer ? " layer " : "", layer ? layer : "", app ? " app " : "", app ? app : "", recipe ? " recipe " : "",
+		 recipe ? recipe : "", (unsigned)c->uid, (int)c->pid);
 	if (!wait)
 		return proto_reply_ok(json_pack("{s:I, s:b}", "id", (json_int_t)id, "queued", 1));
 	if (!engine_run_is_active(e, id)) {

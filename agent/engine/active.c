@@ -221,6 +221,8 @@ static void engine_finish_run(struct engine *e, enum run_status status, const ch
 	_cleanup_free_ char *line = NULL;
 
 	rec->status = status;
+	json_decref(rec->waiting_for);
+	rec->waiting_for = NULL;
 	free(rec->finished);
 	rec->finished = engine_now();
 	rec->changed = (long)a->changed;
@@ -234,6 +236,7 @@ static void engine_finish_run(struct engine *e, enum run_status status, const ch
 				  error ? rec->error : NULL);
 	active_log(e, line, strlen(line));
 	finish_outcome(e, a, error);
+	engine_gate_run_done(e, rec, !a->done_elsewhere);
 	run_ctx_leave(prev);
 
 	json_t *ev = json_pack("{s:s, s:I, s:s, s:I}", "event", "run-finished", "run", (json_int_t)a->id, "status",
@@ -347,17 +350,12 @@ static void active_open_log(struct engine *e, struct active *a)
 		    (unsigned long long)a->log_key);
 }
 
-/* Plans the run and starts executing it; a run that cannot be planned
- * ends here as failed. */
+static void active_run_plan(struct engine *e, struct active *a);
+
+/* Plans the run and starts executing it, once its gate is held; a run
+ * that cannot be planned ends here as failed. */
 static void active_execute(struct engine *e, struct active *a)
 {
-	static const struct plan_exec_cbs cbs = {
-		.on_step_start = on_step_start,
-		.on_output = on_output,
-		.on_step_done = on_step_done,
-		.on_done = on_plan_done,
-		.on_spawn = on_spawn,
-	};
 	_cleanup_free_ char *error = NULL;
 	int r;
 
@@ -386,6 +384,30 @@ static void active_execute(struct engine *e, struct active *a)
 		engine_finish_run(e, RUN_FAILED, error);
 		return;
 	}
+	/* A fleet lock or slot first (design.md §9): the run waits for it. */
+	if (engine_gate_take(e, a) == 0) {
+		json_t *g = plan_gate_json(&a->plan.gate);
+		_cleanup_free_ char *what = g ? json_dumps(g, JSON_COMPACT) : NULL;
+
+		json_decref(g);
+		active_logf(e, "--- waiting for %s\n", str_or_empty(what));
+		return;
+	}
+	active_run_plan(e, a);
+}
+
+/* Executes the planned run (its gate, if any, held). */
+static void active_run_plan(struct engine *e, struct active *a)
+{
+	static const struct plan_exec_cbs cbs = {
+		.on_step_start = on_step_start,
+		.on_output = on_output,
+		.on_step_done = on_step_done,
+		.on_done = on_plan_done,
+		.on_spawn = on_spawn,
+	};
+	int r;
+
 	struct step_env env = {
 		.loop = e->loop,
 		.http = e->http,
@@ -400,6 +422,40 @@ static void active_execute(struct engine *e, struct active *a)
 		_cleanup_free_ char *msg = xasprintf("cannot execute the plan: %s", strerror(-r));
 		engine_finish_run(e, RUN_FAILED, msg);
 	}
+}
+
+void engine_active_gate_open(struct engine *e, const char *done_by)
+{
+	struct active *a = e->active;
+	const struct log_context *prev = run_ctx_enter(a);
+
+	json_decref(a->rec->waiting_for);
+	a->rec->waiting_for = NULL;
+	engine_notify_status(e);
+	if (!done_by) {
+		active_logf(e, "--- holding it: the run goes on\n");
+		active_run_plan(e, a);
+		run_ctx_leave(prev);
+		return;
+	}
+	/* A singleton job done meanwhile by another instance: once is
+	 * enough. Its steps say who did it. */
+	a->done_elsewhere = true;
+	for (size_t i = 0; i < a->plan.n_steps; i++) {
+		struct step *s = a->plan.steps[i];
+
+		s->status = STEP_SKIPPED;
+		free(s->message);
+		s->message = xstrdup(done_by);
+		on_step_done(e, s, i);
+	}
+	engine_finish_run(e, RUN_SUCCESS, NULL);
+	run_ctx_leave(prev);
+}
+
+void engine_active_abandon(struct engine *e)
+{
+	engine_finish_run(e, RUN_INTERRUPTED, "agentd was stopped while the run waited for its fleet lock or slot");
 }
 
 void engine_start_run(struct engine *e, struct run *rec)

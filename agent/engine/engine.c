@@ -491,6 +491,7 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 	(void)uv_timer_stop(&e->retry);
 	(void)uv_timer_stop(&e->state_retry);
 	(void)uv_timer_stop(&e->settle_timer);
+	engine_gates_free(e); /* before the etcd client goes with the source */
 	if (e->source) {
 		source_free(e->source);
 		e->source = NULL;
@@ -498,6 +499,10 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 	if (e->active && e->active->x) {
 		log_info("Stopping: letting the current step of run %ld finish", e->active->id);
 		plan_execute_cancel(e->active->x, false);
+		return;
+	}
+	if (e->active) {
+		engine_active_abandon(e); /* waiting for a fleet gate: ends the stop itself */
 		return;
 	}
 	engine_stop_finish(e);
@@ -514,6 +519,7 @@ void engine_free(struct engine *e)
 {
 	if (!e)
 		return;
+	engine_gates_free(e);
 	if (e->source)
 		source_free(e->source);
 	if (e->http)
@@ -571,9 +577,11 @@ static int commit_requested(struct engine *e, struct run *run, long first_new, l
 	return 0;
 }
 
-int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
-		       long *ret_id, char **ret_error)
+int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, const char *recipe,
+		       enum trigger_kind trig, long *ret_id, char **ret_error)
 {
+	struct run_request req = { .event = ev, .layer = (char *)layer, .app = (char *)app, .recipe = (char *)recipe,
+				   .trigger = trig };
 	struct run *run;
 	long first_new = e->next_id;
 
@@ -593,7 +601,22 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 		*ret_error = xasprintf("app \"%s\" is not in the stack's deploy section", app);
 		return -ENOENT;
 	}
-	run = engine_enqueue(e, ev, layer, app, trig, NULL);
+	/* A maintenance run is one job, a custom recipe (design.md §8.1); a
+	 * named plan otherwise is rollback's own. */
+	if ((ev == EVENT_MAINTENANCE) != (recipe != NULL)) {
+		*ret_error = xstrdup(recipe ? "--recipe names a maintenance job: only with event maintenance"
+					    : "a maintenance run is one job: name it with --recipe");
+		return -EINVAL;
+	}
+	if (recipe && (layer || app)) {
+		*ret_error = xstrdup("a maintenance job runs for the instance: no layer or app");
+		return -EINVAL;
+	}
+	if (recipe && !stack_custom_recipe(e->current, recipe)) {
+		*ret_error = xasprintf("no maintenance job \"%s\": it must be a recipe of agent.recipes", recipe);
+		return -ENOENT;
+	}
+	run = recipe ? engine_enqueue_ex(e, &req, NULL, true) : engine_enqueue(e, ev, layer, app, trig, NULL);
 	if (!run) {
 		*ret_error = xstrdup(e->next_id > ENGINE_RUN_ID_MAX ? "no run id left" : "the queue is full");
 		*ret_id = 0;
@@ -687,6 +710,7 @@ int engine_resume(struct engine *e, char **ret_error)
 int engine_clear_failed(struct engine *e, char **ret_error)
 {
 	json_object_clear(e->failed);
+	engine_gates_clear_kept(e); /* slots failed deploys kept (design.md §9) */
 	engine_arm_retry(e);
 	engine_persist(e);
 	engine_notify_status(e);

@@ -75,8 +75,11 @@ bool engine_run_is_active(struct engine *e, long id); /* queued or running */
 size_t engine_run_plan_size(struct engine *e, long id);
 
 /* Actions. Each returns 0, or a negative errno with a malloc'd message. */
-int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
-		       long *ret_id, char **ret_error);
+/* recipe: with ev maintenance (and only then, no layer or app) the job, a
+ * custom recipe of agent.recipes (design.md §8.1): -EINVAL otherwise,
+ * -ENOENT when the stack has no such recipe. */
+int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, const char *recipe,
+		       enum trigger_kind trig, long *ret_id, char **ret_error);
 /* plan_describe() of what ev would do, unredacted (see plan.h for its
  * diff_secret, diff_private and diff_cost members), with the event, layer,
  * app and stack_revision. */

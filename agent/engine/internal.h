@@ -72,6 +72,7 @@ struct active {
 	size_t steps_omitted;       /* steps left out of rec (over RUN_STEPS_MAX or RUN_STEPS_MAX_BYTES) */
 	struct log_context logctx;  /* RUN_ID, EVENT, LAYER, STEP of this run's own lines */
 	int64_t snapshot_mono;      /* when its steps were last written to its file, 0: never */
+	bool done_elsewhere;        /* a singleton job another instance ran since it was asked for: steps skipped */
 };
 
 struct engine {
@@ -123,6 +124,8 @@ struct engine {
 	unsigned run_file_writes;      /* writes of the running run's file */
 	int64_t persist_usec;          /* time spent in both */
 	int64_t start_mono;
+
+	struct engine_gate *gates;     /* owned list: fleet locks and slots taken or kept (gate.c) */
 
 	struct engine_watch *watchers;
 	bool stopping;
@@ -263,6 +266,30 @@ void engine_kick(struct engine *e);
 /* The plan of req against s (run_id 0: a dry run), by recipes_build_plan. */
 int engine_build_plan(struct engine *e, struct stack *s, const struct run_request *req, long run_id,
 		      struct plan *plan, char **ret_error);
+
+/* The active run may go on: its gate is held (done_by NULL), or its
+ * singleton job was done by another instance since it was asked for
+ * (done_by says who and when: its steps are recorded skipped with it). */
+void engine_active_gate_open(struct engine *e, const char *done_by);
+/* The active run, waiting for its gate, ends as interrupted (a stop). */
+void engine_active_abandon(struct engine *e);
+
+/* ---- gate.c: fleet locks and slots of runs (design.md §9) */
+
+struct engine_gate;
+/* Takes a's plan's gate, with an etcd source only: 1 when the run may
+ * start now (no gate, no etcd), 0 when it waits (status "waiting";
+ * engine_active_gate_open() follows once it holds). */
+int engine_gate_take(struct engine *e, struct active *a);
+/* rec finished: its gate is given back, or kept (a failed run of a gate
+ * that keeps); a success also gives back a gate a failed run of the same
+ * event and app kept. ran_job: write a singleton's PREFIX/jobs/<job>
+ * before giving back its lock. */
+void engine_gate_run_done(struct engine *e, const struct run *rec, bool ran_job);
+/* clear-failed: gives back every kept gate. */
+void engine_gates_clear_kept(struct engine *e);
+/* Gives back every gate, before the etcd client goes (a stop). */
+void engine_gates_free(struct engine *e);
 
 /* ---- intake.c: stack documents from the source */
 

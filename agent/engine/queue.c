@@ -93,6 +93,7 @@ void run_free(struct run *r)
 	free(r->error);
 	free(r->stack_revision);
 	json_decref(r->steps);
+	json_decref(r->waiting_for);
 	free(r->steps_error);
 	free(r);
 }

@@ -62,7 +62,13 @@ json_t *run_to_json(const struct run *r, enum run_view view)
 	json_object_set_new(o, "layer", json_string_or_null(r->req.layer));
 	json_object_set_new(o, "app", json_string_or_null(r->req.app));
 	json_object_set_new(o, "trigger", json_string(trigger_to_string(r->req.trigger)));
-	json_object_set_new(o, "status", json_string(run_status_to_string(r->status)));
+	/* Waiting for a fleet lock or slot (§5, §9): the public views say so
+	 * and for what; state_dir keeps "running". */
+	if (r->waiting_for && r->status == RUN_RUNNING && !private) {
+		json_object_set_new(o, "status", json_string("waiting"));
+		json_object_set(o, "waiting_for", r->waiting_for);
+	} else
+		json_object_set_new(o, "status", json_string(run_status_to_string(r->status)));
 	json_object_set_new(o, "queued", json_string_or_null(r->queued));
 	json_object_set_new(o, "started", json_string_or_null(r->started));
 	json_object_set_new(o, "finished", json_string_or_null(r->finished));

@@ -64,6 +64,11 @@ struct run {
 	 * Saved in state.json at that step transition, so that a run killed
 	 * after it is queued again as a restart, never a second rollback. */
 	bool switched;
+	/* Running but waiting for a fleet lock or slot before its first step
+	 * (design.md §9): {"lock"|"semaphore": name, "holders": [...]}, owned;
+	 * NULL otherwise. Public views show status "waiting" with it; state
+	 * and file views keep "running" (a restart treats it as interrupted). */
+	json_t *waiting_for;
 };
 
 struct run_list {

@@ -4,13 +4,15 @@
  * "Election and mutex"): each contender puts PREFIX/<kind>/<name>/<lease
  * hex> under its lease (Txn If CreateRevision(k)==0 Then Put Else Get);
  * the `slots` lowest create_revisions hold; a waiter watches only the key
- * ranked just ahead of it (slots - 1 places ahead for a semaphore) for
- * deletion, so there is no herd. A dead holder's key goes with its lease. */
+ * ranked just ahead of it for deletion (the `slots` keys just ahead for a
+ * semaphore: lock.c says why one is not enough), so there is no herd. A
+ * dead holder's key goes with its lease. */
 #pragma once
 
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <uv.h>
 
 struct etcd;
 struct fleet_lock;
@@ -30,8 +32,11 @@ struct fleet_lock_callbacks {
 
 /* Contends for PREFIX/locks/<name> (mutex, slots 1) or
  * PREFIX/semaphores/<name> (slots >= 1) under lease, with holder (this
- * instance's hostname) as the value. Callbacks run later from the loop. */
-int fleet_lock_acquire(struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots, int64_t lease,
+ * instance's hostname) as the value. Callbacks run later from loop (a
+ * re-rank after a watch event is deferred to it: no etcd call is made from
+ * inside a stream's callback). A callback may release the lock. Returns 0,
+ * -EINVAL (a bad name, no lease, slots 0) or the client's error. */
+int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots, int64_t lease,
 		       const char *holder, const struct fleet_lock_callbacks *cbs, void *userdata,
 		       struct fleet_lock **ret);
 /* Gives up (waiting or holding): deletes our key, frees the handle. No

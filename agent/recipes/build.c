@@ -8,11 +8,128 @@
 
 #include "apps.h"
 #include "config.h"
+#include "plone.h"
 #include "recipe.h"
 #include "stack/stack.h"
 #include "steps/plan.h"
+#include "steps/step_health.h"
 #include "steps/step_rollback.h"
+#include "strv.h"
 #include "util.h"
+
+#define ROLLING_HEALTH_TIMEOUT 120
+
+/* A maintenance run (design.md §8.1): the job named by recipe alone, a
+ * custom recipe of agent.recipes run as one exec step like the others.
+ * A "singleton": true job takes the stack's lock <job> first (§9). */
+static int build_maintenance(const struct recipe_ctx *req, const char *job, struct plan *plan, char **ret_error)
+{
+	struct recipe_ctx ctx = *req;
+	const json_t *def;
+	int r;
+
+	if (!job) {
+		*ret_error = xstrdup("a maintenance run is one job: name it (agentctl run maintenance --recipe JOB)");
+		return -EINVAL;
+	}
+	if (req->layer || req->app) {
+		*ret_error = xasprintf("maintenance job %s runs for the instance, not for a layer or an app", job);
+		return -EINVAL;
+	}
+	def = stack_custom_recipe(req->stack, job);
+	if (!def) {
+		*ret_error = xasprintf("no maintenance job \"%s\": it must be a recipe of agent.recipes", job);
+		return -ENOENT;
+	}
+	ctx.name = job;
+	r = recipe_plan(&ctx, plan, ret_error);
+	for (size_t i = 0; r == 0 && i < plan->n_steps; i++)
+		if (!plan->steps[i]->recipe)
+			plan->steps[i]->recipe = xstrdup(job);
+	if (r == 0 && json_is_true(json_object_get(def, "singleton")))
+		plan_set_gate(plan, PLAN_GATE_MUTEX, job, 1, false, job);
+	return r;
+}
+
+/* The URLs of this instance's Zope clients of app when the instances
+ * kind serves it (127.0.0.1:8081...), NULL otherwise. */
+static char **instances_health_urls(const struct stack *s, const char *app, const char *path)
+{
+	long n;
+	char **v;
+
+	if (strcmp(app, apps_app_name(s, APP_INSTANCES)) != 0)
+		return NULL;
+	n = plone_client_count(s, NULL);
+	v = xcalloc((size_t)n + 1, sizeof(char *));
+	for (long i = 0; i < n; i++)
+		v[i] = xasprintf("http://127.0.0.1:%ld%s", PLONE_CLIENT_PORT_BASE + 1 + i, path);
+	return v;
+}
+
+/* The health step of a rolling deploy: every client of a built-in app
+ * answers path, or (custom recipes) the command exits 0. */
+static int build_health(const struct recipe_ctx *ctx, const json_t *health, struct plan *plan, char **ret_error)
+{
+	const char *path = json_string_value(json_object_get(health, "path"));
+	const json_t *cmd = json_object_get(health, "command"), *t = json_object_get(health, "timeout");
+	struct health_step_opts o = { .timeout_sec = t ? (long)json_integer_value(t) : ROLLING_HEALTH_TIMEOUT };
+	char **urls = NULL, **argv = NULL, **env = NULL;
+	struct recipe_ctx ectx = *ctx;
+	struct step *st;
+	size_t i;
+	json_t *v;
+
+	if (path && apps_is_family_app(ctx->stack, ctx->app))
+		urls = instances_health_urls(ctx->stack, ctx->app, path);
+	if (!urls && json_is_array(cmd)) {
+		argv = xcalloc(json_array_size(cmd) + 1, sizeof(char *));
+		json_array_foreach(cmd, i, v)
+			argv[i] = xstrdup(json_string_value(v));
+		ectx.name = "health";
+		env = recipes_custom_env(&ectx, NULL);
+	}
+	if (!urls && !argv) {
+		st = plan_add_note(plan, ctx->app, "no health check applies to this app here (\"path\" is for the "
+						  "clients of a built-in app, \"command\" for the others)");
+	} else {
+		o.urls = urls;
+		o.argv = argv;
+		o.env = env;
+		st = plan_add_health(plan, ctx->app, &o, ret_error);
+	}
+	strv_free(urls);
+	strv_free(argv);
+	strv_free(env);
+	if (!st)
+		return -EINVAL;
+	st->recipe = xstrdup("rolling");
+	return 0;
+}
+
+/* A deploy of an app of agent.rolling (design.md §9) that does something
+ * here: one slot of the semaphore deploy-<app> (max_parallel), kept by a
+ * failed run, and the health check last. */
+static int build_rolling(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	const json_t *roll = json_object_get(json_object_get(json_object_get(ctx->stack->root, "agent"), "rolling"),
+					     ctx->app);
+	const json_t *health = json_object_get(roll, "health");
+	_cleanup_free_ char *name = NULL;
+	bool acts = false;
+
+	if (!roll)
+		return 0;
+	for (size_t i = 0; i < plan->n_steps; i++)
+		if (strcmp(plan->steps[i]->ops->kind, "note") != 0)
+			acts = true;
+	if (!acts)
+		return 0; /* nothing of this app runs here: no slot to take */
+	name = xasprintf("deploy-%s", ctx->app);
+	plan_set_gate(plan, PLAN_GATE_SEMAPHORE, name, (unsigned)json_integer_value(json_object_get(roll, "max_parallel")),
+		      true, NULL);
+	return health ? build_health(ctx, health, plan, ret_error) : 0;
+}
 
 /* A named plan: "rollback" (the link back one release, then the app's
  * restarts when the apps family serves it) or "restart" (the restarts only:
@@ -108,6 +225,8 @@ int recipes_build_plan(const struct recipe_ctx *req, const char *recipe, struct 
 	int r;
 
 	plan_init(plan, req->config->root);
+	if (req->event == EVENT_MAINTENANCE)
+		return build_maintenance(req, recipe, plan, ret_error);
 	if (recipe)
 		return build_named(req, recipe, plan, ret_error);
 	r = build_layers(s, req->layer, &layers, &n_layers, ret_error);
@@ -132,5 +251,7 @@ int recipes_build_plan(const struct recipe_ctx *req, const char *recipe, struct 
 		if (r < 0)
 			return r;
 	}
+	if (req->event == EVENT_DEPLOY && req->app)
+		return build_rolling(req, plan, ret_error);
 	return 0;
 }

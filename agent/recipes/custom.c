@@ -26,24 +26,12 @@ static void env_add(char ***env, size_t *n, char *entry)
 	(*env)[*n] = NULL;
 }
 
-static int custom_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+char **recipes_custom_env(const struct recipe_ctx *ctx, const json_t *environment)
 {
-	const json_t *def = stack_custom_recipe(ctx->stack, ctx->name);
-	const json_t *cmd = json_object_get(def, "command");
-	const json_t *environment = json_object_get(def, "environment");
-	const json_t *timeout = json_object_get(def, "timeout");
-	const json_t *creates = json_object_get(def, "creates");
-	_cleanup_free_ char *stdin_data = NULL, *def_dump = NULL, *key = NULL;
-	char **argv = NULL, **env = NULL;
-	size_t n_env = 0, stdin_len = 0, i;
+	char **env = NULL;
+	size_t n_env = 0;
 	const char *k;
 	json_t *v;
-	uint64_t h;
-	struct step *s;
-
-	argv = xcalloc(json_array_size(cmd) + 1, sizeof(char *));
-	json_array_foreach(cmd, i, v)
-		argv[i] = xstrdup(json_string_value(v));
 
 	/* The recipe's own variables first: AGENT_* and PATH are ours. */
 	env_add(&env, &n_env, xasprintf("PATH=%s", DEFAULT_PATH));
@@ -58,7 +46,27 @@ static int custom_plan(const struct recipe_ctx *ctx, struct plan *plan, char **r
 	env_add(&env, &n_env, xasprintf("AGENT_RUN_ID=%ld", ctx->run_id));
 	env_add(&env, &n_env, xasprintf("AGENT_INSTANCE=%s", ctx->stack->instance));
 	env_add(&env, &n_env, xasprintf("AGENT_ROOT=%s", ctx->config->root));
-	env_add(&env, &n_env, xasprintf("AGENT_RECIPE=%s", ctx->name));
+	env_add(&env, &n_env, xasprintf("AGENT_RECIPE=%s", ctx->name ? ctx->name : ""));
+	return env;
+}
+
+static int custom_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+{
+	const json_t *def = stack_custom_recipe(ctx->stack, ctx->name);
+	const json_t *cmd = json_object_get(def, "command");
+	const json_t *timeout = json_object_get(def, "timeout");
+	const json_t *creates = json_object_get(def, "creates");
+	_cleanup_free_ char *stdin_data = NULL, *def_dump = NULL, *key = NULL;
+	char **argv = NULL, **env = NULL;
+	size_t stdin_len = 0, i;
+	json_t *v;
+	uint64_t h;
+	struct step *s;
+
+	argv = xcalloc(json_array_size(cmd) + 1, sizeof(char *));
+	json_array_foreach(cmd, i, v)
+		argv[i] = xstrdup(json_string_value(v));
+	env = recipes_custom_env(ctx, json_object_get(def, "environment"));
 
 	stdin_data = stack_dump(ctx->stack, &stdin_len);
 	def_dump = json_dumps(def, JSON_COMPACT | JSON_SORT_KEYS);

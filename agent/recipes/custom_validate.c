@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Validation of a custom recipe definition, agent.recipes.<name>
- * (design.md §2). The argv is exec'd directly, never through a shell, so the
+ * (design.md §2), and of agent.rolling (§9), whose health command is an
+ * argv checked the same way. The argv is exec'd directly, never through a shell, so the
  * checks are about what execve and the executor can take: bounded sizes, no
  * control characters, and paths that cannot climb out with "..". Argument
  * and environment values may hold secrets and are never quoted back. */
@@ -16,9 +17,11 @@
 #define CUSTOM_MAX_ARG_BYTES 4096
 #define CUSTOM_MAX_ENV_KEY 128
 #define CUSTOM_MAX_TIMEOUT 86400
+#define ROLLING_MAX_PARALLEL 1000
+#define ROLLING_HEALTH_PATH_MAX 1024
 
 static const char *const custom_keys[] = {
-	"command", "user", "cwd", "environment", "timeout", "creates", "description", NULL,
+	"command", "user", "cwd", "environment", "timeout", "creates", "description", "singleton", NULL,
 };
 
 static bool env_key_is_valid(const char *k)
@@ -114,7 +117,7 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 	if ((k = check_unknown_key(def, custom_keys)))
 		return stack_error_set(err, base,
 				       "unknown key %s, expected command, user, cwd, environment, timeout, "
-				       "creates or description",
+				       "creates, description or singleton",
 				       stack_quote(q, sizeof(q), k));
 
 	stack_path_key(path, sizeof(path), base, "command");
@@ -142,6 +145,76 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 	if ((v = json_object_get(def, "description")) && !json_is_string(v)) {
 		stack_path_key(path, sizeof(path), base, "description");
 		return stack_error_set(err, path, "must be a string");
+	}
+	/* A stack-wide job: with an etcd source one instance at a time runs it
+	 * (the lock locks/<name>, design.md §9 Singletons). */
+	return check_flag(err, base, def, "singleton");
+}
+
+/* agent.rolling.<app>.health (design.md §9). */
+static int check_health(const json_t *h, const char *path, struct stack_error *err)
+{
+	static const char *const keys[] = { "path", "command", "timeout", NULL };
+	char sub[CHECK_PATH_SIZE], q[256];
+	const json_t *p = json_object_get(h, "path");
+	int r;
+
+	if (!json_is_object(h))
+		return check_type_error(err, path, "an object with \"path\" or \"command\"", h);
+	if ((r = check_known_keys(err, path, h, keys)) < 0)
+		return r;
+	if (!p && !json_object_get(h, "command"))
+		return stack_error_set(err, path, "needs \"path\" (built-in apps) or \"command\" (custom recipes)");
+	if (p) {
+		stack_path_key(sub, sizeof(sub), path, "path");
+		if (!json_is_string(p))
+			return check_type_error(err, sub, "a string", p);
+		if (json_string_value(p)[0] != '/' || json_string_length(p) > ROLLING_HEALTH_PATH_MAX ||
+		    check_has_space_or_control(json_string_value(p)))
+			return stack_error_set(err, sub,
+					       "must be an HTTP path that starts with \"/\", without spaces or control "
+					       "characters, at most %d bytes, got %s",
+					       ROLLING_HEALTH_PATH_MAX, stack_quote(q, sizeof(q), json_string_value(p)));
+	}
+	if (json_object_get(h, "command")) {
+		stack_path_key(sub, sizeof(sub), path, "command");
+		if ((r = check_command(json_object_get(h, "command"), sub, err)) < 0)
+			return r;
+	}
+	return check_int_ok(err, path, h, "timeout", 1, CUSTOM_MAX_TIMEOUT,
+			    "must be an integer number of seconds from 1 to 86400");
+}
+
+int recipe_rolling_validate(const json_t *rolling, struct stack_error *err)
+{
+	static const char *const keys[] = { "max_parallel", "health", NULL };
+	char base[CHECK_PATH_SIZE], path[CHECK_PATH_SIZE];
+	const char *app;
+	json_t *v, *h;
+	int r;
+
+	if (!json_is_object(rolling))
+		return check_type_error(err, "$.agent.rolling", "an object of apps", rolling);
+	json_object_foreach((json_t *)rolling, app, v) {
+		if ((r = check_key_name(err, "$.agent.rolling", "app name", app)) < 0)
+			return r;
+		stack_path_key(base, sizeof(base), "$.agent.rolling", app);
+		if (!json_is_object(v))
+			return check_type_error(err, base, "an object with \"max_parallel\"", v);
+		if ((r = check_known_keys(err, base, v, keys)) < 0)
+			return r;
+		if (!json_object_get(v, "max_parallel")) {
+			stack_path_key(path, sizeof(path), base, "max_parallel");
+			return stack_error_set(err, path, "is required");
+		}
+		if ((r = check_int_ok(err, base, v, "max_parallel", 1, ROLLING_MAX_PARALLEL,
+				      "must be an integer from 1 to 1000")) < 0)
+			return r;
+		if ((h = json_object_get(v, "health"))) {
+			stack_path_key(path, sizeof(path), base, "health");
+			if ((r = check_health(h, path, err)) < 0)
+				return r;
+		}
 	}
 	return 0;
 }

@@ -152,6 +152,14 @@ int recipes_plan_after_layer(const struct recipe_ctx *ctx, struct plan *plan, ch
 /* Families. */
 extern const struct recipe_family family_files, family_apps, family_storage, family_front;
 extern const struct recipe recipes_custom[];
+/* A custom recipe's environment (NULL-terminated "K=V", strv_free): PATH,
+ * the recipe's own variables (environment, may be NULL), then AGENT_EVENT,
+ * AGENT_LAYER, AGENT_APP, AGENT_RUN_ID, AGENT_INSTANCE, AGENT_ROOT and
+ * AGENT_RECIPE of ctx. */
+char **recipes_custom_env(const struct recipe_ctx *ctx, const json_t *environment);
 extern const struct recipe recipes_pending[];
 /* Validates agent.recipes.<name> (called by recipes_validate() for each entry). */
 int recipe_custom_validate(const json_t *def, const char *name, struct stack_error *err);
+/* Validates agent.rolling (design.md §9): {"<app>": {"max_parallel": 1..1000,
+ * "health": {"path": "/...", "command": [argv], "timeout": 1..86400}}}. */
+int recipe_rolling_validate(const json_t *rolling, struct stack_error *err);

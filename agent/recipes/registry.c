@@ -183,7 +183,8 @@ static int validate_agent_layers(const json_t *root, const json_t *layers, struc
 		if (!json_is_object(l))
 			return check_type_error(err, lpath, "an object", l);
 		json_object_foreach(l, evname, list) {
-			if (event_from_string(evname) == EVENT_INVALID)
+			/* maintenance is one job's run, never a layer's event (§8.1). */
+			if (event_from_string(evname) == EVENT_INVALID || event_from_string(evname) == EVENT_MAINTENANCE)
 				return stack_error_set(err, lpath,
 						       "unknown event %s, expected setup, configure, deploy, undeploy or shutdown",
 						       stack_quote(q, sizeof(q), evname));
@@ -231,7 +232,7 @@ static int validate_agent_recipes(const json_t *recipes, struct stack_error *err
 
 int recipes_validate_agent(const struct stack *s, struct stack_error *err)
 {
-	static const char *const keys[] = { "layers", "recipes", "volumes", "files", NULL };
+	static const char *const keys[] = { "layers", "recipes", "volumes", "files", "rolling", NULL };
 	json_t *agent, *v;
 	int r;
 
@@ -244,6 +245,8 @@ int recipes_validate_agent(const struct stack *s, struct stack_error *err)
 	if ((v = check_get(agent, "recipes")) && (r = validate_agent_recipes(v, err)) < 0)
 		return r;
 	if ((v = check_get(agent, "layers")) && (r = validate_agent_layers(s->root, v, err)) < 0)
+		return r;
+	if ((v = check_get(agent, "rolling")) && (r = recipe_rolling_validate(v, err)) < 0)
 		return r;
 	return 0;
 }

@@ -164,6 +164,36 @@ void plan_free(struct plan *p)
 	free(p->steps);
 	p->steps = NULL;
 	p->n_steps = 0;
+	free(p->gate.name);
+	free(p->gate.job);
+	p->gate = (struct plan_gate){ 0 };
+}
+
+void plan_set_gate(struct plan *p, enum plan_gate_kind kind, const char *name, unsigned slots, bool keep_on_failure,
+		   const char *job)
+{
+	free(p->gate.name);
+	free(p->gate.job);
+	p->gate = (struct plan_gate){
+		.kind = kind,
+		.name = xstrdup_or_null(name),
+		.slots = kind == PLAN_GATE_MUTEX ? 1 : slots,
+		.keep_on_failure = keep_on_failure,
+		.job = xstrdup_or_null(job),
+	};
+}
+
+json_t *plan_gate_json(const struct plan_gate *g)
+{
+	json_t *o;
+
+	if (!g || g->kind == PLAN_GATE_NONE || !g->name)
+		return NULL;
+	o = json_pack("{s:s, s:I}", g->kind == PLAN_GATE_MUTEX ? "lock" : "semaphore", g->name, "slots",
+		      (json_int_t)g->slots);
+	if (o && g->job)
+		json_object_set_new(o, "job", json_string(g->job));
+	return o;
 }
 
 struct step *plan_add(struct plan *p, const struct step_ops *ops, const char *target, void *data)
@@ -601,5 +631,10 @@ json_t *plan_describe(struct plan *p, const struct step_env *env)
 		json_array_append_new(steps, o);
 	}
 	free(will_change);
-	return json_pack("{s:o}", "steps", steps);
+	json_t *out = json_pack("{s:o}", "steps", steps), *gate = plan_gate_json(&p->gate);
+	if (out && gate)
+		json_object_set_new(out, "gate", gate);
+	else
+		json_decref(gate);
+	return out;
 }

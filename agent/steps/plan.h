@@ -85,14 +85,38 @@ struct step {
 	bool diff_private;
 };
 
+/* A fleet gate: a lock or a semaphore slot the run takes before its first
+ * step (design.md §9). The planner decides it from the stack; the engine
+ * takes it only with an etcd source and ignores it otherwise. */
+enum plan_gate_kind { PLAN_GATE_NONE, PLAN_GATE_MUTEX, PLAN_GATE_SEMAPHORE };
+struct plan_gate {
+	enum plan_gate_kind kind;
+	char *name;              /* owned: "deploy-<app>" (semaphore), the job's name (mutex) */
+	unsigned slots;          /* 1 for a mutex */
+	/* A failed run keeps what it holds until the next success of the
+	 * same gate's run or clear-failed (a rolling deploy: a bad release
+	 * stops at max_parallel instances). */
+	bool keep_on_failure;
+	/* owned, NULL: not a singleton job. Its last success is written to
+	 * PREFIX/jobs/<job>; a holder that finds one newer than its request
+	 * does not run the job again. */
+	char *job;
+};
+
 struct plan {
 	struct step **steps;     /* owned */
 	size_t n_steps;
 	const char *root;        /* borrowed */
+	struct plan_gate gate;   /* kind PLAN_GATE_NONE: none */
 };
 
 void plan_init(struct plan *p, const char *root);
 void plan_free(struct plan *p);
+/* Sets the plan's gate (name and job copied; job may be NULL). */
+void plan_set_gate(struct plan *p, enum plan_gate_kind kind, const char *name, unsigned slots, bool keep_on_failure,
+		   const char *job);
+/* {"lock"|"semaphore": name, "slots": N, "job"?: J}, or NULL when none. */
+json_t *plan_gate_json(const struct plan_gate *g);
 
 /* Appends a step; takes ownership. Recipes use the helpers below. The common
  * fields (recipe, layer) are set by the caller after the call if needed. */
@@ -244,7 +268,7 @@ struct step *plan_exec_current(struct plan_exec *x);
 bool plan_exec_step_changed(struct plan_exec *x, const char *id);
 
 /* Dry run of the whole plan: {"steps": [{"kind","target","recipe","layer","action","diff"?,"error"?,
- * "message"?}]}; recipe and layer are null when unset, message is a note's.
+ * "message"?}], "gate"?: plan_gate_json()}; recipe and layer are null when unset, message is a note's.
  * A step whose describe fails has its error and action "fail". Guards are
  * evaluated as if every step before would do what it says (an action other
  * than "none" counts as a change); a guard that would stop a step gives

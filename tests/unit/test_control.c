@@ -236,8 +236,8 @@ bool engine_run_is_active(struct engine *e, long id)
 	return id != 0 && id == e->active_id;
 }
 
-int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, enum trigger_kind trig,
-		       long *ret_id, char **ret_error)
+int engine_request_run(struct engine *e, enum event ev, const char *layer, const char *app, const char *recipe,
+		       enum trigger_kind trig, long *ret_id, char **ret_error)
 {
 	if (e->active_id) {
 		*ret_error = xstrdup("a run is active");

@@ -1,0 +1,207 @@
+"""Rolling deploys on etcd (design.md §9, issue 12): agent.rolling.<app>
+takes a slot of the semaphore deploy-<app> before the deploy's first step and
+gives it back once the health check passed; a failed deploy keeps its slot,
+so a bad release stops at max_parallel instances. Without etcd the gates are
+not taken.
+
+Five agents on one real etcd deploy one app whose custom recipe appends its
+start and end times to a shared file; the overlap is computed from it."""
+import json
+import os
+import sys
+
+from conftest import wait_for
+from etcd_fixture import etcd, etcd_source  # noqa: F401 (fixture)
+
+PREFIX = "/agentd/roll"
+N = 5
+SLOTS = 2
+
+RECIPE = r"""
+import json, os, sys, time
+doc = json.load(sys.stdin)
+rev = doc["deploy"]["site"]["scm"]["revision"]
+host = os.environ["AGENT_INSTANCE"]
+with open(sys.argv[1], "a") as f:
+    f.write("start %s %s %.6f\n" % (host, rev, time.time()))
+time.sleep(float(sys.argv[2]))
+with open(sys.argv[1], "a") as f:
+    f.write("end %s %s %.6f\n" % (host, rev, time.time()))
+sys.exit(1 if rev == "bad" else 0)
+"""
+
+
+def stack(tmp, rev, slots=SLOTS, sleep=0.3, health=None):
+    script = os.path.join(tmp, "deploy.py")
+    if not os.path.exists(script):
+        with open(script, "w") as f:
+            f.write(RECIPE)
+    return {
+        "opsworks": {"stack": {"name": "roll"}, "layers": {"web": {"name": "Web", "instances": {}}}},
+        "deploy": {"site": {"scm": {"scm_type": "git", "repository": "https://example.com/x.git",
+                                    "revision": rev}}},
+        "agent": {
+            "recipes": {
+                "rel": {"command": [sys.executable, script, os.path.join(tmp, "times"), str(sleep)]},
+                "noop": {"command": ["/bin/true"]},
+            },
+            "layers": {"web": {"setup": ["noop"], "configure": ["noop"], "deploy": ["rel"]}},
+            "rolling": {"site": {"max_parallel": slots,
+                                 "health": health or {"command": ["/bin/true"], "timeout": 5}}},
+        },
+    }
+
+
+def times(tmp, rev):
+    """[(host, start, end or None)] of the deploys of rev, from the shared file."""
+    path = os.path.join(tmp, "times")
+    runs = {}
+    order = []
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        for line in f:
+            what, host, r, t = line.split()
+            if r != rev:
+                continue
+            if what == "start":
+                order.append([host, float(t), None])
+                runs[host] = order[-1]
+            else:
+                runs[host][2] = float(t)
+    return [tuple(x) for x in order]
+
+
+def max_overlap(spans):
+    ev = []
+    for _, s, e in spans:
+        ev.append((s, 1))
+        ev.append((e if e is not None else float("inf"), -1))
+    ev.sort(key=lambda x: (x[0], x[1]))  # an end before a start at the same instant
+    cur = best = 0
+    for _, d in ev:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def fleet(make_agent, etcd, tmp, n=N):  # noqa: F811
+    agents = []
+    for i in range(n):
+        a = make_agent(conf_extra={"instance": f"h{i}", "layers": ["web"], "lease_ttl": 2,
+                                   "watch_timeout": 5, "settle": 0.05, "settle_max": 1},
+                       source=etcd_source(etcd, PREFIX))
+        agents.append(a.start())
+    return agents
+
+
+def deploys_of(a, rev_runs_after):
+    return [r for r in a.runs() if r["event"] == "deploy" and r["id"] > rev_runs_after.get(a.conf["instance"], 0)]
+
+
+def test_rolling_two_at_a_time_and_a_bad_release_stops_at_two(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1"))
+    agents = fleet(make_agent, etcd, tmpdir_agent)
+    # First start: setup, configure and the deploy of r1, two at a time too.
+    for a in agents:
+        wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 20,
+                 "the first deploy of %s" % a.conf["instance"])
+    for a in agents:
+        a.wait_idle(20)
+    first = times(tmpdir_agent, "r1")
+    assert len(first) >= N and max_overlap(first) <= SLOTS, first
+    last_id = {a.conf["instance"]: max(r["id"] for r in a.runs()) for a in agents}
+
+    # One stack put of a new revision: every agent deploys it, at most two at once.
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r2"))
+    seen_waiting = []
+
+    def all_done():
+        for a in agents:
+            for r in deploys_of(a, last_id):
+                if r["status"] == "waiting":
+                    seen_waiting.append(r)
+        return all(any(r["status"] == "success" for r in deploys_of(a, last_id)) for a in agents)
+    wait_for(all_done, 30, "every agent's deploy of r2", interval=0.05)
+    spans = times(tmpdir_agent, "r2")
+    assert sorted(h for h, _, _ in spans) == sorted(a.conf["instance"] for a in agents), spans
+    assert max_overlap(spans) <= SLOTS, spans
+    # With 5 agents and 2 slots some must have waited, and said for what.
+    assert seen_waiting, "no deploy was ever seen waiting"
+    w = seen_waiting[0]["waiting_for"]
+    assert w["semaphore"] == "deploy-site" and len(w["holders"]) <= SLOTS, w
+    for a in agents:
+        a.wait_idle(20)
+    assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}  # every slot given back
+
+    # A failing release: exactly two instances run it (and keep failing on
+    # retries, holding their slots); the three others never start it.
+    last_id = {a.conf["instance"]: max(r["id"] for r in a.runs()) for a in agents}
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "bad"))
+
+    def two_failed_three_waiting():
+        failed = [a for a in agents if any(r["status"] == "failed" for r in deploys_of(a, last_id))]
+        waiting = [a for a in agents
+                   if (a.status().get("current_run") or {}).get("status") == "waiting"]
+        return len(failed) == SLOTS and len(waiting) == N - SLOTS and (failed, waiting)
+    failed, waiting = wait_for(two_failed_three_waiting, 30, "2 failed deploys and 3 waiting", interval=0.05)
+    bad = times(tmpdir_agent, "bad")
+    assert sorted({h for h, _, _ in bad}) == sorted(a.conf["instance"] for a in failed), bad
+    held = etcd.get_prefix(PREFIX + "/semaphores/deploy-site/")
+    by_rev = [v.decode() for v, _, _ in sorted(held.values(), key=lambda x: x[1])]
+    assert sorted(by_rev[:SLOTS]) == sorted(a.conf["instance"] for a in failed), by_rev
+    for a in waiting:
+        cur = a.status()["current_run"]
+        assert cur["waiting_for"]["semaphore"] == "deploy-site"
+        assert sorted(cur["waiting_for"]["holders"]) == sorted(x.conf["instance"] for x in failed), cur
+        assert cur["event"] == "deploy" and cur["app"] == "site"
+    # Still nobody else started after the failures were retried.
+    assert {h for h, _, _ in times(tmpdir_agent, "bad")} == {a.conf["instance"] for a in failed}
+
+    # clear-failed gives a kept slot back: a waiter starts (and fails too).
+    wait_for(lambda: failed[0].status()["current_run"] is None, 15, "the failed instance between retries",
+             interval=0.02)
+    failed[0].ctl("clear-failed", check=0)
+    wait_for(lambda: len({h for h, _, _ in times(tmpdir_agent, "bad")}) == SLOTS + 1, 15,
+             "a third instance to take the freed slot")
+
+
+def test_rolling_without_etcd_takes_no_gate(make_agent, tmpdir_agent):
+    s = stack(tmpdir_agent, "r1", slots=1, sleep=0)
+    s["opsworks"]["layers"]["web"]["instances"] = {"app1": {"private_ip": "10.0.0.1", "status": "online"}}
+    s["agent"]["recipes"]["job"] = {"command": ["/bin/sh", "-c", "echo ran >> %s/job" % tmpdir_agent],
+                                    "singleton": True}
+    a = make_agent(s).start()
+    a.wait_idle(20)
+    dep = [r for r in a.runs() if r["event"] == "deploy"]
+    assert dep and dep[0]["status"] == "success", dep
+    info = a.ctl_json("show", dep[0]["id"])
+    assert [st["kind"] for st in info["steps"]] == ["exec", "health"], info
+    assert "waiting_for" not in info
+    # The plan names the gate it would take with etcd.
+    plan = a.ctl_json("plan", "deploy", "--app", "site")
+    assert plan["gate"] == {"semaphore": "deploy-site", "slots": 1}, plan
+    # A singleton job runs at once, alone; maintenance needs its job.
+    p = a.ctl("run", "maintenance", "--recipe", "job", "--wait")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert open(os.path.join(tmpdir_agent, "job")).read() == "ran\n"
+    runs = a.runs()
+    assert runs[0]["event"] == "maintenance" and runs[0]["recipe"] == "job" and runs[0]["trigger"] == "ctl"
+    p = a.ctl("run", "maintenance")
+    assert p.returncode == 2 and "--recipe" in p.stderr, p.stderr
+    p = a.ctl("run", "maintenance", "--recipe", "nope")
+    assert p.returncode == 1 and '"nope"' in (p.stdout + p.stderr), p.stdout + p.stderr
+    p = a.ctl("run", "deploy", "--recipe", "job")
+    assert p.returncode == 2, p.stderr
+    # A health check that never passes fails the deploy after its timeout, with its last answer.
+    s["agent"]["rolling"]["site"]["health"] = {"command": ["/bin/sh", "-c", "echo not yet; exit 3"], "timeout": 1}
+    rev = a.status()["source"]["stack_revision"]
+    a.write_stack(s)
+    wait_for(lambda: a.status()["source"]["stack_revision"] != rev, 10, "the new stack")
+    a.wait_idle(20)
+    p = a.ctl("run", "deploy", "--app", "site", "--wait")
+    assert p.returncode == 1, p.stdout + p.stderr
+    run = a.ctl_json("show", a.runs()[0]["id"])
+    health = run["steps"][-1]
+    assert health["kind"] == "health" and health["status"] == "failed", run
+    assert "not healthy within 1 s" in health["error"] and "exited with status 3: not yet" in health["error"], health
