@@ -74,7 +74,8 @@ struct etcd_kv {
 /* What a call returns; valid only during the callback. */
 struct etcd_result {
 	int error;              /* 0, or a negative errno: -EIO transport or HTTP error, -EPROTO a reply that
-	                         * does not parse as the gateway's JSON, -ENOENT (lease calls) lease not found,
+	                         * does not parse as the gateway's JSON, -ENOENT (lease calls, and a put under a
+	                         * lease) lease not found: keepalive without TTL, timetolive -1, gRPC NotFound,
 	                         * -EFBIG a value over ETCD_VALUE_MAX */
 	const char *message;    /* when error: names the endpoint and the cause; else NULL */
 	int64_t revision;       /* header.revision */
