@@ -105,7 +105,9 @@ struct etcd_range_options {
  * or returns a negative errno (-EINVAL a bad argument, -EFBIG a value over
  * ETCD_VALUE_MAX) and never calls cb. ret may be NULL; a call's handle is
  * valid until its callback has run or it was cancelled. Keys are absolute
- * (callers join etcd_prefix() themselves). */
+ * (callers join etcd_prefix() themselves). Any callback here, a watch's
+ * included, may start and cancel calls and watches and may etcd_free the
+ * client: none runs inside libcurl. */
 int etcd_range(struct etcd *c, const char *key, const struct etcd_range_options *o, etcd_cb cb, void *userdata,
 	       struct etcd_call **ret);
 int etcd_put(struct etcd *c, const char *key, const char *value, size_t value_len, int64_t lease, etcd_cb cb,
