@@ -582,6 +582,60 @@ static void test_cancel_and_free(void **state)
 	res_clear(&r);
 }
 
+/* etcd_free from inside a watch's callback and from inside a call's: the
+ * other watch never says anything, not even at its silence deadline, and
+ * nothing leaks (ASan run). */
+static bool freed_in_cb;
+static void on_free_client(void *userdata, const struct etcd_result *r)
+{
+	struct t *t = userdata;
+	etcd_free(t->c);
+	t->c = NULL;
+	freed_in_cb = true;
+}
+
+static void on_created_free(void *userdata, int64_t revision)
+{
+	struct t *t = userdata;
+	etcd_free(t->c);
+	t->c = NULL;
+	freed_in_cb = true;
+}
+
+static void fail_events(void *u, int64_t rev, const struct etcd_event *ev, size_t n)
+{
+	fail_msg("on_events after etcd_free");
+}
+
+static void fail_error(void *u, const char *m)
+{
+	fail_msg("on_error after etcd_free: %s", m);
+}
+
+static void test_free_inside_callbacks(void **state)
+{
+	struct t *t = *state;
+	struct etcd_watch_callbacks cbs = { on_created_free, fail_events, NULL, fail_error };
+
+	never_flag = false;
+	freed_in_cb = false;
+	shared_client(t);
+	struct etcd_watch_callbacks quiet = { NULL, fail_events, NULL, fail_error };
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 300, &cbs, t, NULL), 0);
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/g/", true, 0, 300, &quiet, NULL, NULL), 0);
+	WAIT_FOR(t, freed_in_cb, 5000);
+	assert_true(freed_in_cb);
+
+	freed_in_cb = false;
+	shared_client(t);
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 300, &quiet, NULL, NULL), 0);
+	assert_int_equal(etcd_range(t->c, "/agentd/test/f", NULL, on_free_client, t, NULL), 0);
+	WAIT_FOR(t, freed_in_cb, 5000);
+	assert_true(freed_in_cb);
+	/* Past the watches' 300 ms silence deadline: nothing fires. */
+	WAIT_FOR(t, false, 500);
+}
+
 /* ---- endpoints ---- */
 
 static void test_first_endpoint_dead(void **state)
@@ -1177,6 +1231,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_txn_mod_revision, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_and_free, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_free_inside_callbacks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_first_endpoint_dead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_all_endpoints_dead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_events, setup, teardown),
