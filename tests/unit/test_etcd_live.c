@@ -139,7 +139,7 @@ static int proc_start(struct proc *p, const char *name, bool tls)
 		execv(ETCD_BIN, (char **)argv);
 		_exit(127);
 	}
-	for (int i = 0; i < 300; i++) {
+	for (int i = 0; i < 750; i++) {
 		if (gateway(p, "/v3/kv/range", "{\"key\":\"Lw==\"}", NULL) == 200)
 			return 0;
 		if (waitpid(p->pid, NULL, WNOHANG) == p->pid) {
@@ -621,19 +621,19 @@ static void test_free_inside_callbacks(void **state)
 	freed_in_cb = false;
 	shared_client(t);
 	struct etcd_watch_callbacks quiet = { NULL, fail_events, NULL, fail_error };
-	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 300, &cbs, t, NULL), 0);
-	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/g/", true, 0, 300, &quiet, NULL, NULL), 0);
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 800, &cbs, t, NULL), 0);
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/g/", true, 0, 800, &quiet, NULL, NULL), 0);
 	WAIT_FOR(t, freed_in_cb, 5000);
 	assert_true(freed_in_cb);
 
 	freed_in_cb = false;
 	shared_client(t);
-	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 300, &quiet, NULL, NULL), 0);
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 800, &quiet, NULL, NULL), 0);
 	assert_int_equal(etcd_range(t->c, "/agentd/test/f", NULL, on_free_client, t, NULL), 0);
 	WAIT_FOR(t, freed_in_cb, 5000);
 	assert_true(freed_in_cb);
-	/* Past the watches' 300 ms silence deadline: nothing fires. */
-	WAIT_FOR(t, false, 500);
+	/* Past the watches' 800 ms silence deadline: nothing fires. */
+	WAIT_FOR(t, false, 900);
 }
 
 /* ---- endpoints ---- */
