@@ -241,7 +241,8 @@ enum etcd_reply_kind {
  * gateway's JSON: bad base64, an int64 that does not parse, a missing
  * header, more than ETCD_ITEMS_MAX kvs), -EFBIG (a key or value over
  * ETCD_VALUE_MAX), -ENOENT (keepalive without TTL, time-to-live -1: the
- * lease is gone) with a malloc'd cause (a JSON path) in *ret_error and r
+ * lease is gone), -EIO (an error the reply carries: a keepalive's
+ * {"error":{...}}) with a malloc'd cause (a JSON path) in *ret_error and r
  * cleared. */
 #define ETCD_ITEMS_MAX 100000
 int etcd_reply_parse(enum etcd_reply_kind kind, const char *body, size_t len, struct etcd_result *r,
