@@ -74,7 +74,8 @@ struct etcd_kv {
 /* What a call returns; valid only during the callback. */
 struct etcd_result {
 	int error;              /* 0, or a negative errno: -EIO transport or HTTP error, -EPROTO a reply that
-	                         * does not parse as the gateway's JSON, -ENOENT (lease calls) lease not found,
+	                         * does not parse as the gateway's JSON, -ENOENT (lease calls, and a put under a
+	                         * lease) lease not found: keepalive without TTL, timetolive -1, gRPC NotFound,
 	                         * -EFBIG a value over ETCD_VALUE_MAX */
 	const char *message;    /* when error: names the endpoint and the cause; else NULL */
 	int64_t revision;       /* header.revision */
@@ -104,7 +105,9 @@ struct etcd_range_options {
  * or returns a negative errno (-EINVAL a bad argument, -EFBIG a value over
  * ETCD_VALUE_MAX) and never calls cb. ret may be NULL; a call's handle is
  * valid until its callback has run or it was cancelled. Keys are absolute
- * (callers join etcd_prefix() themselves). */
+ * (callers join etcd_prefix() themselves). Any callback here, a watch's
+ * included, may start and cancel calls and watches and may etcd_free the
+ * client: none runs inside libcurl. */
 int etcd_range(struct etcd *c, const char *key, const struct etcd_range_options *o, etcd_cb cb, void *userdata,
 	       struct etcd_call **ret);
 int etcd_put(struct etcd *c, const char *key, const char *value, size_t value_len, int64_t lease, etcd_cb cb,
@@ -238,7 +241,8 @@ enum etcd_reply_kind {
  * gateway's JSON: bad base64, an int64 that does not parse, a missing
  * header, more than ETCD_ITEMS_MAX kvs), -EFBIG (a key or value over
  * ETCD_VALUE_MAX), -ENOENT (keepalive without TTL, time-to-live -1: the
- * lease is gone) with a malloc'd cause (a JSON path) in *ret_error and r
+ * lease is gone), -EIO (an error the reply carries: a keepalive's
+ * {"error":{...}}) with a malloc'd cause (a JSON path) in *ret_error and r
  * cleared. */
 #define ETCD_ITEMS_MAX 100000
 int etcd_reply_parse(enum etcd_reply_kind kind, const char *body, size_t len, struct etcd_result *r,

@@ -25,8 +25,10 @@ struct http_request;  /* one transfer */
  * arrives: data[0..len) is not NUL-terminated and valid only during the call;
  * status is the response's HTTP status. Returns 0 to go on, or a negative
  * errno to stop the transfer, which then ends with an error that names it.
- * It must not call http_request_cancel or http_free: returning an error is
- * the way to stop. */
+ * It runs inside libcurl: it must not call http_request_cancel or http_free
+ * (returning an error is the way to stop), and http_request_start fails
+ * there (-EIO: libcurl's CURLM_RECURSIVE_API_CALL), so queue what it
+ * finds and act on it from the loop (fleet/etcd.c's watch does). */
 typedef int (*http_body_cb)(void *userdata, long status, const char *data, size_t len);
 
 struct http_options {

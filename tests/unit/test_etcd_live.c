@@ -139,7 +139,7 @@ static int proc_start(struct proc *p, const char *name, bool tls)
 		execv(ETCD_BIN, (char **)argv);
 		_exit(127);
 	}
-	for (int i = 0; i < 300; i++) {
+	for (int i = 0; i < 750; i++) {
 		if (gateway(p, "/v3/kv/range", "{\"key\":\"Lw==\"}", NULL) == 200)
 			return 0;
 		if (waitpid(p->pid, NULL, WNOHANG) == p->pid) {
@@ -582,6 +582,60 @@ static void test_cancel_and_free(void **state)
 	res_clear(&r);
 }
 
+/* etcd_free from inside a watch's callback and from inside a call's: the
+ * other watch never says anything, not even at its silence deadline, and
+ * nothing leaks (ASan run). */
+static bool freed_in_cb;
+static void on_free_client(void *userdata, const struct etcd_result *r)
+{
+	struct t *t = userdata;
+	etcd_free(t->c);
+	t->c = NULL;
+	freed_in_cb = true;
+}
+
+static void on_created_free(void *userdata, int64_t revision)
+{
+	struct t *t = userdata;
+	etcd_free(t->c);
+	t->c = NULL;
+	freed_in_cb = true;
+}
+
+static void fail_events(void *u, int64_t rev, const struct etcd_event *ev, size_t n)
+{
+	fail_msg("on_events after etcd_free");
+}
+
+static void fail_error(void *u, const char *m)
+{
+	fail_msg("on_error after etcd_free: %s", m);
+}
+
+static void test_free_inside_callbacks(void **state)
+{
+	struct t *t = *state;
+	struct etcd_watch_callbacks cbs = { on_created_free, fail_events, NULL, fail_error };
+
+	never_flag = false;
+	freed_in_cb = false;
+	shared_client(t);
+	struct etcd_watch_callbacks quiet = { NULL, fail_events, NULL, fail_error };
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 800, &cbs, t, NULL), 0);
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/g/", true, 0, 800, &quiet, NULL, NULL), 0);
+	WAIT_FOR(t, freed_in_cb, 5000);
+	assert_true(freed_in_cb);
+
+	freed_in_cb = false;
+	shared_client(t);
+	assert_int_equal(etcd_watch_start(t->c, "/agentd/test/f/", true, 0, 800, &quiet, NULL, NULL), 0);
+	assert_int_equal(etcd_range(t->c, "/agentd/test/f", NULL, on_free_client, t, NULL), 0);
+	WAIT_FOR(t, freed_in_cb, 5000);
+	assert_true(freed_in_cb);
+	/* Past the watches' 800 ms silence deadline: nothing fires. */
+	WAIT_FOR(t, false, 900);
+}
+
 /* ---- endpoints ---- */
 
 static void test_first_endpoint_dead(void **state)
@@ -882,6 +936,232 @@ static void test_watch_moves_to_next_endpoint(void **state)
 	rec_clear(&w);
 }
 
+/* ---- a fake gateway: canned answers cut where the test says ---- */
+
+struct fake {
+	pid_t pid;
+	int port;
+};
+
+/* Reads one request (headers, then Content-Length bytes). */
+static void fake_read_request(int fd)
+{
+	char buf[8192];
+	size_t n = 0;
+	char *end = NULL;
+
+	while (n < sizeof(buf) - 1 && !(end = strstr(buf, "\r\n\r\n"))) {
+		ssize_t k = read(fd, buf + n, sizeof(buf) - 1 - n);
+		if (k <= 0)
+			return;
+		n += (size_t)k;
+		buf[n] = '\0';
+	}
+	if (!end)
+		return;
+	char *cl = strcasestr(buf, "Content-Length:");
+	size_t want = cl ? strtoul(cl + 15, NULL, 10) : 0, have = n - (size_t)(end + 4 - buf);
+	while (have < want) {
+		ssize_t k = read(fd, buf, sizeof(buf));
+		if (k <= 0)
+			return;
+		have += (size_t)k;
+	}
+}
+
+/* Every connection gets the parts in order, 20 ms apart (so that they
+ * arrive as separate chunks), then the connection closes. */
+static void fake_start(struct fake *f, const char *const *parts)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t n = sizeof(a);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(lfd, 8), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &n), 0);
+	f->port = ntohs(a.sin_port);
+	f->pid = fork();
+	assert_true(f->pid >= 0);
+	if (f->pid == 0) {
+		for (;;) {
+			int fd = accept(lfd, NULL, NULL);
+			if (fd < 0)
+				_exit(0);
+			fake_read_request(fd);
+			for (size_t i = 0; parts[i]; i++) {
+				if (i > 0)
+					msleep(20);
+				if (write(fd, parts[i], strlen(parts[i])) < 0)
+					break;
+			}
+			close(fd);
+		}
+	}
+	close(lfd);
+}
+
+static void fake_stop(struct fake *f)
+{
+	if (f->pid > 0) {
+		kill(f->pid, SIGKILL);
+		waitpid(f->pid, NULL, 0);
+	}
+	f->pid = 0;
+}
+
+#define STREAM_200 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+
+static void fake_watch(struct t *t, const char *const *parts, struct rec *w)
+{
+	struct fake f;
+
+	fake_start(&f, parts);
+	_cleanup_free_ char *url = xasprintf("etcd://127.0.0.1:%d/p", f.port);
+	t->c = client(t, url, NULL);
+	assert_int_equal(etcd_watch_start(t->c, "/p/", true, 3, 0, &rec_cbs, w, NULL), 0);
+	WAIT_FOR(t, w->failed || w->compacted, 5000);
+	fake_stop(&f);
+	_cleanup_free_ char *ep = xasprintf("http://127.0.0.1:%d/v3/watch", f.port);
+	if (w->failed)
+		assert_non_null(strstr(w->error, ep));
+}
+
+/* Messages cut inside a value and several in one chunk without newline;
+ * then an error inside the stream. */
+static void test_fake_stream_error_inside(void **state)
+{
+	static const char *const parts[] = {
+		STREAM_200,
+		"{\"result\":{\"header\":{\"revision\":\"5\"},\"cre",
+		"ated\":true}}{\"result\":{\"header\":{\"revision\":\"6\"},\"events\":[{\"kv\":{\"key\":\"L3AvYQ==\","
+		"\"mod_revision\":\"6\",\"value\":\"eA==\"}}]}}\n{\"result\":{\"header\":{\"revision\":\"7\"}}}",
+		"\n",
+		"{\"error\":{\"grpc_code\":14,\"http_code\":503,\"message\":\"etcdserver: boom\",\"http_status\":503}}\n",
+		NULL,
+	};
+	struct rec w = { 0 };
+
+	fake_watch(*state, parts, &w);
+	assert_int_equal(w.created, 1);
+	assert_int_equal(w.created_rev, 5);
+	assert_int_equal(w.n, 1);
+	assert_string_equal(w.ev[0].key, "/p/a");
+	assert_string_equal(w.ev[0].value, "x");
+	assert_int_equal(w.progress, 1);
+	assert_int_equal(w.last_rev, 7);
+	assert_true(w.failed);
+	assert_non_null(strstr(w.error, "etcdserver: boom"));
+	rec_clear(&w);
+}
+
+static void test_fake_stream_garbage(void **state)
+{
+	static const char *const parts[] = {
+		STREAM_200, "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}\n<html>", NULL,
+	};
+	struct rec w = { 0 };
+
+	fake_watch(*state, parts, &w);
+	assert_int_equal(w.created, 1);
+	assert_true(w.failed);
+	assert_non_null(strstr(w.error, "not a sequence of JSON objects"));
+	rec_clear(&w);
+}
+
+static void test_fake_stream_bad_message(void **state)
+{
+	static const char *const parts[] = {
+		STREAM_200, "{\"result\":{\"header\":{\"revision\":\"5\"},\"events\":[{\"kv\":{\"key\":\"%%%%\"}}]}}",
+		"{\"result\":{\"header\":{\"revision\":\"6\"}}}", NULL,
+	};
+	struct rec w = { 0 };
+
+	fake_watch(*state, parts, &w);
+	assert_int_equal(w.n, 0);
+	assert_int_equal(w.progress, 0); /* nothing after the bad one */
+	assert_true(w.failed);
+	assert_non_null(strstr(w.error, "$.result.events[0].kv.key"));
+	rec_clear(&w);
+}
+
+static void test_fake_stream_compacted_not_canceled(void **state)
+{
+	/* etcd #8231: compact_revision with canceled false. */
+	static const char *const parts[] = {
+		STREAM_200, "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}",
+		"{\"result\":{\"header\":{\"revision\":\"5\"},\"compact_revision\":\"4\"}}", NULL,
+	};
+	struct rec w = { 0 };
+
+	fake_watch(*state, parts, &w);
+	assert_true(w.compacted);
+	assert_false(w.failed);
+	assert_int_equal(w.compact_rev, 4);
+	rec_clear(&w);
+}
+
+static void test_fake_stream_http_error_and_end(void **state)
+{
+	static const char *const parts[] = {
+		"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+		"{\"error\":\"invalid character\",\"message\":\"invalid character\",\"code\":2}", NULL,
+	};
+	static const char *const ended[] = { STREAM_200, "{\"result\":{\"header\":{\"revision\":\"5\"},\"created\":true}}",
+					     NULL };
+	struct rec w = { 0 };
+
+	fake_watch(*state, parts, &w);
+	assert_true(w.failed);
+	assert_non_null(strstr(w.error, "HTTP 500: invalid character"));
+	rec_clear(&w);
+	teardown(state);
+	setup(state);
+	fake_watch(*state, ended, &w);
+	assert_true(w.failed);
+	assert_non_null(strstr(w.error, "the stream ended"));
+	rec_clear(&w);
+}
+
+/* A 5xx moves a unary call to the next endpoint; a 4xx does not. */
+static void test_fake_unary_5xx_then_real(void **state)
+{
+	struct t *t = *state;
+	static const char *const e503[] = {
+		"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 65\r\n\r\n"
+		"{\"error\":\"etcdserver: no leader\",\"message\":\"no leader\",\"code\":14}",
+		NULL,
+	};
+	static const char *const e400[] = {
+		"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 43\r\n\r\n"
+		"{\"error\":\"bad\",\"message\":\"bad\",\"code\":3}   ",
+		NULL,
+	};
+	struct fake f, g;
+	struct res r = { 0 };
+
+	fake_start(&f, e503);
+	_cleanup_free_ char *url = xasprintf("etcd://127.0.0.1:%d,127.0.0.1:%d/agentd/test", f.port, shared.port);
+	_cleanup_free_ char *second = xasprintf("http://127.0.0.1:%d", shared.port);
+	t->c = client(t, url, NULL);
+	CALL(t, &r, etcd_put(t->c, "/agentd/test/5xx", "y", 1, 0, on_res, &r, NULL));
+	assert_int_equal(r.error, 0);
+	assert_string_equal(etcd_endpoint(t->c), second);
+	fake_stop(&f);
+
+	fake_start(&g, e400);
+	_cleanup_free_ char *url2 = xasprintf("etcd://127.0.0.1:%d,127.0.0.1:%d/agentd/test", g.port, shared.port);
+	struct etcd *c2 = client(t, url2, NULL);
+	CALL(t, &r, etcd_put(c2, "/agentd/test/4xx", "y", 1, 0, on_res, &r, NULL));
+	assert_int_equal(r.error, -EIO);
+	assert_non_null(strstr(r.message, "HTTP 400: bad"));
+	assert_int_equal(strncmp(etcd_endpoint(c2), second, strlen(second)) == 0, 0);
+	etcd_free(c2);
+	fake_stop(&g);
+	res_clear(&r);
+}
+
 /* ---- TLS with a client certificate ---- */
 
 static void make_certs(void)
@@ -951,6 +1231,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_txn_mod_revision, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lease, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_and_free, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_free_inside_callbacks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_first_endpoint_dead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_all_endpoints_dead, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_events, setup, teardown),
@@ -959,6 +1240,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_watch_silence_sigstop, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_etcd_killed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_watch_moves_to_next_endpoint, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fake_stream_error_inside, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fake_stream_garbage, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fake_stream_bad_message, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fake_stream_compacted_not_canceled, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fake_stream_http_error_and_end, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fake_unary_5xx_then_real, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_tls_client_certificate, setup, teardown),
 	};
 	if (getenv("TEST_FILTER"))
