@@ -275,5 +275,8 @@ struct step *front_add_varnish_vcl(struct plan *p, char *const *varnishadm, cons
 	d->prefix = xstrdup(prefix);
 	d->timeout_sec = timeout_sec;
 	buf_init(&d->out);
-	return plan_add(p, &varnish_vcl_ops, name, d);
+	/* The target is the file, not the name: the name is new in each
+	 * run, and the step's owed work (plan.h, step memory) is keyed by
+	 * its target, so that a vcl.use that failed runs in the next run. */
+	return plan_add(p, &varnish_vcl_ops, vcl_path, d);
 }

@@ -8,7 +8,8 @@
  * that varnishd compiles each VCL once (issue 12); when varnishd refuses
  * the vcl.use (it does not know the name: it was not reachable at the
  * check, or this step is owed by an earlier run), the step loads the file
- * at vcl_path under that name (vcl.load) and uses it then. */
+ * at vcl_path under that name (vcl.load) and uses it then. The step's
+ * target is vcl_path. */
 #pragma once
 
 #include <stddef.h>
