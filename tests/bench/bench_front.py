@@ -17,13 +17,15 @@ goes offline, ten times). Prints, per agentd build:
   - the median duration of the run's front-end steps (where the time goes);
   - requests served and failed during the 20 changes.
 
-Usage: bench_front.py [--build DIR]... [--rounds N] [--varnish-param NAME=VALUE]...
+Usage: bench_front.py [--build DIR]... [--rounds N] [--varnish-param NAME=VALUE]... [--no-loop]
 Several --build (e.g. the old main built with `make BUILD=build-old` and
 this tree's build) are measured in the same run, one after the other, N
 rounds each (interleaved), and printed side by side. --varnish-param is
 given to the test's varnishd as -p (e.g. a cc_command at -O1: varnishd
 compiles each VCL with the C compiler, and its default -O2 is most of a
-vcl.load).
+vcl.load). --no-loop makes the changes without the request loop (which
+takes most of this machine's two cores from the compiles): no "serving"
+figure then.
 """
 import argparse
 import datetime
@@ -67,7 +69,21 @@ def use_build(build):
     conftest.AGENTCTL = os.path.join(build, "agentctl")
 
 
-def one_round(build, varnish_params, res):
+class NoLoop:
+    ok = 0
+    failed = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        pass
+
+    def wait_more(self, n):
+        pass
+
+
+def one_round(build, varnish_params, res, loop_on=True):
     use_build(build)
     f = Front()
     try:
@@ -76,7 +92,7 @@ def one_round(build, varnish_params, res):
         a = f.start_agent(stack_doc(["app1", "app2"]))
         a.wait_runs(3, timeout=60)
         f.start_haproxy_nginx()
-        with Loop(f) as loop:
+        with Loop(f) if loop_on else NoLoop() as loop:
             loop.wait_more(50)
             ok0, failed0 = loop.ok, len(loop.failed)
             t_start = time.monotonic()
@@ -86,7 +102,7 @@ def one_round(build, varnish_params, res):
                 hits = f.backends.member_hits("app3")
                 t0, w0 = time.monotonic(), time.time()
                 a.write_stack(stack_doc(online))
-                if i % 2 == 0:
+                if i % 2 == 0 and loop_on:
                     wait_for(lambda: f.backends.member_hits("app3") > hits, timeout=60, what="app3 serving",
                              interval=0.001)
                     res["serving"].append(time.monotonic() - t0)
@@ -118,13 +134,14 @@ def main():
     ap.add_argument("--build", action="append", help="an agentd build directory (repeatable)")
     ap.add_argument("--rounds", type=int, default=1, help=f"rounds of {CHANGES} changes per build")
     ap.add_argument("--varnish-param", action="append", default=[], help="NAME=VALUE for the test varnishd")
+    ap.add_argument("--no-loop", action="store_true", help="no request loop during the changes")
     args = ap.parse_args()
     builds = args.build or [os.environ["AGENTD_BUILD"]]
     results = {b: {"serving": [], "started": [], "finished": [], "statuses": [], "steps": {}, "elapsed": 0.0,
                    "served": 0, "failed": 0, "failures": []} for b in builds}
     for _ in range(args.rounds):
         for b in builds:
-            one_round(b, args.varnish_param, results[b])
+            one_round(b, args.varnish_param, results[b], loop_on=not args.no_loop)
     print("front end (nginx -> varnish -> haproxy -> 2-3 members x 2 clients, loopback)")
     if args.varnish_param:
         print("  varnishd -p " + " -p ".join(args.varnish_param))
@@ -139,7 +156,8 @@ def main():
             if statistics.median(v) >= 1:
                 print(f"    {statistics.median(v):6.0f}  {k}")
         ok = r["statuses"].count("success")
-        print(f"  {len(r['statuses'])} membership changes in {r['elapsed']:.1f} s under a request loop: "
+        print(f"  {len(r['statuses'])} membership changes in {r['elapsed']:.1f} s"
+              f"{'' if args.no_loop else ' under a request loop'}: "
               f"{r['served']} requests served, {r['failed']} failed; configure runs: {ok} succeeded, "
               f"{len(r['statuses']) - ok} other")
         if r["failures"]:
