@@ -513,12 +513,12 @@ static struct step *front_exec(const struct recipe_ctx *ctx, struct plan *plan, 
 	return plan_add_exec(plan, target, &eo, ret_error);
 }
 
+/* fallback (may be NULL): the argv run instead when the check exits 2 (see
+ * varnish_plan). */
 static int front_plan_checked(const struct recipe_ctx *ctx, struct plan *plan, const char *id, const char *path,
-			      char *content, const char *cmd_key, const char *const *check_extra, const char *wrapper,
-			      bool secret, char **ret_error)
+			      char *content, char **argv, char **fallback, const char *wrapper, bool secret,
+			      char **ret_error)
 {
-	_cleanup_free_ const char **cmd = config_argv(ctx->config, cmd_key);
-	_cleanup_free_ char **argv = argv_concat(cmd, check_extra);
 	struct front_file_opts fo = {
 		.path = path,
 		.content = content,
@@ -530,6 +530,8 @@ static int front_plan_checked(const struct recipe_ctx *ctx, struct plan *plan, c
 		.check_argv = argv,
 		.wrapper = wrapper,
 		.timeout_sec = config_int(ctx->config, "front_check_timeout"),
+		.fallback_argv = fallback,
+		.fallback_status = 2,
 	};
 	struct step *s = front_add_checked_file(plan, &fo, ret_error);
 
@@ -566,39 +568,57 @@ static int haproxy_plan(const struct recipe_ctx *ctx, struct plan *plan, char **
 	static const char *const guards[] = { "front-haproxy-cfg", NULL };
 	int r;
 
+	_cleanup_free_ const char **cmd = config_argv(ctx->config, "haproxy_command");
+	_cleanup_free_ char **argv = argv_concat(cmd, check);
+
 	front_render_opts_from_config(ctx->config, &o);
 	front_settings_get(ctx->stack, &fs);
 	r = front_plan_checked(ctx, plan, "front-haproxy-cfg", config_string(ctx->config, "haproxy_config"),
-			       front_render_haproxy(ctx->stack, &o), "haproxy_command", check, NULL,
-			       fs.enable_stats && fs.stats_password, ret_error);
+			       front_render_haproxy(ctx->stack, &o), argv, NULL, NULL, fs.enable_stats && fs.stats_password,
+			       ret_error);
 	if (r < 0)
 		return r;
 	return front_plan_reload(ctx, plan, "reload haproxy", "haproxy_reload_command", guards, ret_error);
 }
 
+/* The VCL is compiled once (issue 12): its check is `varnishadm vcl.load
+ * NAME candidate`, which compiles it in the running varnishd; varnishd
+ * refuses a bad VCL with its compiler's message and keeps the active one,
+ * and only an accepted VCL replaces the file. When varnishadm cannot reach
+ * varnishd (exit status 2), `varnishd -C -f candidate` checks it instead.
+ * The varnish-vcl step then makes NAME active (loading the file itself
+ * when the check could not). */
 static int varnish_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
 {
 	struct front_render_opts o;
-	static const char *const check[] = { "-C", "-f", "{}", NULL };
+	static const char *const compile[] = { "-C", "-f", "{}", NULL };
 	const char *vcl = config_string(ctx->config, "varnish_vcl");
 	_cleanup_free_ char *content = NULL, *name = NULL;
-	_cleanup_free_ const char **adm = NULL;
-	_cleanup_free_ char **admv = NULL;
+	_cleanup_free_ const char **adm = config_argv(ctx->config, "varnishadm_command");
+	_cleanup_free_ const char **vd = config_argv(ctx->config, "varnishd_command");
+	_cleanup_free_ char **admv = argv_concat(adm, NULL), **load = NULL, **check = NULL;
 	struct step *s;
 	int r;
 
+	if (!admv[0]) {
+		*ret_error = xstrdup("no varnishadm command (varnishadm_command)");
+		return -EINVAL;
+	}
 	front_render_opts_from_config(ctx->config, &o);
 	content = front_render_vcl(ctx->stack, &o);
 	/* A name unique to this run and content: vcl.load refuses a name
 	 * that is loaded already. */
 	name = xasprintf(FRONT_VCL_PREFIX "%ld_%016llx", ctx->run_id,
 			 (unsigned long long)hash_fnv1a64(content, strlen(content), HASH_FNV_SEED));
-	r = front_plan_checked(ctx, plan, "front-varnish-vcl", vcl, xstrdup(content), "varnishd_command", check, NULL,
+	{
+		const char *const extra[] = { "vcl.load", name, "{}", NULL };
+		load = argv_concat(adm, extra);
+	}
+	check = argv_concat(vd, compile);
+	r = front_plan_checked(ctx, plan, "front-varnish-vcl", vcl, xstrdup(content), load, vd && vd[0] ? check : NULL, NULL,
 			       false, ret_error);
 	if (r < 0)
 		return r;
-	adm = config_argv(ctx->config, "varnishadm_command");
-	admv = argv_concat(adm, NULL);
 	s = front_add_varnish_vcl(plan, admv, vcl, name, FRONT_VCL_PREFIX, config_int(ctx->config, "front_check_timeout"),
 				  ret_error);
 	if (!s)
@@ -628,9 +648,12 @@ static int nginx_plan(const struct recipe_ctx *ctx, struct plan *plan, char **re
 	struct step *s;
 	int r;
 
+	_cleanup_free_ const char **cmd = config_argv(ctx->config, "nginx_command");
+	_cleanup_free_ char **argv = argv_concat(cmd, check);
+
 	front_render_opts_from_config(ctx->config, &o);
-	r = front_plan_checked(ctx, plan, "front-nginx-site", site, front_render_nginx(ctx->stack, &o), "nginx_command",
-			       check, nginx_wrapper, false, ret_error);
+	r = front_plan_checked(ctx, plan, "front-nginx-site", site, front_render_nginx(ctx->stack, &o), argv, NULL,
+			       nginx_wrapper, false, ret_error);
 	if (r < 0)
 		return r;
 	link = xasprintf("%s/instances", enabled);

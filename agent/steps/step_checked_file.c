@@ -120,6 +120,8 @@ struct cf_data {
 	char **check_argv;     /* owned */
 	char *wrapper;         /* owned, may be NULL */
 	long timeout_sec;
+	char **fallback_argv;  /* owned, may be NULL */
+	int fallback_status;
 
 	/* While running. */
 	struct plan_exec *x;   /* borrowed */
@@ -128,6 +130,8 @@ struct cf_data {
 	char *name;
 	char tmp[NAME_MAX + 1];
 	char wtmp[NAME_MAX + 1];
+	char *check_path;      /* host path "{}" stands for */
+	bool in_fallback;
 	char **argv_run;
 	struct buf out;
 };
@@ -145,6 +149,9 @@ static void cf_cleanup_run(struct cf_data *d)
 	d->tmp[0] = d->wtmp[0] = '\0';
 	free(d->name);
 	d->name = NULL;
+	free(d->check_path);
+	d->check_path = NULL;
+	d->in_fallback = false;
 	strv_free(d->argv_run);
 	d->argv_run = NULL;
 	buf_free(&d->out);
@@ -161,6 +168,7 @@ static void cf_free(void *data)
 	free(d->path);
 	free(d->content);
 	strv_free(d->check_argv);
+	strv_free(d->fallback_argv);
 	free(d->wrapper);
 	free(d);
 }
@@ -208,6 +216,24 @@ static void cb_cf_output(void *userdata, const char *data, size_t len)
 		buf_append(&d->out, data, len < CHECK_OUTPUT_MAX - d->out.len ? len : CHECK_OUTPUT_MAX - d->out.len);
 }
 
+static void cf_start_check(struct cf_data *d, struct plan_exec *x, char **tmpl);
+
+/* The checker could not check (the loader found no service to load into):
+ * notes why in the run's output and starts the fallback checker. */
+static void cf_fallback(struct cf_data *d, struct plan_exec *x, const struct exec_result *r)
+{
+	_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
+	_cleanup_free_ char *out = xstrndup(d->out.data ? d->out.data : "", d->out.len);
+	_cleanup_free_ char *note = xasprintf("%s could not check the new %s (%s): %s%schecking with %s instead\n",
+					       d->check_argv[0], d->path, why, out,
+					       out[0] && out[strlen(out) - 1] != '\n' ? "\n" : "", d->fallback_argv[0]);
+
+	plan_step_output(x, note, strlen(note));
+	buf_reset(&d->out);
+	d->in_fallback = true;
+	cf_start_check(d, x, d->fallback_argv);
+}
+
 static void cb_cf_done(void *userdata, const struct exec_result *r)
 {
 	struct cf_data *d = userdata;
@@ -215,10 +241,13 @@ static void cb_cf_done(void *userdata, const struct exec_result *r)
 
 	d->proc = NULL;
 	d->x = NULL;
+	if (!d->in_fallback && d->fallback_argv && !r->spawn_error && !r->timed_out && !r->term_signal &&
+	    r->exit_status == d->fallback_status)
+		return cf_fallback(d, x, r);
 	if (r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0) {
 		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
 		_cleanup_free_ char *out = xstrndup(d->out.data ? d->out.data : "", d->out.len);
-		char *argv0 = d->check_argv[0];
+		char *argv0 = d->in_fallback ? d->fallback_argv[0] : d->check_argv[0];
 
 		/* The output goes to the run log too, where an operator looks. */
 		plan_step_output(x, out, strlen(out));
@@ -241,8 +270,7 @@ static void cf_apply(struct step *s, struct plan_exec *x)
 {
 	struct cf_data *d = s->data;
 	_cleanup_free_ char *old = NULL, *cand = NULL, *wpath = NULL, *wcontent = NULL, *sib = NULL;
-	const struct step_env *env = plan_exec_env(x);
-	size_t old_len = 0, n;
+	size_t old_len = 0;
 	mode_t mode = 0;
 	int r;
 
@@ -291,24 +319,34 @@ static void cf_apply(struct step *s, struct plan_exec *x)
 			return plan_step_done(x, STEP_FAILED, "cannot name %s under root", d->path);
 		}
 	}
-	n = strv_length((const char *const *)d->check_argv);
+	d->check_path = xstrdup(wpath ? wpath : cand);
+	cf_start_check(d, x, d->check_argv);
+}
+
+/* Runs the checker tmpl ("{}" replaced by d->check_path); it ends in
+ * cb_cf_done, or here with the step failed. */
+static void cf_start_check(struct cf_data *d, struct plan_exec *x, char **tmpl)
+{
+	size_t n = strv_length((const char *const *)tmpl);
+	int r;
+
+	strv_free(d->argv_run);
 	d->argv_run = xcalloc(n + 1, sizeof(char *));
 	for (size_t i = 0; i < n; i++)
-		d->argv_run[i] = subst(d->check_argv[i], wpath ? wpath : cand);
+		d->argv_run[i] = subst(tmpl[i], d->check_path);
 
 	struct exec_opts o = {
 		.argv = d->argv_run,
 		.env = front_env,
 		.timeout_ms = d->timeout_sec * 1000,
 	};
-	(void)env;
 	d->x = x;
-	r = exec_start(env->loop, &o, cb_cf_output, cb_cf_done, d, &d->proc);
+	r = exec_start(plan_exec_env(x)->loop, &o, cb_cf_output, cb_cf_done, d, &d->proc);
 	if (r < 0) {
 		d->x = NULL;
 		d->proc = NULL;
 		cf_cleanup_run(d);
-		return plan_step_done(x, STEP_FAILED, "could not start %s: %s", d->check_argv[0], strerror(-r));
+		return plan_step_done(x, STEP_FAILED, "could not start %s: %s", tmpl[0], strerror(-r));
 	}
 	plan_step_spawned(x, d->proc);
 }
@@ -352,6 +390,10 @@ struct step *front_add_checked_file(struct plan *p, const struct front_file_opts
 	d->check_argv = strv_dup((const char *const *)o->check_argv);
 	d->wrapper = o->wrapper ? xstrdup(o->wrapper) : NULL;
 	d->timeout_sec = o->timeout_sec;
+	if (o->fallback_argv && o->fallback_argv[0] && o->fallback_status > 0) {
+		d->fallback_argv = strv_dup((const char *const *)o->fallback_argv);
+		d->fallback_status = o->fallback_status;
+	}
 	d->dirfd = -1;
 	buf_init(&d->out);
 	return plan_add(p, &checked_file_ops, o->path, d);

@@ -8,7 +8,14 @@
  * only when the checker exits 0 is the candidate renamed over the live
  * file. A failed check fails the step with the checker's output and leaves
  * the live file, and so the running service, alone. Content equal to the
- * live file is "unchanged" and runs no checker. */
+ * live file is "unchanged" and runs no checker.
+ *
+ * A checker may also be the loader (the varnish recipe: `varnishadm vcl.load
+ * NAME {}` compiles the candidate in the running varnishd, which refuses a
+ * bad VCL and keeps its active one, so that VCL is compiled once, issue 12).
+ * When such a checker cannot check (exits fallback_status: varnishadm's 2,
+ * varnishd not reachable), fallback_argv checks instead (`varnishd -C -f
+ * {}`), so that a file the real binary refuses is still never written. */
 #pragma once
 
 #include <stddef.h>
@@ -29,5 +36,10 @@ struct front_file_opts {
 	 * site, not the site alone). */
 	const char *wrapper;
 	long timeout_sec;
+	/* Optional: run instead of check_argv (same "{}") when check_argv
+	 * exits with status fallback_status (> 0); check_argv's output is
+	 * noted in the run's output. */
+	char *const *fallback_argv;
+	int fallback_status;
 };
 struct step *front_add_checked_file(struct plan *p, const struct front_file_opts *o, char **ret_error);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* The varnish-vcl step kind (step_vcl.h): vcl.load, vcl.use, vcl.list and
- * vcl.discard through varnishadm, one child after the other. */
+/* The varnish-vcl step kind (step_vcl.h): vcl.use (after a vcl.load when
+ * varnishd does not know the name yet), vcl.list and vcl.discard through
+ * varnishadm, one child after the other. */
 #include "step_vcl.h"
 
 #include <errno.h>
@@ -19,7 +20,11 @@
  * environment. */
 static char *const front_env[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
 
-enum vcl_stage { VCL_LOAD, VCL_USE, VCL_LIST, VCL_DISCARD, VCL_DONE };
+enum vcl_stage { VCL_USE, VCL_LOAD, VCL_LIST, VCL_DISCARD, VCL_DONE };
+
+/* varnishadm's exit status when varnishd answered with an error (CLI
+ * status other than 200), as opposed to 2: not reachable. */
+#define VARNISHADM_REFUSED 1
 
 struct vcl_data {
 	char **adm;            /* owned: the varnishadm argv prefix */
@@ -31,6 +36,7 @@ struct vcl_data {
 
 	/* While running. */
 	enum vcl_stage stage;
+	bool loaded;           /* this step ran vcl.load */
 	struct plan_exec *x;   /* borrowed */
 	struct exec *proc;     /* borrowed */
 	char **argv_run;
@@ -116,6 +122,19 @@ static void cb_vcl_done(void *userdata, const struct exec_result *r)
 	bool ok = !(r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0);
 
 	d->proc = NULL;
+	if (!ok && d->stage == VCL_USE && !d->loaded && !r->spawn_error && !r->timed_out && !r->term_signal &&
+	    r->exit_status == VARNISHADM_REFUSED) {
+		/* The usual case is a VCL loaded by the check before this
+		 * step (step_checked_file.h); not there (varnishd was not
+		 * reachable then, or this step is owed by an earlier run):
+		 * load the live file, checked when it was written. */
+		_cleanup_free_ char *note = xasprintf("%s not loaded yet: vcl.load %s\n", d->name, d->vcl_path);
+
+		plan_step_output(d->x, note, strlen(note));
+		d->stage = VCL_LOAD;
+		d->loaded = true;
+		return vcl_next(d);
+	}
 	if (!ok && (d->stage == VCL_LOAD || d->stage == VCL_USE)) {
 		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
 		_cleanup_free_ char *out = xstrndup(d->out.data ? d->out.data : "", d->out.len > 2048 ? 2048 : d->out.len);
@@ -130,7 +149,11 @@ static void cb_vcl_done(void *userdata, const struct exec_result *r)
 		static const char msg[] = "note: could not discard old VCLs\n";
 		plan_step_output(d->x, msg, sizeof(msg) - 1);
 		d->stage = VCL_DONE;
-	} else
+	} else if (d->stage == VCL_LOAD)
+		d->stage = VCL_USE;
+	else if (d->stage == VCL_USE)
+		d->stage = VCL_LIST;
+	else
 		d->stage++;
 	vcl_next(d);
 }
@@ -209,7 +232,8 @@ static void vcl_apply(struct step *s, struct plan_exec *x)
 	struct vcl_data *d = s->data;
 
 	d->x = x;
-	d->stage = VCL_LOAD;
+	d->stage = VCL_USE;
+	d->loaded = false;
 	buf_reset(&d->out);
 	vcl_next(d);
 }
@@ -251,5 +275,8 @@ struct step *front_add_varnish_vcl(struct plan *p, char *const *varnishadm, cons
 	d->prefix = xstrdup(prefix);
 	d->timeout_sec = timeout_sec;
 	buf_init(&d->out);
-	return plan_add(p, &varnish_vcl_ops, name, d);
+	/* The target is the file, not the name: the name is new in each
+	 * run, and the step's owed work (plan.h, step memory) is keyed by
+	 * its target, so that a vcl.use that failed runs in the next run. */
+	return plan_add(p, &varnish_vcl_ops, vcl_path, d);
 }

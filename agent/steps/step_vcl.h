@@ -1,9 +1,15 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* A step kind of the front-end family (agent/recipes/front.c).
  *
- * "varnish-vcl": loads a VCL file into a running varnishd under a unique
- * name (vcl.load), makes it active (vcl.use) and discards the older VCLs
- * agentd loaded (vcl.list, vcl.discard), all through the varnishadm argv. */
+ * "varnish-vcl": makes the VCL loaded under a unique name active (vcl.use)
+ * and discards the older VCLs agentd loaded (vcl.list, vcl.discard), all
+ * through the varnishadm argv. The check before it (the checked-file step
+ * of the VCL) normally loaded it already with `varnishadm vcl.load`, so
+ * that varnishd compiles each VCL once (issue 12); when varnishd refuses
+ * the vcl.use (it does not know the name: it was not reachable at the
+ * check, or this step is owed by an earlier run), the step loads the file
+ * at vcl_path under that name (vcl.load) and uses it then. The step's
+ * target is vcl_path. */
 #pragma once
 
 #include <stddef.h>

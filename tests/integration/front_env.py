@@ -162,13 +162,14 @@ class Front:
         for m, ip in MEMBERS.items():
             self.backends.start(m, ip, CLIENTS)
 
-    def start_varnish(self):
+    def start_varnish(self, extra=()):
+        """varnishd on varnish_addr; extra: more arguments (e.g. ["-p", "cc_command=..."])."""
         boot = os.path.join(self.tmp, "boot.vcl")
         h, p = self.haproxy_addr.split(":")
         with open(boot, "w") as f:
             f.write(f'vcl 4.1;\nbackend default {{ .host = "{h}"; .port = "{p}"; }}\n')
         p = subprocess.Popen(["varnishd", "-F", "-n", os.path.join(self.tmp, "varnish"), "-a", self.varnish_addr,
-                              "-T", f"127.0.0.2:{self.vadm}", "-S", self.secret, "-f", boot, "-s", "malloc,32m"],
+                              "-T", f"127.0.0.2:{self.vadm}", "-S", self.secret, "-f", boot, "-s", "malloc,32m", *extra],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(p)
         wait_for(lambda: subprocess.run(self.varnishadm + ["ping"], capture_output=True).returncode == 0,
