@@ -266,6 +266,12 @@ int engine_gate_take(struct engine *e, struct active *a)
 	free(g->app);
 	g->app = a->rec->req.app ? xstrdup(a->rec->req.app) : NULL;
 	g->run_id = a->id;
+	if (g->held && !g->job) {
+		/* Held already (kept by a failed run, or this run planned
+		 * again after it waited): no wait. */
+		g->opened = true;
+		return 1;
+	}
 	g->opened = false;
 	gate_set_waiting(g, NULL);
 	if (g->held)
@@ -287,7 +293,11 @@ void engine_gate_run_done(struct engine *e, const struct run *rec, bool ran_job)
 		if (g->run_id == rec->id) {
 			g->run_id = 0;
 			g->opened = false;
-			if (!success && rec->status == RUN_FAILED && g->keep_on_failure && g->held) {
+			/* Kept by a failure of a step, not of planning: a run
+			 * planned again that failed to plan ran nothing. */
+			bool ran = json_array_size(rec->steps) > 0 || rec->steps_omitted > 0;
+
+			if (!success && rec->status == RUN_FAILED && g->keep_on_failure && g->held && ran) {
 				log_warn("Run %ld failed: keeping %s's slot until a run of it succeeds or clear-failed",
 					 rec->id, g->name);
 				continue;
