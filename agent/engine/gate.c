@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "fleet/etcd.h"
 #include "fleet/lock.h"
 #include "internal.h"
@@ -225,7 +226,7 @@ static void gate_contend(struct engine_gate *g)
 	if (lease == 0 || !host)
 		return gate_retry(g, GATE_NO_LEASE_MS); /* not registered (yet, or again) */
 	r = fleet_lock_acquire(g->e->loop, c, g->kind == PLAN_GATE_MUTEX ? FLEET_LOCK_MUTEX : FLEET_LOCK_SEMAPHORE, g->name,
-			       g->slots, lease, host, &cbs, g, &g->lock);
+			       g->slots, lease, (uint64_t)g->e->config->watch_timeout * 1000, host, &cbs, g, &g->lock);
 	if (r < 0) {
 		g->lock = NULL;
 		log_warn("Cannot contend for %s: %s", g->name, strerror(-r));
