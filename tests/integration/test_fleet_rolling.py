@@ -181,6 +181,10 @@ def test_rolling_without_etcd_takes_no_gate(make_agent, tmpdir_agent):
     # The plan names the gate it would take with etcd.
     plan = a.ctl_json("plan", "deploy", "--app", "site")
     assert plan["gate"] == {"semaphore": "deploy-site", "slots": 1}, plan
+    # ... and what its health step checks.
+    health = plan["steps"][-1]
+    assert health["kind"] == "health" and health["action"] == "check", plan
+    assert health["message"] == "/bin/true exits 0 within 5 s", health
     # A singleton job runs at once, alone; maintenance needs its job.
     p = a.ctl("run", "maintenance", "--recipe", "job", "--wait")
     assert p.returncode == 0, p.stdout + p.stderr
