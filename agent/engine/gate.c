@@ -8,7 +8,17 @@
  * (a rolling deploy) keeps it until the next success of the same event
  * and app, or clear-failed, so a bad release stops at max_parallel
  * instances. A gate whose key went (a new lease: registration granted
- * again) or whose etcd calls failed is taken again after a backoff. */
+ * again) or whose etcd calls failed is taken again after a backoff; its
+ * watches have the source's silence deadline (watch_timeout, lock.c).
+ *
+ * A run waits before its first step, so a newer stack may come meanwhile
+ * (revision B, then C, pushed while this instance waits for its slot).
+ * When the gate opens, a run planned against the current stack is planned
+ * again against the stack current then, and the queued runs of the same
+ * event and app (those B and C queued) join it (active.c, active_replan):
+ * one deploy, of C, keeping the place in line that the run waited for.
+ * Never the old revision first, never the new one twice. The gate is the
+ * same (deploy-<app>): held, it opens again at once. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
