@@ -113,11 +113,14 @@ static void test_singleton_and_layers(void **state)
 static int plan_of(struct stack *s, enum event ev, const char *app, const char *recipe, struct plan *p,
 		   char **error)
 {
-	static struct config c;
+	struct config c;
 	struct recipe_ctx ctx = { .stack = s, .config = &c, .event = ev, .app = app, .run_id = 1 };
+	int r;
 
 	config_defaults(&c);
-	return recipes_build_plan(&ctx, recipe, p, error);
+	r = recipes_build_plan(&ctx, recipe, p, error);
+	config_free(&c);
+	return r;
 }
 
 static void test_rolling_plan(void **state)

@@ -193,6 +193,7 @@ static int teardown(void **state)
 
 	etcd_free(t->c);
 	http_free(t->http);
+	config_free(&t->config);
 	while (uv_run(&t->loop, UV_RUN_NOWAIT) != 0)
 		;
 	uv_loop_close(&t->loop);
