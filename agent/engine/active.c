@@ -353,7 +353,8 @@ static void active_open_log(struct engine *e, struct active *a)
 static void active_run_plan(struct engine *e, struct active *a);
 
 /* Plans the run and starts executing it, once its gate is held; a run
- * that cannot be planned ends here as failed. */
+ * that cannot be planned ends here as failed. Also what a run that waited
+ * for its gate does when the stack changed meanwhile (active_replan). */
 static void active_execute(struct engine *e, struct active *a)
 {
 	_cleanup_free_ char *error = NULL;
@@ -424,6 +425,61 @@ static void active_run_plan(struct engine *e, struct active *a)
 	}
 }
 
+/* Whether q, queued, is a run that a now covers: the same ordinary event
+ * and app on the current stack, for a's layer (or any when a is for every
+ * layer). An operator's queued run is left alone: `run --wait` follows it. */
+static bool active_covers(const struct run *a, const struct run *q)
+{
+	return q->status == RUN_QUEUED && q->req.trigger != TRIGGER_CTL && !q->req.recipe && !a->req.recipe &&
+	       !q->stack && !a->stack && q->req.event == a->req.event && str_eq(q->req.app, a->req.app) &&
+	       (!a->req.layer || str_eq(a->req.layer, q->req.layer));
+}
+
+/* The queued runs a re-planned run covers join it: their records go (they
+ * never started), so that a newer revision is deployed once. */
+static void active_absorb_queued(struct engine *e, struct active *a)
+{
+	for (size_t i = 0; i < e->runs.n;) {
+		struct run *q = e->runs.v[i];
+
+		if (q == a->rec || !active_covers(a->rec, q)) {
+			i++;
+			continue;
+		}
+		active_logf(e, "--- queued run %ld (%s, %s) joins this one\n", q->id, run_event(q),
+			    trigger_to_string(q->req.trigger));
+		log_info("Run %ld joins run %ld, which now runs against stack %s", q->id, a->id, a->stack->revision);
+		run_free(run_list_take(&e->runs, i));
+	}
+}
+
+/* A run of the current stack (rec->stack NULL) that waited for its fleet
+ * gate while newer stacks came (design.md §9): no step ran, so it runs the
+ * stack that is current now, not the one it was planned against, and the
+ * queued runs of the same event and app that the newer stacks queued join
+ * it. An operator who pushed revision B, then C, while the instance waited
+ * for its slot gets one deploy, of C: never B, never C twice. Returns true
+ * when the run was planned again (it goes on, waits again, or ended). */
+static bool active_replan(struct engine *e, struct active *a)
+{
+	_cleanup_free_ char *was = NULL;
+
+	if (a->rec->stack || !a->stack || !e->current || strcmp(a->stack->revision, e->current->revision) == 0)
+		return false;
+	was = xstrdup(a->stack->revision);
+	stack_unref(a->stack);
+	a->stack = stack_ref(e->current);
+	plan_free(&a->plan);
+	active_logf(e, "--- the stack changed while this run waited (planned against %s): planning it again against %s\n",
+		    was, a->stack->revision);
+	log_info("Run %ld waited while the stack changed: planning it again against %s (was %s)", a->id,
+		 a->stack->revision, was);
+	active_absorb_queued(e, a);
+	engine_persist(e);
+	active_execute(e, a);
+	return true;
+}
+
 void engine_active_gate_open(struct engine *e, const char *done_by)
 {
 	struct active *a = e->active;
@@ -433,8 +489,10 @@ void engine_active_gate_open(struct engine *e, const char *done_by)
 	a->rec->waiting_for = NULL;
 	engine_notify_status(e);
 	if (!done_by) {
-		active_logf(e, "--- holding it: the run goes on\n");
-		active_run_plan(e, a);
+		if (!active_replan(e, a)) {
+			active_logf(e, "--- holding it: the run goes on\n");
+			active_run_plan(e, a);
+		}
 		run_ctx_leave(prev);
 		return;
 	}

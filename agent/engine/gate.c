@@ -8,11 +8,22 @@
  * (a rolling deploy) keeps it until the next success of the same event
  * and app, or clear-failed, so a bad release stops at max_parallel
  * instances. A gate whose key went (a new lease: registration granted
- * again) or whose etcd calls failed is taken again after a backoff. */
+ * again) or whose etcd calls failed is taken again after a backoff; its
+ * watches have the source's silence deadline (watch_timeout, lock.c).
+ *
+ * A run waits before its first step, so a newer stack may come meanwhile
+ * (revision B, then C, pushed while this instance waits for its slot).
+ * When the gate opens, a run planned against the current stack is planned
+ * again against the stack current then, and the queued runs of the same
+ * event and app (those B and C queued) join it (active.c, active_replan):
+ * one deploy, of C, keeping the place in line that the run waited for.
+ * Never the old revision first, never the new one twice. The gate is the
+ * same (deploy-<app>): held, it opens again at once. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "fleet/etcd.h"
 #include "fleet/lock.h"
 #include "internal.h"
@@ -225,7 +236,7 @@ static void gate_contend(struct engine_gate *g)
 	if (lease == 0 || !host)
 		return gate_retry(g, GATE_NO_LEASE_MS); /* not registered (yet, or again) */
 	r = fleet_lock_acquire(g->e->loop, c, g->kind == PLAN_GATE_MUTEX ? FLEET_LOCK_MUTEX : FLEET_LOCK_SEMAPHORE, g->name,
-			       g->slots, lease, host, &cbs, g, &g->lock);
+			       g->slots, lease, (uint64_t)g->e->config->watch_timeout * 1000, host, &cbs, g, &g->lock);
 	if (r < 0) {
 		g->lock = NULL;
 		log_warn("Cannot contend for %s: %s", g->name, strerror(-r));
@@ -266,6 +277,12 @@ int engine_gate_take(struct engine *e, struct active *a)
 	free(g->app);
 	g->app = a->rec->req.app ? xstrdup(a->rec->req.app) : NULL;
 	g->run_id = a->id;
+	if (g->held && !g->job) {
+		/* Held already (kept by a failed run, or this run planned
+		 * again after it waited): no wait. */
+		g->opened = true;
+		return 1;
+	}
 	g->opened = false;
 	gate_set_waiting(g, NULL);
 	if (g->held)
@@ -287,7 +304,11 @@ void engine_gate_run_done(struct engine *e, const struct run *rec, bool ran_job)
 		if (g->run_id == rec->id) {
 			g->run_id = 0;
 			g->opened = false;
-			if (!success && rec->status == RUN_FAILED && g->keep_on_failure && g->held) {
+			/* Kept by a failure of a step, not of planning: a run
+			 * planned again that failed to plan ran nothing. */
+			bool ran = json_array_size(rec->steps) > 0 || rec->steps_omitted > 0;
+
+			if (!success && rec->status == RUN_FAILED && g->keep_on_failure && g->held && ran) {
 				log_warn("Run %ld failed: keeping %s's slot until a run of it succeeds or clear-failed",
 					 rec->id, g->name);
 				continue;

@@ -21,8 +21,17 @@
  *   4. on a deletion: range again and decide again.
  *
  * A holder watches its own key: when it goes (its lease expired, or
- * someone deleted it) the lock is lost and on_error says so. Failures of
- * etcd are not retried here: on_error, and the caller takes the lock again
+ * someone deleted it) the lock is lost and on_error says so.
+ *
+ * Every watch has the silence deadline of the source's (silence_ms, the
+ * config's watch_timeout): a stream on a half-open connection (a frozen or
+ * unplugged etcd, etcd #8899) would otherwise wait for a deletion forever.
+ * A watch that ends (silence, error, compaction) ranks again from a new
+ * range and watches again from its revision + 1; a range that fails then
+ * is tried again after etcd_backoff_ms(), keeping our key and so our place
+ * (our lease, not the stream, decides whether we are still in line: a key
+ * gone when etcd answers again is on_error). A failure of the first
+ * txn or range is on_error at once, and the caller takes the lock again
  * after etcd_backoff_ms() (it has the loop and knows the live lease). */
 #include "lock.h"
 
@@ -51,6 +60,9 @@ struct fleet_lock {
 	char *key;               /* dir + lease hex */
 	unsigned slots;
 	int64_t lease;
+	uint64_t silence_ms;     /* of each watch; 0: none */
+	unsigned range_failures; /* in a row, after the first range: retried with backoff */
+	bool ranked;             /* a range answered once: later failures are retried */
 	char *holder;
 	struct fleet_lock_callbacks cbs;
 	void *userdata;
@@ -109,6 +121,19 @@ static void on_kick(uv_timer_t *t)
 		lock_range(l);
 }
 
+/* A range after the first failed: again after a backoff, with the watches
+ * (if any) still up, which may rank us sooner. */
+static void lock_range_again(struct fleet_lock *l, const char *message)
+{
+	uint64_t ms = etcd_backoff_ms(++l->range_failures);
+
+	if (l->range_failures == 1)
+		log_warn("Lock %s: cannot rank (%s); trying again", l->key, message);
+	else
+		log_debug("Lock %s: cannot rank (%s); again in %" PRIu64 " ms", l->key, message, ms);
+	(void)uv_timer_start(l->kick, on_kick, ms, 0);
+}
+
 /* Ranks again from the loop: a watch's callbacks run inside the HTTP
  * client's, where no new request can start. */
 static void lock_rerank(struct fleet_lock *l)
@@ -153,9 +178,11 @@ static void on_watch_error(void *userdata, const char *message)
 	struct lock_watch *lw = userdata;
 
 	lw->w = NULL;
-	/* A stream that ended may have missed a deletion: look again. A
-	 * range that fails then is an error for the caller. */
-	lock_rerank(lw->l);
+	/* A stream that ended (often its silence deadline: etcd's progress
+	 * interval is longer) may have missed a deletion: look again. */
+	log_debug("Lock %s: a watch ended (%s); ranking again", lw->l->key, message);
+	if (!lw->l->call && !uv_is_active((uv_handle_t *)lw->l->kick))
+		lock_rerank(lw->l);
 }
 
 static const struct etcd_watch_callbacks watch_cbs = {
@@ -176,7 +203,7 @@ static int watch_keys(struct fleet_lock *l, const struct etcd_kv **ahead, size_t
 
 		lw->l = l;
 		lw->own = i == n_ahead;
-		r = etcd_watch_start(l->c, key, false, revision + 1, 0, &watch_cbs, lw, &lw->w);
+		r = etcd_watch_start(l->c, key, false, revision + 1, l->silence_ms, &watch_cbs, lw, &lw->w);
 		if (r < 0) {
 			lw->w = NULL;
 			return r;
@@ -218,8 +245,12 @@ static void on_range(void *userdata, const struct etcd_result *r)
 	int rr;
 
 	l->call = NULL;
+	if (r->error && l->ranked)
+		return lock_range_again(l, r->message ? r->message : strerror(-r->error));
 	if (r->error)
 		return lock_fail(l, "%s: %s", l->dir, r->message ? r->message : strerror(-r->error));
+	l->ranked = true;
+	l->range_failures = 0;
 	watches_cancel(l);
 	sorted = xcalloc(r->n_kvs + 1, sizeof(*sorted));
 	for (size_t i = 0; i < r->n_kvs; i++)
@@ -279,9 +310,9 @@ static void on_kick_closed(uv_handle_t *h)
 	free(h);
 }
 
-int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots, int64_t lease,
-		       const char *holder, const struct fleet_lock_callbacks *cbs, void *userdata,
-		       struct fleet_lock **ret)
+int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots,
+		       int64_t lease, uint64_t silence_ms, const char *holder, const struct fleet_lock_callbacks *cbs,
+		       void *userdata, struct fleet_lock **ret)
 {
 	struct fleet_lock *l;
 	int r;
@@ -293,6 +324,7 @@ int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kin
 	l->kind = kind;
 	l->slots = kind == FLEET_LOCK_MUTEX ? 1 : slots;
 	l->lease = lease;
+	l->silence_ms = silence_ms;
 	l->holder = xstrdup(holder);
 	l->cbs = *cbs;
 	l->userdata = userdata;

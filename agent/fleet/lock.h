@@ -34,11 +34,14 @@ struct fleet_lock_callbacks {
  * PREFIX/semaphores/<name> (slots >= 1) under lease, with holder (this
  * instance's hostname) as the value. Callbacks run later from loop (a
  * re-rank after a watch event is deferred to it: no etcd call is made from
- * inside a stream's callback). A callback may release the lock. Returns 0,
- * -EINVAL (a bad name, no lease, slots 0) or the client's error. */
-int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots, int64_t lease,
-		       const char *holder, const struct fleet_lock_callbacks *cbs, void *userdata,
-		       struct fleet_lock **ret);
+ * inside a stream's callback). A callback may release the lock. silence_ms:
+ * each watch's silence deadline (etcd_watch_start; the config's
+ * watch_timeout, as the source's), after which it is ranked and watched
+ * again; 0: none. Returns 0, -EINVAL (a bad name, no lease, slots 0) or
+ * the client's error. */
+int fleet_lock_acquire(uv_loop_t *loop, struct etcd *c, enum fleet_lock_kind kind, const char *name, unsigned slots,
+		       int64_t lease, uint64_t silence_ms, const char *holder, const struct fleet_lock_callbacks *cbs,
+		       void *userdata, struct fleet_lock **ret);
 /* Gives up (waiting or holding): deletes our key, frees the handle. No
  * callback runs after this. */
 void fleet_lock_release(struct fleet_lock *l);

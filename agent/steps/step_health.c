@@ -33,6 +33,7 @@ struct health_data {
 	size_t next_url;         /* the URLs before it answered */
 	int64_t started, deadline; /* monotonic usec */
 	unsigned checks;
+	bool said_not_yet;       /* the step's output said it checks again */
 	bool cancelled;
 	char *last;              /* why the last check did not pass */
 	char tail[HEALTH_TAIL_MAX];
@@ -98,7 +99,10 @@ static void health_again(struct health_data *d)
 						     d->checks, d->last ? d->last : "no answer");
 		return health_finish(d, STEP_FAILED, msg);
 	}
-	if (d->checks == 1) {
+	if (!d->said_not_yet) {
+		/* Once, at the first check that did not pass (with several
+		 * URLs, not always the first check). */
+		d->said_not_yet = true;
 		_cleanup_free_ char *line = xasprintf("health: not yet (%s); checking every %ld ms for %ld s\n",
 						      d->last ? d->last : "no answer", d->interval_ms, d->timeout_sec);
 		plan_step_output(d->x, line, strlen(line));
@@ -227,6 +231,7 @@ static void health_apply(struct step *s, struct plan_exec *x)
 	d->x = x;
 	d->cancelled = false;
 	d->checks = 0;
+	d->said_not_yet = false;
 	d->next_url = 0;
 	d->started = time_monotonic_usec();
 	d->deadline = d->started + (int64_t)d->timeout_sec * 1000000;
@@ -253,9 +258,26 @@ static void health_cancel(struct step *s)
 		health_finish(d, STEP_FAILED, "cancelled");
 }
 
+/* The plan says what would be checked: "GET URL, URL: 2xx or 3xx within
+ * N s", or "ARGV0 exits 0 within N s". */
 static int health_describe(struct step *s, const struct step_env *env, const char **ret_action, char **ret_diff,
 			   char **ret_error)
 {
+	struct health_data *d = s->data;
+	_cleanup_free_ char *what = NULL;
+
+	if (d->urls) {
+		struct buf b = { 0 };
+
+		for (size_t i = 0; i < d->n_urls; i++)
+			buf_printf(&b, "%s%s", i ? ", " : "GET ", d->urls[i]);
+		buf_printf(&b, ": 2xx or 3xx within %ld s", d->timeout_sec);
+		what = buf_steal(&b);
+	} else
+		what = xasprintf("%s exits 0 within %ld s", d->argv[0], d->timeout_sec);
+	free(s->message);
+	s->message = what;
+	what = NULL;
 	*ret_action = "check";
 	return 0;
 }

@@ -181,6 +181,10 @@ def test_rolling_without_etcd_takes_no_gate(make_agent, tmpdir_agent):
     # The plan names the gate it would take with etcd.
     plan = a.ctl_json("plan", "deploy", "--app", "site")
     assert plan["gate"] == {"semaphore": "deploy-site", "slots": 1}, plan
+    # ... and what its health step checks.
+    health = plan["steps"][-1]
+    assert health["kind"] == "health" and health["action"] == "check", plan
+    assert health["message"] == "/bin/true exits 0 within 5 s", health
     # A singleton job runs at once, alone; maintenance needs its job.
     p = a.ctl("run", "maintenance", "--recipe", "job", "--wait")
     assert p.returncode == 0, p.stdout + p.stderr
@@ -205,3 +209,61 @@ def test_rolling_without_etcd_takes_no_gate(make_agent, tmpdir_agent):
     health = run["steps"][-1]
     assert health["kind"] == "health" and health["status"] == "failed", run
     assert "not healthy within 1 s" in health["error"] and "exited with status 3: not yet" in health["error"], health
+
+
+def test_a_waiting_deploy_runs_the_newest_revision_once(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Two agents, one slot. While h-a deploys a slow revision A, the other
+    waits for the slot; B then C are pushed meanwhile. The waiter, which ran
+    no step yet, deploys C once when its turn comes (planned again, the
+    queued run of B and C joined to it): never A, never B, never C twice."""
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1", slots=1, sleep=0))
+    agents = fleet(make_agent, etcd, tmpdir_agent, n=2)
+    for a in agents:
+        wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 20,
+                 "the first deploy of %s" % a.conf["instance"])
+        a.wait_idle(20)
+    last_id = {a.conf["instance"]: max(r["id"] for r in a.runs()) for a in agents}
+
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "A", slots=1, sleep=2.5))
+
+    def one_runs_one_waits():
+        cur = [(a, a.status()) for a in agents]
+        running = [a for a, s in cur if (s.get("current_run") or {}).get("status") == "running"]
+        waiting = [(a, s) for a, s in cur if (s.get("current_run") or {}).get("status") == "waiting"]
+        return len(running) == 1 and len(waiting) == 1 and (running[0], waiting[0])
+    holder, (waiter, st) = wait_for(one_runs_one_waits, 15, "one deploy of A running, the other waiting",
+                                    interval=0.02)
+    # status while the only run waits: state running, the run waiting and for what.
+    assert st["state"] == "running", st
+    cur = st["current_run"]
+    assert cur["event"] == "deploy" and cur["app"] == "site", cur
+    assert cur["waiting_for"]["semaphore"] == "deploy-site", cur
+    assert cur["waiting_for"]["holders"] == [holder.conf["instance"]], cur
+    waiting_id = cur["id"]
+
+    for rev in ("B", "C"):
+        seen = waiter.status()["source"]["stack_revision"]
+        etcd.put(PREFIX + "/stack", stack(tmpdir_agent, rev, slots=1, sleep=0.2))
+        wait_for(lambda: waiter.status()["source"]["stack_revision"] != seen, 10, "the waiter to see " + rev)
+    # Still waiting: the slow A has not finished (the pushes took far less than its 2.5 s).
+    assert (waiter.status()["current_run"] or {}).get("id") == waiting_id
+    assert len(times(tmpdir_agent, "A")) == 1 and not times(tmpdir_agent, "A")[0][2]
+
+    def both_deployed_c():
+        return all(any(r["status"] == "success" and r["stack_revision"] == a.status()["source"]["stack_revision"]
+                       for r in deploys_of(a, last_id)) for a in agents)
+    wait_for(both_deployed_c, 20, "both agents' deploy of C")
+    for a in agents:
+        a.wait_idle(20)
+    assert times(tmpdir_agent, "B") == [], times(tmpdir_agent, "B")
+    assert [h for h, _, _ in times(tmpdir_agent, "A")] == [holder.conf["instance"]]
+    c = times(tmpdir_agent, "C")
+    assert sorted(h for h, _, _ in c) == sorted(a.conf["instance"] for a in agents), c
+    assert max_overlap(times(tmpdir_agent, "A") + c) == 1
+    # The waiter: one deploy run, the one that waited, now of C; the queued run joined it.
+    dep = deploys_of(waiter, last_id)
+    assert [r["id"] for r in dep] == [waiting_id], dep
+    assert dep[0]["status"] == "success" and dep[0]["stack_revision"] == waiter.status()["source"]["stack_revision"]
+    log = waiter.ctl("log", str(waiting_id), check=0).stdout
+    assert "planning it again against" in log and "joins this one" in log, log
+    assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}

@@ -2,12 +2,16 @@
 /* agent/fleet/lock.c against a real etcd (/usr/bin/etcd on free ports in a
  * temporary directory, killed after the tests; skipped when etcd is not
  * installed): who holds a semaphore's slots and a mutex, who wakes when a
- * holder gives back or dies with its lease. No fixed sleeps: the loop runs
- * until a condition holds or a deadline passes. */
+ * holder gives back or dies with its lease, and a waiter whose watch sits on
+ * a half-open connection (a proxy here freezes it) that its silence
+ * deadline brings back. No fixed sleeps: the loop runs until a condition
+ * holds or a deadline passes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -189,6 +193,7 @@ static int teardown(void **state)
 
 	etcd_free(t->c);
 	http_free(t->http);
+	config_free(&t->config);
 	while (uv_run(&t->loop, UV_RUN_NOWAIT) != 0)
 		;
 	uv_loop_close(&t->loop);
@@ -242,7 +247,7 @@ static const struct fleet_lock_callbacks cbs = { on_acquired, on_waiting, on_err
 static void contend(struct t *t, struct contender *c, enum fleet_lock_kind kind, unsigned slots)
 {
 	c->lease = grant(t, 30);
-	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, kind, "x", slots, c->lease, c->name, &cbs, c, &c->l), 0);
+	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, kind, "x", slots, c->lease, 0, c->name, &cbs, c, &c->l), 0);
 	WAIT_FOR(t, c->acquired || c->holders[0], 3000);
 }
 
@@ -309,12 +314,197 @@ static void test_mutex(void **state)
 	release(&b);
 	WAIT_FOR(t, false, 50);
 	/* Bad arguments. */
-	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_MUTEX, "../x", 1, 1, "h", &cbs, &a, &a.l),
+	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_MUTEX, "../x", 1, 1, 0, "h", &cbs, &a, &a.l),
 			 -EINVAL);
-	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_SEMAPHORE, "x", 0, 1, "h", &cbs, &a, &a.l),
+	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_SEMAPHORE, "x", 0, 1, 0, "h", &cbs, &a, &a.l),
 			 -EINVAL);
-	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_MUTEX, "x", 1, 0, "h", &cbs, &a, &a.l),
+	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_MUTEX, "x", 1, 0, 0, "h", &cbs, &a, &a.l),
 			 -EINVAL);
+}
+
+/* ---- a TCP proxy to etcd whose connections can be frozen: bytes stop
+ * flowing both ways but the sockets stay open, as on a half-open
+ * connection; connections made after the freeze flow. */
+
+#define PROXY_PAIRS 64
+
+static struct {
+	int listen_fd, port;
+	int fds[PROXY_PAIRS][2]; /* client, etcd; -1: free */
+	bool frozen[PROXY_PAIRS];
+	volatile int freeze;     /* set by the test: freeze every pair open now */
+	volatile int stop;
+	pthread_t thread;
+} proxy;
+
+static int connect_etcd(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+				 .sin_port = htons((uint16_t)etcd_port) };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+static void proxy_close(int i)
+{
+	close(proxy.fds[i][0]);
+	close(proxy.fds[i][1]);
+	proxy.fds[i][0] = proxy.fds[i][1] = -1;
+}
+
+static void *proxy_main(void *arg)
+{
+	while (!proxy.stop) {
+		struct pollfd p[1 + 2 * PROXY_PAIRS];
+		int map[1 + 2 * PROXY_PAIRS];
+		nfds_t n = 0;
+		char buf[16384];
+
+		if (proxy.freeze) {
+			for (int i = 0; i < PROXY_PAIRS; i++)
+				proxy.frozen[i] = proxy.fds[i][0] >= 0;
+			proxy.freeze = 0;
+		}
+		p[n++] = (struct pollfd){ .fd = proxy.listen_fd, .events = POLLIN };
+		for (int i = 0; i < PROXY_PAIRS; i++)
+			for (int k = 0; k < 2 && proxy.fds[i][0] >= 0 && !proxy.frozen[i]; k++) {
+				map[n] = i * 2 + k;
+				p[n++] = (struct pollfd){ .fd = proxy.fds[i][k], .events = POLLIN };
+			}
+		if (poll(p, n, 20) <= 0)
+			continue;
+		if (p[0].revents & POLLIN) {
+			int cfd = accept(proxy.listen_fd, NULL, NULL), sfd = cfd >= 0 ? connect_etcd() : -1;
+			int i = 0;
+
+			while (i < PROXY_PAIRS && proxy.fds[i][0] >= 0)
+				i++;
+			if (sfd < 0 || i == PROXY_PAIRS) {
+				if (cfd >= 0)
+					close(cfd);
+				if (sfd >= 0)
+					close(sfd);
+			} else {
+				proxy.fds[i][0] = cfd;
+				proxy.fds[i][1] = sfd;
+				proxy.frozen[i] = false;
+			}
+		}
+		for (nfds_t j = 1; j < n; j++) {
+			int i = map[j] / 2, k = map[j] % 2;
+			ssize_t got;
+
+			if (!(p[j].revents & (POLLIN | POLLHUP | POLLERR)) || proxy.fds[i][0] < 0)
+				continue;
+			got = read(proxy.fds[i][k], buf, sizeof(buf));
+			if (got <= 0 || write(proxy.fds[i][1 - k], buf, (size_t)got) != got)
+				proxy_close(i);
+		}
+	}
+	for (int i = 0; i < PROXY_PAIRS; i++)
+		if (proxy.fds[i][0] >= 0)
+			proxy_close(i);
+	return arg;
+}
+
+static void proxy_start(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+
+	memset(proxy.fds, -1, sizeof(proxy.fds));
+	proxy.stop = proxy.freeze = 0;
+	proxy.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(bind(proxy.listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(proxy.listen_fd, 16), 0);
+	getsockname(proxy.listen_fd, (struct sockaddr *)&a, &len);
+	proxy.port = ntohs(a.sin_port);
+	assert_int_equal(pthread_create(&proxy.thread, NULL, proxy_main, NULL), 0);
+}
+
+static void proxy_stop(void)
+{
+	proxy.stop = 1;
+	pthread_join(proxy.thread, NULL);
+	close(proxy.listen_fd);
+}
+
+/* A waiter (its client through the proxy) whose connections freeze
+ * before the holder gives back: only its watch's silence deadline brings
+ * the news (a new stream, a new range). Without it, it would wait forever. */
+static void test_half_open_watch(void **state)
+{
+	struct t *t = *state;
+	struct contender a = { .name = "a" }, b = { .name = "b" };
+	_cleanup_free_ char *url = NULL;
+	struct etcd *pc = NULL;
+	char *error = NULL;
+	int64_t t0;
+
+	proxy_start();
+	url = xasprintf("etcd://127.0.0.1:%d%s", proxy.port, etcd_prefix(t->c));
+	assert_int_equal(etcd_new(&t->loop, t->http, &t->config, url, &pc, &error), 0);
+	etcd_set_timeouts(pc, 800, 500);
+	contend(t, &a, FLEET_LOCK_MUTEX, 0);
+	assert_int_equal(a.acquired, 1);
+	b.lease = grant(t, 30);
+	assert_int_equal(fleet_lock_acquire(&t->loop, pc, FLEET_LOCK_MUTEX, "x", 1, b.lease, 400, b.name, &cbs, &b, &b.l),
+			 0);
+	WAIT_FOR(t, b.holders[0], 3000);
+	assert_string_equal(b.holders, "a");
+
+	proxy.freeze = 1;
+	while (proxy.freeze)
+		nanosleep(&(struct timespec){ .tv_nsec = 1000000L }, NULL);
+	t0 = time_monotonic_usec();
+	release(&a); /* through the direct client: etcd deletes a's key */
+	WAIT_FOR(t, b.acquired, 4000);
+	assert_int_equal(b.acquired, 1);
+	assert_int_equal(b.errors, 0);
+	fprintf(stderr, "test_half_open_watch: the waiter held %.2f s after the holder gave back\n",
+		(double)(time_monotonic_usec() - t0) / 1e6);
+	release(&b);
+	WAIT_FOR(t, false, 50);
+	etcd_free(pc);
+	proxy_stop();
+}
+
+/* etcd frozen (SIGSTOP) past the watches' silence and the calls' timeout:
+ * the waiter's re-ranks fail and are tried again, keeping its key and its
+ * place (no on_error); once etcd is back and the holder gives back, it
+ * holds. */
+static void test_frozen_etcd(void **state)
+{
+	struct t *t = *state;
+	struct contender a = { .name = "a" }, b = { .name = "b" }, c = { .name = "c" };
+
+	etcd_set_timeouts(t->c, 500, 300);
+	contend(t, &a, FLEET_LOCK_MUTEX, 0);
+	b.lease = grant(t, 30);
+	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_MUTEX, "x", 1, b.lease, 300, b.name, &cbs, &b, &b.l),
+			 0);
+	WAIT_FOR(t, b.holders[0], 3000);
+	assert_string_equal(b.holders, "a");
+	assert_int_equal(kill(etcd_pid, SIGSTOP), 0);
+	WAIT_FOR(t, false, 1500); /* the freeze: silences and call timeouts pass */
+	assert_int_equal(kill(etcd_pid, SIGCONT), 0);
+	contend(t, &c, FLEET_LOCK_MUTEX, 0); /* after b: must not pass it */
+	assert_string_equal(c.holders, "a");
+	release(&a);
+	WAIT_FOR(t, b.acquired, 4000);
+	assert_int_equal(b.acquired, 1);
+	assert_int_equal(b.errors, 0);
+	assert_int_equal(c.acquired, 0);
+	release(&b);
+	WAIT_FOR(t, c.acquired, 3000);
+	assert_int_equal(c.acquired, 1);
+	release(&c);
+	WAIT_FOR(t, false, 50);
 }
 
 int main(void)
@@ -322,6 +512,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_semaphore_slots, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mutex, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_half_open_watch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_frozen_etcd, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
