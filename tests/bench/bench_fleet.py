@@ -146,6 +146,24 @@ def push(fleet, via, doc):
     return t0
 
 
+def wait_quiet(etcd, quiet_s=2.0, timeout=300):
+    """Waits until etcd's revision has not moved for quiet_s: the fleet's
+    registrations and state updates after its start have all landed."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            rev = etcd.revision()
+        except Exception:
+            rev = None
+        if rev != last:
+            last, since = rev, time.monotonic()
+        elif rev is not None and time.monotonic() - since >= quiet_s:
+            return rev
+        time.sleep(0.2)
+    raise bench.Broken(f"etcd's revision still moving after {timeout} s")
+
+
 def fan_out(fleet, names, seq, timeout=120):
     since = {n: fleet.last_run_id(n) for n in names}
     t0 = push(fleet, names[0], stack(seq))
@@ -208,6 +226,7 @@ def kill_to_configure(tmp, etcd, lease_ttl):
     fleet.start("app0", ["app"])
     try:
         fleet.wait_all_idle(lbs + ["app0"], 60)
+        wait_quiet(etcd)
         since = {n: fleet.last_run_id(n) for n in lbs}
         p = fleet.agents["app0"][0]
         t0 = time.time()
@@ -253,6 +272,7 @@ def main():
                 for name in names:
                     fleet.start(name, ["web"])
                 fleet.wait_all_idle(names, 120 + n // 2)
+                wait_quiet(etcd)
                 idle = idle_figures(fleet.agents[names[0]][0].pid)
                 lat = fan_out(fleet, names, 1)
                 flo, flo_rss = floor(etcd, min(n, args.floor_max), 2)
