@@ -267,3 +267,31 @@ def test_a_waiting_deploy_runs_the_newest_revision_once(make_agent, etcd, tmpdir
     log = waiter.ctl("log", str(waiting_id), check=0).stdout
     assert "planning it again against" in log and "joins this one" in log, log
     assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
+
+
+def test_a_retry_queued_before_a_success_is_dropped(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Issue 12, B2. A bad release fails (keeping its slot) and its retry is
+    due in 1 s; the fix v3, pushed at once, deploys slowly, so the retry is
+    queued while it runs. v3 succeeds: the queued retry is superseded and
+    dropped, so v3 is deployed exactly once (it used to wait for the slot
+    again and deploy v3 a second time)."""
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1", slots=1, sleep=0))
+    a = make_agent(conf_extra={"instance": "h0", "layers": ["web"], "lease_ttl": 2, "watch_timeout": 5,
+                               "settle": 0.05, "settle_max": 1, "retry_min": 1, "retry_max": 1},
+                   source=etcd_source(etcd, PREFIX)).start()
+    wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 20, "the first deploy")
+    a.wait_idle(20)
+    last = max(r["id"] for r in a.runs())
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "bad", slots=1, sleep=0))
+    wait_for(lambda: any(r["status"] == "failed" and r["id"] > last for r in a.runs()), 10, "the bad deploy to fail",
+             interval=0.02)
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "v3", slots=1, sleep=1.6))
+    retry = wait_for(lambda: [r for r in a.runs() if r["status"] == "queued" and r["trigger"] == "retry"
+                              and r["id"] > last], 10, "the retry queued while v3 deploys", interval=0.02)[0]
+    assert [h for h, _, _ in times(tmpdir_agent, "v3")] == ["h0"]
+    wait_for(lambda: any(r["status"] == "success" and r["id"] > last for r in a.runs()), 10, "v3's success")
+    a.wait_idle(10)
+    assert [h for h, _, _ in times(tmpdir_agent, "v3")] == ["h0"], times(tmpdir_agent, "v3")
+    assert [r for r in a.runs() if r["id"] == retry["id"]] == []
+    assert a.status()["state"] != "failed"
+    assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
