@@ -295,3 +295,45 @@ def test_a_retry_queued_before_a_success_is_dropped(make_agent, etcd, tmpdir_age
     assert [r for r in a.runs() if r["id"] == retry["id"]] == []
     assert a.status()["state"] != "failed"
     assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
+
+
+def test_no_bad_deploy_after_the_fix_is_pushed(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Issue 12, B1. Three agents, one slot, a failing release: the first to
+    deploy it fails and keeps the slot; clear-failed on it frees the slot,
+    the next fails too and keeps it; the third waits. The fix v3 pushed
+    then: no agent deploys `bad` after the push (the waiter, planned again
+    when its slot opens, deploys v3), and all three end on v3."""
+    import time
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1", slots=1, sleep=0))
+    agents = []
+    for i in range(3):
+        agents.append(make_agent(conf_extra={"instance": f"h{i}", "layers": ["web"], "lease_ttl": 2,
+                                             "watch_timeout": 5, "settle": 0.05, "settle_max": 1,
+                                             "retry_min": 60, "retry_max": 60},
+                                 source=etcd_source(etcd, PREFIX)).start())
+    for a in agents:
+        wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 20,
+                 "the first deploy of %s" % a.conf["instance"])
+        a.wait_idle(20)
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "bad", slots=1, sleep=0))
+
+    def failed_hosts():
+        return [h for h, _, e in times(tmpdir_agent, "bad") if e]
+    wait_for(lambda: len(failed_hosts()) == 1, 15, "the first bad deploy")
+    first = next(a for a in agents if a.conf["instance"] == failed_hosts()[0])
+    wait_for(lambda: first.status()["current_run"] is None, 10, "the failed run to end")
+    first.ctl("clear-failed", check=0)
+    wait_for(lambda: len(failed_hosts()) == 2, 15, "a second instance to take the freed slot and fail")
+    second = next(a for a in agents if a.conf["instance"] == failed_hosts()[1])
+    third = next(a for a in agents if a not in (first, second))
+    wait_for(lambda: (third.status().get("current_run") or {}).get("status") == "waiting", 10, "the third waiting")
+    pushed = time.time()
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "v3", slots=1, sleep=0))
+    wait_for(lambda: sorted(h for h, _, e in times(tmpdir_agent, "v3") if e) == ["h0", "h1", "h2"], 20,
+             "every agent's deploy of v3")
+    late = [(h, s) for h, s, _ in times(tmpdir_agent, "bad") if s >= pushed]
+    assert late == [], (late, times(tmpdir_agent, "bad"))
+    assert len(times(tmpdir_agent, "v3")) == 3, times(tmpdir_agent, "v3")
+    for a in agents:
+        a.wait_idle(10)
+    assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
