@@ -129,7 +129,9 @@ def test_rolling_two_at_a_time_and_a_bad_release_stops_at_two(make_agent, etcd, 
     # With 5 agents and 2 slots some must have waited, and said for what.
     assert seen_waiting, "no deploy was ever seen waiting"
     w = seen_waiting[0]["waiting_for"]
-    assert w["semaphore"] == "deploy-site" and len(w["holders"]) <= SLOTS, w
+    # "holders" is absent until the first ranking, never empty.
+    assert w["semaphore"] == "deploy-site" and 1 <= len(w.get("holders", ["?"])) <= SLOTS, w
+    assert all(1 <= len(r["waiting_for"].get("holders", ["?"])) <= SLOTS for r in seen_waiting), seen_waiting
     for a in agents:
         a.wait_idle(20)
     assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}  # every slot given back
@@ -142,7 +144,7 @@ def test_rolling_two_at_a_time_and_a_bad_release_stops_at_two(make_agent, etcd, 
     def two_failed_three_waiting():
         failed = [a for a in agents if any(r["status"] == "failed" for r in deploys_of(a, last_id))]
         waiting = [a for a in agents
-                   if (a.status().get("current_run") or {}).get("status") == "waiting"]
+                   if ((a.status().get("current_run") or {}).get("waiting_for") or {}).get("holders")]
         return len(failed) == SLOTS and len(waiting) == N - SLOTS and (failed, waiting)
     failed, waiting = wait_for(two_failed_three_waiting, 30, "2 failed deploys and 3 waiting", interval=0.05)
     bad = times(tmpdir_agent, "bad")
@@ -229,7 +231,8 @@ def test_a_waiting_deploy_runs_the_newest_revision_once(make_agent, etcd, tmpdir
     def one_runs_one_waits():
         cur = [(a, a.status()) for a in agents]
         running = [a for a, s in cur if (s.get("current_run") or {}).get("status") == "running"]
-        waiting = [(a, s) for a, s in cur if (s.get("current_run") or {}).get("status") == "waiting"]
+        waiting = [(a, s) for a, s in cur if (s.get("current_run") or {}).get("status") == "waiting"
+                   and s["current_run"]["waiting_for"].get("holders")]
         return len(running) == 1 and len(waiting) == 1 and (running[0], waiting[0])
     holder, (waiter, st) = wait_for(one_runs_one_waits, 15, "one deploy of A running, the other waiting",
                                     interval=0.02)
@@ -337,3 +340,55 @@ def test_no_bad_deploy_after_the_fix_is_pushed(make_agent, etcd, tmpdir_agent): 
     for a in agents:
         a.wait_idle(10)
     assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
+
+
+def test_waiting_names_the_holders_of_now_and_junk_holds_nothing(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Issue 12, B4 and #6. A key under the semaphore that is no contender's
+    (not a lease id in hex, no lease) was there first: it is ignored, so the
+    deploys proceed (it used to hold the only slot forever), and waiting
+    runs name it as ignored. Three agents, one slot, a slow release: the
+    last in line names the first holder, then, when it is done, the next
+    one (it used to keep naming the first)."""
+    junk = PREFIX + "/semaphores/deploy-site/nothex"
+    etcd.put(junk, "garbage")
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1", slots=1, sleep=0))
+    agents = fleet(make_agent, etcd, tmpdir_agent, n=3)
+    for a in agents:
+        wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 15,
+                 "the first deploy of %s despite the junk key" % a.conf["instance"])
+        a.wait_idle(10)
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "A", slots=1, sleep=0.8))
+
+    def line():
+        """(holder, first waiter, last waiter) once one runs A and two wait behind it."""
+        spans = times(tmpdir_agent, "A")
+        if len(spans) != 1:
+            return None
+        cur = {a.conf["instance"]: a.status().get("current_run") or {} for a in agents}
+        waits = {h: c["waiting_for"] for h, c in cur.items() if c.get("status") == "waiting"}
+        if len(waits) != 2 or not all(w.get("holders") for w in waits.values()):
+            return None
+        return spans[0][0], waits
+    holder, waits = wait_for(line, 10, "one deploy of A running, two waiting", interval=0.02)
+    for w in waits.values():
+        assert w == {"semaphore": "deploy-site", "holders": [holder], "ignored": [junk]}, w
+    # Text output: runs' STATUS column and status's "Waiting for" line.
+    last = next(a for a in agents if a.conf["instance"] in waits)
+    out = last.ctl("status", check=0).stdout
+    assert "Waiting for: semaphore deploy-site held by %s, ignoring junk keys %s" % (holder, junk) in out, out
+    assert ("waiting (%s)" % holder) in last.ctl("runs", check=0).stdout
+    wait_for(lambda: len(times(tmpdir_agent, "A")) == 2, 10, "the next deploy of A")
+    nxt = times(tmpdir_agent, "A")[1][0]
+    still = [a for a in agents if a.conf["instance"] not in (holder, nxt)]
+    assert len(still) == 1
+    w = wait_for(lambda: (still[0].status().get("current_run") or {}).get("waiting_for", {}).get("holders") == [nxt]
+                 and still[0].status()["current_run"]["waiting_for"], 3, "the last waiter to name the new holder",
+                 interval=0.02)
+    assert w["holders"] == [nxt], w
+    shown = still[0].ctl("show", still[0].status()["current_run"]["id"], check=0).stdout
+    assert "Waiting for: semaphore deploy-site held by %s" % nxt in shown, shown
+    wait_for(lambda: len([x for x in times(tmpdir_agent, "A") if x[2]]) == 3, 10, "every deploy of A")
+    assert max_overlap(times(tmpdir_agent, "A")) == 1
+    for a in agents:
+        a.wait_idle(10)
+    assert set(etcd.get_prefix(PREFIX + "/semaphores/deploy-site/")) == {junk}  # only the junk is left
