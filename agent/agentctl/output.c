@@ -131,6 +131,44 @@ static void run_summary(struct buf *b, const json_t *run)
 		buf_printf(b, " %s", str_or_dash(json_object_get(run, "status")));
 }
 
+/* What a waiting run waits for (its waiting_for, design.md §5/§9), as
+ * "semaphore deploy-shop held by app1, app3" ("..., ignoring junk keys
+ * K1, K2" when the lock ignores some, issue 12 #6). Nothing when v is no
+ * object. */
+static void waiting_text(struct buf *b, const json_t *v)
+{
+	const json_t *sem = json_object_get(v, "semaphore"), *lock = json_object_get(v, "lock");
+	const json_t *holders = json_object_get(v, "holders"), *ignored = json_object_get(v, "ignored");
+
+	if (!json_is_object(v))
+		return;
+	buf_printf(b, "%s %s", json_is_string(lock) ? "lock" : "semaphore", str_or_dash(json_is_string(lock) ? lock : sem));
+	if (json_array_size(holders) > 0) {
+		buf_puts(b, " held by ");
+		value_text(b, holders);
+	}
+	if (json_array_size(ignored) > 0) {
+		buf_puts(b, ", ignoring junk keys ");
+		value_text(b, ignored);
+	}
+}
+
+/* "Waiting for: semaphore deploy-shop held by app1" when v is an object. */
+static void print_waiting(const json_t *v)
+{
+	struct buf b;
+
+	if (!json_is_object(v))
+		return;
+	buf_init(&b);
+	waiting_text(&b, v);
+	for (char *p = b.data; p && *p; p++)
+		if (*p == '\n' || *p == '\t')
+			*p = ' ';
+	print_field("Waiting for", b.data);
+	buf_free(&b);
+}
+
 /* A table with columns sized to their widest cell. cells is rows x ncols. */
 static void print_table(const char *const *header, size_t ncols, char **cells, size_t nrows)
 {
@@ -185,6 +223,27 @@ static void free_cells(char **cells, size_t n)
 /* ---- printers (text form) ---- */
 
 /* A microsecond epoch as "2026-11-30 17:05:00 UTC (in 42s)", for people. */
+/* A run's status cell: "waiting (app1, app3)" names the holders. */
+static char *status_cell(const json_t *run)
+{
+	const json_t *holders = json_object_get(json_object_get(run, "waiting_for"), "holders");
+	json_t *text;
+	struct buf b;
+	char *c;
+
+	if (!same_str(json_string_value(json_object_get(run, "status")), "waiting") || json_array_size(holders) == 0)
+		return cell(json_object_get(run, "status"));
+	buf_init(&b);
+	buf_puts(&b, "waiting (");
+	value_text(&b, holders);
+	buf_puts(&b, ")");
+	text = json_string(b.data);
+	buf_free(&b);
+	c = cell(text ? text : json_object_get(run, "status"));
+	json_decref(text);
+	return c;
+}
+
 static void format_when(struct buf *b, long long usec)
 {
 	time_t t = (time_t)(usec / 1000000);
@@ -314,6 +373,7 @@ int print_status(const json_t *r)
 	run_summary(&b, json_object_get(r, "current_run"));
 	print_field("Current run", b.data);
 	buf_reset(&b);
+	print_waiting(json_object_get(json_object_get(r, "current_run"), "waiting_for"));
 	run_summary(&b, last);
 	if (json_is_object(last) && json_is_string(json_object_get(last, "finished")))
 		buf_printf(&b, " (finished %s)", json_string_value(json_object_get(last, "finished")));
@@ -398,7 +458,8 @@ int print_runs(const json_t *r)
 	}
 	cells = xcalloc(n * ELEMENTSOF(keys), sizeof(char *));
 	json_array_foreach(runs, i, run) for (size_t c = 0; c < ELEMENTSOF(keys); c++)
-		cells[i * ELEMENTSOF(keys) + c] = cell(json_object_get(run, keys[c]));
+		cells[i * ELEMENTSOF(keys) + c] =
+			strcmp(keys[c], "status") == 0 ? status_cell(run) : cell(json_object_get(run, keys[c]));
 	print_table(header, ELEMENTSOF(header), cells, n);
 	free_cells(cells, n * ELEMENTSOF(keys));
 	return 0;
@@ -418,6 +479,7 @@ int print_show(const json_t *r)
 	print_field_value("App", json_object_get(r, "app"));
 	print_field_value("Trigger", json_object_get(r, "trigger"));
 	print_field_value("Status", json_object_get(r, "status"));
+	print_waiting(json_object_get(r, "waiting_for"));
 	print_field_value("Started", json_object_get(r, "started"));
 	print_field_value("Finished", json_object_get(r, "finished"));
 	print_field_value("Changed", json_object_get(r, "changed"));

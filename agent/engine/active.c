@@ -183,6 +183,36 @@ static void on_timeout_closed(uv_handle_t *h)
 	free(a);
 }
 
+/* A queued retry that a success supersedes: the same ordinary event and
+ * app, for the succeeded run's layer (or any when it ran for every layer).
+ * Queued before the success (a retry is queued from a recorded failure,
+ * which the success clears), it would run the event once more for
+ * nothing: wait for a slot again and deploy the same revision twice
+ * (issue 12, B2). */
+static bool retry_superseded(const struct run *done, const struct run *q)
+{
+	return q != done && q->status == RUN_QUEUED && q->req.trigger == TRIGGER_RETRY && !q->req.recipe &&
+	       !done->req.recipe && q->req.event == done->req.event && str_eq(q->req.app, done->req.app) &&
+	       (!done->req.layer || str_eq(done->req.layer, q->req.layer));
+}
+
+/* Drops the queued retries a success supersedes, as joins are dropped
+ * (active_absorb_queued): their records go, they never started. */
+static void drop_superseded_retries(struct engine *e, const struct run *done)
+{
+	for (size_t i = 0; i < e->runs.n;) {
+		struct run *q = e->runs.v[i];
+
+		if (!retry_superseded(done, q)) {
+			i++;
+			continue;
+		}
+		log_info("Run %ld (%s, retry) is dropped: run %ld of the same event succeeded after it was queued", q->id,
+			 run_event(q), done->id);
+		run_free(run_list_take(&e->runs, i));
+	}
+}
+
 /* What a finished run leads to: a failure recorded for a retry, an
  * interrupted run queued again, or a success. */
 static void finish_outcome(struct engine *e, struct active *a, const char *error)
@@ -208,6 +238,7 @@ static void finish_outcome(struct engine *e, struct active *a, const char *error
 		log_info("Run %ld (%s %s) succeeded", a->id, rec->req.recipe, str_or_empty(rec->req.app));
 	} else {
 		engine_record_success(e, rec, a->stack->revision);
+		drop_superseded_retries(e, rec);
 		log_info("Run %ld (%s) succeeded: %zu of %zu steps changed", a->id, run_event(rec), a->changed,
 			 a->plan.n_steps);
 	}

@@ -3,7 +3,10 @@
  * asks for (struct plan_gate, decided by recipes/build.c: the engine knows
  * no family), taken before the run's first step, with an etcd source only
  * (other sources: ignored, §9 last bullet). Meanwhile the run is "waiting"
- * with the holders' hostnames. A success gives the gate back (a singleton
+ * with the holders' hostnames, kept current as holders go and come (the
+ * last known ones while the lock ranks again or is taken again, none
+ * before the first ranking: "holders" is then absent, never empty) and
+ * the junk keys the lock ignores ("ignored", issue 12 #6). A success gives the gate back (a singleton
  * job first writes PREFIX/jobs/<job>); a failure of a gate that says so
  * (a rolling deploy) keeps it until the next success of the same event
  * and app, or clear-failed, so a bad release stops at max_parallel
@@ -47,6 +50,8 @@ struct engine_gate {
 	bool opened;               /* that run was let go */
 	bool going;                /* released: writing the job's key first */
 	struct fleet_lock *lock;
+	json_t *holders;           /* as the lock last said, or NULL */
+	json_t *ignored;           /* the junk keys it ignores, or NULL */
 	bool held;
 	unsigned failures;
 	uv_timer_t *timer;         /* owned until closed: retries */
@@ -80,6 +85,8 @@ static void gate_free(struct engine_gate *g)
 		uv_timer_stop(g->timer);
 		uv_close((uv_handle_t *)g->timer, on_timer_closed);
 	}
+	json_decref(g->holders);
+	json_decref(g->ignored);
 	free(g->name);
 	free(g->job);
 	free(g->app);
@@ -94,15 +101,24 @@ static struct active *gate_waiter(struct engine_gate *g)
 	return a && g->run_id && a->id == g->run_id && !g->opened ? a : NULL;
 }
 
-static void gate_set_waiting(struct engine_gate *g, const json_t *holders)
+/* The run's waiting_for: {"lock" or "semaphore": name, "holders": [host,
+ * ...] (when known: never empty), "ignored": [key, ...] (when any)}. */
+static void gate_set_waiting(struct engine_gate *g)
 {
 	struct active *a = gate_waiter(g);
 	json_t *w;
 
 	if (!a)
 		return;
-	w = json_pack("{s:s, s:o}", g->kind == PLAN_GATE_MUTEX ? "lock" : "semaphore", g->name, "holders",
-		      holders ? json_deep_copy(holders) : json_array());
+	w = json_pack("{s:s}", g->kind == PLAN_GATE_MUTEX ? "lock" : "semaphore", g->name);
+	if (json_array_size(g->holders) > 0)
+		json_object_set_new(w, "holders", json_deep_copy(g->holders));
+	if (json_array_size(g->ignored) > 0)
+		json_object_set_new(w, "ignored", json_deep_copy(g->ignored));
+	if (a->rec->waiting_for && json_equal(a->rec->waiting_for, w)) {
+		json_decref(w);
+		return;
+	}
 	json_decref(a->rec->waiting_for);
 	a->rec->waiting_for = w;
 	engine_notify_status(g->e);
@@ -201,11 +217,18 @@ static void on_acquired(void *userdata)
 	gate_open(g);
 }
 
-static void on_waiting(void *userdata, const json_t *holders)
+static void on_waiting(void *userdata, const json_t *holders, const json_t *ignored)
 {
 	struct engine_gate *g = userdata;
 
-	gate_set_waiting(g, holders);
+	/* An empty list (none holds, between two rankings) keeps the last. */
+	if (json_array_size(holders) > 0) {
+		json_decref(g->holders);
+		g->holders = json_deep_copy(holders);
+	}
+	json_decref(g->ignored);
+	g->ignored = ignored ? json_deep_copy(ignored) : NULL;
+	gate_set_waiting(g);
 }
 
 static void on_error(void *userdata, const char *message)
@@ -284,7 +307,7 @@ int engine_gate_take(struct engine *e, struct active *a)
 		return 1;
 	}
 	g->opened = false;
-	gate_set_waiting(g, NULL);
+	gate_set_waiting(g);
 	if (g->held)
 		gate_open(g);
 	else if (!g->lock && !(g->timer && uv_is_active((uv_handle_t *)g->timer)))

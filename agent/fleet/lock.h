@@ -22,9 +22,13 @@ enum fleet_lock_kind { FLEET_LOCK_MUTEX, FLEET_LOCK_SEMAPHORE };
 struct fleet_lock_callbacks {
 	/* This contender holds the lock, or one of the slots. */
 	void (*on_acquired)(void *userdata);
-	/* Waiting; holders is an array of the holders' hostnames (borrowed),
-	 * given again whenever it changed. May be NULL. */
-	void (*on_waiting)(void *userdata, const json_t *holders);
+	/* Waiting; holders is an array of the holders' hostnames (borrowed,
+	 * by rank), given again whenever it changed, a holder's going included
+	 * (issue 12, B4); never empty. ignored (borrowed): the keys under the
+	 * name that are no contender's (not <lease hex> under that lease:
+	 * junk, which holds nothing), escaped, at most 32; an empty array when
+	 * none. May be NULL. */
+	void (*on_waiting)(void *userdata, const json_t *holders, const json_t *ignored);
 	/* The key is gone (lease lost) or etcd failed past retrying; the lock
 	 * is not held. message names the key and the cause. */
 	void (*on_error)(void *userdata, const char *message);

@@ -129,7 +129,9 @@ def test_rolling_two_at_a_time_and_a_bad_release_stops_at_two(make_agent, etcd, 
     # With 5 agents and 2 slots some must have waited, and said for what.
     assert seen_waiting, "no deploy was ever seen waiting"
     w = seen_waiting[0]["waiting_for"]
-    assert w["semaphore"] == "deploy-site" and len(w["holders"]) <= SLOTS, w
+    # "holders" is absent until the first ranking, never empty.
+    assert w["semaphore"] == "deploy-site" and 1 <= len(w.get("holders", ["?"])) <= SLOTS, w
+    assert all(1 <= len(r["waiting_for"].get("holders", ["?"])) <= SLOTS for r in seen_waiting), seen_waiting
     for a in agents:
         a.wait_idle(20)
     assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}  # every slot given back
@@ -142,7 +144,7 @@ def test_rolling_two_at_a_time_and_a_bad_release_stops_at_two(make_agent, etcd, 
     def two_failed_three_waiting():
         failed = [a for a in agents if any(r["status"] == "failed" for r in deploys_of(a, last_id))]
         waiting = [a for a in agents
-                   if (a.status().get("current_run") or {}).get("status") == "waiting"]
+                   if ((a.status().get("current_run") or {}).get("waiting_for") or {}).get("holders")]
         return len(failed) == SLOTS and len(waiting) == N - SLOTS and (failed, waiting)
     failed, waiting = wait_for(two_failed_three_waiting, 30, "2 failed deploys and 3 waiting", interval=0.05)
     bad = times(tmpdir_agent, "bad")
@@ -229,7 +231,8 @@ def test_a_waiting_deploy_runs_the_newest_revision_once(make_agent, etcd, tmpdir
     def one_runs_one_waits():
         cur = [(a, a.status()) for a in agents]
         running = [a for a, s in cur if (s.get("current_run") or {}).get("status") == "running"]
-        waiting = [(a, s) for a, s in cur if (s.get("current_run") or {}).get("status") == "waiting"]
+        waiting = [(a, s) for a, s in cur if (s.get("current_run") or {}).get("status") == "waiting"
+                   and s["current_run"]["waiting_for"].get("holders")]
         return len(running) == 1 and len(waiting) == 1 and (running[0], waiting[0])
     holder, (waiter, st) = wait_for(one_runs_one_waits, 15, "one deploy of A running, the other waiting",
                                     interval=0.02)
@@ -267,3 +270,125 @@ def test_a_waiting_deploy_runs_the_newest_revision_once(make_agent, etcd, tmpdir
     log = waiter.ctl("log", str(waiting_id), check=0).stdout
     assert "planning it again against" in log and "joins this one" in log, log
     assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
+
+
+def test_a_retry_queued_before_a_success_is_dropped(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Issue 12, B2. A bad release fails (keeping its slot) and its retry is
+    due in 1 s; the fix v3, pushed at once, deploys slowly, so the retry is
+    queued while it runs. v3 succeeds: the queued retry is superseded and
+    dropped, so v3 is deployed exactly once (it used to wait for the slot
+    again and deploy v3 a second time)."""
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1", slots=1, sleep=0))
+    a = make_agent(conf_extra={"instance": "h0", "layers": ["web"], "lease_ttl": 2, "watch_timeout": 5,
+                               "settle": 0.05, "settle_max": 1, "retry_min": 1, "retry_max": 1},
+                   source=etcd_source(etcd, PREFIX)).start()
+    wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 20, "the first deploy")
+    a.wait_idle(20)
+    last = max(r["id"] for r in a.runs())
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "bad", slots=1, sleep=0))
+    wait_for(lambda: any(r["status"] == "failed" and r["id"] > last for r in a.runs()), 10, "the bad deploy to fail",
+             interval=0.02)
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "v3", slots=1, sleep=1.6))
+    retry = wait_for(lambda: [r for r in a.runs() if r["status"] == "queued" and r["trigger"] == "retry"
+                              and r["id"] > last], 10, "the retry queued while v3 deploys", interval=0.02)[0]
+    assert [h for h, _, _ in times(tmpdir_agent, "v3")] == ["h0"]
+    wait_for(lambda: any(r["status"] == "success" and r["id"] > last for r in a.runs()), 10, "v3's success")
+    a.wait_idle(10)
+    assert [h for h, _, _ in times(tmpdir_agent, "v3")] == ["h0"], times(tmpdir_agent, "v3")
+    assert [r for r in a.runs() if r["id"] == retry["id"]] == []
+    assert a.status()["state"] != "failed"
+    assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
+
+
+def test_no_bad_deploy_after_the_fix_is_pushed(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Issue 12, B1. Three agents, one slot, a failing release: the first to
+    deploy it fails and keeps the slot; clear-failed on it frees the slot,
+    the next fails too and keeps it; the third waits. The fix v3 pushed
+    then: no agent deploys `bad` after the push (the waiter, planned again
+    when its slot opens, deploys v3), and all three end on v3."""
+    import time
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1", slots=1, sleep=0))
+    agents = []
+    for i in range(3):
+        agents.append(make_agent(conf_extra={"instance": f"h{i}", "layers": ["web"], "lease_ttl": 2,
+                                             "watch_timeout": 5, "settle": 0.05, "settle_max": 1,
+                                             "retry_min": 60, "retry_max": 60},
+                                 source=etcd_source(etcd, PREFIX)).start())
+    for a in agents:
+        wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 20,
+                 "the first deploy of %s" % a.conf["instance"])
+        a.wait_idle(20)
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "bad", slots=1, sleep=0))
+
+    def failed_hosts():
+        return [h for h, _, e in times(tmpdir_agent, "bad") if e]
+    wait_for(lambda: len(failed_hosts()) == 1, 15, "the first bad deploy")
+    first = next(a for a in agents if a.conf["instance"] == failed_hosts()[0])
+    wait_for(lambda: first.status()["current_run"] is None, 10, "the failed run to end")
+    first.ctl("clear-failed", check=0)
+    wait_for(lambda: len(failed_hosts()) == 2, 15, "a second instance to take the freed slot and fail")
+    second = next(a for a in agents if a.conf["instance"] == failed_hosts()[1])
+    third = next(a for a in agents if a not in (first, second))
+    wait_for(lambda: (third.status().get("current_run") or {}).get("status") == "waiting", 10, "the third waiting")
+    pushed = time.time()
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "v3", slots=1, sleep=0))
+    wait_for(lambda: sorted(h for h, _, e in times(tmpdir_agent, "v3") if e) == ["h0", "h1", "h2"], 20,
+             "every agent's deploy of v3")
+    late = [(h, s) for h, s, _ in times(tmpdir_agent, "bad") if s >= pushed]
+    assert late == [], (late, times(tmpdir_agent, "bad"))
+    assert len(times(tmpdir_agent, "v3")) == 3, times(tmpdir_agent, "v3")
+    for a in agents:
+        a.wait_idle(10)
+    assert etcd.get_prefix(PREFIX + "/semaphores/deploy-site/") == {}
+
+
+def test_waiting_names_the_holders_of_now_and_junk_holds_nothing(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Issue 12, B4 and #6. A key under the semaphore that is no contender's
+    (not a lease id in hex, no lease) was there first: it is ignored, so the
+    deploys proceed (it used to hold the only slot forever), and waiting
+    runs name it as ignored. Three agents, one slot, a slow release: the
+    last in line names the first holder, then, when it is done, the next
+    one (it used to keep naming the first)."""
+    junk = PREFIX + "/semaphores/deploy-site/nothex"
+    etcd.put(junk, "garbage")
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "r1", slots=1, sleep=0))
+    agents = fleet(make_agent, etcd, tmpdir_agent, n=3)
+    for a in agents:
+        wait_for(lambda: any(r["event"] == "deploy" and r["status"] == "success" for r in a.runs()), 15,
+                 "the first deploy of %s despite the junk key" % a.conf["instance"])
+        a.wait_idle(10)
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, "A", slots=1, sleep=0.8))
+
+    def line():
+        """(holder, first waiter, last waiter) once one runs A and two wait behind it."""
+        spans = times(tmpdir_agent, "A")
+        if len(spans) != 1:
+            return None
+        cur = {a.conf["instance"]: a.status().get("current_run") or {} for a in agents}
+        waits = {h: c["waiting_for"] for h, c in cur.items() if c.get("status") == "waiting"}
+        if len(waits) != 2 or not all(w.get("holders") for w in waits.values()):
+            return None
+        return spans[0][0], waits
+    holder, waits = wait_for(line, 10, "one deploy of A running, two waiting", interval=0.02)
+    for w in waits.values():
+        assert w == {"semaphore": "deploy-site", "holders": [holder], "ignored": [junk]}, w
+    # Text output: runs' STATUS column and status's "Waiting for" line.
+    last = next(a for a in agents if a.conf["instance"] in waits)
+    out = last.ctl("status", check=0).stdout
+    assert "Waiting for: semaphore deploy-site held by %s, ignoring junk keys %s" % (holder, junk) in out, out
+    assert ("waiting (%s)" % holder) in last.ctl("runs", check=0).stdout
+    wait_for(lambda: len(times(tmpdir_agent, "A")) == 2, 10, "the next deploy of A")
+    nxt = times(tmpdir_agent, "A")[1][0]
+    still = [a for a in agents if a.conf["instance"] not in (holder, nxt)]
+    assert len(still) == 1
+    w = wait_for(lambda: (still[0].status().get("current_run") or {}).get("waiting_for", {}).get("holders") == [nxt]
+                 and still[0].status()["current_run"]["waiting_for"], 3, "the last waiter to name the new holder",
+                 interval=0.02)
+    assert w["holders"] == [nxt], w
+    shown = still[0].ctl("show", still[0].status()["current_run"]["id"], check=0).stdout
+    assert "Waiting for: semaphore deploy-site held by %s" % nxt in shown, shown
+    wait_for(lambda: len([x for x in times(tmpdir_agent, "A") if x[2]]) == 3, 10, "every deploy of A")
+    assert max_overlap(times(tmpdir_agent, "A")) == 1
+    for a in agents:
+        a.wait_idle(10)
+    assert set(etcd.get_prefix(PREFIX + "/semaphores/deploy-site/")) == {junk}  # only the junk is left

@@ -111,7 +111,8 @@ def test_singleton_runs_once_and_moves_on_when_its_holder_dies(make_agent, etcd,
     # The others wait for the lock, and say who holds it.
     others = [(a, i) for a, i in zip(agents, ids) if a is not victim]
     for a, i in others:
-        w = wait_for(lambda a=a, i=i: run_of(a, i).get("waiting_for"), 5, "a waiting run")
+        w = wait_for(lambda a=a, i=i: (run_of(a, i).get("waiting_for") or {}).get("holders") and
+                     run_of(a, i)["waiting_for"], 5, "a waiting run")
         assert w == {"lock": "pack", "holders": [victim_name]}, w
     killed = time.monotonic()
     victim.kill9()
@@ -127,3 +128,30 @@ def test_singleton_runs_once_and_moves_on_when_its_holder_dies(make_agent, etcd,
     assert third["steps"][0]["status"] == "skipped" and ("done by %s" % successor) in third["steps"][0]["message"]
     assert took <= TTL + 2.5, took
     print("takeover after kill -9: %.2f s (lease_ttl %d s)" % (took, TTL))
+
+
+def test_junk_under_the_lock_holds_nothing(make_agent, etcd, tmpdir_agent):  # noqa: F811
+    """Issue 12, #6: a key under locks/<job> that is no contender's (its
+    last part not a lease id in hex, no lease) is ignored: the job runs (it
+    used to wait forever on the holder "junk"), and a waiter names it as
+    ignored beside the real holder."""
+    junk = PREFIX + "/locks/pack/zz"
+    etcd.put(junk, "junk")
+    etcd.put(PREFIX + "/stack", stack(tmpdir_agent, 0.8))
+    agents = [make_agent(conf_extra={"instance": f"h{i}", "layers": ["db"], "lease_ttl": TTL, "watch_timeout": 5,
+                                     "settle": 0.05, "settle_max": 1},
+                         source=etcd_source(etcd, PREFIX)).start() for i in range(2)]
+    for a in agents:
+        wait_for(lambda: a.status()["source"].get("stack_revision"), 10, "the stack")
+        a.wait_idle(20)
+    ids = ask_all(agents)
+    wait_for(lambda: len(lines(tmpdir_agent)) == 1, 5, "the job to start despite the junk key")
+    holder = lines(tmpdir_agent)[0][1]
+    other, oid = next((a, i) for a, i in zip(agents, ids) if a.conf["instance"] != holder)
+    w = wait_for(lambda: (run_of(other, oid).get("waiting_for") or {}).get("holders") and
+                 run_of(other, oid)["waiting_for"], 5, "the other waiting")
+    assert w == {"lock": "pack", "holders": [holder], "ignored": [junk]}, w
+    res = [wait_for(lambda a=a, i=i: finished(a, i), 10, "the job's run") for a, i in zip(agents, ids)]
+    assert all(r["status"] == "success" for r in res), res
+    assert len(lines(tmpdir_agent)) == 1
+    assert set(etcd.get_prefix(PREFIX + "/locks/pack/")) == {junk}

@@ -139,6 +139,8 @@ struct contender {
 	struct fleet_lock *l;
 	int acquired, errors;
 	char holders[256]; /* the last on_waiting's, joined with "," */
+	char ignored[512]; /* the last on_waiting's junk keys, joined with "," */
+	int waits;         /* on_waiting calls */
 };
 
 struct t {
@@ -224,16 +226,26 @@ static void on_acquired(void *userdata)
 	((struct contender *)userdata)->acquired++;
 }
 
-static void on_waiting(void *userdata, const json_t *holders)
+static void join(char *buf, size_t size, const json_t *a)
 {
-	struct contender *c = userdata;
 	size_t i, n = 0;
 	json_t *h;
 
-	c->holders[0] = '\0';
-	json_array_foreach(holders, i, h)
-		n += (size_t)snprintf(c->holders + n, sizeof(c->holders) - n, "%s%s", i ? "," : "",
-				      json_string_value(h));
+	buf[0] = '\0';
+	json_array_foreach(a, i, h)
+		n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? "," : "", json_string_value(h));
+}
+
+static void on_waiting(void *userdata, const json_t *holders, const json_t *ignored)
+{
+	struct contender *c = userdata;
+
+	/* Never empty (issue 12, B4): a waiter always waits for someone. */
+	assert_true(json_array_size(holders) > 0);
+	assert_true(json_is_array(ignored));
+	c->waits++;
+	join(c->holders, sizeof(c->holders), holders);
+	join(c->ignored, sizeof(c->ignored), ignored);
 }
 
 static void on_error(void *userdata, const char *message)
@@ -320,6 +332,87 @@ static void test_mutex(void **state)
 			 -EINVAL);
 	assert_int_equal(fleet_lock_acquire(&t->loop, t->c, FLEET_LOCK_MUTEX, "x", 1, 0, 0, "h", &cbs, &a, &a.l),
 			 -EINVAL);
+}
+
+/* The holders a waiter names follow the holders that go, not only the
+ * keys just ahead of it (issue 12, B4): with c behind b behind a, a's
+ * going makes b the holder, and c says so (with no range of its own). */
+static void test_holders_kept_current(void **state)
+{
+	struct t *t = *state;
+	struct contender a = { .name = "a" }, b = { .name = "b" }, c = { .name = "c" };
+	struct contender s[5] = { { .name = "A" }, { .name = "B" }, { .name = "C" }, { .name = "D" }, { .name = "E" } };
+
+	contend(t, &a, FLEET_LOCK_MUTEX, 0);
+	contend(t, &b, FLEET_LOCK_MUTEX, 0);
+	contend(t, &c, FLEET_LOCK_MUTEX, 0);
+	assert_string_equal(c.holders, "a");
+	release(&a);
+	WAIT_FOR(t, b.acquired && strcmp(c.holders, "b") == 0, 3000);
+	assert_int_equal(b.acquired, 1);
+	assert_string_equal(c.holders, "b");
+	assert_int_equal(c.acquired, 0);
+	release(&b);
+	WAIT_FOR(t, c.acquired, 3000);
+	assert_int_equal(c.acquired, 1);
+	release(&c);
+
+	/* A semaphore of 2: A, B hold; C, D, E wait. A goes: C holds, and
+	 * D (watching B, C) and E (watching C, D) both name B and C. */
+	for (int i = 0; i < 5; i++)
+		contend(t, &s[i], FLEET_LOCK_SEMAPHORE, 2);
+	assert_string_equal(s[4].holders, "A,B");
+	release(&s[0]);
+	WAIT_FOR(t, s[2].acquired && strcmp(s[3].holders, "B,C") == 0 && strcmp(s[4].holders, "B,C") == 0, 3000);
+	assert_int_equal(s[2].acquired, 1);
+	assert_string_equal(s[3].holders, "B,C");
+	assert_string_equal(s[4].holders, "B,C");
+	release(&s[1]); /* just ahead of D: D holds; E names C, D */
+	WAIT_FOR(t, s[3].acquired && strcmp(s[4].holders, "C,D") == 0, 3000);
+	assert_string_equal(s[4].holders, "C,D");
+	for (int i = 2; i < 5; i++)
+		release(&s[i]);
+	WAIT_FOR(t, false, 50);
+}
+
+static void on_put(void *userdata, const struct etcd_result *r)
+{
+	assert_int_equal(r->error, 0);
+	(*(int *)userdata)++;
+}
+
+/* Keys under the name that are no contender's hold nothing (issue 12,
+ * #6): one not in hex, one put without a lease, one whose name is another
+ * lease than its own. They were there first; a still holds at once, and b,
+ * waiting, names a and the junk it ignores. */
+static void test_junk_keys_ignored(void **state)
+{
+	struct t *t = *state;
+	struct contender a = { .name = "a" }, b = { .name = "b" };
+	int64_t l1 = grant(t, 30), l2 = grant(t, 30);
+	_cleanup_free_ char *k1 = xasprintf("%s/locks/x/nothex", etcd_prefix(t->c));
+	_cleanup_free_ char *k2 = xasprintf("%s/locks/x/%" PRIx64, etcd_prefix(t->c), (uint64_t)l1 + 1000);
+	_cleanup_free_ char *k3 = xasprintf("%s/locks/x/%" PRIx64, etcd_prefix(t->c), (uint64_t)l1);
+	int done = 0;
+
+	assert_int_equal(etcd_put(t->c, k1, "garbage", 7, 0, on_put, &done, NULL), 0);
+	assert_int_equal(etcd_put(t->c, k2, "junk", 4, 0, on_put, &done, NULL), 0);
+	assert_int_equal(etcd_put(t->c, k3, "other", 5, l2, on_put, &done, NULL), 0);
+	WAIT_FOR(t, done == 3, 3000);
+	assert_int_equal(done, 3);
+	contend(t, &a, FLEET_LOCK_MUTEX, 0);
+	assert_int_equal(a.acquired, 1);
+	contend(t, &b, FLEET_LOCK_MUTEX, 0);
+	assert_int_equal(b.acquired, 0);
+	assert_string_equal(b.holders, "a");
+	assert_non_null(strstr(b.ignored, "/locks/x/nothex"));
+	assert_non_null(strstr(b.ignored, k2 + strlen(etcd_prefix(t->c))));
+	assert_non_null(strstr(b.ignored, k3 + strlen(etcd_prefix(t->c))));
+	release(&a);
+	WAIT_FOR(t, b.acquired, 3000);
+	assert_int_equal(b.acquired, 1);
+	release(&b);
+	WAIT_FOR(t, false, 50);
 }
 
 /* ---- a TCP proxy to etcd whose connections can be frozen: bytes stop
@@ -512,6 +605,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_semaphore_slots, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mutex, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_holders_kept_current, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_junk_keys_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_half_open_watch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_frozen_etcd, setup, teardown),
 	};
