@@ -386,8 +386,11 @@ static int parse_stack(int argc, char **argv, struct request *req)
 		long rev;
 
 		if (next_vopt(argc, argv, &i, opts, &arg) == 0) {
-			if (parse_long(arg, 1, LONG_MAX, &rev) < 0)
-				usage_error("stack push: invalid --base \"%s\": a mod revision (a positive integer)", arg);
+			/* 0: only when PREFIX/stack does not exist yet (what a
+			 * first push reports as its base). */
+			if (parse_long(arg, 0, LONG_MAX, &rev) < 0)
+				usage_error("stack push: invalid --base \"%s\": a mod revision (an integer of at least 0)",
+					    arg);
 			json_object_set_new(req->params, "base", json_integer(rev));
 		} else if ((argv[i][0] == '-' && argv[i][1]) || file)
 			usage_error("stack push: unexpected argument \"%s\"", argv[i]);

@@ -638,7 +638,9 @@ int print_reloaded(const json_t *r)
 
 /* One instance per line. LAYERS comma-joined (one cell), LAST RUN "id event
  * status", LEASE the seconds left on its etcd lease ("-": none, the static
- * members of other sources). */
+ * members of other sources). Then "HOSTNAME: error" for each registration
+ * the effective stack leaves out (STATE "invalid") or names a missing
+ * layer. */
 int print_fleet(const json_t *r)
 {
 	static const char *const header[] = { "HOSTNAME", "LAYERS", "ADDRESS", "STATE", "APPLIED", "LAST RUN", "LEASE" };
@@ -674,6 +676,13 @@ int print_fleet(const json_t *r)
 	}
 	print_table(header, nc, cells, n);
 	free_cells(cells, n * nc);
+	/* Why a registration is left out (STATE "invalid") or incomplete. */
+	json_array_foreach(insts, i, in)
+	{
+		const char *err = json_string_value(json_object_get(in, "error"));
+		if (err)
+			printf("%s: %s\n", str_or_dash(json_object_get(in, "hostname")), err);
+	}
 	return 0;
 }
 

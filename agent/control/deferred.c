@@ -108,7 +108,7 @@ static void on_push_reply(void *userdata, json_t *result, const char *error)
 			 (unsigned)c->uid, (int)c->pid, json_integer_value(json_object_get(result, "revision")),
 			 json_integer_value(json_object_get(result, "base")));
 	else
-		log_info("control: stack push by uid %u pid %d refused: %s", (unsigned)c->uid, (int)c->pid,
+		log_info("control: stack push by uid %u pid %d: %s", (unsigned)c->uid, (int)c->pid,
 			 error ? error : "?");
 	on_engine_reply(userdata, result, error);
 }
@@ -286,14 +286,15 @@ json_t *ctl_stack_push(struct client *c, json_t *params)
 	json_t *fd = json_object_get(params, "fd");
 	json_t *b = json_object_get(params, "base");
 	bool has_doc = doc && !json_is_null(doc);
-	int64_t base = 0;
+	int64_t base = ENGINE_PUSH_BASE_READ;
 
 	if (err)
 		return err;
 	if (b && !json_is_null(b)) {
-		if (!json_is_integer(b) || json_integer_value(b) < 1)
+		if (!json_is_integer(b) || json_integer_value(b) < 0)
 			return proto_reply_error(PROTO_E_INVALID_PARAMS,
-						 "\"base\" must be a positive integer (the mod revision of PREFIX/stack)");
+						 "\"base\" must be an integer of at least 0 (the mod revision of PREFIX/stack; "
+						 "0: only when it does not exist)");
 		base = (int64_t)json_integer_value(b);
 	}
 	if (fd && !json_is_null(fd) && !json_is_boolean(fd))

@@ -113,11 +113,16 @@ typedef void (*engine_reply_cb)(void *userdata, json_t *result, const char *erro
 int engine_fleet(struct engine *e, engine_reply_cb cb, void *userdata, struct engine_call **ret, char **ret_error);
 /* `stack-push`: validates doc exactly as a delivered document is (the same
  * code and JSON-path errors: -EINVAL with the message, nothing written),
- * then puts PREFIX/stack with a compare on its mod revision being base (0:
- * the revision this agent read last). Result {"key": PREFIX/stack, "revision": N (the new mod
+ * then puts PREFIX/stack with a compare on its mod revision being base
+ * (ENGINE_PUSH_BASE_READ: the newer of the revision this agent read last
+ * and the one its own last push wrote; 0: only when the key does not
+ * exist). Result {"key": PREFIX/stack, "revision": N (the new mod
  * revision), "base": B}. A stale base fails through cb with a message that
- * names both revisions. -ENOTSUP: the source is not etcd. doc need only
- * stay valid during the call (it is copied). */
+ * starts "refused: stale base" and names both revisions; a transport error
+ * or timeout of the txn fails with a message saying the outcome is unknown
+ * (etcd may still apply it). -ENOTSUP: the source is not etcd. doc need
+ * only stay valid during the call (it is copied). */
+#define ENGINE_PUSH_BASE_READ (-1)
 int engine_stack_push(struct engine *e, const char *doc, size_t len, int64_t base, engine_reply_cb cb,
 		      void *userdata, struct engine_call **ret, char **ret_error);
 void engine_call_cancel(struct engine_call *call);

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "proto.h"
 #include "source/source.h"
+#include "stack/effective.h"
 #include "stack/stack.h"
 #include "util.h"
 
@@ -176,14 +177,23 @@ static json_t *fleet_static(struct engine *e)
 	return fleet_result(e->source ? e->source->ops->scheme : "none", entries);
 }
 
-/* One registration as fleet shows it. */
-static json_t *fleet_entry(const char *host, const char *value, size_t len)
+/* One registration as fleet shows it: hostname escaped (it is the raw end
+ * of a key); one that the effective stack leaves out has state "invalid"
+ * and an "error", one naming a layer the stack lacks an "error" too
+ * (stack_registration_problem against the current stack). */
+static json_t *fleet_entry(const struct engine *e, const char *host, const char *value, size_t len)
 {
-	json_t *v = json_loadb(value, len, 0, NULL), *agent;
-	json_t *o = json_pack("{s:s}", "hostname", host);
+	_cleanup_free_ char *ehost = str_escape_ctl(host), *why = NULL;
+	json_t *v = len <= STACK_REGISTRATION_MAX ? json_loadb(value, len, JSON_REJECT_DUPLICATES, NULL) : NULL;
+	json_t *o = json_pack("{s:o}", "hostname", proto_string_lossy(ehost, strlen(ehost))), *agent;
+	bool left_out = true;
 
+	if (len > STACK_REGISTRATION_MAX)
+		why = xasprintf("a value of %zu bytes, over %d: not a registration", len, STACK_REGISTRATION_MAX);
+	else
+		why = stack_registration_problem(e->current ? e->current->root : NULL, host, v, &left_out);
 	if (!json_is_object(v)) {
-		json_object_set_new(o, "error", json_string("not a JSON object"));
+		json_decref(v);
 		v = json_object();
 	}
 	agent = json_object_get(v, "agent");
@@ -203,6 +213,11 @@ static json_t *fleet_entry(const char *host, const char *value, size_t len)
 						   ? json_incref(json_object_get(agent, "last_run"))
 						   : json_null());
 	json_object_set_new(o, "lease_ttl", json_null());
+	if (why) {
+		if (left_out)
+			json_object_set_new(o, "state", json_string("invalid"));
+		json_object_set_new(o, "error", proto_string_lossy(why, strlen(why)));
+	}
 	json_decref(v);
 	return o;
 }
@@ -265,7 +280,7 @@ static void cb_instances(void *userdata, const struct etcd_result *r)
 		json_t *o;
 		if (kv->key_len <= dir)
 			continue;
-		o = fleet_entry(kv->key + dir, kv->value, kv->value_len);
+		o = fleet_entry(call->e, kv->key + dir, kv->value, kv->value_len);
 		if (kv->lease)
 			json_array_append_new(lease_slot(call, kv->lease)->entries, o);
 		else
@@ -319,15 +334,23 @@ static void cb_push(void *userdata, const struct etcd_result *r)
 	struct engine_call *call = userdata;
 
 	call->ec = NULL;
-	if (r->error < 0)
-		call->error = xasprintf("pushing %s: %s", call->stack_key, r->message ? r->message : strerror(-r->error));
-	else if (r->succeeded) {
+	if (r->error < 0) {
+		/* The txn may have reached etcd before the answer was lost (a
+		 * timeout on a frozen etcd, a connection cut): it may still be
+		 * applied, so this is no refusal (issue 12 follow-up B3). */
+		call->error = xasprintf("pushing %s: %s; the outcome is unknown: the push may have been applied: "
+					"check `agentctl stack --revision`",
+					call->stack_key, r->message ? r->message : strerror(-r->error));
+		log_warn("Stack push to %s (based on %lld): %s", call->stack_key, (long long)call->base, call->error);
+	} else if (r->succeeded) {
 		log_info("Stack pushed to %s: revision %lld (based on %lld)", call->stack_key, (long long)r->revision,
 			 (long long)call->base);
+		if (r->revision > call->e->stack_pushed)
+			call->e->stack_pushed = r->revision;
 		call->result = json_pack("{s:s, s:I, s:I}", "key", call->stack_key, "revision", (json_int_t)r->revision,
 					 "base", (json_int_t)call->base);
 	} else
-		call->error = xasprintf("stale base: %s is at revision %lld, this push was based on revision %lld",
+		call->error = xasprintf("refused: stale base: %s is at revision %lld, this push was based on revision %lld",
 					call->stack_key, (long long)(r->n_kvs ? r->kvs[0].mod_revision : 0),
 					(long long)call->base);
 	call_answer(call);
@@ -346,7 +369,7 @@ int engine_stack_push(struct engine *e, const char *doc, size_t len, int64_t bas
 		*ret_error = xstrdup("stack push needs an etcd source");
 		return -ENOTSUP;
 	}
-	if (base < 0) {
+	if (base < ENGINE_PUSH_BASE_READ) {
 		*ret_error = xasprintf("invalid base revision %lld", (long long)base);
 		return -EINVAL;
 	}
@@ -362,7 +385,16 @@ int engine_stack_push(struct engine *e, const char *doc, size_t len, int64_t bas
 		return -EINVAL;
 	}
 	call = call_new(e, cb, userdata);
-	call->base = base ? base : source_etcd_stack_revision(e->source);
+	/* By default the newer of what the agent read and what its own last
+	 * push wrote: the watch event of that push may not have come yet
+	 * (issue 12 follow-up #7). 0: only when the key does not exist (a
+	 * missing key's mod revision compares as 0). */
+	call->base = base;
+	if (base == ENGINE_PUSH_BASE_READ) {
+		call->base = source_etcd_stack_revision(e->source);
+		if (e->stack_pushed > call->base)
+			call->base = e->stack_pushed;
+	}
 	call->stack_key = xasprintf("%s/stack", etcd_prefix(c));
 	struct etcd_compare cmp = { .target = ETCD_CMP_MOD, .result = ETCD_CMP_EQUAL, .key = call->stack_key,
 				    .number = call->base };

@@ -126,6 +126,7 @@ struct engine {
 	int64_t start_mono;
 
 	struct engine_gate *gates;     /* owned list: fleet locks and slots taken or kept (gate.c) */
+	int64_t stack_pushed;          /* fleet.c: the mod revision of PREFIX/stack this agent's last push wrote, 0: none */
 
 	struct engine_watch *watchers;
 	bool stopping;

@@ -31,6 +31,7 @@ struct registration {
 	char *putting;               /* owned: the value of the put in flight */
 	unsigned failures;           /* in a row, for the backoff */
 	bool backoff;                /* the timer ends a backoff: nothing starts before it fires */
+	bool failing;                /* on_error was called, on_ok not since */
 	bool freed;                  /* registration_free ran; the close callback frees */
 };
 
@@ -47,6 +48,7 @@ static void on_timer(uv_timer_t *t);
 static void reg_backoff(struct registration *r, const char *what, const struct etcd_result *res)
 {
 	r->failures++;
+	r->failing = true;
 	if (r->cbs.on_error) {
 		_cleanup_free_ char *msg = xasprintf("registration %s: %s: %s", r->key, what,
 						     res->message ? res->message : strerror(-res->error));
@@ -66,6 +68,17 @@ static void reg_lease_lost(struct registration *r)
 	r->put = NULL;
 }
 
+/* A call succeeded: the registration works again after an error. */
+static void reg_ok(struct registration *r)
+{
+	r->failures = 0;
+	if (!r->failing)
+		return;
+	r->failing = false;
+	if (r->cbs.on_ok)
+		r->cbs.on_ok(r->userdata);
+}
+
 static void cb_grant(void *userdata, const struct etcd_result *res)
 {
 	struct registration *r = userdata;
@@ -75,7 +88,6 @@ static void cb_grant(void *userdata, const struct etcd_result *res)
 		reg_backoff(r, "granting a lease", res);
 		return;
 	}
-	r->failures = 0;
 	r->lease = res->lease;
 	r->next_keepalive_usec = time_monotonic_usec() + (int64_t)keepalive_interval_usec(r);
 	free(r->put);
@@ -83,6 +95,7 @@ static void cb_grant(void *userdata, const struct etcd_result *res)
 	log_debug("Registration %s: lease %llx of %lld s", r->key, (unsigned long long)r->lease, (long long)res->ttl);
 	if (r->cbs.on_lease)
 		r->cbs.on_lease(r->userdata, r->lease);
+	reg_ok(r);
 	reg_next(r);
 }
 
@@ -101,8 +114,8 @@ static void cb_keepalive(void *userdata, const struct etcd_result *res)
 		reg_backoff(r, "keepalive", res);
 		return;
 	}
-	r->failures = 0;
 	r->next_keepalive_usec = time_monotonic_usec() + (int64_t)keepalive_interval_usec(r);
+	reg_ok(r);
 	reg_next(r);
 }
 
@@ -119,10 +132,10 @@ static void cb_put(void *userdata, const struct etcd_result *res)
 		reg_backoff(r, "put", res);
 		return;
 	}
-	r->failures = 0;
 	free(r->put);
 	r->put = r->putting;
 	r->putting = NULL;
+	reg_ok(r);
 	reg_next(r);
 }
 

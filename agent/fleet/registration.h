@@ -23,6 +23,10 @@ struct registration_callbacks {
 	/* A grant, put or keepalive failed (it is retried with backoff);
 	 * message names the endpoint and the cause. May be NULL. */
 	void (*on_error)(void *userdata, const char *message);
+	/* A grant, keepalive or put succeeded after on_error: the
+	 * registration works again (a restarted etcd that kept the lease
+	 * grants nothing new). May be NULL. */
+	void (*on_ok)(void *userdata);
 };
 
 /* hostname: this instance's name (the key's last part, name_is_valid).

@@ -16,8 +16,10 @@
  *   - PREFIX/stack missing, over 16 MiB or not JSON: named, nothing
  *     delivered until a good one comes (membership keeps flowing on the
  *     last good one);
- *   - a registration over REG_VALUE_MAX or not a JSON object: named, left
- *     out of the membership;
+ *   - a registration left out of the membership (over REG_VALUE_MAX, not
+ *     a JSON object, an invalid hostname or field) or naming a layer the
+ *     stack lacks: named by its key in status.source.warnings (one text
+ *     each) and logged when the list changes; it is no error of the source;
  *   - etcd unreachable: the client's message, retried with capped,
  *     jittered backoff (etcd_backoff_ms). When it answers again the same
  *     document is the same text: the engine finds nothing new, so nothing
@@ -35,9 +37,16 @@
  * hostname = agentd.conf's instance, else gethostname(), or its first label
  * when only that is a static member (design.md §3 Identity). On stop the
  * lease is not revoked: a restart within lease_ttl changes nothing for the
- * other members. */
+ * other members. It has its own client (the same endpoints), whose calls
+ * time out within lease_ttl/3 (at least 500 ms): a keepalive stuck on a
+ * frozen etcd must fail in time for the next one to keep the lease.
+ *
+ * Keys, hostnames and messages from etcd are escaped (str_escape_ctl)
+ * before they reach a log line or status text: a key with a newline must
+ * not forge journal lines. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -50,19 +59,22 @@
 #include "fleet/etcd.h"
 #include "fleet/registration.h"
 #include "log.h"
+#include "proto.h"
 #include "source.h"
 #include "stack/effective.h"
 #include "stack/stack.h"
 #include "util.h"
 
-/* A registration is a few hundred bytes; anything near this is not one. */
-#define REG_VALUE_MAX (64 * 1024)
-/* Bad registrations named in the source error, the rest counted. */
-#define REG_ERRORS_SHOWN 3
+#define REG_VALUE_MAX STACK_REGISTRATION_MAX
+/* Left-out registrations named in status.source.warnings, the rest counted. */
+#define REG_WARNINGS_SHOWN 20
+/* The registration's calls end within lease_ttl/3, not under this. */
+#define REG_CALL_TIMEOUT_MIN_MS 500
 
 struct etcd_source {
 	struct source *s;             /* borrowed; NULL once stopped */
 	struct etcd *c;               /* owned */
+	struct etcd *reg_c;           /* owned: the registration's client (shorter timeouts), NULL before it */
 	char *dir;                    /* owned: "PREFIX/" */
 	char *stack_key;              /* owned: "PREFIX/stack" */
 	char *hostname;               /* owned: this instance's name in etcd */
@@ -76,7 +88,7 @@ struct etcd_source {
 	int64_t stack_mod_revision;   /* of the key as last seen, 0: none */
 	char *stack_error;            /* owned: why its value is not used, NULL: fine or missing */
 	json_t *regs;                 /* owned: hostname -> registration object */
-	json_t *bad_regs;             /* owned: hostname -> message */
+	json_t *bad_regs;             /* owned: hostname -> message (escaped): values that are no registration */
 	int64_t revision;             /* the last header.revision seen (range, watch, progress) */
 
 	/* What the engine got. */
@@ -84,7 +96,7 @@ struct etcd_source {
 	uint64_t delivered_hash;
 	size_t delivered_len;
 	char *failed;                 /* owned: the error the engine holds from us, NULL: none */
-	char *warnings;               /* owned: stack_effective's last warnings, logged when they change */
+	json_t *warnings;             /* owned: array of texts, the left-out registrations (status.source.warnings) */
 	char *reg_error;              /* owned: the registration's last error, logged when it changes */
 
 	/* The connection. */
@@ -210,28 +222,65 @@ static void cb_reg_lease(void *userdata, int64_t lease)
 	}
 }
 
-static void cb_reg_error(void *userdata, const char *message)
+/* A keepalive or put worked after an error: etcd came back with the lease
+ * (a restart on the same data), so no new grant clears the error. */
+static void cb_reg_ok(void *userdata)
 {
 	struct etcd_source *es = userdata;
 
-	if (es->reg_error && strcmp(es->reg_error, message) == 0)
+	if (!es->reg_error)
 		return;
-	log_warn("%s (retrying)", message);
+	log_info("Registration of %s works again (lease %llx)", es->hostname,
+		 (unsigned long long)registration_lease(es->reg));
 	free(es->reg_error);
-	es->reg_error = xstrdup(message);
+	es->reg_error = NULL;
+}
+
+static void cb_reg_error(void *userdata, const char *message)
+{
+	struct etcd_source *es = userdata;
+	_cleanup_free_ char *m = str_escape_ctl(message);
+
+	if (es->reg_error && strcmp(es->reg_error, m) == 0)
+		return;
+	log_warn("%s (retrying)", m);
+	free(es->reg_error);
+	es->reg_error = m;
+	m = NULL;
 }
 
 static void es_register(struct etcd_source *es)
 {
-	static const struct registration_callbacks cbs = { cb_reg_lease, cb_reg_error };
+	static const struct registration_callbacks cbs = {
+		.on_lease = cb_reg_lease, .on_error = cb_reg_error, .on_ok = cb_reg_ok
+	};
+	const struct config *c = es->s->config;
+	_cleanup_free_ char *error = NULL, *ehost = NULL;
+	long timeout_ms;
 	int r;
 
 	if (es->reg || es->hostname)
 		return;
 	es->hostname = es_pick_hostname(es);
-	r = registration_new(es->s->loop, es->c, es->hostname, es->s->config->lease_ttl, &cbs, es, &es->reg);
+	if (!name_is_valid(es->hostname)) {
+		ehost = str_escape_ctl(es->hostname);
+		log_error("Not registering in etcd: hostname \"%s\" is not a name of [A-Za-z0-9_.-]", ehost);
+		return;
+	}
+	/* A keepalive that waits longer than lease_ttl/3 on a frozen etcd
+	 * leaves no time for the next one (issue 12 follow-up #11). */
+	if (etcd_new(es->s->loop, es->s->http, c, es->s->url, &es->reg_c, &error) < 0) {
+		log_error("Not registering in etcd: %s", error ? error : "invalid etcd source");
+		es->reg_c = NULL;
+		return;
+	}
+	timeout_ms = c->lease_ttl * 1000 / 3;
+	if (timeout_ms < REG_CALL_TIMEOUT_MIN_MS)
+		timeout_ms = REG_CALL_TIMEOUT_MIN_MS;
+	/* Only ever shorter than the client's defaults (5 s, connect 2 s). */
+	etcd_set_timeouts(es->reg_c, timeout_ms < 5000 ? timeout_ms : 0, timeout_ms < 2000 ? timeout_ms : 0);
+	r = registration_new(es->s->loop, es->reg_c, es->hostname, c->lease_ttl, &cbs, es, &es->reg);
 	if (r < 0) {
-		log_error("Not registering in etcd: hostname \"%s\" is not a name of [A-Za-z0-9_.-]", es->hostname);
 		es->reg = NULL;
 		return;
 	}
@@ -285,6 +334,21 @@ static void es_set_stack(struct etcd_source *es, const struct etcd_kv *kv)
 	es->stack = j;
 }
 
+/* A JSON string of what printf makes; keys are raw bytes from etcd, so
+ * invalid UTF-8 becomes U+FFFD. */
+static json_t *lossy_printf(const char *fmt, ...) _printf_(1, 2);
+static json_t *lossy_printf(const char *fmt, ...)
+{
+	_cleanup_free_ char *t = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&t, fmt, ap) < 0)
+		t = NULL;
+	va_end(ap);
+	return t ? proto_string_lossy(t, strlen(t)) : json_string("?");
+}
+
 static void es_set_registration(struct etcd_source *es, const char *host, const struct etcd_kv *kv)
 {
 	json_t *j = NULL;
@@ -292,12 +356,13 @@ static void es_set_registration(struct etcd_source *es, const char *host, const 
 	if (kv->value_len <= REG_VALUE_MAX)
 		j = json_loadb(kv->value, kv->value_len, JSON_REJECT_DUPLICATES, NULL);
 	if (!json_is_object(j)) {
+		_cleanup_free_ char *ekey = str_escape_ctl(kv->key);
 		json_object_set_new(
 			es->bad_regs, host,
 			kv->value_len > REG_VALUE_MAX
-				? json_sprintf("%s: a value of %zu bytes, over %d: not a registration; left out", kv->key,
-					       kv->value_len, REG_VALUE_MAX)
-				: json_sprintf("%s: not a JSON object; left out", kv->key));
+				? lossy_printf("%s: a value of %zu bytes, over %d: not a registration; left out",
+							    ekey, kv->value_len, REG_VALUE_MAX)
+				: lossy_printf("%s: not a JSON object; left out", ekey));
 		json_object_del(es->regs, host);
 		json_decref(j);
 		return;
@@ -312,7 +377,8 @@ static void es_apply(struct etcd_source *es, const struct etcd_kv *kv, bool dele
 	size_t off;
 
 	if (strncmp(kv->key, es->dir, strlen(es->dir)) != 0) {
-		log_warn("etcd %s: key \"%.200s\" is outside the prefix %s; ignored", etcd_endpoint(es->c), kv->key,
+		_cleanup_free_ char *ekey = str_escape_ctl(kv->key);
+		log_warn("etcd %s: key \"%.200s\" is outside the prefix %s; ignored", etcd_endpoint(es->c), ekey,
 			 es->dir);
 		return;
 	}
@@ -325,7 +391,9 @@ static void es_apply(struct etcd_source *es, const struct etcd_kv *kv, bool dele
 		es->stack_mod_revision = 0;
 		free(es->stack_error);
 		es->stack_error = NULL;
-	} else if (es_key_is(es, kv->key, "instances/", &off) && kv->key[off] && !strchr(kv->key + off, '/')) {
+	} else if (es_key_is(es, kv->key, "instances/", &off) && kv->key[off]) {
+		/* Any name, "a/b" or "a#b" too: stack_effective leaves it out
+		 * and status names it. */
 		const char *host = kv->key + off;
 		if (deleted) {
 			json_object_del(es->regs, host);
@@ -343,24 +411,12 @@ static void es_apply(struct etcd_source *es, const struct etcd_kv *kv, bool dele
 static char *es_errors(const struct etcd_source *es)
 {
 	struct buf b;
-	const char *host;
-	json_t *msg;
-	size_t n = 0;
 
 	buf_init(&b);
 	if (!es->stack_present)
 		buf_printf(&b, "%s: no such key%s", es->stack_key, es->stack ? "; keeping the last good stack" : "");
 	else if (es->stack_error)
 		buf_puts(&b, es->stack_error);
-	json_object_foreach(es->bad_regs, host, msg) {
-		if (n++ >= REG_ERRORS_SHOWN)
-			continue;
-		if (b.len)
-			buf_puts(&b, "; ");
-		buf_puts(&b, json_string_value(msg));
-	}
-	if (n > REG_ERRORS_SHOWN)
-		buf_printf(&b, "; and %zu more bad registrations", n - REG_ERRORS_SHOWN);
 	if (!b.len) {
 		buf_free(&b);
 		return NULL;
@@ -379,22 +435,75 @@ static void es_fail(struct etcd_source *es, const char *msg)
 	source_fail(es->s, "%s", msg);
 }
 
-static void es_warnings(struct etcd_source *es, char *w /* stolen */)
+static int cmp_str(const void *a, const void *b)
 {
-	if ((!w && !es->warnings) || (w && es->warnings && strcmp(w, es->warnings) == 0)) {
-		free(w);
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The text naming one left-out registration, by its key (escaped). */
+static void es_warn_add(json_t *list, size_t *n, const char *text)
+{
+	if ((*n)++ < REG_WARNINGS_SHOWN)
+		json_array_append_new(list, proto_string_lossy(text, strlen(text)));
+}
+
+/* status.source.warnings: every registration left out of the membership,
+ * or naming a layer the stack lacks, in hostname order; logged (one line
+ * each) when the list changes. */
+static void es_warnings(struct etcd_source *es)
+{
+	json_t *list = json_array(), *v;
+	const char **hosts = xcalloc(json_object_size(es->regs) + json_object_size(es->bad_regs) + 1, sizeof(*hosts));
+	const char *host;
+	size_t n = 0, k = 0, i;
+
+	json_object_foreach(es->bad_regs, host, v)
+		hosts[k++] = host;
+	json_object_foreach(es->regs, host, v)
+		hosts[k++] = host;
+	qsort(hosts, k, sizeof(*hosts), cmp_str);
+	for (i = 0; i < k; i++) {
+		const json_t *bad = json_object_get(es->bad_regs, hosts[i]);
+		_cleanup_free_ char *why = NULL, *ekey = NULL, *text = NULL;
+		bool left_out;
+
+		if (bad) {
+			es_warn_add(list, &n, json_string_value(bad));
+			continue;
+		}
+		why = stack_registration_problem(es->stack, hosts[i], json_object_get(es->regs, hosts[i]), &left_out);
+		if (!why)
+			continue;
+		ekey = xasprintf("%sinstances/%s", es->dir, hosts[i]);
+		text = str_escape_ctl(ekey);
+		free(ekey);
+		ekey = xasprintf("%s: %s%s", text, why, left_out ? "; left out" : "");
+		es_warn_add(list, &n, ekey);
+	}
+	free(hosts);
+	if (n > REG_WARNINGS_SHOWN) {
+		_cleanup_free_ char *more = xasprintf("and %zu more registrations left out or incomplete",
+						      n - REG_WARNINGS_SHOWN);
+		json_array_append_new(list, json_string(more));
+	}
+	if (es->warnings && json_equal(list, es->warnings)) {
+		json_decref(list);
 		return;
 	}
-	if (w)
-		log_warn("etcd %s: %s", es->dir, w);
-	free(es->warnings);
-	es->warnings = w;
+	json_array_foreach(list, i, v) {
+		bool known = false;
+		for (size_t j = 0; !known && j < json_array_size(es->warnings); j++)
+			known = json_equal(v, json_array_get(es->warnings, j));
+		if (!known)
+			log_warn("etcd %s: %s", es->dir, json_string_value(v));
+	}
+	json_decref(es->warnings);
+	es->warnings = list;
 }
 
 static void es_build_now(struct etcd_source *es)
 {
 	_cleanup_free_ char *errors = es_errors(es), *text = NULL;
-	char *w = NULL;
 	json_t *eff;
 	uint64_t h;
 	size_t len;
@@ -405,8 +514,8 @@ static void es_build_now(struct etcd_source *es)
 		es_fail(es, errors ? errors : "no stack");
 		return;
 	}
-	eff = stack_effective(es->stack, es->regs, &w);
-	es_warnings(es, w);
+	eff = stack_effective(es->stack, es->regs, NULL);
+	es_warnings(es);
 	text = json_dumps(eff, JSON_COMPACT | JSON_SORT_KEYS);
 	json_decref(eff);
 	if (!text)
@@ -652,7 +761,7 @@ static void on_closed(uv_handle_t *h)
 	json_decref(es->regs);
 	json_decref(es->bad_regs);
 	free(es->failed);
-	free(es->warnings);
+	json_decref(es->warnings);
 	free(es->reg_error);
 	free(es);
 }
@@ -672,6 +781,8 @@ static void etcd_source_stop(struct source *s)
 	/* Not revoked: see the top of this file. */
 	registration_free(es->reg, false);
 	es->reg = NULL;
+	etcd_free(es->reg_c);
+	es->reg_c = NULL;
 	etcd_free(es->c);
 	es->c = NULL;
 	es->closing = 2;
@@ -692,7 +803,9 @@ static void etcd_source_status(struct source *s, json_t *o)
 	json_object_set_new(o, "registration",
 			    json_pack("{s:o, s:o, s:o}", "hostname", es->hostname ? json_string(es->hostname) : json_null(),
 				      "lease", lease ? json_sprintf("%llx", (unsigned long long)lease) : json_null(),
-				      "error", es->reg_error ? json_string(es->reg_error) : json_null()));
+				      "error", es->reg_error ? proto_string_lossy(es->reg_error, strlen(es->reg_error))
+							     : json_null()));
+	json_object_set_new(o, "warnings", es->warnings ? json_incref(es->warnings) : json_array());
 }
 
 static void etcd_source_set_agent(struct source *s, const json_t *agent)

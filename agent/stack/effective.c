@@ -152,31 +152,71 @@ static json_t *own_layers(json_t *out)
 	return layers;
 }
 
+/* Why reg cannot be a member at all (malloc'd, without the hostname), or
+ * NULL. */
+static char *reg_invalid(const char *host, const json_t *reg)
+{
+	const char *key = NULL, *want = NULL;
+	json_t *member;
+
+	if (!name_is_valid(host))
+		return xstrdup("its hostname is not a name of [A-Za-z0-9_.-]");
+	if (!json_is_object(reg))
+		return xstrdup("not a JSON object");
+	if (!layers_of(reg))
+		return xstrdup("\"layers\" must be an array of layer names");
+	if (!(member = member_of(reg, &key, &want)))
+		return xasprintf("\"%s\" must be %s", key, want);
+	json_decref(member);
+	return NULL;
+}
+
+char *stack_registration_problem(const json_t *stack, const char *host, const json_t *reg, bool *ret_left_out)
+{
+	const json_t *layers = json_object_get(json_object_get(stack, "opsworks"), "layers"), *n;
+	char *why = reg_invalid(host, reg);
+	struct buf missing;
+	size_t i, found = 0;
+
+	*ret_left_out = true;
+	if (why)
+		return why;
+	*ret_left_out = false;
+	if (!stack)
+		return NULL;
+	buf_init(&missing);
+	json_array_foreach(layers_of(reg), i, n) {
+		const char *name = json_string_value(n);
+		if (json_is_object(json_object_get(layers, name)))
+			found++;
+		else
+			buf_printf(&missing, "%s\"%s\"", missing.len ? ", " : "", name);
+	}
+	*ret_left_out = found == 0 && json_array_size(layers_of(reg)) > 0;
+	if (!missing.len) {
+		buf_free(&missing);
+		return NULL;
+	}
+	why = xasprintf("the stack has no layer %s%s", missing.data, *ret_left_out ? "" : " (in the others)");
+	buf_free(&missing);
+	return why;
+}
+
 /* Puts one registration into layers: the host leaves the layers its static
  * entry named (the registration wins), then joins the layers it names. */
 static void add_registration(json_t *layers, const char *host, const json_t *reg, struct buf *w)
 {
 	const json_t *names = layers_of(reg), *n;
 	const char *key = NULL, *want = NULL, *lname;
+	_cleanup_free_ char *why = reg_invalid(host, reg), *ehost = str_escape_ctl(host);
 	json_t *member, *l;
 	size_t i;
 
-	if (!name_is_valid(host)) {
-		warn(w, "registration \"%.64s\" left out: its hostname is not a name of [A-Za-z0-9_.-]", host);
+	if (why) {
+		warn(w, "registration \"%.64s\" left out: %s", ehost, why);
 		return;
 	}
-	if (!json_is_object(reg)) {
-		warn(w, "registration \"%s\" left out: not a JSON object", host);
-		return;
-	}
-	if (!names) {
-		warn(w, "registration \"%s\" left out: \"layers\" must be an array of layer names", host);
-		return;
-	}
-	if (!(member = member_of(reg, &key, &want))) {
-		warn(w, "registration \"%s\" left out: \"%s\" must be %s", host, key, want);
-		return;
-	}
+	member = member_of(reg, &key, &want);
 	if (layers)
 		json_object_foreach(layers, lname, l) {
 			json_t *inst = json_object_get(l, "instances");

@@ -6,6 +6,11 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
+
+/* A registration is a few hundred bytes; a value over this is not one (it
+ * is left out unread). */
+#define STACK_REGISTRATION_MAX (64 * 1024)
 
 /* stack: the parsed PREFIX/stack document (borrowed). registrations: an
  * object hostname → registration value (borrowed, §9's shape). Only the
@@ -18,3 +23,13 @@
  * *ret_warnings (a malloc'd "; "-joined text, NULL when none). Returns a
  * new document (new reference), or NULL when stack is not an object. */
 json_t *stack_effective(const json_t *stack, const json_t *registrations, char **ret_warnings);
+/* What is wrong with the registration reg of host (the last part of its
+ * key, raw from etcd) against stack (PREFIX/stack or an effective stack:
+ * only its layers' names are read; NULL: the layers are not checked), as stack_effective judges it: a
+ * malloc'd text without the hostname ("\"private_ip\" must be a host name
+ * or an IP address", "the stack has no layer \"x\""), or NULL when it is a
+ * member of every layer it names. *ret_left_out: it is in no layer (an
+ * invalid hostname or value, or only layers the stack lacks), else it is
+ * a member of the layers that exist. Pure, like stack_effective (issue 12
+ * follow-up #9: `fleet` and status name what is left out). */
+char *stack_registration_problem(const json_t *stack, const char *host, const json_t *reg, bool *ret_left_out);

@@ -51,7 +51,7 @@ def test_push_usage_and_file_errors(tmpdir_agent):
 
     p = ctl("stack", "push")
     assert p.returncode == 2 and "stack push FILE" in p.stderr
-    for bad in ("x", "0", "-3", "12abc"):
+    for bad in ("x", "-1", "-3", "12abc"):
         p = ctl("stack", "push", f, "--base", bad)
         assert p.returncode == 2 and "--base" in p.stderr, (bad, p.stderr)
     p = ctl("stack", "push", f, "extra")
@@ -213,3 +213,122 @@ def test_push_larger_than_a_request(make_agent, etcd):
     # nobody may not push it, even a copy it can read.
     pub = write(os.path.join(a.tmp, "big-pub.json"), json.dumps(big))
     assert a.ctl("stack", "push", pub, user="nobody").returncode == 4
+
+
+# ---- follow-ups of issue 12 (B3, #7, #11b, #9, #10) ----
+
+def test_push_base_zero_only_when_missing(make_agent, etcd):
+    """#11b: a first push reports "based on 0"; --base 0 is that: only when
+    PREFIX/stack does not exist yet."""
+    etcd.put("/elsewhere/x", "moves the revision past 0")
+    a = etcd_agent(make_agent, etcd).start()
+    wait_for(lambda: "no such key" in (a.status()["source"]["error"] or ""), 10, "the agent to find no stack")
+    doc = write(os.path.join(a.tmp, "s.json"), json.dumps(two_members()))
+    p = a.ctl("--json", "stack", "push", doc, "--base", "0")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["base"] == 0 and etcd.get(PREFIX + "/stack")[1] == r["revision"]
+    p = a.ctl("stack", "push", doc, "--base", "0")
+    assert p.returncode == 1 and "refused: stale base" in p.stderr and str(r["revision"]) in p.stderr, p.stderr
+
+
+def test_back_to_back_pushes_from_one_agent(make_agent, etcd):
+    """#7: the default base is the newer of what the agent read and what its
+    own last push wrote, so its own pushes are never stale to it."""
+    rev = etcd.put(PREFIX + "/stack", two_members())
+    a = etcd_agent(make_agent, etcd).start()
+    wait_for(lambda: mod_revision(a) == rev, 10, "the agent to read the stack")
+    for i in range(5):
+        for j in range(2):
+            d = two_members()
+            d["opsworks"]["stack"]["name"] = f"n{i}-{j}"
+            doc = write(os.path.join(a.tmp, "s.json"), json.dumps(d))
+            p = a.ctl("--json", "stack", "push", doc)
+            assert p.returncode == 0, (i, j, p.stderr)
+            r = json.loads(p.stdout)
+            assert r["base"] == rev, (r, rev)
+            rev = r["revision"]
+    assert json.loads(etcd.get(PREFIX + "/stack")[0])["opsworks"]["stack"]["name"] == "n4-1"
+
+
+def test_push_timeout_is_no_refusal(make_agent, etcd):
+    """B3: a txn that times out on a frozen etcd may still be applied: the
+    error and the log say so, not "refused"."""
+    rev = etcd.put(PREFIX + "/stack", two_members())
+    a = etcd_agent(make_agent, etcd).start()
+    wait_for(lambda: mod_revision(a) == rev, 10, "the agent to read the stack")
+    d = two_members()
+    d["opsworks"]["stack"]["name"] = "late"
+    doc = write(os.path.join(a.tmp, "late.json"), json.dumps(d))
+    etcd.sigstop()
+    try:
+        p = a.ctl("stack", "push", doc)
+    finally:
+        etcd.sigcont()
+    assert p.returncode == 1
+    assert "may have been applied" in p.stderr and "agentctl stack --revision" in p.stderr, p.stderr
+    assert "refused" not in p.stderr, p.stderr
+    log = [line for line in a.stderr_text().splitlines() if "push" in line and "late" not in line]
+    assert any("may have been applied" in line for line in log), log
+    assert not any("refused" in line for line in log), log
+    # Whether etcd applies it once it runs again depends on when it read the
+    # request (it did in the tester's run): either way the agent ends at what
+    # etcd holds, and `stack --revision` says which.
+    name = json.loads(etcd.get(PREFIX + "/stack")[0])["opsworks"]["stack"]["name"]
+    assert name in ("late", "test"), name
+    want = etcd.get(PREFIX + "/stack")[1]
+    wait_for(lambda: a.ctl("stack", "--revision").stdout.strip() == str(want), 5, "the agent at etcd's revision")
+
+
+def test_fleet_marks_left_out_registrations(make_agent, etcd):
+    """#9, #10: registrations the effective stack leaves out are marked in
+    fleet and named by key in status.source.warnings; keys are escaped in
+    the log and the output."""
+    etcd.put(PREFIX + "/stack", two_members())
+    a = etcd_agent(make_agent, etcd).start()
+    wait_for(lambda: a.status()["source"]["registration"]["lease"], 10, "app1 registered")
+    good = {"layers": ["web"], "private_ip": "10.0.0.9", "status": "online"}
+    bad = {
+        "badip": dict(good, private_ip="1.2.3.4;rm -rf /"),
+        "badbackends": dict(good, backends="many"),
+        "a#b": good,
+        "../../etc": good,
+        "evil\nagentd[1]: forged": good,
+        "nolayer": dict(good, layers=["nosuch"]),
+        "big": dict(good, pad="x" * (70 * 1024)),
+    }
+    for host, v in bad.items():
+        etcd.put(f"{PREFIX}/instances/{host}", v)
+
+    def warned():
+        w = a.status()["source"].get("warnings") or []
+        return len(w) == len(bad) and w
+    warnings = wait_for(warned, 5, "a warning per left-out registration")
+    assert a.status()["source"]["error"] is None
+    joined = "\n".join(warnings)
+    for key in ("badip", "badbackends", "a#b", "../../etc", "nolayer", "big"):
+        assert f"{PREFIX}/instances/{key}: " in joined, (key, warnings)
+    assert f"{PREFIX}/instances/evil\\nagentd[1]: forged: " in joined, warnings
+    assert "no layer \"nosuch\"" in joined and "over 65536" in joined
+    # None of them made it into the stack.
+    members = a.ctl_json("stack")["opsworks"]["layers"]["web"]["instances"]
+    assert set(members) == {"app1", "app2"}, members
+
+    by = {i["hostname"]: i for i in a.ctl_json("fleet")["instances"]}
+    for host in ("badip", "badbackends", "a#b", "../../etc", "nolayer", "big"):
+        assert by[host]["state"] == "invalid" and by[host]["error"], by[host]
+    assert "private_ip" in by["badip"]["error"] and "backends" in by["badbackends"]["error"]
+    assert "not a name" in by["a#b"]["error"] and "nosuch" in by["nolayer"]["error"]
+    assert by["evil\\nagentd[1]: forged"]["state"] == "invalid"
+    assert by["app1"]["state"] != "invalid" and "error" not in by["app1"]
+    text = a.ctl("fleet", check=0).stdout
+    assert "nolayer: the stack has no layer" in text, text
+    assert "\nagentd[1]: forged" not in text
+    # The log: one warning per key, none with a raw newline from a key.
+    log = a.stderr_text()
+    assert "evil\\nagentd[1]: forged" in log
+    assert not any(line.startswith("agentd[1]: forged") for line in log.splitlines())
+    # Removed: the warnings go.
+    for host in bad:
+        etcd.delete(f"{PREFIX}/instances/{host}")
+    wait_for(lambda: a.status()["source"]["warnings"] == [], 5, "the warnings to clear")

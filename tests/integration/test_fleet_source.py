@@ -154,12 +154,14 @@ def test_bad_values_under_the_prefix(etcd, make_agent):
     wait_idle_runs(a, 3)
     wait_registered(a, "app1")
     rev = a.status()["source"]["stack_revision"]
-    # A registration that is not an object: named, left out.
+    # A registration that is not an object: named in the warnings (no error
+    # of the source), left out.
     etcd.put(f"{PREFIX}/instances/bad", "[1]")
-    err = wait_for(lambda: a.status()["source"]["error"], timeout=5, what="the bad registration named")
-    assert f"{PREFIX}/instances/bad: not a JSON object" in err, err
+    w = wait_for(lambda: a.status()["source"]["warnings"], timeout=5, what="the bad registration named")
+    assert w == [f"{PREFIX}/instances/bad: not a JSON object; left out"], w
+    assert a.status()["source"]["error"] is None
     etcd.delete(f"{PREFIX}/instances/bad")
-    wait_for(lambda: a.status()["source"]["error"] is None, timeout=5, what="the error to clear")
+    wait_for(lambda: a.status()["source"]["warnings"] == [], timeout=5, what="the warning to clear")
     # A stack that is not JSON: named, the last good one kept.
     etcd.put(f"{PREFIX}/stack", "{not json")
     err = wait_for(lambda: a.status()["source"]["error"], timeout=5, what="the bad stack named")
@@ -177,3 +179,43 @@ def test_bad_values_under_the_prefix(etcd, make_agent):
     err = wait_for(lambda: a.status()["source"]["error"], timeout=5, what="the missing stack named")
     assert f"{PREFIX}/stack: no such key" in err
     assert len(a.finished_runs()) == n
+
+
+def reg_error(agent):
+    return agent.status()["source"]["registration"]["error"]
+
+
+def test_registration_error_clears_on_the_same_lease(etcd, make_agent):
+    """B5: etcd stopped past a keepalive and started again on the same data:
+    the lease survives, no new grant comes, and a keepalive or put that
+    works clears the registration's error."""
+    etcd.put(f"{PREFIX}/stack", fleet_stack())
+    a = start_agent(make_agent, etcd, "app1", lease_ttl=10)
+    wait_registered(a, "app1")
+    lease = a.status()["source"]["registration"]["lease"]
+    etcd.stop()
+    wait_for(lambda: reg_error(a), timeout=10 / 3 + 3, what="the keepalive's error")
+    etcd.start()
+    wait_for(lambda: reg_error(a) is None, timeout=5, what="the registration's error to clear")
+    assert a.status()["source"]["registration"]["lease"] == lease
+    assert "works again" in a.stderr_text()
+
+
+def test_registration_calls_end_within_a_third_of_the_ttl(etcd, make_agent):
+    """#11c: on a frozen etcd a keepalive fails within lease_ttl/3 (not the
+    client's 5 s), so the next one still has time to keep the lease."""
+    etcd.put(f"{PREFIX}/stack", fleet_stack())
+    a = start_agent(make_agent, etcd, "app1")
+    wait_registered(a, "app1")
+    etcd.sigstop()
+    try:
+        elapsed = stopwatch()
+        # The next keepalive within TTL/3, its timeout within TTL/3 more.
+        wait_for(lambda: reg_error(a), timeout=LEASE_TTL + 1, what="the keepalive to time out")
+        took = elapsed()
+    finally:
+        etcd.sigcont()
+    print(f"frozen etcd to the keepalive's error: {took:.2f} s")
+    assert took <= 2 * LEASE_TTL / 3 + 0.5, took
+    assert "127.0.0.1:%d" % etcd.port in reg_error(a)
+    wait_for(lambda: reg_error(a) is None, timeout=5, what="the error to clear")

@@ -188,6 +188,46 @@ static void test_bad_registrations(void **state)
 	json_decref(s);
 }
 
+/* stack_registration_problem: what fleet and status say of one
+ * registration, as stack_effective judges it (issue 12 follow-up #9). */
+static void check_problem(const json_t *s, const char *host, const char *reg, const char *want, bool left_out)
+{
+	json_t *r = reg ? parse(reg) : NULL;
+	bool lo = !left_out;
+	char *why = stack_registration_problem(s, host, r, &lo);
+
+	if (!want)
+		assert_null(why);
+	else {
+		assert_non_null(why);
+		if (!strstr(why, want))
+			fail_msg("%s: \"%s\" lacks \"%s\"", host, why, want);
+	}
+	assert_int_equal(lo, left_out);
+	free(why);
+	json_decref(r);
+}
+
+static void test_registration_problem(void **state)
+{
+	json_t *s = parse(STACK);
+
+	check_problem(s, "ok", "{\"layers\":[\"lb\"],\"private_ip\":\"10.0.0.5\"}", NULL, false);
+	check_problem(s, "a#b", "{\"layers\":[\"lb\"]}", "its hostname is not a name", true);
+	check_problem(s, "../../etc", "{\"layers\":[\"lb\"]}", "its hostname is not a name", true);
+	check_problem(s, "ev\nil", "{\"layers\":[\"lb\"]}", "its hostname is not a name", true);
+	check_problem(s, "x", "[1]", "not a JSON object", true);
+	check_problem(s, "x", NULL, "not a JSON object", true);
+	check_problem(s, "x", "{\"layers\":[\"lb\"],\"private_ip\":\"1.2.3.4;x\"}", "\"private_ip\" must be", true);
+	check_problem(s, "x", "{\"layers\":[\"lb\"],\"backends\":\"2\"}", "\"backends\" must be", true);
+	check_problem(s, "x", "{\"layers\":[\"nosuch\",\"lb\"]}", "the stack has no layer \"nosuch\" (in the others)",
+		      false);
+	check_problem(s, "x", "{\"layers\":[\"nosuch\",\"other\"]}", "no layer \"nosuch\", \"other\"", true);
+	/* Without a stack the layers are not judged. */
+	check_problem(NULL, "x", "{\"layers\":[\"nosuch\"]}", NULL, false);
+	json_decref(s);
+}
+
 /* The result passes the stack's own parse, with the member as a peer. */
 static void test_parses(void **state)
 {
@@ -239,6 +279,7 @@ int main(void)
 		cmocka_unit_test(test_agent_state_is_not_membership),
 		cmocka_unit_test(test_registration_wins),
 		cmocka_unit_test(test_bad_registrations),
+		cmocka_unit_test(test_registration_problem),
 		cmocka_unit_test(test_parses),
 		cmocka_unit_test(test_no_layers),
 	};
