@@ -371,7 +371,7 @@ int engine_stack_push(struct engine *e, const char *doc, size_t len, int64_t bas
 		*ret = fake_call(e, NULL, "stale base: PREFIX/stack is at revision 41, not 7", cb, userdata);
 	else
 		*ret = fake_call(e, json_pack("{s:s, s:i, s:I}", "key", "/p/stack", "revision", 42, "base",
-					      (json_int_t)(base ? base : 41)),
+					      (json_int_t)(base >= 0 ? base : 41)),
 				 NULL, cb, userdata);
 	return 0;
 }
@@ -1561,7 +1561,7 @@ static void test_stack_push_inline(void **state)
 	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "revision")), 42);
 	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "base")), 41);
 	assert_int_equal(f->engine->pushed_len, 7);
-	assert_int_equal(f->engine->pushed_base, 0);
+	assert_int_equal(f->engine->pushed_base, -1); /* ENGINE_PUSH_BASE_READ: no base given */
 	json_decref(r);
 	/* Stale: the engine's message names both revisions. */
 	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"{}\",\"base\":7}}\n");
@@ -1573,8 +1573,13 @@ static void test_stack_push_inline(void **state)
 	assert_string_equal(err_code(r), "invalid-params");
 	assert_non_null(strstr(json_string_value(json_object_get(json_object_get(r, "error"), "message")), "at $"));
 	json_decref(r);
-	/* Bad parameters. */
+	/* base 0: only when there is no stack yet (passed as is). */
 	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"{}\",\"base\":0}}\n");
+	assert_int_equal(json_integer_value(json_object_get(ok_result(r), "base")), 0);
+	assert_int_equal(f->engine->pushed_base, 0);
+	json_decref(r);
+	/* Bad parameters. */
+	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{\"document\":\"{}\",\"base\":-3}}\n");
 	assert_string_equal(err_code(r), "invalid-params");
 	json_decref(r);
 	r = call(f, fd, "{\"method\":\"stack-push\",\"params\":{}}\n");
