@@ -44,16 +44,11 @@
  * Keys, hostnames and messages from etcd are escaped (str_escape_ctl)
  * before they reach a log line or status text: a key with a newline must
  * not forge journal lines. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
-#include <ifaddrs.h>
-#include <net/if.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "config.h"
 #include "fleet/etcd.h"
@@ -61,231 +56,14 @@
 #include "log.h"
 #include "proto.h"
 #include "source.h"
+#include "source/etcd_int.h"
 #include "stack/effective.h"
 #include "stack/stack.h"
 #include "util.h"
 
-#define REG_VALUE_MAX STACK_REGISTRATION_MAX
-/* Left-out registrations named in status.source.warnings, the rest counted. */
-#define REG_WARNINGS_SHOWN 20
-/* The registration's calls end within lease_ttl/3, not under this. */
-#define REG_CALL_TIMEOUT_MIN_MS 500
-
-struct etcd_source {
-	struct source *s;             /* borrowed; NULL once stopped */
-	struct etcd *c;               /* owned */
-	struct etcd *reg_c;           /* owned: the registration's client (shorter timeouts), NULL before it */
-	char *dir;                    /* owned: "PREFIX/" */
-	char *stack_key;              /* owned: "PREFIX/stack" */
-	char *hostname;               /* owned: this instance's name in etcd */
-	char *own_ip;                 /* owned: first non-loopback IPv4, or 127.0.0.1 */
-	struct registration *reg;     /* owned, NULL before the first range */
-	json_t *agent;                /* owned: the "agent" member of the registration, NULL: not set yet */
-
-	/* What etcd holds, as last read. */
-	json_t *stack;                /* owned: the last good PREFIX/stack, NULL: none yet */
-	bool stack_present;           /* the key exists */
-	int64_t stack_mod_revision;   /* of the key as last seen, 0: none */
-	char *stack_error;            /* owned: why its value is not used, NULL: fine or missing */
-	json_t *regs;                 /* owned: hostname -> registration object */
-	json_t *bad_regs;             /* owned: hostname -> message (escaped): values that are no registration */
-	int64_t revision;             /* the last header.revision seen (range, watch, progress) */
-
-	/* What the engine got. */
-	bool delivered;
-	uint64_t delivered_hash;
-	size_t delivered_len;
-	char *failed;                 /* owned: the error the engine holds from us, NULL: none */
-	json_t *warnings;             /* owned: array of texts, the left-out registrations (status.source.warnings) */
-	char *reg_error;              /* owned: the registration's last error, logged when it changes */
-
-	/* The connection. */
-	struct etcd_call *range;      /* in flight */
-	struct etcd_watch *watch;     /* open */
-	bool watch_created;
-	int64_t last_message_usec;    /* monotonic: the stream's last message */
-	unsigned failures;            /* in a row, for the backoff */
-	uv_timer_t retry;             /* the next range or watch after a failure */
-	uv_timer_t build;             /* 0 ms: one build for the messages of a loop iteration */
-	unsigned closing;
-};
-
 static void es_range(struct etcd_source *es);
 static void es_fail(struct etcd_source *es, const char *msg);
 static const struct etcd_watch_callbacks watch_cbs;
-
-/* ------------------------------------------------------------ identity */
-
-static char *es_own_ipv4(void)
-{
-	struct ifaddrs *ifa = NULL;
-	char buf[INET_ADDRSTRLEN] = "127.0.0.1";
-
-	if (getifaddrs(&ifa) == 0) {
-		for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
-			if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK) ||
-			    !(i->ifa_flags & IFF_UP))
-				continue;
-			if (inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, buf, sizeof(buf)))
-				break;
-		}
-		freeifaddrs(ifa);
-	}
-	return xstrdup(buf);
-}
-
-/* opsworks.layers.<l>.instances.<host> of the last good stack, in
- * document order: the first entry, and the layers (when ret_layers). */
-static const json_t *es_static_member(const struct etcd_source *es, const char *host, json_t *ret_layers)
-{
-	const json_t *layers = json_object_get(json_object_get(es->stack, "opsworks"), "layers"), *l, *first = NULL;
-	const char *name;
-
-	json_object_foreach((json_t *)layers, name, l) {
-		const json_t *m = json_object_get(json_object_get(l, "instances"), host);
-		if (!json_is_object(m))
-			continue;
-		if (!first)
-			first = m;
-		if (ret_layers)
-			json_array_append_new(ret_layers, json_string(name));
-	}
-	return first;
-}
-
-/* The configured name, else the system's; its first label when only that is
- * a static member (web1.eu-west-1.compute.internal -> web1). */
-static char *es_pick_hostname(const struct etcd_source *es)
-{
-	const struct config *c = es->s->config;
-	char host[256];
-	const char *dot;
-
-	if (c->instance)
-		return xstrdup(c->instance);
-	if (gethostname(host, sizeof(host)) < 0)
-		return xstrdup("localhost");
-	host[sizeof(host) - 1] = '\0';
-	dot = strchr(host, '.');
-	if (dot && dot > host && !es_static_member(es, host, NULL)) {
-		_cleanup_free_ char *label = xstrndup(host, (size_t)(dot - host));
-		if (es_static_member(es, label, NULL))
-			return xstrdup(label);
-	}
-	return xstrdup(host);
-}
-
-/* design.md §9's registration value. */
-static json_t *es_registration_value(struct etcd_source *es)
-{
-	static const char *const copied[] = { "private_ip", "private_dns_name", "public_dns_name", "ip",
-					      "aws_instance_id", "availability_zone", "instance_type", "backends",
-					      NULL };
-	const struct config *c = es->s->config;
-	json_t *v = json_object(), *layers = json_array();
-	const json_t *m = es_static_member(es, es->hostname, c->layers ? NULL : layers);
-
-	if (c->layers)
-		for (char **l = c->layers; *l; l++)
-			json_array_append_new(layers, json_string(*l));
-	json_object_set_new(v, "layers", layers);
-	for (size_t i = 0; m && copied[i]; i++) {
-		json_t *f = json_object_get(m, copied[i]);
-		if (f && !json_is_null(f))
-			json_object_set(v, copied[i], f);
-	}
-	if (!json_object_get(v, "private_ip")) {
-		if (!es->own_ip)
-			es->own_ip = es_own_ipv4();
-		json_object_set_new(v, "private_ip", json_string(es->own_ip));
-	}
-	json_object_set_new(v, "status", json_string("online"));
-	if (es->agent)
-		json_object_set(v, "agent", es->agent);
-	return v;
-}
-
-static void es_register_update(struct etcd_source *es)
-{
-	if (es->reg)
-		registration_set(es->reg, es_registration_value(es));
-}
-
-static void cb_reg_lease(void *userdata, int64_t lease)
-{
-	struct etcd_source *es = userdata;
-
-	if (es->reg_error) {
-		log_info("Registration of %s: lease %llx granted", es->hostname, (unsigned long long)lease);
-		free(es->reg_error);
-		es->reg_error = NULL;
-	}
-}
-
-/* A keepalive or put worked after an error: etcd came back with the lease
- * (a restart on the same data), so no new grant clears the error. */
-static void cb_reg_ok(void *userdata)
-{
-	struct etcd_source *es = userdata;
-
-	if (!es->reg_error)
-		return;
-	log_info("Registration of %s works again (lease %llx)", es->hostname,
-		 (unsigned long long)registration_lease(es->reg));
-	free(es->reg_error);
-	es->reg_error = NULL;
-}
-
-static void cb_reg_error(void *userdata, const char *message)
-{
-	struct etcd_source *es = userdata;
-	_cleanup_free_ char *m = str_escape_ctl(message);
-
-	if (es->reg_error && strcmp(es->reg_error, m) == 0)
-		return;
-	log_warn("%s (retrying)", m);
-	free(es->reg_error);
-	es->reg_error = m;
-	m = NULL;
-}
-
-static void es_register(struct etcd_source *es)
-{
-	static const struct registration_callbacks cbs = {
-		.on_lease = cb_reg_lease, .on_error = cb_reg_error, .on_ok = cb_reg_ok
-	};
-	const struct config *c = es->s->config;
-	_cleanup_free_ char *error = NULL, *ehost = NULL;
-	long timeout_ms;
-	int r;
-
-	if (es->reg || es->hostname)
-		return;
-	es->hostname = es_pick_hostname(es);
-	if (!name_is_valid(es->hostname)) {
-		ehost = str_escape_ctl(es->hostname);
-		log_error("Not registering in etcd: hostname \"%s\" is not a name of [A-Za-z0-9_.-]", ehost);
-		return;
-	}
-	/* A keepalive that waits longer than lease_ttl/3 on a frozen etcd
-	 * leaves no time for the next one (issue 12 follow-up #11). */
-	if (etcd_new(es->s->loop, es->s->http, c, es->s->url, &es->reg_c, &error) < 0) {
-		log_error("Not registering in etcd: %s", error ? error : "invalid etcd source");
-		es->reg_c = NULL;
-		return;
-	}
-	timeout_ms = c->lease_ttl * 1000 / 3;
-	if (timeout_ms < REG_CALL_TIMEOUT_MIN_MS)
-		timeout_ms = REG_CALL_TIMEOUT_MIN_MS;
-	/* Only ever shorter than the client's defaults (5 s, connect 2 s). */
-	etcd_set_timeouts(es->reg_c, timeout_ms < 5000 ? timeout_ms : 0, timeout_ms < 2000 ? timeout_ms : 0);
-	r = registration_new(es->s->loop, es->reg_c, es->hostname, c->lease_ttl, &cbs, es, &es->reg);
-	if (r < 0) {
-		es->reg = NULL;
-		return;
-	}
-	es_register_update(es);
-}
 
 /* --------------------------------------------------------- the values */
 
@@ -349,9 +127,31 @@ static json_t *lossy_printf(const char *fmt, ...)
 	return t ? proto_string_lossy(t, strlen(t)) : json_string("?");
 }
 
-static void es_set_registration(struct etcd_source *es, const char *host, const struct etcd_kv *kv)
+/* Whether registrations a and b are equal but for their "agent" member:
+ * an agent's state changing is no membership change (stack_effective
+ * never copies it), so it need not rebuild anything. In a fleet every
+ * agent sees every other's state updates: skipping them keeps the cost of
+ * one update O(1) per watcher instead of a rebuild of the whole stack. */
+static bool es_same_but_agent(const json_t *a, const json_t *b)
 {
-	json_t *j = NULL;
+	const char *k;
+	json_t *v;
+	size_t na = json_object_size(a) - (json_object_get(a, "agent") ? 1 : 0);
+	size_t nb = json_object_size(b) - (json_object_get(b, "agent") ? 1 : 0);
+
+	if (na != nb)
+		return false;
+	json_object_foreach((json_t *)a, k, v) {
+		if (strcmp(k, "agent") != 0 && !json_equal(v, json_object_get(b, k)))
+			return false;
+	}
+	return true;
+}
+
+/* Returns whether the effective stack may have changed. */
+static bool es_set_registration(struct etcd_source *es, const char *host, const struct etcd_kv *kv)
+{
+	json_t *j = NULL, *old;
 
 	if (kv->value_len <= REG_VALUE_MAX)
 		j = json_loadb(kv->value, kv->value_len, JSON_REJECT_DUPLICATES, NULL);
@@ -365,14 +165,21 @@ static void es_set_registration(struct etcd_source *es, const char *host, const 
 				: lossy_printf("%s: not a JSON object; left out", ekey));
 		json_object_del(es->regs, host);
 		json_decref(j);
-		return;
+		return true;
+	}
+	old = json_object_get(es->regs, host);
+	if (old && !json_object_get(es->bad_regs, host) && es_same_but_agent(old, j)) {
+		json_object_set_new(es->regs, host, j);
+		return false;
 	}
 	json_object_del(es->bad_regs, host);
 	json_object_set_new(es->regs, host, j);
+	return true;
 }
 
-/* A PUT (kv whole) or a DELETE (kv->key only). */
-static void es_apply(struct etcd_source *es, const struct etcd_kv *kv, bool deleted)
+/* A PUT (kv whole) or a DELETE (kv->key only). Returns whether the
+ * effective stack may have changed. */
+static bool es_apply(struct etcd_source *es, const struct etcd_kv *kv, bool deleted)
 {
 	size_t off;
 
@@ -380,29 +187,31 @@ static void es_apply(struct etcd_source *es, const struct etcd_kv *kv, bool dele
 		_cleanup_free_ char *ekey = str_escape_ctl(kv->key);
 		log_warn("etcd %s: key \"%.200s\" is outside the prefix %s; ignored", etcd_endpoint(es->c), ekey,
 			 es->dir);
-		return;
+		return false;
 	}
 	if (strcmp(kv->key, es->stack_key) == 0) {
 		if (!deleted) {
 			es_set_stack(es, kv);
-			return;
+			return true;
 		}
 		es->stack_present = false;
 		es->stack_mod_revision = 0;
 		free(es->stack_error);
 		es->stack_error = NULL;
+		return true;
 	} else if (es_key_is(es, kv->key, "instances/", &off) && kv->key[off]) {
 		/* Any name, "a/b" or "a#b" too: stack_effective leaves it out
 		 * and status names it. */
 		const char *host = kv->key + off;
-		if (deleted) {
-			json_object_del(es->regs, host);
-			json_object_del(es->bad_regs, host);
-		} else
-			es_set_registration(es, host, kv);
+		if (!deleted)
+			return es_set_registration(es, host, kv);
+		json_object_del(es->regs, host);
+		json_object_del(es->bad_regs, host);
+		return true;
 	}
 	/* Anything else under the prefix (locks/, semaphores/, jobs/) is
 	 * another part of the fleet's business. */
+	return false;
 }
 
 /* ------------------------------------------------------------- delivery */
@@ -575,12 +384,14 @@ static void cb_watch_events(void *userdata, int64_t revision, const struct etcd_
 {
 	struct etcd_source *es = userdata;
 
+	bool changed = false;
+
 	es->last_message_usec = time_monotonic_usec();
 	for (size_t i = 0; i < n; i++)
-		es_apply(es, &ev[i].kv, ev[i].type == ETCD_EVENT_DELETE);
+		changed |= es_apply(es, &ev[i].kv, ev[i].type == ETCD_EVENT_DELETE);
 	if (revision > es->revision)
 		es->revision = revision;
-	if (n > 0)
+	if (changed)
 		es_build_soon(es);
 }
 
@@ -731,7 +542,8 @@ static int etcd_source_start(struct source *s)
 	es->bad_regs = json_object();
 	(void)uv_timer_init(s->loop, &es->retry);
 	(void)uv_timer_init(s->loop, &es->build);
-	es->retry.data = es->build.data = es;
+	(void)uv_timer_init(s->loop, &es->publish);
+	es->retry.data = es->build.data = es->publish.data = es;
 	s->data = es;
 	es_range(es);
 	return 0;
@@ -785,9 +597,10 @@ static void etcd_source_stop(struct source *s)
 	es->reg_c = NULL;
 	etcd_free(es->c);
 	es->c = NULL;
-	es->closing = 2;
+	es->closing = 3;
 	uv_close((uv_handle_t *)&es->retry, on_closed);
 	uv_close((uv_handle_t *)&es->build, on_closed);
+	uv_close((uv_handle_t *)&es->publish, on_closed);
 }
 
 static void etcd_source_status(struct source *s, json_t *o)
@@ -806,19 +619,6 @@ static void etcd_source_status(struct source *s, json_t *o)
 				      "error", es->reg_error ? proto_string_lossy(es->reg_error, strlen(es->reg_error))
 							     : json_null()));
 	json_object_set_new(o, "warnings", es->warnings ? json_incref(es->warnings) : json_array());
-}
-
-static void etcd_source_set_agent(struct source *s, const json_t *agent)
-{
-	struct etcd_source *es = s->data;
-
-	if (!es || !json_is_object(agent))
-		return;
-	if (es->agent && json_equal(es->agent, agent))
-		return;
-	json_decref(es->agent);
-	es->agent = json_deep_copy(agent);
-	es_register_update(es);
 }
 
 const struct source_ops source_etcd_ops = {
