@@ -2,23 +2,28 @@
 """Fleet fan-out on etcd (design.md §9, §10): one etcd and N agents on this machine.
 
 Each agent has its own root, state, socket and instance name ("n0001"...), all
-in layer "web" (config `layers`), whose configure recipe is /bin/true. For each
+in layer "web" (config `layers`, and static members with the addresses their
+registrations carry), whose configure recipe is /bin/true. The fan-out is
+timed from just before `agentctl stack push` (validation and the etcd txn
+included) to each agent's run started. For each
 N in --sizes:
   1. start etcd and the N agents, wait until every agent is idle (their
      registrations' membership storm settled);
   2. one `agentctl stack push` of a Custom JSON change (a configure for every
      agent), then the time from just before the push to every agent's run
      started (the run's "started", RFC 3339 with ms): p50, p95, p100;
-  3. beside it, the floor: F `etcdctl watch --prefix` processes on the same
-     prefix (F = min(N, --floor-max): each is a Go process of ~20 MB), and the
-     time from the same kind of put to each watcher printing it;
+  3. beside it, with the N agents still watching, the floor: F `etcdctl watch
+     --prefix` processes on the same prefix (F = min(N, --floor-max, default
+     50): each is a Go process of ~20 MB whose start costs ~50 ms of CPU, and
+     200 of them beside 200 agents made this 2-core machine's etcd answer 503),
+     and the time from a put to each watcher printing it;
   4. the RSS (and anonymous memory) of the whole fleet and of etcd; the idle
      wake-ups (context switches over 10 s) and anonymous memory of one agent;
   5. kill -9 of one agent of layer "app" (the first size only: 1 app agent
      and 3 lb agents whose configure is /bin/true) and the time until every
      lb member's configure started, beside lease_ttl + settle + 1 s.
 Timing never fails the bench; it exits non-zero only when something broke.
-Options: --sizes 10,200,1000  --floor-max 200  --lease-ttl 10  --json FILE  --keep
+Options: --sizes 10,200,1000  --floor-max 50  --lease-ttl 10  --dir DIR  --json FILE  --keep
 """
 import argparse
 import importlib.machinery
@@ -47,8 +52,13 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def stack(seq, lb=False):
-    layers = {"web": {"name": "Web", "instances": {}}}
+def stack(seq, lb=False, members=()):
+    """members: static members of "web", online, with the address their
+    registrations will carry, so that the agents registering at start
+    change no effective stack (no start-up storm of N configures times N
+    agents: real fleets do not start 1000 instances in one second)."""
+    layers = {"web": {"name": "Web", "instances": {m: {"private_ip": "127.0.0.1", "status": "online"}
+                                                   for m in members}}}
     recipes = {"web": {"setup": [], "configure": ["noop"], "deploy": []}}
     if lb:
         layers.update({"lb": {"name": "LB", "instances": {}}, "app": {"name": "App", "instances": {}}})
@@ -166,7 +176,7 @@ def wait_quiet(etcd, quiet_s=2.0, timeout=300):
 
 def fan_out(fleet, names, seq, timeout=120):
     since = {n: fleet.last_run_id(n) for n in names}
-    t0 = push(fleet, names[0], stack(seq))
+    t0 = push(fleet, names[0], stack(seq, members=names))
     lat = {}
     deadline = time.monotonic() + timeout
     while len(lat) < len(names) and time.monotonic() < deadline:
@@ -183,28 +193,51 @@ def fan_out(fleet, names, seq, timeout=120):
 
 
 def floor(etcd, n, seq):
-    """n etcdctl watchers; ms from the put to each printing it."""
-    procs = []
-    for _ in range(n):
-        procs.append(subprocess.Popen(["etcdctl", "--endpoints", etcd.url, "watch", "--prefix", PREFIX + "/stack"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
-    time.sleep(1.0)  # etcdctl prints nothing when its watch is created: give them a moment
-    t0 = time.time()
-    etcd.put(PREFIX + "/stack", json.dumps(stack(seq)))
-    lat = []
+    """n etcdctl watchers; ms from the put to each printing it. A watcher
+    prints nothing when its watch is created, so warm-up puts go first until
+    every one has printed one; the measured put carries a marker."""
+    procs = [subprocess.Popen(["etcdctl", "--endpoints", etcd.url, "watch", "--prefix", PREFIX + "/stack"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(n)]
+    bufs = {p.stdout.fileno(): b"" for p in procs}
     sel = selectors.DefaultSelector()
     for p in procs:
-        sel.register(p.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 60
-    while len(lat) < len(procs) and time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=1):
-            sel.unregister(key.fileobj)
-            lat.append((time.time() - t0) * 1000)  # its first line, "PUT"
+        os.set_blocking(p.stdout.fileno(), False)
+        sel.register(p.stdout.fileno(), selectors.EVENT_READ)
+
+    def pump(until, timeout):
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.5):
+                try:
+                    bufs[key.fd] += os.read(key.fd, 65536)
+                except BlockingIOError:
+                    pass
+
+    deadline = time.monotonic() + 300
+    while not all(bufs.values()) and time.monotonic() < deadline:
+        etcd.put(PREFIX + "/stack-warmup", str(time.time()))
+        pump(lambda: all(bufs.values()), 2)
+    if not all(bufs.values()):
+        raise bench.Broken("etcdctl watchers did not all start")
+    marker = f"floor-{seq}-{time.time()}".encode()
+    seen = {}
+    for fd in bufs:
+        bufs[fd] = b""
+    t0 = time.time()
+    etcd.put(PREFIX + "/stack-floor", marker.decode())
+
+    def all_seen():
+        now = time.time()
+        for fd, data in bufs.items():
+            if fd not in seen and marker in data:
+                seen[fd] = (now - t0) * 1000
+        return len(seen) == len(bufs)
+    pump(all_seen, 60)
     rss = sum(bench.smaps(p.pid)["Rss"] for p in procs)
     for p in procs:
         p.kill()
         p.wait()
-    return sorted(lat), rss
+    return sorted(seen.values()), rss
 
 
 def idle_figures(pid, seconds=10.0):
@@ -250,13 +283,16 @@ def kill_to_configure(tmp, etcd, lease_ttl):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,200,1000")
-    ap.add_argument("--floor-max", type=int, default=200)
+    ap.add_argument("--floor-max", type=int, default=50)
     ap.add_argument("--lease-ttl", type=int, default=10)
+    ap.add_argument("--dir", help="where the agents' roots and state go (default: $TMPDIR); /dev/shm takes "
+                    "the one disk that N agents share here out of the figures")
     ap.add_argument("--json")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="agentd-bench-fleet-")
+    tmp = tempfile.mkdtemp(prefix="agentd-bench-fleet-", dir=args.dir)
     etcd = Etcd()
+    etcd.timeout = 60  # a loaded 2-core machine with 1000 agents answers slowly
     results = {"sizes": [], "lease_ttl": args.lease_ttl}
     try:
         etcd.start()
@@ -265,8 +301,8 @@ def main():
         for n in [int(x) for x in args.sizes.split(",")]:
             fleet = Fleet(os.path.join(tmp, f"n{n}"), etcd, args.lease_ttl)
             os.makedirs(fleet.tmp)
-            etcd.put(PREFIX + "/stack", json.dumps(stack(0)))
             names = [f"n{i:04d}" for i in range(n)]
+            etcd.put(PREFIX + "/stack", json.dumps(stack(0, members=names)))
             log(f"bench_fleet: starting {n} agents")
             try:
                 for name in names:
@@ -275,6 +311,7 @@ def main():
                 wait_quiet(etcd)
                 idle = idle_figures(fleet.agents[names[0]][0].pid)
                 lat = fan_out(fleet, names, 1)
+                wait_quiet(etcd)
                 flo, flo_rss = floor(etcd, min(n, args.floor_max), 2)
                 rss = fleet.rss()
                 row = {"n": n, "p50_ms": bench.percentile(lat, 50), "p95_ms": bench.percentile(lat, 95),

@@ -53,6 +53,7 @@ class Etcd:
         self.url = f"http://127.0.0.1:{self.port}"
         self.progress_notify_s = progress_notify_s
         self.proc = None
+        self.timeout = 5  # seconds per request (the fan-out bench raises it)
         self.log_path = os.path.join(self.tmp, "etcd.log")
 
     def start(self, timeout=15):
@@ -102,7 +103,8 @@ class Etcd:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     # The JSON gateway, spoken by urllib.
-    def post(self, path, body, timeout=5):
+    def post(self, path, body, timeout=None):
+        timeout = timeout or self.timeout
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(req, timeout=timeout) as r:
