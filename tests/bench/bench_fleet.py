@@ -196,8 +196,19 @@ def floor(etcd, n, seq):
     """n etcdctl watchers; ms from the put to each printing it. A watcher
     prints nothing when its watch is created, so warm-up puts go first until
     every one has printed one; the measured put carries a marker."""
-    procs = [subprocess.Popen(["etcdctl", "--endpoints", etcd.url, "watch", "--prefix", PREFIX + "/stack"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(n)]
+    procs = []
+    try:
+        return floor_measure(etcd, n, seq, procs)
+    finally:
+        for p in procs:  # whatever happened: no watcher outlives the bench
+            p.kill()
+            p.wait()
+
+
+def floor_measure(etcd, n, seq, procs):
+    for _ in range(n):
+        procs.append(subprocess.Popen(["etcdctl", "--endpoints", etcd.url, "watch", "--prefix",
+                                       PREFIX + "/stack"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
     bufs = {p.stdout.fileno(): b"" for p in procs}
     sel = selectors.DefaultSelector()
     for p in procs:
@@ -234,9 +245,6 @@ def floor(etcd, n, seq):
         return len(seen) == len(bufs)
     pump(all_seen, 60)
     rss = sum(bench.smaps(p.pid)["Rss"] for p in procs)
-    for p in procs:
-        p.kill()
-        p.wait()
     return sorted(seen.values()), rss
 
 
