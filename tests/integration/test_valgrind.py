@@ -78,7 +78,9 @@ def test_daemon_on_etcd_is_valgrind_clean(make_agent):
         wait_for(lambda: any(r["event"] == "deploy" and r["app"] == "site" and r["status"] == "success"
                              for r in a.runs()), timeout=120, what="the rolling deploy")
         assert a.ctl("run", "maintenance", "--recipe", "job", "--wait", timeout=120).returncode == 0
-        assert json.loads(e.get(PREFIX + "/jobs/job")[0])["hostname"] == "app1"
+        # The job's key is put as the lock is given back, just after the run.
+        job = wait_for(lambda: e.get(PREFIX + "/jobs/job")[0], timeout=60, what="PREFIX/jobs/job")
+        assert json.loads(job)["hostname"] == "app1"
         # etcd away and back: the watch and keepalives fail, then reconnect.
         e.stop()
         wait_for(lambda: a.status()["source"]["error"], timeout=60, what="the source error")
