@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "stack/stack.h"
 #include "util.h"
 
 /* The member fields a registration may set (design.md §2), addresses
@@ -24,18 +25,6 @@ static const char *const member_strings[] = {
 	"status", "aws_instance_id", "availability_zone", "instance_type", NULL,
 };
 #define MEMBER_ADDRESSES 4
-
-static bool address_is_plain(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n == 0 || n > 253 || s[0] == '-')
-		return false;
-	for (const char *c = s; *c; c++)
-		if (!isalnum((unsigned char)*c) && *c != '.' && *c != ':' && *c != '-')
-			return false;
-	return true;
-}
 
 static bool text_is_clean(const char *s)
 {
@@ -58,7 +47,7 @@ static json_t *member_of(const json_t *reg, const char **ret_key, const char **r
 			continue;
 		if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
 		    !text_is_clean(json_string_value(v)) ||
-		    (i < MEMBER_ADDRESSES && *json_string_value(v) && !address_is_plain(json_string_value(v)))) {
+		    (i < MEMBER_ADDRESSES && *json_string_value(v) && !stack_address_is_plain(json_string_value(v)))) {
 			*ret_key = member_strings[i];
 			*ret_want = i < MEMBER_ADDRESSES ? "a host name or an IP address"
 							 : "a string without control characters";

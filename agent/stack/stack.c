@@ -205,9 +205,7 @@ static const char *const member_string_keys[] = {
 	"availability_zone", "instance_type", "elastic_ip", NULL,
 };
 
-/* A host name or an IPv4/IPv6 address: [A-Za-z0-9.:-], not starting with '-'
- * (it would read as an option), at most 253 bytes. */
-static bool address_is_plain(const char *s)
+bool stack_address_is_plain(const char *s)
 {
 	size_t n = strlen(s);
 
@@ -233,7 +231,7 @@ static int parse_member(struct stack_error *err, const char *path, const char *h
 			return r;
 		/* Addresses become hosts in configs (haproxy, deploy.cfg, fstab)
 		 * and arguments of tools (mount, gluster): nothing but a host. */
-		if (v && *v && i < 4 && !address_is_plain(v)) {
+		if (v && *v && i < 4 && !stack_address_is_plain(v)) {
 			char apath[CHECK_PATH_SIZE], q[256];
 			stack_path_key(apath, sizeof(apath), path, member_string_keys[i]);
 			return stack_error_set(err, apath, "must be a host name or an IP address, got %s",

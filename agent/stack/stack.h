@@ -104,3 +104,9 @@ const json_t *stack_custom_recipe(const struct stack *s, const char *name);
 
 /* The JSON handed to custom recipes on stdin: the document as is. */
 char *stack_dump(const struct stack *s, size_t *ret_len);
+
+/* A member address as rendered files may carry it: a host name or an
+ * IPv4/IPv6 address, [A-Za-z0-9.:-], not starting with '-' (it would read
+ * as an option), at most 253 bytes. Used by the stack's members and by the
+ * registrations of the effective stack (stack/effective.c). */
+bool stack_address_is_plain(const char *s);
