@@ -57,6 +57,8 @@ static const struct key keys[] = {
 	PN(etcd_ca),
 	PN(etcd_cert),
 	PN(etcd_key),
+	SN(ec2_endpoint),
+	SN(aws_region),
 };
 #undef PN
 #undef NV
@@ -111,6 +113,12 @@ static const struct family_key family_keys[] = {
 	{ "nginx_sites_enabled", CONFIG_PATH, "\"/etc/nginx/sites-enabled\"" },
 	{ "nginx_listen", CONFIG_STRING, "\"80\"" },
 	{ "front_check_timeout", CONFIG_INT, "60", 1, 3600 },
+
+	/* Maintenance (agent/recipes/maintenance.c, zodb.c, system.c; design.md §8.1). */
+	{ "freeze_timeout", CONFIG_INT, "30", 1, 3600 },
+	{ "reboot_command", CONFIG_ARGV, "[\"systemctl\", \"reboot\"]" },
+	{ "logrotate_dir", CONFIG_PATH, "\"/etc/logrotate.d\"" },
+	{ "apt_conf_dir", CONFIG_PATH, "\"/etc/apt/apt.conf.d\"" },
 };
 
 static const struct family_key *family_key_find(const char *name)

@@ -30,6 +30,8 @@ struct config {
 	char *etcd_ca;           /* PEM files for etcd+https:// (TLS with a client certificate), NULL: none */
 	char *etcd_cert;
 	char *etcd_key;
+	char *ec2_endpoint;      /* EC2 Query API endpoint (design.md §8.1), NULL: https://ec2.<region>.amazonaws.com */
+	char *aws_region;        /* NULL: the stack's ebs_snapshots.region, else IMDS's placement/region */
 	char **layers;           /* this instance's layers (NULL-terminated), NULL: from the stack (design.md §3 Identity) */
 	/* The recipe families' keys (tools, paths, timeouts), kept by name
 	 * with their defaults filled in: see config_keys in config.c and the

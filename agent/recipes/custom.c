@@ -100,3 +100,9 @@ const struct recipe recipes_custom[] = {
 	{ "custom", custom_plan, NULL },
 	{ NULL, NULL, NULL },
 };
+
+void recipes_custom_jobs(const struct stack *s, struct recipe_jobs *ret)
+{
+	(void)s;
+	(void)ret;
+}

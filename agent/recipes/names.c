@@ -19,7 +19,9 @@ static const char *const builtin_names[] = {
 	"zeoserver-undeploy", "zeoserver-stop", "zeoserver-start", "zeoserver-restart", "solr-setup",
 	"solr-configure", "solr-deploy", "solr-undeploy", "solr-stop", "solr-start", "solr-restart",
 	"nfs_blobs", "gluster", "blob_mounts", "haproxy", "varnish", "nginx", "nginx-ssl", "varnish-restart", "varnish-purge",
-	"ebs_snapshots", "enable_pack", "certonly-webroot", "files", NULL,
+	"ebs_snapshots", "enable_pack", "certonly-webroot", "files",
+	/* Maintenance jobs (design.md §8.1): planned for event maintenance. */
+	"zeopack", "backup", "zodbpack", "zodbpack-prepack", "zodbpack-pack", "reboot", NULL,
 };
 
 const char *recipe_canonical_name(const char *name)

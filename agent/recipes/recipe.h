@@ -47,6 +47,30 @@ struct recipe_paths {
 void recipe_paths_add(struct recipe_paths *p, const char *path, bool tree, char *what);
 void recipe_paths_free(struct recipe_paths *p);
 
+/* A scheduled maintenance job of one instance (design.md §8.1). Its runs
+ * are event maintenance with recipe = name: the job's plan is the plan of
+ * the recipe `name` (built-in or custom) for EVENT_MAINTENANCE. */
+struct recipe_job {
+	char *name;      /* owned: the job, also the run's recipe (agentctl run maintenance --recipe NAME) */
+	char *schedule;  /* owned: 5-field cron expression, evaluated in UTC */
+	long splay;      /* seconds: the per-host offset is a fixed value in [0, splay] */
+	char *lock;      /* owned: the stack-wide lock it takes with an etcd source (design.md §9), or NULL */
+	char *source;    /* owned: where it comes from, for `agentctl schedule` (e.g. "ebs_snapshots", "plone_zeoserver.pack") */
+};
+struct recipe_jobs {
+	struct recipe_job *v; /* owned */
+	size_t n;
+};
+/* Appends a job (strings copied; lock and source may be NULL). A second
+ * job of the same name is ignored: the first one added wins. */
+void recipe_jobs_add(struct recipe_jobs *j, const char *name, const char *schedule, long splay, const char *lock,
+		     const char *source);
+void recipe_jobs_free(struct recipe_jobs *j);
+/* The maintenance jobs of the stack's own instance: every family's jobs
+ * hook in the family table's order, then custom recipes with a "schedule".
+ * ret is filled (recipe_jobs_free it); empty when the instance has none. */
+void recipes_jobs(const struct stack *s, const struct config *c, struct recipe_jobs *ret);
+
 struct recipe {
 	const char *name;        /* full name, e.g. "plone_buildout::haproxy" or "custom" */
 	/* Appends steps. Returns 0, or a negative errno with *ret_error (malloc'd):
@@ -134,6 +158,10 @@ struct recipe_family {
 	 * stack version whether or not this instance uses them (typed checks:
 	 * stack/check.h). Returns 0 or -EINVAL with err. */
 	int (*validate)(const struct stack *stack, struct stack_error *err);
+	/* Optional: appends the maintenance jobs (design.md §8.1) this family
+	 * schedules on the stack's own instance (stack_self(), its layers and
+	 * the recipes they run), with recipe_jobs_add(). c: recipes_config(). */
+	void (*jobs)(const struct stack *stack, const struct config *c, struct recipe_jobs *ret);
 };
 
 /* The plan of a run into plan (plan_init'd here): with recipe NULL, the
@@ -151,6 +179,11 @@ int recipes_plan_after_layer(const struct recipe_ctx *ctx, struct plan *plan, ch
 
 /* Families. */
 extern const struct recipe_family family_files, family_apps, family_storage, family_front;
+/* Maintenance (design.md §8.1): EBS snapshots (maintenance.c), ZODB pack
+ * and backup (zodb.c), logrotate and unattended-upgrades (system.c). */
+extern const struct recipe_family family_maintenance, family_zodb, family_system;
+/* The jobs of custom recipes that carry a "schedule" (custom.c). */
+void recipes_custom_jobs(const struct stack *s, struct recipe_jobs *ret);
 extern const struct recipe recipes_custom[];
 /* A custom recipe's environment (NULL-terminated "K=V", strv_free): PATH,
  * the recipe's own variables (environment, may be NULL), then AGENT_EVENT,

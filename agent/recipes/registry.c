@@ -15,6 +15,9 @@ static const struct recipe_family *const families[] = {
 	&family_apps,
 	&family_storage,
 	&family_front,
+	&family_maintenance,
+	&family_zodb,
+	&family_system,
 };
 
 static int pending_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
@@ -295,4 +298,43 @@ int recipes_stack_load(const char *data, size_t len, const char *instance, struc
 	}
 	*ret = s;
 	return 0;
+}
+
+void recipe_jobs_add(struct recipe_jobs *j, const char *name, const char *schedule, long splay, const char *lock,
+		     const char *source)
+{
+	for (size_t i = 0; i < j->n; i++)
+		if (strcmp(j->v[i].name, name) == 0)
+			return;
+	j->v = xrealloc(j->v, (j->n + 1) * sizeof(*j->v));
+	j->v[j->n++] = (struct recipe_job){ .name = xstrdup(name),
+					    .schedule = xstrdup(schedule),
+					    .splay = splay,
+					    .lock = lock ? xstrdup(lock) : NULL,
+					    .source = source ? xstrdup(source) : NULL };
+}
+
+void recipe_jobs_free(struct recipe_jobs *j)
+{
+	for (size_t i = 0; j && i < j->n; i++) {
+		free(j->v[i].name);
+		free(j->v[i].schedule);
+		free(j->v[i].lock);
+		free(j->v[i].source);
+	}
+	if (j) {
+		free(j->v);
+		*j = (struct recipe_jobs){ 0 };
+	}
+}
+
+void recipes_jobs(const struct stack *s, const struct config *c, struct recipe_jobs *ret)
+{
+	*ret = (struct recipe_jobs){ 0 };
+	if (!s)
+		return;
+	for (size_t f = 0; f < ELEMENTSOF(families); f++)
+		if (families[f]->jobs)
+			families[f]->jobs(s, c, ret);
+	recipes_custom_jobs(s, ret);
 }
