@@ -28,6 +28,7 @@
 #include "io/http.h"
 #include "log.h"
 #include "proto.h"
+#include "recipes/recipe.h"
 #include "source/source.h"
 #include "stack/stack.h"
 #include "steps/plan.h"
@@ -584,6 +585,7 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 				   .trigger = trig };
 	struct run *run;
 	long first_new = e->next_id;
+	int r;
 
 	if (e->stopping) {
 		*ret_error = xstrdup("agentd is stopping");
@@ -612,10 +614,8 @@ int engine_request_run(struct engine *e, enum event ev, const char *layer, const
 		*ret_error = xstrdup("a maintenance job runs for the instance: no layer or app");
 		return -EINVAL;
 	}
-	if (recipe && !stack_custom_recipe(e->current, recipe)) {
-		*ret_error = xasprintf("no maintenance job \"%s\": it must be a recipe of agent.recipes", recipe);
-		return -ENOENT;
-	}
+	if (recipe && (r = recipes_job_check(e->current, e->config, recipe, NULL, ret_error)) < 0)
+		return r;
 	run = recipe ? engine_enqueue_ex(e, &req, NULL, true) : engine_enqueue(e, ev, layer, app, trig, NULL);
 	if (!run) {
 		*ret_error = xstrdup(e->next_id > ENGINE_RUN_ID_MAX ? "no run id left" : "the queue is full");

@@ -19,12 +19,47 @@
 
 #define ROLLING_HEALTH_TIMEOUT 120
 
+int recipes_job_check(const struct stack *s, const struct config *c, const char *job, struct recipe_jobs *ret_job,
+		      char **ret_error)
+{
+	struct recipe_jobs all;
+	struct buf names;
+	int r = -ENOENT;
+
+	if (ret_job)
+		*ret_job = (struct recipe_jobs){ 0 };
+	if (stack_custom_recipe(s, job))
+		return 0;
+	recipes_jobs(s, c, &all);
+	buf_init(&names);
+	for (size_t i = 0; i < all.n; i++) {
+		if (strcmp(all.v[i].name, job) == 0) {
+			if (ret_job)
+				recipe_jobs_add(ret_job, all.v[i].name, all.v[i].schedule, all.v[i].splay, all.v[i].lock,
+						all.v[i].source);
+			r = 0;
+			break;
+		}
+		buf_printf(&names, "%s%s", names.len ? ", " : "", all.v[i].name);
+	}
+	if (r < 0)
+		*ret_error = xasprintf("no maintenance job \"%s\" on this instance: it must be one of its jobs (%s) or a "
+				       "recipe of agent.recipes",
+				       job, names.len ? names.data : "it has none");
+	buf_free(&names);
+	recipe_jobs_free(&all);
+	return r;
+}
+
 /* A maintenance run (design.md §8.1): the job named by recipe alone, a
- * custom recipe of agent.recipes run as one exec step like the others.
- * A "singleton": true job takes the stack's lock <job> first (§9). */
+ * custom recipe of agent.recipes run as one exec step like the others, or
+ * a built-in job of this instance (recipes_jobs) planned by its recipe for
+ * EVENT_MAINTENANCE. A "singleton": true custom job takes the stack's lock
+ * <job> first, a built-in job its own lock when it has one (§9). */
 static int build_maintenance(const struct recipe_ctx *req, const char *job, struct plan *plan, char **ret_error)
 {
 	struct recipe_ctx ctx = *req;
+	struct recipe_jobs builtin = { 0 };
 	const json_t *def;
 	int r;
 
@@ -36,18 +71,20 @@ static int build_maintenance(const struct recipe_ctx *req, const char *job, stru
 		*ret_error = xasprintf("maintenance job %s runs for the instance, not for a layer or an app", job);
 		return -EINVAL;
 	}
+	r = recipes_job_check(req->stack, req->config, job, &builtin, ret_error);
+	if (r < 0)
+		return r;
 	def = stack_custom_recipe(req->stack, job);
-	if (!def) {
-		*ret_error = xasprintf("no maintenance job \"%s\": it must be a recipe of agent.recipes", job);
-		return -ENOENT;
-	}
 	ctx.name = job;
 	r = recipe_plan(&ctx, plan, ret_error);
 	for (size_t i = 0; r == 0 && i < plan->n_steps; i++)
 		if (!plan->steps[i]->recipe)
 			plan->steps[i]->recipe = xstrdup(job);
-	if (r == 0 && json_is_true(json_object_get(def, "singleton")))
+	if (r == 0 && def && json_is_true(json_object_get(def, "singleton")))
 		plan_set_gate(plan, PLAN_GATE_MUTEX, job, 1, false, job);
+	else if (r == 0 && builtin.n && builtin.v[0].lock)
+		plan_set_gate(plan, PLAN_GATE_MUTEX, builtin.v[0].lock, 1, false, job);
+	recipe_jobs_free(&builtin);
 	return r;
 }
 

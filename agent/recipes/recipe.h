@@ -70,6 +70,14 @@ void recipe_jobs_free(struct recipe_jobs *j);
  * hook in the family table's order, then custom recipes with a "schedule".
  * ret is filled (recipe_jobs_free it); empty when the instance has none. */
 void recipes_jobs(const struct stack *s, const struct config *c, struct recipe_jobs *ret);
+/* Whether job can run on the stack's own instance as a maintenance run: a
+ * custom recipe of agent.recipes (scheduled or not), or one of
+ * recipes_jobs(). Returns 0 (and *ret_job, when non-NULL, a copy of the
+ * built-in job, recipe_jobs_free'd by the caller with n 1; zeroed for a
+ * custom recipe), or -ENOENT with *ret_error naming this instance's jobs.
+ * recipes/build.c. */
+int recipes_job_check(const struct stack *s, const struct config *c, const char *job, struct recipe_jobs *ret_job,
+		      char **ret_error);
 
 struct recipe {
 	const char *name;        /* full name, e.g. "plone_buildout::haproxy" or "custom" */
