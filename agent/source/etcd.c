@@ -168,7 +168,8 @@ static bool es_set_registration(struct etcd_source *es, const char *host, const 
 		return true;
 	}
 	old = json_object_get(es->regs, host);
-	if (old && !json_object_get(es->bad_regs, host) && es_same_but_agent(old, j)) {
+	if (!json_object_get(es->bad_regs, host) &&
+	    ((old && es_same_but_agent(old, j)) || stack_registration_same_effect(es->stack, host, old, j))) {
 		json_object_set_new(es->regs, host, j);
 		return false;
 	}
@@ -203,11 +204,17 @@ static bool es_apply(struct etcd_source *es, const struct etcd_kv *kv, bool dele
 		/* Any name, "a/b" or "a#b" too: stack_effective leaves it out
 		 * and status names it. */
 		const char *host = kv->key + off;
+		bool same;
+
 		if (!deleted)
 			return es_set_registration(es, host, kv);
+		/* A static member's registration gone (its lease lost) leaves
+		 * the member as the stack names it: often no change at all. */
+		same = json_object_get(es->regs, host) && !json_object_get(es->bad_regs, host) &&
+		       stack_registration_same_effect(es->stack, host, json_object_get(es->regs, host), NULL);
 		json_object_del(es->regs, host);
 		json_object_del(es->bad_regs, host);
-		return true;
+		return !same;
 	}
 	/* Anything else under the prefix (locks/, semaphores/, jobs/) is
 	 * another part of the fleet's business. */

@@ -231,6 +231,63 @@ static void add_registration(json_t *layers, const char *host, const json_t *reg
 	json_decref(member);
 }
 
+/* The entry stack_effective gives host in layer l (named lname) when its
+ * registration is reg (NULL: none), as a new reference, or NULL when host
+ * is no member of l. Mirrors add_registration for one host and one layer:
+ * hosts do not touch each other's entries. */
+static json_t *entry_with(const json_t *l, const char *lname, const char *host, const json_t *reg)
+{
+	const json_t *inst = json_object_get(l, "instances"), *n;
+	const char *key, *want;
+	_cleanup_free_ char *why = reg ? reg_invalid(host, reg) : NULL;
+	size_t i;
+
+	if (!reg || why)
+		return json_is_object(inst) ? json_incref(json_object_get(inst, host)) : NULL;
+	if (inst && !json_is_null(inst) && !json_is_object(inst))
+		return NULL;
+	json_array_foreach(layers_of(reg), i, n)
+		if (strcmp(json_string_value(n), lname) == 0)
+			return member_of(reg, &key, &want);
+	return NULL;
+}
+
+bool stack_registration_same_effect(const json_t *stack, const char *host, const json_t *a, const json_t *b)
+{
+	const json_t *layers = json_object_get(json_object_get(stack, "opsworks"), "layers"), *l;
+	const char *lname;
+	bool same = true, left_out;
+	char *why;
+
+	if (!json_is_object(stack))
+		return false;
+	for (int k = 0; k < 2; k++) {
+		const json_t *reg = k ? b : a;
+		if (!reg)
+			continue;
+		why = stack_registration_problem(stack, host, reg, &left_out);
+		free(why);
+		if (why)
+			return false;
+	}
+	if (!json_is_object(layers))
+		return true;
+	json_object_foreach((json_t *)layers, lname, l) {
+		json_t *ea, *eb;
+
+		if (!json_is_object(l))
+			continue;
+		ea = entry_with(l, lname, host, a);
+		eb = entry_with(l, lname, host, b);
+		same = (!ea && !eb) || (ea && eb && json_equal(ea, eb));
+		json_decref(ea);
+		json_decref(eb);
+		if (!same)
+			break;
+	}
+	return same;
+}
+
 json_t *stack_effective(const json_t *stack, const json_t *registrations, char **ret_warnings)
 {
 	struct buf w;

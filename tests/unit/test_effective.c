@@ -270,6 +270,88 @@ static void test_no_layers(void **state)
 	json_decref(s);
 }
 
+/* stack_registration_same_effect never says "same" when the effective
+ * stacks differ: every pair of a pool of registrations of host lb1 (none,
+ * the static entry's own fields, another address, other layers, agent
+ * state only, invalid ones), beside another host's registration, compared
+ * with the documents stack_effective builds. It also says "same" where it
+ * should (the skips it exists for). */
+static void test_same_effect(void **state)
+{
+	static const char *const pool[] = {
+		NULL,
+		"{\"layers\":[\"lb\"],\"private_ip\":\"10.0.0.1\",\"status\":\"online\"}",
+		"{\"layers\":[\"lb\"],\"private_ip\":\"10.0.0.1\",\"status\":\"online\",\"agent\":{\"state\":\"idle\"}}",
+		"{\"layers\":[\"lb\"],\"private_ip\":\"10.0.0.1\",\"status\":\"online\",\"agent\":{\"state\":\"running\"}}",
+		"{\"layers\":[\"lb\"],\"private_ip\":\"10.0.0.9\",\"status\":\"online\"}",
+		"{\"layers\":[\"lb\"],\"private_ip\":\"10.0.0.1\"}",
+		"{\"layers\":[\"lb\",\"db\"],\"private_ip\":\"10.0.0.1\",\"status\":\"online\"}",
+		"{\"layers\":[\"db\"],\"private_ip\":\"10.0.0.1\",\"status\":\"online\"}",
+		"{\"layers\":[],\"private_ip\":\"10.0.0.1\",\"status\":\"online\"}",
+		"{\"layers\":[\"nope\"],\"private_ip\":\"10.0.0.1\"}",
+		"{\"layers\":\"lb\",\"private_ip\":\"10.0.0.1\"}",
+		"{\"layers\":[\"lb\"],\"private_ip\":\"a b\"}",
+		"{\"layers\":[\"lb\"],\"private_ip\":\"10.0.0.1\",\"status\":\"online\",\"backends\":3}",
+	};
+	static const char *const stacks[] = {
+		NULL, /* STACK */
+		"{\"opsworks\":{\"layers\":{\"lb\":{\"name\":\"LB\"},\"db\":{\"instances\":null}}}}",
+		"{\"opsworks\":{\"layers\":{\"lb\":{\"instances\":[1]},\"db\":{}}}}",
+		"{\"opsworks\":{}}",
+	};
+	size_t n = sizeof(pool) / sizeof(pool[0]), same_count = 0;
+
+	for (size_t k = 0; k < sizeof(stacks) / sizeof(stacks[0]); k++) {
+		json_t *s = parse(stacks[k] ? stacks[k] : STACK);
+		for (size_t i = 0; i < n; i++)
+			for (size_t j = 0; j < n; j++) {
+				json_t *a = pool[i] ? parse(pool[i]) : NULL, *b = pool[j] ? parse(pool[j]) : NULL;
+				json_t *ra = parse("{\"app1\":{\"layers\":[\"db\"],\"private_ip\":\"10.0.0.2\"}}");
+				json_t *rb = json_deep_copy(ra), *ea, *eb;
+				char *da, *db;
+
+				if (a)
+					json_object_set(ra, "lb1", a);
+				if (b)
+					json_object_set(rb, "lb1", b);
+				ea = stack_effective(s, ra, NULL);
+				eb = stack_effective(s, rb, NULL);
+				da = json_dumps(ea, JSON_COMPACT | JSON_SORT_KEYS);
+				db = json_dumps(eb, JSON_COMPACT | JSON_SORT_KEYS);
+				if (stack_registration_same_effect(s, "lb1", a, b)) {
+					if (strcmp(da, db) != 0)
+						fail_msg("stack %zu, registrations %zu and %zu: said same, but\n%s\n%s", k, i,
+							 j, da, db);
+					same_count++;
+				}
+				free(da);
+				free(db);
+				json_decref(ea);
+				json_decref(eb);
+				json_decref(ra);
+				json_decref(rb);
+				json_decref(a);
+				json_decref(b);
+			}
+		json_decref(s);
+	}
+	/* On STACK: the static entry's own fields (1) and agent state only
+	 * (2, 3) are no change against none (0), nor between themselves. */
+	{
+		json_t *s = parse(STACK), *r1 = parse(pool[1]), *r3 = parse(pool[3]), *r4 = parse(pool[4]);
+		assert_true(stack_registration_same_effect(s, "lb1", NULL, r1));
+		assert_true(stack_registration_same_effect(s, "lb1", r1, r3));
+		assert_true(stack_registration_same_effect(s, "lb1", r3, NULL));
+		assert_false(stack_registration_same_effect(s, "lb1", r1, r4));
+		assert_false(stack_registration_same_effect(NULL, "lb1", r1, r1));
+		json_decref(s);
+		json_decref(r1);
+		json_decref(r3);
+		json_decref(r4);
+	}
+	assert_true(same_count > n);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -282,6 +364,7 @@ int main(void)
 		cmocka_unit_test(test_registration_problem),
 		cmocka_unit_test(test_parses),
 		cmocka_unit_test(test_no_layers),
+		cmocka_unit_test(test_same_effect),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
