@@ -318,6 +318,7 @@ def main():
                 fleet.wait_all_idle(names, 120 + n // 2)
                 wait_quiet(etcd)
                 idle = idle_figures(fleet.agents[names[0]][0].pid)
+                load_at_push = os.getloadavg()[0]
                 lat = fan_out(fleet, names, 1)
                 wait_quiet(etcd)
                 flo, flo_rss = floor(etcd, min(n, args.floor_max), 2)
@@ -327,7 +328,8 @@ def main():
                        "floor_p50_ms": bench.percentile(flo, 50),
                        "fleet_rss_mib": rss["Rss"] / 1024, "fleet_anon_mib": rss["Anonymous"] / 1024,
                        "etcd_rss_mib": bench.smaps(etcd.proc.pid)["Rss"] / 1024,
-                       "floor_rss_mib": flo_rss / 1024, "idle_agent": idle}
+                       "floor_rss_mib": flo_rss / 1024, "idle_agent": idle,
+                       "loadavg_at_push": load_at_push}
                 row["ratio_p100"] = row["p100_ms"] / max(row["floor_p100_ms"], 0.001)
                 results["sizes"].append(row)
                 log(json.dumps(row))
