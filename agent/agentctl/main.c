@@ -350,7 +350,9 @@ static void push_document(const char *path, struct request *req)
 		if (len < PROTO_MAX_REQUEST) {
 			json_t *doc = json_stringn(data, len);
 
-			probe = json_pack("{s:s, s:O}", "method", "stack-push", "params", req->params);
+			/* A copy: "O" would share req->params, and the document
+			 * would stay in the request whatever its size. */
+			probe = json_pack("{s:s, s:o}", "method", "stack-push", "params", json_copy(req->params));
 			if (doc)
 				json_object_set_new(json_object_get(probe, "params"), "document", doc);
 			line = doc ? proto_encode_line(probe, &enc) : NULL;

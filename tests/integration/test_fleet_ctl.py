@@ -213,6 +213,16 @@ def test_push_larger_than_a_request(make_agent, etcd):
     # nobody may not push it, even a copy it can read.
     pub = write(os.path.join(a.tmp, "big-pub.json"), json.dumps(big))
     assert a.ctl("stack", "push", pub, user="nobody").returncode == 4
+    # Under the cap as a file but over it once escaped into a request (every
+    # quote doubles): it goes as the descriptor too (1000 members broke it).
+    quoted = two_members()
+    quoted["notes"] = ['"'] * 12000
+    doc = write(os.path.join(a.tmp, "quoted.json"), json.dumps(quoted, separators=(",", ":")), mode=0o600)
+    assert 48 * 1024 < os.path.getsize(doc) < 64 * 1024
+    p = a.ctl("--json", "stack", "push", doc)
+    assert p.returncode == 0, p.stderr
+    value, rev = etcd.get(PREFIX + "/stack")
+    assert rev == json.loads(p.stdout)["revision"] and json.loads(value)["notes"] == quoted["notes"]
 
 
 # ---- follow-ups of issue 12 (B3, #7, #11b, #9, #10) ----
