@@ -31,6 +31,7 @@ static const struct {
 	[PROTO_METHOD_ROLLBACK] = { "rollback", false },
 	[PROTO_METHOD_FLEET] = { "fleet", false },
 	[PROTO_METHOD_STACK_PUSH] = { "stack-push", false },
+	[PROTO_METHOD_SCHEDULE] = { "schedule", false },
 };
 
 const char *proto_method_to_string(enum proto_method m)

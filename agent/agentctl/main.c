@@ -430,6 +430,8 @@ static const struct verb verbs[] = {
 	{ "version", "version", "", "Show agentctl's and agentd's versions", parse_none, print_version },
 	{ "fleet", "fleet", "", "List every instance of the stack: etcd registrations, or static members", parse_none,
 	  print_fleet },
+	{ "schedule", "schedule", "", "List the maintenance jobs: schedule, last run, next run, lock", parse_none,
+	  print_schedule },
 };
 
 static void help(FILE *f)

@@ -686,6 +686,48 @@ int print_fleet(const json_t *r)
 	return 0;
 }
 
+/* One job per line: NAME, SCHEDULE (cron, UTC), SPLAY as "+OFFSET/SPLAY"
+ * seconds, LAST RUN "id status", LAST SUCCESS, NEXT RUN, LOCK (the lock's
+ * name, with " (held)" while this instance holds it; "-": none). */
+int print_schedule(const json_t *r)
+{
+	static const char *const header[] = { "JOB", "SCHEDULE", "SPLAY", "LAST RUN", "LAST SUCCESS", "NEXT RUN", "LOCK" };
+	const json_t *jobs = json_object_get(r, "jobs");
+	size_t n = json_array_size(jobs), i, nc = ELEMENTSOF(header);
+	char **cells;
+	json_t *j;
+
+	if (n == 0) {
+		printf("No maintenance jobs on this instance.\n");
+		return 0;
+	}
+	cells = xcalloc(n * nc, sizeof(char *));
+	json_array_foreach(jobs, i, j)
+	{
+		const json_t *last = json_object_get(j, "last_run"), *lock = json_object_get(j, "lock");
+
+		cells[i * nc + 0] = cell(json_object_get(j, "name"));
+		cells[i * nc + 1] = cell(json_object_get(j, "schedule"));
+		cells[i * nc + 2] = xasprintf("+%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
+					      json_integer_value(json_object_get(j, "offset")),
+					      json_integer_value(json_object_get(j, "splay")));
+		cells[i * nc + 3] = json_is_object(last) ? xasprintf("%" JSON_INTEGER_FORMAT " %s",
+								    json_integer_value(json_object_get(last, "id")),
+								    str_or_dash(json_object_get(last, "status")))
+							 : xstrdup("-");
+		cells[i * nc + 4] = cell(json_object_get(j, "last_success"));
+		cells[i * nc + 5] = cell(json_object_get(j, "next_run"));
+		cells[i * nc + 6] = json_is_string(lock) ? xasprintf("%s%s", json_string_value(lock),
+								     json_is_true(json_object_get(j, "holds_lock")) ? " (held)" : "")
+							 : xstrdup("-");
+	}
+	print_table(header, nc, cells, n);
+	free_cells(cells, n * nc);
+	if (json_is_true(json_object_get(r, "paused")))
+		printf("Paused: jobs that fall due are held and run once at resume.\n");
+	return 0;
+}
+
 /* "pushed: PREFIX/stack at revision N (based on B)". */
 int print_pushed(const json_t *r)
 {

@@ -27,6 +27,7 @@ int print_resumed(const json_t *r);
 int print_cleared(const json_t *r);
 int print_reloaded(const json_t *r);
 int print_fleet(const json_t *r);
+int print_schedule(const json_t *r);
 int print_pushed(const json_t *r);
 /* `stack --revision`, from the status result: see output.c. */
 int print_stack_revision(const json_t *r);

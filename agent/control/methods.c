@@ -280,6 +280,17 @@ static json_t *ctl_status(struct client *c, json_t *params)
 	return proto_reply_ok(st);
 }
 
+/* `schedule` (design.md §5, §8.1): the maintenance jobs, read-only; no
+ * secret in it (names, cron expressions, times). */
+static json_t *ctl_schedule(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+
+	if (err)
+		return err;
+	return proto_reply_ok(engine_schedule(c->ctl->engine));
+}
+
 static json_t *ctl_stack(struct client *c, json_t *params)
 {
 	json_t *err = params_only(params, NULL);
@@ -596,6 +607,8 @@ static struct control_method control_method_get(enum proto_method m)
 		return (struct control_method){ ctl_fleet, PROTO_OPEN };
 	case PROTO_METHOD_STACK_PUSH:
 		return (struct control_method){ ctl_stack_push, PROTO_PRIV };
+	case PROTO_METHOD_SCHEDULE:
+		return (struct control_method){ ctl_schedule, PROTO_OPEN };
 	case _PROTO_METHOD_MAX:
 	case PROTO_METHOD_INVALID:
 		break;

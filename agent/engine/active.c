@@ -267,6 +267,7 @@ static void engine_finish_run(struct engine *e, enum run_status status, const ch
 				  error ? rec->error : NULL);
 	active_log(e, line, strlen(line));
 	finish_outcome(e, a, error);
+	engine_schedule_run_done(e, rec);
 	engine_gate_run_done(e, rec, !a->done_elsewhere);
 	run_ctx_leave(prev);
 

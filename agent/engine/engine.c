@@ -52,8 +52,12 @@ char *engine_now(void)
 	return xstrdup(buf);
 }
 
+/* A maintenance job's failure is its own ("maintenance///JOB"), retried
+ * as that job; record.c makes the same keys. */
 static char *fail_key(const struct run_request *req)
 {
+	if (req->event == EVENT_MAINTENANCE && req->recipe)
+		return xasprintf("%s///%s", event_to_string(req->event), req->recipe);
 	return xasprintf("%s/%s/%s", event_to_string(req->event), str_or_empty(req->layer), str_or_empty(req->app));
 }
 
@@ -168,10 +172,21 @@ static void on_retry(uv_timer_t *t)
 		if (at <= 0 || at > now + 1000)
 			continue;
 		enum event ev = event_from_string(json_string_value(json_object_get(v, "event")));
+		const char *job = json_string_value(json_object_get(v, "recipe"));
 		if (ev == EVENT_INVALID)
 			continue;
-		engine_enqueue(e, ev, json_string_value(json_object_get(v, "layer")), json_string_value(json_object_get(v, "app")),
-			TRIGGER_RETRY, json_string_value(json_object_get(v, "stack")));
+		if (ev == EVENT_MAINTENANCE) {
+			/* A job's retry is that job, never two of it queued. */
+			struct run_request req = { .event = ev, .recipe = (char *)job, .trigger = TRIGGER_RETRY };
+			bool pending = false;
+			for (size_t i = 0; job && i < e->runs.n; i++)
+				pending |= run_is_pending(e->runs.v[i]) && str_eq(e->runs.v[i]->req.recipe, job);
+			if (job && !pending)
+				(void)engine_enqueue_ex(e, &req, NULL, true);
+		} else
+			engine_enqueue(e, ev, json_string_value(json_object_get(v, "layer")),
+				       json_string_value(json_object_get(v, "app")), TRIGGER_RETRY,
+				       json_string_value(json_object_get(v, "stack")));
 		json_object_set_new(v, "next_retry", json_integer(0));
 		queued = true;
 	}
@@ -199,6 +214,8 @@ void engine_record_failure(struct engine *e, const struct run *rec, bool retry)
 	json_object_set_new(f, "event", json_string(run_event(rec)));
 	json_object_set_new(f, "layer", json_string_or_null(rec->req.layer));
 	json_object_set_new(f, "app", json_string_or_null(rec->req.app));
+	if (rec->req.event == EVENT_MAINTENANCE && rec->req.recipe)
+		json_object_set_new(f, "recipe", json_string(rec->req.recipe));
 	json_object_set_new(f, "run", json_integer(rec->id));
 	json_object_set_new(f, "count", json_integer(count));
 	if (rec->stack)
@@ -237,6 +254,13 @@ void engine_record_success(struct engine *e, const struct run *rec, const char *
 {
 	_cleanup_free_ char *k = xasprintf("%s/%s", run_event(rec), str_or_empty(rec->req.layer));
 
+	if (rec->req.event == EVENT_MAINTENANCE && rec->req.recipe) {
+		/* A job's success clears its own failure. */
+		_cleanup_free_ char *job = fail_key(&rec->req);
+		json_object_del(e->failed, job);
+		engine_arm_retry(e);
+		return;
+	}
 	if (rec->req.recipe)
 		return;
 	clear_failures_for(e, rec);
@@ -418,6 +442,8 @@ int engine_start(struct engine *e)
 	 * now, not when the source sends it. */
 	engine_check_identity(e);
 	engine_apply_current(e);
+	/* After the boot's own runs are queued: a catch-up comes after them. */
+	engine_schedule_start(e);
 	engine_notify_status(e);
 	r = source_start(e->source);
 	if (r < 0)
@@ -492,6 +518,7 @@ void engine_stop(struct engine *e, void (*done)(void *userdata), void *userdata)
 	(void)uv_timer_stop(&e->retry);
 	(void)uv_timer_stop(&e->state_retry);
 	(void)uv_timer_stop(&e->settle_timer);
+	engine_schedule_stop(e);
 	engine_gates_free(e); /* before the etcd client goes with the source */
 	if (e->source) {
 		source_free(e->source);
@@ -520,6 +547,7 @@ void engine_free(struct engine *e)
 {
 	if (!e)
 		return;
+	engine_schedule_stop(e);
 	engine_gates_free(e);
 	if (e->source)
 		source_free(e->source);

@@ -68,6 +68,12 @@ json_t *engine_stack_json(struct engine *e);
  * NULL when there is none: a document served once may be cached under it. */
 const char *engine_stack_revision(struct engine *e);
 long engine_last_run_id(struct engine *e);            /* 0: none */
+/* `schedule` (design.md §5, §8.1): {"jobs": [{"name", "schedule", "splay",
+ * "offset" (this host's seconds), "source", "lock" (or null), "holds_lock",
+ * "last_run" ({"id","status","started","finished"} or null),
+ * "last_success" (RFC 3339 or null), "last_success_run", "next_run" (RFC
+ * 3339 or null)}...], "paused": bool}. */
+json_t *engine_schedule(struct engine *e);
 /* Path of a run's log file (malloc'd), whether or not it exists yet. */
 char *engine_run_log_path(struct engine *e, long id);
 bool engine_run_is_active(struct engine *e, long id); /* queued or running */

@@ -377,3 +377,13 @@ void engine_gates_free(struct engine *e)
 	while (e->gates)
 		gate_free(e->gates);
 }
+
+bool engine_gate_held(struct engine *e, const char *name)
+{
+	if (!gate_etcd(e))
+		return false;
+	for (const struct engine_gate *g = e->gates; g; g = g->next)
+		if (g->kind == PLAN_GATE_MUTEX && g->held && strcmp(g->name, name) == 0)
+			return true;
+	return false;
+}

@@ -155,6 +155,7 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 	if (e->paused)
 		engine_persist(e);
 	engine_stack_changed(e);
+	engine_schedule_stack(e); /* the jobs of the new stack (design.md §8.1) */
 }
 
 /* The change's runs are queued at once (status shows them, and they

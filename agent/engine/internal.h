@@ -126,6 +126,7 @@ struct engine {
 	int64_t start_mono;
 
 	struct engine_gate *gates;     /* owned list: fleet locks and slots taken or kept (gate.c) */
+	struct schedule *schedule;     /* owned: maintenance jobs (schedule.c), NULL before start and after stop */
 	int64_t stack_pushed;          /* fleet.c: the mod revision of PREFIX/stack this agent's last push wrote, 0: none */
 
 	struct engine_watch *watchers;
@@ -291,6 +292,20 @@ void engine_gate_run_done(struct engine *e, const struct run *rec, bool ran_job)
 void engine_gates_clear_kept(struct engine *e);
 /* Gives back every gate, before the etcd client goes (a stop). */
 void engine_gates_free(struct engine *e);
+/* Whether this instance holds the mutex name now (etcd sources; false for
+ * others). */
+bool engine_gate_held(struct engine *e, const char *name);
+
+/* ---- schedule.c: maintenance jobs (design.md §8.1) */
+
+/* After state and the saved stack are loaded: the scheduler, its state
+ * file state_dir/schedule.json, the current stack's jobs, the catch-up. */
+void engine_schedule_start(struct engine *e);
+/* A new current stack: its jobs (recipes_jobs) replace the previous ones. */
+void engine_schedule_stack(struct engine *e);
+/* rec finished: a success of a maintenance job is its last success. */
+void engine_schedule_run_done(struct engine *e, const struct run *rec);
+void engine_schedule_stop(struct engine *e);
 
 /* ---- intake.c: stack documents from the source */
 

@@ -262,8 +262,10 @@ static json_t *state_clean_run(const json_t *rec)
 	return o;
 }
 
-static char *fail_key(const char *event, const char *layer, const char *app)
+static char *fail_key(const char *event, const char *layer, const char *app, const char *recipe)
 {
+	if (recipe && str_eq(event, "maintenance"))
+		return xasprintf("%s///%s", event, recipe);
 	return xasprintf("%s/%s/%s", event, layer ? layer : "", app ? app : "");
 }
 
@@ -292,6 +294,10 @@ static json_t *state_clean_failure(const json_t *f, char **ret_key)
 	json_object_set_new(o, "app", json_string_or_null(obj_str(f, "app")));
 	if (v)
 		json_object_set(o, "stack", v);
+	/* A maintenance job's failure (engine.c): retried as that job. */
+	if (str_eq(obj_str(o, "event"), "maintenance") && json_name_or_null(json_object_get(f, "recipe")) &&
+	    obj_str(f, "recipe"))
+		json_object_set_new(o, "recipe", json_string(obj_str(f, "recipe")));
 	if (json_int_in(json_object_get(f, "run"), 1, ENGINE_RUN_ID_MAX, &x))
 		json_object_set_new(o, "run", json_integer(x));
 	/* count drives the backoff: a huge one only means "at the maximum". */
@@ -301,7 +307,7 @@ static json_t *state_clean_failure(const json_t *f, char **ret_key)
 	 * far-future retry in to retry_max from now. */
 	json_object_set_new(o, "next_retry", json_integer(json_int_clamped(json_object_get(f, "next_retry"), 0, 0,
 									   ENGINE_TIME_USEC_MAX)));
-	*ret_key = fail_key(obj_str(o, "event"), obj_str(o, "layer"), obj_str(o, "app"));
+	*ret_key = fail_key(obj_str(o, "event"), obj_str(o, "layer"), obj_str(o, "app"), obj_str(o, "recipe"));
 	return o;
 }
 

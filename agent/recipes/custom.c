@@ -101,8 +101,30 @@ const struct recipe recipes_custom[] = {
 	{ NULL, NULL, NULL },
 };
 
+/* A custom recipe with a "schedule" is a job of every instance of its
+ * "layers" (default: every instance of the stack in a layer); a
+ * "singleton" one takes the stack's lock of its name (build.c). */
 void recipes_custom_jobs(const struct stack *s, struct recipe_jobs *ret)
 {
-	(void)s;
-	(void)ret;
+	const json_t *all = json_object_get(json_object_get(s->root, "agent"), "recipes");
+	const char *name;
+	json_t *def;
+
+	if (s->n_self_layers == 0)
+		return;
+	json_object_foreach((json_t *)all, name, def) {
+		const json_t *sched = json_object_get(def, "schedule"), *layers = json_object_get(def, "layers"), *l;
+		bool mine = !layers;
+		size_t i;
+
+		if (!json_is_string(sched))
+			continue;
+		json_array_foreach(layers, i, l)
+			mine |= json_is_string(l) && stack_has_self_layer(s, json_string_value(l));
+		if (!mine)
+			continue;
+		_cleanup_free_ char *source = xasprintf("agent.recipes.%s", name);
+		recipe_jobs_add(ret, name, json_string_value(sched), (long)json_integer_value(json_object_get(def, "splay")),
+				json_is_true(json_object_get(def, "singleton")) ? name : NULL, source);
+	}
 }

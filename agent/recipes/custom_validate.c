@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "cron.h"
 #include "recipe.h"
 #include "stack/stack.h"
 #include "util.h"
@@ -19,9 +20,58 @@
 #define CUSTOM_MAX_TIMEOUT 86400
 #define ROLLING_MAX_PARALLEL 1000
 #define ROLLING_HEALTH_PATH_MAX 1024
+#define CUSTOM_MAX_SPLAY 86400
+#define CUSTOM_MAX_LAYERS 256
+
+/* A scheduled custom recipe (design.md §8.1): "schedule" (5-field cron,
+ * UTC), "splay" (seconds) and "layers" (the layers whose instances run
+ * it; default every instance). */
+static int check_schedule(const json_t *def, const char *base, struct stack_error *err)
+{
+	char path[CHECK_PATH_SIZE], epath[CHECK_PATH_SIZE], q[256];
+	const json_t *v;
+	size_t i;
+	json_t *e;
+	int r;
+
+	if ((v = json_object_get(def, "schedule"))) {
+		_cleanup_free_ char *msg = NULL;
+		struct cron c;
+
+		stack_path_key(path, sizeof(path), base, "schedule");
+		if (!json_is_string(v))
+			return check_type_error(err, path, "a cron expression (a string)", v);
+		if (cron_parse(json_string_value(v), &c, &msg) < 0)
+			return stack_error_set(err, path, "%s", msg);
+	}
+	if ((r = check_int_ok(err, base, def, "splay", 0, CUSTOM_MAX_SPLAY,
+			      "must be an integer number of seconds from 0 to 86400")) < 0)
+		return r;
+	if ((v = json_object_get(def, "layers"))) {
+		stack_path_key(path, sizeof(path), base, "layers");
+		if (!json_is_array(v))
+			return check_type_error(err, path, "an array of layer shortnames", v);
+		if (json_array_size(v) > CUSTOM_MAX_LAYERS)
+			return stack_error_set(err, path, "has more than %d layers", CUSTOM_MAX_LAYERS);
+		json_array_foreach(v, i, e) {
+			stack_path_index(epath, sizeof(epath), path, i);
+			if (!json_is_string(e))
+				return check_type_error(err, epath, "a layer shortname", e);
+			if (check_name_problem(json_string_value(e)))
+				return stack_error_set(err, epath, "%s, got %s", check_name_problem(json_string_value(e)),
+						       stack_quote(q, sizeof(q), json_string_value(e)));
+		}
+	}
+	if ((json_object_get(def, "splay") || json_object_get(def, "layers")) && !json_object_get(def, "schedule")) {
+		stack_path_key(path, sizeof(path), base, json_object_get(def, "splay") ? "splay" : "layers");
+		return stack_error_set(err, path, "needs \"schedule\" beside it");
+	}
+	return 0;
+}
 
 static const char *const custom_keys[] = {
-	"command", "user", "cwd", "environment", "timeout", "creates", "description", "singleton", NULL,
+	"command", "user", "cwd", "environment", "timeout", "creates", "description", "singleton", "schedule", "splay",
+	"layers", NULL,
 };
 
 static bool env_key_is_valid(const char *k)
@@ -117,7 +167,7 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 	if ((k = check_unknown_key(def, custom_keys)))
 		return stack_error_set(err, base,
 				       "unknown key %s, expected command, user, cwd, environment, timeout, "
-				       "creates, description or singleton",
+				       "creates, description, singleton, schedule, splay or layers",
 				       stack_quote(q, sizeof(q), k));
 
 	stack_path_key(path, sizeof(path), base, "command");
@@ -146,6 +196,8 @@ int recipe_custom_validate(const json_t *def, const char *name, struct stack_err
 		stack_path_key(path, sizeof(path), base, "description");
 		return stack_error_set(err, path, "must be a string");
 	}
+	if ((r = check_schedule(def, base, err)) < 0)
+		return r;
 	/* A stack-wide job: with an etcd source one instance at a time runs it
 	 * (the lock locks/<name>, design.md §9 Singletons). */
 	return check_flag(err, base, def, "singleton");

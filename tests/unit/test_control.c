@@ -185,6 +185,11 @@ json_t *engine_status(struct engine *e)
 			 "test");
 }
 
+json_t *engine_schedule(struct engine *e)
+{
+	return json_pack("{s:[], s:b}", "jobs", "paused", e->paused);
+}
+
 json_t *engine_runs(struct engine *e, long n)
 {
 	json_t *runs = json_array();
@@ -562,7 +567,7 @@ static void test_method_privilege(void **state)
 {
 	static const enum proto_method open[] = { PROTO_METHOD_VERSION, PROTO_METHOD_STATUS, PROTO_METHOD_STACK,
 						  PROTO_METHOD_RUNS,	PROTO_METHOD_RUN_INFO, PROTO_METHOD_LOG,
-						  PROTO_METHOD_PLAN, PROTO_METHOD_FLEET };
+						  PROTO_METHOD_PLAN, PROTO_METHOD_FLEET, PROTO_METHOD_SCHEDULE };
 	static const enum proto_method priv[] = { PROTO_METHOD_RUN,    PROTO_METHOD_RELOAD,
 						  PROTO_METHOD_PAUSE,  PROTO_METHOD_RESUME,
 						  PROTO_METHOD_CLEAR_FAILED, PROTO_METHOD_ROLLBACK,
