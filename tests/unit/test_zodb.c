@@ -459,6 +459,16 @@ static void test_zodbpack_argv_and_missing_script(void **state)
 		    strstr(p.steps[i]->error, "/srv/www/plone_instances/current/bin/zodbpack does not exist"))
 			named = true;
 	assert_true(named);
+	{
+		/* A dry run says so too: action "fail" with the same words. */
+		struct step_env env = { .root = r.root };
+		json_t *d = plan_describe(&p, &env), *st = json_array_get(json_object_get(d, "steps"), 0);
+
+		assert_string_equal(json_string_value(json_object_get(st, "kind")), "require");
+		assert_string_equal(json_string_value(json_object_get(st, "action")), "fail");
+		assert_non_null(strstr(json_string_value(json_object_get(st, "error")), "current/bin/zodbpack does not exist"));
+		json_decref(d);
+	}
 	plan_free(&p);
 
 	release(&r, "plone_instances", (const char *const[]){ "bin/zodbpack", NULL });
