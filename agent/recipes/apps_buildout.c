@@ -163,12 +163,14 @@ static void render_relstorage(struct buf *b, const struct stack *s, const struct
 		buf_puts(b, "\n");
 	}
 	buf_puts(b, "\n");
-	if (json_is_true(json_object_get(rs, "enable_pack"))) {
-		/* Packing (reference §4.1 item 3): the parts after the clients. */
+	if (plone_relstorage_packs(s)) {
+		/* Packing (reference §4.1 item 3): the parts after the clients.
+		 * pack-config writes parts/zodbpack.cfg; the cron parts zodbpack,
+		 * zodbpack-prepack and zodbpack-pack are left out: agentd runs
+		 * bin/zodbpack as its maintenance jobs (recipes/zodb.c), once per
+		 * stack, so nothing runs twice. */
 		const json_t *days = json_object_get(rs, "pack_days");
 		buf_puts(parts, "pack-config\n");
-		buf_puts(parts, json_is_true(json_object_get(rs, "two_stage_pack")) ? "zodbpack-prepack\nzodbpack-pack\n"
-										      : "zodbpack\n");
 		if (json_is_integer(days))
 			buf_printf(b, "[zodbpack]\npack-days = %lld\n\n", (long long)json_integer_value(days));
 		if (json_is_false(json_object_get(rs, "pack_gc")))
@@ -290,11 +292,11 @@ char *apps_render_deploy_cfg(const struct stack *s, enum app_kind k, const struc
 		buf_free(&tmp);
 	} else if (k == APP_ZEOSERVER) {
 		const char *blob_dir = json_string_value(json_object_get(plone_section(s, "plone_blobs"), "blob_dir"));
+		/* backup makes bin/backup; the cron parts backupcronjob and
+		 * packcronjob are left out: agentd runs bin/backup and bin/zeopack
+		 * as its maintenance jobs backup and zeopack (recipes/zodb.c,
+		 * enable_backup and enable_pack), so nothing runs twice. */
 		buf_puts(&parts, "zeoserver\nbackup\n");
-		if (sect_bool(s, k, "enable_backup", false))
-			buf_puts(&parts, "backupcronjob\n");
-		if (sect_bool(s, k, "enable_pack", true))
-			buf_puts(&parts, "packcronjob\n");
 		if (blob_dir)
 			buf_printf(&sections, "[zeoserver]\nblob-storage = %s\n", blob_dir);
 	} else {

@@ -5,7 +5,9 @@
 #include <sched.h>
 #include <string.h>
 
+#include "recipe.h"
 #include "stack/stack.h"
+#include "util.h"
 
 const json_t *plone_section(const struct stack *s, const char *key)
 {
@@ -111,4 +113,42 @@ const char *plone_member_address(const struct stack_member *m)
 	if (m->public_dns_name && *m->public_dns_name)
 		return m->public_dns_name;
 	return m->hostname;
+}
+
+bool plone_layer_runs(const struct stack *s, const char *layer, const char *prefix, bool exact)
+{
+	bool found = false;
+
+	for (int ev = 0; ev < _EVENT_MAX && !found; ev++) {
+		size_t n;
+		_cleanup_free_ const char **v = recipes_layer_recipes(s, layer, (enum event)ev, &n);
+
+		for (size_t i = 0; i < n && !found; i++) {
+			const char *c = v[i] ? recipe_canonical_name(v[i]) : NULL;
+			found = c && (exact ? strcmp(c, prefix) == 0 : strncmp(c, prefix, strlen(prefix)) == 0);
+		}
+	}
+	return found;
+}
+
+bool plone_self_runs(const struct stack *s, const char *prefix, bool exact)
+{
+	for (size_t i = 0; i < s->n_self_layers; i++)
+		if (plone_layer_runs(s, s->self_layers[i], prefix, exact))
+			return true;
+	return false;
+}
+
+bool plone_relstorage_packs(const struct stack *s)
+{
+	const json_t *pi = plone_section(s, "plone_instances");
+
+	if (!json_is_true(json_object_get(pi, "enable_relstorage")))
+		return false;
+	if (json_is_true(json_object_get(json_object_get(pi, "relstorage"), "enable_pack")))
+		return true;
+	for (size_t i = 0; i < s->n_layers; i++)
+		if (plone_layer_runs(s, s->layers[i].shortname, "enable_pack", true))
+			return true;
+	return false;
 }

@@ -47,3 +47,16 @@ const struct stack_member *plone_first_online_or_self(const struct stack *s, con
  * private_ip, then private_dns_name, then ip, then public_dns_name, then the
  * hostname. */
 const char *plone_member_address(const struct stack_member *m);
+
+/* Whether layer runs, for any event, a built-in recipe whose name (without
+ * "plone_buildout::") starts with prefix ("zeoserver-", "instances-") or,
+ * with exact, is prefix ("enable_pack"): agent.layers.<layer> when the
+ * stack has it, else the default mapping (names.c). */
+bool plone_layer_runs(const struct stack *s, const char *layer, const char *prefix, bool exact);
+/* Whether one of this instance's layers runs such a recipe. */
+bool plone_self_runs(const struct stack *s, const char *prefix, bool exact);
+/* Whether RelStorage packing is on for the stack (design.md §8.1):
+ * plone_instances.enable_relstorage, and relstorage.enable_pack or a layer
+ * of the stack that runs the enable_pack recipe (db_packing in the seeds,
+ * whose recipe turned relstorage.enable_pack on). */
+bool plone_relstorage_packs(const struct stack *s);
