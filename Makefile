@@ -111,6 +111,7 @@ bench: all
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/lib/systemd/system \
 		$(DESTDIR)/etc/agentd $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
 		$(DESTDIR)$(PREFIX)/share/agentd/examples
 	install -m 0755 $(BUILD)/agentd $(DESTDIR)$(PREFIX)/sbin/agentd
 	install -m 0755 $(BUILD)/agentctl $(DESTDIR)$(PREFIX)/bin/agentctl
@@ -123,6 +124,9 @@ install: all
 	test -e $(DESTDIR)/etc/agentd/agentd.conf || install -m 0644 conf/agentd.conf $(DESTDIR)/etc/agentd/agentd.conf
 	install -m 0644 man/agentd.8 $(DESTDIR)$(PREFIX)/share/man/man8/agentd.8
 	install -m 0644 man/agentctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/agentctl.1
+	install -m 0644 man/agentd.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/agentd.conf.5
+	install -m 0644 man/agentd-stack.5 $(DESTDIR)$(PREFIX)/share/man/man5/agentd-stack.5
+	install -m 0644 conf/bash-completion/agentctl $(DESTDIR)$(PREFIX)/share/bash-completion/completions/agentctl
 
 # Rewrites the golden files of rendered configs (tests/golden/) from the
 # example stacks; review the diff before committing it.
