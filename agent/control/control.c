@@ -63,7 +63,6 @@
 #define CONTROL_ACCEPT_PAUSE_MS 1000 /* accepting resumes this long after EMFILE */
 #define CONTROL_ACCEPT_BURST 64      /* connections accepted per wake-up */
 #define CONTROL_PEER_CHECK_MS 1000   /* a stream whose client no longer reads: is it still there? */
-#define CONTROL_HOUSEKEEP_MS 2000    /* how often stale stack replies are dropped and memory returned */
 
 static void on_listener(uv_poll_t *p, int status, int events);
 
@@ -432,6 +431,7 @@ static void control_add_client(struct control *ctl, int fd)
 		client_close(c);
 		return;
 	}
+	control_housekeeping_arm(ctl);
 	log_debug("control: client pid %d uid %u connected", (int)c->pid, (unsigned)c->uid);
 	client_process(c); /* starts reading and the idle timer */
 }

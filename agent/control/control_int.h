@@ -207,7 +207,14 @@ bool outq_send_log_cached(struct client *c, long id);
 json_t *outq_send_log(struct client *c, long id, json_t *reply, bool cacheable);
 /* The housekeeping timer (CONTROL_HOUSEKEEP_MS): stale caches dropped,
  * memory given back. */
+#define CONTROL_HOUSEKEEP_MS 2000 /* how often stale stack replies are dropped and memory returned */
 void outq_on_housekeeping(uv_timer_t *t);
+/* Starts the housekeeping timer unless it runs. It stops itself once there
+ * is nothing left to drop or trim and no client is connected, so that an
+ * idle daemon is woken only by its own work (design.md §10; issue 13: 15
+ * of 15 idle wake-ups in 30 s were this timer). Armed again by a client's
+ * connection and by every engine event (a run started, output, finished). */
+void control_housekeeping_arm(struct control *ctl);
 void outq_free(struct control *ctl);
 
 /* ---- methods.c ---- */

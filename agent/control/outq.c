@@ -367,6 +367,19 @@ json_t *outq_send_stack(struct client *c)
  * and gives freed memory back to the kernel after something large went:
  * glibc keeps freed heap pages, and raises its mmap threshold after a large
  * block, so a 16 MiB document would stay resident after it is gone. */
+/* Whether no stack or log reply is cached (nothing for housekeeping to
+ * drop later). */
+static bool outq_caches_empty(const struct control *ctl)
+{
+	for (size_t i = 0; i < ELEMENTSOF(ctl->stack_cache); i++)
+		if (ctl->stack_cache[i])
+			return false;
+	for (size_t i = 0; i < ELEMENTSOF(ctl->log_cache); i++)
+		if (ctl->log_cache[i].so)
+			return false;
+	return true;
+}
+
 void outq_on_housekeeping(uv_timer_t *t)
 {
 	struct control *ctl = t->data;
@@ -402,7 +415,17 @@ void outq_on_housekeeping(uv_timer_t *t)
 	if (ctl->trim_due) {
 		ctl->trim_due = false;
 		(void)malloc_trim(0);
+		return;
 	}
+	if (ctl->nclients == 0 && outq_caches_empty(ctl))
+		uv_timer_stop(t);
+}
+
+void control_housekeeping_arm(struct control *ctl)
+{
+	if (!ctl->freeing && !uv_is_active((uv_handle_t *)&ctl->housekeeping))
+		(void)uv_timer_start(&ctl->housekeeping, outq_on_housekeeping, CONTROL_HOUSEKEEP_MS,
+				     CONTROL_HOUSEKEEP_MS);
 }
 
 /* Sends the cached log reply of finished run id for c's privilege level,

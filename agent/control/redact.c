@@ -472,6 +472,7 @@ void redact_on_event(void *userdata, const json_t *ev)
 	if (ctl->freeing || !name || !json_is_integer(run))
 		return;
 	ctl->in_engine_cb++;
+	control_housekeeping_arm(ctl);
 	/* A run's stack is current (or saved) when it starts, and its saved
 	 * copy goes once it ends: take its secrets now, so that its output can
 	 * be redacted later rather than hidden as unknown. */
