@@ -5,8 +5,7 @@
  * `reboot` that reboots one instance of the stack at a time.
  *
  * logrotate (logrotate(8), reference §9 "Log rotation"): two files of fixed
- * names under logrotate_dir, planned at setup, configure and deploy (a new
- * app arrives with a deploy):
+ * names under logrotate_dir (when planned: system_plan_before):
  *  - agentd-supervisor: the supervisor program logs of the apps of this
  *    instance (apps.c writes them to /var/log/supervisor/<program>-std*.log),
  *    daily, 7, copytruncate, dateext (supervisord's own size rotation names
@@ -14,8 +13,8 @@
  *  - agentd-apps: <deploy_to>/shared/log/<name>.log of those apps, daily, 30,
  *    copytruncate, as the app user (`su`: root never works in a directory
  *    the app user can write).
- * A file with nothing to name is removed, so a layer the instance left
- * takes its stanzas along. Not written, on purpose: the haproxy and nginx
+ * A file with nothing to name is removed, so an undeploy (a layer the
+ * instance left, an app gone) takes its stanzas along. Not written, on purpose: the haproxy and nginx
  * logs (/var/log/haproxy.log, /var/log/nginx/<name>.log) are named by their
  * Debian packages' own logrotate files, and logrotate refuses a log named
  * twice ("duplicate log entry"); agentd's run logs, which agentd prunes
@@ -191,16 +190,17 @@ static int plan_one(struct plan *plan, const char *dir, const char *name, int r,
 	return 0;
 }
 
-static int plan_logrotate(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
+/* Both files as stack s places them on this instance. */
+static int plan_logrotate(const struct recipe_ctx *ctx, const struct stack *s, struct plan *plan, char **ret_error)
 {
 	const char *dir = config_string(ctx->config, "logrotate_dir");
 	const struct stack_app *apps[8];
-	size_t n = self_apps(ctx->stack, apps, ELEMENTSOF(apps));
+	size_t n = self_apps(s, apps, ELEMENTSOF(apps));
 	struct buf b;
 	int r;
 
 	buf_init(&b);
-	r = render_supervisor(ctx->stack, plan->root, apps, n, &b, ret_error);
+	r = render_supervisor(s, plan->root, apps, n, &b, ret_error);
 	r = plan_one(plan, dir, LOGROTATE_SUPERVISOR, r, &b, ret_error);
 	buf_free(&b);
 	if (r < 0)
@@ -277,12 +277,14 @@ static int plan_apt_file(struct plan *plan, const char *dir, const char *name, c
 	return 0;
 }
 
-/* 20auto-upgrades is also the name Debian's unattended-upgrades package
- * writes (debconf): without the key it is removed only while agentd's own
- * 52agentd-unattended-upgrades is there, i.e. when agentd wrote it (the
- * guard is read as the step runs; the step is "skipped" otherwise), and
- * before that file, so that an interrupted run leaves the guard for the
- * next one. */
+/* With the key: both files. Without it, agentd's files are removed only
+ * when the stack still has "apt" (an object, the key gone or null): a
+ * planner cannot see what an earlier stack held, and a removal on every
+ * run of every instance would be noise (design.md §6: a converged run
+ * plans nothing). 20auto-upgrades is also the name Debian's package writes
+ * (debconf): it is removed only while agentd's 52agentd-unattended-upgrades
+ * is there (read as the step runs: "skipped" otherwise), and before it, so
+ * that an interrupted run leaves the guard for the next one. */
 static int plan_unattended(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
 {
 	const char *dir = config_string(ctx->config, "apt_conf_dir");
@@ -291,6 +293,8 @@ static int plan_unattended(const struct recipe_ctx *ctx, struct plan *plan, char
 	size_t first = plan->n_steps;
 	int r;
 
+	if (!uu && !check_get(ctx->stack->root, "apt"))
+		return 0;
 	r = plan_apt_file(plan, dir, APT_PERIODIC, uu ? render_periodic(uu) : NULL, true, ret_error);
 	if (r == 0 && !uu)
 		step_only_if_exists(plan->steps[first], ours);
@@ -301,16 +305,53 @@ static int plan_unattended(const struct recipe_ctx *ctx, struct plan *plan, char
 	return r;
 }
 
+static size_t n_self_apps(const struct stack *s)
+{
+	const struct stack_app *apps[8];
+
+	return self_apps(s, apps, ELEMENTSOF(apps));
+}
+
+/* Whether the run is the deploy of an app whose logs agentd-* names: an
+ * app new to the stack arrives with a deploy alone. Any other deploy plans
+ * nothing here (a deploy of an app that does nothing on this instance must
+ * stay empty: it takes no rolling slot, build.c). */
+static bool deploys_own_app(const struct recipe_ctx *ctx)
+{
+	const struct stack_app *apps[8];
+	size_t n = ctx->app ? self_apps(ctx->stack, apps, ELEMENTSOF(apps)) : 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(apps[i]->name, ctx->app) == 0)
+			return true;
+	return false;
+}
+
+/* logrotate: at setup and configure of an instance that serves an app, at
+ * the deploy of one of its apps, and at an undeploy of an instance that
+ * served one (a layer left, an app gone), as the stack that stays places
+ * them (ctx->other_stack): the files shrink or go. An instance that never
+ * served an app plans nothing. unattended-upgrades: at setup and
+ * configure (plan_unattended). */
 static int system_plan_before(const struct recipe_ctx *ctx, struct plan *plan, char **ret_error)
 {
-	int r;
+	int r = 0;
 
-	if (ctx->event != EVENT_SETUP && ctx->event != EVENT_CONFIGURE && ctx->event != EVENT_DEPLOY)
+	switch (ctx->event) {
+	case EVENT_DEPLOY:
+		return deploys_own_app(ctx) ? plan_logrotate(ctx, ctx->stack, plan, ret_error) : 0;
+	case EVENT_UNDEPLOY:
+		if (!n_self_apps(ctx->stack))
+			return 0;
+		return plan_logrotate(ctx, ctx->other_stack ? ctx->other_stack : ctx->stack, plan, ret_error);
+	case EVENT_SETUP:
+	case EVENT_CONFIGURE:
+		if (n_self_apps(ctx->stack))
+			r = plan_logrotate(ctx, ctx->stack, plan, ret_error);
+		return r < 0 ? r : plan_unattended(ctx, plan, ret_error);
+	default:
 		return 0;
-	r = plan_logrotate(ctx, plan, ret_error);
-	if (r == 0 && ctx->event != EVENT_DEPLOY)
-		r = plan_unattended(ctx, plan, ret_error);
-	return r;
+	}
 }
 
 /* ---- the reboot job ---- */
@@ -410,6 +451,21 @@ static const char *reboot_time_problem(const char *s)
 	return NULL;
 }
 
+/* key absent or null (OpsWorks prints null for unset fields), or a string
+ * problem() accepts. */
+static int check_apt_string(struct stack_error *err, const char *base, const json_t *uu, const char *key,
+			    const char *(*problem)(const char *))
+{
+	char path[CHECK_PATH_SIZE], got[128];
+	const char *v = NULL, *why;
+	int r = check_string(err, base, uu, key, &v);
+
+	if (r < 0 || !v || !(why = problem(v)))
+		return r;
+	stack_path_key(path, sizeof(path), base, key);
+	return stack_error_set(err, path, "%s%s", why, check_got(got, sizeof(got), key, v));
+}
+
 static int validate_unattended(const json_t *uu, struct stack_error *err)
 {
 	static const char *const keys[] = { "enable", "package_blacklist", "mail", "auto_fix_interrupted_dpkg",
@@ -428,8 +484,8 @@ static int validate_unattended(const json_t *uu, struct stack_error *err)
 	    (r = check_bool(err, base, uu, "auto_fix_interrupted_dpkg")) < 0 ||
 	    (r = check_bool(err, base, uu, "automatic_reboot")) < 0 ||
 	    (r = check_array_of(err, base, uu, "package_blacklist", JSON_STRING)) < 0 ||
-	    (r = check_string_is(err, base, uu, "mail", apt_scalar_problem)) < 0 ||
-	    (r = check_string_is(err, base, uu, "automatic_reboot_time", reboot_time_problem)) < 0)
+	    (r = check_apt_string(err, base, uu, "mail", apt_scalar_problem)) < 0 ||
+	    (r = check_apt_string(err, base, uu, "automatic_reboot_time", reboot_time_problem)) < 0)
 		return r;
 	list = check_get(uu, "package_blacklist");
 	stack_path_key(lp, sizeof(lp), base, "package_blacklist");

@@ -4,8 +4,8 @@ logrotate files agentd writes for the logs its recipes make, read by the real
 entry), and the unattended-upgrades files read back by the real `apt-config`.
 
 The instance serves the app plone_instances through a layer whose only
-built-in recipe is instances-stop at shutdown (which these tests never run):
-that is enough for the logs to be its, without buildout or supervisord."""
+built-in recipe is a pending one (a note): that is enough for the logs to be
+its, without buildout or supervisord."""
 import grp
 import json
 import os
@@ -22,19 +22,24 @@ UU = {"package_blacklist": ["linux-.*", "semi;colon{braces}#hash"], "enable": Tr
 EVENTS = ("setup", "configure", "deploy", "undeploy", "shutdown")
 
 
-def stack(uu=UU, serves=True, deploy_to=DEPLOY_TO):
+def stack(uu=UU, serves=True, deploy_to=DEPLOY_TO, apt=True):
+    """app1 in the layers plone_instances (when serves) and web. The
+    plone_instances layer's only built-in recipe is a pending one
+    (instances-celerybeat: a note), enough to make the app's logs this
+    instance's without buildout or supervisord."""
+    members = {"app1": {"private_ip": "10.0.0.1", "status": "online"}}
     doc = {
         "opsworks": {"stack": {"name": "sys"},
-                     "layers": {"plone_instances": {"name": "Plone", "instances": {
-                         "app1": {"private_ip": "10.0.0.1", "status": "online"}}}}},
+                     "layers": {"plone_instances": {"name": "Plone", "instances": members if serves else {}},
+                                "web": {"name": "Web", "instances": members}}},
         "deploy": {"plone_instances": {"deploy_to": deploy_to, "user": USER, "group": GROUP}},
         "agent": {"recipes": {"touch": {"command": ["/bin/true"]}},
-                  "layers": {"plone_instances": {e: ["touch"] for e in EVENTS}}},
+                  "layers": {"plone_instances": {e: ["touch"] for e in EVENTS},
+                             "web": {e: ["touch"] for e in EVENTS}}},
     }
-    if serves:
-        doc["agent"]["layers"]["plone_instances"]["shutdown"] = ["instances-stop"]
-    if uu is not None:
-        doc["apt"] = {"unattended_upgrades": uu}
+    doc["agent"]["layers"]["plone_instances"]["shutdown"] = ["instances-celerybeat"]
+    if apt:
+        doc["apt"] = {"unattended_upgrades": uu} if uu is not None else {}
     return doc
 
 
@@ -139,16 +144,27 @@ def test_key_and_layer_gone_remove_the_files(make_agent, tmpdir_agent):
     got = apt_dump(tmpdir_agent, parts)
     assert 'Unattended-Upgrade::Automatic-Reboot "false";' in got and not any("Mail" in l for l in got), got
     n = len(a.runs())
+    # The instance leaves the app's layer (its undeploy rewrites the files
+    # as the stack that stays places them: none) and apt loses the key.
     a.write_stack(stack(uu=None, serves=False))
-    a.wait_runs(n + 1)
+    wait_for(lambda: {r["event"] for r in a.finished_runs()[:3]} >= {"undeploy", "configure"}, 20,
+             "the undeploy and configure")
     a.wait_idle(20)
-    assert a.runs()[0]["status"] == "success" and a.runs()[0]["event"] == "configure", a.runs()[0]
+    assert all(r["status"] == "success" for r in a.runs()), a.runs()[:4]
     assert (os.listdir(parts), os.listdir(os.path.join(a.root, "etc/logrotate.d"))) == ([], []), a.ctl("show", a.runs()[0]["id"]).stdout
     # A 20auto-upgrades that agentd did not write (the package's debconf) stays.
     with open(os.path.join(parts, "20auto-upgrades"), "w") as f:
         f.write('APT::Periodic::Unattended-Upgrade "1";\n')
     a.ctl("run", "configure", "--wait", check=0)
     assert os.listdir(parts) == ["20auto-upgrades"]
+    # Without apt at all, and without an app here, the family plans nothing.
+    n = len(a.runs())
+    a.write_stack(stack(uu=None, serves=False, apt=False))
+    a.wait_runs(n + 1)
+    a.wait_idle(20)
+    assert len(a.runs()) == n + 1 and a.runs()[0]["event"] == "configure", a.runs()[:2]
+    steps = a.ctl_json("show", str(a.runs()[0]["id"]))["steps"]
+    assert [s["target"] for s in steps] == ["touch"], steps
 
 
 def source_error(a):
