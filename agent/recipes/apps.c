@@ -588,12 +588,10 @@ static int apps_plan(const struct recipe_ctx *ctx, struct plan *plan, char **ret
 	case OP_SETUP:
 		r = plan_packages(&a);
 		if (r >= 0 && kind == APP_INSTANCES) {
-			static const char rotate[] = "# Written by agentd: supervisor's program logs (reference §4.2).\n"
-						     "/var/log/supervisor/*.log /tmp/*.log {\n"
-						     "\tdaily\n\trotate 7\n\tcopytruncate\n\tmissingok\n\tnotifempty\n"
-						     "\tcompress\n\tdelaycompress\n}\n";
-			if (!plan_add_file(plan, "/etc/logrotate.d/supervisor", rotate, strlen(rotate), 0644, NULL, NULL,
-					   ret_error))
+			/* The file older agentds wrote here: the system family's
+			 * agentd-supervisor names these logs now, and logrotate
+			 * refuses a log named twice (recipes/system.c). */
+			if (!plan_add_absent(plan, "/etc/logrotate.d/supervisor", false, ret_error))
 				r = -EINVAL;
 		}
 		if (r >= 0)

@@ -640,7 +640,7 @@ void apps_owns(const struct stack *s, const struct config *c, const char *layer,
 
 	if (kind == APP_INSTANCES)
 		recipe_paths_add(ret, "/etc/logrotate.d/supervisor", false,
-				 xasprintf("the logrotate file of recipe %s", name));
+				 xasprintf("the old logrotate file recipe %s removes", name));
 	if (kind != APP_SOLR &&
 	    (json_is_true(json_object_get(sec, "nfs_blobs")) || json_is_true(json_object_get(sec, "gluster_blobs"))))
 		recipe_paths_add(ret, "/etc/fstab", false,

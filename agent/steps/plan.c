@@ -404,10 +404,10 @@ void plan_execute_cancel(struct plan_exec *x, bool hard)
 	if (!x || x->finishing)
 		return;
 	x->cancelled = true;
-	if (hard && x->waiting && x->cur < x->p->n_steps) {
+	if (x->waiting && x->cur < x->p->n_steps) {
 		struct step *s = x->p->steps[x->cur];
 
-		if (s->ops->cancel)
+		if ((hard || s->stop_cancels) && s->ops->cancel)
 			s->ops->cancel(s);
 	}
 }

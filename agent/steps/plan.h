@@ -83,6 +83,10 @@ struct step {
 	 * read: the file on disk or the file it would become is not
 	 * world-readable. Cleared by plan_describe() before each describe. */
 	bool diff_private;
+	/* A soft cancel (agentd stopping: SIGTERM) also cancels this step
+	 * while it runs, as a hard one does: for a step that only waits
+	 * (the reboot job's wait for the machine to go down). */
+	bool stop_cancels;
 };
 
 /* A fleet gate: a lock or a semaphore slot the run takes before its first

@@ -72,8 +72,10 @@ def test_example_validates_and_plans(make_agent, name):
     assert plan["stack_revision"] == s["source"]["stack_revision"]
     # Every layer of the instance with setup recipes (all but ebs_snapshots,
     # a Configure-only layer) plans steps, and no other layer does.
-    # The storage family's EBS volume steps come before the layers, with no layer.
-    planned = {step["layer"] for step in plan["steps"] if step["recipe"] != "storage"}
+    # The storage family's EBS volume steps come before the layers, with no
+    # layer, and so do the system family's logrotate and apt files.
+    family = {"storage", "logrotate", "unattended-upgrades"}
+    planned = {step["layer"] for step in plan["steps"] if step["recipe"] not in family}
     assert planned == set(expected_layers(stack)) - {"ebs_snapshots"}
     volumes = [step["target"] for step in plan["steps"] if step["kind"] == "volume"]
     assert volumes == [v["mount_point"] for v in stack.get("ebs", {}).get("devices", {}).values()]
