@@ -277,11 +277,11 @@ static int plan_apt_file(struct plan *plan, const char *dir, const char *name, c
 	return 0;
 }
 
-/* With the key: both files. Without it, agentd's files are removed only
- * when the stack still has "apt" (an object, the key gone or null): a
- * planner cannot see what an earlier stack held, and a removal on every
- * run of every instance would be noise (design.md §6: a converged run
- * plans nothing). 20auto-upgrades is also the name Debian's package writes
+/* With the key: both files. Without it, agentd's files are removed, on
+ * every instance at setup and configure (a planner cannot see what an
+ * earlier stack held, and the seeds' "apt" holds nothing else: the change
+ * that drops it must remove the files); "none" in a converged plan.
+ * 20auto-upgrades is also the name Debian's package writes
  * (debconf): it is removed only while agentd's 52agentd-unattended-upgrades
  * is there (read as the step runs: "skipped" otherwise), and before it, so
  * that an interrupted run leaves the guard for the next one. */
@@ -293,8 +293,6 @@ static int plan_unattended(const struct recipe_ctx *ctx, struct plan *plan, char
 	size_t first = plan->n_steps;
 	int r;
 
-	if (!uu && !check_get(ctx->stack->root, "apt"))
-		return 0;
 	r = plan_apt_file(plan, dir, APT_PERIODIC, uu ? render_periodic(uu) : NULL, true, ret_error);
 	if (r == 0 && !uu)
 		step_only_if_exists(plan->steps[first], ours);

@@ -157,14 +157,32 @@ def test_key_and_layer_gone_remove_the_files(make_agent, tmpdir_agent):
         f.write('APT::Periodic::Unattended-Upgrade "1";\n')
     a.ctl("run", "configure", "--wait", check=0)
     assert os.listdir(parts) == ["20auto-upgrades"]
-    # Without apt at all, and without an app here, the family plans nothing.
+    # The key back, then "apt" dropped whole: the configure of that change
+    # removes agentd's files (the stack applied before had them).
+    os.unlink(os.path.join(parts, "20auto-upgrades"))
+    n = len(a.runs())
+    a.write_stack(stack(uu={"enable": True}, serves=False))
+    a.wait_runs(n + 1)
+    a.wait_idle(20)
+    assert sorted(os.listdir(parts)) == ["20auto-upgrades", "52agentd-unattended-upgrades"]
     n = len(a.runs())
     a.write_stack(stack(uu=None, serves=False, apt=False))
     a.wait_runs(n + 1)
     a.wait_idle(20)
+    assert os.listdir(parts) == [], a.ctl("show", a.runs()[0]["id"]).stdout
+    # Without apt at all, and without an app here, the family plans only
+    # the removals, which find nothing to remove.
+    n = len(a.runs())
+    doc = stack(uu=None, serves=False, apt=False)
+    doc["note"] = "another Custom JSON change: a configure"
+    a.write_stack(doc)
+    a.wait_runs(n + 1)
+    a.wait_idle(20)
     assert len(a.runs()) == n + 1 and a.runs()[0]["event"] == "configure", a.runs()[:2]
     steps = a.ctl_json("show", str(a.runs()[0]["id"]))["steps"]
-    assert [s["target"] for s in steps] == ["touch"], steps
+    assert [(s["target"], s["status"]) for s in steps] == [
+        ("/etc/apt/apt.conf.d/20auto-upgrades", "skipped"),
+        ("/etc/apt/apt.conf.d/52agentd-unattended-upgrades", "unchanged"), ("touch", "changed")], steps
 
 
 def source_error(a):
