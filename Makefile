@@ -33,7 +33,7 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all clean deps check demo demo-fleet install unit unit-build integration fuzz fuzz-build lint verify-units bench update-golden
-.PHONY: deb
+.PHONY: deb clean-deb
 
 all: $(BUILD)/agentd $(BUILD)/agentctl
 
@@ -138,6 +138,11 @@ deb:
 	AGENTD_DEB_BUILD=$(DEB_BUILD) AGENTD_DEB_DIR=$(DEB_OUT) dpkg-buildpackage -b -us -uc \
 		--buildinfo-option=-u$(DEB_OUT) --buildinfo-file=$(DEB_OUT)/$(DEB_PVA).buildinfo \
 		--changes-option=-u$(DEB_OUT) --changes-file=$(DEB_OUT)/$(DEB_PVA).changes
+
+# make clean also takes make deb's build directory and package files.
+clean: clean-deb
+clean-deb:
+	rm -rf build-deb debian/agentd debian/.debhelper agentd_*.deb agentd_*.buildinfo agentd_*.changes
 
 # Rewrites the golden files of rendered configs (tests/golden/) from the
 # example stacks; review the diff before committing it.

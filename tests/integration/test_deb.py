@@ -40,6 +40,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def _asan_build():
+    if os.path.basename(os.path.normpath(BUILD)) == "build-asan":
+        return True
     try:
         with open(os.path.join(BUILD, "agentd"), "rb") as f:
             return b"__asan_init" in f.read()
@@ -197,8 +199,8 @@ class Machine:
 
     def ctl_json(self, *args):
         p = self.run("/usr/bin/agentctl", "--json", *args, check=False, timeout=30)
-        if p.returncode != 0:
-            raise AssertionError(f"agentctl {args} exited {p.returncode}: {p.stdout}{p.stderr}")
+        if p.returncode != 0:  # not an AssertionError: wait_for retries it while agentd starts
+            raise RuntimeError(f"agentctl {args} exited {p.returncode}: {p.stdout}{p.stderr}")
         return json.loads(p.stdout)
 
     def close(self):
@@ -340,6 +342,33 @@ def previous_package(deb, tmp):
     return out, old
 
 
+def upgrade_while_running(m, apt_args, gate):
+    """Runs apt-get install apt_args in the namespace while agentd runs a
+    step that waits for gate; creates gate only once the upgrade's restart
+    has sent SIGTERM. Returns the systemctl calls the upgrade made."""
+    mark = len(m.systemctl_log())
+    upgrade = m.popen("apt-get", "install", "-y", "-q", *apt_args)
+    # The old daemon runs through the unpack; postinst's try-restart stops it.
+    wait_for(lambda: any(c.startswith("stopping:") for c in m.systemctl_log()[mark:]) or upgrade.poll() is not None,
+             60, "the upgrade to stop agentd")
+    assert upgrade.poll() is None, upgrade.stdout.read()
+    # SIGTERM lets the running step finish: it waits for its gate until now.
+    gate.write_text("")
+    out, _ = upgrade.communicate(timeout=90)
+    assert upgrade.returncode == 0, out
+    calls = m.systemctl_log()[mark:]
+    # Nothing stopped before postinst; one try-restart, restarted once.
+    assert [c for c in calls if re.match(r"(stop|restart|try-restart) ", c)] == ["try-restart agentd.service"], calls
+    stops = [i for i, c in enumerate(calls) if c.startswith("stopping:")]
+    assert len(stops) == 1 and calls.index("try-restart agentd.service") < stops[0], calls
+    assert len([c for c in calls if c.startswith("start: ")]) == 1, calls
+    return calls
+
+
+def wait_idle(m, what):
+    wait_for(lambda: (lambda s: s["current_run"] is None and not s["queue"])(m.ctl_json("status")), 20, what)
+
+
 def test_upgrade_keeps_runs_and_purge_keeps_state(pkg, machine, tmp_path):
     m = machine
     v = project_version()
@@ -347,27 +376,30 @@ def test_upgrade_keeps_runs_and_purge_keeps_state(pkg, machine, tmp_path):
     m.run("apt-get", "install", "-y", "-q", prev)
     installed_files_ok(m, old)
 
-    # The operator's edit of the conffile: a stack whose two custom recipes
-    # are slow. "first" waits for a gate file that the test creates only once
-    # the upgrade's restart has sent SIGTERM; each appends a line when done.
+    # The operator's edit of the conffile, and a stack whose custom recipes
+    # are slow: "hold" waits for a gate file (when armed) that the test
+    # creates only once the upgrade's restart has sent SIGTERM; the others
+    # append a line to `done` when they end.
     work = tmp_path / "work"
     (work / "root").mkdir(parents=True)
     os.chmod(tmp_path, 0o755)
-    done = work / "done"
-    gate = work / "gate"
+    done, gate, gate2, armed = (work / n for n in ("done", "gate", "gate2", "armed"))
+    wait_gate = "n=0; while [ ! -e {g} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done"
     stack = {
         "opsworks": {"stack": {"name": "deb"}, "layers": {
             "web": {"name": "Web", "instances": {"app1": {"private_ip": "10.0.0.1", "status": "online"}}}}},
         "deploy": {},
         "agent": {
             "recipes": {
-                "first": {"command": ["/bin/sh", "-c",
-                                      f"n=0; while [ ! -e {gate} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done;"
-                                      f" echo first $AGENT_RUN_ID >> {done}"]},
+                "first": {"command": ["/bin/sh", "-c", wait_gate.format(g=gate) +
+                                      f"; echo first $AGENT_RUN_ID >> {done}"]},
                 "second": {"command": ["/bin/sh", "-c", f"sleep 0.5; echo second $AGENT_RUN_ID >> {done}"]},
+                "hold": {"command": ["/bin/sh", "-c", f"[ ! -e {armed} ] || {{ {wait_gate.format(g=gate2)}; }}"]},
+                "mark": {"command": ["/bin/sh", "-c", f"[ ! -e {armed} ] || echo mark $AGENT_RUN_ID >> {done}"]},
                 "noop": {"command": ["/bin/true"]},
             },
-            "layers": {"web": {e: ["noop"] for e in ("setup", "configure", "deploy", "undeploy", "shutdown")}},
+            "layers": {"web": dict({e: ["noop"] for e in ("setup", "deploy", "undeploy", "shutdown")},
+                                   configure=["hold", "mark"])},
         },
     }
     (work / "stack.json").write_text(json.dumps(stack))
@@ -381,43 +413,48 @@ def test_upgrade_keeps_runs_and_purge_keeps_state(pkg, machine, tmp_path):
     old_pid = m.daemon_pid()
     assert old_pid
     wait_for(lambda: m.ctl_json("version")["version"] == old, 10, "the old agentd to answer")
-    wait_for(lambda: (lambda s: s["current_run"] is None and not s["queue"])(m.ctl_json("status")), 20,
-             "the first start's runs")
+    wait_idle(m, "the first start's runs")
+
+    # 1. Upgrade from the previous version while "first" (one step) runs
+    # and "second" is queued: the step finishes under SIGTERM, the queued run
+    # survives the restart in state_dir; each runs exactly once.
     first = m.ctl_json("run", "maintenance", "--recipe", "first")
     second = m.ctl_json("run", "maintenance", "--recipe", "second")
-    # "first" running (until its gate), "second" queued behind it.
     wait_for(lambda: (lambda s: s["current_run"] and s["current_run"]["id"] == first["id"] and
                       [q["id"] for q in s["queue"]] == [second["id"]])(m.ctl_json("status")), 10,
              "first to run and second to wait")
-
-    mark = len(m.systemctl_log())
-    upgrade = m.popen("apt-get", "install", "-y", "-q", pkg)
-    # The old daemon runs through the unpack; postinst's try-restart stops it.
-    wait_for(lambda: any(c.startswith("stopping:") for c in m.systemctl_log()[mark:]) or upgrade.poll() is not None,
-             60, "the upgrade to stop agentd")
-    assert upgrade.poll() is None, upgrade.stdout.read()
-    # SIGTERM lets the running step finish: it waits for its gate until now.
-    gate.write_text("")
-    out, _ = upgrade.communicate(timeout=90)
-    assert upgrade.returncode == 0, out
-    calls = m.systemctl_log()[mark:]
-    assert [c for c in calls if re.match(r"(stop|restart|try-restart) ", c)] == ["try-restart agentd.service"], calls
-    assert calls.index("try-restart agentd.service") < [i for i, c in enumerate(calls) if c.startswith("stopping:")][0]
+    upgrade_while_running(m, [pkg], gate)
     new_pid = m.daemon_pid()
-    assert new_pid and new_pid != old_pid, calls
+    assert new_pid and new_pid != old_pid
     installed_files_ok(m, v)
     assert m.read("/etc/agentd/agentd.conf") == edited  # the operator's conffile is kept
     assert not m.exists("/etc/agentd/agentd.conf.dpkg-dist")
-
-    # The new daemon answers with the new version and runs the queued run.
     wait_for(lambda: m.ctl_json("version")["version"] == v, 10, "the new agentd to answer")
-    wait_for(lambda: (lambda s: s["current_run"] is None and not s["queue"])(m.ctl_json("status")), 20,
-             "the queued run")
+    wait_idle(m, "the queued run")
     lines = sorted(done.read_text().splitlines())
     assert lines == sorted([f"first {first['id']}", f"second {second['id']}"]), lines
     runs = {r["id"]: r for r in m.ctl_json("runs", "-n", "100")["runs"]}
     assert runs[first["id"]]["status"] == "success" and runs[second["id"]]["status"] == "success", runs
     assert not [r for r in runs.values() if r["status"] == "interrupted"], runs
+
+    # 2. Upgrade again (a reinstall) while a two-step configure is in its
+    # first step: the step finishes, the run is recorded interrupted and
+    # queued again, and the new daemon runs it whole: "mark" happens once.
+    armed.write_text("")
+    done.write_text("")
+    conf_run = m.ctl_json("run", "configure", "--layer", "web")
+    wait_for(lambda: (lambda s: s["current_run"] and s["current_run"]["id"] == conf_run["id"])(m.ctl_json("status")),
+             10, "configure to run")
+    upgrade_while_running(m, ["--reinstall", pkg], gate2)
+    assert m.daemon_pid() not in (None, new_pid)
+    wait_idle(m, "the re-queued run")
+    runs = m.ctl_json("runs", "-n", "100")["runs"]
+    byid = {r["id"]: r for r in runs}
+    assert byid[conf_run["id"]]["status"] == "interrupted", byid[conf_run["id"]]
+    lines = done.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mark "), lines
+    again = byid[int(lines[0].split()[1])]
+    assert again["id"] > conf_run["id"] and again["event"] == "configure" and again["status"] == "success", again
 
     # Purge: the package's files go, state_dir stays (and the group).
     m.run("apt-get", "purge", "-y", "-q", "agentd")
