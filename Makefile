@@ -33,6 +33,7 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all clean deps check demo demo-fleet install unit unit-build integration fuzz fuzz-build lint verify-units bench update-golden
+.PHONY: deb clean-deb
 
 all: $(BUILD)/agentd $(BUILD)/agentctl
 
@@ -127,6 +128,25 @@ install: all
 	install -m 0644 man/agentd.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/agentd.conf.5
 	install -m 0644 man/agentd-stack.5 $(DESTDIR)$(PREFIX)/share/man/man5/agentd-stack.5
 	install -m 0644 conf/bash-completion/agentctl $(DESTDIR)$(PREFIX)/share/bash-completion/completions/agentctl
+
+# The Debian package agentd_<version>_<arch>.deb (with its .buildinfo and
+# .changes) in DEB_DIR, here by default, by dpkg-buildpackage and debhelper
+# from debian/ (README "Install"). The binaries come from DEB_BUILD, built
+# there with Debian's hardening flags (make is a no-op when it is fresh).
+DEB_BUILD ?= build-deb
+DEB_DIR ?= .
+DEB_OUT = $(abspath $(DEB_DIR))
+DEB_PVA = agentd_$(shell dpkg-parsechangelog -SVersion)_$(shell dpkg-architecture -qDEB_HOST_ARCH)
+deb:
+	@mkdir -p $(DEB_OUT)
+	AGENTD_DEB_BUILD=$(DEB_BUILD) AGENTD_DEB_DIR=$(DEB_OUT) dpkg-buildpackage -b -us -uc \
+		--buildinfo-option=-u$(DEB_OUT) --buildinfo-file=$(DEB_OUT)/$(DEB_PVA).buildinfo \
+		--changes-option=-u$(DEB_OUT) --changes-file=$(DEB_OUT)/$(DEB_PVA).changes
+
+# make clean also takes make deb's build directory and package files.
+clean: clean-deb
+clean-deb:
+	rm -rf build-deb debian/agentd debian/.debhelper agentd_*.deb agentd_*.buildinfo agentd_*.changes
 
 # Rewrites the golden files of rendered configs (tests/golden/) from the
 # example stacks; review the diff before committing it.
