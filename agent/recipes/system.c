@@ -294,8 +294,10 @@ static int plan_unattended(const struct recipe_ctx *ctx, struct plan *plan, char
 	int r;
 
 	r = plan_apt_file(plan, dir, APT_PERIODIC, uu ? render_periodic(uu) : NULL, true, ret_error);
-	if (r == 0 && !uu)
+	if (r == 0 && !uu) {
 		step_only_if_exists(plan->steps[first], ours);
+		plan->steps[first]->guard_converged = true;
+	}
 	if (r == 0)
 		r = plan_apt_file(plan, dir, APT_UNATTENDED,
 				  uu ? render_unattended(uu, reboot_by_job(ctx->stack, ctx->config)) : NULL, true,
@@ -335,6 +337,9 @@ static int system_plan_before(const struct recipe_ctx *ctx, struct plan *plan, c
 {
 	int r = 0;
 
+	/* An instance in no layer is unassigned: it plans nothing (§3). */
+	if (!ctx->stack->n_self_layers)
+		return 0;
 	switch (ctx->event) {
 	case EVENT_DEPLOY:
 		return deploys_own_app(ctx) ? plan_logrotate(ctx, ctx->stack, plan, ret_error) : 0;

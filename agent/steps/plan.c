@@ -337,6 +337,11 @@ static void plan_run(struct plan_exec *x)
 			step_finish(x);
 			continue;
 		}
+		if (s->only_if_exists && s->guard_converged && !rootfs_exists(x->env.root, s->only_if_exists)) {
+			s->status = STEP_UNCHANGED;
+			step_finish(x);
+			continue;
+		}
 		if ((s->only_if_exists && !rootfs_exists(x->env.root, s->only_if_exists)) ||
 		    (s->only_if_changed && s->only_if_changed[0] && !guard_only_if_changed(x, s) && !pending_get(x, s))) {
 			s->status = STEP_SKIPPED;

@@ -67,6 +67,7 @@ struct step {
 	char **only_if_changed;  /* owned, NULL-terminated ids: run only if one of these steps changed */
 	char *unless_exists;     /* owned, may be NULL: skip (unchanged) when this path exists */
 	char *only_if_exists;    /* owned, may be NULL: skip (skipped) when this path does not exist */
+	bool guard_converged;    /* only_if_exists holding back the step is the converged state: unchanged, not skipped */
 	bool secret;             /* content holds secrets: diffs are redacted for unprivileged callers */
 
 	void *data;              /* owned by ops->free_data: the kind's own fields */

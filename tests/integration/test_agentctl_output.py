@@ -94,7 +94,8 @@ def test_log_follow_prints_what_log_prints_and_exits_1_when_the_run_failed(make_
     assert results[2][0] == 1
     assert "after-gate" in results[2][1]
     text = after.stdout
-    assert [h[0] for h in step_headers(text)] == ["1", "2", "3"], text
+    # Steps 1 and 2: the removals of agentd's apt files (no apt key: none).
+    assert [h[0] for h in step_headers(text)] == ["1", "2", "3", "4", "5"], text
     assert "<== failed" in text
     assert re.search(rf"^=== run {run_id} finished: .*status=failed", text, re.M), text
 
@@ -142,11 +143,12 @@ def test_skipped_steps_have_their_header_in_the_log(make_agent):
     info = a.ctl_json("show", "last")
     run_id = info["id"]
     statuses = [s["status"] for s in info["steps"]]
-    assert statuses[1:] == ["failed", "skipped", "skipped"], statuses
+    # The first two: the removals of agentd's apt files (no apt key: none).
+    assert statuses[3:] == ["failed", "skipped", "skipped"], statuses
     text = a.ctl("log", run_id).stdout
     headers = step_headers(text)
-    assert [h[0] for h in headers] == ["1", "2", "3", "4"], text
-    assert all(h[1] == "4" for h in headers)
+    assert [h[0] for h in headers] == ["1", "2", "3", "4", "5", "6"], text
+    assert all(h[1] == "6" for h in headers)
     # Each header is followed (after the step's output) by its result line.
     blocks = re.split(r"^==> ", text, flags=re.M)[1:]
     assert [re.search(r"^<== (\w+)", b, re.M).group(1) for b in blocks] == statuses, text

@@ -98,7 +98,8 @@ def test_second_run_of_same_event_changes_nothing(make_agent):
     assert second["event"] == "configure" and second["trigger"] == "ctl" and second["status"] == "success"
     assert second["changed"] == 0
     info = a.ctl_json("show", second["id"])
-    assert [s["status"] for s in info["steps"]] == ["unchanged"] * 4
+    # 2 files, 2 execs, and the 2 removals of agentd's apt files (no apt key).
+    assert [s["status"] for s in info["steps"]] == ["unchanged"] * 6
     # plan agrees: nothing to do
     plan = a.ctl_json("plan", "configure")
     assert [s["action"] for s in plan["steps"] if s["kind"] == "file"] == ["none", "none"]
