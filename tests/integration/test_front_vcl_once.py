@@ -237,7 +237,9 @@ def test_without_varnishd_varnishd_c_still_refuses_a_bad_vcl():
         a.write_stack(doc(["app1", "app2"]))
         run = new_run(a, n)
         assert run["status"] == "success", run
-        assert [(s["kind"], s["status"]) for s in run["steps"]] == [("checked-file", "unchanged"),
+        # (Leaving out the removals of agentd's apt files: no apt key here.)
+        assert [(s["kind"], s["status"]) for s in run["steps"] if s["kind"] != "absent"] == [
+            ("checked-file", "unchanged"),
                                                                      ("varnish-vcl", "changed")], run["steps"]
         adm, vd = e.calls()
         assert vd == [] and len([c for c in adm if " vcl.load " in c]) == 1, adm
