@@ -701,6 +701,15 @@ static int request_setup(struct http_request *r, const struct http_options *o)
 		SETOPT(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
 		SETOPT(e, CURLOPT_USERPWD, o->userpwd);
 	}
+	if (o->aws_sigv4) {
+		/* libcurl signs the method, path, raw query, the headers we
+		 * give and the body's hash (see the note in http.h). */
+		if (!o->aws_key || !o->aws_secret)
+			return -EINVAL;
+		SETOPT(e, CURLOPT_AWS_SIGV4, o->aws_sigv4);
+		SETOPT(e, CURLOPT_USERNAME, o->aws_key);
+		SETOPT(e, CURLOPT_PASSWORD, o->aws_secret);
+	}
 	return 0;
 }
 
