@@ -106,7 +106,8 @@ static void test_parse_create_and_error(void **state)
 	assert_string_equal(code, "InvalidSnapshot.InUse");
 	assert_string_equal(msg, "The snapshot snap-1 is currently in use by ami-2");
 	free(code);
-	code = NULL;
+	free(msg);
+	code = msg = NULL;
 	assert_int_equal(ec2_parse_error(ok, strlen(ok), &code, &msg), -EBADMSG);
 	assert_null(code);
 	free(id);
