@@ -258,6 +258,10 @@ static int freeze_start(struct snap_step *d)
 
 	if (!d->freeze || !v->mount_point)
 		return 0;
+	if (strcmp(v->mount_point, "/") == 0) {
+		out(d, "freeze: \"/\" is never frozen; snapshot without a freeze");
+		return 0;
+	}
 	rootfd = rootfs_open(plan_exec_env(d->x)->root);
 	pfd = rootfd >= 0 ? rootfs_resolve_private(rootfd, v->mount_point, true) : rootfd;
 	if (pfd < 0) {

@@ -203,3 +203,44 @@ def test_validation(make_agent, ec2):
     err = wait_for(lambda: a.status()["source"]["error"], 10, "the error")
     assert "$.ebs_snapshots" in err
     assert SECRET not in err
+
+
+def test_throttling_bounded(make_agent, ec2):
+    a = start(make_agent, ec2, snap_stack(vols=VOLS[:1]))
+    ec2.throttle = 1000
+    ec2.reset_counts()
+    out = run_job(a, expect=1)
+    assert "RequestLimitExceeded" in out and "gave up after 5 attempts" in out, out
+    assert ec2.counts == {"DescribeSnapshots": 5}, ec2.counts
+
+
+def test_device_mapping_name_through_nvme_serial(make_agent, ec2):
+    """ebs.devices names a volume by mapping name only: its id comes from the
+    NVMe serial of the device the name links to (udev's /dev/sdf ->
+    nvme1n1), read under root at run time."""
+    stack = snap_stack(vols=[])
+    del stack["agent"]["volumes"]
+    stack["ebs"] = {"devices": {"/dev/sdf": {"mount_point": "/srv/data", "fstype": "xfs"}}}
+    a = start(make_agent, ec2, stack)
+    os.makedirs(os.path.join(a.root, "dev"), exist_ok=True)
+    open(os.path.join(a.root, "dev", "nvme1n1"), "w").close()
+    os.symlink("nvme1n1", os.path.join(a.root, "dev", "sdf"))
+    sysdev = os.path.join(a.root, "sys", "block", "nvme1n1", "device")
+    os.makedirs(sysdev)
+    with open(os.path.join(sysdev, "serial"), "w") as f:
+        f.write("vol0123456789abcdef0    \n")
+    run_job(a)
+    snaps = ec2.of("vol-0123456789abcdef0")
+    assert len(snaps) == 1
+    assert snaps[0]["description"] == "app1: automated snapshot of /dev/sdf (vol-0123456789abcdef0)"
+
+
+def test_job_only_where_the_recipe_runs(make_agent, ec2):
+    stack = snap_stack()
+    stack["opsworks"]["layers"] = {"web": {"name": "Web", "instances": {
+        "app1": {"private_ip": "10.0.0.1", "status": "online"}}}}
+    stack["agent"]["layers"] = {"web": {"setup": []}}
+    a = start(make_agent, ec2, stack)
+    out = run_job(a, expect=1)
+    assert "no maintenance job \"ebs_snapshots\"" in out, out
+    assert not ec2.counts
