@@ -39,6 +39,7 @@ struct ec2_imds {
 	enum imds_phase phase;
 	char *token;              /* owned */
 	char *role;               /* owned */
+	bool creds_done;          /* fetched by this request: used even when they expire soon */
 	struct http_request *req;
 	uv_timer_t *timer;        /* owned until closed: starts from the loop */
 };
@@ -162,6 +163,7 @@ static void on_http_done(void *userdata, const struct http_response *r)
 		}
 		ec2_creds_clear(&cache.creds);
 		cache.creds = c;
+		m->creds_done = true;
 		break;
 	}
 	case PH_REGION:
@@ -184,11 +186,13 @@ static void imds_next(struct ec2_imds *m)
 				  .no_proxy = true };
 	int r;
 
+	bool need_creds = m->want_creds && !m->creds_done && !creds_fresh();
+
 	if (!m->token)
 		m->phase = PH_TOKEN;
-	else if (m->want_creds && !creds_fresh() && !m->role)
+	else if (need_creds && !m->role)
 		m->phase = PH_ROLE;
-	else if (m->want_creds && !creds_fresh())
+	else if (need_creds)
 		m->phase = PH_CREDS;
 	else if (m->want_region && !cache.region)
 		m->phase = PH_REGION;

@@ -270,8 +270,9 @@ class Ec2Fixture:
 class ImdsFixture:
     """IMDSv2 with one role: the token PUT, then GETs with the token."""
 
-    def __init__(self, role="agentd-role", creds=None, region="eu-west-1"):
-        self.role = role
+    def __init__(self, role="agentd-role", creds=None, region="eu-west-1", expires_in=6 * 3600):
+        self.role = role  # None: no role (404 on the listing, as IMDS answers)
+        self.expires_in = expires_in
         self.creds = creds  # (key, secret, token)
         self.region = region
         self.token = "imds-token-" + uuid.uuid4().hex
@@ -309,10 +310,10 @@ class ImdsFixture:
                     return self._send(401, b"")
                 base = "/latest/meta-data/iam/security-credentials/"
                 if self.path == base:
-                    return self._send(200, (fx.role + "\n").encode())
-                if self.path == base + fx.role:
+                    return self._send(200, (fx.role + "\n").encode()) if fx.role else self._send(404, b"")
+                if fx.role and self.path == base + fx.role:
                     k, s, t = fx.creds
-                    exp = iso(datetime.datetime.utcnow() + datetime.timedelta(hours=6))
+                    exp = iso(datetime.datetime.utcnow() + datetime.timedelta(seconds=fx.expires_in))
                     doc = ('{"Code": "Success", "LastUpdated": "%s", "Type": "AWS-HMAC", "AccessKeyId": "%s", '
                            '"SecretAccessKey": "%s", "Token": "%s", "Expiration": "%s"}'
                            % (iso(datetime.datetime.utcnow()), k, s, t, exp))

@@ -244,3 +244,31 @@ def test_job_only_where_the_recipe_runs(make_agent, ec2):
     out = run_job(a, expect=1)
     assert "no maintenance job \"ebs_snapshots\"" in out, out
     assert not ec2.counts
+
+
+def test_role_credentials_refreshed_before_expiration(make_agent, ec2):
+    token = "short-lived-token"
+    ec2.keys["ASIASHORT"] = ("short/secret", token)
+    # Expiring in 4 minutes: inside the 5-minute margin, so every run asks again.
+    imds = ImdsFixture(creds=("ASIASHORT", "short/secret", token), expires_in=240)
+    try:
+        a = start(make_agent, ec2, snap_stack({"region": "eu-west-1"}, vols=VOLS[:1]),
+                  conf={"imds_endpoint": imds.url})
+        run_job(a)
+        run_job(a)
+        assert imds.counts.get("/latest/meta-data/iam/security-credentials/" + imds.role) == 2
+        assert "/latest/meta-data/placement/region" not in imds.counts  # the stack names it
+        assert ec2.auth_failures == 0
+    finally:
+        imds.close()
+
+
+def test_no_role_and_no_key_fails_clearly(make_agent, ec2):
+    imds = ImdsFixture(role=None, creds=None)
+    try:
+        a = start(make_agent, ec2, snap_stack({"region": "eu-west-1"}), conf={"imds_endpoint": imds.url})
+        out = run_job(a, expect=1)
+        assert "no IAM role on this instance" in out, out
+        assert not ec2.counts
+    finally:
+        imds.close()
