@@ -43,6 +43,15 @@ struct http_options {
 	                                * Over it: failed, error says so */
 	const char *unix_socket;       /* connect through this unix socket (supervisord), may be NULL */
 	const char *userpwd;           /* "user:password" for basic auth, may be NULL */
+	/* AWS Signature Version 4 by libcurl (CURLOPT_AWS_SIGV4), may be NULL:
+	 * the provider string "aws:amz:<region>:<service>", with the access key
+	 * and secret (both then required). libcurl 7.88.1 signs the raw query
+	 * string unsorted: send a form-encoded POST without a query string
+	 * (reference/protocols.md, io/ec2.c). It signs every header of
+	 * `headers` (X-Amz-Security-Token goes there). */
+	const char *aws_sigv4;
+	const char *aws_key;
+	const char *aws_secret;
 	const char *if_none_match;     /* ETag for a conditional GET, may be NULL */
 	const char *if_modified_since; /* Last-Modified value, may be NULL */
 	bool no_proxy;                 /* ignore http_proxy and friends from the environment (IMDS must
