@@ -190,6 +190,11 @@ json_t *engine_schedule(struct engine *e)
 	return json_pack("{s:[], s:b}", "jobs", "paused", e->paused);
 }
 
+json_t *engine_metrics(struct engine *e)
+{
+	return json_pack("{s:[], s:n, s:n}", "metrics", "file", "file_error");
+}
+
 json_t *engine_runs(struct engine *e, long n)
 {
 	json_t *runs = json_array();
