@@ -59,6 +59,7 @@ static const struct key keys[] = {
 	PN(etcd_key),
 	SN(ec2_endpoint),
 	SN(aws_region),
+	PN(metrics_file),
 };
 #undef PN
 #undef NV
@@ -229,6 +230,7 @@ void config_defaults(struct config *c)
 	c->settle_max = 5;
 	c->lease_ttl = 10;
 	c->watch_timeout = 60;
+	c->metrics_file = xstrdup("/var/lib/prometheus/node-exporter/agentd.prom");
 	c->extra = json_object();
 	for (size_t i = 0; i < ELEMENTSOF(family_keys); i++) {
 		json_t *v = json_loads(family_keys[i].def, JSON_DECODE_ANY, NULL);

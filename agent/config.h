@@ -32,6 +32,11 @@ struct config {
 	char *etcd_key;
 	char *ec2_endpoint;      /* EC2 Query API endpoint (design.md §8.1), NULL: https://ec2.<region>.amazonaws.com */
 	char *aws_region;        /* NULL: the stack's ebs_snapshots.region, else IMDS's placement/region */
+	/* Prometheus text format written after each run and source change
+	 * (design.md §4), a path on the host like state_dir (not under root);
+	 * NULL: none. Default the node exporter's textfile directory on
+	 * Debian: /var/lib/prometheus/node-exporter/agentd.prom. */
+	char *metrics_file;
 	char **layers;           /* this instance's layers (NULL-terminated), NULL: from the stack (design.md §3 Identity) */
 	/* The recipe families' keys (tools, paths, timeouts), kept by name
 	 * with their defaults filled in: see config_keys in config.c and the

@@ -32,6 +32,7 @@ static const struct {
 	[PROTO_METHOD_FLEET] = { "fleet", false },
 	[PROTO_METHOD_STACK_PUSH] = { "stack-push", false },
 	[PROTO_METHOD_SCHEDULE] = { "schedule", false },
+	[PROTO_METHOD_METRICS] = { "metrics", false },
 };
 
 const char *proto_method_to_string(enum proto_method m)

@@ -432,6 +432,8 @@ static const struct verb verbs[] = {
 	  print_fleet },
 	{ "schedule", "schedule", "", "List the maintenance jobs: schedule, last run, next run, lock", parse_none,
 	  print_schedule },
+	{ "metrics", "metrics", "", "Print the figures of metrics_file (Prometheus text format)", parse_none,
+	  print_metrics },
 };
 
 static void help(FILE *f)

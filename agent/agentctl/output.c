@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics.h"
 #include "proto.h"
 #include "util.h"
 
@@ -559,9 +560,39 @@ int print_plan(const json_t *r)
 
 int print_version(const json_t *r)
 {
-	printf("agentctl %s\n", AGENTD_VERSION);
+	printf("agentctl %s (protocol %d)\n", AGENTD_VERSION, PROTO_VERSION);
 	printf("agentd %s (protocol %s)\n", str_or_dash(json_object_get(r, "version")),
 	       str_or_dash(json_object_get(r, "protocol")));
+	return 0;
+}
+
+/* After an upgrade whose restart has not happened yet, the agentd that
+ * answers is older than the agentctl installed: said on stderr, in both
+ * forms; the command still succeeds. */
+static void version_warn(const json_t *r)
+{
+	const char *daemon = json_string_value(json_object_get(r, "version"));
+
+	if (daemon && strcmp(daemon, AGENTD_VERSION) != 0)
+		fprintf(stderr,
+			"agentctl: warning: agentd runs version %s but agentctl is version %s; "
+			"was agentd restarted after the upgrade? (systemctl restart agentd)\n",
+			daemon, AGENTD_VERSION);
+}
+
+/* The exposition text that metrics_file holds (lib/metrics.h); why the
+ * file cannot be written goes to stderr. */
+int print_metrics(const json_t *r)
+{
+	const char *err = json_string_value(json_object_get(r, "file_error"));
+	struct buf text;
+
+	buf_init(&text);
+	metrics_text(r, &text);
+	fputs(text.data, stdout);
+	buf_free(&text);
+	if (err)
+		fprintf(stderr, "agentctl: warning: the metrics file cannot be written: %s\n", err);
 	return 0;
 }
 
@@ -784,6 +815,8 @@ int output_result(const char *method, const json_t *result, int (*print)(const j
 {
 	int r;
 
+	if (strcmp(method, "version") == 0)
+		version_warn(result);
 	if (json) {
 		const json_t *doc = result;
 		char *s;
@@ -792,6 +825,12 @@ int output_result(const char *method, const json_t *result, int (*print)(const j
 
 		if (strcmp(method, "stack") == 0)
 			doc = json_object_get(result, "stack");
+		/* version: the daemon's "version" and "protocol", and ours. */
+		if (strcmp(method, "version") == 0 && json_is_object(result)) {
+			doc = rev = json_copy((json_t *)result);
+			json_object_set_new(rev, "agentctl_version", json_string(AGENTD_VERSION));
+			json_object_set_new(rev, "agentctl_protocol", json_integer(PROTO_VERSION));
+		}
 		if (print == print_stack_revision) {
 			const json_t *src = json_object_get(result, "source");
 			const json_t *mod = json_object_get(src, "stack_mod_revision");

@@ -28,13 +28,16 @@ int print_cleared(const json_t *r);
 int print_reloaded(const json_t *r);
 int print_fleet(const json_t *r);
 int print_schedule(const json_t *r);
+int print_metrics(const json_t *r);
 int print_pushed(const json_t *r);
 /* `stack --revision`, from the status result: see output.c. */
 int print_stack_revision(const json_t *r);
 void print_event(const json_t *ev);
 
 /* Prints the result of method: as JSON (the stack document itself for
- * "stack"; {"stack_mod_revision", "stack_revision"} for `stack --revision`)
+ * "stack"; {"stack_mod_revision", "stack_revision"} for `stack --revision`;
+ * for "version" the daemon's result plus "agentctl_version" and
+ * "agentctl_protocol", with a warning on stderr when the versions differ)
  * when json, else through print (NULL: nothing). Returns the exit
  * code: a run waited for that did not succeed fails the command in both
  * forms. */

@@ -291,6 +291,18 @@ static json_t *ctl_schedule(struct client *c, json_t *params)
 	return proto_reply_ok(engine_schedule(c->ctl->engine));
 }
 
+/* `metrics` (design.md §4 metrics_file): the figures metrics_file holds,
+ * read-only and open to all like the file (0644): names, counts, times and
+ * revisions, no secret. */
+static json_t *ctl_metrics(struct client *c, json_t *params)
+{
+	json_t *err = params_only(params, NULL);
+
+	if (err)
+		return err;
+	return proto_reply_ok(engine_metrics(c->ctl->engine));
+}
+
 static json_t *ctl_stack(struct client *c, json_t *params)
 {
 	json_t *err = params_only(params, NULL);
@@ -609,6 +621,8 @@ static struct control_method control_method_get(enum proto_method m)
 		return (struct control_method){ ctl_stack_push, PROTO_PRIV };
 	case PROTO_METHOD_SCHEDULE:
 		return (struct control_method){ ctl_schedule, PROTO_OPEN };
+	case PROTO_METHOD_METRICS:
+		return (struct control_method){ ctl_metrics, PROTO_OPEN };
 	case _PROTO_METHOD_MAX:
 	case PROTO_METHOD_INVALID:
 		break;

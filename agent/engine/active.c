@@ -139,6 +139,7 @@ static void on_step_done(void *userdata, struct step *s, size_t index)
 	if (s->status == STEP_CHANGED)
 		a->changed++;
 	active_keep_step(a, s, index);
+	engine_metrics_step(e, s);
 	/* The link moved: saved at once, before the restarts that follow can
 	 * hang or the agent be killed, so that a start after a kill queues the
 	 * restarts alone, never a second rollback. */
@@ -268,6 +269,7 @@ static void engine_finish_run(struct engine *e, enum run_status status, const ch
 	active_log(e, line, strlen(line));
 	finish_outcome(e, a, error);
 	engine_schedule_run_done(e, rec);
+	engine_metrics_run_done(e, rec);
 	engine_gate_run_done(e, rec, !a->done_elsewhere);
 	run_ctx_leave(prev);
 

@@ -99,6 +99,7 @@ void engine_notify_status(struct engine *e)
 	else
 		(void)sd_notify(0, "STATUS=idle");
 	engine_fleet_publish(e);
+	engine_metrics_write(e);
 }
 
 /* Queues a request (queue.c joins it to a queued run that covers it);
@@ -549,6 +550,7 @@ void engine_free(struct engine *e)
 		return;
 	engine_schedule_stop(e);
 	engine_gates_free(e);
+	engine_metrics_free(e);
 	if (e->source)
 		source_free(e->source);
 	if (e->http)

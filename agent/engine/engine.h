@@ -74,6 +74,13 @@ long engine_last_run_id(struct engine *e);            /* 0: none */
  * "last_success" (RFC 3339 or null), "last_success_run", "next_run" (RFC
  * 3339 or null)}...], "paused": bool}. */
 json_t *engine_schedule(struct engine *e);
+/* `metrics` (design.md §4 metrics_file, issue 14): {"metrics": [{"name",
+ * "type" ("counter"|"gauge"|"histogram"), "help", "samples": [{"name",
+ * "labels": {...}, "value": N}]}...], "file": metrics_file or null,
+ * "file_error": why the file's last write failed, or null}: the figures
+ * that metrics_file holds as Prometheus text (lib/metrics.h prints them);
+ * engine/metrics.c says what counts since when. */
+json_t *engine_metrics(struct engine *e);
 /* Path of a run's log file (malloc'd), whether or not it exists yet. */
 char *engine_run_log_path(struct engine *e, long id);
 bool engine_run_is_active(struct engine *e, long id); /* queued or running */

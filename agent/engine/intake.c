@@ -23,6 +23,8 @@ static void set_source_error(struct engine *e, const char *msg, const char *path
 	e->source_error = msg ? xstrdup(msg) : NULL;
 	e->source_error_path = path ? xstrdup(path) : NULL;
 	e->source_error_fetch = false;
+	if (msg)
+		engine_metrics_source_error(e);
 }
 
 /* Whether a queued run or a failure names a layer or app the current stack
@@ -104,9 +106,8 @@ void engine_apply_current(struct engine *e)
 	engine_kick(e);
 }
 
-void engine_on_document(void *userdata, const char *data, size_t len)
+static void on_document(struct engine *e, const char *data, size_t len)
 {
-	struct engine *e = userdata;
 	struct stack_error err = { 0 };
 	struct stack *s = NULL;
 	uint64_t h = hash_fnv1a64(data, len, HASH_FNV_SEED);
@@ -156,6 +157,14 @@ void engine_on_document(void *userdata, const char *data, size_t len)
 		engine_persist(e);
 	engine_stack_changed(e);
 	engine_schedule_stack(e); /* the jobs of the new stack (design.md §8.1) */
+}
+
+void engine_on_document(void *userdata, const char *data, size_t len)
+{
+	struct engine *e = userdata;
+
+	on_document(e, data, len);
+	engine_metrics_write(e); /* a new stack, or a refused one */
 }
 
 /* The change's runs are queued at once (status shows them, and they
@@ -227,6 +236,7 @@ void engine_on_source_error(void *userdata, const char *message)
 	/* The next document is parsed even if it has the same bytes as before:
 	 * the error must clear. */
 	e->have_raw_hash = false;
+	engine_metrics_write(e);
 }
 
 /* The source's last document is still current (HTTP 304). An error of
@@ -242,5 +252,6 @@ bool engine_on_source_unchanged(void *userdata)
 		return false;
 	log_info("Stack source: answering again; the stack is unchanged");
 	set_source_error(e, NULL, NULL);
+	engine_metrics_write(e);
 	return true;
 }

@@ -127,6 +127,7 @@ struct engine {
 
 	struct engine_gate *gates;     /* owned list: fleet locks and slots taken or kept (gate.c) */
 	struct schedule *schedule;     /* owned: maintenance jobs (schedule.c), NULL before start and after stop */
+	struct metrics *metrics;       /* owned: metrics.c's counters and its file, NULL until first used */
 	int64_t stack_pushed;          /* fleet.c: the mod revision of PREFIX/stack this agent's last push wrote, 0: none */
 
 	struct engine_watch *watchers;
@@ -306,6 +307,24 @@ void engine_schedule_stack(struct engine *e);
 /* rec finished: a success of a maintenance job is its last success. */
 void engine_schedule_run_done(struct engine *e, const struct run *rec);
 void engine_schedule_stop(struct engine *e);
+
+/* ---- metrics.c: the figures of `metrics` and metrics_file (design.md §4) */
+
+/* A step of the running run finished (skipped ones are not counted). */
+void engine_metrics_step(struct engine *e, const struct step *s);
+/* rec finished (success, failed or interrupted). */
+void engine_metrics_run_done(struct engine *e, const struct run *rec);
+/* A fetch or a document of the source failed. */
+void engine_metrics_source_error(struct engine *e);
+/* Writes metrics_file (atomically, 0644) when the figures changed since
+ * the last write; a failure is logged once per cause, never fatal. */
+void engine_metrics_write(struct engine *e);
+void engine_metrics_free(struct engine *e);
+
+/* ---- views.c */
+
+/* "running", "paused", "unassigned", "failed" or "idle": status's state. */
+const char *engine_state_name(const struct engine *e);
 
 /* ---- intake.c: stack documents from the source */
 

@@ -426,6 +426,15 @@ void schedule_success(struct schedule *s, const char *job, long run_id, int64_t 
 	}
 }
 
+bool schedule_job_last_success(const struct schedule *s, size_t i, const char **ret_name, int64_t *ret_sec)
+{
+	if (i >= s->n)
+		return false;
+	*ret_name = s->v[i].name;
+	*ret_sec = s->v[i].last_success;
+	return true;
+}
+
 int64_t schedule_next_due(const struct schedule *s)
 {
 	return s->next_due;

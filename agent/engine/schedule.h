@@ -60,6 +60,10 @@ void schedule_success(struct schedule *s, const char *job, long run_id, int64_t 
  * "last_success" (RFC 3339 or null), "last_success_run" (id or null),
  * "next_run" (RFC 3339 or null)}...]} in the jobs' order. */
 json_t *schedule_json(const struct schedule *s);
+/* The i-th job, in the jobs' order: its name (borrowed, valid until the
+ * jobs change) and last success (seconds since the epoch, 0: none). false
+ * when there are not that many jobs. */
+bool schedule_job_last_success(const struct schedule *s, size_t i, const char **ret_name, int64_t *ret_sec);
 /* The due time the timer is armed for (seconds since the epoch), -1 when
  * none. */
 int64_t schedule_next_due(const struct schedule *s);

@@ -54,6 +54,19 @@ static json_t *source_status_json(struct engine *e)
 	return src;
 }
 
+const char *engine_state_name(const struct engine *e)
+{
+	if (e->active)
+		return "running";
+	if (e->paused)
+		return "paused";
+	if (engine_unassigned(e))
+		return "unassigned";
+	if (json_object_size(e->failed) > 0)
+		return "failed";
+	return "idle";
+}
+
 json_t *engine_status(struct engine *e)
 {
 	json_t *o = json_object(), *layers = json_array(), *queue = json_array(), *failed = json_array();
@@ -78,16 +91,7 @@ json_t *engine_status(struct engine *e)
 		json_object_del(f, "stack");
 		json_array_append_new(failed, f);
 	}
-	if (e->active)
-		state = "running";
-	else if (e->paused)
-		state = "paused";
-	else if (why)
-		state = "unassigned";
-	else if (json_object_size(e->failed) > 0)
-		state = "failed";
-	else
-		state = "idle";
+	state = engine_state_name(e);
 
 	json_object_set_new(o, "instance", json_string(s ? s->instance : e->instance));
 	json_object_set_new(o, "layers", layers);

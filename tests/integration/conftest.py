@@ -54,6 +54,8 @@ class Agent:
             "state_dir": self.state,
             "log_dir": self.logs,
             "socket": self.sock,
+            # Never the host's node exporter directory.
+            "metrics_file": os.path.join(tmp, "agentd.prom"),
             "admin_group": "agentd-test-admins",
             "poll_interval": 60,
             "retry_min": 1,

@@ -190,6 +190,11 @@ json_t *engine_schedule(struct engine *e)
 	return json_pack("{s:[], s:b}", "jobs", "paused", e->paused);
 }
 
+json_t *engine_metrics(struct engine *e)
+{
+	return json_pack("{s:[], s:n, s:n}", "metrics", "file", "file_error");
+}
+
 json_t *engine_runs(struct engine *e, long n)
 {
 	json_t *runs = json_array();
@@ -567,7 +572,8 @@ static void test_method_privilege(void **state)
 {
 	static const enum proto_method open[] = { PROTO_METHOD_VERSION, PROTO_METHOD_STATUS, PROTO_METHOD_STACK,
 						  PROTO_METHOD_RUNS,	PROTO_METHOD_RUN_INFO, PROTO_METHOD_LOG,
-						  PROTO_METHOD_PLAN, PROTO_METHOD_FLEET, PROTO_METHOD_SCHEDULE };
+						  PROTO_METHOD_PLAN, PROTO_METHOD_FLEET, PROTO_METHOD_SCHEDULE,
+						  PROTO_METHOD_METRICS };
 	static const enum proto_method priv[] = { PROTO_METHOD_RUN,    PROTO_METHOD_RELOAD,
 						  PROTO_METHOD_PAUSE,  PROTO_METHOD_RESUME,
 						  PROTO_METHOD_CLEAR_FAILED, PROTO_METHOD_ROLLBACK,

@@ -165,7 +165,7 @@ static void test_methods(void **state)
 {
 	static const char *const names[] = { "version", "status", "stack", "runs", "run-info", "log", "plan",
 					     "run", "reload", "pause", "resume", "clear-failed", "rollback",
-					     "fleet", "stack-push", "schedule" };
+					     "fleet", "stack-push", "schedule", "metrics" };
 
 	assert_int_equal(ELEMENTSOF(names), _PROTO_METHOD_MAX);
 	for (size_t i = 0; i < ELEMENTSOF(names); i++) {
