@@ -3,7 +3,6 @@
  * (see ec2.h). IMDS role credentials and region are in ec2_imds.c. */
 #include "ec2.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 
 #include "io/http.h"
 #include "util.h"
+#include "io/xml.h"
 
 #define EC2_DEFAULT_TIMEOUT_MS 30000
 
@@ -80,39 +80,6 @@ void ec2_form_add(struct buf *b, const char *key, const char *value)
 	form_encode(b, value ? value : "");
 }
 
-/* ---- libxml2, loaded on first use (agentd is linked without it: see
- * io/supervisor.c, which does the same for XML-RPC). */
-
-static struct {
-	bool tried;
-	xmlDocPtr (*read_memory)(const char *buffer, int size, const char *url, const char *encoding, int options);
-	xmlNodePtr (*root)(const xmlDoc *doc);
-	xmlChar *(*content)(const xmlNode *cur);
-	void (*free_doc)(xmlDocPtr doc);
-	xmlFreeFunc *free;
-} xml;
-
-static bool xml_load(void)
-{
-	void *h;
-
-	if (xml.tried)
-		return xml.free != NULL;
-	xml.tried = true;
-	h = dlopen("libxml2.so.2", RTLD_NOW | RTLD_LOCAL);
-	if (!h)
-		return false;
-	xml.read_memory = dlsym(h, "xmlReadMemory");
-	xml.root = dlsym(h, "xmlDocGetRootElement");
-	xml.content = dlsym(h, "xmlNodeGetContent");
-	xml.free_doc = dlsym(h, "xmlFreeDoc");
-	xml.free = dlsym(h, "xmlFree");
-	if (!xml.read_memory || !xml.root || !xml.content || !xml.free_doc || !xml.free) {
-		xml.free = NULL;
-		return false;
-	}
-	return true;
-}
 
 /* Parses body as data: no network, no entity substitution (no
  * XML_PARSE_NOENT), no DTD at all (EC2 sends none; one could define
@@ -132,18 +99,18 @@ static int xml_read(const char *body, size_t len, xmlDoc **ret, char **ret_error
 		return -EFBIG;
 	}
 	if (!xml_load()) {
-		const char *why = dlerror();
+		const char *why = xml_load_error();
 		*ret_error = xasprintf("cannot load libxml2.so.2 to read EC2's reply: %s", why ? why : "a symbol is missing");
 		return -ENOSYS;
 	}
-	doc = xml.read_memory(body, (int)len, "ec2.xml", NULL,
+	doc = xml_lib.read_memory(body, (int)len, "ec2.xml", NULL,
 			      XML_PARSE_NONET | XML_PARSE_NOBLANKS | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
 	if (!doc) {
 		*ret_error = xstrdup("the reply is not well-formed XML");
 		return -EBADMSG;
 	}
 	if (doc->intSubset || doc->extSubset) {
-		xml.free_doc(doc);
+		xml_lib.free_doc(doc);
 		*ret_error = xstrdup("the reply has a DTD");
 		return -EBADMSG;
 	}
@@ -180,11 +147,11 @@ static char *text(xmlNode *n)
 
 	if (!n)
 		return NULL;
-	t = xml.content(n);
+	t = xml_lib.content(n);
 	if (!t)
 		return xstrdup("");
 	s = xstrndup((const char *)t, EC2_TEXT_MAX);
-	(*xml.free)(t);
+	(*xml_lib.free)(t);
 	for (char *p = s; *p; p++)
 		if ((unsigned char)*p < 0x20 || *p == 0x7f)
 			*p = '?';
@@ -202,15 +169,15 @@ int ec2_parse_error(const char *body, size_t len, char **ret_code, char **ret_me
 	if (xml_read(body, len, &doc, &err) < 0)
 		return -EBADMSG;
 	/* <Response><Errors><Error>; some services answer <ErrorResponse><Error>. */
-	e = child(child(xml.root(doc), "Errors"), "Error");
+	e = child(child(xml_lib.root(doc), "Errors"), "Error");
 	if (!e)
-		e = child(xml.root(doc), "Error");
+		e = child(xml_lib.root(doc), "Error");
 	if (e && child(e, "Code")) {
 		*ret_code = text(child(e, "Code"));
 		*ret_message = text(child(e, "Message"));
 		r = 0;
 	}
-	xml.free_doc(doc);
+	xml_lib.free_doc(doc);
 	return r;
 }
 
@@ -312,7 +279,7 @@ int ec2_parse_snapshots(const char *body, size_t len, struct ec2_snapshots *ret,
 	*ret_error = NULL;
 	if ((r = xml_read(body, len, &doc, ret_error)) < 0)
 		return r;
-	root = xml.root(doc);
+	root = xml_lib.root(doc);
 	set = child(root, "snapshotSet");
 	if (!is(root, "DescribeSnapshotsResponse") || !set) {
 		*ret_error = xstrdup("the reply is no DescribeSnapshotsResponse with a snapshotSet");
@@ -339,7 +306,7 @@ int ec2_parse_snapshots(const char *body, size_t len, struct ec2_snapshots *ret,
 	}
 	r = 0;
 out:
-	xml.free_doc(doc);
+	xml_lib.free_doc(doc);
 	return r;
 }
 
@@ -353,9 +320,9 @@ int ec2_parse_create_snapshot(const char *body, size_t len, char **ret_id, char 
 	*ret_error = NULL;
 	if ((r = xml_read(body, len, &doc, ret_error)) < 0)
 		return r;
-	root = xml.root(doc);
+	root = xml_lib.root(doc);
 	*ret_id = is(root, "CreateSnapshotResponse") ? text(child(root, "snapshotId")) : NULL;
-	xml.free_doc(doc);
+	xml_lib.free_doc(doc);
 	if (!*ret_id || strncmp(*ret_id, "snap-", 5) != 0) {
 		free(*ret_id);
 		*ret_id = NULL;

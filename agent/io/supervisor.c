@@ -2,7 +2,6 @@
 #include "supervisor.h"
 
 #include <curl/curl.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
@@ -10,44 +9,11 @@
 
 #include "http.h"
 #include "util.h"
+#include "io/xml.h"
 
 #define XMLRPC_DEPTH_MAX 32
 #define XMLRPC_REPLY_MAX (4 * 1024 * 1024)
 
-/* libxml2, with ICU and libstdc++ behind it, costs 2 MiB of RSS (250 KiB of
- * it anonymous) as soon as it is mapped: it is loaded the first time a reply
- * is parsed, not at start, so that an agent that never talks to supervisord
- * does not carry it (agentd is linked without it). */
-static struct {
-	bool tried;
-	xmlDocPtr (*read_memory)(const char *buffer, int size, const char *url, const char *encoding, int options);
-	xmlNodePtr (*root)(const xmlDoc *doc);
-	xmlChar *(*content)(const xmlNode *cur);
-	void (*free_doc)(xmlDocPtr doc);
-	xmlFreeFunc *free; /* the library's xmlFree variable */
-} xml;
-
-static bool xml_load(void)
-{
-	void *h;
-
-	if (xml.tried)
-		return xml.free != NULL;
-	xml.tried = true;
-	h = dlopen("libxml2.so.2", RTLD_NOW | RTLD_LOCAL);
-	if (!h)
-		return false;
-	xml.read_memory = dlsym(h, "xmlReadMemory");
-	xml.root = dlsym(h, "xmlDocGetRootElement");
-	xml.content = dlsym(h, "xmlNodeGetContent");
-	xml.free_doc = dlsym(h, "xmlFreeDoc");
-	xml.free = dlsym(h, "xmlFree");
-	if (!xml.read_memory || !xml.root || !xml.content || !xml.free_doc || !xml.free) {
-		xml.free = NULL;
-		return false;
-	}
-	return true;
-}
 
 static void xml_escape(struct buf *b, const char *s)
 {
@@ -103,9 +69,9 @@ static bool is(const xmlNode *n, const char *name)
 
 static char *node_text(xmlNode *n)
 {
-	xmlChar *t = xml.content(n);
+	xmlChar *t = xml_lib.content(n);
 	char *s = xstrdup(t ? (const char *)t : "");
-	(*xml.free)(t);
+	(*xml_lib.free)(t);
 	return s;
 }
 
@@ -208,19 +174,19 @@ int xmlrpc_parse_response(const char *body, size_t len, json_t **ret_value, int 
 		return -EFBIG;
 	}
 	if (!xml_load()) {
-		const char *why = dlerror();
+		const char *why = xml_load_error();
 		*ret_error = xasprintf("cannot load libxml2.so.2 to read the XML-RPC reply: %s",
 				       why ? why : "a symbol is missing");
 		return -ENOSYS;
 	}
 	/* No network, no entity expansion, no DTD loading: the reply is data. */
-	doc = xml.read_memory(body, (int)len, "reply.xml", NULL,
+	doc = xml_lib.read_memory(body, (int)len, "reply.xml", NULL,
 			    XML_PARSE_NONET | XML_PARSE_NOBLANKS | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
 	if (!doc) {
 		*ret_error = xstrdup("XML-RPC reply is not well-formed XML");
 		return -EBADMSG;
 	}
-	root = xml.root(doc);
+	root = xml_lib.root(doc);
 	if (doc->intSubset || doc->extSubset) {
 		/* supervisord never sends a DTD; one could define entities that expand without bound. */
 		*ret_error = xstrdup("XML-RPC reply has a DTD");
@@ -252,7 +218,7 @@ int xmlrpc_parse_response(const char *body, size_t len, json_t **ret_value, int 
 	} else
 		*ret_error = xstrdup("XML-RPC reply has neither params nor fault");
 out:
-	xml.free_doc(doc);
+	xml_lib.free_doc(doc);
 	return r;
 }
 
