@@ -450,6 +450,7 @@ static void active_run_plan(struct engine *e, struct active *a)
 		.run_id = a->id,
 		.output_max = (size_t)e->config->step_output_max,
 		.memory = &e->memory,
+		.state_dir = e->config->state_dir,
 	};
 	(void)uv_timer_start(&a->timeout, on_run_timeout, (uint64_t)e->config->run_timeout * 1000, 0);
 	r = plan_execute(e->loop, &a->plan, &env, &cbs, e, &a->x);

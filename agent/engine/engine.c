@@ -32,6 +32,7 @@
 #include "source/source.h"
 #include "stack/stack.h"
 #include "steps/plan.h"
+#include "steps/step_ec2_snapshot.h"
 #include "steps/step_rollback.h"
 #include "strv.h"
 #include "util.h"
@@ -417,6 +418,8 @@ int engine_start(struct engine *e)
 	if ((r = mkdir_p(run_files, 0700)) < 0)
 		return log_error_errno(r, "Failed to create %s: %m", run_files);
 
+	/* A file system an agentd killed mid-snapshot left frozen. */
+	ec2_snapshot_thaw_left(e->config->state_dir);
 	state_load(e);
 	state_fix_next_id(e);
 	/* A state file may hold more finished runs than history allows. */

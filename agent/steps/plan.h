@@ -38,6 +38,9 @@ struct step_env {
 	long run_id;
 	size_t output_max;       /* bytes of one step's output kept */
 	const struct step_memory *memory; /* NULL: nothing remembered (plans, tests) */
+	/* agentd's state_dir, NULL in plans and tests: where a step leaves what
+	 * the next agentd must undo if this one dies mid-step (a freeze). */
+	const char *state_dir;
 };
 
 struct step_ops {

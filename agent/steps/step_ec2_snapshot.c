@@ -4,6 +4,7 @@
  * (thaw,) delete one by one; every EC2 call through io/ec2.c. */
 #include "step_ec2_snapshot.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 
 #include "io/ec2.h"
 #include "io/exec.h"
+#include "log.h"
 #include "plan.h"
 #include "rootfs.h"
 #include "strv.h"
@@ -69,7 +71,73 @@ struct freeze {
 	struct snap_step *d;       /* NULL once the step let go */
 	bool frozen, thawed, deadline_passed;
 	int64_t started;
+	char *journal;             /* owned, NULL: none; state_dir/freeze/<hash>, holding path until thawed */
 };
+
+#define FREEZE_DIR "freeze"
+
+static void out(struct snap_step *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* state_dir/freeze/<hash of path>: the mount point a freeze is under way
+ * on, for ec2_snapshot_thaw_left() after a kill -9. NULL when there is no
+ * state_dir (plans, tests) or it cannot be written (said in the output:
+ * the freeze still has its deadline; only a crash would go unthawed). */
+static char *freeze_journal_write(struct snap_step *d, const char *state_dir, const char *path)
+{
+	_cleanup_free_ char *dir = NULL, *file = NULL;
+	int r;
+
+	if (!state_dir)
+		return NULL;
+	dir = xasprintf("%s/%s", state_dir, FREEZE_DIR);
+	file = xasprintf("%s/%016llx", dir, (unsigned long long)hash_fnv1a64(path, strlen(path), HASH_FNV_SEED));
+	if ((r = mkdir_p(dir, 0700)) < 0 || (r = file_write_atomic(file, path, strlen(path), 0600, 0, 0)) < 0) {
+		out(d, "freeze: cannot record the freeze in %s (%s): a crash meanwhile would leave %s frozen", dir,
+		    strerror(-r), path);
+		return NULL;
+	}
+	{
+		char *ret = file;
+
+		file = NULL;
+		return ret;
+	}
+}
+
+void ec2_snapshot_thaw_left(const char *state_dir)
+{
+	_cleanup_free_ char *dir = xasprintf("%s/%s", state_dir, FREEZE_DIR);
+	DIR *dh = opendir(dir);
+	struct dirent *de;
+
+	if (!dh)
+		return;
+	while ((de = readdir(dh))) {
+		_cleanup_free_ char *file = NULL, *path = NULL;
+		size_t len = 0;
+		int fd;
+
+		if (de->d_name[0] == '.')
+			continue;
+		file = xasprintf("%s/%s", dir, de->d_name);
+		if (file_read_all(file, 4096, &path, &len) < 0 || !path || path[0] != '/' || strlen(path) != len) {
+			log_warn("freeze: %s is not a freeze record; removed", file);
+			(void)unlink(file);
+			continue;
+		}
+		fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0)
+			log_warn("freeze: cannot open %s to thaw it: %s", path, strerror(errno));
+		else if (ioctl(fd, FITHAW, 0) == 0)
+			log_warn("freeze: thawed %s, left frozen by an agentd stopped during a snapshot", path);
+		else if (errno != EINVAL)
+			log_warn("freeze: FITHAW on %s failed: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		(void)unlink(file);
+	}
+	closedir(dh);
+}
 
 static void out(struct snap_step *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void out(struct snap_step *d, const char *fmt, ...)
@@ -165,6 +233,9 @@ static void freeze_release(struct freeze *f)
 		uv_close((uv_handle_t *)f->timer, on_timer_closed);
 	}
 	close(f->fd);
+	if (f->journal && f->thawed)
+		(void)unlink(f->journal);
+	free(f->journal);
 	free(f->path);
 	free(f);
 }
@@ -297,6 +368,7 @@ static int freeze_start(struct snap_step *d)
 	f->path = xstrdup(buf);
 	f->d = d;
 	f->started = time_monotonic_usec();
+	f->journal = freeze_journal_write(d, plan_exec_env(d->x)->state_dir, f->path);
 	d->fz = f;
 	f->timer = xcalloc(1, sizeof(*f->timer));
 	(void)uv_timer_init(plan_exec_env(d->x)->loop, f->timer);

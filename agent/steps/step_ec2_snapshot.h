@@ -60,6 +60,12 @@ struct ec2_snapshot_opts {
 
 /* Returns the step (target: the volumes, "vol-a /dev/sdg ..."), or NULL
  * with *ret_error. */
+/* Thaws what an agentd killed during a freeze left frozen: each mount
+ * point named under state_dir/freeze (written before FIFREEZE, removed once
+ * thawed) gets FITHAW (EINVAL, not frozen, is fine), is logged, and its
+ * entry removed. Called once at start, before any run. */
+void ec2_snapshot_thaw_left(const char *state_dir);
+
 struct step *plan_add_ec2_snapshot(struct plan *p, const struct ec2_snapshot_opts *o, char **ret_error);
 
 /* Which of n snapshots (all of one volume) a prune deletes to keep `keep`

@@ -45,7 +45,8 @@ def ext4(tmp_path):
     yield mount
     for m in mounted:
         subprocess.run(["fsfreeze", "-u", m], capture_output=True)  # never leave it frozen
-        subprocess.run(["umount", m], capture_output=True)
+        if subprocess.run(["umount", m], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", m], capture_output=True)  # a writer still finishing
     subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
@@ -106,3 +107,29 @@ def test_thawed_at_deadline_when_endpoint_hangs(make_agent, ext4):
         assert elapsed < 8, elapsed
         ec2.hang_create = False
         assert writer(mp).wait(timeout=10) == 0
+
+
+def test_kill_9_while_frozen_is_thawed_by_the_next_start(make_agent, ext4):
+    """agentd killed (-9) with the file system frozen: nothing of it is left
+    to thaw, so the freeze is recorded in state_dir/freeze before FIFREEZE,
+    and the next agentd thaws it before anything else."""
+    with Ec2Fixture(keys={KEY: (SECRET, None)}) as ec2:
+        ec2.create_gate = threading.Event()
+        a = start(make_agent, ec2, freeze_stack(), conf={"freeze_timeout": 60})
+        mp = ext4(a.root + VOL[2])
+        job = run_bg(a)
+        wait_for(lambda: ec2.counts.get("CreateSnapshot"), 10, "CreateSnapshot to arrive")
+        journal = os.path.join(a.state, "freeze")
+        assert len(os.listdir(journal)) == 1
+        w = writer(mp)
+        with pytest.raises(subprocess.TimeoutExpired):
+            w.wait(timeout=0.5)  # frozen
+        a.kill9()
+        job.communicate(timeout=30)
+        with pytest.raises(subprocess.TimeoutExpired):
+            w.wait(timeout=0.5)  # still frozen: the dead agentd thaws nothing
+        ec2.create_gate.set()
+        a.start()
+        assert w.wait(timeout=10) == 0  # thawed by the new agentd's start
+        assert os.listdir(journal) == []
+        assert "left frozen by an agentd stopped during a snapshot" in a.stderr_text()
