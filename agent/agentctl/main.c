@@ -215,23 +215,9 @@ static int parse_event_args(int argc, char **argv, struct request *req, bool all
 
 /* EVENT [--layer L] [--app A], or "rollback APP": what `agentctl rollback
  * APP` would do (the deploy of APP with the registry's "rollback" plan). */
-static int parse_plan(int argc, char **argv, struct request *req)
-{
-	if (argc >= 2 && strcmp(argv[1], "rollback") == 0) {
-		if (argc != 3)
-			usage_error("usage: agentctl plan rollback APP");
-		check_name("app", argv[2]);
-		json_object_set_new(req->params, "event", json_string(event_to_string(EVENT_DEPLOY)));
-		json_object_set_new(req->params, "app", json_string(argv[2]));
-		json_object_set_new(req->params, "recipe", json_string("rollback"));
-		return 0;
-	}
-	return parse_event_args(argc, argv, req, false);
-}
-
-/* EVENT [--layer L] [--app A] [--wait], or "maintenance --recipe JOB
- * [--wait]": one maintenance job (design.md §8.1). */
-static int parse_run(int argc, char **argv, struct request *req)
+/* EVENT [--layer L] [--app A] (and [--wait] when with_wait), or
+ * "maintenance --recipe JOB": one maintenance job (design.md §8.1). */
+static int parse_event_recipe(int argc, char **argv, struct request *req, bool with_wait)
 {
 	int n = 0;
 	char **rest = calloc((size_t)argc + 1, sizeof(char *));
@@ -249,7 +235,7 @@ static int parse_run(int argc, char **argv, struct request *req)
 		}
 		rest[n++] = argv[i];
 	}
-	parse_event_args(n, rest, req, true);
+	parse_event_args(n, rest, req, with_wait);
 	free(rest);
 	const char *ev = json_string_value(json_object_get(req->params, "event"));
 	if (strcmp(ev, "maintenance") == 0 && !recipe)
@@ -259,6 +245,26 @@ static int parse_run(int argc, char **argv, struct request *req)
 	if (recipe)
 		json_object_set_new(req->params, "recipe", json_string(recipe));
 	return 0;
+}
+
+/* EVENT [--layer L] [--app A], "maintenance --recipe JOB", or "rollback APP". */
+static int parse_plan(int argc, char **argv, struct request *req)
+{
+	if (argc >= 2 && strcmp(argv[1], "rollback") == 0) {
+		if (argc != 3)
+			usage_error("usage: agentctl plan rollback APP");
+		check_name("app", argv[2]);
+		json_object_set_new(req->params, "event", json_string(event_to_string(EVENT_DEPLOY)));
+		json_object_set_new(req->params, "app", json_string(argv[2]));
+		json_object_set_new(req->params, "recipe", json_string("rollback"));
+		return 0;
+	}
+	return parse_event_recipe(argc, argv, req, false);
+}
+
+static int parse_run(int argc, char **argv, struct request *req)
+{
+	return parse_event_recipe(argc, argv, req, true);
 }
 
 static const char *pause_reason; /* as given, for the line that confirms it */
@@ -417,7 +423,7 @@ static const struct verb verbs[] = {
 	{ "runs", "runs", "[-n N]", "List recent runs, newest first", parse_runs, print_runs },
 	{ "show", "run-info", "RUN", "Show one run and its steps", parse_show, print_show },
 	{ "log", "log", "RUN|last [-f]", "Print a run's output, -f to follow it", parse_log, print_log },
-	{ "plan", "plan", "EVENT [--layer L] [--app A]", "Show what an event (or rollback APP) would do, with diffs", parse_plan,
+	{ "plan", "plan", "EVENT [--layer L] [--app A] | maintenance --recipe JOB", "Show what an event (or rollback APP) would do, with diffs", parse_plan,
 	  print_plan },
 	{ "run", "run", "EVENT [--layer L] [--app A] [--recipe R] [--wait]", "Run an event now (privileged)", parse_run,
 	  print_queued },

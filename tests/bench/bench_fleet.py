@@ -80,7 +80,8 @@ class Fleet:
         conf = {"source": f"etcd://127.0.0.1:{self.etcd.port}{PREFIX}", "instance": name, "layers": layers,
                 "root": os.path.join(d, "root"), "state_dir": os.path.join(d, "state"),
                 "log_dir": os.path.join(d, "log"), "socket": os.path.join(d, "s"),
-                "admin_group": "agentd", "lease_ttl": self.lease_ttl, "history": 5}
+                "admin_group": "agentd", "lease_ttl": self.lease_ttl, "history": 5,
+                "metrics_file": os.path.join(d, "agentd.prom")}
         with open(os.path.join(d, "agentd.conf"), "w") as f:
             json.dump(conf, f)
         out = open(os.path.join(d, "agentd.log"), "ab")

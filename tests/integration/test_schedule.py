@@ -132,9 +132,16 @@ def test_schedule_text_json_and_run_recipe(make_agent, tmpdir_agent):
     assert n["last_run"]["id"] == runs[0]["id"] and RFC3339.match(n["last_success"])
     with open(os.path.join(tmpdir_agent, "out")) as f:
         assert f.read().split("\n")[0] == "maintenance nightly"
-    # A job of another layer is not this instance's.
-    p = a.ctl("run", "maintenance", "--recipe", "elsewhere", "--wait")
-    assert p.returncode == 0 or "elsewhere" not in [j["name"] for j in a.ctl_json("schedule")["jobs"]]
+    # A job of another layer is not scheduled here (an operator may still
+    # run any custom recipe by name).
+    assert "elsewhere" not in [j["name"] for j in a.ctl_json("schedule")["jobs"]]
+    # plan maintenance --recipe: what the job's run would do; without a job
+    # it is a usage error (2), an unknown job fails (1) naming the jobs.
+    p = a.ctl("--json", "plan", "maintenance", "--recipe", "nightly", check=0)
+    assert p.returncode == 0 and [s["target"] for s in json.loads(p.stdout)["steps"]] == ["nightly"], p.stdout
+    assert a.ctl("plan", "maintenance", check=2).returncode == 2
+    p = a.ctl("plan", "maintenance", "--recipe", "nope", check=1)
+    assert p.returncode == 1 and "nightly" in p.stderr, p.stderr
 
 
 def test_schedule_validation_errors(make_agent, tmpdir_agent):
