@@ -642,6 +642,13 @@ static int run_verb(const struct verb *v, struct request *req, const char *socke
 		_cleanup_close_ int fd = ctl_connect(socket_path);
 
 		if (fd < 0) {
+			/* version: agentctl's own still, right after an install
+			 * that enabled agentd without starting it. */
+			if (strcmp(method, "version") == 0 && arg_json)
+				printf("{\"agentctl_version\": \"%s\", \"agentctl_protocol\": %d}\n", AGENTD_VERSION,
+				       PROTO_VERSION);
+			else if (strcmp(method, "version") == 0)
+				printf("agentctl %s (protocol %d)\n", AGENTD_VERSION, PROTO_VERSION);
 			fprintf(stderr, "agentctl: cannot connect to agentd at %s: %s\n", socket_path, strerror(-fd));
 			return EXIT_UNREACHABLE;
 		}

@@ -333,6 +333,13 @@ void engine_metrics_free(struct engine *e)
 
 	if (!m)
 		return;
+	/* Present while this agentd runs: a stopped agentd (removed package,
+	 * stopped service) leaves no figures that look current, so an alert
+	 * on their absence fires. Only a file this agentd wrote goes (a second
+	 * agentd refused at the state_dir lock wrote none). A crash leaves it:
+	 * systemd's restart rewrites it. */
+	if (m->written && e->config->metrics_file && unlink(e->config->metrics_file) < 0 && errno != ENOENT)
+		log_warn("Metrics file %s cannot be removed: %s", e->config->metrics_file, strerror(errno));
 	for (size_t i = 0; i < m->n_kinds; i++)
 		free(m->kinds[i].kind);
 	free(m->written);

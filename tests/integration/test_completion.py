@@ -107,6 +107,15 @@ def test_completion_against_a_live_daemon(make_agent):
     assert complete(["agentctl", *s, "stack", ""])[0] == ["push"]
     assert complete(["agentctl", *s, "stack", "--r"])[0] == ["--revision"]
 
+    # "--socket=PATH" and "--layer=VAL" as bash splits them (COMP_WORDBREAKS
+    # holds "="): the socket is found, and the value after "=" completes.
+    eq = ["--socket", "=", a.sock]
+    assert set(complete(["agentctl", *eq, ""])[0]) == verbs
+    assert complete(["agentctl", *eq, "show", ""])[0] == ids
+    assert complete(["agentctl", *eq, "run", "configure", "--layer", "="])[0] == ["db", "web"]
+    assert complete(["agentctl", *eq, "run", "configure", "--layer", "=", "w"])[0] == ["web"]
+    assert complete(["agentctl", *eq, "plan", "deploy", "--app", "=", "s"])[0] == ["shop"]
+
 
 def test_completion_is_quiet_and_fast_without_a_daemon(tmp_path):
     gone = str(tmp_path / "nothing.sock")

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import AGENTCTL, wait_for
+from conftest import AGENTCTL, AGENTD, wait_for
 
 parser = pytest.importorskip("prometheus_client.parser", reason="tests/deps installs python3-prometheus-client")
 
@@ -152,6 +152,14 @@ def test_file_after_known_runs_parsed_by_the_client_library(make_agent):
         families(read(path))), 10, "the source error to clear in the metrics")
     assert samples(fams, "agentd_source_errors_total") == {frozenset(): 1.0}
 
+    # A stopped agentd leaves no figures that look current (an alert on
+    # their absence fires); a second agentd refused at the state_dir lock
+    # removes nothing of the running one's.
+    second = subprocess.run([AGENTD, "--config", a.conf_path], capture_output=True, text=True, timeout=20)
+    assert second.returncode != 0 and os.path.exists(path), second.stderr
+    a.stop()
+    assert not os.path.exists(path)
+
 
 def test_null_writes_nothing(make_agent):
     a = make_agent(stack(), conf_extra={"metrics_file": None})
@@ -261,3 +269,13 @@ def test_version_shows_both_and_warns_when_they_differ(make_agent, tmp_path):
     j = json.loads(p.stdout)
     assert j["version"] == v["version"] and j["agentctl_version"] == other.decode()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_version_without_a_daemon_still_names_agentctl(tmp_path):
+    """Right after an install that enabled agentd without starting it."""
+    sock = str(tmp_path / "none.sock")
+    p = subprocess.run([AGENTCTL, "--socket", sock, "version"], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 3 and re.fullmatch(r"agentctl \S+ \(protocol 1\)\n", p.stdout), p
+    assert "cannot connect" in p.stderr
+    p = subprocess.run([AGENTCTL, "--socket", sock, "--json", "version"], capture_output=True, text=True, timeout=10)
+    assert p.returncode == 3 and json.loads(p.stdout)["agentctl_protocol"] == 1, p
