@@ -246,8 +246,10 @@ static char *render_unattended(const json_t *uu, bool by_job)
 	buf_puts(&b, "};\n");
 	if (mail)
 		buf_printf(&b, "Unattended-Upgrade::Mail \"%s\";\n", json_string_value(mail));
-	buf_printf(&b, "Unattended-Upgrade::AutoFixInterruptedDpkg \"%s\";\n",
-		   bool_str(check_get(uu, "auto_fix_interrupted_dpkg"), false));
+	/* Unset: unattended-upgrades' own default (true), not ours. */
+	if (check_get(uu, "auto_fix_interrupted_dpkg"))
+		buf_printf(&b, "Unattended-Upgrade::AutoFixInterruptedDpkg \"%s\";\n",
+			   bool_str(check_get(uu, "auto_fix_interrupted_dpkg"), false));
 	if (by_job)
 		buf_puts(&b, "// agentd's job \"reboot\" reboots this instance, one instance of the stack at a time.\n");
 	buf_printf(&b, "Unattended-Upgrade::Automatic-Reboot \"%s\";\n",
@@ -495,7 +497,12 @@ static int validate_unattended(const json_t *uu, struct stack_error *err)
 	if (json_array_size(list) > UU_LIST_MAX)
 		return stack_error_set(err, lp, "at most %d entries", UU_LIST_MAX);
 	json_array_foreach(list, i, v) {
-		why = apt_value_problem(json_string_value(v), true);
+		/* unattended-upgrades reads each item as a Python regular
+		 * expression searched in the package name: "" matches every
+		 * package, and nothing would ever be upgraded. */
+		why = json_string_length(v) == 0
+			      ? "must not be empty (a pattern that matches every package: nothing would be upgraded)"
+			      : apt_value_problem(json_string_value(v), true);
 		if (why) {
 			stack_path_index(path, sizeof(path), lp, i);
 			return stack_error_set(err, path, "%s", why);

@@ -106,7 +106,10 @@ static void cb_exec_done(void *userdata, const struct exec_result *r)
 
 	d->proc = NULL;
 	d->x = NULL;
-	if (r->spawn_error || r->timed_out || r->term_signal || r->exit_status != 0) {
+	if (r->spawn_error)
+		/* Named: "bin/zeopack: Permission denied" says what to fix. */
+		return plan_step_done(x, STEP_FAILED, "could not start %s: %s", d->argv[0], strerror(-r->spawn_error));
+	if (r->timed_out || r->term_signal || r->exit_status != 0) {
 		_cleanup_free_ char *why = exec_result_describe(r, d->timeout_sec * 1000);
 		return plan_step_done(x, STEP_FAILED, "%s", why);
 	}
@@ -200,7 +203,7 @@ static void exec_apply(struct step *s, struct plan_exec *x)
 	if (r < 0) {
 		d->x = NULL;
 		d->proc = NULL;
-		return plan_step_done(x, STEP_FAILED, "could not start: %s", strerror(-r));
+		return plan_step_done(x, STEP_FAILED, "could not start %s: %s", d->argv[0], strerror(-r));
 	}
 	plan_step_spawned(x, d->proc);
 }

@@ -143,6 +143,8 @@ def test_key_and_layer_gone_remove_the_files(make_agent, tmpdir_agent):
     # Defaults: no mail, no blacklist, no reboot.
     got = apt_dump(tmpdir_agent, parts)
     assert 'Unattended-Upgrade::Automatic-Reboot "false";' in got and not any("Mail" in l for l in got), got
+    # auto_fix_interrupted_dpkg unset: unattended-upgrades' own default, not a "false" of ours.
+    assert not any("AutoFixInterruptedDpkg" in l for l in got), got
     n = len(a.runs())
     # The instance leaves the app's layer (its undeploy rewrites the files
     # as the stack that stays places them: none) and apt loses the key.
@@ -194,6 +196,7 @@ def test_hostile_values_refused_with_their_json_path(make_agent):
         (dict(UU, mail='x"; Unattended-Upgrade::Automatic-Reboot "true'), "$.apt.unattended_upgrades.mail"),
         (dict(UU, mail="a\nb"), "$.apt.unattended_upgrades.mail"),
         (dict(UU, package_blacklist=["ok", "a%20b"]), "$.apt.unattended_upgrades.package_blacklist[1]"),
+        (dict(UU, package_blacklist=["ok", ""]), "$.apt.unattended_upgrades.package_blacklist[1]"),
         (dict(UU, automatic_reboot_time="25:00"), "$.apt.unattended_upgrades.automatic_reboot_time"),
         (dict(UU, enable="yes"), "$.apt.unattended_upgrades.enable"),
         (dict(UU, reboot=True), "$.apt.unattended_upgrades"),

@@ -1163,7 +1163,7 @@ static void test_exec_env_cwd_user(void **state)
 	assert_non_null(plan_add_exec(&p, "missing", &o3, &err));
 	run_plan(c, &p);
 	assert_int_equal(p.steps[0]->status, STEP_FAILED);
-	assert_string_equal(p.steps[0]->error, "could not start: No such file or directory");
+	assert_string_equal(p.steps[0]->error, "could not start /nonexistent/recipe: No such file or directory");
 	plan_free(&p);
 }
 
