@@ -20,6 +20,9 @@
  * arithmetic (no time zone, no libc state): UTC has no DST to skip. */
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
 #include <strings.h>
@@ -51,6 +54,50 @@ static const struct field {
 
 /* ------------------------------------------------------------------ parse */
 
+/* n bytes of s JSON-quoted as the stack's validators quote values
+ * (stack_quote): "\"" and "\\" escaped, control characters and DEL as
+ * \u00XX, at most 80 bytes then "...". The expression comes from the
+ * stack and its message reaches logs and `agentctl status`: a raw ESC or
+ * newline there would drive a terminal or forge a line. Returns a malloc'd
+ * string. */
+static char *quote(const char *s, size_t n)
+{
+	struct buf b;
+	size_t i;
+
+	buf_init(&b);
+	buf_puts(&b, "\"");
+	for (i = 0; i < n && s[i] && i < 80; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\')
+			buf_printf(&b, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			buf_printf(&b, "\\u%04x", c);
+		else
+			buf_append(&b, &c, 1);
+	}
+	if (i < n && s[i])
+		buf_puts(&b, "...");
+	buf_puts(&b, "\"");
+	return buf_steal(&b);
+}
+
+/* "FIELD field \"ITEM\": WHY" into *ret_error; returns -EINVAL. */
+static int field_error(char **ret_error, const struct field *f, const char *item, size_t n, const char *fmt, ...)
+	_printf_(5, 6);
+static int field_error(char **ret_error, const struct field *f, const char *item, size_t n, const char *fmt, ...)
+{
+	_cleanup_free_ char *q = quote(item, n);
+	char why[160];
+	va_list ap;
+
+	va_start(ap, fmt);
+	(void)vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	*ret_error = xasprintf("%s field %s: %s", f->name, q, why);
+	return -EINVAL;
+}
+
 /* A value of field f at *p (a number or a name), advancing *p. */
 static int parse_value(const struct field *f, const char **p, int *ret, char **ret_error, const char *item)
 {
@@ -68,19 +115,15 @@ static int parse_value(const struct field *f, const char **p, int *ret, char **r
 			if (strncasecmp(s, f->names[i], 3) == 0 && !isalpha((unsigned char)s[3]))
 				break;
 		if (!f->names[i]) {
-			*ret_error = xasprintf("%s field \"%s\": unknown name", f->name, item);
-			return -EINVAL;
+			return field_error(ret_error, f, item, SIZE_MAX, "unknown name");
 		}
 		v = f->min + (long)i;
 		s += 3;
 	} else {
-		*ret_error = xasprintf("%s field \"%s\": expected a number%s", f->name, item,
-				       f->names ? " or a name" : "");
-		return -EINVAL;
+		return field_error(ret_error, f, item, SIZE_MAX, "expected a number%s", f->names ? " or a name" : "");
 	}
 	if (v < f->min || v > f->max) {
-		*ret_error = xasprintf("%s field \"%s\": %ld is out of range %d-%d", f->name, item, v, f->min, f->max);
-		return -EINVAL;
+		return field_error(ret_error, f, item, SIZE_MAX, "%ld is out of range %d-%d", v, f->min, f->max);
 	}
 	*p = s;
 	*ret = (int)v;
@@ -107,8 +150,7 @@ static int parse_item(const struct field *f, const char *item, uint64_t *bits, c
 			if ((r = parse_value(f, &p, &hi, ret_error, item)) < 0)
 				return r;
 			if (hi < lo) {
-				*ret_error = xasprintf("%s field \"%s\": a range goes from low to high", f->name, item);
-				return -EINVAL;
+				return field_error(ret_error, f, item, SIZE_MAX, "a range goes from low to high");
 			}
 			range = true;
 		}
@@ -117,21 +159,18 @@ static int parse_item(const struct field *f, const char *item, uint64_t *bits, c
 		long s = 0;
 		p++;
 		if (!range) {
-			*ret_error = xasprintf("%s field \"%s\": a step follows \"*\" or a range", f->name, item);
-			return -EINVAL;
+			return field_error(ret_error, f, item, SIZE_MAX, "a step follows \"*\" or a range");
 		}
 		while (isdigit((unsigned char)*p) && s <= 1000)
 			s = s * 10 + (*p++ - '0');
 		if (s < 1 || s > f->max - f->min + 1) {
-			*ret_error = xasprintf("%s field \"%s\": the step must be from 1 to %d", f->name, item,
-					       f->max - f->min + 1);
-			return -EINVAL;
+			return field_error(ret_error, f, item, SIZE_MAX, "the step must be from 1 to %d", f->max - f->min + 1);
 		}
 		step = (int)s;
 	}
 	if (*p) {
-		*ret_error = xasprintf("%s field \"%s\": unexpected \"%c\"", f->name, item, *p);
-		return -EINVAL;
+		_cleanup_free_ char *q = quote(p, 1);
+		return field_error(ret_error, f, item, SIZE_MAX, "unexpected %s", q);
 	}
 	for (int v = lo; v <= hi; v += step)
 		*bits |= UINT64_C(1) << v;
@@ -153,8 +192,7 @@ static int parse_field(const struct field *f, const char *text, size_t len, uint
 		memcpy(item, text + i, n);
 		item[n] = '\0';
 		if (n == 0) {
-			*ret_error = xasprintf("%s field \"%.*s\": an empty item in the list", f->name, (int)len, text);
-			return -EINVAL;
+			return field_error(ret_error, f, text, len, "an empty item in the list");
 		}
 		if ((r = parse_item(f, item, bits, ret_error)) < 0)
 			return r;
@@ -191,9 +229,10 @@ int cron_parse(const char *expr, struct cron *ret, char **ret_error)
 		n++;
 	}
 	if (n != F_COUNT) {
-		err = xasprintf("\"%s\": a cron expression has 5 fields (minute hour day-of-month month day-of-week), "
+		_cleanup_free_ char *q = quote(expr, SIZE_MAX);
+		err = xasprintf("%s: a cron expression has 5 fields (minute hour day-of-month month day-of-week), "
 				"not %d",
-				expr, n);
+				q, n);
 		goto fail;
 	}
 	for (int i = 0; i < F_COUNT; i++)

@@ -213,10 +213,10 @@ static int parse_event_args(int argc, char **argv, struct request *req, bool all
 	return 0;
 }
 
-/* EVENT [--layer L] [--app A], or "rollback APP": what `agentctl rollback
- * APP` would do (the deploy of APP with the registry's "rollback" plan). */
 /* EVENT [--layer L] [--app A] (and [--wait] when with_wait), or
- * "maintenance --recipe JOB": one maintenance job (design.md §8.1). */
+ * "maintenance --recipe JOB": one maintenance job (design.md §8.1), which
+ * runs for the instance: one --recipe, no --layer or --app (usage errors,
+ * exit 2, rather than the last one winning or a filter ignored). */
 static int parse_event_recipe(int argc, char **argv, struct request *req, bool with_wait)
 {
 	int n = 0;
@@ -227,6 +227,8 @@ static int parse_event_recipe(int argc, char **argv, struct request *req, bool w
 		usage_error("out of memory");
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--recipe") == 0 || strncmp(argv[i], "--recipe=", 9) == 0) {
+			if (recipe)
+				usage_error("%s: --recipe given twice: one job per run", argv[0]);
 			recipe = argv[i][8] == '=' ? argv[i] + 9 : i + 1 < argc ? argv[++i] : NULL;
 			if (!recipe)
 				usage_error("%s: --recipe needs a job name", argv[0]);
@@ -242,6 +244,8 @@ static int parse_event_recipe(int argc, char **argv, struct request *req, bool w
 		usage_error("%s maintenance: which job? (--recipe JOB)", argv[0]);
 	if (strcmp(ev, "maintenance") != 0 && recipe)
 		usage_error("%s: --recipe names a maintenance job: only with the event maintenance", argv[0]);
+	if (recipe && (json_object_get(req->params, "layer") || json_object_get(req->params, "app")))
+		usage_error("%s: a maintenance job runs for the instance: no --layer or --app", argv[0]);
 	if (recipe)
 		json_object_set_new(req->params, "recipe", json_string(recipe));
 	return 0;

@@ -66,9 +66,37 @@ static void value_text(struct buf *b, const json_t *v)
 		buf_puts(b, str_or_dash(v));
 }
 
+/* s with C0 control characters and DEL written C-style (\n, \t, \r, \e,
+ * \xNN), other bytes kept: a message from the daemon quotes what the stack
+ * or another user chose, and a raw ESC or newline would drive the
+ * terminal or forge a line of the output. Returns a malloc'd string. */
+static char *escape_ctl(const char *s)
+{
+	struct buf b;
+
+	buf_init(&b);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '\n')
+			buf_puts(&b, "\\n");
+		else if (*p == '\t')
+			buf_puts(&b, "\\t");
+		else if (*p == '\r')
+			buf_puts(&b, "\\r");
+		else if (*p == '\033')
+			buf_puts(&b, "\\e");
+		else if (*p < 0x20 || *p == 0x7f)
+			buf_printf(&b, "\\x%02x", *p);
+		else
+			buf_append(&b, p, 1);
+	}
+	return buf_steal(&b);
+}
+
 static void print_field(const char *label, const char *value)
 {
-	printf("%*s: %s\n", 13, label, value && *value ? value : "-");
+	_cleanup_free_ char *v = escape_ctl(value && *value ? value : "-");
+
+	printf("%*s: %s\n", 13, label, v);
 }
 
 static void print_field_value(const char *label, const json_t *v)
@@ -207,11 +235,13 @@ static char *cell(const json_t *v)
 	buf_init(&b);
 	value_text(&b, v);
 	s = buf_steal(&b);
-	/* One line per row. */
+	/* One line per row; other control characters escaped. */
 	for (char *p = s; *p; p++)
 		if (*p == '\n' || *p == '\t')
 			*p = ' ';
-	return s;
+	char *e = escape_ctl(s);
+	free(s);
+	return e;
 }
 
 static void free_cells(char **cells, size_t n)

@@ -45,6 +45,13 @@
 #define SCHEDULE_FILE_MAX_BYTES (256u << 10)
 #define SCHEDULE_ENTRY_ELEMENTS 16 /* a job: key, object, 6 keys, 6 values */
 #define SCHEDULE_TIME_MAX INT64_C(253402300799) /* 9999-12-31T23:59:59Z */
+/* A stamp later than now by more than this is not trusted (written while
+ * the clock was ahead): systemd's timers do the same with a stamp file in
+ * the future. */
+#define SCHEDULE_FUTURE_SEC 60
+/* A due time found passed by more than this was missed (agentd was down,
+ * the clock was set): its catch-up waits for the job's offset first. */
+#define SCHEDULE_LATE_SEC 60
 
 struct sjob {
 	char *name, *schedule, *source, *lock; /* owned */
@@ -55,6 +62,7 @@ struct sjob {
 	int64_t requested;     /* the due time a run was last asked for, 0: none */
 	int64_t last_success;  /* 0: none */
 	long last_run;         /* the run of last_success, 0: none */
+	int64_t catch_up;      /* a missed due time's run waits until then, 0: none */
 };
 
 struct schedule {
@@ -104,15 +112,67 @@ static bool int_in(const json_t *v, int64_t min, int64_t max, int64_t *ret)
 	return true;
 }
 
+/* What is wrong with the optional stamp key of x (absent is fine), kept in
+ * c when it checks. */
+static const char *stamp_problem(const json_t *x, json_t *c, const char *key, int64_t min, int64_t max)
+{
+	const json_t *v = json_object_get(x, key);
+	int64_t t;
+
+	if (!v)
+		return NULL;
+	if (!int_in(v, min, max, &t))
+		return json_is_integer(v) ? "out of range" : "not an integer";
+	json_object_set_new(c, key, json_integer(t));
+	return NULL;
+}
+
+/* Why the entry x of the file is not what agentd writes (NULL: it is),
+ * its checked keys into c. */
+static const char *entry_problem(const char *k, const json_t *x, json_t *c, const char **ret_key)
+{
+	static const struct {
+		const char *key;
+		int64_t min, max;
+	} keys[] = { { "splay", 0, 86400 }, { "requested", 0, SCHEDULE_TIME_MAX },
+		     { "last_success", 0, SCHEDULE_TIME_MAX }, { "last_run", 1, ENGINE_RUN_ID_MAX } };
+	const char *why;
+	int64_t t;
+
+	*ret_key = NULL;
+	if (!json_is_object(x))
+		return "not an object";
+	if (strlen(k) > SCHEDULE_NAME_MAX)
+		return "a name too long";
+	*ret_key = "schedule";
+	if (!json_is_string(json_object_get(x, "schedule")))
+		return "not a string";
+	*ret_key = "baseline";
+	if (!int_in(json_object_get(x, "baseline"), 0, SCHEDULE_TIME_MAX, &t))
+		return json_is_integer(json_object_get(x, "baseline")) ? "out of range" : "not an integer";
+	json_object_set(c, "schedule", json_object_get(x, "schedule"));
+	json_object_set_new(c, "baseline", json_integer(t));
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		*ret_key = keys[i].key;
+		if ((why = stamp_problem(x, c, keys[i].key, keys[i].min, keys[i].max)))
+			return why;
+	}
+	return NULL;
+}
+
 /* The file's jobs, checked: name -> {schedule, splay, baseline, requested,
- * last_success, last_run}; entries that do not check are dropped. */
+ * last_success, last_run}. A file that is not what agentd writes (not
+ * JSON, another version, "jobs" not an object) is taken as none, and an
+ * entry that does not check is dropped, with a warning naming the file and
+ * the first fault (design.md §7: corrupt state is reported, then reset). */
 static json_t *schedule_load(const char *path)
 {
-	_cleanup_free_ char *data = NULL;
-	json_t *in, *out = json_object(), *x;
+	_cleanup_free_ char *data = NULL, *first = NULL;
+	json_t *in, *out = json_object(), *x, *jobs;
 	json_error_t jerr;
 	const char *k;
-	size_t len;
+	size_t len, bad = 0;
+	int64_t version;
 	int r;
 
 	r = file_read_regular(AT_FDCWD, path, 0, SCHEDULE_FILE_MAX_BYTES, &data, &len);
@@ -127,24 +187,35 @@ static json_t *schedule_load(const char *path)
 		log_warn("Schedule state %s is not what agentd writes: every job starts afresh", path);
 		return out;
 	}
-	json_object_foreach(json_object_get(in, "jobs"), k, x) {
-		int64_t t;
-		json_t *c;
-
-		if (!json_is_object(x) || strlen(k) > SCHEDULE_NAME_MAX || json_object_size(out) >= SCHEDULE_JOBS_MAX ||
-		    !json_is_string(json_object_get(x, "schedule")) || !int_in(json_object_get(x, "baseline"), 0, SCHEDULE_TIME_MAX, &t))
-			continue;
-		c = json_pack("{s:O, s:I}", "schedule", json_object_get(x, "schedule"), "baseline", (json_int_t)t);
-		if (int_in(json_object_get(x, "splay"), 0, 86400, &t))
-			json_object_set_new(c, "splay", json_integer(t));
-		if (int_in(json_object_get(x, "requested"), 0, SCHEDULE_TIME_MAX, &t))
-			json_object_set_new(c, "requested", json_integer(t));
-		if (int_in(json_object_get(x, "last_success"), 0, SCHEDULE_TIME_MAX, &t))
-			json_object_set_new(c, "last_success", json_integer(t));
-		if (int_in(json_object_get(x, "last_run"), 1, ENGINE_RUN_ID_MAX, &t))
-			json_object_set_new(c, "last_run", json_integer(t));
-		json_object_set_new(out, k, c);
+	jobs = json_object_get(in, "jobs");
+	if (!int_in(json_object_get(in, "version"), SCHEDULE_VERSION, SCHEDULE_VERSION, &version) || !json_is_object(jobs)) {
+		log_warn("Schedule state %s is not what agentd writes (%s): every job starts afresh", path,
+			 !json_is_integer(json_object_get(in, "version")) ? "no integer \"version\""
+			 : json_integer_value(json_object_get(in, "version")) != SCHEDULE_VERSION
+				 ? "another \"version\" than 1"
+				 : "\"jobs\" is not an object");
+		json_decref(in);
+		return out;
 	}
+	json_object_foreach(jobs, k, x) {
+		json_t *c = json_object();
+		const char *key = NULL, *why = json_object_size(out) >= SCHEDULE_JOBS_MAX ? "too many jobs" : NULL;
+
+		if (!why)
+			why = entry_problem(k, x, c, &key);
+		if (!why) {
+			json_object_set_new(out, k, c);
+			continue;
+		}
+		json_decref(c);
+		if (!bad++) {
+			_cleanup_free_ char *name = str_escape_ctl(k);
+			first = xasprintf("job \"%s\"%s%s: %s", name, key ? " key " : "", key ? key : "", why);
+		}
+	}
+	if (bad)
+		log_warn("Schedule state %s is not what agentd writes (%s%s): %zu job%s start%s afresh", path, first,
+			 bad > 1 ? ", and more" : "", bad, bad == 1 ? "" : "s", bad == 1 ? "s" : "");
 	json_decref(in);
 	return out;
 }
@@ -200,6 +271,58 @@ static int64_t max3(int64_t a, int64_t b, int64_t c)
 	return m > c ? m : c;
 }
 
+/* Stamps later than now (+ SCHEDULE_FUTURE_SEC) were written while the
+ * clock was ahead, and would hold the job's catch-up until the clock
+ * reached them: a last success or due time asked for in the future is
+ * dropped, a baseline in the future becomes now, said once (the stamp is
+ * gone after). Returns whether anything changed. */
+static bool sjob_distrust_future(struct sjob *j, int64_t now)
+{
+	int64_t limit = now + SCHEDULE_FUTURE_SEC;
+	char a[40], b[40], c[40];
+
+	if (j->baseline <= limit && j->requested <= limit && j->last_success <= limit)
+		return false;
+	rfc3339(j->baseline, a, sizeof(a));
+	rfc3339(j->requested, b, sizeof(b));
+	rfc3339(j->last_success, c, sizeof(c));
+	log_warn("Maintenance job %s has times in the future in its schedule state (baseline %s, asked for %s, "
+		 "last success %s; the clock was ahead?): not trusted, the job is checked from now",
+		 j->name, a, j->requested ? b : "-", j->last_success ? c : "-");
+	if (j->baseline > limit)
+		j->baseline = now;
+	if (j->requested > limit)
+		j->requested = 0;
+	if (j->last_success > limit) {
+		j->last_success = 0;
+		j->last_run = 0;
+	}
+	return true;
+}
+
+/* Whether job j, due at due (later than its anchor), is asked for now: at
+ * once when the due time has just come (the timer), else (missed: agentd
+ * was down, or the clock was set) at the moment the miss was seen plus the
+ * job's offset, so that a fleet back from an outage does not catch up all
+ * at once (systemd: Persistent=true is still delayed by
+ * RandomizedDelaySec). */
+static bool sjob_ready(struct sjob *j, int64_t due, int64_t now)
+{
+	char buf[40];
+
+	if (now - due <= SCHEDULE_LATE_SEC)
+		return true;
+	if (!j->catch_up) {
+		j->catch_up = now + j->offset;
+		if (j->offset > 0) {
+			rfc3339(j->catch_up, buf, sizeof(buf));
+			log_info("Maintenance job %s missed a due time: caught up at %s (its offset, %lds)", j->name, buf,
+				 j->offset);
+		}
+	}
+	return now >= j->catch_up;
+}
+
 void schedule_check(struct schedule *s)
 {
 	int64_t now = now_sec(s), next = -1, now_usec;
@@ -211,18 +334,21 @@ void schedule_check(struct schedule *s)
 
 		if (!j->cron_ok)
 			continue;
+		dirty |= sjob_distrust_future(j, now);
 		due = job_due(j, now, &n);
 		if (due >= 0 && due > max3(j->baseline, j->requested, j->last_success)) {
 			/* A run already waiting or running stands for this due
 			 * time: never two of one job in the queue. */
-			if (s->ops->pending(s->userdata, j->name)) {
+			if (s->ops->pending(s->userdata, j->name) ||
+			    (sjob_ready(j, due, now) && s->ops->request(s->userdata, j->name) == 0)) {
 				j->requested = due;
-				dirty = true;
-			} else if (s->ops->request(s->userdata, j->name) == 0) {
-				j->requested = due;
+				j->catch_up = 0;
 				dirty = true;
 			}
-		}
+		} else
+			j->catch_up = 0;
+		if (j->catch_up > now && (n < 0 || j->catch_up < n))
+			n = j->catch_up;
 		if (n >= 0 && (next < 0 || n < next))
 			next = n;
 	}
@@ -355,6 +481,7 @@ static void sjob_restore(struct schedule *s, struct sjob *j, int64_t now)
 		if (strcmp(o->schedule, j->schedule) == 0 && o->splay == j->splay) {
 			j->baseline = o->baseline;
 			j->requested = o->requested;
+			j->catch_up = o->catch_up;
 		}
 		return;
 	}
@@ -376,6 +503,7 @@ static void sjob_restore(struct schedule *s, struct sjob *j, int64_t now)
 		j->baseline = now;
 		j->requested = 0;
 	}
+	(void)sjob_distrust_future(j, now);
 }
 
 void schedule_set_jobs(struct schedule *s, const char *instance, const struct recipe_jobs *jobs)
@@ -453,6 +581,8 @@ json_t *schedule_json(const struct schedule *s)
 
 		if (j->cron_ok)
 			(void)job_due(j, now, &next);
+		if (j->catch_up && (next < 0 || j->catch_up < next))
+			next = j->catch_up; /* a missed due time's run, waiting for the offset */
 		o = json_pack("{s:s, s:s, s:I, s:I, s:o, s:o}", "name", j->name, "schedule", j->schedule, "splay",
 			      (json_int_t)j->splay, "offset", (json_int_t)j->offset, "source",
 			      json_string_or_null(j->source), "lock", json_string_or_null(j->lock));

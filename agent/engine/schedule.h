@@ -48,8 +48,11 @@ void schedule_set_jobs(struct schedule *s, const char *instance, const struct re
 /* Catch-up and the timer: for each job whose latest due time (cron time
  * + offset, at or before now) is later than its baseline, its last success
  * and the due time it last asked a run for, and of which no run is
- * pending, asks for ONE run; then arms the timer for the next due time of
- * all jobs (none: stopped). Called at start, on a new stack, when the
+ * pending, asks for ONE run (a due time missed by more than a minute:
+ * at the moment the miss is seen plus the job's offset, as systemd delays
+ * Persistent=true by RandomizedDelaySec); then arms the timer for the next
+ * due time of all jobs (none: stopped). Stamps more than a minute in the
+ * future are dropped first (a baseline becomes now), with a warning. Called at start, on a new stack, when the
  * clock is set, and by the timer. */
 void schedule_check(struct schedule *s);
 /* A run of job succeeded (or was skipped: another instance did it), as run

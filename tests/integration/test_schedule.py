@@ -152,3 +152,38 @@ def test_schedule_validation_errors(make_agent, tmpdir_agent):
     assert "$.agent.recipes.broken.schedule" in (a.status()["source"].get("error_path") or err) or \
         "$.agent.recipes.broken.schedule" in err, err
     assert "hour field" in err, err
+
+
+def test_schedule_error_control_characters_escaped(make_agent, tmpdir_agent):
+    # A custom recipe's schedule with a terminal escape (title, clear) and a
+    # newline: the validation error names it quoted (\u001b), and `agentctl
+    # status` prints no raw control character, for any user.
+    evil = "0 0 * * \u001b]0;PWNED\u0007\u001b[2J\nFAKE: line"
+    a = make_agent(sched_stack(tmpdir_agent, {"evil": {"command": ["/bin/true"], "schedule": evil}}))
+    a.start()
+    err = wait_for(lambda: a.status()["source"]["error"], 5, "the validation error")
+    assert "\\u001b]0;PWNED\\u0007" in err and not any(ord(c) < 0x20 or ord(c) == 0x7f for c in err), repr(err)
+    out = a.ctl("status", check=0).stdout
+    assert "Source error" in out and "\x1b" not in out and "\x07" not in out, repr(out)
+    assert not any(l.startswith("FAKE") for l in out.splitlines()), out
+    # agentctl's own defence, whatever the daemon's message: a field with
+    # control characters (here a pause reason) is printed escaped.
+    a.ctl("pause", "x\x1b[2J\ny", check=0)
+    out = a.ctl("status", check=0).stdout
+    assert "Paused: x\\e[2J\\ny" in out and "\x1b" not in out, repr(out)
+
+
+def test_run_maintenance_usage_errors(make_agent, tmpdir_agent):
+    # Usage errors are the client's (exit 2): one --recipe per run, and a
+    # job runs for the instance, not for a layer or an app.
+    a = make_agent(sched_stack(tmpdir_agent))
+    a.start()
+    a.wait_idle()
+    for verb in ("run", "plan"):
+        p = a.ctl(verb, "maintenance", "--recipe", "hourly", "--recipe", "nightly", check=2)
+        assert "--recipe" in p.stderr, p.stderr
+        p = a.ctl(verb, "maintenance", "--recipe=hourly", "--recipe=nightly", check=2)
+        for opt in (["--layer", "db"], ["--app", "shop"]):
+            p = a.ctl(verb, "maintenance", "--recipe", "hourly", *opt, check=2)
+            assert "no --layer or --app" in p.stderr, p.stderr
+    assert not [r for r in a.runs() if r["event"] == "maintenance"]

@@ -215,6 +215,37 @@ static void test_cron_errors_name_the_field(void **state)
 	parse_fails("99999999999999999999 * * * *", "out of range");
 }
 
+/* The expression comes from the stack and its message reaches logs and
+ * `agentctl status`: control characters are quoted as the stack's other
+ * validators quote them (\u00XX), never written raw. */
+static void test_cron_errors_escape_controls(void **state)
+{
+	static const char *const bad[] = {
+		"0 0 * * \033]0;PWNED\007\033[2J", /* a terminal title and a clear */
+		"0 0 * * 1\n",                        /* a newline in the last field */
+		"0 0 * * \177",                        /* DEL */
+		"0 0 * * 1x\033",                     /* the unexpected character itself */
+		"\033 0 0 * * *",                      /* too many fields: the whole expression */
+		"0 0 * * 1,\r",
+	};
+	struct cron c;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *err = NULL;
+		assert_int_equal(cron_parse(bad[i], &c, &err), -EINVAL);
+		assert_non_null(err);
+		for (const char *p = err; *p; p++)
+			if ((unsigned char)*p < 0x20 || *p == 0x7f)
+				fail_msg("expression %zu: a raw control character 0x%02x in \"%s\"", i, *p, err);
+		free(err);
+	}
+	parse_fails("0 0 * * \033]0;PWNED\007", "day-of-week field \"\\u001b]0;PWNED\\u0007\": expected a number or a name");
+	parse_fails("0 0 * * 1x\033", "unexpected \"x\"");
+	parse_fails("0 0 * * 1\177", "unexpected \"\\u007f\"");
+	parse_fails("0 0 * * \"", "day-of-week field \"\\\"\"");
+}
+
 static void test_cron_names_and_sunday(void **state)
 {
 	struct cron a, b;
@@ -257,6 +288,7 @@ int main(void)
 		cmocka_unit_test(test_cron_year_walk),
 		cmocka_unit_test(test_cron_impossible),
 		cmocka_unit_test(test_cron_errors_name_the_field),
+		cmocka_unit_test(test_cron_errors_escape_controls),
 		cmocka_unit_test(test_cron_names_and_sunday),
 		cmocka_unit_test(test_cron_fast),
 	};
