@@ -214,6 +214,15 @@ static void drop_superseded_retries(struct engine *e, const struct run *done)
 	}
 }
 
+/* Whether a failed step of the plan said that retrying cannot help. */
+static bool plan_says_no_retry(const struct plan *p)
+{
+	for (size_t i = 0; i < p->n_steps; i++)
+		if (p->steps[i]->status == STEP_FAILED && p->steps[i]->no_retry)
+			return true;
+	return false;
+}
+
 /* What a finished run leads to: a failure recorded for a retry, an
  * interrupted run queued again, or a success. */
 static void finish_outcome(struct engine *e, struct active *a, const char *error)
@@ -226,8 +235,14 @@ static void finish_outcome(struct engine *e, struct active *a, const char *error
 		 * layer added (status says "unassigned" meanwhile). */
 		log_warn("Run %ld (%s) ran nothing: %s", a->id, run_event(rec), str_or_empty(error));
 	} else if (rec->status == RUN_FAILED) {
-		/* Runs asked for by an operator are not retried on their own. */
-		engine_record_failure(e, rec, rec->req.trigger != TRIGGER_CTL && !a->no_retry);
+		/* Runs asked for by an operator are not retried on their own,
+		 * nor a run whose step failed for good (refused credentials). */
+		bool permanent = plan_says_no_retry(&a->plan);
+
+		engine_record_failure(e, rec, rec->req.trigger != TRIGGER_CTL && !a->no_retry && !permanent);
+		if (permanent && rec->req.trigger != TRIGGER_CTL)
+			log_warn("Run %ld (%s) is not retried: retrying cannot help (see its failed step)", a->id,
+				 run_event(rec));
 		log_error("Run %ld (%s) failed: %s", a->id, run_event(rec), str_or_empty(error));
 	} else if (rec->status == RUN_INTERRUPTED) {
 		/* Stopped by SIGTERM: run the event again on the next start. */
@@ -451,6 +466,8 @@ static void active_run_plan(struct engine *e, struct active *a)
 		.output_max = (size_t)e->config->step_output_max,
 		.memory = &e->memory,
 		.state_dir = e->config->state_dir,
+		.log_dir = e->config->log_dir,
+		.metrics_file = e->config->metrics_file,
 	};
 	(void)uv_timer_start(&a->timeout, on_run_timeout, (uint64_t)e->config->run_timeout * 1000, 0);
 	r = plan_execute(e->loop, &a->plan, &env, &cbs, e, &a->x);

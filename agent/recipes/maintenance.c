@@ -9,7 +9,8 @@
  *   schedule             5-field cron, UTC, default "0 8 * * *" (the seeds' cron)
  *   splay                seconds, default 900
  *   freeze               default false (ext4/xfs, never "/")
- * Other keys pass through untouched.
+ * Any other key is refused with its path (a typo "kep" would otherwise keep
+ * 15 without a word).
  *
  * The job exists on an instance whose layers run the recipe ebs_snapshots
  * at any event (default mapping: the layer ebs_snapshots). Its run
@@ -54,6 +55,8 @@ static bool region_ok(const char *r)
 
 static int snap_validate(const struct stack *s, struct stack_error *err)
 {
+	static const char *const keys[] = { "aws_key", "aws_secret", "region", "keep", "schedule", "splay", "freeze",
+					    NULL };
 	const json_t *o = json_object_get(s->root, "ebs_snapshots");
 	const char *P = "$.ebs_snapshots", *key = NULL, *secret = NULL, *region = NULL, *sched = NULL;
 	char path[CHECK_PATH_SIZE];
@@ -65,7 +68,7 @@ static int snap_validate(const struct stack *s, struct stack_error *err)
 		return 0;
 	if (!json_is_object(o))
 		return check_type_error(err, P, "an object", o);
-	if ((r = check_text(err, P, o, "aws_key", &key)) < 0 || (r = check_text(err, P, o, "aws_secret", &secret)) < 0 ||
+	if ((r = check_known_keys(err, P, o, keys)) < 0 || (r = check_text(err, P, o, "aws_key", &key)) < 0 || (r = check_text(err, P, o, "aws_secret", &secret)) < 0 ||
 	    (r = check_string(err, P, o, "region", &region)) < 0 ||
 	    (r = check_int(err, P, o, "keep", 1, SNAP_KEEP_MAX, NULL)) < 0 ||
 	    (r = check_int(err, P, o, "splay", 0, SNAP_SPLAY_MAX, NULL)) < 0 || (r = check_bool(err, P, o, "freeze")) < 0 ||

@@ -41,6 +41,10 @@ struct step_env {
 	/* agentd's state_dir, NULL in plans and tests: where a step leaves what
 	 * the next agentd must undo if this one dies mid-step (a freeze). */
 	const char *state_dir;
+	/* agentd's log_dir and metrics_file (NULL: none), NULL in plans and
+	 * tests: a step must not freeze the file system agentd writes to. */
+	const char *log_dir;
+	const char *metrics_file;
 };
 
 struct step_ops {
@@ -91,6 +95,11 @@ struct step {
 	 * while it runs, as a hard one does: for a step that only waits
 	 * (the reboot job's wait for the machine to go down). */
 	bool stop_cancels;
+	/* Set by the step before plan_step_done(STEP_FAILED) when retrying
+	 * cannot help (EC2 refused the credentials: AuthFailure): the engine
+	 * records the failure without a retry; the next due time or an
+	 * operator runs it again. */
+	bool no_retry;
 };
 
 /* A fleet gate: a lock or a semaphore slot the run takes before its first

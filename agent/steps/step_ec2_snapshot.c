@@ -29,6 +29,11 @@
 #define EXT4_MAGIC 0xEF53
 #define XFS_MAGIC 0x58465342
 #define DESCRIBE_PAGE "1000" /* MaxResults: EC2 allows 5..1000 */
+/* Pages of one volume's listing before giving up: 1000 pages of 1000 are
+ * far beyond any volume's snapshots; an endpoint that keeps answering a
+ * nextToken (the same one, or a cycle) must not hold the run until
+ * run_timeout. */
+#define DESCRIBE_PAGES_MAX 1000
 
 struct vol {
 	char *volume_id, *device, *mount_point; /* owned; volume_id may be NULL until found */
@@ -45,6 +50,7 @@ struct snap_step {
 
 	/* While running. */
 	struct plan_exec *x;       /* borrowed */
+	struct step *self;         /* borrowed: its no_retry is set on a permanent failure */
 	struct ec2_creds creds;    /* owned */
 	char *run_region, *run_endpoint; /* owned */
 	struct ec2_imds *imds_req;
@@ -56,7 +62,9 @@ struct snap_step {
 	size_t n_doomed, next_doomed;
 	struct freeze *fz;         /* NULL when not frozen */
 	bool changed, cancelled;
+	bool permanent;            /* EC2 refused the credentials or the action: retrying cannot help */
 	unsigned created, deleted, skipped;
+	unsigned pages;            /* DescribeSnapshots pages of the current volume */
 	struct buf failures;       /* one sentence per failed volume */
 };
 
@@ -312,6 +320,29 @@ static void on_freeze_deadline(uv_timer_t *t)
 	vol_fail(d, "CreateSnapshot", msg, false);
 }
 
+/* Whether the file system of dev holds agentd's own state_dir, log_dir or
+ * metrics file (said in the output): agentd writes there during the run
+ * (its run log), so a freeze would block agentd itself in write(2), with
+ * the deadline's thaw on the same blocked loop. */
+static bool holds_own_files(struct snap_step *d, const char *mp, dev_t dev)
+{
+	const struct step_env *env = plan_exec_env(d->x);
+	_cleanup_free_ char *mdir = env->metrics_file ? xstrdup(env->metrics_file) : NULL;
+	char *slash = mdir ? strrchr(mdir, '/') : NULL;
+	const char *which[] = { "state_dir", "log_dir", "metrics_file directory" };
+	const char *paths[] = { env->state_dir, env->log_dir, mdir };
+	struct stat st;
+
+	if (slash)
+		*(slash == mdir ? slash + 1 : slash) = '\0';
+	for (size_t i = 0; i < ELEMENTSOF(paths); i++)
+		if (paths[i] && stat(paths[i], &st) == 0 && st.st_dev == dev) {
+			out(d, "freeze: %s holds agentd's %s (%s): snapshot without a freeze", mp, which[i], paths[i]);
+			return true;
+		}
+	return false;
+}
+
 /* Whether the current volume gets frozen, and its freeze started. Returns
  * 1 when the freeze is under way (create follows), 0 when there is nothing
  * to freeze (said in the output), or a negative errno with the volume failed. */
@@ -349,6 +380,8 @@ static int freeze_start(struct snap_step *d)
 		out(d, "freeze: %s is the system's \"/\", never frozen; snapshot without a freeze", v->mount_point);
 		return 0;
 	}
+	if (holds_own_files(d, v->mount_point, st.st_dev))
+		return 0;
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", pfd);
 	n = readlink(proc, buf, sizeof(buf) - 1);
 	fd = open(proc, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -413,6 +446,8 @@ static void step_finish(struct snap_step *d)
 	d->doomed = NULL;
 	if (failed) {
 		_cleanup_free_ char *msg = buf_steal(&d->failures);
+		if (d->permanent && d->self)
+			d->self->no_retry = true;
 		plan_step_done(x, STEP_FAILED, "%s", msg);
 	} else
 		plan_step_done(x, d->changed ? STEP_CHANGED : STEP_UNCHANGED, NULL);
@@ -428,6 +463,7 @@ static void vol_next(struct snap_step *d)
 	free(d->doomed);
 	d->doomed = NULL;
 	d->n_doomed = d->next_doomed = 0;
+	d->pages = 0;
 	d->cur++;
 	vol_start(d);
 }
@@ -448,14 +484,27 @@ static void vol_fail(struct snap_step *d, const char *action, const char *error,
 	vol_next(d);
 }
 
-static bool stops_everything(const struct ec2_reply *r)
+/* Whether an error stops every volume (the others would fail alike). A
+ * refusal of the credentials or of the account (EC2 API reference, "Error
+ * codes": AuthFailure, UnauthorizedOperation, ...) is also permanent: no
+ * retry before the next due time (d->permanent). ExpiredToken and
+ * RequestExpired are not: fresh role credentials or a set clock fix them. */
+static bool stops_everything(struct snap_step *d, const struct ec2_reply *r)
 {
+	static const char *const permanent[] = { "AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId",
+						 "SignatureDoesNotMatch", "OptInRequired", "Blocked",
+						 "PendingVerification", NULL };
+
 	if (r->r == -EIO)
 		return true; /* the endpoint is not there */
-	return r->code && (strcmp(r->code, "AuthFailure") == 0 || strcmp(r->code, "UnauthorizedOperation") == 0 ||
-			   strncmp(r->code, "InvalidClientTokenId", 20) == 0 || strcmp(r->code, "OptInRequired") == 0 ||
-			   strcmp(r->code, "SignatureDoesNotMatch") == 0 || strcmp(r->code, "ExpiredToken") == 0 ||
-			   strcmp(r->code, "RequestExpired") == 0);
+	if (!r->code)
+		return false;
+	for (size_t i = 0; permanent[i]; i++)
+		if (strncmp(r->code, permanent[i], strlen(permanent[i])) == 0) {
+			d->permanent = true;
+			return true;
+		}
+	return strcmp(r->code, "ExpiredToken") == 0 || strcmp(r->code, "RequestExpired") == 0;
 }
 
 static int call(struct snap_step *d, const char *action, const char *form, ec2_done_cb cb)
@@ -485,7 +534,7 @@ static void on_delete(void *userdata, const struct ec2_reply *r)
 		out(d, "%s: %s was already gone", d->vols[d->cur].volume_id, s->id);
 	} else {
 		_cleanup_free_ char *msg = xasprintf("%s of %s: %s", "DeleteSnapshot", s->id, r->error);
-		return vol_fail(d, "DeleteSnapshot", msg, stops_everything(r));
+		return vol_fail(d, "DeleteSnapshot", msg, stops_everything(d, r));
 	}
 	d->next_doomed++;
 	delete_next(d);
@@ -528,7 +577,7 @@ static void on_create(void *userdata, const struct ec2_reply *r)
 	d->call = NULL;
 	freeze_end(d, "once CreateSnapshot returned");
 	if (r->r < 0)
-		return vol_fail(d, "CreateSnapshot", r->error, stops_everything(r));
+		return vol_fail(d, "CreateSnapshot", r->error, stops_everything(d, r));
 	if (ec2_parse_create_snapshot(r->body, r->body_len, &id, &err) < 0) {
 		_cleanup_free_ char *msg = xasprintf("CreateSnapshot: %s", err);
 		return vol_fail(d, "CreateSnapshot", msg, false);
@@ -578,13 +627,25 @@ static void on_describe(void *userdata, const struct ec2_reply *r)
 	_cleanup_free_ char *err = NULL;
 	int k;
 
+	_cleanup_free_ char *sent = d->next_token; /* the token this page was asked with */
+
 	d->call = NULL;
-	free(d->next_token);
 	d->next_token = NULL;
 	if (r->r < 0)
-		return vol_fail(d, "DescribeSnapshots", r->error, stops_everything(r));
+		return vol_fail(d, "DescribeSnapshots", r->error, stops_everything(d, r));
 	if ((k = ec2_parse_snapshots(r->body, r->body_len, &d->list, &d->next_token, &err)) < 0) {
 		_cleanup_free_ char *msg = xasprintf("DescribeSnapshots: %s", err);
+		return vol_fail(d, "DescribeSnapshots", msg, false);
+	}
+	if (d->next_token && sent && strcmp(d->next_token, sent) == 0)
+		return vol_fail(d, "DescribeSnapshots",
+				"DescribeSnapshots: the endpoint answered the same nextToken again (pagination would "
+				"never end); nothing deleted",
+				false);
+	if (d->next_token && ++d->pages >= DESCRIBE_PAGES_MAX) {
+		_cleanup_free_ char *msg = xasprintf("DescribeSnapshots: still a nextToken after %d pages "
+						     "(DESCRIBE_PAGES_MAX); nothing deleted",
+						     DESCRIBE_PAGES_MAX);
 		return vol_fail(d, "DescribeSnapshots", msg, false);
 	}
 	if (d->next_token)
@@ -717,6 +778,9 @@ static void snap_apply(struct step *s, struct plan_exec *x)
 	if (!plan_exec_env(x)->http)
 		return plan_step_done(x, STEP_FAILED, "no HTTP client");
 	d->x = x;
+	d->self = s;
+	d->permanent = false;
+	d->pages = 0;
 	d->cur = 0;
 	d->changed = d->cancelled = false;
 	d->created = d->deleted = d->skipped = 0;

@@ -13,6 +13,8 @@ Ec2Fixture speaks the EC2 Query API (Version 2016-11-15) the way EC2 does:
     `completed`, with complete_new); DeleteSnapshot removes one, except the
     ids in in_use (InvalidSnapshot.InUse);
   - throttle = N: the next N requests get RequestLimitExceeded (HTTP 503);
+  - stuck_token = "T": every DescribeSnapshots page answers nextToken T (a
+    broken endpoint whose pagination never ends);
   - create_gate: a threading.Event CreateSnapshot waits on (freeze tests);
     hang_create: CreateSnapshot never answers;
   - counts[Action] and requests (Action, params, headers) record what came.
@@ -58,6 +60,7 @@ class Ec2Fixture:
         self.snapshots = []
         self.in_use = set()
         self.throttle = 0
+        self.stuck_token = None
         self.complete_new = False
         self.create_gate = None
         self.hang_create = False
@@ -195,9 +198,12 @@ class Ec2Fixture:
             i += 1
         with self.lock:
             match = [s for s in self.snapshots if not vols or s["volume"] in vols]
-        start = int(p.get("NextToken", "0") or "0")
-        page = match[start:start + self.page]
-        nxt = f"<nextToken>{start + self.page}</nextToken>" if start + self.page < len(match) else ""
+        if self.stuck_token is not None:
+            page, nxt = match[:self.page], f"<nextToken>{escape(self.stuck_token)}</nextToken>"
+        else:
+            start = int(p.get("NextToken", "0") or "0")
+            page = match[start:start + self.page]
+            nxt = f"<nextToken>{start + self.page}</nextToken>" if start + self.page < len(match) else ""
         body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<DescribeSnapshotsResponse xmlns="{NS}">'
                 f"<requestId>{uuid.uuid4()}</requestId><snapshotSet>{''.join(self._item(s) for s in page)}"
                 f"</snapshotSet>{nxt}</DescribeSnapshotsResponse>")

@@ -272,3 +272,60 @@ def test_no_role_and_no_key_fails_clearly(make_agent, ec2):
         assert not ec2.counts
     finally:
         imds.close()
+
+
+def test_repeated_next_token_fails_the_volume(make_agent, ec2):
+    """An endpoint answering the same nextToken again would page forever
+    (only run_timeout stopped it): the volume fails at the repeat."""
+    ec2.add(VOLS[0][0])
+    a = start(make_agent, ec2, snap_stack(vols=VOLS[:1]))
+    ec2.stuck_token = "same"
+    ec2.reset_counts()
+    out = run_job(a, expect=1)
+    assert "the same nextToken again" in out and VOLS[0][0] in out, out
+    # The first page, then the one asked with the token, which repeats it.
+    assert ec2.counts == {"DescribeSnapshots": 2}, ec2.counts
+
+
+def test_unknown_key_refused(make_agent, ec2):
+    a = start(make_agent, ec2, snap_stack())
+    a.write_stack(snap_stack({"aws_key": KEY, "aws_secret": SECRET, "kep": 3}))
+    err = wait_for(lambda: a.status()["source"]["error"], 10, "the error")
+    assert '$.ebs_snapshots: unknown key "kep"' in err, err
+
+
+def test_wrong_secret_scheduled_run_is_not_retried(make_agent, ec2):
+    """A scheduled run refused with AuthFailure is recorded failed without a
+    retry (retry_min 1 s would otherwise bring one AuthFailure per retry):
+    the next due time runs the job again. The job is due at start (a
+    schedule state whose baseline is two minutes old), held while paused,
+    and runs at resume."""
+    import time
+    bad = snap_stack({"aws_key": KEY, "aws_secret": "not-the-secret", "region": "eu-west-1",
+                      "schedule": "* * * * *", "splay": 0}, vols=VOLS[:1])
+    a = make_agent(None, conf_extra={"ec2_endpoint": ec2.url, "imds_endpoint": "http://127.0.0.1:9",
+                                     "retry_min": 1, "retry_max": 2, "device_timeout": 0})
+    os.makedirs(a.state, exist_ok=True)
+    with open(os.path.join(a.state, "schedule.json"), "w") as f:
+        json.dump({"jobs": {"ebs_snapshots": {"schedule": "* * * * *", "splay": 0,
+                                              "baseline": int(time.time()) - 120}}}, f)
+    a.start()
+    a.ctl("pause", "until the stack is read", check=0)
+    a.write_stack(bad)
+    wait_for(lambda: a.status()["source"]["stack_revision"], 10, "the stack to be read")
+    a.ctl("resume", check=0)
+    run = wait_for(lambda: [r for r in a.finished_runs() if r.get("recipe") == "ebs_snapshots"], 10,
+                   "the scheduled run")[0]
+    assert run["trigger"] == "schedule" and run["status"] == "failed", run
+    failed = [f for f in a.status()["failed"] if f.get("recipe") == "ebs_snapshots"]
+    assert failed and not failed[0].get("next_retry"), failed
+    # Past retry_max: still the one AuthFailure, while the failed setup (no
+    # device here) is retried, as automatic runs are.
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        assert ec2.counts.get("DescribeSnapshots") == 1, ec2.counts
+        time.sleep(0.2)
+    runs = a.runs()
+    assert not [r for r in runs if r.get("recipe") == "ebs_snapshots" and r["trigger"] == "retry"], runs
+    assert [r for r in runs if r["event"] == "setup" and r["trigger"] == "retry"], runs
+    assert "not retried: retrying cannot help" in a.stderr_text()

@@ -133,3 +133,22 @@ def test_kill_9_while_frozen_is_thawed_by_the_next_start(make_agent, ext4):
         assert w.wait(timeout=10) == 0  # thawed by the new agentd's start
         assert os.listdir(journal) == []
         assert "left frozen by an agentd stopped during a snapshot" in a.stderr_text()
+
+
+def test_never_freezes_agentds_own_log_dir(make_agent, ext4, tmp_path):
+    """log_dir on the volume: a freeze would block agentd itself in write(2)
+    of the run log, before CreateSnapshot and before the deadline's thaw.
+    The volume is snapshotted without a freeze, and says why."""
+    own = ext4(str(tmp_path / "own"))  # the same file system, mounted twice
+    log_dir = os.path.join(own, "log")
+    with Ec2Fixture(keys={KEY: (SECRET, None)}) as ec2:
+        a = start(make_agent, ec2, freeze_stack(), conf={"freeze_timeout": 30, "log_dir": log_dir})
+        mp = ext4(a.root + VOL[2])
+        job = run_bg(a)
+        out, _ = job.communicate(timeout=20)
+        assert job.returncode == 0, out
+        assert f"freeze: {VOL[2]} holds agentd's log_dir ({log_dir}): snapshot without a freeze" in out, out
+        assert "frozen" not in out.replace("without a freeze", ""), out
+        assert ec2.counts.get("CreateSnapshot") == 1 and len(ec2.of(VOL[0])) == 1
+        assert writer(mp).wait(timeout=5) == 0  # never frozen
+        assert os.listdir(log_dir)  # agentd kept writing there
