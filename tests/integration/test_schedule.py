@@ -17,10 +17,21 @@ LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
+def asan_runtime():
+    """The ASan runtime the agentd under test links, or None: it must come
+    first in LD_PRELOAD, before libfaketime, or the agent refuses to start."""
+    import subprocess
+    from conftest import AGENTD
+    out = subprocess.run(["ldd", AGENTD], capture_output=True, text=True).stdout
+    m = re.search(r"^\s*libasan\.so\S*\s+=>\s+(\S+)", out, re.M)
+    return m.group(1) if m else None
+
+
 def fake_env(offset):
     # The offset applies to CLOCK_REALTIME and CLOCK_MONOTONIC alike, so
     # libuv's timers keep their pace; no caching, so the clock moves.
-    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": offset, "FAKETIME_NO_CACHE": "1",
+    preload = [p for p in (asan_runtime(), LIBFAKETIME) if p]
+    return {"LD_PRELOAD": ":".join(preload), "FAKETIME": offset, "FAKETIME_NO_CACHE": "1",
             "DONT_FAKE_MONOTONIC": "0"}
 
 
