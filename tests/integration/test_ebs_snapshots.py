@@ -307,7 +307,7 @@ def test_wrong_secret_scheduled_run_is_not_retried(make_agent, ec2):
                                      "retry_min": 1, "retry_max": 2, "device_timeout": 0})
     os.makedirs(a.state, exist_ok=True)
     with open(os.path.join(a.state, "schedule.json"), "w") as f:
-        json.dump({"jobs": {"ebs_snapshots": {"schedule": "* * * * *", "splay": 0,
+        json.dump({"version": 1, "jobs": {"ebs_snapshots": {"schedule": "* * * * *", "splay": 0,
                                               "baseline": int(time.time()) - 120}}}, f)
     a.start()
     a.ctl("pause", "until the stack is read", check=0)
