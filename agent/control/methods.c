@@ -515,7 +515,11 @@ static json_t *ctl_pause(struct client *c, json_t *params)
 	if (r < 0)
 		return reply_engine_error(r, msg);
 	free(msg);
-	log_info("control: paused by uid %u%s%s", (unsigned)c->uid, reason ? ": " : "", reason ? reason : "");
+	{
+		/* The caller's text: its control characters cannot forge a log line. */
+		_cleanup_free_ char *shown = reason ? str_escape_ctl(reason) : NULL;
+		log_info("control: paused by uid %u%s%s", (unsigned)c->uid, shown ? ": " : "", shown ? shown : "");
+	}
 	return proto_reply_ok(NULL);
 }
 
