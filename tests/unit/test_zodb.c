@@ -7,6 +7,7 @@
  * directory; the backup after a pack is full; a missing script fails
  * naming its path. */
 #include <errno.h>
+#include <ftw.h>
 #include <grp.h>
 #include <pwd.h>
 #include <setjmp.h>
@@ -29,6 +30,18 @@
 #include "util.h"
 
 /* Single quotes to double quotes. */
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+	return remove(p);
+}
+
+/* rm -rf of a test's temporary root, without a shell. */
+static void rm_tree(const char *dir)
+{
+	(void)nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 static char *sq(const char *s)
 {
 	char *d = xstrdup(s);
@@ -322,11 +335,13 @@ static char *path_of(const struct run *r, const char *rel)
 static void release(struct run *r, const char *app, const char *const *scripts)
 {
 	_cleanup_free_ char *base = xasprintf("%s/srv/www/%s", r->root, app);
-	_cleanup_free_ char *cmd = xasprintf("mkdir -p %s/releases/r1/bin %s/releases/r1/parts %s/shared", base, base,
-					     base);
+	_cleanup_free_ char *bin = xasprintf("%s/releases/r1/bin", base), *parts = xasprintf("%s/releases/r1/parts", base);
+	_cleanup_free_ char *shared = xasprintf("%s/shared", base);
 	_cleanup_free_ char *cur = xasprintf("%s/current", base);
 
-	assert_int_equal(system(cmd), 0);
+	assert_int_equal(mkdir_p(bin, 0755), 0);
+	assert_int_equal(mkdir_p(parts, 0755), 0);
+	assert_int_equal(mkdir_p(shared, 0755), 0);
 	for (; *scripts; scripts++) {
 		_cleanup_free_ char *p = xasprintf("%s/releases/r1/%s", base, *scripts);
 		_cleanup_free_ char *t = xasprintf("#!/bin/sh\necho \"%s $* | $(id -u) $(pwd -P)\" >> %s/calls\n",
@@ -395,7 +410,7 @@ static void test_zeopack_then_full_backup(void **state)
 	_cleanup_free_ char *full = NULL;
 	struct plan p;
 
-	strcpy(r.root, "/tmp/agentd-zodb-XXXXXX");
+	snprintf(r.root, sizeof(r.root), "%s", "/tmp/agentd-zodb-XXXXXX");
 	assert_non_null(mkdtemp(r.root));
 	release(&r, "zeoserver", (const char *const[]){ "bin/zeopack", "bin/backup", NULL });
 
@@ -432,10 +447,7 @@ static void test_zeopack_then_full_backup(void **state)
 	run_ok(&r, s, "backup");
 	calls_are(&r, "zeoserver", "bin/zeopack -d 3\nbin/fullbackup \nbin/backup -F\n");
 
-	{
-		_cleanup_free_ char *cmd = xasprintf("rm -rf %s", r.root);
-		assert_int_equal(system(cmd), 0);
-	}
+	rm_tree(r.root);
 	stack_unref(s);
 }
 
@@ -450,7 +462,7 @@ static void test_zodbpack_argv_and_missing_script(void **state)
 	struct plan p;
 	bool named = false;
 
-	strcpy(r.root, "/tmp/agentd-zodb-XXXXXX");
+	snprintf(r.root, sizeof(r.root), "%s", "/tmp/agentd-zodb-XXXXXX");
 	assert_non_null(mkdtemp(r.root));
 	/* Before the app is deployed: the run fails naming the script. */
 	assert_true(run_job(&r, s, "zodbpack", &p));
@@ -480,10 +492,7 @@ static void test_zodbpack_argv_and_missing_script(void **state)
 	run_ok(&r, two, "zodbpack-pack");
 	calls_are(&r, "plone_instances", "bin/zodbpack -d 2 --prepack parts/zodbpack.cfg\n"
 					 "bin/zodbpack -d 2 --use-prepack-state parts/zodbpack.cfg\n");
-	{
-		_cleanup_free_ char *cmd = xasprintf("rm -rf %s", r.root);
-		assert_int_equal(system(cmd), 0);
-	}
+	rm_tree(r.root);
 	stack_unref(s);
 	stack_unref(two);
 }
